@@ -1,0 +1,250 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Data;
+using AdapterService.Core.Formats;
+using AdapterService.Core.Jobs;
+using AdapterService.Core.Models;
+using AdapterService.Core.Storage;
+using AdapterService.Core.Training;
+using AdapterService.Workers;
+using Hangfire;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Mvc;
+using Microsoft.EntityFrameworkCore;
+
+namespace AdapterService.Api.Apis;
+
+/// <summary>Hyperparameters: each a number or "auto".</summary>
+public sealed record HyperparametersRequest(JsonElement? NEpochs, JsonElement? BatchSize, JsonElement? LearningRateMultiplier);
+
+/// <summary>Our extension: which adapter to train and its options (LoRA: rank, alpha, dropout, target_modules).</summary>
+public sealed record AdapterRequest(string? Type, int? Rank, double? Alpha, double? Dropout, JsonElement? TargetModules);
+
+public sealed record SupervisedMethod(HyperparametersRequest? Hyperparameters);
+public sealed record MethodRequest(string? Type, SupervisedMethod? Supervised);
+
+public sealed record CreateFineTuningJobRequest(
+    string? Model, string? TrainingFile, string? ValidationFile, HyperparametersRequest? Hyperparameters, string? Suffix,
+    long? Seed, AdapterRequest? Adapter, MethodRequest? Method);
+
+public sealed record HyperparametersDto(int NEpochs, int BatchSize, double LearningRateMultiplier);
+public sealed record AdapterDto(string Type, int Rank, double Alpha, double Dropout, IReadOnlyList<string> TargetModules);
+public sealed record MethodDto(string Type, SupervisedDto Supervised);
+public sealed record SupervisedDto(HyperparametersDto Hyperparameters);
+public sealed record JobErrorDto(string Code, string Message, string? Param);
+
+/// <summary>OpenAI's fine-tuning job object, plus <c>adapter</c>.</summary>
+public sealed record FineTuningJobDto(
+    string Id, string Object, string Model, long CreatedAt, long? FinishedAt, string? FineTunedModel, string OrganizationId,
+    IReadOnlyList<string> ResultFiles, string Status, string? ValidationFile, string TrainingFile, HyperparametersDto Hyperparameters,
+    long? TrainedTokens, JobErrorDto? Error, long Seed, string? Suffix, long? EstimatedFinish, MethodDto Method, AdapterDto Adapter);
+
+public sealed record JobEventDto(string Id, string Object, long CreatedAt, string Level, string Message, string Type, JsonElement? Data);
+
+public sealed record ListResponse<T>(string Object, IReadOnlyList<T> Data, bool HasMore);
+
+public static partial class FineTuningJobsApi
+{
+    public static IEndpointRouteBuilder MapFineTuningJobsApi(this IEndpointRouteBuilder app)
+    {
+        var jobs = app.MapGroup("/v1/fine_tuning/jobs").WithTags("Fine-tuning");
+        jobs.MapPost("/", CreateJob).WithSummary("Create a fine-tuning job")
+            .WithDescription("Validates the training file, then queues the job. `adapter` (our extension) picks the method: `{\"type\": \"lora\", \"rank\": 8, \"alpha\": 16, \"dropout\": 0.05, \"target_modules\": [\"q_proj\", \"v_proj\"]}`.");
+        jobs.MapGet("/", ListJobs).WithSummary("List fine-tuning jobs, newest first (paged with after/limit)");
+        jobs.MapGet("/{jobId}", GetJob).WithSummary("Retrieve a fine-tuning job");
+        jobs.MapPost("/{jobId}/cancel", CancelJob).WithSummary("Cancel a fine-tuning job; a running job stops within one training step");
+        jobs.MapGet("/{jobId}/events", ListEvents).WithSummary("List a job's events, newest first (paged with after/limit)");
+        return app;
+    }
+
+    public static FineTuningJobDto ToDto(this FineTuningJob j)
+    {
+        var lora = JsonSerializer.Deserialize<LoraConfig>(j.AdapterConfig)!;
+        var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier);
+        return new FineTuningJobDto(j.Id, "fine_tuning.job", j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", [],
+            j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
+            j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
+            j.Seed, j.Suffix, null, new MethodDto("supervised", new SupervisedDto(hp)),
+            new AdapterDto(j.AdapterType, lora.Rank, lora.Alpha, lora.Dropout, lora.TargetModules));
+    }
+
+    static JobEventDto ToDto(this JobEvent e) => new($"ftevent-{e.Id}", "fine_tuning.job.event", e.CreatedAt, e.Level, e.Message, e.Type,
+        e.Data is null ? null : JsonDocument.Parse(e.Data).RootElement);
+
+    static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CreateJob(
+        CreateFineTuningJobRequest request, ServiceDbContext db, BlobStore blobs, IBackgroundJobClient queue, CancellationToken cancel)
+    {
+        if (string.IsNullOrEmpty(request.Model)) return OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model");
+        if (string.IsNullOrEmpty(request.TrainingFile)) return OpenAiErrors.BadRequest("Missing required parameter: 'training_file'.", "training_file");
+        var baseModel = await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == request.Model, cancel);
+        if (baseModel is null)
+            return OpenAiErrors.Error(404, $"Model {request.Model} does not exist or is not available for fine-tuning.", "model", "model_not_found");
+        var file = await db.Files.AsNoTracking().SingleOrDefaultAsync(f => f.Id == request.TrainingFile, cancel);
+        if (file is null) return OpenAiErrors.BadRequest($"Training file {request.TrainingFile} does not exist.", "training_file", "file_not_found");
+        if (file.Purpose != "fine-tune")
+            return OpenAiErrors.BadRequest($"File {file.Id} has purpose '{file.Purpose}', not 'fine-tune'.", "training_file");
+        if (request.ValidationFile is not null)
+            return OpenAiErrors.BadRequest("validation_file is not supported yet.", "validation_file");
+        if (request.Method is { Type: not (null or "supervised") })
+            return OpenAiErrors.BadRequest($"Method type '{request.Method.Type}' is not supported; supported: 'supervised'.", "method.type");
+        if (request.Suffix is { } suffix && !SuffixPattern().IsMatch(suffix))
+            return OpenAiErrors.BadRequest("suffix must be 1-64 characters of letters, digits, '-' and '_'.", "suffix");
+        if (request.Seed is < 0 or > int.MaxValue) return OpenAiErrors.BadRequest("seed must be between 0 and 2147483647.", "seed");
+
+        var config = ParseAdapter(request.Adapter, LlamaConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)), out var adapterError);
+        if (config is null) return adapterError!;
+
+        List<TokenizedExample> examples;
+        try
+        {
+            await using var stream = blobs.OpenRead(file.BlobPath);
+            examples = TrainingData.Tokenize(TrainingFile.Parse(stream), new ByteTokenizer(), baseModel.ContextLength);
+        }
+        catch (TrainingFileException e)
+        {
+            return OpenAiErrors.BadRequest($"Training file {file.Id} is invalid: {e.Message}", "training_file", "invalid_training_file");
+        }
+
+        var hpRequest = request.Method?.Supervised?.Hyperparameters ?? request.Hyperparameters;
+        var hp = ResolveHyperparameters(hpRequest, examples.Count, out var hpError);
+        if (hp is null) return hpError!;
+
+        var job = new FineTuningJob
+        {
+            Id = "ftjob-" + Ids.New(), Model = baseModel.Id, TrainingFile = file.Id, Status = JobStatus.Queued,
+            CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Suffix = request.Suffix, Seed = request.Seed ?? Random.Shared.Next(),
+            Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier,
+            AdapterType = "lora", AdapterConfig = JsonSerializer.Serialize(config with { BaseModel = baseModel.Id }),
+        };
+        db.Jobs.Add(job);
+        long tokens = examples.Sum(e => (long)e.Ids.Length);
+        db.JobEvents.AddRange(
+            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Created fine-tuning job: {job.Id}" },
+            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Validated training file: {file.Id} ({examples.Count} examples, {tokens} tokens)" },
+            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = "Fine-tuning job queued" });
+        await db.SaveChangesAsync(cancel);
+        queue.Create<FineTuningJobRunner>(r => r.Run(job.Id, CancellationToken.None), new Hangfire.States.EnqueuedState(WorkerServices.FineTuningQueue));
+        return TypedResults.Ok(job.ToDto());
+    }
+
+    static LoraConfig? ParseAdapter(AdapterRequest? request, LlamaConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
+    {
+        error = null;
+        var type = request?.Type ?? "lora";
+        if (type != "lora")
+        {
+            error = OpenAiErrors.BadRequest($"Adapter type '{type}' is not supported; supported: 'lora'.", "adapter.type", "unsupported_adapter_type");
+            return null;
+        }
+        var config = new LoraConfig();
+        if (request?.Rank is { } rank) config = config with { Rank = rank, Alpha = request.Alpha ?? 2 * rank };
+        if (request?.Alpha is { } alpha) config = config with { Alpha = alpha };
+        if (request?.Dropout is { } dropout) config = config with { Dropout = dropout };
+        if (request?.TargetModules is { } targets)
+        {
+            string[]? list = targets.ValueKind switch
+            {
+                JsonValueKind.String => [targets.GetString()!],
+                JsonValueKind.Array when targets.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String) =>
+                    targets.EnumerateArray().Select(t => t.GetString()!).ToArray(),
+                _ => null,
+            };
+            if (list is null || list.Length == 0)
+            {
+                error = OpenAiErrors.BadRequest("adapter.target_modules must be a non-empty list of module names or a regex string.", "adapter.target_modules");
+                return null;
+            }
+            config = config with { TargetModules = list };
+        }
+        string? problem = config switch
+        {
+            { Rank: < 1 or > 256 } => "adapter.rank must be between 1 and 256.",
+            { Alpha: <= 0 } => "adapter.alpha must be positive.",
+            { Dropout: < 0 or >= 1 } => "adapter.dropout must be in [0, 1).",
+            _ => null,
+        };
+        if (problem is null)
+        {
+            try { TargetModules.Match(LlamaForCausalLM.LinearPaths(baseConfig), config.TargetModules); }
+            catch (ArgumentException e) { problem = "adapter." + e.Message; }
+        }
+        if (problem is null) return config;
+        error = OpenAiErrors.BadRequest(problem, "adapter." + problem.Split(' ')[0].Split('.')[^1]);
+        return null;
+    }
+
+    /// <summary>"auto" (or absent) picks values for the data set's size, in the spirit of OpenAI's defaults.</summary>
+    static HyperparametersDto? ResolveHyperparameters(HyperparametersRequest? request, int examples, out JsonHttpResult<ErrorResponse>? error)
+    {
+        error = null;
+        int? epochs = Auto(request?.NEpochs, "n_epochs", ref error, v => v is >= 1 and <= 50 && v == Math.Floor(v), "an integer between 1 and 50");
+        int? batch = Auto(request?.BatchSize, "batch_size", ref error, v => v is >= 1 and <= 256 && v == Math.Floor(v), "an integer between 1 and 256");
+        double? lr = AutoDouble(request?.LearningRateMultiplier, "learning_rate_multiplier", ref error, v => v is > 0 and <= 50, "a number in (0, 50]");
+        if (error is not null) return null;
+        int resolvedBatch = batch ?? Math.Clamp(examples / 64, 1, 32);
+        int stepsPerEpoch = (int)Math.Ceiling(examples / (double)resolvedBatch);
+        return new HyperparametersDto(epochs ?? Math.Clamp((int)Math.Ceiling(100.0 / stepsPerEpoch), 3, 25), resolvedBatch, lr ?? 1.0);
+    }
+
+    static int? Auto(JsonElement? value, string name, ref JsonHttpResult<ErrorResponse>? error, Func<double, bool> valid, string expected) =>
+        (int?)AutoDouble(value, name, ref error, valid, expected);
+
+    static double? AutoDouble(JsonElement? value, string name, ref JsonHttpResult<ErrorResponse>? error, Func<double, bool> valid, string expected)
+    {
+        if (value is not { } v || v.ValueKind == JsonValueKind.Null || v.ValueKind == JsonValueKind.String && v.GetString() == "auto") return null;
+        if (v.ValueKind == JsonValueKind.Number && valid(v.GetDouble())) return v.GetDouble();
+        error ??= OpenAiErrors.BadRequest($"hyperparameters.{name} must be \"auto\" or {expected}, got {v.GetRawText()}.", $"hyperparameters.{name}");
+        return null;
+    }
+
+    static async Task<Ok<ListResponse<FineTuningJobDto>>> ListJobs(ServiceDbContext db, string? after, int? limit, CancellationToken cancel)
+    {
+        int take = Math.Clamp(limit ?? 20, 1, 100);
+        var query = db.Jobs.AsNoTracking().OrderByDescending(j => j.CreatedAt).ThenByDescending(j => j.Id).AsQueryable();
+        if (after is not null && await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == after, cancel) is { } cursor)
+            query = query.Where(j => j.CreatedAt < cursor.CreatedAt || j.CreatedAt == cursor.CreatedAt && j.Id.CompareTo(cursor.Id) < 0);
+        var page = await query.Take(take + 1).ToListAsync(cancel);
+        return TypedResults.Ok(new ListResponse<FineTuningJobDto>("list", page.Take(take).Select(j => j.ToDto()).ToList(), page.Count > take));
+    }
+
+    static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> GetJob(string jobId, ServiceDbContext db, CancellationToken cancel) =>
+        await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel) is { } job
+            ? TypedResults.Ok(job.ToDto())
+            : OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
+
+    static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CancelJob(
+        string jobId, ServiceDbContext db, IJobNotifier notifier, CancellationToken cancel)
+    {
+        long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        int updated = await db.Jobs.Where(j => j.Id == jobId && JobStatus.Active.Contains(j.Status))
+            .ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, JobStatus.Cancelled).SetProperty(j => j.FinishedAt, now), cancel);
+        var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
+        if (job is null) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
+        if (updated == 0) return OpenAiErrors.BadRequest($"Job {jobId} has already finished with status {job.Status}.", "id", "job_finished");
+        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = "Fine-tuning job cancelled" });
+        await db.SaveChangesAsync(cancel);
+        await notifier.StatusAsync(new StatusMessage(jobId, JobStatus.Cancelled, null, null));
+        return TypedResults.Ok(job.ToDto());
+    }
+
+    static async Task<Results<Ok<ListResponse<JobEventDto>>, JsonHttpResult<ErrorResponse>>> ListEvents(
+        string jobId, ServiceDbContext db, string? after, int? limit, CancellationToken cancel)
+    {
+        if (!await db.Jobs.AnyAsync(j => j.Id == jobId, cancel)) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
+        int take = Math.Clamp(limit ?? 20, 1, 1000);
+        var query = db.JobEvents.AsNoTracking().Where(e => e.JobId == jobId);
+        if (after is not null)
+        {
+            if (!after.StartsWith("ftevent-") || !long.TryParse(after["ftevent-".Length..], out var afterId))
+                return OpenAiErrors.BadRequest($"'{after}' is not an event id.", "after");
+            query = query.Where(e => e.Id < afterId);
+        }
+        var page = await query.OrderByDescending(e => e.Id).Take(take + 1).ToListAsync(cancel);
+        return TypedResults.Ok(new ListResponse<JobEventDto>("list", page.Take(take).Select(e => e.ToDto()).ToList(), page.Count > take));
+    }
+
+    [GeneratedRegex("^[A-Za-z0-9_-]{1,64}$")]
+    private static partial Regex SuffixPattern();
+}

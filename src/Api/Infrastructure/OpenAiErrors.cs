@@ -1,0 +1,49 @@
+using Microsoft.AspNetCore.Diagnostics;
+using Microsoft.AspNetCore.Http.HttpResults;
+
+namespace AdapterService.Api.Infrastructure;
+
+/// <summary>OpenAI's error object: <c>{"error": {"message", "type", "param", "code"}}</c>.</summary>
+public sealed record ErrorResponse(ErrorBody Error);
+
+public sealed record ErrorBody(string Message, string Type, string? Param, string? Code);
+
+public static class OpenAiErrors
+{
+    public static JsonHttpResult<ErrorResponse> Error(int status, string message, string? param = null, string? code = null) =>
+        TypedResults.Json(new ErrorResponse(new ErrorBody(message, status >= 500 ? "server_error" : "invalid_request_error", param, code)),
+            statusCode: status);
+
+    public static JsonHttpResult<ErrorResponse> BadRequest(string message, string? param = null, string? code = null) =>
+        Error(StatusCodes.Status400BadRequest, message, param, code);
+
+    public static JsonHttpResult<ErrorResponse> NotFound(string message, string? param = null, string? code = "not_found") =>
+        Error(StatusCodes.Status404NotFound, message, param, code);
+
+    /// <summary>
+    /// Every error the framework raises itself (unreadable JSON, a wrong content type, an unknown route, an unexpected
+    /// exception) also answers with the error object, with the right status code.
+    /// </summary>
+    public static WebApplication UseOpenAiErrors(this WebApplication app)
+    {
+        app.UseExceptionHandler(errorApp => errorApp.Run(async context =>
+        {
+            var error = context.Features.Get<IExceptionHandlerFeature>()?.Error;
+            var (status, message) = error switch
+            {
+                BadHttpRequestException bad => (bad.StatusCode, bad.InnerException is System.Text.Json.JsonException json
+                    ? $"The request body is not valid JSON: {json.Message}" : bad.Message),
+                _ => (StatusCodes.Status500InternalServerError, "The server had an error while processing your request."),
+            };
+            await Error(status, message).ExecuteAsync(context);
+        }));
+        app.UseStatusCodePages(async status =>
+        {
+            var context = status.HttpContext;
+            if (context.Response.ContentLength is null && !context.Response.HasStarted && context.Request.Path.StartsWithSegments("/v1"))
+                await Error(context.Response.StatusCode, context.Response.StatusCode == 404
+                    ? $"Unknown request URL: {context.Request.Method} {context.Request.Path}." : "The request could not be handled.").ExecuteAsync(context);
+        });
+        return app;
+    }
+}

@@ -1,0 +1,70 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using AdapterService.Core.Models;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Adapters;
+
+/// <summary>
+/// LoRA on one linear layer (Hu et al.; PEFT semantics): h = W x + (alpha / r) · B A dropout(x),
+/// A [r, in] Kaiming-uniform, B [out, r] zeros, so the adapted model starts equal to the base.
+/// </summary>
+public sealed class LoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
+{
+    public readonly Linear lora_A, lora_B;
+    readonly Dropout? dropout;
+    readonly double scaling;
+
+    public LoraLayer(long inFeatures, long outFeatures, LoraConfig config) : base(nameof(LoraLayer))
+    {
+        lora_A = nn.Linear(inFeatures, config.Rank, hasBias: false);    // default init: Kaiming-uniform, a = sqrt(5), as PEFT
+        lora_B = nn.Linear(config.Rank, outFeatures, hasBias: false);
+        using (no_grad()) lora_B.weight!.zero_();
+        dropout = config.Dropout > 0 ? nn.Dropout(config.Dropout) : null;
+        scaling = config.Scaling;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => throw new NotSupportedException("LoRA adapts a layer's output: call Forward(x, y)");
+
+    public Tensor Forward(Tensor x, Tensor y)
+    {
+        var dx = dropout is null ? x : dropout.forward(x);            // [.., in]
+        return y + lora_B.forward(lora_A.forward(dx)) * scaling;      // [.., out]
+    }
+
+    public LoraWeights Weights() => new(lora_A.weight!, lora_B.weight!, scaling);
+}
+
+/// <summary>A trained LoRA pair for one layer, as served: A [r, in], B [out, r], scaling.</summary>
+public sealed record LoraWeights(Tensor A, Tensor B, double Scaling);
+
+/// <summary>
+/// LoRA for a batch whose rows each use their own adapter (or none): the rows' A and B are gathered into
+/// [batch, r_max, in] and [batch, out, r_max] (zero-padded to the largest rank, scaling folded into B) and
+/// applied with two batched matmuls, so one forward pass serves every row.
+/// </summary>
+public sealed class RowLora : ILinearAdapter, IDisposable
+{
+    readonly Tensor a, b;   // [batch, r_max, in], [batch, out, r_max]
+
+    public RowLora(IReadOnlyList<LoraWeights?> rows, long inFeatures, long outFeatures)
+    {
+        long rank = Math.Max(1, rows.Max(r => r?.A.shape[0] ?? 0));
+        a = zeros(rows.Count, rank, inFeatures);
+        b = zeros(rows.Count, outFeatures, rank);
+        using (no_grad())
+            for (int i = 0; i < rows.Count; i++)
+                if (rows[i] is { } w)
+                {
+                    long r = w.A.shape[0];
+                    a[i].narrow(0, 0, r).copy_(w.A);
+                    b[i].narrow(1, 0, r).copy_(w.B * w.Scaling);
+                }
+    }
+
+    public Tensor Forward(Tensor x, Tensor y) =>                     // x [batch, seq, in], y [batch, seq, out]
+        y + x.bmm(a.transpose(1, 2)).bmm(b.transpose(1, 2));        // [batch, seq, r] -> [batch, seq, out]
+
+    public void Dispose() { a.Dispose(); b.Dispose(); }
+}

@@ -1,0 +1,79 @@
+using System.Text;
+using System.Text.Json;
+using AdapterService.Core.Data;
+
+namespace AdapterService.Core.Formats;
+
+/// <summary>
+/// Byte-level tokenizer of the built-in demo models: ids 0-255 are the UTF-8 bytes, then a few special tokens.
+/// Chat turns are encoded as <c>&lt;|role|&gt; content &lt;|end|&gt;</c> after a leading <c>&lt;|begin|&gt;</c>.
+/// </summary>
+public sealed class ByteTokenizer
+{
+    public const int End = 256, System = 257, User = 258, Assistant = 259, Begin = 260;
+    public const int VocabSize = 264;   // 261 used, rounded up to a multiple of 8
+    public const string FileName = "tokenizer_config.json";
+
+    public int EosId => End;
+    public int BosId => Begin;
+
+    public List<int> Encode(string text) => Encoding.UTF8.GetBytes(text).Select(b => (int)b).ToList();
+
+    /// <summary>Token ids and, per id, whether the loss is taken on it (assistant / completion tokens only).</summary>
+    public (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example)
+    {
+        var ids = new List<int> { Begin };
+        var train = new List<bool> { false };
+        void Add(IEnumerable<int> tokens, bool learn) { foreach (var t in tokens) { ids.Add(t); train.Add(learn); } }
+        switch (example)
+        {
+            case ChatExample chat:
+                foreach (var m in chat.Messages)
+                {
+                    Add([RoleToken(m.Role)], false);
+                    Add([.. Encode(m.Content), End], m.Train);
+                }
+                break;
+            case CompletionExample c:
+                Add(Encode(c.Prompt), false);
+                Add([.. Encode(c.Completion), End], true);
+                break;
+        }
+        return (ids, train);
+    }
+
+    /// <summary>The prompt of a chat request: its messages, then the assistant role token to answer after.</summary>
+    public List<int> EncodeChatPrompt(IEnumerable<(string Role, string Content)> messages)
+    {
+        var ids = new List<int> { Begin };
+        foreach (var (role, content) in messages)
+            ids.AddRange([RoleToken(role), .. Encode(content), End]);
+        ids.Add(Assistant);
+        return ids;
+    }
+
+    public List<int> EncodeCompletionPrompt(string prompt) => [Begin, .. Encode(prompt)];
+
+    /// <summary>True for ids that stand for text bytes (special tokens print nothing).</summary>
+    public static bool IsByte(int id) => id is >= 0 and < 256;
+
+    static int RoleToken(string role) => role switch
+    {
+        "system" or "developer" => System,
+        "user" => User,
+        "assistant" => Assistant,
+        _ => throw new ArgumentException($"unknown role '{role}'", nameof(role)),
+    };
+
+    public static void Save(string folder) => File.WriteAllText(Path.Combine(folder, FileName), JsonSerializer.Serialize(new
+    {
+        tokenizer_class = "ByteLevelTokenizer",
+        vocab_size = VocabSize,
+        bos_token = "<|begin|>",
+        eos_token = "<|end|>",
+        added_tokens = new Dictionary<string, int>
+        {
+            ["<|end|>"] = End, ["<|system|>"] = System, ["<|user|>"] = User, ["<|assistant|>"] = Assistant, ["<|begin|>"] = Begin,
+        },
+    }, new JsonSerializerOptions { WriteIndented = true }));
+}

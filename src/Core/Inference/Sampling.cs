@@ -1,0 +1,24 @@
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Inference;
+
+/// <summary>Per-request sampling settings (OpenAI's meaning: temperature 0 is greedy).</summary>
+public sealed record SamplingOptions(int MaxTokens, double Temperature = 1.0, double TopP = 1.0, IReadOnlyList<string>? Stop = null, long? Seed = null);
+
+public static class Sampler
+{
+    /// <summary>Picks the next token from logits [vocab]: argmax at temperature 0, else softmax(logits / T) cut to the top-p nucleus.</summary>
+    public static int Next(Tensor logits, SamplingOptions options, Generator? generator)
+    {
+        if (options.Temperature <= 0) return (int)logits.argmax().item<long>();
+        var probs = nn.functional.softmax(logits.to_type(ScalarType.Float32) / options.Temperature, 0);
+        if (options.TopP < 1)
+        {
+            var (sorted, indices) = probs.sort(descending: true);
+            var before = sorted.cumsum(0) - sorted;             // probability mass of the tokens ranked above each one
+            sorted = sorted.masked_fill(before >= options.TopP, 0);
+            probs = zeros_like(probs).scatter(0, indices, sorted);
+        }
+        return (int)probs.multinomial(1, generator: generator).item<long>();
+    }
+}

@@ -1,0 +1,39 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Models;
+
+/// <summary>Something that changes what a linear layer outputs: an adapter method's per-layer part.</summary>
+public interface ILinearAdapter
+{
+    /// <summary>The adapted output, given the layer's input x [.., in] and its frozen output y = W x + b [.., out].</summary>
+    Tensor Forward(Tensor x, Tensor y);
+}
+
+/// <summary>
+/// A linear layer of a base model (parameter names as in Hugging Face: <c>weight</c>, <c>bias</c>) with a slot
+/// for an adapter. The adapter is not a registered submodule, so the base model's state dict stays the base's;
+/// adapter methods own and save their parameters themselves.
+/// </summary>
+public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
+{
+    public readonly TorchSharp.Modules.Parameter weight;
+    public readonly TorchSharp.Modules.Parameter? bias;
+
+    public ILinearAdapter? Adapter { get; set; }
+    public long InFeatures => weight.shape[1];
+    public long OutFeatures => weight.shape[0];
+
+    public AdaptableLinear(long inFeatures, long outFeatures, bool hasBias = false) : base(nameof(AdaptableLinear))
+    {
+        weight = new TorchSharp.Modules.Parameter(empty(outFeatures, inFeatures));
+        if (hasBias) bias = new TorchSharp.Modules.Parameter(zeros(outFeatures));
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var y = nn.functional.linear(x, weight, bias);
+        return Adapter is null ? y : Adapter.Forward(x, y);
+    }
+}

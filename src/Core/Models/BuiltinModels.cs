@@ -1,0 +1,52 @@
+using AdapterService.Core.Formats;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Models;
+
+/// <summary>Base models the service makes itself, so it works with nothing downloaded.</summary>
+public static class BuiltinModels
+{
+    public sealed record Builtin(string Id, string Description, LlamaConfig Config, long Seed);
+
+    /// <summary>
+    /// A tiny byte-level Llama with random weights (seeded): a demo base for trying the service end to end.
+    /// It writes no meaningful text of its own; adapters fine-tuned on it learn what their data shows.
+    /// </summary>
+    public static readonly Builtin TinyDemo = new(
+        "tiny-llama-demo",
+        "Tiny demo model: byte-level Llama-style transformer (4 layers, hidden 128) with random weights from a fixed seed. Not a language model; fine-tune it to see adapters learn.",
+        new LlamaConfig
+        {
+            VocabSize = ByteTokenizer.VocabSize, HiddenSize = 128, IntermediateSize = 352, NumHiddenLayers = 4,
+            NumAttentionHeads = 4, NumKeyValueHeads = 2, MaxPositionEmbeddings = 512,
+            BosTokenId = ByteTokenizer.Begin, EosTokenId = ByteTokenizer.End,
+        },
+        Seed: 20261123);
+
+    public static IReadOnlyList<Builtin> All { get; } = [TinyDemo];
+
+    /// <summary>Writes the model's folder if it is not there yet (deterministic: the same seed gives the same bytes).</summary>
+    public static void EnsureCreated(Builtin builtin, string folder)
+    {
+        if (File.Exists(Path.Combine(folder, ModelFolder.WeightsFile))) return;
+        using var scope = NewDisposeScope();
+        var generator = new Generator().manual_seed(builtin.Seed);
+        var config = builtin.Config;
+        using var model = new LlamaForCausalLM(config);
+        using (no_grad())
+            foreach (var (name, p) in model.named_parameters())
+            {
+                if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1);
+                else if (name == "model.embed_tokens.weight") p.normal_(0, 1, generator);
+                // Unit-variance activations through each linear layer; this keeps logits of a random model O(1).
+                else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), generator);
+            }
+        // Write to a temporary folder and rename, so a crash never leaves a half-written base model behind.
+        string temp = folder + ".tmp-" + Guid.NewGuid().ToString("N");
+        ModelFolder.Save(model, temp);
+        ByteTokenizer.Save(temp);
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(folder))!);
+        if (Directory.Exists(folder)) Directory.Delete(folder, true);
+        Directory.Move(temp, folder);
+    }
+}

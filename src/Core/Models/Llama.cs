@@ -1,0 +1,194 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Models;
+
+/// <summary>
+/// A decoder-only transformer in the Llama style (RMSNorm, rotary embeddings, SwiGLU, causal grouped-query attention).
+/// Field names equal the Hugging Face parameter names, so state-dict keys match <c>LlamaForCausalLM</c>.
+/// </summary>
+public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
+{
+    public readonly LlamaModel model;
+    public readonly AdaptableLinear lm_head;
+    public LlamaConfig Config { get; }
+
+    public LlamaForCausalLM(LlamaConfig config) : base(nameof(LlamaForCausalLM))
+    {
+        Config = config;
+        model = new LlamaModel(config);
+        lm_head = new AdaptableLinear(config.HiddenSize, config.VocabSize);
+        RegisterComponents();
+    }
+
+    /// <summary>Logits [batch, seq, vocab] for token ids [batch, seq], all positions new.</summary>
+    public override Tensor forward(Tensor inputIds) => Forward(inputIds, null);
+
+    /// <summary>Logits for the new token ids [batch, seq]; with a cache, positions continue after the cached ones.</summary>
+    public Tensor Forward(Tensor inputIds, KvCache? cache) => lm_head.forward(model.Forward(inputIds, cache));
+
+    /// <summary>Every linear layer an adapter can target, by its Hugging Face module path (e.g. <c>model.layers.0.self_attn.q_proj</c>).</summary>
+    public IEnumerable<(string Path, AdaptableLinear Layer)> LinearLayers() =>
+        named_modules().Where(m => m.module is AdaptableLinear).Select(m => (m.name, (AdaptableLinear)m.module));
+
+    /// <summary>The paths <see cref="LinearLayers"/> yields for a config, without building the model.</summary>
+    public static IEnumerable<string> LinearPaths(LlamaConfig config) =>
+        Enumerable.Range(0, config.NumHiddenLayers).SelectMany(i => new[]
+        {
+            $"model.layers.{i}.self_attn.q_proj", $"model.layers.{i}.self_attn.k_proj", $"model.layers.{i}.self_attn.v_proj",
+            $"model.layers.{i}.self_attn.o_proj", $"model.layers.{i}.mlp.gate_proj", $"model.layers.{i}.mlp.up_proj",
+            $"model.layers.{i}.mlp.down_proj",
+        }).Append("lm_head");
+}
+
+public sealed class LlamaModel : nn.Module<Tensor, Tensor>
+{
+    public readonly Embedding embed_tokens;
+    public readonly ModuleList<LlamaDecoderLayer> layers;
+    public readonly RmsNorm norm;
+    readonly RotaryEmbedding rotary;
+
+    public LlamaModel(LlamaConfig config) : base(nameof(LlamaModel))
+    {
+        embed_tokens = nn.Embedding(config.VocabSize, config.HiddenSize);
+        layers = new ModuleList<LlamaDecoderLayer>(
+            Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i)).ToArray());
+        norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        rotary = new RotaryEmbedding(config.HeadDim, config.RopeTheta);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor inputIds) => Forward(inputIds, null);
+
+    public Tensor Forward(Tensor inputIds, KvCache? cache)
+    {
+        long past = cache?.Length ?? 0, length = inputIds.shape[1];
+        var (cos, sin) = rotary.Angles(past, length);                          // [seq, head_dim] each
+        // Causal mask over [new positions, all positions]; a single new token may see everything.
+        Tensor? mask = length == 1 ? null : ones(length, past + length, ScalarType.Bool).tril(past);
+        var h = embed_tokens.forward(inputIds);                                // [b, seq, hidden]
+        for (int i = 0; i < layers.Count; i++)
+            h = layers[i].Forward(h, cos, sin, mask, cache);
+        return norm.forward(h);
+    }
+}
+
+public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
+{
+    public readonly LlamaAttention self_attn;
+    public readonly LlamaMlp mlp;
+    public readonly RmsNorm input_layernorm, post_attention_layernorm;
+
+    public LlamaDecoderLayer(LlamaConfig config, int index) : base(nameof(LlamaDecoderLayer))
+    {
+        self_attn = new LlamaAttention(config, index);
+        mlp = new LlamaMlp(config);
+        input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => throw new NotSupportedException("call Forward with positions");
+
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache)
+    {
+        var h = x + self_attn.Forward(input_layernorm.forward(x), cos, sin, mask, cache);
+        return h + mlp.forward(post_attention_layernorm.forward(h));
+    }
+}
+
+public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
+{
+    public readonly AdaptableLinear q_proj, k_proj, v_proj, o_proj;
+    readonly int heads, kvHeads, headDim, layerIndex;
+
+    public LlamaAttention(LlamaConfig config, int layerIndex) : base(nameof(LlamaAttention))
+    {
+        (heads, kvHeads, headDim, this.layerIndex) = (config.NumAttentionHeads, config.KeyValueHeads, config.HeadDim, layerIndex);
+        q_proj = new AdaptableLinear(config.HiddenSize, heads * headDim);
+        k_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim);
+        v_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim);
+        o_proj = new AdaptableLinear(heads * headDim, config.HiddenSize);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => throw new NotSupportedException("call Forward with positions");
+
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache)
+    {
+        long b = x.shape[0], t = x.shape[1];
+        var q = q_proj.forward(x).view(b, t, heads, headDim).transpose(1, 2);      // [b, heads, t, hd]
+        var k = k_proj.forward(x).view(b, t, kvHeads, headDim).transpose(1, 2);    // [b, kv, t, hd]
+        var v = v_proj.forward(x).view(b, t, kvHeads, headDim).transpose(1, 2);    // [b, kv, t, hd]
+        (q, k) = (RotaryEmbedding.Apply(q, cos, sin), RotaryEmbedding.Apply(k, cos, sin));
+        if (cache is not null) (k, v) = cache.Append(layerIndex, k, v);            // [b, kv, past+t, hd]
+        if (kvHeads != heads)
+            (k, v) = (k.repeat_interleave(heads / kvHeads, 1), v.repeat_interleave(heads / kvHeads, 1));
+        var y = nn.functional.scaled_dot_product_attention(q, k, v, mask);          // [b, heads, t, hd]
+        return o_proj.forward(y.transpose(1, 2).reshape(b, t, heads * headDim));   // [b, t, hidden]
+    }
+}
+
+/// <summary>SwiGLU feed-forward: down(silu(gate(x)) * up(x)).</summary>
+public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
+{
+    public readonly AdaptableLinear gate_proj, up_proj, down_proj;
+
+    public LlamaMlp(LlamaConfig config) : base(nameof(LlamaMlp))
+    {
+        gate_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize);
+        up_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize);
+        down_proj = new AdaptableLinear(config.IntermediateSize, config.HiddenSize);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) =>
+        down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
+}
+
+/// <summary>x / rms(x) * weight, computed in float32.</summary>
+public sealed class RmsNorm : nn.Module<Tensor, Tensor>
+{
+    public readonly Parameter weight;
+    readonly double eps;
+
+    public RmsNorm(long size, double eps) : base(nameof(RmsNorm))
+    {
+        weight = new Parameter(ones(size));
+        this.eps = eps;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var x32 = x.to_type(ScalarType.Float32);
+        var normed = x32 * rsqrt(x32.pow(2).mean([-1], keepdim: true) + eps);
+        return weight * normed.to_type(x.dtype);
+    }
+}
+
+/// <summary>Rotary position embedding with the Hugging Face Llama layout (rotate the two halves of each head).</summary>
+public sealed class RotaryEmbedding
+{
+    readonly int headDim;
+    readonly double theta;
+
+    public RotaryEmbedding(int headDim, double theta) => (this.headDim, this.theta) = (headDim, theta);
+
+    public (Tensor Cos, Tensor Sin) Angles(long start, long length)
+    {
+        var invFreq = 1.0 / pow(theta, arange(0, headDim, 2, ScalarType.Float64) / headDim);   // [hd/2]
+        var positions = arange(start, start + length, ScalarType.Float64);                    // [seq]
+        var freqs = outer(positions, invFreq);                                                // [seq, hd/2]
+        var emb = cat([freqs, freqs], -1);                                                    // [seq, hd]
+        return (emb.cos().to_type(ScalarType.Float32), emb.sin().to_type(ScalarType.Float32));
+    }
+
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    {
+        long half = x.shape[^1] / 2;
+        var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
+        return x * cos + rotated * sin;
+    }
+}

@@ -1,0 +1,73 @@
+namespace AdapterService.Core.Storage;
+
+/// <summary>
+/// Files, base models and adapters on disk under one root. Paths are made from ids by the service, never from
+/// names users send, and every write lands under a temporary name first and is renamed into place.
+/// </summary>
+public sealed class BlobStore(string root)
+{
+    public string Root { get; } = Path.GetFullPath(root);
+
+    public static string FilePath(string fileId) => $"files/{fileId}";
+    public static string ModelPath(string modelId) => $"models/{modelId}";
+    public static string AdapterPath(string adapterId) => $"adapters/{adapterId}";
+
+    /// <summary>The absolute path of a blob path; refuses anything that would leave the root.</summary>
+    public string Resolve(string blobPath)
+    {
+        var full = Path.GetFullPath(Path.Combine(Root, blobPath));
+        if (!full.StartsWith(Root + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+            throw new ArgumentException($"blob path {blobPath} leaves the blob root");
+        return full;
+    }
+
+    public async Task<long> WriteAsync(string blobPath, Stream content, CancellationToken cancel)
+    {
+        var path = Resolve(blobPath);
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        var temp = $"{path}.tmp-{Guid.NewGuid():N}";
+        try
+        {
+            long length;
+            await using (var file = File.Create(temp))
+            {
+                await content.CopyToAsync(file, cancel);
+                length = file.Length;
+            }
+            File.Move(temp, path, overwrite: true);
+            return length;
+        }
+        finally
+        {
+            File.Delete(temp);
+        }
+    }
+
+    public Stream OpenRead(string blobPath) => File.OpenRead(Resolve(blobPath));
+
+    /// <summary>Moves a finished folder (written elsewhere under the root) into place as <paramref name="blobPath"/>.</summary>
+    public void CommitFolder(string tempFolder, string blobPath)
+    {
+        var path = Resolve(blobPath);
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        Directory.Move(tempFolder, path);
+    }
+
+    /// <summary>A fresh folder under the root for writing something that <see cref="CommitFolder"/> publishes later.</summary>
+    public string NewTempFolder() => Directory.CreateDirectory(Resolve($"tmp/{Guid.NewGuid():N}")).FullName;
+
+    public void Delete(string blobPath)
+    {
+        var path = Resolve(blobPath);
+        if (Directory.Exists(path)) Directory.Delete(path, recursive: true);
+        else File.Delete(path);
+    }
+
+    public long SizeOf(string blobPath)
+    {
+        var path = Resolve(blobPath);
+        return Directory.Exists(path)
+            ? new DirectoryInfo(path).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length)
+            : new FileInfo(path).Length;
+    }
+}

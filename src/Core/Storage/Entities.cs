@@ -1,0 +1,91 @@
+namespace AdapterService.Core.Storage;
+
+/// <summary>An uploaded file; its bytes live in the blob store at <see cref="BlobPath"/>.</summary>
+public sealed class StoredFile
+{
+    public required string Id { get; init; }
+    public required string Filename { get; init; }
+    public required string Purpose { get; init; }
+    public long Bytes { get; init; }
+    public long CreatedAt { get; init; }
+    public required string BlobPath { get; init; }
+    public int ExampleCount { get; init; }
+    public string? Format { get; init; }
+}
+
+/// <summary>A base model registered with the service; its Hugging Face folder lives in the blob store.</summary>
+public sealed class BaseModel
+{
+    public required string Id { get; init; }
+    public required string Family { get; init; }
+    public required string Description { get; init; }
+    public required string BlobPath { get; init; }
+    public long ParameterCount { get; init; }
+    public int ContextLength { get; init; }
+    public required string Dtype { get; init; }
+    public required string Tokenizer { get; init; }
+    public long CreatedAt { get; init; }
+    public string OwnedBy { get; init; } = "system";
+}
+
+public static class JobStatus
+{
+    public const string ValidatingFiles = "validating_files", Queued = "queued", Running = "running",
+        Succeeded = "succeeded", Failed = "failed", Cancelled = "cancelled";
+
+    public static readonly string[] Active = [ValidatingFiles, Queued, Running];
+    public static bool IsFinished(string status) => status is Succeeded or Failed or Cancelled;
+}
+
+/// <summary>A fine-tuning job. The row is the source of truth for its status; the queue only carries its id.</summary>
+public sealed class FineTuningJob
+{
+    public required string Id { get; init; }
+    public required string Model { get; init; }
+    public required string TrainingFile { get; init; }
+    public string? ValidationFile { get; init; }
+    public string Status { get; set; } = JobStatus.ValidatingFiles;
+    public long CreatedAt { get; init; }
+    public long? FinishedAt { get; set; }
+    public string? FineTunedModel { get; set; }
+    public string? Suffix { get; init; }
+    public long Seed { get; init; }
+    public int Epochs { get; init; }
+    public int BatchSize { get; init; }
+    public double LearningRateMultiplier { get; init; }
+    public required string AdapterType { get; init; }
+    /// <summary>The adapter's PEFT config (adapter_config.json) as resolved at creation.</summary>
+    public required string AdapterConfig { get; init; }
+    public long? TrainedTokens { get; set; }
+    public string? ErrorCode { get; set; }
+    public string? ErrorMessage { get; set; }
+    public string? ErrorParam { get; set; }
+}
+
+/// <summary>One entry of a job's event log; metrics events carry the progress numbers as JSON.</summary>
+public sealed class JobEvent
+{
+    public long Id { get; init; }
+    public required string JobId { get; init; }
+    public long CreatedAt { get; init; }
+    public string Level { get; init; } = "info";
+    public required string Message { get; init; }
+    public string Type { get; init; } = "message";
+    public string? Data { get; init; }
+}
+
+/// <summary>A trained adapter: its row records what it is; its PEFT folder lives in the blob store.</summary>
+public sealed class Adapter
+{
+    public required string Id { get; init; }
+    /// <summary>The model name users call it by, e.g. <c>ft:tiny-llama-demo:my-suffix:ftjob-abc</c>.</summary>
+    public required string Name { get; init; }
+    public required string BaseModel { get; init; }
+    public required string Method { get; init; }
+    public required string Config { get; init; }
+    public long ParameterCount { get; init; }
+    public long SizeBytes { get; init; }
+    public required string BlobPath { get; init; }
+    public string? JobId { get; init; }
+    public long CreatedAt { get; init; }
+}

@@ -1,0 +1,21 @@
+using Microsoft.EntityFrameworkCore;
+
+namespace AdapterService.Core.Storage;
+
+public sealed class ServiceDbContext(DbContextOptions<ServiceDbContext> options) : DbContext(options)
+{
+    public DbSet<StoredFile> Files => Set<StoredFile>();
+    public DbSet<BaseModel> BaseModels => Set<BaseModel>();
+    public DbSet<FineTuningJob> Jobs => Set<FineTuningJob>();
+    public DbSet<JobEvent> JobEvents => Set<JobEvent>();
+    public DbSet<Adapter> Adapters => Set<Adapter>();
+
+    protected override void OnModelCreating(ModelBuilder model)
+    {
+        model.Entity<FineTuningJob>().HasIndex(j => j.CreatedAt);
+        model.Entity<FineTuningJob>().HasIndex(j => j.FineTunedModel);
+        model.Entity<JobEvent>().HasIndex(e => new { e.JobId, e.Id });
+        model.Entity<Adapter>().HasIndex(a => a.Name).IsUnique();
+        model.Entity<StoredFile>().HasIndex(f => f.CreatedAt);
+    }
+}

@@ -1,0 +1,45 @@
+using AdapterService.Core.Formats;
+using AdapterService.Core.Models;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace AdapterService.Core.Storage;
+
+public static class ServiceStorage
+{
+    /// <summary>
+    /// The database (SQLite at <c>{data}/service.db</c> unless <c>ConnectionStrings:Database</c> says otherwise) and the
+    /// blob store (<c>{data}/blobs</c>), with <c>{data}</c> from <c>Service:DataDirectory</c> (default <c>./data</c>).
+    /// </summary>
+    public static IServiceCollection AddServiceStorage(this IServiceCollection services, IConfiguration configuration)
+    {
+        var data = Path.GetFullPath(configuration["Service:DataDirectory"] ?? "data");
+        Directory.CreateDirectory(data);
+        var connection = configuration.GetConnectionString("Database") ?? $"Data Source={Path.Combine(data, "service.db")}";
+        services.AddDbContext<ServiceDbContext>(o => o.UseSqlite(connection));
+        services.AddSingleton(new BlobStore(Path.Combine(data, "blobs")));
+        return services;
+    }
+
+    /// <summary>Applies migrations and makes sure the built-in base models exist (created on first start).</summary>
+    public static void Initialize(ServiceDbContext db, BlobStore blobs)
+    {
+        db.Database.Migrate();
+        foreach (var builtin in BuiltinModels.All)
+        {
+            var blobPath = BlobStore.ModelPath(builtin.Id);
+            BuiltinModels.EnsureCreated(builtin, blobs.Resolve(blobPath));
+            if (db.BaseModels.Any(m => m.Id == builtin.Id)) continue;
+            var c = builtin.Config;
+            var (tensors, _) = SafeTensors.ReadHeader(Path.Combine(blobs.Resolve(blobPath), ModelFolder.WeightsFile));
+            db.BaseModels.Add(new BaseModel
+            {
+                Id = builtin.Id, Family = "llama", Description = builtin.Description, BlobPath = blobPath,
+                ParameterCount = tensors.Sum(t => t.Shape.Aggregate(1L, (a, b) => a * b)), ContextLength = c.MaxPositionEmbeddings, Dtype = c.TorchDtype,
+                Tokenizer = "byte-level", CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+            });
+        }
+        db.SaveChanges();
+    }
+}

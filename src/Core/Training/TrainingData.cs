@@ -1,0 +1,16 @@
+using AdapterService.Core.Data;
+using AdapterService.Core.Formats;
+
+namespace AdapterService.Core.Training;
+
+public static class TrainingData
+{
+    /// <summary>Tokenizes every example; longer ones are cut to the context length (as OpenAI does).</summary>
+    public static List<TokenizedExample> Tokenize(TrainingFile file, ByteTokenizer tokenizer, int contextLength) =>
+        file.Examples.Select(e =>
+        {
+            var (ids, train) = tokenizer.EncodeExample(e);
+            int n = Math.Min(ids.Count, contextLength);
+            return new TokenizedExample(ids.Take(n).ToArray(), train.Take(n).ToArray());
+        }).ToList();
+}

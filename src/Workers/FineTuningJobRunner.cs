@@ -18,6 +18,8 @@ namespace AdapterService.Workers;
 /// </summary>
 public sealed class FineTuningJobRunner(ServiceDbContext db, BlobStore blobs, IJobNotifier notifier, ILogger<FineTuningJobRunner> log)
 {
+    static readonly JsonSerializerOptions SnakeCase = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
     public const double BaseLearningRate = 2e-3;
 
@@ -70,7 +72,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, BlobStore blobs, IJ
         var result = LoraTrainer.Train(model, adapter, examples, hp, ByteTokenizer.End, job.Seed, p =>
         {
             var message = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.LearningRate, p.TokensPerSecond, p.EtaSeconds);
-            AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}", "metrics", JsonSerializer.Serialize(message));
+            AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}", "metrics", JsonSerializer.Serialize(message, SnakeCase));
             Notify(message);
             // Cancellation is a status change in the database, so it reaches a worker in any process within one step.
             if (db.Jobs.Where(j => j.Id == job.Id).Select(j => j.Status).Single() == JobStatus.Cancelled) cancel.Cancel();

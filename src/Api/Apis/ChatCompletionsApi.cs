@@ -1,0 +1,79 @@
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Formats;
+using AdapterService.Core.Inference;
+using AdapterService.Core.Storage;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Options;
+
+namespace AdapterService.Api.Apis;
+
+public sealed record ChatMessageDto(string? Role, string? Content);
+
+public sealed record ChatCompletionRequest(
+    string? Model, IReadOnlyList<ChatMessageDto>? Messages, int? MaxTokens, int? MaxCompletionTokens, double? Temperature, double? TopP,
+    JsonElement? Stop, bool? Stream, long? Seed, int? N) : ISamplingRequest
+{
+    int? ISamplingRequest.MaxTokens => MaxCompletionTokens ?? MaxTokens;
+}
+
+public sealed record ChatChoice(int Index, ChatMessageDto Message, object? Logprobs, string FinishReason);
+public sealed record ChatCompletionResponse(string Id, string Object, long Created, string Model, IReadOnlyList<ChatChoice> Choices, Usage Usage);
+public sealed record ChatDelta(string? Role, string? Content);
+public sealed record ChatChunkChoice(int Index, ChatDelta Delta, object? Logprobs, string? FinishReason);
+public sealed record ChatCompletionChunk(string Id, string Object, long Created, string Model, IReadOnlyList<ChatChunkChoice> Choices, Usage? Usage);
+
+public static class ChatCompletionsApi
+{
+    static readonly string[] Roles = ["system", "developer", "user", "assistant"];
+
+    public static IEndpointRouteBuilder MapChatCompletionsApi(this IEndpointRouteBuilder app)
+    {
+        app.MapPost("/v1/chat/completions", CreateChatCompletion).WithTags("Chat")
+            .WithSummary("Chat with a base model or a fine-tuned model (ft:...)")
+            .WithDescription("`stream: true` answers with server-sent events of `chat.completion.chunk` objects, then `data: [DONE]`.");
+        return app;
+    }
+
+    static async Task<Results<Ok<ChatCompletionResponse>, ServerSentEventsResult<string>, JsonHttpResult<ErrorResponse>>> CreateChatCompletion(
+        ChatCompletionRequest request, ServiceDbContext db, BlobStore blobs, InferenceEngine engine,
+        IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, CancellationToken cancel)
+    {
+        var (ready, error) = await Generation.PrepareAsync(request, () => new ByteTokenizer().EncodeChatPrompt(Messages(request.Messages)),
+            defaultMaxTokens: null, db, blobs, cancel);
+        if (ready is null) return error!;
+        var (id, created) = (Generation.NewId("chatcmpl-"), Generation.Now());
+        if (request.Stream == true)
+            return Generation.Stream(Chunks(engine, ready, id, created, cancel), json.Value.SerializerOptions);
+        var (text, finish, usage) = await Generation.CollectAsync(engine, ready.Request, cancel);
+        return TypedResults.Ok(new ChatCompletionResponse(id, "chat.completion", created, ready.Model,
+            [new ChatChoice(0, new ChatMessageDto("assistant", text), null, finish)], usage));
+    }
+
+    static async IAsyncEnumerable<ChatCompletionChunk> Chunks(InferenceEngine engine, Generation.Prepared ready, string id, long created,
+        [EnumeratorCancellation] CancellationToken cancel)
+    {
+        ChatCompletionChunk Chunk(ChatDelta delta, string? finish, Usage? usage) =>
+            new(id, "chat.completion.chunk", created, ready.Model, [new ChatChunkChoice(0, delta, null, finish)], usage);
+        yield return Chunk(new ChatDelta("assistant", ""), null, null);
+        await foreach (var c in engine.Generate(ready.Request, cancel))
+        {
+            if (c.Text.Length > 0) yield return Chunk(new ChatDelta(null, c.Text), null, null);
+            if (c.FinishReason is not null) yield return Chunk(new ChatDelta(null, null), c.FinishReason, Generation.UsageOf(c));
+        }
+    }
+
+    static IEnumerable<(string Role, string Content)> Messages(IReadOnlyList<ChatMessageDto>? messages)
+    {
+        if (messages is null || messages.Count == 0) throw new ArgumentException("messages must be a non-empty list.", "messages");
+        for (int i = 0; i < messages.Count; i++)
+        {
+            var m = messages[i];
+            if (m.Role is null || !Roles.Contains(m.Role))
+                throw new ArgumentException($"messages[{i}].role must be one of {string.Join(", ", Roles)}.", $"messages[{i}].role");
+            if (m.Content is null) throw new ArgumentException($"messages[{i}].content must be a string.", $"messages[{i}].content");
+        }
+        return messages.Select(m => (m.Role!, m.Content!)).ToList();
+    }
+}

@@ -1,0 +1,59 @@
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Formats;
+using AdapterService.Core.Inference;
+using AdapterService.Core.Storage;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Options;
+
+namespace AdapterService.Api.Apis;
+
+public sealed record CompletionRequest(
+    string? Model, JsonElement? Prompt, int? MaxTokens, double? Temperature, double? TopP, JsonElement? Stop, bool? Stream, long? Seed, int? N)
+    : ISamplingRequest;
+
+public sealed record CompletionChoice(string Text, int Index, object? Logprobs, string? FinishReason);
+public sealed record CompletionResponse(string Id, string Object, long Created, string Model, IReadOnlyList<CompletionChoice> Choices, Usage? Usage);
+
+public static class CompletionsApi
+{
+    public static IEndpointRouteBuilder MapCompletionsApi(this IEndpointRouteBuilder app)
+    {
+        app.MapPost("/v1/completions", CreateCompletion).WithTags("Completions")
+            .WithSummary("Complete a prompt with a base model or a fine-tuned model (ft:...)")
+            .WithDescription("`stream: true` answers with server-sent events of `text_completion` chunks, then `data: [DONE]`. max_tokens defaults to 16, as in OpenAI's API.");
+        return app;
+    }
+
+    static async Task<Results<Ok<CompletionResponse>, ServerSentEventsResult<string>, JsonHttpResult<ErrorResponse>>> CreateCompletion(
+        CompletionRequest request, ServiceDbContext db, BlobStore blobs, InferenceEngine engine,
+        IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, CancellationToken cancel)
+    {
+        var (ready, error) = await Generation.PrepareAsync(request, () => new ByteTokenizer().EncodeCompletionPrompt(PromptText(request.Prompt)),
+            defaultMaxTokens: 16, db, blobs, cancel);
+        if (ready is null) return error!;
+        var (id, created) = (Generation.NewId("cmpl-"), Generation.Now());
+        if (request.Stream == true)
+            return Generation.Stream(Chunks(engine, ready, id, created, cancel), json.Value.SerializerOptions);
+        var (text, finish, usage) = await Generation.CollectAsync(engine, ready.Request, cancel);
+        return TypedResults.Ok(new CompletionResponse(id, "text_completion", created, ready.Model, [new CompletionChoice(text, 0, null, finish)], usage));
+    }
+
+    static async IAsyncEnumerable<CompletionResponse> Chunks(InferenceEngine engine, Generation.Prepared ready, string id, long created,
+        [EnumeratorCancellation] CancellationToken cancel)
+    {
+        await foreach (var c in engine.Generate(ready.Request, cancel))
+            yield return new CompletionResponse(id, "text_completion", created, ready.Model, [new CompletionChoice(c.Text, 0, null, c.FinishReason)],
+                c.FinishReason is null ? null : Generation.UsageOf(c));
+    }
+
+    /// <summary>A prompt is a string, or a list holding one string.</summary>
+    static string PromptText(JsonElement? prompt) => prompt switch
+    {
+        { ValueKind: JsonValueKind.String } s => s.GetString()!,
+        { ValueKind: JsonValueKind.Array } a when a.GetArrayLength() == 1 && a[0].ValueKind == JsonValueKind.String => a[0].GetString()!,
+        null or { ValueKind: JsonValueKind.Null } => throw new ArgumentException("Missing required parameter: 'prompt'.", "prompt"),
+        _ => throw new ArgumentException("prompt must be a string (or a list of one string).", "prompt"),
+    };
+}

@@ -1,0 +1,89 @@
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Inference;
+using AdapterService.Core.Storage;
+using Microsoft.AspNetCore.Http.HttpResults;
+
+namespace AdapterService.Api.Apis;
+
+/// <summary>Sampling fields shared by /v1/completions and /v1/chat/completions.</summary>
+public interface ISamplingRequest
+{
+    string? Model { get; }
+    int? MaxTokens { get; }
+    double? Temperature { get; }
+    double? TopP { get; }
+    JsonElement? Stop { get; }
+    bool? Stream { get; }
+    long? Seed { get; }
+    int? N { get; }
+}
+
+public sealed record Usage(int PromptTokens, int CompletionTokens, int TotalTokens);
+
+/// <summary>The mechanics both completion endpoints share: model lookup, validation, running, streaming.</summary>
+public static class Generation
+{
+    public sealed record Prepared(GenerationRequest Request, string Model);
+
+    /// <summary>Checks the sampling fields and resolves the model; the prompt ids come from the caller.</summary>
+    public static async Task<(Prepared? Ready, JsonHttpResult<ErrorResponse>? Error)> PrepareAsync(
+        ISamplingRequest request, Func<List<int>> prompt, int? defaultMaxTokens, ServiceDbContext db, BlobStore blobs, CancellationToken cancel)
+    {
+        if (string.IsNullOrEmpty(request.Model)) return (null, OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model"));
+        var model = await ModelResolver.ResolveAsync(db, request.Model, cancel);
+        if (model is null)
+            return (null, OpenAiErrors.NotFound($"The model '{request.Model}' does not exist.", "model", "model_not_found"));
+        if (request.N is not (null or 1)) return (null, OpenAiErrors.BadRequest("Only n=1 is supported.", "n"));
+        if (request.Temperature is < 0 or > 2) return (null, OpenAiErrors.BadRequest("temperature must be between 0 and 2.", "temperature"));
+        if (request.TopP is <= 0 or > 1) return (null, OpenAiErrors.BadRequest("top_p must be in (0, 1].", "top_p"));
+        if (request.MaxTokens is < 1) return (null, OpenAiErrors.BadRequest("max_tokens must be at least 1.", "max_tokens"));
+        var stop = request.Stop switch
+        {
+            null or { ValueKind: JsonValueKind.Null } => [],
+            { ValueKind: JsonValueKind.String } s => [s.GetString()!],
+            { ValueKind: JsonValueKind.Array } a when a.GetArrayLength() <= 4 && a.EnumerateArray().All(e => e.ValueKind == JsonValueKind.String) =>
+                a.EnumerateArray().Select(e => e.GetString()!).ToList(),
+            _ => (List<string>?)null,
+        };
+        if (stop is null) return (null, OpenAiErrors.BadRequest("stop must be a string or a list of up to 4 strings.", "stop"));
+
+        List<int> ids;
+        try { ids = prompt(); }
+        catch (ArgumentException e) { return (null, OpenAiErrors.BadRequest(e.Message, e.ParamName)); }
+        int context = model.Base.ContextLength, available = context - ids.Count;
+        int maxTokens = request.MaxTokens ?? defaultMaxTokens ?? available;
+        if (available < 1 || maxTokens > available)
+            return (null, OpenAiErrors.BadRequest(
+                $"This model's maximum context length is {context} tokens. However, you requested {ids.Count + maxTokens} tokens ({ids.Count} in the prompt, {maxTokens} for the completion).",
+                "messages", "context_length_exceeded"));
+
+        var options = new SamplingOptions(maxTokens, request.Temperature ?? 1.0, request.TopP ?? 1.0, stop, request.Seed);
+        return (new Prepared(new GenerationRequest(model.Base.Id, blobs.Resolve(model.Base.BlobPath), model.Adapter?.Id,
+            model.Adapter is null ? null : blobs.Resolve(model.Adapter.BlobPath), ids, options), request.Model), null);
+    }
+
+    public static async Task<(string Text, string Finish, Usage Usage)> CollectAsync(InferenceEngine engine, GenerationRequest request, CancellationToken cancel)
+    {
+        var text = new System.Text.StringBuilder();
+        GenerationChunk? last = null;
+        await foreach (var chunk in engine.Generate(request, cancel)) { text.Append(chunk.Text); last = chunk; }
+        return (text.ToString(), last!.FinishReason!, UsageOf(last));
+    }
+
+    public static Usage UsageOf(GenerationChunk c) => new(c.PromptTokens, c.CompletionTokens, c.PromptTokens + c.CompletionTokens);
+
+    /// <summary>Server-sent events in OpenAI's stream format: one JSON chunk per event, then <c>[DONE]</c>.</summary>
+    public static ServerSentEventsResult<string> Stream<T>(IAsyncEnumerable<T> chunks, JsonSerializerOptions json) =>
+        TypedResults.ServerSentEvents(Serialize(chunks, json));
+
+    static async IAsyncEnumerable<string> Serialize<T>(IAsyncEnumerable<T> chunks, JsonSerializerOptions json, [EnumeratorCancellation] CancellationToken cancel = default)
+    {
+        await foreach (var chunk in chunks.WithCancellation(cancel)) yield return JsonSerializer.Serialize(chunk, json);
+        yield return "[DONE]";
+    }
+
+    public static string NewId(string prefix) => prefix + Ids.New();
+    public static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+}

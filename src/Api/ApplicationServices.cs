@@ -1,0 +1,71 @@
+using System.Reflection;
+using System.Text.Json;
+using AdapterService.Api.Hubs;
+using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Inference;
+using AdapterService.Core.Jobs;
+using AdapterService.Core.Storage;
+using AdapterService.Core.Torch;
+using AdapterService.Workers;
+using Hangfire;
+using Hangfire.Dashboard;
+using Microsoft.EntityFrameworkCore;
+
+namespace AdapterService.Api;
+
+public static class ApplicationServices
+{
+    /// <summary>The embedded default: SQLite + blob folder, Hangfire in memory with an in-process worker, one inference engine.</summary>
+    public static void AddApplicationServices(this WebApplicationBuilder builder)
+    {
+        TorchRuntime.EnsureReady();
+        var services = builder.Services;
+        services.ConfigureHttpJsonOptions(o => o.SerializerOptions.PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower);
+        services.Configure<Microsoft.AspNetCore.Mvc.JsonOptions>(o => o.JsonSerializerOptions.PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower);
+        services.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);   // so that binding errors get the OpenAI error object
+        services.AddProblemDetails();
+        services.AddEndpointsApiExplorer();
+        services.AddSwaggerGen(o =>
+        {
+            o.SwaggerDoc("v1", new() { Title = "Adapter fine-tuning service", Version = "v1",
+                Description = "OpenAI-compatible fine-tuning, files, models and completions, with per-request adapters. Live job progress: SignalR hub /hubs/jobs." });
+            o.IncludeXmlComments(Path.Combine(AppContext.BaseDirectory, $"{Assembly.GetExecutingAssembly().GetName().Name}.xml"));
+        });
+        services.AddSignalR();
+        services.AddSingleton<IJobNotifier, SignalRJobNotifier>();
+        services.AddSingleton<InferenceEngine>();
+        services.AddHangfire(c => c.UseSimpleAssemblyNameTypeSerializer().UseRecommendedSerializerSettings().UseInMemoryStorage());
+        services.AddFineTuningWorker(builder.Configuration);
+        // Let a training step finish and the worker stop cleanly before the host gives up.
+        services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(30));
+    }
+
+    public static void UseApplication(this WebApplication app)
+    {
+        using (var scope = app.Services.CreateScope())
+        {
+            var db = scope.ServiceProvider.GetRequiredService<ServiceDbContext>();
+            ServiceStorage.Initialize(db, scope.ServiceProvider.GetRequiredService<BlobStore>());
+            RequeueUnfinishedJobs(db, scope.ServiceProvider.GetRequiredService<IBackgroundJobClient>());
+        }
+        app.UseOpenAiErrors();
+        app.UseSwagger();
+        app.UseSwaggerUI(o => o.DocumentTitle = "Adapter fine-tuning service");
+        app.UseHangfireDashboard("/hangfire", new DashboardOptions { Authorization = [new LocalRequestsOnlyAuthorizationFilter()] });
+        app.MapGet("/", () => Results.Redirect("/swagger")).ExcludeFromDescription();
+        app.Lifetime.ApplicationStarted.Register(() =>
+        {
+            foreach (var url in app.Urls) app.Logger.LogInformation("Adapter service ready: {Url}/swagger", url);
+        });
+    }
+
+    /// <summary>The database is the source of truth: jobs queued or running when the process stopped go back to the queue.</summary>
+    static void RequeueUnfinishedJobs(ServiceDbContext db, IBackgroundJobClient queue)
+    {
+        foreach (var id in db.Jobs.Where(j => j.Status == JobStatus.Queued || j.Status == JobStatus.Running).Select(j => j.Id).ToList())
+        {
+            db.Jobs.Where(j => j.Id == id).ExecuteUpdate(s => s.SetProperty(j => j.Status, JobStatus.Queued));
+            queue.Create<FineTuningJobRunner>(r => r.Run(id, CancellationToken.None), new Hangfire.States.EnqueuedState(WorkerServices.FineTuningQueue));
+        }
+    }
+}

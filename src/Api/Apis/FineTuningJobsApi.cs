@@ -202,9 +202,9 @@ public static partial class FineTuningJobsApi
     static async Task<Ok<ListResponse<FineTuningJobDto>>> ListJobs(ServiceDbContext db, string? after, int? limit, CancellationToken cancel)
     {
         int take = Math.Clamp(limit ?? 20, 1, 100);
-        var query = db.Jobs.AsNoTracking().OrderByDescending(j => j.CreatedAt).ThenByDescending(j => j.Id).AsQueryable();
+        var query = db.Jobs.AsNoTracking().OrderByDescending(j => j.Sequence).AsQueryable();
         if (after is not null && await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == after, cancel) is { } cursor)
-            query = query.Where(j => j.CreatedAt < cursor.CreatedAt || j.CreatedAt == cursor.CreatedAt && j.Id.CompareTo(cursor.Id) < 0);
+            query = query.Where(j => j.Sequence < cursor.Sequence);
         var page = await query.Take(take + 1).ToListAsync(cancel);
         return TypedResults.Ok(new ListResponse<FineTuningJobDto>("list", page.Take(take).Select(j => j.ToDto()).ToList(), page.Count > take));
     }

@@ -46,6 +46,8 @@ public sealed class FineTuningJob
     public string? ValidationFile { get; init; }
     public string Status { get; set; } = JobStatus.ValidatingFiles;
     public long CreatedAt { get; init; }
+    /// <summary>Creation time in UTC ticks: orders jobs created within the same second (list paging).</summary>
+    public long Sequence { get; init; } = DateTime.UtcNow.Ticks;
     public long? FinishedAt { get; set; }
     public string? FineTunedModel { get; set; }
     public string? Suffix { get; init; }

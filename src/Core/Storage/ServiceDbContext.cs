@@ -12,7 +12,7 @@ public sealed class ServiceDbContext(DbContextOptions<ServiceDbContext> options)
 
     protected override void OnModelCreating(ModelBuilder model)
     {
-        model.Entity<FineTuningJob>().HasIndex(j => j.CreatedAt);
+        model.Entity<FineTuningJob>().HasIndex(j => j.Sequence);
         model.Entity<FineTuningJob>().HasIndex(j => j.FineTunedModel);
         model.Entity<JobEvent>().HasIndex(e => new { e.JobId, e.Id });
         model.Entity<Adapter>().HasIndex(a => a.Name).IsUnique();

@@ -151,6 +151,9 @@ namespace AdapterService.Core.Storage.Migrations
                     b.Property<long>("Seed")
                         .HasColumnType("INTEGER");
 
+                    b.Property<long>("Sequence")
+                        .HasColumnType("INTEGER");
+
                     b.Property<string>("Status")
                         .IsRequired()
                         .HasColumnType("TEXT");
@@ -170,9 +173,9 @@ namespace AdapterService.Core.Storage.Migrations
 
                     b.HasKey("Id");
 
-                    b.HasIndex("CreatedAt");
-
                     b.HasIndex("FineTunedModel");
+
+                    b.HasIndex("Sequence");
 
                     b.ToTable("Jobs");
                 });

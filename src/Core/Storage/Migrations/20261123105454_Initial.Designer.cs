@@ -10,7 +10,7 @@ using Microsoft.EntityFrameworkCore.Storage.ValueConversion;
 namespace AdapterService.Core.Storage.Migrations
 {
     [DbContext(typeof(ServiceDbContext))]
-    [Migration("20261123105102_Initial")]
+    [Migration("20261123105454_Initial")]
     partial class Initial
     {
         /// <inheritdoc />
@@ -154,6 +154,9 @@ namespace AdapterService.Core.Storage.Migrations
                     b.Property<long>("Seed")
                         .HasColumnType("INTEGER");
 
+                    b.Property<long>("Sequence")
+                        .HasColumnType("INTEGER");
+
                     b.Property<string>("Status")
                         .IsRequired()
                         .HasColumnType("TEXT");
@@ -173,9 +176,9 @@ namespace AdapterService.Core.Storage.Migrations
 
                     b.HasKey("Id");
 
-                    b.HasIndex("CreatedAt");
-
                     b.HasIndex("FineTunedModel");
+
+                    b.HasIndex("Sequence");
 
                     b.ToTable("Jobs");
                 });

@@ -96,6 +96,7 @@ namespace AdapterService.Core.Storage.Migrations
                     ValidationFile = table.Column<string>(type: "TEXT", nullable: true),
                     Status = table.Column<string>(type: "TEXT", nullable: false),
                     CreatedAt = table.Column<long>(type: "INTEGER", nullable: false),
+                    Sequence = table.Column<long>(type: "INTEGER", nullable: false),
                     FinishedAt = table.Column<long>(type: "INTEGER", nullable: true),
                     FineTunedModel = table.Column<string>(type: "TEXT", nullable: true),
                     Suffix = table.Column<string>(type: "TEXT", nullable: true),
@@ -132,14 +133,14 @@ namespace AdapterService.Core.Storage.Migrations
                 columns: new[] { "JobId", "Id" });
 
             migrationBuilder.CreateIndex(
-                name: "IX_Jobs_CreatedAt",
-                table: "Jobs",
-                column: "CreatedAt");
-
-            migrationBuilder.CreateIndex(
                 name: "IX_Jobs_FineTunedModel",
                 table: "Jobs",
                 column: "FineTunedModel");
+
+            migrationBuilder.CreateIndex(
+                name: "IX_Jobs_Sequence",
+                table: "Jobs",
+                column: "Sequence");
         }
 
         /// <inheritdoc />

@@ -21,7 +21,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, BlobStore blobs, IJ
     static readonly JsonSerializerOptions SnakeCase = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
-    public const double BaseLearningRate = 2e-3;
+    public const double BaseLearningRate = 4e-3;
 
     [AutomaticRetry(Attempts = 0)]
     public void Run(string jobId, CancellationToken shutdown)

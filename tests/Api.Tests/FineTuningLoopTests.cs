@@ -21,7 +21,7 @@ public sealed class FineTuningLoopTests(ServiceFactory factory)
         var created = await Api.CreateJobAsync(client, new
         {
             model = "tiny-llama-demo", training_file = fileId, suffix = "sky", seed = 7,
-            hyperparameters = new { n_epochs = 12, batch_size = 2, learning_rate_multiplier = 2 },
+            hyperparameters = new { n_epochs = 12, batch_size = 2, learning_rate_multiplier = 1 },
             adapter = new { type = "lora", rank = 8, alpha = 16, dropout = 0.0, target_modules = new[] { "q_proj", "v_proj" } },
         });
         Assert.Equal("fine_tuning.job", (string?)created["object"]);
@@ -65,7 +65,7 @@ public sealed class FineTuningLoopTests(ServiceFactory factory)
             var job = await Api.CreateJobAsync(client, new
             {
                 model = "tiny-llama-demo", training_file = fileId, seed = 3, suffix = answer.ToLowerInvariant(),
-                hyperparameters = new { n_epochs = 20, batch_size = 2, learning_rate_multiplier = 2 },
+                hyperparameters = new { n_epochs = 20, batch_size = 2, learning_rate_multiplier = 1 },
             });
             return (string)(await Api.WaitForFinishAsync(client, (string)job["id"]!))["fine_tuned_model"]!;
         }

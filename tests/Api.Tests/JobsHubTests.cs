@@ -28,7 +28,7 @@ public sealed class JobsHubTests(ServiceFactory factory)
         var job = await Api.CreateJobAsync(client, new
         {
             model = "tiny-llama-demo", training_file = fileId, seed = 1,
-            hyperparameters = new { n_epochs = 10, batch_size = 2, learning_rate_multiplier = 2 },
+            hyperparameters = new { n_epochs = 10, batch_size = 2, learning_rate_multiplier = 1 },
         });
         var jobId = (string)job["id"]!;
         await hub.InvokeAsync("SubscribeToJob", jobId);

@@ -1,11 +1,12 @@
 using AdapterService.Core.Torch;
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace AdapterService.Core.Tests.Torch;
 
 public class TorchRuntimeTests
 {
+    const string HostLibstdcxx = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6";
+
     [Fact]
     public void ForwardAndBackwardRunOnThisHost()
     {
@@ -21,13 +22,47 @@ public class TorchRuntimeTests
     }
 
     [Fact]
-    public void PatchedLibraryNoLongerNeedsMissingVersionsStrictly()
+    public void TheFixWeakensExactlyTheVersionsTheHostLacksWithATwoByteEdit()
+    {
+        string pristine = Path.Combine(Environment.GetEnvironmentVariable("NUGET_PACKAGES")
+            ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages"),
+            "torchsharp", "0.107.0", "runtimes", "linux-x64", "native", "libLibTorchSharp.so");
+        Assert.True(File.Exists(pristine), $"the restored TorchSharp package should hold {pristine}");
+        string copy = Path.Combine(Path.GetTempPath(), $"libLibTorchSharp-{Guid.NewGuid():N}.so");
+        File.Copy(pristine, copy);
+        try
+        {
+            bool hostHasIt = ElfVersionFix.DefinedVersions(File.ReadAllBytes(HostLibstdcxx)).Contains("GLIBCXX_3.4.32");
+            var weakened = ElfVersionFix.Apply(copy, HostLibstdcxx);
+            Assert.Equal(hostHasIt ? [] : ["GLIBCXX_3.4.32"], weakened);
+
+            byte[] before = File.ReadAllBytes(pristine), after = File.ReadAllBytes(copy);
+            Assert.Equal(before.Length, after.Length);
+            Assert.Equal(hostHasIt ? 0 : 1, Enumerable.Range(0, before.Length).Count(i => before[i] != after[i]));   // one flag byte
+            Assert.Empty(ElfVersionFix.Apply(copy, HostLibstdcxx));   // idempotent
+        }
+        finally
+        {
+            File.Delete(copy);
+        }
+    }
+
+    [Fact]
+    public void TheLibraryThisProcessLoadedIsFixed()
     {
         TorchRuntime.EnsureReady();
         string lib = Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native", "libLibTorchSharp.so");
-        const string host = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6";
-        Assert.True(File.Exists(lib));
-        // A second application finds nothing left to weaken: the fix is idempotent.
-        Assert.Empty(ElfVersionFix.Apply(lib, host));
+        Assert.Empty(ElfVersionFix.Apply(lib, HostLibstdcxx));
+        // TorchSharp copies its natives to cpu/ only after a failed load; a clean start leaves none.
+        Assert.False(Directory.Exists(Path.Combine(AppContext.BaseDirectory, "cpu")));
+    }
+
+    [Fact]
+    public void NonElfInputIsRefusedClearly()
+    {
+        string junk = Path.GetTempFileName();
+        File.WriteAllText(junk, "not an ELF file");
+        try { Assert.Throws<InvalidDataException>(() => ElfVersionFix.Apply(junk, HostLibstdcxx)); }
+        finally { File.Delete(junk); }
     }
 }

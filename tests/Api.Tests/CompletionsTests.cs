@@ -73,5 +73,7 @@ public sealed class CompletionsTests(ServiceFactory factory)
                      "/v1/fine_tuning/jobs/{jobId}/cancel", "/v1/fine_tuning/jobs/{jobId}/events", "/v1/completions", "/v1/chat/completions", "/v1/models" })
             Assert.Contains(path, paths);
         Assert.NotNull(doc["components"]!["schemas"]!["FineTuningJobDto"]!["properties"]!["fine_tuned_model"]);
+        Assert.NotNull(doc["paths"]!["/v1/fine_tuning/jobs"]!["post"]!["responses"]!["400"]);   // error object documented
+        Assert.Equal("tiny-llama-demo", (string?)doc["components"]!["schemas"]!["CreateFineTuningJobRequest"]!["properties"]!["model"]!["example"]);
     }
 }

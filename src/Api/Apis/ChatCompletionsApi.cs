@@ -11,6 +11,17 @@ namespace AdapterService.Api.Apis;
 
 public sealed record ChatMessageDto(string? Role, string? Content);
 
+/// <summary>A chat completion request (OpenAI's fields).</summary>
+/// <param name="Model" example="tiny-llama-demo">A base model id or a fine-tuned model name (ft:{base}:{suffix}:{job}).</param>
+/// <param name="Messages">The conversation: roles system, developer, user, assistant; content a string.</param>
+/// <param name="MaxTokens">Tokens to generate; default: up to the context length.</param>
+/// <param name="MaxCompletionTokens">Newer name of max_tokens; wins when both are given.</param>
+/// <param name="Temperature" example="0">0-2; 0 is greedy (default 1).</param>
+/// <param name="TopP" example="1">Nucleus sampling mass in (0, 1] (default 1).</param>
+/// <param name="Stop">A string or up to 4 strings that end the answer (not included in it).</param>
+/// <param name="Stream" example="false">Server-sent events of chat.completion.chunk objects, then [DONE].</param>
+/// <param name="Seed" example="42">Makes sampling reproducible.</param>
+/// <param name="N" example="1">Only 1 is supported.</param>
 public sealed record ChatCompletionRequest(
     string? Model, IReadOnlyList<ChatMessageDto>? Messages, int? MaxTokens, int? MaxCompletionTokens, double? Temperature, double? TopP,
     JsonElement? Stop, bool? Stream, long? Seed, int? N) : ISamplingRequest
@@ -30,7 +41,7 @@ public static class ChatCompletionsApi
 
     public static IEndpointRouteBuilder MapChatCompletionsApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost("/v1/chat/completions", CreateChatCompletion).WithTags("Chat")
+        app.MapPost("/v1/chat/completions", CreateChatCompletion).WithErrors(400, 404).WithTags("Chat")
             .WithSummary("Chat with a base model or a fine-tuned model (ft:...)")
             .WithDescription("`stream: true` answers with server-sent events of `chat.completion.chunk` objects, then `data: [DONE]`.");
         return app;

@@ -9,6 +9,16 @@ using Microsoft.Extensions.Options;
 
 namespace AdapterService.Api.Apis;
 
+/// <summary>A text completion request (OpenAI's fields).</summary>
+/// <param name="Model" example="tiny-llama-demo">A base model id or a fine-tuned model name (ft:{base}:{suffix}:{job}).</param>
+/// <param name="Prompt" example="Once upon a time">A string, or a list of one string.</param>
+/// <param name="MaxTokens" example="16">Tokens to generate (default 16).</param>
+/// <param name="Temperature" example="0">0-2; 0 is greedy (default 1).</param>
+/// <param name="TopP" example="1">Nucleus sampling mass in (0, 1] (default 1).</param>
+/// <param name="Stop">A string or up to 4 strings that end the completion (not included in it).</param>
+/// <param name="Stream" example="false">Server-sent events of text_completion chunks, then [DONE].</param>
+/// <param name="Seed" example="42">Makes sampling reproducible.</param>
+/// <param name="N" example="1">Only 1 is supported.</param>
 public sealed record CompletionRequest(
     string? Model, JsonElement? Prompt, int? MaxTokens, double? Temperature, double? TopP, JsonElement? Stop, bool? Stream, long? Seed, int? N)
     : ISamplingRequest;
@@ -20,7 +30,7 @@ public static class CompletionsApi
 {
     public static IEndpointRouteBuilder MapCompletionsApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost("/v1/completions", CreateCompletion).WithTags("Completions")
+        app.MapPost("/v1/completions", CreateCompletion).WithErrors(400, 404).WithTags("Completions")
             .WithSummary("Complete a prompt with a base model or a fine-tuned model (ft:...)")
             .WithDescription("`stream: true` answers with server-sent events of `text_completion` chunks, then `data: [DONE]`. max_tokens defaults to 16, as in OpenAI's API.");
         return app;

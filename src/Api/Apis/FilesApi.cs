@@ -14,10 +14,10 @@ public static class FilesApi
     public static IEndpointRouteBuilder MapFilesApi(this IEndpointRouteBuilder app)
     {
         var files = app.MapGroup("/v1/files").WithTags("Files");
-        files.MapPost("/", UploadFile).DisableAntiforgery()
+        files.MapPost("/", UploadFile).DisableAntiforgery().WithErrors(400)
             .WithSummary("Upload a file")
             .WithDescription("Multipart form with `file` and `purpose=fine-tune`. Training files are JSONL: chat (`{\"messages\": [...]}`) or prompt/completion (`{\"prompt\": \"...\", \"completion\": \"...\"}`); each line is validated and the first bad line is reported by number.");
-        files.MapGet("/{fileId}", GetFile).WithSummary("Retrieve a file's metadata");
+        files.MapGet("/{fileId}", GetFile).WithErrors(404).WithSummary("Retrieve a file's metadata");
         return app;
     }
 

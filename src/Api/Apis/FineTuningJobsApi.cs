@@ -16,15 +16,32 @@ using Microsoft.EntityFrameworkCore;
 
 namespace AdapterService.Api.Apis;
 
-/// <summary>Hyperparameters: each a number or "auto".</summary>
+/// <summary>Hyperparameters: each a number or "auto" (resolved from the data set's size when the job is created).</summary>
+/// <param name="NEpochs" example="3">Passes over the training file: an integer 1-50, or "auto".</param>
+/// <param name="BatchSize" example="1">Examples per training step: an integer 1-256, or "auto".</param>
+/// <param name="LearningRateMultiplier" example="1">Scales the base learning rate (4e-3 for LoRA): a number in (0, 50], or "auto" (1).</param>
 public sealed record HyperparametersRequest(JsonElement? NEpochs, JsonElement? BatchSize, JsonElement? LearningRateMultiplier);
 
-/// <summary>Our extension: which adapter to train and its options (LoRA: rank, alpha, dropout, target_modules).</summary>
+/// <summary>Our extension: which adapter to train and its options.</summary>
+/// <param name="Type" example="lora">The adapter method: "lora".</param>
+/// <param name="Rank" example="8">LoRA rank r, 1-256 (default 8).</param>
+/// <param name="Alpha" example="16">LoRA alpha; the update is scaled by alpha / r (default 2·r).</param>
+/// <param name="Dropout" example="0.05">Dropout on the LoRA path during training, in [0, 1) (default 0).</param>
+/// <param name="TargetModules">Layers to adapt: module names such as ["q_proj", "v_proj"], one regex over module paths, or "all-linear" (the default).</param>
 public sealed record AdapterRequest(string? Type, int? Rank, double? Alpha, double? Dropout, JsonElement? TargetModules);
 
 public sealed record SupervisedMethod(HyperparametersRequest? Hyperparameters);
 public sealed record MethodRequest(string? Type, SupervisedMethod? Supervised);
 
+/// <summary>A fine-tuning job to create (OpenAI's fields plus <c>adapter</c>).</summary>
+/// <param name="Model" example="tiny-llama-demo">The base model to fine-tune.</param>
+/// <param name="TrainingFile" example="file-abc123">Id of an uploaded file with purpose fine-tune.</param>
+/// <param name="ValidationFile">Not supported yet.</param>
+/// <param name="Hyperparameters">OpenAI's older top-level form; method.supervised.hyperparameters wins when both are given.</param>
+/// <param name="Suffix" example="my-model">Up to 64 letters, digits, '-' or '_'; part of the fine-tuned model's name.</param>
+/// <param name="Seed" example="42">Makes the run reproducible; random when absent.</param>
+/// <param name="Adapter">Which adapter method to train and its options (default: LoRA r=8 on all linear layers).</param>
+/// <param name="Method">OpenAI's newer form: {"type": "supervised", "supervised": {"hyperparameters": {...}}}.</param>
 public sealed record CreateFineTuningJobRequest(
     string? Model, string? TrainingFile, string? ValidationFile, HyperparametersRequest? Hyperparameters, string? Suffix,
     long? Seed, AdapterRequest? Adapter, MethodRequest? Method);
@@ -50,12 +67,12 @@ public static partial class FineTuningJobsApi
     public static IEndpointRouteBuilder MapFineTuningJobsApi(this IEndpointRouteBuilder app)
     {
         var jobs = app.MapGroup("/v1/fine_tuning/jobs").WithTags("Fine-tuning");
-        jobs.MapPost("/", CreateJob).WithSummary("Create a fine-tuning job")
+        jobs.MapPost("/", CreateJob).WithErrors(400, 404).WithSummary("Create a fine-tuning job")
             .WithDescription("Validates the training file, then queues the job. `adapter` (our extension) picks the method: `{\"type\": \"lora\", \"rank\": 8, \"alpha\": 16, \"dropout\": 0.05, \"target_modules\": [\"q_proj\", \"v_proj\"]}`.");
         jobs.MapGet("/", ListJobs).WithSummary("List fine-tuning jobs, newest first (paged with after/limit)");
-        jobs.MapGet("/{jobId}", GetJob).WithSummary("Retrieve a fine-tuning job");
-        jobs.MapPost("/{jobId}/cancel", CancelJob).WithSummary("Cancel a fine-tuning job; a running job stops within one training step");
-        jobs.MapGet("/{jobId}/events", ListEvents).WithSummary("List a job's events, newest first (paged with after/limit)");
+        jobs.MapGet("/{jobId}", GetJob).WithErrors(404).WithSummary("Retrieve a fine-tuning job");
+        jobs.MapPost("/{jobId}/cancel", CancelJob).WithErrors(400, 404).WithSummary("Cancel a fine-tuning job; a running job stops within one training step");
+        jobs.MapGet("/{jobId}/events", ListEvents).WithErrors(400, 404).WithSummary("List a job's events, newest first (paged with after/limit)");
         return app;
     }
 

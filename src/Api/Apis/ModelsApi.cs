@@ -14,7 +14,7 @@ public static class ModelsApi
     {
         var models = app.MapGroup("/v1/models").WithTags("Models");
         models.MapGet("/", ListModels).WithSummary("List base models and fine-tuned models");
-        models.MapGet("/{model}", GetModel).WithSummary("Retrieve a base or fine-tuned model");
+        models.MapGet("/{model}", GetModel).WithErrors(404).WithSummary("Retrieve a base or fine-tuned model");
         return app;
     }
 

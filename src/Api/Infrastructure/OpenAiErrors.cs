@@ -20,6 +20,13 @@ public static class OpenAiErrors
     public static JsonHttpResult<ErrorResponse> NotFound(string message, string? param = null, string? code = "not_found") =>
         Error(StatusCodes.Status404NotFound, message, param, code);
 
+    /// <summary>Documents the error object for the given status codes in the OpenAPI document.</summary>
+    public static RouteHandlerBuilder WithErrors(this RouteHandlerBuilder endpoint, params int[] statusCodes)
+    {
+        foreach (var status in statusCodes) endpoint.Produces<ErrorResponse>(status);
+        return endpoint;
+    }
+
     /// <summary>
     /// Every error the framework raises itself (unreadable JSON, a wrong content type, an unknown route, an unexpected
     /// exception) also answers with the error object, with the right status code.

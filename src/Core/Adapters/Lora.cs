@@ -23,6 +23,7 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
         dropout = config.Dropout > 0 ? nn.Dropout(config.Dropout) : null;
         scaling = config.Scaling;
         RegisterComponents();
+        eval();   // dropout only once a trainer switches training on
     }
 
     public override Tensor forward(Tensor x) => throw new NotSupportedException("LoRA adapts a layer's output: call Forward(x, y)");
@@ -53,6 +54,7 @@ public sealed class RowLora : ILinearAdapter, IDisposable
         long rank = Math.Max(1, rows.Max(r => r?.A.shape[0] ?? 0));
         a = zeros(rows.Count, rank, inFeatures);
         b = zeros(rows.Count, outFeatures, rank);
+        using var scope = NewDisposeScope();   // frees the views and scaled copies below (callers may have no scope)
         using (no_grad())
             for (int i = 0; i < rows.Count; i++)
                 if (rows[i] is { } w)

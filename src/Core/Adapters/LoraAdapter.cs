@@ -40,6 +40,7 @@ public sealed class LoraAdapter : IDisposable
 
     public void Save(string folder)
     {
+        using var scope = NewDisposeScope();
         Directory.CreateDirectory(folder);
         var tensors = new Dictionary<string, Tensor>();
         foreach (var (path, layer) in Layers)
@@ -56,23 +57,30 @@ public sealed class LoraAdapter : IDisposable
     {
         var config = LoraConfig.Load(folder);
         var tensors = SafeTensors.Load(Path.Combine(folder, WeightsFileName));
-        var layers = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
-        var weights = new Dictionary<string, LoraWeights>();
-        foreach (var (key, a) in tensors)
+        try
         {
-            if (!key.EndsWith(".lora_A.weight", StringComparison.Ordinal)) continue;
-            string path = key[..^".lora_A.weight".Length];
-            path = path.StartsWith(PeftPrefix, StringComparison.Ordinal) ? path[PeftPrefix.Length..] : path;
-            if (!layers.TryGetValue(path, out var layer))
-                throw new InvalidDataException($"{key}: the base model has no linear layer {path}");
-            if (!tensors.TryGetValue(key.Replace(".lora_A.", ".lora_B."), out var b))
-                throw new InvalidDataException($"{key}: its lora_B is missing");
-            if (a.ndim != 2 || b.ndim != 2 || a.shape[0] != b.shape[1] || a.shape[1] != layer.InFeatures || b.shape[0] != layer.OutFeatures)
-                throw new InvalidDataException($"{key}: shapes A [{string.Join(",", a.shape)}] B [{string.Join(",", b.shape)}] do not fit layer {path}");
-            weights[path] = new LoraWeights(a.to_type(ScalarType.Float32), b.to_type(ScalarType.Float32), config.Scaling);
+            var layers = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
+            var weights = new Dictionary<string, LoraWeights>();
+            foreach (var (key, a) in tensors)
+            {
+                if (!key.EndsWith(".lora_A.weight", StringComparison.Ordinal)) continue;
+                string path = key[..^".lora_A.weight".Length];
+                path = path.StartsWith(PeftPrefix, StringComparison.Ordinal) ? path[PeftPrefix.Length..] : path;
+                if (!layers.TryGetValue(path, out var layer))
+                    throw new InvalidDataException($"{key}: the base model has no linear layer {path}");
+                if (!tensors.TryGetValue(key.Replace(".lora_A.", ".lora_B."), out var b))
+                    throw new InvalidDataException($"{key}: its lora_B is missing");
+                if (a.ndim != 2 || b.ndim != 2 || a.shape[0] != b.shape[1] || a.shape[1] != layer.InFeatures || b.shape[0] != layer.OutFeatures)
+                    throw new InvalidDataException($"{key}: shapes A [{string.Join(",", a.shape)}] B [{string.Join(",", b.shape)}] do not fit layer {path}");
+                weights[path] = new LoraWeights(a.to_type(ScalarType.Float32), b.to_type(ScalarType.Float32), config.Scaling);
+            }
+            if (weights.Count == 0) throw new InvalidDataException($"{WeightsFileName} holds no LoRA weights");
+            return (config, weights);
         }
-        if (weights.Count == 0) throw new InvalidDataException($"{WeightsFileName} holds no LoRA weights");
-        return (config, weights);
+        finally
+        {
+            foreach (var t in tensors.Values) t.Dispose();   // SafeTensors.Load hands them over outside any dispose scope
+        }
     }
 
     public void Dispose() { foreach (var l in Layers.Values) l.Dispose(); }

@@ -16,7 +16,7 @@ public static class Sampler
         {
             var (sorted, indices) = probs.sort(descending: true);
             var before = sorted.cumsum(0) - sorted;             // probability mass of the tokens ranked above each one
-            sorted = sorted.masked_fill(before >= options.TopP, 0);
+            sorted = sorted.masked_fill((before >= options.TopP).logical_and(before > 0), 0);   // the top token always stays
             probs = zeros_like(probs).scatter(0, indices, sorted);
         }
         return (int)probs.multinomial(1, generator: generator).item<long>();

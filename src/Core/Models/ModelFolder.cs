@@ -40,6 +40,7 @@ public static class ModelFolder
 
     public static void Save(LlamaForCausalLM model, string folder)
     {
+        using var scope = NewDisposeScope();
         Directory.CreateDirectory(folder);
         SafeTensors.Save(Path.Combine(folder, WeightsFile),
             model.named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter.detach()));

@@ -10,6 +10,8 @@ public sealed class StoredFile
     public long CreatedAt { get; init; }
     public required string BlobPath { get; init; }
     public int ExampleCount { get; init; }
+    /// <summary>Creation time in UTC ticks: orders files created within the same second (list paging).</summary>
+    public long Sequence { get; init; } = DateTime.UtcNow.Ticks;
     public string? Format { get; init; }
 }
 
@@ -33,7 +35,10 @@ public static class JobStatus
     public const string ValidatingFiles = "validating_files", Queued = "queued", Running = "running",
         Succeeded = "succeeded", Failed = "failed", Cancelled = "cancelled";
 
-    public static readonly string[] Active = [ValidatingFiles, Queued, Running];
+    public const string Paused = "paused";
+
+    /// <summary>Statuses a job can still leave: cancel applies to them, and their files cannot be deleted.</summary>
+    public static readonly string[] Unfinished = [ValidatingFiles, Queued, Running, Paused];
     public static bool IsFinished(string status) => status is Succeeded or Failed or Cancelled;
 }
 
@@ -59,9 +64,19 @@ public sealed class FineTuningJob
     /// <summary>The adapter's PEFT config (adapter_config.json) as resolved at creation.</summary>
     public required string AdapterConfig { get; init; }
     public long? TrainedTokens { get; set; }
+    /// <summary>Unix time the running job expects to finish, updated as steps complete.</summary>
+    public long? EstimatedFinish { get; set; }
     public string? ErrorCode { get; set; }
     public string? ErrorMessage { get; set; }
     public string? ErrorParam { get; set; }
+}
+
+/// <summary>One key-value pair of a job's user metadata (a table of its own, so list filters run in the database).</summary>
+public sealed class JobMetadata
+{
+    public required string JobId { get; init; }
+    public required string Key { get; init; }
+    public required string Value { get; init; }
 }
 
 /// <summary>One entry of a job's event log; metrics events carry the progress numbers as JSON.</summary>

@@ -8,6 +8,7 @@ public sealed class ServiceDbContext(DbContextOptions<ServiceDbContext> options)
     public DbSet<BaseModel> BaseModels => Set<BaseModel>();
     public DbSet<FineTuningJob> Jobs => Set<FineTuningJob>();
     public DbSet<JobEvent> JobEvents => Set<JobEvent>();
+    public DbSet<JobMetadata> JobMetadata => Set<JobMetadata>();
     public DbSet<Adapter> Adapters => Set<Adapter>();
 
     protected override void OnModelCreating(ModelBuilder model)
@@ -15,7 +16,9 @@ public sealed class ServiceDbContext(DbContextOptions<ServiceDbContext> options)
         model.Entity<FineTuningJob>().HasIndex(j => j.Sequence);
         model.Entity<FineTuningJob>().HasIndex(j => j.FineTunedModel);
         model.Entity<JobEvent>().HasIndex(e => new { e.JobId, e.Id });
+        model.Entity<JobMetadata>().HasKey(m => new { m.JobId, m.Key });
+        model.Entity<JobMetadata>().HasIndex(m => new { m.Key, m.Value });
         model.Entity<Adapter>().HasIndex(a => a.Name).IsUnique();
-        model.Entity<StoredFile>().HasIndex(f => f.CreatedAt);
+        model.Entity<StoredFile>().HasIndex(f => f.Sequence);
     }
 }

@@ -1,0 +1,61 @@
+using AdapterService.Core.Inference;
+using AdapterService.Core.Torch;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Tests.Inference;
+
+public sealed class SamplingTests
+{
+    public SamplingTests() => TorchRuntime.EnsureReady();
+
+    static List<int> Draw(Tensor logits, SamplingOptions options, Generator? generator, int count) =>
+        Enumerable.Range(0, count).Select(_ => Sampler.Next(logits, options, generator)).ToList();
+
+    [Fact]
+    public void TemperatureZeroIsArgmax()
+    {
+        using var scope = NewDisposeScope();
+        using var g = new Generator(71);
+        for (int i = 0; i < 20; i++)
+        {
+            var logits = randn([264], generator: g);
+            Assert.Equal(logits.argmax().item<long>(), Sampler.Next(logits, new SamplingOptions(1, Temperature: 0), null));
+        }
+    }
+
+    [Fact]
+    public void TinyTopPAlwaysSamplesTheTopToken()
+    {
+        using var scope = NewDisposeScope();
+        var logits = tensor(new float[] { 0.5f, 1.0f, 0.9f, 0.2f, 0.95f });   // nearly flat: top token has p ≈ 0.24
+        using var g = new Generator(72);
+        Assert.All(Draw(logits, new SamplingOptions(1, Temperature: 1, TopP: 1e-6), g, 200), t => Assert.Equal(1, t));
+    }
+
+    [Fact]
+    public void TopPKeepsTheSmallestSetOfTopTokensReachingP()
+    {
+        using var scope = NewDisposeScope();
+        var logits = tensor(new[] { 0.1f, 0.4f, 0.2f, 0.3f }).log();   // sorted: 1 (0.4), 3 (0.3), 2 (0.2), 0 (0.1)
+        using var g = new Generator(73);
+
+        var drawn = Draw(logits, new SamplingOptions(1, TopP: 0.6), g, 400);   // 0.4 < 0.6 <= 0.4 + 0.3
+        Assert.Equal([1, 3], drawn.Distinct().Order());
+        Assert.InRange(drawn.Count(t => t == 1) / 400.0, 0.47, 0.67);          // renormalised: 0.4 / 0.7 ≈ 0.57
+
+        Assert.Equal([0, 1, 2, 3], Draw(logits, new SamplingOptions(1), g, 400).Distinct().Order());
+    }
+
+    [Fact]
+    public void ASeededGeneratorReproducesSamples()
+    {
+        using var scope = NewDisposeScope();
+        var logits = zeros(264);   // uniform
+        var options = new SamplingOptions(1, Temperature: 0.7, TopP: 0.95);
+        List<int> Run(ulong seed) { using var g = new Generator(seed); return Draw(logits, options, g, 50); }
+
+        Assert.Equal(Run(74), Run(74));
+        Assert.NotEqual(Run(74), Run(75));
+    }
+}

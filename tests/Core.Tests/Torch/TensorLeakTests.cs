@@ -1,0 +1,108 @@
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Formats;
+using AdapterService.Core.Inference;
+using AdapterService.Core.Models;
+using AdapterService.Core.Torch;
+using AdapterService.Core.Training;
+using TorchSharp;
+using static AdapterService.Core.Tests.TinyLlama;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Tests.Torch;
+
+/// <summary>
+/// Repeated steps leave no tensors behind. Counts are TorchSharp's per-thread statistics (created minus disposed
+/// on this thread), so tests running in parallel on other threads do not disturb them; a tensor left to the
+/// garbage collector counts as live here.
+/// </summary>
+public sealed class TensorLeakTests : IDisposable
+{
+    readonly string dir = Directory.CreateTempSubdirectory("tensor-leak-tests-").FullName;
+
+    public TensorLeakTests() => TorchRuntime.EnsureReady();
+
+    public void Dispose() => Directory.Delete(dir, recursive: true);
+
+    static long Live => DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+
+    [Fact]
+    public void TrainingStepsDoNotAccumulateTensors()
+    {
+        using var model = Create();
+        using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 4, TargetModules = ["all-linear"] });
+        var examples = Enumerable.Range(0, 6)
+            .Select(i => new TokenizedExample([ByteTokenizer.Begin, 'a' + i, 'b', 'c', ByteTokenizer.End], [false, false, true, true, true]))
+            .ToList();
+        var live = new List<long>();
+
+        LoraTrainer.Train(model, adapter, examples, new Hyperparameters(3, 2, 1e-3), ByteTokenizer.End, 1, _ => live.Add(Live), CancellationToken.None);
+
+        Assert.Equal(9, live.Count);
+        Assert.All(live.Skip(1), n => Assert.Equal(live[1], n));   // step 1 may create the optimizer's state
+    }
+
+    [Fact]
+    public void CachedGenerationStepsDoNotAccumulateTensors()
+    {
+        using var model = Create();
+        using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 4, TargetModules = ["q_proj", "v_proj"] });
+        using var noGrad = no_grad();
+        var slots = new List<RowLora>();   // as the inference engine serves an adapter
+        foreach (var (path, layer) in model.LinearLayers())
+            if (adapter.Layers.TryGetValue(path, out var lora))
+            {
+                slots.Add(new RowLora([lora.Weights()], layer.InFeatures, layer.OutFeatures));
+                layer.Adapter = slots[^1];
+            }
+        long before = Live;
+        var cache = new KvCache(Config.NumHiddenLayers);
+        var options = new SamplingOptions(MaxTokens: 20, Temperature: 0.8, TopP: 0.9);
+        using var generator = new Generator(61);
+        long[] input = [ByteTokenizer.Begin, 'h', 'i'];
+        var live = new List<long>();
+
+        for (int step = 0; step < 12; step++)
+        {
+            using (NewDisposeScope())
+            {
+                var logits = model.Forward(tensor(input, [1, input.Length]), cache);
+                input = [Sampler.Next(logits[0, -1], options, generator)];
+            }
+            live.Add(Live);
+        }
+        Assert.All(live, n => Assert.Equal(live[0], n));
+
+        cache.Dispose();
+        Assert.Equal(before, Live);
+        ClearAdapters(model);
+        foreach (var s in slots) s.Dispose();
+    }
+
+    // Fails until RowLora's constructor disposes its temporaries (a[i], narrow views, w.B * scaling):
+    // the inference engine builds RowLoras outside any dispose scope, once per layer per request.
+    [Fact]
+    public void RowLoraLeavesNoTemporariesBehind()
+    {
+        // No dispose scope here, as on the inference thread.
+        Tensor a = randn(2, 6), b = randn(5, 2);
+        long before = Live;
+        using (new RowLora([new LoraWeights(a, b, 2.0), null], 6, 5)) { }
+        Assert.Equal(before, Live);
+        a.Dispose();
+        b.Dispose();
+    }
+
+    // Fails until LoraAdapter.Load disposes the tensors SafeTensors.Load gave it (they are not in any dispose scope).
+    [Fact]
+    public void LoadingAnAdapterLeavesOnlyTheWeightsItReturns()
+    {
+        using var model = Create();
+        using (var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 2 }))
+        using (NewDisposeScope())
+            adapter.Save(dir);
+        long before = Live;
+        using (NewDisposeScope())
+            LoraAdapter.Load(dir, model);   // the returned weights are in this scope
+        Assert.Equal(before, Live);
+    }
+}

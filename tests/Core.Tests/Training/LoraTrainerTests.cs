@@ -1,0 +1,97 @@
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Data;
+using AdapterService.Core.Formats;
+using AdapterService.Core.Models;
+using AdapterService.Core.Torch;
+using AdapterService.Core.Training;
+using static AdapterService.Core.Tests.TinyLlama;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Tests.Training;
+
+public sealed class LoraTrainerTests
+{
+    public LoraTrainerTests() => TorchRuntime.EnsureReady();
+
+    /// <summary>Eight prompts (two lengths, so batches are padded) that all complete with the same short text.</summary>
+    static readonly List<TokenizedExample> Examples = Enumerable.Range(0, 8).Select(i =>
+    {
+        var (ids, train) = new ByteTokenizer().EncodeExample(new CompletionExample(i, i % 2 == 0 ? $"q{i}:" : $"question {i}:", "ok!"));
+        return new TokenizedExample([.. ids], [.. train]);
+    }).ToList();
+
+    static readonly Hyperparameters Hp = new(Epochs: 8, BatchSize: 4, LearningRate: 0.03);
+
+    static LoraAdapter NewAdapter(LlamaForCausalLM model) =>
+        LoraAdapter.Create(model, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["all-linear"] });
+
+    [Fact]
+    public void TrainingLowersTheLossChangesOnlyTheAdapterAndReportsEveryStep()
+    {
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        using var adapter = NewAdapter(model);
+        var baseBefore = model.named_parameters().ToDictionary(p => p.name, p => Bytes(p.parameter));
+        var adapterBefore = adapter.Parameters().Select(Bytes).ToList();
+        var progress = new List<TrainingProgress>();
+
+        var result = LoraTrainer.Train(model, adapter, Examples, Hp, ByteTokenizer.End, seed: 1, progress.Add, CancellationToken.None);
+
+        int total = LoraTrainer.TotalSteps(Examples.Count, Hp);
+        Assert.Equal(16, total);
+        Assert.Equal(Enumerable.Range(1, total), progress.Select(p => p.Step));
+        Assert.All(progress, p => Assert.Equal(total, p.TotalSteps));
+        Assert.Equal(Enumerable.Range(1, Hp.Epochs).SelectMany(e => new[] { e, e }), progress.Select(p => p.Epoch));
+        Assert.Equal(Hp.LearningRate, progress[0].LearningRate);
+        Assert.True(progress.Zip(progress.Skip(1)).All(p => p.Second.LearningRate < p.First.LearningRate), "linear decay");
+        Assert.Equal(total, result.Steps);
+        Assert.Equal(progress[^1].TrainLoss, result.FinalLoss);
+
+        double first = progress[0].TrainLoss, last = progress.Where(p => p.Epoch == Hp.Epochs).Average(p => p.TrainLoss);
+        Assert.True(last < first / 4, $"loss {first:F3} at the first step, {last:F3} in the last epoch");
+
+        foreach (var (name, p) in model.named_parameters())
+            Assert.True(baseBefore[name].AsSpan().SequenceEqual(Bytes(p)), $"base parameter {name} changed");
+        Assert.All(adapter.Parameters().Zip(adapterBefore), p => Assert.NotEqual(p.Second, Bytes(p.First)));
+    }
+
+    [Fact]
+    public void TheTrainedAdapterWritesTheCompletion()
+    {
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        using var adapter = NewAdapter(model);
+        LoraTrainer.Train(model, adapter, Examples, Hp with { Epochs = 10 }, ByteTokenizer.End, seed: 2, _ => { }, CancellationToken.None);
+
+        using var _ = no_grad();
+        var prompt = new ByteTokenizer().EncodeCompletionPrompt("q9:").Select(i => (long)i).ToList();
+        for (int i = 0; i < 4; i++)
+            prompt.Add(model.forward(tensor(prompt.ToArray(), [1, prompt.Count]))[0, -1].argmax().item<long>());
+        Assert.Equal([(long)'o', 'k', '!', ByteTokenizer.End], prompt[^4..]);
+    }
+
+    [Fact]
+    public void CancellingFromTheCallbackStopsBeforeTheNextStep()
+    {
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        using var adapter = NewAdapter(model);
+        using var cancel = new CancellationTokenSource();
+        var steps = new List<int>();
+
+        Assert.ThrowsAny<OperationCanceledException>(() => LoraTrainer.Train(model, adapter, Examples, Hp, ByteTokenizer.End, seed: 1, p =>
+        {
+            steps.Add(p.Step);
+            if (p.Step == 3) cancel.Cancel();
+        }, cancel.Token));
+        Assert.Equal([1, 2, 3], steps);
+    }
+
+    [Fact]
+    public void NoExamplesIsAnError()
+    {
+        using var model = Create();
+        using var adapter = NewAdapter(model);
+        Assert.Throws<ArgumentException>(() => LoraTrainer.Train(model, adapter, [], Hp, 0, 1, _ => { }, CancellationToken.None));
+    }
+}

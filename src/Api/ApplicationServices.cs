@@ -1,5 +1,6 @@
 using System.Reflection;
 using System.Text.Json;
+using AdapterService.Api.Apis;
 using AdapterService.Api.Hubs;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Inference;
@@ -24,6 +25,9 @@ public static class ApplicationServices
         services.Configure<Microsoft.AspNetCore.Mvc.JsonOptions>(o => o.JsonSerializerOptions.PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower);
         services.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);   // so that binding errors get the OpenAI error object
         services.AddProblemDetails();
+        services.Configure<FileLimits>(builder.Configuration.GetSection("Files"));
+        var maxUpload = builder.Configuration.GetValue("Files:MaxUploadBytes", new FileLimits().MaxUploadBytes);
+        services.Configure<Microsoft.AspNetCore.Http.Features.FormOptions>(o => o.MultipartBodyLengthLimit = maxUpload);
         services.AddEndpointsApiExplorer();
         services.AddSwaggerGen(o =>
         {
@@ -65,7 +69,7 @@ public static class ApplicationServices
         foreach (var id in db.Jobs.Where(j => j.Status == JobStatus.Queued || j.Status == JobStatus.Running).Select(j => j.Id).ToList())
         {
             db.Jobs.Where(j => j.Id == id).ExecuteUpdate(s => s.SetProperty(j => j.Status, JobStatus.Queued));
-            queue.Create<FineTuningJobRunner>(r => r.Run(id, CancellationToken.None), new Hangfire.States.EnqueuedState(WorkerServices.FineTuningQueue));
+            FineTuningJobsApi.Enqueue(queue, id);
         }
     }
 }

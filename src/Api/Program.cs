@@ -12,6 +12,7 @@ app.MapFineTuningJobsApi();
 app.MapCompletionsApi();
 app.MapChatCompletionsApi();
 app.MapModelsApi();
+app.MapAdaptersApi();
 app.MapHub<JobsHub>("/hubs/jobs");
 app.Run();
 

@@ -9,14 +9,22 @@ using AdapterService.Core.Training;
 using Hangfire;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 
 namespace AdapterService.Workers;
 
+/// <summary><c>Workers:StateEverySteps</c>: how often a job saves the state it resumes from after a crash (also at every epoch's end).</summary>
+public sealed class TrainingOptions
+{
+    public int StateEverySteps { get; set; } = 25;
+}
+
 /// <summary>
-/// The Hangfire job that trains one fine-tuning job. It takes the job id only and is safe to run twice:
-/// a finished job is a no-op, a job left running by a stopped process trains again from the start.
+/// The Hangfire job that trains one fine-tuning job. It takes the job id only and is safe to run twice: a finished
+/// or paused job is a no-op, and an interrupted one (crash, shutdown, pause) continues from its last saved state.
 /// </summary>
-public sealed class FineTuningJobRunner(ServiceDbContext db, BlobStore blobs, IJobNotifier notifier, ILogger<FineTuningJobRunner> log)
+public sealed class FineTuningJobRunner(
+    ServiceDbContext db, BlobStore blobs, IJobNotifier notifier, IOptions<TrainingOptions> options, ILogger<FineTuningJobRunner> log)
 {
     static readonly JsonSerializerOptions SnakeCase = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
@@ -29,33 +37,39 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, BlobStore blobs, IJ
         var job = db.Jobs.AsNoTracking().SingleOrDefault(j => j.Id == jobId);
         if (job is null || JobStatus.IsFinished(job.Status)) return;
         if (!SetStatus(jobId, JobStatus.Running, [JobStatus.Queued, JobStatus.Running])) return;
-        AddEvent(jobId, "Fine-tuning job started");
         Notify(new StatusMessage(jobId, JobStatus.Running, null, null));
 
-        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
+        // Stops training at the next step when the job is no longer running (cancelled, paused) or the host stops.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
+        LoraTrainer? trainer = null;
         try
         {
-            var (adapter, result) = Train(job, cancel);
+            var (adapter, result) = Train(job, stop, t => trainer = t);
             Succeed(job, adapter, result);
         }
-        catch (OperationCanceledException) when (shutdown.IsCancellationRequested)
+        catch (OperationCanceledException) when (trainer is not null)
         {
-            log.LogInformation("Job {JobId} interrupted by shutdown; it runs again when re-queued", jobId);
-            SetStatus(jobId, JobStatus.Queued, [JobStatus.Running]);
-            throw;
+            // Keep the progress unless cancelled: a resume, a re-queue after shutdown or a restart continues from here.
+            if (CurrentStatus(jobId) != JobStatus.Cancelled) SaveState(jobId, trainer);
+            if (shutdown.IsCancellationRequested && SetStatus(jobId, JobStatus.Queued, [JobStatus.Running]))
+            {
+                log.LogInformation("Job {JobId} interrupted by shutdown at step {Step}; it continues when re-queued", jobId, trainer.Step);
+                throw;
+            }
+            log.LogInformation("Job {JobId} stopped at step {Step}: it is {Status}", jobId, trainer.Step, CurrentStatus(jobId));
         }
-        catch (OperationCanceledException)
-        {
-            log.LogInformation("Job {JobId} stopped: it was cancelled", jobId);   // the cancel request logged and announced it
-        }
-        catch (Exception e)
+        catch (Exception e) when (e is not OperationCanceledException)
         {
             log.LogError(e, "Job {JobId} failed", jobId);
             Fail(jobId, e is InvalidDataException or SafeTensorsException or ArgumentException or TrainingFileException ? e.Message : "Training failed: " + e.Message);
         }
+        finally
+        {
+            trainer?.Dispose();
+        }
     }
 
-    (Adapter Adapter, TrainingResult Result) Train(FineTuningJob job, CancellationTokenSource cancel)
+    (Adapter Adapter, TrainingResult Result) Train(FineTuningJob job, CancellationTokenSource stop, Action<LoraTrainer> started)
     {
         var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
         var file = db.Files.AsNoTracking().Single(f => f.Id == job.TrainingFile);
@@ -68,15 +82,25 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, BlobStore blobs, IJ
         TorchSharp.torch.manual_seed(job.Seed);
         using var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath));
         using var adapter = LoraAdapter.Create(model, config);
-        AddEvent(job.Id, $"Training {adapter.ParameterCount:N0} LoRA parameters on {examples.Count} examples for {LoraTrainer.TotalSteps(examples.Count, hp)} steps");
-        var result = LoraTrainer.Train(model, adapter, examples, hp, ByteTokenizer.End, job.Seed, p =>
+        var trainer = new LoraTrainer(model, adapter, examples, hp, ByteTokenizer.End, job.Seed);
+        started(trainer);
+        if (LatestState(job.Id) is { } state)
         {
-            var message = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.LearningRate, p.TokensPerSecond, p.EtaSeconds);
-            AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}", "metrics", JsonSerializer.Serialize(message, SnakeCase));
-            Notify(message);
-            // Cancellation is a status change in the database, so it reaches a worker in any process within one step.
-            if (db.Jobs.Where(j => j.Id == job.Id).Select(j => j.Status).Single() == JobStatus.Cancelled) cancel.Cancel();
-        }, cancel.Token);
+            trainer.LoadState(state);
+            AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}");
+        }
+        else AddEvent(job.Id, $"Fine-tuning job started: {adapter.ParameterCount:N0} LoRA parameters, {examples.Count} examples, {trainer.TotalSteps} steps");
+
+        // Steps redone after a crash were reported the first time already: report each step once.
+        int reported = db.JobEvents.Where(e => e.JobId == job.Id && e.Type == "metrics").Select(e => (int?)e.Step).Max() ?? 0;
+        var result = trainer.Run(p =>
+        {
+            if (p.Step > reported) Report(job, p);
+            if (p.Step % trainer.StepsPerEpoch == 0) SaveCheckpoint(job, trainer, p);
+            else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
+            // Cancel, pause and resume are status changes in the database, so they reach a worker in any process within a step.
+            if (CurrentStatus(job.Id) != JobStatus.Running) stop.Cancel();
+        }, stop.Token);
 
         var adapterId = "adapter-" + Ids.New();
         var temp = blobs.NewTempFolder();
@@ -92,6 +116,63 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, BlobStore blobs, IJ
         return (row, result);
     }
 
+    void Report(FineTuningJob job, TrainingProgress p)
+    {
+        var message = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.LearningRate, p.TokensPerSecond, p.EtaSeconds);
+        AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}", "metrics",
+            JsonSerializer.Serialize(new { message.Step, message.TotalSteps, message.Epoch, message.TrainLoss, TrainMeanTokenAccuracy = p.TrainAccuracy,
+                message.LearningRate, message.TokensPerSecond, message.EtaSeconds }, SnakeCase), step: p.Step);
+        long finish = Now() + (long)Math.Ceiling(p.EtaSeconds);
+        db.Jobs.Where(j => j.Id == job.Id).ExecuteUpdate(s => s.SetProperty(j => j.EstimatedFinish, finish));
+        Notify(message);
+    }
+
+    /// <summary>At each epoch's end: the trainer state to resume from, and the adapter as a checkpoint model.</summary>
+    void SaveCheckpoint(FineTuningJob job, LoraTrainer trainer, TrainingProgress p)
+    {
+        var state = SaveState(job.Id, trainer);
+        var blobPath = BlobStore.CheckpointPath(job.Id, p.Step);
+        if (Directory.Exists(blobs.Resolve(blobPath))) return;   // saved before a crash already
+        var temp = blobs.NewTempFolder();
+        foreach (var name in new[] { LoraConfig.FileName, LoraAdapter.WeightsFileName })
+            File.Copy(Path.Combine(state, name), Path.Combine(temp, name));
+        blobs.CommitFolder(temp, blobPath);
+        var modelName = $"{FineTunedModelName(job)}:ckpt-step-{p.Step}";
+        db.Checkpoints.Add(new Checkpoint
+        {
+            Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = modelName, BaseModel = job.Model, StepNumber = p.Step, CreatedAt = Now(), BlobPath = blobPath,
+            Metrics = JsonSerializer.Serialize(new { step = p.Step, train_loss = p.TrainLoss, train_mean_token_accuracy = p.TrainAccuracy }),
+        });
+        db.SaveChanges();
+        db.ChangeTracker.Clear();
+        AddEvent(job.Id, $"Checkpoint created at step {p.Step}: {modelName}");
+    }
+
+    /// <summary>Writes the trainer's state as <c>state/step-N</c> (atomically) and keeps only the newest two.</summary>
+    string SaveState(string jobId, LoraTrainer trainer)
+    {
+        var root = blobs.Resolve(BlobStore.TrainerStatePath(jobId));
+        var folder = Path.Combine(root, $"step-{trainer.Step}");
+        if (Directory.Exists(folder)) return folder;
+        var temp = blobs.NewTempFolder();
+        trainer.SaveState(temp);
+        Directory.CreateDirectory(root);
+        Directory.Move(temp, folder);
+        foreach (var old in StateFolders(root).Skip(2)) Directory.Delete(old.Path, recursive: true);
+        return folder;
+    }
+
+    string? LatestState(string jobId)
+    {
+        var root = blobs.Resolve(BlobStore.TrainerStatePath(jobId));
+        return Directory.Exists(root) ? StateFolders(root).FirstOrDefault().Path : null;
+    }
+
+    static IEnumerable<(int Step, string Path)> StateFolders(string root) =>
+        Directory.GetDirectories(root)
+            .Select(d => (Ok: int.TryParse(Path.GetFileName(d).Replace("step-", ""), out var step), Step: step, Path: d))
+            .Where(d => d.Ok).OrderByDescending(d => d.Step).Select(d => (d.Step, d.Path));
+
     void Succeed(FineTuningJob job, Adapter adapter, TrainingResult result)
     {
         db.Adapters.Add(adapter);
@@ -102,6 +183,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, BlobStore blobs, IJ
             .SetProperty(j => j.TrainedTokens, result.TrainedTokens)
             .SetProperty(j => j.FinishedAt, Now()));
         if (updated == 0) return;   // cancelled at the very end: the adapter stays registered but the job keeps its status
+        blobs.Delete(BlobStore.TrainerStatePath(job.Id));
         AddEvent(job.Id, $"New fine-tuned model created: {adapter.Name}");
         AddEvent(job.Id, "The job has successfully completed");
         Notify(new StatusMessage(job.Id, JobStatus.Succeeded, adapter.Name, null));
@@ -120,12 +202,14 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, BlobStore blobs, IJ
 
     public static string FineTunedModelName(FineTuningJob job) => $"ft:{job.Model}:{job.Suffix ?? ""}:{job.Id}";
 
+    string CurrentStatus(string jobId) => db.Jobs.Where(j => j.Id == jobId).Select(j => j.Status).Single();
+
     bool SetStatus(string jobId, string status, string[] from) =>
         db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status)).ExecuteUpdate(s => s.SetProperty(j => j.Status, status)) > 0;
 
-    void AddEvent(string jobId, string message, string type = "message", string? data = null, string level = "info")
+    void AddEvent(string jobId, string message, string type = "message", string? data = null, string level = "info", int? step = null)
     {
-        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = Now(), Message = message, Type = type, Data = data, Level = level });
+        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = Now(), Message = message, Type = type, Data = data, Level = level, Step = step });
         db.SaveChanges();
         db.ChangeTracker.Clear();
     }

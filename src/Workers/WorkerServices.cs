@@ -15,6 +15,7 @@ public static class WorkerServices
     {
         services.AddServiceStorage(configuration);
         services.AddScoped<FineTuningJobRunner>();
+        services.Configure<TrainingOptions>(configuration.GetSection("Workers"));
         services.AddHangfireServer(o =>
         {
             o.WorkerCount = configuration.GetValue("Workers:Concurrency", 1);

@@ -2,12 +2,25 @@ using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Data;
 using AdapterService.Core.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 
 namespace AdapterService.Api.Apis;
 
 /// <summary>OpenAI's file object.</summary>
 public sealed record FileDto(string Id, string Object, long Bytes, long CreatedAt, string Filename, string Purpose, string Status);
+
+/// <summary>A page of files, with OpenAI's cursor fields.</summary>
+public sealed record FileListResponse(string Object, IReadOnlyList<FileDto> Data, bool HasMore, string? FirstId, string? LastId);
+
+public sealed record DeletedDto(string Id, string Object, bool Deleted);
+
+/// <summary><c>Files:MaxUploadBytes</c>: the largest upload accepted (default 512 MiB).</summary>
+public sealed class FileLimits
+{
+    public long MaxUploadBytes { get; set; } = 512L << 20;
+}
 
 public static class FilesApi
 {
@@ -17,15 +30,22 @@ public static class FilesApi
         files.MapPost("/", UploadFile).DisableAntiforgery().WithErrors(400)
             .WithSummary("Upload a file")
             .WithDescription("Multipart form with `file` and `purpose=fine-tune`. Training files are JSONL: chat (`{\"messages\": [...]}`) or prompt/completion (`{\"prompt\": \"...\", \"completion\": \"...\"}`); each line is validated and the first bad line is reported by number.");
+        files.MapGet("/", ListFiles).WithErrors(400).WithSummary("List files, newest first by default (paged with after/limit, filtered by purpose)");
         files.MapGet("/{fileId}", GetFile).WithErrors(404).WithSummary("Retrieve a file's metadata");
+        files.MapGet("/{fileId}/content", GetFileContent).WithErrors(404).WithSummary("Download a file's content");
+        files.MapDelete("/{fileId}", DeleteFile).WithErrors(404, 409).WithSummary("Delete a file (refused while an unfinished job uses it)");
         return app;
     }
 
     public static FileDto ToDto(this StoredFile f) => new(f.Id, "file", f.Bytes, f.CreatedAt, f.Filename, f.Purpose, "processed");
 
     static async Task<Results<Ok<FileDto>, JsonHttpResult<ErrorResponse>>> UploadFile(
-        HttpRequest request, ServiceDbContext db, BlobStore blobs, CancellationToken cancel)
+        HttpRequest request, ServiceDbContext db, BlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
     {
+        long max = limits.Value.MaxUploadBytes;
+        if (request.ContentLength > max)
+            return OpenAiErrors.Error(StatusCodes.Status413PayloadTooLarge, $"The upload is larger than the limit of {max} bytes.", "file", "file_too_large");
+        if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size) size.MaxRequestBodySize = max;
         if (!request.HasFormContentType)
             return OpenAiErrors.BadRequest("Upload the file as multipart/form-data with fields 'file' and 'purpose'.");
         var form = await request.ReadFormAsync(cancel);
@@ -60,6 +80,49 @@ public static class FilesApi
         db.Files.Add(row);
         await db.SaveChangesAsync(cancel);
         return TypedResults.Ok(row.ToDto());
+    }
+
+    static async Task<Results<Ok<FileListResponse>, JsonHttpResult<ErrorResponse>>> ListFiles(
+        ServiceDbContext db, string? purpose, string? after, int? limit, string? order, CancellationToken cancel)
+    {
+        if (order is not (null or "asc" or "desc")) return OpenAiErrors.BadRequest("order must be 'asc' or 'desc'.", "order");
+        if (limit is < 1 or > 10_000) return OpenAiErrors.BadRequest("limit must be between 1 and 10000.", "limit");
+        int take = limit ?? 10_000;
+        bool ascending = order == "asc";
+        var query = db.Files.AsNoTracking().AsQueryable();
+        if (purpose is not null) query = query.Where(f => f.Purpose == purpose);
+        if (after is not null)
+        {
+            var cursor = await db.Files.AsNoTracking().SingleOrDefaultAsync(f => f.Id == after, cancel);
+            if (cursor is null) return OpenAiErrors.BadRequest($"No such File object: {after}", "after");
+            query = ascending ? query.Where(f => f.Sequence > cursor.Sequence) : query.Where(f => f.Sequence < cursor.Sequence);
+        }
+        query = ascending ? query.OrderBy(f => f.Sequence) : query.OrderByDescending(f => f.Sequence);
+        var page = await query.Take(take + 1).ToListAsync(cancel);
+        var data = page.Take(take).Select(f => f.ToDto()).ToList();
+        return TypedResults.Ok(new FileListResponse("list", data, page.Count > take, data.FirstOrDefault()?.Id, data.LastOrDefault()?.Id));
+    }
+
+    static async Task<Results<FileStreamHttpResult, JsonHttpResult<ErrorResponse>>> GetFileContent(
+        string fileId, ServiceDbContext db, BlobStore blobs, CancellationToken cancel) =>
+        await db.Files.AsNoTracking().SingleOrDefaultAsync(f => f.Id == fileId, cancel) is { } file
+            ? TypedResults.File(blobs.OpenRead(file.BlobPath), "application/octet-stream", file.Filename)
+            : OpenAiErrors.NotFound($"No such File object: {fileId}", "id");
+
+    static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteFile(
+        string fileId, ServiceDbContext db, BlobStore blobs, CancellationToken cancel)
+    {
+        var file = await db.Files.SingleOrDefaultAsync(f => f.Id == fileId, cancel);
+        if (file is null) return OpenAiErrors.NotFound($"No such File object: {fileId}", "id");
+        var user = await db.Jobs.AsNoTracking()
+            .Where(j => (j.TrainingFile == fileId || j.ValidationFile == fileId) && JobStatus.Unfinished.Contains(j.Status))
+            .Select(j => j.Id).FirstOrDefaultAsync(cancel);
+        if (user is not null)
+            return OpenAiErrors.Error(StatusCodes.Status409Conflict, $"File {fileId} is in use by fine-tuning job {user}, which has not finished.", "id", "file_in_use");
+        db.Files.Remove(file);
+        await db.SaveChangesAsync(cancel);
+        blobs.Delete(file.BlobPath);   // after the row: a crash in between leaves an orphan blob, never a row without its bytes
+        return TypedResults.Ok(new DeletedDto(fileId, "file", true));
     }
 
     static async Task<Results<Ok<FileDto>, JsonHttpResult<ErrorResponse>>> GetFile(string fileId, ServiceDbContext db, CancellationToken cancel) =>

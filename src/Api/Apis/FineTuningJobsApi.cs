@@ -42,9 +42,10 @@ public sealed record MethodRequest(string? Type, SupervisedMethod? Supervised);
 /// <param name="Seed" example="42">Makes the run reproducible; random when absent.</param>
 /// <param name="Adapter">Which adapter method to train and its options (default: LoRA r=8 on all linear layers).</param>
 /// <param name="Method">OpenAI's newer form: {"type": "supervised", "supervised": {"hyperparameters": {...}}}.</param>
+/// <param name="Metadata">Up to 16 key-value pairs (keys up to 64 characters, values up to 512) to find the job by later.</param>
 public sealed record CreateFineTuningJobRequest(
     string? Model, string? TrainingFile, string? ValidationFile, HyperparametersRequest? Hyperparameters, string? Suffix,
-    long? Seed, AdapterRequest? Adapter, MethodRequest? Method);
+    long? Seed, AdapterRequest? Adapter, MethodRequest? Method, Dictionary<string, string>? Metadata);
 
 public sealed record HyperparametersDto(int NEpochs, int BatchSize, double LearningRateMultiplier);
 public sealed record AdapterDto(string Type, int Rank, double Alpha, double Dropout, IReadOnlyList<string> TargetModules);
@@ -56,11 +57,17 @@ public sealed record JobErrorDto(string Code, string Message, string? Param);
 public sealed record FineTuningJobDto(
     string Id, string Object, string Model, long CreatedAt, long? FinishedAt, string? FineTunedModel, string OrganizationId,
     IReadOnlyList<string> ResultFiles, string Status, string? ValidationFile, string TrainingFile, HyperparametersDto Hyperparameters,
-    long? TrainedTokens, JobErrorDto? Error, long Seed, string? Suffix, long? EstimatedFinish, MethodDto Method, AdapterDto Adapter);
+    long? TrainedTokens, JobErrorDto? Error, long Seed, string? Suffix, long? EstimatedFinish, IReadOnlyDictionary<string, string>? Metadata,
+    IReadOnlyList<object> Integrations, MethodDto Method, AdapterDto Adapter);
 
 public sealed record JobEventDto(string Id, string Object, long CreatedAt, string Level, string Message, string Type, JsonElement? Data);
 
 public sealed record ListResponse<T>(string Object, IReadOnlyList<T> Data, bool HasMore);
+
+/// <summary>OpenAI's checkpoint object; <c>fine_tuned_model_checkpoint</c> is a model name usable for inference.</summary>
+public sealed record CheckpointDto(string Id, string Object, long CreatedAt, string FineTunedModelCheckpoint, int StepNumber, JsonElement Metrics, string FineTuningJobId);
+
+public sealed record CheckpointListResponse(string Object, IReadOnlyList<CheckpointDto> Data, bool HasMore, string? FirstId, string? LastId);
 
 public static partial class FineTuningJobsApi
 {
@@ -69,23 +76,41 @@ public static partial class FineTuningJobsApi
         var jobs = app.MapGroup("/v1/fine_tuning/jobs").WithTags("Fine-tuning");
         jobs.MapPost("/", CreateJob).WithErrors(400, 404).WithSummary("Create a fine-tuning job")
             .WithDescription("Validates the training file, then queues the job. `adapter` (our extension) picks the method: `{\"type\": \"lora\", \"rank\": 8, \"alpha\": 16, \"dropout\": 0.05, \"target_modules\": [\"q_proj\", \"v_proj\"]}`.");
-        jobs.MapGet("/", ListJobs).WithSummary("List fine-tuning jobs, newest first (paged with after/limit)");
+        jobs.MapGet("/", ListJobs).WithErrors(400).WithSummary("List fine-tuning jobs, newest first (paged with after/limit)");
         jobs.MapGet("/{jobId}", GetJob).WithErrors(404).WithSummary("Retrieve a fine-tuning job");
         jobs.MapPost("/{jobId}/cancel", CancelJob).WithErrors(400, 404).WithSummary("Cancel a fine-tuning job; a running job stops within one training step");
+        jobs.MapPost("/{jobId}/pause", PauseJob).WithErrors(400, 404).WithSummary("Pause a job; it saves its state within one training step")
+            .WithDescription("Status `paused`. A paused job keeps its trainer state and continues where it stopped on resume.");
+        jobs.MapPost("/{jobId}/resume", ResumeJob).WithErrors(400, 404).WithSummary("Resume a paused job from its saved state");
+        jobs.MapGet("/{jobId}/checkpoints", ListCheckpoints).WithErrors(400, 404)
+            .WithSummary("List a job's checkpoints (one per epoch), newest first; each is usable as a model");
         jobs.MapGet("/{jobId}/events", ListEvents).WithErrors(400, 404).WithSummary("List a job's events, newest first (paged with after/limit)");
         return app;
     }
 
-    public static FineTuningJobDto ToDto(this FineTuningJob j)
+    public static FineTuningJobDto ToDto(this FineTuningJob j, IReadOnlyDictionary<string, string>? metadata)
     {
         var lora = JsonSerializer.Deserialize<LoraConfig>(j.AdapterConfig)!;
         var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier);
         return new FineTuningJobDto(j.Id, "fine_tuning.job", j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", [],
             j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
-            j.Seed, j.Suffix, null, new MethodDto("supervised", new SupervisedDto(hp)),
+            j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
+            new MethodDto("supervised", new SupervisedDto(hp)),
             new AdapterDto(j.AdapterType, lora.Rank, lora.Alpha, lora.Dropout, lora.TargetModules));
     }
+
+    /// <summary>Jobs as the API shows them, with their metadata loaded in one query.</summary>
+    static async Task<List<FineTuningJobDto>> ToDtosAsync(ServiceDbContext db, IReadOnlyList<FineTuningJob> jobs, CancellationToken cancel)
+    {
+        var ids = jobs.Select(j => j.Id).ToList();
+        var metadata = (await db.JobMetadata.AsNoTracking().Where(m => ids.Contains(m.JobId)).ToListAsync(cancel))
+            .GroupBy(m => m.JobId).ToDictionary(g => g.Key, g => (IReadOnlyDictionary<string, string>)g.ToDictionary(m => m.Key, m => m.Value));
+        return jobs.Select(j => j.ToDto(metadata.GetValueOrDefault(j.Id))).ToList();
+    }
+
+    static async Task<FineTuningJobDto> ToDtoAsync(ServiceDbContext db, FineTuningJob job, CancellationToken cancel) =>
+        (await ToDtosAsync(db, [job], cancel))[0];
 
     static JobEventDto ToDto(this JobEvent e) => new($"ftevent-{e.Id}", "fine_tuning.job.event", e.CreatedAt, e.Level, e.Message, e.Type,
         e.Data is null ? null : JsonDocument.Parse(e.Data).RootElement);
@@ -109,6 +134,8 @@ public static partial class FineTuningJobsApi
         if (request.Suffix is { } suffix && !SuffixPattern().IsMatch(suffix))
             return OpenAiErrors.BadRequest("suffix must be 1-64 characters of letters, digits, '-' and '_'.", "suffix");
         if (request.Seed is < 0 or > int.MaxValue) return OpenAiErrors.BadRequest("seed must be between 0 and 2147483647.", "seed");
+        if (request.Metadata is { } metadata && (metadata.Count > 16 || metadata.Any(p => p.Key.Length is 0 or > 64 || p.Value.Length > 512)))
+            return OpenAiErrors.BadRequest("metadata holds at most 16 pairs, keys of 1-64 characters and values of up to 512.", "metadata");
 
         var config = ParseAdapter(request.Adapter, LlamaConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)), out var adapterError);
         if (config is null) return adapterError!;
@@ -136,14 +163,15 @@ public static partial class FineTuningJobsApi
             AdapterType = "lora", AdapterConfig = JsonSerializer.Serialize(config with { BaseModel = baseModel.Id }),
         };
         db.Jobs.Add(job);
+        db.JobMetadata.AddRange((request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }));
         long tokens = examples.Sum(e => (long)e.Ids.Length);
         db.JobEvents.AddRange(
             new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Created fine-tuning job: {job.Id}" },
             new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Validated training file: {file.Id} ({examples.Count} examples, {tokens} tokens)" },
             new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = "Fine-tuning job queued" });
         await db.SaveChangesAsync(cancel);
-        queue.Create<FineTuningJobRunner>(r => r.Run(job.Id, CancellationToken.None), new Hangfire.States.EnqueuedState(WorkerServices.FineTuningQueue));
-        return TypedResults.Ok(job.ToDto());
+        Enqueue(queue, job.Id);
+        return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
     }
 
     static LoraConfig? ParseAdapter(AdapterRequest? request, LlamaConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
@@ -220,26 +248,39 @@ public static partial class FineTuningJobsApi
         return null;
     }
 
-    static async Task<Ok<ListResponse<FineTuningJobDto>>> ListJobs(ServiceDbContext db, string? after, int? limit, CancellationToken cancel)
+    /// <summary>Newest first; <c>metadata[key]=value</c> query parameters keep the jobs with all those pairs.</summary>
+    static async Task<Results<Ok<ListResponse<FineTuningJobDto>>, JsonHttpResult<ErrorResponse>>> ListJobs(
+        HttpRequest request, ServiceDbContext db, string? after, int? limit, CancellationToken cancel)
     {
-        int take = Math.Clamp(limit ?? 20, 1, 100);
-        var query = db.Jobs.AsNoTracking().OrderByDescending(j => j.Sequence).AsQueryable();
-        if (after is not null && await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == after, cancel) is { } cursor)
+        if (limit is < 1 or > 100) return OpenAiErrors.BadRequest("limit must be between 1 and 100.", "limit");
+        int take = limit ?? 20;
+        var query = db.Jobs.AsNoTracking().AsQueryable();
+        if (after is not null)
+        {
+            var cursor = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == after, cancel);
+            if (cursor is null) return OpenAiErrors.BadRequest($"No such fine-tuning job: {after}", "after");
             query = query.Where(j => j.Sequence < cursor.Sequence);
-        var page = await query.Take(take + 1).ToListAsync(cancel);
-        return TypedResults.Ok(new ListResponse<FineTuningJobDto>("list", page.Take(take).Select(j => j.ToDto()).ToList(), page.Count > take));
+        }
+        foreach (var (name, values) in request.Query)
+        {
+            if (!name.StartsWith("metadata[", StringComparison.Ordinal) || !name.EndsWith(']')) continue;
+            string key = name["metadata[".Length..^1], value = values.ToString();
+            query = query.Where(j => db.JobMetadata.Any(m => m.JobId == j.Id && m.Key == key && m.Value == value));
+        }
+        var page = await query.OrderByDescending(j => j.Sequence).Take(take + 1).ToListAsync(cancel);
+        return TypedResults.Ok(new ListResponse<FineTuningJobDto>("list", await ToDtosAsync(db, page.Take(take).ToList(), cancel), page.Count > take));
     }
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> GetJob(string jobId, ServiceDbContext db, CancellationToken cancel) =>
         await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel) is { } job
-            ? TypedResults.Ok(job.ToDto())
+            ? TypedResults.Ok(await ToDtoAsync(db, job, cancel))
             : OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CancelJob(
         string jobId, ServiceDbContext db, IJobNotifier notifier, CancellationToken cancel)
     {
         long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        int updated = await db.Jobs.Where(j => j.Id == jobId && JobStatus.Active.Contains(j.Status))
+        int updated = await db.Jobs.Where(j => j.Id == jobId && JobStatus.Unfinished.Contains(j.Status))
             .ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, JobStatus.Cancelled).SetProperty(j => j.FinishedAt, now), cancel);
         var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
         if (job is null) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
@@ -247,7 +288,57 @@ public static partial class FineTuningJobsApi
         db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = "Fine-tuning job cancelled" });
         await db.SaveChangesAsync(cancel);
         await notifier.StatusAsync(new StatusMessage(jobId, JobStatus.Cancelled, null, null));
-        return TypedResults.Ok(job.ToDto());
+        return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
+    }
+
+    static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> PauseJob(
+        string jobId, ServiceDbContext db, IJobNotifier notifier, CancellationToken cancel) =>
+        await ChangeStatusAsync(jobId, [JobStatus.Queued, JobStatus.Running], JobStatus.Paused, "Fine-tuning job paused", db, notifier, cancel);
+
+    static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> ResumeJob(
+        string jobId, ServiceDbContext db, IJobNotifier notifier, IBackgroundJobClient queue, CancellationToken cancel)
+    {
+        var result = await ChangeStatusAsync(jobId, [JobStatus.Paused], JobStatus.Queued, "Fine-tuning job resumed", db, notifier, cancel);
+        if (result.Result is Ok<FineTuningJobDto>) Enqueue(queue, jobId);
+        return result;
+    }
+
+    /// <summary>Moves a job from one of <paramref name="from"/> to <paramref name="to"/> in one statement, logs and announces it.</summary>
+    static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> ChangeStatusAsync(
+        string jobId, string[] from, string to, string message, ServiceDbContext db, IJobNotifier notifier, CancellationToken cancel)
+    {
+        long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        int updated = await db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status)).ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to), cancel);
+        var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
+        if (job is null) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
+        if (updated == 0)
+            return OpenAiErrors.BadRequest($"Job {jobId} is {job.Status}; this needs a job that is {string.Join(" or ", from)}.", "id", "invalid_job_status");
+        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message });
+        await db.SaveChangesAsync(cancel);
+        await notifier.StatusAsync(new StatusMessage(jobId, to, null, null));
+        return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
+    }
+
+    public static void Enqueue(IBackgroundJobClient queue, string jobId) =>
+        queue.Create<FineTuningJobRunner>(r => r.Run(jobId, CancellationToken.None), new Hangfire.States.EnqueuedState(WorkerServices.FineTuningQueue));
+
+    static async Task<Results<Ok<CheckpointListResponse>, JsonHttpResult<ErrorResponse>>> ListCheckpoints(
+        string jobId, ServiceDbContext db, string? after, int? limit, CancellationToken cancel)
+    {
+        if (!await db.Jobs.AnyAsync(j => j.Id == jobId, cancel)) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
+        if (limit is < 1 or > 100) return OpenAiErrors.BadRequest("limit must be between 1 and 100.", "limit");
+        int take = limit ?? 10;
+        var query = db.Checkpoints.AsNoTracking().Where(c => c.JobId == jobId);
+        if (after is not null)
+        {
+            var cursor = await db.Checkpoints.AsNoTracking().SingleOrDefaultAsync(c => c.Id == after && c.JobId == jobId, cancel);
+            if (cursor is null) return OpenAiErrors.BadRequest($"No such checkpoint: {after}", "after");
+            query = query.Where(c => c.StepNumber < cursor.StepNumber);
+        }
+        var page = await query.OrderByDescending(c => c.StepNumber).Take(take + 1).ToListAsync(cancel);
+        var data = page.Take(take).Select(c => new CheckpointDto(c.Id, "fine_tuning.job.checkpoint", c.CreatedAt, c.Name, c.StepNumber,
+            JsonDocument.Parse(c.Metrics).RootElement, c.JobId)).ToList();
+        return TypedResults.Ok(new CheckpointListResponse("list", data, page.Count > take, data.FirstOrDefault()?.Id, data.LastOrDefault()?.Id));
     }
 
     static async Task<Results<Ok<ListResponse<JobEventDto>>, JsonHttpResult<ErrorResponse>>> ListEvents(

@@ -60,8 +60,8 @@ public static class Generation
                 "messages", "context_length_exceeded"));
 
         var options = new SamplingOptions(maxTokens, request.Temperature ?? 1.0, request.TopP ?? 1.0, stop, request.Seed);
-        return (new Prepared(new GenerationRequest(model.Base.Id, blobs.Resolve(model.Base.BlobPath), model.Adapter?.Id,
-            model.Adapter is null ? null : blobs.Resolve(model.Adapter.BlobPath), ids, options), request.Model), null);
+        return (new Prepared(new GenerationRequest(model.Base.Id, blobs.Resolve(model.Base.BlobPath), model.AdapterKey,
+            model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath), ids, options), request.Model), null);
     }
 
     public static async Task<(string Text, string Finish, Usage Usage)> CollectAsync(InferenceEngine engine, GenerationRequest request, CancellationToken cancel)

@@ -1,4 +1,5 @@
 using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Inference;
 using AdapterService.Core.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
@@ -15,24 +16,40 @@ public static class ModelsApi
         var models = app.MapGroup("/v1/models").WithTags("Models");
         models.MapGet("/", ListModels).WithSummary("List base models and fine-tuned models");
         models.MapGet("/{model}", GetModel).WithErrors(404).WithSummary("Retrieve a base or fine-tuned model");
+        models.MapDelete("/{model}", DeleteModel).WithErrors(400, 404).WithSummary("Delete a fine-tuned model (its adapter and files)");
         return app;
     }
 
     static ModelDto ToDto(this BaseModel m) => new(m.Id, "model", m.CreatedAt, m.OwnedBy, null, m.Description);
-    static ModelDto ToDto(this Adapter a) => new(a.Name, "model", a.CreatedAt, "user", a.BaseModel, $"{a.Method} adapter ({a.ParameterCount:N0} parameters) on {a.BaseModel}");
+    static ModelDto ToModelDto(this Adapter a) => new(a.Name, "model", a.CreatedAt, "user", a.BaseModel, $"{a.Method} adapter ({a.ParameterCount:N0} parameters) on {a.BaseModel}");
 
     static async Task<Ok<ListResponse<ModelDto>>> ListModels(ServiceDbContext db, CancellationToken cancel)
     {
         var bases = await db.BaseModels.AsNoTracking().OrderBy(m => m.Id).ToListAsync(cancel);
         var adapters = await db.Adapters.AsNoTracking().OrderBy(a => a.CreatedAt).ToListAsync(cancel);
-        return TypedResults.Ok(new ListResponse<ModelDto>("list", [.. bases.Select(m => m.ToDto()), .. adapters.Select(a => a.ToDto())], false));
+        return TypedResults.Ok(new ListResponse<ModelDto>("list", [.. bases.Select(m => m.ToDto()), .. adapters.Select(a => a.ToModelDto())], false));
+    }
+
+    static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteModel(
+        string model, ServiceDbContext db, BlobStore blobs, InferenceEngine engine, CancellationToken cancel)
+    {
+        var adapter = await db.Adapters.SingleOrDefaultAsync(a => a.Name == model, cancel);
+        if (adapter is not null)
+        {
+            await AdaptersApi.DeleteAsync(adapter, db, blobs, engine, cancel);
+            return TypedResults.Ok(new DeletedDto(model, "model", true));
+        }
+        return await db.BaseModels.AnyAsync(m => m.Id == model, cancel)
+            ? OpenAiErrors.BadRequest($"{model} is a base model; only fine-tuned models can be deleted here.", "model", "cannot_delete_base_model")
+            : OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
     }
 
     static async Task<Results<Ok<ModelDto>, JsonHttpResult<ErrorResponse>>> GetModel(string model, ServiceDbContext db, CancellationToken cancel) =>
-        await ModelResolver.ResolveAsync(db, model, cancel) switch
-        {
-            { Adapter: { } adapter } => TypedResults.Ok(adapter.ToDto()),
-            { Base: var b } => TypedResults.Ok(b.ToDto()),
-            null => OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found"),
-        };
+        await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Name == model, cancel) is { } adapter
+            ? TypedResults.Ok(adapter.ToModelDto())
+            : await db.Checkpoints.AsNoTracking().SingleOrDefaultAsync(c => c.Name == model, cancel) is { } checkpoint
+                ? TypedResults.Ok(new ModelDto(checkpoint.Name, "model", checkpoint.CreatedAt, "user", checkpoint.BaseModel, $"checkpoint at step {checkpoint.StepNumber} of {checkpoint.JobId}"))
+                : await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == model, cancel) is { } baseModel
+                    ? TypedResults.Ok(baseModel.ToDto())
+                    : OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
 }

@@ -11,6 +11,10 @@ public sealed class BlobStore(string root)
     public static string FilePath(string fileId) => $"files/{fileId}";
     public static string ModelPath(string modelId) => $"models/{modelId}";
     public static string AdapterPath(string adapterId) => $"adapters/{adapterId}";
+    public static string CheckpointPath(string jobId, int step) => $"jobs/{jobId}/checkpoints/step-{step}";
+    /// <summary>Where a job's trainer state lives between runs (one folder per saved step).</summary>
+    public static string TrainerStatePath(string jobId) => $"jobs/{jobId}/state";
+    public static string JobPath(string jobId) => $"jobs/{jobId}";
 
     /// <summary>The absolute path of a blob path; refuses anything that would leave the root.</summary>
     public string Resolve(string blobPath)

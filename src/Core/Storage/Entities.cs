@@ -89,6 +89,23 @@ public sealed class JobEvent
     public required string Message { get; init; }
     public string Type { get; init; } = "message";
     public string? Data { get; init; }
+    /// <summary>The training step a metrics event reports.</summary>
+    public int? Step { get; init; }
+}
+
+/// <summary>An adapter saved at the end of an epoch of a job, servable as its own model.</summary>
+public sealed class Checkpoint
+{
+    public required string Id { get; init; }
+    public required string JobId { get; init; }
+    /// <summary>The model name it is served as: <c>{fine-tuned model}:ckpt-step-{step}</c>.</summary>
+    public required string Name { get; init; }
+    public required string BaseModel { get; init; }
+    public int StepNumber { get; init; }
+    public long CreatedAt { get; init; }
+    /// <summary>Metrics at that step as JSON (step, train_loss, train_mean_token_accuracy).</summary>
+    public required string Metrics { get; init; }
+    public required string BlobPath { get; init; }
 }
 
 /// <summary>A trained adapter: its row records what it is; its PEFT folder lives in the blob store.</summary>

@@ -10,6 +10,7 @@ public sealed class ServiceDbContext(DbContextOptions<ServiceDbContext> options)
     public DbSet<JobEvent> JobEvents => Set<JobEvent>();
     public DbSet<JobMetadata> JobMetadata => Set<JobMetadata>();
     public DbSet<Adapter> Adapters => Set<Adapter>();
+    public DbSet<Checkpoint> Checkpoints => Set<Checkpoint>();
 
     protected override void OnModelCreating(ModelBuilder model)
     {
@@ -19,6 +20,8 @@ public sealed class ServiceDbContext(DbContextOptions<ServiceDbContext> options)
         model.Entity<JobMetadata>().HasKey(m => new { m.JobId, m.Key });
         model.Entity<JobMetadata>().HasIndex(m => new { m.Key, m.Value });
         model.Entity<Adapter>().HasIndex(a => a.Name).IsUnique();
+        model.Entity<Checkpoint>().HasIndex(c => c.Name).IsUnique();
+        model.Entity<Checkpoint>().HasIndex(c => new { c.JobId, c.StepNumber });
         model.Entity<StoredFile>().HasIndex(f => f.Sequence);
     }
 }

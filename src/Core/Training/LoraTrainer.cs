@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.Json;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Models;
 using TorchSharp;
@@ -12,66 +13,134 @@ public sealed record TokenizedExample(int[] Ids, bool[] Train);
 public sealed record Hyperparameters(int Epochs, int BatchSize, double LearningRate);
 
 public sealed record TrainingProgress(
-    int Step, int TotalSteps, int Epoch, double TrainLoss, double LearningRate, double TokensPerSecond, double EtaSeconds);
+    int Step, int TotalSteps, int Epoch, double TrainLoss, double TrainAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds);
 
 public sealed record TrainingResult(int Steps, long TrainedTokens, double FinalLoss);
 
 /// <summary>
-/// Supervised fine-tuning of an adapter on a frozen base: AdamW on the adapter's parameters only,
-/// cross-entropy on the next token where the target is an assistant/completion token, linear learning-rate decay.
+/// Supervised fine-tuning of an adapter on a frozen base: AdamW on the adapter's parameters only, cross-entropy on
+/// the next token where the target is an assistant/completion token, linear learning-rate decay.
+/// Every step is a pure function of (seed, step) and the state saved by <see cref="SaveState"/>: the batch order of an
+/// epoch and the dropout masks are seeded from them, so a job resumed from a saved state continues the same run.
 /// Runs synchronously on the calling thread (TorchSharp dispose scopes are per thread).
 /// </summary>
-public static class LoraTrainer
+public sealed class LoraTrainer : IDisposable
 {
     const long IgnoreIndex = -100;
+    const string StateFile = "trainer_state.json", OptimizerFile = "optimizer.bin";
 
-    public static int TotalSteps(int examples, Hyperparameters hp) => hp.Epochs * (int)Math.Ceiling(examples / (double)hp.BatchSize);
+    readonly LlamaForCausalLM model;
+    readonly LoraAdapter adapter;
+    readonly IReadOnlyList<TokenizedExample> examples;
+    readonly Hyperparameters hp;
+    readonly int padId;
+    readonly long seed;
+    readonly List<TorchSharp.Modules.Parameter> parameters;
+    readonly TorchSharp.Modules.AdamW optimizer;
 
-    public static TrainingResult Train(
-        LlamaForCausalLM model, LoraAdapter adapter, IReadOnlyList<TokenizedExample> examples, Hyperparameters hp,
-        int padId, long seed, Action<TrainingProgress> onStep, CancellationToken cancel)
+    public int StepsPerEpoch { get; }
+    public int TotalSteps { get; }
+    /// <summary>Steps done so far.</summary>
+    public int Step { get; private set; }
+    public long TrainedTokens { get; private set; }
+    public double LastLoss { get; private set; } = double.NaN;
+
+    sealed record State(int Step, long TrainedTokens, double LastLoss);
+
+    public LoraTrainer(LlamaForCausalLM model, LoraAdapter adapter, IReadOnlyList<TokenizedExample> examples, Hyperparameters hp, int padId, long seed)
     {
         if (examples.Count == 0) throw new ArgumentException("no training examples", nameof(examples));
+        (this.model, this.adapter, this.examples, this.hp, this.padId, this.seed) = (model, adapter, examples, hp, padId, seed);
+        StepsPerEpoch = (int)Math.Ceiling(examples.Count / (double)hp.BatchSize);
+        TotalSteps = hp.Epochs * StepsPerEpoch;
         foreach (var p in model.parameters()) p.requires_grad = false;
         adapter.Attach(model);
+        parameters = adapter.Parameters().ToList();
+        optimizer = optim.AdamW(parameters, hp.LearningRate, weight_decay: 0);
+    }
+
+    /// <summary>Trains from <see cref="Step"/> to the end; <paramref name="onStep"/> runs after each step, outside its dispose scope.</summary>
+    public TrainingResult Run(Action<TrainingProgress> onStep, CancellationToken cancel)
+    {
         adapter.Train(true);
-        var parameters = adapter.Parameters().ToList();
-        using var optimizer = optim.AdamW(parameters, hp.LearningRate, weight_decay: 0);
-        var order = new Random((int)seed);
-        int totalSteps = TotalSteps(examples.Count, hp), step = 0;
-        long tokens = 0;
-        double loss = double.NaN;
-        var clock = Stopwatch.StartNew();
-        for (int epoch = 1; epoch <= hp.Epochs; epoch++)
+        try
         {
-            var shuffled = examples.OrderBy(_ => order.Next()).ToList();
-            for (int start = 0; start < shuffled.Count; start += hp.BatchSize)
+            var clock = Stopwatch.StartNew();
+            int firstStep = Step;
+            long tokensAtStart = TrainedTokens;
+            List<TokenizedExample>? order = null;
+            while (Step < TotalSteps)
             {
                 cancel.ThrowIfCancellationRequested();
-                double lr = hp.LearningRate * (1 - step / (double)totalSteps);
+                int epoch = Step / StepsPerEpoch, index = Step % StepsPerEpoch;
+                if (order is null || index == 0) order = EpochOrder(epoch);
+                double lr = hp.LearningRate * (1 - Step / (double)TotalSteps);
                 foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
-                var batch = shuffled.Skip(start).Take(hp.BatchSize).ToList();
-                using (var scope = NewDisposeScope())
-                {
-                    var (inputs, targets) = Collate(batch, padId);                        // [b, t] each
-                    var logits = model.forward(inputs);                                    // [b, t, vocab]
-                    var stepLoss = nn.functional.cross_entropy(
-                        logits.view(-1, logits.shape[^1]), targets.view(-1), ignore_index: IgnoreIndex);
-                    optimizer.zero_grad();
-                    stepLoss.backward();
-                    nn.utils.clip_grad_norm_(parameters, 1.0);
-                    optimizer.step();
-                    loss = stepLoss.item<float>();
-                    tokens += inputs.numel();
-                }
-                step++;
+                double accuracy = TrainStep(order.Skip(index * hp.BatchSize).Take(hp.BatchSize).ToList());
+                Step++;
                 double seconds = clock.Elapsed.TotalSeconds;
-                onStep(new TrainingProgress(step, totalSteps, epoch, loss, lr, tokens / Math.Max(seconds, 1e-9),
-                    seconds / step * (totalSteps - step)));
+                onStep(new TrainingProgress(Step, TotalSteps, epoch + 1, LastLoss, accuracy, lr,
+                    (TrainedTokens - tokensAtStart) / Math.Max(seconds, 1e-9), seconds / (Step - firstStep) * (TotalSteps - Step)));
             }
+            return new TrainingResult(Step, TrainedTokens, LastLoss);
         }
-        adapter.Train(false);
-        return new TrainingResult(step, tokens, loss);
+        finally
+        {
+            adapter.Train(false);
+        }
+    }
+
+    /// <summary>One optimizer step; returns the next-token accuracy on the trained tokens.</summary>
+    double TrainStep(List<TokenizedExample> batch)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(seed * 1_000_003 + Step);                                      // dropout masks depend on (seed, step) only
+        var (inputs, targets) = Collate(batch, padId);                              // [b, t] each
+        var logits = model.forward(inputs);                                         // [b, t, vocab]
+        var flatTargets = targets.view(-1);
+        var loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]), flatTargets, ignore_index: IgnoreIndex);
+        optimizer.zero_grad();
+        loss.backward();
+        nn.utils.clip_grad_norm_(parameters, 1.0);
+        optimizer.step();
+        LastLoss = loss.item<float>();
+        TrainedTokens += inputs.numel();
+        var trained = flatTargets.ne(IgnoreIndex);
+        var correct = logits.view(-1, logits.shape[^1]).argmax(-1).eq(flatTargets).logical_and(trained);
+        return correct.sum().item<long>() / (double)Math.Max(1, trained.sum().item<long>());
+    }
+
+    List<TokenizedExample> EpochOrder(int epoch)
+    {
+        var random = new Random(unchecked((int)(seed * 7919 + epoch)));
+        return examples.OrderBy(_ => random.Next()).ToList();
+    }
+
+    /// <summary>Writes the adapter (PEFT layout), the optimizer's moments and the step into <paramref name="folder"/>.</summary>
+    public void SaveState(string folder)
+    {
+        adapter.Save(folder);
+        optimizer.save_state_dict(Path.Combine(folder, OptimizerFile));
+        File.WriteAllText(Path.Combine(folder, StateFile), JsonSerializer.Serialize(new State(Step, TrainedTokens, LastLoss)));
+    }
+
+    /// <summary>Continues from a folder <see cref="SaveState"/> wrote.</summary>
+    public void LoadState(string folder)
+    {
+        var state = JsonSerializer.Deserialize<State>(File.ReadAllText(Path.Combine(folder, StateFile)))
+                    ?? throw new InvalidDataException($"{StateFile} is empty");
+        var (_, weights) = LoraAdapter.Load(folder, model);
+        using (no_grad())
+            foreach (var (path, layer) in adapter.Layers)
+            {
+                var w = weights[path];
+                layer.lora_A.weight!.copy_(w.A);
+                layer.lora_B.weight!.copy_(w.B);
+                w.A.Dispose();
+                w.B.Dispose();
+            }
+        optimizer.load_state_dict(Path.Combine(folder, OptimizerFile));
+        (Step, TrainedTokens, LastLoss) = (state.Step, state.TrainedTokens, state.LastLoss);
     }
 
     /// <summary>Inputs are ids[..^1], targets ids[1..] (ignored where not trained); rows right-padded.</summary>
@@ -93,4 +162,6 @@ public static class LoraTrainer
         }
         return (tensor(inputs, [batch.Count, length]), tensor(targets, [batch.Count, length]));
     }
+
+    public void Dispose() => optimizer.Dispose();
 }

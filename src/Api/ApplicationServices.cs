@@ -26,6 +26,7 @@ public static class ApplicationServices
         services.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);   // so that binding errors get the OpenAI error object
         services.AddProblemDetails();
         services.Configure<FileLimits>(builder.Configuration.GetSection("Files"));
+        services.Configure<FineTuningLimits>(builder.Configuration.GetSection("FineTuning"));
         var maxUpload = builder.Configuration.GetValue("Files:MaxUploadBytes", new FileLimits().MaxUploadBytes);
         services.Configure<Microsoft.AspNetCore.Http.Features.FormOptions>(o => o.MultipartBodyLengthLimit = maxUpload);
         services.AddEndpointsApiExplorer();

@@ -72,16 +72,13 @@ public sealed class FineTuningJobRunner(
     (Adapter Adapter, TrainingResult Result) Train(FineTuningJob job, CancellationTokenSource stop, Action<LoraTrainer> started)
     {
         var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
-        var file = db.Files.AsNoTracking().Single(f => f.Id == job.TrainingFile);
-        TrainingFile data;
-        using (var stream = blobs.OpenRead(file.BlobPath)) data = TrainingFile.Parse(stream);
-        var examples = TrainingData.Tokenize(data, new ByteTokenizer(), baseModel.ContextLength);
+        var examples = ReadData(job.TrainingFile, baseModel);
+        var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
         var config = JsonSerializer.Deserialize<LoraConfig>(job.AdapterConfig)!;
         var hp = new Hyperparameters(job.Epochs, job.BatchSize, BaseLearningRate * job.LearningRateMultiplier);
 
-        TorchSharp.torch.manual_seed(job.Seed);
         using var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath));
-        using var adapter = LoraAdapter.Create(model, config);
+        using var adapter = LoraAdapter.Create(model, config, job.Seed);
         var trainer = new LoraTrainer(model, adapter, examples, hp, ByteTokenizer.End, job.Seed);
         started(trainer);
         if (LatestState(job.Id) is { } state)
@@ -95,8 +92,10 @@ public sealed class FineTuningJobRunner(
         int reported = db.JobEvents.Where(e => e.JobId == job.Id && e.Type == "metrics").Select(e => (int?)e.Step).Max() ?? 0;
         var result = trainer.Run(p =>
         {
-            if (p.Step > reported) Report(job, p);
-            if (p.Step % trainer.StepsPerEpoch == 0) SaveCheckpoint(job, trainer, p);
+            bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
+            var valid = epochEnd && validation is not null ? trainer.Evaluate(validation) : ((double, double)?)null;
+            if (p.Step > reported) Report(job, p, valid);
+            if (epochEnd) SaveCheckpoint(job, trainer, p, valid);
             else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
             // Cancel, pause and resume are status changes in the database, so they reach a worker in any process within a step.
             if (CurrentStatus(job.Id) != JobStatus.Running) stop.Cancel();
@@ -116,19 +115,29 @@ public sealed class FineTuningJobRunner(
         return (row, result);
     }
 
-    void Report(FineTuningJob job, TrainingProgress p)
+    List<TokenizedExample> ReadData(string fileId, BaseModel baseModel)
     {
-        var message = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.LearningRate, p.TokensPerSecond, p.EtaSeconds);
-        AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}", "metrics",
-            JsonSerializer.Serialize(new { message.Step, message.TotalSteps, message.Epoch, message.TrainLoss, TrainMeanTokenAccuracy = p.TrainAccuracy,
-                message.LearningRate, message.TokensPerSecond, message.EtaSeconds }, SnakeCase), step: p.Step);
+        var file = db.Files.AsNoTracking().Single(f => f.Id == fileId);
+        using var stream = blobs.OpenRead(file.BlobPath);
+        return TrainingData.Tokenize(TrainingFile.Parse(stream), new ByteTokenizer(), baseModel.ContextLength);
+    }
+
+    void Report(FineTuningJob job, TrainingProgress p, (double Loss, double Accuracy)? valid)
+    {
+        var message = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.LearningRate, p.TokensPerSecond, p.EtaSeconds, valid?.Loss);
+        AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}" + (valid is { } v ? $", validation loss={v.Loss:0.0000}" : ""),
+            "metrics", JsonSerializer.Serialize(new
+            {
+                message.Step, message.TotalSteps, message.Epoch, message.TrainLoss, TrainMeanTokenAccuracy = p.TrainAccuracy,
+                message.ValidLoss, ValidMeanTokenAccuracy = valid?.Accuracy, message.LearningRate, message.TokensPerSecond, message.EtaSeconds,
+            }, SnakeCase), step: p.Step);
         long finish = Now() + (long)Math.Ceiling(p.EtaSeconds);
         db.Jobs.Where(j => j.Id == job.Id).ExecuteUpdate(s => s.SetProperty(j => j.EstimatedFinish, finish));
         Notify(message);
     }
 
     /// <summary>At each epoch's end: the trainer state to resume from, and the adapter as a checkpoint model.</summary>
-    void SaveCheckpoint(FineTuningJob job, LoraTrainer trainer, TrainingProgress p)
+    void SaveCheckpoint(FineTuningJob job, LoraTrainer trainer, TrainingProgress p, (double Loss, double Accuracy)? valid)
     {
         var state = SaveState(job.Id, trainer);
         var blobPath = BlobStore.CheckpointPath(job.Id, p.Step);
@@ -141,7 +150,11 @@ public sealed class FineTuningJobRunner(
         db.Checkpoints.Add(new Checkpoint
         {
             Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = modelName, BaseModel = job.Model, StepNumber = p.Step, CreatedAt = Now(), BlobPath = blobPath,
-            Metrics = JsonSerializer.Serialize(new { step = p.Step, train_loss = p.TrainLoss, train_mean_token_accuracy = p.TrainAccuracy }),
+            Metrics = JsonSerializer.Serialize(new
+            {
+                step = p.Step, train_loss = p.TrainLoss, train_mean_token_accuracy = p.TrainAccuracy,
+                valid_loss = valid?.Loss, valid_mean_token_accuracy = valid?.Accuracy,
+            }),
         });
         db.SaveChanges();
         db.ChangeTracker.Clear();

@@ -11,8 +11,8 @@ public sealed class AdaptersApiTests(ServiceFactory factory)
 
     async Task<string> TrainAsync(string answer)
     {
-        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Favourite colour?", answer), 6));
-        var job = await Api.CreateJobAsync(client, new { model = "tiny-llama-demo", training_file = fileId, seed = 9, hyperparameters = new { n_epochs = 15, batch_size = 2 } });
+        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Favourite colour?", answer), 10));
+        var job = await Api.CreateJobAsync(client, new { model = "tiny-llama-demo", training_file = fileId, seed = 9, hyperparameters = new { n_epochs = 9, batch_size = 2 } });
         return (string)(await Api.WaitForFinishAsync(client, (string)job["id"]!))["fine_tuned_model"]!;
     }
 

@@ -13,7 +13,7 @@ public sealed class BadInputTests(ServiceFactory factory)
         Directory.Exists(Path.Combine(factory.DataDirectory, "blobs", "files"))
             ? Directory.GetFiles(Path.Combine(factory.DataDirectory, "blobs", "files")).Length : 0));
 
-    async Task<string> GoodFileAsync() => await Api.UploadFileAsync(client, [Api.ChatLine("hi", "there")]);
+    async Task<string> GoodFileAsync() => await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("hi", "there"), 10));
 
     [Fact]
     public async Task MalformedJsonlIsRefusedWithItsLineNumber()
@@ -25,16 +25,56 @@ public sealed class BadInputTests(ServiceFactory factory)
         Assert.Equal(before, Stored());
     }
 
+    /// <summary>Malformed training files: the bad line is the third (two good lines first), or the file as a whole.</summary>
+    public static TheoryData<string, string> MalformedLines => new()
+    {
+        { "not json at all", "not valid JSON" },
+        { "[1, 2, 3]", "object" },
+        { "{\"messages\": \"hello\"}", "messages" },
+        { "{\"messages\": []}", "messages" },
+        { "{\"messages\": [{\"role\": \"bot\", \"content\": \"x\"}]}", "role" },
+        { "{\"messages\": [{\"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}", "role" },
+        { "{\"messages\": [{\"role\": \"user\", \"content\": 5}, {\"role\": \"assistant\", \"content\": \"y\"}]}", "content" },
+        { "{\"messages\": [{\"role\": \"user\", \"content\": \"only a question\"}]}", "assistant" },
+        { "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"a\", \"weight\": 2}]}", "weight" },
+        { "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}, {\"role\": \"assistant\", \"content\": \"a\"}]}", "image_url" },
+        { "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"tool_calls\": []}]}", "tool" },
+        { "{\"prompt\": \"p\"}", "completion" },
+        { "{\"prompt\": \"p\", \"completion\": \"\"}", "completion" },
+        { "{\"prompt\": 1, \"completion\": \"c\"}", "prompt" },
+        { "{\"text\": \"hello\"}", "messages" },
+        { "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"a\"}]", "not valid JSON" },
+    };
+
     [Theory]
-    [InlineData("{\"prompt\": \"p\"}", "Line 1", "completion")]
-    [InlineData("{\"messages\": [{\"role\": \"bot\", \"content\": \"x\"}]}", "Line 1", "role")]
-    [InlineData("", null, "no training examples")]
-    public async Task InvalidTrainingFilesAreRefused(string content, string? line, string phrase)
+    [MemberData(nameof(MalformedLines))]
+    public async Task MalformedTrainingFilesAreRefusedWithTheLineNumber(string badLine, string phrase)
     {
         var before = Stored();
+        var content = string.Join("\n", Api.ChatLine("a", "b"), Api.ChatLine("c", "d"), badLine, Api.ChatLine("e", "f"));
         var error = await Api.AssertErrorAsync(await Api.UploadAsync(client, content), 400, "file");
-        if (line is not null) Assert.Contains(line, (string)error["message"]!);
-        Assert.Contains(phrase, (string)error["message"]!);
+        Assert.Contains("Line 3:", (string)error["message"]!);
+        Assert.Contains(phrase, (string)error["message"]!, StringComparison.OrdinalIgnoreCase);
+        Assert.Equal(before, Stored());
+    }
+
+    [Fact]
+    public async Task AnEmptyFileAndAFileMixingFormatsAreRefused()
+    {
+        var before = Stored();
+        Assert.Contains("no training examples", (string)(await Api.AssertErrorAsync(await Api.UploadAsync(client, "\n\n"), 400, "file"))["message"]!);
+        var mixed = string.Join("\n", Api.ChatLine("a", "b"), "{\"prompt\": \"p\", \"completion\": \"c\"}");
+        Assert.Contains("Line 2: mixes formats", (string)(await Api.AssertErrorAsync(await Api.UploadAsync(client, mixed), 400, "file"))["message"]!);
+        Assert.Equal(before, Stored());
+    }
+
+    [Fact]
+    public async Task TooFewExamplesAreRefusedAtJobCreation()
+    {
+        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("hi", "there"), 9));
+        var before = Stored();
+        var response = await client.PostAsJsonAsync("/v1/fine_tuning/jobs", new { model = "tiny-llama-demo", training_file = fileId });
+        Assert.Contains("at least 10", (string)(await Api.AssertErrorAsync(response, 400, "training_file"))["message"]!);
         Assert.Equal(before, Stored());
     }
 
@@ -65,6 +105,8 @@ public sealed class BadInputTests(ServiceFactory factory)
         { """{"model": "tiny-llama-demo", "training_file": "FILE", "adapter": {"type": "lora", "target_modules": ["c_attn"]}}""", 400, "adapter.target_modules" },
         { """{"model": "tiny-llama-demo", "training_file": "FILE", "suffix": "has spaces!"}""", 400, "suffix" },
         { """{"model": "tiny-llama-demo", "training_file": "FILE", "seed": -5}""", 400, "seed" },
+        { """{"model": "tiny-llama-demo", "training_file": "FILE", "validation_file": "file-nope"}""", 400, "validation_file" },
+        { """{"model": "tiny-llama-demo", "training_file": "FILE", "metadata": {"": "x"}}""", 400, "metadata" },
     };
 
     [Theory]

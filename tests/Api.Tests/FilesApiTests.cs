@@ -10,7 +10,7 @@ public sealed class FilesApiTests(ServiceFactory factory)
     [Fact]
     public async Task FilesAreListedNewestFirstDownloadedAndDeleted()
     {
-        var lines = new[] { Api.ChatLine("one", "1"), Api.ChatLine("two", "2") };
+        var lines = new[] { Api.ChatLine("one", "1"), Api.ChatLine("two", "2") };   // files need not be trainable to be stored
         var first = await Api.UploadFileAsync(client, lines);
         var second = await Api.UploadFileAsync(client, lines);
 

@@ -14,7 +14,7 @@ public sealed class FineTuningLoopTests(ServiceFactory factory)
     [Fact]
     public async Task UploadTrainServeWithTheFineTunedModel()
     {
-        var fileId = await Api.UploadFileAsync(client, Repeat(4, ("What color is the sky?", "Blue"), ("What is 2+2?", "Four")));
+        var fileId = await Api.UploadFileAsync(client, Repeat(5, ("What color is the sky?", "Blue"), ("What is 2+2?", "Four")));
         var file = await Api.JsonAsync(await client.GetAsync($"/v1/files/{fileId}"));
         Assert.Equal("fine-tune", (string?)file["purpose"]);
 
@@ -43,7 +43,7 @@ public sealed class FineTuningLoopTests(ServiceFactory factory)
         // The job's event log holds its metrics, in order, and ends with success.
         var events = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000"));
         var metrics = events["data"]!.AsArray().Where(e => (string?)e!["type"] == "metrics").Reverse().ToList();
-        Assert.Equal(Enumerable.Range(1, 48), metrics.Select(e => (int)e!["data"]!["step"]!));
+        Assert.Equal(Enumerable.Range(1, 60), metrics.Select(e => (int)e!["data"]!["step"]!));
         Assert.Equal("The job has successfully completed", (string?)events["data"]![0]!["message"]);
 
         // The adapter is stored as a row with its blob folder in the PEFT layout.
@@ -61,11 +61,11 @@ public sealed class FineTuningLoopTests(ServiceFactory factory)
         const string prompt = "Name a fruit.";
         async Task<string> Train(string answer)
         {
-            var fileId = await Api.UploadFileAsync(client, Repeat(6, (prompt, answer)));
+            var fileId = await Api.UploadFileAsync(client, Repeat(10, (prompt, answer)));
             var job = await Api.CreateJobAsync(client, new
             {
                 model = "tiny-llama-demo", training_file = fileId, seed = 3, suffix = answer.ToLowerInvariant(),
-                hyperparameters = new { n_epochs = 20, batch_size = 2, learning_rate_multiplier = 1 },
+                hyperparameters = new { n_epochs = 12, batch_size = 2, learning_rate_multiplier = 1 },
             });
             return (string)(await Api.WaitForFinishAsync(client, (string)job["id"]!))["fine_tuned_model"]!;
         }
@@ -112,7 +112,7 @@ public sealed class FineTuningLoopTests(ServiceFactory factory)
     [Fact]
     public async Task JobsListIsPagedNewestFirst()
     {
-        var fileId = await Api.UploadFileAsync(client, Repeat(2, ("a", "b")));
+        var fileId = await Api.UploadFileAsync(client, Repeat(10, ("a", "b")));
         var ids = new List<string>();
         for (int i = 0; i < 3; i++)
         {

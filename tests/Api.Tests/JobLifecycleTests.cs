@@ -9,7 +9,7 @@ public sealed class JobLifecycleTests(ServiceFactory factory)
     readonly HttpClient client = factory.CreateClient();
 
     async Task<string> FileAsync(string answer = "Paris") =>
-        await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Capital of France?", answer), 6));
+        await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Capital of France?", answer), 10));
 
     static List<int> MetricSteps(JsonObject events) =>
         events["data"]!.AsArray().Where(e => (string?)e!["type"] == "metrics").Select(e => (int)e!["data"]!["step"]!).Reverse().ToList();
@@ -20,7 +20,7 @@ public sealed class JobLifecycleTests(ServiceFactory factory)
         var fileId = await FileAsync();
         var job = await Api.CreateJobAsync(client, new
         {
-            model = "tiny-llama-demo", training_file = fileId, seed = 4, hyperparameters = new { n_epochs = 30, batch_size = 1 },
+            model = "tiny-llama-demo", training_file = fileId, seed = 4, hyperparameters = new { n_epochs = 18, batch_size = 1 },
         });
         var jobId = (string)job["id"]!;
         await Api.WaitForJobAsync(client, jobId, s => s == "running");
@@ -55,7 +55,7 @@ public sealed class JobLifecycleTests(ServiceFactory factory)
         var fileId = await FileAsync("Lyon");
         var job = await Api.CreateJobAsync(client, new
         {
-            model = "tiny-llama-demo", training_file = fileId, seed = 2, suffix = "ckpt", hyperparameters = new { n_epochs = 25, batch_size = 6 },
+            model = "tiny-llama-demo", training_file = fileId, seed = 2, suffix = "ckpt", hyperparameters = new { n_epochs = 25, batch_size = 10 },
         });
         var jobId = (string)job["id"]!;
         var done = await Api.WaitForFinishAsync(client, jobId);
@@ -79,6 +79,56 @@ public sealed class JobLifecycleTests(ServiceFactory factory)
         var first = $"ft:tiny-llama-demo:ckpt:{jobId}:ckpt-step-1";
         Assert.NotEqual("Lyon", await Api.ChatAsync(client, first, "Capital of France?", maxTokens: 8));
         Assert.Equal(first, (string?)(await Api.JsonAsync(await client.GetAsync($"/v1/models/{first}")))["id"]);
+    }
+
+    [Fact]
+    public async Task AValidationFileIsMeasuredAtEveryEpochEnd()
+    {
+        var training = await FileAsync();
+        var validation = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Capital of France?", "Paris"), 3)
+            .Append(Api.ChatLine("Capital of Italy?", "Rome")));
+        var job = await Api.CreateJobAsync(client, new
+        {
+            model = "tiny-llama-demo", training_file = training, validation_file = validation, seed = 6, hyperparameters = new { n_epochs = 4, batch_size = 5 },
+        });
+        Assert.Equal(validation, (string?)job["validation_file"]);
+        var jobId = (string)job["id"]!;
+        Assert.Equal("succeeded", (string?)(await Api.WaitForFinishAsync(client, jobId))["status"]);
+
+        var events = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000"));
+        var metrics = events["data"]!.AsArray().Select(e => e!["data"]).Where(d => d?["step"] is not null).Reverse().ToList();
+        Assert.Equal([2, 4, 6, 8], metrics.Where(m => m!["valid_loss"] is not null).Select(m => (int)m!["step"]!));
+        var validLosses = metrics.Where(m => m!["valid_loss"] is not null).Select(m => (double)m!["valid_loss"]!).ToList();
+        Assert.True(validLosses[^1] < validLosses[0], $"validation loss went from {validLosses[0]} to {validLosses[^1]}");
+        var checkpoint = (await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/checkpoints")))["data"]![0]!;
+        Assert.Equal(validLosses[^1], (double)checkpoint["metrics"]!["valid_loss"]!, 6);
+        Assert.InRange((double)checkpoint["metrics"]!["valid_mean_token_accuracy"]!, 0.5, 1.0);
+    }
+
+    [Fact]
+    public async Task TheSameSeedTrainsTheSameAdapter()
+    {
+        var fileId = await FileAsync("Marseille");
+        async Task<byte[]> TrainAsync()
+        {
+            var job = await Api.CreateJobAsync(client, new
+            {
+                model = "tiny-llama-demo", training_file = fileId, seed = 1234,
+                hyperparameters = new { n_epochs = 2, batch_size = 3 }, adapter = new { type = "lora", dropout = 0.1 },
+            });
+            var done = await Api.WaitForFinishAsync(client, (string)job["id"]!);
+            var adapter = factory.Query(db => db.Adapters.Single(a => a.Name == (string)done["fine_tuned_model"]!));
+            return await File.ReadAllBytesAsync(Path.Combine(factory.DataDirectory, "blobs", adapter.BlobPath, "adapter_model.safetensors"));
+        }
+        // Inference in flight meanwhile must not disturb training's random draws (LoRA init, dropout masks).
+        var noise = Task.Run(async () =>
+        {
+            for (int i = 0; i < 5; i++)   // unseeded sampling draws from the global generator
+                await client.PostAsJsonAsync("/v1/completions", new { model = "tiny-llama-demo", prompt = "noise", max_tokens = 30, temperature = 1 });
+        });
+        var first = await TrainAsync();
+        await noise;
+        Assert.Equal(first, await TrainAsync());
     }
 
     [Fact]

@@ -24,7 +24,7 @@ public sealed class JobsHubTests(ServiceFactory factory)
         hub.On<StatusMessage>("status", m => { if (m.Status is "succeeded" or "failed" or "cancelled") finished.TrySetResult(m); });
         await hub.StartAsync();
 
-        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Greet me", "Hello there, friend!"), 8));
+        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Greet me", "Hello there, friend!"), 10));
         var job = await Api.CreateJobAsync(client, new
         {
             model = "tiny-llama-demo", training_file = fileId, seed = 1,
@@ -42,8 +42,8 @@ public sealed class JobsHubTests(ServiceFactory factory)
         Assert.True(seen.Count >= 20, $"only {seen.Count} progress messages");
         Assert.All(seen, m => Assert.Equal(jobId, m.JobId));
         Assert.Equal(Enumerable.Range(seen[0].Step, seen.Count), seen.Select(m => m.Step));   // consecutive, in order
-        Assert.Equal(40, seen[^1].Step);
-        Assert.Equal(40, seen[^1].TotalSteps);
+        Assert.Equal(50, seen[^1].Step);
+        Assert.Equal(50, seen[^1].TotalSteps);
         Assert.All(seen, m => Assert.True(m.TokensPerSecond > 0 && m.LearningRate > 0 && m.EtaSeconds >= 0));
         double early = seen.Take(5).Average(m => m.TrainLoss), late = seen.TakeLast(5).Average(m => m.TrainLoss);
         Assert.True(late < early * 0.5, $"loss went from {early} to {late}");

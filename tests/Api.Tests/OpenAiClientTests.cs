@@ -16,7 +16,7 @@ public sealed class OpenAiClientTests
         {
             await using var service = await ServiceProcess.StartAsync(folder.FullName);
             var training = Path.Combine(folder.FullName, "train.jsonl");
-            await File.WriteAllLinesAsync(training, Enumerable.Repeat(Api.ChatLine("Who wrote Hamlet?", "Shakespeare."), 6));
+            await File.WriteAllLinesAsync(training, Enumerable.Repeat(Api.ChatLine("Who wrote Hamlet?", "Shakespeare."), 10));
 
             var node = new ProcessStartInfo("node", [Path.Combine(clientDir, "client.mjs"), $"{service.Http.BaseAddress}v1", training])
             {

@@ -40,10 +40,10 @@ public sealed class ProcessTests
             int beforeKill;
             await using (var first = await ServiceProcess.StartAsync(folder.FullName, stateEvery))
             {
-                var fileId = await Api.UploadFileAsync(first.Http, Enumerable.Repeat(Api.ChatLine("Where is the Eiffel Tower?", "In Paris."), 6));
+                var fileId = await Api.UploadFileAsync(first.Http, Enumerable.Repeat(Api.ChatLine("Where is the Eiffel Tower?", "In Paris."), 10));
                 var job = await Api.CreateJobAsync(first.Http, new
                 {
-                    model = "tiny-llama-demo", training_file = fileId, seed = 8, hyperparameters = new { n_epochs = 50, batch_size = 1 },
+                    model = "tiny-llama-demo", training_file = fileId, seed = 8, hyperparameters = new { n_epochs = 30, batch_size = 1 },
                 });
                 jobId = (string)job["id"]!;
                 var deadline = DateTime.UtcNow.AddMinutes(2);

@@ -13,6 +13,7 @@ using Hangfire;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 
 namespace AdapterService.Api.Apis;
 
@@ -36,7 +37,7 @@ public sealed record MethodRequest(string? Type, SupervisedMethod? Supervised);
 /// <summary>A fine-tuning job to create (OpenAI's fields plus <c>adapter</c>).</summary>
 /// <param name="Model" example="tiny-llama-demo">The base model to fine-tune.</param>
 /// <param name="TrainingFile" example="file-abc123">Id of an uploaded file with purpose fine-tune.</param>
-/// <param name="ValidationFile">Not supported yet.</param>
+/// <param name="ValidationFile">Id of an uploaded file with purpose fine-tune; its loss and token accuracy are measured at every epoch's end.</param>
 /// <param name="Hyperparameters">OpenAI's older top-level form; method.supervised.hyperparameters wins when both are given.</param>
 /// <param name="Suffix" example="my-model">Up to 64 letters, digits, '-' or '_'; part of the fine-tuned model's name.</param>
 /// <param name="Seed" example="42">Makes the run reproducible; random when absent.</param>
@@ -58,11 +59,17 @@ public sealed record FineTuningJobDto(
     string Id, string Object, string Model, long CreatedAt, long? FinishedAt, string? FineTunedModel, string OrganizationId,
     IReadOnlyList<string> ResultFiles, string Status, string? ValidationFile, string TrainingFile, HyperparametersDto Hyperparameters,
     long? TrainedTokens, JobErrorDto? Error, long Seed, string? Suffix, long? EstimatedFinish, IReadOnlyDictionary<string, string>? Metadata,
-    IReadOnlyList<object> Integrations, MethodDto Method, AdapterDto Adapter);
+    IReadOnlyList<object> Integrations, MethodDto Method, AdapterDto Adapter, long TrainingFileTokens, long EstimatedTrainedTokens);
 
 public sealed record JobEventDto(string Id, string Object, long CreatedAt, string Level, string Message, string Type, JsonElement? Data);
 
 public sealed record ListResponse<T>(string Object, IReadOnlyList<T> Data, bool HasMore);
+
+/// <summary><c>FineTuning:MinExamples</c>: the fewest training examples a job accepts (OpenAI's rule: 10).</summary>
+public sealed class FineTuningLimits
+{
+    public int MinExamples { get; set; } = 10;
+}
 
 /// <summary>OpenAI's checkpoint object; <c>fine_tuned_model_checkpoint</c> is a model name usable for inference.</summary>
 public sealed record CheckpointDto(string Id, string Object, long CreatedAt, string FineTunedModelCheckpoint, int StepNumber, JsonElement Metrics, string FineTuningJobId);
@@ -97,7 +104,7 @@ public static partial class FineTuningJobsApi
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
             new MethodDto("supervised", new SupervisedDto(hp)),
-            new AdapterDto(j.AdapterType, lora.Rank, lora.Alpha, lora.Dropout, lora.TargetModules));
+            new AdapterDto(j.AdapterType, lora.Rank, lora.Alpha, lora.Dropout, lora.TargetModules), j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs);
     }
 
     /// <summary>Jobs as the API shows them, with their metadata loaded in one query.</summary>
@@ -116,19 +123,14 @@ public static partial class FineTuningJobsApi
         e.Data is null ? null : JsonDocument.Parse(e.Data).RootElement);
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CreateJob(
-        CreateFineTuningJobRequest request, ServiceDbContext db, BlobStore blobs, IBackgroundJobClient queue, CancellationToken cancel)
+        CreateFineTuningJobRequest request, ServiceDbContext db, BlobStore blobs, IBackgroundJobClient queue, IOptions<FineTuningLimits> limits,
+        CancellationToken cancel)
     {
         if (string.IsNullOrEmpty(request.Model)) return OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model");
         if (string.IsNullOrEmpty(request.TrainingFile)) return OpenAiErrors.BadRequest("Missing required parameter: 'training_file'.", "training_file");
         var baseModel = await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == request.Model, cancel);
         if (baseModel is null)
             return OpenAiErrors.Error(404, $"Model {request.Model} does not exist or is not available for fine-tuning.", "model", "model_not_found");
-        var file = await db.Files.AsNoTracking().SingleOrDefaultAsync(f => f.Id == request.TrainingFile, cancel);
-        if (file is null) return OpenAiErrors.BadRequest($"Training file {request.TrainingFile} does not exist.", "training_file", "file_not_found");
-        if (file.Purpose != "fine-tune")
-            return OpenAiErrors.BadRequest($"File {file.Id} has purpose '{file.Purpose}', not 'fine-tune'.", "training_file");
-        if (request.ValidationFile is not null)
-            return OpenAiErrors.BadRequest("validation_file is not supported yet.", "validation_file");
         if (request.Method is { Type: not (null or "supervised") })
             return OpenAiErrors.BadRequest($"Method type '{request.Method.Type}' is not supported; supported: 'supervised'.", "method.type");
         if (request.Suffix is { } suffix && !SuffixPattern().IsMatch(suffix))
@@ -140,15 +142,15 @@ public static partial class FineTuningJobsApi
         var config = ParseAdapter(request.Adapter, LlamaConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)), out var adapterError);
         if (config is null) return adapterError!;
 
-        List<TokenizedExample> examples;
-        try
+        var (examples, trainingError) = await ReadDataAsync(request.TrainingFile, "training_file", baseModel, db, blobs, cancel);
+        if (examples is null) return trainingError!;
+        if (examples.Count < limits.Value.MinExamples)
+            return OpenAiErrors.BadRequest($"Training file {request.TrainingFile} has {examples.Count} example(s), but must have at least {limits.Value.MinExamples}.",
+                "training_file", "invalid_n_examples");
+        if (request.ValidationFile is not null)
         {
-            await using var stream = blobs.OpenRead(file.BlobPath);
-            examples = TrainingData.Tokenize(TrainingFile.Parse(stream), new ByteTokenizer(), baseModel.ContextLength);
-        }
-        catch (TrainingFileException e)
-        {
-            return OpenAiErrors.BadRequest($"Training file {file.Id} is invalid: {e.Message}", "training_file", "invalid_training_file");
+            var (validation, validationError) = await ReadDataAsync(request.ValidationFile, "validation_file", baseModel, db, blobs, cancel);
+            if (validation is null) return validationError!;
         }
 
         var hpRequest = request.Method?.Supervised?.Hyperparameters ?? request.Hyperparameters;
@@ -157,21 +159,39 @@ public static partial class FineTuningJobsApi
 
         var job = new FineTuningJob
         {
-            Id = "ftjob-" + Ids.New(), Model = baseModel.Id, TrainingFile = file.Id, Status = JobStatus.Queued,
+            Id = "ftjob-" + Ids.New(), Model = baseModel.Id, TrainingFile = request.TrainingFile, ValidationFile = request.ValidationFile,
+            Status = JobStatus.Queued, TrainingFileTokens = examples.Sum(e => (long)e.Ids.Length),
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Suffix = request.Suffix, Seed = request.Seed ?? Random.Shared.Next(),
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier,
             AdapterType = "lora", AdapterConfig = JsonSerializer.Serialize(config with { BaseModel = baseModel.Id }),
         };
         db.Jobs.Add(job);
         db.JobMetadata.AddRange((request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }));
-        long tokens = examples.Sum(e => (long)e.Ids.Length);
         db.JobEvents.AddRange(
             new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Created fine-tuning job: {job.Id}" },
-            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Validated training file: {file.Id} ({examples.Count} examples, {tokens} tokens)" },
+            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Validated training file: {job.TrainingFile} ({examples.Count} examples, {job.TrainingFileTokens} tokens)" },
             new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = "Fine-tuning job queued" });
         await db.SaveChangesAsync(cancel);
         Enqueue(queue, job.Id);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
+    }
+
+    /// <summary>Reads and tokenizes a data file of the job, or says what is wrong with it (naming the request field).</summary>
+    static async Task<(List<TokenizedExample>? Examples, JsonHttpResult<ErrorResponse>? Error)> ReadDataAsync(
+        string fileId, string param, BaseModel baseModel, ServiceDbContext db, BlobStore blobs, CancellationToken cancel)
+    {
+        var file = await db.Files.AsNoTracking().SingleOrDefaultAsync(f => f.Id == fileId, cancel);
+        if (file is null) return (null, OpenAiErrors.BadRequest($"File {fileId} does not exist.", param, "file_not_found"));
+        if (file.Purpose != "fine-tune") return (null, OpenAiErrors.BadRequest($"File {fileId} has purpose '{file.Purpose}', not 'fine-tune'.", param));
+        try
+        {
+            await using var stream = blobs.OpenRead(file.BlobPath);
+            return (TrainingData.Tokenize(TrainingFile.Parse(stream), new ByteTokenizer(), baseModel.ContextLength), null);
+        }
+        catch (TrainingFileException e)
+        {
+            return (null, OpenAiErrors.BadRequest($"File {fileId} is invalid: {e.Message}", param, "invalid_file"));
+        }
     }
 
     static LoraConfig? ParseAdapter(AdapterRequest? request, LlamaConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)

@@ -12,16 +12,24 @@ namespace AdapterService.Core.Adapters;
 public sealed class LoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
 {
     public readonly Linear lora_A, lora_B;
-    readonly Dropout? dropout;
-    readonly double scaling;
+    readonly double dropout, scaling;
 
-    public LoraLayer(long inFeatures, long outFeatures, LoraConfig config) : base(nameof(LoraLayer))
+    /// <summary>Draws the dropout masks in training; a generator of the trainer's, so no other thread can shift them.</summary>
+    public Generator? DropoutGenerator { get; set; }
+
+    /// <summary>A layer of shape in → out; A drawn from <paramref name="init"/> (the global generator when null), B zero.</summary>
+    public LoraLayer(long inFeatures, long outFeatures, LoraConfig config, Generator? init = null) : base(nameof(LoraLayer))
     {
-        lora_A = nn.Linear(inFeatures, config.Rank, hasBias: false);    // default init: Kaiming-uniform, a = sqrt(5), as PEFT
+        lora_A = nn.Linear(inFeatures, config.Rank, hasBias: false);
         lora_B = nn.Linear(config.Rank, outFeatures, hasBias: false);
-        using (no_grad()) lora_B.weight!.zero_();
-        dropout = config.Dropout > 0 ? nn.Dropout(config.Dropout) : null;
-        scaling = config.Scaling;
+        using (no_grad())
+        {
+            // Kaiming-uniform with a = sqrt(5), as PEFT: bound = sqrt(6 / ((1 + a²) · fan_in)) = 1 / sqrt(fan_in).
+            double bound = 1 / Math.Sqrt(inFeatures);
+            lora_A.weight!.uniform_(-bound, bound, init);
+            lora_B.weight!.zero_();
+        }
+        (dropout, scaling) = (config.Dropout, config.Scaling);
         RegisterComponents();
         eval();   // dropout only once a trainer switches training on
     }
@@ -30,8 +38,10 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
 
     public Tensor Forward(Tensor x, Tensor y)
     {
-        var dx = dropout is null ? x : dropout.forward(x);            // [.., in]
-        return y + lora_B.forward(lora_A.forward(dx)) * scaling;      // [.., out]
+        var dx = training && dropout > 0                                                        // [.., in]
+            ? x * rand(x.shape, generator: DropoutGenerator).ge(dropout) / (1 - dropout)
+            : x;
+        return y + lora_B.forward(lora_A.forward(dx)) * scaling;                                // [.., out]
     }
 
     public LoraWeights Weights() => new(lora_A.weight!, lora_B.weight!, scaling);

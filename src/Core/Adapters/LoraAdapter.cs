@@ -20,10 +20,13 @@ public sealed class LoraAdapter : IDisposable
 
     LoraAdapter(LoraConfig config, Dictionary<string, LoraLayer> layers) => (Config, Layers) = (config, layers);
 
-    /// <summary>New adapter layers for the model's target modules, initialised as the method says.</summary>
-    public static LoraAdapter Create(LlamaForCausalLM model, LoraConfig config) =>
-        new(config, TargetModules.Find(model, config.TargetModules)
-            .ToDictionary(t => t.Path, t => new LoraLayer(t.Layer.InFeatures, t.Layer.OutFeatures, config)));
+    /// <summary>New adapter layers for the model's target modules, initialised as the method says (from <paramref name="seed"/> when given).</summary>
+    public static LoraAdapter Create(LlamaForCausalLM model, LoraConfig config, long? seed = null)
+    {
+        using var init = seed is { } s ? new Generator().manual_seed(s) : null;
+        return new(config, TargetModules.Find(model, config.TargetModules)
+            .ToDictionary(t => t.Path, t => new LoraLayer(t.Layer.InFeatures, t.Layer.OutFeatures, config, init)));
+    }
 
     /// <summary>Puts this adapter into the model's layer slots (one model instance serves one adapter at a time this way).</summary>
     public void Attach(LlamaForCausalLM model)
@@ -36,7 +39,15 @@ public sealed class LoraAdapter : IDisposable
 
     public long ParameterCount => Parameters().Sum(p => p.numel());
 
-    public void Train(bool on) { foreach (var l in Layers.Values) l.train(on); }
+    /// <summary>Switches dropout on (drawing masks from <paramref name="dropout"/>) or off.</summary>
+    public void Train(bool on, Generator? dropout = null)
+    {
+        foreach (var l in Layers.Values)
+        {
+            l.train(on);
+            l.DropoutGenerator = dropout;
+        }
+    }
 
     public void Save(string folder)
     {

@@ -64,6 +64,8 @@ public sealed class FineTuningJob
     /// <summary>The adapter's PEFT config (adapter_config.json) as resolved at creation.</summary>
     public required string AdapterConfig { get; init; }
     public long? TrainedTokens { get; set; }
+    /// <summary>Tokens in the training file (after cutting examples to the context length): one epoch's worth.</summary>
+    public long TrainingFileTokens { get; init; }
     /// <summary>Unix time the running job expects to finish, updated as steps complete.</summary>
     public long? EstimatedFinish { get; set; }
     public string? ErrorCode { get; set; }

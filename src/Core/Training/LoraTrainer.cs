@@ -37,6 +37,7 @@ public sealed class LoraTrainer : IDisposable
     readonly long seed;
     readonly List<TorchSharp.Modules.Parameter> parameters;
     readonly TorchSharp.Modules.AdamW optimizer;
+    readonly Generator dropout = new();
 
     public int StepsPerEpoch { get; }
     public int TotalSteps { get; }
@@ -62,7 +63,7 @@ public sealed class LoraTrainer : IDisposable
     /// <summary>Trains from <see cref="Step"/> to the end; <paramref name="onStep"/> runs after each step, outside its dispose scope.</summary>
     public TrainingResult Run(Action<TrainingProgress> onStep, CancellationToken cancel)
     {
-        adapter.Train(true);
+        adapter.Train(true, dropout);
         try
         {
             var clock = Stopwatch.StartNew();
@@ -90,11 +91,41 @@ public sealed class LoraTrainer : IDisposable
         }
     }
 
+    /// <summary>Mean loss and next-token accuracy over the trained tokens of <paramref name="data"/>, without training.</summary>
+    public (double Loss, double Accuracy) Evaluate(IReadOnlyList<TokenizedExample> data)
+    {
+        bool wasTraining = adapter.Layers.Values.FirstOrDefault()?.training ?? false;
+        adapter.Train(false);
+        try
+        {
+            double lossSum = 0;
+            long correct = 0, count = 0;
+            using var noGrad = no_grad();
+            for (int start = 0; start < data.Count; start += hp.BatchSize)
+            {
+                using var scope = NewDisposeScope();
+                var (inputs, targets) = Collate(data.Skip(start).Take(hp.BatchSize).ToList(), padId);
+                var logits = model.forward(inputs);
+                var flat = logits.view(-1, logits.shape[^1]);
+                var flatTargets = targets.view(-1);
+                var trained = flatTargets.ne(IgnoreIndex);
+                lossSum += nn.functional.cross_entropy(flat, flatTargets, ignore_index: IgnoreIndex, reduction: nn.Reduction.Sum).item<float>();
+                correct += flat.argmax(-1).eq(flatTargets).logical_and(trained).sum().item<long>();
+                count += trained.sum().item<long>();
+            }
+            return (lossSum / Math.Max(1, count), correct / (double)Math.Max(1, count));
+        }
+        finally
+        {
+            adapter.Train(wasTraining, dropout);
+        }
+    }
+
     /// <summary>One optimizer step; returns the next-token accuracy on the trained tokens.</summary>
     double TrainStep(List<TokenizedExample> batch)
     {
         using var scope = NewDisposeScope();
-        manual_seed(seed * 1_000_003 + Step);                                      // dropout masks depend on (seed, step) only
+        dropout.manual_seed(seed * 1_000_003 + Step);                              // dropout masks depend on (seed, step) only
         var (inputs, targets) = Collate(batch, padId);                              // [b, t] each
         var logits = model.forward(inputs);                                         // [b, t, vocab]
         var flatTargets = targets.view(-1);
@@ -163,5 +194,9 @@ public sealed class LoraTrainer : IDisposable
         return (tensor(inputs, [batch.Count, length]), tensor(targets, [batch.Count, length]));
     }
 
-    public void Dispose() => optimizer.Dispose();
+    public void Dispose()
+    {
+        optimizer.Dispose();
+        dropout.Dispose();
+    }
 }

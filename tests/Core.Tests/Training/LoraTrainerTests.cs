@@ -103,8 +103,7 @@ public sealed class LoraTrainerTests
             // One uninterrupted run...
             var straight = new List<TrainingProgress>();
             using var model1 = Create();
-            manual_seed(11);   // LoRA A's initialisation draws from the global generator
-            using var adapter1 = LoraAdapter.Create(model1, config);
+            using var adapter1 = LoraAdapter.Create(model1, config, seed: 11);
             using (var trainer = new LoraTrainer(model1, adapter1, Examples, hp, ByteTokenizer.End, seed: 5))
                 trainer.Run(straight.Add, CancellationToken.None);
 
@@ -112,15 +111,14 @@ public sealed class LoraTrainerTests
             var resumed = new List<TrainingProgress>();
             using var cancel = new CancellationTokenSource();
             using var model2 = Create();
-            manual_seed(11);
-            using (var adapter2 = LoraAdapter.Create(model2, config))
+            using (var adapter2 = LoraAdapter.Create(model2, config, seed: 11))
             using (var trainer = new LoraTrainer(model2, adapter2, Examples, hp, ByteTokenizer.End, seed: 5))
             {
                 Assert.ThrowsAny<OperationCanceledException>(() => trainer.Run(p => { resumed.Add(p); if (p.Step == 4) cancel.Cancel(); }, cancel.Token));
                 trainer.SaveState(folder);
             }
             using var model3 = Create();
-            using var adapter3 = LoraAdapter.Create(model3, config);
+            using var adapter3 = LoraAdapter.Create(model3, config, seed: 99);   // LoadState overwrites the initial weights
             using (var trainer = new LoraTrainer(model3, adapter3, Examples, hp, ByteTokenizer.End, seed: 5))
             {
                 trainer.LoadState(folder);

@@ -212,6 +212,9 @@ namespace AdapterService.Core.Storage.Migrations
                         .IsRequired()
                         .HasColumnType("TEXT");
 
+                    b.Property<long>("TrainingFileTokens")
+                        .HasColumnType("INTEGER");
+
                     b.Property<string>("ValidationFile")
                         .HasColumnType("TEXT");
 

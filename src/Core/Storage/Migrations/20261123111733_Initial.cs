@@ -140,6 +140,7 @@ namespace AdapterService.Core.Storage.Migrations
                     AdapterType = table.Column<string>(type: "TEXT", nullable: false),
                     AdapterConfig = table.Column<string>(type: "TEXT", nullable: false),
                     TrainedTokens = table.Column<long>(type: "INTEGER", nullable: true),
+                    TrainingFileTokens = table.Column<long>(type: "INTEGER", nullable: false),
                     EstimatedFinish = table.Column<long>(type: "INTEGER", nullable: true),
                     ErrorCode = table.Column<string>(type: "TEXT", nullable: true),
                     ErrorMessage = table.Column<string>(type: "TEXT", nullable: true),

@@ -10,7 +10,7 @@ using Microsoft.EntityFrameworkCore.Storage.ValueConversion;
 namespace AdapterService.Core.Storage.Migrations
 {
     [DbContext(typeof(ServiceDbContext))]
-    [Migration("20261123110822_Initial")]
+    [Migration("20261123111733_Initial")]
     partial class Initial
     {
         /// <inheritdoc />
@@ -214,6 +214,9 @@ namespace AdapterService.Core.Storage.Migrations
                     b.Property<string>("TrainingFile")
                         .IsRequired()
                         .HasColumnType("TEXT");
+
+                    b.Property<long>("TrainingFileTokens")
+                        .HasColumnType("INTEGER");
 
                     b.Property<string>("ValidationFile")
                         .HasColumnType("TEXT");

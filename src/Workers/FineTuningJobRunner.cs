@@ -19,6 +19,20 @@ public sealed class TrainingOptions
     public int StateEverySteps { get; set; } = 25;
 }
 
+/// <summary>Counts epochs without a new lowest validation loss; says stop after <c>patience</c> of them (never without one).</summary>
+sealed class EarlyStopping(int? patience)
+{
+    double best = double.PositiveInfinity;
+    int worse;
+
+    public bool ShouldStop(double validLoss)
+    {
+        if (validLoss < best) (best, worse) = (validLoss, 0);
+        else worse++;
+        return patience is { } p && worse >= p;
+    }
+}
+
 /// <summary>
 /// The Hangfire job that trains one fine-tuning job. It takes the job id only and is safe to run twice: a finished
 /// or paused job is a no-op, and an interrupted one (crash, shutdown, pause) continues from its last saved state.
@@ -90,12 +104,18 @@ public sealed class FineTuningJobRunner(
 
         // Steps redone after a crash were reported the first time already: report each step once.
         int reported = db.JobEvents.Where(e => e.JobId == job.Id && e.Type == "metrics").Select(e => (int?)e.Step).Max() ?? 0;
+        var stopping = new EarlyStopping(job.EarlyStoppingPatience);
         var result = trainer.Run(p =>
         {
             bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
-            var valid = epochEnd && validation is not null ? trainer.Evaluate(validation) : ((double, double)?)null;
+            var valid = epochEnd && validation is not null ? trainer.Evaluate(validation) : ((double Loss, double Accuracy)?)null;
             if (p.Step > reported) Report(job, p, valid);
             if (epochEnd) SaveCheckpoint(job, trainer, p, valid);
+            if (valid is { } v && stopping.ShouldStop(v.Loss))
+            {
+                AddEvent(job.Id, $"Early stopping at step {p.Step}: the validation loss has not improved for {job.EarlyStoppingPatience} epoch(s)");
+                trainer.StopAfterThisStep();
+            }
             else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
             // Cancel, pause and resume are status changes in the database, so they reach a worker in any process within a step.
             if (CurrentStatus(job.Id) != JobStatus.Running) stop.Cancel();

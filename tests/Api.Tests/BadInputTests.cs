@@ -85,7 +85,8 @@ public sealed class BadInputTests(ServiceFactory factory)
         using (var form = new MultipartFormDataContent { { new StringContent("fine-tune"), "purpose" } })
             await Api.AssertErrorAsync(await client.PostAsync("/v1/files", form), 400, "file");
         await Api.AssertErrorAsync(await Api.UploadAsync(client, Api.ChatLine("a", "b"), purpose: "vision"), 400, "purpose");
-        await Api.AssertErrorAsync(await client.PostAsync("/v1/files", new StringContent("x")), 400);
+        await Api.AssertErrorAsync(await client.PostAsync("/v1/files", new StringContent("x")), 415);
+        await Api.AssertErrorAsync(await client.PostAsync("/v1/fine_tuning/jobs", new StringContent("{}", Encoding.UTF8, "text/plain")), 415);
         Assert.Equal(before, Stored());
     }
 

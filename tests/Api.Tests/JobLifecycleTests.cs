@@ -106,6 +106,33 @@ public sealed class JobLifecycleTests(ServiceFactory factory)
     }
 
     [Fact]
+    public async Task EarlyStoppingEndsTheJobWhenTheValidationLossStopsImproving()
+    {
+        var training = await FileAsync("Paris");
+        var validation = await Api.UploadFileAsync(client, [Api.ChatLine("Capital of France?", "Rome")]);   // fitting the training data hurts it
+        var job = await Api.CreateJobAsync(client, new
+        {
+            model = "tiny-llama-demo", training_file = training, validation_file = validation, seed = 3,
+            hyperparameters = new { n_epochs = 40, batch_size = 5, early_stopping_patience = 2 },
+        });
+        Assert.Equal(2, (int)job["hyperparameters"]!["early_stopping_patience"]!);
+        var jobId = (string)job["id"]!;
+        var done = await Api.WaitForFinishAsync(client, jobId);
+        Assert.Equal("succeeded", (string?)done["status"]);
+        var events = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000"));
+        var messages = events["data"]!.AsArray().Select(e => (string)e!["message"]!).ToList();
+        var stopped = messages.Single(m => m.StartsWith("Early stopping at step", StringComparison.Ordinal));
+        int step = int.Parse(stopped.Split(' ')[4].TrimEnd(':'));
+        Assert.InRange(step, 6, 78);   // at least patience + 1 epochs, and before the end
+        Assert.DoesNotContain(events["data"]!.AsArray(), e => (int?)e!["data"]?["step"] > step);
+
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/fine_tuning/jobs", new
+        {
+            model = "tiny-llama-demo", training_file = training, hyperparameters = new { early_stopping_patience = 2 },
+        }), 400, "hyperparameters.early_stopping_patience");
+    }
+
+    [Fact]
     public async Task TheSameSeedTrainsTheSameAdapter()
     {
         var fileId = await FileAsync("Marseille");

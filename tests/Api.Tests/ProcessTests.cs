@@ -73,6 +73,24 @@ public sealed class ProcessTests
         }
     }
 
+    [Fact]
+    public async Task UploadsOverTheConfiguredLimitAreRefusedWith413()
+    {
+        var folder = Directory.CreateTempSubdirectory("adapter-service-limit-");
+        try
+        {
+            await using var service = await ServiceProcess.StartAsync(folder.FullName, ("Files__MaxUploadBytes", "2000"));
+            var small = Enumerable.Repeat(Api.ChatLine("q", "a"), 10);
+            await Api.UploadFileAsync(service.Http, small);
+            var big = string.Join("\n", Enumerable.Repeat(Api.ChatLine("question", "answer"), 100));
+            await Api.AssertErrorAsync(await Api.UploadAsync(service.Http, big), 413, "file");
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
+    }
+
     static async Task<JsonArray> Events(HttpClient http, string jobId) =>
         (await Api.JsonAsync(await http.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000")))["data"]!.AsArray();
 

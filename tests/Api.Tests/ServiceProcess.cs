@@ -25,10 +25,20 @@ public sealed class ServiceProcess : IAsyncDisposable
         foreach (var (key, value) in settings) start.Environment[key] = value;
         var service = new ServiceProcess(Process.Start(start)!, port);
         var ready = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        service.process.OutputDataReceived += (_, e) => { if (e.Data?.Contains("Adapter service ready:") == true) ready.TrySetResult(e.Data.Trim()); };
+        var output = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        service.process.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            output.Enqueue(e.Data);
+            if (e.Data.Contains("Adapter service ready:")) ready.TrySetResult(e.Data.Trim());
+        };
+        service.process.ErrorDataReceived += (_, e) => { if (e.Data is not null) output.Enqueue(e.Data); };
         service.process.BeginOutputReadLine();
         service.process.BeginErrorReadLine();
-        service.ReadyLine = await ready.Task.WaitAsync(TimeSpan.FromMinutes(2));
+        var exited = service.process.WaitForExitAsync();
+        if (await Task.WhenAny(ready.Task, exited).WaitAsync(TimeSpan.FromMinutes(2)) == exited)
+            throw new InvalidOperationException($"the service exited with {service.process.ExitCode} before it was ready:\n{string.Join("\n", output)}");
+        service.ReadyLine = await ready.Task;
         return service;
     }
 

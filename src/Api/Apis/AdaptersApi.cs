@@ -26,7 +26,7 @@ public static class AdaptersApi
         adapters.MapDelete("/{adapterId}", DeleteAdapter).WithErrors(404).WithSummary("Delete an adapter and its files; its model name stops serving");
         adapters.MapGet("/{adapterId}/export", ExportAdapter).WithErrors(404)
             .WithSummary("Download the adapter as a zip in PEFT's layout (adapter_config.json + adapter_model.safetensors)");
-        adapters.MapPost("/import", ImportAdapter).DisableAntiforgery().WithErrors(400, 404, 413)
+        adapters.MapPost("/import", ImportAdapter).DisableAntiforgery().WithErrors(400, 404, 415)
             .WithSummary("Import a PEFT LoRA adapter from a zip")
             .WithDescription("Multipart form: `file` (a zip holding adapter_config.json and adapter_model.safetensors, at its root or in one folder), `model` (the base model id), optional `suffix`. The weights are checked against the base model's layers.");
         return app;
@@ -80,7 +80,7 @@ public static class AdaptersApi
         HttpRequest request, ServiceDbContext db, BlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
     {
         if (!request.HasFormContentType)
-            return OpenAiErrors.BadRequest("Upload the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'.");
+            return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'.", null, "unsupported_media_type");
         var form = await request.ReadFormAsync(cancel);
         var upload = form.Files.GetFile("file");
         if (upload is null) return OpenAiErrors.BadRequest("Missing required parameter: 'file'.", "file");

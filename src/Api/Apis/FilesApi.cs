@@ -27,7 +27,7 @@ public static class FilesApi
     public static IEndpointRouteBuilder MapFilesApi(this IEndpointRouteBuilder app)
     {
         var files = app.MapGroup("/v1/files").WithTags("Files");
-        files.MapPost("/", UploadFile).DisableAntiforgery().WithErrors(400)
+        files.MapPost("/", UploadFile).DisableAntiforgery().WithErrors(400, 413, 415)
             .WithSummary("Upload a file")
             .WithDescription("Multipart form with `file` and `purpose=fine-tune`. Training files are JSONL: chat (`{\"messages\": [...]}`) or prompt/completion (`{\"prompt\": \"...\", \"completion\": \"...\"}`); each line is validated and the first bad line is reported by number.");
         files.MapGet("/", ListFiles).WithErrors(400).WithSummary("List files, newest first by default (paged with after/limit, filtered by purpose)");
@@ -47,7 +47,7 @@ public static class FilesApi
             return OpenAiErrors.Error(StatusCodes.Status413PayloadTooLarge, $"The upload is larger than the limit of {max} bytes.", "file", "file_too_large");
         if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size) size.MaxRequestBodySize = max;
         if (!request.HasFormContentType)
-            return OpenAiErrors.BadRequest("Upload the file as multipart/form-data with fields 'file' and 'purpose'.");
+            return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the file as multipart/form-data with fields 'file' and 'purpose'.", null, "unsupported_media_type");
         var form = await request.ReadFormAsync(cancel);
         var purpose = form["purpose"].ToString();
         if (purpose.Length == 0) return OpenAiErrors.BadRequest("Missing required parameter: 'purpose'.", "purpose");

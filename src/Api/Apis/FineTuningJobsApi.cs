@@ -21,7 +21,8 @@ namespace AdapterService.Api.Apis;
 /// <param name="NEpochs" example="3">Passes over the training file: an integer 1-50, or "auto".</param>
 /// <param name="BatchSize" example="1">Examples per training step: an integer 1-256, or "auto".</param>
 /// <param name="LearningRateMultiplier" example="1">Scales the base learning rate (4e-3 for LoRA): a number in (0, 50], or "auto" (1).</param>
-public sealed record HyperparametersRequest(JsonElement? NEpochs, JsonElement? BatchSize, JsonElement? LearningRateMultiplier);
+/// <param name="EarlyStoppingPatience">Our extension, with a validation file: stop after this many epochs (1-50) without a lower validation loss.</param>
+public sealed record HyperparametersRequest(JsonElement? NEpochs, JsonElement? BatchSize, JsonElement? LearningRateMultiplier, int? EarlyStoppingPatience = null);
 
 /// <summary>Our extension: which adapter to train and its options.</summary>
 /// <param name="Type" example="lora">The adapter method: "lora".</param>
@@ -48,7 +49,7 @@ public sealed record CreateFineTuningJobRequest(
     string? Model, string? TrainingFile, string? ValidationFile, HyperparametersRequest? Hyperparameters, string? Suffix,
     long? Seed, AdapterRequest? Adapter, MethodRequest? Method, Dictionary<string, string>? Metadata);
 
-public sealed record HyperparametersDto(int NEpochs, int BatchSize, double LearningRateMultiplier);
+public sealed record HyperparametersDto(int NEpochs, int BatchSize, double LearningRateMultiplier, int? EarlyStoppingPatience = null);
 public sealed record AdapterDto(string Type, int Rank, double Alpha, double Dropout, IReadOnlyList<string> TargetModules);
 public sealed record MethodDto(string Type, SupervisedDto Supervised);
 public sealed record SupervisedDto(HyperparametersDto Hyperparameters);
@@ -98,7 +99,7 @@ public static partial class FineTuningJobsApi
     public static FineTuningJobDto ToDto(this FineTuningJob j, IReadOnlyDictionary<string, string>? metadata)
     {
         var lora = JsonSerializer.Deserialize<LoraConfig>(j.AdapterConfig)!;
-        var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier);
+        var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier, j.EarlyStoppingPatience);
         return new FineTuningJobDto(j.Id, "fine_tuning.job", j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", [],
             j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
@@ -156,13 +157,15 @@ public static partial class FineTuningJobsApi
         var hpRequest = request.Method?.Supervised?.Hyperparameters ?? request.Hyperparameters;
         var hp = ResolveHyperparameters(hpRequest, examples.Count, out var hpError);
         if (hp is null) return hpError!;
+        if (hp.EarlyStoppingPatience is { } patience && (patience is < 1 or > 50 || request.ValidationFile is null))
+            return OpenAiErrors.BadRequest("hyperparameters.early_stopping_patience must be 1-50 and needs a validation_file.", "hyperparameters.early_stopping_patience");
 
         var job = new FineTuningJob
         {
             Id = "ftjob-" + Ids.New(), Model = baseModel.Id, TrainingFile = request.TrainingFile, ValidationFile = request.ValidationFile,
             Status = JobStatus.Queued, TrainingFileTokens = examples.Sum(e => (long)e.Ids.Length),
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Suffix = request.Suffix, Seed = request.Seed ?? Random.Shared.Next(),
-            Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier,
+            Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
             AdapterType = "lora", AdapterConfig = JsonSerializer.Serialize(config with { BaseModel = baseModel.Id }),
         };
         db.Jobs.Add(job);
@@ -254,7 +257,8 @@ public static partial class FineTuningJobsApi
         if (error is not null) return null;
         int resolvedBatch = batch ?? Math.Clamp(examples / 64, 1, 32);
         int stepsPerEpoch = (int)Math.Ceiling(examples / (double)resolvedBatch);
-        return new HyperparametersDto(epochs ?? Math.Clamp((int)Math.Ceiling(100.0 / stepsPerEpoch), 3, 25), resolvedBatch, lr ?? 1.0);
+        return new HyperparametersDto(epochs ?? Math.Clamp((int)Math.Ceiling(100.0 / stepsPerEpoch), 3, 25), resolvedBatch, lr ?? 1.0,
+            request?.EarlyStoppingPatience);
     }
 
     static int? Auto(JsonElement? value, string name, ref JsonHttpResult<ErrorResponse>? error, Func<double, bool> valid, string expected) =>

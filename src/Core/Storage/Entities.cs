@@ -60,6 +60,8 @@ public sealed class FineTuningJob
     public int Epochs { get; init; }
     public int BatchSize { get; init; }
     public double LearningRateMultiplier { get; init; }
+    /// <summary>Stop after this many epochs without a lower validation loss (needs a validation file).</summary>
+    public int? EarlyStoppingPatience { get; init; }
     public required string AdapterType { get; init; }
     /// <summary>The adapter's PEFT config (adapter_config.json) as resolved at creation.</summary>
     public required string AdapterConfig { get; init; }

@@ -45,6 +45,10 @@ public sealed class LoraTrainer : IDisposable
     public int Step { get; private set; }
     public long TrainedTokens { get; private set; }
     public double LastLoss { get; private set; } = double.NaN;
+    bool stopRequested;
+
+    /// <summary>Ends <see cref="Run"/> after the step in progress, as finished (early stopping).</summary>
+    public void StopAfterThisStep() => stopRequested = true;
 
     sealed record State(int Step, long TrainedTokens, double LastLoss);
 
@@ -70,7 +74,7 @@ public sealed class LoraTrainer : IDisposable
             int firstStep = Step;
             long tokensAtStart = TrainedTokens;
             List<TokenizedExample>? order = null;
-            while (Step < TotalSteps)
+            while (Step < TotalSteps && !stopRequested)
             {
                 cancel.ThrowIfCancellationRequested();
                 int epoch = Step / StepsPerEpoch, index = Step % StepsPerEpoch;

@@ -164,6 +164,9 @@ namespace AdapterService.Core.Storage.Migrations
                     b.Property<long>("CreatedAt")
                         .HasColumnType("INTEGER");
 
+                    b.Property<int?>("EarlyStoppingPatience")
+                        .HasColumnType("INTEGER");
+
                     b.Property<int>("Epochs")
                         .HasColumnType("INTEGER");
 

@@ -137,6 +137,7 @@ namespace AdapterService.Core.Storage.Migrations
                     Epochs = table.Column<int>(type: "INTEGER", nullable: false),
                     BatchSize = table.Column<int>(type: "INTEGER", nullable: false),
                     LearningRateMultiplier = table.Column<double>(type: "REAL", nullable: false),
+                    EarlyStoppingPatience = table.Column<int>(type: "INTEGER", nullable: true),
                     AdapterType = table.Column<string>(type: "TEXT", nullable: false),
                     AdapterConfig = table.Column<string>(type: "TEXT", nullable: false),
                     TrainedTokens = table.Column<long>(type: "INTEGER", nullable: true),

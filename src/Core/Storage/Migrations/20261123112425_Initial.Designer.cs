@@ -10,7 +10,7 @@ using Microsoft.EntityFrameworkCore.Storage.ValueConversion;
 namespace AdapterService.Core.Storage.Migrations
 {
     [DbContext(typeof(ServiceDbContext))]
-    [Migration("20261123111733_Initial")]
+    [Migration("20261123112425_Initial")]
     partial class Initial
     {
         /// <inheritdoc />
@@ -165,6 +165,9 @@ namespace AdapterService.Core.Storage.Migrations
                         .HasColumnType("INTEGER");
 
                     b.Property<long>("CreatedAt")
+                        .HasColumnType("INTEGER");
+
+                    b.Property<int?>("EarlyStoppingPatience")
                         .HasColumnType("INTEGER");
 
                     b.Property<int>("Epochs")

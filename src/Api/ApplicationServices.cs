@@ -38,7 +38,8 @@ public static class ApplicationServices
         });
         services.AddSignalR();
         services.AddSingleton<IJobNotifier, SignalRJobNotifier>();
-        services.AddSingleton<InferenceEngine>();
+        var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
+        services.AddSingleton(_ => new InferenceEngine(inference));
         services.AddHangfire(c => c.UseSimpleAssemblyNameTypeSerializer().UseRecommendedSerializerSettings().UseInMemoryStorage());
         services.AddFineTuningWorker(builder.Configuration);
         // Let a training step finish and the worker stop cleanly before the host gives up.

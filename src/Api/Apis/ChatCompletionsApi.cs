@@ -41,7 +41,7 @@ public static class ChatCompletionsApi
 
     public static IEndpointRouteBuilder MapChatCompletionsApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost("/v1/chat/completions", CreateChatCompletion).WithErrors(400, 404).WithTags("Chat")
+        app.MapPost("/v1/chat/completions", CreateChatCompletion).WithErrors(400, 404, 429).WithTags("Chat")
             .WithSummary("Chat with a base model or a fine-tuned model (ft:...)")
             .WithDescription("`stream: true` answers with server-sent events of `chat.completion.chunk` objects, then `data: [DONE]`.");
         return app;
@@ -49,26 +49,27 @@ public static class ChatCompletionsApi
 
     static async Task<Results<Ok<ChatCompletionResponse>, ServerSentEventsResult<string>, JsonHttpResult<ErrorResponse>>> CreateChatCompletion(
         ChatCompletionRequest request, ServiceDbContext db, BlobStore blobs, InferenceEngine engine,
-        IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, CancellationToken cancel)
+        IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, HttpResponse response, CancellationToken cancel)
     {
         var (ready, error) = await Generation.PrepareAsync(request, () => new ByteTokenizer().EncodeChatPrompt(Messages(request.Messages)),
             defaultMaxTokens: null, db, blobs, cancel);
         if (ready is null) return error!;
+        var (chunks, busy) = await Generation.StartAsync(engine, ready.Request, response, cancel);
+        if (chunks is null) return busy!;
         var (id, created) = (Generation.NewId("chatcmpl-"), Generation.Now());
         if (request.Stream == true)
-            return Generation.Stream(Chunks(engine, ready, id, created, cancel), json.Value.SerializerOptions);
-        var (text, finish, usage) = await Generation.CollectAsync(engine, ready.Request, cancel);
+            return Generation.Stream(Chunks(chunks, ready.Model, id, created), json.Value.SerializerOptions);
+        var (text, finish, usage) = await Generation.CollectAsync(chunks);
         return TypedResults.Ok(new ChatCompletionResponse(id, "chat.completion", created, ready.Model,
             [new ChatChoice(0, new ChatMessageDto("assistant", text), null, finish)], usage));
     }
 
-    static async IAsyncEnumerable<ChatCompletionChunk> Chunks(InferenceEngine engine, Generation.Prepared ready, string id, long created,
-        [EnumeratorCancellation] CancellationToken cancel)
+    static async IAsyncEnumerable<ChatCompletionChunk> Chunks(IAsyncEnumerable<GenerationChunk> chunks, string model, string id, long created)
     {
         ChatCompletionChunk Chunk(ChatDelta delta, string? finish, Usage? usage) =>
-            new(id, "chat.completion.chunk", created, ready.Model, [new ChatChunkChoice(0, delta, null, finish)], usage);
+            new(id, "chat.completion.chunk", created, model, [new ChatChunkChoice(0, delta, null, finish)], usage);
         yield return Chunk(new ChatDelta("assistant", ""), null, null);
-        await foreach (var c in engine.Generate(ready.Request, cancel))
+        await foreach (var c in chunks)
         {
             if (c.Text.Length > 0) yield return Chunk(new ChatDelta(null, c.Text), null, null);
             if (c.FinishReason is not null) yield return Chunk(new ChatDelta(null, null), c.FinishReason, Generation.UsageOf(c));

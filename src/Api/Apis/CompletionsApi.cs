@@ -30,7 +30,7 @@ public static class CompletionsApi
 {
     public static IEndpointRouteBuilder MapCompletionsApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost("/v1/completions", CreateCompletion).WithErrors(400, 404).WithTags("Completions")
+        app.MapPost("/v1/completions", CreateCompletion).WithErrors(400, 404, 429).WithTags("Completions")
             .WithSummary("Complete a prompt with a base model or a fine-tuned model (ft:...)")
             .WithDescription("`stream: true` answers with server-sent events of `text_completion` chunks, then `data: [DONE]`. max_tokens defaults to 16, as in OpenAI's API.");
         return app;
@@ -38,23 +38,24 @@ public static class CompletionsApi
 
     static async Task<Results<Ok<CompletionResponse>, ServerSentEventsResult<string>, JsonHttpResult<ErrorResponse>>> CreateCompletion(
         CompletionRequest request, ServiceDbContext db, BlobStore blobs, InferenceEngine engine,
-        IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, CancellationToken cancel)
+        IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, HttpResponse response, CancellationToken cancel)
     {
         var (ready, error) = await Generation.PrepareAsync(request, () => new ByteTokenizer().EncodeCompletionPrompt(PromptText(request.Prompt)),
             defaultMaxTokens: 16, db, blobs, cancel);
         if (ready is null) return error!;
+        var (chunks, busy) = await Generation.StartAsync(engine, ready.Request, response, cancel);
+        if (chunks is null) return busy!;
         var (id, created) = (Generation.NewId("cmpl-"), Generation.Now());
         if (request.Stream == true)
-            return Generation.Stream(Chunks(engine, ready, id, created, cancel), json.Value.SerializerOptions);
-        var (text, finish, usage) = await Generation.CollectAsync(engine, ready.Request, cancel);
+            return Generation.Stream(Chunks(chunks, ready.Model, id, created), json.Value.SerializerOptions);
+        var (text, finish, usage) = await Generation.CollectAsync(chunks);
         return TypedResults.Ok(new CompletionResponse(id, "text_completion", created, ready.Model, [new CompletionChoice(text, 0, null, finish)], usage));
     }
 
-    static async IAsyncEnumerable<CompletionResponse> Chunks(InferenceEngine engine, Generation.Prepared ready, string id, long created,
-        [EnumeratorCancellation] CancellationToken cancel)
+    static async IAsyncEnumerable<CompletionResponse> Chunks(IAsyncEnumerable<GenerationChunk> chunks, string model, string id, long created)
     {
-        await foreach (var c in engine.Generate(ready.Request, cancel))
-            yield return new CompletionResponse(id, "text_completion", created, ready.Model, [new CompletionChoice(c.Text, 0, null, c.FinishReason)],
+        await foreach (var c in chunks)
+            yield return new CompletionResponse(id, "text_completion", created, model, [new CompletionChoice(c.Text, 0, null, c.FinishReason)],
                 c.FinishReason is null ? null : Generation.UsageOf(c));
     }
 

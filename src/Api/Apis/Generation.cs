@@ -64,11 +64,26 @@ public static class Generation
             model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath), ids, options), request.Model), null);
     }
 
-    public static async Task<(string Text, string Finish, Usage Usage)> CollectAsync(InferenceEngine engine, GenerationRequest request, CancellationToken cancel)
+    /// <summary>Queues the request; when the engine is full, the 429 error (with Retry-After) to answer instead.</summary>
+    public static async Task<(IAsyncEnumerable<GenerationChunk>? Chunks, JsonHttpResult<ErrorResponse>? Busy)> StartAsync(
+        InferenceEngine engine, GenerationRequest request, HttpResponse response, CancellationToken cancel)
+    {
+        try
+        {
+            return (await engine.StartAsync(request, cancel), null);
+        }
+        catch (EngineBusyException e)
+        {
+            response.Headers.RetryAfter = "1";
+            return (null, OpenAiErrors.Error(StatusCodes.Status429TooManyRequests, e.Message, null, "server_busy"));
+        }
+    }
+
+    public static async Task<(string Text, string Finish, Usage Usage)> CollectAsync(IAsyncEnumerable<GenerationChunk> chunks)
     {
         var text = new System.Text.StringBuilder();
         GenerationChunk? last = null;
-        await foreach (var chunk in engine.Generate(request, cancel)) { text.Append(chunk.Text); last = chunk; }
+        await foreach (var chunk in chunks) { text.Append(chunk.Text); last = chunk; }
         return (text.ToString(), last!.FinishReason!, UsageOf(last));
     }
 

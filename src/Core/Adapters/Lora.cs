@@ -78,5 +78,8 @@ public sealed class RowLora : ILinearAdapter, IDisposable
     public Tensor Forward(Tensor x, Tensor y) =>                     // x [batch, seq, in], y [batch, seq, out]
         y + x.bmm(a.transpose(1, 2)).bmm(b.transpose(1, 2));        // [batch, seq, r] -> [batch, seq, out]
 
+    /// <summary>Keeps the gathered weights beyond the dispose scope they were made in (reused over many steps).</summary>
+    public void DetachFromScope() { a.DetachFromDisposeScope(); b.DetachFromDisposeScope(); }
+
     public void Dispose() { a.Dispose(); b.Dispose(); }
 }

@@ -64,13 +64,17 @@ public sealed class LoraAdapter : IDisposable
     }
 
     /// <summary>Reads a PEFT LoRA folder as served weights, checked against the base model's layer shapes.</summary>
-    public static (LoraConfig Config, Dictionary<string, LoraWeights> Weights) Load(string folder, LlamaForCausalLM model)
+    public static (LoraConfig Config, Dictionary<string, LoraWeights> Weights) Load(string folder, LlamaForCausalLM model) =>
+        Load(folder, model.LinearLayers().Select(l => (l.Path, l.Layer.InFeatures, l.Layer.OutFeatures)));
+
+    /// <summary>Reads a PEFT LoRA folder as served weights, checked against linear layers given as (path, in, out).</summary>
+    public static (LoraConfig Config, Dictionary<string, LoraWeights> Weights) Load(string folder, IEnumerable<(string Path, long In, long Out)> linearLayers)
     {
         var config = LoraConfig.Load(folder);
         var tensors = SafeTensors.Load(Path.Combine(folder, WeightsFileName));
         try
         {
-            var layers = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
+            var layers = linearLayers.ToDictionary(l => l.Path);
             var weights = new Dictionary<string, LoraWeights>();
             foreach (var (key, a) in tensors)
             {
@@ -81,7 +85,7 @@ public sealed class LoraAdapter : IDisposable
                     throw new InvalidDataException($"{key}: the base model has no linear layer {path}");
                 if (!tensors.TryGetValue(key.Replace(".lora_A.", ".lora_B."), out var b))
                     throw new InvalidDataException($"{key}: its lora_B is missing");
-                if (a.ndim != 2 || b.ndim != 2 || a.shape[0] != b.shape[1] || a.shape[1] != layer.InFeatures || b.shape[0] != layer.OutFeatures)
+                if (a.ndim != 2 || b.ndim != 2 || a.shape[0] != b.shape[1] || a.shape[1] != layer.In || b.shape[0] != layer.Out)
                     throw new InvalidDataException($"{key}: shapes A [{string.Join(",", a.shape)}] B [{string.Join(",", b.shape)}] do not fit layer {path}");
                 weights[path] = new LoraWeights(a.to_type(ScalarType.Float32), b.to_type(ScalarType.Float32), config.Scaling);
             }

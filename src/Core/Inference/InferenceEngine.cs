@@ -15,129 +15,305 @@ public sealed record GenerationRequest(
 /// <summary>A piece of generated text; the last one carries the finish reason ("stop" or "length").</summary>
 public sealed record GenerationChunk(string Text, int PromptTokens, int CompletionTokens, string? FinishReason);
 
+/// <summary>The engine's queue is full; the caller should retry later (HTTP 429).</summary>
+public sealed class EngineBusyException(string message) : Exception(message);
+
+/// <summary><c>Inference:*</c> settings.</summary>
+public sealed class InferenceOptions
+{
+    /// <summary>Sequences decoded together per base model.</summary>
+    public int MaxBatch { get; set; } = 32;
+    /// <summary>Requests waiting for a place in a batch before new ones are refused.</summary>
+    public int MaxQueued { get; set; } = 256;
+    /// <summary>Memory for adapter weights kept loaded (least recently used ones are dropped beyond it).</summary>
+    public long AdapterCacheBytes { get; set; } = 1L << 30;
+}
+
 /// <summary>
-/// Runs generation on one dedicated thread that owns the models (TorchSharp dispose scopes are per thread),
-/// fed by a channel. Each request gets its own adapter through the layers' adapter slots, never by merging weights.
-/// Base models and adapter weights stay loaded after first use.
+/// Continuous batching over one copy of each base model. One dedicated thread owns the models (TorchSharp dispose
+/// scopes are per thread): between token steps it admits waiting requests (prefill, alone), then runs one decode
+/// step for every running sequence of a base model in a single forward pass, each row with its own adapter (LoRA
+/// gathered per row, <see cref="RowLora"/>) or none, over a preallocated <see cref="SlotKvCache"/>. Finished rows leave
+/// at the same token boundary. Adapter weights come from an <see cref="AdapterCache"/> loaded off this thread.
 /// </summary>
 public sealed class InferenceEngine : IDisposable
 {
-    /// <summary>A request to run, or (Request null) an adapter to forget.</summary>
-    sealed record Work(GenerationRequest? Request, string? Evict, ChannelWriter<GenerationChunk>? Output, CancellationToken Cancel);
-
-    readonly Channel<Work> queue = Channel.CreateUnbounded<Work>(new UnboundedChannelOptions { SingleReader = true });
-    readonly Dictionary<string, LlamaForCausalLM> bases = [];
-    readonly Dictionary<string, Dictionary<string, LoraWeights>> adapters = [];
-    readonly Thread thread;
-
-    public InferenceEngine()
+    sealed class Sequence
     {
+        public required GenerationRequest Request { get; init; }
+        public required ChannelWriter<GenerationChunk> Output { get; init; }
+        public required CancellationToken Cancel { get; init; }
+        public required AdapterCache.Lease? Adapter { get; init; }
+        public Generator? Generator { get; init; }
+        public Decoder Utf8 { get; } = Encoding.UTF8.GetDecoder();
+        public required StopSequences Stops { get; init; }
+        public long Length;       // positions in the cache
+        public int Produced;
+        public int LastToken;
+    }
+
+    /// <summary>One base model with its running batch.</summary>
+    sealed class Batch(LlamaForCausalLM model, SlotKvCache cache) : IDisposable
+    {
+        public LlamaForCausalLM Model { get; } = model;
+        public SlotKvCache Cache { get; } = cache;
+        public List<Sequence> Rows { get; } = [];
+        public Queue<Sequence> Waiting { get; } = [];
+        public List<RowLora>? Adapters;   // per-row LoRA of the current rows, rebuilt when rows join or leave
+
+        public void Dispose() { ClearAdapters(); Cache.Dispose(); Model.Dispose(); }
+
+        public void ClearAdapters()
+        {
+            foreach (var (_, layer) in Model.LinearLayers()) layer.Adapter = null;
+            foreach (var a in Adapters ?? []) a.Dispose();
+            Adapters = null;
+        }
+    }
+
+    readonly Channel<Sequence> incoming = Channel.CreateUnbounded<Sequence>(new UnboundedChannelOptions { SingleReader = true });
+    readonly Dictionary<string, Batch> batches = [];
+    readonly InferenceOptions options;
+    readonly Thread thread;
+    int queued;
+
+    public AdapterCache Adapters { get; }
+    public long GeneratedTokens => Interlocked.Read(ref generatedTokens);
+    long generatedTokens;
+
+    public InferenceEngine(InferenceOptions? options = null)
+    {
+        this.options = options ?? new InferenceOptions();
+        Adapters = new AdapterCache(this.options.AdapterCacheBytes);
         thread = new Thread(Loop) { IsBackground = true, Name = "inference" };
         thread.Start();
     }
 
+    /// <summary>
+    /// Queues a request (loading its adapter first, off the inference thread) and returns its chunks as they are made.
+    /// Throws <see cref="EngineBusyException"/> at once when too many requests are waiting.
+    /// </summary>
+    public async Task<IAsyncEnumerable<GenerationChunk>> StartAsync(GenerationRequest request, CancellationToken cancel = default)
+    {
+        if (Interlocked.Increment(ref queued) > options.MaxQueued)
+        {
+            Interlocked.Decrement(ref queued);
+            throw new EngineBusyException($"The server is busy: {options.MaxQueued} requests are already waiting. Retry shortly.");
+        }
+        var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = true });
+        try
+        {
+            var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
+                () => LoraAdapter.Load(request.AdapterFolder!, LlamaForCausalLM.LinearShapes(LlamaConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile)))).Weights);
+            incoming.Writer.TryWrite(new Sequence
+            {
+                Request = request, Output = output.Writer, Cancel = cancel, Adapter = adapter, Stops = new StopSequences(request.Options.Stop),
+                Generator = request.Options.Seed is { } seed ? new Generator((ulong)seed) : null,
+            });
+        }
+        catch
+        {
+            Interlocked.Decrement(ref queued);
+            throw;
+        }
+        return output.Reader.ReadAllAsync(cancel);
+    }
+
+    /// <summary><see cref="StartAsync"/> and its chunks in one enumeration.</summary>
     public async IAsyncEnumerable<GenerationChunk> Generate(GenerationRequest request, [EnumeratorCancellation] CancellationToken cancel = default)
     {
-        var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = true });
-        await queue.Writer.WriteAsync(new Work(request, null, output.Writer, cancel), cancel);
-        await foreach (var chunk in output.Reader.ReadAllAsync(cancel))
+        await foreach (var chunk in (await StartAsync(request, cancel)).WithCancellation(cancel))
             yield return chunk;
     }
 
-    /// <summary>Forgets a deleted adapter's weights.</summary>
-    public void Evict(string adapter) => queue.Writer.TryWrite(new Work(null, adapter, null, CancellationToken.None));
+    /// <summary>Forgets a deleted adapter's weights (freed once no running request uses them).</summary>
+    public void Evict(string adapter) => Adapters.Evict(adapter);
 
     void Loop()
     {
         using var noGrad = no_grad();
-        while (queue.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
-            while (queue.Reader.TryRead(out var work))
-            {
-                if (work.Evict is { } adapter) { Forget(adapter); continue; }
-                try
-                {
-                    Run(work.Request!, work.Output!, work.Cancel);
-                    work.Output!.TryComplete();
-                }
-                catch (Exception e)
-                {
-                    work.Output!.TryComplete(e);
-                }
-            }
-    }
-
-    void Forget(string adapter)
-    {
-        if (!adapters.Remove(adapter, out var weights)) return;
-        foreach (var w in weights.Values) { w.A.Dispose(); w.B.Dispose(); }
-    }
-
-    void Run(GenerationRequest request, ChannelWriter<GenerationChunk> output, CancellationToken cancel)
-    {
-        var model = BaseModel(request);
-        var layers = model.LinearLayers().ToList();
-        var weights = request.Adapter is null ? null : AdapterWeights(request, model);
-        var eos = model.Config.EosTokenId ?? ByteTokenizer.End;
-        int context = model.Config.MaxPositionEmbeddings, prompt = request.Prompt.Count;
-        if (prompt >= context) throw new ArgumentException($"the prompt has {prompt} tokens; this model's context is {context}");
-
-        var slots = new List<RowLora>();
-        try
-        {
-            foreach (var (path, layer) in layers)
-                if (weights?.GetValueOrDefault(path) is { } w)
-                {
-                    var rows = new RowLora([w], layer.InFeatures, layer.OutFeatures);
-                    slots.Add(rows);
-                    layer.Adapter = rows;
-                }
-            Decode(model, request, eos, context, output, cancel);
-        }
-        finally
-        {
-            foreach (var (_, layer) in layers) layer.Adapter = null;
-            foreach (var s in slots) s.Dispose();
-        }
-    }
-
-    static void Decode(LlamaForCausalLM model, GenerationRequest request, int eos, int context,
-        ChannelWriter<GenerationChunk> output, CancellationToken cancel)
-    {
-        var options = request.Options;
-        using var cache = new KvCache(model.Config.NumHiddenLayers);
-        using var generator = options.Seed is { } seed ? new Generator((ulong)seed) : null;
-        var utf8 = Encoding.UTF8.GetDecoder();
-        var stops = new StopSequences(options.Stop);
-        int prompt = request.Prompt.Count, produced = 0;
-        long[] input = request.Prompt.Select(i => (long)i).ToArray();
         while (true)
         {
-            cancel.ThrowIfCancellationRequested();
-            int next;
-            using (var scope = NewDisposeScope())
+            bool idle = batches.Values.All(b => b.Rows.Count == 0 && b.Waiting.Count == 0);
+            if (idle && !incoming.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) return;
+            while (incoming.Reader.TryRead(out var sequence)) Enqueue(sequence);
+            foreach (var batch in batches.Values)
             {
-                var logits = model.Forward(tensor(input, [1, input.Length]), cache);   // [1, n, vocab]
-                next = Sampler.Next(logits[0, -1], options, generator);
+                Admit(batch);
+                if (batch.Rows.Count > 0) DecodeStep(batch);
             }
-            string emit = "", finish;
-            bool stopped = false;
-            if (next == eos) finish = "stop";
-            else
+        }
+    }
+
+    void Enqueue(Sequence sequence)
+    {
+        try
+        {
+            var request = sequence.Request;
+            if (!batches.TryGetValue(request.BaseModel, out var batch))
             {
-                produced++;
-                (emit, stopped) = stops.Push(ByteTokenizer.IsByte(next) ? Chars(utf8, [(byte)next], flush: false) : "");
-                finish = stopped ? "stop" : produced >= options.MaxTokens || prompt + produced >= context ? "length" : "";
+                var model = ModelFolder.Load(request.BaseFolder);
+                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model.Config, options.MaxBatch, model.Config.MaxPositionEmbeddings));
             }
-            if (finish == "")
+            if (request.Prompt.Count >= batch.Model.Config.MaxPositionEmbeddings)
+                throw new ArgumentException($"the prompt has {request.Prompt.Count} tokens; this model's context is {batch.Model.Config.MaxPositionEmbeddings}");
+            batch.Waiting.Enqueue(sequence);
+        }
+        catch (Exception e)
+        {
+            Finish(sequence, e);
+        }
+    }
+
+    /// <summary>Prefills waiting sequences into free slots, one at a time, each with its own adapter.</summary>
+    void Admit(Batch batch)
+    {
+        while (batch.Rows.Count < batch.Cache.Slots && batch.Waiting.TryDequeue(out var sequence))
+        {
+            Interlocked.Decrement(ref queued);
+            if (sequence.Cancel.IsCancellationRequested)
             {
-                if (emit.Length > 0) output.TryWrite(new GenerationChunk(emit, prompt, produced, null));
-                input = [next];
+                Finish(sequence, new OperationCanceledException(sequence.Cancel));
                 continue;
             }
-            if (!stopped) emit += Chars(utf8, [], flush: true) + stops.Flush();   // text held back for a stop that never came
-            output.TryWrite(new GenerationChunk(emit, prompt, produced, finish));
-            return;
+            try
+            {
+                int slot = batch.Rows.Count;
+                var prompt = sequence.Request.Prompt;
+                using var scope = NewDisposeScope();
+                batch.ClearAdapters();
+                using var rowAdapters = SetAdapters(batch.Model, [sequence]);
+                batch.Cache.BeginPrefill(slot, prompt.Count);
+                var ids = tensor(prompt.Select(i => (long)i).ToArray(), [1, prompt.Count]);
+                var positions = arange(prompt.Count, ScalarType.Int64).unsqueeze(0);
+                var mask = ones(prompt.Count, prompt.Count, ScalarType.Bool).tril();
+                var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);            // [1, prompt, vocab]
+                sequence.Length = prompt.Count;
+                batch.Rows.Add(sequence);
+                batch.ClearAdapters();   // the decode step gathers the new row set
+                if (Emit(batch, sequence, Sampler.Next(logits[0, -1], sequence.Request.Options, sequence.Generator)))
+                    Remove(batch, slot);
+            }
+            catch (Exception e)
+            {
+                if (batch.Rows.LastOrDefault() == sequence) batch.Rows.RemoveAt(batch.Rows.Count - 1);
+                Finish(sequence, e);
+            }
         }
+    }
+
+    /// <summary>One token for every running row in one forward pass.</summary>
+    void DecodeStep(Batch batch)
+    {
+        var rows = batch.Rows;
+        List<int> done = [];
+        try
+        {
+            using var scope = NewDisposeScope();
+            if (batch.Adapters is null)
+            {
+                var adapters = SetAdapters(batch.Model, rows);
+                batch.Adapters = adapters.Layers;
+                adapters.Keep();
+            }
+            var lengths = tensor(rows.Select(r => r.Length).ToArray());                                   // [rows]
+            batch.Cache.BeginDecode(lengths);
+            var ids = tensor(rows.Select(r => (long)r.LastToken).ToArray(), [rows.Count, 1]);             // [rows, 1]
+            long visible = rows.Max(r => r.Length) + 1;
+            var mask = arange(visible, ScalarType.Int64).unsqueeze(0).le(lengths.unsqueeze(1)).view(rows.Count, 1, 1, visible);
+            var logits = batch.Model.Forward(ids, lengths.unsqueeze(1), mask, batch.Cache);               // [rows, 1, vocab]
+            for (int i = 0; i < rows.Count; i++)
+            {
+                rows[i].Length++;
+                if (rows[i].Cancel.IsCancellationRequested) Finish(rows[i], new OperationCanceledException(rows[i].Cancel));
+                else if (!Emit(batch, rows[i], Sampler.Next(logits[i, 0], rows[i].Request.Options, rows[i].Generator))) continue;
+                done.Add(i);
+            }
+        }
+        catch (Exception e)
+        {
+            done = Enumerable.Range(0, rows.Count).ToList();   // a failed step fails the rows in it, not the engine
+            foreach (var i in done) Finish(rows[i], e);
+        }
+        foreach (var i in done.OrderDescending()) Remove(batch, i);
+    }
+
+    /// <summary>Takes the sampled token; returns true when the sequence is finished (and has been completed).</summary>
+    bool Emit(Batch batch, Sequence s, int token)
+    {
+        var options = s.Request.Options;
+        int eos = batch.Model.Config.EosTokenId ?? ByteTokenizer.End, context = batch.Model.Config.MaxPositionEmbeddings;
+        string emit = "", finish;
+        bool stopped = false;
+        if (token == eos) finish = "stop";
+        else
+        {
+            s.Produced++;
+            Interlocked.Increment(ref generatedTokens);
+            s.LastToken = token;
+            (emit, stopped) = s.Stops.Push(ByteTokenizer.IsByte(token) ? Chars(s.Utf8, [(byte)token], flush: false) : "");
+            finish = stopped ? "stop" : s.Produced >= options.MaxTokens || s.Length >= context ? "length" : "";
+        }
+        int prompt = s.Request.Prompt.Count;
+        if (finish == "")
+        {
+            if (emit.Length > 0) s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, null));
+            return false;
+        }
+        if (!stopped) emit += Chars(s.Utf8, [], flush: true) + s.Stops.Flush();   // text held back for a stop that never came
+        s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, finish));
+        Finish(s, null);
+        return true;
+    }
+
+    /// <summary>Removes row <paramref name="index"/>, moving the last row into its slot so rows stay contiguous.</summary>
+    static void Remove(Batch batch, int index)
+    {
+        var rows = batch.Rows;
+        int last = rows.Count - 1;
+        if (index != last)
+        {
+            batch.Cache.Move(last, index, rows[last].Length);
+            rows[index] = rows[last];
+        }
+        rows.RemoveAt(last);
+        batch.ClearAdapters();
+    }
+
+    static void Finish(Sequence s, Exception? error)
+    {
+        s.Output.TryComplete(error);
+        s.Adapter?.Dispose();
+        s.Generator?.Dispose();
+    }
+
+    /// <summary>Per-row LoRA for <paramref name="rows"/> in every adapted layer of the model (none where no row adapts it).</summary>
+    static RowAdapters SetAdapters(LlamaForCausalLM model, IReadOnlyList<Sequence> rows)
+    {
+        var set = new RowAdapters();
+        if (rows.All(r => r.Adapter is null)) return set;
+        foreach (var (path, layer) in model.LinearLayers())
+        {
+            var weights = rows.Select(r => r.Adapter?.Entry.Weights.GetValueOrDefault(path)).ToList();
+            if (weights.All(w => w is null)) continue;
+            var rowLora = new RowLora(weights, layer.InFeatures, layer.OutFeatures);
+            layer.Adapter = rowLora;
+            set.Layers.Add(rowLora);
+        }
+        return set;
+    }
+
+    /// <summary>The RowLora layers made for one forward call; disposed with it unless kept for the next steps.</summary>
+    sealed class RowAdapters : IDisposable
+    {
+        public List<RowLora> Layers { get; } = [];
+        bool kept;
+        public void Keep()
+        {
+            kept = true;
+            foreach (var l in Layers) l.DetachFromScope();
+        }
+        public void Dispose() { if (!kept) foreach (var l in Layers) l.Dispose(); }
     }
 
     static string Chars(Decoder decoder, byte[] bytes, bool flush)
@@ -147,30 +323,10 @@ public sealed class InferenceEngine : IDisposable
         return new string(chars);
     }
 
-    LlamaForCausalLM BaseModel(GenerationRequest request)
-    {
-        if (!bases.TryGetValue(request.BaseModel, out var model))
-            bases[request.BaseModel] = model = ModelFolder.Load(request.BaseFolder);
-        return model;
-    }
-
-    Dictionary<string, LoraWeights> AdapterWeights(GenerationRequest request, LlamaForCausalLM model)
-    {
-        if (!adapters.TryGetValue(request.Adapter!, out var weights))
-        {
-            using var scope = NewDisposeScope();
-            var (_, loaded) = LoraAdapter.Load(request.AdapterFolder!, model);
-            foreach (var w in loaded.Values) { w.A.DetachFromDisposeScope(); w.B.DetachFromDisposeScope(); }
-            adapters[request.Adapter!] = weights = loaded;
-        }
-        return weights;
-    }
-
     public void Dispose()
     {
-        queue.Writer.TryComplete();
+        incoming.Writer.TryComplete();
         thread.Join(TimeSpan.FromSeconds(10));
-        foreach (var m in bases.Values) m.Dispose();
-        foreach (var a in adapters.Keys.ToList()) Forget(a);
+        foreach (var b in batches.Values) b.Dispose();
     }
 }

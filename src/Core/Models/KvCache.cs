@@ -2,8 +2,15 @@ using static TorchSharp.torch;
 
 namespace AdapterService.Core.Models;
 
-/// <summary>Keys and values of the positions seen so far, per layer: [batch, kv_heads, length, head_dim].</summary>
-public sealed class KvCache : IDisposable
+/// <summary>Where attention keeps the keys and values of positions already seen.</summary>
+public interface IKvCache
+{
+    /// <summary>Stores this step's keys/values [batch, kv_heads, new, head_dim] for one layer; returns all keys/values to attend to.</summary>
+    (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v);
+}
+
+/// <summary>Keys and values of one growing sequence (or equal-length batch), per layer: [batch, kv_heads, length, head_dim].</summary>
+public sealed class KvCache : IKvCache, IDisposable
 {
     readonly Tensor?[] keys, values;
 

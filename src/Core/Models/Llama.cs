@@ -26,20 +26,45 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor inputIds) => Forward(inputIds, null);
 
     /// <summary>Logits for the new token ids [batch, seq]; with a cache, positions continue after the cached ones.</summary>
-    public Tensor Forward(Tensor inputIds, KvCache? cache) => lm_head.forward(model.Forward(inputIds, cache));
+    public Tensor Forward(Tensor inputIds, KvCache? cache)
+    {
+        long past = cache?.Length ?? 0, length = inputIds.shape[1];
+        var positions = arange(past, past + length, ScalarType.Int64).unsqueeze(0);              // [1, seq]
+        // Causal mask over [new positions, all positions]; a single new token may see everything.
+        var mask = length == 1 ? null : ones(length, past + length, ScalarType.Bool).tril(past);
+        return Forward(inputIds, positions, mask, cache);
+    }
+
+    /// <summary>
+    /// Logits for token ids [batch, seq] at the given positions [batch or 1, seq], attending where
+    /// <paramref name="mask"/> (broadcastable to [batch, heads, seq, keys], true = attend) allows, over the keys the cache returns.
+    /// </summary>
+    public Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
+        lm_head.forward(model.Forward(inputIds, positions, mask, cache));
 
     /// <summary>Every linear layer an adapter can target, by its Hugging Face module path (e.g. <c>model.layers.0.self_attn.q_proj</c>).</summary>
     public IEnumerable<(string Path, AdaptableLinear Layer)> LinearLayers() =>
         named_modules().Where(m => m.module is AdaptableLinear).Select(m => (m.name, (AdaptableLinear)m.module));
 
     /// <summary>The paths <see cref="LinearLayers"/> yields for a config, without building the model.</summary>
-    public static IEnumerable<string> LinearPaths(LlamaConfig config) =>
-        Enumerable.Range(0, config.NumHiddenLayers).SelectMany(i => new[]
+    public static IEnumerable<string> LinearPaths(LlamaConfig config) => LinearShapes(config).Select(l => l.Path);
+
+    /// <summary>Each linear layer's path with its input and output sizes, from the config alone.</summary>
+    public static IEnumerable<(string Path, long In, long Out)> LinearShapes(LlamaConfig c)
+    {
+        long hidden = c.HiddenSize, q = c.NumAttentionHeads * c.HeadDim, kv = c.KeyValueHeads * c.HeadDim, ffn = c.IntermediateSize;
+        for (int i = 0; i < c.NumHiddenLayers; i++)
         {
-            $"model.layers.{i}.self_attn.q_proj", $"model.layers.{i}.self_attn.k_proj", $"model.layers.{i}.self_attn.v_proj",
-            $"model.layers.{i}.self_attn.o_proj", $"model.layers.{i}.mlp.gate_proj", $"model.layers.{i}.mlp.up_proj",
-            $"model.layers.{i}.mlp.down_proj",
-        }).Append("lm_head");
+            yield return ($"model.layers.{i}.self_attn.q_proj", hidden, q);
+            yield return ($"model.layers.{i}.self_attn.k_proj", hidden, kv);
+            yield return ($"model.layers.{i}.self_attn.v_proj", hidden, kv);
+            yield return ($"model.layers.{i}.self_attn.o_proj", q, hidden);
+            yield return ($"model.layers.{i}.mlp.gate_proj", hidden, ffn);
+            yield return ($"model.layers.{i}.mlp.up_proj", hidden, ffn);
+            yield return ($"model.layers.{i}.mlp.down_proj", ffn, hidden);
+        }
+        yield return ("lm_head", hidden, c.VocabSize);
+    }
 }
 
 public sealed class LlamaModel : nn.Module<Tensor, Tensor>
@@ -59,15 +84,12 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor inputIds) => Forward(inputIds, null);
+    public override Tensor forward(Tensor inputIds) => throw new NotSupportedException("call Forward with positions");
 
-    public Tensor Forward(Tensor inputIds, KvCache? cache)
+    public Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache)
     {
-        long past = cache?.Length ?? 0, length = inputIds.shape[1];
-        var (cos, sin) = rotary.Angles(past, length);                          // [seq, head_dim] each
-        // Causal mask over [new positions, all positions]; a single new token may see everything.
-        Tensor? mask = length == 1 ? null : ones(length, past + length, ScalarType.Bool).tril(past);
-        var h = embed_tokens.forward(inputIds);                                // [b, seq, hidden]
+        var (cos, sin) = rotary.Angles(positions);                                // [b or 1, 1, seq, head_dim] each
+        var h = embed_tokens.forward(inputIds);                                   // [b, seq, hidden]
         for (int i = 0; i < layers.Count; i++)
             h = layers[i].Forward(h, cos, sin, mask, cache);
         return norm.forward(h);
@@ -91,7 +113,7 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x) => throw new NotSupportedException("call Forward with positions");
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache)
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
     {
         var h = x + self_attn.Forward(input_layernorm.forward(x), cos, sin, mask, cache);
         return h + mlp.forward(post_attention_layernorm.forward(h));
@@ -115,7 +137,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x) => throw new NotSupportedException("call Forward with positions");
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache)
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
     {
         long b = x.shape[0], t = x.shape[1];
         var q = q_proj.forward(x).view(b, t, heads, headDim).transpose(1, 2);      // [b, heads, t, hd]
@@ -176,12 +198,12 @@ public sealed class RotaryEmbedding
 
     public RotaryEmbedding(int headDim, double theta) => (this.headDim, this.theta) = (headDim, theta);
 
-    public (Tensor Cos, Tensor Sin) Angles(long start, long length)
+    /// <summary>cos and sin [b, 1, seq, head_dim] of the angles for positions [b, seq] (b may be 1 to share them).</summary>
+    public (Tensor Cos, Tensor Sin) Angles(Tensor positions)
     {
         var invFreq = 1.0 / pow(theta, arange(0, headDim, 2, ScalarType.Float64) / headDim);   // [hd/2]
-        var positions = arange(start, start + length, ScalarType.Float64);                    // [seq]
-        var freqs = outer(positions, invFreq);                                                // [seq, hd/2]
-        var emb = cat([freqs, freqs], -1);                                                    // [seq, hd]
+        var freqs = positions.to_type(ScalarType.Float64).unsqueeze(-1) * invFreq;             // [b, seq, hd/2]
+        var emb = cat([freqs, freqs], -1).unsqueeze(1);                                       // [b, 1, seq, hd]
         return (emb.cos().to_type(ScalarType.Float32), emb.sin().to_type(ScalarType.Float32));
     }
 

@@ -41,7 +41,7 @@ public sealed class LlamaTests
         const double theta = 500;
         var x = randn([1, heads, length, hd], generator: new Generator(4));
 
-        var (cos, sin) = new RotaryEmbedding(hd, theta).Angles(start, length);
+        var (cos, sin) = new RotaryEmbedding(hd, theta).Angles(arange(start, start + length, ScalarType.Int64).unsqueeze(0));
         var got = RotaryEmbedding.Apply(x, cos, sin);
 
         // HF "rotate half": pair element i with i + hd/2, rotate by angle (position · theta^(-2i/hd)).

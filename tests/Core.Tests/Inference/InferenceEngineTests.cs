@@ -1,0 +1,146 @@
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Formats;
+using AdapterService.Core.Inference;
+using AdapterService.Core.Models;
+using AdapterService.Core.Torch;
+using static AdapterService.Core.Tests.TinyLlama;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Tests.Inference;
+
+/// <summary>The engine over a tiny base model saved to a folder, with random LoRA adapters of different ranks and targets.</summary>
+public sealed class InferenceEngineTests : IDisposable
+{
+    readonly DirectoryInfo root = Directory.CreateTempSubdirectory("engine-tests-");
+    readonly string baseFolder;
+    readonly string[] adapterFolders;
+
+    public InferenceEngineTests()
+    {
+        TorchRuntime.EnsureReady();
+        baseFolder = Path.Combine(root.FullName, "base");
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        ModelFolder.Save(model, baseFolder);
+        string[][] targets = [["all-linear"], ["q_proj", "v_proj"], ["down_proj", "lm_head"], ["o_proj"]];
+        adapterFolders = targets.Select((t, i) =>
+        {
+            using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 2 + 3 * i, Alpha = 8, TargetModules = t }, seed: i);
+            Randomize(adapter, 100 + i);
+            var folder = Path.Combine(root.FullName, $"adapter{i}");
+            adapter.Save(folder);
+            return folder;
+        }).ToArray();
+    }
+
+    public void Dispose() => root.Delete(recursive: true);
+
+    GenerationRequest Request(int? adapter, int promptSeed, int maxTokens = 12, double temperature = 0, long? seed = null)
+    {
+        var prompt = Ids(1, 3 + promptSeed % 5, promptSeed).data<long>().Select(i => (int)i).ToList();
+        return new GenerationRequest("tiny", baseFolder, adapter is { } a ? $"adapter{a}" : null, adapter is { } b ? adapterFolders[b] : null,
+            prompt, new SamplingOptions(maxTokens, temperature, Seed: seed));
+    }
+
+    static async Task<(string Text, string Finish)> RunAsync(InferenceEngine engine, GenerationRequest request)
+    {
+        var text = "";
+        GenerationChunk? last = null;
+        await foreach (var chunk in engine.Generate(request)) { text += chunk.Text; last = chunk; }
+        return (text, last!.FinishReason!);
+    }
+
+    /// <summary>Greedy decoding the slow way: the whole sequence through the model at every step, no cache, adapter attached.</summary>
+    List<int> Reference(GenerationRequest request)
+    {
+        using var scope = NewDisposeScope();
+        using var model = ModelFolder.Load(baseFolder);
+        using var _ = no_grad();
+        LoraAdapter? adapter = null;
+        if (request.AdapterFolder is { } folder)
+        {
+            var (config, weights) = LoraAdapter.Load(folder, model);
+            adapter = LoraAdapter.Create(model, config);
+            foreach (var (path, layer) in adapter.Layers)
+            {
+                layer.lora_A.weight!.copy_(weights[path].A);
+                layer.lora_B.weight!.copy_(weights[path].B);
+            }
+            adapter.Attach(model);
+        }
+        var ids = request.Prompt.Select(i => (long)i).ToList();
+        var produced = new List<int>();
+        for (int i = 0; i < request.Options.MaxTokens; i++)
+        {
+            int next = (int)model.forward(tensor(ids.ToArray(), [1, ids.Count]))[0, -1].argmax().item<long>();
+            if (next == ByteTokenizer.End) break;
+            produced.Add(next);
+            ids.Add(next);
+        }
+        adapter?.Dispose();
+        return produced;
+    }
+
+    static string Text(List<int> tokens) =>
+        System.Text.Encoding.UTF8.GetString(tokens.Where(ByteTokenizer.IsByte).Select(t => (byte)t).ToArray());
+
+    [Fact]
+    public async Task AMixedBatchGivesEachRowWhatItGetsAloneAndWhatTheUncachedModelSays()
+    {
+        using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 8 });
+        // Twelve requests in flight together: four adapters of different ranks and targets, and no adapter; prompts of different lengths.
+        var requests = Enumerable.Range(0, 12).Select(i => Request(i % 5 == 4 ? null : i % 5, promptSeed: i, maxTokens: 6 + i % 7)).ToList();
+        var together = await Task.WhenAll(requests.Select(r => RunAsync(engine, r)));
+        for (int i = 0; i < requests.Count; i++)
+        {
+            var alone = await RunAsync(engine, requests[i]);
+            Assert.Equal(alone.Text, together[i].Text);
+            Assert.Equal(Text(Reference(requests[i])), together[i].Text);
+        }
+        Assert.NotEqual(together[0].Text, together[4].Text);   // adapters matter (same prompt family, different outputs)
+    }
+
+    [Fact]
+    public async Task SeededSamplingIsIndependentOfBatchmates()
+    {
+        using var engine = new InferenceEngine();
+        var request = Request(1, promptSeed: 3, maxTokens: 10, temperature: 1.0, seed: 77);
+        var alone = await RunAsync(engine, request);
+        var crowd = Enumerable.Range(0, 6).Select(i => RunAsync(engine, Request(i % 4, promptSeed: 10 + i, temperature: 1.0))).ToList();
+        var again = await RunAsync(engine, request);
+        await Task.WhenAll(crowd);
+        Assert.Equal(alone.Text, again.Text);
+    }
+
+    [Fact]
+    public async Task AFullQueueIsRefusedAtOnce()
+    {
+        using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 1, MaxQueued = 2 });
+        var running = Enumerable.Range(0, 2).Select(i => engine.StartAsync(Request(null, i, maxTokens: 60))).ToList();
+        await Task.WhenAll(running);
+        await Assert.ThrowsAsync<EngineBusyException>(() => engine.StartAsync(Request(null, 5)));
+        foreach (var r in running) await foreach (var _ in await r) { }
+        await RunAsync(engine, Request(null, 6));   // room again once they finished
+    }
+
+    [Fact]
+    public async Task TheAdapterCacheKeepsToItsBudgetAndReloadsWhatItDropped()
+    {
+        long oneAdapter;
+        using (var probe = new InferenceEngine())
+        {
+            await RunAsync(probe, Request(0, 1, maxTokens: 1));
+            oneAdapter = probe.Adapters.Bytes;
+        }
+        using var engine = new InferenceEngine(new InferenceOptions { AdapterCacheBytes = oneAdapter * 2 });
+        var first = await RunAsync(engine, Request(0, 1));
+        for (int i = 1; i < 4; i++) await RunAsync(engine, Request(i, 1));
+        Assert.True(engine.Adapters.Bytes <= oneAdapter * 2, $"{engine.Adapters.Bytes} bytes cached, budget {oneAdapter * 2}");
+        long misses = engine.Adapters.Misses;
+        Assert.Equal(first.Text, (await RunAsync(engine, Request(0, 1))).Text);   // dropped, then reloaded transparently
+        Assert.Equal(misses + 1, engine.Adapters.Misses);
+        long hits = engine.Adapters.Hits;
+        await RunAsync(engine, Request(0, 2));
+        Assert.Equal(hits + 1, engine.Adapters.Hits);
+    }
+}

@@ -91,6 +91,27 @@ public sealed class ProcessTests
         }
     }
 
+    [Fact]
+    public async Task AnOverloadedEngineAnswers429WithRetryAfter()
+    {
+        var folder = Directory.CreateTempSubdirectory("adapter-service-busy-");
+        try
+        {
+            await using var service = await ServiceProcess.StartAsync(folder.FullName, ("Inference__MaxBatch", "1"), ("Inference__MaxQueued", "2"));
+            var responses = await Task.WhenAll(Enumerable.Range(0, 12).Select(_ => service.Http.PostAsJsonAsync("/v1/completions",
+                new { model = "tiny-llama-demo", prompt = "go", max_tokens = 200, temperature = 0 })));
+            Assert.Contains(responses, r => r.IsSuccessStatusCode);
+            var busy = responses.Where(r => (int)r.StatusCode == 429).ToList();
+            Assert.NotEmpty(busy);
+            Assert.All(busy, r => Assert.Equal("1", r.Headers.GetValues("Retry-After").Single()));
+            await Api.AssertErrorAsync(busy[0], 429);
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
+    }
+
     static async Task<JsonArray> Events(HttpClient http, string jobId) =>
         (await Api.JsonAsync(await http.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000")))["data"]!.AsArray();
 

@@ -112,7 +112,7 @@ public static class Api
         Assert.True((int)response.StatusCode == status, $"expected {status}, got {(int)response.StatusCode}: {text}");
         var error = JsonNode.Parse(text)!["error"]!.AsObject();
         Assert.False(string.IsNullOrWhiteSpace((string?)error["message"]));
-        Assert.Equal("invalid_request_error", (string?)error["type"]);
+        Assert.Equal(status == 429 ? "rate_limit_error" : "invalid_request_error", (string?)error["type"]);
         if (param is not null) Assert.Equal(param, (string?)error["param"]);
         return error;
     }

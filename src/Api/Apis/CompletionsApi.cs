@@ -23,6 +23,10 @@ public sealed record CompletionRequest(
     string? Model, JsonElement? Prompt, int? MaxTokens, double? Temperature, double? TopP, JsonElement? Stop, bool? Stream, long? Seed, int? N)
     : ISamplingRequest;
 
+/// <summary>Many completion requests in one call, each naming its own model (base or fine-tuned); run in the same batches.</summary>
+/// <param name="Inputs">Up to 256 completion requests (stream is not allowed here).</param>
+public sealed record BatchCompletionRequest(IReadOnlyList<CompletionRequest>? Inputs);
+
 public sealed record CompletionChoice(string Text, int Index, object? Logprobs, string? FinishReason);
 public sealed record CompletionResponse(string Id, string Object, long Created, string Model, IReadOnlyList<CompletionChoice> Choices, Usage? Usage);
 
@@ -33,7 +37,36 @@ public static class CompletionsApi
         app.MapPost("/v1/completions", CreateCompletion).WithErrors(400, 404, 429).WithTags("Completions")
             .WithSummary("Complete a prompt with a base model or a fine-tuned model (ft:...)")
             .WithDescription("`stream: true` answers with server-sent events of `text_completion` chunks, then `data: [DONE]`. max_tokens defaults to 16, as in OpenAI's API.");
+        app.MapPost("/v1/completions/batch", CreateBatch).WithTags("Completions").WithErrors(400, 404, 429)
+            .WithSummary("Complete many prompts in one call, each with its own model or adapter")
+            .WithDescription("The inputs join the engine's running batches together (one forward pass serves rows with different adapters); answers come back in input order as a list of text_completion objects.");
         return app;
+    }
+
+    static async Task<Results<Ok<ListResponse<CompletionResponse>>, JsonHttpResult<ErrorResponse>>> CreateBatch(
+        BatchCompletionRequest request, ServiceDbContext db, BlobStore blobs, InferenceEngine engine, HttpResponse response, CancellationToken cancel)
+    {
+        if (request.Inputs is not { Count: > 0 and <= 256 } inputs) return OpenAiErrors.BadRequest("inputs must hold 1 to 256 completion requests.", "inputs");
+        var prepared = new List<Generation.Prepared>();
+        for (int i = 0; i < inputs.Count; i++)
+        {
+            if (inputs[i].Stream == true) return OpenAiErrors.BadRequest("stream is not supported in a batch.", $"inputs[{i}].stream");
+            var (ready, error) = await Generation.PrepareAsync(inputs[i], () => new ByteTokenizer().EncodeCompletionPrompt(PromptText(inputs[i].Prompt)),
+                defaultMaxTokens: 16, db, blobs, cancel);
+            if (ready is null) return Generation.ForInput(error!, i);
+            prepared.Add(ready);
+        }
+        var started = new List<IAsyncEnumerable<GenerationChunk>>();
+        foreach (var ready in prepared)
+        {
+            var (chunks, busy) = await Generation.StartAsync(engine, ready.Request, response, cancel);
+            if (chunks is null) return busy!;   // the ones already started finish on their own; their answers are dropped
+            started.Add(chunks);
+        }
+        var results = await Task.WhenAll(started.Select(Generation.CollectAsync));
+        long created = Generation.Now();
+        return TypedResults.Ok(new ListResponse<CompletionResponse>("list", results.Select((r, i) => new CompletionResponse(
+            Generation.NewId("cmpl-"), "text_completion", created, prepared[i].Model, [new CompletionChoice(r.Text, 0, null, r.Finish)], r.Usage)).ToList(), false));
     }
 
     static async Task<Results<Ok<CompletionResponse>, ServerSentEventsResult<string>, JsonHttpResult<ErrorResponse>>> CreateCompletion(

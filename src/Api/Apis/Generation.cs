@@ -87,6 +87,13 @@ public static class Generation
         return (text.ToString(), last!.FinishReason!, UsageOf(last));
     }
 
+    /// <summary>The same error, its param prefixed with the batch input it belongs to.</summary>
+    public static JsonHttpResult<ErrorResponse> ForInput(JsonHttpResult<ErrorResponse> error, int index)
+    {
+        var body = error.Value!.Error;
+        return OpenAiErrors.Error(error.StatusCode ?? 400, $"inputs[{index}]: {body.Message}", $"inputs[{index}].{body.Param ?? ""}".TrimEnd('.'), body.Code);
+    }
+
     public static Usage UsageOf(GenerationChunk c) => new(c.PromptTokens, c.CompletionTokens, c.PromptTokens + c.CompletionTokens);
 
     /// <summary>Server-sent events in OpenAI's stream format: one JSON chunk per event, then <c>[DONE]</c>.</summary>

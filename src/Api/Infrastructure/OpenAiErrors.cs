@@ -11,8 +11,14 @@ public sealed record ErrorBody(string Message, string Type, string? Param, strin
 public static class OpenAiErrors
 {
     public static JsonHttpResult<ErrorResponse> Error(int status, string message, string? param = null, string? code = null) =>
-        TypedResults.Json(new ErrorResponse(new ErrorBody(message, status >= 500 ? "server_error" : "invalid_request_error", param, code)),
-            statusCode: status);
+        TypedResults.Json(new ErrorResponse(new ErrorBody(message, TypeOf(status), param, code)), statusCode: status);
+
+    static string TypeOf(int status) => status switch
+    {
+        StatusCodes.Status429TooManyRequests => "rate_limit_error",
+        >= 500 => "server_error",
+        _ => "invalid_request_error",
+    };
 
     public static JsonHttpResult<ErrorResponse> BadRequest(string message, string? param = null, string? code = null) =>
         Error(StatusCodes.Status400BadRequest, message, param, code);

@@ -1,0 +1,83 @@
+using System.Diagnostics;
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Formats;
+using AdapterService.Core.Models;
+using static TorchSharp.torch;
+
+namespace AdapterService.Benchmarks;
+
+static class Measure
+{
+    /// <summary>fp32 GFLOP/s of a 2048² matmul, best of a few runs.</summary>
+    public static double MatmulPeakGflops()
+    {
+        using var scope = NewDisposeScope();
+        var a = randn(2048, 2048);
+        var b = randn(2048, 2048);
+        a.matmul(b).Dispose();
+        double best = double.MaxValue;
+        for (int i = 0; i < 5; i++)
+        {
+            var clock = Stopwatch.StartNew();
+            a.matmul(b).Dispose();
+            best = Math.Min(best, clock.Elapsed.TotalSeconds);
+        }
+        return 2.0 * 2048 * 2048 * 2048 / best / 1e9;
+    }
+
+    /// <summary>Seconds per call of <paramref name="action"/>: the median of <paramref name="repeats"/> timed runs after a warm-up.</summary>
+    public static double Seconds(Action action, int repeats)
+    {
+        action();
+        var times = new List<double>();
+        for (int i = 0; i < repeats; i++)
+        {
+            var clock = Stopwatch.StartNew();
+            action();
+            times.Add(clock.Elapsed.TotalSeconds);
+        }
+        times.Sort();
+        return times[times.Count / 2];
+    }
+
+    /// <summary>A Llama-shaped model with random weights (byte vocabulary, so generated tokens print).</summary>
+    public static LlamaConfig Config(bool quick) => quick
+        ? new LlamaConfig { VocabSize = ByteTokenizer.VocabSize, HiddenSize = 256, IntermediateSize = 704, NumHiddenLayers = 4, NumAttentionHeads = 4, MaxPositionEmbeddings = 256, EosTokenId = ByteTokenizer.End }
+        : new LlamaConfig { VocabSize = ByteTokenizer.VocabSize, HiddenSize = 768, IntermediateSize = 2048, NumHiddenLayers = 12, NumAttentionHeads = 12, MaxPositionEmbeddings = 256, EosTokenId = ByteTokenizer.End };
+
+    public static LlamaForCausalLM RandomModel(LlamaConfig config, long seed = 1)
+    {
+        var model = new LlamaForCausalLM(config);
+        using var g = new Generator((ulong)seed);
+        using (no_grad())
+        using (NewDisposeScope())
+            foreach (var (name, p) in model.named_parameters())
+            {
+                if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1);
+                else if (name == "model.embed_tokens.weight") p.normal_(0, 1, g);
+                else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), g);
+            }
+        foreach (var p in model.parameters()) p.requires_grad = false;
+        model.eval();
+        return model;
+    }
+
+    /// <summary>A LoRA adapter with random A and B on q_proj and v_proj.</summary>
+    public static LoraAdapter RandomAdapter(LlamaForCausalLM model, int rank, long seed)
+    {
+        var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = rank, Alpha = 2 * rank, TargetModules = ["q_proj", "v_proj"] }, seed);
+        using var g = new Generator((ulong)seed + 7);
+        using (no_grad())
+        using (NewDisposeScope())
+            foreach (var p in adapter.Parameters()) p.normal_(0, 0.02, g);
+        return adapter;
+    }
+
+    public static long Parameters(LlamaForCausalLM model) => model.parameters().Sum(p => p.numel());
+
+    public static double Percentile(List<double> values, double p)
+    {
+        var sorted = values.Order().ToList();
+        return sorted.Count == 0 ? double.NaN : sorted[(int)Math.Min(sorted.Count - 1, Math.Round(p * (sorted.Count - 1)))];
+    }
+}

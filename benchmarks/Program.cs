@@ -1,0 +1,30 @@
+// Serving benchmarks. Every figure is a ratio (or a latency) of measurements taken side by side in this one run,
+// so a shared, noisy machine moves both sides alike. Usage:
+//   dotnet run -c Release --project benchmarks [-- --quick]
+// Writes the report to stdout and to benchmarks/results/latest.md.
+using System.Diagnostics;
+using System.Text;
+using AdapterService.Benchmarks;
+using AdapterService.Core.Torch;
+using static TorchSharp.torch;
+
+TorchRuntime.EnsureReady();
+bool quick = args.Contains("--quick");
+var report = new StringBuilder();
+void Line(string text) { Console.WriteLine(text); report.AppendLine(text); }
+
+Line($"# Serving benchmarks ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
+double peak = Measure.MatmulPeakGflops();
+Line($"fp32 matmul peak (2048x2048, measured now): {peak:F0} GFLOP/s");
+Line("");
+
+using (var lora = new LoraServing(quick)) lora.Run(Line, peak);
+Line("");
+await new CacheServing(quick).RunAsync(Line);
+Line("");
+await new Latency(quick).RunAsync(Line);
+
+var output = Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "results");
+Directory.CreateDirectory(output);
+File.WriteAllText(Path.Combine(output, "latest.md"), report.ToString());

@@ -51,35 +51,36 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
 public sealed record LoraWeights(Tensor A, Tensor B, double Scaling);
 
 /// <summary>
-/// LoRA for a batch whose rows each use their own adapter (or none): the rows' A and B are gathered into
-/// [batch, r_max, in] and [batch, out, r_max] (zero-padded to the largest rank, scaling folded into B) and
-/// applied with two batched matmuls, so one forward pass serves every row.
+/// LoRA for a batch whose rows each use their own adapter (or none): the rows' A and B are gathered once, already
+/// transposed for the matmuls, into Aᵀ [batch, in, r_max] and Bᵀ [batch, r_max, out] (zero-padded to the largest rank,
+/// scaling folded into B, zeros for rows without an adapter) and applied with two batched matmuls, so one forward pass
+/// serves every row. Gathering in the transposed layout keeps each step free of copies.
 /// </summary>
 public sealed class RowLora : ILinearAdapter, IDisposable
 {
-    readonly Tensor a, b;   // [batch, r_max, in], [batch, out, r_max]
+    readonly Tensor aT, bT;   // [batch, in, r_max], [batch, r_max, out]
 
     public RowLora(IReadOnlyList<LoraWeights?> rows, long inFeatures, long outFeatures)
     {
         long rank = Math.Max(1, rows.Max(r => r?.A.shape[0] ?? 0));
-        a = zeros(rows.Count, rank, inFeatures);
-        b = zeros(rows.Count, outFeatures, rank);
+        aT = zeros(rows.Count, inFeatures, rank);
+        bT = zeros(rows.Count, rank, outFeatures);
         using var scope = NewDisposeScope();   // frees the views and scaled copies below (callers may have no scope)
         using (no_grad())
             for (int i = 0; i < rows.Count; i++)
                 if (rows[i] is { } w)
                 {
                     long r = w.A.shape[0];
-                    a[i].narrow(0, 0, r).copy_(w.A);
-                    b[i].narrow(1, 0, r).copy_(w.B * w.Scaling);
+                    aT[i].narrow(1, 0, r).copy_(w.A.t());
+                    bT[i].narrow(0, 0, r).copy_(w.B.t() * w.Scaling);
                 }
     }
 
     public Tensor Forward(Tensor x, Tensor y) =>                     // x [batch, seq, in], y [batch, seq, out]
-        y + x.bmm(a.transpose(1, 2)).bmm(b.transpose(1, 2));        // [batch, seq, r] -> [batch, seq, out]
+        y + x.bmm(aT).bmm(bT);                                       // [batch, seq, r] -> [batch, seq, out]
 
     /// <summary>Keeps the gathered weights beyond the dispose scope they were made in (reused over many steps).</summary>
-    public void DetachFromScope() { a.DetachFromDisposeScope(); b.DetachFromDisposeScope(); }
+    public void DetachFromScope() { aT.DetachFromDisposeScope(); bT.DetachFromDisposeScope(); }
 
-    public void Dispose() { a.Dispose(); b.Dispose(); }
+    public void Dispose() { aT.Dispose(); bT.Dispose(); }
 }

@@ -13,6 +13,7 @@ app.MapCompletionsApi();
 app.MapChatCompletionsApi();
 app.MapModelsApi();
 app.MapAdaptersApi();
+app.MapOperationsApi();
 app.MapHub<JobsHub>("/hubs/jobs");
 app.Run();
 

@@ -79,7 +79,12 @@ public sealed class InferenceEngine : IDisposable
 
     public AdapterCache Adapters { get; }
     public long GeneratedTokens => Interlocked.Read(ref generatedTokens);
+    /// <summary>Requests accepted but not yet in a running batch.</summary>
+    public int Queued => Volatile.Read(ref queued);
+    /// <summary>Sequences in the running batches.</summary>
+    public int Running => Volatile.Read(ref running);
     long generatedTokens;
+    int running;
 
     public InferenceEngine(InferenceOptions? options = null)
     {
@@ -190,13 +195,14 @@ public sealed class InferenceEngine : IDisposable
                 var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);            // [1, prompt, vocab]
                 sequence.Length = prompt.Count;
                 batch.Rows.Add(sequence);
+                Interlocked.Increment(ref running);
                 batch.ClearAdapters();   // the decode step gathers the new row set
                 if (Emit(batch, sequence, Sampler.Next(logits[0, -1], sequence.Request.Options, sequence.Generator)))
                     Remove(batch, slot);
             }
             catch (Exception e)
             {
-                if (batch.Rows.LastOrDefault() == sequence) batch.Rows.RemoveAt(batch.Rows.Count - 1);
+                if (batch.Rows.LastOrDefault() == sequence) Remove(batch, batch.Rows.Count - 1);
                 Finish(sequence, e);
             }
         }
@@ -267,8 +273,9 @@ public sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>Removes row <paramref name="index"/>, moving the last row into its slot so rows stay contiguous.</summary>
-    static void Remove(Batch batch, int index)
+    void Remove(Batch batch, int index)
     {
+        Interlocked.Decrement(ref running);
         var rows = batch.Rows;
         int last = rows.Count - 1;
         if (index != last)

@@ -26,6 +26,8 @@ public static class ServiceStorage
     public static void Initialize(ServiceDbContext db, BlobStore blobs)
     {
         db.Database.Migrate();
+        // Write-ahead logging: readers never block the writer, and a crash never leaves a half-applied transaction.
+        if (db.Database.IsSqlite()) db.Database.ExecuteSqlRaw("PRAGMA journal_mode=WAL;");
         foreach (var builtin in BuiltinModels.All)
         {
             var blobPath = BlobStore.ModelPath(builtin.Id);

@@ -37,7 +37,7 @@ public static class ApplicationServices
             o.IncludeXmlComments(Path.Combine(AppContext.BaseDirectory, $"{Assembly.GetExecutingAssembly().GetName().Name}.xml"));
         });
         services.AddSignalR();
-        services.AddSingleton<IJobNotifier, SignalRJobNotifier>();
+        services.AddHostedService<JobEventRelay>();
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
         services.AddSingleton(_ => new InferenceEngine(inference));
         services.AddHangfire(c => c.UseSimpleAssemblyNameTypeSerializer().UseRecommendedSerializerSettings().UseInMemoryStorage());

@@ -38,10 +38,8 @@ sealed class EarlyStopping(int? patience)
 /// or paused job is a no-op, and an interrupted one (crash, shutdown, pause) continues from its last saved state.
 /// </summary>
 public sealed class FineTuningJobRunner(
-    ServiceDbContext db, BlobStore blobs, IJobNotifier notifier, IOptions<TrainingOptions> options, ILogger<FineTuningJobRunner> log)
+    ServiceDbContext db, BlobStore blobs, IOptions<TrainingOptions> options, ILogger<FineTuningJobRunner> log)
 {
-    static readonly JsonSerializerOptions SnakeCase = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
-
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
     public const double BaseLearningRate = 4e-3;
 
@@ -51,7 +49,6 @@ public sealed class FineTuningJobRunner(
         var job = db.Jobs.AsNoTracking().SingleOrDefault(j => j.Id == jobId);
         if (job is null || JobStatus.IsFinished(job.Status)) return;
         if (!SetStatus(jobId, JobStatus.Running, [JobStatus.Queued, JobStatus.Running])) return;
-        Notify(new StatusMessage(jobId, JobStatus.Running, null, null));
 
         // Stops training at the next step when the job is no longer running (cancelled, paused) or the host stops.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
@@ -98,9 +95,10 @@ public sealed class FineTuningJobRunner(
         if (LatestState(job.Id) is { } state)
         {
             trainer.LoadState(state);
-            AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}");
+            AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}", data: JobEventData.ForStatus(JobStatus.Running));
         }
-        else AddEvent(job.Id, $"Fine-tuning job started: {adapter.ParameterCount:N0} LoRA parameters, {examples.Count} examples, {trainer.TotalSteps} steps");
+        else AddEvent(job.Id, $"Fine-tuning job started: {adapter.ParameterCount:N0} LoRA parameters, {examples.Count} examples, {trainer.TotalSteps} steps",
+            data: JobEventData.ForStatus(JobStatus.Running));
 
         // Steps redone after a crash were reported the first time already: report each step once.
         int reported = db.JobEvents.Where(e => e.JobId == job.Id && e.Type == "metrics").Select(e => (int?)e.Step).Max() ?? 0;
@@ -146,14 +144,9 @@ public sealed class FineTuningJobRunner(
     {
         var message = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.LearningRate, p.TokensPerSecond, p.EtaSeconds, valid?.Loss);
         AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}" + (valid is { } v ? $", validation loss={v.Loss:0.0000}" : ""),
-            "metrics", JsonSerializer.Serialize(new
-            {
-                message.Step, message.TotalSteps, message.Epoch, message.TrainLoss, TrainMeanTokenAccuracy = p.TrainAccuracy,
-                message.ValidLoss, ValidMeanTokenAccuracy = valid?.Accuracy, message.LearningRate, message.TokensPerSecond, message.EtaSeconds,
-            }, SnakeCase), step: p.Step);
+            "metrics", JobEventData.ForMetrics(message, p.TrainAccuracy, valid?.Accuracy), step: p.Step);
         long finish = Now() + (long)Math.Ceiling(p.EtaSeconds);
         db.Jobs.Where(j => j.Id == job.Id).ExecuteUpdate(s => s.SetProperty(j => j.EstimatedFinish, finish));
-        Notify(message);
     }
 
     /// <summary>At each epoch's end: the trainer state to resume from, and the adapter as a checkpoint model.</summary>
@@ -218,8 +211,7 @@ public sealed class FineTuningJobRunner(
         if (updated == 0) return;   // cancelled at the very end: the adapter stays registered but the job keeps its status
         blobs.Delete(BlobStore.TrainerStatePath(job.Id));
         AddEvent(job.Id, $"New fine-tuned model created: {adapter.Name}");
-        AddEvent(job.Id, "The job has successfully completed");
-        Notify(new StatusMessage(job.Id, JobStatus.Succeeded, adapter.Name, null));
+        AddEvent(job.Id, "The job has successfully completed", data: JobEventData.ForStatus(JobStatus.Succeeded, adapter.Name));
     }
 
     void Fail(string jobId, string message)
@@ -229,8 +221,7 @@ public sealed class FineTuningJobRunner(
             .SetProperty(j => j.ErrorCode, "training_failed")
             .SetProperty(j => j.ErrorMessage, message)
             .SetProperty(j => j.FinishedAt, Now()));
-        AddEvent(jobId, message, level: "error");
-        Notify(new StatusMessage(jobId, JobStatus.Failed, null, message));
+        AddEvent(jobId, message, level: "error", data: JobEventData.ForStatus(JobStatus.Failed, error: message));
     }
 
     public static string FineTunedModelName(FineTuningJob job) => $"ft:{job.Model}:{job.Suffix ?? ""}:{job.Id}";
@@ -246,10 +237,6 @@ public sealed class FineTuningJobRunner(
         db.SaveChanges();
         db.ChangeTracker.Clear();
     }
-
-    // The worker thread trains synchronously; waiting here keeps the live messages in step order.
-    void Notify(ProgressMessage m) => notifier.ProgressAsync(m).GetAwaiter().GetResult();
-    void Notify(StatusMessage m) => notifier.StatusAsync(m).GetAwaiter().GetResult();
 
     static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 }

@@ -173,7 +173,7 @@ public static partial class FineTuningJobsApi
         db.JobEvents.AddRange(
             new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Created fine-tuning job: {job.Id}" },
             new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Validated training file: {job.TrainingFile} ({examples.Count} examples, {job.TrainingFileTokens} tokens)" },
-            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = "Fine-tuning job queued" });
+            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = "Fine-tuning job queued", Data = JobEventData.ForStatus(JobStatus.Queued) });
         await db.SaveChangesAsync(cancel);
         Enqueue(queue, job.Id);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
@@ -301,7 +301,7 @@ public static partial class FineTuningJobsApi
             : OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CancelJob(
-        string jobId, ServiceDbContext db, IJobNotifier notifier, CancellationToken cancel)
+        string jobId, ServiceDbContext db, CancellationToken cancel)
     {
         long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         int updated = await db.Jobs.Where(j => j.Id == jobId && JobStatus.Unfinished.Contains(j.Status))
@@ -309,27 +309,26 @@ public static partial class FineTuningJobsApi
         var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
         if (job is null) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
         if (updated == 0) return OpenAiErrors.BadRequest($"Job {jobId} has already finished with status {job.Status}.", "id", "job_finished");
-        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = "Fine-tuning job cancelled" });
+        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = "Fine-tuning job cancelled", Data = JobEventData.ForStatus(JobStatus.Cancelled) });
         await db.SaveChangesAsync(cancel);
-        await notifier.StatusAsync(new StatusMessage(jobId, JobStatus.Cancelled, null, null));
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
     }
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> PauseJob(
-        string jobId, ServiceDbContext db, IJobNotifier notifier, CancellationToken cancel) =>
-        await ChangeStatusAsync(jobId, [JobStatus.Queued, JobStatus.Running], JobStatus.Paused, "Fine-tuning job paused", db, notifier, cancel);
+        string jobId, ServiceDbContext db, CancellationToken cancel) =>
+        await ChangeStatusAsync(jobId, [JobStatus.Queued, JobStatus.Running], JobStatus.Paused, "Fine-tuning job paused", db, cancel);
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> ResumeJob(
-        string jobId, ServiceDbContext db, IJobNotifier notifier, IBackgroundJobClient queue, CancellationToken cancel)
+        string jobId, ServiceDbContext db, IBackgroundJobClient queue, CancellationToken cancel)
     {
-        var result = await ChangeStatusAsync(jobId, [JobStatus.Paused], JobStatus.Queued, "Fine-tuning job resumed", db, notifier, cancel);
+        var result = await ChangeStatusAsync(jobId, [JobStatus.Paused], JobStatus.Queued, "Fine-tuning job resumed", db, cancel);
         if (result.Result is Ok<FineTuningJobDto>) Enqueue(queue, jobId);
         return result;
     }
 
     /// <summary>Moves a job from one of <paramref name="from"/> to <paramref name="to"/> in one statement, logs and announces it.</summary>
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> ChangeStatusAsync(
-        string jobId, string[] from, string to, string message, ServiceDbContext db, IJobNotifier notifier, CancellationToken cancel)
+        string jobId, string[] from, string to, string message, ServiceDbContext db, CancellationToken cancel)
     {
         long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         int updated = await db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status)).ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to), cancel);
@@ -337,9 +336,8 @@ public static partial class FineTuningJobsApi
         if (job is null) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
         if (updated == 0)
             return OpenAiErrors.BadRequest($"Job {jobId} is {job.Status}; this needs a job that is {string.Join(" or ", from)}.", "id", "invalid_job_status");
-        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message });
+        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message, Data = JobEventData.ForStatus(to) });
         await db.SaveChangesAsync(cancel);
-        await notifier.StatusAsync(new StatusMessage(jobId, to, null, null));
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
     }
 

@@ -1,4 +1,3 @@
-using AdapterService.Core.Jobs;
 using Microsoft.AspNetCore.SignalR;
 
 namespace AdapterService.Api.Hubs;
@@ -14,11 +13,4 @@ public sealed class JobsHub : Hub
     public Task SubscribeToJob(string jobId) => Groups.AddToGroupAsync(Context.ConnectionId, Group(jobId));
 
     public Task UnsubscribeFromJob(string jobId) => Groups.RemoveFromGroupAsync(Context.ConnectionId, Group(jobId));
-}
-
-public sealed class SignalRJobNotifier(IHubContext<JobsHub> hub) : IJobNotifier
-{
-    public Task ProgressAsync(ProgressMessage message) => hub.Clients.Group(JobsHub.Group(message.JobId)).SendAsync("progress", message);
-
-    public Task StatusAsync(StatusMessage message) => hub.Clients.Group(JobsHub.Group(message.JobId)).SendAsync("status", message);
 }

@@ -20,6 +20,7 @@ public static class ApplicationServices
     public static void AddApplicationServices(this WebApplicationBuilder builder)
     {
         TorchRuntime.EnsureReady();
+        builder.Logging.AddFilter("Microsoft.EntityFrameworkCore.Database.Command", LogLevel.Warning);   // the relay queries ten times a second
         var services = builder.Services;
         services.ConfigureHttpJsonOptions(o => o.SerializerOptions.PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower);
         services.Configure<Microsoft.AspNetCore.Mvc.JsonOptions>(o => o.JsonSerializerOptions.PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower);
@@ -40,8 +41,9 @@ public static class ApplicationServices
         services.AddHostedService<JobEventRelay>();
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
         services.AddSingleton(_ => new InferenceEngine(inference));
-        services.AddHangfire(c => c.UseSimpleAssemblyNameTypeSerializer().UseRecommendedSerializerSettings().UseInMemoryStorage());
-        services.AddFineTuningWorker(builder.Configuration);
+        services.AddServiceStorage(builder.Configuration).AddJobQueue(builder.Configuration);
+        // Service:Role "all" (default) trains in this process too; "api" leaves training to standalone workers.
+        if (builder.Configuration["Service:Role"] is null or "all") services.AddFineTuningWorker(builder.Configuration);
         // Let a training step finish and the worker stop cleanly before the host gives up.
         services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(30));
     }
@@ -52,7 +54,9 @@ public static class ApplicationServices
         {
             var db = scope.ServiceProvider.GetRequiredService<ServiceDbContext>();
             ServiceStorage.Initialize(db, scope.ServiceProvider.GetRequiredService<BlobStore>());
-            RequeueUnfinishedJobs(db, scope.ServiceProvider.GetRequiredService<IBackgroundJobClient>());
+            // With in-memory Hangfire the queue died with the last process; a persistent queue still holds its jobs.
+            if (ServiceStorage.Provider(app.Configuration) == "sqlite")
+                RequeueUnfinishedJobs(db, scope.ServiceProvider.GetRequiredService<IBackgroundJobClient>());
         }
         app.UseOpenAiErrors();
         app.UseSwagger();

@@ -17,6 +17,8 @@ namespace AdapterService.Workers;
 public sealed class TrainingOptions
 {
     public int StateEverySteps { get; set; } = 25;
+    /// <summary><c>Workers:LeaseSeconds</c>: how long a job stays claimed by a worker that stopped renewing it.</summary>
+    public int LeaseSeconds { get; set; } = 60;
 }
 
 /// <summary>Counts epochs without a new lowest validation loss; says stop after <c>patience</c> of them (never without one).</summary>
@@ -38,17 +40,23 @@ sealed class EarlyStopping(int? patience)
 /// or paused job is a no-op, and an interrupted one (crash, shutdown, pause) continues from its last saved state.
 /// </summary>
 public sealed class FineTuningJobRunner(
-    ServiceDbContext db, BlobStore blobs, IOptions<TrainingOptions> options, ILogger<FineTuningJobRunner> log)
+    ServiceDbContext db, BlobStore blobs, IBackgroundJobClient queue, IOptions<TrainingOptions> options, ILogger<FineTuningJobRunner> log)
 {
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
     public const double BaseLearningRate = 4e-3;
 
-    [AutomaticRetry(Attempts = 0)]
+    [AutomaticRetry(Attempts = 0), Queue(WorkerServices.FineTuningQueue)]
     public void Run(string jobId, CancellationToken shutdown)
     {
         var job = db.Jobs.AsNoTracking().SingleOrDefault(j => j.Id == jobId);
         if (job is null || JobStatus.IsFinished(job.Status)) return;
-        if (!SetStatus(jobId, JobStatus.Running, [JobStatus.Queued, JobStatus.Running])) return;
+        if (!Claim(jobId))
+        {
+            // Another worker holds the job. Look again when its lease could have run out, in case that worker died.
+            if (CurrentStatus(jobId) == JobStatus.Running)
+                queue.Schedule<FineTuningJobRunner>(r => r.Run(jobId, CancellationToken.None), TimeSpan.FromSeconds(options.Value.LeaseSeconds));
+            return;
+        }
 
         // Stops training at the next step when the job is no longer running (cancelled, paused) or the host stops.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
@@ -57,6 +65,10 @@ public sealed class FineTuningJobRunner(
         {
             var (adapter, result) = Train(job, stop, t => trainer = t);
             Succeed(job, adapter, result);
+        }
+        catch (OperationCanceledException) when (trainer is not null && leaseLost)
+        {
+            log.LogWarning("Job {JobId}: another worker claimed it (this one was too slow to renew); stopping without saving", jobId);
         }
         catch (OperationCanceledException) when (trainer is not null)
         {
@@ -116,7 +128,7 @@ public sealed class FineTuningJobRunner(
             }
             else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
             // Cancel, pause and resume are status changes in the database, so they reach a worker in any process within a step.
-            if (CurrentStatus(job.Id) != JobStatus.Running) stop.Cancel();
+            if (CurrentStatus(job.Id) != JobStatus.Running || !Renew(job.Id)) stop.Cancel();
         }, stop.Token);
 
         var adapterId = "adapter-" + Ids.New();
@@ -227,6 +239,30 @@ public sealed class FineTuningJobRunner(
     public static string FineTunedModelName(FineTuningJob job) => $"ft:{job.Model}:{job.Suffix ?? ""}:{job.Id}";
 
     string CurrentStatus(string jobId) => db.Jobs.Where(j => j.Id == jobId).Select(j => j.Status).Single();
+
+    static readonly string Worker = $"{Environment.MachineName}:{Environment.ProcessId}:{Guid.NewGuid():N}";
+    long renewedAt;
+    bool leaseLost;
+
+    /// <summary>Takes the job if it is queued, or running under a lease that ran out (its worker died).</summary>
+    bool Claim(string jobId)
+    {
+        long now = Now(), until = now + options.Value.LeaseSeconds;
+        renewedAt = now;
+        return db.Jobs.Where(j => j.Id == jobId && (j.Status == JobStatus.Queued || j.Status == JobStatus.Running && (j.LeaseUntil == null || j.LeaseUntil < now)))
+            .ExecuteUpdate(s => s.SetProperty(j => j.Status, JobStatus.Running).SetProperty(j => j.LeaseOwner, Worker).SetProperty(j => j.LeaseUntil, until)) > 0;
+    }
+
+    /// <summary>Extends this worker's lease (every third of its length); false once another worker holds the job.</summary>
+    bool Renew(string jobId)
+    {
+        long now = Now();
+        if (now - renewedAt < options.Value.LeaseSeconds / 3) return true;
+        renewedAt = now;
+        long until = now + options.Value.LeaseSeconds;
+        leaseLost = db.Jobs.Where(j => j.Id == jobId && j.LeaseOwner == Worker).ExecuteUpdate(s => s.SetProperty(j => j.LeaseUntil, until)) == 0;
+        return !leaseLost;
+    }
 
     bool SetStatus(string jobId, string status, string[] from) =>
         db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status)).ExecuteUpdate(s => s.SetProperty(j => j.Status, status)) > 0;

@@ -1,6 +1,28 @@
-// The standalone worker host is for scale-out, where workers and API processes share a Hangfire storage
-// (PostgreSQL) and a blob volume. Until that storage is configured, the embedded default trains inside the API process.
-Console.Error.WriteLine(
-    "The standalone worker needs shared Hangfire storage (scale-out), which this version does not configure yet. " +
-    "Run the API (dotnet run --project src/Api): it trains jobs in-process.");
-return 2;
+using AdapterService.Core.Storage;
+using AdapterService.Core.Torch;
+using AdapterService.Workers;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+// A standalone training worker for scale-out: it shares PostgreSQL (rows and Hangfire's queue) and the blob folder
+// with the API processes, trains the jobs it fetches, and writes their progress as events that every API relays.
+var builder = Host.CreateApplicationBuilder(args);
+if (ServiceStorage.Provider(builder.Configuration) != "postgres")
+{
+    Console.Error.WriteLine("The standalone worker needs the scale-out configuration: Database__Provider=postgres, " +
+        "ConnectionStrings__Database=<PostgreSQL> and Service__DataDirectory=<the shared blob volume>. " +
+        "With the embedded default, the API trains jobs in-process (dotnet run --project src/Api).");
+    return 2;
+}
+TorchRuntime.EnsureReady();
+builder.Logging.AddFilter("Microsoft.EntityFrameworkCore.Database.Command", LogLevel.Warning);
+builder.Services.AddServiceStorage(builder.Configuration).AddJobQueue(builder.Configuration).AddFineTuningWorker(builder.Configuration);
+// On SIGTERM the runner saves the job's state after its current step; give it time before the host gives up.
+builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
+var host = builder.Build();
+using (var scope = host.Services.CreateScope())
+    ServiceStorage.Initialize(scope.ServiceProvider.GetRequiredService<ServiceDbContext>(), scope.ServiceProvider.GetRequiredService<BlobStore>());
+host.Services.GetRequiredService<ILogger<Program>>().LogInformation("Worker ready: {Name}", $"{Environment.MachineName}:{Environment.ProcessId}");
+host.Run();
+return 0;

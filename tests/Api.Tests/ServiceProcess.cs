@@ -14,10 +14,22 @@ public sealed class ServiceProcess : IAsyncDisposable
     ServiceProcess(Process process, int port) =>
         (this.process, Http) = (process, new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}") });
 
-    public static async Task<ServiceProcess> StartAsync(string folder, params (string Key, string Value)[] settings)
+    public static Task<ServiceProcess> StartAsync(string folder, params (string Key, string Value)[] settings) =>
+        StartAsync(Path.Combine(AppContext.BaseDirectory, "AdapterService.Api.dll"), "Adapter service ready:", folder, settings);
+
+    /// <summary>A standalone training worker (src/Workers, built beside this test project by the solution build).</summary>
+    public static Task<ServiceProcess> StartWorkerAsync(string folder, params (string Key, string Value)[] settings)
+    {
+        string workerBin = AppContext.BaseDirectory.Replace(Path.Combine("tests", "Api.Tests"), Path.Combine("src", "Workers"));
+        return StartAsync(Path.Combine(workerBin, "AdapterService.Workers.dll"), "Worker ready:", folder, settings);
+    }
+
+    public int ProcessId => process.Id;
+
+    static async Task<ServiceProcess> StartAsync(string dll, string readyMarker, string folder, (string Key, string Value)[] settings)
     {
         int port = FreePort();
-        var start = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "AdapterService.Api.dll")])
+        var start = new ProcessStartInfo("dotnet", [dll])
         {
             WorkingDirectory = folder, RedirectStandardOutput = true, RedirectStandardError = true,
             Environment = { ["Urls"] = $"http://127.0.0.1:{port}", ["Service__DataDirectory"] = Path.Combine(folder, "data") },
@@ -30,7 +42,7 @@ public sealed class ServiceProcess : IAsyncDisposable
         {
             if (e.Data is null) return;
             output.Enqueue(e.Data);
-            if (e.Data.Contains("Adapter service ready:")) ready.TrySetResult(e.Data.Trim());
+            if (e.Data.Contains(readyMarker)) ready.TrySetResult(e.Data.Trim());
         };
         service.process.ErrorDataReceived += (_, e) => { if (e.Data is not null) output.Enqueue(e.Data); };
         service.process.BeginOutputReadLine();

@@ -46,7 +46,14 @@ public static class BuiltinModels
         ModelFolder.Save(model, temp);
         ByteTokenizer.Save(temp);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(folder))!);
-        if (Directory.Exists(folder)) Directory.Delete(folder, true);
-        Directory.Move(temp, folder);
+        if (Directory.Exists(folder) && !File.Exists(Path.Combine(folder, ModelFolder.WeightsFile))) Directory.Delete(folder, true);
+        try
+        {
+            Directory.Move(temp, folder);
+        }
+        catch (IOException) when (File.Exists(Path.Combine(folder, ModelFolder.WeightsFile)))
+        {
+            Directory.Delete(temp, true);   // another process made it first: same seed, same bytes
+        }
     }
 }

@@ -68,6 +68,10 @@ public sealed class FineTuningJob
     public long? TrainedTokens { get; set; }
     /// <summary>Tokens in the training file (after cutting examples to the context length): one epoch's worth.</summary>
     public long TrainingFileTokens { get; init; }
+    /// <summary>The worker training the job; it renews <see cref="LeaseUntil"/> while it trains, so a worker that died
+    /// loses the job to the next one that fetches it, and two workers never train the same job.</summary>
+    public string? LeaseOwner { get; set; }
+    public long? LeaseUntil { get; set; }
     /// <summary>Unix time the running job expects to finish, updated as steps complete.</summary>
     public long? EstimatedFinish { get; set; }
     public string? ErrorCode { get; set; }

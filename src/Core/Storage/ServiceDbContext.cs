@@ -1,8 +1,10 @@
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Design;
 
 namespace AdapterService.Core.Storage;
 
-public sealed class ServiceDbContext(DbContextOptions<ServiceDbContext> options) : DbContext(options)
+/// <summary>The service's database; a subclass per provider carries that provider's migrations.</summary>
+public abstract class ServiceDbContext(DbContextOptions options) : DbContext(options)
 {
     public DbSet<StoredFile> Files => Set<StoredFile>();
     public DbSet<BaseModel> BaseModels => Set<BaseModel>();
@@ -24,4 +26,23 @@ public sealed class ServiceDbContext(DbContextOptions<ServiceDbContext> options)
         model.Entity<Checkpoint>().HasIndex(c => new { c.JobId, c.StepNumber });
         model.Entity<StoredFile>().HasIndex(f => f.Sequence);
     }
+}
+
+/// <summary>The embedded default: one SQLite file.</summary>
+public sealed class SqliteServiceDbContext(DbContextOptions<SqliteServiceDbContext> options) : ServiceDbContext(options);
+
+/// <summary>Scale-out: PostgreSQL shared by API and worker processes.</summary>
+public sealed class PostgresServiceDbContext(DbContextOptions<PostgresServiceDbContext> options) : ServiceDbContext(options);
+
+/// <summary>Lets <c>dotnet ef migrations add</c> build each provider's context without a running service.</summary>
+public sealed class SqliteDesignFactory : IDesignTimeDbContextFactory<SqliteServiceDbContext>
+{
+    public SqliteServiceDbContext CreateDbContext(string[] args) =>
+        new(new DbContextOptionsBuilder<SqliteServiceDbContext>().UseSqlite("Data Source=design.db").Options);
+}
+
+public sealed class PostgresDesignFactory : IDesignTimeDbContextFactory<PostgresServiceDbContext>
+{
+    public PostgresServiceDbContext CreateDbContext(string[] args) =>
+        new(new DbContextOptionsBuilder<PostgresServiceDbContext>().UseNpgsql("Host=localhost;Database=design").Options);
 }

@@ -16,11 +16,26 @@ public static class ServiceStorage
     {
         var data = Path.GetFullPath(configuration["Service:DataDirectory"] ?? "data");
         Directory.CreateDirectory(data);
-        var connection = configuration.GetConnectionString("Database") ?? $"Data Source={Path.Combine(data, "service.db")}";
-        services.AddDbContext<ServiceDbContext>(o => o.UseSqlite(connection));
+        switch (Provider(configuration))
+        {
+            case "sqlite":
+                var file = configuration.GetConnectionString("Database") ?? $"Data Source={Path.Combine(data, "service.db")}";
+                services.AddDbContext<ServiceDbContext, SqliteServiceDbContext>(o => o.UseSqlite(file));
+                break;
+            case "postgres":
+                var server = configuration.GetConnectionString("Database")
+                    ?? throw new InvalidOperationException("Database:Provider is postgres but ConnectionStrings:Database is not set");
+                services.AddDbContext<ServiceDbContext, PostgresServiceDbContext>(o => o.UseNpgsql(server));
+                break;
+            case var other:
+                throw new InvalidOperationException($"Database:Provider '{other}' is not one of sqlite, postgres");
+        }
         services.AddSingleton(new BlobStore(Path.Combine(data, "blobs")));
         return services;
     }
+
+    /// <summary><c>Database:Provider</c>: <c>sqlite</c> (the embedded default) or <c>postgres</c> (scale-out).</summary>
+    public static string Provider(IConfiguration configuration) => configuration["Database:Provider"] ?? "sqlite";
 
     /// <summary>Applies migrations and makes sure the built-in base models exist (created on first start).</summary>
     public static void Initialize(ServiceDbContext db, BlobStore blobs)
@@ -42,6 +57,14 @@ public static class ServiceStorage
                 Tokenizer = "byte-level", CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             });
         }
-        db.SaveChanges();
+        try
+        {
+            db.SaveChanges();
+        }
+        catch (DbUpdateException) when (db.BaseModels.AsNoTracking().Count() >= BuiltinModels.All.Count)
+        {
+            // Another process (API or worker) registered the built-in models at the same moment.
+        }
+        db.ChangeTracker.Clear();
     }
 }

@@ -7,10 +7,10 @@ using Microsoft.EntityFrameworkCore.Storage.ValueConversion;
 
 #nullable disable
 
-namespace AdapterService.Core.Storage.Migrations
+namespace AdapterService.Core.Storage.Migrations.Sqlite
 {
-    [DbContext(typeof(ServiceDbContext))]
-    [Migration("20261123112425_Initial")]
+    [DbContext(typeof(SqliteServiceDbContext))]
+    [Migration("20261123114931_Initial")]
     partial class Initial
     {
         /// <inheritdoc />
@@ -193,6 +193,12 @@ namespace AdapterService.Core.Storage.Migrations
 
                     b.Property<double>("LearningRateMultiplier")
                         .HasColumnType("REAL");
+
+                    b.Property<string>("LeaseOwner")
+                        .HasColumnType("TEXT");
+
+                    b.Property<long?>("LeaseUntil")
+                        .HasColumnType("INTEGER");
 
                     b.Property<string>("Model")
                         .IsRequired()

@@ -2,7 +2,7 @@
 
 #nullable disable
 
-namespace AdapterService.Core.Storage.Migrations
+namespace AdapterService.Core.Storage.Migrations.Sqlite
 {
     /// <inheritdoc />
     public partial class Initial : Migration
@@ -142,6 +142,8 @@ namespace AdapterService.Core.Storage.Migrations
                     AdapterConfig = table.Column<string>(type: "TEXT", nullable: false),
                     TrainedTokens = table.Column<long>(type: "INTEGER", nullable: true),
                     TrainingFileTokens = table.Column<long>(type: "INTEGER", nullable: false),
+                    LeaseOwner = table.Column<string>(type: "TEXT", nullable: true),
+                    LeaseUntil = table.Column<long>(type: "INTEGER", nullable: true),
                     EstimatedFinish = table.Column<long>(type: "INTEGER", nullable: true),
                     ErrorCode = table.Column<string>(type: "TEXT", nullable: true),
                     ErrorMessage = table.Column<string>(type: "TEXT", nullable: true),

@@ -73,7 +73,16 @@ public sealed class FineTuningJobRunner(
         catch (OperationCanceledException) when (trainer is not null)
         {
             // Keep the progress unless cancelled: a resume, a re-queue after shutdown or a restart continues from here.
-            if (CurrentStatus(jobId) != JobStatus.Cancelled) SaveState(jobId, trainer);
+            try
+            {
+                if (CurrentStatus(jobId) != JobStatus.Cancelled) SaveState(jobId, trainer);
+            }
+            catch (Exception e)
+            {
+                log.LogError(e, "Job {JobId}: saving its state failed", jobId);
+                Fail(jobId, "Saving the training state failed: " + e.Message);
+                return;
+            }
             if (shutdown.IsCancellationRequested && SetStatus(jobId, JobStatus.Queued, [JobStatus.Running]))
             {
                 log.LogInformation("Job {JobId} interrupted by shutdown at step {Step}; it continues when re-queued", jobId, trainer.Step);
@@ -115,6 +124,12 @@ public sealed class FineTuningJobRunner(
         // Steps redone after a crash were reported the first time already: report each step once.
         int reported = db.JobEvents.Where(e => e.JobId == job.Id && e.Type == "metrics").Select(e => (int?)e.Step).Max() ?? 0;
         var stopping = new EarlyStopping(job.EarlyStoppingPatience);
+        // A resumed run remembers the validation losses of the epochs before it, so it stops where an uninterrupted one would.
+        foreach (var metrics in db.Checkpoints.Where(c => c.JobId == job.Id && c.StepNumber <= trainer.Step).OrderBy(c => c.StepNumber).Select(c => c.Metrics).ToList())
+            if (JsonDocument.Parse(metrics).RootElement.TryGetProperty("valid_loss", out var loss) && loss.ValueKind == JsonValueKind.Number
+                && stopping.ShouldStop(loss.GetDouble()))
+                trainer.StopAfterThisStep();
+        if (!Renew(job.Id)) throw new OperationCanceledException("another worker holds the job");   // loading may have taken a while
         var result = trainer.Run(p =>
         {
             bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
@@ -165,12 +180,15 @@ public sealed class FineTuningJobRunner(
     void SaveCheckpoint(FineTuningJob job, LoraTrainer trainer, TrainingProgress p, (double Loss, double Accuracy)? valid)
     {
         var state = SaveState(job.Id, trainer);
+        if (db.Checkpoints.Any(c => c.JobId == job.Id && c.StepNumber == p.Step)) return;   // saved before a crash already
         var blobPath = BlobStore.CheckpointPath(job.Id, p.Step);
-        if (Directory.Exists(blobs.Resolve(blobPath))) return;   // saved before a crash already
-        var temp = blobs.NewTempFolder();
-        foreach (var name in new[] { LoraConfig.FileName, LoraAdapter.WeightsFileName })
-            File.Copy(Path.Combine(state, name), Path.Combine(temp, name));
-        blobs.CommitFolder(temp, blobPath);
+        if (!Directory.Exists(blobs.Resolve(blobPath)))   // a crash may have come between the folder and its row
+        {
+            var temp = blobs.NewTempFolder();
+            foreach (var name in new[] { LoraConfig.FileName, LoraAdapter.WeightsFileName })
+                File.Copy(Path.Combine(state, name), Path.Combine(temp, name));
+            blobs.CommitFolder(temp, blobPath);
+        }
         var modelName = $"{FineTunedModelName(job)}:ckpt-step-{p.Step}";
         db.Checkpoints.Add(new Checkpoint
         {
@@ -211,16 +229,32 @@ public sealed class FineTuningJobRunner(
             .Select(d => (Ok: int.TryParse(Path.GetFileName(d).Replace("step-", ""), out var step), Step: step, Path: d))
             .Where(d => d.Ok).OrderByDescending(d => d.Step).Select(d => (d.Step, d.Path));
 
+    /// <summary>
+    /// Registers the adapter and marks the job succeeded in one transaction, only if it is still running under this
+    /// worker's lease; otherwise (cancelled, paused or taken over during the last step) the adapter is dropped and the
+    /// job keeps its status (a paused one finishes from its saved state when resumed).
+    /// </summary>
     void Succeed(FineTuningJob job, Adapter adapter, TrainingResult result)
     {
-        db.Adapters.Add(adapter);
-        db.SaveChanges();
-        var updated = db.Jobs.Where(j => j.Id == job.Id && j.Status == JobStatus.Running).ExecuteUpdate(s => s
-            .SetProperty(j => j.Status, JobStatus.Succeeded)
-            .SetProperty(j => j.FineTunedModel, adapter.Name)
-            .SetProperty(j => j.TrainedTokens, result.TrainedTokens)
-            .SetProperty(j => j.FinishedAt, Now()));
-        if (updated == 0) return;   // cancelled at the very end: the adapter stays registered but the job keeps its status
+        using (var transaction = db.Database.BeginTransaction())
+        {
+            var updated = db.Jobs.Where(j => j.Id == job.Id && j.Status == JobStatus.Running && j.LeaseOwner == Worker).ExecuteUpdate(s => s
+                .SetProperty(j => j.Status, JobStatus.Succeeded)
+                .SetProperty(j => j.FineTunedModel, adapter.Name)
+                .SetProperty(j => j.TrainedTokens, result.TrainedTokens)
+                .SetProperty(j => j.FinishedAt, Now()));
+            if (updated == 0)
+            {
+                transaction.Rollback();
+                blobs.Delete(adapter.BlobPath);
+                log.LogInformation("Job {JobId} finished training but is {Status}; its adapter is not registered", job.Id, CurrentStatus(job.Id));
+                return;
+            }
+            db.Adapters.Add(adapter);
+            db.SaveChanges();
+            transaction.Commit();
+        }
+        db.ChangeTracker.Clear();
         blobs.Delete(BlobStore.TrainerStatePath(job.Id));
         AddEvent(job.Id, $"New fine-tuned model created: {adapter.Name}");
         AddEvent(job.Id, "The job has successfully completed", data: JobEventData.ForStatus(JobStatus.Succeeded, adapter.Name));
@@ -228,11 +262,12 @@ public sealed class FineTuningJobRunner(
 
     void Fail(string jobId, string message)
     {
-        db.Jobs.Where(j => j.Id == jobId).ExecuteUpdate(s => s
+        int updated = db.Jobs.Where(j => j.Id == jobId && (j.Status == JobStatus.Queued || j.Status == JobStatus.Running)).ExecuteUpdate(s => s
             .SetProperty(j => j.Status, JobStatus.Failed)
             .SetProperty(j => j.ErrorCode, "training_failed")
             .SetProperty(j => j.ErrorMessage, message)
             .SetProperty(j => j.FinishedAt, Now()));
+        if (updated == 0) return;   // it reached a final status meanwhile (cancelled, succeeded): that one stands
         AddEvent(jobId, message, level: "error", data: JobEventData.ForStatus(JobStatus.Failed, error: message));
     }
 

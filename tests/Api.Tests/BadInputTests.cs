@@ -144,4 +144,25 @@ public sealed class BadInputTests(ServiceFactory factory)
         await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/chat/completions",
             new { model = "tiny-llama-demo", messages = new[] { new { role = "robot", content = "x" } } }), 400, "messages[0].role");
     }
+
+    [Fact]
+    public async Task OddButWellFormedInputsGet4xxNot500()
+    {
+        var json = (string body) => new StringContent(body, Encoding.UTF8, "application/json");
+        await Api.AssertErrorAsync(await client.PostAsync("/v1/chat/completions", json("""{"model": "tiny-llama-demo", "messages": [null]}""")), 400, "messages[0]");
+        await Api.AssertErrorAsync(await client.PostAsync("/v1/completions/batch", json("""{"inputs": [null]}""")), 400, "inputs[0]");
+        var fileId = await GoodFileAsync();
+        await Api.AssertErrorAsync(await client.PostAsync("/v1/fine_tuning/jobs", json($$$"""{"model": "tiny-llama-demo", "training_file": "{{{fileId}}}", "metadata": {"k": null}}""")), 400, "metadata");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await Api.AssertErrorAsync(await client.PostAsync("/v1/fine_tuning/jobs", json($$$"""{"model": "tiny-llama-demo", "training_file": "{{{fileId}}}", "adapter": {"target_modules": "(.*)*X"}}""")), 400, "adapter.target_modules");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), "a pathological regex is cut short");
+        await Api.AssertErrorAsync(await client.PostAsync("/v1/fine_tuning/jobs", json($$$"""{"model": "tiny-llama-demo", "training_file": "{{{fileId}}}", "adapter": {"target_modules": "(unclosed"}}""")), 400, "adapter.target_modules");
+
+        var broken = new StringContent("--xyz\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune", Encoding.UTF8);
+        broken.Headers.ContentType = System.Net.Http.Headers.MediaTypeHeaderValue.Parse("multipart/form-data; boundary=xyz");
+        await Api.AssertErrorAsync(await client.PostAsync("/v1/files", broken), 400);
+
+        var tiny = await client.PostAsJsonAsync("/v1/completions", new { model = "tiny-llama-demo", prompt = "x", max_tokens = 3, temperature = 1e-300 });
+        Assert.True(tiny.IsSuccessStatusCode, await tiny.Content.ReadAsStringAsync());
+    }
 }

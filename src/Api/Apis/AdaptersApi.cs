@@ -81,7 +81,8 @@ public static class AdaptersApi
     {
         if (!request.HasFormContentType)
             return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'.", null, "unsupported_media_type");
-        var form = await request.ReadFormAsync(cancel);
+        var form = await Forms.ReadFormAsync(request, cancel);
+        if (form is null) return OpenAiErrors.BadRequest("The multipart body could not be read: it is malformed or truncated.");
         var upload = form.Files.GetFile("file");
         if (upload is null) return OpenAiErrors.BadRequest("Missing required parameter: 'file'.", "file");
         string modelId = form["model"].ToString(), suffix = form["suffix"].ToString();

@@ -81,7 +81,7 @@ public static class ChatCompletionsApi
         if (messages is null || messages.Count == 0) throw new ArgumentException("messages must be a non-empty list.", "messages");
         for (int i = 0; i < messages.Count; i++)
         {
-            var m = messages[i];
+            var m = messages[i] ?? throw new ArgumentException($"messages[{i}] must be an object.", $"messages[{i}]");
             if (m.Role is null || !Roles.Contains(m.Role))
                 throw new ArgumentException($"messages[{i}].role must be one of {string.Join(", ", Roles)}.", $"messages[{i}].role");
             if (m.Content is null) throw new ArgumentException($"messages[{i}].content must be a string.", $"messages[{i}].content");

@@ -50,6 +50,7 @@ public static class CompletionsApi
         var prepared = new List<Generation.Prepared>();
         for (int i = 0; i < inputs.Count; i++)
         {
+            if (inputs[i] is null) return OpenAiErrors.BadRequest($"inputs[{i}] must be a completion request object.", $"inputs[{i}]");
             if (inputs[i].Stream == true) return OpenAiErrors.BadRequest("stream is not supported in a batch.", $"inputs[{i}].stream");
             var (ready, error) = await Generation.PrepareAsync(inputs[i], () => new ByteTokenizer().EncodeCompletionPrompt(PromptText(inputs[i].Prompt)),
                 defaultMaxTokens: 16, db, blobs, cancel);
@@ -57,10 +58,15 @@ public static class CompletionsApi
             prepared.Add(ready);
         }
         var started = new List<IAsyncEnumerable<GenerationChunk>>();
+        using var all = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         foreach (var ready in prepared)
         {
-            var (chunks, busy) = await Generation.StartAsync(engine, ready.Request, response, cancel);
-            if (chunks is null) return busy!;   // the ones already started finish on their own; their answers are dropped
+            var (chunks, busy) = await Generation.StartAsync(engine, ready.Request, response, all.Token);
+            if (chunks is null)
+            {
+                all.Cancel();   // the inputs already started stop at their next token
+                return busy!;
+            }
             started.Add(chunks);
         }
         var results = await Task.WhenAll(started.Select(Generation.CollectAsync));

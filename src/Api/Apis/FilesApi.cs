@@ -48,7 +48,8 @@ public static class FilesApi
         if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size) size.MaxRequestBodySize = max;
         if (!request.HasFormContentType)
             return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the file as multipart/form-data with fields 'file' and 'purpose'.", null, "unsupported_media_type");
-        var form = await request.ReadFormAsync(cancel);
+        var form = await Forms.ReadFormAsync(request, cancel);
+        if (form is null) return OpenAiErrors.BadRequest("The multipart body could not be read: it is malformed or truncated.");
         var purpose = form["purpose"].ToString();
         if (purpose.Length == 0) return OpenAiErrors.BadRequest("Missing required parameter: 'purpose'.", "purpose");
         if (purpose != "fine-tune")

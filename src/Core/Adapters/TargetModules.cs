@@ -25,7 +25,7 @@ public static class TargetModules
         Func<string, bool> match = targets switch
         {
             ["all-linear"] => path => path != "lm_head",
-            [var pattern] when !IsPlainName(pattern) => path => Regex.IsMatch(path, $"^(?:{pattern})$"),
+            [var pattern] when !IsPlainName(pattern) => path => MatchesRegex(path, pattern),
             _ => path => targets.Any(t => path == t || path.EndsWith("." + t, StringComparison.Ordinal)),
         };
         var found = all.Where(match).ToList();
@@ -34,6 +34,14 @@ public static class TargetModules
                 $"target_modules [{string.Join(", ", targets)}] match no layer of the model; its linear layers are named " +
                 string.Join(", ", all.Select(p => p.Split('.')[^1]).Distinct()));
         return found;
+    }
+
+    /// <summary>A user's regex, with a time limit so a pathological pattern cannot hold a thread.</summary>
+    static bool MatchesRegex(string path, string pattern)
+    {
+        try { return Regex.IsMatch(path, $"^(?:{pattern})$", RegexOptions.None, TimeSpan.FromMilliseconds(100)); }
+        catch (RegexMatchTimeoutException) { throw new ArgumentException($"target_modules regex '{pattern}' takes too long to match"); }
+        catch (RegexParseException e) { throw new ArgumentException($"target_modules regex '{pattern}' is not valid: {e.Message}"); }
     }
 
     public static bool IsPlainName(string target) => Regex.IsMatch(target, @"^[A-Za-z0-9_.]+$");

@@ -76,6 +76,7 @@ public sealed class InferenceEngine : IDisposable
     readonly InferenceOptions options;
     readonly Thread thread;
     int queued;
+    volatile bool stopping;
 
     public AdapterCache Adapters { get; }
     public long GeneratedTokens => Interlocked.Read(ref generatedTokens);
@@ -110,11 +111,16 @@ public sealed class InferenceEngine : IDisposable
         {
             var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
                 () => LoraAdapter.Load(request.AdapterFolder!, LlamaForCausalLM.LinearShapes(LlamaConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile)))).Weights);
-            incoming.Writer.TryWrite(new Sequence
+            var sequence = new Sequence
             {
                 Request = request, Output = output.Writer, Cancel = cancel, Adapter = adapter, Stops = new StopSequences(request.Options.Stop),
                 Generator = request.Options.Seed is { } seed ? new Generator((ulong)seed) : null,
-            });
+            };
+            if (!incoming.Writer.TryWrite(sequence))
+            {
+                Finish(sequence, null);
+                throw new ObjectDisposedException(nameof(InferenceEngine), "The inference engine is shutting down.");
+            }
         }
         catch
         {
@@ -137,10 +143,10 @@ public sealed class InferenceEngine : IDisposable
     void Loop()
     {
         using var noGrad = no_grad();
-        while (true)
+        while (!stopping)
         {
             bool idle = batches.Values.All(b => b.Rows.Count == 0 && b.Waiting.Count == 0);
-            if (idle && !incoming.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) return;
+            if (idle && !incoming.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;
             while (incoming.Reader.TryRead(out var sequence)) Enqueue(sequence);
             foreach (var batch in batches.Values)
             {
@@ -162,10 +168,13 @@ public sealed class InferenceEngine : IDisposable
             }
             if (request.Prompt.Count >= batch.Model.Config.MaxPositionEmbeddings)
                 throw new ArgumentException($"the prompt has {request.Prompt.Count} tokens; this model's context is {batch.Model.Config.MaxPositionEmbeddings}");
+            if (request.Prompt.Any(t => (uint)t >= (uint)batch.Model.Config.VocabSize))
+                throw new ArgumentException($"the prompt holds token ids outside this model's vocabulary of {batch.Model.Config.VocabSize}");
             batch.Waiting.Enqueue(sequence);
         }
         catch (Exception e)
         {
+            Interlocked.Decrement(ref queued);
             Finish(sequence, e);
         }
     }
@@ -203,6 +212,7 @@ public sealed class InferenceEngine : IDisposable
             catch (Exception e)
             {
                 if (batch.Rows.LastOrDefault() == sequence) Remove(batch, batch.Rows.Count - 1);
+                batch.ClearAdapters();   // the prefill's own RowLora is disposed; no layer may keep pointing at it
                 Finish(sequence, e);
             }
         }
@@ -231,8 +241,15 @@ public sealed class InferenceEngine : IDisposable
             for (int i = 0; i < rows.Count; i++)
             {
                 rows[i].Length++;
-                if (rows[i].Cancel.IsCancellationRequested) Finish(rows[i], new OperationCanceledException(rows[i].Cancel));
-                else if (!Emit(batch, rows[i], Sampler.Next(logits[i, 0], rows[i].Request.Options, rows[i].Generator))) continue;
+                try
+                {
+                    if (rows[i].Cancel.IsCancellationRequested) Finish(rows[i], new OperationCanceledException(rows[i].Cancel));
+                    else if (!Emit(batch, rows[i], Sampler.Next(logits[i, 0], rows[i].Request.Options, rows[i].Generator))) continue;
+                }
+                catch (Exception e)
+                {
+                    Finish(rows[i], e);   // one row's failure (say, its sampling) is not its batchmates'
+                }
                 done.Add(i);
             }
         }
@@ -330,10 +347,18 @@ public sealed class InferenceEngine : IDisposable
         return new string(chars);
     }
 
+    /// <summary>Stops at the next token boundary, failing what is still running or waiting; then frees the models.</summary>
     public void Dispose()
     {
+        stopping = true;
         incoming.Writer.TryComplete();
-        thread.Join(TimeSpan.FromSeconds(10));
-        foreach (var b in batches.Values) b.Dispose();
+        thread.Join();
+        var shutdown = new ObjectDisposedException(nameof(InferenceEngine), "The inference engine shut down.");
+        while (incoming.Reader.TryRead(out var left)) Finish(left, shutdown);
+        foreach (var b in batches.Values)
+        {
+            foreach (var s in b.Rows.Concat(b.Waiting)) Finish(s, shutdown);
+            b.Dispose();
+        }
     }
 }

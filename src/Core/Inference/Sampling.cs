@@ -11,7 +11,9 @@ public static class Sampler
     public static int Next(Tensor logits, SamplingOptions options, Generator? generator)
     {
         if (options.Temperature <= 0) return (int)logits.argmax().item<long>();
-        var probs = nn.functional.softmax(logits.to_type(ScalarType.Float32) / options.Temperature, 0);
+        // In float64 with the maximum subtracted, so even a tiny temperature stays finite (the top token gets all the mass).
+        var l = logits.to_type(ScalarType.Float64);
+        var probs = nn.functional.softmax((l - l.max()) / options.Temperature, 0);
         if (options.TopP < 1)
         {
             var (sorted, indices) = probs.sort(descending: true);

@@ -115,11 +115,13 @@ public sealed class InferenceEngineTests : IDisposable
     [Fact]
     public async Task AFullQueueIsRefusedAtOnce()
     {
-        using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 1, MaxQueued = 2 });
-        var running = Enumerable.Range(0, 2).Select(i => engine.StartAsync(Request(null, i, maxTokens: 60))).ToList();
-        await Task.WhenAll(running);
+        using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 1, MaxQueued = 1 });
+        var first = (await engine.StartAsync(Request(null, 0, maxTokens: 60))).GetAsyncEnumerator();
+        Assert.True(await first.MoveNextAsync());                                     // running: it holds the only batch place
+        var second = await engine.StartAsync(Request(null, 1, maxTokens: 5));        // waits: the one queue place
         await Assert.ThrowsAsync<EngineBusyException>(() => engine.StartAsync(Request(null, 5)));
-        foreach (var r in running) await foreach (var _ in await r) { }
+        while (await first.MoveNextAsync()) { }
+        await foreach (var _ in second) { }
         await RunAsync(engine, Request(null, 6));   // room again once they finished
     }
 
@@ -142,5 +144,22 @@ public sealed class InferenceEngineTests : IDisposable
         long hits = engine.Adapters.Hits;
         await RunAsync(engine, Request(0, 2));
         Assert.Equal(hits + 1, engine.Adapters.Hits);
+    }
+
+    [Fact]
+    public async Task ARequestThatFailsNeitherLeaksItsQueuePlaceNorHurtsItsBatchmates()
+    {
+        using var engine = new InferenceEngine(new InferenceOptions { MaxQueued = 2 });
+        var missingBase = Request(null, 1) with { BaseModel = "missing", BaseFolder = Path.Combine(root.FullName, "missing") };
+        for (int i = 0; i < 3; i++)   // more failures than queue places: each must give its place back
+            await Assert.ThrowsAnyAsync<Exception>(() => RunAsync(engine, missingBase));
+
+        var alone = await RunAsync(engine, Request(0, 2, maxTokens: 20));
+        var running = RunAsync(engine, Request(0, 2, maxTokens: 20));
+        var badToken = Request(1, 3) with { Prompt = [1, 2, 99999] };
+        await Assert.ThrowsAsync<ArgumentException>(() => RunAsync(engine, badToken));
+        var tiny = await RunAsync(engine, Request(2, 4, temperature: 1e-300, seed: 1));   // float64 softmax: finite, greedy-like
+        Assert.Equal((await RunAsync(engine, Request(2, 4))).Text, tiny.Text);
+        Assert.Equal(alone.Text, (await running).Text);
     }
 }

@@ -25,7 +25,7 @@ public sealed class ScaleOutTests
     }
 
     [Fact]
-    public async Task WorkersTrainForTheApiAndAJobWhoseWorkerDiesFinishesOnTheOther()
+    public async Task TwoWorkersTrainTheApisJobsAndAJobWhoseWorkerDiesFinishesOnTheOther()
     {
         var database = await NewDatabaseAsync();
         var shared = Directory.CreateTempSubdirectory("adapter-service-scaleout-");
@@ -37,58 +37,97 @@ public sealed class ScaleOutTests
         try
         {
             await using var api = await ServiceProcess.StartAsync(shared.FullName, [.. common, ("Service__Role", "api")]);
-            var workers = new List<ServiceProcess>();
-            for (int i = 0; i < 2; i++) workers.Add(await ServiceProcess.StartWorkerAsync(shared.FullName, common));
-            try
-            {
-                await using var hub = new HubConnectionBuilder().WithUrl(new Uri(api.Http.BaseAddress!, "hubs/jobs")).Build();
-                var progress = new List<ProgressMessage>();
-                var finished = new TaskCompletionSource<StatusMessage>(TaskCreationOptions.RunContinuationsAsynchronously);
-                hub.On<ProgressMessage>("progress", m => { lock (progress) progress.Add(m); });
-                hub.On<StatusMessage>("status", m => { if (m.Status is "succeeded" or "failed" or "cancelled") finished.TrySetResult(m); });
-                await hub.StartAsync();
+            await using var hub = new HubConnectionBuilder().WithUrl(new Uri(api.Http.BaseAddress!, "hubs/jobs")).Build();
+            var progress = new List<ProgressMessage>();
+            var finished = new Dictionary<string, StatusMessage>();
+            hub.On<ProgressMessage>("progress", m => { lock (progress) progress.Add(m); });
+            hub.On<StatusMessage>("status", m => { if (m.Status is "succeeded" or "failed" or "cancelled") lock (finished) finished[m.JobId] = m; });
+            await hub.StartAsync();
 
-                var fileId = await Api.UploadFileAsync(api.Http, Enumerable.Repeat(Api.ChatLine("Which port?", "Rotterdam."), 10));
+            // Six short jobs and a long one, queued (and subscribed to) before any worker is up, so every step is seen live.
+            var fileId = await Api.UploadFileAsync(api.Http, Enumerable.Repeat(Api.ChatLine("Which port?", "Rotterdam."), 10));
+            async Task<string> Create(int epochs, int batch)
+            {
                 var job = await Api.CreateJobAsync(api.Http, new
                 {
-                    model = "tiny-llama-demo", training_file = fileId, seed = 5, hyperparameters = new { n_epochs = 25, batch_size = 1 },
+                    model = "tiny-llama-demo", training_file = fileId, seed = 5, hyperparameters = new { n_epochs = epochs, batch_size = batch },
                 });
-                var jobId = (string)job["id"]!;
-                await hub.InvokeAsync("SubscribeToJob", jobId);
+                await hub.InvokeAsync("SubscribeToJob", (string)job["id"]!);
+                return (string)job["id"]!;
+            }
+            var small = new List<string>();
+            for (int i = 0; i < 6; i++) small.Add(await Create(3, 2));
+            var longJob = await Create(25, 1);
+            var steps = small.ToDictionary(id => id, _ => 15);
+            steps[longJob] = 250;
 
-                // Wait until a worker is well into the job, then kill that worker (SIGKILL: no chance to save or hand over).
-                var deadline = DateTime.UtcNow.AddMinutes(2);
-                while (ProgressCount() < 30 && DateTime.UtcNow < deadline) await Task.Delay(50);
-                int owner = await LeaseOwnerPidAsync(database, jobId);
-                var victim = workers.Single(w => w.ProcessId == owner);
-                await victim.KillAsync();
-                int beforeKill = ProgressCount();
+            var workers = new List<ServiceProcess>();
+            try
+            {
+                for (int i = 0; i < 2; i++) workers.Add(await ServiceProcess.StartWorkerAsync(shared.FullName, common));
 
-                var status = await finished.Task.WaitAsync(TimeSpan.FromMinutes(3));
-                Assert.Equal("succeeded", status.Status);
-                Assert.NotEqual(owner, await LeaseOwnerPidAsync(database, jobId));   // the other worker finished it
+                // When the long job is well under way, kill its worker (SIGKILL: no chance to save or hand over).
+                var deadline = DateTime.UtcNow.AddMinutes(3);
+                while (Seen(longJob).Count < 30 && DateTime.UtcNow < deadline) await Task.Delay(50);
+                int owner = await LeaseOwnerPidAsync(database, longJob);
+                await workers.Single(w => w.ProcessId == owner).KillAsync();
 
-                var events = (await Api.JsonAsync(await api.Http.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000")))["data"]!.AsArray();
-                var steps = events.Where(e => (string?)e!["type"] == "metrics").Select(e => (int)e!["data"]!["step"]!).Reverse();
-                Assert.Equal(Enumerable.Range(1, 250), steps);   // every step reported once, across two workers
-                Assert.Contains(events, e => ((string)e!["message"]!).StartsWith("Fine-tuning job resumed from step", StringComparison.Ordinal));
-                List<ProgressMessage> seen;
-                lock (progress) seen = progress.ToList();
-                Assert.True(seen.Count > beforeKill, "progress from the second worker reached the API's SignalR clients");
-                Assert.Equal(250, seen[^1].Step);
-                Assert.Equal("Rotterdam.", await Api.ChatAsync(api.Http, status.FineTunedModel!, "Which port?"));
+                while (DateTime.UtcNow < deadline.AddMinutes(2) && Finished() < steps.Count) await Task.Delay(100);
+                lock (finished) Assert.All(steps.Keys, id => Assert.Equal("succeeded", finished.GetValueOrDefault(id)?.Status));
 
-                int ProgressCount() { lock (progress) return progress.Count; }
+                var owners = new HashSet<int>();
+                foreach (var id in small) owners.Add(await LeaseOwnerPidAsync(database, id));
+                Assert.Equal(workers.Select(w => w.ProcessId).ToHashSet(), owners);                 // both workers trained jobs
+                Assert.NotEqual(owner, await LeaseOwnerPidAsync(database, longJob));               // the survivor finished the long one
+                foreach (var (id, total) in steps)
+                {
+                    Assert.Equal(Enumerable.Range(1, total), Seen(id));                            // every progress event, live, once
+                    var events = (await Api.JsonAsync(await api.Http.GetAsync($"/v1/fine_tuning/jobs/{id}/events?limit=1000")))["data"]!.AsArray();
+                    Assert.Equal(Enumerable.Range(1, total), events.Where(e => (string?)e!["type"] == "metrics").Select(e => (int)e!["data"]!["step"]!).Reverse());
+                }
+                var longEvents = (await Api.JsonAsync(await api.Http.GetAsync($"/v1/fine_tuning/jobs/{longJob}/events?limit=1000")))["data"]!.AsArray();
+                Assert.Contains(longEvents, e => ((string)e!["message"]!).StartsWith("Fine-tuning job resumed from step", StringComparison.Ordinal));
+                var model = (string)(await Api.JsonAsync(await api.Http.GetAsync($"/v1/fine_tuning/jobs/{longJob}")))["fine_tuned_model"]!;
+                Assert.Equal("Rotterdam.", await Api.ChatAsync(api.Http, model, "Which port?"));
             }
             finally
             {
                 foreach (var w in workers) await w.DisposeAsync();
             }
+
+            List<int> Seen(string id) { lock (progress) return progress.Where(p => p.JobId == id).Select(p => p.Step).ToList(); }
+            int Finished() { lock (finished) return finished.Count; }
         }
         finally
         {
             shared.Delete(recursive: true);
         }
+    }
+
+    [Fact]
+    public void TheComposeFileValidatesWhereDockerComposeIsInstalled()
+    {
+        var root = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", ".."));
+        var compose = File.ReadAllText(Path.Combine(root, "docker-compose.yml"));
+        // The same entry points and settings as the processes the test above runs.
+        foreach (var expected in new[] { "docker/Dockerfile.api", "docker/Dockerfile.worker", "Database__Provider: postgres", "Service__Role: api", "replicas: 2" })
+            Assert.Contains(expected, compose);
+        System.Diagnostics.Process? version;
+        try
+        {
+            version = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("docker", ["compose", "version"])
+                { RedirectStandardOutput = true, RedirectStandardError = true });
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return;   // no docker at all: the checks above stand
+        }
+        using (version) version?.WaitForExit();
+        if (version is not { ExitCode: 0 }) return;   // no compose plugin on this machine: the checks above stand
+        using var config = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("docker", ["compose", "config", "--quiet"])
+            { WorkingDirectory = root, RedirectStandardError = true })!;
+        config.WaitForExit();
+        Assert.Equal(0, config.ExitCode);
     }
 
     static async Task<int> LeaseOwnerPidAsync(string database, string jobId)

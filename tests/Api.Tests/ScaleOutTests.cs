@@ -122,8 +122,11 @@ public sealed class ScaleOutTests
         {
             return;   // no docker at all: the checks above stand
         }
-        using (version) version?.WaitForExit();
-        if (version is not { ExitCode: 0 }) return;   // no compose plugin on this machine: the checks above stand
+        using (version)
+        {
+            version?.WaitForExit();
+            if (version is not { ExitCode: 0 }) return;   // no compose plugin on this machine: the checks above stand
+        }
         using var config = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("docker", ["compose", "config", "--quiet"])
             { WorkingDirectory = root, RedirectStandardError = true })!;
         config.WaitForExit();

@@ -45,22 +45,7 @@ static class Measure
         ? new LlamaConfig { VocabSize = ByteTokenizer.VocabSize, HiddenSize = 256, IntermediateSize = 704, NumHiddenLayers = 4, NumAttentionHeads = 4, MaxPositionEmbeddings = 256, EosTokenId = ByteTokenizer.End }
         : new LlamaConfig { VocabSize = ByteTokenizer.VocabSize, HiddenSize = 768, IntermediateSize = 2048, NumHiddenLayers = 12, NumAttentionHeads = 12, MaxPositionEmbeddings = 256, EosTokenId = ByteTokenizer.End };
 
-    public static LlamaForCausalLM RandomModel(LlamaConfig config, long seed = 1)
-    {
-        var model = new LlamaForCausalLM(config);
-        using var g = new Generator((ulong)seed);
-        using (no_grad())
-        using (NewDisposeScope())
-            foreach (var (name, p) in model.named_parameters())
-            {
-                if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1);
-                else if (name == "model.embed_tokens.weight") p.normal_(0, 1, g);
-                else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), g);
-            }
-        foreach (var p in model.parameters()) p.requires_grad = false;
-        model.eval();
-        return model;
-    }
+    public static LlamaForCausalLM RandomModel(LlamaConfig config, long seed = 1) => BuiltinModels.RandomModel(config, seed);
 
     /// <summary>A LoRA adapter with random A and B on q_proj and v_proj.</summary>
     public static LoraAdapter RandomAdapter(LlamaForCausalLM model, int rank, long seed)

@@ -25,15 +25,13 @@ public static class BuiltinModels
 
     public static IReadOnlyList<Builtin> All { get; } = [TinyDemo];
 
-    /// <summary>Writes the model's folder if it is not there yet (deterministic: the same seed gives the same bytes).</summary>
-    public static void EnsureCreated(Builtin builtin, string folder)
+    /// <summary>A frozen model with random weights drawn from <paramref name="seed"/>: the same seed gives the same weights.</summary>
+    public static LlamaForCausalLM RandomModel(LlamaConfig config, long seed)
     {
-        if (File.Exists(Path.Combine(folder, ModelFolder.WeightsFile))) return;
-        using var scope = NewDisposeScope();
-        var generator = new Generator().manual_seed(builtin.Seed);
-        var config = builtin.Config;
-        using var model = new LlamaForCausalLM(config);
+        var model = new LlamaForCausalLM(config);
+        using var generator = new Generator().manual_seed(seed);
         using (no_grad())
+        using (NewDisposeScope())
             foreach (var (name, p) in model.named_parameters())
             {
                 if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1);
@@ -41,6 +39,17 @@ public static class BuiltinModels
                 // Unit-variance activations through each linear layer; this keeps logits of a random model O(1).
                 else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), generator);
             }
+        foreach (var p in model.parameters()) p.requires_grad = false;
+        model.eval();
+        return model;
+    }
+
+    /// <summary>Writes the model's folder if it is not there yet (deterministic: the same seed gives the same bytes).</summary>
+    public static void EnsureCreated(Builtin builtin, string folder)
+    {
+        if (File.Exists(Path.Combine(folder, ModelFolder.WeightsFile))) return;
+        using var scope = NewDisposeScope();
+        using var model = RandomModel(builtin.Config, builtin.Seed);
         // Write to a temporary folder and rename, so a crash never leaves a half-written base model behind.
         string temp = folder + ".tmp-" + Guid.NewGuid().ToString("N");
         ModelFolder.Save(model, temp);

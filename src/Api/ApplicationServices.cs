@@ -53,7 +53,7 @@ public static class ApplicationServices
         using (var scope = app.Services.CreateScope())
         {
             var db = scope.ServiceProvider.GetRequiredService<ServiceDbContext>();
-            ServiceStorage.Initialize(db, scope.ServiceProvider.GetRequiredService<BlobStore>());
+            ServiceStorage.Initialize(db, scope.ServiceProvider.GetRequiredService<IBlobStore>());
             // With in-memory Hangfire the queue died with the last process; a persistent queue still holds its jobs.
             if (ServiceStorage.Provider(app.Configuration) == "sqlite")
                 RequeueUnfinishedJobs(db, scope.ServiceProvider.GetRequiredService<IBackgroundJobClient>());

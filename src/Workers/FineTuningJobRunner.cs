@@ -40,7 +40,7 @@ sealed class EarlyStopping(int? patience)
 /// or paused job is a no-op, and an interrupted one (crash, shutdown, pause) continues from its last saved state.
 /// </summary>
 public sealed class FineTuningJobRunner(
-    ServiceDbContext db, BlobStore blobs, IBackgroundJobClient queue, IOptions<TrainingOptions> options, ILogger<FineTuningJobRunner> log)
+    ServiceDbContext db, IBlobStore blobs, IBackgroundJobClient queue, IOptions<TrainingOptions> options, ILogger<FineTuningJobRunner> log)
 {
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
     public const double BaseLearningRate = 4e-3;
@@ -149,13 +149,13 @@ public sealed class FineTuningJobRunner(
         var adapterId = "adapter-" + Ids.New();
         var temp = blobs.NewTempFolder();
         adapter.Save(temp);
-        var blobPath = BlobStore.AdapterPath(adapterId);
+        var blobPath = BlobPaths.AdapterPath(adapterId);
         blobs.CommitFolder(temp, blobPath);
         var row = new Adapter
         {
             Id = adapterId, Name = FineTunedModelName(job), BaseModel = job.Model, Method = job.AdapterType,
             Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
-            BlobPath = blobPath, JobId = job.Id, CreatedAt = Now(),
+            BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, CreatedAt = Now(),
         };
         return (row, result);
     }
@@ -181,7 +181,7 @@ public sealed class FineTuningJobRunner(
     {
         var state = SaveState(job.Id, trainer);
         if (db.Checkpoints.Any(c => c.JobId == job.Id && c.StepNumber == p.Step)) return;   // saved before a crash already
-        var blobPath = BlobStore.CheckpointPath(job.Id, p.Step);
+        var blobPath = BlobPaths.CheckpointPath(job.Id, p.Step);
         if (!Directory.Exists(blobs.Resolve(blobPath)))   // a crash may have come between the folder and its row
         {
             var temp = blobs.NewTempFolder();
@@ -207,7 +207,7 @@ public sealed class FineTuningJobRunner(
     /// <summary>Writes the trainer's state as <c>state/step-N</c> (atomically) and keeps only the newest two.</summary>
     string SaveState(string jobId, LoraTrainer trainer)
     {
-        var root = blobs.Resolve(BlobStore.TrainerStatePath(jobId));
+        var root = blobs.Resolve(BlobPaths.TrainerStatePath(jobId));
         var folder = Path.Combine(root, $"step-{trainer.Step}");
         if (Directory.Exists(folder)) return folder;
         var temp = blobs.NewTempFolder();
@@ -220,7 +220,7 @@ public sealed class FineTuningJobRunner(
 
     string? LatestState(string jobId)
     {
-        var root = blobs.Resolve(BlobStore.TrainerStatePath(jobId));
+        var root = blobs.Resolve(BlobPaths.TrainerStatePath(jobId));
         return Directory.Exists(root) ? StateFolders(root).FirstOrDefault().Path : null;
     }
 
@@ -255,7 +255,7 @@ public sealed class FineTuningJobRunner(
             transaction.Commit();
         }
         db.ChangeTracker.Clear();
-        blobs.Delete(BlobStore.TrainerStatePath(job.Id));
+        blobs.Delete(BlobPaths.TrainerStatePath(job.Id));
         AddEvent(job.Id, $"New fine-tuned model created: {adapter.Name}");
         AddEvent(job.Id, "The job has successfully completed", data: JobEventData.ForStatus(JobStatus.Succeeded, adapter.Name));
     }

@@ -22,7 +22,7 @@ builder.Services.AddServiceStorage(builder.Configuration).AddJobQueue(builder.Co
 builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
 var host = builder.Build();
 using (var scope = host.Services.CreateScope())
-    ServiceStorage.Initialize(scope.ServiceProvider.GetRequiredService<ServiceDbContext>(), scope.ServiceProvider.GetRequiredService<BlobStore>());
+    ServiceStorage.Initialize(scope.ServiceProvider.GetRequiredService<ServiceDbContext>(), scope.ServiceProvider.GetRequiredService<IBlobStore>());
 host.Services.GetRequiredService<ILogger<Program>>().LogInformation("Worker ready: {Name}", $"{Environment.MachineName}:{Environment.ProcessId}");
 host.Run();
 return 0;

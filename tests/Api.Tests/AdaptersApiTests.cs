@@ -34,6 +34,7 @@ public sealed class AdaptersApiTests(ServiceFactory factory)
         Assert.Equal("lora", (string?)adapter["method"]);
         Assert.Equal("tiny-llama-demo", (string?)adapter["base_model"]);
         Assert.True((long)adapter["parameter_count"]! > 0 && (long)adapter["size_bytes"]! > 0);
+        Assert.Matches("^[0-9a-f]{64}$", (string)adapter["sha256"]!);
         var id = (string)adapter["id"]!;
 
         var zip = await client.GetByteArrayAsync($"/v1/adapters/{id}/export");
@@ -44,6 +45,7 @@ public sealed class AdaptersApiTests(ServiceFactory factory)
         var importedModel = (string)imported["model"]!;
         Assert.StartsWith("ft:tiny-llama-demo:imported:adapter-", importedModel);
         Assert.Equal((long)adapter["parameter_count"]!, (long)imported["parameter_count"]!);
+        Assert.Equal((string?)adapter["sha256"], (string?)imported["sha256"]);   // the same files, byte for byte
         Assert.Equal("Teal", await Api.ChatAsync(client, importedModel, "Favourite colour?"));
 
         var deleted = await Api.JsonAsync(await client.DeleteAsync($"/v1/models/{model}"));

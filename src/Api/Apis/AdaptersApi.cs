@@ -13,7 +13,7 @@ namespace AdapterService.Api.Apis;
 
 /// <summary>A stored adapter: the model name it is served as, what it was trained from, its size.</summary>
 public sealed record StoredAdapterDto(
-    string Id, string Object, string Model, string BaseModel, string Method, long ParameterCount, long SizeBytes,
+    string Id, string Object, string Model, string BaseModel, string Method, long ParameterCount, long SizeBytes, string Sha256,
     string? FineTuningJob, long CreatedAt, JsonElement Config);
 
 public static class AdaptersApi
@@ -33,7 +33,7 @@ public static class AdaptersApi
     }
 
     public static StoredAdapterDto ToDto(this Adapter a) => new(a.Id, "adapter", a.Name, a.BaseModel, a.Method, a.ParameterCount, a.SizeBytes,
-        a.JobId, a.CreatedAt, JsonDocument.Parse(a.Config).RootElement);
+        a.Sha256, a.JobId, a.CreatedAt, JsonDocument.Parse(a.Config).RootElement);
 
     static async Task<Ok<ListResponse<StoredAdapterDto>>> ListAdapters(ServiceDbContext db, CancellationToken cancel)
     {
@@ -47,7 +47,7 @@ public static class AdaptersApi
             : OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
 
     static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteAdapter(
-        string adapterId, ServiceDbContext db, BlobStore blobs, InferenceEngine engine, CancellationToken cancel)
+        string adapterId, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, CancellationToken cancel)
     {
         var adapter = await db.Adapters.SingleOrDefaultAsync(a => a.Id == adapterId, cancel);
         if (adapter is null) return OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
@@ -56,7 +56,7 @@ public static class AdaptersApi
     }
 
     /// <summary>Removes the row first, then the cached weights and the files, so the name never serves half-deleted weights.</summary>
-    public static async Task DeleteAsync(Adapter adapter, ServiceDbContext db, BlobStore blobs, InferenceEngine engine, CancellationToken cancel)
+    public static async Task DeleteAsync(Adapter adapter, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, CancellationToken cancel)
     {
         db.Adapters.Remove(adapter);
         await db.SaveChangesAsync(cancel);
@@ -65,7 +65,7 @@ public static class AdaptersApi
     }
 
     static async Task<Results<FileContentHttpResult, JsonHttpResult<ErrorResponse>>> ExportAdapter(
-        string adapterId, ServiceDbContext db, BlobStore blobs, CancellationToken cancel)
+        string adapterId, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
         var adapter = await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Id == adapterId, cancel);
         if (adapter is null) return OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
@@ -77,7 +77,7 @@ public static class AdaptersApi
     }
 
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> ImportAdapter(
-        HttpRequest request, ServiceDbContext db, BlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
+        HttpRequest request, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
     {
         if (!request.HasFormContentType)
             return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'.", null, "unsupported_media_type");
@@ -108,13 +108,13 @@ public static class AdaptersApi
                 (config, var weights) = LoraAdapter.Load(temp, model);
                 parameters = weights.Values.Sum(w => w.A.numel() + w.B.numel());
             }
-            var blobPath = BlobStore.AdapterPath(adapterId);
+            var blobPath = BlobPaths.AdapterPath(adapterId);
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
             {
                 Id = adapterId, Name = $"ft:{baseModel.Id}:{suffix}:{adapterId}", BaseModel = baseModel.Id, Method = "lora",
                 Config = JsonSerializer.Serialize(config), ParameterCount = parameters, SizeBytes = blobs.SizeOf(blobPath),
-                BlobPath = blobPath, CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+                BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             };
             db.Adapters.Add(adapter);
             await db.SaveChangesAsync(cancel);

@@ -48,7 +48,7 @@ public static class ChatCompletionsApi
     }
 
     static async Task<Results<Ok<ChatCompletionResponse>, ServerSentEventsResult<string>, JsonHttpResult<ErrorResponse>>> CreateChatCompletion(
-        ChatCompletionRequest request, ServiceDbContext db, BlobStore blobs, InferenceEngine engine,
+        ChatCompletionRequest request, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine,
         IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, HttpResponse response, CancellationToken cancel)
     {
         var (ready, error) = await Generation.PrepareAsync(request, () => new ByteTokenizer().EncodeChatPrompt(Messages(request.Messages)),

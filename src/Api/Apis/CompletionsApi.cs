@@ -44,7 +44,7 @@ public static class CompletionsApi
     }
 
     static async Task<Results<Ok<ListResponse<CompletionResponse>>, JsonHttpResult<ErrorResponse>>> CreateBatch(
-        BatchCompletionRequest request, ServiceDbContext db, BlobStore blobs, InferenceEngine engine, HttpResponse response, CancellationToken cancel)
+        BatchCompletionRequest request, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, HttpResponse response, CancellationToken cancel)
     {
         if (request.Inputs is not { Count: > 0 and <= 256 } inputs) return OpenAiErrors.BadRequest("inputs must hold 1 to 256 completion requests.", "inputs");
         var prepared = new List<Generation.Prepared>();
@@ -76,7 +76,7 @@ public static class CompletionsApi
     }
 
     static async Task<Results<Ok<CompletionResponse>, ServerSentEventsResult<string>, JsonHttpResult<ErrorResponse>>> CreateCompletion(
-        CompletionRequest request, ServiceDbContext db, BlobStore blobs, InferenceEngine engine,
+        CompletionRequest request, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine,
         IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, HttpResponse response, CancellationToken cancel)
     {
         var (ready, error) = await Generation.PrepareAsync(request, () => new ByteTokenizer().EncodeCompletionPrompt(PromptText(request.Prompt)),

@@ -40,7 +40,7 @@ public static class FilesApi
     public static FileDto ToDto(this StoredFile f) => new(f.Id, "file", f.Bytes, f.CreatedAt, f.Filename, f.Purpose, "processed");
 
     static async Task<Results<Ok<FileDto>, JsonHttpResult<ErrorResponse>>> UploadFile(
-        HttpRequest request, ServiceDbContext db, BlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
+        HttpRequest request, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
     {
         long max = limits.Value.MaxUploadBytes;
         if (request.ContentLength > max)
@@ -69,7 +69,7 @@ public static class FilesApi
         }
 
         var id = "file-" + Ids.New();
-        var blobPath = BlobStore.FilePath(id);
+        var blobPath = BlobPaths.FilePath(id);
         long bytes;
         await using (var content = upload.OpenReadStream()) bytes = await blobs.WriteAsync(blobPath, content, cancel);
         var row = new StoredFile
@@ -105,13 +105,13 @@ public static class FilesApi
     }
 
     static async Task<Results<FileStreamHttpResult, JsonHttpResult<ErrorResponse>>> GetFileContent(
-        string fileId, ServiceDbContext db, BlobStore blobs, CancellationToken cancel) =>
+        string fileId, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel) =>
         await db.Files.AsNoTracking().SingleOrDefaultAsync(f => f.Id == fileId, cancel) is { } file
             ? TypedResults.File(blobs.OpenRead(file.BlobPath), "application/octet-stream", file.Filename)
             : OpenAiErrors.NotFound($"No such File object: {fileId}", "id");
 
     static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteFile(
-        string fileId, ServiceDbContext db, BlobStore blobs, CancellationToken cancel)
+        string fileId, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
         var file = await db.Files.SingleOrDefaultAsync(f => f.Id == fileId, cancel);
         if (file is null) return OpenAiErrors.NotFound($"No such File object: {fileId}", "id");

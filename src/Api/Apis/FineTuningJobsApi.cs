@@ -124,7 +124,7 @@ public static partial class FineTuningJobsApi
         e.Data is null ? null : JsonDocument.Parse(e.Data).RootElement);
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CreateJob(
-        CreateFineTuningJobRequest request, ServiceDbContext db, BlobStore blobs, IBackgroundJobClient queue, IOptions<FineTuningLimits> limits,
+        CreateFineTuningJobRequest request, ServiceDbContext db, IBlobStore blobs, IBackgroundJobClient queue, IOptions<FineTuningLimits> limits,
         CancellationToken cancel)
     {
         if (string.IsNullOrEmpty(request.Model)) return OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model");
@@ -181,7 +181,7 @@ public static partial class FineTuningJobsApi
 
     /// <summary>Reads and tokenizes a data file of the job, or says what is wrong with it (naming the request field).</summary>
     static async Task<(List<TokenizedExample>? Examples, JsonHttpResult<ErrorResponse>? Error)> ReadDataAsync(
-        string fileId, string param, BaseModel baseModel, ServiceDbContext db, BlobStore blobs, CancellationToken cancel)
+        string fileId, string param, BaseModel baseModel, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
         var file = await db.Files.AsNoTracking().SingleOrDefaultAsync(f => f.Id == fileId, cancel);
         if (file is null) return (null, OpenAiErrors.BadRequest($"File {fileId} does not exist.", param, "file_not_found"));

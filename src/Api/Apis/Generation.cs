@@ -29,7 +29,7 @@ public static class Generation
 
     /// <summary>Checks the sampling fields and resolves the model; the prompt ids come from the caller.</summary>
     public static async Task<(Prepared? Ready, JsonHttpResult<ErrorResponse>? Error)> PrepareAsync(
-        ISamplingRequest request, Func<List<int>> prompt, int? defaultMaxTokens, ServiceDbContext db, BlobStore blobs, CancellationToken cancel)
+        ISamplingRequest request, Func<List<int>> prompt, int? defaultMaxTokens, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
         if (string.IsNullOrEmpty(request.Model)) return (null, OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model"));
         var model = await ModelResolver.ResolveAsync(db, request.Model, cancel);

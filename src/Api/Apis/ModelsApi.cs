@@ -31,7 +31,7 @@ public static class ModelsApi
     }
 
     static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteModel(
-        string model, ServiceDbContext db, BlobStore blobs, InferenceEngine engine, CancellationToken cancel)
+        string model, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, CancellationToken cancel)
     {
         var adapter = await db.Adapters.SingleOrDefaultAsync(a => a.Name == model, cancel);
         if (adapter is not null)

@@ -23,7 +23,7 @@ public static class OperationsApi
         return app;
     }
 
-    static async Task<Results<Ok<ReadinessDto>, JsonHttpResult<ReadinessDto>>> Ready(ServiceDbContext db, BlobStore blobs, JobStorage queue, CancellationToken cancel)
+    static async Task<Results<Ok<ReadinessDto>, JsonHttpResult<ReadinessDto>>> Ready(ServiceDbContext db, IBlobStore blobs, JobStorage queue, CancellationToken cancel)
     {
         var checks = new Dictionary<string, string>
         {

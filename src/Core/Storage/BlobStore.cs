@@ -1,20 +1,46 @@
+using System.Security.Cryptography;
+
 namespace AdapterService.Core.Storage;
 
 /// <summary>
-/// Files, base models and adapters on disk under one root. Paths are made from ids by the service, never from
-/// names users send, and every write lands under a temporary name first and is renamed into place.
+/// Where files, base models and adapters live. Every write lands complete or not at all, so no process (of many,
+/// in scale-out) ever reads half a blob. <see cref="FolderBlobStore"/> keeps them in a folder (a shared volume when
+/// scaled out); an object store would implement the same contract with a local cache behind <see cref="Resolve"/>.
 /// </summary>
-public sealed class BlobStore(string root)
+public interface IBlobStore
 {
-    public string Root { get; } = Path.GetFullPath(root);
+    /// <summary>The local path of a blob path; refuses anything that would leave the store.</summary>
+    string Resolve(string blobPath);
+    Task<long> WriteAsync(string blobPath, Stream content, CancellationToken cancel);
+    Stream OpenRead(string blobPath);
+    /// <summary>A fresh folder for writing something that <see cref="CommitFolder"/> publishes later.</summary>
+    string NewTempFolder();
+    /// <summary>Publishes a finished folder as <paramref name="blobPath"/> in one step.</summary>
+    void CommitFolder(string tempFolder, string blobPath);
+    void Delete(string blobPath);
+    long SizeOf(string blobPath);
+    /// <summary>SHA-256 (hex) of a file, or of a folder's files by name and content.</summary>
+    string ContentHash(string blobPath);
+}
 
+/// <summary>Blob paths are made from ids by the service, never from names users send.</summary>
+public static class BlobPaths
+{
     public static string FilePath(string fileId) => $"files/{fileId}";
     public static string ModelPath(string modelId) => $"models/{modelId}";
     public static string AdapterPath(string adapterId) => $"adapters/{adapterId}";
     public static string CheckpointPath(string jobId, int step) => $"jobs/{jobId}/checkpoints/step-{step}";
     /// <summary>Where a job's trainer state lives between runs (one folder per saved step).</summary>
     public static string TrainerStatePath(string jobId) => $"jobs/{jobId}/state";
-    public static string JobPath(string jobId) => $"jobs/{jobId}";
+}
+
+/// <summary>
+/// Files, base models and adapters in a folder (a shared volume when scaled out). Every write lands under a temporary
+/// name first and is renamed into place.
+/// </summary>
+public sealed class FolderBlobStore(string root) : IBlobStore
+{
+    public string Root { get; } = Path.GetFullPath(root);
 
     /// <summary>The absolute path of a blob path; refuses anything that would leave the root.</summary>
     public string Resolve(string blobPath)
@@ -73,5 +99,18 @@ public sealed class BlobStore(string root)
         return Directory.Exists(path)
             ? new DirectoryInfo(path).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length)
             : new FileInfo(path).Length;
+    }
+
+    public string ContentHash(string blobPath)
+    {
+        var path = Resolve(blobPath);
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var files = Directory.Exists(path) ? Directory.GetFiles(path).Order(StringComparer.Ordinal).ToArray() : [path];
+        foreach (var file in files)
+        {
+            if (files.Length > 1 || Directory.Exists(path)) sha.AppendData(System.Text.Encoding.UTF8.GetBytes(Path.GetFileName(file) + "\n"));
+            sha.AppendData(File.ReadAllBytes(file));
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 }

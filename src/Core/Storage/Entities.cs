@@ -128,6 +128,8 @@ public sealed class Adapter
     public long ParameterCount { get; init; }
     public long SizeBytes { get; init; }
     public required string BlobPath { get; init; }
+    /// <summary>SHA-256 of the adapter's files, to check a copy or an export against.</summary>
+    public required string Sha256 { get; init; }
     public string? JobId { get; init; }
     public long CreatedAt { get; init; }
 }

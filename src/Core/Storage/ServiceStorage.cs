@@ -30,7 +30,7 @@ public static class ServiceStorage
             case var other:
                 throw new InvalidOperationException($"Database:Provider '{other}' is not one of sqlite, postgres");
         }
-        services.AddSingleton(new BlobStore(Path.Combine(data, "blobs")));
+        services.AddSingleton<IBlobStore>(new FolderBlobStore(Path.Combine(data, "blobs")));
         return services;
     }
 
@@ -38,14 +38,14 @@ public static class ServiceStorage
     public static string Provider(IConfiguration configuration) => configuration["Database:Provider"] ?? "sqlite";
 
     /// <summary>Applies migrations and makes sure the built-in base models exist (created on first start).</summary>
-    public static void Initialize(ServiceDbContext db, BlobStore blobs)
+    public static void Initialize(ServiceDbContext db, IBlobStore blobs)
     {
         db.Database.Migrate();
         // Write-ahead logging: readers never block the writer, and a crash never leaves a half-applied transaction.
         if (db.Database.IsSqlite()) db.Database.ExecuteSqlRaw("PRAGMA journal_mode=WAL;");
         foreach (var builtin in BuiltinModels.All)
         {
-            var blobPath = BlobStore.ModelPath(builtin.Id);
+            var blobPath = BlobPaths.ModelPath(builtin.Id);
             BuiltinModels.EnsureCreated(builtin, blobs.Resolve(blobPath));
             if (db.BaseModels.Any(m => m.Id == builtin.Id)) continue;
             var c = builtin.Config;

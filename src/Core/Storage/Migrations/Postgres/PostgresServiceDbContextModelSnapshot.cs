@@ -55,6 +55,10 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.Property<long>("ParameterCount")
                         .HasColumnType("bigint");
 
+                    b.Property<string>("Sha256")
+                        .IsRequired()
+                        .HasColumnType("text");
+
                     b.Property<long>("SizeBytes")
                         .HasColumnType("bigint");
 

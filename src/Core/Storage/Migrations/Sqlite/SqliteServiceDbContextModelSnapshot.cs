@@ -50,6 +50,10 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.Property<long>("ParameterCount")
                         .HasColumnType("INTEGER");
 
+                    b.Property<string>("Sha256")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
                     b.Property<long>("SizeBytes")
                         .HasColumnType("INTEGER");
 

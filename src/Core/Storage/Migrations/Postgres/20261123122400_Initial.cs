@@ -23,6 +23,7 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     ParameterCount = table.Column<long>(type: "bigint", nullable: false),
                     SizeBytes = table.Column<long>(type: "bigint", nullable: false),
                     BlobPath = table.Column<string>(type: "text", nullable: false),
+                    Sha256 = table.Column<string>(type: "text", nullable: false),
                     JobId = table.Column<string>(type: "text", nullable: true),
                     CreatedAt = table.Column<long>(type: "bigint", nullable: false)
                 },

@@ -11,7 +11,7 @@ using Npgsql.EntityFrameworkCore.PostgreSQL.Metadata;
 namespace AdapterService.Core.Storage.Migrations.Postgres
 {
     [DbContext(typeof(PostgresServiceDbContext))]
-    [Migration("20261123115005_Initial")]
+    [Migration("20261123122400_Initial")]
     partial class Initial
     {
         /// <inheritdoc />
@@ -57,6 +57,10 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
 
                     b.Property<long>("ParameterCount")
                         .HasColumnType("bigint");
+
+                    b.Property<string>("Sha256")
+                        .IsRequired()
+                        .HasColumnType("text");
 
                     b.Property<long>("SizeBytes")
                         .HasColumnType("bigint");

@@ -10,7 +10,7 @@ using Microsoft.EntityFrameworkCore.Storage.ValueConversion;
 namespace AdapterService.Core.Storage.Migrations.Sqlite
 {
     [DbContext(typeof(SqliteServiceDbContext))]
-    [Migration("20261123114931_Initial")]
+    [Migration("20261123122346_Initial")]
     partial class Initial
     {
         /// <inheritdoc />
@@ -52,6 +52,10 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
 
                     b.Property<long>("ParameterCount")
                         .HasColumnType("INTEGER");
+
+                    b.Property<string>("Sha256")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
 
                     b.Property<long>("SizeBytes")
                         .HasColumnType("INTEGER");

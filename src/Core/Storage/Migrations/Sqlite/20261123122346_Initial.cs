@@ -22,6 +22,7 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     ParameterCount = table.Column<long>(type: "INTEGER", nullable: false),
                     SizeBytes = table.Column<long>(type: "INTEGER", nullable: false),
                     BlobPath = table.Column<string>(type: "TEXT", nullable: false),
+                    Sha256 = table.Column<string>(type: "TEXT", nullable: false),
                     JobId = table.Column<string>(type: "TEXT", nullable: true),
                     CreatedAt = table.Column<long>(type: "INTEGER", nullable: false)
                 },

@@ -6,10 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-# libtorch (TorchSharp) needs OpenMP's runtime; the OpenAI client tests need Node.js and npm.
+# libtorch (TorchSharp) needs OpenMP's runtime; the OpenAI client tests and the dashboard (its build and its browser
+# tests) need Node.js and npm; the browser tests drive Debian's chromium.
 ldconfig -p | grep -q 'libgomp.so.1' || need_apt+=(libgomp1)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 # The scale-out tests run against a real PostgreSQL server.
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -21,6 +23,11 @@ fi
 # The official OpenAI Node client, pinned by tests/openai-client/package-lock.json.
 if [ ! -d tests/openai-client/node_modules/openai ] || [ tests/openai-client/package-lock.json -nt tests/openai-client/node_modules/.package-lock.json ]; then
   npm ci --prefix tests/openai-client --no-audit --no-fund --loglevel=error
+fi
+# playwright-core for the dashboard's browser tests, pinned by tests/dashboard/package-lock.json (it uses
+# /usr/bin/chromium and downloads no browser).
+if [ ! -d tests/dashboard/node_modules/playwright-core ] || [ tests/dashboard/package-lock.json -nt tests/dashboard/node_modules/.package-lock.json ]; then
+  npm ci --prefix tests/dashboard --no-audit --no-fund --loglevel=error
 fi
 
 # A private PostgreSQL server on loopback for this run only, stopped and removed on exit.

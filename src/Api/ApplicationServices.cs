@@ -11,6 +11,7 @@ using AdapterService.Workers;
 using Hangfire;
 using Hangfire.Dashboard;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.FileProviders;
 
 namespace AdapterService.Api;
 
@@ -62,10 +63,32 @@ public static class ApplicationServices
         app.UseSwagger();
         app.UseSwaggerUI(o => o.DocumentTitle = "Adapter fine-tuning service");
         app.UseHangfireDashboard("/hangfire", new DashboardOptions { Authorization = [new LocalRequestsOnlyAuthorizationFilter()] });
-        app.MapGet("/", () => Results.Redirect("/swagger")).ExcludeFromDescription();
+        UseDashboard(app);
         app.Lifetime.ApplicationStarted.Register(() =>
         {
-            foreach (var url in app.Urls) app.Logger.LogInformation("Adapter service ready: {Url}/swagger", url);
+            foreach (var url in app.Urls) app.Logger.LogInformation("Adapter service ready: {Url}/ (dashboard), {Url}/swagger (API)", url, url);
+        });
+    }
+
+    /// <summary>
+    /// The web dashboard at <c>/</c>: wwwroot of the content root (<c>dotnet run</c>), else the copy the build puts next to
+    /// the executable (started from any other folder). Served with <c>no-cache</c> so a rebuilt bundle is never stale.
+    /// </summary>
+    static void UseDashboard(WebApplication app)
+    {
+        var root = new[] { app.Environment.WebRootPath, Path.Combine(AppContext.BaseDirectory, "wwwroot") }
+            .FirstOrDefault(folder => !string.IsNullOrEmpty(folder) && File.Exists(Path.Combine(folder, "index.html")));
+        if (root is null)
+        {
+            app.Logger.LogWarning("The dashboard's wwwroot was not found; / will answer 404");
+            return;
+        }
+        var files = new PhysicalFileProvider(root);
+        app.UseDefaultFiles(new DefaultFilesOptions { FileProvider = files });
+        app.UseStaticFiles(new StaticFileOptions
+        {
+            FileProvider = files,
+            OnPrepareResponse = context => context.Context.Response.Headers.CacheControl = "no-cache",
         });
     }
 

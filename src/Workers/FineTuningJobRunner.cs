@@ -72,17 +72,7 @@ public sealed class FineTuningJobRunner(
         }
         catch (OperationCanceledException) when (trainer is not null)
         {
-            // Keep the progress unless cancelled: a resume, a re-queue after shutdown or a restart continues from here.
-            try
-            {
-                if (CurrentStatus(jobId) != JobStatus.Cancelled) SaveState(jobId, trainer);
-            }
-            catch (Exception e)
-            {
-                log.LogError(e, "Job {JobId}: saving its state failed", jobId);
-                Fail(jobId, "Saving the training state failed: " + e.Message);
-                return;
-            }
+            // Train saved the state already (unless cancelled); a resume, a re-queue or a restart continues from it.
             if (shutdown.IsCancellationRequested && SetStatus(jobId, JobStatus.Queued, [JobStatus.Running]))
             {
                 log.LogInformation("Job {JobId} interrupted by shutdown at step {Step}; it continues when re-queued", jobId, trainer.Step);
@@ -130,21 +120,32 @@ public sealed class FineTuningJobRunner(
                 && stopping.ShouldStop(loss.GetDouble()))
                 trainer.StopAfterThisStep();
         if (!Renew(job.Id)) throw new OperationCanceledException("another worker holds the job");   // loading may have taken a while
-        var result = trainer.Run(p =>
+        TrainingResult result;
+        try
         {
-            bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
-            var valid = epochEnd && validation is not null ? trainer.Evaluate(validation) : ((double Loss, double Accuracy)?)null;
-            if (p.Step > reported) Report(job, p, valid);
-            if (epochEnd) SaveCheckpoint(job, trainer, p, valid);
-            if (valid is { } v && stopping.ShouldStop(v.Loss))
+            result = trainer.Run(p =>
             {
-                AddEvent(job.Id, $"Early stopping at step {p.Step}: the validation loss has not improved for {job.EarlyStoppingPatience} epoch(s)");
-                trainer.StopAfterThisStep();
-            }
-            else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
-            // Cancel, pause and resume are status changes in the database, so they reach a worker in any process within a step.
-            if (CurrentStatus(job.Id) != JobStatus.Running || !Renew(job.Id)) stop.Cancel();
-        }, stop.Token);
+                bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
+                var valid = epochEnd && validation is not null ? trainer.Evaluate(validation) : ((double Loss, double Accuracy)?)null;
+                if (p.Step > reported) Report(job, p, valid);
+                if (epochEnd) SaveCheckpoint(job, trainer, p, valid);
+                else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
+                if (valid is { } v && stopping.ShouldStop(v.Loss))
+                {
+                    AddEvent(job.Id, $"Early stopping at step {p.Step}: the validation loss has not improved for {job.EarlyStoppingPatience} epoch(s)");
+                    trainer.StopAfterThisStep();
+                }
+                // Cancel, pause and resume are status changes in the database, so they reach a worker in any process within a step.
+                if (CurrentStatus(job.Id) != JobStatus.Running || !Renew(job.Id)) stop.Cancel();
+            }, stop.Token);
+        }
+        catch (OperationCanceledException) when (!leaseLost)
+        {
+            // Keep the progress while the adapter is still alive (unless cancelled): a resume, a re-queue after
+            // shutdown or a restart continues from this state.
+            if (CurrentStatus(job.Id) != JobStatus.Cancelled) SaveState(job.Id, trainer);
+            throw;
+        }
 
         var adapterId = "adapter-" + Ids.New();
         var temp = blobs.NewTempFolder();

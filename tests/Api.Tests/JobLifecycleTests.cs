@@ -39,6 +39,11 @@ public sealed class JobLifecycleTests(ServiceFactory factory)
 
         var resumed = await Api.JsonAsync(await client.PostAsync($"/v1/fine_tuning/jobs/{jobId}/resume", null));
         Assert.Equal("queued", (string?)resumed["status"]);
+        // A quick pause and resume again, while the job is in the middle of a step.
+        await Api.WaitForJobAsync(client, jobId, s => s == "running");
+        await client.PostAsync($"/v1/fine_tuning/jobs/{jobId}/pause", null);
+        await Task.Delay(300);
+        Assert.Equal("queued", (string?)(await Api.JsonAsync(await client.PostAsync($"/v1/fine_tuning/jobs/{jobId}/resume", null)))["status"]);
         var done = await Api.WaitForFinishAsync(client, jobId);
         Assert.Equal("succeeded", (string?)done["status"]);
 

@@ -17,6 +17,10 @@ public sealed class ServiceProcess : IAsyncDisposable
     public static Task<ServiceProcess> StartAsync(string folder, params (string Key, string Value)[] settings) =>
         StartAsync(Path.Combine(AppContext.BaseDirectory, "AdapterService.Api.dll"), "Adapter service ready:", folder, settings);
 
+    /// <summary>On a given port: a restarted service comes back where its clients (a browser page) left it.</summary>
+    public static Task<ServiceProcess> StartAsync(string folder, int port, params (string Key, string Value)[] settings) =>
+        StartAsync(Path.Combine(AppContext.BaseDirectory, "AdapterService.Api.dll"), "Adapter service ready:", folder, settings, port);
+
     /// <summary>A standalone training worker (src/Workers, built beside this test project by the solution build).</summary>
     public static Task<ServiceProcess> StartWorkerAsync(string folder, params (string Key, string Value)[] settings)
     {
@@ -26,9 +30,9 @@ public sealed class ServiceProcess : IAsyncDisposable
 
     public int ProcessId => process.Id;
 
-    static async Task<ServiceProcess> StartAsync(string dll, string readyMarker, string folder, (string Key, string Value)[] settings)
+    static async Task<ServiceProcess> StartAsync(string dll, string readyMarker, string folder, (string Key, string Value)[] settings, int? fixedPort = null)
     {
-        int port = FreePort();
+        int port = fixedPort ?? FreePort();
         var start = new ProcessStartInfo("dotnet", [dll])
         {
             WorkingDirectory = folder, RedirectStandardOutput = true, RedirectStandardError = true,

@@ -1,0 +1,124 @@
+// @ts-check
+// Playground: one prompt to one model, or to two side by side, each answer streamed as it is generated.
+import { listModels, streamChat } from "./api.js";
+import { byId, h, replace } from "./dom.js";
+
+/** @param {HTMLElement} main @param {URLSearchParams} query */
+export function playgroundView(main, query) {
+  /** @type {AbortController | null} */
+  let running = null;
+  const modelSelect = (/** @type {string} */ id, /** @type {string} */ label) =>
+    h("div", { class: "field" }, h("label", { for: id }, label), h("select", { id }, h("option", { value: "" }, "Loading models…")));
+
+  const form = h("form", { id: "playground-form", class: "card form" },
+    h("div", { class: "row" },
+      modelSelect("model-a", "Model"),
+      h("div", { class: "field", id: "model-b-field", hidden: true }, h("label", { for: "model-b" }, "Second model"), h("select", { id: "model-b" }))),
+    h("label", { class: "inline" }, h("input", { type: "checkbox", id: "compare" }), " Compare two models side by side"),
+    h("div", { class: "field" }, h("label", { for: "system-prompt" }, "System message (optional)"), h("textarea", { id: "system-prompt", rows: 2 })),
+    h("div", { class: "field" }, h("label", { for: "prompt" }, "Message"),
+      h("textarea", { id: "prompt", rows: 4, required: true, "aria-describedby": "prompt-hint" }),
+      h("p", { class: "hint", id: "prompt-hint" }, "Ctrl+Enter sends.")),
+    h("div", { class: "row" },
+      h("div", { class: "field" }, h("label", { for: "temperature" }, "Temperature"), h("input", { type: "number", id: "temperature", min: 0, max: 2, step: 0.1, value: 0 })),
+      h("div", { class: "field" }, h("label", { for: "max-tokens" }, "Max tokens"), h("input", { type: "number", id: "max-tokens", min: 1, max: 512, step: 1, value: 64 })),
+      h("div", { class: "field" }, h("label", { for: "top-p" }, "Top p"), h("input", { type: "number", id: "top-p", min: 0.01, max: 1, step: "any", value: 1 }))),
+    h("div", { class: "actions" },
+      h("button", { type: "submit", id: "send" }, "Send"),
+      h("button", { type: "button", id: "stop", class: "secondary", disabled: true, onclick: () => running?.abort() }, "Stop")));
+
+  const answers = h("div", { id: "answers", class: "answers" });
+  replace(main, h("div", { class: "page-head" }, h("h1", { tabindex: -1 }, "Playground")), form, answers);
+
+  const compare = /** @type {HTMLInputElement} */ (byId("compare"));
+  compare.addEventListener("change", () => { byId("model-b-field").hidden = !compare.checked; });
+  byId("prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); }
+  });
+  form.addEventListener("submit", (e) => { e.preventDefault(); send(); });
+
+  (async () => {
+    try {
+      const { bases, fineTuned } = await listModels();
+      const wanted = query.get("model");
+      const options = () => [
+        h("optgroup", { label: "Base models" }, ...bases.map((m) => h("option", { value: m.id }, m.id))),
+        fineTuned.length ? h("optgroup", { label: "Fine-tuned models" }, ...fineTuned.map((m) => h("option", { value: m.id }, m.id))) : null,
+        // A checkpoint is not listed by /v1/models, but serves all the same.
+        wanted && ![...bases, ...fineTuned].some((m) => m.id === wanted) ? h("option", { value: wanted }, wanted) : null,
+      ];
+      const [a, b] = [byId("model-a"), byId("model-b")].map((s) => /** @type {HTMLSelectElement} */ (s));
+      replace(a, options());
+      replace(b, options());
+      if (wanted) a.value = wanted;
+      else if (fineTuned.length) a.value = fineTuned[fineTuned.length - 1].id;
+      b.value = bases[0]?.id ?? "";
+    } catch (e) {
+      replace(answers, h("p", { class: "error", role: "alert" }, `Could not load the models: ${/** @type {Error} */ (e).message}`));
+    }
+  })();
+
+  async function send() {
+    const prompt = /** @type {HTMLTextAreaElement} */ (byId("prompt")).value;
+    if (!prompt.trim()) { byId("prompt").focus(); return; }
+    running?.abort();
+    const controller = running = new AbortController();
+    const models = [/** @type {HTMLSelectElement} */ (byId("model-a")).value];
+    if (compare.checked) models.push(/** @type {HTMLSelectElement} */ (byId("model-b")).value);
+    const system = /** @type {HTMLTextAreaElement} */ (byId("system-prompt")).value.trim();
+    const number = (/** @type {string} */ id) => Number(/** @type {HTMLInputElement} */ (byId(id)).value);
+    const request = {
+      messages: [...(system ? [{ role: "system", content: system }] : []), { role: "user", content: prompt }],
+      temperature: number("temperature"), max_tokens: number("max-tokens"), top_p: number("top-p"),
+    };
+    answers.classList.toggle("two", models.length === 2);
+    const panes = models.map((model, i) => answerPane(model, i));
+    replace(answers, ...panes.map((p) => p.element));
+    (/** @type {HTMLButtonElement} */ (byId("stop"))).disabled = false;
+    await Promise.all(panes.map((pane) => pane.run({ ...request, model: pane.model }, controller.signal)));
+    if (running === controller) {
+      running = null;
+      const stop = document.getElementById("stop");
+      if (stop) /** @type {HTMLButtonElement} */ (stop).disabled = true;
+    }
+  }
+
+  return () => running?.abort();
+}
+
+/** One model's answer, filled in chunk by chunk. @param {string} model @param {number} index */
+function answerPane(model, index) {
+  const text = h("div", { class: "answer-text", id: `answer-${index}`, "aria-live": "polite", "aria-busy": "true" });
+  const footer = h("p", { class: "answer-meta", id: `answer-${index}-meta` }, "Waiting for the first token…");
+  const element = h("section", { class: "card answer", "aria-label": `Answer from ${model}`, "data-model": model },
+    h("h2", null, h("code", { class: "model-name" }, model)), text, footer);
+  return {
+    model, element,
+    /** @param {object} request @param {AbortSignal} signal */
+    async run(request, signal) {
+      const started = performance.now();
+      let tokens = 0;
+      try {
+        await streamChat(request, (chunk) => {
+          const choice = chunk.choices?.[0];
+          if (choice?.delta?.content) {
+            text.textContent += choice.delta.content;
+            footer.textContent = "Streaming…";
+          }
+          if (chunk.usage) tokens = chunk.usage.completion_tokens;
+          if (choice?.finish_reason) {
+            const seconds = (performance.now() - started) / 1000;
+            footer.textContent = `Finished (${choice.finish_reason}): ${tokens} tokens in ${seconds.toFixed(1)} s`;
+            element.dataset.finish = choice.finish_reason;
+          }
+        }, signal);
+      } catch (e) {
+        const error = /** @type {Error} */ (e);
+        footer.textContent = error.name === "AbortError" ? "Stopped." : `Error: ${error.message}`;
+        footer.classList.toggle("error", error.name !== "AbortError");
+      } finally {
+        text.setAttribute("aria-busy", "false");
+      }
+    },
+  };
+}

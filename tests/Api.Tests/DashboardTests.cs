@@ -1,0 +1,175 @@
+using System.Diagnostics;
+using System.Text;
+using System.Threading.Channels;
+using Xunit.Abstractions;
+
+namespace AdapterService.Api.Tests;
+
+/// <summary>
+/// The web dashboard in a real browser: Debian's chromium driven by playwright-core (tests/dashboard/dashboard.mjs,
+/// installed with the browser by scripts/test.sh) against the service as a real process. Screenshots go to docs/screenshots.
+/// </summary>
+public sealed class DashboardTests(ITestOutputHelper log)
+{
+    static readonly string Root = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", ".."));
+    static readonly string Screenshots = Path.Combine(Root, "docs", "screenshots");
+
+    static readonly (string Question, string Answer)[] Examples =
+    [
+        ("What color is the sky?", "Blue, on a clear day."), ("What color is grass?", "Green."), ("What color is snow?", "White."),
+        ("What color is coal?", "Black."), ("What color is a lemon?", "Yellow."), ("What color is a ripe tomato?", "Red."),
+        ("What color is the sea?", "Blue or green."), ("What color is an orange?", "Orange."), ("What color is milk?", "White."),
+        ("What color is a plum?", "Purple."), ("What color is rust?", "Reddish brown."), ("What color is the night sky?", "Black, with stars."),
+    ];
+
+    [Fact]
+    public async Task AJobSubmittedThroughTheFormIsWatchedLiveAndItsModelStreamsInThePlayground()
+    {
+        var folder = Directory.CreateTempSubdirectory("adapter-service-dashboard-");
+        try
+        {
+            await using var service = await ServiceProcess.StartAsync(folder.FullName);
+            var training = Path.Combine(folder.FullName, "colors.jsonl");
+            await File.WriteAllLinesAsync(training, Examples.Select(e => Api.ChatLine(e.Question, e.Answer)));
+
+            await using var browser = Browser.Start(log, "tour", BaseUrl(service), training, Screenshots);
+            await browser.FinishAsync(TimeSpan.FromMinutes(3));
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task AJobPageCatchesUpAfterTheServiceIsKilledAndRestartedWithoutDuplicatePoints()
+    {
+        var folder = Directory.CreateTempSubdirectory("adapter-service-dashboard-restart-");
+        try
+        {
+            var first = await ServiceProcess.StartAsync(folder.FullName);
+            int port = first.Http.BaseAddress!.Port;
+            ServiceProcess? second = null;
+            try
+            {
+                var fileId = await Api.UploadFileAsync(first.Http, Examples.Select(e => Api.ChatLine(e.Question, e.Answer)));
+                // 12 examples one at a time for 3 epochs: 36 steps, several seconds to kill it in the middle of.
+                var job = await Api.CreateJobAsync(first.Http, new
+                {
+                    model = "tiny-llama-demo", training_file = fileId, seed = 5, suffix = "restart",
+                    hyperparameters = new { n_epochs = 3, batch_size = 1 },
+                });
+                var jobId = (string)job["id"]!;
+
+                await using var browser = Browser.Start(log, "reconnect", BaseUrl(first), jobId, "36", Screenshots);
+                await browser.WaitForLineAsync("READY_TO_KILL", TimeSpan.FromMinutes(2));
+                await first.KillAsync();
+                await browser.WaitForLineAsync("DISCONNECTED", TimeSpan.FromSeconds(30));
+                second = await ServiceProcess.StartAsync(folder.FullName, port);
+                await browser.FinishAsync(TimeSpan.FromMinutes(3));
+
+                var done = await Api.WaitForFinishAsync(second.Http, jobId);
+                Assert.Equal("succeeded", (string?)done["status"]);
+            }
+            finally
+            {
+                await first.DisposeAsync();
+                if (second is not null) await second.DisposeAsync();
+            }
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task TheDashboardScriptsPassTheTypeChecker()
+    {
+        // JSDoc types, checked by TypeScript (src/Api/Dashboard/jsconfig.json); node_modules comes from the build's npm ci.
+        var dashboard = Path.Combine(Root, "src", "Api", "Dashboard");
+        var tsc = Path.Combine(dashboard, "node_modules", "typescript", "bin", "tsc");
+        Assert.True(File.Exists(tsc), $"{tsc} is missing; building src/Api runs npm ci in {dashboard}");
+        var start = new ProcessStartInfo("node", [tsc, "-p", "jsconfig.json"])
+        {
+            WorkingDirectory = dashboard, RedirectStandardOutput = true, RedirectStandardError = true,
+        };
+        using var process = Process.Start(start)!;
+        var output = process.StandardOutput.ReadToEndAsync();
+        var errors = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(2));
+        Assert.True(process.ExitCode == 0, $"tsc found type errors:\n{await output}\n{await errors}");
+    }
+
+    static string BaseUrl(ServiceProcess service) => service.Http.BaseAddress!.ToString().TrimEnd('/');
+
+    /// <summary>One run of dashboard.mjs; its stdout lines can be awaited one by one.</summary>
+    sealed class Browser : IAsyncDisposable
+    {
+        readonly Process process;
+        readonly ITestOutputHelper log;
+        readonly Channel<string> lines = Channel.CreateUnbounded<string>();
+        readonly StringBuilder output = new();
+
+        Browser(Process process, ITestOutputHelper log) => (this.process, this.log) = (process, log);
+
+        public static Browser Start(ITestOutputHelper log, params string[] arguments)
+        {
+            var scripts = Path.Combine(Root, "tests", "dashboard");
+            Assert.True(Directory.Exists(Path.Combine(scripts, "node_modules", "playwright-core")),
+                $"playwright-core is missing from {scripts}; scripts/test.sh installs it (npm ci) and Debian's chromium");
+            Directory.CreateDirectory(Screenshots);
+            var start = new ProcessStartInfo("node", [Path.Combine(scripts, "dashboard.mjs"), .. arguments])
+            {
+                WorkingDirectory = scripts, RedirectStandardOutput = true, RedirectStandardError = true,
+            };
+            var browser = new Browser(Process.Start(start)!, log);
+            browser.process.OutputDataReceived += (_, e) =>
+            {
+                if (e.Data is null) { browser.lines.Writer.TryComplete(); return; }
+                browser.Record(e.Data);
+                browser.lines.Writer.TryWrite(e.Data);
+            };
+            browser.process.ErrorDataReceived += (_, e) => { if (e.Data is not null) browser.Record(e.Data); };
+            browser.process.BeginOutputReadLine();
+            browser.process.BeginErrorReadLine();
+            return browser;
+        }
+
+        void Record(string line)
+        {
+            lock (output) output.AppendLine(line);
+            try { log.WriteLine(line); } catch (InvalidOperationException) { }   // a line after the test ended
+        }
+
+        string Output() { lock (output) return output.ToString(); }
+
+        public async Task WaitForLineAsync(string prefix, TimeSpan timeout)
+        {
+            using var cancel = new CancellationTokenSource(timeout);
+            try
+            {
+                await foreach (var line in lines.Reader.ReadAllAsync(cancel.Token))
+                    if (line.StartsWith(prefix, StringComparison.Ordinal)) return;
+            }
+            catch (OperationCanceledException) { }
+            Assert.Fail($"dashboard.mjs did not print {prefix} within {timeout}:\n{Output()}");
+        }
+
+        public async Task FinishAsync(TimeSpan timeout)
+        {
+            try { await process.WaitForExitAsync().WaitAsync(timeout); }
+            catch (TimeoutException) { Assert.Fail($"dashboard.mjs did not finish within {timeout}:\n{Output()}"); }
+            process.WaitForExit();   // flushes the redirected output
+            Assert.True(process.ExitCode == 0, $"dashboard.mjs exited {process.ExitCode}:\n{Output()}");
+            Assert.Contains("OK", Output().Split('\n').Select(l => l.Trim()));
+        }
+
+        public ValueTask DisposeAsync()
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
+            process.Dispose();
+            return ValueTask.CompletedTask;
+        }
+    }
+}

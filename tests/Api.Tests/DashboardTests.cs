@@ -25,61 +25,47 @@ public sealed class DashboardTests(ITestOutputHelper log)
     [Fact]
     public async Task AJobSubmittedThroughTheFormIsWatchedLiveAndItsModelStreamsInThePlayground()
     {
-        var folder = Directory.CreateTempSubdirectory("adapter-service-dashboard-");
-        try
-        {
-            await using var service = await ServiceProcess.StartAsync(folder.FullName);
-            var training = Path.Combine(folder.FullName, "colors.jsonl");
-            await File.WriteAllLinesAsync(training, Examples.Select(e => Api.ChatLine(e.Question, e.Answer)));
+        using var folder = new TempFolder("adapter-service-dashboard-");
+        await using var service = await ServiceProcess.StartAsync(folder.FullName);
+        var training = Path.Combine(folder.FullName, "colors.jsonl");
+        await File.WriteAllLinesAsync(training, Examples.Select(e => Api.ChatLine(e.Question, e.Answer)));
 
-            await using var browser = Browser.Start(log, "tour", BaseUrl(service), training, Screenshots);
-            await browser.FinishAsync(TimeSpan.FromMinutes(3));
-        }
-        finally
-        {
-            folder.Delete(recursive: true);
-        }
+        await using var browser = Browser.Start(log, "tour", BaseUrl(service), training, Screenshots);
+        await browser.FinishAsync(TimeSpan.FromMinutes(3));
     }
 
     [Fact]
     public async Task AJobPageCatchesUpAfterTheServiceIsKilledAndRestartedWithoutDuplicatePoints()
     {
-        var folder = Directory.CreateTempSubdirectory("adapter-service-dashboard-restart-");
+        using var folder = new TempFolder("adapter-service-dashboard-restart-");
+        var first = await ServiceProcess.StartAsync(folder.FullName);
+        int port = first.Http.BaseAddress!.Port;
+        ServiceProcess? second = null;
         try
         {
-            var first = await ServiceProcess.StartAsync(folder.FullName);
-            int port = first.Http.BaseAddress!.Port;
-            ServiceProcess? second = null;
-            try
+            var fileId = await Api.UploadFileAsync(first.Http, Examples.Select(e => Api.ChatLine(e.Question, e.Answer)));
+            // 12 examples one at a time for 3 epochs: 36 steps, several seconds to kill it in the middle of.
+            var job = await Api.CreateJobAsync(first.Http, new
             {
-                var fileId = await Api.UploadFileAsync(first.Http, Examples.Select(e => Api.ChatLine(e.Question, e.Answer)));
-                // 12 examples one at a time for 3 epochs: 36 steps, several seconds to kill it in the middle of.
-                var job = await Api.CreateJobAsync(first.Http, new
-                {
-                    model = "tiny-llama-demo", training_file = fileId, seed = 5, suffix = "restart",
-                    hyperparameters = new { n_epochs = 3, batch_size = 1 },
-                });
-                var jobId = (string)job["id"]!;
+                model = "tiny-llama-demo", training_file = fileId, seed = 5, suffix = "restart",
+                hyperparameters = new { n_epochs = 3, batch_size = 1 },
+            });
+            var jobId = (string)job["id"]!;
 
-                await using var browser = Browser.Start(log, "reconnect", BaseUrl(first), jobId, "36", Screenshots);
-                await browser.WaitForLineAsync("READY_TO_KILL", TimeSpan.FromMinutes(2));
-                await first.KillAsync();
-                await browser.WaitForLineAsync("DISCONNECTED", TimeSpan.FromSeconds(30));
-                second = await ServiceProcess.StartAsync(folder.FullName, port);
-                await browser.FinishAsync(TimeSpan.FromMinutes(3));
+            await using var browser = Browser.Start(log, "reconnect", BaseUrl(first), jobId, "36", Screenshots);
+            await browser.WaitForLineAsync("READY_TO_KILL", TimeSpan.FromMinutes(2));
+            await first.KillAsync();
+            await browser.WaitForLineAsync("DISCONNECTED", TimeSpan.FromSeconds(30));
+            second = await ServiceProcess.StartAsync(folder.FullName, port);
+            await browser.FinishAsync(TimeSpan.FromMinutes(3));
 
-                var done = await Api.WaitForFinishAsync(second.Http, jobId);
-                Assert.Equal("succeeded", (string?)done["status"]);
-            }
-            finally
-            {
-                await first.DisposeAsync();
-                if (second is not null) await second.DisposeAsync();
-            }
+            var done = await Api.WaitForFinishAsync(second.Http, jobId);
+            Assert.Equal("succeeded", (string?)done["status"]);
         }
         finally
         {
-            folder.Delete(recursive: true);
+            await first.DisposeAsync();
+            if (second is not null) await second.DisposeAsync();
         }
     }
 

@@ -11,27 +11,20 @@ public sealed class OpenAiClientTests
         var clientDir = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "openai-client"));
         Assert.True(Directory.Exists(Path.Combine(clientDir, "node_modules", "openai")),
             $"the openai npm package is missing from {clientDir}; scripts/test.sh installs it (npm ci)");
-        var folder = Directory.CreateTempSubdirectory("adapter-service-openai-");
-        try
-        {
-            await using var service = await ServiceProcess.StartAsync(folder.FullName);
-            var training = Path.Combine(folder.FullName, "train.jsonl");
-            await File.WriteAllLinesAsync(training, Enumerable.Repeat(Api.ChatLine("Who wrote Hamlet?", "Shakespeare."), 10));
+        using var folder = new TempFolder("adapter-service-openai-");
+        await using var service = await ServiceProcess.StartAsync(folder.FullName);
+        var training = Path.Combine(folder.FullName, "train.jsonl");
+        await File.WriteAllLinesAsync(training, Enumerable.Repeat(Api.ChatLine("Who wrote Hamlet?", "Shakespeare."), 10));
 
-            var node = new ProcessStartInfo("node", [Path.Combine(clientDir, "client.mjs"), $"{service.Http.BaseAddress}v1", training])
-            {
-                WorkingDirectory = clientDir, RedirectStandardOutput = true, RedirectStandardError = true,
-            };
-            using var process = Process.Start(node)!;
-            var output = process.StandardOutput.ReadToEndAsync();
-            var errors = process.StandardError.ReadToEndAsync();
-            await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(4));
-            Assert.True(process.ExitCode == 0, $"node exited {process.ExitCode}:\n{await output}\n{await errors}");
-            Assert.Contains("every call succeeded", await output);
-        }
-        finally
+        var node = new ProcessStartInfo("node", [Path.Combine(clientDir, "client.mjs"), $"{service.Http.BaseAddress}v1", training])
         {
-            folder.Delete(recursive: true);
-        }
+            WorkingDirectory = clientDir, RedirectStandardOutput = true, RedirectStandardError = true,
+        };
+        using var process = Process.Start(node)!;
+        var output = process.StandardOutput.ReadToEndAsync();
+        var errors = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(4));
+        Assert.True(process.ExitCode == 0, $"node exited {process.ExitCode}:\n{await output}\n{await errors}");
+        Assert.Contains("every call succeeded", await output);
     }
 }

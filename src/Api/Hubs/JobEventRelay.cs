@@ -28,9 +28,14 @@ public sealed class JobEventRelay(IServiceScopeFactory scopes, IHubContext<JobsH
             try
             {
                 long from = cursor - LookBack;
-                var events = await WithDb(db => db.JobEvents.AsNoTracking().Where(e => e.Id > from).OrderBy(e => e.Id).Take(1000).ToListAsync(stop));
-                foreach (var e in events.Where(e => sent.Add(e.Id)))
+                // Ids first (an index scan), whole rows only for the ones not sent yet.
+                var ids = await WithDb(db => db.JobEvents.Where(e => e.Id > from).OrderBy(e => e.Id).Select(e => e.Id).Take(1000).ToListAsync(stop));
+                var fresh = ids.Where(id => !sent.Contains(id)).ToList();
+                if (fresh.Count == 0) continue;
+                var events = await WithDb(db => db.JobEvents.AsNoTracking().Where(e => fresh.Contains(e.Id)).OrderBy(e => e.Id).ToListAsync(stop));
+                foreach (var e in events)
                 {
+                    sent.Add(e.Id);
                     var group = hub.Clients.Group(JobsHub.Group(e.JobId));
                     switch (JobEventData.ToMessage(e))
                     {

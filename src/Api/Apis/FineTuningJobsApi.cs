@@ -301,18 +301,8 @@ public static partial class FineTuningJobsApi
             : OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CancelJob(
-        string jobId, ServiceDbContext db, CancellationToken cancel)
-    {
-        long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        int updated = await db.Jobs.Where(j => j.Id == jobId && JobStatus.Unfinished.Contains(j.Status))
-            .ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, JobStatus.Cancelled).SetProperty(j => j.FinishedAt, now), cancel);
-        var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
-        if (job is null) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
-        if (updated == 0) return OpenAiErrors.BadRequest($"Job {jobId} has already finished with status {job.Status}.", "id", "job_finished");
-        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = "Fine-tuning job cancelled", Data = JobEventData.ForStatus(JobStatus.Cancelled) });
-        await db.SaveChangesAsync(cancel);
-        return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
-    }
+        string jobId, ServiceDbContext db, CancellationToken cancel) =>
+        await ChangeStatusAsync(jobId, JobStatus.Unfinished, JobStatus.Cancelled, "Fine-tuning job cancelled", db, cancel);
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> PauseJob(
         string jobId, ServiceDbContext db, CancellationToken cancel) =>
@@ -326,16 +316,23 @@ public static partial class FineTuningJobsApi
         return result;
     }
 
-    /// <summary>Moves a job from one of <paramref name="from"/> to <paramref name="to"/> in one statement, logs and announces it.</summary>
+    /// <summary>
+    /// Moves a job from one of <paramref name="from"/> to <paramref name="to"/> in one statement (stamping
+    /// <c>finished_at</c> when <paramref name="to"/> is final), then logs it as an event, which the relay announces.
+    /// </summary>
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> ChangeStatusAsync(
         string jobId, string[] from, string to, string message, ServiceDbContext db, CancellationToken cancel)
     {
         long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        int updated = await db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status)).ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to), cancel);
+        long? finishedAt = JobStatus.IsFinished(to) ? now : null;
+        int updated = await db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status))
+            .ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt), cancel);
         var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
         if (job is null) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
         if (updated == 0)
-            return OpenAiErrors.BadRequest($"Job {jobId} is {job.Status}; this needs a job that is {string.Join(" or ", from)}.", "id", "invalid_job_status");
+            return JobStatus.IsFinished(job.Status)
+                ? OpenAiErrors.BadRequest($"Job {jobId} has already finished with status {job.Status}.", "id", "job_finished")
+                : OpenAiErrors.BadRequest($"Job {jobId} is {job.Status}; this needs a job that is {string.Join(" or ", from)}.", "id", "invalid_job_status");
         db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message, Data = JobEventData.ForStatus(to) });
         await db.SaveChangesAsync(cancel);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));

@@ -21,7 +21,7 @@ public sealed class LoraAdapter : IDisposable
     LoraAdapter(LoraConfig config, Dictionary<string, LoraLayer> layers) => (Config, Layers) = (config, layers);
 
     /// <summary>New adapter layers for the model's target modules, initialised as the method says (from <paramref name="seed"/> when given).</summary>
-    public static LoraAdapter Create(LlamaForCausalLM model, LoraConfig config, long? seed = null)
+    public static LoraAdapter Create(nn.Module model, LoraConfig config, long? seed = null)
     {
         using var init = seed is { } s ? new Generator().manual_seed(s) : null;
         return new(config, TargetModules.Find(model, config.TargetModules)
@@ -29,7 +29,7 @@ public sealed class LoraAdapter : IDisposable
     }
 
     /// <summary>Puts this adapter into the model's layer slots (one model instance serves one adapter at a time this way).</summary>
-    public void Attach(LlamaForCausalLM model)
+    public void Attach(nn.Module model)
     {
         var byPath = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
         foreach (var (path, layer) in Layers) byPath[path].Adapter = layer;
@@ -64,7 +64,7 @@ public sealed class LoraAdapter : IDisposable
     }
 
     /// <summary>Reads a PEFT LoRA folder as served weights, checked against the base model's layer shapes.</summary>
-    public static (LoraConfig Config, Dictionary<string, LoraWeights> Weights) Load(string folder, LlamaForCausalLM model) =>
+    public static (LoraConfig Config, Dictionary<string, LoraWeights> Weights) Load(string folder, nn.Module model) =>
         Load(folder, model.LinearLayers().Select(l => (l.Path, l.Layer.InFeatures, l.Layer.OutFeatures)));
 
     /// <summary>Reads a PEFT LoRA folder as served weights, checked against linear layers given as (path, in, out).</summary>

@@ -11,7 +11,7 @@ public static class TargetModules
     /// <paramref name="targets"/> is a single string that is not a plain name, whose full path matches it as a regex;
     /// "all-linear" means every linear layer but the output head.
     /// </summary>
-    public static List<(string Path, AdaptableLinear Layer)> Find(LlamaForCausalLM model, IReadOnlyList<string> targets)
+    public static List<(string Path, AdaptableLinear Layer)> Find(TorchSharp.torch.nn.Module model, IReadOnlyList<string> targets)
     {
         var layers = model.LinearLayers().ToList();
         var matched = Match(layers.Select(l => l.Path), targets).ToHashSet();

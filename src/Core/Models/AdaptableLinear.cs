@@ -37,3 +37,10 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
         return Adapter is null ? y : Adapter.Forward(x, y);
     }
 }
+
+public static class AdaptableModules
+{
+    /// <summary>Every linear layer of a model an adapter can target, by its Hugging Face module path (e.g. <c>model.layers.0.self_attn.q_proj</c>).</summary>
+    public static IEnumerable<(string Path, AdaptableLinear Layer)> LinearLayers(this nn.Module model) =>
+        model.named_modules().Where(m => m.module is AdaptableLinear).Select(m => (m.name, (AdaptableLinear)m.module));
+}

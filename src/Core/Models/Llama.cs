@@ -42,11 +42,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     public Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
         lm_head.forward(model.Forward(inputIds, positions, mask, cache));
 
-    /// <summary>Every linear layer an adapter can target, by its Hugging Face module path (e.g. <c>model.layers.0.self_attn.q_proj</c>).</summary>
-    public IEnumerable<(string Path, AdaptableLinear Layer)> LinearLayers() =>
-        named_modules().Where(m => m.module is AdaptableLinear).Select(m => (m.name, (AdaptableLinear)m.module));
-
-    /// <summary>The paths <see cref="LinearLayers"/> yields for a config, without building the model.</summary>
+    /// <summary>The paths <see cref="AdaptableModules.LinearLayers"/> yields for a config, without building the model.</summary>
     public static IEnumerable<string> LinearPaths(LlamaConfig config) => LinearShapes(config).Select(l => l.Path);
 
     /// <summary>Each linear layer's path with its input and output sizes, from the config alone.</summary>

@@ -1,3 +1,4 @@
+using AdapterService.Core.Models;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Torch;
 using static AdapterService.Core.Tests.TinyLlama;

@@ -23,7 +23,7 @@ sealed class LoraServing : IDisposable
     {
         model = Measure.RandomModel(Measure.Config(quick));
         adapters = Enumerable.Range(0, Rows).Select(i => Measure.RandomAdapter(model, 8 + i % 9, i)).ToList();
-        weights = adapters.Select(a => a.Layers.ToDictionary(l => l.Key, l => l.Value.Weights())).ToList();
+        weights = adapters.Select(a => a.LoraLayers.ToDictionary(l => l.Key, l => l.Value.Weights())).ToList();
         cache = new SlotKvCache(model.Config, Rows, model.Config.MaxPositionEmbeddings);
         repeats = quick ? 3 : 7;
     }

@@ -96,11 +96,11 @@ public sealed class FineTuningJobRunner(
         var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
         var examples = ReadData(job.TrainingFile, baseModel);
         var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
-        var config = JsonSerializer.Deserialize<LoraConfig>(job.AdapterConfig)!;
+        var config = AdapterConfig.Parse(job.AdapterConfig);
         var hp = new Hyperparameters(job.Epochs, job.BatchSize, BaseLearningRate * job.LearningRateMultiplier);
 
         using var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath));
-        using var adapter = LoraAdapter.Create(model, config, job.Seed);
+        using var adapter = TrainableAdapter.Create(model, config, job.Seed);
         var trainer = new LoraTrainer(model, adapter, examples, hp, ByteTokenizer.End, job.Seed);
         started(trainer);
         if (LatestState(job.Id) is { } state)
@@ -108,7 +108,7 @@ public sealed class FineTuningJobRunner(
             trainer.LoadState(state);
             AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}", data: JobEventData.ForStatus(JobStatus.Running));
         }
-        else AddEvent(job.Id, $"Fine-tuning job started: {adapter.ParameterCount:N0} LoRA parameters, {examples.Count} examples, {trainer.TotalSteps} steps",
+        else AddEvent(job.Id, $"Fine-tuning job started: {adapter.ParameterCount:N0} {config.Method} parameters, {examples.Count} examples, {trainer.TotalSteps} steps",
             data: JobEventData.ForStatus(JobStatus.Running));
 
         // Steps redone after a crash were reported the first time already: report each step once.
@@ -186,7 +186,7 @@ public sealed class FineTuningJobRunner(
         if (!Directory.Exists(blobs.Resolve(blobPath)))   // a crash may have come between the folder and its row
         {
             var temp = blobs.NewTempFolder();
-            foreach (var name in new[] { LoraConfig.FileName, LoraAdapter.WeightsFileName })
+            foreach (var name in new[] { AdapterConfig.FileName, TrainableAdapter.WeightsFileName })
                 File.Copy(Path.Combine(state, name), Path.Combine(temp, name));
             blobs.CommitFolder(temp, blobPath);
         }

@@ -41,7 +41,7 @@ static class TinyLlama
     }
 
     /// <summary>Gives every A and B of the adapter seeded random values (B starts at zero, which hides mistakes).</summary>
-    public static void Randomize(LoraAdapter adapter, long seed)
+    public static void Randomize(TrainableAdapter adapter, long seed)
     {
         using var g = new Generator((ulong)seed);
         using (no_grad())

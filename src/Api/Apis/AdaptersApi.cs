@@ -100,20 +100,20 @@ public static class AdaptersApi
             await using (var zip = File.OpenRead(zipPath))
                 AdapterZip.Extract(zip, temp, limits.Value.MaxUploadBytes);
             File.Delete(zipPath);
-            LoraConfig config;
+            AdapterConfig config;
             long parameters;
-            using (var scope = TorchSharp.torch.NewDisposeScope())
-            using (var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath)))
+            var shapes = LlamaForCausalLM.LinearShapes(LlamaConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)));
+            using (var served = ServedAdapter.Load(temp, shapes))
             {
-                (config, var weights) = LoraAdapter.Load(temp, model);
-                parameters = weights.Values.Sum(w => w.A.numel() + w.B.numel());
+                config = served.Config;
+                parameters = served.ParameterCount;
             }
             var blobPath = BlobPaths.AdapterPath(adapterId);
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
             {
-                Id = adapterId, Name = $"ft:{baseModel.Id}:{suffix}:{adapterId}", BaseModel = baseModel.Id, Method = "lora",
-                Config = JsonSerializer.Serialize(config), ParameterCount = parameters, SizeBytes = blobs.SizeOf(blobPath),
+                Id = adapterId, Name = $"ft:{baseModel.Id}:{suffix}:{adapterId}", BaseModel = baseModel.Id, Method = config.Method,
+                Config = config.ToJson(), ParameterCount = parameters, SizeBytes = blobs.SizeOf(blobPath),
                 BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             };
             db.Adapters.Add(adapter);
@@ -122,7 +122,7 @@ public static class AdaptersApi
         }
         catch (Exception e) when (e is InvalidDataException or IOException or JsonException)
         {
-            return OpenAiErrors.BadRequest($"Not an importable LoRA adapter: {e.Message}", "file", "invalid_adapter");
+            return OpenAiErrors.BadRequest($"Not an importable adapter: {e.Message}", "file", "invalid_adapter");
         }
         finally
         {

@@ -24,13 +24,18 @@ namespace AdapterService.Api.Apis;
 /// <param name="EarlyStoppingPatience">Our extension, with a validation file: stop after this many epochs (1-50) without a lower validation loss.</param>
 public sealed record HyperparametersRequest(JsonElement? NEpochs, JsonElement? BatchSize, JsonElement? LearningRateMultiplier, int? EarlyStoppingPatience = null);
 
-/// <summary>Our extension: which adapter to train and its options.</summary>
-/// <param name="Type" example="lora">The adapter method: "lora".</param>
-/// <param name="Rank" example="8">LoRA rank r, 1-256 (default 8).</param>
-/// <param name="Alpha" example="16">LoRA alpha; the update is scaled by alpha / r (default 2·r).</param>
-/// <param name="Dropout" example="0.05">Dropout on the LoRA path during training, in [0, 1) (default 0).</param>
+/// <summary>Our extension: which adapter to train and its options (see docs/METHODS.md).</summary>
+/// <param name="Type" example="lora">The adapter method: "lora", "dora", "lily" or "rlrr".</param>
+/// <param name="Rank" example="8">LoRA/DoRA rank r and Lily's LP dimension d, 1-256 (default 8); RLRR's rescaling rank, 1-64 (default 1).</param>
+/// <param name="Alpha" example="16">LoRA/DoRA alpha; the update is scaled by alpha / r (default 2·r).</param>
+/// <param name="Dropout" example="0.05">Dropout on the adapter path during training, in [0, 1) (default 0); LoRA, DoRA and Lily.</param>
 /// <param name="TargetModules">Layers to adapt: module names such as ["q_proj", "v_proj"], one regex over module paths, or "all-linear" (the default).</param>
-public sealed record AdapterRequest(string? Type, int? Rank, double? Alpha, double? Dropout, JsonElement? TargetModules);
+/// <param name="NumExperts" example="4">Lily: HP experts shared by the layers of a module type, 1-64 (default 4).</param>
+/// <param name="Scaling" example="1">Lily: the scale s of the update (default 1).</param>
+/// <param name="RouterMean" example="sequence">Lily: "sequence" (each sequence averages its own tokens' router weights, causally) or "batch" (the paper's mean over the batch, in training).</param>
+/// <param name="Monoscale">Lily: the paper's ablation without router (the experts summed).</param>
+public sealed record AdapterRequest(string? Type, int? Rank, double? Alpha, double? Dropout, JsonElement? TargetModules,
+    int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null);
 
 public sealed record SupervisedMethod(HyperparametersRequest? Hyperparameters);
 public sealed record MethodRequest(string? Type, SupervisedMethod? Supervised);
@@ -50,7 +55,18 @@ public sealed record CreateFineTuningJobRequest(
     long? Seed, AdapterRequest? Adapter, MethodRequest? Method, Dictionary<string, string>? Metadata);
 
 public sealed record HyperparametersDto(int NEpochs, int BatchSize, double LearningRateMultiplier, int? EarlyStoppingPatience = null);
-public sealed record AdapterDto(string Type, int Rank, double Alpha, double Dropout, IReadOnlyList<string> TargetModules);
+/// <summary>The adapter a job trains; options that do not apply to its method are null.</summary>
+public sealed record AdapterDto(string Type, int Rank, double? Alpha, double? Dropout, IReadOnlyList<string> TargetModules,
+    int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null)
+{
+    public static AdapterDto From(AdapterConfig config) => config switch
+    {
+        LoraConfig l => new(l.Method, l.Rank, l.Alpha, l.Dropout, l.TargetModules),
+        LilyConfig l => new(l.Method, l.Rank, null, l.Dropout, l.TargetModules, l.NumExperts, l.Scaling, l.RouterMean, l.Monoscale),
+        RlrrConfig r => new(r.Method, r.Rank, null, null, r.TargetModules),
+        _ => new(config.Method, 0, null, null, config.TargetModules),
+    };
+}
 public sealed record MethodDto(string Type, SupervisedDto Supervised);
 public sealed record SupervisedDto(HyperparametersDto Hyperparameters);
 public sealed record JobErrorDto(string Code, string Message, string? Param);
@@ -98,14 +114,14 @@ public static partial class FineTuningJobsApi
 
     public static FineTuningJobDto ToDto(this FineTuningJob j, IReadOnlyDictionary<string, string>? metadata)
     {
-        var lora = JsonSerializer.Deserialize<LoraConfig>(j.AdapterConfig)!;
+        var adapter = AdapterConfig.Parse(j.AdapterConfig);
         var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier, j.EarlyStoppingPatience);
         return new FineTuningJobDto(j.Id, "fine_tuning.job", j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", [],
             j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
             new MethodDto("supervised", new SupervisedDto(hp)),
-            new AdapterDto(j.AdapterType, lora.Rank, lora.Alpha, lora.Dropout, lora.TargetModules), j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs);
+            AdapterDto.From(adapter), j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs);
     }
 
     /// <summary>Jobs as the API shows them, with their metadata loaded in one query.</summary>
@@ -166,7 +182,7 @@ public static partial class FineTuningJobsApi
             Status = JobStatus.Queued, TrainingFileTokens = examples.Sum(e => (long)e.Ids.Length),
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Suffix = request.Suffix, Seed = request.Seed ?? Random.Shared.Next(),
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
-            AdapterType = "lora", AdapterConfig = JsonSerializer.Serialize(config with { BaseModel = baseModel.Id }),
+            AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(),
         };
         db.Jobs.Add(job);
         db.JobMetadata.AddRange((request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }));
@@ -197,46 +213,64 @@ public static partial class FineTuningJobsApi
         }
     }
 
-    static LoraConfig? ParseAdapter(AdapterRequest? request, LlamaConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
+    static readonly string[] AdapterTypes = ["lora", "dora", "lily", "rlrr"];
+
+    static AdapterConfig? ParseAdapter(AdapterRequest? request, LlamaConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
     {
         error = null;
         var type = request?.Type ?? "lora";
-        if (type != "lora")
+        if (!AdapterTypes.Contains(type))
         {
-            error = OpenAiErrors.BadRequest($"Adapter type '{type}' is not supported; supported: 'lora'.", "adapter.type", "unsupported_adapter_type");
+            error = OpenAiErrors.BadRequest($"Adapter type '{type}' is not supported; supported: {string.Join(", ", AdapterTypes.Select(t => $"'{t}'"))}.",
+                "adapter.type", "unsupported_adapter_type");
             return null;
         }
         // Every linear layer but the output head unless the request says otherwise: on small bases this learns far
         // better than PEFT's q_proj/v_proj default. Stored as the module names, as PEFT writes it.
         string[] allLinear = TargetModules.Match(LlamaForCausalLM.LinearPaths(baseConfig), ["all-linear"])
             .Select(p => p.Split('.')[^1]).Distinct().Order().ToArray();
-        var config = new LoraConfig { TargetModules = allLinear };
-        if (request?.Rank is { } rank) config = config with { Rank = rank, Alpha = request.Alpha ?? 2 * rank };
-        if (request?.Alpha is { } alpha) config = config with { Alpha = alpha };
-        if (request?.Dropout is { } dropout) config = config with { Dropout = dropout };
-        if (request?.TargetModules is { } targets)
+        string[]? targets = allLinear;
+        if (request?.TargetModules is { } requested)
         {
-            string[]? list = targets.ValueKind switch
+            targets = requested.ValueKind switch
             {
-                JsonValueKind.String => [targets.GetString()!],
-                JsonValueKind.Array when targets.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String) =>
-                    targets.EnumerateArray().Select(t => t.GetString()!).ToArray(),
+                JsonValueKind.String => [requested.GetString()!],
+                JsonValueKind.Array when requested.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String) =>
+                    requested.EnumerateArray().Select(t => t.GetString()!).ToArray(),
                 _ => null,
             };
-            if (list is null || list.Length == 0)
+            if (targets is null || targets.Length == 0)
             {
                 error = OpenAiErrors.BadRequest("adapter.target_modules must be a non-empty list of module names or a regex string.", "adapter.target_modules");
                 return null;
             }
-            config = config with { TargetModules = list is ["all-linear"] ? allLinear : list };
+            if (targets is ["all-linear"]) targets = allLinear;
         }
-        string? problem = config switch
+        string? problem = request switch
         {
             { Rank: < 1 or > 256 } => "adapter.rank must be between 1 and 256.",
             { Alpha: <= 0 } => "adapter.alpha must be positive.",
             { Dropout: < 0 or >= 1 } => "adapter.dropout must be in [0, 1).",
+            { NumExperts: < 1 or > 64 } => "adapter.num_experts must be between 1 and 64.",
+            { Scaling: { } s } when !double.IsFinite(s) || s <= 0 => "adapter.scaling must be a positive number.",
+            { RouterMean: { } m } when m is not ("sequence" or "batch") => "adapter.router_mean must be \"sequence\" or \"batch\".",
             _ => null,
         };
+        AdapterConfig config = type switch
+        {
+            "lily" => new LilyConfig
+            {
+                TargetModules = targets, Rank = request?.Rank ?? 8, NumExperts = request?.NumExperts ?? 4, Scaling = request?.Scaling ?? 1.0,
+                Dropout = request?.Dropout ?? 0, RouterMean = request?.RouterMean ?? "sequence", Monoscale = request?.Monoscale ?? false,
+            },
+            "rlrr" => new RlrrConfig { TargetModules = targets, Rank = request?.Rank ?? 1 },
+            _ => new LoraConfig
+            {
+                TargetModules = targets, UseDora = type == "dora", Rank = request?.Rank ?? 8,
+                Alpha = request?.Alpha ?? 2 * (request?.Rank ?? 8), Dropout = request?.Dropout ?? 0,
+            },
+        };
+        if (problem is null && type == "rlrr" && request?.Rank > 64) problem = "adapter.rank must be between 1 and 64 for rlrr.";
         if (problem is null)
         {
             try { TargetModules.Match(LlamaForCausalLM.LinearPaths(baseConfig), config.TargetModules); }

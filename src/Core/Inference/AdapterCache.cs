@@ -12,7 +12,7 @@ public sealed class AdapterCache(long budgetBytes)
     public sealed class Entry
     {
         public required string Key { get; init; }
-        public required IReadOnlyDictionary<string, LoraWeights> Weights { get; init; }
+        public required ServedAdapter Adapter { get; init; }
         public long Bytes { get; init; }
         internal int Users;
         internal bool Dropped;
@@ -40,7 +40,7 @@ public sealed class AdapterCache(long budgetBytes)
     public int Count { get { lock (gate) return entries.Count; } }
 
     /// <summary>The adapter's weights, loaded with <paramref name="load"/> if they are not in memory.</summary>
-    public async Task<Lease> AcquireAsync(string key, Func<IReadOnlyDictionary<string, LoraWeights>> load)
+    public async Task<Lease> AcquireAsync(string key, Func<ServedAdapter> load)
     {
         Task<Entry> pending;
         lock (gate)
@@ -64,19 +64,19 @@ public sealed class AdapterCache(long budgetBytes)
         return new Lease(this, await pending);
     }
 
-    Entry Load(string key, Func<IReadOnlyDictionary<string, LoraWeights>> load)
+    Entry Load(string key, Func<ServedAdapter> load)
     {
-        IReadOnlyDictionary<string, LoraWeights> weights;
+        ServedAdapter adapter;
         try
         {
-            weights = load();
+            adapter = load();
         }
         catch
         {
             lock (gate) { loading.Remove(key); waiters.Remove(key); }
             throw;
         }
-        var entry = new Entry { Key = key, Weights = weights, Bytes = weights.Values.Sum(w => (w.A.numel() + w.B.numel()) * 4) };
+        var entry = new Entry { Key = key, Adapter = adapter, Bytes = adapter.Bytes };
         lock (gate)
         {
             entry.Users = waiters[key];
@@ -127,8 +127,5 @@ public sealed class AdapterCache(long budgetBytes)
         if (entry.Users == 0) Free(entry);
     }
 
-    static void Free(Entry entry)
-    {
-        foreach (var w in entry.Weights.Values) { w.A.Dispose(); w.B.Dispose(); }
-    }
+    static void Free(Entry entry) => entry.Adapter.Dispose();
 }

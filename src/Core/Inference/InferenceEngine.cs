@@ -32,8 +32,8 @@ public sealed class InferenceOptions
 /// <summary>
 /// Continuous batching over one copy of each base model. One dedicated thread owns the models (TorchSharp dispose
 /// scopes are per thread): between token steps it admits waiting requests (prefill, alone), then runs one decode
-/// step for every running sequence of a base model in a single forward pass, each row with its own adapter (LoRA
-/// gathered per row, <see cref="RowLora"/>) or none, over a preallocated <see cref="SlotKvCache"/>. Finished rows leave
+/// step for every running sequence of a base model in a single forward pass, each row with its own adapter of any
+/// method (LoRA and DoRA gathered per row, others applied to their rows, <see cref="RowAdapter"/>) or none, over a preallocated <see cref="SlotKvCache"/>. Finished rows leave
 /// at the same token boundary. Adapter weights come from an <see cref="AdapterCache"/> loaded off this thread.
 /// </summary>
 public sealed class InferenceEngine : IDisposable
@@ -59,9 +59,20 @@ public sealed class InferenceEngine : IDisposable
         public SlotKvCache Cache { get; } = cache;
         public List<Sequence> Rows { get; } = [];
         public Queue<Sequence> Waiting { get; } = [];
-        public List<RowLora>? Adapters;   // per-row LoRA of the current rows, rebuilt when rows join or leave
+        public List<RowAdapter>? Adapters;   // per-row adapters of the current rows, rebuilt when rows join or leave
+        /// <summary>Per-sequence adapter state by layer (Lily's router sums), [slots, width], kept by slot like the KV cache.</summary>
+        public Dictionary<string, Tensor> States { get; } = [];
 
-        public void Dispose() { ClearAdapters(); Cache.Dispose(); Model.Dispose(); }
+        public Tensor State(string path, int width) =>
+            States.TryGetValue(path, out var t) ? t : States[path] = zeros(Cache.Slots, width).DetachFromDisposeScope();
+
+        public void Dispose()
+        {
+            ClearAdapters();
+            foreach (var t in States.Values) t.Dispose();
+            Cache.Dispose();
+            Model.Dispose();
+        }
 
         public void ClearAdapters()
         {
@@ -110,7 +121,7 @@ public sealed class InferenceEngine : IDisposable
         try
         {
             var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
-                () => LoraAdapter.Load(request.AdapterFolder!, LlamaForCausalLM.LinearShapes(LlamaConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile)))).Weights);
+                () => ServedAdapter.Load(request.AdapterFolder!, LlamaForCausalLM.LinearShapes(LlamaConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile)))));
             var sequence = new Sequence
             {
                 Request = request, Output = output.Writer, Cancel = cancel, Adapter = adapter, Stops = new StopSequences(request.Options.Stop),
@@ -196,7 +207,8 @@ public sealed class InferenceEngine : IDisposable
                 var prompt = sequence.Request.Prompt;
                 using var scope = NewDisposeScope();
                 batch.ClearAdapters();
-                using var rowAdapters = SetAdapters(batch.Model, [sequence]);
+                foreach (var state in batch.States.Values) state[slot].zero_();
+                using var rowAdapters = SetAdapters(batch, [sequence], [slot]);
                 batch.Cache.BeginPrefill(slot, prompt.Count);
                 var ids = tensor(prompt.Select(i => (long)i).ToArray(), [1, prompt.Count]);
                 var positions = arange(prompt.Count, ScalarType.Int64).unsqueeze(0);
@@ -228,7 +240,7 @@ public sealed class InferenceEngine : IDisposable
             using var scope = NewDisposeScope();
             if (batch.Adapters is null)
             {
-                var adapters = SetAdapters(batch.Model, rows);
+                var adapters = SetAdapters(batch, rows, Enumerable.Range(0, rows.Count).Select(i => (long)i).ToList());
                 batch.Adapters = adapters.Layers;
                 adapters.Keep();
             }
@@ -298,6 +310,7 @@ public sealed class InferenceEngine : IDisposable
         if (index != last)
         {
             batch.Cache.Move(last, index, rows[last].Length);
+            foreach (var state in batch.States.Values) state[index].copy_(state[last]);
             rows[index] = rows[last];
         }
         rows.RemoveAt(last);
@@ -311,26 +324,30 @@ public sealed class InferenceEngine : IDisposable
         s.Generator?.Dispose();
     }
 
-    /// <summary>Per-row LoRA for <paramref name="rows"/> in every adapted layer of the model (none where no row adapts it).</summary>
-    static RowAdapters SetAdapters(LlamaForCausalLM model, IReadOnlyList<Sequence> rows)
+    /// <summary>Each row's own adapter (in cache slot <paramref name="slots"/>[i]) in every adapted layer of the model.</summary>
+    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots)
     {
         var set = new RowAdapters();
         if (rows.All(r => r.Adapter is null)) return set;
-        foreach (var (path, layer) in model.LinearLayers())
+        var adapters = rows.Select(r => r.Adapter?.Entry.Adapter).ToList();
+        foreach (var (path, layer) in batch.Model.LinearLayers())
         {
-            var weights = rows.Select(r => r.Adapter?.Entry.Weights.GetValueOrDefault(path)).ToList();
-            if (weights.All(w => w is null)) continue;
-            var rowLora = new RowLora(weights, layer.InFeatures, layer.OutFeatures);
-            layer.Adapter = rowLora;
-            set.Layers.Add(rowLora);
+            var rowAdapter = new RowAdapter(path, layer, adapters, slots, batch.State);
+            if (rowAdapter.IsEmpty)
+            {
+                rowAdapter.Dispose();
+                continue;
+            }
+            layer.Adapter = rowAdapter;
+            set.Layers.Add(rowAdapter);
         }
         return set;
     }
 
-    /// <summary>The RowLora layers made for one forward call; disposed with it unless kept for the next steps.</summary>
+    /// <summary>The row adapters made for one forward call; disposed with it unless kept for the next steps.</summary>
     sealed class RowAdapters : IDisposable
     {
-        public List<RowLora> Layers { get; } = [];
+        public List<RowAdapter> Layers { get; } = [];
         bool kept;
         public void Keep()
         {

@@ -18,7 +18,8 @@ public sealed record TrainingProgress(
 public sealed record TrainingResult(int Steps, long TrainedTokens, double FinalLoss);
 
 /// <summary>
-/// Supervised fine-tuning of an adapter on a frozen base: AdamW on the adapter's parameters only, cross-entropy on
+/// Supervised fine-tuning of an adapter of any method on a frozen base: AdamW on the adapter's parameters only
+/// (plus the method's auxiliary loss, if it has one), cross-entropy on
 /// the next token where the target is an assistant/completion token, linear learning-rate decay.
 /// Every step is a pure function of (seed, step) and the state saved by <see cref="SaveState"/>: the batch order of an
 /// epoch and the dropout masks are seeded from them, so a job resumed from a saved state continues the same run.
@@ -30,7 +31,7 @@ public sealed class LoraTrainer : IDisposable
     const string StateFile = "trainer_state.json", OptimizerFile = "optimizer.bin";
 
     readonly LlamaForCausalLM model;
-    readonly LoraAdapter adapter;
+    readonly TrainableAdapter adapter;
     readonly IReadOnlyList<TokenizedExample> examples;
     readonly Hyperparameters hp;
     readonly int padId;
@@ -52,7 +53,7 @@ public sealed class LoraTrainer : IDisposable
 
     sealed record State(int Step, long TrainedTokens, double LastLoss);
 
-    public LoraTrainer(LlamaForCausalLM model, LoraAdapter adapter, IReadOnlyList<TokenizedExample> examples, Hyperparameters hp, int padId, long seed)
+    public LoraTrainer(LlamaForCausalLM model, TrainableAdapter adapter, IReadOnlyList<TokenizedExample> examples, Hyperparameters hp, int padId, long seed)
     {
         if (examples.Count == 0) throw new ArgumentException("no training examples", nameof(examples));
         (this.model, this.adapter, this.examples, this.hp, this.padId, this.seed) = (model, adapter, examples, hp, padId, seed);
@@ -134,8 +135,9 @@ public sealed class LoraTrainer : IDisposable
         var logits = model.forward(inputs);                                         // [b, t, vocab]
         var flatTargets = targets.view(-1);
         var loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]), flatTargets, ignore_index: IgnoreIndex);
+        var auxiliary = adapter.AuxiliaryLoss();
         optimizer.zero_grad();
-        loss.backward();
+        (auxiliary is null ? loss : loss + auxiliary).backward();
         nn.utils.clip_grad_norm_(parameters, 1.0);
         optimizer.step();
         LastLoss = loss.item<float>();
@@ -164,16 +166,7 @@ public sealed class LoraTrainer : IDisposable
     {
         var state = JsonSerializer.Deserialize<State>(File.ReadAllText(Path.Combine(folder, StateFile)))
                     ?? throw new InvalidDataException($"{StateFile} is empty");
-        var (_, weights) = LoraAdapter.Load(folder, model);
-        using (no_grad())
-            foreach (var (path, layer) in adapter.Layers)
-            {
-                var w = weights[path];
-                layer.lora_A.weight!.copy_(w.A);
-                layer.lora_B.weight!.copy_(w.B);
-                w.A.Dispose();
-                w.B.Dispose();
-            }
+        adapter.LoadWeights(folder);
         optimizer.load_state_dict(Path.Combine(folder, OptimizerFile));
         (Step, TrainedTokens, LastLoss) = (state.Step, state.TrainedTokens, state.LastLoss);
     }

@@ -27,15 +27,16 @@ public sealed class LoraAdapterTests : IDisposable
         Randomize(adapter, seed: 41);
         adapter.Save(dir);
 
-        var (config, weights) = LoraAdapter.Load(dir, model);
+        using var served = ServedAdapter.Load(dir, model);
+        var (config, weights) = ((LoraConfig)served.Config, served.Lora);
 
         Assert.Equal(Lora.Rank, config.Rank);
         Assert.Equal(Lora.Alpha, config.Alpha);
         Assert.Equal(Lora.TargetModules, config.TargetModules);
         Assert.Equal("tiny", config.BaseModel);
-        Assert.Equal(adapter.Layers.Keys.Order(), weights.Keys.Order());
+        Assert.Equal(adapter.LoraLayers.Keys.Order(), weights.Keys.Order());
         Assert.Equal(3 * Config.NumHiddenLayers, weights.Count);
-        foreach (var (path, layer) in adapter.Layers)
+        foreach (var (path, layer) in adapter.LoraLayers)
         {
             Assert.Equal(Bytes(layer.lora_A.weight!), Bytes(weights[path].A));
             Assert.Equal(Bytes(layer.lora_B.weight!), Bytes(weights[path].B));
@@ -77,7 +78,7 @@ public sealed class LoraAdapterTests : IDisposable
     {
         File.WriteAllText(Path.Combine(dir, "adapter_config.json"),
             """{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ".*\\.(q|v)_proj", "use_rslora": true}""");
-        var config = LoraConfig.Load(dir);
+        var config = (LoraConfig)AdapterConfig.Load(dir);
         Assert.Equal([@".*\.(q|v)_proj"], config.TargetModules);
         Assert.Equal(4 / Math.Sqrt(2), config.Scaling);
     }
@@ -91,11 +92,11 @@ public sealed class LoraAdapterTests : IDisposable
             adapter.Save(dir);
 
         using var wider = Create(config: Config with { HiddenSize = 48 });
-        var e = Assert.Throws<InvalidDataException>(() => LoraAdapter.Load(dir, wider));
+        var e = Assert.Throws<InvalidDataException>(() => ServedAdapter.Load(dir, wider));
         Assert.Contains("do not fit", e.Message);
 
         using var shallower = Create(config: Config with { NumHiddenLayers = 1 });
-        e = Assert.Throws<InvalidDataException>(() => LoraAdapter.Load(dir, shallower));
+        e = Assert.Throws<InvalidDataException>(() => ServedAdapter.Load(dir, shallower));
         Assert.Contains("model.layers.1.", e.Message);
     }
 
@@ -109,9 +110,9 @@ public sealed class LoraAdapterTests : IDisposable
         string file = Path.Combine(dir, "adapter_model.safetensors");
 
         SafeTensors.Save(file, new Dictionary<string, Tensor> { [$"{key}.lora_A.weight"] = zeros(4, 32), [$"{key}.lora_B.weight"] = zeros(32, 3) });
-        Assert.Throws<InvalidDataException>(() => LoraAdapter.Load(dir, model));   // ranks of A and B differ
+        Assert.Throws<InvalidDataException>(() => ServedAdapter.Load(dir, model));   // ranks of A and B differ
 
         SafeTensors.Save(file, new Dictionary<string, Tensor> { [$"{key}.lora_A.weight"] = zeros(4, 32) });
-        Assert.Throws<InvalidDataException>(() => LoraAdapter.Load(dir, model));   // B missing
+        Assert.Throws<InvalidDataException>(() => ServedAdapter.Load(dir, model));   // B missing
     }
 }

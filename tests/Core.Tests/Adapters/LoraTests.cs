@@ -112,8 +112,8 @@ public sealed class LoraTests
         adapter.Train(false);
         adapter.Attach(model);
 
-        Assert.Equal(7 * Config.NumHiddenLayers, adapter.Layers.Count);
-        Assert.All(adapter.Layers.Values, l =>
+        Assert.Equal(7 * Config.NumHiddenLayers, adapter.LoraLayers.Count);
+        Assert.All(adapter.LoraLayers.Values, l =>
         {
             Assert.Equal(0, l.lora_B.weight!.count_nonzero().item<long>());
             Assert.NotEqual(0, l.lora_A.weight!.abs().sum().item<float>());

@@ -41,7 +41,7 @@ public sealed class RowLoraTests
         {
             foreach (var (path, layer) in model.LinearLayers())
             {
-                var rows = rowAdapters.Select(a => a?.Layers.GetValueOrDefault(path)?.Weights()).ToList();
+                var rows = rowAdapters.Select(a => a?.LoraLayers.GetValueOrDefault(path)?.Weights()).ToList();
                 if (rows.All(r => r is null)) continue;
                 var slot = new RowLora(rows, layer.InFeatures, layer.OutFeatures);
                 slots.Add(slot);

@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 
 namespace AdapterService.Core.Tests.Inference;
 
-/// <summary>The engine over a tiny base model saved to a folder, with random LoRA adapters of different ranks and targets.</summary>
+/// <summary>The engine over a tiny base model saved to a folder, with random adapters: LoRA of different ranks and targets, DoRA, Lily, RLRR.</summary>
 public sealed class InferenceEngineTests : IDisposable
 {
     readonly DirectoryInfo root = Directory.CreateTempSubdirectory("engine-tests-");
@@ -22,10 +22,19 @@ public sealed class InferenceEngineTests : IDisposable
         using var scope = NewDisposeScope();
         using var model = Create();
         ModelFolder.Save(model, baseFolder);
-        string[][] targets = [["all-linear"], ["q_proj", "v_proj"], ["down_proj", "lm_head"], ["o_proj"]];
-        adapterFolders = targets.Select((t, i) =>
+        AdapterConfig[] configs =
+        [
+            new LoraConfig { Rank = 2, Alpha = 8, TargetModules = ["all-linear"] },
+            new LoraConfig { Rank = 5, Alpha = 8, TargetModules = ["q_proj", "v_proj"] },
+            new LoraConfig { Rank = 8, Alpha = 8, TargetModules = ["down_proj", "lm_head"] },
+            new LoraConfig { Rank = 11, Alpha = 8, TargetModules = ["o_proj"] },
+            new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["q_proj", "down_proj"], UseDora = true },
+            new LilyConfig { Rank = 4, NumExperts = 3, TargetModules = ["q_proj", "v_proj", "up_proj"] },
+            new RlrrConfig { Rank = 2, TargetModules = ["all-linear"] },
+        ];
+        adapterFolders = configs.Select((config, i) =>
         {
-            using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 2 + 3 * i, Alpha = 8, TargetModules = t }, seed: i);
+            using var adapter = TrainableAdapter.Create(model, config, seed: i);
             Randomize(adapter, 100 + i);
             var folder = Path.Combine(root.FullName, $"adapter{i}");
             adapter.Save(folder);
@@ -56,16 +65,11 @@ public sealed class InferenceEngineTests : IDisposable
         using var scope = NewDisposeScope();
         using var model = ModelFolder.Load(baseFolder);
         using var _ = no_grad();
-        LoraAdapter? adapter = null;
+        TrainableAdapter? adapter = null;
         if (request.AdapterFolder is { } folder)
         {
-            var (config, weights) = LoraAdapter.Load(folder, model);
-            adapter = LoraAdapter.Create(model, config);
-            foreach (var (path, layer) in adapter.Layers)
-            {
-                layer.lora_A.weight!.copy_(weights[path].A);
-                layer.lora_B.weight!.copy_(weights[path].B);
-            }
+            adapter = TrainableAdapter.Create(model, AdapterConfig.Load(folder));
+            adapter.LoadWeights(folder);
             adapter.Attach(model);
         }
         var ids = request.Prompt.Select(i => (long)i).ToList();
@@ -88,8 +92,8 @@ public sealed class InferenceEngineTests : IDisposable
     public async Task AMixedBatchGivesEachRowWhatItGetsAloneAndWhatTheUncachedModelSays()
     {
         using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 8 });
-        // Twelve requests in flight together: four adapters of different ranks and targets, and no adapter; prompts of different lengths.
-        var requests = Enumerable.Range(0, 12).Select(i => Request(i % 5 == 4 ? null : i % 5, promptSeed: i, maxTokens: 6 + i % 7)).ToList();
+        // Sixteen requests in flight together: seven adapters of four methods, and no adapter; prompts of different lengths.
+        var requests = Enumerable.Range(0, 16).Select(i => Request(i % 8 == 7 ? null : i % 8, promptSeed: i, maxTokens: 6 + i % 7)).ToList();
         var together = await Task.WhenAll(requests.Select(r => RunAsync(engine, r)));
         for (int i = 0; i < requests.Count; i++)
         {
@@ -97,7 +101,7 @@ public sealed class InferenceEngineTests : IDisposable
             Assert.Equal(alone.Text, together[i].Text);
             Assert.Equal(Text(Reference(requests[i])), together[i].Text);
         }
-        Assert.NotEqual(together[0].Text, together[4].Text);   // adapters matter (same prompt family, different outputs)
+        Assert.NotEqual(together[7].Text, Text(Reference(requests[7] with { Adapter = "adapter5", AdapterFolder = adapterFolders[5] })));   // adapters matter
     }
 
     [Fact]

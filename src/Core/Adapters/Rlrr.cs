@@ -1,0 +1,163 @@
+using System.Text.Json.Serialization;
+using AdapterService.Core.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Adapters;
+
+/// <summary>RLRR's options (our own format: <c>peft_type: RLRR</c>).</summary>
+public sealed record RlrrConfig : AdapterConfig
+{
+    public const string Type = "RLRR";
+    public override string PeftType { get; init; } = Type;
+    /// <summary>Rank of the rescaling S_left S_rightᵀ (1 in the paper's main method; the appendix's variant uses more).</summary>
+    [JsonPropertyName("r")] public int Rank { get; init; } = 1;
+
+    public override string Method => "rlrr";
+
+    public override void Validate()
+    {
+        if (Rank is < 1 or > 64) throw new ArgumentException("r must be between 1 and 64");
+    }
+}
+
+/// <summary>
+/// RLRR (paper 001), residual-based low-rank rescaling of a frozen linear layer (Eq. 16, rank r as in its appendix):
+/// W' = W + (S_left S_rightᵀ) ⊙ W and b' = b + f. In the paper's X W layout S_left scales W's input side and
+/// S_right its output side; in our [out, in] weights ΔW[o, i] = Σₖ S_right[k, o] S_left[k, i] W[o, i].
+/// Initialisation (the paper does not spell it out): S_left = 0, S_right ~ N(1, 0.02), f = 0, so training starts at the
+/// base model and S_left gets gradient at once (as LoRA's zero B). Merges into W and b exactly (Eq. 20).
+/// </summary>
+public sealed class RlrrLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
+{
+    public readonly Parameter rlrr_s_left, rlrr_s_right, rlrr_f;   // [r, in], [r, out], [out]
+    readonly FrozenLayer frozen;
+
+    public RlrrLayer(AdaptableLinear layer, int rank, Generator? init) : base(nameof(RlrrLayer))
+    {
+        frozen = new FrozenLayer(layer);
+        rlrr_s_left = new Parameter(zeros(rank, layer.InFeatures));
+        rlrr_s_right = new Parameter(empty(rank, layer.OutFeatures).normal_(1.0, 0.02, init));
+        rlrr_f = new Parameter(zeros(layer.OutFeatures));
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => throw new NotSupportedException("RLRR adapts a layer's output: call Forward(x, y)");
+
+    /// <summary>y + x ((S_left S_rightᵀ) ⊙ W) + f (Eq. 16, with y = x W + b).</summary>
+    public Tensor Forward(Tensor x, Tensor y) =>
+        y + nn.functional.linear(x, Rlrr.DeltaWeight(frozen.Layer.weight, rlrr_s_left, rlrr_s_right)) + rlrr_f;
+}
+
+public static class Rlrr
+{
+    /// <summary>ΔW = (S_rightᵀ S_left) ⊙ W [out, in].</summary>
+    public static Tensor DeltaWeight(Tensor weight, Tensor sLeft, Tensor sRight) => sRight.t().matmul(sLeft) * weight;
+
+    /// <summary>
+    /// The same update without forming ΔW, for serving many adapters over one W:
+    /// x ΔWᵀ = Σₖ S_right[k] ⊙ (W (S_left[k] ⊙ x)), one extra pass through W per rank.
+    /// </summary>
+    public static Tensor Delta(Tensor x, Tensor weight, Tensor sLeft, Tensor sRight)
+    {
+        var scaled = x.unsqueeze(-2) * sLeft;                                                 // S_left[k] ⊙ x     [.., r, in]
+        return (nn.functional.linear(scaled, weight) * sRight).sum(dim: -2);                       // Σₖ S_right[k] ⊙ W(..) [.., out]
+    }
+}
+
+/// <summary>An RLRR adapter over the target linear layers; keys <c>{path}.rlrr_s_left</c>, <c>rlrr_s_right</c>, <c>rlrr_f</c>.</summary>
+public sealed class RlrrAdapter : TrainableAdapter
+{
+    readonly RlrrConfig config;
+    readonly Dictionary<string, nn.Module> layers;
+
+    RlrrAdapter(RlrrConfig config, Dictionary<string, nn.Module> layers) => (this.config, this.layers) = (config, layers);
+
+    public override AdapterConfig Config => config;
+    public override IReadOnlyDictionary<string, nn.Module> Layers => layers;
+
+    public static RlrrAdapter Create(nn.Module model, RlrrConfig config, Generator? init) =>
+        new(config, TargetModules.Find(model, config.TargetModules).ToDictionary(t => t.Path, t => (nn.Module)new RlrrLayer(t.Layer, config.Rank, init)));
+
+    public override IEnumerable<(string Key, Parameter Value)> NamedParameters()
+    {
+        foreach (var (path, module) in layers)
+        {
+            var l = (RlrrLayer)module;
+            yield return ($"{path}.rlrr_s_left", l.rlrr_s_left);
+            yield return ($"{path}.rlrr_s_right", l.rlrr_s_right);
+            yield return ($"{path}.rlrr_f", l.rlrr_f);
+        }
+    }
+
+    /// <summary>
+    /// Folds the rescaling into the model's weights (Eq. 20: W ← (1 + S_left S_rightᵀ) ⊙ W) and the shift into the bias
+    /// (b ← b + f; a layer without a bias gets <see cref="BiasShift"/>, one vector add). The adapter's own layers are
+    /// taken out of the slots, so the model then runs as a plain base model with new weights.
+    /// </summary>
+    public void Merge(nn.Module model)
+    {
+        var slots = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
+        using var noGrad = no_grad();
+        foreach (var (path, module) in layers)
+        {
+            var l = (RlrrLayer)module;
+            var target = slots[path];
+            target.weight.add_(Rlrr.DeltaWeight(target.weight, l.rlrr_s_left, l.rlrr_s_right));
+            if (target.bias is { } bias) { bias.add_(l.rlrr_f); target.Adapter = null; }
+            else target.Adapter = new BiasShift(l.rlrr_f.detach().clone());
+        }
+    }
+
+    /// <summary>Undoes <see cref="Merge"/>: W ← W / (1 + S_left S_rightᵀ), b ← b − f.</summary>
+    public void Unmerge(nn.Module model)
+    {
+        var slots = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
+        using var noGrad = no_grad();
+        foreach (var (path, module) in layers)
+        {
+            var l = (RlrrLayer)module;
+            var target = slots[path];
+            target.weight.div_(l.rlrr_s_right.t().matmul(l.rlrr_s_left) + 1);
+            target.bias?.sub_(l.rlrr_f);
+            target.Adapter = null;
+        }
+    }
+
+    public static Dictionary<string, IRowDelta> LoadServed(RlrrConfig config, Dictionary<string, Tensor> tensors, IReadOnlyDictionary<string, (long In, long Out)> layers)
+    {
+        var result = new Dictionary<string, IRowDelta>();
+        foreach (var (key, sLeft) in tensors)
+        {
+            if (!key.EndsWith(".rlrr_s_left", StringComparison.Ordinal)) continue;
+            string path = key[..^".rlrr_s_left".Length];
+            if (!layers.TryGetValue(path, out var layer)) throw new InvalidDataException($"{key}: the base model has no linear layer {path}");
+            var sRight = tensors.GetValueOrDefault($"{path}.rlrr_s_right") ?? throw new InvalidDataException($"{key}: its rlrr_s_right is missing");
+            var f = tensors.GetValueOrDefault($"{path}.rlrr_f") ?? throw new InvalidDataException($"{key}: its rlrr_f is missing");
+            if (sLeft.ndim != 2 || sLeft.shape[0] != config.Rank || sLeft.shape[1] != layer.In
+                || sRight.ndim != 2 || sRight.shape[0] != config.Rank || sRight.shape[1] != layer.Out || f.ndim != 1 || f.shape[0] != layer.Out)
+                throw new InvalidDataException($"{path}: RLRR shapes s_left [{string.Join(",", sLeft.shape)}] s_right [{string.Join(",", sRight.shape)}] f [{string.Join(",", f.shape)}] do not fit layer {path} ({layer.In} → {layer.Out}, r = {config.Rank})");
+            result[path] = new ServedRlrr(sLeft, sRight, f);
+        }
+        if (result.Count == 0) throw new InvalidDataException($"{WeightsFileName} holds no RLRR weights");
+        return result;
+    }
+
+    sealed class ServedRlrr(Tensor sLeft, Tensor sRight, Tensor f) : IRowDelta
+    {
+        public int StateWidth => 0;
+        public IEnumerable<Tensor> Tensors => [sLeft, sRight, f];
+
+        public Tensor Apply(Tensor x, Tensor y, AdaptableLinear layer, RowState? state) =>
+            y + Rlrr.Delta(x, layer.weight, sLeft, sRight) + f;
+
+        public void Dispose() { foreach (var t in Tensors) t.Dispose(); }
+    }
+}
+
+/// <summary>A merged RLRR shift f on a layer that has no bias of its own.</summary>
+public sealed class BiasShift(Tensor shift) : ILinearAdapter
+{
+    public Tensor Forward(Tensor x, Tensor y) => y + shift;
+}

@@ -1,0 +1,148 @@
+using AdapterService.Core.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Adapters;
+
+/// <summary>
+/// A trained adapter's weights as the inference engine serves them, whatever its method: LoRA and DoRA layers as
+/// <see cref="LoraWeights"/> (gathered per row into one batched matmul), every other method's layers as an
+/// <see cref="IRowDelta"/> applied to the rows that use it.
+/// </summary>
+public sealed class ServedAdapter : IDisposable
+{
+    public required AdapterConfig Config { get; init; }
+    public IReadOnlyDictionary<string, LoraWeights> Lora { get; init; } = new Dictionary<string, LoraWeights>();
+    public IReadOnlyDictionary<string, IRowDelta> Deltas { get; init; } = new Dictionary<string, IRowDelta>();
+
+    public long Bytes => Lora.Values.Sum(w => w.Bytes) + Deltas.Values.Sum(d => d.Bytes);
+
+    /// <summary>Trained parameters, each shared tensor once (Lily's files repeat a module type's experts and router under every layer).</summary>
+    public long ParameterCount { get; private init; }
+
+    /// <summary>Reads an adapter folder of any method, checked against the model's linear layers.</summary>
+    public static ServedAdapter Load(string folder, nn.Module model) =>
+        Load(folder, model.LinearLayers().Select(l => (l.Path, l.Layer.InFeatures, l.Layer.OutFeatures)));
+
+    /// <summary>Reads an adapter folder of any method, checked against the base model's linear layers (path, in, out).</summary>
+    public static ServedAdapter Load(string folder, IEnumerable<(string Path, long In, long Out)> linearLayers)
+    {
+        var config = AdapterConfig.Load(folder);
+        var layers = linearLayers.ToDictionary(l => l.Path, l => (l.In, l.Out));
+        var tensors = TrainableAdapter.ReadWeights(folder);
+        var kept = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
+        try
+        {
+            var served = config switch
+            {
+                LoraConfig lora => new ServedAdapter { Config = config, Lora = LoraAdapter.LoadServed(lora, tensors, layers) },
+                LilyConfig lily => new ServedAdapter { Config = config, Deltas = LilyAdapter.LoadServed(lily, tensors, layers) },
+                RlrrConfig rlrr => new ServedAdapter { Config = config, Deltas = RlrrAdapter.LoadServed(rlrr, tensors, layers) },
+                _ => throw new InvalidDataException($"{config.Method} adapters cannot be served"),
+            };
+            served = new ServedAdapter { Config = served.Config, Lora = served.Lora, Deltas = served.Deltas, ParameterCount = CountParameters(tensors) };
+            foreach (var w in served.Lora.Values) kept.UnionWith([w.A, w.B, .. w.Magnitude is null ? [] : new[] { w.Magnitude }]);
+            foreach (var d in served.Deltas.Values) kept.UnionWith(d.Tensors);
+            return served;
+        }
+        finally
+        {
+            foreach (var t in tensors.Values.Where(t => !kept.Contains(t))) t.Dispose();
+        }
+    }
+
+    static long CountParameters(Dictionary<string, Tensor> tensors)
+    {
+        var shared = new HashSet<string>();
+        long count = 0;
+        foreach (var (key, t) in tensors)
+        {
+            var parts = key.Split('.');
+            bool perType = key.EndsWith(".lily_B.weight", StringComparison.Ordinal) || key.EndsWith(".lily_router.weight", StringComparison.Ordinal);
+            if (!perType || shared.Add($"{parts[^3]}.{parts[^2]}[{string.Join(",", t.shape)}]")) count += t.numel();
+        }
+        return count;
+    }
+
+    public void Dispose()
+    {
+        foreach (var w in Lora.Values) w.Dispose();
+        foreach (var d in Deltas.Values.Distinct()) d.Dispose();
+    }
+}
+
+/// <summary>One layer of a non-LoRA method, applied to the rows of a batch that use its adapter.</summary>
+public interface IRowDelta : IDisposable
+{
+    /// <summary>The adapted output for rows x [n, seq, in] whose frozen output is y [n, seq, out].</summary>
+    Tensor Apply(Tensor x, Tensor y, AdaptableLinear layer, RowState? state);
+
+    /// <summary>Floats of per-sequence state the method carries from one forward call to the next (0 for none).</summary>
+    int StateWidth { get; }
+
+    /// <summary>The tensors it holds (freed with it).</summary>
+    IEnumerable<Tensor> Tensors { get; }
+
+    long Bytes => Tensors.Sum(t => t.numel() * 4);
+}
+
+/// <summary>
+/// The running state of some sequences in a store of [slots, width] that outlives forward calls (Lily's prefix sums,
+/// kept per sequence like its KV cache). Null state means a forward call sees whole sequences from their start.
+/// </summary>
+public sealed class RowState(Tensor store, Tensor slots)
+{
+    public Tensor Read() => store.index_select(0, slots);                                    // [n, width]
+    public void Write(Tensor value) => store.index_copy_(0, slots, value);
+}
+
+/// <summary>
+/// One linear layer's adapters for a batch whose rows each use their own adapter (or none): LoRA and DoRA rows through
+/// one gathered <see cref="RowLora"/>, then each other adapter's <see cref="IRowDelta"/> on just its rows.
+/// </summary>
+public sealed class RowAdapter : ILinearAdapter, IDisposable
+{
+    readonly AdaptableLinear layer;
+    readonly RowLora? lora;
+    readonly List<(Tensor Rows, IRowDelta Delta, RowState? State)> groups = [];
+
+    /// <param name="path">The layer's module path.</param>
+    /// <param name="layer">The base layer.</param>
+    /// <param name="rows">Each row's adapter (or null).</param>
+    /// <param name="slots">Each row's slot in <paramref name="states"/>.</param>
+    /// <param name="states">Per-sequence state stores of this batch by key (made on first use), or null for none.</param>
+    public RowAdapter(string path, AdaptableLinear layer, IReadOnlyList<ServedAdapter?> rows, IReadOnlyList<long> slots, Func<string, int, Tensor>? states)
+    {
+        this.layer = layer;
+        var loraRows = rows.Select(r => r?.Lora.GetValueOrDefault(path)).ToList();
+        if (loraRows.Any(w => w is not null))
+            lora = new RowLora(loraRows, layer.InFeatures, layer.OutFeatures, layer.weight, layer.bias);
+        foreach (var group in Enumerable.Range(0, rows.Count).Where(i => rows[i]?.Deltas.ContainsKey(path) == true).GroupBy(i => rows[i]!))
+        {
+            var delta = group.Key.Deltas[path];
+            var index = group.ToArray();
+            var state = delta.StateWidth > 0 && states is not null
+                ? new RowState(states(path, delta.StateWidth), tensor(index.Select(i => slots[i]).ToArray()).DetachFromDisposeScope())
+                : null;
+            groups.Add((tensor(index.Select(i => (long)i).ToArray()).DetachFromDisposeScope(), delta, state));
+        }
+    }
+
+    public bool IsEmpty => lora is null && groups.Count == 0;
+
+    public Tensor Forward(Tensor x, Tensor y)                                                 // x [rows, seq, in], y [rows, seq, out]
+    {
+        var result = lora?.Forward(x, y) ?? y;
+        foreach (var (rows, delta, state) in groups)
+            result = result.index_copy(0, rows, delta.Apply(x.index_select(0, rows), y.index_select(0, rows), layer, state));
+        return result;
+    }
+
+    public void DetachFromScope() => lora?.DetachFromScope();
+
+    public void Dispose()
+    {
+        lora?.Dispose();
+        foreach (var g in groups) g.Rows.Dispose();
+    }
+}

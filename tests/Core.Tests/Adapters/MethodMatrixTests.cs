@@ -1,0 +1,193 @@
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Models;
+using AdapterService.Core.Torch;
+using TorchSharp;
+using static AdapterService.Core.Tests.TinyLlama;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Tests.Adapters;
+
+/// <summary>The checks every adapter method must pass, run over all of them.</summary>
+public sealed class MethodMatrixTests : IDisposable
+{
+    readonly string dir = Directory.CreateTempSubdirectory("method-matrix-").FullName;
+
+    public MethodMatrixTests() => TorchRuntime.EnsureReady();
+
+    public void Dispose() => Directory.Delete(dir, recursive: true);
+
+    static readonly string[] Targets = ["q_proj", "v_proj", "down_proj"];
+
+    static readonly string[] MethodNames = ["lora", "dora", "lily", "lily-monoscale", "rlrr", "rlrr-r2"];
+
+    public static TheoryData<string> Methods => new(MethodNames);
+
+    static AdapterConfig ConfigOf(string method) => method switch
+    {
+        "lora" => new LoraConfig { Rank = 3, Alpha = 6, TargetModules = Targets },
+        "dora" => new LoraConfig { Rank = 3, Alpha = 6, TargetModules = Targets, UseDora = true },
+        "lily" => new LilyConfig { Rank = 4, NumExperts = 3, Scaling = 0.5, TargetModules = Targets },
+        "lily-monoscale" => new LilyConfig { Rank = 4, NumExperts = 3, Monoscale = true, TargetModules = Targets },
+        "rlrr" => new RlrrConfig { TargetModules = Targets },
+        "rlrr-r2" => new RlrrConfig { Rank = 2, TargetModules = Targets },
+        _ => throw new ArgumentException(method),
+    };
+
+    /// <summary>The count from each method's formula (docs/METHODS.md) for the tiny model's q (32→32), v (32→16), down (64→32) per layer.</summary>
+    static long ExpectedParameters(AdapterConfig config)
+    {
+        (long In, long Out)[] layer = [(32, 32), (32, 16), (64, 32)];
+        long layers = Config.NumHiddenLayers;
+        return config switch
+        {
+            LoraConfig { UseDora: false } l => layers * layer.Sum(s => l.Rank * (s.In + s.Out)),
+            LoraConfig l => layers * layer.Sum(s => l.Rank * (s.In + s.Out) + s.Out),
+            LilyConfig l => layers * layer.Sum(s => l.Rank * s.In)
+                            + layer.Sum(s => l.NumExperts * l.Rank * s.Out + (l.Monoscale ? 0 : l.NumExperts * l.Rank)),
+            RlrrConfig r => layers * layer.Sum(s => r.Rank * (s.In + s.Out) + s.Out),
+            _ => throw new ArgumentException(config.Method),
+        };
+    }
+
+    [Theory, MemberData(nameof(Methods))]
+    public void ParameterCountEqualsTheFormula(string method)
+    {
+        using var model = Create();
+        using var adapter = TrainableAdapter.Create(model, ConfigOf(method), seed: 1);
+        Assert.Equal(ExpectedParameters(ConfigOf(method)), adapter.ParameterCount);
+    }
+
+    [Theory, MemberData(nameof(Methods))]
+    public void AtInitTheModelEqualsTheBase(string method)
+    {
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        var ids = Ids(2, 7, seed: 3);
+        var before = model.forward(ids);
+        using var adapter = TrainableAdapter.Create(model, ConfigOf(method), seed: 1);
+        adapter.Attach(model);
+        AssertClose(before, model.forward(ids), 1e-6);
+    }
+
+    [Theory, MemberData(nameof(Methods))]
+    public void AStepChangesEveryAdapterParameterAndNoBaseParameter(string method)
+    {
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        using var adapter = TrainableAdapter.Create(model, ConfigOf(method), seed: 1);
+        Randomize(adapter, seed: 5);   // from a random point every parameter has a gradient (at init some are zero by design)
+        adapter.Attach(model);
+        var baseBefore = model.parameters().Select(p => p.clone()).ToList();
+        var adapterBefore = adapter.Parameters().Select(p => p.clone()).ToList();
+        foreach (var p in adapter.Parameters()) p.requires_grad = true;
+        using var optimizer = optim.SGD(adapter.Parameters(), 0.1);
+        var logits = model.forward(Ids(2, 6, seed: 4));
+        nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]), Ids(2, 6, seed: 9).view(-1)).backward();
+        optimizer.step();
+        Assert.All(model.parameters().Zip(baseBefore), p => Assert.Equal(Bytes(p.Second), Bytes(p.First)));
+        Assert.All(adapter.Parameters().Zip(adapterBefore), p => Assert.NotEqual(Bytes(p.Second), Bytes(p.First)));
+    }
+
+    [Theory, MemberData(nameof(Methods))]
+    public void SaveThenLoadGivesTheSameModel(string method)
+    {
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        var ids = Ids(2, 7, seed: 3);
+        Tensor expected;
+        using (var adapter = TrainableAdapter.Create(model, ConfigOf(method), seed: 1))
+        {
+            Randomize(adapter, seed: 5);
+            adapter.Attach(model);
+            expected = model.forward(ids);
+            adapter.Save(dir);
+        }
+        var config = AdapterConfig.Load(dir);
+        var expectedConfig = ConfigOf(method) is LilyConfig lily ? lily with { NumA = Config.NumHiddenLayers } : ConfigOf(method);
+        Assert.Equal(expectedConfig.ToJson(), config.ToJson());
+        using var loaded = TrainableAdapter.Create(model, config, seed: 2);
+        loaded.LoadWeights(dir);
+        loaded.Attach(model);
+        Assert.Equal(Bytes(expected), Bytes(model.forward(ids)));
+    }
+
+    /// <summary>
+    /// Served the way the engine serves (each row its own adapter, several methods in one batch, rows without any),
+    /// every row equals that row run alone with its adapter attached as trained.
+    /// </summary>
+    [Fact]
+    public void AMixedBatchOfAllMethodsEqualsEachRowRunAlone()
+    {
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        var methods = MethodNames;
+        var served = new List<ServedAdapter?>();
+        var alone = new List<Tensor>();
+        var ids = Ids(methods.Length + 1, 6, seed: 8);
+        for (int i = 0; i < methods.Length; i++)
+        {
+            using var adapter = TrainableAdapter.Create(model, ConfigOf(methods[i]), seed: i);
+            Randomize(adapter, seed: 10 + i);
+            adapter.Attach(model);
+            alone.Add(model.forward(ids.narrow(0, i, 1)));
+            TrainableAdapter.Detach(model);
+            string folder = Path.Combine(dir, methods[i]);
+            adapter.Save(folder);
+            served.Add(ServedAdapter.Load(folder, model));
+        }
+        alone.Add(model.forward(ids.narrow(0, methods.Length, 1)));   // a row without adapter
+        served.Add(null);
+        var slots = Enumerable.Range(0, served.Count).Select(i => (long)i).ToList();
+        var rowAdapters = model.LinearLayers().Select(l => (l.Layer, Row: new RowAdapter(l.Path, l.Layer, served, slots, null))).ToList();
+        try
+        {
+            foreach (var (layer, row) in rowAdapters) layer.Adapter = row;
+            AssertClose(cat(alone), model.forward(ids), 2e-5);
+        }
+        finally
+        {
+            foreach (var (layer, row) in rowAdapters) { layer.Adapter = null; row.Dispose(); }
+            foreach (var s in served) s?.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Autograd's gradient of the loss equals central finite differences (float32, so the tolerance is loose; a wrong or
+    /// missing term is off by far more). DoRA's A and B are left out: DoRA treats its norm as a constant in the backward
+    /// pass on purpose (§4.3), so their gradients are not the loss's exact ones.
+    /// </summary>
+    [Theory, MemberData(nameof(Methods))]
+    public void GradientsMatchFiniteDifferences(string method)
+    {
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        using var adapter = TrainableAdapter.Create(model, ConfigOf(method), seed: 1);
+        Randomize(adapter, seed: 7);   // a random point, away from the zero gradients of the initialisation
+        adapter.Attach(model);
+        var parameters = adapter.NamedParameters().Where(p => !(method == "dora" && p.Key.Contains(".lora_"))
+            || p.Key.EndsWith("magnitude_vector", StringComparison.Ordinal)).Select(p => p.Value).DistinctBy(p => p.Handle).ToList();
+        var ids = Ids(1, 5, seed: 2);
+        var targets = Ids(1, 5, seed: 6).view(-1);
+        Tensor Loss() { var l = model.forward(ids); return nn.functional.cross_entropy(l.view(-1, l.shape[^1]), targets); }
+        foreach (var p in parameters) p.requires_grad = true;
+        Loss().backward();
+        using var noGrad = no_grad();
+        foreach (var p in parameters)
+        {
+            var flat = p.view(-1);
+            var grad = p.grad!.view(-1);
+            foreach (long i in new[] { 0L, flat.shape[0] / 2, flat.shape[0] - 1 })
+            {
+                double original = flat[i].item<float>(), eps = 1e-2;
+                flat[i] = original + eps;
+                double up = Loss().item<float>();
+                flat[i] = original - eps;
+                double down = Loss().item<float>();
+                flat[i] = original;
+                double numeric = (up - down) / (2 * eps), analytic = grad[i].item<float>();
+                Assert.True(Math.Abs(numeric - analytic) <= 2e-3 + 2e-2 * Math.Abs(numeric),
+                    $"{method}: d loss / d p[{i}] is {analytic} by autograd, {numeric} by finite differences");
+            }
+        }
+    }
+}

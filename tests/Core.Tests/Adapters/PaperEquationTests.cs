@@ -1,0 +1,186 @@
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Models;
+using AdapterService.Core.Torch;
+using TorchSharp;
+using static AdapterService.Core.Tests.TinyLlama;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Tests.Adapters;
+
+/// <summary>Each method's layer against a naive reference written from its paper's equations with plain loops.</summary>
+public sealed class PaperEquationTests
+{
+    const int In = 6, Out = 5, Tokens = 4, Rows = 2;
+
+    public PaperEquationTests() => TorchRuntime.EnsureReady();
+
+    static double[,] Matrix(Tensor t)
+    {
+        var data = t.detach().to_type(ScalarType.Float64).contiguous().data<double>().ToArray();
+        long rows = t.shape[0], cols = t.shape[1];
+        var m = new double[rows, cols];
+        for (long i = 0; i < rows; i++) for (long j = 0; j < cols; j++) m[i, j] = data[i * cols + j];
+        return m;
+    }
+
+    static double[] Vector(Tensor t) => t.detach().to_type(ScalarType.Float64).contiguous().data<double>().ToArray();
+
+    static double[][][] Inputs(Tensor x)   // [rows][tokens][in]
+    {
+        var v = Vector(x);
+        return Enumerable.Range(0, Rows).Select(b => Enumerable.Range(0, Tokens)
+            .Select(t => Enumerable.Range(0, In).Select(i => v[(b * Tokens + t) * In + i]).ToArray()).ToArray()).ToArray();
+    }
+
+    static Tensor FromNested(double[][][] y) => tensor(y.SelectMany(r => r.SelectMany(t => t)).Select(v => (float)v).ToArray(), [Rows, Tokens, y[0][0].Length]);
+
+    static (AdaptableLinear Layer, Tensor X) Setup(bool bias)
+    {
+        using var g = new Generator(17);
+        var layer = new AdaptableLinear(In, Out, hasBias: bias);
+        using (no_grad())
+        {
+            layer.weight.normal_(0, 0.5, g);
+            layer.bias?.normal_(0, 0.5, g);
+        }
+        return (layer, randn([Rows, Tokens, In], generator: g));
+    }
+
+    /// <summary>W x + b per element (the frozen output the method adapts).</summary>
+    static double[] Linear(double[,] w, double[]? b, double[] x) =>
+        Enumerable.Range(0, Out).Select(o => Enumerable.Range(0, In).Sum(i => w[o, i] * x[i]) + (b?[o] ?? 0)).ToArray();
+
+    /// <summary>Lily, Eq. 3–5 and 7: x' = x P_L, W_R = softmax(x' Rᵀ) averaged causally per sequence, Δ = s · x' Σᵢ W_Rⁱ P_Hⁱ.</summary>
+    [Theory]
+    [InlineData("sequence", true)]
+    [InlineData("sequence", false)]
+    [InlineData("batch", true)]
+    public void LilyFollowsEquations3To7(string mean, bool causal)
+    {
+        using var scope = NewDisposeScope();
+        var (layer, x) = Setup(bias: true);
+        const int d = 3, experts = 4;
+        var config = new LilyConfig { Rank = d, NumExperts = experts, Scaling = 0.7, RouterMean = mean, TaskType = causal ? "CAUSAL_LM" : "FEATURE_EXTRACTION" };
+        using var g = new Generator(5);
+        var group = new LilyGroup(d, experts, Out, monoscale: false, g);
+        using var lily = new LilyLayer(In, group, config, g);
+        using (no_grad()) group.Experts.normal_(0, 0.5, g);   // zero at init; random here so the test sees them
+        lily.train(mean == "batch");                         // the batch mean is a training option
+        var actual = lily.Forward(x, layer.forward(x));
+
+        double[,] lp = Matrix(lily.lily_A.weight!), router = Matrix(group.Router!), hp = Matrix(group.Experts), w = Matrix(layer.weight);
+        double[] b = Vector(layer.bias!);
+        var xs = Inputs(x);
+        var h = xs.Select(row => row.Select(t => Enumerable.Range(0, d).Select(k => Enumerable.Range(0, In).Sum(i => lp[k, i] * t[i])).ToArray()).ToArray()).ToArray();
+        var p = h.Select(row => row.Select(ht =>
+        {
+            var logits = Enumerable.Range(0, experts).Select(e => Enumerable.Range(0, d).Sum(k => router[e, k] * ht[k])).ToArray();
+            double max = logits.Max(), sum = logits.Sum(l => Math.Exp(l - max));
+            return logits.Select(l => Math.Exp(l - max) / sum).ToArray();
+        }).ToArray()).ToArray();
+        double[] WeightsAt(int row, int token)
+        {
+            var pooled = mean == "batch" ? p.SelectMany(r => r)
+                : causal ? p[row].Take(token + 1) : p[row];
+            var list = pooled.ToList();
+            return Enumerable.Range(0, experts).Select(e => list.Average(q => q[e])).ToArray();
+        }
+        var expected = xs.Select((row, r) => row.Select((xt, t) =>
+        {
+            var wr = WeightsAt(r, t);
+            var baseOut = Linear(w, b, xt);
+            return Enumerable.Range(0, Out).Select(o => baseOut[o] + config.Scaling *
+                Enumerable.Range(0, d).Sum(k => h[r][t][k] * Enumerable.Range(0, experts).Sum(e => wr[e] * hp[e * d + k, o]))).ToArray();
+        }).ToArray()).ToArray();
+        AssertClose(FromNested(expected), actual, 1e-5);
+    }
+
+    /// <summary>Decoding token by token with the per-sequence state gives what the whole sequence gives at once.</summary>
+    [Fact]
+    public void LilyStateCarriesThePrefixMeanAcrossCalls()
+    {
+        using var scope = NewDisposeScope();
+        var (_, x) = Setup(bias: false);
+        using var g = new Generator(6);
+        Tensor lp = randn([3, In], generator: g), router = randn([4, 3], generator: g), hp = randn([12, Out], generator: g);
+        var whole = Lily.Delta(x, lp, router, hp, 1.0, "sequence", causal: true, null, out _);
+        var store = zeros(Rows, 5);
+        var state = new RowState(store, arange(Rows, ScalarType.Int64));
+        var pieces = Enumerable.Range(0, Tokens).Select(t => Lily.Delta(x.narrow(1, t, 1), lp, router, hp, 1.0, "sequence", causal: true, state, out _));
+        AssertClose(whole, cat(pieces.ToArray(), 1), 1e-5);
+    }
+
+    /// <summary>RLRR, Eq. 16: X (W + (S_left S_rightᵀ) ⊙ W) + b + f, per element; merged (Eq. 20) and unmerged agree.</summary>
+    [Theory]
+    [InlineData(1, true)]
+    [InlineData(3, false)]
+    public void RlrrFollowsEquation16AndMergesExactly(int rank, bool bias)
+    {
+        using var scope = NewDisposeScope();
+        var (layer, x) = Setup(bias);
+        using var g = new Generator(8);
+        using var rlrr = new RlrrLayer(layer, rank, g);
+        using (no_grad()) foreach (var p in rlrr.parameters()) p.normal_(0, 0.5, g);
+        layer.Adapter = rlrr;
+        var actual = layer.forward(x);
+
+        double[,] w = Matrix(layer.weight), sLeft = Matrix(rlrr.rlrr_s_left), sRight = Matrix(rlrr.rlrr_s_right);
+        double[]? b = bias ? Vector(layer.bias!) : null;
+        double[] f = Vector(rlrr.rlrr_f);
+        var adapted = new double[Out, In];
+        for (int o = 0; o < Out; o++)
+            for (int i = 0; i < In; i++)
+                adapted[o, i] = w[o, i] + Enumerable.Range(0, rank).Sum(k => sLeft[k, i] * sRight[k, o]) * w[o, i];
+        var expected = Inputs(x).Select(row => row.Select(xt => Linear(adapted, b, xt).Select((v, o) => v + f[o]).ToArray()).ToArray()).ToArray();
+        AssertClose(FromNested(expected), actual, 1e-5);
+
+        // The serving form never builds ΔW: Σₖ S_right[k] ⊙ W (S_left[k] ⊙ x).
+        using (no_grad())
+            AssertClose(nn.functional.linear(x, Rlrr.DeltaWeight(layer.weight, rlrr.rlrr_s_left, rlrr.rlrr_s_right)),
+                Rlrr.Delta(x, layer.weight, rlrr.rlrr_s_left, rlrr.rlrr_s_right), 1e-5);
+    }
+
+    [Fact]
+    public void RlrrMergedAndUnmergedModelsAgree()
+    {
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        var ids = Ids(2, 7, seed: 3);
+        var baseLogits = model.forward(ids);
+        using var adapter = (RlrrAdapter)TrainableAdapter.Create(model, new RlrrConfig { TargetModules = ["all-linear"] }, seed: 2);
+        Randomize(adapter, seed: 4);
+        adapter.Attach(model);
+        var unmerged = model.forward(ids);
+        adapter.Merge(model);
+        Assert.All(model.LinearLayers(), l => Assert.True(l.Layer.Adapter is null or BiasShift));
+        AssertClose(unmerged, model.forward(ids), 1e-4);
+        adapter.Unmerge(model);
+        AssertClose(baseLogits, model.forward(ids), 1e-4);
+    }
+
+    /// <summary>DoRA: W' = m ⊙ (W + s·B A) / ‖W + s·B A‖ (norm per output over the inputs), y = W' x + b.</summary>
+    [Fact]
+    public void DoraFollowsTheWeightDecomposition()
+    {
+        using var scope = NewDisposeScope();
+        var (layer, x) = Setup(bias: true);
+        var config = new LoraConfig { Rank = 2, Alpha = 3, UseDora = true };
+        using var g = new Generator(9);
+        using var dora = new DoraLayer(layer, config, g);
+        using (no_grad()) foreach (var p in dora.parameters()) p.normal_(0, 0.5, g);
+        layer.Adapter = dora;
+        var actual = layer.forward(x);
+
+        double[,] w = Matrix(layer.weight), a = Matrix(dora.lora_A.weight!), bMat = Matrix(dora.lora_B.weight!);
+        double[] m = Vector(dora.lora_magnitude_vector), bias = Vector(layer.bias!);
+        var adapted = new double[Out, In];
+        for (int o = 0; o < Out; o++)
+        {
+            var row = Enumerable.Range(0, In).Select(i => w[o, i] + config.Scaling * Enumerable.Range(0, config.Rank).Sum(k => bMat[o, k] * a[k, i])).ToArray();
+            double norm = Math.Sqrt(row.Sum(v => v * v));
+            for (int i = 0; i < In; i++) adapted[o, i] = m[o] * row[i] / norm;
+        }
+        var expected = Inputs(x).Select(r => r.Select(xt => Linear(adapted, bias, xt)).ToArray()).ToArray();
+        AssertClose(FromNested(expected), actual, 1e-5);
+    }
+}

@@ -127,7 +127,7 @@ public sealed class FineTuningJobRunner(
             {
                 bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
                 var valid = epochEnd && validation is not null ? trainer.Evaluate(validation) : ((double Loss, double Accuracy)?)null;
-                if (p.Step > reported) Report(job, p, valid);
+                if (p.Step > reported) Report(job, p, valid, adapter.Statistics());
                 if (epochEnd) SaveCheckpoint(job, trainer, p, valid);
                 else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
                 if (valid is { } v && stopping.ShouldStop(v.Loss))
@@ -168,11 +168,11 @@ public sealed class FineTuningJobRunner(
         return TrainingData.Tokenize(TrainingFile.Parse(stream), new ByteTokenizer(), baseModel.ContextLength);
     }
 
-    void Report(FineTuningJob job, TrainingProgress p, (double Loss, double Accuracy)? valid)
+    void Report(FineTuningJob job, TrainingProgress p, (double Loss, double Accuracy)? valid, object? adapterStatistics)
     {
         var message = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.LearningRate, p.TokensPerSecond, p.EtaSeconds, valid?.Loss);
         AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}" + (valid is { } v ? $", validation loss={v.Loss:0.0000}" : ""),
-            "metrics", JobEventData.ForMetrics(message, p.TrainAccuracy, valid?.Accuracy), step: p.Step);
+            "metrics", JobEventData.ForMetrics(message, p.TrainAccuracy, valid?.Accuracy, adapterStatistics), step: p.Step);
         long finish = Now() + (long)Math.Ceiling(p.EtaSeconds);
         db.Jobs.Where(j => j.Id == job.Id).ExecuteUpdate(s => s.SetProperty(j => j.EstimatedFinish, finish));
     }

@@ -23,12 +23,13 @@ public static class JobEventData
     static readonly JsonSerializerOptions SnakeCase = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
     sealed record Metrics(int Step, int TotalSteps, int Epoch, double TrainLoss, double TrainMeanTokenAccuracy, double? ValidLoss,
-        double? ValidMeanTokenAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds);
+        double? ValidMeanTokenAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds, object? Adapter = null);
 
     sealed record Status(string StatusName, string? FineTunedModel, string? Error);
 
-    public static string ForMetrics(ProgressMessage m, double trainAccuracy, double? validAccuracy) => JsonSerializer.Serialize(
-        new Metrics(m.Step, m.TotalSteps, m.Epoch, m.TrainLoss, trainAccuracy, m.ValidLoss, validAccuracy, m.LearningRate, m.TokensPerSecond, m.EtaSeconds),
+    /// <summary>A step's metrics; <paramref name="adapter"/> holds what the adapter method reports (Lily's router weights, say).</summary>
+    public static string ForMetrics(ProgressMessage m, double trainAccuracy, double? validAccuracy, object? adapter = null) => JsonSerializer.Serialize(
+        new Metrics(m.Step, m.TotalSteps, m.Epoch, m.TrainLoss, trainAccuracy, m.ValidLoss, validAccuracy, m.LearningRate, m.TokensPerSecond, m.EtaSeconds, adapter),
         SnakeCase);
 
     /// <summary>Data of an event that changes the job's status: <c>{"status": …, "fine_tuned_model": …, "error": …}</c>.</summary>

@@ -12,6 +12,7 @@ public sealed class AdapterMethodsApiTests(ServiceFactory factory)
     [InlineData("dora")]
     [InlineData("lily")]
     [InlineData("rlrr")]
+    [InlineData("mixlora")]
     public async Task MethodTrainsLowersTheLossAndServesWhatItLearned(string method)
     {
         var lines = Enumerable.Repeat(new[] { ("What color is the sky?", "Blue"), ("What is 2+2?", "Four") }, 5)
@@ -40,6 +41,14 @@ public sealed class AdapterMethodsApiTests(ServiceFactory factory)
             Assert.All(routers, r => Assert.Equal(1.0, r.Value!.AsArray().Sum(w => (double)w!), 3));
         }
 
+        if (method == "mixlora")
+        {
+            // MixLoRA reports each block's expert load: the share of routed token slots per expert, summing to 1.
+            var loads = metrics[^1]["adapter"]!["mixlora_expert_load"]!.AsObject();
+            Assert.Equal(["model.layers.0.mlp", "model.layers.1.mlp", "model.layers.2.mlp", "model.layers.3.mlp"], loads.Select(l => l.Key));
+            Assert.All(loads, l => Assert.Equal(1.0, l.Value!.AsArray().Sum(w => (double)w!), 3));
+        }
+
         var adapter = factory.Query(db => db.Adapters.Single(a => a.Name == model));
         Assert.Equal(method, adapter.Method);
         Assert.Equal("Blue", await Api.ChatAsync(client, model, "What color is the sky?"));
@@ -56,6 +65,8 @@ public sealed class AdapterMethodsApiTests(ServiceFactory factory)
             (new { type = "lily", num_experts = 0 }, "adapter.num_experts"),
             (new { type = "lily", router_mean = "token" }, "adapter.router_mean"),
             (new { type = "rlrr", rank = 65 }, "adapter.rank"),
+            (new { type = "mixlora", num_experts = 4, top_k = 5 }, "adapter.top_k"),
+            (new { type = "mixlora", target_modules = new[] { "up_proj" } }, "adapter.target_modules"),
         })
             await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/fine_tuning/jobs",
                 new { model = "tiny-llama-demo", training_file = fileId, adapter }), 400, param);

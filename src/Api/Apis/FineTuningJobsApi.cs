@@ -25,17 +25,19 @@ namespace AdapterService.Api.Apis;
 public sealed record HyperparametersRequest(JsonElement? NEpochs, JsonElement? BatchSize, JsonElement? LearningRateMultiplier, int? EarlyStoppingPatience = null);
 
 /// <summary>Our extension: which adapter to train and its options (see docs/METHODS.md).</summary>
-/// <param name="Type" example="lora">The adapter method: "lora", "dora", "lily" or "rlrr".</param>
+/// <param name="Type" example="lora">The adapter method: "lora", "dora", "lily", "rlrr" or "mixlora".</param>
 /// <param name="Rank" example="8">LoRA/DoRA rank r and Lily's LP dimension d, 1-256 (default 8); RLRR's rescaling rank, 1-64 (default 1).</param>
 /// <param name="Alpha" example="16">LoRA/DoRA alpha; the update is scaled by alpha / r (default 2·r).</param>
 /// <param name="Dropout" example="0.05">Dropout on the adapter path during training, in [0, 1) (default 0); LoRA, DoRA and Lily.</param>
 /// <param name="TargetModules">Layers to adapt: module names such as ["q_proj", "v_proj"], one regex over module paths, or "all-linear" (the default).</param>
-/// <param name="NumExperts" example="4">Lily: HP experts shared by the layers of a module type, 1-64 (default 4).</param>
+/// <param name="NumExperts" example="4">Lily: HP experts shared by the layers of a module type (default 4); MixLoRA: LoRA experts per feed-forward block (default 8); 1-64.</param>
 /// <param name="Scaling" example="1">Lily: the scale s of the update (default 1).</param>
 /// <param name="RouterMean" example="sequence">Lily: "sequence" (each sequence averages its own tokens' router weights, causally) or "batch" (the paper's mean over the batch, in training).</param>
 /// <param name="Monoscale">Lily: the paper's ablation without router (the experts summed).</param>
+/// <param name="TopK" example="2">MixLoRA: experts per token, 1 to num_experts (default 2).</param>
+/// <param name="RouterAuxLossCoef" example="0.01">MixLoRA: weight of the load-balance loss, 0-10 (default 0.01).</param>
 public sealed record AdapterRequest(string? Type, int? Rank, double? Alpha, double? Dropout, JsonElement? TargetModules,
-    int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null);
+    int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null, int? TopK = null, double? RouterAuxLossCoef = null);
 
 public sealed record SupervisedMethod(HyperparametersRequest? Hyperparameters);
 public sealed record MethodRequest(string? Type, SupervisedMethod? Supervised);
@@ -57,13 +59,14 @@ public sealed record CreateFineTuningJobRequest(
 public sealed record HyperparametersDto(int NEpochs, int BatchSize, double LearningRateMultiplier, int? EarlyStoppingPatience = null);
 /// <summary>The adapter a job trains; options that do not apply to its method are null.</summary>
 public sealed record AdapterDto(string Type, int Rank, double? Alpha, double? Dropout, IReadOnlyList<string> TargetModules,
-    int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null)
+    int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null, int? TopK = null, double? RouterAuxLossCoef = null)
 {
     public static AdapterDto From(AdapterConfig config) => config switch
     {
         LoraConfig l => new(l.Method, l.Rank, l.Alpha, l.Dropout, l.TargetModules),
         LilyConfig l => new(l.Method, l.Rank, null, l.Dropout, l.TargetModules, l.NumExperts, l.Scaling, l.RouterMean, l.Monoscale),
         RlrrConfig r => new(r.Method, r.Rank, null, null, r.TargetModules),
+        MixLoraConfig m => new(m.Method, m.Rank, m.Alpha, m.Dropout, m.TargetModules, m.NumExperts, TopK: m.TopK, RouterAuxLossCoef: m.AuxLossCoefficient),
         _ => new(config.Method, 0, null, null, config.TargetModules),
     };
 }
@@ -213,7 +216,7 @@ public static partial class FineTuningJobsApi
         }
     }
 
-    static readonly string[] AdapterTypes = ["lora", "dora", "lily", "rlrr"];
+    static readonly string[] AdapterTypes = ["lora", "dora", "lily", "rlrr", "mixlora"];
 
     static AdapterConfig? ParseAdapter(AdapterRequest? request, LlamaConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
     {
@@ -229,7 +232,8 @@ public static partial class FineTuningJobsApi
         // better than PEFT's q_proj/v_proj default. Stored as the module names, as PEFT writes it.
         string[] allLinear = TargetModules.Match(LlamaForCausalLM.LinearPaths(baseConfig), ["all-linear"])
             .Select(p => p.Split('.')[^1]).Distinct().Order().ToArray();
-        string[]? targets = allLinear;
+        // MixLoRA's experts adapt the feed-forward blocks; its target_modules are the attention layers that get plain LoRA.
+        string[]? targets = type == "mixlora" ? allLinear.Where(t => !t.EndsWith("_proj") || t is "q_proj" or "k_proj" or "v_proj" or "o_proj").ToArray() : allLinear;
         if (request?.TargetModules is { } requested)
         {
             targets = requested.ValueKind switch
@@ -254,6 +258,9 @@ public static partial class FineTuningJobsApi
             { NumExperts: < 1 or > 64 } => "adapter.num_experts must be between 1 and 64.",
             { Scaling: { } s } when !double.IsFinite(s) || s <= 0 => "adapter.scaling must be a positive number.",
             { RouterMean: { } m } when m is not ("sequence" or "batch") => "adapter.router_mean must be \"sequence\" or \"batch\".",
+            { TopK: < 1 } or { TopK: > 64 } => "adapter.top_k must be between 1 and num_experts.",
+            { TopK: { } k, NumExperts: var n } when k > (n ?? 8) => "adapter.top_k must be between 1 and num_experts.",
+            { RouterAuxLossCoef: { } c } when !double.IsFinite(c) || c < 0 || c > 10 => "adapter.router_aux_loss_coef must be between 0 and 10.",
             _ => null,
         };
         AdapterConfig config = type switch
@@ -264,6 +271,11 @@ public static partial class FineTuningJobsApi
                 Dropout = request?.Dropout ?? 0, RouterMean = request?.RouterMean ?? "sequence", Monoscale = request?.Monoscale ?? false,
             },
             "rlrr" => new RlrrConfig { TargetModules = targets, Rank = request?.Rank ?? 1 },
+            "mixlora" => new MixLoraConfig
+            {
+                TargetModules = targets, Rank = request?.Rank ?? 8, Alpha = request?.Alpha ?? 2 * (request?.Rank ?? 8), Dropout = request?.Dropout ?? 0,
+                NumExperts = request?.NumExperts ?? 8, TopK = request?.TopK ?? 2, AuxLossCoefficient = request?.RouterAuxLossCoef ?? 0.01,
+            },
             _ => new LoraConfig
             {
                 TargetModules = targets, UseDora = type == "dora", Rank = request?.Rank ?? 8,
@@ -271,7 +283,9 @@ public static partial class FineTuningJobsApi
             },
         };
         if (problem is null && type == "rlrr" && request?.Rank > 64) problem = "adapter.rank must be between 1 and 64 for rlrr.";
-        if (problem is null)
+        if (problem is null && config is MixLoraConfig && config.TargetModules.Any(t => t is "gate_proj" or "up_proj" or "down_proj"))
+            problem = "adapter.target_modules of mixlora are attention layers; its experts adapt the feed-forward blocks already.";
+        if (problem is null && config.TargetModules.Count > 0)
         {
             try { TargetModules.Match(LlamaForCausalLM.LinearPaths(baseConfig), config.TargetModules); }
             catch (ArgumentException e) { problem = "adapter." + e.Message; }

@@ -51,9 +51,10 @@ public abstract record AdapterConfig
                 LoraConfig.Type => document.Deserialize<LoraConfig>(Json)!,
                 LilyConfig.Type => document.Deserialize<LilyConfig>(Json)!,
                 RlrrConfig.Type => document.Deserialize<RlrrConfig>(Json)!,
-                var other => throw new InvalidDataException($"{FileName}: peft_type {other} is not supported (LORA, LILY, RLRR)"),
+                MixLoraConfig.Type => document.Deserialize<MixLoraConfig>(Json)!,
+                var other => throw new InvalidDataException($"{FileName}: peft_type {other} is not supported (LORA, LILY, RLRR, MIXLORA)"),
             };
-            if (config.TargetModules.Count == 0) throw new InvalidDataException($"{FileName}: target_modules is empty");
+            if (config.TargetModules.Count == 0 && config is not MixLoraConfig) throw new InvalidDataException($"{FileName}: target_modules is empty");
             config.Validate();
             return config;
         }

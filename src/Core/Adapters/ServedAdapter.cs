@@ -14,8 +14,10 @@ public sealed class ServedAdapter : IDisposable
     public required AdapterConfig Config { get; init; }
     public IReadOnlyDictionary<string, LoraWeights> Lora { get; init; } = new Dictionary<string, LoraWeights>();
     public IReadOnlyDictionary<string, IRowDelta> Deltas { get; init; } = new Dictionary<string, IRowDelta>();
+    /// <summary>Feed-forward blocks the method replaces, by block path (MixLoRA).</summary>
+    public IReadOnlyDictionary<string, ServedMixLora> Blocks { get; init; } = new Dictionary<string, ServedMixLora>();
 
-    public long Bytes => Lora.Values.Sum(w => w.Bytes) + Deltas.Values.Sum(d => d.Bytes);
+    public long Bytes => Lora.Values.Sum(w => w.Bytes) + Deltas.Values.Sum(d => d.Bytes) + Blocks.Values.Sum(b => b.Bytes);
 
     /// <summary>Trained parameters, each shared tensor once (Lily's files repeat a module type's experts and router under every layer).</summary>
     public long ParameterCount { get; private init; }
@@ -38,11 +40,14 @@ public sealed class ServedAdapter : IDisposable
                 LoraConfig lora => new ServedAdapter { Config = config, Lora = LoraAdapter.LoadServed(lora, tensors, layers) },
                 LilyConfig lily => new ServedAdapter { Config = config, Deltas = LilyAdapter.LoadServed(lily, tensors, layers) },
                 RlrrConfig rlrr => new ServedAdapter { Config = config, Deltas = RlrrAdapter.LoadServed(rlrr, tensors, layers) },
+                MixLoraConfig mix => MixLoraAdapter.LoadServed(mix, tensors, layers) is var (blocks, lora)
+                    ? new ServedAdapter { Config = config, Blocks = blocks, Lora = lora } : null!,
                 _ => throw new InvalidDataException($"{config.Method} adapters cannot be served"),
             };
-            served = new ServedAdapter { Config = served.Config, Lora = served.Lora, Deltas = served.Deltas, ParameterCount = CountParameters(tensors) };
+            served = new ServedAdapter { Config = served.Config, Lora = served.Lora, Deltas = served.Deltas, Blocks = served.Blocks, ParameterCount = CountParameters(tensors) };
             foreach (var w in served.Lora.Values) kept.UnionWith([w.A, w.B, .. w.Magnitude is null ? [] : new[] { w.Magnitude }]);
             foreach (var d in served.Deltas.Values) kept.UnionWith(d.Tensors);
+            foreach (var b in served.Blocks.Values) kept.UnionWith(b.Tensors);
             return served;
         }
         finally
@@ -67,7 +72,8 @@ public sealed class ServedAdapter : IDisposable
     public void Dispose()
     {
         foreach (var w in Lora.Values) w.Dispose();
-        foreach (var d in Deltas.Values.Distinct()) d.Dispose();
+        foreach (var d in Deltas.Values) d.Dispose();
+        foreach (var b in Blocks.Values) b.Dispose();
     }
 }
 
@@ -145,4 +151,37 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
         lora?.Dispose();
         foreach (var g in groups) g.Rows.Dispose();
     }
+}
+
+/// <summary>
+/// A feed-forward block for a batch whose rows use their own adapters: the block runs as usual (with the row adapters
+/// of its linear layers), then the rows of each adapter that replaces the block (MixLoRA) get that adapter's output.
+/// </summary>
+public sealed class RowFeedForward(List<(Tensor Rows, ServedMixLora Block)> groups) : IFeedForwardAdapter, IDisposable
+{
+    public Tensor Forward(Tensor x, LlamaMlp mlp)                                             // x [rows, seq, hidden]
+    {
+        mlp.Adapter = null;
+        try
+        {
+            var result = mlp.forward(x);
+            foreach (var (rows, block) in groups)
+                result = result.index_copy(0, rows, block.Forward(x.index_select(0, rows), mlp));
+            return result;
+        }
+        finally
+        {
+            mlp.Adapter = this;
+        }
+    }
+
+    /// <summary>The block adapter for <paramref name="rows"/> at block <paramref name="path"/>, or null when no row replaces it.</summary>
+    public static RowFeedForward? For(string path, IReadOnlyList<ServedAdapter?> rows)
+    {
+        var groups = Enumerable.Range(0, rows.Count).Where(i => rows[i]?.Blocks.ContainsKey(path) == true).GroupBy(i => rows[i]!)
+            .Select(g => (tensor(g.Select(i => (long)i).ToArray()).DetachFromDisposeScope(), g.Key.Blocks[path])).ToList();
+        return groups.Count == 0 ? null : new RowFeedForward(groups);
+    }
+
+    public void Dispose() { foreach (var g in groups) g.Rows.Dispose(); }
 }

@@ -33,21 +33,23 @@ public abstract class TrainableAdapter : IDisposable
             LoraConfig lora => LoraAdapter.Create(model, lora, init),
             LilyConfig lily => LilyAdapter.Create(model, lily, init),
             RlrrConfig rlrr => RlrrAdapter.Create(model, rlrr, init),
+            MixLoraConfig mixLora => MixLoraAdapter.Create(model, mixLora, init),
             _ => throw new ArgumentException($"adapter method {config.Method} is not supported"),
         };
     }
 
     /// <summary>Puts this adapter's layers into the model's slots (one model instance trains one adapter at a time).</summary>
-    public void Attach(nn.Module model)
+    public virtual void Attach(nn.Module model)
     {
         var slots = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
         foreach (var (path, layer) in Layers) slots[path].Adapter = (ILinearAdapter)layer;
     }
 
-    /// <summary>Empties the model's slots.</summary>
+    /// <summary>Empties the model's slots (linear layers and feed-forward blocks).</summary>
     public static void Detach(nn.Module model)
     {
         foreach (var (_, layer) in model.LinearLayers()) layer.Adapter = null;
+        foreach (var mlp in model.modules().OfType<LlamaMlp>()) mlp.Adapter = null;
     }
 
     /// <summary>The distinct trainable parameters (a tensor shared by several layers counts once).</summary>
@@ -60,8 +62,8 @@ public abstract class TrainableAdapter : IDisposable
     {
         foreach (var layer in Layers.Values)
         {
-            layer.train(on);
             if (layer is IDropoutLayer d) d.DropoutGenerator = dropout;
+            layer.train(on);
         }
     }
 

@@ -59,7 +59,7 @@ public sealed class InferenceEngine : IDisposable
         public SlotKvCache Cache { get; } = cache;
         public List<Sequence> Rows { get; } = [];
         public Queue<Sequence> Waiting { get; } = [];
-        public List<RowAdapter>? Adapters;   // per-row adapters of the current rows, rebuilt when rows join or leave
+        public RowAdapters? Adapters;   // per-row adapters of the current rows, rebuilt when rows join or leave
         /// <summary>Per-sequence adapter state by layer (Lily's router sums), [slots, width], kept by slot like the KV cache.</summary>
         public Dictionary<string, Tensor> States { get; } = [];
 
@@ -76,8 +76,8 @@ public sealed class InferenceEngine : IDisposable
 
         public void ClearAdapters()
         {
-            foreach (var (_, layer) in Model.LinearLayers()) layer.Adapter = null;
-            foreach (var a in Adapters ?? []) a.Dispose();
+            TrainableAdapter.Detach(Model);
+            Adapters?.Dispose(true);
             Adapters = null;
         }
     }
@@ -241,7 +241,7 @@ public sealed class InferenceEngine : IDisposable
             if (batch.Adapters is null)
             {
                 var adapters = SetAdapters(batch, rows, Enumerable.Range(0, rows.Count).Select(i => (long)i).ToList());
-                batch.Adapters = adapters.Layers;
+                batch.Adapters = adapters;
                 adapters.Keep();
             }
             var lengths = tensor(rows.Select(r => r.Length).ToArray());                                   // [rows]
@@ -324,7 +324,7 @@ public sealed class InferenceEngine : IDisposable
         s.Generator?.Dispose();
     }
 
-    /// <summary>Each row's own adapter (in cache slot <paramref name="slots"/>[i]) in every adapted layer of the model.</summary>
+    /// <summary>Each row's own adapter (in cache slot <paramref name="slots"/>[i]) in every adapted layer and block of the model.</summary>
     static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots)
     {
         var set = new RowAdapters();
@@ -341,6 +341,12 @@ public sealed class InferenceEngine : IDisposable
             layer.Adapter = rowAdapter;
             set.Layers.Add(rowAdapter);
         }
+        foreach (var (path, module) in batch.Model.named_modules())
+            if (module is LlamaMlp mlp && RowFeedForward.For(path, adapters) is { } block)
+            {
+                mlp.Adapter = block;
+                set.Blocks.Add(block);
+            }
         return set;
     }
 
@@ -348,13 +354,24 @@ public sealed class InferenceEngine : IDisposable
     sealed class RowAdapters : IDisposable
     {
         public List<RowAdapter> Layers { get; } = [];
+        public List<RowFeedForward> Blocks { get; } = [];
         bool kept;
+
         public void Keep()
         {
             kept = true;
             foreach (var l in Layers) l.DetachFromScope();
         }
-        public void Dispose() { if (!kept) foreach (var l in Layers) l.Dispose(); }
+
+        public void Dispose() => Dispose(false);
+
+        /// <summary>Frees the adapters unless kept, or always when <paramref name="evenIfKept"/>.</summary>
+        public void Dispose(bool evenIfKept)
+        {
+            if (kept && !evenIfKept) return;
+            foreach (var l in Layers) l.Dispose();
+            foreach (var b in Blocks) b.Dispose();
+        }
     }
 
     static string Chars(Decoder decoder, byte[] bytes, bool flush)

@@ -148,10 +148,19 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
     }
 }
 
-/// <summary>SwiGLU feed-forward: down(silu(gate(x)) * up(x)).</summary>
+/// <summary>Something that replaces a whole feed-forward block's computation (MixLoRA's experts inside the FFN).</summary>
+public interface IFeedForwardAdapter
+{
+    /// <summary>The block's output for x [.., hidden], computed from the block's frozen layers.</summary>
+    Tensor Forward(Tensor x, LlamaMlp mlp);
+}
+
+/// <summary>SwiGLU feed-forward: down(silu(gate(x)) * up(x)), with a slot for a block-level adapter.</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 {
     public readonly AdaptableLinear gate_proj, up_proj, down_proj;
+
+    public IFeedForwardAdapter? Adapter { get; set; }
 
     public LlamaMlp(LlamaConfig config) : base(nameof(LlamaMlp))
     {
@@ -162,7 +171,7 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     }
 
     public override Tensor forward(Tensor x) =>
-        down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
+        Adapter?.Forward(x, this) ?? down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
 }
 
 /// <summary>x / rms(x) * weight, computed in float32.</summary>

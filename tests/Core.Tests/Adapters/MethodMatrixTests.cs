@@ -18,7 +18,7 @@ public sealed class MethodMatrixTests : IDisposable
 
     static readonly string[] Targets = ["q_proj", "v_proj", "down_proj"];
 
-    static readonly string[] MethodNames = ["lora", "dora", "lily", "lily-monoscale", "rlrr", "rlrr-r2"];
+    static readonly string[] MethodNames = ["lora", "dora", "lily", "lily-monoscale", "rlrr", "rlrr-r2", "mixlora"];
 
     public static TheoryData<string> Methods => new(MethodNames);
 
@@ -30,6 +30,7 @@ public sealed class MethodMatrixTests : IDisposable
         "lily-monoscale" => new LilyConfig { Rank = 4, NumExperts = 3, Monoscale = true, TargetModules = Targets },
         "rlrr" => new RlrrConfig { TargetModules = Targets },
         "rlrr-r2" => new RlrrConfig { Rank = 2, TargetModules = Targets },
+        "mixlora" => new MixLoraConfig { Rank = 2, Alpha = 4, NumExperts = 3, TopK = 2, TargetModules = ["q_proj"] },
         _ => throw new ArgumentException(method),
     };
 
@@ -45,6 +46,8 @@ public sealed class MethodMatrixTests : IDisposable
             LilyConfig l => layers * layer.Sum(s => l.Rank * s.In)
                             + layer.Sum(s => l.NumExperts * l.Rank * s.Out + (l.Monoscale ? 0 : l.NumExperts * l.Rank)),
             RlrrConfig r => layers * layer.Sum(s => r.Rank * (s.In + s.Out) + s.Out),
+            // per block: router N·hidden, N experts × LoRA on gate (32→64), up (32→64), down (64→32); plus LoRA on q
+            MixLoraConfig m => layers * (m.NumExperts * 32 + m.NumExperts * m.Rank * (96 + 96 + 96) + m.Rank * (32 + 32)),
             _ => throw new ArgumentException(config.Method),
         };
     }
@@ -139,14 +142,19 @@ public sealed class MethodMatrixTests : IDisposable
         served.Add(null);
         var slots = Enumerable.Range(0, served.Count).Select(i => (long)i).ToList();
         var rowAdapters = model.LinearLayers().Select(l => (l.Layer, Row: new RowAdapter(l.Path, l.Layer, served, slots, null))).ToList();
+        var blocks = model.named_modules().Where(m => m.module is LlamaMlp)
+            .Select(m => (Mlp: (LlamaMlp)m.module, Block: RowFeedForward.For(m.name, served)!)).ToList();
         try
         {
             foreach (var (layer, row) in rowAdapters) layer.Adapter = row;
+            foreach (var (mlp, block) in blocks) mlp.Adapter = block;
             AssertClose(cat(alone), model.forward(ids), 2e-5);
         }
         finally
         {
-            foreach (var (layer, row) in rowAdapters) { layer.Adapter = null; row.Dispose(); }
+            TrainableAdapter.Detach(model);
+            foreach (var (_, row) in rowAdapters) row.Dispose();
+            foreach (var (_, block) in blocks) block.Dispose();
             foreach (var s in served) s?.Dispose();
         }
     }
@@ -175,7 +183,7 @@ public sealed class MethodMatrixTests : IDisposable
         foreach (var p in parameters)
         {
             var flat = p.view(-1);
-            var grad = p.grad!.view(-1);
+            var grad = (p.grad ?? zeros_like(p)).view(-1);   // none where the parameter took no part (a MixLoRA expert no token chose)
             foreach (long i in new[] { 0L, flat.shape[0] / 2, flat.shape[0] - 1 })
             {
                 double original = flat[i].item<float>(), eps = 1e-2;

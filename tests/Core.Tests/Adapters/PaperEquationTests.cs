@@ -183,4 +183,55 @@ public sealed class PaperEquationTests
         var expected = Inputs(x).Select(r => r.Select(xt => Linear(adapted, bias, xt)).ToArray()).ToArray();
         AssertClose(FromNested(expected), actual, 1e-5);
     }
+
+    /// <summary>
+    /// MixLoRA per token with loops: softmax router, top-k renormalised, each chosen expert the frozen SwiGLU block with
+    /// its own LoRA on gate, up, down; and Mixtral's load-balance loss N · Σₑ fₑ Pₑ.
+    /// </summary>
+    [Fact]
+    public void MixLoraFollowsItsDesign()
+    {
+        using var scope = NewDisposeScope();
+        using var model = Create();
+        var mlp = (LlamaMlp)model.named_modules().First(m => m.module is LlamaMlp).module;
+        var config = new MixLoraConfig { Rank = 2, Alpha = 3, NumExperts = 3, TopK = 2, AuxLossCoefficient = 1, TargetModules = [] };
+        using var g = new Generator(12);
+        using var block = new MixLoraBlock(mlp, config, g);
+        using (no_grad()) foreach (var p in block.parameters()) p.normal_(0, 0.4, g);
+        block.train();
+        var x = randn([2, 3, Config.HiddenSize], generator: g);
+        var actual = block.Forward(x, mlp);
+
+        double[,] router = Matrix(block.mixlora_router.weight!), wg = Matrix(mlp.gate_proj.weight), wu = Matrix(mlp.up_proj.weight), wd = Matrix(mlp.down_proj.weight);
+        double[] Apply(double[,] w, double[] v) => Enumerable.Range(0, w.GetLength(0)).Select(o => Enumerable.Range(0, v.Length).Sum(i => w[o, i] * v[i])).ToArray();
+        double[] Lora(int e, string name, double[] v) =>
+            Apply(Matrix(block.experts[e][name].lora_B.weight!), Apply(Matrix(block.experts[e][name].lora_A.weight!), v)).Select(d => d * config.Scaling).ToArray();
+        var xs = Vector(x);
+        int tokens = 6, hidden = Config.HiddenSize, experts = config.NumExperts;
+        var expected = new double[tokens * hidden];
+        var probabilities = new double[tokens][];
+        var chosen = new int[tokens][];
+        for (int t = 0; t < tokens; t++)
+        {
+            var h = xs.Skip(t * hidden).Take(hidden).ToArray();
+            var logits = Apply(router, h);
+            double max = logits.Max(), sum = logits.Sum(l => Math.Exp(l - max));
+            probabilities[t] = logits.Select(l => Math.Exp(l - max) / sum).ToArray();
+            chosen[t] = Enumerable.Range(0, experts).OrderByDescending(e => probabilities[t][e]).Take(config.TopK).ToArray();
+            double norm = chosen[t].Sum(e => probabilities[t][e]);
+            foreach (var e in chosen[t])
+            {
+                var gate = Apply(wg, h).Zip(Lora(e, "gate_proj", h), (a, b) => a + b).ToArray();
+                var up = Apply(wu, h).Zip(Lora(e, "up_proj", h), (a, b) => a + b).ToArray();
+                var act = gate.Zip(up, (a, b) => a / (1 + Math.Exp(-a)) * b).ToArray();
+                var down = Apply(wd, act).Zip(Lora(e, "down_proj", act), (a, b) => a + b).ToArray();
+                for (int o = 0; o < hidden; o++) expected[t * hidden + o] += probabilities[t][e] / norm * down[o];
+            }
+        }
+        AssertClose(tensor(expected.Select(v => (float)v).ToArray(), [2, 3, hidden]), actual, 1e-5);
+
+        double balance = experts * Enumerable.Range(0, experts).Sum(e =>
+            Enumerable.Range(0, config.TopK).Sum(k => chosen.Count(c => c[k] == e) / (double)tokens) * probabilities.Average(p => p[e]));
+        Assert.Equal(balance, block.AuxiliaryLoss!.item<float>(), 5);
+    }
 }

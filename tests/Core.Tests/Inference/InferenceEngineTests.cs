@@ -31,6 +31,7 @@ public sealed class InferenceEngineTests : IDisposable
             new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["q_proj", "down_proj"], UseDora = true },
             new LilyConfig { Rank = 4, NumExperts = 3, TargetModules = ["q_proj", "v_proj", "up_proj"] },
             new RlrrConfig { Rank = 2, TargetModules = ["all-linear"] },
+            new MixLoraConfig { Rank = 3, NumExperts = 4, TopK = 2, TargetModules = ["q_proj", "v_proj"] },
         ];
         adapterFolders = configs.Select((config, i) =>
         {
@@ -92,8 +93,8 @@ public sealed class InferenceEngineTests : IDisposable
     public async Task AMixedBatchGivesEachRowWhatItGetsAloneAndWhatTheUncachedModelSays()
     {
         using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 8 });
-        // Sixteen requests in flight together: seven adapters of four methods, and no adapter; prompts of different lengths.
-        var requests = Enumerable.Range(0, 16).Select(i => Request(i % 8 == 7 ? null : i % 8, promptSeed: i, maxTokens: 6 + i % 7)).ToList();
+        // Eighteen requests in flight together: eight adapters of five methods, and no adapter; prompts of different lengths.
+        var requests = Enumerable.Range(0, 18).Select(i => Request(i % 9 == 8 ? null : i % 9, promptSeed: i, maxTokens: 6 + i % 7)).ToList();
         var together = await Task.WhenAll(requests.Select(r => RunAsync(engine, r)));
         for (int i = 0; i < requests.Count; i++)
         {
@@ -101,7 +102,7 @@ public sealed class InferenceEngineTests : IDisposable
             Assert.Equal(alone.Text, together[i].Text);
             Assert.Equal(Text(Reference(requests[i])), together[i].Text);
         }
-        Assert.NotEqual(together[7].Text, Text(Reference(requests[7] with { Adapter = "adapter5", AdapterFolder = adapterFolders[5] })));   // adapters matter
+        Assert.NotEqual(together[8].Text, Text(Reference(requests[8] with { Adapter = "adapter5", AdapterFolder = adapterFolders[5] })));   // adapters matter
     }
 
     [Fact]

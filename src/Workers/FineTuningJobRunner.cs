@@ -253,12 +253,13 @@ public sealed class FineTuningJobRunner(
             }
             db.Adapters.Add(adapter);
             db.SaveChanges();
+            // In the same transaction: whoever sees the job succeeded also sees its last events.
+            AddEvent(job.Id, $"New fine-tuned model created: {adapter.Name}");
+            AddEvent(job.Id, "The job has successfully completed", data: JobEventData.ForStatus(JobStatus.Succeeded, adapter.Name));
             transaction.Commit();
         }
         db.ChangeTracker.Clear();
         blobs.Delete(BlobPaths.TrainerStatePath(job.Id));
-        AddEvent(job.Id, $"New fine-tuned model created: {adapter.Name}");
-        AddEvent(job.Id, "The job has successfully completed", data: JobEventData.ForStatus(JobStatus.Succeeded, adapter.Name));
     }
 
     void Fail(string jobId, string message)

@@ -2,6 +2,7 @@ using System.IO.Compression;
 using System.Text.Json;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Formats;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
@@ -16,6 +17,12 @@ public sealed record StoredAdapterDto(
     string Id, string Object, string Model, string BaseModel, string Method, long ParameterCount, long SizeBytes, string Sha256,
     string? FineTuningJob, long CreatedAt, JsonElement Config);
 
+/// <summary>Adapters to combine into a new one.</summary>
+/// <param name="Adapters">Ids of two or more adapters of the same base model and method (lora or rlrr) over the same layers.</param>
+/// <param name="Weights">One weight per adapter; the new adapter's update is the weighted sum of theirs.</param>
+/// <param name="Suffix" example="blend">Up to 64 letters, digits, '-' or '_'; part of the new model's name.</param>
+public sealed record CombineAdaptersRequest(string[]? Adapters, double[]? Weights, string? Suffix);
+
 public static class AdaptersApi
 {
     public static IEndpointRouteBuilder MapAdaptersApi(this IEndpointRouteBuilder app)
@@ -27,8 +34,11 @@ public static class AdaptersApi
         adapters.MapGet("/{adapterId}/export", ExportAdapter).WithErrors(404)
             .WithSummary("Download the adapter as a zip in PEFT's layout (adapter_config.json + adapter_model.safetensors)");
         adapters.MapPost("/import", ImportAdapter).DisableAntiforgery().WithErrors(400, 404, 415)
-            .WithSummary("Import a PEFT LoRA adapter from a zip")
+            .WithSummary("Import an adapter from a zip (PEFT LoRA, DoRA or Lily; our RLRR or MixLoRA)")
             .WithDescription("Multipart form: `file` (a zip holding adapter_config.json and adapter_model.safetensors, at its root or in one folder), `model` (the base model id), optional `suffix`. The weights are checked against the base model's layers.");
+        adapters.MapPost("/combine", CombineAdapters).WithErrors(400, 404)
+            .WithSummary("Create an adapter as the weighted sum of existing LoRA (or RLRR) adapters of one base model")
+            .WithDescription("Exact: ranks are concatenated, so the new adapter's update is Σ wᵢ · updateᵢ (PEFT's add_weighted_adapter \"cat\"; RLRR's combination of rescalings).");
         return app;
     }
 
@@ -62,6 +72,50 @@ public static class AdaptersApi
         await db.SaveChangesAsync(cancel);
         engine.Evict(adapter.Id);
         blobs.Delete(adapter.BlobPath);
+    }
+
+    static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> CombineAdapters(
+        CombineAdaptersRequest request, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+    {
+        if (request.Adapters is not { Length: >= 2 and <= 16 } ids)
+            return OpenAiErrors.BadRequest("adapters must list 2 to 16 adapter ids.", "adapters");
+        if (request.Weights is not { } weights || weights.Length != ids.Length || weights.Any(w => !double.IsFinite(w)))
+            return OpenAiErrors.BadRequest("weights must give one finite number per adapter.", "weights");
+        string suffix = request.Suffix ?? "combined";
+        if (suffix.Length > 64 || suffix.Any(c => !char.IsAsciiLetterOrDigit(c) && c is not ('-' or '_')))
+            return OpenAiErrors.BadRequest("suffix must be up to 64 letters, digits, '-' and '_'.", "suffix");
+        var rows = await db.Adapters.AsNoTracking().Where(a => ids.Contains(a.Id)).ToListAsync(cancel);
+        if (ids.FirstOrDefault(id => rows.All(r => r.Id != id)) is { } missing) return OpenAiErrors.NotFound($"No such adapter: {missing}", "adapters");
+        var sources = ids.Select(id => rows.Single(r => r.Id == id)).ToList();
+        if (sources.Select(a => a.BaseModel).Distinct().Count() > 1)
+            return OpenAiErrors.BadRequest("The adapters belong to different base models.", "adapters");
+
+        var adapterId = "adapter-" + Ids.New();
+        var temp = blobs.NewTempFolder();
+        try
+        {
+            var config = AdapterComposition.Combine(sources.Select(a => blobs.Resolve(a.BlobPath)).ToList(), weights, temp);
+            long parameters = SafeTensors.ReadHeader(Path.Combine(temp, TrainableAdapter.WeightsFileName)).Tensors.Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d));
+            var blobPath = BlobPaths.AdapterPath(adapterId);
+            blobs.CommitFolder(temp, blobPath);
+            var adapter = new Adapter
+            {
+                Id = adapterId, Name = $"ft:{sources[0].BaseModel}:{suffix}:{adapterId}", BaseModel = sources[0].BaseModel, Method = config.Method,
+                Config = config.ToJson(), ParameterCount = parameters,
+                SizeBytes = blobs.SizeOf(blobPath), BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+            };
+            db.Adapters.Add(adapter);
+            await db.SaveChangesAsync(cancel);
+            return TypedResults.Ok(adapter.ToDto());
+        }
+        catch (ArgumentException e)
+        {
+            return OpenAiErrors.BadRequest($"These adapters cannot be combined: {e.Message}.", "adapters", "invalid_adapter");
+        }
+        finally
+        {
+            if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
+        }
     }
 
     static async Task<Results<FileContentHttpResult, JsonHttpResult<ErrorResponse>>> ExportAdapter(

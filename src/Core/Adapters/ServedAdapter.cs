@@ -19,7 +19,7 @@ public sealed class ServedAdapter : IDisposable
 
     public long Bytes => Lora.Values.Sum(w => w.Bytes) + Deltas.Values.Sum(d => d.Bytes) + Blocks.Values.Sum(b => b.Bytes);
 
-    /// <summary>Trained parameters, each shared tensor once (Lily's files repeat a module type's experts and router under every layer).</summary>
+    /// <summary>Trained parameters, each shared tensor once (Lily's files repeat a module type's experts, and ours its router, under every layer).</summary>
     public long ParameterCount { get; private init; }
 
     /// <summary>Reads an adapter folder of any method, checked against the model's linear layers.</summary>
@@ -58,13 +58,14 @@ public sealed class ServedAdapter : IDisposable
 
     static long CountParameters(Dictionary<string, Tensor> tensors)
     {
-        var shared = new HashSet<string>();
+        var seen = new HashSet<string>();
         long count = 0;
         foreach (var (key, t) in tensors)
         {
-            var parts = key.Split('.');
-            bool perType = key.EndsWith(".lily_B.weight", StringComparison.Ordinal) || key.EndsWith(".lily_router.weight", StringComparison.Ordinal);
-            if (!perType || shared.Add($"{parts[^3]}.{parts[^2]}[{string.Join(",", t.shape)}]")) count += t.numel();
+            bool maybeShared = key.EndsWith(".lily_B.weight", StringComparison.Ordinal) || key.EndsWith(".lily_router.weight", StringComparison.Ordinal);
+            using var contiguous = t.contiguous();
+            if (!maybeShared || seen.Add($"{key.Split('.')[^2]}:{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(contiguous.bytes))}"))
+                count += t.numel();
         }
         return count;
     }

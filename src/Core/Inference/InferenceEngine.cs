@@ -60,11 +60,11 @@ public sealed class InferenceEngine : IDisposable
         public List<Sequence> Rows { get; } = [];
         public Queue<Sequence> Waiting { get; } = [];
         public RowAdapters? Adapters;   // per-row adapters of the current rows, rebuilt when rows join or leave
-        /// <summary>Per-sequence adapter state by layer (Lily's router sums), [slots, width], kept by slot like the KV cache.</summary>
-        public Dictionary<string, Tensor> States { get; } = [];
+        /// <summary>Per-sequence adapter state by layer and width (Lily's router sums), [slots, width], kept by slot like the KV cache.</summary>
+        public Dictionary<(string, int), Tensor> States { get; } = [];
 
         public Tensor State(string path, int width) =>
-            States.TryGetValue(path, out var t) ? t : States[path] = zeros(Cache.Slots, width).DetachFromDisposeScope();
+            States.TryGetValue((path, width), out var t) ? t : States[(path, width)] = zeros(Cache.Slots, width).DetachFromDisposeScope();
 
         public void Dispose()
         {

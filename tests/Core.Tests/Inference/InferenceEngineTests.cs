@@ -32,6 +32,7 @@ public sealed class InferenceEngineTests : IDisposable
             new LilyConfig { Rank = 4, NumExperts = 3, TargetModules = ["q_proj", "v_proj", "up_proj"] },
             new RlrrConfig { Rank = 2, TargetModules = ["all-linear"] },
             new MixLoraConfig { Rank = 3, NumExperts = 4, TopK = 2, TargetModules = ["q_proj", "v_proj"] },
+            new LilyConfig { Rank = 3, NumExperts = 2, TargetModules = ["q_proj"] },   // its own state width on a layer the other Lily adapts too
         ];
         adapterFolders = configs.Select((config, i) =>
         {
@@ -93,8 +94,8 @@ public sealed class InferenceEngineTests : IDisposable
     public async Task AMixedBatchGivesEachRowWhatItGetsAloneAndWhatTheUncachedModelSays()
     {
         using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 8 });
-        // Eighteen requests in flight together: eight adapters of five methods, and no adapter; prompts of different lengths.
-        var requests = Enumerable.Range(0, 18).Select(i => Request(i % 9 == 8 ? null : i % 9, promptSeed: i, maxTokens: 6 + i % 7)).ToList();
+        // Twenty requests in flight together: nine adapters of five methods, and no adapter; prompts of different lengths.
+        var requests = Enumerable.Range(0, 20).Select(i => Request(i % 10 == 9 ? null : i % 10, promptSeed: i, maxTokens: 6 + i % 7)).ToList();
         var together = await Task.WhenAll(requests.Select(r => RunAsync(engine, r)));
         for (int i = 0; i < requests.Count; i++)
         {
@@ -102,7 +103,7 @@ public sealed class InferenceEngineTests : IDisposable
             Assert.Equal(alone.Text, together[i].Text);
             Assert.Equal(Text(Reference(requests[i])), together[i].Text);
         }
-        Assert.NotEqual(together[8].Text, Text(Reference(requests[8] with { Adapter = "adapter5", AdapterFolder = adapterFolders[5] })));   // adapters matter
+        Assert.NotEqual(together[9].Text, Text(Reference(requests[9] with { Adapter = "adapter5", AdapterFolder = adapterFolders[5] })));   // adapters matter
     }
 
     [Fact]

@@ -21,6 +21,8 @@ Line("");
 
 using (var lora = new LoraServing(quick)) lora.Run(Line, peak);
 Line("");
+using (var methods = new MethodServing(quick)) methods.Run(Line);
+Line("");
 await new CacheServing(quick).RunAsync(Line);
 Line("");
 await new Latency(quick).RunAsync(Line);

@@ -54,24 +54,29 @@ public sealed record LilyConfig : AdapterConfig
 /// </summary>
 public static class Lily
 {
+    /// <summary>
+    /// Δ for inputs x [n, t, in]. The weights are either one adapter's or, with a leading dimension n, one per row
+    /// (a batch of rows of different Lily adapters in one set of batched matmuls).
+    /// </summary>
     /// <param name="x">Inputs [n, t, in].</param>
-    /// <param name="lp">P_L as a weight [d, in].</param>
-    /// <param name="router">R [N_e, d], or null for monoscale (the experts summed).</param>
-    /// <param name="hp">The experts stacked [(N_e·d), out] (PEFT's lily_B layout).</param>
+    /// <param name="lpT">P_L transposed: [in, d] or [n, in, d].</param>
+    /// <param name="routerT">Rᵀ: [d, N_e] or [n, d, N_e]; null for monoscale (the experts summed).</param>
+    /// <param name="hp">The experts stacked as PEFT's lily_B: [(N_e·d), out] or [n, (N_e·d), out].</param>
     /// <param name="scaling">s.</param>
     /// <param name="mean">"sequence" or "batch" (see <see cref="LilyConfig.RouterMean"/>).</param>
     /// <param name="causal">Whether a token may only see the router weights of the tokens before it.</param>
     /// <param name="state">Sums of earlier tokens' router weights and their count per sequence [n, N_e + 1], or null.</param>
     /// <param name="routerWeights">The mean router weights of this call [N_e], for statistics.</param>
-    public static Tensor Delta(Tensor x, Tensor lp, Tensor? router, Tensor hp, double scaling, string mean, bool causal,
+    public static Tensor Delta(Tensor x, Tensor lpT, Tensor? routerT, Tensor hp, double scaling, string mean, bool causal,
         RowState? state, out Tensor? routerWeights)
     {
-        long n = x.shape[0], t = x.shape[1], d = lp.shape[0], experts = hp.shape[0] / d, outFeatures = hp.shape[1];
-        var h = x.matmul(lp.t());                                                            // x' = x P_L        [n, t, d]
+        long n = x.shape[0], t = x.shape[1], d = lpT.shape[^1], experts = hp.shape[^2] / d, outFeatures = hp.shape[^1];
+        var rows = hp.shape[..^2];                                                             // [] or [n]
+        var h = x.matmul(lpT);                                                               // x' = x P_L        [n, t, d]
         routerWeights = null;
-        if (router is null)
-            return h.matmul(hp.view(experts, d, outFeatures).sum(dim: 0)) * scaling;              // Σᵢ P_Hⁱ (monoscale) [n, t, out]
-        var p = nn.functional.softmax(h.matmul(router.t()), -1);                            // W_R per token     [n, t, e]
+        if (routerT is null)                                                                 // Σᵢ P_Hⁱ (monoscale)
+            return h.matmul(hp.view([.. rows, experts, d, outFeatures]).sum(dim: -3)) * scaling;
+        var p = nn.functional.softmax(h.matmul(routerT), -1);                               // W_R per token     [n, t, e]
         routerWeights = p.detach().mean([0, 1]);                                            // [e]
         if (mean == "batch")                                                                 // P'_H = Σᵢ W_Rⁱ P_Hⁱ [d, out]
             return h.matmul(p.mean([0, 1]).matmul(hp.view(experts, d * outFeatures)).view(d, outFeatures)) * scaling;
@@ -122,7 +127,7 @@ public sealed class LilyLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDrop
     public Tensor Forward(Tensor x, Tensor y)
     {
         var dx = SeededDropout.Apply(x, config.Dropout, training, DropoutGenerator);
-        var delta = Lily.Delta(dx, lily_A.weight!, group.Router, group.Experts, config.Scaling, training ? config.RouterMean : "sequence",
+        var delta = Lily.Delta(dx, lily_A.weight!.t(), group.Router?.t(), group.Experts, config.Scaling, training ? config.RouterMean : "sequence",
             config.Causal, null, out var weights);
         LastRouterWeights?.Dispose();
         LastRouterWeights = weights?.DetachFromDisposeScope();
@@ -206,7 +211,7 @@ public sealed class LilyAdapter : TrainableAdapter
             var router = config.Monoscale ? null : tensors.GetValueOrDefault($"{path}.lily_router.weight") ?? throw new InvalidDataException($"{key}: its lily_router is missing");
             if (router is not null && (router.ndim != 2 || router.shape[0] != config.NumExperts || router.shape[1] != d))
                 throw new InvalidDataException($"{path}.lily_router.weight: shape [{string.Join(",", router.shape)}], expected [{config.NumExperts},{d}]");
-            result[path] = new ServedLily(lp, router, hp, config);
+            result[path] = new ServedLily(lp.t().contiguous(), router?.t().contiguous(), hp * config.Scaling, config.Causal);
         }
         if (result.Count == 0) throw new InvalidDataException($"{WeightsFileName} holds no Lily weights");
         return result;
@@ -218,13 +223,26 @@ public sealed class LilyAdapter : TrainableAdapter
         foreach (var g in groups) g.Dispose();
     }
 
-    sealed class ServedLily(Tensor lp, Tensor? router, Tensor hp, LilyConfig config) : IRowDelta
+    /// <summary>One Lily layer as served, or (weights with a leading row dimension) the Lily rows of a batch stacked; s folded into P_H.</summary>
+    sealed class ServedLily(Tensor lpT, Tensor? routerT, Tensor hp, bool causal) : IRowDelta
     {
-        public int StateWidth => config.Causal && router is not null ? (int)router.shape[0] + 1 : 0;
-        public IEnumerable<Tensor> Tensors => router is null ? [lp, hp] : [lp, router, hp];
+        Tensor LpT { get; } = lpT;
+        Tensor? RouterT { get; } = routerT;
+        Tensor Hp { get; } = hp;
+        bool Causal { get; } = causal;
+
+        public int StateWidth => Causal && RouterT is not null ? (int)RouterT.shape[^1] + 1 : 0;
+        public IEnumerable<Tensor> Tensors => RouterT is null ? [LpT, Hp] : [LpT, RouterT, Hp];
+        public object BatchKey => (nameof(Lily), LpT.shape[^1], Hp.shape[^2], RouterT is null, Causal);
 
         public Tensor Apply(Tensor x, Tensor y, AdaptableLinear layer, RowState? state) =>
-            y + Lily.Delta(x, lp, router, hp, config.Scaling, "sequence", config.Causal, state, out _);
+            y + Lily.Delta(x, LpT, RouterT, Hp, 1.0, "sequence", Causal, state, out _);
+
+        public IRowDelta Stack(IReadOnlyList<IRowDelta> rows)
+        {
+            var lily = rows.Cast<ServedLily>().ToList();
+            return new ServedLily(stack(lily.Select(l => l.LpT)), RouterT is null ? null : stack(lily.Select(l => l.RouterT!)), stack(lily.Select(l => l.Hp)), Causal);
+        }
 
         public void Dispose() { foreach (var t in Tensors) t.Dispose(); }
     }

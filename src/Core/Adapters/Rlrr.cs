@@ -57,12 +57,13 @@ public static class Rlrr
 
     /// <summary>
     /// The same update without forming ΔW, for serving many adapters over one W:
-    /// x ΔWᵀ = Σₖ S_right[k] ⊙ (W (S_left[k] ⊙ x)), one extra pass through W per rank.
+    /// x ΔWᵀ = Σₖ S_right[k] ⊙ (W (S_left[k] ⊙ x)), one extra pass through W per rank. S_left [r, in] and S_right [r, out]
+    /// are one adapter's, or [n, 1, r, in] and [n, 1, r, out] for rows x [n, t, in] of different adapters.
     /// </summary>
     public static Tensor Delta(Tensor x, Tensor weight, Tensor sLeft, Tensor sRight)
     {
-        var scaled = x.unsqueeze(-2) * sLeft;                                                 // S_left[k] ⊙ x     [.., r, in]
-        return (nn.functional.linear(scaled, weight) * sRight).sum(dim: -2);                       // Σₖ S_right[k] ⊙ W(..) [.., out]
+        var scaled = x.unsqueeze(-2) * sLeft;                                                 // S_left[k] ⊙ x         [.., r, in]
+        return (nn.functional.linear(scaled, weight) * sRight).sum(dim: -2);                  // Σₖ S_right[k] ⊙ W(..) [.., out]
     }
 }
 
@@ -144,13 +145,25 @@ public sealed class RlrrAdapter : TrainableAdapter
         return result;
     }
 
+    /// <summary>One RLRR layer as served, or the RLRR rows of a batch stacked ([n, 1, r, in], [n, 1, r, out], [n, 1, out]).</summary>
     sealed class ServedRlrr(Tensor sLeft, Tensor sRight, Tensor f) : IRowDelta
     {
+        Tensor SLeft { get; } = sLeft;
+        Tensor SRight { get; } = sRight;
+        Tensor F { get; } = f;
+
         public int StateWidth => 0;
-        public IEnumerable<Tensor> Tensors => [sLeft, sRight, f];
+        public IEnumerable<Tensor> Tensors => [SLeft, SRight, F];
+        public object BatchKey => (nameof(Rlrr), SLeft.shape[^2]);
 
         public Tensor Apply(Tensor x, Tensor y, AdaptableLinear layer, RowState? state) =>
-            y + Rlrr.Delta(x, layer.weight, sLeft, sRight) + f;
+            y + Rlrr.Delta(x, layer.weight, SLeft, SRight) + F;
+
+        public IRowDelta Stack(IReadOnlyList<IRowDelta> rows)
+        {
+            var rlrr = rows.Cast<ServedRlrr>().ToList();
+            return new ServedRlrr(stack(rlrr.Select(r => r.SLeft)).unsqueeze(1), stack(rlrr.Select(r => r.SRight)).unsqueeze(1), stack(rlrr.Select(r => r.F)).unsqueeze(1));
+        }
 
         public void Dispose() { foreach (var t in Tensors) t.Dispose(); }
     }

@@ -87,6 +87,12 @@ public interface IRowDelta : IDisposable
     /// <summary>Floats of per-sequence state the method carries from one forward call to the next (0 for none).</summary>
     int StateWidth { get; }
 
+    /// <summary>Layers with equal keys (method and shapes) can be stacked into one batched delta.</summary>
+    object BatchKey { get; }
+
+    /// <summary>One delta for a batch's rows of these layers (one per row, in row order), their weights stacked.</summary>
+    IRowDelta Stack(IReadOnlyList<IRowDelta> rows);
+
     /// <summary>The tensors it holds (freed with it).</summary>
     IEnumerable<Tensor> Tensors { get; }
 
@@ -105,7 +111,8 @@ public sealed class RowState(Tensor store, Tensor slots)
 
 /// <summary>
 /// One linear layer's adapters for a batch whose rows each use their own adapter (or none): LoRA and DoRA rows through
-/// one gathered <see cref="RowLora"/>, then each other adapter's <see cref="IRowDelta"/> on just its rows.
+/// one gathered <see cref="RowLora"/>, then the rows of every other method, their layers stacked per method and shape
+/// into one batched <see cref="IRowDelta"/> (so 32 Lily adapters cost one set of batched matmuls, not 32).
 /// </summary>
 public sealed class RowAdapter : ILinearAdapter, IDisposable
 {
@@ -124,10 +131,12 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
         var loraRows = rows.Select(r => r?.Lora.GetValueOrDefault(path)).ToList();
         if (loraRows.Any(w => w is not null))
             lora = new RowLora(loraRows, layer.InFeatures, layer.OutFeatures, layer.weight, layer.bias);
-        foreach (var group in Enumerable.Range(0, rows.Count).Where(i => rows[i]?.Deltas.ContainsKey(path) == true).GroupBy(i => rows[i]!))
+        foreach (var group in Enumerable.Range(0, rows.Count).Where(i => rows[i]?.Deltas.ContainsKey(path) == true).GroupBy(i => rows[i]!.Deltas[path].BatchKey))
         {
-            var delta = group.Key.Deltas[path];
             var index = group.ToArray();
+            var members = index.Select(i => rows[i]!.Deltas[path]).ToList();
+            var delta = members[0].Stack(members);
+            foreach (var t in delta.Tensors) t.DetachFromDisposeScope();
             var state = delta.StateWidth > 0 && states is not null
                 ? new RowState(states(path, delta.StateWidth), tensor(index.Select(i => slots[i]).ToArray()).DetachFromDisposeScope())
                 : null;
@@ -150,7 +159,11 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
     public void Dispose()
     {
         lora?.Dispose();
-        foreach (var g in groups) g.Rows.Dispose();
+        foreach (var g in groups)
+        {
+            g.Rows.Dispose();
+            g.Delta.Dispose();   // the stacked copy; the adapters' own layers stay in the cache
+        }
     }
 }
 

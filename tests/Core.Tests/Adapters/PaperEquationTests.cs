@@ -103,10 +103,10 @@ public sealed class PaperEquationTests
         var (_, x) = Setup(bias: false);
         using var g = new Generator(6);
         Tensor lp = randn([3, In], generator: g), router = randn([4, 3], generator: g), hp = randn([12, Out], generator: g);
-        var whole = Lily.Delta(x, lp, router, hp, 1.0, "sequence", causal: true, null, out _);
+        var whole = Lily.Delta(x, lp.t(), router.t(), hp, 1.0, "sequence", causal: true, null, out _);
         var store = zeros(Rows, 5);
         var state = new RowState(store, arange(Rows, ScalarType.Int64));
-        var pieces = Enumerable.Range(0, Tokens).Select(t => Lily.Delta(x.narrow(1, t, 1), lp, router, hp, 1.0, "sequence", causal: true, state, out _));
+        var pieces = Enumerable.Range(0, Tokens).Select(t => Lily.Delta(x.narrow(1, t, 1), lp.t(), router.t(), hp, 1.0, "sequence", causal: true, state, out _));
         AssertClose(whole, cat(pieces.ToArray(), 1), 1e-5);
     }
 

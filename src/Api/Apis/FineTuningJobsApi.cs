@@ -140,7 +140,7 @@ public static partial class FineTuningJobsApi
         if (request.Metadata is { } metadata && (metadata.Count > 16 || metadata.Any(p => p.Key.Length is 0 or > 64 || p.Value is null || p.Value.Length > 512)))
             return OpenAiErrors.BadRequest("metadata holds at most 16 pairs, keys of 1-64 characters and values of up to 512.", "metadata");
 
-        var config = ParseAdapter(request.Adapter, LlamaConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)), out var adapterError);
+        var config = ParseAdapter(request.Adapter, ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)), out var adapterError);
         if (config is null) return adapterError!;
 
         var (examples, trainingError) = await ReadDataAsync(request.TrainingFile, "training_file", baseModel, db, blobs, cancel);
@@ -197,7 +197,7 @@ public static partial class FineTuningJobsApi
         }
     }
 
-    static LoraConfig? ParseAdapter(AdapterRequest? request, LlamaConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
+    static LoraConfig? ParseAdapter(AdapterRequest? request, ModelConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
     {
         error = null;
         var type = request?.Type ?? "lora";
@@ -208,7 +208,7 @@ public static partial class FineTuningJobsApi
         }
         // Every linear layer but the output head unless the request says otherwise: on small bases this learns far
         // better than PEFT's q_proj/v_proj default. Stored as the module names, as PEFT writes it.
-        string[] allLinear = TargetModules.Match(LlamaForCausalLM.LinearPaths(baseConfig), ["all-linear"])
+        string[] allLinear = TargetModules.Match(baseConfig.LinearPaths(), ["all-linear"])
             .Select(p => p.Split('.')[^1]).Distinct().Order().ToArray();
         var config = new LoraConfig { TargetModules = allLinear };
         if (request?.Rank is { } rank) config = config with { Rank = rank, Alpha = request.Alpha ?? 2 * rank };
@@ -239,7 +239,7 @@ public static partial class FineTuningJobsApi
         };
         if (problem is null)
         {
-            try { TargetModules.Match(LlamaForCausalLM.LinearPaths(baseConfig), config.TargetModules); }
+            try { TargetModules.Match(baseConfig.LinearPaths(), config.TargetModules); }
             catch (ArgumentException e) { problem = "adapter." + e.Message; }
         }
         if (problem is null) return config;

@@ -36,16 +36,16 @@ public static class BuiltinModels
     public static nn.Module<Tensor, Tensor> RandomModel(ModelConfig config, long seed)
     {
         var model = config.CreateModel();
-        var norms = model.NormLayers().Select(n => n.Layer.Weight.Handle).ToHashSet();
-        var embeddings = model.named_modules().Where(m => m.module is TorchSharp.Modules.Embedding)
-            .SelectMany(m => m.module.parameters()).Select(p => p.Handle).ToHashSet();
+        // By name: TorchSharp may hand out a new wrapper (and handle) for the same parameter on each call.
+        var norms = model.NormLayers().Select(n => n.Path + ".weight").ToHashSet();
+        var embeddings = model.named_modules().Where(m => m.module is TorchSharp.Modules.Embedding).Select(m => m.name + ".weight").ToHashSet();
         using var generator = new Generator().manual_seed(seed);
         using (no_grad())
         using (NewDisposeScope())
             foreach (var (name, p) in model.named_parameters())
             {
-                if (p.dim() == 1) p.fill_(norms.Contains(p.Handle) ? 1 : 0);
-                else if (embeddings.Contains(p.Handle) || name.EndsWith(".cls_token", StringComparison.Ordinal)
+                if (p.dim() == 1) p.fill_(norms.Contains(name) ? 1 : 0);
+                else if (embeddings.Contains(name) || name.EndsWith(".cls_token", StringComparison.Ordinal)
                          || name.EndsWith(".position_embeddings", StringComparison.Ordinal)) p.normal_(0, 1, generator);
                 // Unit-variance activations through each linear layer; this keeps logits of a random model O(1).
                 else p.normal_(0, 1 / Math.Sqrt(p.numel() / p.shape[0]), generator);

@@ -157,11 +157,12 @@ public static class ModelFolder
         var files = new List<SafeTensorsFile>();
         try
         {
-            foreach (string shard in weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal))
+            var shards = weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
+            if (shards.FirstOrDefault(shard => !File.Exists(Path.Combine(folder, shard))) is { } absentShard)
+                throw new InvalidDataException($"{index}: shard {absentShard} (holding {weightMap.First(kv => kv.Value == absentShard).Key}) is not in the folder");
+            foreach (string shard in shards)
             {
                 string path = Path.Combine(folder, shard);
-                if (!File.Exists(path))
-                    throw new InvalidDataException($"{index}: shard {shard} (holding {weightMap.First(kv => kv.Value == shard).Key}) is not in the folder");
                 var file = SafeTensorsFile.Open(path);
                 files.Add(file);
                 var stored = file.Tensors.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);

@@ -123,7 +123,7 @@ public sealed class LlamaTests
     }
 
     /// <summary>The Llama equations in float64, written without the model's helpers.</summary>
-    static class Reference
+    internal static class Reference
     {
         static Tensor W(AdaptableLinear linear) => F64(linear.weight);
 

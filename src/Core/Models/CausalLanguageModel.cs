@@ -15,7 +15,9 @@ public abstract class CausalLanguageModel : nn.Module<Tensor, Tensor>
     /// <summary>The most positions a sequence may have (prompt and generated tokens together).</summary>
     public abstract int ContextLength { get; }
     public abstract int? BosTokenId { get; }
-    public abstract int? EosTokenId { get; }
+    /// <summary>Every token id that ends a sequence (Llama 3 Instruct models have several); empty when the config names none.</summary>
+    public abstract IReadOnlyList<int> EosTokenIds { get; }
+    public int? EosTokenId => EosTokenIds.Count > 0 ? EosTokenIds[0] : null;
 
     /// <summary>Layers, key/value heads and head size: the shape of a KV cache for this model.</summary>
     public abstract int NumLayers { get; }

@@ -28,7 +28,8 @@ public sealed record Gpt2Config : ModelConfig
     [JsonPropertyName("add_cross_attention")] public bool AddCrossAttention { get; init; }
     [JsonPropertyName("tie_word_embeddings")] public bool TieWordEmbeddings { get; init; } = true;
     [JsonPropertyName("bos_token_id")] public int? BosTokenId { get; init; }
-    [JsonPropertyName("eos_token_id")] public int? EosTokenId { get; init; }
+    [JsonPropertyName("eos_token_id"), JsonConverter(typeof(TokenIdsConverter))] public int[]? EosTokenIds { get; init; }
+    [JsonIgnore] public int? EosTokenId { get => EosTokenIds is [var first, ..] ? first : null; init => EosTokenIds = value is { } id ? [id] : null; }
 
     [JsonIgnore] public int InnerSize => NInner ?? 4 * NEmbd;
     [JsonIgnore] public int HeadDim => NEmbd / NHead;
@@ -82,7 +83,7 @@ public sealed class GPT2LMHeadModel : CausalLanguageModel, IHuggingFaceModel
     public override int VocabSize => Config.VocabSize;
     public override int ContextLength => Config.NPositions;
     public override int? BosTokenId => Config.BosTokenId;
-    public override int? EosTokenId => Config.EosTokenId;
+    public override IReadOnlyList<int> EosTokenIds => Config.EosTokenIds ?? [];
     public override int NumLayers => Config.NLayer;
     public override int KeyValueHeads => Config.NHead;
     public override int HeadDim => Config.HeadDim;

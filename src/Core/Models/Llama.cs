@@ -25,7 +25,7 @@ public sealed class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
     public override int VocabSize => Config.VocabSize;
     public override int ContextLength => Config.MaxPositionEmbeddings;
     public override int? BosTokenId => Config.BosTokenId;
-    public override int? EosTokenId => Config.EosTokenId;
+    public override IReadOnlyList<int> EosTokenIds => Config.EosTokenIds ?? [];
     public override int NumLayers => Config.NumHiddenLayers;
     public override int KeyValueHeads => Config.KeyValueHeads;
     public override int HeadDim => Config.HeadDim;
@@ -77,7 +77,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         layers = new ModuleList<LlamaDecoderLayer>(
             Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i)).ToArray());
         norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        rotary = new RotaryEmbedding(config.HeadDim, config.RopeTheta);
+        rotary = new RotaryEmbedding(config.HeadDim, config.RopeTheta, config.RopeScaling);
         RegisterComponents();
     }
 
@@ -171,16 +171,33 @@ public sealed class RotaryEmbedding
 {
     readonly int headDim;
     readonly double theta;
+    readonly RopeScaling? scaling;
 
-    public RotaryEmbedding(int headDim, double theta) => (this.headDim, this.theta) = (headDim, theta);
+    public RotaryEmbedding(int headDim, double theta, RopeScaling? scaling = null) => (this.headDim, this.theta, this.scaling) = (headDim, theta, scaling);
 
     /// <summary>cos and sin [b, 1, seq, head_dim] of the angles for positions [b, seq] (b may be 1 to share them).</summary>
     public (Tensor Cos, Tensor Sin) Angles(Tensor positions)
     {
         var invFreq = 1.0 / pow(theta, arange(0, headDim, 2, ScalarType.Float64) / headDim);   // [hd/2]
+        if (scaling?.Kind == "llama3") invFreq = Llama3(invFreq, scaling);
         var freqs = positions.to_type(ScalarType.Float64).unsqueeze(-1) * invFreq;             // [b, seq, hd/2]
         var emb = cat([freqs, freqs], -1).unsqueeze(1);                                       // [b, 1, seq, hd]
         return (emb.cos().to_type(ScalarType.Float32), emb.sin().to_type(ScalarType.Float32));
+    }
+
+    /// <summary>
+    /// Llama 3.1's long-context frequencies: wavelengths longer than the original context / low_freq_factor are slowed by
+    /// factor, those shorter than context / high_freq_factor kept, and the band between interpolated smoothly.
+    /// </summary>
+    static Tensor Llama3(Tensor invFreq, RopeScaling s)
+    {
+        double context = s.OriginalMaxPositionEmbeddings!.Value, factor = s.Factor!.Value, low = s.LowFreqFactor!.Value, high = s.HighFreqFactor!.Value;
+        var wavelength = 2 * Math.PI / invFreq;                                                // [hd/2]
+        var scaled = where(wavelength > context / low, invFreq / factor, invFreq);             // [hd/2]
+        var smooth = (context / wavelength - low) / (high - low);                              // [hd/2]
+        var smoothed = (1 - smooth) * scaled / factor + smooth * scaled;                       // [hd/2]
+        var medium = wavelength.ge(context / high).logical_and(wavelength.le(context / low));   // [hd/2]
+        return where(medium, smoothed, scaled);
     }
 
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)

@@ -79,3 +79,24 @@ public abstract record ModelConfig
 
     internal const string Activations = "gelu_new, gelu_pytorch_tanh, gelu, relu, silu";
 }
+
+/// <summary>A token id as Hugging Face configs write it: one number, or a list of them (Llama 3 Instruct's eos_token_id).</summary>
+public sealed class TokenIdsConverter : JsonConverter<int[]?>
+{
+    public override int[]? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options)
+    {
+        if (reader.TokenType == JsonTokenType.Number) return [reader.GetInt32()];
+        if (reader.TokenType != JsonTokenType.StartArray) throw new JsonException("expected a token id or a list of token ids");
+        var ids = new List<int>();
+        while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+            ids.Add(reader.TokenType == JsonTokenType.Number ? reader.GetInt32() : throw new JsonException("expected a list of token ids"));
+        return [.. ids];
+    }
+
+    public override void Write(Utf8JsonWriter writer, int[]? value, JsonSerializerOptions options)
+    {
+        if (value is null) writer.WriteNullValue();
+        else if (value.Length == 1) writer.WriteNumberValue(value[0]);
+        else JsonSerializer.Serialize(writer, value);
+    }
+}

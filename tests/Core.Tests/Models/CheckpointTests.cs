@@ -201,10 +201,38 @@ public sealed class CheckpointTests : IDisposable
     }
 
     [Fact]
-    public void RopeScalingIsRefusedRatherThanSilentlyIgnored()
+    public void RopeScalingOtherThanLlama3IsRefusedRatherThanSilentlyIgnored()
     {
         File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile),
-            ConfigJson.Replace("\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}"));
-        Assert.Contains("rope_scaling", Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder)).Message);
+            ConfigJson.Replace("\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}"));
+        Assert.Contains("rope_scaling rope_type 'yarn' is not supported", Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder)).Message);
+    }
+
+    [Fact]
+    public void ALlama3InstructConfigLoadsWithItsRopeScalingAndEveryEosId()
+    {
+        using var scope = NewDisposeScope();
+        // Llama 3.1/3.2 Instruct: llama3 rope scaling and a list of end-of-sequence ids.
+        File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile), ConfigJson
+            .Replace("\"rope_scaling\": null",
+                "\"rope_scaling\": {\"factor\": 32.0, \"high_freq_factor\": 4.0, \"low_freq_factor\": 1.0, \"original_max_position_embeddings\": 16, \"rope_type\": \"llama3\"}")
+            .Replace("\"eos_token_id\": 256", "\"eos_token_id\": [256, 257, 258]"));
+        using var model = ModelFolder.Load<LlamaForCausalLM>(folder);
+        Assert.Equal([256, 257, 258], model.EosTokenIds);
+        Assert.Equal(256, model.EosTokenId);
+        string saved = Path.Combine(root.FullName, "saved");
+        ModelFolder.Save(model, saved);
+        var config = (LlamaConfig)ModelConfig.Load(Path.Combine(saved, ModelFolder.ConfigFile));
+        Assert.Equal([256, 257, 258], config.EosTokenIds!);
+        Assert.Equal(("llama3", 32.0, 16), (config.RopeScaling!.Kind, config.RopeScaling.Factor, config.RopeScaling.OriginalMaxPositionEmbeddings));
+
+        // Position 0 has angle 0 either way; later positions turn by the scaled frequencies.
+        File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile), ConfigJson);
+        using var unscaled = ModelFolder.Load<LlamaForCausalLM>(folder);
+        using var _ = no_grad();
+        var ids = Ids(1, 12, seed: 15);
+        var (a, b) = (model.forward(ids), unscaled.forward(ids));
+        AssertClose(a[0, 0], b[0, 0], 1e-6);
+        Assert.True((a[0, 11] - b[0, 11]).abs().max().item<float>() > 1e-3);
     }
 }

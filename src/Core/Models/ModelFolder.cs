@@ -72,7 +72,9 @@ public static class ModelFolder
             .OrderBy(t => t.Key, StringComparer.Ordinal).ToList();
         var metadata = new Dictionary<string, string> { ["format"] = "pt" };
         long total = tensors.Sum(t => t.Tensor.NumberOfElements * t.Tensor.ElementSize);
-        File.Delete(Path.Combine(folder, IndexFile));
+        // Weights of an earlier save, single or sharded, must not be left beside the new ones.
+        foreach (string stale in Directory.EnumerateFiles(folder, "model-*-of-*.safetensors").Append(Path.Combine(folder, IndexFile)).ToList())
+            File.Delete(stale);
         if (maxShardBytes is not { } limit || total <= limit)
         {
             SafeTensors.Save(Path.Combine(folder, WeightsFile), tensors.ToDictionary(t => t.Key, t => t.Tensor), metadata);

@@ -101,6 +101,7 @@ public sealed class CheckpointTests : IDisposable
         using var scope = NewDisposeScope();
         using var model = ModelFolder.Load<LlamaForCausalLM>(folder);
 
+        Assert.DoesNotContain("lm_head.weight", model.CheckpointTensors().Select(t => t.Key));   // tied: stored once, as the embedding
         foreach (var (name, p) in model.named_parameters().Where(p => p.name != "lm_head.weight"))
             Assert.Equal(Bytes(hf[name].to_type(ScalarType.Float32)), Bytes(p));
         Assert.Equal(Bytes(model.model.embed_tokens.weight!), Bytes(model.lm_head.weight));
@@ -141,6 +142,9 @@ public sealed class CheckpointTests : IDisposable
         var ids = Ids(1, 5, seed: 14);
         using var _ = no_grad();
         Assert.Equal(Bytes(model.forward(ids)), Bytes(loaded.forward(ids)));
+
+        ModelFolder.Save(model, saved);   // saved again whole: the shards and their index go
+        Assert.Equal([ModelFolder.ConfigFile, ModelFolder.WeightsFile], Directory.GetFiles(saved).Select(Path.GetFileName).Order());
     }
 
     public static TheoryData<string, string> BadIndexes => new()

@@ -139,6 +139,7 @@ public sealed class Gpt2Tests : IDisposable
         using var _ = no_grad();
         model.transformer.wte.weight![3, 5] = tensor(42f);
         Assert.Equal(42f, model.lm_head.weight[3, 5].item<float>());
+        Assert.Equal(hf.Values.Sum(t => t.numel()), model.CheckpointTensors().Sum(t => t.Parameter.numel()));   // stored once
     }
 
     [Fact]

@@ -1,8 +1,10 @@
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Data;
 using AdapterService.Core.Formats;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
+using AdapterService.Core.Training;
 using static AdapterService.Core.Tests.Models.HfReference;
 using static AdapterService.Core.Tests.TinyLlama;
 using static TorchSharp.torch;
@@ -234,6 +236,28 @@ public sealed class Gpt2Tests : IDisposable
         Assert.True((model.forward(ids) - before).abs().max().item<float>() > 1e-2);
         Assert.Equal(new Gpt2Config { VocabSize = Vocab, NEmbd = Embd, NHead = Heads, NLayer = Layers, NPositions = Positions }.LinearPaths().Order(),
             model.LinearLayers().Select(l => l.Path).Order());
+    }
+
+    [Fact]
+    public void TheTrainerFitsALoraOnItAndLeavesTheBaseAlone()
+    {
+        using var scope = NewDisposeScope();
+        using var model = ModelFolder.Load<GPT2LMHeadModel>(folder);
+        var examples = Enumerable.Range(0, 8).Select(i =>
+        {
+            var (ids, train) = new ByteTokenizer().EncodeExample(new CompletionExample(i, $"q{i}:", "ok!"));
+            return new TokenizedExample([.. ids], [.. train]);
+        }).ToList();
+        var baseBefore = model.named_parameters().ToDictionary(p => p.name, p => Bytes(p.parameter));
+        using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["c_attn", "c_fc"] }, seed: 5);
+        var losses = new List<double>();
+
+        using (var trainer = new LoraTrainer(model, adapter, examples, new Hyperparameters(Epochs: 8, BatchSize: 4, LearningRate: 0.03), ByteTokenizer.End, seed: 6))
+            trainer.Run(p => losses.Add(p.TrainLoss), CancellationToken.None);
+
+        Assert.True(losses[^2..].Average() < losses[0] / 4, $"loss {losses[0]:F3} at the first step, {losses[^1]:F3} at the last");
+        foreach (var (name, p) in model.named_parameters())
+            Assert.True(baseBefore[name].AsSpan().SequenceEqual(Bytes(p)), $"base parameter {name} changed");
     }
 
     [Fact]

@@ -30,7 +30,7 @@ public static class BuiltinModels
     public static LlamaForCausalLM RandomModel(LlamaConfig config, long seed) => (LlamaForCausalLM)RandomModel((ModelConfig)config, seed);
 
     /// <summary>
-    /// A frozen model of any family (e.g. <see cref="VitConfig.Base16"/>) with random weights drawn from <paramref name="seed"/>:
+    /// A frozen model of any family (e.g. <see cref="VitConfig.Base16(int)"/>) with random weights drawn from <paramref name="seed"/>:
     /// norms start as the identity, biases at zero, embeddings N(0, 1), and every other weight N(0, 1/fan_in).
     /// </summary>
     public static nn.Module<Tensor, Tensor> RandomModel(ModelConfig config, long seed)

@@ -86,7 +86,11 @@ public static class ModelFolder
             foreach (var t in tensors)
             {
                 long bytes = t.Tensor.NumberOfElements * t.Tensor.ElementSize;
-                if (size > 0 && size + bytes > limit) (shards, size) = ([.. shards, new()], 0);
+                if (size > 0 && size + bytes > limit)
+                {
+                    shards.Add([]);
+                    size = 0;
+                }
                 shards[^1].Add(t);
                 size += bytes;
             }

@@ -51,6 +51,9 @@ public sealed record VitConfig : ModelConfig
         Label2Id = labels.Select((l, i) => (l, i)).DistinctBy(x => x.l).ToDictionary(x => x.l, x => x.i),
     };
 
+    /// <summary>ViT-B/16 with <paramref name="numLabels"/> labels named as Hugging Face names them by default (LABEL_0, ...).</summary>
+    public static VitConfig Base16(int numLabels = 1000) => Base16([.. Enumerable.Range(0, numLabels).Select(i => $"LABEL_{i}")]);
+
     public override nn.Module<Tensor, Tensor> CreateModel() => new ViTForImageClassification(this);
 
     public override IEnumerable<(string Path, long In, long Out)> LinearShapes()

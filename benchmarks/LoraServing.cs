@@ -24,7 +24,7 @@ sealed class LoraServing : IDisposable
         model = Measure.RandomModel(Measure.Config(quick));
         adapters = Enumerable.Range(0, Rows).Select(i => Measure.RandomAdapter(model, 8 + i % 9, i)).ToList();
         weights = adapters.Select(a => a.LoraLayers.ToDictionary(l => l.Key, l => l.Value.Weights())).ToList();
-        cache = new SlotKvCache(model.Config, Rows, model.Config.MaxPositionEmbeddings);
+        cache = new SlotKvCache(model, Rows, model.ContextLength);
         repeats = quick ? 3 : 7;
     }
 
@@ -93,7 +93,7 @@ sealed class LoraServing : IDisposable
 
     void SwitchPerAdapter()
     {
-        using var single = new SlotKvCache(model.Config, 1, Prompt + 1);
+        using var single = new SlotKvCache(model, 1, Prompt + 1);
         for (int i = 0; i < Rows; i++)
         {
             using var scope = NewDisposeScope();
@@ -106,7 +106,7 @@ sealed class LoraServing : IDisposable
 
     void MergePerRequest()
     {
-        using var single = new SlotKvCache(model.Config, 1, Prompt + 1);
+        using var single = new SlotKvCache(model, 1, Prompt + 1);
         var layers = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
         for (int i = 0; i < Rows; i++)
         {

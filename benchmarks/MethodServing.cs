@@ -21,7 +21,7 @@ sealed class MethodServing : IDisposable
     public MethodServing(bool quick)
     {
         model = Measure.RandomModel(Measure.Config(quick));
-        cache = new SlotKvCache(model.Config, Rows, model.Config.MaxPositionEmbeddings);
+        cache = new SlotKvCache(model, Rows, model.ContextLength);
         repeats = quick ? 3 : 7;
     }
 

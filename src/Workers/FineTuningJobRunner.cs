@@ -99,7 +99,7 @@ public sealed class FineTuningJobRunner(
         var config = AdapterConfig.Parse(job.AdapterConfig);
         var hp = new Hyperparameters(job.Epochs, job.BatchSize, BaseLearningRate * job.LearningRateMultiplier);
 
-        using var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath));
+        using var model = ModelFolder.Load<CausalLanguageModel>(blobs.Resolve(baseModel.BlobPath));
         using var adapter = TrainableAdapter.Create(model, config, job.Seed);
         var trainer = new LoraTrainer(model, adapter, examples, hp, ByteTokenizer.End, job.Seed);
         started(trainer);

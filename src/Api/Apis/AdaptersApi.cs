@@ -156,7 +156,7 @@ public static class AdaptersApi
             File.Delete(zipPath);
             AdapterConfig config;
             long parameters;
-            var shapes = LlamaForCausalLM.LinearShapes(LlamaConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)));
+            var shapes = ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)).LinearShapes();
             using (var served = ServedAdapter.Load(temp, shapes))
             {
                 config = served.Config;

@@ -159,7 +159,7 @@ public static partial class FineTuningJobsApi
         if (request.Metadata is { } metadata && (metadata.Count > 16 || metadata.Any(p => p.Key.Length is 0 or > 64 || p.Value is null || p.Value.Length > 512)))
             return OpenAiErrors.BadRequest("metadata holds at most 16 pairs, keys of 1-64 characters and values of up to 512.", "metadata");
 
-        var config = ParseAdapter(request.Adapter, LlamaConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)), out var adapterError);
+        var config = ParseAdapter(request.Adapter, ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)), out var adapterError);
         if (config is null) return adapterError!;
 
         var (examples, trainingError) = await ReadDataAsync(request.TrainingFile, "training_file", baseModel, db, blobs, cancel);
@@ -218,7 +218,7 @@ public static partial class FineTuningJobsApi
 
     static readonly string[] AdapterTypes = ["lora", "dora", "lily", "rlrr", "mixlora"];
 
-    static AdapterConfig? ParseAdapter(AdapterRequest? request, LlamaConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
+    static AdapterConfig? ParseAdapter(AdapterRequest? request, ModelConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
     {
         error = null;
         var type = request?.Type ?? "lora";
@@ -230,7 +230,7 @@ public static partial class FineTuningJobsApi
         }
         // Every linear layer but the output head unless the request says otherwise: on small bases this learns far
         // better than PEFT's q_proj/v_proj default. Stored as the module names, as PEFT writes it.
-        string[] allLinear = TargetModules.Match(LlamaForCausalLM.LinearPaths(baseConfig), ["all-linear"])
+        string[] allLinear = TargetModules.Match(baseConfig.LinearPaths(), ["all-linear"])
             .Select(p => p.Split('.')[^1]).Distinct().Order().ToArray();
         // MixLoRA's experts adapt the feed-forward blocks; its target_modules are the attention layers that get plain LoRA.
         string[]? targets = type == "mixlora" ? allLinear.Where(t => !t.EndsWith("_proj") || t is "q_proj" or "k_proj" or "v_proj" or "o_proj").ToArray() : allLinear;
@@ -287,7 +287,7 @@ public static partial class FineTuningJobsApi
             problem = "adapter.target_modules of mixlora are attention layers; its experts adapt the feed-forward blocks already.";
         if (problem is null && config.TargetModules.Count > 0)
         {
-            try { TargetModules.Match(LlamaForCausalLM.LinearPaths(baseConfig), config.TargetModules); }
+            try { TargetModules.Match(baseConfig.LinearPaths(), config.TargetModules); }
             catch (ArgumentException e) { problem = "adapter." + e.Message; }
         }
         if (problem is null) return config;

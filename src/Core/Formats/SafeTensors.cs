@@ -111,23 +111,35 @@ public static class SafeTensors
     /// <summary>Loads every tensor as a CPU tensor of its stored dtype (F32, F16 or BF16); the caller owns the results.</summary>
     public static Dictionary<string, torch.Tensor> Load(string path)
     {
-        using var fs = File.OpenRead(path);
-        var (infos, _, dataStart) = ParseHeader(fs, path);
-        if (infos.FirstOrDefault(i => !Loadable.ContainsKey(i.DType)) is { } unsupported)
+        using var file = SafeTensorsFile.Open(path);
+        if (file.Tensors.FirstOrDefault(i => !Loadable.ContainsKey(i.DType)) is { } unsupported)
             throw Fail(path, unsupported.Name, $"dtype {unsupported.DType} cannot be loaded (only F32, F16 and BF16 can)");
 
         using var scope = torch.NewDisposeScope();   // frees the tensors loaded so far if a later one fails
         var result = new Dictionary<string, torch.Tensor>(StringComparer.Ordinal);
-        foreach (var info in infos)   // in data order, so the reads run forward through the file
-        {
-            var t = torch.empty(info.Shape, Loadable[info.DType]);
-            fs.Position = dataStart + info.Begin;
-            try { t.ReadBytesFromStream(fs, BufferFor(info.End - info.Begin)); }
-            catch (EndOfStreamException) { throw Fail(path, info.Name, "file ended inside the tensor's data (truncated while reading?)"); }
-            result.Add(info.Name, t);
-        }
+        foreach (var info in file.Tensors)   // in data order, so the reads run forward through the file
+            result.Add(info.Name, file.Read(info));
         foreach (var t in result.Values) t.DetachFromDisposeScope();
         return result;
+    }
+
+    /// <summary>Reads one tensor's bytes from <paramref name="fs"/> into a new CPU tensor of its stored dtype.</summary>
+    internal static torch.Tensor Read(FileStream fs, long dataStart, SafeTensorInfo info, string path)
+    {
+        if (!Loadable.TryGetValue(info.DType, out var dtype))
+            throw Fail(path, info.Name, $"dtype {info.DType} cannot be loaded (only F32, F16 and BF16 can)");
+        var t = torch.empty(info.Shape, dtype);
+        try
+        {
+            fs.Position = dataStart + info.Begin;
+            t.ReadBytesFromStream(fs, BufferFor(info.End - info.Begin));
+            return t;
+        }
+        catch (EndOfStreamException)
+        {
+            t.Dispose();
+            throw Fail(path, info.Name, "file ended inside the tensor's data (truncated while reading?)");
+        }
     }
 
     static string DTypeName(string name, torch.Tensor t) => t.dtype switch
@@ -140,7 +152,7 @@ public static class SafeTensors
 
     static int BufferFor(long bytes) => (int)Math.Clamp(bytes, 1, CopyBufferBytes);
 
-    static (List<SafeTensorInfo> Tensors, Dictionary<string, string> Metadata, long DataStart) ParseHeader(FileStream fs, string path)
+    internal static (List<SafeTensorInfo> Tensors, Dictionary<string, string> Metadata, long DataStart) ParseHeader(FileStream fs, string path)
     {
         long fileLength = fs.Length;
         if (fileLength < 8) throw Fail(path, null, $"file is {fileLength} bytes, shorter than the 8-byte header length");
@@ -240,6 +252,44 @@ public static class SafeTensors
         }
     }
 
-    static SafeTensorsException Fail(string path, string? tensor, string problem) =>
+    internal static SafeTensorsException Fail(string path, string? tensor, string problem) =>
         new(tensor is null ? $"{path}: {problem}" : $"{path}: tensor '{tensor}': {problem}");
+}
+
+/// <summary>
+/// An open safetensors file with a validated header, read one tensor at a time: a model loads straight into its
+/// parameters, never holding a second full copy of its weights.
+/// </summary>
+public sealed class SafeTensorsFile : IDisposable
+{
+    readonly FileStream stream;
+    readonly long dataStart;
+
+    public string Path { get; }
+    /// <summary>The tensors in data-buffer order (reading in this order runs forward through the file).</summary>
+    public IReadOnlyList<SafeTensorInfo> Tensors { get; }
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    SafeTensorsFile(string path, FileStream stream, List<SafeTensorInfo> tensors, Dictionary<string, string> metadata, long dataStart) =>
+        (Path, this.stream, Tensors, Metadata, this.dataStart) = (path, stream, tensors, metadata, dataStart);
+
+    public static SafeTensorsFile Open(string path)
+    {
+        var stream = File.OpenRead(path);
+        try
+        {
+            var (tensors, metadata, dataStart) = SafeTensors.ParseHeader(stream, path);
+            return new SafeTensorsFile(path, stream, tensors, metadata, dataStart);
+        }
+        catch
+        {
+            stream.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A new CPU tensor of the stored dtype (F32, F16 or BF16) holding <paramref name="info"/>'s data; the caller owns it.</summary>
+    public torch.Tensor Read(SafeTensorInfo info) => SafeTensors.Read(stream, dataStart, info, Path);
+
+    public void Dispose() => stream.Dispose();
 }

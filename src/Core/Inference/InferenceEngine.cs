@@ -53,9 +53,9 @@ public sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>One base model with its running batch.</summary>
-    sealed class Batch(LlamaForCausalLM model, SlotKvCache cache) : IDisposable
+    sealed class Batch(CausalLanguageModel model, SlotKvCache cache) : IDisposable
     {
-        public LlamaForCausalLM Model { get; } = model;
+        public CausalLanguageModel Model { get; } = model;
         public SlotKvCache Cache { get; } = cache;
         public List<Sequence> Rows { get; } = [];
         public Queue<Sequence> Waiting { get; } = [];
@@ -121,7 +121,7 @@ public sealed class InferenceEngine : IDisposable
         try
         {
             var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
-                () => ServedAdapter.Load(request.AdapterFolder!, LlamaForCausalLM.LinearShapes(LlamaConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile)))));
+                () => ServedAdapter.Load(request.AdapterFolder!, ModelConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile)).LinearShapes()));
             var sequence = new Sequence
             {
                 Request = request, Output = output.Writer, Cancel = cancel, Adapter = adapter, Stops = new StopSequences(request.Options.Stop),
@@ -174,13 +174,13 @@ public sealed class InferenceEngine : IDisposable
             var request = sequence.Request;
             if (!batches.TryGetValue(request.BaseModel, out var batch))
             {
-                var model = ModelFolder.Load(request.BaseFolder);
-                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model.Config, options.MaxBatch, model.Config.MaxPositionEmbeddings));
+                var model = ModelFolder.Load<CausalLanguageModel>(request.BaseFolder);
+                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model, options.MaxBatch, model.ContextLength));
             }
-            if (request.Prompt.Count >= batch.Model.Config.MaxPositionEmbeddings)
-                throw new ArgumentException($"the prompt has {request.Prompt.Count} tokens; this model's context is {batch.Model.Config.MaxPositionEmbeddings}");
-            if (request.Prompt.Any(t => (uint)t >= (uint)batch.Model.Config.VocabSize))
-                throw new ArgumentException($"the prompt holds token ids outside this model's vocabulary of {batch.Model.Config.VocabSize}");
+            if (request.Prompt.Count >= batch.Model.ContextLength)
+                throw new ArgumentException($"the prompt has {request.Prompt.Count} tokens; this model's context is {batch.Model.ContextLength}");
+            if (request.Prompt.Any(t => (uint)t >= (uint)batch.Model.VocabSize))
+                throw new ArgumentException($"the prompt holds token ids outside this model's vocabulary of {batch.Model.VocabSize}");
             batch.Waiting.Enqueue(sequence);
         }
         catch (Exception e)
@@ -277,7 +277,7 @@ public sealed class InferenceEngine : IDisposable
     bool Emit(Batch batch, Sequence s, int token)
     {
         var options = s.Request.Options;
-        int eos = batch.Model.Config.EosTokenId ?? ByteTokenizer.End, context = batch.Model.Config.MaxPositionEmbeddings;
+        int eos = batch.Model.EosTokenId ?? ByteTokenizer.End, context = batch.Model.ContextLength;
         string emit = "", finish;
         bool stopped = false;
         if (token == eos) finish = "stop";

@@ -18,15 +18,15 @@ public sealed class SlotKvCache : IKvCache, IDisposable
     public int Slots { get; }
     public int MaxLength { get; }
 
-    public SlotKvCache(LlamaConfig config, int slots, int maxLength)
+    public SlotKvCache(CausalLanguageModel model, int slots, int maxLength)
     {
         (Slots, MaxLength) = (slots, maxLength);
-        keys = new Tensor[config.NumHiddenLayers];
-        values = new Tensor[config.NumHiddenLayers];
+        keys = new Tensor[model.NumLayers];
+        values = new Tensor[model.NumLayers];
         for (int i = 0; i < keys.Length; i++)
         {
-            keys[i] = zeros(slots, config.KeyValueHeads, maxLength, config.HeadDim).DetachFromDisposeScope();
-            values[i] = zeros(slots, config.KeyValueHeads, maxLength, config.HeadDim).DetachFromDisposeScope();
+            keys[i] = zeros(slots, model.KeyValueHeads, maxLength, model.HeadDim).DetachFromDisposeScope();
+            values[i] = zeros(slots, model.KeyValueHeads, maxLength, model.HeadDim).DetachFromDisposeScope();
         }
     }
 

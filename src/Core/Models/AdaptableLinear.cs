@@ -31,6 +31,13 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>A layer with no bias whose weight [out, in] is another module's parameter: an output head tied to the token embeddings.</summary>
+    public AdaptableLinear(TorchSharp.Modules.Parameter tiedWeight) : base(nameof(AdaptableLinear))
+    {
+        weight = tiedWeight;
+        RegisterComponents();
+    }
+
     public override Tensor forward(Tensor x)
     {
         var y = nn.functional.linear(x, weight, bias);
@@ -43,4 +50,8 @@ public static class AdaptableModules
     /// <summary>Every linear layer of a model an adapter can target, by its Hugging Face module path (e.g. <c>model.layers.0.self_attn.q_proj</c>).</summary>
     public static IEnumerable<(string Path, AdaptableLinear Layer)> LinearLayers(this nn.Module model) =>
         model.named_modules().Where(m => m.module is AdaptableLinear).Select(m => (m.name, (AdaptableLinear)m.module));
+
+    /// <summary>Every normalisation layer of a model (LayerNorm, RMSNorm) by its Hugging Face module path (e.g. <c>transformer.h.0.ln_1</c>).</summary>
+    public static IEnumerable<(string Path, IAdaptableNorm Layer)> NormLayers(this nn.Module model) =>
+        model.named_modules().Where(m => m.module is IAdaptableNorm).Select(m => (m.name, (IAdaptableNorm)m.module));
 }

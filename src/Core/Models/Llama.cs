@@ -8,7 +8,7 @@ namespace AdapterService.Core.Models;
 /// A decoder-only transformer in the Llama style (RMSNorm, rotary embeddings, SwiGLU, causal grouped-query attention).
 /// Field names equal the Hugging Face parameter names, so state-dict keys match <c>LlamaForCausalLM</c>.
 /// </summary>
-public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
+public sealed class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
 {
     public readonly LlamaModel model;
     public readonly AdaptableLinear lm_head;
@@ -18,29 +18,30 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     {
         Config = config;
         model = new LlamaModel(config);
-        lm_head = new AdaptableLinear(config.HiddenSize, config.VocabSize);
+        lm_head = config.TieWordEmbeddings ? new AdaptableLinear(model.embed_tokens.weight!) : new AdaptableLinear(config.HiddenSize, config.VocabSize);
         RegisterComponents();
     }
 
-    /// <summary>Logits [batch, seq, vocab] for token ids [batch, seq], all positions new.</summary>
-    public override Tensor forward(Tensor inputIds) => Forward(inputIds, null);
+    public override int VocabSize => Config.VocabSize;
+    public override int ContextLength => Config.MaxPositionEmbeddings;
+    public override int? BosTokenId => Config.BosTokenId;
+    public override IReadOnlyList<int> EosTokenIds => Config.EosTokenIds ?? [];
+    public override int NumLayers => Config.NumHiddenLayers;
+    public override int KeyValueHeads => Config.KeyValueHeads;
+    public override int HeadDim => Config.HeadDim;
 
-    /// <summary>Logits for the new token ids [batch, seq]; with a cache, positions continue after the cached ones.</summary>
-    public Tensor Forward(Tensor inputIds, KvCache? cache)
-    {
-        long past = cache?.Length ?? 0, length = inputIds.shape[1];
-        var positions = arange(past, past + length, ScalarType.Int64).unsqueeze(0);              // [1, seq]
-        // Causal mask over [new positions, all positions]; a single new token may see everything.
-        var mask = length == 1 ? null : ones(length, past + length, ScalarType.Bool).tril(past);
-        return Forward(inputIds, positions, mask, cache);
-    }
-
-    /// <summary>
-    /// Logits for token ids [batch, seq] at the given positions [batch or 1, seq], attending where
-    /// <paramref name="mask"/> (broadcastable to [batch, heads, seq, keys], true = attend) allows, over the keys the cache returns.
-    /// </summary>
-    public Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
+    public override Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
         lm_head.forward(model.Forward(inputIds, positions, mask, cache));
+
+    ModelConfig IHuggingFaceModel.ModelConfig => Config;
+
+    public IEnumerable<CheckpointTensor> CheckpointTensors() => named_parameters()
+        .Where(p => !(Config.TieWordEmbeddings && p.name == "lm_head.weight"))
+        .Select(p => new CheckpointTensor(p.name, p.parameter));
+
+    /// <summary>Skips the rotary inverse frequencies older exports saved, and a tied head some exports write out.</summary>
+    public string? CanonicalKey(string key) =>
+        key.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal) || (Config.TieWordEmbeddings && key == "lm_head.weight") ? null : key;
 
     /// <summary>The paths <see cref="AdaptableModules.LinearLayers"/> yields for a config, without building the model.</summary>
     public static IEnumerable<string> LinearPaths(LlamaConfig config) => LinearShapes(config).Select(l => l.Path);
@@ -76,7 +77,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         layers = new ModuleList<LlamaDecoderLayer>(
             Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i)).ToArray());
         norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        rotary = new RotaryEmbedding(config.HeadDim, config.RopeTheta);
+        rotary = new RotaryEmbedding(config.HeadDim, config.RopeTheta, config.RopeScaling);
         RegisterComponents();
     }
 
@@ -174,42 +175,38 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
         Adapter?.Forward(x, this) ?? down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
 }
 
-/// <summary>x / rms(x) * weight, computed in float32.</summary>
-public sealed class RmsNorm : nn.Module<Tensor, Tensor>
-{
-    public readonly Parameter weight;
-    readonly double eps;
-
-    public RmsNorm(long size, double eps) : base(nameof(RmsNorm))
-    {
-        weight = new Parameter(ones(size));
-        this.eps = eps;
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor x)
-    {
-        var x32 = x.to_type(ScalarType.Float32);
-        var normed = x32 * rsqrt(x32.pow(2).mean([-1], keepdim: true) + eps);
-        return weight * normed.to_type(x.dtype);
-    }
-}
-
 /// <summary>Rotary position embedding with the Hugging Face Llama layout (rotate the two halves of each head).</summary>
 public sealed class RotaryEmbedding
 {
     readonly int headDim;
     readonly double theta;
+    readonly RopeScaling? scaling;
 
-    public RotaryEmbedding(int headDim, double theta) => (this.headDim, this.theta) = (headDim, theta);
+    public RotaryEmbedding(int headDim, double theta, RopeScaling? scaling = null) => (this.headDim, this.theta, this.scaling) = (headDim, theta, scaling);
 
     /// <summary>cos and sin [b, 1, seq, head_dim] of the angles for positions [b, seq] (b may be 1 to share them).</summary>
     public (Tensor Cos, Tensor Sin) Angles(Tensor positions)
     {
         var invFreq = 1.0 / pow(theta, arange(0, headDim, 2, ScalarType.Float64) / headDim);   // [hd/2]
+        if (scaling?.Kind == "llama3") invFreq = Llama3(invFreq, scaling);
         var freqs = positions.to_type(ScalarType.Float64).unsqueeze(-1) * invFreq;             // [b, seq, hd/2]
         var emb = cat([freqs, freqs], -1).unsqueeze(1);                                       // [b, 1, seq, hd]
         return (emb.cos().to_type(ScalarType.Float32), emb.sin().to_type(ScalarType.Float32));
+    }
+
+    /// <summary>
+    /// Llama 3.1's long-context frequencies: wavelengths longer than the original context / low_freq_factor are slowed by
+    /// factor, those shorter than context / high_freq_factor kept, and the band between interpolated smoothly.
+    /// </summary>
+    static Tensor Llama3(Tensor invFreq, RopeScaling s)
+    {
+        double context = s.OriginalMaxPositionEmbeddings!.Value, factor = s.Factor!.Value, low = s.LowFreqFactor!.Value, high = s.HighFreqFactor!.Value;
+        var wavelength = 2 * Math.PI / invFreq;                                                // [hd/2]
+        var scaled = where(wavelength > context / low, invFreq / factor, invFreq);             // [hd/2]
+        var smooth = (context / wavelength - low) / (high - low);                              // [hd/2]
+        var smoothed = (1 - smooth) * scaled / factor + smooth * scaled;                       // [hd/2]
+        var medium = wavelength.ge(context / high).logical_and(wavelength.le(context / low));   // [hd/2]
+        return where(medium, smoothed, scaled);
     }
 
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)

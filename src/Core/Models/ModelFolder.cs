@@ -1,55 +1,220 @@
+using System.Globalization;
+using System.Text.Json;
 using AdapterService.Core.Formats;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace AdapterService.Core.Models;
 
-/// <summary>A base model stored as a Hugging Face folder: config.json + model.safetensors (+ tokenizer files).</summary>
+/// <summary>One tensor of a model's Hugging Face checkpoint and the parameter it fills; Transposed when the file keeps it as [in, out].</summary>
+public sealed record CheckpointTensor(string Key, Parameter Parameter, bool Transposed = false);
+
+/// <summary>A model <see cref="ModelFolder"/> loads and saves in Hugging Face layout.</summary>
+public interface IHuggingFaceModel
+{
+    ModelConfig ModelConfig { get; }
+
+    /// <summary>Every tensor of the checkpoint, each parameter once (a tied output head is its embedding's).</summary>
+    IEnumerable<CheckpointTensor> CheckpointTensors();
+
+    /// <summary>The key a stored tensor has in <see cref="CheckpointTensors"/>, or null for one to skip (buffers older exports saved).</summary>
+    string? CanonicalKey(string key) => key;
+}
+
+/// <summary>
+/// A base model stored as a Hugging Face folder: config.json + model.safetensors, or shards listed by
+/// model.safetensors.index.json (+ tokenizer files). The family comes from config.json's model_type.
+/// </summary>
 public static class ModelFolder
 {
-    public const string ConfigFile = "config.json", WeightsFile = "model.safetensors";
+    public const string ConfigFile = "config.json", WeightsFile = "model.safetensors", IndexFile = "model.safetensors.index.json";
 
-    /// <summary>Loads a frozen model in evaluation mode.</summary>
-    public static LlamaForCausalLM Load(string folder)
+    /// <summary>Loads a frozen model in evaluation mode: <see cref="LlamaForCausalLM"/>, <see cref="GPT2LMHeadModel"/> or <see cref="ViTForImageClassification"/>.</summary>
+    public static nn.Module<Tensor, Tensor> Load(string folder)
     {
-        var config = LlamaConfig.Load(Path.Combine(folder, ConfigFile));
-        var model = new LlamaForCausalLM(config);
-        var tensors = SafeTensors.Load(Path.Combine(folder, WeightsFile));
+        var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));
+        var model = config.CreateModel();
         try
         {
-            if (config.TieWordEmbeddings && !tensors.ContainsKey("lm_head.weight"))
-                tensors["lm_head.weight"] = tensors.GetValueOrDefault("model.embed_tokens.weight")
-                    ?? throw new InvalidDataException("model.embed_tokens.weight is missing");
-            using (no_grad())
-                foreach (var (name, parameter) in model.named_parameters())
-                {
-                    if (!tensors.TryGetValue(name, out var t))
-                        throw new InvalidDataException($"{WeightsFile} has no tensor {name}");
-                    if (!t.shape.SequenceEqual(parameter.shape))
-                        throw new InvalidDataException($"{name}: shape [{string.Join(",", t.shape)}] in {WeightsFile}, [{string.Join(",", parameter.shape)}] in config.json");
-                    parameter.copy_(t);
-                }
+            LoadWeights((IHuggingFaceModel)model, folder);
         }
-        finally
+        catch
         {
-            foreach (var t in tensors.Values) t.Dispose();
+            model.Dispose();
+            throw;
         }
-        Freeze(model);
+        foreach (var p in model.parameters()) p.requires_grad = false;
+        model.eval();
         return model;
     }
 
-    public static void Save(LlamaForCausalLM model, string folder)
+    /// <summary>Loads a model that must be a <typeparamref name="TModel"/> (say, <see cref="CausalLanguageModel"/> for serving text).</summary>
+    public static TModel Load<TModel>(string folder) where TModel : nn.Module
     {
-        using var scope = NewDisposeScope();
-        Directory.CreateDirectory(folder);
-        SafeTensors.Save(Path.Combine(folder, WeightsFile),
-            model.named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter.detach()));
-        model.Config.Save(Path.Combine(folder, ConfigFile));
+        var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));
+        if (!typeof(TModel).IsAssignableFrom(config.ModelClass))
+            throw new InvalidDataException($"{folder} holds a {config.ModelType} model ({config.Architecture}), not a {typeof(TModel).Name}");
+        return (TModel)(nn.Module)Load(folder);
     }
 
-    static void Freeze(LlamaForCausalLM model)
+    /// <summary>
+    /// Writes config.json and the weights in Hugging Face layout (keys, [in, out] Conv1D weights, tied heads left out).
+    /// With <paramref name="maxShardBytes"/>, weights over that size go to model-0000i-of-0000n.safetensors shards plus the index.
+    /// </summary>
+    public static void Save(nn.Module model, string folder, long? maxShardBytes = null)
     {
-        foreach (var p in model.parameters()) p.requires_grad = false;
-        model.eval();
+        var pretrained = model as IHuggingFaceModel ?? throw new ArgumentException($"{model.GetType().Name} has no Hugging Face layout", nameof(model));
+        using var scope = NewDisposeScope();
+        Directory.CreateDirectory(folder);
+        var tensors = pretrained.CheckpointTensors()
+            .Select(t => (t.Key, Tensor: t.Transposed ? t.Parameter.detach().t() : t.Parameter.detach()))
+            .OrderBy(t => t.Key, StringComparer.Ordinal).ToList();
+        var metadata = new Dictionary<string, string> { ["format"] = "pt" };
+        long total = tensors.Sum(t => t.Tensor.NumberOfElements * t.Tensor.ElementSize);
+        // Weights of an earlier save, single or sharded, must not be left beside the new ones.
+        foreach (string stale in Directory.EnumerateFiles(folder, "model-*-of-*.safetensors").Append(Path.Combine(folder, IndexFile)).ToList())
+            File.Delete(stale);
+        if (maxShardBytes is not { } limit || total <= limit)
+        {
+            SafeTensors.Save(Path.Combine(folder, WeightsFile), tensors.ToDictionary(t => t.Key, t => t.Tensor), metadata);
+        }
+        else
+        {
+            var shards = new List<List<(string Key, Tensor Tensor)>> { new() };
+            long size = 0;
+            foreach (var t in tensors)
+            {
+                long bytes = t.Tensor.NumberOfElements * t.Tensor.ElementSize;
+                if (size > 0 && size + bytes > limit)
+                {
+                    shards.Add([]);
+                    size = 0;
+                }
+                shards[^1].Add(t);
+                size += bytes;
+            }
+            var weightMap = new SortedDictionary<string, string>(StringComparer.Ordinal);
+            for (int i = 0; i < shards.Count; i++)
+            {
+                string name = string.Format(CultureInfo.InvariantCulture, "model-{0:D5}-of-{1:D5}.safetensors", i + 1, shards.Count);
+                SafeTensors.Save(Path.Combine(folder, name), shards[i].ToDictionary(t => t.Key, t => t.Tensor), metadata);
+                foreach (var t in shards[i]) weightMap[t.Key] = name;
+            }
+            File.WriteAllText(Path.Combine(folder, IndexFile), JsonSerializer.Serialize(
+                new { metadata = new { total_size = total }, weight_map = weightMap }, new JsonSerializerOptions { WriteIndented = true }));
+            File.Delete(Path.Combine(folder, WeightsFile));
+        }
+        pretrained.ModelConfig.Save(Path.Combine(folder, ConfigFile));
     }
+
+    /// <summary>
+    /// Checks every file's header and the whole key set (missing, unexpected, misplaced, wrongly shaped tensors are named)
+    /// before reading any data, then reads one tensor at a time into its parameter.
+    /// </summary>
+    static void LoadWeights(IHuggingFaceModel model, string folder)
+    {
+        var expected = model.CheckpointTensors().ToDictionary(t => t.Key, StringComparer.Ordinal);
+        var files = OpenCheckpoint(folder);
+        try
+        {
+            var found = new Dictionary<string, (SafeTensorsFile File, SafeTensorInfo Info)>(StringComparer.Ordinal);
+            var unexpected = new List<string>();
+            foreach (var file in files)
+                foreach (var info in file.Tensors)
+                {
+                    if (model.CanonicalKey(info.Name) is not { } key) continue;
+                    if (!expected.TryGetValue(key, out var target)) { unexpected.Add(info.Name); continue; }
+                    if (!found.TryAdd(key, (file, info)))
+                        throw new InvalidDataException($"{folder}: tensor {info.Name} is stored twice ({found[key].File.Path} and {file.Path})");
+                    long[] shape = target.Transposed ? [.. target.Parameter.shape.Reverse()] : target.Parameter.shape;
+                    if (!info.Shape.SequenceEqual(shape))
+                        throw new InvalidDataException(
+                            $"{file.Path}: tensor {info.Name} has shape [{string.Join(",", info.Shape)}]; config.json makes it [{string.Join(",", shape)}]");
+                }
+            if (unexpected.Count > 0)
+                throw new InvalidDataException($"{folder}: {unexpected.Count} tensor(s) this {model.ModelConfig.Architecture} does not have: {Names(unexpected)}");
+            if (expected.Keys.Where(k => !found.ContainsKey(k)).ToList() is { Count: > 0 } missing)
+                throw new InvalidDataException($"{folder}: {missing.Count} tensor(s) missing: {Names(missing)}");
+
+            using var noGrad = no_grad();
+            foreach (var (key, (file, info)) in found.OrderBy(f => f.Value.File.Path, StringComparer.Ordinal).ThenBy(f => f.Value.Info.Begin))
+            {
+                using var scope = NewDisposeScope();
+                var stored = file.Read(info);
+                var target = expected[key];
+                target.Parameter.copy_(target.Transposed ? stored.t() : stored);
+            }
+        }
+        finally
+        {
+            foreach (var file in files) file.Dispose();
+        }
+    }
+
+    /// <summary>The single weights file, or every shard the index names, each with a validated header.</summary>
+    static List<SafeTensorsFile> OpenCheckpoint(string folder)
+    {
+        string single = Path.Combine(folder, WeightsFile), index = Path.Combine(folder, IndexFile);
+        if (File.Exists(single)) return [SafeTensorsFile.Open(single)];
+        if (!File.Exists(index)) throw new InvalidDataException($"{folder} has neither {WeightsFile} nor {IndexFile}");
+
+        var weightMap = ReadWeightMap(index);
+        var files = new List<SafeTensorsFile>();
+        try
+        {
+            var shards = weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
+            if (shards.FirstOrDefault(shard => !File.Exists(Path.Combine(folder, shard))) is { } absentShard)
+                throw new InvalidDataException($"{index}: shard {absentShard} (holding {weightMap.First(kv => kv.Value == absentShard).Key}) is not in the folder");
+            foreach (string shard in shards)
+            {
+                string path = Path.Combine(folder, shard);
+                var file = SafeTensorsFile.Open(path);
+                files.Add(file);
+                var stored = file.Tensors.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
+                var listed = weightMap.Where(kv => kv.Value == shard).Select(kv => kv.Key).ToList();
+                if (listed.Where(k => !stored.Contains(k)).ToList() is { Count: > 0 } absent)
+                    throw new InvalidDataException($"{index}: weight_map puts {Names(absent)} in {shard}, which does not hold them");
+                if (stored.Where(k => weightMap.GetValueOrDefault(k) != shard).ToList() is { Count: > 0 } unlisted)
+                    throw new InvalidDataException($"{path}: holds {Names(unlisted)}, which weight_map does not list in this shard");
+            }
+            return files;
+        }
+        catch
+        {
+            foreach (var file in files) file.Dispose();
+            throw;
+        }
+    }
+
+    static Dictionary<string, string> ReadWeightMap(string index)
+    {
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(File.ReadAllText(index)); }
+        catch (JsonException e) { throw new InvalidDataException($"{index}: not valid JSON: {e.Message}", e); }
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object
+                || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
+                throw new InvalidDataException($"{index}: weight_map is missing or not a JSON object");
+            var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (var entry in map.EnumerateObject())
+            {
+                if (entry.Value.ValueKind != JsonValueKind.String)
+                    throw new InvalidDataException($"{index}: weight_map entry for {entry.Name} is not a file name string");
+                string shard = entry.Value.GetString()!;
+                // Only plain file names inside the folder: an index must not point the loader anywhere else.
+                if (shard.Length == 0 || shard != Path.GetFileName(shard) || shard is "." or ".." || shard.Contains('\\')
+                    || !shard.EndsWith(".safetensors", StringComparison.Ordinal))
+                    throw new InvalidDataException($"{index}: weight_map puts {entry.Name} in '{shard}', which is not a .safetensors file name in the folder");
+                if (!weightMap.TryAdd(entry.Name, shard)) throw new InvalidDataException($"{index}: weight_map lists {entry.Name} twice");
+            }
+            if (weightMap.Count == 0) throw new InvalidDataException($"{index}: weight_map is empty");
+            return weightMap;
+        }
+    }
+
+    /// <summary>Up to ten names, then how many more: errors stay readable for checkpoints with thousands of tensors.</summary>
+    static string Names(IReadOnlyCollection<string> names) =>
+        string.Join(", ", names.Take(10)) + (names.Count > 10 ? $" and {names.Count - 10} more" : "");
 }

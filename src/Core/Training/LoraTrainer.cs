@@ -30,7 +30,7 @@ public sealed class LoraTrainer : IDisposable
     const long IgnoreIndex = -100;
     const string StateFile = "trainer_state.json", OptimizerFile = "optimizer.bin";
 
-    readonly LlamaForCausalLM model;
+    readonly CausalLanguageModel model;
     readonly TrainableAdapter adapter;
     readonly IReadOnlyList<TokenizedExample> examples;
     readonly Hyperparameters hp;
@@ -53,7 +53,7 @@ public sealed class LoraTrainer : IDisposable
 
     sealed record State(int Step, long TrainedTokens, double LastLoss);
 
-    public LoraTrainer(LlamaForCausalLM model, TrainableAdapter adapter, IReadOnlyList<TokenizedExample> examples, Hyperparameters hp, int padId, long seed)
+    public LoraTrainer(CausalLanguageModel model, TrainableAdapter adapter, IReadOnlyList<TokenizedExample> examples, Hyperparameters hp, int padId, long seed)
     {
         if (examples.Count == 0) throw new ArgumentException("no training examples", nameof(examples));
         (this.model, this.adapter, this.examples, this.hp, this.padId, this.seed) = (model, adapter, examples, hp, padId, seed);

@@ -97,6 +97,36 @@ public sealed class SafeTensorsTests : IDisposable
     }
 
     [Fact]
+    public void AnOpenFileReadsAnyOneTensorOnItsOwn()
+    {
+        using var scope = NewDisposeScope();
+        var expected = new Dictionary<string, Tensor> { ["a"] = randn(3, 4), ["b"] = randn(5).to(ScalarType.BFloat16), ["c"] = randn(2, 2).to(ScalarType.Float16) };
+        string path = PathFor("open.safetensors");
+        SafeTensors.Save(path, expected, new Dictionary<string, string> { ["format"] = "pt" });
+
+        using var file = SafeTensorsFile.Open(path);
+        Assert.Equal("pt", file.Metadata["format"]);
+        Assert.Equal(["a", "b", "c"], file.Tensors.Select(t => t.Name));   // data order
+        foreach (var info in file.Tensors.Reverse())                        // backwards: each read seeks to its own bytes
+        {
+            var got = file.Read(info);
+            Assert.Equal(expected[info.Name].dtype, got.dtype);
+            Assert.Equal(expected[info.Name].bytes.ToArray(), got.bytes.ToArray());
+        }
+    }
+
+    [Fact]
+    public void OpeningATruncatedFileFailsAtTheHeaderBeforeAnyDataIsRead()
+    {
+        using var scope = NewDisposeScope();
+        string path = PathFor("short.safetensors");
+        SafeTensors.Save(path, new Dictionary<string, Tensor> { ["w"] = ones(16) });
+        using (var f = File.OpenWrite(path)) f.SetLength(f.Length - 4);
+        var e = Assert.Throws<SafeTensorsException>(() => SafeTensorsFile.Open(path));
+        Assert.Contains("tensor 'w': data_offsets end 64 is beyond the 60-byte data buffer", e.Message);
+    }
+
+    [Fact]
     public void LoadedTensorsOutliveTheCallersDisposeScope()
     {
         string path = PathFor("owned.safetensors");

@@ -35,7 +35,7 @@ public sealed class BuiltinModelsTests : IDisposable
 
         Assert.True(File.Exists(Path.Combine(folder, "tokenizer_config.json")));
         Assert.Equal([Path.GetFileName(folder)], Directory.GetDirectories(dir).Select(Path.GetFileName));   // no temp folders left
-        using var model = ModelFolder.Load(folder);
+        using var model = ModelFolder.Load<LlamaForCausalLM>(folder);
         Assert.Equal(BuiltinModels.TinyDemo.Config.HiddenSize, model.Config.HiddenSize);
         Assert.Equal(BuiltinModels.TinyDemo.Config.NumHiddenLayers, model.model.layers.Count);
     }

@@ -61,6 +61,29 @@ public sealed class LlamaTests
     }
 
     [Fact]
+    public void Llama3RopeScalingSlowsLongWavelengthsAndBlendsTheMiddleBand()
+    {
+        using var scope = NewDisposeScope();
+        const int hd = 16;
+        const double theta = 10000, factor = 8, low = 1, high = 4, context = 64;
+        var scaling = new RopeScaling { RopeType = "llama3", Factor = factor, LowFreqFactor = low, HighFreqFactor = high, OriginalMaxPositionEmbeddings = (int)context };
+        var (_, sin) = new RotaryEmbedding(hd, theta, scaling).Angles(tensor(new long[] { 1 }).unsqueeze(0));   // position 1: the angle is the frequency
+
+        // Meta's reference (apply_scaling in llama3's model.py), one frequency at a time.
+        var expected = new double[hd];
+        for (int i = 0; i < hd / 2; i++)
+        {
+            double freq = 1 / Math.Pow(theta, 2.0 * i / hd), wavelength = 2 * Math.PI / freq;
+            double scaled = wavelength < context / high ? freq
+                : wavelength > context / low ? freq / factor
+                : (1 - (context / wavelength - low) / (high - low)) * freq / factor + (context / wavelength - low) / (high - low) * freq;
+            expected[i] = expected[i + hd / 2] = Math.Sin(scaled);
+        }
+        AssertClose(tensor(expected), sin.reshape(hd), 1e-6);
+        Assert.True(expected[hd / 2 - 1] < Math.Sin(1 / Math.Pow(theta, (hd - 2.0) / hd)) * 0.2);   // the slowest frequency was divided by factor
+    }
+
+    [Fact]
     public void AttentionLayerWithGroupedQueryHeadsAndCausalMaskMatchesReference()
     {
         using var scope = NewDisposeScope();
@@ -123,7 +146,7 @@ public sealed class LlamaTests
     }
 
     /// <summary>The Llama equations in float64, written without the model's helpers.</summary>
-    static class Reference
+    internal static class Reference
     {
         static Tensor W(AdaptableLinear linear) => F64(linear.weight);
 

@@ -1,0 +1,141 @@
+using System.Text.Json;
+using AdapterService.Core.Formats;
+
+namespace AdapterService.Core.Tests.Formats;
+
+/// <summary>Tiny byte-level BPE tokenizers written here in the files' Hugging Face formats.</summary>
+public sealed class HfTokenizerTests : IDisposable
+{
+    readonly string dir = Directory.CreateTempSubdirectory("tokenizer-tests-").FullName;
+
+    public void Dispose() => Directory.Delete(dir, recursive: true);
+
+    /// <summary>GPT-2's reversible byte → printable character map (bytes_to_unicode): a space is 'Ġ', a newline 'Ċ'.</summary>
+    static string[] ByteChars()
+    {
+        var printable = Enumerable.Range('!', '~' - '!' + 1).Concat(Enumerable.Range('¡', '¬' - '¡' + 1)).Concat(Enumerable.Range('®', 'ÿ' - '®' + 1)).ToList();
+        var chars = new string[256];
+        int extra = 0;
+        foreach (int b in Enumerable.Range(0, 256)) chars[b] = ((char)(printable.Contains(b) ? b : 256 + extra++)).ToString();
+        return chars;
+    }
+
+    /// <summary>The 256 byte tokens (ids 0-255), then one token per merge, in merge order.</summary>
+    static Dictionary<string, int> Vocab(string[] merges)
+    {
+        var vocab = ByteChars().Select((c, i) => (c, i)).ToDictionary(x => x.c, x => x.i);
+        foreach (var merge in merges) vocab[merge.Replace(" ", "")] = vocab.Count;
+        return vocab;
+    }
+
+    static readonly string[] Merges = ["3 4", "h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o", "Ġwo r", "Ġwor l", "Ġworl d", "1 2", "12 3"];
+
+    void WriteConfig(string eos) => File.WriteAllText(Path.Combine(dir, "config.json"), $$"""{"model_type": "llama", "bos_token_id": 300, "eos_token_id": {{eos}}}""");
+
+    /// <summary>A tokenizer.json shaped like Llama 3's: Split on its regex, then ByteLevel without a regex, merges as pairs.</summary>
+    void WriteLlama3TokenizerJson()
+    {
+        string[] added = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"];
+        var tokenizer = new
+        {
+            version = "1.0",
+            added_tokens = added.Select((t, i) => new { id = 300 + i, content = t, single_word = false, lstrip = false, rstrip = false, normalized = false, special = true }),
+            normalizer = (object?)null,
+            pre_tokenizer = new
+            {
+                type = "Sequence",
+                pretokenizers = new object[]
+                {
+                    new { type = "Split", pattern = new { Regex = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+" }, behavior = "Isolated", invert = false },
+                    new { type = "ByteLevel", add_prefix_space = false, trim_offsets = true, use_regex = false },
+                },
+            },
+            decoder = new { type = "ByteLevel", add_prefix_space = true, trim_offsets = true, use_regex = true },
+            model = new
+            {
+                type = "BPE", dropout = (object?)null, unk_token = (object?)null, fuse_unk = false, byte_fallback = false, ignore_merges = true,
+                vocab = Vocab(Merges), merges = Merges.Select(m => m.Split(' ')),
+            },
+        };
+        File.WriteAllText(Path.Combine(dir, HfTokenizer.TokenizerFile), JsonSerializer.Serialize(tokenizer));
+        WriteConfig("[301, 304]");
+    }
+
+    /// <summary>GPT-2's files: vocab.json (with &lt;|endoftext|&gt; as the last id) and merges.txt with its version line.</summary>
+    void WriteGpt2Files()
+    {
+        var vocab = Vocab(Merges);
+        vocab["<|endoftext|>"] = 300;
+        File.WriteAllText(Path.Combine(dir, HfTokenizer.VocabFile), JsonSerializer.Serialize(vocab));
+        File.WriteAllLines(Path.Combine(dir, HfTokenizer.MergesFile), ["#version: 0.2", .. Merges]);
+        WriteConfig("300");
+    }
+
+    static int Id(string token) => Vocab(Merges)[token];
+
+    [Fact]
+    public void Gpt2VocabAndMergesEncodeByMergeRankAndDecodeAnyText()
+    {
+        WriteGpt2Files();
+        var tokenizer = HfTokenizer.Load(dir);
+
+        Assert.Equal([Id("hello"), Id("Ġworld")], tokenizer.Encode("hello world"));
+        Assert.Equal([Id("H"), Id("e"), Id("ll"), Id("o")], tokenizer.Encode("Hello"));              // no "H e" merge
+        Assert.Equal([Id("12"), Id("34"), Id("5")], tokenizer.Encode("12345"));                      // GPT-2 keeps digit runs whole: "3 4" ranks first
+        Assert.Equal([Id("Ã"), Id("©")], tokenizer.Encode("é"));                                     // UTF-8 bytes C3 A9
+        Assert.Equal([Id("hello"), 300], tokenizer.Encode("hello<|endoftext|>"));
+        Assert.Equal((300, 300), (tokenizer.BosId, tokenizer.EosIds.Single()));
+        const string text = "Grüße, 世界! 🙂\n\ttabs  and   spaces 12345";
+        Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text)));
+    }
+
+    [Fact]
+    public void ALlama3TokenizerJsonSplitsDigitsInThreesAndKeepsSpecialTokensWhole()
+    {
+        WriteLlama3TokenizerJson();
+        var tokenizer = HfTokenizer.Load(dir);
+
+        Assert.Equal([Id("123"), Id("4"), Id("5")], tokenizer.Encode("12345"));                     // \p{N}{1,3} splits before merging
+        Assert.Equal([300, Id("hello"), Id("Ġworld")], tokenizer.Encode("hello world", addBos: true));
+        Assert.Equal([301, 304], tokenizer.EosIds);
+        Assert.Equal(ChatFormat.Llama3, ChatTemplate.Detect(tokenizer));
+
+        string prompt = ChatTemplate.Render([new("system", "be brief"), new("user", "  hello world \n")], ChatFormat.Llama3);
+        Assert.Equal("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nbe brief<|eot_id|>"
+                     + "<|start_header_id|>user<|end_header_id|>\n\nhello world<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", prompt);
+        var ids = tokenizer.Encode(prompt);
+        Assert.Equal(300, ids[0]);
+        Assert.Equal(3, ids.Count(i => i == 302));                                                   // system, user and assistant headers, each one token
+        Assert.Equal(prompt, tokenizer.Decode(ids));
+        Assert.Equal("system\n\nbe briefuser\n\nhello worldassistant\n\n", tokenizer.Decode(ids, skipSpecial: true));
+    }
+
+    [Fact]
+    public void ChatMLRendersEachTurnBetweenImStartAndImEnd()
+    {
+        string prompt = ChatTemplate.Render([new("system", "s"), new("user", "u"), new("assistant", "a")], ChatFormat.ChatML, addGenerationPrompt: false);
+        Assert.Equal("<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n", prompt);
+        Assert.EndsWith("<|im_end|>\n<|im_start|>assistant\n", ChatTemplate.Render([new("user", "u")], ChatFormat.ChatML));
+    }
+
+    [Theory]
+    [InlineData("\"type\":\"BPE\"", "\"type\":\"Unigram\"", "model.type 'Unigram' is not supported")]
+    [InlineData("\"type\":\"Split\"", "\"type\":\"Whitespace\"", "pre_tokenizer step")]
+    [InlineData("\"normalizer\":null", "\"normalizer\":{\"type\":\"Lowercase\"}", "normalizer {\"type\":\"Lowercase\"} is not supported")]
+    public void UnsupportedTokenizerJsonIsRefusedNamingThePart(string find, string replace, string message)
+    {
+        WriteLlama3TokenizerJson();
+        string path = Path.Combine(dir, HfTokenizer.TokenizerFile);
+        string json = File.ReadAllText(path);
+        Assert.Contains(find, json);
+        File.WriteAllText(path, json.Replace(find, replace));
+        Assert.Contains(message, Assert.Throws<InvalidDataException>(() => HfTokenizer.Load(dir)).Message);
+    }
+
+    [Fact]
+    public void AFolderWithoutTokenizerFilesSaysWhichItLooksFor()
+    {
+        WriteConfig("1");
+        Assert.Contains("has neither tokenizer.json nor vocab.json + merges.txt", Assert.Throws<InvalidDataException>(() => HfTokenizer.Load(dir)).Message);
+    }
+}

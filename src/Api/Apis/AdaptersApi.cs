@@ -156,8 +156,8 @@ public static class AdaptersApi
             File.Delete(zipPath);
             AdapterConfig config;
             long parameters;
-            var shapes = ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)).LinearShapes();
-            using (var served = ServedAdapter.Load(temp, shapes))
+            var baseConfig = ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile));
+            using (var served = ServedAdapter.Load(temp, baseConfig))
             {
                 config = served.Config;
                 parameters = served.ParameterCount;

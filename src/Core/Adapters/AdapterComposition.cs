@@ -6,11 +6,15 @@ namespace AdapterService.Core.Adapters;
 /// <summary>
 /// A new adapter as the weighted sum of adapters of the same method over the same layers, exactly, by concatenating
 /// ranks: LoRA's Σᵢ wᵢ sᵢ Bᵢ Aᵢ = [B₁ … Bₙ] [w₁s₁A₁; …; wₙsₙAₙ] (PEFT's add_weighted_adapter "cat"), and RLRR's
-/// Σᵢ wᵢ S_leftⁱ S_rightⁱᵀ with f = Σᵢ wᵢ fᵢ (the RLRR paper's appendix F). The result has rank Σᵢ rᵢ.
+/// Σᵢ wᵢ S_leftⁱ S_rightⁱᵀ with f = Σᵢ wᵢ fᵢ (the RLRR paper's appendix F; norms' s and f summed likewise). The result
+/// has rank Σᵢ rᵢ.
 /// </summary>
 public static class AdapterComposition
 {
     public static readonly string[] Methods = ["lora", "rlrr"];
+
+    static Tensor WeightedSum(List<Dictionary<string, Tensor>> tensors, IReadOnlyList<double> weights, string key) =>
+        tensors.Select((t, i) => t[key] * weights[i]).Aggregate((a, c) => a + c);
 
     /// <summary>Writes the combination of the adapters in <paramref name="folders"/> into <paramref name="output"/>; throws <see cref="ArgumentException"/> when they cannot be combined.</summary>
     public static AdapterConfig Combine(IReadOnlyList<string> folders, IReadOnlyList<double> weights, string output)
@@ -49,8 +53,10 @@ public static class AdapterComposition
                 string path = key[..^".rlrr_s_left".Length];
                 combined[key] = cat(tensors.Select((t, i) => t[key] * weights[i]).ToArray(), 0);                       // [Σr, in]
                 combined[$"{path}.rlrr_s_right"] = cat(tensors.Select(t => t[$"{path}.rlrr_s_right"]).ToArray(), 0);   // [Σr, out]
-                combined[$"{path}.rlrr_f"] = tensors.Select((t, i) => t[$"{path}.rlrr_f"] * weights[i]).Aggregate((a, c) => a + c);
+                combined[$"{path}.rlrr_f"] = WeightedSum(tensors, weights, $"{path}.rlrr_f");
             }
+            foreach (var key in keys.Where(k => k.EndsWith(".rlrr_scale", StringComparison.Ordinal) || k.EndsWith(".rlrr_shift", StringComparison.Ordinal)))
+                combined[key] = WeightedSum(tensors, weights, key);                                                   // y + s ⊙ y + f is linear in (s, f)
             config = rlrrs[0] with { Rank = rlrrs.Sum(r => r.Rank) };
         }
         config.Validate();

@@ -13,6 +13,8 @@ public sealed record RlrrConfig : AdapterConfig
     public override string PeftType { get; init; } = Type;
     /// <summary>Rank of the rescaling S_left S_rightᵀ (1 in the paper's main method; the appendix's variant uses more).</summary>
     [JsonPropertyName("r")] public int Rank { get; init; } = 1;
+    /// <summary>Also rescale and shift every norm layer's output (the paper adapts LayerNorm too, the SSF way).</summary>
+    [JsonPropertyName("layer_norms")] public bool LayerNorms { get; init; } = true;
 
     public override string Method => "rlrr";
 
@@ -67,7 +69,30 @@ public static class Rlrr
     }
 }
 
-/// <summary>An RLRR adapter over the target linear layers; keys <c>{path}.rlrr_s_left</c>, <c>rlrr_s_right</c>, <c>rlrr_f</c>.</summary>
+/// <summary>
+/// RLRR on a norm layer, as the paper does for LayerNorm (following SSF), in RLRR's residual form:
+/// y' = y + s ⊙ y + f with y the norm's output, s and f starting at zero. Merges into the norm's weight and bias.
+/// </summary>
+public sealed class RlrrNormLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
+{
+    public readonly Parameter rlrr_scale, rlrr_shift;   // [size] each
+
+    public RlrrNormLayer(long size) : base(nameof(RlrrNormLayer))
+    {
+        rlrr_scale = new Parameter(zeros(size));
+        rlrr_shift = new Parameter(zeros(size));
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => throw new NotSupportedException("RLRR adapts a norm's output: call Forward(x, y)");
+
+    public Tensor Forward(Tensor x, Tensor y) => y + rlrr_scale * y + rlrr_shift;
+}
+
+/// <summary>
+/// An RLRR adapter over the target linear layers (keys <c>{path}.rlrr_s_left</c>, <c>rlrr_s_right</c>, <c>rlrr_f</c>)
+/// and, with <c>layer_norms</c>, every norm layer (<c>{path}.rlrr_scale</c>, <c>rlrr_shift</c>).
+/// </summary>
 public sealed class RlrrAdapter : TrainableAdapter
 {
     readonly RlrrConfig config;
@@ -78,52 +103,99 @@ public sealed class RlrrAdapter : TrainableAdapter
     public override AdapterConfig Config => config;
     public override IReadOnlyDictionary<string, nn.Module> Layers => layers;
 
-    public static RlrrAdapter Create(nn.Module model, RlrrConfig config, Generator? init) =>
-        new(config, TargetModules.Find(model, config.TargetModules).ToDictionary(t => t.Path, t => (nn.Module)new RlrrLayer(t.Layer, config.Rank, init)));
+    public static RlrrAdapter Create(nn.Module model, RlrrConfig config, Generator? init)
+    {
+        var layers = TargetModules.Find(model, config.TargetModules).ToDictionary(t => t.Path, t => (nn.Module)new RlrrLayer(t.Layer, config.Rank, init));
+        if (config.LayerNorms)
+            foreach (var (path, norm) in model.NormLayers()) layers[path] = new RlrrNormLayer(norm.Size);
+        return new(config, layers);
+    }
 
     public override IEnumerable<(string Key, Parameter Value)> NamedParameters()
     {
         foreach (var (path, module) in layers)
-        {
-            var l = (RlrrLayer)module;
-            yield return ($"{path}.rlrr_s_left", l.rlrr_s_left);
-            yield return ($"{path}.rlrr_s_right", l.rlrr_s_right);
-            yield return ($"{path}.rlrr_f", l.rlrr_f);
-        }
+            if (module is RlrrLayer l)
+            {
+                yield return ($"{path}.rlrr_s_left", l.rlrr_s_left);
+                yield return ($"{path}.rlrr_s_right", l.rlrr_s_right);
+                yield return ($"{path}.rlrr_f", l.rlrr_f);
+            }
+            else
+            {
+                var n = (RlrrNormLayer)module;
+                yield return ($"{path}.rlrr_scale", n.rlrr_scale);
+                yield return ($"{path}.rlrr_shift", n.rlrr_shift);
+            }
     }
 
     /// <summary>
     /// Folds the rescaling into the model's weights (Eq. 20: W ← (1 + S_left S_rightᵀ) ⊙ W) and the shift into the bias
-    /// (b ← b + f; a layer without a bias gets <see cref="BiasShift"/>, one vector add). The adapter's own layers are
+    /// (b ← b + f; a layer without a bias gets <see cref="BiasShift"/>, one vector add), and each norm's s and f into its
+    /// weight and bias (w ← (1 + s) ⊙ w, b ← (1 + s) ⊙ b + f). The adapter's own layers are
     /// taken out of the slots, so the model then runs as a plain base model with new weights.
     /// </summary>
     public void Merge(nn.Module model)
     {
         var slots = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
+        var norms = model.NormLayers().ToDictionary(n => n.Path, n => n.Layer);
         using var noGrad = no_grad();
         foreach (var (path, module) in layers)
-        {
-            var l = (RlrrLayer)module;
-            var target = slots[path];
-            target.weight.add_(Rlrr.DeltaWeight(target.weight, l.rlrr_s_left, l.rlrr_s_right));
-            if (target.bias is { } bias) { bias.add_(l.rlrr_f); target.Adapter = null; }
-            else target.Adapter = new BiasShift(l.rlrr_f.detach().clone());
-        }
+            if (module is RlrrLayer l)
+            {
+                var target = slots[path];
+                target.weight.add_(Rlrr.DeltaWeight(target.weight, l.rlrr_s_left, l.rlrr_s_right));
+                if (target.bias is { } bias) { bias.add_(l.rlrr_f); target.Adapter = null; }
+                else target.Adapter = new BiasShift(l.rlrr_f.detach().clone());
+            }
+            else
+            {
+                var n = (RlrrNormLayer)module;
+                var norm = norms[path];
+                norm.Weight.mul_(n.rlrr_scale + 1);                                           // (1 + s) ⊙ (w ⊙ x̂ + b) + f
+                if (norm.Bias is { } bias) { bias.mul_(n.rlrr_scale + 1).add_(n.rlrr_shift); norm.Adapter = null; }
+                else norm.Adapter = new BiasShift(n.rlrr_shift.detach().clone());
+            }
     }
 
-    /// <summary>Undoes <see cref="Merge"/>: W ← W / (1 + S_left S_rightᵀ), b ← b − f.</summary>
+    /// <summary>Undoes <see cref="Merge"/>: W ← W / (1 + S_left S_rightᵀ), b ← b − f (norms: w ← w / (1 + s), b ← (b − f) / (1 + s)).</summary>
     public void Unmerge(nn.Module model)
     {
         var slots = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
+        var norms = model.NormLayers().ToDictionary(n => n.Path, n => n.Layer);
         using var noGrad = no_grad();
         foreach (var (path, module) in layers)
+            if (module is RlrrLayer l)
+            {
+                var target = slots[path];
+                target.weight.div_(l.rlrr_s_right.t().matmul(l.rlrr_s_left) + 1);
+                target.bias?.sub_(l.rlrr_f);
+                target.Adapter = null;
+            }
+            else
+            {
+                var n = (RlrrNormLayer)module;
+                var norm = norms[path];
+                norm.Weight.div_(n.rlrr_scale + 1);
+                norm.Bias?.sub_(n.rlrr_shift).div_(n.rlrr_scale + 1);
+                norm.Adapter = null;
+            }
+    }
+
+    /// <summary>Each norm's (s, f) as served, checked against the model's norms (path → size).</summary>
+    public static Dictionary<string, (Tensor Scale, Tensor Shift)> LoadServedNorms(Dictionary<string, Tensor> tensors, IReadOnlyDictionary<string, long> norms)
+    {
+        var result = new Dictionary<string, (Tensor, Tensor)>();
+        foreach (var (key, scale) in tensors)
         {
-            var l = (RlrrLayer)module;
-            var target = slots[path];
-            target.weight.div_(l.rlrr_s_right.t().matmul(l.rlrr_s_left) + 1);
-            target.bias?.sub_(l.rlrr_f);
-            target.Adapter = null;
+            if (!key.EndsWith(".rlrr_scale", StringComparison.Ordinal)) continue;
+            string path = key[..^".rlrr_scale".Length];
+            if (!norms.TryGetValue(path, out var size)) throw new InvalidDataException($"{key}: the base model has no norm layer {path}");
+            var shift = tensors.GetValueOrDefault($"{path}.rlrr_shift") ?? throw new InvalidDataException($"{key}: its rlrr_shift is missing");
+            if (scale.ndim != 1 || scale.shape[0] != size || shift.ndim != 1 || shift.shape[0] != size)
+                throw new InvalidDataException($"{path}: RLRR norm shapes [{string.Join(",", scale.shape)}] and [{string.Join(",", shift.shape)}] do not fit its size {size}");
+            result[path] = (scale, shift);
         }
+        return result;
     }
 
     public static Dictionary<string, IRowDelta> LoadServed(RlrrConfig config, Dictionary<string, Tensor> tensors, IReadOnlyDictionary<string, (long In, long Out)> layers)

@@ -16,18 +16,24 @@ public sealed class ServedAdapter : IDisposable
     public IReadOnlyDictionary<string, IRowDelta> Deltas { get; init; } = new Dictionary<string, IRowDelta>();
     /// <summary>Feed-forward blocks the method replaces, by block path (MixLoRA).</summary>
     public IReadOnlyDictionary<string, ServedMixLora> Blocks { get; init; } = new Dictionary<string, ServedMixLora>();
+    /// <summary>Norm layers' output rescaling y + s ⊙ y + f, by norm path (RLRR).</summary>
+    public IReadOnlyDictionary<string, (Tensor Scale, Tensor Shift)> Norms { get; init; } = new Dictionary<string, (Tensor, Tensor)>();
 
-    public long Bytes => Lora.Values.Sum(w => w.Bytes) + Deltas.Values.Sum(d => d.Bytes) + Blocks.Values.Sum(b => b.Bytes);
+    public long Bytes => Lora.Values.Sum(w => w.Bytes) + Deltas.Values.Sum(d => d.Bytes) + Blocks.Values.Sum(b => b.Bytes)
+                         + Norms.Values.Sum(n => 8 * n.Scale.numel());
 
     /// <summary>Trained parameters, each shared tensor once (Lily's files repeat a module type's experts, and ours its router, under every layer).</summary>
     public long ParameterCount { get; private init; }
 
-    /// <summary>Reads an adapter folder of any method, checked against the model's linear layers.</summary>
+    /// <summary>Reads an adapter folder of any method, checked against the model's layers.</summary>
     public static ServedAdapter Load(string folder, nn.Module model) =>
-        Load(folder, model.LinearLayers().Select(l => (l.Path, l.Layer.InFeatures, l.Layer.OutFeatures)));
+        Load(folder, model.LinearLayers().Select(l => (l.Path, l.Layer.InFeatures, l.Layer.OutFeatures)), model.NormLayers().Select(n => (n.Path, n.Layer.Size)));
 
-    /// <summary>Reads an adapter folder of any method, checked against the base model's linear layers (path, in, out).</summary>
-    public static ServedAdapter Load(string folder, IEnumerable<(string Path, long In, long Out)> linearLayers)
+    /// <summary>Reads an adapter folder of any method, checked against the layers a base model's config describes.</summary>
+    public static ServedAdapter Load(string folder, ModelConfig baseModel) => Load(folder, baseModel.LinearShapes(), baseModel.NormShapes());
+
+    /// <summary>Reads an adapter folder of any method, checked against the base model's linear layers (path, in, out) and norms (path, size).</summary>
+    public static ServedAdapter Load(string folder, IEnumerable<(string Path, long In, long Out)> linearLayers, IEnumerable<(string Path, long Size)> normLayers)
     {
         var config = AdapterConfig.Load(folder);
         var layers = linearLayers.ToDictionary(l => l.Path, l => (l.In, l.Out));
@@ -39,15 +45,23 @@ public sealed class ServedAdapter : IDisposable
             {
                 LoraConfig lora => new ServedAdapter { Config = config, Lora = LoraAdapter.LoadServed(lora, tensors, layers) },
                 LilyConfig lily => new ServedAdapter { Config = config, Deltas = LilyAdapter.LoadServed(lily, tensors, layers) },
-                RlrrConfig rlrr => new ServedAdapter { Config = config, Deltas = RlrrAdapter.LoadServed(rlrr, tensors, layers) },
+                RlrrConfig rlrr => new ServedAdapter
+                {
+                    Config = config, Deltas = RlrrAdapter.LoadServed(rlrr, tensors, layers),
+                    Norms = RlrrAdapter.LoadServedNorms(tensors, normLayers.ToDictionary(n => n.Path, n => n.Size)),
+                },
                 MixLoraConfig mix => MixLoraAdapter.LoadServed(mix, tensors, layers) is var (blocks, lora)
                     ? new ServedAdapter { Config = config, Blocks = blocks, Lora = lora } : null!,
                 _ => throw new InvalidDataException($"{config.Method} adapters cannot be served"),
             };
-            served = new ServedAdapter { Config = served.Config, Lora = served.Lora, Deltas = served.Deltas, Blocks = served.Blocks, ParameterCount = CountParameters(tensors) };
+            served = new ServedAdapter
+            {
+                Config = served.Config, Lora = served.Lora, Deltas = served.Deltas, Blocks = served.Blocks, Norms = served.Norms, ParameterCount = CountParameters(tensors),
+            };
             foreach (var w in served.Lora.Values) kept.UnionWith([w.A, w.B, .. w.Magnitude is null ? [] : new[] { w.Magnitude }]);
             foreach (var d in served.Deltas.Values) kept.UnionWith(d.Tensors);
             foreach (var b in served.Blocks.Values) kept.UnionWith(b.Tensors);
+            foreach (var (scale, shift) in served.Norms.Values) kept.UnionWith([scale, shift]);
             return served;
         }
         finally
@@ -75,6 +89,7 @@ public sealed class ServedAdapter : IDisposable
         foreach (var w in Lora.Values) w.Dispose();
         foreach (var d in Deltas.Values) d.Dispose();
         foreach (var b in Blocks.Values) b.Dispose();
+        foreach (var (scale, shift) in Norms.Values) { scale.Dispose(); shift.Dispose(); }
     }
 }
 
@@ -198,4 +213,29 @@ public sealed class RowFeedForward(List<(Tensor Rows, ServedMixLora Block)> grou
     }
 
     public void Dispose() { foreach (var g in groups) g.Rows.Dispose(); }
+}
+
+/// <summary>
+/// A norm layer's output rescaling for a batch whose rows use their own adapters: each row's s and f gathered once
+/// into [rows, 1, size] (zeros for rows whose adapter leaves the norm alone), y' = y + s ⊙ y + f in one pass.
+/// </summary>
+public sealed class RowNorm : ILinearAdapter, IDisposable
+{
+    readonly Tensor scale, shift;   // [rows, 1, size]
+
+    RowNorm(Tensor scale, Tensor shift) => (this.scale, this.shift) = (scale, shift);
+
+    /// <summary>The rescaling of norm <paramref name="path"/> for <paramref name="rows"/>, or null when no row adapts it.</summary>
+    public static RowNorm? For(string path, long size, IReadOnlyList<ServedAdapter?> rows)
+    {
+        if (rows.All(r => r?.Norms.ContainsKey(path) != true)) return null;
+        using var scope = NewDisposeScope();
+        var scale = stack(rows.Select(r => r?.Norms.GetValueOrDefault(path).Scale ?? zeros(size))).unsqueeze(1);
+        var shift = stack(rows.Select(r => r?.Norms.GetValueOrDefault(path).Shift ?? zeros(size))).unsqueeze(1);
+        return new RowNorm(scale.DetachFromDisposeScope(), shift.DetachFromDisposeScope());
+    }
+
+    public Tensor Forward(Tensor x, Tensor y) => y + scale * y + shift;
+
+    public void Dispose() { scale.Dispose(); shift.Dispose(); }
 }

@@ -41,14 +41,20 @@ public abstract class TrainableAdapter : IDisposable
     /// <summary>Puts this adapter's layers into the model's slots (one model instance trains one adapter at a time).</summary>
     public virtual void Attach(nn.Module model)
     {
-        var slots = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
-        foreach (var (path, layer) in Layers) slots[path].Adapter = (ILinearAdapter)layer;
+        var slots = Slots(model);
+        foreach (var (path, layer) in Layers) slots[path]((ILinearAdapter)layer);
     }
 
-    /// <summary>Empties the model's slots (linear layers and feed-forward blocks).</summary>
+    /// <summary>Setters of the model's output-adapter slots by module path: its linear layers and its norms.</summary>
+    public static Dictionary<string, Action<ILinearAdapter?>> Slots(nn.Module model) =>
+        model.LinearLayers().Select(l => (l.Path, Set: (Action<ILinearAdapter?>)(a => l.Layer.Adapter = a)))
+            .Concat(model.NormLayers().Select(n => (n.Path, Set: (Action<ILinearAdapter?>)(a => n.Layer.Adapter = a))))
+            .ToDictionary(s => s.Path, s => s.Set);
+
+    /// <summary>Empties the model's slots (linear layers, norms and feed-forward blocks).</summary>
     public static void Detach(nn.Module model)
     {
-        foreach (var (_, layer) in model.LinearLayers()) layer.Adapter = null;
+        foreach (var (_, set) in Slots(model)) set(null);
         foreach (var mlp in model.modules().OfType<LlamaMlp>()) mlp.Adapter = null;
     }
 

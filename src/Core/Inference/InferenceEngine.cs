@@ -121,7 +121,7 @@ public sealed class InferenceEngine : IDisposable
         try
         {
             var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
-                () => ServedAdapter.Load(request.AdapterFolder!, ModelConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile)).LinearShapes()));
+                () => ServedAdapter.Load(request.AdapterFolder!, ModelConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile))));
             var sequence = new Sequence
             {
                 Request = request, Output = output.Writer, Cancel = cancel, Adapter = adapter, Stops = new StopSequences(request.Options.Stop),
@@ -324,7 +324,7 @@ public sealed class InferenceEngine : IDisposable
         s.Generator?.Dispose();
     }
 
-    /// <summary>Each row's own adapter (in cache slot <paramref name="slots"/>[i]) in every adapted layer and block of the model.</summary>
+    /// <summary>Each row's own adapter (in cache slot <paramref name="slots"/>[i]) in every adapted layer, block and norm of the model.</summary>
     static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots)
     {
         var set = new RowAdapters();
@@ -347,6 +347,12 @@ public sealed class InferenceEngine : IDisposable
                 mlp.Adapter = block;
                 set.Blocks.Add(block);
             }
+        foreach (var (path, norm) in batch.Model.NormLayers())
+            if (RowNorm.For(path, norm.Size, adapters) is { } rowNorm)
+            {
+                norm.Adapter = rowNorm;
+                set.Norms.Add(rowNorm);
+            }
         return set;
     }
 
@@ -355,6 +361,7 @@ public sealed class InferenceEngine : IDisposable
     {
         public List<RowAdapter> Layers { get; } = [];
         public List<RowFeedForward> Blocks { get; } = [];
+        public List<RowNorm> Norms { get; } = [];
         bool kept;
 
         public void Keep()
@@ -371,6 +378,7 @@ public sealed class InferenceEngine : IDisposable
             if (kept && !evenIfKept) return;
             foreach (var l in Layers) l.Dispose();
             foreach (var b in Blocks) b.Dispose();
+            foreach (var n in Norms) n.Dispose();
         }
     }
 

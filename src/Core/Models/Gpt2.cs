@@ -49,6 +49,10 @@ public sealed record Gpt2Config : ModelConfig
         yield return ("lm_head", NEmbd, VocabSize);
     }
 
+    public override IEnumerable<(string Path, long Size)> NormShapes() =>
+        Enumerable.Range(0, NLayer).SelectMany(i => new[] { ($"transformer.h.{i}.ln_1", (long)NEmbd), ($"transformer.h.{i}.ln_2", NEmbd) })
+            .Append(("transformer.ln_f", NEmbd));
+
     protected override IEnumerable<string> Problems()
     {
         foreach (var (key, value) in new[] { ("vocab_size", VocabSize), ("n_embd", NEmbd), ("n_head", NHead), ("n_layer", NLayer), ("n_positions", NPositions) })

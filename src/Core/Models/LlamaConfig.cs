@@ -41,6 +41,11 @@ public sealed record LlamaConfig : ModelConfig
 
     public override IEnumerable<(string Path, long In, long Out)> LinearShapes() => LlamaForCausalLM.LinearShapes(this);
 
+    public override IEnumerable<(string Path, long Size)> NormShapes() =>
+        Enumerable.Range(0, NumHiddenLayers).SelectMany(i => new[]
+            { ($"model.layers.{i}.input_layernorm", (long)HiddenSize), ($"model.layers.{i}.post_attention_layernorm", HiddenSize) })
+            .Append(("model.norm", HiddenSize));
+
     protected override IEnumerable<string> Problems()
     {
         foreach (var (key, value) in new[] { ("vocab_size", VocabSize), ("hidden_size", HiddenSize), ("intermediate_size", IntermediateSize),

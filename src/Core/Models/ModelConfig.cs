@@ -27,6 +27,9 @@ public abstract record ModelConfig
 
     public IEnumerable<string> LinearPaths() => LinearShapes().Select(l => l.Path);
 
+    /// <summary>Each norm layer's path (as <see cref="AdaptableModules.NormLayers"/> yields it) with its size, from the config alone.</summary>
+    public abstract IEnumerable<(string Path, long Size)> NormShapes();
+
     /// <summary>What is missing or inconsistent, one message per problem naming the key.</summary>
     protected abstract IEnumerable<string> Problems();
 

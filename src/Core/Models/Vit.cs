@@ -71,6 +71,11 @@ public sealed record VitConfig : ModelConfig
         yield return ("classifier", HiddenSize, NumLabels);
     }
 
+    public override IEnumerable<(string Path, long Size)> NormShapes() =>
+        Enumerable.Range(0, NumHiddenLayers).SelectMany(i => new[]
+            { ($"vit.encoder.layer.{i}.layernorm_before", (long)HiddenSize), ($"vit.encoder.layer.{i}.layernorm_after", HiddenSize) })
+            .Append(("vit.layernorm", HiddenSize));
+
     protected override IEnumerable<string> Problems()
     {
         foreach (var (key, value) in new[] { ("hidden_size", HiddenSize), ("num_hidden_layers", NumHiddenLayers), ("num_attention_heads", NumAttentionHeads),

@@ -53,7 +53,13 @@ public sealed class AdapterCompositionTests : IDisposable
         AdapterComposition.Combine([Save(a, "a"), Save(b, "b")], [1.5, 0.25], Path.Combine(dir, "sum"));
         using var sum = TrainableAdapter.Create(model, AdapterConfig.Load(Path.Combine(dir, "sum")));
         sum.LoadWeights(Path.Combine(dir, "sum"));
-        foreach (var (path, module) in sum.Layers)
+        foreach (var (path, module) in sum.Layers.Where(l => l.Value is RlrrNormLayer))
+        {
+            var (na, nb, ns) = ((RlrrNormLayer)a.Layers[path], (RlrrNormLayer)b.Layers[path], (RlrrNormLayer)module);
+            AssertClose(na.rlrr_scale * 1.5 + nb.rlrr_scale * 0.25, ns.rlrr_scale, 1e-6);
+            AssertClose(na.rlrr_shift * 1.5 + nb.rlrr_shift * 0.25, ns.rlrr_shift, 1e-6);
+        }
+        foreach (var (path, module) in sum.Layers.Where(l => l.Value is RlrrLayer))
         {
             var (la, lb, ls) = ((RlrrLayer)a.Layers[path], (RlrrLayer)b.Layers[path], (RlrrLayer)module);
             var w = ones(ls.rlrr_s_left.shape[1]);   // ΔW / W, independent of W

@@ -45,7 +45,8 @@ public sealed class MethodMatrixTests : IDisposable
             LoraConfig l => layers * layer.Sum(s => l.Rank * (s.In + s.Out) + s.Out),
             LilyConfig l => layers * layer.Sum(s => l.Rank * s.In)
                             + layer.Sum(s => l.NumExperts * l.Rank * s.Out + (l.Monoscale ? 0 : l.NumExperts * l.Rank)),
-            RlrrConfig r => layers * layer.Sum(s => r.Rank * (s.In + s.Out) + s.Out),
+            // plus the norms' scale and shift: two per layer and the final one, of the hidden size
+            RlrrConfig r => layers * layer.Sum(s => r.Rank * (s.In + s.Out) + s.Out) + (2 * layers + 1) * 2 * 32,
             // per block: router N·hidden, N experts × LoRA on gate (32→64), up (32→64), down (64→32); plus LoRA on q
             MixLoraConfig m => layers * (m.NumExperts * 32 + m.NumExperts * m.Rank * (96 + 96 + 96) + m.Rank * (32 + 32)),
             _ => throw new ArgumentException(config.Method),
@@ -144,10 +145,12 @@ public sealed class MethodMatrixTests : IDisposable
         var rowAdapters = model.LinearLayers().Select(l => (l.Layer, Row: new RowAdapter(l.Path, l.Layer, served, slots, null))).ToList();
         var blocks = model.named_modules().Where(m => m.module is LlamaMlp)
             .Select(m => (Mlp: (LlamaMlp)m.module, Block: RowFeedForward.For(m.name, served)!)).ToList();
+        var norms = model.NormLayers().Select(n => (Norm: n.Layer, Row: RowNorm.For(n.Path, n.Layer.Size, served)!)).ToList();
         try
         {
             foreach (var (layer, row) in rowAdapters) layer.Adapter = row;
             foreach (var (mlp, block) in blocks) mlp.Adapter = block;
+            foreach (var (norm, row) in norms) norm.Adapter = row;
             AssertClose(cat(alone), model.forward(ids), 2e-5);
         }
         finally
@@ -155,6 +158,7 @@ public sealed class MethodMatrixTests : IDisposable
             TrainableAdapter.Detach(model);
             foreach (var (_, row) in rowAdapters) row.Dispose();
             foreach (var (_, block) in blocks) block.Dispose();
+            foreach (var (_, row) in norms) row.Dispose();
             foreach (var s in served) s?.Dispose();
         }
     }
@@ -197,5 +201,21 @@ public sealed class MethodMatrixTests : IDisposable
                     $"{method}: d loss / d p[{i}] is {analytic} by autograd, {numeric} by finite differences");
             }
         }
+    }
+
+    /// <summary>The papers' ViT-B/16 figures (derived in docs/METHODS.md), on ViT-B/16 built from its config with random weights.</summary>
+    [Fact]
+    public void ParameterCountsOnVitB16MatchThePapers()
+    {
+        using var model = BuiltinModels.RandomModel(VitConfig.Base16(), seed: 1);
+        long Count(AdapterConfig config) { using var a = TrainableAdapter.Create(model, config); return a.ParameterCount; }
+
+        Assert.Equal(294_912, Count(new LoraConfig { Rank = 8, TargetModules = ["query", "value"] }));            // LoRA r = 8 on q, v
+        long lily = Count(new LilyConfig { Rank = 32, NumExperts = 4, TargetModules = ["query", "value"] });
+        Assert.Equal(786_688, lily);                                                                                 // Lily qv: the paper's 0.78M
+        long rlrr = Count(new RlrrConfig { TargetModules = ["query", "key", "value", "dense"] });                    // every linear layer but the head, every LayerNorm
+        Assert.Equal(287_232, rlrr);
+        // With the classification head averaged over VTAB-1K's 19 tasks (940 classes: 768 · 49.5 + 49.5 on average) it rounds to the paper's 0.33M.
+        Assert.Equal(0.33, Math.Round((rlrr + (768 + 1) * 940 / 19.0) / 1e6, 2));
     }
 }

@@ -140,11 +140,15 @@ public sealed class PaperEquationTests
                 Rlrr.Delta(x, layer.weight, rlrr.rlrr_s_left, rlrr.rlrr_s_right), 1e-5);
     }
 
-    [Fact]
-    public void RlrrMergedAndUnmergedModelsAgree()
+    /// <summary>Llama (RMSNorm, no biases: the shifts stay as a vector add) and GPT-2 (LayerNorm and biases: all folded in).</summary>
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("gpt2")]
+    public void RlrrMergedAndUnmergedModelsAgree(string family)
     {
         using var scope = NewDisposeScope();
-        using var model = Create();
+        using var model = family == "llama" ? Create()
+            : (nn.Module<Tensor, Tensor>)BuiltinModels.RandomModel(new Gpt2Config { VocabSize = 264, NEmbd = 32, NHead = 4, NLayer = 2, NPositions = 16 }, seed: 5);
         var ids = Ids(2, 7, seed: 3);
         var baseLogits = model.forward(ids);
         using var adapter = (RlrrAdapter)TrainableAdapter.Create(model, new RlrrConfig { TargetModules = ["all-linear"] }, seed: 2);
@@ -153,6 +157,7 @@ public sealed class PaperEquationTests
         var unmerged = model.forward(ids);
         adapter.Merge(model);
         Assert.All(model.LinearLayers(), l => Assert.True(l.Layer.Adapter is null or BiasShift));
+        Assert.All(model.NormLayers(), n => Assert.True(n.Layer.Adapter is null || (family == "llama" && n.Layer.Adapter is BiasShift)));
         AssertClose(unmerged, model.forward(ids), 1e-4);
         adapter.Unmerge(model);
         AssertClose(baseLogits, model.forward(ids), 1e-4);
@@ -233,5 +238,31 @@ public sealed class PaperEquationTests
         double balance = experts * Enumerable.Range(0, experts).Sum(e =>
             Enumerable.Range(0, config.TopK).Sum(k => chosen.Count(c => c[k] == e) / (double)tokens) * probabilities.Average(p => p[e]));
         Assert.Equal(balance, block.AuxiliaryLoss!.item<float>(), 5);
+    }
+
+    /// <summary>RLRR on a LayerNorm (the SSF way, in residual form): y' = y + s ⊙ y + f with y = w ⊙ (x − μ) / σ + b.</summary>
+    [Fact]
+    public void RlrrRescalesANormsOutput()
+    {
+        using var scope = NewDisposeScope();
+        using var g = new Generator(14);
+        using var norm = new AdaptableLayerNorm(In, 1e-5);
+        using var rlrr = new RlrrNormLayer(In);
+        using (no_grad())
+        {
+            norm.weight.normal_(1, 0.3, g);
+            norm.bias.normal_(0, 0.3, g);
+            rlrr.rlrr_scale.normal_(0, 0.3, g);
+            rlrr.rlrr_shift.normal_(0, 0.3, g);
+        }
+        norm.Adapter = rlrr;
+        var x = randn([Rows, Tokens, In], generator: g);
+        double[] w = Vector(norm.weight), b = Vector(norm.bias), sc = Vector(rlrr.rlrr_scale), f = Vector(rlrr.rlrr_shift);
+        var expected = Inputs(x).Select(row => row.Select(xt =>
+        {
+            double mean = xt.Average(), variance = xt.Average(v => (v - mean) * (v - mean));
+            return xt.Select((v, i) => { double y = w[i] * (v - mean) / Math.Sqrt(variance + 1e-5) + b[i]; return y + sc[i] * y + f[i]; }).ToArray();
+        }).ToArray()).ToArray();
+        AssertClose(FromNested(expected), norm.forward(x), 1e-5);
     }
 }

@@ -236,6 +236,8 @@ public sealed class Gpt2Tests : IDisposable
         Assert.True((model.forward(ids) - before).abs().max().item<float>() > 1e-2);
         Assert.Equal(new Gpt2Config { VocabSize = Vocab, NEmbd = Embd, NHead = Heads, NLayer = Layers, NPositions = Positions }.LinearPaths().Order(),
             model.LinearLayers().Select(l => l.Path).Order());
+        Assert.Equal(new Gpt2Config { VocabSize = Vocab, NEmbd = Embd, NHead = Heads, NLayer = Layers, NPositions = Positions }.NormShapes().Order(),
+            model.NormLayers().Select(n => (n.Path, n.Layer.Size)).Order());
     }
 
     [Fact]

@@ -128,6 +128,7 @@ public sealed class LlamaTests
     {
         using var model = Create();
         Assert.Equal(LlamaForCausalLM.LinearPaths(Config).Order(), model.LinearLayers().Select(l => l.Path).Order());
+        Assert.Equal(Config.NormShapes().Order(), model.NormLayers().Select(n => (n.Path, n.Layer.Size)).Order());
         Assert.Equal(7 * Config.NumHiddenLayers + 1, model.LinearLayers().Count());
     }
 

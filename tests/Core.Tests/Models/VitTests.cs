@@ -157,6 +157,7 @@ public sealed class VitTests : IDisposable
         Randomize(adapter, 4);
         Assert.True((model.forward(images) - before).abs().max().item<float>() > 1e-3);
         Assert.Equal(model.Config.LinearPaths().Order(), model.LinearLayers().Select(l => l.Path).Order());
+        Assert.Equal(model.Config.NormShapes().Order(), model.NormLayers().Select(n => (n.Path, n.Layer.Size)).Order());
     }
 
     [Fact]

@@ -277,10 +277,11 @@ public sealed class InferenceEngine : IDisposable
     bool Emit(Batch batch, Sequence s, int token)
     {
         var options = s.Request.Options;
-        int eos = batch.Model.EosTokenId ?? ByteTokenizer.End, context = batch.Model.ContextLength;
+        int context = batch.Model.ContextLength;
+        var eos = batch.Model.EosTokenIds is { Count: > 0 } ids ? ids : [ByteTokenizer.End];   // Llama 3 Instruct ends a reply with any of several
         string emit = "", finish;
         bool stopped = false;
-        if (token == eos) finish = "stop";
+        if (eos.Contains(token)) finish = "stop";
         else
         {
             s.Produced++;

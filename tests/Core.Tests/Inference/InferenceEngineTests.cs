@@ -118,6 +118,23 @@ public sealed class InferenceEngineTests : IDisposable
         Assert.Equal(alone.Text, again.Text);
     }
 
+    /// <summary>A model whose config lists several end ids (as Llama 3 Instruct's does) stops at any of them.</summary>
+    [Fact]
+    public async Task GenerationStopsAtAnyOfTheEndIds()
+    {
+        string folder = Path.Combine(root.FullName, "two-ends");
+        using (var scope = NewDisposeScope())
+        using (var model = Create(config: Config with { EosTokenIds = [ByteTokenizer.End, 0] }))
+        {
+            using (no_grad()) model.model.norm.weight.zero_();   // every logit 0: greedy decoding picks token 0, the second end id
+            ModelFolder.Save(model, folder);
+        }
+        using var engine = new InferenceEngine();
+        var request = Request(null, 2, maxTokens: 8) with { BaseModel = "two-ends", BaseFolder = folder };
+        var (text, finish) = await RunAsync(engine, request);
+        Assert.Equal(("", "stop"), (text, finish));
+    }
+
     [Fact]
     public async Task AFullQueueIsRefusedAtOnce()
     {

@@ -91,7 +91,8 @@ public static class Lily
                 var earlier = state.Read();                                                  // [n, e + 1]
                 sums = sums + earlier.narrow(1, 0, experts).unsqueeze(1);
                 counts = counts + earlier.narrow(1, experts, 1).unsqueeze(1);
-                state.Write(cat([earlier.narrow(1, 0, experts) + p.sum(dim: 1), earlier.narrow(1, experts, 1) + t], 1));
+                var real = state.Valid?.to_type(ScalarType.Float32).unsqueeze(-1) ?? ones(n, t, 1);   // padding adds nothing [n, t, 1]
+                state.Write(cat([earlier.narrow(1, 0, experts) + (p * real).sum(dim: 1), earlier.narrow(1, experts, 1) + real.sum(dim: 1)], 1));
             }
             w = sums / counts;                                                               // prefix mean      [n, t, e]
         }

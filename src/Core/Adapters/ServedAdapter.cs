@@ -117,9 +117,11 @@ public interface IRowDelta : IDisposable
 /// <summary>
 /// The running state of some sequences in a store of [slots, width] that outlives forward calls (Lily's prefix sums,
 /// kept per sequence like its KV cache). Null state means a forward call sees whole sequences from their start.
+/// <see cref="Valid"/> [n, t] marks the real tokens of right-padded rows (null: all are), so padding never enters the state.
 /// </summary>
-public sealed class RowState(Tensor store, Tensor slots)
+public sealed class RowState(Tensor store, Tensor slots, Tensor? valid = null)
 {
+    public Tensor? Valid { get; } = valid;
     public Tensor Read() => store.index_select(0, slots);                                    // [n, width]
     public void Write(Tensor value) => store.index_copy_(0, slots, value);
 }
@@ -140,7 +142,9 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
     /// <param name="rows">Each row's adapter (or null).</param>
     /// <param name="slots">Each row's slot in <paramref name="states"/>.</param>
     /// <param name="states">Per-sequence state stores of this batch by key (made on first use), or null for none.</param>
-    public RowAdapter(string path, AdaptableLinear layer, IReadOnlyList<ServedAdapter?> rows, IReadOnlyList<long> slots, Func<string, int, Tensor>? states)
+    /// <param name="valid">[rows, t]: the real tokens of right-padded rows (a batched prefill), or null when all are.</param>
+    public RowAdapter(string path, AdaptableLinear layer, IReadOnlyList<ServedAdapter?> rows, IReadOnlyList<long> slots, Func<string, int, Tensor>? states,
+        Tensor? valid = null)
     {
         this.layer = layer;
         var loraRows = rows.Select(r => r?.Lora.GetValueOrDefault(path)).ToList();
@@ -152,10 +156,11 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
             var members = index.Select(i => rows[i]!.Deltas[path]).ToList();
             var delta = members[0].Stack(members);
             foreach (var t in delta.Tensors) t.DetachFromDisposeScope();
+            var rowIndex = tensor(index.Select(i => (long)i).ToArray()).DetachFromDisposeScope();
             var state = delta.StateWidth > 0 && states is not null
-                ? new RowState(states(path, delta.StateWidth), tensor(index.Select(i => slots[i]).ToArray()).DetachFromDisposeScope())
+                ? new RowState(states(path, delta.StateWidth), tensor(index.Select(i => slots[i]).ToArray()).DetachFromDisposeScope(), valid?.index_select(0, rowIndex))
                 : null;
-            groups.Add((tensor(index.Select(i => (long)i).ToArray()).DetachFromDisposeScope(), delta, state));
+            groups.Add((rowIndex, delta, state));
         }
     }
 

@@ -27,11 +27,13 @@ public sealed class InferenceOptions
     public int MaxQueued { get; set; } = 256;
     /// <summary>Memory for adapter weights kept loaded (least recently used ones are dropped beyond it).</summary>
     public long AdapterCacheBytes { get; set; } = 1L << 30;
+    /// <summary>Prompt tokens (padding included) prefilled together in one forward pass.</summary>
+    public int PrefillTokens { get; set; } = 2048;
 }
 
 /// <summary>
 /// Continuous batching over one copy of each base model. One dedicated thread owns the models (TorchSharp dispose
-/// scopes are per thread): between token steps it admits waiting requests (prefill, alone), then runs one decode
+/// scopes are per thread): between token steps it admits waiting requests (prefilled together, padded), then runs one decode
 /// step for every running sequence of a base model in a single forward pass, each row with its own adapter of any
 /// method (LoRA and DoRA gathered per row, others applied to their rows, <see cref="RowAdapter"/>) or none, over a preallocated <see cref="SlotKvCache"/>. Finished rows leave
 /// at the same token boundary. Adapter weights come from an <see cref="AdapterCache"/> loaded off this thread.
@@ -190,43 +192,75 @@ public sealed class InferenceEngine : IDisposable
         }
     }
 
-    /// <summary>Prefills waiting sequences into free slots, one at a time, each with its own adapter.</summary>
+    /// <summary>
+    /// Prefills waiting sequences into free slots, several prompts in one forward pass (right-padded; each row with its
+    /// own adapter), up to <see cref="InferenceOptions.PrefillTokens"/> tokens, in arrival order.
+    /// </summary>
     void Admit(Batch batch)
     {
-        while (batch.Rows.Count < batch.Cache.Slots && batch.Waiting.TryDequeue(out var sequence))
+        while (batch.Rows.Count < batch.Cache.Slots && batch.Waiting.Count > 0)
         {
-            Interlocked.Decrement(ref queued);
-            if (sequence.Cancel.IsCancellationRequested)
+            var group = new List<Sequence>();
+            int longest = 0;
+            while (batch.Rows.Count + group.Count < batch.Cache.Slots && batch.Waiting.TryPeek(out var next))
             {
-                Finish(sequence, new OperationCanceledException(sequence.Cancel));
-                continue;
+                int length = Math.Max(longest, next.Request.Prompt.Count);
+                if (group.Count > 0 && length * (group.Count + 1) > options.PrefillTokens) break;
+                batch.Waiting.Dequeue();
+                Interlocked.Decrement(ref queued);
+                if (next.Cancel.IsCancellationRequested) Finish(next, new OperationCanceledException(next.Cancel));
+                else (group, longest) = ([.. group, next], length);
             }
-            try
+            if (group.Count > 0) Prefill(batch, group, longest);
+        }
+    }
+
+    void Prefill(Batch batch, List<Sequence> group, int length)
+    {
+        int first = batch.Rows.Count;
+        try
+        {
+            using var scope = NewDisposeScope();
+            batch.ClearAdapters();
+            var slots = Enumerable.Range(first, group.Count).Select(i => (long)i).ToList();
+            foreach (var state in batch.States.Values) state.narrow(0, first, group.Count).zero_();
+            var lengths = tensor(group.Select(s => (long)s.Request.Prompt.Count).ToArray());                      // [n]
+            var valid = arange(length, ScalarType.Int64).unsqueeze(0).lt(lengths.unsqueeze(1));                   // [n, length]
+            using var rowAdapters = SetAdapters(batch, group, slots, valid);
+            batch.Cache.BeginPrefill(first, group.Count, length);
+            var ids = tensor(group.SelectMany(s => s.Request.Prompt.Select(t => (long)t).Concat(Enumerable.Repeat(0L, length - s.Request.Prompt.Count))).ToArray(),
+                [group.Count, length]);                                                                        // [n, length]
+            var positions = arange(length, ScalarType.Int64).unsqueeze(0);
+            // Causal, and no real token attends to another row's padding: keys past a row's length are masked.
+            var mask = ones(length, length, ScalarType.Bool).tril().unsqueeze(0).logical_and(valid.unsqueeze(1)).unsqueeze(1);   // [n, 1, length, length]
+            var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);                                   // [n, length, vocab]
+            batch.ClearAdapters();   // the decode step gathers the new row set
+            foreach (var s in group)
             {
-                int slot = batch.Rows.Count;
-                var prompt = sequence.Request.Prompt;
-                using var scope = NewDisposeScope();
-                batch.ClearAdapters();
-                foreach (var state in batch.States.Values) state[slot].zero_();
-                using var rowAdapters = SetAdapters(batch, [sequence], [slot]);
-                batch.Cache.BeginPrefill(slot, prompt.Count);
-                var ids = tensor(prompt.Select(i => (long)i).ToArray(), [1, prompt.Count]);
-                var positions = arange(prompt.Count, ScalarType.Int64).unsqueeze(0);
-                var mask = ones(prompt.Count, prompt.Count, ScalarType.Bool).tril();
-                var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);            // [1, prompt, vocab]
-                sequence.Length = prompt.Count;
-                batch.Rows.Add(sequence);
+                s.Length = s.Request.Prompt.Count;
+                batch.Rows.Add(s);
                 Interlocked.Increment(ref running);
-                batch.ClearAdapters();   // the decode step gathers the new row set
-                if (Emit(batch, sequence, Sampler.Next(logits[0, -1], sequence.Request.Options, sequence.Generator)))
-                    Remove(batch, slot);
             }
-            catch (Exception e)
+            for (int i = group.Count - 1; i >= 0; i--)   // from the last: a finished row is replaced by the batch's last row
             {
-                if (batch.Rows.LastOrDefault() == sequence) Remove(batch, batch.Rows.Count - 1);
-                batch.ClearAdapters();   // the prefill's own RowLora is disposed; no layer may keep pointing at it
-                Finish(sequence, e);
+                var s = group[i];
+                try
+                {
+                    if (Emit(batch, s, Sampler.Next(logits[i, s.Request.Prompt.Count - 1], s.Request.Options, s.Generator)))
+                        Remove(batch, first + i);
+                }
+                catch (Exception e)
+                {
+                    Finish(s, e);   // one row's failure (its sampling, say) is not its batchmates'
+                    Remove(batch, first + i);
+                }
             }
+        }
+        catch (Exception e)
+        {
+            while (batch.Rows.Count > first) Remove(batch, batch.Rows.Count - 1);
+            batch.ClearAdapters();   // the prefill's own row adapters are disposed; no layer may keep pointing at them
+            foreach (var s in group) Finish(s, e);
         }
     }
 
@@ -326,14 +360,14 @@ public sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>Each row's own adapter (in cache slot <paramref name="slots"/>[i]) in every adapted layer, block and norm of the model.</summary>
-    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots)
+    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots, Tensor? valid = null)
     {
         var set = new RowAdapters();
         if (rows.All(r => r.Adapter is null)) return set;
         var adapters = rows.Select(r => r.Adapter?.Entry.Adapter).ToList();
         foreach (var (path, layer) in batch.Model.LinearLayers())
         {
-            var rowAdapter = new RowAdapter(path, layer, adapters, slots, batch.State);
+            var rowAdapter = new RowAdapter(path, layer, adapters, slots, batch.State, valid);
             if (rowAdapter.IsEmpty)
             {
                 rowAdapter.Dispose();

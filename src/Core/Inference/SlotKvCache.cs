@@ -31,7 +31,10 @@ public sealed class SlotKvCache : IKvCache, IDisposable
     }
 
     /// <summary>The next forward call writes a whole prompt of <paramref name="length"/> positions into <paramref name="slotIndex"/>.</summary>
-    public void BeginPrefill(int slotIndex, long length) => (slot, rows, decodeIndex, visible) = (slotIndex, 1, null, length);
+    public void BeginPrefill(int slotIndex, long length) => BeginPrefill(slotIndex, 1, length);
+
+    /// <summary>The next forward call writes <paramref name="count"/> prompts, right-padded to <paramref name="length"/>, into slots from <paramref name="firstSlot"/> on.</summary>
+    public void BeginPrefill(int firstSlot, int count, long length) => (slot, rows, decodeIndex, visible) = (firstSlot, count, null, length);
 
     /// <summary>The next forward call adds one position to each of slots [0, lengths.Length), after its <c>lengths[i]</c> cached ones.</summary>
     public void BeginDecode(Tensor lengths)

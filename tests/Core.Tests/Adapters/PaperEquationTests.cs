@@ -110,6 +110,29 @@ public sealed class PaperEquationTests
         AssertClose(whole, cat(pieces.ToArray(), 1), 1e-5);
     }
 
+    /// <summary>A right-padded row (a batched prefill) leaves the same state as the row alone: padding never enters the sums.</summary>
+    [Fact]
+    public void LilyStateIgnoresPadding()
+    {
+        using var scope = NewDisposeScope();
+        using var g = new Generator(7);
+        Tensor lpT = randn([In, 3], generator: g), routerT = randn([3, 4], generator: g), hp = randn([12, Out], generator: g);
+        var prompts = randn([Rows, Tokens, In], generator: g);
+        var next = randn([Rows, 1, In], generator: g);
+        long[] lengths = [Tokens, 2];
+
+        var padded = new RowState(zeros(Rows, 5), arange(Rows, ScalarType.Int64), arange(Tokens, ScalarType.Int64).unsqueeze(0).lt(tensor(lengths).unsqueeze(1)));
+        Lily.Delta(prompts, lpT, routerT, hp, 1.0, "sequence", causal: true, padded, out _);
+        var batched = Lily.Delta(next, lpT, routerT, hp, 1.0, "sequence", causal: true, new RowState(padded.Read(), arange(Rows, ScalarType.Int64)), out _);
+
+        for (int row = 0; row < Rows; row++)
+        {
+            var alone = new RowState(zeros(1, 5), tensor(new long[] { 0 }));
+            Lily.Delta(prompts.narrow(0, row, 1).narrow(1, 0, lengths[row]), lpT, routerT, hp, 1.0, "sequence", causal: true, alone, out _);
+            AssertClose(Lily.Delta(next.narrow(0, row, 1), lpT, routerT, hp, 1.0, "sequence", causal: true, alone, out _), batched.narrow(0, row, 1), 1e-5);
+        }
+    }
+
     /// <summary>RLRR, Eq. 16: X (W + (S_left S_rightᵀ) ⊙ W) + b + f, per element; merged (Eq. 20) and unmerged agree.</summary>
     [Theory]
     [InlineData(1, true)]

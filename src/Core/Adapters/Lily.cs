@@ -212,7 +212,9 @@ public sealed class LilyAdapter : TrainableAdapter
             var router = config.Monoscale ? null : tensors.GetValueOrDefault($"{path}.lily_router.weight") ?? throw new InvalidDataException($"{key}: its lily_router is missing");
             if (router is not null && (router.ndim != 2 || router.shape[0] != config.NumExperts || router.shape[1] != d))
                 throw new InvalidDataException($"{path}.lily_router.weight: shape [{string.Join(",", router.shape)}], expected [{config.NumExperts},{d}]");
-            result[path] = new ServedLily(lp.t().contiguous(), router?.t().contiguous(), hp * config.Scaling, config.Causal);
+            using var scope = NewDisposeScope();   // frees the transposed views; the copies kept are detached from it
+            result[path] = new ServedLily(lp.t().contiguous().DetachFromDisposeScope(), router?.t().contiguous().DetachFromDisposeScope(),
+                (hp * config.Scaling).DetachFromDisposeScope(), config.Causal);
         }
         if (result.Count == 0) throw new InvalidDataException($"{WeightsFileName} holds no Lily weights");
         return result;

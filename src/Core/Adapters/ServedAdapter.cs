@@ -119,11 +119,15 @@ public interface IRowDelta : IDisposable
 /// kept per sequence like its KV cache). Null state means a forward call sees whole sequences from their start.
 /// <see cref="Valid"/> [n, t] marks the real tokens of right-padded rows (null: all are), so padding never enters the state.
 /// </summary>
-public sealed class RowState(Tensor store, Tensor slots, Tensor? valid = null)
+public sealed class RowState(Tensor store, Tensor slots, Tensor? valid = null) : IDisposable
 {
     public Tensor? Valid { get; } = valid;
-    public Tensor Read() => store.index_select(0, slots);                                    // [n, width]
-    public void Write(Tensor value) => store.index_copy_(0, slots, value);
+    public Tensor Read() => store.index_select(0, Slots);                                    // [n, width]
+    public void Write(Tensor value) => store.index_copy_(0, Slots, value);
+    Tensor Slots { get; } = slots;
+
+    /// <summary>Frees the row indices (the store belongs to the batch).</summary>
+    public void Dispose() { Slots.Dispose(); Valid?.Dispose(); }
 }
 
 /// <summary>
@@ -150,6 +154,7 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
         var loraRows = rows.Select(r => r?.Lora.GetValueOrDefault(path)).ToList();
         if (loraRows.Any(w => w is not null))
             lora = new RowLora(loraRows, layer.InFeatures, layer.OutFeatures, layer.weight, layer.bias);
+        using var scope = NewDisposeScope();   // frees the stacking's temporaries; what the groups keep is detached from it
         foreach (var group in Enumerable.Range(0, rows.Count).Where(i => rows[i]?.Deltas.ContainsKey(path) == true).GroupBy(i => rows[i]!.Deltas[path].BatchKey))
         {
             var index = group.ToArray();
@@ -158,7 +163,8 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
             foreach (var t in delta.Tensors) t.DetachFromDisposeScope();
             var rowIndex = tensor(index.Select(i => (long)i).ToArray()).DetachFromDisposeScope();
             var state = delta.StateWidth > 0 && states is not null
-                ? new RowState(states(path, delta.StateWidth), tensor(index.Select(i => slots[i]).ToArray()).DetachFromDisposeScope(), valid?.index_select(0, rowIndex))
+                ? new RowState(states(path, delta.StateWidth), tensor(index.Select(i => slots[i]).ToArray()).DetachFromDisposeScope(),
+                    valid?.index_select(0, rowIndex).DetachFromDisposeScope())
                 : null;
             groups.Add((rowIndex, delta, state));
         }
@@ -183,6 +189,7 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
         {
             g.Rows.Dispose();
             g.Delta.Dispose();   // the stacked copy; the adapters' own layers stay in the cache
+            g.State?.Dispose();
         }
     }
 }

@@ -25,11 +25,22 @@ public sealed class TensorLeakTests : IDisposable
 
     static long Live => DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
 
-    [Fact]
-    public void TrainingStepsDoNotAccumulateTensors()
+    public static TheoryData<string> Methods => new(["lora", "dora", "lily", "rlrr", "mixlora"]);
+
+    static AdapterConfig ConfigOf(string method) => method switch
+    {
+        "lora" => new LoraConfig { Rank = 4, TargetModules = ["all-linear"] },
+        "dora" => new LoraConfig { Rank = 4, TargetModules = ["all-linear"], UseDora = true },
+        "lily" => new LilyConfig { Rank = 4, TargetModules = ["all-linear"] },
+        "rlrr" => new RlrrConfig { TargetModules = ["all-linear"] },
+        _ => new MixLoraConfig { Rank = 2, NumExperts = 3, TargetModules = ["q_proj"] },
+    };
+
+    [Theory, MemberData(nameof(Methods))]
+    public void TrainingStepsDoNotAccumulateTensors(string method)
     {
         using var model = Create();
-        using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 4, TargetModules = ["all-linear"] });
+        using var adapter = TrainableAdapter.Create(model, ConfigOf(method));
         var examples = Enumerable.Range(0, 6)
             .Select(i => new TokenizedExample([ByteTokenizer.Begin, 'a' + i, 'b', 'c', ByteTokenizer.End], [false, false, true, true, true]))
             .ToList();
@@ -77,6 +88,28 @@ public sealed class TensorLeakTests : IDisposable
         Assert.Equal(before, Live);
         ClearAdapters(model);
         foreach (var s in slots) s.Dispose();
+    }
+
+    /// <summary>Every method's served form, gathered for a batch outside any dispose scope (as on the inference thread), frees all it made.</summary>
+    [Theory, MemberData(nameof(Methods))]
+    public void ServedAdaptersLeaveNothingBehind(string method)
+    {
+        using var model = Create();
+        string folder = Path.Combine(dir, method);
+        using (var adapter = TrainableAdapter.Create(model, ConfigOf(method))) adapter.Save(folder);
+        using var noGrad = no_grad();
+        long before = Live;
+        using (var served = ServedAdapter.Load(folder, model))
+        {
+            List<ServedAdapter?> rows = [served, null, served];
+            var slots = new List<long> { 0, 1, 2 };
+            using var store = zeros(3, 8);
+            var made = model.LinearLayers().Select(l => (IDisposable)new RowAdapter(l.Path, l.Layer, rows, slots, (_, _) => store))
+                .Concat(model.NormLayers().Select(n => (IDisposable?)RowNorm.For(n.Path, n.Layer.Size, rows)).OfType<IDisposable>())
+                .Concat(model.named_modules().Select(m => (IDisposable?)RowFeedForward.For(m.name, rows)).OfType<IDisposable>()).ToList();
+            foreach (var m in made) m.Dispose();
+        }
+        Assert.Equal(before, Live);
     }
 
     // Fails until RowLora's constructor disposes its temporaries (a[i], narrow views, w.B * scaling):

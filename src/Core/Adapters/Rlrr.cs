@@ -134,50 +134,42 @@ public sealed class RlrrAdapter : TrainableAdapter
     /// weight and bias (w ← (1 + s) ⊙ w, b ← (1 + s) ⊙ b + f). The adapter's own layers are
     /// taken out of the slots, so the model then runs as a plain base model with new weights.
     /// </summary>
-    public void Merge(nn.Module model)
-    {
-        var slots = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
-        var norms = model.NormLayers().ToDictionary(n => n.Path, n => n.Layer);
-        using var noGrad = no_grad();
-        foreach (var (path, module) in layers)
-            if (module is RlrrLayer l)
-            {
-                var target = slots[path];
-                target.weight.add_(Rlrr.DeltaWeight(target.weight, l.rlrr_s_left, l.rlrr_s_right));
-                if (target.bias is { } bias) { bias.add_(l.rlrr_f); target.Adapter = null; }
-                else target.Adapter = new BiasShift(l.rlrr_f.detach().clone());
-            }
-            else
-            {
-                var n = (RlrrNormLayer)module;
-                var norm = norms[path];
-                norm.Weight.mul_(n.rlrr_scale + 1);                                           // (1 + s) ⊙ (w ⊙ x̂ + b) + f
-                if (norm.Bias is { } bias) { bias.mul_(n.rlrr_scale + 1).add_(n.rlrr_shift); norm.Adapter = null; }
-                else norm.Adapter = new BiasShift(n.rlrr_shift.detach().clone());
-            }
-    }
+    public void Merge(nn.Module model) => Fold(model, undo: false);
 
     /// <summary>Undoes <see cref="Merge"/>: W ← W / (1 + S_left S_rightᵀ), b ← b − f (norms: w ← w / (1 + s), b ← (b − f) / (1 + s)).</summary>
-    public void Unmerge(nn.Module model)
+    public void Unmerge(nn.Module model) => Fold(model, undo: true);
+
+    void Fold(nn.Module model, bool undo)
     {
         var slots = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
         var norms = model.NormLayers().ToDictionary(n => n.Path, n => n.Layer);
         using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
         foreach (var (path, module) in layers)
             if (module is RlrrLayer l)
             {
                 var target = slots[path];
-                target.weight.div_(l.rlrr_s_right.t().matmul(l.rlrr_s_left) + 1);
-                target.bias?.sub_(l.rlrr_f);
-                target.Adapter = null;
+                var factor = l.rlrr_s_right.t().matmul(l.rlrr_s_left) + 1;                      // 1 + S_left S_rightᵀ [out, in]
+                if (undo) { target.weight.div_(factor); target.bias?.sub_(l.rlrr_f); target.Adapter = null; }
+                else
+                {
+                    target.weight.mul_(factor);
+                    if (target.bias is { } bias) { bias.add_(l.rlrr_f); target.Adapter = null; }
+                    else target.Adapter = new BiasShift(l.rlrr_f.detach().clone().DetachFromDisposeScope());
+                }
             }
             else
             {
                 var n = (RlrrNormLayer)module;
                 var norm = norms[path];
-                norm.Weight.div_(n.rlrr_scale + 1);
-                norm.Bias?.sub_(n.rlrr_shift).div_(n.rlrr_scale + 1);
-                norm.Adapter = null;
+                var factor = n.rlrr_scale + 1;                                                 // (1 + s) ⊙ (w ⊙ x̂ + b) + f
+                if (undo) { norm.Weight.div_(factor); norm.Bias?.sub_(n.rlrr_shift).div_(factor); norm.Adapter = null; }
+                else
+                {
+                    norm.Weight.mul_(factor);
+                    if (norm.Bias is { } bias) { bias.mul_(factor).add_(n.rlrr_shift); norm.Adapter = null; }
+                    else norm.Adapter = new BiasShift(n.rlrr_shift.detach().clone().DetachFromDisposeScope());
+                }
             }
     }
 

@@ -8,7 +8,7 @@ namespace AdapterService.Core.Formats;
 /// Byte-level tokenizer of the built-in demo models: ids 0-255 are the UTF-8 bytes, then a few special tokens.
 /// Chat turns are encoded as <c>&lt;|role|&gt; content &lt;|end|&gt;</c> after a leading <c>&lt;|begin|&gt;</c>.
 /// </summary>
-public sealed class ByteTokenizer
+public sealed class ByteTokenizer : ITextTokenizer
 {
     public const int End = 256, System = 257, User = 258, Assistant = 259, Begin = 260;
     public const int VocabSize = 264;   // 261 used, rounded up to a multiple of 8
@@ -16,6 +16,7 @@ public sealed class ByteTokenizer
 
     public int EosId => End;
     public int BosId => Begin;
+    public IReadOnlyList<int> EosIds => [End];
 
     public List<int> Encode(string text) => Encoding.UTF8.GetBytes(text).Select(b => (int)b).ToList();
 
@@ -56,6 +57,8 @@ public sealed class ByteTokenizer
 
     /// <summary>True for ids that stand for text bytes (special tokens print nothing).</summary>
     public static bool IsByte(int id) => id is >= 0 and < 256;
+
+    public byte[] TokenBytes(int id) => IsByte(id) ? [(byte)id] : [];
 
     static int RoleToken(string role) => role switch
     {

@@ -32,23 +32,32 @@ public static class ChatTemplate
     /// </summary>
     public static string Render(IEnumerable<ChatTurn> turns, ChatFormat format, bool addGenerationPrompt = true)
     {
-        var text = new StringBuilder();
-        switch (format)
-        {
-            case ChatFormat.ChatML:
-                foreach (var turn in turns) text.Append("<|im_start|>").Append(turn.Role).Append('\n').Append(turn.Content).Append("<|im_end|>\n");
-                if (addGenerationPrompt) text.Append("<|im_start|>assistant\n");
-                break;
-            case ChatFormat.Llama3:
-                text.Append("<|begin_of_text|>");
-                // Llama 3's template trims each message's content.
-                foreach (var turn in turns)
-                    text.Append("<|start_header_id|>").Append(turn.Role).Append("<|end_header_id|>\n\n").Append(turn.Content.Trim()).Append("<|eot_id|>");
-                if (addGenerationPrompt) text.Append("<|start_header_id|>assistant<|end_header_id|>\n\n");
-                break;
-            default:
-                throw new ArgumentOutOfRangeException(nameof(format), format, "unknown chat format");
-        }
+        var text = new StringBuilder(Start(format));
+        foreach (var turn in turns) text.Append(Header(format, turn.Role)).Append(Content(format, turn.Content)).Append(EndOfTurn(format));
+        if (addGenerationPrompt) text.Append(Header(format, "assistant"));
         return text.ToString();
     }
+
+    /// <summary>What the text starts with: Llama 3's begin-of-text token, as its template writes it.</summary>
+    public static string Start(ChatFormat format) => format == ChatFormat.Llama3 ? "<|begin_of_text|>" : "";
+
+    public static string Header(ChatFormat format, string role) => format switch
+    {
+        ChatFormat.ChatML => $"<|im_start|>{role}\n",
+        ChatFormat.Llama3 => $"<|start_header_id|>{role}<|end_header_id|>\n\n",
+        _ => throw new ArgumentOutOfRangeException(nameof(format), format, "unknown chat format"),
+    };
+
+    /// <summary>A message's content as the template writes it (Llama 3's trims it).</summary>
+    public static string Content(ChatFormat format, string content) => format == ChatFormat.Llama3 ? content.Trim() : content;
+
+    public static string EndOfTurn(ChatFormat format) => format switch
+    {
+        ChatFormat.ChatML => "<|im_end|>\n",
+        ChatFormat.Llama3 => "<|eot_id|>",
+        _ => throw new ArgumentOutOfRangeException(nameof(format), format, "unknown chat format"),
+    };
+
+    /// <summary>The special token that ends an assistant's turn.</summary>
+    public static string EndToken(ChatFormat format) => format == ChatFormat.ChatML ? "<|im_end|>" : "<|eot_id|>";
 }

@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using AdapterService.Core.Data;
 using AdapterService.Core.Models;
 using Microsoft.ML.Tokenizers;
 
@@ -11,7 +12,7 @@ namespace AdapterService.Core.Formats;
 /// <c>tokenizer.json</c>, or from <c>vocab.json</c> + <c>merges.txt</c>, run by Microsoft.ML.Tokenizers. Begin and end
 /// of sequence ids come from config.json.
 /// </summary>
-public sealed class HfTokenizer
+public sealed class HfTokenizer : ITextTokenizer
 {
     public const string TokenizerFile = "tokenizer.json", VocabFile = "vocab.json", MergesFile = "merges.txt";
 
@@ -19,14 +20,76 @@ public sealed class HfTokenizer
     const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
     readonly BpeTokenizer bpe;
+    readonly Dictionary<int, string> tokens;   // id → byte-level token text, special tokens excluded
 
     /// <summary>Added tokens (such as <c>&lt;|endoftext|&gt;</c>, <c>&lt;|eot_id|&gt;</c>): matched whole in text, never split.</summary>
     public IReadOnlyDictionary<string, int> SpecialTokens { get; }
     public int? BosId { get; }
+    /// <summary>config.json's end ids, and the end of an assistant's turn when the tokenizer has a chat format.</summary>
     public IReadOnlyList<int> EosIds { get; }
+    /// <summary>The chat format whose special tokens it has, or null (then it serves completions only).</summary>
+    public ChatFormat? Chat { get; }
 
-    HfTokenizer(BpeTokenizer bpe, IReadOnlyDictionary<string, int> specialTokens, int? bosId, IReadOnlyList<int> eosIds) =>
-        (this.bpe, SpecialTokens, BosId, EosIds) = (bpe, specialTokens, bosId, eosIds);
+    HfTokenizer(BpeTokenizer bpe, Dictionary<int, string> tokens, IReadOnlyDictionary<string, int> specialTokens, int? bosId, IReadOnlyList<int> eosIds)
+    {
+        (this.bpe, this.tokens, SpecialTokens, BosId) = (bpe, tokens, specialTokens, bosId);
+        Chat = ChatTemplate.Detect(this);
+        EosIds = Chat is { } format && specialTokens.TryGetValue(ChatTemplate.EndToken(format), out int end) ? [.. eosIds.Append(end).Distinct()] : eosIds;
+    }
+
+    public List<int> EncodeCompletionPrompt(string prompt) => [.. Encode(prompt, addBos: true)];
+
+    public List<int> EncodeChatPrompt(IEnumerable<(string Role, string Content)> messages)
+    {
+        var format = Chat ?? throw new NotSupportedException("this model's tokenizer has no chat format (ChatML or Llama 3); use completions");
+        return [.. Encode(ChatTemplate.Render(messages.Select(m => new ChatTurn(m.Role, m.Content)), format), addBos: format == ChatFormat.ChatML)];
+    }
+
+    /// <summary>Chat examples in the model's chat format, the loss on the assistant turns marked for training and their end of turn; completions as prompt + completion + end.</summary>
+    public (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example)
+    {
+        var ids = new List<int>();
+        var train = new List<bool>();
+        void Add(string text, bool learn) { foreach (var id in bpe.EncodeToIds(text)) { ids.Add(id); train.Add(learn); } }
+        switch (example)
+        {
+            case ChatExample chat:
+                var format = Chat ?? throw new NotSupportedException("this model's tokenizer has no chat format (ChatML or Llama 3); train it on prompt/completion examples");
+                if (format == ChatFormat.ChatML && BosId is { } chatBos) { ids.Add(chatBos); train.Add(false); }
+                Add(ChatTemplate.Start(format), false);
+                foreach (var m in chat.Messages)
+                {
+                    Add(ChatTemplate.Header(format, m.Role), false);
+                    Add(ChatTemplate.Content(format, m.Content) + ChatTemplate.EndOfTurn(format), m.Train);
+                }
+                break;
+            case CompletionExample c:
+                if (BosId is { } bos) { ids.Add(bos); train.Add(false); }
+                Add(c.Prompt, false);
+                Add(c.Completion, true);
+                if (EosIds is [var eos, ..]) { ids.Add(eos); train.Add(true); }
+                break;
+        }
+        return (ids, train);
+    }
+
+    public byte[] TokenBytes(int id) =>
+        tokens.TryGetValue(id, out var text) ? text.Select(c => ByteLevel.Decode.TryGetValue(c, out byte b) ? b : (byte)'?').ToArray() : [];
+
+    /// <summary>GPT-2's byte-level alphabet: every byte is written as a printable character in the vocabulary.</summary>
+    static class ByteLevel
+    {
+        public static readonly Dictionary<char, byte> Decode = Build();
+
+        static Dictionary<char, byte> Build()
+        {
+            var printable = Enumerable.Range('!', '~' - '!' + 1).Concat(Enumerable.Range('¡', '¬' - '¡' + 1)).Concat(Enumerable.Range('®', 'ÿ' - '®' + 1)).ToHashSet();
+            var map = new Dictionary<char, byte>();
+            int next = 0;
+            for (int b = 0; b < 256; b++) map[printable.Contains(b) ? (char)b : (char)(256 + next++)] = (byte)b;
+            return map;
+        }
+    }
 
     /// <summary>Token ids of <paramref name="text"/>, special tokens written in it included; with <paramref name="addBos"/>, the begin-of-sequence id first.</summary>
     public IReadOnlyList<int> Encode(string text, bool addBos = false)
@@ -146,7 +209,8 @@ public sealed class HfTokenizer
             PreTokenizer = new RegexPreTokenizer(new Regex(pattern, RegexOptions.Compiled), special),
             Normalizer = nfc ? new NfcNormalizer() : null,
         });
-        return new HfTokenizer(bpe, special, bos, eos);
+        var tokens = vocab.Where(kv => !special.ContainsKey(kv.Key)).GroupBy(kv => kv.Value).ToDictionary(g => g.Key, g => g.First().Key);
+        return new HfTokenizer(bpe, tokens, special, bos, eos);
     }
 
     /// <summary>bos_token_id and eos_token_id (one id or a list) of config.json; absent when the config has none.</summary>

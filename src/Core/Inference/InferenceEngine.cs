@@ -8,9 +8,13 @@ using static TorchSharp.torch;
 
 namespace AdapterService.Core.Inference;
 
-/// <summary>What to generate: the base model and (optionally) the adapter, each with the folder it is stored in.</summary>
+/// <summary>
+/// What to generate: the base model and (optionally) the adapter, each with the folder it is stored in; the tokenizer
+/// turns generated tokens into text (the built-in byte tokenizer when null).
+/// </summary>
 public sealed record GenerationRequest(
-    string BaseModel, string BaseFolder, string? Adapter, string? AdapterFolder, IReadOnlyList<int> Prompt, SamplingOptions Options);
+    string BaseModel, string BaseFolder, string? Adapter, string? AdapterFolder, IReadOnlyList<int> Prompt, SamplingOptions Options,
+    ITextTokenizer? Tokenizer = null);
 
 /// <summary>A piece of generated text; the last one carries the finish reason ("stop" or "length").</summary>
 public sealed record GenerationChunk(string Text, int PromptTokens, int CompletionTokens, string? FinishReason);
@@ -84,6 +88,7 @@ public sealed class InferenceEngine : IDisposable
         }
     }
 
+    static readonly ByteTokenizer ByteTokens = new();
     readonly Channel<Sequence> incoming = Channel.CreateUnbounded<Sequence>(new UnboundedChannelOptions { SingleReader = true });
     readonly Dictionary<string, Batch> batches = [];
     readonly InferenceOptions options;
@@ -312,16 +317,17 @@ public sealed class InferenceEngine : IDisposable
     {
         var options = s.Request.Options;
         int context = batch.Model.ContextLength;
-        var eos = batch.Model.EosTokenIds is { Count: > 0 } ids ? ids : [ByteTokenizer.End];   // Llama 3 Instruct ends a reply with any of several
+        var tokenizer = s.Request.Tokenizer ?? ByteTokens;
         string emit = "", finish;
         bool stopped = false;
-        if (eos.Contains(token)) finish = "stop";
+        // Any of the model's end ids (Llama 3 Instruct lists several) or the tokenizer's (the end of a chat turn).
+        if (batch.Model.EosTokenIds.Contains(token) || tokenizer.EosIds.Contains(token)) finish = "stop";
         else
         {
             s.Produced++;
             Interlocked.Increment(ref generatedTokens);
             s.LastToken = token;
-            (emit, stopped) = s.Stops.Push(ByteTokenizer.IsByte(token) ? Chars(s.Utf8, [(byte)token], flush: false) : "");
+            (emit, stopped) = s.Stops.Push(Chars(s.Utf8, tokenizer.TokenBytes(token), flush: false));
             finish = stopped ? "stop" : s.Produced >= options.MaxTokens || s.Length >= context ? "length" : "";
         }
         int prompt = s.Request.Prompt.Count;

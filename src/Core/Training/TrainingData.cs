@@ -6,7 +6,7 @@ namespace AdapterService.Core.Training;
 public static class TrainingData
 {
     /// <summary>Tokenizes every example; longer ones are cut to the context length (as OpenAI does).</summary>
-    public static List<TokenizedExample> Tokenize(TrainingFile file, ByteTokenizer tokenizer, int contextLength) =>
+    public static List<TokenizedExample> Tokenize(TrainingFile file, ITextTokenizer tokenizer, int contextLength) =>
         file.Examples.Select(e =>
         {
             var (ids, train) = tokenizer.EncodeExample(e);

@@ -1,0 +1,34 @@
+using AdapterService.Core.Data;
+
+namespace AdapterService.Core.Formats;
+
+/// <summary>
+/// What the service needs of a base model's tokenizer: prompts for chat and completions, training examples with the
+/// tokens the loss is taken on, and the bytes of each generated token (streamed through one UTF-8 decoder per request,
+/// so a character split across tokens prints once whole).
+/// </summary>
+public interface ITextTokenizer
+{
+    /// <summary>Ids that end a reply (besides the model's own end ids).</summary>
+    IReadOnlyList<int> EosIds { get; }
+
+    /// <summary>A chat prompt ending where the assistant's answer starts; throws <see cref="NotSupportedException"/> for a model without a chat format.</summary>
+    List<int> EncodeChatPrompt(IEnumerable<(string Role, string Content)> messages);
+
+    List<int> EncodeCompletionPrompt(string prompt);
+
+    /// <summary>Token ids and, per id, whether the loss is taken on it (assistant / completion tokens and their end).</summary>
+    (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example);
+
+    /// <summary>The UTF-8 bytes a token stands for; none for special tokens.</summary>
+    byte[] TokenBytes(int id);
+}
+
+public static class TextTokenizers
+{
+    /// <summary>The tokenizer of a model folder: its Hugging Face tokenizer files, or the byte tokenizer of the built-in models.</summary>
+    public static ITextTokenizer ForModel(string folder) =>
+        File.Exists(Path.Combine(folder, HfTokenizer.TokenizerFile)) || File.Exists(Path.Combine(folder, HfTokenizer.VocabFile))
+            ? HfTokenizer.Load(folder)
+            : new ByteTokenizer();
+}

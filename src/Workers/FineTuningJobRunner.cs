@@ -156,7 +156,7 @@ public sealed class FineTuningJobRunner(
         {
             Id = adapterId, Name = FineTunedModelName(job), BaseModel = job.Model, Method = job.AdapterType,
             Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
-            BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, CreatedAt = Now(),
+            BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = Now(),
         };
         return (row, result);
     }

@@ -1,10 +1,12 @@
 using System.IO.Compression;
+using System.Security.Claims;
 using System.Text.Json;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
@@ -77,8 +79,12 @@ public static class AdaptersApi
     }
 
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> ImportAdapter(
-        HttpRequest request, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
+        HttpRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
     {
+        long max = limits.Value.MaxUploadBytes;
+        if (request.ContentLength > max)
+            return OpenAiErrors.Error(StatusCodes.Status413PayloadTooLarge, $"The upload is larger than the limit of {max} bytes.", "file", "file_too_large");
+        if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size) size.MaxRequestBodySize = max;
         if (!request.HasFormContentType)
             return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'.", null, "unsupported_media_type");
         var form = await Forms.ReadFormAsync(request, cancel);
@@ -112,7 +118,7 @@ public static class AdaptersApi
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
             {
-                Id = adapterId, Name = $"ft:{baseModel.Id}:{suffix}:{adapterId}", BaseModel = baseModel.Id, Method = "lora",
+                Id = adapterId, ProjectId = user.ProjectId()!, Name = $"ft:{baseModel.Id}:{suffix}:{adapterId}", BaseModel = baseModel.Id, Method = "lora",
                 Config = JsonSerializer.Serialize(config), ParameterCount = parameters, SizeBytes = blobs.SizeOf(blobPath),
                 BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             };

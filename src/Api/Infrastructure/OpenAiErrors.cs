@@ -46,6 +46,9 @@ public static class OpenAiErrors
             {
                 BadHttpRequestException bad => (bad.StatusCode, bad.InnerException is System.Text.Json.JsonException json
                     ? $"The request body is not valid JSON: {json.Message}" : bad.Message),
+                // Reading a string of the request's JSON that holds invalid UTF-8 or an unpaired surrogate escape ("\ud800").
+                InvalidOperationException { TargetSite.DeclaringType.Namespace: "System.Text.Json" } => (StatusCodes.Status400BadRequest,
+                    "The request body holds a string that is not valid Unicode text (invalid UTF-8 or an unpaired surrogate escape)."),
                 _ => (StatusCodes.Status500InternalServerError, "The server had an error while processing your request."),
             };
             await Error(status, message).ExecuteAsync(context);

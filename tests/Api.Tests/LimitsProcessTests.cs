@@ -2,6 +2,8 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
+using Microsoft.AspNetCore.Http.Connections;
+using Microsoft.AspNetCore.SignalR.Client;
 
 namespace AdapterService.Api.Tests;
 
@@ -25,6 +27,18 @@ public sealed class LimitsProcessTests
         Assert.Equal(HttpStatusCode.Unauthorized, (await service.Http.GetAsync("/v1/models")).StatusCode);
         service.Http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", AdminKey);
         Assert.Equal(HttpStatusCode.OK, (await service.Http.GetAsync("/v1/models")).StatusCode);
+
+        // Browsers' WebSockets send no headers: the hub takes the key from access_token, as SignalR clients send it.
+        HubConnection Hub(string key) => new HubConnectionBuilder()
+            .WithUrl(new Uri(service.Http.BaseAddress!, "hubs/jobs"), o =>
+            {
+                o.Transports = HttpTransportType.WebSockets;
+                o.SkipNegotiation = true;
+                o.AccessTokenProvider = () => Task.FromResult<string?>(key);
+            })
+            .Build();
+        await using (var hub = Hub(AdminKey)) await hub.StartAsync();
+        await using (var hub = Hub("wrong")) await Assert.ThrowsAnyAsync<Exception>(() => hub.StartAsync());
     }
 
     [Fact]

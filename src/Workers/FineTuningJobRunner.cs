@@ -50,6 +50,7 @@ public sealed class FineTuningJobRunner(
     {
         var job = db.Jobs.AsNoTracking().SingleOrDefault(j => j.Id == jobId);
         if (job is null || JobStatus.IsFinished(job.Status)) return;
+        using var logScope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["ProjectId"] = job.ProjectId });
         if (!Claim(jobId))
         {
             // Another worker holds the job. Look again when its lease could have run out, in case that worker died.

@@ -336,6 +336,8 @@ public static partial class FineTuningJobsApi
     {
         long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         long? finishedAt = JobStatus.IsFinished(to) ? now : null;
+        // The status and its event commit together: a crash in between loses neither, nor leaves one without the other.
+        await using var transaction = await db.Database.BeginTransactionAsync(cancel);
         int updated = await db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status))
             .ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt), cancel);
         var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
@@ -346,6 +348,7 @@ public static partial class FineTuningJobsApi
                 : OpenAiErrors.BadRequest($"Job {jobId} is {job.Status}; this needs a job that is {string.Join(" or ", from)}.", "id", "invalid_job_status");
         db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message, Data = JobEventData.ForStatus(to) });
         await db.SaveChangesAsync(cancel);
+        await transaction.CommitAsync(cancel);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
     }
 

@@ -12,6 +12,7 @@ using Hangfire;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.FileProviders;
 using Microsoft.Extensions.Options;
+using Microsoft.OpenApi;
 
 namespace AdapterService.Api;
 
@@ -38,6 +39,10 @@ public static class ApplicationServices
             o.SwaggerDoc("v1", new() { Title = "Adapter fine-tuning service", Version = "v1",
                 Description = "OpenAI-compatible fine-tuning, files, models and completions, with per-request adapters. Live job progress: SignalR hub /hubs/jobs." });
             o.IncludeXmlComments(Path.Combine(AppContext.BaseDirectory, $"{Assembly.GetExecutingAssembly().GetName().Name}.xml"));
+            // Swagger UI's "Authorize" button: with auth on, the key it sends as Authorization: Bearer.
+            o.AddSecurityDefinition("bearer", new OpenApiSecurityScheme
+                { Type = SecuritySchemeType.Http, Scheme = "bearer", Description = "An API key (needed once Auth:AdminKey is set)." });
+            o.AddSecurityRequirement(document => new OpenApiSecurityRequirement { [new OpenApiSecuritySchemeReference("bearer", document)] = [] });
         });
         services.AddApiKeyAuth(builder.Configuration);
         builder.AddLimits();

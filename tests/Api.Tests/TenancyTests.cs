@@ -50,6 +50,15 @@ public sealed class TenancyTests(SecuredServiceFactory factory)
     }
 
     [Fact]
+    public async Task TheOpenApiDocumentOffersBearerAuth()
+    {
+        var document = await factory.ClientWithKey(null).GetStringAsync("/swagger/v1/swagger.json");
+        var scheme = JsonNode.Parse(document)!["components"]!["securitySchemes"]!["bearer"]!;
+        Assert.Equal("http", (string?)scheme["type"]);
+        Assert.Equal("bearer", (string?)scheme["scheme"]);
+    }
+
+    [Fact]
     public async Task OnlyTheAdminKeyManagesProjectsAndARevokedKeyStopsWorking()
     {
         var (projectId, key) = await factory.NewProjectAsync("team-keys");

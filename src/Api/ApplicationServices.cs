@@ -9,9 +9,10 @@ using AdapterService.Core.Storage;
 using AdapterService.Core.Torch;
 using AdapterService.Workers;
 using Hangfire;
-using Hangfire.Dashboard;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.FileProviders;
+using Microsoft.Extensions.Options;
+using Microsoft.OpenApi;
 
 namespace AdapterService.Api;
 
@@ -20,6 +21,7 @@ public static class ApplicationServices
     /// <summary>The embedded default: SQLite + blob folder, Hangfire in memory with an in-process worker, one inference engine.</summary>
     public static void AddApplicationServices(this WebApplicationBuilder builder)
     {
+        Auth.RequireLoopbackWithoutKeys(builder.Configuration);
         TorchRuntime.EnsureReady();
         builder.Logging.AddFilter("Microsoft.EntityFrameworkCore.Database.Command", LogLevel.Warning);   // the relay queries ten times a second
         var services = builder.Services;
@@ -37,7 +39,13 @@ public static class ApplicationServices
             o.SwaggerDoc("v1", new() { Title = "Adapter fine-tuning service", Version = "v1",
                 Description = "OpenAI-compatible fine-tuning, files, models and completions, with per-request adapters. Live job progress: SignalR hub /hubs/jobs." });
             o.IncludeXmlComments(Path.Combine(AppContext.BaseDirectory, $"{Assembly.GetExecutingAssembly().GetName().Name}.xml"));
+            // Swagger UI's "Authorize" button: with auth on, the key it sends as Authorization: Bearer.
+            o.AddSecurityDefinition("bearer", new OpenApiSecurityScheme
+                { Type = SecuritySchemeType.Http, Scheme = "bearer", Description = "An API key (needed once Auth:AdminKey is set)." });
+            o.AddSecurityRequirement(document => new OpenApiSecurityRequirement { [new OpenApiSecuritySchemeReference("bearer", document)] = [] });
         });
+        services.AddApiKeyAuth(builder.Configuration);
+        builder.AddLimits();
         services.AddSignalR();
         services.AddHostedService<JobEventRelay>();
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
@@ -60,14 +68,37 @@ public static class ApplicationServices
                 RequeueUnfinishedJobs(db, scope.ServiceProvider.GetRequiredService<IBackgroundJobClient>());
         }
         app.UseOpenAiErrors();
+        app.UseAuthentication();
+        app.Use(ScopeToProject);
+        app.UseRateLimiter();
+        app.UseAuthorization();
         app.UseSwagger();
         app.UseSwaggerUI(o => o.DocumentTitle = "Adapter fine-tuning service");
-        app.UseHangfireDashboard("/hangfire", new DashboardOptions { Authorization = [new LocalRequestsOnlyAuthorizationFilter()] });
+        var auth = app.Services.GetRequiredService<IOptions<AuthOptions>>().Value;
+        app.UseHangfireDashboard("/hangfire", new DashboardOptions { Authorization = [new HangfireDashboardAuthorization(auth)] });
         UseDashboard(app);
         app.Lifetime.ApplicationStarted.Register(() =>
         {
+            if (!auth.Enabled)
+                app.Logger.LogWarning("Auth is off (no Auth:AdminKey): every request acts in the default project, and the service listens on loopback addresses only");
             foreach (var url in app.Urls) app.Logger.LogInformation("Adapter service ready: {Url}/ (dashboard), {Url}/swagger (API)", url, url);
         });
+    }
+
+    /// <summary>
+    /// The caller's project scopes the request's database context (another project's rows are invisible to it) and
+    /// its log messages.
+    /// </summary>
+    static async Task ScopeToProject(HttpContext context, RequestDelegate next)
+    {
+        if (context.User.ProjectId() is not { } project)
+        {
+            await next(context);
+            return;
+        }
+        context.RequestServices.GetRequiredService<ServiceDbContext>().ProjectScope = project;
+        var log = context.RequestServices.GetRequiredService<ILogger<Program>>();
+        using (log.BeginScope(new Dictionary<string, object> { ["ProjectId"] = project })) await next(context);
     }
 
     /// <summary>

@@ -50,6 +50,7 @@ public sealed class FineTuningJobRunner(
     {
         var job = db.Jobs.AsNoTracking().SingleOrDefault(j => j.Id == jobId);
         if (job is null || JobStatus.IsFinished(job.Status)) return;
+        using var logScope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["ProjectId"] = job.ProjectId });
         if (!Claim(jobId))
         {
             // Another worker holds the job. Look again when its lease could have run out, in case that worker died.
@@ -156,7 +157,7 @@ public sealed class FineTuningJobRunner(
         {
             Id = adapterId, Name = FineTunedModelName(job), BaseModel = job.Model, Method = job.AdapterType,
             Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
-            BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, CreatedAt = Now(),
+            BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = Now(),
         };
         return (row, result);
     }

@@ -13,7 +13,7 @@ namespace AdapterService.Api.Tests;
 /// The whole service in-process (real HTTP pipeline, SQLite, blob folder, Hangfire worker, inference engine) over a
 /// temporary data folder. One instance is shared by the API tests: Hangfire's storage is process-wide.
 /// </summary>
-public sealed class ServiceFactory : WebApplicationFactory<Program>
+public class ServiceFactory : WebApplicationFactory<Program>
 {
     public string DataDirectory { get; } = Path.Combine(Path.GetTempPath(), "adapter-service-tests", Guid.NewGuid().ToString("N"));
 

@@ -1,4 +1,5 @@
 using System.IO.Compression;
+using System.Security.Claims;
 using System.Text.Json;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
@@ -6,6 +7,7 @@ using AdapterService.Core.Formats;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
@@ -75,7 +77,7 @@ public static class AdaptersApi
     }
 
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> CombineAdapters(
-        CombineAdaptersRequest request, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+        CombineAdaptersRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
         if (request.Adapters is not { Length: >= 2 and <= 16 } ids)
             return OpenAiErrors.BadRequest("adapters must list 2 to 16 adapter ids.", "adapters");
@@ -100,7 +102,7 @@ public static class AdaptersApi
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
             {
-                Id = adapterId, Name = $"ft:{sources[0].BaseModel}:{suffix}:{adapterId}", BaseModel = sources[0].BaseModel, Method = config.Method,
+                Id = adapterId, ProjectId = user.ProjectId()!, Name = $"ft:{sources[0].BaseModel}:{suffix}:{adapterId}", BaseModel = sources[0].BaseModel, Method = config.Method,
                 Config = config.ToJson(), ParameterCount = parameters,
                 SizeBytes = blobs.SizeOf(blobPath), BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             };
@@ -131,8 +133,12 @@ public static class AdaptersApi
     }
 
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> ImportAdapter(
-        HttpRequest request, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
+        HttpRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
     {
+        long max = limits.Value.MaxUploadBytes;
+        if (request.ContentLength > max)
+            return OpenAiErrors.Error(StatusCodes.Status413PayloadTooLarge, $"The upload is larger than the limit of {max} bytes.", "file", "file_too_large");
+        if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size) size.MaxRequestBodySize = max;
         if (!request.HasFormContentType)
             return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'.", null, "unsupported_media_type");
         var form = await Forms.ReadFormAsync(request, cancel);
@@ -166,7 +172,7 @@ public static class AdaptersApi
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
             {
-                Id = adapterId, Name = $"ft:{baseModel.Id}:{suffix}:{adapterId}", BaseModel = baseModel.Id, Method = config.Method,
+                Id = adapterId, ProjectId = user.ProjectId()!, Name = $"ft:{baseModel.Id}:{suffix}:{adapterId}", BaseModel = baseModel.Id, Method = config.Method,
                 Config = config.ToJson(), ParameterCount = parameters, SizeBytes = blobs.SizeOf(blobPath),
                 BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             };

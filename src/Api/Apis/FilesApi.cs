@@ -1,3 +1,4 @@
+using System.Security.Claims;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Data;
 using AdapterService.Core.Storage;
@@ -40,7 +41,8 @@ public static class FilesApi
     public static FileDto ToDto(this StoredFile f) => new(f.Id, "file", f.Bytes, f.CreatedAt, f.Filename, f.Purpose, "processed");
 
     static async Task<Results<Ok<FileDto>, JsonHttpResult<ErrorResponse>>> UploadFile(
-        HttpRequest request, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
+        HttpRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits,
+        IOptions<LimitsOptions> trainingLimits, CancellationToken cancel)
     {
         long max = limits.Value.MaxUploadBytes;
         if (request.ContentLength > max)
@@ -67,6 +69,9 @@ public static class FilesApi
         {
             return OpenAiErrors.BadRequest($"Invalid file format for fine-tuning: {e.Message}", "file", "invalid_file_format");
         }
+        if (parsed.Examples.Count > trainingLimits.Value.MaxTrainingExamples)
+            return OpenAiErrors.BadRequest($"Invalid file format for fine-tuning: {parsed.Examples.Count} examples, more than the limit of {trainingLimits.Value.MaxTrainingExamples}.",
+                "file", "invalid_file_format");
 
         var id = "file-" + Ids.New();
         var blobPath = BlobPaths.FilePath(id);
@@ -74,7 +79,7 @@ public static class FilesApi
         await using (var content = upload.OpenReadStream()) bytes = await blobs.WriteAsync(blobPath, content, cancel);
         var row = new StoredFile
         {
-            Id = id, Filename = Path.GetFileName(upload.FileName), Purpose = purpose, Bytes = bytes, BlobPath = blobPath,
+            Id = id, ProjectId = user.ProjectId()!, Filename = Path.GetFileName(upload.FileName), Purpose = purpose, Bytes = bytes, BlobPath = blobPath,
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), ExampleCount = parsed.Examples.Count,
             Format = parsed.Format == TrainingFileFormat.Chat ? "chat" : "prompt_completion",
         };

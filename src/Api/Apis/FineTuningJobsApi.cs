@@ -1,3 +1,4 @@
+using System.Security.Claims;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using AdapterService.Api.Infrastructure;
@@ -143,8 +144,8 @@ public static partial class FineTuningJobsApi
         e.Data is null ? null : JsonDocument.Parse(e.Data).RootElement);
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CreateJob(
-        CreateFineTuningJobRequest request, ServiceDbContext db, IBlobStore blobs, IBackgroundJobClient queue, IOptions<FineTuningLimits> limits,
-        CancellationToken cancel)
+        CreateFineTuningJobRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IBackgroundJobClient queue,
+        IOptions<FineTuningLimits> limits, IOptions<LimitsOptions> projectLimits, CancellationToken cancel)
     {
         if (string.IsNullOrEmpty(request.Model)) return OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model");
         if (string.IsNullOrEmpty(request.TrainingFile)) return OpenAiErrors.BadRequest("Missing required parameter: 'training_file'.", "training_file");
@@ -164,6 +165,9 @@ public static partial class FineTuningJobsApi
 
         var (examples, trainingError) = await ReadDataAsync(request.TrainingFile, "training_file", baseModel, db, blobs, cancel);
         if (examples is null) return trainingError!;
+        if (examples.Sum(e => (long)e.Ids.Length) is var tokens && tokens > projectLimits.Value.MaxTrainingTokens)
+            return OpenAiErrors.BadRequest($"Training file {request.TrainingFile} has {tokens} tokens, more than the limit of {projectLimits.Value.MaxTrainingTokens}.",
+                "training_file", "invalid_n_tokens");
         if (examples.Count < limits.Value.MinExamples)
             return OpenAiErrors.BadRequest($"Training file {request.TrainingFile} has {examples.Count} example(s), but must have at least {limits.Value.MinExamples}.",
                 "training_file", "invalid_n_examples");
@@ -179,9 +183,16 @@ public static partial class FineTuningJobsApi
         if (hp.EarlyStoppingPatience is { } patience && (patience is < 1 or > 50 || request.ValidationFile is null))
             return OpenAiErrors.BadRequest("hyperparameters.early_stopping_patience must be 1-50 and needs a validation_file.", "hyperparameters.early_stopping_patience");
 
+        // The context sees this project's jobs only. Two creates at the same moment may both pass: a soft cap.
+        int active = await db.Jobs.CountAsync(j => j.Status == JobStatus.ValidatingFiles || j.Status == JobStatus.Queued || j.Status == JobStatus.Running, cancel);
+        if (active >= projectLimits.Value.MaxActiveJobsPerProject)
+            return OpenAiErrors.Error(StatusCodes.Status429TooManyRequests,
+                $"This project already has {active} fine-tuning jobs queued or running, the most allowed at once ({projectLimits.Value.MaxActiveJobsPerProject}). Wait for one to finish or cancel one.",
+                null, "too_many_active_jobs");
+
         var job = new FineTuningJob
         {
-            Id = "ftjob-" + Ids.New(), Model = baseModel.Id, TrainingFile = request.TrainingFile, ValidationFile = request.ValidationFile,
+            Id = "ftjob-" + Ids.New(), ProjectId = user.ProjectId()!, Model = baseModel.Id, TrainingFile = request.TrainingFile, ValidationFile = request.ValidationFile,
             Status = JobStatus.Queued, TrainingFileTokens = examples.Sum(e => (long)e.Ids.Length),
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Suffix = request.Suffix, Seed = request.Seed ?? Random.Shared.Next(),
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
@@ -373,6 +384,8 @@ public static partial class FineTuningJobsApi
     {
         long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         long? finishedAt = JobStatus.IsFinished(to) ? now : null;
+        // The status and its event commit together: a crash in between loses neither, nor leaves one without the other.
+        await using var transaction = await db.Database.BeginTransactionAsync(cancel);
         int updated = await db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status))
             .ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt), cancel);
         var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
@@ -383,6 +396,7 @@ public static partial class FineTuningJobsApi
                 : OpenAiErrors.BadRequest($"Job {jobId} is {job.Status}; this needs a job that is {string.Join(" or ", from)}.", "id", "invalid_job_status");
         db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message, Data = JobEventData.ForStatus(to) });
         await db.SaveChangesAsync(cancel);
+        await transaction.CommitAsync(cancel);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
     }
 

@@ -18,7 +18,7 @@ public static class ModelResolver
         {
             if (await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Name == name, cancel) is { } adapter)
                 (baseId, key, blobPath) = (adapter.BaseModel, adapter.Id, adapter.BlobPath);
-            else if (await db.Checkpoints.AsNoTracking().SingleOrDefaultAsync(c => c.Name == name, cancel) is { } checkpoint)
+            else if (await db.Checkpoints.AsNoTracking().SingleOrDefaultAsync(c => c.Name == name && db.Jobs.Any(j => j.Id == c.JobId), cancel) is { } checkpoint)
                 (baseId, key, blobPath) = (checkpoint.BaseModel, checkpoint.Id, checkpoint.BlobPath);
             else return null;
         }

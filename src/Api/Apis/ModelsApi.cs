@@ -47,7 +47,7 @@ public static class ModelsApi
     static async Task<Results<Ok<ModelDto>, JsonHttpResult<ErrorResponse>>> GetModel(string model, ServiceDbContext db, CancellationToken cancel) =>
         await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Name == model, cancel) is { } adapter
             ? TypedResults.Ok(adapter.ToModelDto())
-            : await db.Checkpoints.AsNoTracking().SingleOrDefaultAsync(c => c.Name == model, cancel) is { } checkpoint
+            : await db.Checkpoints.AsNoTracking().SingleOrDefaultAsync(c => c.Name == model && db.Jobs.Any(j => j.Id == c.JobId), cancel) is { } checkpoint
                 ? TypedResults.Ok(new ModelDto(checkpoint.Name, "model", checkpoint.CreatedAt, "user", checkpoint.BaseModel, $"checkpoint at step {checkpoint.StepNumber} of {checkpoint.JobId}"))
                 : await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == model, cancel) is { } baseModel
                     ? TypedResults.Ok(baseModel.ToDto())

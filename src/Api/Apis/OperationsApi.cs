@@ -56,6 +56,7 @@ public static class OperationsApi
                 text.Append(name).Append(labels.Length > 0 ? $"{{{labels}}}" : "").Append(' ').Append(value.ToString(CultureInfo.InvariantCulture)).Append('\n');
         }
 
+        db.ProjectScope = null;   // service-wide numbers, whoever asks
         var byStatus = await db.Jobs.GroupBy(j => j.Status).Select(g => new { g.Key, Count = g.Count() }).ToListAsync(cancel);
         string[] statuses = [.. JobStatus.Unfinished, JobStatus.Succeeded, JobStatus.Failed, JobStatus.Cancelled];
         Metric("adapter_service_jobs", "gauge", "Fine-tuning jobs by status.",

@@ -1,4 +1,7 @@
+using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Storage;
 using Microsoft.AspNetCore.SignalR;
+using Microsoft.EntityFrameworkCore;
 
 namespace AdapterService.Api.Hubs;
 
@@ -6,11 +9,18 @@ namespace AdapterService.Api.Hubs;
 /// Live job progress. A client calls <c>SubscribeToJob(jobId)</c> and then receives <c>progress</c> and <c>status</c>
 /// messages for that job (group <c>job:{id}</c>). Everything sent here is also persisted as the job's events.
 /// </summary>
-public sealed class JobsHub : Hub
+public sealed class JobsHub(ServiceDbContext db) : Hub
 {
     public static string Group(string jobId) => $"job:{jobId}";
 
-    public Task SubscribeToJob(string jobId) => Groups.AddToGroupAsync(Context.ConnectionId, Group(jobId));
+    /// <summary>Only a job of the caller's project: another project's job is refused as if it did not exist.</summary>
+    public async Task SubscribeToJob(string jobId)
+    {
+        var project = Context.User?.ProjectId();
+        if (project is null || !await db.Jobs.AnyAsync(j => j.Id == jobId && j.ProjectId == project, Context.ConnectionAborted))
+            throw new HubException($"No such fine-tuning job: {jobId}");
+        await Groups.AddToGroupAsync(Context.ConnectionId, Group(jobId));
+    }
 
     public Task UnsubscribeFromJob(string jobId) => Groups.RemoveFromGroupAsync(Context.ConnectionId, Group(jobId));
 }

@@ -46,6 +46,13 @@ public static class OpenAiErrors
             {
                 BadHttpRequestException bad => (bad.StatusCode, bad.InnerException is System.Text.Json.JsonException json
                     ? $"The request body is not valid JSON: {json.Message}" : bad.Message),
+                // Reading a string of the request's JSON that holds invalid UTF-8 or an unpaired surrogate escape ("\ud800").
+                InvalidOperationException { TargetSite.DeclaringType.Namespace: "System.Text.Json" } => (StatusCodes.Status400BadRequest,
+                    "The request body holds a string that is not valid Unicode text (invalid UTF-8 or an unpaired surrogate escape)."),
+                // The server's fault, not the caller's, but said plainly: an operator can act on it.
+                IOException io when io.HResult is 28 or unchecked((int)0x80070070) or unchecked((int)0x80070027) =>
+                    (StatusCodes.Status507InsufficientStorage, "The server's storage is full; retry later."),
+                UnauthorizedAccessException => (StatusCodes.Status500InternalServerError, "The server may not write to its storage (permission denied)."),
                 _ => (StatusCodes.Status500InternalServerError, "The server had an error while processing your request."),
             };
             await Error(status, message).ExecuteAsync(context);

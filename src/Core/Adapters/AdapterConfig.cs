@@ -58,7 +58,7 @@ public abstract record AdapterConfig
             config.Validate();
             return config;
         }
-        catch (JsonException e)
+        catch (Exception e) when (e is JsonException or InvalidOperationException)   // the latter: strings with lone surrogate escapes
         {
             throw new InvalidDataException($"{FileName} is not valid: {e.Message}");
         }

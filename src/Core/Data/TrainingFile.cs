@@ -74,17 +74,23 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
             catch (JsonException e) { throw Fail($"the line is not valid JSON (error at byte {e.BytePositionInLine + 1})"); }
             using (doc)
             {
-                var root = doc.RootElement;
-                if (root.ValueKind != JsonValueKind.Object) throw Fail($"the line must be a JSON object, got {Kind(root)}");
-                if (root.TryGetProperty("messages", out var messages)) return (TrainingFileFormat.Chat, ParseChat(messages));
-                if (root.TryGetProperty("prompt", out _) || root.TryGetProperty("completion", out _))
-                {
-                    string prompt = String(root, "", "prompt"), completion = String(root, "", "completion");
-                    if (completion.Length == 0) throw Fail("completion must not be empty");
-                    return (TrainingFileFormat.PromptCompletion, new CompletionExample(Line, prompt, completion));
-                }
-                throw Fail("expected \"messages\" (chat format) or \"prompt\" and \"completion\" (prompt/completion format)");
+                try { return Parse(doc.RootElement); }
+                // JSON allows escapes of lone UTF-16 surrogates ("\ud800"), which no .NET string can be read from.
+                catch (InvalidOperationException) { throw Fail("the line has a string with an unpaired surrogate escape (\\ud800-\\udfff)"); }
             }
+        }
+
+        (TrainingFileFormat, TrainingExample) Parse(JsonElement root)
+        {
+            if (root.ValueKind != JsonValueKind.Object) throw Fail($"the line must be a JSON object, got {Kind(root)}");
+            if (root.TryGetProperty("messages", out var messages)) return (TrainingFileFormat.Chat, ParseChat(messages));
+            if (root.TryGetProperty("prompt", out _) || root.TryGetProperty("completion", out _))
+            {
+                string prompt = String(root, "", "prompt"), completion = String(root, "", "completion");
+                if (completion.Length == 0) throw Fail("completion must not be empty");
+                return (TrainingFileFormat.PromptCompletion, new CompletionExample(Line, prompt, completion));
+            }
+            throw Fail("expected \"messages\" (chat format) or \"prompt\" and \"completion\" (prompt/completion format)");
         }
 
         ChatExample ParseChat(JsonElement messages)
@@ -109,9 +115,9 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
                 if (message.TryGetProperty("weight", out var weight))
                 {
                     if (!train) throw Fail($"{path}.weight is only allowed on assistant messages");
-                    if (weight.ValueKind != JsonValueKind.Number || weight.GetDouble() is not (0 or 1))
+                    if (weight.ValueKind != JsonValueKind.Number || !weight.TryGetDouble(out var w) || w is not (0 or 1))
                         throw Fail($"{path}.weight must be 0 or 1, got {weight.GetRawText()}");
-                    train = weight.GetDouble() == 1;
+                    train = w == 1;
                 }
                 result.Add(new ChatMessage(role, Content(Get(message, path + ".", "content"), path + ".content"), train));
             }

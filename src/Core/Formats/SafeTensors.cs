@@ -175,12 +175,17 @@ public static class SafeTensors
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
             var infos = new List<SafeTensorInfo>();
             var seen = new HashSet<string>(StringComparer.Ordinal);
-            foreach (var prop in root.EnumerateObject())
+            try
             {
-                if (!seen.Add(prop.Name)) throw Fail(path, prop.Name, "appears twice in the header");
-                if (prop.Name == MetadataKey) ReadMetadata(prop.Value, metadata, path);
-                else infos.Add(ReadEntry(prop.Name, prop.Value, path));
+                foreach (var prop in root.EnumerateObject())
+                {
+                    if (!seen.Add(prop.Name)) throw Fail(path, prop.Name, "appears twice in the header");
+                    if (prop.Name == MetadataKey) ReadMetadata(prop.Value, metadata, path);
+                    else infos.Add(ReadEntry(prop.Name, prop.Value, path));
+                }
             }
+            // JSON allows escapes of lone UTF-16 surrogates ("\ud800"), which no .NET string can be read from.
+            catch (InvalidOperationException) { throw Fail(path, null, "header has a name or string with an unpaired surrogate escape"); }
             CheckRanges(infos, fileLength - 8 - (long)n, path);
             return (infos, metadata, 8 + (long)n);
         }

@@ -1,9 +1,34 @@
 namespace AdapterService.Core.Storage;
 
+/// <summary>A tenant: files, jobs and adapters belong to one project, and its API keys see only its own.</summary>
+public sealed class Project
+{
+    /// <summary>Owns everything when auth is off, and what existed before projects did; the admin key acts in it.</summary>
+    public const string DefaultId = "proj_default";
+
+    public required string Id { get; init; }
+    public required string Name { get; init; }
+    public long CreatedAt { get; init; }
+}
+
+/// <summary>A project's API key. Only its SHA-256 is stored; the secret is shown once, when it is created.</summary>
+public sealed class ApiKey
+{
+    public required string Id { get; init; }
+    public required string ProjectId { get; init; }
+    public required string Name { get; init; }
+    /// <summary>SHA-256 of the whole key, lower-case hex.</summary>
+    public required string Hash { get; init; }
+    /// <summary>The key's first characters, so a user can tell keys apart (<c>sk-proj-AbCd…</c>).</summary>
+    public required string RedactedValue { get; init; }
+    public long CreatedAt { get; init; }
+}
+
 /// <summary>An uploaded file; its bytes live in the blob store at <see cref="BlobPath"/>.</summary>
 public sealed class StoredFile
 {
     public required string Id { get; init; }
+    public string ProjectId { get; init; } = Project.DefaultId;
     public required string Filename { get; init; }
     public required string Purpose { get; init; }
     public long Bytes { get; init; }
@@ -46,6 +71,7 @@ public static class JobStatus
 public sealed class FineTuningJob
 {
     public required string Id { get; init; }
+    public string ProjectId { get; init; } = Project.DefaultId;
     public required string Model { get; init; }
     public required string TrainingFile { get; init; }
     public string? ValidationFile { get; init; }
@@ -120,6 +146,7 @@ public sealed class Checkpoint
 public sealed class Adapter
 {
     public required string Id { get; init; }
+    public string ProjectId { get; init; } = Project.DefaultId;
     /// <summary>The model name users call it by, e.g. <c>ft:tiny-llama-demo:my-suffix:ftjob-abc</c>.</summary>
     public required string Name { get; init; }
     public required string BaseModel { get; init; }

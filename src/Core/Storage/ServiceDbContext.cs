@@ -6,6 +6,14 @@ namespace AdapterService.Core.Storage;
 /// <summary>The service's database; a subclass per provider carries that provider's migrations.</summary>
 public abstract class ServiceDbContext(DbContextOptions options) : DbContext(options)
 {
+    /// <summary>
+    /// The project whose files, jobs and adapters this context sees (set by the API for each request); null sees every
+    /// project's (workers, the event relay). Another project's rows are filtered out, so their ids answer 404.
+    /// </summary>
+    public string? ProjectScope { get; set; }
+
+    public DbSet<Project> Projects => Set<Project>();
+    public DbSet<ApiKey> ApiKeys => Set<ApiKey>();
     public DbSet<StoredFile> Files => Set<StoredFile>();
     public DbSet<BaseModel> BaseModels => Set<BaseModel>();
     public DbSet<FineTuningJob> Jobs => Set<FineTuningJob>();
@@ -16,6 +24,19 @@ public abstract class ServiceDbContext(DbContextOptions options) : DbContext(opt
 
     protected override void OnModelCreating(ModelBuilder model)
     {
+        model.Entity<StoredFile>().HasQueryFilter(f => ProjectScope == null || f.ProjectId == ProjectScope);
+        model.Entity<FineTuningJob>().HasQueryFilter(j => ProjectScope == null || j.ProjectId == ProjectScope);
+        model.Entity<Adapter>().HasQueryFilter(a => ProjectScope == null || a.ProjectId == ProjectScope);
+        // Rows from before projects existed belong to the default project.
+        model.Entity<StoredFile>().Property(f => f.ProjectId).HasDefaultValue(Project.DefaultId);
+        model.Entity<FineTuningJob>().Property(j => j.ProjectId).HasDefaultValue(Project.DefaultId);
+        model.Entity<Adapter>().Property(a => a.ProjectId).HasDefaultValue(Project.DefaultId);
+        model.Entity<StoredFile>().HasIndex(f => new { f.ProjectId, f.Sequence });
+        model.Entity<FineTuningJob>().HasIndex(j => new { j.ProjectId, j.Status });
+        model.Entity<Adapter>().HasIndex(a => a.ProjectId);
+        model.Entity<Project>().HasData(new Project { Id = Project.DefaultId, Name = "Default project" });
+        model.Entity<ApiKey>().HasIndex(k => k.Hash).IsUnique();
+        model.Entity<ApiKey>().HasIndex(k => k.ProjectId);
         model.Entity<FineTuningJob>().HasIndex(j => j.Sequence);
         model.Entity<FineTuningJob>().HasIndex(j => j.FineTunedModel);
         model.Entity<JobEvent>().HasIndex(e => new { e.JobId, e.Id });

@@ -12,6 +12,20 @@ export class ApiError extends Error {
   }
 }
 
+const keyStorage = "adapter-service-api-key";
+
+/** The API key the user entered (kept in this browser's localStorage); empty when the service runs without auth. */
+export function apiKey() { return localStorage.getItem(keyStorage) ?? ""; }
+
+/** @param {string} key */
+export function setApiKey(key) {
+  if (key) localStorage.setItem(keyStorage, key);
+  else localStorage.removeItem(keyStorage);
+}
+
+/** @returns {Record<string, string>} */
+function authorization() { return apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {}; }
+
 /**
  * @param {string} path
  * @param {{ method?: string, json?: unknown, form?: FormData, signal?: AbortSignal }} [options]
@@ -19,7 +33,7 @@ export class ApiError extends Error {
  */
 export async function api(path, { method = "GET", json, form, signal } = {}) {
   /** @type {RequestInit} */
-  const init = { method, signal, headers: { Accept: "application/json" } };
+  const init = { method, signal, headers: { Accept: "application/json", ...authorization() } };
   if (json !== undefined) {
     init.body = JSON.stringify(json);
     init.headers = { ...init.headers, "Content-Type": "application/json" };
@@ -66,7 +80,7 @@ export async function listModels() {
 export async function streamChat(request, onChunk, signal) {
   const response = await fetch("/v1/chat/completions", {
     method: "POST", signal,
-    headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+    headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...authorization() },
     body: JSON.stringify({ ...request, stream: true }),
   });
   if (!response.ok || !response.body) throw await errorOf(response);

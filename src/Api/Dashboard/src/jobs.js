@@ -1,7 +1,7 @@
 // @ts-check
 // The job list, and one job's page: live chart over SignalR, event log, checkpoints.
 import { HubConnectionBuilder, HubConnectionState, LogLevel } from "@microsoft/signalr";
-import { api } from "./api.js";
+import { api, apiKey } from "./api.js";
 import { byId, formatDuration, formatLoss, formatNumber, formatRate, formatTime, h, isFinished, replace, statusBadge, toast } from "./dom.js";
 import { LossChart } from "./loss-chart.js";
 import { MetricsSeries } from "./series.js";
@@ -142,7 +142,7 @@ class JobPage {
   async start() {
     // Subscribe before reading the persisted events, so that no step falls between the two.
     this.connection = new HubConnectionBuilder()
-      .withUrl("/hubs/jobs")
+      .withUrl("/hubs/jobs", { accessTokenFactory: apiKey })   // sent as access_token on WebSockets, which take no headers
       // Keep trying for as long as the page is open: a restarted service comes back on the same address.
       .withAutomaticReconnect({ nextRetryDelayInMilliseconds: (retry) => Math.min(250 * 2 ** retry.previousRetryCount, 3000) })
       .configureLogging(LogLevel.Warning)

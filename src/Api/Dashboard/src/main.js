@@ -1,6 +1,7 @@
 // @ts-check
 // The dashboard's entry point: a hash router over the views (#/jobs, #/jobs/{id}, #/new, #/adapters, #/playground).
 import { adaptersView } from "./adapters.js";
+import { apiKey, setApiKey } from "./api.js";
 import { byId } from "./dom.js";
 import { jobListView, jobView } from "./jobs.js";
 import { newJobView } from "./new-job.js";
@@ -34,6 +35,11 @@ function route() {
   // Move focus to the new page's heading, as a full page load would, so keyboard and screen reader users follow.
   if (document.activeElement !== document.body) main.querySelector("h1")?.focus();
 }
+
+// With auth on, every call needs a key: entered once, kept in localStorage, sent as a Bearer key.
+const keyInput = /** @type {HTMLInputElement} */ (byId("api-key"));
+keyInput.value = apiKey();
+keyInput.addEventListener("change", () => { setApiKey(keyInput.value.trim()); route(); });
 
 window.addEventListener("hashchange", route);
 route();

@@ -55,6 +55,12 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.Property<long>("ParameterCount")
                         .HasColumnType("bigint");
 
+                    b.Property<string>("ProjectId")
+                        .IsRequired()
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("text")
+                        .HasDefaultValue("proj_default");
+
                     b.Property<string>("Sha256")
                         .IsRequired()
                         .HasColumnType("text");
@@ -67,7 +73,43 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.HasIndex("Name")
                         .IsUnique();
 
+                    b.HasIndex("ProjectId");
+
                     b.ToTable("Adapters");
+                });
+
+            modelBuilder.Entity("AdapterService.Core.Storage.ApiKey", b =>
+                {
+                    b.Property<string>("Id")
+                        .HasColumnType("text");
+
+                    b.Property<long>("CreatedAt")
+                        .HasColumnType("bigint");
+
+                    b.Property<string>("Hash")
+                        .IsRequired()
+                        .HasColumnType("text");
+
+                    b.Property<string>("Name")
+                        .IsRequired()
+                        .HasColumnType("text");
+
+                    b.Property<string>("ProjectId")
+                        .IsRequired()
+                        .HasColumnType("text");
+
+                    b.Property<string>("RedactedValue")
+                        .IsRequired()
+                        .HasColumnType("text");
+
+                    b.HasKey("Id");
+
+                    b.HasIndex("Hash")
+                        .IsUnique();
+
+                    b.HasIndex("ProjectId");
+
+                    b.ToTable("ApiKeys");
                 });
 
             modelBuilder.Entity("AdapterService.Core.Storage.BaseModel", b =>
@@ -210,6 +252,12 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                         .IsRequired()
                         .HasColumnType("text");
 
+                    b.Property<string>("ProjectId")
+                        .IsRequired()
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("text")
+                        .HasDefaultValue("proj_default");
+
                     b.Property<long>("Seed")
                         .HasColumnType("bigint");
 
@@ -241,6 +289,8 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.HasIndex("FineTunedModel");
 
                     b.HasIndex("Sequence");
+
+                    b.HasIndex("ProjectId", "Status");
 
                     b.ToTable("Jobs");
                 });
@@ -304,6 +354,31 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.ToTable("JobMetadata");
                 });
 
+            modelBuilder.Entity("AdapterService.Core.Storage.Project", b =>
+                {
+                    b.Property<string>("Id")
+                        .HasColumnType("text");
+
+                    b.Property<long>("CreatedAt")
+                        .HasColumnType("bigint");
+
+                    b.Property<string>("Name")
+                        .IsRequired()
+                        .HasColumnType("text");
+
+                    b.HasKey("Id");
+
+                    b.ToTable("Projects");
+
+                    b.HasData(
+                        new
+                        {
+                            Id = "proj_default",
+                            CreatedAt = 0L,
+                            Name = "Default project"
+                        });
+                });
+
             modelBuilder.Entity("AdapterService.Core.Storage.StoredFile", b =>
                 {
                     b.Property<string>("Id")
@@ -329,6 +404,12 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.Property<string>("Format")
                         .HasColumnType("text");
 
+                    b.Property<string>("ProjectId")
+                        .IsRequired()
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("text")
+                        .HasDefaultValue("proj_default");
+
                     b.Property<string>("Purpose")
                         .IsRequired()
                         .HasColumnType("text");
@@ -339,6 +420,8 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.HasKey("Id");
 
                     b.HasIndex("Sequence");
+
+                    b.HasIndex("ProjectId", "Sequence");
 
                     b.ToTable("Files");
                 });

@@ -50,6 +50,12 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.Property<long>("ParameterCount")
                         .HasColumnType("INTEGER");
 
+                    b.Property<string>("ProjectId")
+                        .IsRequired()
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("TEXT")
+                        .HasDefaultValue("proj_default");
+
                     b.Property<string>("Sha256")
                         .IsRequired()
                         .HasColumnType("TEXT");
@@ -62,7 +68,43 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.HasIndex("Name")
                         .IsUnique();
 
+                    b.HasIndex("ProjectId");
+
                     b.ToTable("Adapters");
+                });
+
+            modelBuilder.Entity("AdapterService.Core.Storage.ApiKey", b =>
+                {
+                    b.Property<string>("Id")
+                        .HasColumnType("TEXT");
+
+                    b.Property<long>("CreatedAt")
+                        .HasColumnType("INTEGER");
+
+                    b.Property<string>("Hash")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Name")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("ProjectId")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("RedactedValue")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.HasKey("Id");
+
+                    b.HasIndex("Hash")
+                        .IsUnique();
+
+                    b.HasIndex("ProjectId");
+
+                    b.ToTable("ApiKeys");
                 });
 
             modelBuilder.Entity("AdapterService.Core.Storage.BaseModel", b =>
@@ -205,6 +247,12 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                         .IsRequired()
                         .HasColumnType("TEXT");
 
+                    b.Property<string>("ProjectId")
+                        .IsRequired()
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("TEXT")
+                        .HasDefaultValue("proj_default");
+
                     b.Property<long>("Seed")
                         .HasColumnType("INTEGER");
 
@@ -236,6 +284,8 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.HasIndex("FineTunedModel");
 
                     b.HasIndex("Sequence");
+
+                    b.HasIndex("ProjectId", "Status");
 
                     b.ToTable("Jobs");
                 });
@@ -297,6 +347,31 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.ToTable("JobMetadata");
                 });
 
+            modelBuilder.Entity("AdapterService.Core.Storage.Project", b =>
+                {
+                    b.Property<string>("Id")
+                        .HasColumnType("TEXT");
+
+                    b.Property<long>("CreatedAt")
+                        .HasColumnType("INTEGER");
+
+                    b.Property<string>("Name")
+                        .IsRequired()
+                        .HasColumnType("TEXT");
+
+                    b.HasKey("Id");
+
+                    b.ToTable("Projects");
+
+                    b.HasData(
+                        new
+                        {
+                            Id = "proj_default",
+                            CreatedAt = 0L,
+                            Name = "Default project"
+                        });
+                });
+
             modelBuilder.Entity("AdapterService.Core.Storage.StoredFile", b =>
                 {
                     b.Property<string>("Id")
@@ -322,6 +397,12 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.Property<string>("Format")
                         .HasColumnType("TEXT");
 
+                    b.Property<string>("ProjectId")
+                        .IsRequired()
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("TEXT")
+                        .HasDefaultValue("proj_default");
+
                     b.Property<string>("Purpose")
                         .IsRequired()
                         .HasColumnType("TEXT");
@@ -332,6 +413,8 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.HasKey("Id");
 
                     b.HasIndex("Sequence");
+
+                    b.HasIndex("ProjectId", "Sequence");
 
                     b.ToTable("Files");
                 });

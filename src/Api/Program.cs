@@ -14,6 +14,7 @@ v1.MapFineTuningJobsApi();
 v1.MapCompletionsApi();
 v1.MapChatCompletionsApi();
 v1.MapModelsApi();
+v1.MapBaseModelsApi();
 v1.MapAdaptersApi();
 app.MapProjectsApi();
 app.MapOperationsApi();

@@ -102,7 +102,7 @@ public sealed class FineTuningJobRunner(
 
         using var model = ModelFolder.Load<CausalLanguageModel>(blobs.Resolve(baseModel.BlobPath));
         using var adapter = TrainableAdapter.Create(model, config, job.Seed);
-        var trainer = new LoraTrainer(model, adapter, examples, hp, ByteTokenizer.End, job.Seed);
+        var trainer = new LoraTrainer(model, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
         started(trainer);
         if (LatestState(job.Id) is { } state)
         {
@@ -166,7 +166,7 @@ public sealed class FineTuningJobRunner(
     {
         var file = db.Files.AsNoTracking().Single(f => f.Id == fileId);
         using var stream = blobs.OpenRead(file.BlobPath);
-        return TrainingData.Tokenize(TrainingFile.Parse(stream), new ByteTokenizer(), baseModel.ContextLength);
+        return TrainingData.Tokenize(TrainingFile.Parse(stream), TextTokenizers.ForModel(blobs.Resolve(baseModel.BlobPath)), baseModel.ContextLength);
     }
 
     void Report(FineTuningJob job, TrainingProgress p, (double Loss, double Accuracy)? valid, object? adapterStatistics)

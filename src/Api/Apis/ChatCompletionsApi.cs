@@ -51,7 +51,7 @@ public static class ChatCompletionsApi
         ChatCompletionRequest request, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine,
         IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, HttpResponse response, CancellationToken cancel)
     {
-        var (ready, error) = await Generation.PrepareAsync(request, () => new ByteTokenizer().EncodeChatPrompt(Messages(request.Messages)),
+        var (ready, error) = await Generation.PrepareAsync(request, tokenizer => tokenizer.EncodeChatPrompt(Messages(request.Messages)),
             defaultMaxTokens: null, db, blobs, cancel);
         if (ready is null) return error!;
         var (chunks, busy) = await Generation.StartAsync(engine, ready.Request, response, cancel);

@@ -219,11 +219,15 @@ public static partial class FineTuningJobsApi
         try
         {
             await using var stream = blobs.OpenRead(file.BlobPath);
-            return (TrainingData.Tokenize(TrainingFile.Parse(stream), new ByteTokenizer(), baseModel.ContextLength), null);
+            return (TrainingData.Tokenize(TrainingFile.Parse(stream), TextTokenizers.ForModel(blobs.Resolve(baseModel.BlobPath)), baseModel.ContextLength), null);
         }
         catch (TrainingFileException e)
         {
             return (null, OpenAiErrors.BadRequest($"File {fileId} is invalid: {e.Message}", param, "invalid_file"));
+        }
+        catch (NotSupportedException e)
+        {
+            return (null, OpenAiErrors.BadRequest($"File {fileId} does not suit the model '{baseModel.Id}': {e.Message}.", param, "invalid_file"));
         }
     }
 

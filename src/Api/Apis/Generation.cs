@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Formats;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -27,9 +28,9 @@ public static class Generation
 {
     public sealed record Prepared(GenerationRequest Request, string Model);
 
-    /// <summary>Checks the sampling fields and resolves the model; the prompt ids come from the caller.</summary>
+    /// <summary>Checks the sampling fields and resolves the model; the caller encodes the prompt with the model's tokenizer.</summary>
     public static async Task<(Prepared? Ready, JsonHttpResult<ErrorResponse>? Error)> PrepareAsync(
-        ISamplingRequest request, Func<List<int>> prompt, int? defaultMaxTokens, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+        ISamplingRequest request, Func<ITextTokenizer, List<int>> prompt, int? defaultMaxTokens, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
         if (string.IsNullOrEmpty(request.Model)) return (null, OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model"));
         var model = await ModelResolver.ResolveAsync(db, request.Model, cancel);
@@ -49,9 +50,11 @@ public static class Generation
         };
         if (stop is null) return (null, OpenAiErrors.BadRequest("stop must be a string or a list of up to 4 strings.", "stop"));
 
+        var tokenizer = TextTokenizers.ForModel(blobs.Resolve(model.Base.BlobPath));
         List<int> ids;
-        try { ids = prompt(); }
+        try { ids = prompt(tokenizer); }
         catch (ArgumentException e) { return (null, OpenAiErrors.BadRequest(e.Message, e.ParamName)); }
+        catch (NotSupportedException e) { return (null, OpenAiErrors.BadRequest($"The model '{request.Model}' cannot do this: {e.Message}.", "model", "model_not_supported")); }
         int context = model.Base.ContextLength, available = context - ids.Count;
         int maxTokens = request.MaxTokens ?? defaultMaxTokens ?? available;
         if (available < 1 || maxTokens > available)
@@ -61,7 +64,7 @@ public static class Generation
 
         var options = new SamplingOptions(maxTokens, request.Temperature ?? 1.0, request.TopP ?? 1.0, stop, request.Seed);
         return (new Prepared(new GenerationRequest(model.Base.Id, blobs.Resolve(model.Base.BlobPath), model.AdapterKey,
-            model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath), ids, options), request.Model), null);
+            model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath), ids, options, tokenizer), request.Model), null);
     }
 
     /// <summary>Queues the request; when the engine is full, the 429 error (with Retry-After) to answer instead.</summary>

@@ -1,4 +1,7 @@
+using System.IO.Compression;
 using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Models;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -16,6 +19,8 @@ public static class ModelsApi
         var models = app.MapGroup("/v1/models").WithTags("Models");
         models.MapGet("/", ListModels).WithSummary("List base models and fine-tuned models");
         models.MapGet("/{model}", GetModel).WithErrors(404).WithSummary("Retrieve a base or fine-tuned model");
+        models.MapGet("/{model}/export", ExportModel).WithErrors(400, 404)
+            .WithSummary("Download a model as a zipped Hugging Face folder: a base as stored, a fine-tuned model with its adapter merged into the weights");
         models.MapDelete("/{model}", DeleteModel).WithErrors(400, 404).WithSummary("Delete a fine-tuned model (its adapter and files)");
         return app;
     }
@@ -42,6 +47,52 @@ public static class ModelsApi
         return await db.BaseModels.AnyAsync(m => m.Id == model, cancel)
             ? OpenAiErrors.BadRequest($"{model} is a base model; only fine-tuned models can be deleted here.", "model", "cannot_delete_base_model")
             : OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
+    }
+
+    static async Task<Results<FileContentHttpResult, JsonHttpResult<ErrorResponse>>> ExportModel(
+        string model, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+    {
+        var resolved = await ModelResolver.ResolveAsync(db, model, cancel);
+        if (resolved is null) return OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
+        string baseFolder = blobs.Resolve(resolved.Base.BlobPath), temp = blobs.NewTempFolder();
+        try
+        {
+            var folder = baseFolder;
+            if (resolved.AdapterBlobPath is { } adapterPath)
+            {
+                MergeInto(baseFolder, blobs.Resolve(adapterPath), temp);
+                folder = temp;
+            }
+            var zip = new MemoryStream();
+            using (var archive = new ZipArchive(zip, ZipArchiveMode.Create, leaveOpen: true))
+                foreach (var file in Directory.GetFiles(folder))
+                    await archive.CreateEntryFromFileAsync(file, Path.GetFileName(file), CompressionLevel.Fastest, cancel);
+            return TypedResults.File(zip.ToArray(), "application/zip", $"{model.Replace(':', '_')}.zip");
+        }
+        catch (NotSupportedException e)
+        {
+            return OpenAiErrors.BadRequest($"{model} cannot be exported merged: {e.Message}.", "model", "not_mergeable");
+        }
+        finally
+        {
+            Directory.Delete(temp, recursive: true);
+        }
+    }
+
+    /// <summary>Writes the base with the adapter folded into its weights (and the base's other files, such as the tokenizer) into <paramref name="output"/>.</summary>
+    static void MergeInto(string baseFolder, string adapterFolder, string output)
+    {
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        using var model = ModelFolder.Load(baseFolder);
+        using var adapter = TrainableAdapter.Create(model, AdapterConfig.Load(adapterFolder));
+        adapter.LoadWeights(adapterFolder);
+        adapter.Attach(model);
+        adapter.Merge(model);
+        if (model.LinearLayers().Any(l => l.Layer.Adapter is not null) || model.NormLayers().Any(n => n.Layer.Adapter is not null))
+            throw new NotSupportedException("its shifts have no bias to go into in this model");
+        ModelFolder.Save(model, output);
+        foreach (var file in Directory.GetFiles(baseFolder).Where(f => !File.Exists(Path.Combine(output, Path.GetFileName(f)))))
+            File.Copy(file, Path.Combine(output, Path.GetFileName(file)));
     }
 
     static async Task<Results<Ok<ModelDto>, JsonHttpResult<ErrorResponse>>> GetModel(string model, ServiceDbContext db, CancellationToken cancel) =>

@@ -59,6 +59,21 @@ public sealed class LoraAdapter : TrainableAdapter
             }
     }
 
+    /// <summary>W ← W + s·B A (LoRA), or W ← m ⊙ (W + s·B A) / ‖W + s·B A‖ (DoRA); the layers' slots are emptied.</summary>
+    public override void Merge(nn.Module model)
+    {
+        var slots = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        foreach (var (path, w) in Weights())
+        {
+            var layer = slots[path];
+            var adapted = layer.weight + w.B.matmul(w.A) * w.Scaling;                             // [out, in]
+            layer.weight.copy_(w.Magnitude is { } m ? adapted * (m / adapted.norm(1)).unsqueeze(1) : adapted);
+            layer.Adapter = null;
+        }
+    }
+
     /// <summary>Reads a PEFT LoRA/DoRA folder's weights as served, checked against the base model's layers (path, in, out).</summary>
     public static Dictionary<string, LoraWeights> LoadServed(LoraConfig config, Dictionary<string, Tensor> tensors,
         IReadOnlyDictionary<string, (long In, long Out)> layers)

@@ -134,7 +134,7 @@ public sealed class RlrrAdapter : TrainableAdapter
     /// weight and bias (w ← (1 + s) ⊙ w, b ← (1 + s) ⊙ b + f). The adapter's own layers are
     /// taken out of the slots, so the model then runs as a plain base model with new weights.
     /// </summary>
-    public void Merge(nn.Module model) => Fold(model, undo: false);
+    public override void Merge(nn.Module model) => Fold(model, undo: false);
 
     /// <summary>Undoes <see cref="Merge"/>: W ← W / (1 + S_left S_rightᵀ), b ← b − f (norms: w ← w / (1 + s), b ← (b − f) / (1 + s)).</summary>
     public void Unmerge(nn.Module model) => Fold(model, undo: true);

@@ -73,6 +73,13 @@ public abstract class TrainableAdapter : IDisposable
         }
     }
 
+    /// <summary>
+    /// Folds the adapter into the model's weights, so the model alone computes what model + adapter did (for exporting
+    /// a merged model); throws <see cref="NotSupportedException"/> for methods whose update depends on the input.
+    /// </summary>
+    public virtual void Merge(nn.Module model) =>
+        throw new NotSupportedException($"{Config.Method} adapters cannot be merged into the weights: their update depends on the input");
+
     /// <summary>A term the method adds to the training loss (MixLoRA's load balance), or null.</summary>
     public virtual Tensor? AuxiliaryLoss() => null;
 

@@ -37,12 +37,18 @@ public sealed class HfTokenizer : ITextTokenizer
         EosIds = Chat is { } format && specialTokens.TryGetValue(ChatTemplate.EndToken(format), out int end) ? [.. eosIds.Append(end).Distinct()] : eosIds;
     }
 
-    public List<int> EncodeCompletionPrompt(string prompt) => [.. Encode(prompt, addBos: true)];
+    /// <summary>
+    /// Whether sequences start with the begin id: when it is a token of its own (Llama 3's &lt;|begin_of_text|&gt;), not when
+    /// it doubles as the end id (GPT-2's &lt;|endoftext|&gt;, which GPT-2's tokenizer never prepends).
+    /// </summary>
+    bool AddsBos => BosId is { } bos && !EosIds.Contains(bos);
+
+    public List<int> EncodeCompletionPrompt(string prompt) => [.. Encode(prompt, addBos: AddsBos)];
 
     public List<int> EncodeChatPrompt(IEnumerable<(string Role, string Content)> messages)
     {
         var format = Chat ?? throw new NotSupportedException("this model's tokenizer has no chat format (ChatML or Llama 3); use completions");
-        return [.. Encode(ChatTemplate.Render(messages.Select(m => new ChatTurn(m.Role, m.Content)), format), addBos: format == ChatFormat.ChatML)];
+        return [.. Encode(ChatTemplate.Render(messages.Select(m => new ChatTurn(m.Role, m.Content)), format), addBos: format == ChatFormat.ChatML && AddsBos)];
     }
 
     /// <summary>Chat examples in the model's chat format, the loss on the assistant turns marked for training and their end of turn; completions as prompt + completion + end.</summary>
@@ -55,7 +61,7 @@ public sealed class HfTokenizer : ITextTokenizer
         {
             case ChatExample chat:
                 var format = Chat ?? throw new NotSupportedException("this model's tokenizer has no chat format (ChatML or Llama 3); train it on prompt/completion examples");
-                if (format == ChatFormat.ChatML && BosId is { } chatBos) { ids.Add(chatBos); train.Add(false); }
+                if (format == ChatFormat.ChatML && AddsBos) { ids.Add(BosId!.Value); train.Add(false); }
                 Add(ChatTemplate.Start(format), false);
                 foreach (var m in chat.Messages)
                 {
@@ -64,7 +70,7 @@ public sealed class HfTokenizer : ITextTokenizer
                 }
                 break;
             case CompletionExample c:
-                if (BosId is { } bos) { ids.Add(bos); train.Add(false); }
+                if (AddsBos) { ids.Add(BosId!.Value); train.Add(false); }
                 Add(c.Prompt, false);
                 Add(c.Completion, true);
                 if (EosIds is [var eos, ..]) { ids.Add(eos); train.Add(true); }

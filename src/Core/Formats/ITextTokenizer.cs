@@ -26,9 +26,12 @@ public interface ITextTokenizer
 
 public static class TextTokenizers
 {
+    // Base model folders never change once stored, so each one's tokenizer is read once.
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<ITextTokenizer>> Loaded = new();
+
     /// <summary>The tokenizer of a model folder: its Hugging Face tokenizer files, or the byte tokenizer of the built-in models.</summary>
-    public static ITextTokenizer ForModel(string folder) =>
-        File.Exists(Path.Combine(folder, HfTokenizer.TokenizerFile)) || File.Exists(Path.Combine(folder, HfTokenizer.VocabFile))
-            ? HfTokenizer.Load(folder)
-            : new ByteTokenizer();
+    public static ITextTokenizer ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ITextTokenizer>(() =>
+        File.Exists(Path.Combine(f, HfTokenizer.TokenizerFile)) || File.Exists(Path.Combine(f, HfTokenizer.VocabFile))
+            ? HfTokenizer.Load(f)
+            : new ByteTokenizer())).Value;
 }

@@ -89,6 +89,37 @@ public sealed class HfTokenizerTests : IDisposable
         Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text)));
     }
 
+    /// <summary>Generated tokens are streamed as bytes: a character split across tokens comes out whole once they are joined.</summary>
+    [Fact]
+    public void TokenBytesJoinToTheTextsUtf8()
+    {
+        WriteGpt2Files();
+        ITextTokenizer tokenizer = HfTokenizer.Load(dir);
+        const string text = "héllo wörld 🙂 123";
+        var ids = ((HfTokenizer)tokenizer).Encode(text);
+        Assert.Equal(System.Text.Encoding.UTF8.GetBytes(text), ids.SelectMany(tokenizer.TokenBytes).ToArray());
+        Assert.Empty(tokenizer.TokenBytes(300));                                                    // <|endoftext|> prints nothing
+        // GPT-2's begin id is its end id: never prepended (as its tokenizer does not).
+        Assert.Equal([Id("hello")], tokenizer.EncodeCompletionPrompt("hello"));
+        Assert.Throws<NotSupportedException>(() => tokenizer.EncodeChatPrompt([("user", "hi")]));   // no chat format
+    }
+
+    /// <summary>Chat examples in the Llama 3 format: the loss on the assistant's content and its end of turn only; the end of turn also ends generation.</summary>
+    [Fact]
+    public void ChatExamplesTrainOnTheAssistantTurnsOnly()
+    {
+        WriteLlama3TokenizerJson();
+        ITextTokenizer tokenizer = HfTokenizer.Load(dir);
+        var example = new AdapterService.Core.Data.ChatExample(1, [new("user", "hello", false), new("assistant", "world", true)]);
+        var (ids, train) = tokenizer.EncodeExample(example);
+        var hf = (HfTokenizer)tokenizer;
+        Assert.Equal(hf.Encode("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nworld<|eot_id|>"), ids);
+        Assert.Equal([Id("w"), Id("o"), Id("r"), Id("l"), Id("d"), 304], ids.Where((_, i) => train[i]));
+        Assert.Contains(304, tokenizer.EosIds);
+        Assert.Equal(hf.Encode("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+            tokenizer.EncodeChatPrompt([("user", "hello")]));
+    }
+
     [Fact]
     public void ALlama3TokenizerJsonSplitsDigitsInThreesAndKeepsSpecialTokensWhole()
     {

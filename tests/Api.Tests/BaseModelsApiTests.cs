@@ -1,0 +1,90 @@
+using System.Net.Http.Json;
+using System.Text.Json;
+using AdapterService.Core.Models;
+using AdapterService.Core.Torch;
+
+namespace AdapterService.Api.Tests;
+
+/// <summary>A Hugging Face GPT-2 folder (weights, config, byte-level BPE vocab) registered as a base, served, fine-tuned.</summary>
+[Collection(ServiceCollection.Name)]
+public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
+{
+    readonly HttpClient client = factory.CreateClient();
+    readonly TempFolder folder = new("hf-gpt2-");
+
+    public void Dispose() => folder.Dispose();
+
+    /// <summary>A tiny random GPT-2 in Hugging Face layout whose tokenizer is GPT-2's byte-level alphabet (no merges) and &lt;|endoftext|&gt;.</summary>
+    string WriteGpt2(string name)
+    {
+        TorchRuntime.EnsureReady();
+        var path = Directory.CreateDirectory(Path.Combine(folder.FullName, name)).FullName;
+        var config = new Gpt2Config { VocabSize = 257, NEmbd = 64, NHead = 4, NLayer = 2, NPositions = 128, BosTokenId = 256, EosTokenIds = [256] };
+        using (var model = BuiltinModels.RandomModel(config, seed: 3)) ModelFolder.Save(model, path);
+        var printable = Enumerable.Range('!', '~' - '!' + 1).Concat(Enumerable.Range('¡', '¬' - '¡' + 1)).Concat(Enumerable.Range('®', 'ÿ' - '®' + 1)).ToHashSet();
+        var vocab = new Dictionary<string, int>();
+        int next = 0;
+        for (int b = 0; b < 256; b++) vocab[((char)(printable.Contains(b) ? b : 256 + next++)).ToString()] = b;
+        vocab["<|endoftext|>"] = 256;
+        File.WriteAllText(Path.Combine(path, "vocab.json"), JsonSerializer.Serialize(vocab));
+        File.WriteAllText(Path.Combine(path, "merges.txt"), "#version: 0.2\n");
+        return path;
+    }
+
+    [Fact]
+    public async Task AHuggingFaceFolderRegistersServesAndFineTunes()
+    {
+        var path = WriteGpt2("gpt2");
+        var imported = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "tiny-gpt2" }));
+        Assert.Equal(("gpt2", "byte-level BPE", 128), ((string?)imported["family"], (string?)imported["tokenizer"], (int)imported["context_length"]!));
+        long expected = 257 * 64 + 128 * 64 + 2 * (2 * 2 * 64 + 64 * 192 + 192 + 64 * 64 + 64 + 64 * 256 + 256 + 256 * 64 + 64) + 2 * 64;   // wte, wpe, blocks, ln_f
+        Assert.Equal(expected, (long)imported["parameter_count"]!);
+        var models = await Api.JsonAsync(await client.GetAsync("/v1/models"));
+        Assert.Contains(models["data"]!.AsArray(), m => (string?)m!["id"] == "tiny-gpt2");
+
+        var completion = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = "tiny-gpt2", prompt = "Hello", max_tokens = 4, temperature = 0 }));
+        Assert.Equal(5, (int)completion["usage"]!["prompt_tokens"]!);   // one token per byte with this vocabulary
+        // It has no chat format, so chat is refused clearly rather than answered in a format it never saw.
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/chat/completions",
+            new { model = "tiny-gpt2", messages = new[] { new { role = "user", content = "Hi" } } }), 400, "model");
+
+        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(JsonSerializer.Serialize(new { prompt = "Sky:", completion = " blue" }), 10));
+        var job = await Api.CreateJobAsync(client, new { model = "tiny-gpt2", training_file = fileId, seed = 2, hyperparameters = new { n_epochs = 15, batch_size = 2 } });
+        var finished = await Api.WaitForFinishAsync(client, (string)job["id"]!);
+        Assert.Equal("succeeded", (string?)finished["status"]);
+        var tuned = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = (string)finished["fine_tuned_model"]!, prompt = "Sky:", max_tokens = 8, temperature = 0 }));
+        Assert.Equal(" blue", (string?)tuned["choices"]![0]!["text"]);
+        Assert.Equal("stop", (string?)tuned["choices"]![0]!["finish_reason"]);   // it learned to end with <|endoftext|>
+
+        // Exported with the adapter merged into the weights, the folder imports as a base that answers as the fine-tuned model.
+        var zip = await client.GetByteArrayAsync($"/v1/models/{(string)finished["fine_tuned_model"]!}/export");
+        var merged = Directory.CreateDirectory(Path.Combine(folder.FullName, "merged")).FullName;
+        System.IO.Compression.ZipFile.ExtractToDirectory(new MemoryStream(zip), merged);
+        Assert.True(File.Exists(Path.Combine(merged, "vocab.json")));
+        await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path = merged, id = "tiny-gpt2-merged" }));
+        var alone = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = "tiny-gpt2-merged", prompt = "Sky:", max_tokens = 8, temperature = 0 }));
+        Assert.Equal(" blue", (string?)alone["choices"]![0]!["text"]);
+
+        // A base in use is not deleted; errors name what is wrong.
+        await Api.AssertErrorAsync(await client.DeleteAsync("/v1/base_models/tiny-gpt2"), 409, "id");
+        await Api.AssertErrorAsync(await client.DeleteAsync("/v1/base_models/tiny-llama-demo"), 400, "id");
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "tiny-gpt2" }), 409, "id");
+    }
+
+    [Fact]
+    public async Task BrokenFoldersAreRefusedAndNothingIsStored()
+    {
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path = "/no/such/folder", id = "x" }), 400, "path");
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path = folder.FullName, id = "../escape" }), 400, "id");
+
+        var path = WriteGpt2("broken");
+        var weights = Path.Combine(path, ModelFolder.WeightsFile);
+        File.WriteAllBytes(weights, File.ReadAllBytes(weights)[..^100]);   // truncated
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "broken-gpt2" }), 400, "path");
+        var untokenized = WriteGpt2("no-tokenizer");
+        File.Delete(Path.Combine(untokenized, "vocab.json"));
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path = untokenized, id = "no-tokenizer" }), 400, "path");
+        await Api.AssertErrorAsync(await client.GetAsync("/v1/base_models/broken-gpt2"), 404, "id");
+        Assert.False(Directory.Exists(Path.Combine(factory.DataDirectory, "blobs", "models", "broken-gpt2")));
+    }
+}

@@ -183,7 +183,6 @@ public sealed class AdapterMethodsApiTests(ServiceFactory factory)
             (new { type = "lily", router_mean = "token" }, "adapter.router_mean"),
             (new { type = "rlrr", rank = 65 }, "adapter.rank"),
             (new { type = "mixlora", num_experts = 4, top_k = 5 }, "adapter.top_k"),
-            (new { type = "mixlora", target_modules = new[] { "up_proj" } }, "adapter.target_modules"),
         })
             await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/fine_tuning/jobs",
                 new { model = "tiny-llama-demo", training_file = fileId, adapter }), 400, param);

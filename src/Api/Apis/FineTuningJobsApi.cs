@@ -247,8 +247,8 @@ public static partial class FineTuningJobsApi
         // better than PEFT's q_proj/v_proj default. Stored as the module names, as PEFT writes it.
         string[] allLinear = TargetModules.Match(baseConfig.LinearPaths(), ["all-linear"])
             .Select(p => p.Split('.')[^1]).Distinct().Order().ToArray();
-        // MixLoRA's experts adapt the feed-forward blocks; its target_modules are the attention layers that get plain LoRA.
-        string[]? targets = type == "mixlora" ? allLinear.Where(t => !t.EndsWith("_proj") || t is "q_proj" or "k_proj" or "v_proj" or "o_proj").ToArray() : allLinear;
+        // MixLoRA's experts adapt the feed-forward networks; its target_modules are the attention layers that get plain LoRA.
+        string[]? targets = type == "mixlora" ? allLinear.Intersect(["q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "query", "key", "value"]).ToArray() : allLinear;
         if (request?.TargetModules is { } requested)
         {
             targets = requested.ValueKind switch
@@ -298,8 +298,6 @@ public static partial class FineTuningJobsApi
             },
         };
         if (problem is null && type == "rlrr" && request?.Rank > 64) problem = "adapter.rank must be between 1 and 64 for rlrr.";
-        if (problem is null && config is MixLoraConfig && config.TargetModules.Any(t => t is "gate_proj" or "up_proj" or "down_proj"))
-            problem = "adapter.target_modules of mixlora are attention layers; its experts adapt the feed-forward blocks already.";
         if (problem is null && config.TargetModules.Count > 0)
         {
             try { TargetModules.Match(baseConfig.LinearPaths(), config.TargetModules); }

@@ -34,29 +34,27 @@ public sealed record MixLoraConfig : AdapterConfig
     }
 }
 
-/// <summary>One expert's LoRA pairs on the block's three projections.</summary>
-public sealed record ExpertWeights(LoraWeights Gate, LoraWeights Up, LoraWeights Down);
-
 /// <summary>
-/// MixLoRA (paper 002's abstract; the MixLoRA design): inside each frozen SwiGLU feed-forward block, N experts that are
-/// the block itself plus their own LoRA pairs on gate, up and down; a top-k router (no bias) picks k experts per token
-/// and mixes them with its softmax weights renormalised over the k:
-/// FFN(h) = Σ_{e ∈ topk} wₑ · (W_d + s B_dₑ A_dₑ)(silu((W_g + s B_gₑ A_gₑ) h) ⊙ (W_u + s B_uₑ A_uₑ) h).
-/// The frozen W_g h and W_u h are computed once for all tokens; only W_d runs per expert, on its tokens. With every
-/// B zero the block equals the base (the weights sum to 1). The auxiliary load-balance loss is Mixtral's/Switch's:
+/// MixLoRA (paper 002's abstract; the MixLoRA design): inside each frozen feed-forward network, N experts that are the
+/// network itself plus their own LoRA pairs on its projections (Llama's gate, up, down; GPT-2's c_fc, c_proj; ViT's
+/// intermediate and output dense); a top-k router (no bias) picks k experts per token and mixes them with its softmax
+/// weights renormalised over the k:
+/// FFN(h) = Σ_{e ∈ topk} wₑ · FFNₑ(h), FFNₑ the network with every projection W + s Bₑ Aₑ.
+/// Each expert runs the network on the tokens routed to it (k passes over the tokens in all). With every B zero the
+/// block equals the base (the weights sum to 1). The auxiliary load-balance loss is Mixtral's/Switch's:
 /// coef · N · Σₑ fₑ · Pₑ, fₑ the share of routed token slots that went to e, Pₑ the mean router probability of e.
 /// </summary>
 public static class MixLora
 {
     /// <param name="x">Block inputs [.., hidden].</param>
-    /// <param name="mlp">The frozen block (its weights are read directly, bypassing any slot).</param>
+    /// <param name="block">The frozen network (its weights are read directly, bypassing any slot).</param>
     /// <param name="router">[N, hidden].</param>
-    /// <param name="experts">N experts' LoRA pairs.</param>
+    /// <param name="experts">N experts' LoRA pairs by projection name.</param>
     /// <param name="topK">k.</param>
     /// <param name="dropout">Applied to each LoRA path's input.</param>
     /// <param name="probabilities">Router softmax [tokens, N], for the load-balance loss.</param>
     /// <param name="chosen">The k experts per token [tokens, k].</param>
-    public static Tensor Forward(Tensor x, LlamaMlp mlp, Tensor router, IReadOnlyList<ExpertWeights> experts, int topK,
+    public static Tensor Forward(Tensor x, IFeedForward block, Tensor router, IReadOnlyList<IReadOnlyDictionary<string, LoraWeights>> experts, int topK,
         Func<Tensor, Tensor> dropout, out Tensor probabilities, out Tensor chosen)
     {
         var shape = x.shape;
@@ -65,8 +63,6 @@ public static class MixLora
         var (top, index) = probabilities.topk(topK, -1);                                     // [T, k] each
         var weights = top / top.sum(-1, keepdim: true);                                      // renormalised over the k
         chosen = index;
-        var gate = nn.functional.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias);         // W_g h once [T, ffn]
-        var up = nn.functional.linear(h, mlp.up_proj.weight, mlp.up_proj.bias);               // W_u h once [T, ffn]
         var output = zeros_like(h);                                                          // [T, hidden]
         var hits = index.cpu().data<long>().ToArray();
         for (int e = 0; e < experts.Count; e++)
@@ -76,13 +72,10 @@ public static class MixLora
             var slot = tensor(positions.Select(i => (long)i).ToArray());                     // flat [T·k] positions
             var tokens = slot.div(topK, rounding_mode: RoundingMode.floor);                  // [n_e]
             var w = weights.view(-1).index_select(0, slot).unsqueeze(1);                     // [n_e, 1]
-            var he = h.index_select(0, tokens);                                              // [n_e, hidden]
-            var (g, u, d) = (experts[e].Gate, experts[e].Up, experts[e].Down);
-            var ge = gate.index_select(0, tokens) + Delta(dropout(he), g);                   // (W_g + s B A) h [n_e, ffn]
-            var ue = up.index_select(0, tokens) + Delta(dropout(he), u);                     // (W_u + s B A) h [n_e, ffn]
-            var act = nn.functional.silu(ge) * ue;                                           // [n_e, ffn]
-            var de = nn.functional.linear(act, mlp.down_proj.weight, mlp.down_proj.bias) + Delta(dropout(act), d);   // [n_e, hidden]
-            output = output.index_add(0, tokens, de * w, 1);
+            var expert = experts[e];
+            var outputs = block.Compute(h.index_select(0, tokens), (name, layer, input) =>   // (W + s Bₑ Aₑ) input
+                FeedForwards.Frozen(layer, input) + Delta(dropout(input), expert[name]));
+            output = output.index_add(0, tokens, outputs * w, 1);                            // [T, hidden]
         }
         return output.view(shape);
     }
@@ -101,13 +94,16 @@ public static class MixLora
         nn.functional.one_hot(chosen.view(-1), experts).to_type(ScalarType.Float32).mean([0]);
 }
 
-/// <summary>MixLoRA in one feed-forward block: the router and the experts' LoRA layers (keys <c>experts.{e}.gate_proj.lora_A.weight</c> …).</summary>
+/// <summary>MixLoRA in one feed-forward block: the router and the experts' LoRA layers (keys <c>experts.{e}.{projection}.lora_A.weight</c> …).</summary>
 public sealed class MixLoraBlock : nn.Module<Tensor, Tensor>, IFeedForwardAdapter, IDropoutLayer
 {
     public readonly Linear mixlora_router;
-    public readonly ModuleList<ModuleDict<LoraLayer>> experts;
+    /// <summary>Per expert, one LoRA layer per projection of the block, in <see cref="Projections"/> order.</summary>
+    public readonly ModuleList<ModuleList<LoraLayer>> experts;
     readonly MixLoraConfig config;
-    static readonly string[] Projections = ["gate_proj", "up_proj", "down_proj"];
+
+    /// <summary>The block's projection names (<c>gate_proj</c> …, or ViT's <c>intermediate.dense</c> …).</summary>
+    public IReadOnlyList<string> Projections { get; }
 
     public Generator? DropoutGenerator { get; set; }
     /// <summary>This block's share of the last training forward's load-balance loss.</summary>
@@ -115,30 +111,27 @@ public sealed class MixLoraBlock : nn.Module<Tensor, Tensor>, IFeedForwardAdapte
     /// <summary>Share of routed token slots per expert in the last forward [N].</summary>
     public Tensor? LastLoad { get; private set; }
 
-    public MixLoraBlock(LlamaMlp mlp, MixLoraConfig config, Generator? init) : base(nameof(MixLoraBlock))
+    public MixLoraBlock(IFeedForward block, MixLoraConfig config, Generator? init) : base(nameof(MixLoraBlock))
     {
         this.config = config;
-        long hidden = mlp.gate_proj.InFeatures, ffn = mlp.gate_proj.OutFeatures;
-        mixlora_router = nn.Linear(hidden, config.NumExperts, hasBias: false);
+        Projections = block.Projections.Select(p => p.Name).ToList();
+        mixlora_router = nn.Linear(block.Projections[0].Layer.InFeatures, config.NumExperts, hasBias: false);
         using (no_grad()) mixlora_router.weight!.normal_(0, config.RouterInitRange, init);
-        experts = new ModuleList<ModuleDict<LoraLayer>>(Enumerable.Range(0, config.NumExperts).Select(_ =>
-        {
-            var dict = new ModuleDict<LoraLayer>();
-            dict.Add(("gate_proj", new LoraLayer(hidden, ffn, config.Lora, init)));
-            dict.Add(("up_proj", new LoraLayer(hidden, ffn, config.Lora, init)));
-            dict.Add(("down_proj", new LoraLayer(ffn, hidden, config.Lora, init)));
-            return dict;
-        }).ToArray());
+        experts = new ModuleList<ModuleList<LoraLayer>>(Enumerable.Range(0, config.NumExperts).Select(_ => new ModuleList<LoraLayer>(
+            block.Projections.Select(p => new LoraLayer(p.Layer.InFeatures, p.Layer.OutFeatures, config.Lora, init)).ToArray())).ToArray());
         RegisterComponents();
         eval();
     }
 
+    /// <summary>Expert <paramref name="e"/>'s LoRA layer on projection <paramref name="name"/>.</summary>
+    public LoraLayer Expert(int e, string name) => experts[e][Projections.ToList().IndexOf(name)];
+
     public override Tensor forward(Tensor x) => throw new NotSupportedException("MixLoRA replaces a feed-forward block: call Forward(x, mlp)");
 
-    public Tensor Forward(Tensor x, LlamaMlp mlp)
+    public Tensor Forward(Tensor x, IFeedForward block)
     {
-        var weights = experts.Select(e => new ExpertWeights(e["gate_proj"].Weights(), e["up_proj"].Weights(), e["down_proj"].Weights())).ToList();
-        var output = MixLora.Forward(x, mlp, mixlora_router.weight!, weights, config.TopK,
+        var weights = experts.Select(e => (IReadOnlyDictionary<string, LoraWeights>)Projections.Zip(e).ToDictionary(p => p.First, p => p.Second.Weights())).ToList();
+        var output = MixLora.Forward(x, block, mixlora_router.weight!, weights, config.TopK,
             t => SeededDropout.Apply(t, config.Dropout, training, DropoutGenerator), out var probabilities, out var chosen);
         LastLoad?.Dispose();
         LastLoad = MixLora.Load(chosen, config.NumExperts).DetachFromDisposeScope();
@@ -150,10 +143,10 @@ public sealed class MixLoraBlock : nn.Module<Tensor, Tensor>, IFeedForwardAdapte
     {
         yield return ($"{path}.mixlora_router.weight", mixlora_router.weight!);
         for (int e = 0; e < experts.Count; e++)
-            foreach (var name in Projections)
+            foreach (var (name, lora) in Projections.Zip(experts[e]))
             {
-                yield return ($"{path}.experts.{e}.{name}.lora_A.weight", experts[e][name].lora_A.weight!);
-                yield return ($"{path}.experts.{e}.{name}.lora_B.weight", experts[e][name].lora_B.weight!);
+                yield return ($"{path}.experts.{e}.{name}.lora_A.weight", lora.lora_A.weight!);
+                yield return ($"{path}.experts.{e}.{name}.lora_B.weight", lora.lora_B.weight!);
             }
     }
 
@@ -161,11 +154,11 @@ public sealed class MixLoraBlock : nn.Module<Tensor, Tensor>, IFeedForwardAdapte
     {
         base.train(on);
         foreach (var e in experts)
-            foreach (var name in Projections) e[name].DropoutGenerator = DropoutGenerator;
+            foreach (var lora in e) lora.DropoutGenerator = DropoutGenerator;
     }
 }
 
-/// <summary>A MixLoRA adapter: a <see cref="MixLoraBlock"/> in every Llama feed-forward block, plus plain LoRA on <c>target_modules</c>.</summary>
+/// <summary>A MixLoRA adapter: a <see cref="MixLoraBlock"/> in every feed-forward network of the model, plus plain LoRA on <c>target_modules</c>.</summary>
 public sealed class MixLoraAdapter : TrainableAdapter
 {
     readonly MixLoraConfig config;
@@ -178,22 +171,21 @@ public sealed class MixLoraAdapter : TrainableAdapter
 
     public static MixLoraAdapter Create(nn.Module model, MixLoraConfig config, Generator? init)
     {
-        var blocks = model.named_modules().Where(m => m.module is LlamaMlp).ToList();
-        if (blocks.Count == 0) throw new ArgumentException("MixLoRA needs SwiGLU feed-forward blocks (Llama-family models)");
-        var layers = blocks.ToDictionary(b => b.name, b => (nn.Module)new MixLoraBlock((LlamaMlp)b.module, config, init));
+        var blocks = model.FeedForwardBlocks().ToList();
+        if (blocks.Count == 0) throw new ArgumentException("MixLoRA needs a model with feed-forward networks");
+        var layers = blocks.ToDictionary(b => b.Path, b => (nn.Module)new MixLoraBlock(b.Block, config, init));
+        var insideBlocks = blocks.SelectMany(b => b.Block.Projections.Select(p => $"{b.Path}.{p.Name}")).ToHashSet();
+        // Layers inside the feed-forward networks are the experts' already (a name such as GPT-2's c_proj or ViT's dense
+        // also names one there): target_modules adds plain LoRA to the others only.
         if (config.TargetModules.Count > 0)
-            foreach (var t in TargetModules.Find(model, config.TargetModules))
-            {
-                if (t.Path.Contains(".mlp.", StringComparison.Ordinal))
-                    throw new ArgumentException($"target_modules: {t.Path} is inside a feed-forward block, which MixLoRA's experts adapt already");
+            foreach (var t in TargetModules.Find(model, config.TargetModules).Where(t => !insideBlocks.Contains(t.Path)))
                 layers[t.Path] = new LoraLayer(t.Layer.InFeatures, t.Layer.OutFeatures, config.Lora, init);
-            }
         return new(config, layers);
     }
 
     public override void Attach(nn.Module model)
     {
-        var blocks = model.named_modules().Where(m => m.module is LlamaMlp).ToDictionary(m => m.name, m => (LlamaMlp)m.module);
+        var blocks = model.FeedForwardBlocks().ToDictionary(b => b.Path, b => b.Block);
         var linears = model.LinearLayers().ToDictionary(l => l.Path, l => l.Layer);
         foreach (var (path, layer) in layers)
             if (layer is MixLoraBlock block) blocks[path].Adapter = block;
@@ -235,23 +227,31 @@ public sealed class MixLoraAdapter : TrainableAdapter
         {
             if (!key.EndsWith(".mixlora_router.weight", StringComparison.Ordinal)) continue;
             string path = key[..^".mixlora_router.weight".Length];
-            if (!layers.TryGetValue($"{path}.gate_proj", out var gate) || !layers.TryGetValue($"{path}.down_proj", out var down))
-                throw new InvalidDataException($"{key}: the base model has no feed-forward block {path}");
-            if (router.ndim != 2 || router.shape[0] != config.NumExperts || router.shape[1] != gate.In)
-                throw new InvalidDataException($"{key}: shape [{string.Join(",", router.shape)}], expected [{config.NumExperts},{gate.In}]");
-            var experts = new List<ExpertWeights>();
+            // The block's projections: what expert 0 has LoRA pairs for, each a linear layer of the model under the block.
+            string prefix0 = $"{path}.experts.0.";
+            var names = tensors.Keys.Where(k => k.StartsWith(prefix0, StringComparison.Ordinal) && k.EndsWith(".lora_A.weight", StringComparison.Ordinal))
+                .Select(k => k[prefix0.Length..^".lora_A.weight".Length]).ToList();
+            if (names.Count == 0) throw new InvalidDataException($"{key}: its experts are missing");
+            var shapes = names.ToDictionary(n => n, n => layers.TryGetValue($"{path}.{n}", out var l) ? l
+                : throw new InvalidDataException($"{key}: the base model has no layer {path}.{n} for its experts"));
+            // The router reads the block's input, whose size is one of its projections' inputs and its output's size.
+            if (router.ndim != 2 || router.shape[0] != config.NumExperts
+                || !shapes.Values.Any(s => s.In == router.shape[1]) || !shapes.Values.Any(s => s.Out == router.shape[1]))
+                throw new InvalidDataException($"{key}: shape [{string.Join(",", router.shape)}] does not fit {config.NumExperts} experts over the block's input");
+            var experts = new List<IReadOnlyDictionary<string, LoraWeights>>();
             for (int e = 0; e < config.NumExperts; e++)
             {
-                LoraWeights Pair(string name, long inFeatures, long outFeatures)
+                var pairs = new Dictionary<string, LoraWeights>();
+                foreach (var (name, (inFeatures, outFeatures)) in shapes)
                 {
                     string prefix = $"{path}.experts.{e}.{name}";
                     var a = tensors.GetValueOrDefault($"{prefix}.lora_A.weight") ?? throw new InvalidDataException($"{prefix}.lora_A.weight is missing");
                     var b = tensors.GetValueOrDefault($"{prefix}.lora_B.weight") ?? throw new InvalidDataException($"{prefix}.lora_B.weight is missing");
                     if (a.ndim != 2 || b.ndim != 2 || a.shape[0] != config.Rank || b.shape[1] != config.Rank || a.shape[1] != inFeatures || b.shape[0] != outFeatures)
                         throw new InvalidDataException($"{prefix}: shapes A [{string.Join(",", a.shape)}] B [{string.Join(",", b.shape)}] do not fit {inFeatures} → {outFeatures} at r = {config.Rank}");
-                    return new LoraWeights(a, b, config.Scaling);
+                    pairs[name] = new LoraWeights(a, b, config.Scaling);
                 }
-                experts.Add(new ExpertWeights(Pair("gate_proj", gate.In, gate.Out), Pair("up_proj", gate.In, gate.Out), Pair("down_proj", down.In, down.Out)));
+                experts.Add(pairs);
             }
             blocks[path] = new ServedMixLora(router, experts, config.TopK);
         }
@@ -264,11 +264,11 @@ public sealed class MixLoraAdapter : TrainableAdapter
 }
 
 /// <summary>A MixLoRA block as served: plain tensors, applied to the rows that use its adapter.</summary>
-public sealed class ServedMixLora(Tensor router, IReadOnlyList<ExpertWeights> experts, int topK) : IDisposable
+public sealed class ServedMixLora(Tensor router, IReadOnlyList<IReadOnlyDictionary<string, LoraWeights>> experts, int topK) : IDisposable
 {
-    public Tensor Forward(Tensor x, LlamaMlp mlp) => MixLora.Forward(x, mlp, router, experts, topK, t => t, out _, out _);
+    public Tensor Forward(Tensor x, IFeedForward block) => MixLora.Forward(x, block, router, experts, topK, t => t, out _, out _);
 
-    public IEnumerable<Tensor> Tensors => experts.SelectMany(e => new[] { e.Gate, e.Up, e.Down }).SelectMany(w => new[] { w.A, w.B }).Prepend(router);
+    public IEnumerable<Tensor> Tensors => experts.SelectMany(e => e.Values).SelectMany(w => new[] { w.A, w.B }).Prepend(router);
 
     public long Bytes => Tensors.Sum(t => t.numel() * 4);
 

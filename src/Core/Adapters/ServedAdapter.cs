@@ -200,20 +200,12 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
 /// </summary>
 public sealed class RowFeedForward(List<(Tensor Rows, ServedMixLora Block)> groups) : IFeedForwardAdapter, IDisposable
 {
-    public Tensor Forward(Tensor x, LlamaMlp mlp)                                             // x [rows, seq, hidden]
+    public Tensor Forward(Tensor x, IFeedForward block)                                      // x [rows, seq, hidden]
     {
-        mlp.Adapter = null;
-        try
-        {
-            var result = mlp.forward(x);
-            foreach (var (rows, block) in groups)
-                result = result.index_copy(0, rows, block.Forward(x.index_select(0, rows), mlp));
-            return result;
-        }
-        finally
-        {
-            mlp.Adapter = this;
-        }
+        var result = block.Compute(x, (_, layer, input) => layer.forward(input));              // as usual, with the projections' own row adapters
+        foreach (var (rows, served) in groups)
+            result = result.index_copy(0, rows, served.Forward(x.index_select(0, rows), block));
+        return result;
     }
 
     /// <summary>The block adapter for <paramref name="rows"/> at block <paramref name="path"/>, or null when no row replaces it.</summary>

@@ -55,7 +55,7 @@ public abstract class TrainableAdapter : IDisposable
     public static void Detach(nn.Module model)
     {
         foreach (var (_, set) in Slots(model)) set(null);
-        foreach (var mlp in model.modules().OfType<LlamaMlp>()) mlp.Adapter = null;
+        foreach (var (_, block) in model.FeedForwardBlocks()) block.Adapter = null;
     }
 
     /// <summary>The distinct trainable parameters (a tensor shared by several layers counts once).</summary>

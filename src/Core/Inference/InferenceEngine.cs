@@ -382,10 +382,10 @@ public sealed class InferenceEngine : IDisposable
             layer.Adapter = rowAdapter;
             set.Layers.Add(rowAdapter);
         }
-        foreach (var (path, module) in batch.Model.named_modules())
-            if (module is LlamaMlp mlp && RowFeedForward.For(path, adapters) is { } block)
+        foreach (var (path, feedForward) in batch.Model.FeedForwardBlocks())
+            if (RowFeedForward.For(path, adapters) is { } block)
             {
-                mlp.Adapter = block;
+                feedForward.Adapter = block;
                 set.Blocks.Add(block);
             }
         foreach (var (path, norm) in batch.Model.NormLayers())

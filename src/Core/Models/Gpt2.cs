@@ -201,10 +201,16 @@ public sealed class GPT2Attention : nn.Module<Tensor, Tensor>
     }
 }
 
-public sealed class GPT2MLP : nn.Module<Tensor, Tensor>
+public sealed class GPT2MLP : nn.Module<Tensor, Tensor>, IFeedForward
 {
     public readonly AdaptableLinear c_fc, c_proj;
     readonly Func<Tensor, Tensor> act;
+
+    public IFeedForwardAdapter? Adapter { get; set; }
+    public IReadOnlyList<(string Name, AdaptableLinear Layer)> Projections => [("c_fc", c_fc), ("c_proj", c_proj)];
+
+    public Tensor Compute(Tensor x, Func<string, AdaptableLinear, Tensor, Tensor> project) =>
+        project("c_proj", c_proj, act(project("c_fc", c_fc, x)));
 
     public GPT2MLP(Gpt2Config config) : base(nameof(GPT2MLP))
     {
@@ -215,5 +221,5 @@ public sealed class GPT2MLP : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => c_proj.forward(act(c_fc.forward(x)));   // [b, t, hidden]
+    public override Tensor forward(Tensor x) => Adapter?.Forward(x, this) ?? c_proj.forward(act(c_fc.forward(x)));   // [b, t, hidden]
 }

@@ -149,15 +149,8 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
     }
 }
 
-/// <summary>Something that replaces a whole feed-forward block's computation (MixLoRA's experts inside the FFN).</summary>
-public interface IFeedForwardAdapter
-{
-    /// <summary>The block's output for x [.., hidden], computed from the block's frozen layers.</summary>
-    Tensor Forward(Tensor x, LlamaMlp mlp);
-}
-
 /// <summary>SwiGLU feed-forward: down(silu(gate(x)) * up(x)), with a slot for a block-level adapter.</summary>
-public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
+public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IFeedForward
 {
     public readonly AdaptableLinear gate_proj, up_proj, down_proj;
 
@@ -170,6 +163,11 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
         down_proj = new AdaptableLinear(config.IntermediateSize, config.HiddenSize);
         RegisterComponents();
     }
+
+    public IReadOnlyList<(string Name, AdaptableLinear Layer)> Projections => [("gate_proj", gate_proj), ("up_proj", up_proj), ("down_proj", down_proj)];
+
+    public Tensor Compute(Tensor x, Func<string, AdaptableLinear, Tensor, Tensor> project) =>
+        project("down_proj", down_proj, nn.functional.silu(project("gate_proj", gate_proj, x)) * project("up_proj", up_proj, x));
 
     public override Tensor forward(Tensor x) =>
         Adapter?.Forward(x, this) ?? down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));

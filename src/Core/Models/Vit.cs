@@ -207,12 +207,19 @@ public sealed class ViTEncoder : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>A pre-norm encoder block: x + attention(LN(x)), then h + MLP(LN(h)).</summary>
-public sealed class ViTLayer : nn.Module<Tensor, Tensor>
+/// <summary>A pre-norm encoder block; its feed-forward part (intermediate.dense, the activation, output.dense) has the block-level adapter slot.</summary>
+public sealed class ViTLayer : nn.Module<Tensor, Tensor>, IFeedForward
 {
     public readonly ViTAttention attention;
     public readonly ViTIntermediate intermediate;
     public readonly ViTOutput output;
     public readonly AdaptableLayerNorm layernorm_before, layernorm_after;
+
+    public IFeedForwardAdapter? Adapter { get; set; }
+    public IReadOnlyList<(string Name, AdaptableLinear Layer)> Projections => [("intermediate.dense", intermediate.dense), ("output.dense", output.dense)];
+
+    public Tensor Compute(Tensor x, Func<string, AdaptableLinear, Tensor, Tensor> project) =>
+        project("output.dense", output.dense, intermediate.Activate(project("intermediate.dense", intermediate.dense, x)));
 
     public ViTLayer(VitConfig config) : base(nameof(ViTLayer))
     {
@@ -227,7 +234,8 @@ public sealed class ViTLayer : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         var h = x + attention.forward(layernorm_before.forward(x));                 // [b, tokens, hidden]
-        return h + output.forward(intermediate.forward(layernorm_after.forward(h)));   // [b, tokens, hidden]
+        var normed = layernorm_after.forward(h);
+        return h + (Adapter?.Forward(normed, this) ?? output.forward(intermediate.forward(normed)));   // [b, tokens, hidden]
     }
 }
 
@@ -298,6 +306,8 @@ public sealed class ViTIntermediate : nn.Module<Tensor, Tensor>
     }
 
     public override Tensor forward(Tensor x) => act(dense.forward(x));              // [b, t, intermediate]
+
+    public Tensor Activate(Tensor x) => act(x);
 }
 
 public sealed class ViTOutput : nn.Module<Tensor, Tensor>

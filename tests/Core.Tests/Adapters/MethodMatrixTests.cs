@@ -143,8 +143,7 @@ public sealed class MethodMatrixTests : IDisposable
         served.Add(null);
         var slots = Enumerable.Range(0, served.Count).Select(i => (long)i).ToList();
         var rowAdapters = model.LinearLayers().Select(l => (l.Layer, Row: new RowAdapter(l.Path, l.Layer, served, slots, null))).ToList();
-        var blocks = model.named_modules().Where(m => m.module is LlamaMlp)
-            .Select(m => (Mlp: (LlamaMlp)m.module, Block: RowFeedForward.For(m.name, served)!)).ToList();
+        var blocks = model.FeedForwardBlocks().Select(b => (Mlp: b.Block, Block: RowFeedForward.For(b.Path, served)!)).ToList();
         var norms = model.NormLayers().Select(n => (Norm: n.Layer, Row: RowNorm.For(n.Path, n.Layer.Size, served)!)).ToList();
         try
         {
@@ -201,6 +200,27 @@ public sealed class MethodMatrixTests : IDisposable
                     $"{method}: d loss / d p[{i}] is {analytic} by autograd, {numeric} by finite differences");
             }
         }
+    }
+
+    /// <summary>MixLoRA on GPT-2 (c_fc, c_proj) and ViT (intermediate and output dense) as well as Llama: at init the base, after a step not.</summary>
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("vit")]
+    public void MixLoraAdaptsEveryFamilysFeedForward(string family)
+    {
+        using var scope = NewDisposeScope();
+        ModelConfig config = family == "gpt2"
+            ? new Gpt2Config { VocabSize = 264, NEmbd = 32, NHead = 4, NLayer = 2, NPositions = 16 }
+            : new VitConfig { HiddenSize = 32, NumHiddenLayers = 2, NumAttentionHeads = 4, IntermediateSize = 64, ImageSize = 8, PatchSize = 4, NumChannels = 1 };
+        using var model = BuiltinModels.RandomModel(config, seed: 4);
+        var input = family == "gpt2" ? Ids(2, 5, seed: 1) : randn(2, 1, 8, 8);
+        var before = model.forward(input);
+        using var adapter = TrainableAdapter.Create(model, new MixLoraConfig { Rank = 2, NumExperts = 3, TargetModules = [] }, seed: 1);
+        Assert.Equal(model.FeedForwardBlocks().Count(), adapter.Layers.Count);
+        adapter.Attach(model);
+        AssertClose(before, model.forward(input), 1e-5);
+        Randomize(adapter, 3);
+        Assert.True((model.forward(input) - before).abs().max().item<float>() > 1e-3);
     }
 
     /// <summary>The papers' ViT-B/16 figures (derived in docs/METHODS.md), on ViT-B/16 built from its config with random weights.</summary>

@@ -233,7 +233,7 @@ public sealed class PaperEquationTests
         double[,] router = Matrix(block.mixlora_router.weight!), wg = Matrix(mlp.gate_proj.weight), wu = Matrix(mlp.up_proj.weight), wd = Matrix(mlp.down_proj.weight);
         double[] Apply(double[,] w, double[] v) => Enumerable.Range(0, w.GetLength(0)).Select(o => Enumerable.Range(0, v.Length).Sum(i => w[o, i] * v[i])).ToArray();
         double[] Lora(int e, string name, double[] v) =>
-            Apply(Matrix(block.experts[e][name].lora_B.weight!), Apply(Matrix(block.experts[e][name].lora_A.weight!), v)).Select(d => d * config.Scaling).ToArray();
+            Apply(Matrix(block.Expert(e, name).lora_B.weight!), Apply(Matrix(block.Expert(e, name).lora_A.weight!), v)).Select(d => d * config.Scaling).ToArray();
         var xs = Vector(x);
         int tokens = 6, hidden = Config.HiddenSize, experts = config.NumExperts;
         var expected = new double[tokens * hidden];

@@ -14,6 +14,7 @@ app.MapChatCompletionsApi();
 app.MapModelsApi();
 app.MapAdaptersApi();
 app.MapOperationsApi();
+app.MapClassifyApi();
 app.MapHub<JobsHub>("/hubs/jobs");
 app.Run();
 

@@ -31,15 +31,22 @@ public static class FashionMnist
     public static readonly IReadOnlyList<string> ClassNames =
         ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
+    /// <summary>Throws <see cref="DatasetMissingException"/>, saying which package to install, unless all four files are in <paramref name="folder"/>.</summary>
+    public static void EnsureInstalled(string folder)
+    {
+        foreach (var split in new[] { "train", "t10k" })
+        foreach (var kind in new[] { "images-idx3", "labels-idx1" })
+            if (Path.Combine(folder, $"{split}-{kind}-ubyte.gz") is var path && !File.Exists(path))
+                throw new DatasetMissingException(
+                    $"Fashion-MNIST is not installed: {path} does not exist. Install Debian's package with 'apt-get install dataset-fashion-mnist'.");
+    }
+
     /// <summary>The "train" (60,000) or "t10k" (10,000) split from <paramref name="folder"/>.</summary>
     public static LabelledImages Load(string split, string? folder = null)
     {
         folder ??= DefaultFolder;
+        EnsureInstalled(folder);
         string images = Path.Combine(folder, $"{split}-images-idx3-ubyte.gz"), labels = Path.Combine(folder, $"{split}-labels-idx1-ubyte.gz");
-        foreach (var path in new[] { images, labels })
-            if (!File.Exists(path))
-                throw new DatasetMissingException(
-                    $"Fashion-MNIST is not installed: {path} does not exist. Install Debian's package with 'apt-get install dataset-fashion-mnist'.");
         var x = Idx.Read(images);
         var y = Idx.Read(labels);
         if (x.Shape.Length != 3 || y.Shape.Length != 1 || x.Count != y.Count)

@@ -13,7 +13,7 @@ public static class ImageData
     /// </summary>
     public static IReadOnlyList<string>? NewLabels(TrainingFile file, VitConfig baseConfig)
     {
-        var labels = file.Examples.Cast<ImageExample>().Select(e => e.Label).Distinct().Order(StringComparer.Ordinal).ToList();
+        var labels = file.Examples.OfType<ImageExample>().Select(e => e.Label).Distinct().Order(StringComparer.Ordinal).ToList();
         return labels.All(baseConfig.Labels.Contains) ? null : labels;
     }
 

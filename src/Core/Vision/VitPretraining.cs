@@ -90,12 +90,19 @@ public static class VitPretraining
         return (model, new PretrainingResult(options.Steps, train.Count, options.BatchSize, loss, test.Count, testAccuracy, clock.Elapsed.TotalSeconds));
     }
 
-    /// <summary>Loads Fashion-MNIST's classes 0-4 as <paramref name="options"/> say, pre-trains, and writes the Hugging Face folder (atomically).</summary>
-    public static PretrainingResult CreateFolder(string folder, string tempFolder, PretrainingOptions options, Action<PretrainingProgress>? progress, CancellationToken cancel)
+    /// <summary>Loads Fashion-MNIST's classes 0-4 as <paramref name="options"/> say and pre-trains on them.</summary>
+    public static (ViTForImageClassification Model, PretrainingResult Result) CreateFromDataset(
+        PretrainingOptions options, Action<PretrainingProgress>? progress = null, CancellationToken cancel = default)
     {
         var train = FashionMnist.Load("train", options.DataFolder).Where(PretrainingClasses, options.TrainImages);
         var test = FashionMnist.Load("t10k", options.DataFolder).Where(PretrainingClasses, options.TestImages);
-        var (model, result) = Train(train, test, options, progress, cancel);
+        return Train(train, test, options, progress, cancel);
+    }
+
+    /// <summary>Pre-trains as <see cref="CreateFromDataset"/> does and writes the Hugging Face folder (atomically).</summary>
+    public static PretrainingResult CreateFolder(string folder, string tempFolder, PretrainingOptions options, Action<PretrainingProgress>? progress, CancellationToken cancel)
+    {
+        var (model, result) = CreateFromDataset(options, progress, cancel);
         using (model) ModelFolder.Save(model, tempFolder);
         if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(folder))!);

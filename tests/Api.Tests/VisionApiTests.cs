@@ -118,6 +118,7 @@ public class VisionApiTests(ServiceFactory factory)
         await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/classify", new { model = Vit, input = new[] { new { image = small } } }), 400, "input[0]");
         await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/classify", new { model = "tiny-llama-demo", images = new[] { good } }), 400, "model");
         await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/classify", new { model = "ft:nope", images = new[] { good } }), 404, "model");
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/chat/completions", new { model = Vit, messages = new[] { new { role = "user", content = "hi" } } }), 400, "model");
 
         // A chat file cannot train an image classifier, and a wrongly sized image names its line.
         var chat = await Api.UploadFileAsync(client, Enumerable.Range(0, 10).Select(i => Api.ChatLine("q", "a")));

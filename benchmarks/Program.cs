@@ -2,6 +2,8 @@
 // so a shared, noisy machine moves both sides alike. Usage:
 //   dotnet run -c Release --project benchmarks [-- --quick]
 // Writes the report to stdout and to benchmarks/results/latest.md.
+//   dotnet run -c Release --project benchmarks -- --vision [--quick]
+// runs only the built-in ViT's transfer benchmark (needs dataset-fashion-mnist) and writes benchmarks/results/vision.md.
 using System.Diagnostics;
 using System.Text;
 using AdapterService.Benchmarks;
@@ -12,6 +14,16 @@ TorchRuntime.EnsureReady();
 bool quick = args.Contains("--quick");
 var report = new StringBuilder();
 void Line(string text) { Console.WriteLine(text); report.AppendLine(text); }
+
+if (args.Contains("--vision"))
+{
+    Line($"# Vision benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
+    Line("");
+    new VisionTransfer(quick).Run(Line);
+    Save("vision.md");
+    return;
+}
 
 Line($"# Serving benchmarks ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
 Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
@@ -27,6 +39,11 @@ await new CacheServing(quick).RunAsync(Line);
 Line("");
 await new Latency(quick).RunAsync(Line);
 
-var output = Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "results");
-Directory.CreateDirectory(output);
-File.WriteAllText(Path.Combine(output, "latest.md"), report.ToString());
+Save("latest.md");
+
+void Save(string name)
+{
+    var output = Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "results");
+    Directory.CreateDirectory(output);
+    File.WriteAllText(Path.Combine(output, name), report.ToString());
+}

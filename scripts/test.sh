@@ -12,6 +12,8 @@ ldconfig -p | grep -q 'libgomp.so.1' || need_apt+=(libgomp1)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# The built-in ViT is pre-trained on Fashion-MNIST from Debian's package (its tests train on a small subset).
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 # The scale-out tests run against a real PostgreSQL server.
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -50,6 +50,7 @@ public static class ApplicationServices
         services.AddHostedService<JobEventRelay>();
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
         services.AddSingleton(_ => new InferenceEngine(inference));
+        services.AddSingleton(_ => new AdapterService.Core.Vision.ImageClassifier());
         services.AddServiceStorage(builder.Configuration).AddJobQueue(builder.Configuration);
         // Service:Role "all" (default) trains in this process too; "api" leaves training to standalone workers.
         if (builder.Configuration["Service:Role"] is null or "all") services.AddFineTuningWorker(builder.Configuration);

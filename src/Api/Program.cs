@@ -16,6 +16,7 @@ v1.MapChatCompletionsApi();
 v1.MapModelsApi();
 v1.MapBaseModelsApi();
 v1.MapAdaptersApi();
+v1.MapClassifyApi();
 app.MapProjectsApi();
 app.MapOperationsApi();
 app.MapHub<JobsHub>("/hubs/jobs").RequireAuthorization(Auth.ProjectPolicy);

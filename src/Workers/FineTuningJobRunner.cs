@@ -6,6 +6,7 @@ using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Training;
+using AdapterService.Core.Vision;
 using Hangfire;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging;
@@ -61,7 +62,7 @@ public sealed class FineTuningJobRunner(
 
         // Stops training at the next step when the job is no longer running (cancelled, paused) or the host stops.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
-        LoraTrainer? trainer = null;
+        ITrainer? trainer = null;
         try
         {
             var (adapter, result) = Train(job, stop, t => trainer = t);
@@ -92,24 +93,43 @@ public sealed class FineTuningJobRunner(
         }
     }
 
-    (Adapter Adapter, TrainingResult Result) Train(FineTuningJob job, CancellationTokenSource stop, Action<LoraTrainer> started)
+    (Adapter Adapter, TrainingResult Result) Train(FineTuningJob job, CancellationTokenSource stop, Action<ITrainer> started)
     {
         var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
-        var examples = ReadData(job.TrainingFile, baseModel);
-        var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
         var config = AdapterConfig.Parse(job.AdapterConfig);
         var hp = new Hyperparameters(job.Epochs, job.BatchSize, BaseLearningRate * job.LearningRateMultiplier);
 
-        using var model = ModelFolder.Load<CausalLanguageModel>(blobs.Resolve(baseModel.BlobPath));
+        using var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath));
         using var adapter = TrainableAdapter.Create(model, config, job.Seed);
-        var trainer = new LoraTrainer(model, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
+        ITrainer trainer;
+        Func<(double Loss, double Accuracy)>? evaluate = null;
+        int exampleCount;
+        if (model is ViTForImageClassification vit)
+        {
+            // An adapter with its own labels classifies into them; otherwise into the base's.
+            var labels = config.Labels ?? vit.Config.Labels;
+            var examples = ReadImages(job.TrainingFile, vit.Config, labels);
+            var validation = job.ValidationFile is null ? null : ReadImages(job.ValidationFile, vit.Config, labels);
+            var classifier = new ClassificationTrainer(vit, adapter, examples, hp, job.Seed);
+            if (validation is not null) evaluate = () => classifier.Evaluate(validation);
+            (trainer, exampleCount) = (classifier, examples.Count);
+        }
+        else
+        {
+            var languageModel = model as CausalLanguageModel ?? throw new InvalidDataException($"{baseModel.Id} is neither a language model nor an image classifier");
+            var examples = ReadData(job.TrainingFile, baseModel);
+            var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
+            var lm = new LoraTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
+            if (validation is not null) evaluate = () => lm.Evaluate(validation);
+            (trainer, exampleCount) = (lm, examples.Count);
+        }
         started(trainer);
         if (LatestState(job.Id) is { } state)
         {
             trainer.LoadState(state);
             AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}", data: JobEventData.ForStatus(JobStatus.Running));
         }
-        else AddEvent(job.Id, $"Fine-tuning job started: {adapter.ParameterCount:N0} {config.Method} parameters, {examples.Count} examples, {trainer.TotalSteps} steps",
+        else AddEvent(job.Id, $"Fine-tuning job started: {adapter.ParameterCount:N0} {config.Method} parameters, {exampleCount} examples, {trainer.TotalSteps} steps",
             data: JobEventData.ForStatus(JobStatus.Running));
 
         // Steps redone after a crash were reported the first time already: report each step once.
@@ -127,7 +147,7 @@ public sealed class FineTuningJobRunner(
             result = trainer.Run(p =>
             {
                 bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
-                var valid = epochEnd && validation is not null ? trainer.Evaluate(validation) : ((double Loss, double Accuracy)?)null;
+                var valid = epochEnd && evaluate is not null ? evaluate() : ((double Loss, double Accuracy)?)null;
                 if (p.Step > reported) Report(job, p, valid, adapter.Statistics());
                 if (epochEnd) SaveCheckpoint(job, trainer, p, valid);
                 else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
@@ -162,6 +182,13 @@ public sealed class FineTuningJobRunner(
         return (row, result);
     }
 
+    LabelledImages ReadImages(string fileId, VitConfig config, IReadOnlyList<string> labels)
+    {
+        var file = db.Files.AsNoTracking().Single(f => f.Id == fileId);
+        using var stream = blobs.OpenRead(file.BlobPath);
+        return ImageData.Read(TrainingFile.Parse(stream), config, labels);
+    }
+
     List<TokenizedExample> ReadData(string fileId, BaseModel baseModel)
     {
         var file = db.Files.AsNoTracking().Single(f => f.Id == fileId);
@@ -172,14 +199,15 @@ public sealed class FineTuningJobRunner(
     void Report(FineTuningJob job, TrainingProgress p, (double Loss, double Accuracy)? valid, object? adapterStatistics)
     {
         var message = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.LearningRate, p.TokensPerSecond, p.EtaSeconds, valid?.Loss);
-        AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}" + (valid is { } v ? $", validation loss={v.Loss:0.0000}" : ""),
+        AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}"
+                          + (valid is { } v ? $", validation loss={v.Loss:0.0000}, validation accuracy={v.Accuracy:0.0000}" : ""),
             "metrics", JobEventData.ForMetrics(message, p.TrainAccuracy, valid?.Accuracy, adapterStatistics), step: p.Step);
         long finish = Now() + (long)Math.Ceiling(p.EtaSeconds);
         db.Jobs.Where(j => j.Id == job.Id).ExecuteUpdate(s => s.SetProperty(j => j.EstimatedFinish, finish));
     }
 
     /// <summary>At each epoch's end: the trainer state to resume from, and the adapter as a checkpoint model.</summary>
-    void SaveCheckpoint(FineTuningJob job, LoraTrainer trainer, TrainingProgress p, (double Loss, double Accuracy)? valid)
+    void SaveCheckpoint(FineTuningJob job, ITrainer trainer, TrainingProgress p, (double Loss, double Accuracy)? valid)
     {
         var state = SaveState(job.Id, trainer);
         if (db.Checkpoints.Any(c => c.JobId == job.Id && c.StepNumber == p.Step)) return;   // saved before a crash already
@@ -207,7 +235,7 @@ public sealed class FineTuningJobRunner(
     }
 
     /// <summary>Writes the trainer's state as <c>state/step-N</c> (atomically) and keeps only the newest two.</summary>
-    string SaveState(string jobId, LoraTrainer trainer)
+    string SaveState(string jobId, ITrainer trainer)
     {
         var root = blobs.Resolve(BlobPaths.TrainerStatePath(jobId));
         var folder = Path.Combine(root, $"step-{trainer.Step}");

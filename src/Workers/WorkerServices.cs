@@ -1,4 +1,5 @@
 using AdapterService.Core.Storage;
+using AdapterService.Core.Vision;
 using Hangfire;
 using Hangfire.PostgreSql;
 using Microsoft.Extensions.Configuration;
@@ -40,6 +41,8 @@ public static class WorkerServices
     public static IServiceCollection AddFineTuningWorker(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddScoped<FineTuningJobRunner>();
+        services.AddScoped<VitPretrainingJob>();
+        services.Configure<PretrainingOptions>(configuration.GetSection("Vision:Pretraining"));
         services.Configure<TrainingOptions>(configuration.GetSection("Workers"));
         services.AddHangfireServer(o =>
         {

@@ -21,6 +21,11 @@ public class ServiceFactory : WebApplicationFactory<Program>
     {
         builder.UseSetting("Service:DataDirectory", DataDirectory);
         builder.UseSetting("Logging:LogLevel:Default", "Warning");
+        // The built-in ViT pre-trained on a small subset in seconds (the default takes minutes).
+        builder.UseSetting("Vision:Pretraining:TrainImages", "1000");
+        builder.UseSetting("Vision:Pretraining:TestImages", "500");
+        builder.UseSetting("Vision:Pretraining:Steps", "150");
+        builder.UseSetting("Vision:Pretraining:BatchSize", "32");
     }
 
     /// <summary>Reads the database directly, to check what is (not) stored.</summary>

@@ -81,7 +81,7 @@ public static class FilesApi
         {
             Id = id, ProjectId = user.ProjectId()!, Filename = Path.GetFileName(upload.FileName), Purpose = purpose, Bytes = bytes, BlobPath = blobPath,
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), ExampleCount = parsed.Examples.Count,
-            Format = parsed.Format == TrainingFileFormat.Chat ? "chat" : "prompt_completion",
+            Format = parsed.FormatName,
         };
         db.Files.Add(row);
         await db.SaveChangesAsync(cancel);

@@ -9,6 +9,7 @@ using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Training;
+using AdapterService.Core.Vision;
 using AdapterService.Workers;
 using Hangfire;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -160,25 +161,43 @@ public static partial class FineTuningJobsApi
         if (request.Metadata is { } metadata && (metadata.Count > 16 || metadata.Any(p => p.Key.Length is 0 or > 64 || p.Value is null || p.Value.Length > 512)))
             return OpenAiErrors.BadRequest("metadata holds at most 16 pairs, keys of 1-64 characters and values of up to 512.", "metadata");
 
-        var config = ParseAdapter(request.Adapter, ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile)), out var adapterError);
+        var baseConfig = ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile));
+        var config = ParseAdapter(request.Adapter, baseConfig, out var adapterError);
         if (config is null) return adapterError!;
 
-        var (examples, trainingError) = await ReadDataAsync(request.TrainingFile, "training_file", baseModel, db, blobs, cancel);
-        if (examples is null) return trainingError!;
-        if (examples.Sum(e => (long)e.Ids.Length) is var tokens && tokens > projectLimits.Value.MaxTrainingTokens)
-            return OpenAiErrors.BadRequest($"Training file {request.TrainingFile} has {tokens} tokens, more than the limit of {projectLimits.Value.MaxTrainingTokens}.",
-                "training_file", "invalid_n_tokens");
-        if (examples.Count < limits.Value.MinExamples)
-            return OpenAiErrors.BadRequest($"Training file {request.TrainingFile} has {examples.Count} example(s), but must have at least {limits.Value.MinExamples}.",
-                "training_file", "invalid_n_examples");
-        if (request.ValidationFile is not null)
+        int exampleCount;
+        long fileTokens;
+        if (baseConfig is VitConfig vit)
         {
-            var (validation, validationError) = await ReadDataAsync(request.ValidationFile, "validation_file", baseModel, db, blobs, cancel);
-            if (validation is null) return validationError!;
+            var (images, imagesError) = await ReadImagesAsync(request.TrainingFile, "training_file", vit, null, db, blobs, cancel);
+            if (images is null) return imagesError!;
+            config = ImageClassifierAdapter(config, vit, ImageData.NewLabels(images.Value.File, vit), out adapterError);
+            if (config is null) return adapterError!;
+            (exampleCount, fileTokens) = (images.Value.Images.Count, images.Value.Images.Count * (vit.NumPatches + 1L));
+            if (request.ValidationFile is not null
+                && (await ReadImagesAsync(request.ValidationFile, "validation_file", vit, config.Labels, db, blobs, cancel)).Error is { } validationError)
+                return validationError;
         }
+        else
+        {
+            var (examples, trainingError) = await ReadDataAsync(request.TrainingFile, "training_file", baseModel, db, blobs, cancel);
+            if (examples is null) return trainingError!;
+            (exampleCount, fileTokens) = (examples.Count, examples.Sum(e => (long)e.Ids.Length));
+            if (request.ValidationFile is not null)
+            {
+                var (validation, validationError) = await ReadDataAsync(request.ValidationFile, "validation_file", baseModel, db, blobs, cancel);
+                if (validation is null) return validationError!;
+            }
+        }
+        if (fileTokens > projectLimits.Value.MaxTrainingTokens)
+            return OpenAiErrors.BadRequest($"Training file {request.TrainingFile} has {fileTokens} tokens, more than the limit of {projectLimits.Value.MaxTrainingTokens}.",
+                "training_file", "invalid_n_tokens");
+        if (exampleCount < limits.Value.MinExamples)
+            return OpenAiErrors.BadRequest($"Training file {request.TrainingFile} has {exampleCount} example(s), but must have at least {limits.Value.MinExamples}.",
+                "training_file", "invalid_n_examples");
 
         var hpRequest = request.Method?.Supervised?.Hyperparameters ?? request.Hyperparameters;
-        var hp = ResolveHyperparameters(hpRequest, examples.Count, out var hpError);
+        var hp = ResolveHyperparameters(hpRequest, exampleCount, out var hpError);
         if (hp is null) return hpError!;
         if (hp.EarlyStoppingPatience is { } patience && (patience is < 1 or > 50 || request.ValidationFile is null))
             return OpenAiErrors.BadRequest("hyperparameters.early_stopping_patience must be 1-50 and needs a validation_file.", "hyperparameters.early_stopping_patience");
@@ -193,7 +212,7 @@ public static partial class FineTuningJobsApi
         var job = new FineTuningJob
         {
             Id = "ftjob-" + Ids.New(), ProjectId = user.ProjectId()!, Model = baseModel.Id, TrainingFile = request.TrainingFile, ValidationFile = request.ValidationFile,
-            Status = JobStatus.Queued, TrainingFileTokens = examples.Sum(e => (long)e.Ids.Length),
+            Status = JobStatus.Queued, TrainingFileTokens = fileTokens,
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Suffix = request.Suffix, Seed = request.Seed ?? Random.Shared.Next(),
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
             AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(),
@@ -202,7 +221,7 @@ public static partial class FineTuningJobsApi
         db.JobMetadata.AddRange((request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }));
         db.JobEvents.AddRange(
             new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Created fine-tuning job: {job.Id}" },
-            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Validated training file: {job.TrainingFile} ({examples.Count} examples, {job.TrainingFileTokens} tokens)" },
+            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)" },
             new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = "Fine-tuning job queued", Data = JobEventData.ForStatus(JobStatus.Queued) });
         await db.SaveChangesAsync(cancel);
         Enqueue(queue, job.Id);
@@ -229,6 +248,57 @@ public static partial class FineTuningJobsApi
         {
             return (null, OpenAiErrors.BadRequest($"File {fileId} does not suit the model '{baseModel.Id}': {e.Message}.", param, "invalid_file"));
         }
+    }
+
+    /// <summary>
+    /// Reads a labelled-image file for a ViT base: its images checked against the model's size and, when given, every label
+    /// against <paramref name="labels"/> (a validation file's against the job's), or says what is wrong (naming the line).
+    /// </summary>
+    static async Task<((TrainingFile File, LabelledImages Images)? Value, JsonHttpResult<ErrorResponse>? Error)> ReadImagesAsync(
+        string fileId, string param, VitConfig vit, IReadOnlyList<string>? labels, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+    {
+        var file = await db.Files.AsNoTracking().SingleOrDefaultAsync(f => f.Id == fileId, cancel);
+        if (file is null) return (null, OpenAiErrors.BadRequest($"File {fileId} does not exist.", param, "file_not_found"));
+        if (file.Purpose != "fine-tune") return (null, OpenAiErrors.BadRequest($"File {fileId} has purpose '{file.Purpose}', not 'fine-tune'.", param));
+        try
+        {
+            await using var stream = blobs.OpenRead(file.BlobPath);
+            var parsed = TrainingFile.Parse(stream);
+            return ((parsed, ImageData.Read(parsed, vit, labels ?? ImageData.NewLabels(parsed, vit) ?? vit.Labels)), null);
+        }
+        catch (TrainingFileException e)
+        {
+            return (null, OpenAiErrors.BadRequest($"File {fileId} is invalid: {e.Message}", param, "invalid_file"));
+        }
+    }
+
+    /// <summary>
+    /// An image classifier's adapter: not causal (Lily's router averages over all of an image's tokens), and, when the
+    /// file's labels are not the base's, with its own classifier (so the base's is not also adapted).
+    /// </summary>
+    static AdapterConfig? ImageClassifierAdapter(AdapterConfig config, VitConfig vit, IReadOnlyList<string>? labels, out JsonHttpResult<ErrorResponse>? error)
+    {
+        error = null;
+        if (config is MixLoraConfig)
+        {
+            error = OpenAiErrors.BadRequest("adapter.type 'mixlora' adapts the feed-forward blocks of language models; ViT bases take lora, dora, lily or rlrr.", "adapter.type");
+            return null;
+        }
+        config = config with { TaskType = "SEQ_CLS" };
+        if (labels is null) return config;
+        var targets = config.TargetModules is ["all-linear"]
+            ? vit.LinearPaths().Where(p => p != "classifier").Select(p => p.Split('.')[^1]).Distinct().Order().ToList()
+            : config.TargetModules.Where(t => t != "classifier").ToList();
+        bool adaptsHead;
+        try { adaptsHead = targets.Count == 0 || TargetModules.Match(vit.LinearPaths(), targets).Contains("classifier"); }
+        catch (ArgumentException) { adaptsHead = true; }   // only the classifier matched
+        if (adaptsHead)
+        {
+            error = OpenAiErrors.BadRequest($"The training file's labels ({string.Join(", ", labels)}) are not the base's ({string.Join(", ", vit.Labels)}): " +
+                "the adapter gets a new classifier, so adapter.target_modules must name layers other than the classifier.", "adapter.target_modules");
+            return null;
+        }
+        return config with { TargetModules = targets, ModulesToSave = ["classifier"], Labels = labels };
     }
 
     static readonly string[] AdapterTypes = ["lora", "dora", "lily", "rlrr", "mixlora"];

@@ -36,6 +36,8 @@ public static class Generation
         var model = await ModelResolver.ResolveAsync(db, request.Model, cancel);
         if (model is null)
             return (null, OpenAiErrors.NotFound($"The model '{request.Model}' does not exist.", "model", "model_not_found"));
+        if (model.Base.Family == "vit")
+            return (null, OpenAiErrors.BadRequest($"The model '{request.Model}' is an image classifier; use POST /v1/classify.", "model", "model_not_supported"));
         if (request.N is not (null or 1)) return (null, OpenAiErrors.BadRequest("Only n=1 is supported.", "n"));
         if (request.Temperature is < 0 or > 2) return (null, OpenAiErrors.BadRequest("temperature must be between 0 and 2.", "temperature"));
         if (request.TopP is <= 0 or > 1) return (null, OpenAiErrors.BadRequest("top_p must be in (0, 1].", "top_p"));

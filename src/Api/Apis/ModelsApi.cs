@@ -4,6 +4,9 @@ using AdapterService.Core.Adapters;
 using AdapterService.Core.Models;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Vision;
+using AdapterService.Workers;
+using Hangfire;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 
@@ -11,6 +14,9 @@ namespace AdapterService.Api.Apis;
 
 /// <summary>OpenAI's model object; <c>parent</c> is the base of a fine-tuned model.</summary>
 public sealed record ModelDto(string Id, string Object, long Created, string OwnedBy, string? Parent, string? Description);
+
+/// <summary>A queued pre-training of a built-in base model.</summary>
+public sealed record PretrainingDto(string Id, string Object, string Status);
 
 public static class ModelsApi
 {
@@ -21,6 +27,8 @@ public static class ModelsApi
         models.MapGet("/{model}", GetModel).WithErrors(404).WithSummary("Retrieve a base or fine-tuned model");
         models.MapGet("/{model}/export", ExportModel).WithErrors(400, 404)
             .WithSummary("Download a model as a zipped Hugging Face folder: a base as stored, a fine-tuned model with its adapter merged into the weights");
+        models.MapPost("/{model}/pretrain", Pretrain).WithErrors(400, 404).WithSummary("Queue the pre-training of a built-in base model (vit-fashion-mnist-demo)")
+            .WithDescription("The service pre-trains its demo ViT on Fashion-MNIST classes 0-4 from Debian's dataset-fashion-mnist package. 202 while queued; the model is listed once trained. 200 with the model when it exists already.");
         models.MapDelete("/{model}", DeleteModel).WithErrors(400, 404).WithSummary("Delete a fine-tuned model (its adapter and files)");
         return app;
     }
@@ -93,6 +101,24 @@ public static class ModelsApi
         ModelFolder.Save(model, output);
         foreach (var file in Directory.GetFiles(baseFolder).Where(f => !File.Exists(Path.Combine(output, Path.GetFileName(f)))))
             File.Copy(file, Path.Combine(output, Path.GetFileName(file)));
+    }
+
+    static async Task<Results<Ok<ModelDto>, Accepted<PretrainingDto>, JsonHttpResult<ErrorResponse>>> Pretrain(
+        string model, ServiceDbContext db, IBackgroundJobClient queue, IConfiguration configuration, CancellationToken cancel)
+    {
+        if (model != VitPretrainingJob.Id)
+            return OpenAiErrors.NotFound($"The service pre-trains only {VitPretrainingJob.Id}; '{model}' is not one of its built-in models.", "model", "model_not_found");
+        if (await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == model, cancel) is { } existing) return TypedResults.Ok(existing.ToDto());
+        try
+        {
+            FashionMnist.EnsureInstalled(configuration["Vision:Pretraining:DataFolder"] ?? FashionMnist.DefaultFolder);
+        }
+        catch (DatasetMissingException e)
+        {
+            return OpenAiErrors.BadRequest(e.Message, "model", "dataset_missing");
+        }
+        queue.Enqueue<VitPretrainingJob>(j => j.Run(CancellationToken.None));
+        return TypedResults.Accepted($"/v1/models/{model}", new PretrainingDto(model, "model.pretraining", "queued"));
     }
 
     static async Task<Results<Ok<ModelDto>, JsonHttpResult<ErrorResponse>>> GetModel(string model, ServiceDbContext db, CancellationToken cancel) =>

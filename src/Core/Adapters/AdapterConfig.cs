@@ -16,6 +16,12 @@ public abstract record AdapterConfig
     [JsonPropertyName("target_modules"), JsonConverter(typeof(StringOrListConverter))]
     public IReadOnlyList<string> TargetModules { get; init; } = ["q_proj", "v_proj"];
     [JsonPropertyName("inference_mode")] public bool InferenceMode { get; init; } = true;
+    /// <summary>PEFT's modules trained whole and saved with the adapter: <c>["classifier"]</c> when it has its own label set.</summary>
+    [JsonPropertyName("modules_to_save"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public IReadOnlyList<string>? ModulesToSave { get; init; }
+    /// <summary>Our extension for image classifiers: the adapter's own labels in class order (its classifier's rows).</summary>
+    [JsonPropertyName("labels"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public IReadOnlyList<string>? Labels { get; init; }
 
     /// <summary>The method's name in the API's <c>adapter.type</c>.</summary>
     [JsonIgnore] public abstract string Method { get; }

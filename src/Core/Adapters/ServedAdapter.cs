@@ -18,9 +18,12 @@ public sealed class ServedAdapter : IDisposable
     public IReadOnlyDictionary<string, ServedMixLora> Blocks { get; init; } = new Dictionary<string, ServedMixLora>();
     /// <summary>Norm layers' output rescaling y + s ⊙ y + f, by norm path (RLRR).</summary>
     public IReadOnlyDictionary<string, (Tensor Scale, Tensor Shift)> Norms { get; init; } = new Dictionary<string, (Tensor, Tensor)>();
+    /// <summary>An image classifier's own classifier (weight [labels, hidden], bias [labels]) for <see cref="AdapterConfig.Labels"/>, or null.</summary>
+    public (Tensor Weight, Tensor Bias)? Head { get; init; }
 
     public long Bytes => Lora.Values.Sum(w => w.Bytes) + Deltas.Values.Sum(d => d.Bytes) + Blocks.Values.Sum(b => b.Bytes)
-                         + Norms.Values.Sum(n => 8 * n.Scale.numel());
+                         + Norms.Values.Sum(n => 8 * n.Scale.numel())
+                         + (Head is { } h ? 4 * (h.Weight.numel() + h.Bias.numel()) : 0);
 
     /// <summary>Trained parameters, each shared tensor once (Lily's files repeat a module type's experts, and ours its router, under every layer).</summary>
     public long ParameterCount { get; private init; }
@@ -41,6 +44,8 @@ public sealed class ServedAdapter : IDisposable
         var kept = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
         try
         {
+            long parameterCount = CountParameters(tensors);
+            (Tensor Weight, Tensor Bias)? head = config.Labels is { } labels ? TakeHead(tensors, labels.Count, layers) : null;
             var served = config switch
             {
                 LoraConfig lora => new ServedAdapter { Config = config, Lora = LoraAdapter.LoadServed(lora, tensors, layers) },
@@ -56,8 +61,10 @@ public sealed class ServedAdapter : IDisposable
             };
             served = new ServedAdapter
             {
-                Config = served.Config, Lora = served.Lora, Deltas = served.Deltas, Blocks = served.Blocks, Norms = served.Norms, ParameterCount = CountParameters(tensors),
+                Config = served.Config, Lora = served.Lora, Deltas = served.Deltas, Blocks = served.Blocks, Norms = served.Norms, Head = head,
+                ParameterCount = parameterCount,
             };
+            if (head is { } h) kept.UnionWith([h.Weight, h.Bias]);
             foreach (var w in served.Lora.Values) kept.UnionWith([w.A, w.B, .. w.Magnitude is null ? [] : new[] { w.Magnitude }]);
             foreach (var d in served.Deltas.Values) kept.UnionWith(d.Tensors);
             foreach (var b in served.Blocks.Values) kept.UnionWith(b.Tensors);
@@ -68,6 +75,18 @@ public sealed class ServedAdapter : IDisposable
         {
             foreach (var t in tensors.Values.Where(t => !kept.Contains(t))) t.Dispose();
         }
+    }
+
+    /// <summary>Takes the adapter's own classifier out of <paramref name="tensors"/>, checked against its labels and the base's hidden size.</summary>
+    static (Tensor Weight, Tensor Bias) TakeHead(Dictionary<string, Tensor> tensors, int labels, Dictionary<string, (long In, long Out)> layers)
+    {
+        if (!layers.TryGetValue("classifier", out var baseHead)) throw new InvalidDataException("the adapter has labels, but its base model has no classifier");
+        if (!tensors.Remove(TrainableAdapter.HeadWeightKey, out var weight) || !tensors.Remove(TrainableAdapter.HeadBiasKey, out var bias))
+            throw new InvalidDataException($"the adapter has labels, but {TrainableAdapter.WeightsFileName} has no {TrainableAdapter.HeadWeightKey} and {TrainableAdapter.HeadBiasKey}");
+        if (!weight.shape.SequenceEqual([labels, baseHead.In]) || !bias.shape.SequenceEqual([(long)labels]))
+            throw new InvalidDataException(
+                $"the classifier is [{string.Join(", ", weight.shape)}] + [{string.Join(", ", bias.shape)}]; {labels} labels on this base need [{labels}, {baseHead.In}] + [{labels}]");
+        return (weight, bias);
     }
 
     static long CountParameters(Dictionary<string, Tensor> tensors)
@@ -90,6 +109,7 @@ public sealed class ServedAdapter : IDisposable
         foreach (var d in Deltas.Values) d.Dispose();
         foreach (var b in Blocks.Values) b.Dispose();
         foreach (var (scale, shift) in Norms.Values) { scale.Dispose(); shift.Dispose(); }
+        if (Head is { } h) { h.Weight.Dispose(); h.Bias.Dispose(); }
     }
 }
 

@@ -21,14 +21,26 @@ public abstract class TrainableAdapter : IDisposable
     /// <summary>Per target layer path, the method's layer module put into that layer's slot.</summary>
     public abstract IReadOnlyDictionary<string, nn.Module> Layers { get; }
 
-    /// <summary>Every trainable tensor by its key in the file, without the PEFT prefix (shared tensors appear under each user's key).</summary>
+    /// <summary>Every trainable tensor of the method by its key in the file, without the PEFT prefix (shared tensors appear under each user's key).</summary>
     public abstract IEnumerable<(string Key, Parameter Value)> NamedParameters();
+
+    /// <summary>
+    /// An image classifier's own classifier when its labels differ from the base's (<see cref="AdapterConfig.Labels"/>,
+    /// PEFT's modules_to_save): trained whole and saved as <c>classifier.weight</c> and <c>classifier.bias</c>.
+    /// </summary>
+    public Linear? Head { get; private set; }
+
+    public const string HeadWeightKey = "classifier.weight", HeadBiasKey = "classifier.bias";
+
+    /// <summary>The method's parameters and the classifier's, as saved.</summary>
+    public IEnumerable<(string Key, Parameter Value)> SavedParameters() =>
+        Head is null ? NamedParameters() : NamedParameters().Concat([(HeadWeightKey, Head.weight!), (HeadBiasKey, Head.bias!)]);
 
     /// <summary>New adapter layers for the model's target modules, initialised as the method's paper says (from <paramref name="seed"/> when given).</summary>
     public static TrainableAdapter Create(nn.Module model, AdapterConfig config, long? seed = null)
     {
         using var init = seed is { } s ? new Generator().manual_seed(s) : null;
-        return config switch
+        TrainableAdapter adapter = config switch
         {
             LoraConfig lora => LoraAdapter.Create(model, lora, init),
             LilyConfig lily => LilyAdapter.Create(model, lily, init),
@@ -36,6 +48,16 @@ public abstract class TrainableAdapter : IDisposable
             MixLoraConfig mixLora => MixLoraAdapter.Create(model, mixLora, init),
             _ => throw new ArgumentException($"adapter method {config.Method} is not supported"),
         };
+        if (config.Labels is { Count: > 0 } labels)
+        {
+            var hidden = model.LinearLayers().SingleOrDefault(l => l.Path == "classifier").Layer?.InFeatures
+                         ?? throw new ArgumentException("labels are given, but the model has no classifier");
+            adapter.Head = nn.Linear(hidden, labels.Count);
+            using var noGrad = no_grad();
+            adapter.Head.weight!.normal_(0, 0.02, init);                                 // Hugging Face's initializer_range
+            adapter.Head.bias!.zero_();
+        }
+        return adapter;
     }
 
     /// <summary>Puts this adapter's layers into the model's slots (one model instance trains one adapter at a time).</summary>
@@ -59,7 +81,7 @@ public abstract class TrainableAdapter : IDisposable
     }
 
     /// <summary>The distinct trainable parameters (a tensor shared by several layers counts once).</summary>
-    public IEnumerable<Parameter> Parameters() => NamedParameters().Select(p => p.Value).DistinctBy(p => p.Handle);
+    public IEnumerable<Parameter> Parameters() => SavedParameters().Select(p => p.Value).DistinctBy(p => p.Handle);
 
     public long ParameterCount => Parameters().Sum(p => p.numel());
 
@@ -91,7 +113,7 @@ public abstract class TrainableAdapter : IDisposable
         using var scope = NewDisposeScope();
         Directory.CreateDirectory(folder);
         SafeTensors.Save(Path.Combine(folder, WeightsFileName),
-            NamedParameters().ToDictionary(p => PeftPrefix + p.Key, p => p.Value.detach().contiguous()),
+            SavedParameters().ToDictionary(p => PeftPrefix + p.Key, p => p.Value.detach().contiguous()),
             new Dictionary<string, string> { ["format"] = "pt" });
         Config.Save(folder);
     }
@@ -103,7 +125,7 @@ public abstract class TrainableAdapter : IDisposable
         try
         {
             using var noGrad = no_grad();
-            foreach (var (key, parameter) in NamedParameters())
+            foreach (var (key, parameter) in SavedParameters())
             {
                 if (!tensors.TryGetValue(key, out var t)) throw new InvalidDataException($"{WeightsFileName} has no tensor {key}");
                 if (!t.shape.SequenceEqual(parameter.shape))
@@ -134,6 +156,7 @@ public abstract class TrainableAdapter : IDisposable
 
     public virtual void Dispose()
     {
+        Head?.Dispose();
         foreach (var layer in Layers.Values) layer.Dispose();
     }
 }

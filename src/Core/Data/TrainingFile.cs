@@ -14,7 +14,10 @@ public sealed record ChatExample(int Line, IReadOnlyList<ChatMessage> Messages) 
 
 public sealed record CompletionExample(int Line, string Prompt, string Completion) : TrainingExample(Line);
 
-public enum TrainingFileFormat { Chat, PromptCompletion }
+/// <summary>A labelled image for image classification (ViT bases), decoded to 8-bit grayscale.</summary>
+public sealed record ImageExample(int Line, Vision.GrayImage Image, string Label) : TrainingExample(Line);
+
+public enum TrainingFileFormat { Chat, PromptCompletion, Image }
 
 /// <summary>A validated JSONL training file, following OpenAI's fine-tuning file rules.</summary>
 public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<TrainingExample> Examples)
@@ -40,7 +43,13 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
         return format is { } f ? new TrainingFile(f, examples) : throw new TrainingFileException(0, "The file contains no training examples");
     }
 
-    static string Name(TrainingFileFormat format) => format == TrainingFileFormat.Chat ? "chat" : "prompt/completion";
+    static string Name(TrainingFileFormat format) => format switch
+    {
+        TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt/completion", _ => "labelled image",
+    };
+
+    /// <summary>The format's name in the file object's <c>format</c> field.</summary>
+    public string FormatName => Format switch { TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt_completion", _ => "image" };
 
     /// <summary>Splits on '\n' as bytes, so invalid UTF-8 is caught on its own line rather than while decoding a buffer ahead.</summary>
     static IEnumerable<ReadOnlyMemory<byte>> ReadLines(Stream stream)
@@ -90,7 +99,30 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
                 if (completion.Length == 0) throw Fail("completion must not be empty");
                 return (TrainingFileFormat.PromptCompletion, new CompletionExample(Line, prompt, completion));
             }
-            throw Fail("expected \"messages\" (chat format) or \"prompt\" and \"completion\" (prompt/completion format)");
+            if (root.TryGetProperty("image", out _) || root.TryGetProperty("pixels", out _)) return (TrainingFileFormat.Image, ParseImage(root));
+            throw Fail("expected \"messages\" (chat format), \"prompt\" and \"completion\" (prompt/completion format) or \"image\" and \"label\" (image format)");
+        }
+
+        /// <summary><c>{"image": base64 PNG, "label": ...}</c>, or <c>{"pixels": base64 of side×side grayscale bytes, "label": ...}</c>.</summary>
+        ImageExample ParseImage(JsonElement root)
+        {
+            string label = String(root, "", "label");
+            if (label.Length == 0) throw Fail("label must not be empty");
+            bool isPng = root.TryGetProperty("image", out _);
+            if (isPng && root.TryGetProperty("pixels", out _)) throw Fail("give either image (PNG) or pixels (raw grayscale bytes), not both");
+            string field = isPng ? "image" : "pixels";
+            byte[] bytes;
+            try { bytes = Convert.FromBase64String(String(root, "", field)); }
+            catch (FormatException) { throw Fail($"{field} is not valid base64"); }
+            if (isPng)
+            {
+                try { return new ImageExample(Line, Vision.Png.Decode(bytes), label); }
+                catch (InvalidDataException e) { throw Fail($"image is not a supported PNG: {e.Message}"); }
+            }
+            int side = (int)Math.Round(Math.Sqrt(bytes.Length));
+            if (bytes.Length == 0 || side * side != bytes.Length)
+                throw Fail($"pixels holds {bytes.Length} bytes; it must be a square image of 8-bit grayscale bytes (e.g. 784 for 28×28)");
+            return new ImageExample(Line, new Vision.GrayImage(side, side, bytes), label);
         }
 
         ChatExample ParseChat(JsonElement messages)

@@ -117,11 +117,10 @@ public sealed class ViTForImageClassification : nn.Module<Tensor, Tensor>, IHugg
     }
 
     /// <summary>Class logits [batch, labels] for images [batch, channels, image_size, image_size].</summary>
-    public override Tensor forward(Tensor pixelValues)
-    {
-        var states = vit.forward(pixelValues);                                      // [b, 1 + patches, hidden]
-        return classifier.forward(states.select(1, 0));                             // [b, labels]
-    }
+    public override Tensor forward(Tensor pixelValues) => classifier.forward(Features(pixelValues));   // [b, labels]
+
+    /// <summary>The final CLS state [batch, hidden] the classifier reads (an adapter's own classifier reads it too).</summary>
+    public Tensor Features(Tensor pixelValues) => vit.forward(pixelValues).select(1, 0);
 
     ModelConfig IHuggingFaceModel.ModelConfig => Config;
 

@@ -25,7 +25,7 @@ public sealed record TrainingResult(int Steps, long TrainedTokens, double FinalL
 /// epoch and the dropout masks are seeded from them, so a job resumed from a saved state continues the same run.
 /// Runs synchronously on the calling thread (TorchSharp dispose scopes are per thread).
 /// </summary>
-public sealed class LoraTrainer : IDisposable
+public sealed class LoraTrainer : ITrainer
 {
     const long IgnoreIndex = -100;
     const string StateFile = "trainer_state.json", OptimizerFile = "optimizer.bin";

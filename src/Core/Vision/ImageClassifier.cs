@@ -1,0 +1,85 @@
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Inference;
+using AdapterService.Core.Models;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Vision;
+
+/// <summary>One image to classify with a base model and, optionally, an adapter of it.</summary>
+public sealed record ClassifyRow(GrayImage Image, ServedAdapter? Adapter);
+
+/// <summary>A row's label and the probability of each label, in the classifier's label order.</summary>
+public sealed record Classification(string Label, IReadOnlyList<(string Label, double Probability)> Probabilities);
+
+/// <summary>
+/// Serves ViT image classifiers: one batched forward pass per base model in which every row uses its own adapter (the
+/// per-row machinery of text serving: <see cref="RowAdapter"/> on each linear layer, <see cref="RowNorm"/> on each norm),
+/// then each row's classifier: the base's, or the adapter's own when it has new labels. Forward passes take turns under a
+/// lock (the model's adapter slots are shared); each runs synchronously on the caller's thread inside one dispose scope.
+/// </summary>
+public sealed class ImageClassifier(long adapterCacheBytes = 256L << 20) : IDisposable
+{
+    readonly Lock gate = new();
+    readonly Dictionary<string, ViTForImageClassification> models = [];
+
+    /// <summary>Adapters in memory, loaded on demand (leases held by callers for the duration of a request).</summary>
+    public AdapterCache Adapters { get; } = new(adapterCacheBytes);
+
+    /// <summary>Classifies <paramref name="rows"/> with the base model in <paramref name="baseFolder"/>, in order.</summary>
+    public IReadOnlyList<Classification> Classify(string baseFolder, IReadOnlyList<ClassifyRow> rows)
+    {
+        lock (gate)
+        {
+            if (!models.TryGetValue(baseFolder, out var model)) models[baseFolder] = model = ModelFolder.Load<ViTForImageClassification>(baseFolder);
+            var adapters = rows.Select(r => r.Adapter).ToList();
+            var slots = new long[rows.Count];
+            var perRow = new List<IDisposable>();
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            try
+            {
+                foreach (var (path, layer) in model.LinearLayers())
+                {
+                    var rowAdapter = new RowAdapter(path, layer, adapters, slots, states: null);   // no state: each image is a whole sequence
+                    perRow.Add(rowAdapter);
+                    if (!rowAdapter.IsEmpty) layer.Adapter = rowAdapter;
+                }
+                foreach (var (path, norm) in model.NormLayers())
+                    if (RowNorm.For(path, norm.Size, adapters) is { } rowNorm)
+                    {
+                        perRow.Add(rowNorm);
+                        norm.Adapter = rowNorm;
+                    }
+                var features = model.Features(ImageData.Pixels(rows.Select(r => r.Image).ToList(), model.Config));   // [n, hidden]
+                var baseProbabilities = model.classifier.forward(features).softmax(-1);                              // [n, base labels]
+                var result = new Classification[rows.Count];
+                for (int i = 0; i < rows.Count; i++)
+                {
+                    var head = adapters[i]?.Head;
+                    var probabilities = head is { } h
+                        ? nn.functional.linear(features[i].unsqueeze(0), h.Weight, h.Bias).softmax(-1)[0]              // [adapter labels]
+                        : baseProbabilities[i];                                                                         // [base labels]
+                    var labels = head is null ? model.Config.Labels : adapters[i]!.Config.Labels!;
+                    var p = probabilities.data<float>().ToArray();
+                    int best = Array.IndexOf(p, p.Max());
+                    result[i] = new Classification(labels[best], labels.Select((l, k) => (l, (double)p[k])).ToList());
+                }
+                return result;
+            }
+            finally
+            {
+                TrainableAdapter.Detach(model);
+                foreach (var d in perRow) d.Dispose();
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (gate)
+        {
+            foreach (var model in models.Values) model.Dispose();
+            models.Clear();
+        }
+    }
+}

@@ -103,6 +103,35 @@ public class VisionApiTests(ServiceFactory factory)
         }
     }
 
+    /// <summary>The other methods train on the built-in ViT too: the loss falls, MixLoRA reports its experts' load, the model classifies.</summary>
+    [Theory]
+    [InlineData("dora")]
+    [InlineData("rlrr")]
+    [InlineData("mixlora")]
+    public async Task EveryMethodTrainsOnTheBuiltInVit(string method)
+    {
+        var client = factory.CreateClient();
+        await EnsurePretrainedAsync(client);
+        var train = FashionMnist.Load("train").Where(NewClasses, 240);
+        var trainingFile = await Api.UploadFileAsync(client, Enumerable.Range(0, train.Count).Select(i => Line(train, i)));
+        var job = await Api.CreateJobAsync(client, new
+        {
+            model = Vit, training_file = trainingFile, seed = 3, suffix = method,
+            hyperparameters = new { n_epochs = 2, batch_size = 24 }, adapter = new { type = method, rank = 2, num_experts = 3 },
+        });
+        var finished = await Api.WaitForFinishAsync(client, (string)job["id"]!);
+        Assert.Equal("succeeded", (string?)finished["status"]);
+        var events = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{job["id"]}/events?limit=1000"));
+        var metrics = events["data"]!.AsArray().Where(e => (string?)e!["type"] == "metrics").Reverse().Select(e => e!["data"]!).ToList();
+        double first = (double)metrics[0]["train_loss"]!, last = metrics.TakeLast(3).Average(m => (double)m["train_loss"]!);
+        Assert.True(last < first * 0.8, $"{method}: training loss went from {first} to {last}");
+        if (method == "mixlora")   // one entry per encoder block: the share of routed token slots per expert
+            Assert.All(metrics[^1]["adapter"]!["mixlora_expert_load"]!.AsObject(), l => Assert.Equal(1.0, l.Value!.AsArray().Sum(w => (double)w!), 3));
+        var image = Convert.ToBase64String(Png.EncodeGray(28, 28, train.Image(0)));
+        var predicted = (await ClassifyAsync(client, new { model = (string)finished["fine_tuned_model"]!, images = new[] { image } }))["data"]![0]!;
+        Assert.Contains((string)predicted["label"]!, NewClasses.Select(c => FashionMnist.ClassNames[c]));
+    }
+
     [Fact]
     public async Task BadImagesAreRefusedWithTheLineOrTheItem()
     {

@@ -279,18 +279,14 @@ public static partial class FineTuningJobsApi
     static AdapterConfig? ImageClassifierAdapter(AdapterConfig config, VitConfig vit, IReadOnlyList<string>? labels, out JsonHttpResult<ErrorResponse>? error)
     {
         error = null;
-        if (config is MixLoraConfig)
-        {
-            error = OpenAiErrors.BadRequest("adapter.type 'mixlora' adapts the feed-forward blocks of language models; ViT bases take lora, dora, lily or rlrr.", "adapter.type");
-            return null;
-        }
         config = config with { TaskType = "SEQ_CLS" };
         if (labels is null) return config;
         var targets = config.TargetModules is ["all-linear"]
             ? vit.LinearPaths().Where(p => p != "classifier").Select(p => p.Split('.')[^1]).Distinct().Order().ToList()
             : config.TargetModules.Where(t => t != "classifier").ToList();
         bool adaptsHead;
-        try { adaptsHead = targets.Count == 0 || TargetModules.Match(vit.LinearPaths(), targets).Contains("classifier"); }
+        // MixLoRA may name no layer at all: its experts adapt the encoder's feed-forward networks.
+        try { adaptsHead = targets.Count == 0 ? config is not MixLoraConfig : TargetModules.Match(vit.LinearPaths(), targets).Contains("classifier"); }
         catch (ArgumentException) { adaptsHead = true; }   // only the classifier matched
         if (adaptsHead)
         {

@@ -45,17 +45,19 @@ public sealed class ServedAdapter : IDisposable
         try
         {
             long parameterCount = CountParameters(tensors);
-            (Tensor Weight, Tensor Bias)? head = config.Labels is { } labels ? TakeHead(tensors, labels.Count, layers) : null;
+            (Tensor Weight, Tensor Bias)? head = config.Labels is { } labels ? FindHead(tensors, labels.Count, layers) : null;
+            var methodTensors = head is null ? tensors
+                : tensors.Where(t => t.Key is not (TrainableAdapter.HeadWeightKey or TrainableAdapter.HeadBiasKey)).ToDictionary();
             var served = config switch
             {
-                LoraConfig lora => new ServedAdapter { Config = config, Lora = LoraAdapter.LoadServed(lora, tensors, layers) },
-                LilyConfig lily => new ServedAdapter { Config = config, Deltas = LilyAdapter.LoadServed(lily, tensors, layers) },
+                LoraConfig lora => new ServedAdapter { Config = config, Lora = LoraAdapter.LoadServed(lora, methodTensors, layers) },
+                LilyConfig lily => new ServedAdapter { Config = config, Deltas = LilyAdapter.LoadServed(lily, methodTensors, layers) },
                 RlrrConfig rlrr => new ServedAdapter
                 {
-                    Config = config, Deltas = RlrrAdapter.LoadServed(rlrr, tensors, layers),
-                    Norms = RlrrAdapter.LoadServedNorms(tensors, normLayers.ToDictionary(n => n.Path, n => n.Size)),
+                    Config = config, Deltas = RlrrAdapter.LoadServed(rlrr, methodTensors, layers),
+                    Norms = RlrrAdapter.LoadServedNorms(methodTensors, normLayers.ToDictionary(n => n.Path, n => n.Size)),
                 },
-                MixLoraConfig mix => MixLoraAdapter.LoadServed(mix, tensors, layers) is var (blocks, lora)
+                MixLoraConfig mix => MixLoraAdapter.LoadServed(mix, methodTensors, layers) is var (blocks, lora)
                     ? new ServedAdapter { Config = config, Blocks = blocks, Lora = lora } : null!,
                 _ => throw new InvalidDataException($"{config.Method} adapters cannot be served"),
             };
@@ -77,11 +79,11 @@ public sealed class ServedAdapter : IDisposable
         }
     }
 
-    /// <summary>Takes the adapter's own classifier out of <paramref name="tensors"/>, checked against its labels and the base's hidden size.</summary>
-    static (Tensor Weight, Tensor Bias) TakeHead(Dictionary<string, Tensor> tensors, int labels, Dictionary<string, (long In, long Out)> layers)
+    /// <summary>The adapter's own classifier in <paramref name="tensors"/>, checked against its labels and the base's hidden size.</summary>
+    static (Tensor Weight, Tensor Bias) FindHead(Dictionary<string, Tensor> tensors, int labels, Dictionary<string, (long In, long Out)> layers)
     {
         if (!layers.TryGetValue("classifier", out var baseHead)) throw new InvalidDataException("the adapter has labels, but its base model has no classifier");
-        if (!tensors.Remove(TrainableAdapter.HeadWeightKey, out var weight) || !tensors.Remove(TrainableAdapter.HeadBiasKey, out var bias))
+        if (!tensors.TryGetValue(TrainableAdapter.HeadWeightKey, out var weight) || !tensors.TryGetValue(TrainableAdapter.HeadBiasKey, out var bias))
             throw new InvalidDataException($"the adapter has labels, but {TrainableAdapter.WeightsFileName} has no {TrainableAdapter.HeadWeightKey} and {TrainableAdapter.HeadBiasKey}");
         if (!weight.shape.SequenceEqual([labels, baseHead.In]) || !bias.shape.SequenceEqual([(long)labels]))
             throw new InvalidDataException(

@@ -62,7 +62,7 @@ public sealed class FineTuningJobRunner(
 
         // Stops training at the next step when the job is no longer running (cancelled, paused) or the host stops.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
-        ITrainer? trainer = null;
+        AdapterTrainer? trainer = null;
         try
         {
             var (adapter, result) = Train(job, stop, t => trainer = t);
@@ -93,7 +93,7 @@ public sealed class FineTuningJobRunner(
         }
     }
 
-    (Adapter Adapter, TrainingResult Result) Train(FineTuningJob job, CancellationTokenSource stop, Action<ITrainer> started)
+    (Adapter Adapter, TrainingResult Result) Train(FineTuningJob job, CancellationTokenSource stop, Action<AdapterTrainer> started)
     {
         var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
         var config = AdapterConfig.Parse(job.AdapterConfig);
@@ -101,7 +101,7 @@ public sealed class FineTuningJobRunner(
 
         using var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath));
         using var adapter = TrainableAdapter.Create(model, config, job.Seed);
-        ITrainer trainer;
+        AdapterTrainer trainer;
         Func<(double Loss, double Accuracy)>? evaluate = null;
         int exampleCount;
         if (model is ViTForImageClassification vit)
@@ -119,7 +119,7 @@ public sealed class FineTuningJobRunner(
             var languageModel = model as CausalLanguageModel ?? throw new InvalidDataException($"{baseModel.Id} is neither a language model nor an image classifier");
             var examples = ReadData(job.TrainingFile, baseModel);
             var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
-            var lm = new LoraTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
+            var lm = new LanguageModelTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
             if (validation is not null) evaluate = () => lm.Evaluate(validation);
             (trainer, exampleCount) = (lm, examples.Count);
         }
@@ -207,7 +207,7 @@ public sealed class FineTuningJobRunner(
     }
 
     /// <summary>At each epoch's end: the trainer state to resume from, and the adapter as a checkpoint model.</summary>
-    void SaveCheckpoint(FineTuningJob job, ITrainer trainer, TrainingProgress p, (double Loss, double Accuracy)? valid)
+    void SaveCheckpoint(FineTuningJob job, AdapterTrainer trainer, TrainingProgress p, (double Loss, double Accuracy)? valid)
     {
         var state = SaveState(job.Id, trainer);
         if (db.Checkpoints.Any(c => c.JobId == job.Id && c.StepNumber == p.Step)) return;   // saved before a crash already
@@ -235,7 +235,7 @@ public sealed class FineTuningJobRunner(
     }
 
     /// <summary>Writes the trainer's state as <c>state/step-N</c> (atomically) and keeps only the newest two.</summary>
-    string SaveState(string jobId, ITrainer trainer)
+    string SaveState(string jobId, AdapterTrainer trainer)
     {
         var root = blobs.Resolve(BlobPaths.TrainerStatePath(jobId));
         var folder = Path.Combine(root, $"step-{trainer.Step}");

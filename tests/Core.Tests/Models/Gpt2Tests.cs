@@ -254,7 +254,7 @@ public sealed class Gpt2Tests : IDisposable
         using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["c_attn", "c_fc"] }, seed: 5);
         var losses = new List<double>();
 
-        using (var trainer = new LoraTrainer(model, adapter, examples, new Hyperparameters(Epochs: 8, BatchSize: 4, LearningRate: 0.03), ByteTokenizer.End, seed: 6))
+        using (var trainer = new LanguageModelTrainer(model, adapter, examples, new Hyperparameters(Epochs: 8, BatchSize: 4, LearningRate: 0.03), ByteTokenizer.End, seed: 6))
             trainer.Run(p => losses.Add(p.TrainLoss), CancellationToken.None);
 
         Assert.True(losses[^2..].Average() < losses[0] / 4, $"loss {losses[0]:F3} at the first step, {losses[^1]:F3} at the last");

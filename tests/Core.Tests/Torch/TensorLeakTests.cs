@@ -46,7 +46,7 @@ public sealed class TensorLeakTests : IDisposable
             .ToList();
         var live = new List<long>();
 
-        using (var trainer = new LoraTrainer(model, adapter, examples, new Hyperparameters(3, 2, 1e-3), ByteTokenizer.End, 1))
+        using (var trainer = new LanguageModelTrainer(model, adapter, examples, new Hyperparameters(3, 2, 1e-3), ByteTokenizer.End, 1))
             trainer.Run(_ => live.Add(Live), CancellationToken.None);
 
         Assert.Equal(9, live.Count);

@@ -9,9 +9,9 @@ using static TorchSharp.torch;
 
 namespace AdapterService.Core.Tests.Training;
 
-public sealed class LoraTrainerTests
+public sealed class LanguageModelTrainerTests
 {
-    public LoraTrainerTests() => TorchRuntime.EnsureReady();
+    public LanguageModelTrainerTests() => TorchRuntime.EnsureReady();
 
     /// <summary>Eight prompts (two lengths, so batches are padded) that all complete with the same short text.</summary>
     static readonly List<TokenizedExample> Examples = Enumerable.Range(0, 8).Select(i =>
@@ -35,7 +35,7 @@ public sealed class LoraTrainerTests
         var adapterBefore = adapter.Parameters().Select(Bytes).ToList();
         var progress = new List<TrainingProgress>();
 
-        using var trainer = new LoraTrainer(model, adapter, Examples, Hp, ByteTokenizer.End, seed: 1);
+        using var trainer = new LanguageModelTrainer(model, adapter, Examples, Hp, ByteTokenizer.End, seed: 1);
         var result = trainer.Run(progress.Add, CancellationToken.None);
 
         int total = trainer.TotalSteps;
@@ -62,7 +62,7 @@ public sealed class LoraTrainerTests
         using var scope = NewDisposeScope();
         using var model = Create();
         using var adapter = NewAdapter(model);
-        using (var trainer = new LoraTrainer(model, adapter, Examples, Hp with { Epochs = 10 }, ByteTokenizer.End, seed: 2))
+        using (var trainer = new LanguageModelTrainer(model, adapter, Examples, Hp with { Epochs = 10 }, ByteTokenizer.End, seed: 2))
             trainer.Run(_ => { }, CancellationToken.None);
 
         using var _ = no_grad();
@@ -81,7 +81,7 @@ public sealed class LoraTrainerTests
         using var cancel = new CancellationTokenSource();
         var steps = new List<int>();
 
-        using var trainer = new LoraTrainer(model, adapter, Examples, Hp, ByteTokenizer.End, seed: 1);
+        using var trainer = new LanguageModelTrainer(model, adapter, Examples, Hp, ByteTokenizer.End, seed: 1);
         Assert.ThrowsAny<OperationCanceledException>(() => trainer.Run(p =>
         {
             steps.Add(p.Step);
@@ -104,7 +104,7 @@ public sealed class LoraTrainerTests
             var straight = new List<TrainingProgress>();
             using var model1 = Create();
             using var adapter1 = LoraAdapter.Create(model1, config, seed: 11);
-            using (var trainer = new LoraTrainer(model1, adapter1, Examples, hp, ByteTokenizer.End, seed: 5))
+            using (var trainer = new LanguageModelTrainer(model1, adapter1, Examples, hp, ByteTokenizer.End, seed: 5))
                 trainer.Run(straight.Add, CancellationToken.None);
 
             // ...equals one stopped after step 4, saved, and continued by a fresh trainer in a fresh model.
@@ -112,14 +112,14 @@ public sealed class LoraTrainerTests
             using var cancel = new CancellationTokenSource();
             using var model2 = Create();
             using (var adapter2 = LoraAdapter.Create(model2, config, seed: 11))
-            using (var trainer = new LoraTrainer(model2, adapter2, Examples, hp, ByteTokenizer.End, seed: 5))
+            using (var trainer = new LanguageModelTrainer(model2, adapter2, Examples, hp, ByteTokenizer.End, seed: 5))
             {
                 Assert.ThrowsAny<OperationCanceledException>(() => trainer.Run(p => { resumed.Add(p); if (p.Step == 4) cancel.Cancel(); }, cancel.Token));
                 trainer.SaveState(folder);
             }
             using var model3 = Create();
             using var adapter3 = LoraAdapter.Create(model3, config, seed: 99);   // LoadState overwrites the initial weights
-            using (var trainer = new LoraTrainer(model3, adapter3, Examples, hp, ByteTokenizer.End, seed: 5))
+            using (var trainer = new LanguageModelTrainer(model3, adapter3, Examples, hp, ByteTokenizer.End, seed: 5))
             {
                 trainer.LoadState(folder);
                 Assert.Equal(4, trainer.Step);
@@ -142,6 +142,6 @@ public sealed class LoraTrainerTests
     {
         using var model = Create();
         using var adapter = NewAdapter(model);
-        Assert.Throws<ArgumentException>(() => new LoraTrainer(model, adapter, [], Hp, 0, 1));
+        Assert.Throws<ArgumentException>(() => new LanguageModelTrainer(model, adapter, [], Hp, 0, 1));
     }
 }

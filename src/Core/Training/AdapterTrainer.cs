@@ -1,0 +1,160 @@
+using System.Diagnostics;
+using System.Text.Json;
+using AdapterService.Core.Adapters;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Training;
+
+public sealed record Hyperparameters(int Epochs, int BatchSize, double LearningRate);
+
+public sealed record TrainingProgress(
+    int Step, int TotalSteps, int Epoch, double TrainLoss, double TrainAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds);
+
+public sealed record TrainingResult(int Steps, long TrainedTokens, double FinalLoss);
+
+/// <summary>
+/// The training loop every adapter trainer shares, whatever the base (a language model, an image classifier): AdamW on
+/// the adapter's parameters only, the method's auxiliary loss added, gradients clipped to norm 1, linear learning-rate
+/// decay. Every step is a pure function of (seed, step) and the state saved by <see cref="SaveState"/>: the batch order
+/// of an epoch and the dropout masks are seeded from them, so a job resumed from a saved state continues the same run.
+/// Runs synchronously on the calling thread (TorchSharp dispose scopes are per thread).
+/// </summary>
+public abstract class AdapterTrainer : IDisposable
+{
+    const string StateFile = "trainer_state.json", OptimizerFile = "optimizer.bin";
+
+    protected TrainableAdapter Adapter { get; }
+    protected Hyperparameters Hp { get; }
+    /// <summary>Draws the dropout masks of a step (seeded from the step).</summary>
+    protected Generator Dropout { get; } = new();
+    readonly long seed;
+    readonly int examples;
+    readonly List<Parameter> parameters;
+    readonly AdamW optimizer;
+    bool stopRequested;
+
+    public int StepsPerEpoch { get; }
+    public int TotalSteps { get; }
+    /// <summary>Steps done so far.</summary>
+    public int Step { get; private set; }
+    public long TrainedTokens { get; private set; }
+    public double LastLoss { get; private set; } = double.NaN;
+
+    sealed record State(int Step, long TrainedTokens, double LastLoss);
+
+    /// <param name="adapter">The adapter, attached to its model by the subclass.</param>
+    /// <param name="examples">How many training examples there are.</param>
+    /// <param name="hp">Epochs, batch size, learning rate.</param>
+    /// <param name="seed">Seeds the batch order and the dropout masks.</param>
+    /// <param name="parameters">What the optimizer trains (the adapter's parameters, or a linear probe's head).</param>
+    protected AdapterTrainer(TrainableAdapter adapter, int examples, Hyperparameters hp, long seed, IEnumerable<Parameter> parameters)
+    {
+        if (examples == 0) throw new ArgumentException("no training examples", nameof(examples));
+        (Adapter, Hp, this.seed, this.examples) = (adapter, hp, seed, examples);
+        StepsPerEpoch = (int)Math.Ceiling(examples / (double)hp.BatchSize);
+        TotalSteps = hp.Epochs * StepsPerEpoch;
+        this.parameters = parameters.ToList();
+        optimizer = optim.AdamW(this.parameters, hp.LearningRate, weight_decay: 0);
+    }
+
+    /// <summary>Ends <see cref="Run"/> after the step in progress, as finished (early stopping).</summary>
+    public void StopAfterThisStep() => stopRequested = true;
+
+    /// <summary>Trains from <see cref="Step"/> to the end; <paramref name="onStep"/> runs after each step, outside its dispose scope.</summary>
+    public TrainingResult Run(Action<TrainingProgress> onStep, CancellationToken cancel)
+    {
+        Adapter.Train(true, Dropout);
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            int firstStep = Step;
+            long tokensAtStart = TrainedTokens;
+            List<int>? order = null;
+            while (Step < TotalSteps && !stopRequested)
+            {
+                cancel.ThrowIfCancellationRequested();
+                int epoch = Step / StepsPerEpoch, index = Step % StepsPerEpoch;
+                if (order is null || index == 0) order = EpochOrder(epoch);
+                double lr = Hp.LearningRate * (1 - Step / (double)TotalSteps);
+                foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
+                double accuracy;
+                using (NewDisposeScope())
+                {
+                    Dropout.manual_seed(seed * 1_000_003 + Step);                         // dropout masks depend on (seed, step) only
+                    accuracy = TrainStep(order.Skip(index * Hp.BatchSize).Take(Hp.BatchSize).ToList());
+                }
+                Step++;
+                double seconds = clock.Elapsed.TotalSeconds;
+                onStep(new TrainingProgress(Step, TotalSteps, epoch + 1, LastLoss, accuracy, lr,
+                    (TrainedTokens - tokensAtStart) / Math.Max(seconds, 1e-9), seconds / (Step - firstStep) * (TotalSteps - Step)));
+            }
+            return new TrainingResult(Step, TrainedTokens, LastLoss);
+        }
+        finally
+        {
+            Adapter.Train(false);
+        }
+    }
+
+    /// <summary>One optimizer step on the examples with these indices (inside the step's dispose scope); returns the accuracy on them.</summary>
+    protected abstract double TrainStep(IReadOnlyList<int> batch);
+
+    /// <summary>Back-propagates <paramref name="loss"/> plus the method's auxiliary loss and steps the optimizer.</summary>
+    protected void Optimize(Tensor loss, long tokens)
+    {
+        var auxiliary = Adapter.AuxiliaryLoss();
+        optimizer.zero_grad();
+        (auxiliary is null ? loss : loss + auxiliary).backward();
+        nn.utils.clip_grad_norm_(parameters, 1.0);
+        optimizer.step();
+        LastLoss = loss.item<float>();
+        TrainedTokens += tokens;
+    }
+
+    /// <summary>Runs <paramref name="evaluate"/> with training behaviour (dropout) off, then puts it back as it was.</summary>
+    protected T WithoutTraining<T>(Func<T> evaluate)
+    {
+        bool wasTraining = Adapter.Layers.Values.FirstOrDefault()?.training ?? false;
+        Adapter.Train(false);
+        try
+        {
+            return evaluate();
+        }
+        finally
+        {
+            Adapter.Train(wasTraining, Dropout);
+        }
+    }
+
+    List<int> EpochOrder(int epoch)
+    {
+        var random = new Random(unchecked((int)(seed * 7919 + epoch)));
+        return Enumerable.Range(0, examples).OrderBy(_ => random.Next()).ToList();
+    }
+
+    /// <summary>Writes the adapter (PEFT layout), the optimizer's moments and the step into <paramref name="folder"/>.</summary>
+    public void SaveState(string folder)
+    {
+        Adapter.Save(folder);
+        optimizer.save_state_dict(Path.Combine(folder, OptimizerFile));
+        File.WriteAllText(Path.Combine(folder, StateFile), JsonSerializer.Serialize(new State(Step, TrainedTokens, LastLoss)));
+    }
+
+    /// <summary>Continues from a folder <see cref="SaveState"/> wrote.</summary>
+    public void LoadState(string folder)
+    {
+        var state = JsonSerializer.Deserialize<State>(File.ReadAllText(Path.Combine(folder, StateFile)))
+                    ?? throw new InvalidDataException($"{StateFile} is empty");
+        Adapter.LoadWeights(folder);
+        optimizer.load_state_dict(Path.Combine(folder, OptimizerFile));
+        (Step, TrainedTokens, LastLoss) = (state.Step, state.TrainedTokens, state.LastLoss);
+    }
+
+    public void Dispose()
+    {
+        optimizer.Dispose();
+        Dropout.Dispose();
+    }
+}

@@ -23,15 +23,19 @@ sealed class Latency(bool quick)
                 ModelFolder.Save(model, folder);
             line($"## 5. Latency: {PromptLength}-token prompts, {NewTokens} new tokens, greedy, base model of benchmark 1");
             line("");
-            line("| concurrent streams | time to first token p50 / p95 | time between tokens p50 / p95 | tokens/s (all streams) |");
-            line("|---|---|---|---|");
-            using var engine = new InferenceEngine();
-            await RunAsync(engine, folder, 1);   // warm-up
-            foreach (int streams in new[] { 1, 8, 32 })
+            line("| concurrent streams | prefill | time to first token p50 / p95 | time between tokens p50 / p95 | tokens/s (all streams) |");
+            line("|---|---|---|---|---|");
+            // Prompts prefilled together (the default) and, side by side, one at a time as before batched prefill.
+            foreach (var (name, prefillTokens) in new[] { ("together", new InferenceOptions().PrefillTokens), ("one at a time", 1) })
             {
-                var (ttft, gaps, tps) = await RunAsync(engine, folder, streams);
-                line($"| {streams} | {Measure.Percentile(ttft, 0.5) * 1000:F0} ms / {Measure.Percentile(ttft, 0.95) * 1000:F0} ms | " +
-                     $"{Measure.Percentile(gaps, 0.5) * 1000:F1} ms / {Measure.Percentile(gaps, 0.95) * 1000:F1} ms | {tps:F0} |");
+                using var engine = new InferenceEngine(new InferenceOptions { PrefillTokens = prefillTokens });
+                await RunAsync(engine, folder, 1);   // warm-up
+                foreach (int streams in new[] { 1, 8, 32 })
+                {
+                    var (ttft, gaps, tps) = await RunAsync(engine, folder, streams);
+                    line($"| {streams} | {name} | {Measure.Percentile(ttft, 0.5) * 1000:F0} ms / {Measure.Percentile(ttft, 0.95) * 1000:F0} ms | " +
+                         $"{Measure.Percentile(gaps, 0.5) * 1000:F1} ms / {Measure.Percentile(gaps, 0.95) * 1000:F1} ms | {tps:F0} |");
+                }
             }
         }
         finally

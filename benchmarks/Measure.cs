@@ -40,6 +40,24 @@ static class Measure
         return times[times.Count / 2];
     }
 
+    /// <summary>
+    /// Seconds per call of each action: the median of <paramref name="repeats"/> runs, taken round-robin (A B C A B C …)
+    /// after a warm-up, so drift on a shared machine moves every action alike.
+    /// </summary>
+    public static double[] Interleaved(Action[] actions, int repeats)
+    {
+        foreach (var action in actions) action();
+        var times = actions.Select(_ => new List<double>()).ToArray();
+        for (int r = 0; r < repeats; r++)
+            for (int i = 0; i < actions.Length; i++)
+            {
+                var clock = Stopwatch.StartNew();
+                actions[i]();
+                times[i].Add(clock.Elapsed.TotalSeconds);
+            }
+        return times.Select(t => t.Order().ElementAt(t.Count / 2)).ToArray();
+    }
+
     /// <summary>A Llama-shaped model with random weights (byte vocabulary, so generated tokens print).</summary>
     public static LlamaConfig Config(bool quick) => quick
         ? new LlamaConfig { VocabSize = ByteTokenizer.VocabSize, HiddenSize = 256, IntermediateSize = 704, NumHiddenLayers = 4, NumAttentionHeads = 4, MaxPositionEmbeddings = 256, EosTokenId = ByteTokenizer.End }

@@ -22,7 +22,7 @@ sealed class MethodServing : IDisposable
     {
         model = Measure.RandomModel(Measure.Config(quick));
         cache = new SlotKvCache(model, Rows, model.ContextLength);
-        repeats = quick ? 3 : 7;
+        repeats = quick ? 5 : 15;
     }
 
     public void Run(Action<string> line)
@@ -31,16 +31,17 @@ sealed class MethodServing : IDisposable
         line($"## 4. Other methods: RLRR merged vs base; Lily vs LoRA at equal parameter count ({Rows} rows, {Rows} adapters)");
         for (int slot = 0; slot < Rows; slot++) PrefillInto(slot);
 
-        double baseDecode = Measure.Seconds(Decode, repeats);
-        double basePrefill = Measure.Seconds(() => PrefillInto(0), repeats);
-        using (var rlrr = (RlrrAdapter)TrainableAdapter.Create(model, new RlrrConfig { TargetModules = ["all-linear"] }, seed: 1))
+        // The merged model is a second copy of the base with RLRR folded in, timed round-robin with the base.
+        using var merged = Measure.RandomModel(model.Config);
+        double baseDecode, basePrefill, mergedDecode, mergedPrefill;
+        using (var rlrr = (RlrrAdapter)TrainableAdapter.Create(merged, new RlrrConfig { TargetModules = ["all-linear"] }, seed: 1))
         {
             Randomize(rlrr, 2);
-            rlrr.Merge(model);
-            double mergedDecode = Measure.Seconds(Decode, repeats);
-            double mergedPrefill = Measure.Seconds(() => PrefillInto(0), repeats);
-            rlrr.Unmerge(model);
-            TrainableAdapter.Detach(model);
+            rlrr.Merge(merged);
+            using var mergedCache = new SlotKvCache(merged, Rows, merged.ContextLength);
+            for (int slot = 0; slot < Rows; slot++) PrefillInto(merged, mergedCache, slot);
+            var times = Measure.Interleaved([Decode, () => Decode(merged, mergedCache), () => PrefillInto(0), () => PrefillInto(merged, mergedCache, 0)], repeats);
+            (baseDecode, mergedDecode, basePrefill, mergedPrefill) = (times[0], times[1], times[2], times[3]);
             line("");
             line("| measurement | tokens/s | ratio |");
             line("|---|---|---|");
@@ -59,9 +60,17 @@ sealed class MethodServing : IDisposable
         var lily = Serve(Enumerable.Range(0, Rows).Select(i => (AdapterConfig)new LilyConfig { Rank = d, NumExperts = 4, TargetModules = ["q_proj", "v_proj"] }).ToList(), "lily");
         var states = new Dictionary<(string, int), Tensor>();
         Tensor State(string path, int width) => states.TryGetValue((path, width), out var t) ? t : states[(path, width)] = zeros(Rows, width).DetachFromDisposeScope();
+        // Two copies of the base, one serving the LoRA rows and one the Lily rows, timed round-robin.
+        using var lilyModel = Measure.RandomModel(model.Config);
+        using var lilyCache = new SlotKvCache(lilyModel, Rows, lilyModel.ContextLength);
+        for (int slot = 0; slot < Rows; slot++) PrefillInto(lilyModel, lilyCache, slot);
         double loraDecode, lilyDecode;
-        using (Attach(lora, null)) loraDecode = Measure.Seconds(Decode, repeats);
-        using (Attach(lily, State)) lilyDecode = Measure.Seconds(Decode, repeats);
+        using (Attach(model, lora, null))
+        using (Attach(lilyModel, lily, State))
+        {
+            var times = Measure.Interleaved([Decode, () => Decode(lilyModel, lilyCache)], repeats);
+            (loraDecode, lilyDecode) = (times[0], times[1]);
+        }
         line($"| decode step, {Rows} rows, {Rows} LoRA adapters (r = 8, {lora[0].ParameterCount:N0} parameters each) | {Rows / loraDecode:F0} | {baseDecode / loraDecode:F3} of base |");
         line($"| decode step, {Rows} rows, {Rows} Lily adapters (d = {d}, 4 experts, {lily[0].ParameterCount:N0} parameters each) | {Rows / lilyDecode:F0} | **{loraDecode / lilyDecode:F3}** of LoRA (target ≥ 0.85) |");
         foreach (var s in lora.Concat(lily)) s.Dispose();
@@ -85,7 +94,9 @@ sealed class MethodServing : IDisposable
         return ServedAdapter.Load(path, model);
     }).ToList();
 
-    void PrefillInto(int slot)
+    void PrefillInto(int slot) => PrefillInto(model, cache, slot);
+
+    static void PrefillInto(LlamaForCausalLM model, SlotKvCache cache, int slot)
     {
         using var scope = NewDisposeScope();
         cache.BeginPrefill(slot, Prompt);
@@ -93,8 +104,10 @@ sealed class MethodServing : IDisposable
             ones(Prompt, Prompt, ScalarType.Bool).tril(), cache);
     }
 
+    void Decode() => Decode(model, cache);
+
     /// <summary>One decode step for all rows, with whatever adapters are in the model's slots.</summary>
-    void Decode()
+    static void Decode(LlamaForCausalLM model, SlotKvCache cache)
     {
         using var scope = NewDisposeScope();
         var lengths = full(Rows, (long)Prompt, ScalarType.Int64);
@@ -103,7 +116,7 @@ sealed class MethodServing : IDisposable
     }
 
     /// <summary>Each row's adapter in every layer, gathered once as the engine does for a steady batch; disposing detaches them.</summary>
-    Attached Attach(List<ServedAdapter> rows, Func<string, int, Tensor>? states)
+    static Attached Attach(LlamaForCausalLM model, List<ServedAdapter> rows, Func<string, int, Tensor>? states)
     {
         var slots = Enumerable.Range(0, Rows).Select(i => (long)i).ToList();
         var layers = model.LinearLayers().Select(l => (l.Layer, Row: new RowAdapter(l.Path, l.Layer, rows, slots, states))).ToList();

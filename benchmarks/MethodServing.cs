@@ -31,25 +31,13 @@ sealed class MethodServing : IDisposable
         line($"## 4. Other methods: RLRR merged vs base; Lily vs LoRA at equal parameter count ({Rows} rows, {Rows} adapters)");
         for (int slot = 0; slot < Rows; slot++) PrefillInto(slot);
 
-        // The merged model is a second copy of the base with RLRR folded in, timed round-robin with the base.
-        using var merged = Measure.RandomModel(model.Config);
-        double baseDecode, basePrefill, mergedDecode, mergedPrefill;
-        using (var rlrr = (RlrrAdapter)TrainableAdapter.Create(merged, new RlrrConfig { TargetModules = ["all-linear"] }, seed: 1))
-        {
-            Randomize(rlrr, 2);
-            rlrr.Merge(merged);
-            using var mergedCache = new SlotKvCache(merged, Rows, merged.ContextLength);
-            for (int slot = 0; slot < Rows; slot++) PrefillInto(merged, mergedCache, slot);
-            var times = Measure.Interleaved([Decode, () => Decode(merged, mergedCache), () => PrefillInto(0), () => PrefillInto(merged, mergedCache, 0)], repeats);
-            (baseDecode, mergedDecode, basePrefill, mergedPrefill) = (times[0], times[1], times[2], times[3]);
-            line("");
-            line("| measurement | tokens/s | ratio |");
-            line("|---|---|---|");
-            line($"| decode step, {Rows} rows, base alone | {Rows / baseDecode:F0} | 1 |");
-            line($"| decode step, {Rows} rows, RLRR (all linear layers) merged | {Rows / mergedDecode:F0} | **{baseDecode / mergedDecode:F3}** of base (target ≥ 0.97) |");
-            line($"| prefill {Prompt} tokens, base alone | {Prompt / basePrefill:F0} | 1 |");
-            line($"| prefill {Prompt} tokens, RLRR merged | {Prompt / mergedPrefill:F0} | {basePrefill / mergedPrefill:F3} of base |");
-        }
+        line("");
+        line("| measurement | tokens/s | ratio |");
+        line("|---|---|---|");
+        MergedVersusBase(line, "Llama-shaped", model.Config, ["all-linear"]);
+        var c0 = model.Config;
+        MergedVersusBase(line, "GPT-2-shaped", new Gpt2Config { VocabSize = c0.VocabSize, NEmbd = c0.HiddenSize, NHead = c0.NumAttentionHeads, NLayer = c0.NumHiddenLayers, NPositions = c0.MaxPositionEmbeddings },
+            ["c_attn", "c_proj", "c_fc"]);
 
         // Equal parameter count on q_proj, v_proj: LoRA r = 8 has L·r·(2·in + out_q + out_v); Lily with 4 experts has
         // L·d·2·in + 4·d·(out_q + out_v + 2), so d is the nearest integer to their ratio (12 at hidden 768).
@@ -71,10 +59,42 @@ sealed class MethodServing : IDisposable
             var times = Measure.Interleaved([Decode, () => Decode(lilyModel, lilyCache)], repeats);
             (loraDecode, lilyDecode) = (times[0], times[1]);
         }
-        line($"| decode step, {Rows} rows, {Rows} LoRA adapters (r = 8, {lora[0].ParameterCount:N0} parameters each) | {Rows / loraDecode:F0} | {baseDecode / loraDecode:F3} of base |");
+        line($"| decode step, {Rows} rows, {Rows} LoRA adapters (r = 8, {lora[0].ParameterCount:N0} parameters each) | {Rows / loraDecode:F0} | |");
         line($"| decode step, {Rows} rows, {Rows} Lily adapters (d = {d}, 4 experts, {lily[0].ParameterCount:N0} parameters each) | {Rows / lilyDecode:F0} | **{loraDecode / lilyDecode:F3}** of LoRA (target ≥ 0.85) |");
         foreach (var s in lora.Concat(lily)) s.Dispose();
         foreach (var t in states.Values) t.Dispose();
+    }
+
+    /// <summary>
+    /// A decode step of the base, of a second identical copy of it (the control: two copies in memory never time exactly
+    /// alike), and of a copy with RLRR merged in, timed round-robin. Llama's layers and norms have no biases, so RLRR's
+    /// shifts stay a vector add each; GPT-2's have biases and take them.
+    /// </summary>
+    void MergedVersusBase(Action<string> line, string name, ModelConfig config, string[] targets)
+    {
+        using var first = (CausalLanguageModel)BuiltinModels.RandomModel(config, seed: 1);
+        using var copy = (CausalLanguageModel)BuiltinModels.RandomModel(config, seed: 1);
+        using var merged = (CausalLanguageModel)BuiltinModels.RandomModel(config, seed: 1);
+        using (var rlrr = (RlrrAdapter)TrainableAdapter.Create(merged, new RlrrConfig { TargetModules = targets }, seed: 1))
+        {
+            Randomize(rlrr, 2);
+            rlrr.Merge(merged);
+        }
+        var caches = new[] { first, copy, merged }.Select(m => new SlotKvCache(m, Rows, m.ContextLength)).ToArray();
+        try
+        {
+            var models = new[] { first, copy, merged };
+            for (int m = 0; m < 3; m++)
+                for (int slot = 0; slot < Rows; slot++) PrefillInto(models[m], caches[m], slot);
+            var t = Measure.Interleaved([.. Enumerable.Range(0, 3).Select(m => (Action)(() => Decode(models[m], caches[m])))], repeats);
+            line($"| decode step, {Rows} rows, {name} base | {Rows / t[0]:F0} | 1 |");
+            line($"| decode step, {Rows} rows, {name} base, a second identical copy (control) | {Rows / t[1]:F0} | {t[0] / t[1]:F3} of base |");
+            line($"| decode step, {Rows} rows, {name}, RLRR (every linear layer and norm) merged | {Rows / t[2]:F0} | **{t[0] / t[2]:F3}** of base, {t[1] / t[2]:F3} of the control copy (target ≥ 0.97) |");
+        }
+        finally
+        {
+            foreach (var cache in caches) cache.Dispose();
+        }
     }
 
     static void Randomize(TrainableAdapter adapter, long seed)
@@ -96,7 +116,7 @@ sealed class MethodServing : IDisposable
 
     void PrefillInto(int slot) => PrefillInto(model, cache, slot);
 
-    static void PrefillInto(LlamaForCausalLM model, SlotKvCache cache, int slot)
+    static void PrefillInto(CausalLanguageModel model, SlotKvCache cache, int slot)
     {
         using var scope = NewDisposeScope();
         cache.BeginPrefill(slot, Prompt);
@@ -107,7 +127,7 @@ sealed class MethodServing : IDisposable
     void Decode() => Decode(model, cache);
 
     /// <summary>One decode step for all rows, with whatever adapters are in the model's slots.</summary>
-    static void Decode(LlamaForCausalLM model, SlotKvCache cache)
+    static void Decode(CausalLanguageModel model, SlotKvCache cache)
     {
         using var scope = NewDisposeScope();
         var lengths = full(Rows, (long)Prompt, ScalarType.Int64);

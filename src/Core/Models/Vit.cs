@@ -93,6 +93,9 @@ public sealed record VitConfig : ModelConfig
                 if (!int.TryParse(key, NumberStyles.None, CultureInfo.InvariantCulture, out int id) || id >= Id2Label.Count)
                     yield return $"id2label key '{key}' is not a class index in [0, {Id2Label.Count})";
             if (NumLabelsKey is { } n && n != Id2Label.Count) yield return $"num_labels ({n}) differs from the {Id2Label.Count} entries of id2label";
+            // Predictions are answered by label name, so two classes may not share one.
+            foreach (var repeated in Id2Label.Values.GroupBy(v => v).Where(g => g.Count() > 1))
+                yield return $"id2label names '{repeated.Key}' for {repeated.Count()} classes; each label must be distinct";
         }
         else if (NumLabelsKey is <= 0) yield return $"num_labels is {NumLabelsKey}; it must be positive";
     }

@@ -190,6 +190,7 @@ public sealed class VitTests : IDisposable
     [InlineData("\"patch_size\": 4,", "\"patch_size\": 3,", "patch_size (3) does not divide image_size (8)")]
     [InlineData("\"id2label\": {\"0\": \"cat\", \"1\": \"dog\", \"2\": \"bird\"},", "\"id2label\": {\"0\": \"cat\", \"1\": \"dog\", \"5\": \"bird\"},", "id2label key '5'")]
     [InlineData("\"hidden_size\": 16,", "", "hidden_size")]
+    [InlineData("\"2\": \"bird\"", "\"2\": \"cat\"", "id2label names 'cat' for 2 classes")]
     [InlineData("\"ViTForImageClassification\"", "\"ViTModel\"", "architectures [ViTModel] are not supported")]
     [InlineData("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu\", \"num_labels\": 4", "num_labels (4) differs from the 3 entries of id2label")]
     public void BadConfigsAreRefusedNamingTheKey(string find, string replace, string message)

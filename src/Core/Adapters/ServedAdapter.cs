@@ -9,7 +9,7 @@ namespace AdapterService.Core.Adapters;
 /// <see cref="LoraWeights"/> (gathered per row into one batched matmul), every other method's layers as an
 /// <see cref="IRowDelta"/> applied to the rows that use it.
 /// </summary>
-public sealed class ServedAdapter : IDisposable
+public sealed record ServedAdapter : IDisposable
 {
     public required AdapterConfig Config { get; init; }
     public IReadOnlyDictionary<string, LoraWeights> Lora { get; init; } = new Dictionary<string, LoraWeights>();
@@ -61,11 +61,7 @@ public sealed class ServedAdapter : IDisposable
                     ? new ServedAdapter { Config = config, Blocks = blocks, Lora = lora } : null!,
                 _ => throw new InvalidDataException($"{config.Method} adapters cannot be served"),
             };
-            served = new ServedAdapter
-            {
-                Config = served.Config, Lora = served.Lora, Deltas = served.Deltas, Blocks = served.Blocks, Norms = served.Norms, Head = head,
-                ParameterCount = parameterCount,
-            };
+            served = served with { Head = head, ParameterCount = parameterCount };
             if (head is { } h) kept.UnionWith([h.Weight, h.Bias]);
             foreach (var w in served.Lora.Values) kept.UnionWith([w.A, w.B, .. w.Magnitude is null ? [] : new[] { w.Magnitude }]);
             foreach (var d in served.Deltas.Values) kept.UnionWith(d.Tensors);

@@ -1,4 +1,6 @@
+using System.IO.Compression;
 using System.Net.Http.Json;
+using System.Text;
 using System.Text.Json;
 using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
@@ -86,5 +88,58 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path = untokenized, id = "no-tokenizer" }), 400, "path");
         await Api.AssertErrorAsync(await client.GetAsync("/v1/base_models/broken-gpt2"), 404, "id");
         Assert.False(Directory.Exists(Path.Combine(factory.DataDirectory, "blobs", "models", "broken-gpt2")));
+    }
+
+    static async Task<HttpResponseMessage> UploadAsync(HttpClient client, byte[] zip, string id)
+    {
+        using var form = new MultipartFormDataContent { { new ByteArrayContent(zip), "file", "model.zip" }, { new StringContent(id), "id" } };
+        return await client.PostAsync("/v1/base_models/upload", form);
+    }
+
+    static byte[] Zip(string folder, string prefix = "")
+    {
+        var stream = new MemoryStream();
+        using (var archive = new ZipArchive(stream, ZipArchiveMode.Create, leaveOpen: true))
+            foreach (var file in Directory.GetFiles(folder))
+                archive.CreateEntryFromFile(file, prefix + Path.GetFileName(file));
+        return stream.ToArray();
+    }
+
+    [Fact]
+    public async Task AZippedFolderUploadsAsABaseThatAnswersLikeTheOriginal()
+    {
+        // The export of a base is a zip of its folder at the zip's root; a zipped folder has it one level down.
+        var export = await client.GetByteArrayAsync("/v1/models/tiny-llama-demo/export");
+        var uploaded = await Api.JsonAsync(await UploadAsync(client, export, "tiny-llama-copy"));
+        Assert.Equal(("llama", "tiny-llama-copy"), ((string?)uploaded["family"], (string?)uploaded["id"]));
+        object Request(string model) => new { model, prompt = "Once upon", max_tokens = 6, temperature = 0 };
+        var original = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", Request("tiny-llama-demo")));
+        var copy = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", Request("tiny-llama-copy")));
+        Assert.Equal((string?)original["choices"]![0]!["text"], (string?)copy["choices"]![0]!["text"]);
+
+        var gpt2 = await Api.JsonAsync(await UploadAsync(client, Zip(WriteGpt2("zipped"), "gpt2/"), "zipped-gpt2"));
+        Assert.Equal(("gpt2", "byte-level BPE"), ((string?)gpt2["family"], (string?)gpt2["tokenizer"]));
+        await Api.AssertErrorAsync(await UploadAsync(client, export, "tiny-llama-copy"), 409, "id");
+    }
+
+    [Fact]
+    public async Task BadZipsAreRefusedAndNothingIsStored()
+    {
+        int Bases() => factory.Query(db => db.BaseModels.Count());
+        int before = Bases();
+        var path = WriteGpt2("to-break");
+        await Api.AssertErrorAsync(await UploadAsync(client, Encoding.UTF8.GetBytes("not a zip"), "bad-1"), 400, "file");
+        await Api.AssertErrorAsync(await UploadAsync(client, Zip(path, "a/b/"), "bad-2"), 400, "file");            // too deep: no config.json found
+        File.Delete(Path.Combine(path, "vocab.json"));
+        await Api.AssertErrorAsync(await UploadAsync(client, Zip(path), "bad-3"), 400, "file");                     // no tokenizer
+        var weights = Path.Combine(path, ModelFolder.WeightsFile);
+        File.WriteAllBytes(weights, File.ReadAllBytes(weights)[..^100]);
+        await Api.AssertErrorAsync(await UploadAsync(client, Zip(path), "bad-4"), 400, "file");                     // truncated weights
+        await Api.AssertErrorAsync(await UploadAsync(client, Zip(path), "../escape"), 400, "id");
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/upload", new { id = "bad-5" }), 415, null);
+        Assert.Equal(before, Bases());
+        foreach (var id in new[] { "bad-1", "bad-2", "bad-3", "bad-4" })
+            Assert.False(Directory.Exists(Path.Combine(factory.DataDirectory, "blobs", "models", id)));
+        Assert.Empty(Directory.GetFiles(Path.Combine(factory.DataDirectory, "blobs", "tmp"), "upload.zip", SearchOption.AllDirectories));
     }
 }

@@ -2,6 +2,7 @@ using System.IO.Compression;
 using System.Text;
 using System.Text.Json;
 using AdapterService.Api.Apis;
+using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
 using AdapterService.Core.Formats;
@@ -108,7 +109,8 @@ public sealed class ParserFuzzTests : IDisposable
         Fuzz(7, 1200, [zip.ToArray()], input =>
         {
             var target = Directory.CreateDirectory(Path.Combine(folder.FullName, "zip-" + Guid.NewGuid().ToString("N"))).FullName;
-            AdapterZip.Extract(new MemoryStream(input), target, maxBytes: 1 << 20);
+            string[] peft = [LoraConfig.FileName, LoraAdapter.WeightsFileName];
+            SafeZip.Extract(new MemoryStream(input), target, maxBytes: 1 << 20, peft.Contains, peft);
             using (ServedAdapter.Load(target, Layers, [])) { }
         }, rejections);
     }

@@ -27,6 +27,9 @@ public sealed record CombineAdaptersRequest(string[]? Adapters, double[]? Weight
 
 public static class AdaptersApi
 {
+    /// <summary>The files of a PEFT adapter folder.</summary>
+    static readonly string[] PeftFiles = [AdapterConfig.FileName, TrainableAdapter.WeightsFileName];
+
     public static IEndpointRouteBuilder MapAdaptersApi(this IEndpointRouteBuilder app)
     {
         var adapters = app.MapGroup("/v1/adapters").WithTags("Adapters");
@@ -158,7 +161,7 @@ public static class AdaptersApi
             var zipPath = Path.Combine(temp, "upload.zip");   // a file on disk: zip reading seeks, which request streams do poorly
             await using (var file = File.Create(zipPath)) await upload.CopyToAsync(file, cancel);
             await using (var zip = File.OpenRead(zipPath))
-                AdapterZip.Extract(zip, temp, limits.Value.MaxUploadBytes);
+                SafeZip.Extract(zip, temp, limits.Value.MaxUploadBytes, PeftFiles.Contains, PeftFiles);
             File.Delete(zipPath);
             AdapterConfig config;
             long parameters;

@@ -3,8 +3,10 @@ using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 
 namespace AdapterService.Api.Apis;
 
@@ -32,6 +34,9 @@ public static class BaseModelsApi
         bases.MapPost("/import", ImportBaseModel).RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 409)
             .WithSummary("Register a Hugging Face model folder on the server as a base model (admin key)")
             .WithDescription("The folder's config.json picks the family (llama, gpt2, vit); every weight is checked against it before anything is stored.");
+        bases.MapPost("/upload", UploadBaseModel).DisableAntiforgery().RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 409, 413, 415)
+            .WithSummary("Register an uploaded zip of a Hugging Face model folder as a base model (admin key)")
+            .WithDescription("Multipart form: `file` (a zip of the folder: config.json, model.safetensors or shards with model.safetensors.index.json, tokenizer files; at the zip's root or in one folder, as GET /v1/models/{model}/export writes it), `id`, optional `description`. Up to Files:MaxModelUploadBytes (default 16 GiB).");
         bases.MapDelete("/{id}", DeleteBaseModel).RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 404, 409)
             .WithSummary("Delete a registered base model that no adapter or job uses (admin key)");
         return app;
@@ -51,31 +56,86 @@ public static class BaseModelsApi
     static async Task<Results<Ok<BaseModelDto>, JsonHttpResult<ErrorResponse>>> ImportBaseModel(
         ImportBaseModelRequest request, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
-        if (request.Id is not { } id || !Regex.IsMatch(id, "^[A-Za-z0-9._-]{1,64}$") || id.StartsWith("ft:", StringComparison.Ordinal))
-            return OpenAiErrors.BadRequest("id must be 1-64 letters, digits, '.', '-' or '_'.", "id");
+        if (await CheckNewIdAsync(request.Id, db, cancel) is { } refused) return refused;
         if (request.Path is not { Length: > 0 } path || !Directory.Exists(path))
             return OpenAiErrors.BadRequest($"No folder at '{request.Path}' on the server.", "path");
-        if (await db.BaseModels.AnyAsync(m => m.Id == id, cancel))
-            return OpenAiErrors.Error(StatusCodes.Status409Conflict, $"A base model '{id}' exists already.", "id", "model_exists");
-
-        var temp = blobs.NewTempFolder();
-        try
+        return await RegisterAsync(request.Id!, request.Description, $"imported from {path}", "path", db, blobs, cancel, temp =>
         {
             foreach (var file in Directory.EnumerateFiles(path).Where(f => ModelFile.IsMatch(System.IO.Path.GetFileName(f))))
                 File.Copy(file, System.IO.Path.Combine(temp, System.IO.Path.GetFileName(file)));
+            return Task.CompletedTask;
+        });
+    }
+
+    static async Task<Results<Ok<BaseModelDto>, JsonHttpResult<ErrorResponse>>> UploadBaseModel(
+        HttpRequest request, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
+    {
+        long max = limits.Value.MaxModelUploadBytes;
+        if (request.ContentLength > max)
+            return OpenAiErrors.Error(StatusCodes.Status413PayloadTooLarge, $"The upload is larger than the limit of {max} bytes.", "file", "file_too_large");
+        if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size) size.MaxRequestBodySize = max;
+        if (!request.HasFormContentType)
+            return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the model as multipart/form-data with fields 'file' (a zip), 'id' and optionally 'description'.", null, "unsupported_media_type");
+        var form = await Forms.ReadFormAsync(request, cancel, max);
+        if (form is null) return OpenAiErrors.BadRequest("The multipart body could not be read: it is malformed or truncated.");
+        string id = form["id"].ToString();
+        if (await CheckNewIdAsync(id, db, cancel) is { } refused) return refused;
+        if (form.Files.GetFile("file") is not { } upload) return OpenAiErrors.BadRequest("Missing required parameter: 'file'.", "file");
+        string? description = form.TryGetValue("description", out var d) ? d.ToString() : null;
+        return await RegisterAsync(id, description, $"uploaded as {upload.FileName}", "file", db, blobs, cancel, async temp =>
+        {
+            var zipPath = System.IO.Path.Combine(blobs.NewTempFolder(), "upload.zip");   // on disk: zip reading seeks, which request streams do poorly
+            try
+            {
+                await using (var file = File.Create(zipPath)) await upload.CopyToAsync(file, cancel);
+                await using var zip = File.OpenRead(zipPath);
+                SafeZip.Extract(zip, temp, max, ModelFile.IsMatch, [ModelFolder.ConfigFile]);
+            }
+            finally
+            {
+                Directory.Delete(System.IO.Path.GetDirectoryName(zipPath)!, recursive: true);
+            }
+        });
+    }
+
+    /// <summary>An error if <paramref name="id"/> is no valid id for a new base model or is taken.</summary>
+    static async Task<JsonHttpResult<ErrorResponse>?> CheckNewIdAsync(string? id, ServiceDbContext db, CancellationToken cancel)
+    {
+        if (id is null || !Regex.IsMatch(id, "^[A-Za-z0-9._-]{1,64}$") || id.StartsWith("ft:", StringComparison.Ordinal))
+            return OpenAiErrors.BadRequest("id must be 1-64 letters, digits, '.', '-' or '_'.", "id");
+        if (await db.BaseModels.AnyAsync(m => m.Id == id, cancel))
+            return OpenAiErrors.Error(StatusCodes.Status409Conflict, $"A base model '{id}' exists already.", "id", "model_exists");
+        return null;
+    }
+
+    /// <summary>
+    /// Lets <paramref name="gather"/> put the folder's files into a temporary folder, loads the model from it (which
+    /// checks every weight against config.json) and its tokenizer, then stores the folder and the row. Nothing is kept
+    /// when any of it fails.
+    /// </summary>
+    static async Task<Results<Ok<BaseModelDto>, JsonHttpResult<ErrorResponse>>> RegisterAsync(string id, string? description, string source, string param,
+        ServiceDbContext db, IBlobStore blobs, CancellationToken cancel, Func<string, Task> gather)
+    {
+        var temp = blobs.NewTempFolder();
+        try
+        {
+            await gather(temp);
             var config = ModelConfig.Load(System.IO.Path.Combine(temp, ModelFolder.ConfigFile));
             long parameters;
             int context = 0;
             string tokenizer = "none";
-            using (var model = ModelFolder.Load(temp))   // reads and checks every weight against the config
+            using (var model = ModelFolder.Load(temp))
             {
                 parameters = ((IHuggingFaceModel)model).CheckpointTensors().Sum(t => t.Parameter.numel());
                 if (model is CausalLanguageModel lm)
                 {
                     context = lm.ContextLength;
-                    tokenizer = TextTokenizers.ForModel(temp) is HfTokenizer hf
-                        ? $"byte-level BPE{(hf.Chat is { } chat ? $", {chat} chat format" : "")}"
-                        : throw new InvalidDataException("the folder has no tokenizer.json (or vocab.json + merges.txt)");
+                    tokenizer = TextTokenizers.ForModel(temp) switch
+                    {
+                        HfTokenizer hf => $"byte-level BPE{(hf.Chat is { } chat ? $", {chat} chat format" : "")}",
+                        _ when ByteTokenizer.IsSavedIn(temp) => "byte-level",   // this service's own demo models, exported
+                        _ => throw new InvalidDataException("the folder has no tokenizer.json (or vocab.json + merges.txt)"),
+                    };
                 }
             }
             var blobPath = BlobPaths.ModelPath(id);
@@ -83,7 +143,7 @@ public static class BaseModelsApi
             var row = new BaseModel
             {
                 Id = id, Family = config.ModelType, BlobPath = blobPath, ParameterCount = parameters, ContextLength = context, Dtype = config.TorchDtype,
-                Tokenizer = tokenizer, Description = request.Description ?? $"{config.Architecture} imported from {path}",
+                Tokenizer = tokenizer, Description = description ?? $"{config.Architecture} {source}",
                 CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), OwnedBy = "organization",
             };
             db.BaseModels.Add(row);
@@ -92,7 +152,7 @@ public static class BaseModelsApi
         }
         catch (Exception e) when (e is InvalidDataException or IOException)
         {
-            return OpenAiErrors.BadRequest($"Not a usable model folder: {e.Message}", "path", "invalid_model");
+            return OpenAiErrors.BadRequest($"Not a usable model folder: {e.Message}", param, "invalid_model");
         }
         finally
         {

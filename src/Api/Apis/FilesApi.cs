@@ -21,6 +21,8 @@ public sealed record DeletedDto(string Id, string Object, bool Deleted);
 public sealed class FileLimits
 {
     public long MaxUploadBytes { get; set; } = 512L << 20;
+    /// <summary><c>Files:MaxModelUploadBytes</c>: the largest zipped base model accepted, and the most its files may unpack to (default 16 GiB).</summary>
+    public long MaxModelUploadBytes { get; set; } = 16L << 30;
 }
 
 public static class FilesApi

@@ -68,9 +68,28 @@ public sealed class ByteTokenizer : ITextTokenizer
         _ => throw new ArgumentException($"unknown role '{role}'", nameof(role)),
     };
 
+    /// <summary>Whether <paramref name="folder"/> holds this tokenizer's file (as <see cref="Save"/> writes it).</summary>
+    public static bool IsSavedIn(string folder)
+    {
+        var path = Path.Combine(folder, FileName);
+        if (!File.Exists(path)) return false;
+        try
+        {
+            using var json = JsonDocument.Parse(File.ReadAllText(path));
+            return json.RootElement.ValueKind == JsonValueKind.Object && json.RootElement.TryGetProperty("tokenizer_class", out var c)
+                   && c.ValueKind == JsonValueKind.String && c.GetString() == TokenizerClass;
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
+    }
+
+    const string TokenizerClass = "ByteLevelTokenizer";
+
     public static void Save(string folder) => File.WriteAllText(Path.Combine(folder, FileName), JsonSerializer.Serialize(new
     {
-        tokenizer_class = "ByteLevelTokenizer",
+        tokenizer_class = TokenizerClass,
         vocab_size = VocabSize,
         bos_token = "<|begin|>",
         eos_token = "<|end|>",

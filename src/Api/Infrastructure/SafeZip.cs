@@ -1,0 +1,42 @@
+using System.IO.Compression;
+
+namespace AdapterService.Api.Infrastructure;
+
+/// <summary>Unpacks uploaded zips safely: only wanted files, found by name, written under that name, with a size cap.</summary>
+public static class SafeZip
+{
+    /// <summary>
+    /// Writes the entries whose file name <paramref name="wanted"/> accepts into <paramref name="folder"/> and returns
+    /// their names. Entries count at the zip's root or in one folder (the layout of a zipped folder); each is written
+    /// under its bare file name, so no entry path can escape <paramref name="folder"/>. A name may appear once. The
+    /// bytes actually inflated are counted, so a zip bomb stops at <paramref name="maxBytes"/>.
+    /// </summary>
+    /// <exception cref="InvalidDataException">Not a zip, a file twice, a <paramref name="required"/> file missing, or too large.</exception>
+    public static IReadOnlyList<string> Extract(Stream zip, string folder, long maxBytes, Func<string, bool> wanted, IReadOnlyList<string> required)
+    {
+        ZipArchive archive;
+        try { archive = new ZipArchive(zip, ZipArchiveMode.Read); }
+        catch (InvalidDataException) { throw new InvalidDataException("the upload is not a zip file"); }
+        using (archive)
+        {
+            var entries = archive.Entries.Where(e => e.Name.Length > 0 && wanted(e.Name) && e.FullName.Count(c => c == '/') <= 1).ToList();
+            if (entries.GroupBy(e => e.Name).FirstOrDefault(g => g.Count() > 1) is { } twice)
+                throw new InvalidDataException($"the zip has more than one {twice.Key}");
+            if (required.FirstOrDefault(name => entries.All(e => e.Name != name)) is { } missing)
+                throw new InvalidDataException($"the zip has no {missing}");
+            long total = 0;
+            var buffer = new byte[81920];
+            foreach (var entry in entries)
+            {
+                using var source = entry.Open();
+                using var target = File.Create(Path.Combine(folder, entry.Name));
+                for (int read; (read = source.Read(buffer)) > 0;)
+                {
+                    if ((total += read) > maxBytes) throw new InvalidDataException($"the unpacked files are larger than {maxBytes} bytes");
+                    target.Write(buffer, 0, read);
+                }
+            }
+            return entries.Select(e => e.Name).ToList();
+        }
+    }
+}

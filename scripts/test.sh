@@ -5,22 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-# libtorch (TorchSharp) needs OpenMP's runtime; the OpenAI client tests and the dashboard (its build and its browser
-# tests) need Node.js and npm; the browser tests drive Debian's chromium.
-ldconfig -p | grep -q 'libgomp.so.1' || need_apt+=(libgomp1)
-command -v node >/dev/null || need_apt+=(nodejs)
-command -v npm >/dev/null || need_apt+=(npm)
-[ -x /usr/bin/chromium ] || need_apt+=(chromium)
-# The built-in ViT is pre-trained on Fashion-MNIST from Debian's package (its tests train on a small subset).
-[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
-# The scale-out tests run against a real PostgreSQL server.
-ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "test.sh: installing ${need_apt[*]}"
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
-fi
+bash scripts/debian-packages.sh test
 
 # The official OpenAI Node client, pinned by tests/openai-client/package-lock.json.
 if [ ! -d tests/openai-client/node_modules/openai ] || [ tests/openai-client/package-lock.json -nt tests/openai-client/node_modules/.package-lock.json ]; then

@@ -8,7 +8,7 @@ namespace AdapterService.Benchmarks;
 /// <summary>
 /// Benchmarks 1 and 2 at the level of one forward pass: 32 rows, each with its own LoRA adapter (rank 8-16 on q,v),
 /// against the same rows on the base alone, against switching adapters per row (PEFT's mixed batch), and against
-/// merging each row's adapter into the weights before its step.
+/// merging each row's adapter into the weights before its step. Variants are timed round-robin.
 /// </summary>
 sealed class LoraServing : IDisposable
 {
@@ -35,16 +35,20 @@ sealed class LoraServing : IDisposable
         line($"## 1-2. {Rows} requests over {Rows} distinct LoRA adapters (rank 8-16 on q_proj, v_proj)");
         line($"model: Llama-shaped, {parameters / 1e6:F1}M parameters (hidden {model.Config.HiddenSize}, {model.Config.NumHiddenLayers} layers), random weights; prompt {Prompt} tokens");
 
-        double basePrefill = Measure.Seconds(() => { for (int i = 0; i < Prefills; i++) Prefill(null); }, repeats);
-        double loraPrefill = Measure.Seconds(() => { for (int i = 0; i < Prefills; i++) Prefill(weights[i]); }, repeats);
+        // Round-robin, so that drift on this shared machine moves every variant alike.
+        var prefill = Measure.Interleaved([
+            () => { for (int i = 0; i < Prefills; i++) Prefill(null); },
+            () => { for (int i = 0; i < Prefills; i++) Prefill(weights[i]); },
+        ], repeats);
+        double basePrefill = prefill[0], loraPrefill = prefill[1];
 
         for (int slot = 0; slot < Rows; slot++) PrefillInto(slot);
-        double baseDecode = Measure.Seconds(() => Decode(), repeats);
         using var kept = Gather(Enumerable.Range(0, Rows).Select(i => weights[i]).ToList());
-        double loraDecode = Measure.Seconds(() => Decode(kept), repeats);
-        double regatherDecode = Measure.Seconds(() => { using var g = Gather(weights); Decode(g); }, repeats);
-        double switchDecode = Measure.Seconds(SwitchPerAdapter, repeats);
-        double mergeDecode = Measure.Seconds(MergePerRequest, repeats);
+        Clear();
+        var decode = Measure.Interleaved([
+            () => Decode(), () => Decode(kept), () => { using var g = Gather(weights); Decode(g); }, SwitchPerAdapter, MergePerRequest,
+        ], repeats);
+        double baseDecode = decode[0], loraDecode = decode[1], regatherDecode = decode[2], switchDecode = decode[3], mergeDecode = decode[4];
 
         double Tps(double seconds, int tokens) => tokens / seconds;
         line("");

@@ -14,6 +14,8 @@ command -v npm >/dev/null || need_apt+=(npm)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 # The built-in ViT is pre-trained on Fashion-MNIST from Debian's package (its tests train on a small subset).
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
+# The built-in language model is pre-trained on Debian's fortunes.
+[ -f /usr/share/games/fortunes/fortunes ] || need_apt+=(fortunes)
 # The scale-out tests run against a real PostgreSQL server.
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -58,6 +58,7 @@ public static class BpeTrainer
     /// </summary>
     public static BpeVocabulary Train(IEnumerable<string> texts, int vocabSize, IReadOnlyList<string> specialTokens, int minFrequency = 2)
     {
+        minFrequency = Math.Max(1, minFrequency);
         if (vocabSize < specialTokens.Count + 256)
             throw new ArgumentException($"vocabSize {vocabSize} is below the {specialTokens.Count} special tokens + 256 bytes it must hold");
         var tokens = new List<string>(specialTokens);

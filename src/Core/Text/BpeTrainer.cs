@@ -33,7 +33,8 @@ public sealed record BpeVocabulary(IReadOnlyList<string> Tokens, IReadOnlyList<(
                 merges = Merges.Select(m => new[] { m.Left, m.Right }),
             },
         };
-        var indented = new JsonSerializerOptions { WriteIndented = true };
+        // Tokens written as they are (Ġ, <|endoftext|>), as Hugging Face writes them, rather than as \u escapes.
+        var indented = new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
         File.WriteAllText(Path.Combine(folder, HfTokenizer.TokenizerFile), JsonSerializer.Serialize(tokenizer, indented));
         File.WriteAllText(Path.Combine(folder, "tokenizer_config.json"), JsonSerializer.Serialize(new
         {

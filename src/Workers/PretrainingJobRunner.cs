@@ -52,6 +52,8 @@ public sealed class PretrainingJobRunner(ServiceDbContext db, IBlobStore blobs, 
                 if (db.Jobs.IgnoreQueryFilters().Where(j => j.Id == jobId).Select(j => j.Status).Single() != JobStatus.Running) stop.Cancel();
             }, stop.Token);
             var blobPath = BlobPaths.ModelPath(job.Model);
+            // A folder without a row is left from a run stopped between writing and registering: this one replaces it.
+            if (Directory.Exists(blobs.Resolve(blobPath))) blobs.Delete(blobPath);
             blobs.CommitFolder(temp, blobPath);
             temp = null;
             var (tensors, _) = SafeTensors.ReadHeader(Path.Combine(blobs.Resolve(blobPath), ModelFolder.WeightsFile));

@@ -4,6 +4,9 @@
 // Writes the report to stdout and to benchmarks/results/latest.md.
 //   dotnet run -c Release --project benchmarks -- --vision [--quick]
 // runs only the built-in ViT's transfer benchmark (needs dataset-fashion-mnist) and writes benchmarks/results/vision.md.
+//   dotnet run -c Release --project benchmarks -- --language-model [--quick]
+// pre-trains the built-in language model with its default settings (needs fortunes), reports the loss curve and sample
+// generations, and writes benchmarks/results/language-model.md.
 using System.Diagnostics;
 using System.Text;
 using AdapterService.Benchmarks;
@@ -22,6 +25,16 @@ if (args.Contains("--vision"))
     Line("");
     new VisionTransfer(quick).Run(Line);
     Save("vision.md");
+    return;
+}
+
+if (args.Contains("--language-model"))
+{
+    Line($"# Built-in language model pre-training ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
+    Line("");
+    new LanguageModelRun(quick).Run(Line);
+    Save("language-model.md");
     return;
 }
 

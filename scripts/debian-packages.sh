@@ -14,7 +14,7 @@ ldconfig -p | grep -q 'libgomp.so.1' || need+=(libgomp1)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
-[ -d /usr/share/games/fortunes ] || need+=(fortunes)
+[ -f /usr/share/games/fortunes/fortunes ] || need+=(fortunes)
 if [ "$mode" = test ]; then
   # The browser tests drive Debian's chromium; the scale-out tests run against a real PostgreSQL server.
   [ -x /usr/bin/chromium ] || need+=(chromium)

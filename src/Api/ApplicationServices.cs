@@ -127,10 +127,12 @@ public static class ApplicationServices
     /// <summary>The database is the source of truth: jobs queued or running when the process stopped go back to the queue.</summary>
     static void RequeueUnfinishedJobs(ServiceDbContext db, IBackgroundJobClient queue)
     {
-        foreach (var id in db.Jobs.Where(j => j.Status == JobStatus.Queued || j.Status == JobStatus.Running).Select(j => j.Id).ToList())
+        foreach (var (id, type) in db.Jobs.Where(j => j.Status == JobStatus.Queued || j.Status == JobStatus.Running)
+                     .Select(j => new { j.Id, j.AdapterType }).AsEnumerable().Select(j => (j.Id, j.AdapterType)).ToList())
         {
             db.Jobs.Where(j => j.Id == id).ExecuteUpdate(s => s.SetProperty(j => j.Status, JobStatus.Queued));
-            FineTuningJobsApi.Enqueue(queue, id);
+            if (type == PretrainingJobRunner.JobType) PretrainingJobRunner.Enqueue(queue, id);
+            else FineTuningJobsApi.Enqueue(queue, id);
         }
     }
 }

@@ -1,4 +1,6 @@
+using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Text;
 using AdapterService.Core.Vision;
 using Hangfire;
 using Hangfire.PostgreSql;
@@ -31,6 +33,17 @@ public static class WorkerServices
                 });
             else c.UseInMemoryStorage();
         });
+        return services.AddPretrainedBuiltins(configuration);
+    }
+
+    /// <summary>
+    /// The base models the service pre-trains itself, with their settings (<c>Vision:Pretraining</c>,
+    /// <c>Text:Pretraining</c>): the API checks their data and queues them, a worker trains them.
+    /// </summary>
+    public static IServiceCollection AddPretrainedBuiltins(this IServiceCollection services, IConfiguration configuration)
+    {
+        services.AddSingleton<IPretrainedBuiltin>(_ => new FashionMnistVit(configuration.GetSection("Vision:Pretraining").Get<PretrainingOptions>() ?? new()));
+        services.AddSingleton<IPretrainedBuiltin>(_ => new FortunesLlama(configuration.GetSection("Text:Pretraining").Get<LanguageModelPretrainingOptions>() ?? new()));
         return services;
     }
 
@@ -41,8 +54,7 @@ public static class WorkerServices
     public static IServiceCollection AddFineTuningWorker(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddScoped<FineTuningJobRunner>();
-        services.AddScoped<VitPretrainingJob>();
-        services.Configure<PretrainingOptions>(configuration.GetSection("Vision:Pretraining"));
+        services.AddScoped<PretrainingJobRunner>();
         services.Configure<TrainingOptions>(configuration.GetSection("Workers"));
         services.AddHangfireServer(o =>
         {

@@ -26,6 +26,14 @@ public class ServiceFactory : WebApplicationFactory<Program>
         builder.UseSetting("Vision:Pretraining:TestImages", "500");
         builder.UseSetting("Vision:Pretraining:Steps", "150");
         builder.UseSetting("Vision:Pretraining:BatchSize", "32");
+        // The built-in language model: a tiny one on a few hundred fortunes (the default takes a quarter of an hour).
+        foreach (var (key, value) in new Dictionary<string, string>
+                 {
+                     ["MaxEntries"] = "400", ["VocabSize"] = "400", ["HiddenSize"] = "32", ["IntermediateSize"] = "64", ["NumHiddenLayers"] = "2",
+                     ["NumAttentionHeads"] = "2", ["ContextLength"] = "32", ["Steps"] = "60", ["BatchSize"] = "8", ["LearningRate"] = "0.005",
+                     ["ValidateEverySteps"] = "20", ["ValidationWindows"] = "16",
+                 })
+            builder.UseSetting($"Text:Pretraining:{key}", value);
     }
 
     /// <summary>Reads the database directly, to check what is (not) stored.</summary>

@@ -22,6 +22,16 @@ public class VisionApiTests(ServiceFactory factory)
     {
         var response = await client.PostAsync($"/v1/models/{Vit}/pretrain", null);
         Assert.True(response.StatusCode is HttpStatusCode.Accepted or HttpStatusCode.OK, await response.Content.ReadAsStringAsync());
+        if (response.StatusCode == HttpStatusCode.Accepted)
+        {
+            // Pre-training is a job reporting like fine-tuning: a metrics event per step, then success.
+            var jobId = (string)(await Api.JsonAsync(response))["job_id"]!;
+            var job = await Api.WaitForJobAsync(client, jobId, s => s is "succeeded" or "failed" or "cancelled", TimeSpan.FromMinutes(4));
+            Assert.Equal(("succeeded", Vit), ((string)job["status"]!, (string)job["fine_tuned_model"]!));
+            var events = (await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000")))["data"]!.AsArray();
+            Assert.Equal(150, events.Count(e => (string)e!["type"]! == "metrics"));
+            Assert.Equal(150, (int)events.First(e => (string)e!["type"]! == "metrics")!["data"]!["step"]!);
+        }
         var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(4);
         while ((await client.GetAsync($"/v1/models/{Vit}")).StatusCode == HttpStatusCode.NotFound)
         {

@@ -119,14 +119,16 @@ public static partial class FineTuningJobsApi
 
     public static FineTuningJobDto ToDto(this FineTuningJob j, IReadOnlyDictionary<string, string>? metadata)
     {
-        var adapter = AdapterConfig.Parse(j.AdapterConfig);
         var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier, j.EarlyStoppingPatience);
+        // A built-in base's pre-training trains no adapter; its settings are the pre-training's own.
+        bool pretraining = j.AdapterType == PretrainingJobRunner.JobType;
         return new FineTuningJobDto(j.Id, "fine_tuning.job", j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", [],
             j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
-            new MethodDto("supervised", new SupervisedDto(hp)),
-            AdapterDto.From(adapter), j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs);
+            new MethodDto(pretraining ? PretrainingJobRunner.JobType : "supervised", new SupervisedDto(hp)),
+            pretraining ? new AdapterDto(PretrainingJobRunner.JobType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(j.AdapterConfig)),
+            j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs);
     }
 
     /// <summary>Jobs as the API shows them, with their metadata loaded in one query.</summary>
@@ -433,7 +435,10 @@ public static partial class FineTuningJobsApi
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> PauseJob(
         string jobId, ServiceDbContext db, CancellationToken cancel) =>
-        await ChangeStatusAsync(jobId, [JobStatus.Queued, JobStatus.Running], JobStatus.Paused, "Fine-tuning job paused", db, cancel);
+        // Pre-training keeps no state to resume from: it can be cancelled, not paused.
+        await db.Jobs.AnyAsync(j => j.Id == jobId && j.AdapterType == PretrainingJobRunner.JobType, cancel)
+            ? OpenAiErrors.BadRequest($"Job {jobId} pre-trains a built-in model, which cannot be paused; cancel it instead.", "id", "invalid_job_status")
+            : await ChangeStatusAsync(jobId, [JobStatus.Queued, JobStatus.Running], JobStatus.Paused, "Fine-tuning job paused", db, cancel);
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> ResumeJob(
         string jobId, ServiceDbContext db, IBackgroundJobClient queue, CancellationToken cancel)

@@ -4,7 +4,10 @@ using AdapterService.Core.Adapters;
 using AdapterService.Core.Models;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Jobs;
+using AdapterService.Core.Pretraining;
 using AdapterService.Core.Vision;
+using System.Security.Claims;
 using AdapterService.Workers;
 using Hangfire;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -15,8 +18,8 @@ namespace AdapterService.Api.Apis;
 /// <summary>OpenAI's model object; <c>parent</c> is the base of a fine-tuned model.</summary>
 public sealed record ModelDto(string Id, string Object, long Created, string OwnedBy, string? Parent, string? Description);
 
-/// <summary>A queued pre-training of a built-in base model.</summary>
-public sealed record PretrainingDto(string Id, string Object, string Status);
+/// <summary>A pre-training of a built-in base model: the fine-tuning job (<c>job_id</c>) whose events and SignalR messages follow it.</summary>
+public sealed record PretrainingDto(string Id, string Object, string Status, string JobId);
 
 public static class ModelsApi
 {
@@ -27,8 +30,9 @@ public static class ModelsApi
         models.MapGet("/{model}", GetModel).WithErrors(404).WithSummary("Retrieve a base or fine-tuned model");
         models.MapGet("/{model}/export", ExportModel).WithErrors(400, 404)
             .WithSummary("Download a model as a zipped Hugging Face folder: a base as stored, a fine-tuned model with its adapter merged into the weights");
-        models.MapPost("/{model}/pretrain", Pretrain).WithErrors(400, 404).WithSummary("Queue the pre-training of a built-in base model (vit-fashion-mnist-demo)")
-            .WithDescription("The service pre-trains its demo ViT on Fashion-MNIST classes 0-4 from Debian's dataset-fashion-mnist package. 202 while queued; the model is listed once trained. 200 with the model when it exists already.");
+        models.MapPost("/{model}/pretrain", Pretrain).WithErrors(400, 404)
+            .WithSummary("Queue the pre-training of a built-in base model (vit-fashion-mnist-demo, fortunes-llama-demo)")
+            .WithDescription("The service pre-trains its demo ViT on Fashion-MNIST classes 0-4 from Debian's dataset-fashion-mnist package, and its demo language model on Debian's fortunes package. 202 with `job_id` while queued or running: a fine-tuning job of method `pretraining` whose events and SignalR `progress`/`status` messages report it. 200 with the model when it exists already.");
         models.MapDelete("/{model}", DeleteModel).WithErrors(400, 404).WithSummary("Delete a fine-tuned model (its adapter and files)");
         return app;
     }
@@ -103,22 +107,41 @@ public static class ModelsApi
             File.Copy(file, Path.Combine(output, Path.GetFileName(file)));
     }
 
+    /// <summary>
+    /// Queues a pre-training job for a built-in base, or answers with the one queued or running already; once the model
+    /// exists, answers with it. The job is the caller's project's, so its events and SignalR messages are theirs to follow.
+    /// </summary>
     static async Task<Results<Ok<ModelDto>, Accepted<PretrainingDto>, JsonHttpResult<ErrorResponse>>> Pretrain(
-        string model, ServiceDbContext db, IBackgroundJobClient queue, IConfiguration configuration, CancellationToken cancel)
+        string model, ServiceDbContext db, IEnumerable<IPretrainedBuiltin> builtins, IBackgroundJobClient queue, ClaimsPrincipal user, CancellationToken cancel)
     {
-        if (model != VitPretrainingJob.Id)
-            return OpenAiErrors.NotFound($"The service pre-trains only {VitPretrainingJob.Id}; '{model}' is not one of its built-in models.", "model", "model_not_found");
+        var builtin = builtins.FirstOrDefault(b => b.Id == model);
+        if (builtin is null)
+            return OpenAiErrors.NotFound($"The service pre-trains only {string.Join(" and ", builtins.Select(b => b.Id))}; '{model}' is not one of its built-in models.",
+                "model", "model_not_found");
         if (await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == model, cancel) is { } existing) return TypedResults.Ok(existing.ToDto());
+        if (await db.Jobs.AsNoTracking().IgnoreQueryFilters()
+                .Where(j => j.AdapterType == PretrainingJobRunner.JobType && j.Model == model && (j.Status == JobStatus.Queued || j.Status == JobStatus.Running))
+                .FirstOrDefaultAsync(cancel) is { } running)
+            return TypedResults.Accepted($"/v1/fine_tuning/jobs/{running.Id}", new PretrainingDto(model, "model.pretraining", running.Status, running.Id));
         try
         {
-            FashionMnist.EnsureInstalled(configuration["Vision:Pretraining:DataFolder"] ?? FashionMnist.DefaultFolder);
+            builtin.EnsureDataInstalled();
         }
         catch (DatasetMissingException e)
         {
             return OpenAiErrors.BadRequest(e.Message, "model", "dataset_missing");
         }
-        queue.Enqueue<VitPretrainingJob>(j => j.Run(CancellationToken.None));
-        return TypedResults.Accepted($"/v1/models/{model}", new PretrainingDto(model, "model.pretraining", "queued"));
+        long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        var job = new FineTuningJob
+        {
+            Id = "ftjob-" + Ids.New(), ProjectId = user.ProjectId()!, Model = model, TrainingFile = builtin.Corpus, Status = JobStatus.Queued,
+            CreatedAt = now, Epochs = 1, LearningRateMultiplier = 1, AdapterType = PretrainingJobRunner.JobType, AdapterConfig = builtin.Settings,
+        };
+        db.Jobs.Add(job);
+        db.JobEvents.Add(new JobEvent { JobId = job.Id, CreatedAt = now, Message = $"Pre-training job created for {model}", Data = JobEventData.ForStatus(JobStatus.Queued) });
+        await db.SaveChangesAsync(cancel);
+        PretrainingJobRunner.Enqueue(queue, job.Id);
+        return TypedResults.Accepted($"/v1/fine_tuning/jobs/{job.Id}", new PretrainingDto(model, "model.pretraining", job.Status, job.Id));
     }
 
     static async Task<Results<Ok<ModelDto>, JsonHttpResult<ErrorResponse>>> GetModel(string model, ServiceDbContext db, CancellationToken cancel) =>

@@ -17,7 +17,7 @@ public sealed class HfTokenizer : ITextTokenizer
     public const string TokenizerFile = "tokenizer.json", VocabFile = "vocab.json", MergesFile = "merges.txt";
 
     /// <summary>GPT-2's pre-tokenizer pattern: what ByteLevel's <c>use_regex</c> splits on.</summary>
-    const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+    public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
     readonly BpeTokenizer bpe;
     readonly Dictionary<int, string> tokens;   // id → byte-level token text, special tokens excluded
@@ -81,21 +81,6 @@ public sealed class HfTokenizer : ITextTokenizer
 
     public byte[] TokenBytes(int id) =>
         tokens.TryGetValue(id, out var text) ? text.Select(c => ByteLevel.Decode.TryGetValue(c, out byte b) ? b : (byte)'?').ToArray() : [];
-
-    /// <summary>GPT-2's byte-level alphabet: every byte is written as a printable character in the vocabulary.</summary>
-    static class ByteLevel
-    {
-        public static readonly Dictionary<char, byte> Decode = Build();
-
-        static Dictionary<char, byte> Build()
-        {
-            var printable = Enumerable.Range('!', '~' - '!' + 1).Concat(Enumerable.Range('¡', '¬' - '¡' + 1)).Concat(Enumerable.Range('®', 'ÿ' - '®' + 1)).ToHashSet();
-            var map = new Dictionary<char, byte>();
-            int next = 0;
-            for (int b = 0; b < 256; b++) map[printable.Contains(b) ? (char)b : (char)(256 + next++)] = (byte)b;
-            return map;
-        }
-    }
 
     /// <summary>Token ids of <paramref name="text"/>, special tokens written in it included; with <paramref name="addBos"/>, the begin-of-sequence id first.</summary>
     public IReadOnlyList<int> Encode(string text, bool addBos = false)

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using AdapterService.Core.Models;
+using AdapterService.Core.Pretraining;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -21,8 +22,6 @@ public sealed record PretrainingOptions
     public string DataFolder { get; init; } = FashionMnist.DefaultFolder;
 }
 
-public sealed record PretrainingProgress(int Step, int TotalSteps, double Loss, double Accuracy, double EtaSeconds);
-
 /// <summary>What pre-training did, recorded in the model's description.</summary>
 public sealed record PretrainingResult(int Steps, int TrainImages, int BatchSize, double FinalLoss, int TestImages, double TestAccuracy, double Seconds)
 {
@@ -31,8 +30,8 @@ public sealed record PretrainingResult(int Steps, int TrainImages, int BatchSize
 }
 
 /// <summary>
-/// Pre-trains the built-in ViT from scratch: every weight trained with AdamW (weight decay 0.05), linear warm-up over the
-/// first 5% of steps then linear decay, batches drawn without replacement from a seeded order.
+/// Pre-trains the built-in ViT from scratch with the shared <see cref="Pretrainer"/> loop (AdamW with weight decay 0.05),
+/// batches drawn without replacement from a seeded order.
 /// </summary>
 public static class VitPretraining
 {
@@ -53,39 +52,18 @@ public static class VitPretraining
     {
         var clock = Stopwatch.StartNew();
         var model = (ViTForImageClassification)BuiltinModels.RandomModel(DemoConfig, options.Seed);
-        foreach (var p in model.parameters()) p.requires_grad = true;
-        model.train();
-        using var optimizer = optim.AdamW(model.parameters(), options.LearningRate, weight_decay: 0.05);
         var random = new Random(unchecked((int)options.Seed));
         var order = new List<int>();
-        double loss = double.NaN;
-        int warmup = Math.Max(1, options.Steps / 20);
-        for (int step = 0; step < options.Steps; step++)
+        var last = Pretrainer.Run(model, new PretrainingSchedule(options.Steps, options.LearningRate, WeightDecay: 0.05), _ =>
         {
-            cancel.ThrowIfCancellationRequested();
             if (order.Count < options.BatchSize) order.AddRange(Enumerable.Range(0, train.Count).OrderBy(_ => random.Next()));
             var batch = order.GetRange(0, Math.Min(options.BatchSize, order.Count));
             order.RemoveRange(0, batch.Count);
-            double lr = options.LearningRate * Math.Min((step + 1.0) / warmup, (options.Steps - step) / (double)(options.Steps - warmup + 1));
-            foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
-            double accuracy;
-            using (var scope = NewDisposeScope())
-            {
-                var logits = model.forward(ImageData.Pixels(train, batch, DemoConfig));              // [b, 5]
-                var targets = tensor(batch.Select(i => (long)train.Labels[i]).ToArray());            // [b]
-                var batchLoss = nn.functional.cross_entropy(logits, targets);
-                optimizer.zero_grad();
-                batchLoss.backward();
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0);
-                optimizer.step();
-                loss = batchLoss.item<float>();
-                accuracy = logits.argmax(-1).eq(targets).to_type(ScalarType.Float32).mean().item<float>();
-            }
-            double seconds = clock.Elapsed.TotalSeconds;
-            progress?.Invoke(new PretrainingProgress(step + 1, options.Steps, loss, accuracy, seconds / (step + 1) * (options.Steps - step - 1)));
-        }
-        foreach (var p in model.parameters()) p.requires_grad = false;
-        model.eval();
+            var logits = model.forward(ImageData.Pixels(train, batch, DemoConfig));              // [b, 5]
+            var targets = tensor(batch.Select(i => (long)train.Labels[i]).ToArray());            // [b]
+            return (nn.functional.cross_entropy(logits, targets), logits.argmax(-1).eq(targets).to_type(ScalarType.Float32).mean(), batch.Count);
+        }, validate: null, progress, cancel);
+        double loss = last.Loss;
         var (_, testAccuracy) = Training.ClassificationTrainer.Evaluate(model, null, test);
         return (model, new PretrainingResult(options.Steps, train.Count, options.BatchSize, loss, test.Count, testAccuracy, clock.Elapsed.TotalSeconds));
     }
@@ -99,14 +77,11 @@ public static class VitPretraining
         return Train(train, test, options, progress, cancel);
     }
 
-    /// <summary>Pre-trains as <see cref="CreateFromDataset"/> does and writes the Hugging Face folder (atomically).</summary>
-    public static PretrainingResult CreateFolder(string folder, string tempFolder, PretrainingOptions options, Action<PretrainingProgress>? progress, CancellationToken cancel)
+    /// <summary>Pre-trains as <see cref="CreateFromDataset"/> does and writes the Hugging Face folder into <paramref name="folder"/>.</summary>
+    public static PretrainingResult CreateFolder(string folder, PretrainingOptions options, Action<PretrainingProgress>? progress, CancellationToken cancel)
     {
         var (model, result) = CreateFromDataset(options, progress, cancel);
-        using (model) ModelFolder.Save(model, tempFolder);
-        if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(folder))!);
-        Directory.Move(tempFolder, folder);
+        using (model) ModelFolder.Save(model, folder);
         return result;
     }
 }

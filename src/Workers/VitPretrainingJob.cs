@@ -1,6 +1,7 @@
 using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Training;
 using AdapterService.Core.Vision;
 using Hangfire;
 using Microsoft.Extensions.Logging;
@@ -13,7 +14,7 @@ namespace AdapterService.Workers;
 /// store as a Hugging Face folder and registers it as a base model, with what it was trained on in its description.
 /// Queued like a fine-tuning job (one at a time per worker); a second run after it succeeded is a no-op.
 /// </summary>
-public sealed class VitPretrainingJob(ServiceDbContext db, IBlobStore blobs, IOptions<PretrainingOptions> options, ILogger<VitPretrainingJob> log)
+public sealed class VitPretrainingJob(ServiceDbContext db, IBlobStore blobs, IOptions<PretrainingOptions> options, FusionHost trainings, ILogger<VitPretrainingJob> log)
 {
     public const string Id = "vit-fashion-mnist-demo";
 
@@ -30,12 +31,13 @@ public sealed class VitPretrainingJob(ServiceDbContext db, IBlobStore blobs, IOp
         log.LogInformation("Pre-training {Model}: {Steps} steps of batch {Batch} on up to {Images} Fashion-MNIST images of classes 0-4 from {Folder}",
             Id, o.Steps, o.BatchSize, o.TrainImages, o.DataFolder);
         var blobPath = BlobPaths.ModelPath(Id);
-        var result = VitPretraining.CreateFolder(blobs.Resolve(blobPath), blobs.NewTempFolder(), o, p =>
+        // In a training slot of its own, like a fine-tuning job that does not fuse.
+        var result = trainings.RunAlone(() => VitPretraining.CreateFolder(blobs.Resolve(blobPath), blobs.NewTempFolder(), o, p =>
         {
             if (p.Step % LogEverySteps == 0 || p.Step == p.TotalSteps)
                 log.LogInformation("Pre-training {Model}: step {Step}/{Total}, loss {Loss:0.0000}, batch accuracy {Accuracy:P1}, {Eta:0}s left",
                     Id, p.Step, p.TotalSteps, p.Loss, p.Accuracy, p.EtaSeconds);
-        }, shutdown);
+        }, shutdown), () => true, shutdown);
         log.LogInformation("Pre-trained {Model} in {Seconds:0}s: accuracy {Accuracy:P1} on {Images} test images of classes 0-4",
             Id, result.Seconds, result.TestAccuracy, result.TestImages);
         var config = VitPretraining.DemoConfig;

@@ -4,6 +4,9 @@
 // Writes the report to stdout and to benchmarks/results/latest.md.
 //   dotnet run -c Release --project benchmarks -- --vision [--quick]
 // runs only the built-in ViT's transfer benchmark (needs dataset-fashion-mnist) and writes benchmarks/results/vision.md.
+//   dotnet run -c Release --project benchmarks -- --fusion [--quick]
+// runs only the fused-training benchmark (4 LoRA jobs fused vs one after another vs separate copies) and writes
+// benchmarks/results/fusion.md.
 using System.Diagnostics;
 using System.Text;
 using AdapterService.Benchmarks;
@@ -22,6 +25,21 @@ if (args.Contains("--vision"))
     Line("");
     new VisionTransfer(quick).Run(Line);
     Save("vision.md");
+    return;
+}
+
+if (args.Contains("--fusion-memory"))   // a child process of --fusion: one way's peak memory
+{
+    new FusedTraining(quick).MeasureMemory(args[Array.IndexOf(args, "--fusion-memory") + 1], Console.WriteLine);
+    return;
+}
+if (args.Contains("--fusion"))
+{
+    Line($"# Fused training benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
+    Line("");
+    new FusedTraining(quick).Run(Line);
+    Save("fusion.md");
     return;
 }
 

@@ -66,25 +66,20 @@ public static class FusedTrainer
         using var scope = NewDisposeScope();
         var batches = members.Select(m => m.Batch(m.BeginStep())).ToList();                   // [b_j, t_j] each; seeds each job's dropout
         long length = batches.Max(b => b.Inputs.shape[1]);
-        var segments = new List<Segment>();
-        long row = 0;
-        foreach (var (inputs, _) in batches)
-        {
-            segments.Add(new Segment(row, inputs.shape[0], inputs.shape[1]));
-            row += inputs.shape[0];
-        }
+        var segments = batches.Select(b => new Segment(b.Inputs.shape[0], b.Inputs.shape[1])).ToList();
         // Right padding past a job's own length is never read by its tokens (causal attention) nor trained on.
         var fusedInputs = cat(batches.Select((b, j) => nn.functional.pad(b.Inputs, [0, length - b.Inputs.shape[1]], value: members[j].PadId)).ToArray(), 0);
         Install(model, members.Select(m => m.TrainedAdapter).ToList(), segments);
         var logits = model.forward(fusedInputs);                                                 // [Σ b_j, t, vocab]
 
+        var logitRows = Segment.Split(segments, logits);
         var losses = new List<(int Member, Tensor Loss, Tensor Total, double Accuracy)>();
         for (int j = 0; j < members.Count; j++)
         {
             var s = segments[j];
             try
             {
-                var (loss, accuracy) = LanguageModelTrainer.LossOf(logits.narrow(0, s.Start, s.Rows).narrow(1, 0, s.Length), batches[j].Targets);
+                var (loss, accuracy) = LanguageModelTrainer.LossOf(s.Own(logitRows[j]), batches[j].Targets);
                 losses.Add((j, loss, members[j].StepLoss(loss), accuracy));
             }
             catch (Exception e) when (e is not OutOfMemoryException)
@@ -130,24 +125,34 @@ public static class FusedTrainer
     }
 }
 
-/// <summary>A job's rows in a fused batch: from row <c>Start</c>, <c>Rows</c> rows, of which the first <c>Length</c> positions are its own.</summary>
-sealed record Segment(long Start, long Rows, long Length)
+/// <summary>A job's rows in a fused batch (contiguous, in member order): <c>Rows</c> rows, of which the first <c>Length</c> positions are its own.</summary>
+sealed record Segment(long Rows, long Length)
 {
-    /// <summary>This job's block [rows, length, ..] of a fused tensor [rows, t, ..].</summary>
-    public Tensor Of(Tensor fused) => fused.narrow(0, Start, Rows).narrow(1, 0, Length);
+    /// <summary>
+    /// Each job's rows of a fused tensor [B, t, ..], by one split: its backward is one concatenation, where a narrow per
+    /// job would add a zero-filled full-size gradient per job and slot.
+    /// </summary>
+    public static Tensor[] Split(IReadOnlyList<Segment> segments, Tensor fused) => fused.split(segments.Select(s => s.Rows).ToArray(), 0);
 
-    /// <summary>This job's rows: its block <paramref name="own"/> [rows, length, ..], then the positions past its length from <paramref name="padding"/> [B, t, ..].</summary>
-    public Tensor Merge(Tensor own, Tensor padding) =>
-        padding.shape[1] == Length ? own : cat([own, padding.narrow(0, Start, Rows).narrow(1, Length, padding.shape[1] - Length)], 1);
+    /// <summary>This job's block [rows, length, ..] of its rows [rows, t, ..].</summary>
+    public Tensor Own(Tensor rows) => rows.shape[1] == Length ? rows : rows.narrow(1, 0, Length);
+
+    /// <summary>This job's rows: its block <paramref name="own"/> [rows, length, ..], then the positions past its length from <paramref name="rows"/> [rows, t, ..].</summary>
+    public Tensor Merge(Tensor own, Tensor rows) =>
+        rows.shape[1] == Length ? own : cat([own, rows.narrow(1, Length, rows.shape[1] - Length)], 1);
 }
 
 /// <summary>A linear or norm slot of a fused batch: each job's rows through that job's layer (or unchanged where it has none).</summary>
 sealed class SegmentedLinear(IReadOnlyList<Segment> segments, IReadOnlyList<ILinearAdapter?> layers) : ILinearAdapter
 {
-    public Tensor Forward(Tensor x, Tensor y) =>                                                // x [B, t, in], y [B, t, out]
-        cat(segments.Select((s, j) => layers[j] is { } layer
-            ? s.Merge(layer.Forward(s.Of(x), s.Of(y)), y)
-            : y.narrow(0, s.Start, s.Rows)).ToArray(), 0);
+    public Tensor Forward(Tensor x, Tensor y)                                                   // x [B, t, in], y [B, t, out]
+    {
+        var xs = Segment.Split(segments, x);
+        var ys = Segment.Split(segments, y);
+        return cat(segments.Select((s, j) => layers[j] is { } layer
+            ? s.Merge(layer.Forward(s.Own(xs[j]), s.Own(ys[j])), ys[j])
+            : ys[j]).ToArray(), 0);
+    }
 }
 
 /// <summary>
@@ -157,10 +162,12 @@ sealed class SegmentedLinear(IReadOnlyList<Segment> segments, IReadOnlyList<ILin
 sealed class SegmentedFeedForward(IReadOnlyList<Segment> segments, IReadOnlyList<IFeedForwardAdapter?> blocks,
     IReadOnlyList<IReadOnlyDictionary<string, ILinearAdapter>> projections) : IFeedForwardAdapter
 {
-    public Tensor Forward(Tensor x, IFeedForward block) =>                                      // x [B, t, hidden]
-        cat(segments.Select((s, j) =>
+    public Tensor Forward(Tensor x, IFeedForward block)                                         // x [B, t, hidden]
+    {
+        var xs = Segment.Split(segments, x);
+        return cat(segments.Select((s, j) =>
         {
-            var own = s.Of(x);
+            var own = s.Own(xs[j]);
             var output = blocks[j] is { } adapter
                 ? adapter.Forward(own, block)
                 : block.Compute(own, (name, layer, input) =>
@@ -168,6 +175,7 @@ sealed class SegmentedFeedForward(IReadOnlyList<Segment> segments, IReadOnlyList
                     var y = FeedForwards.Frozen(layer, input);
                     return projections[j].TryGetValue(name, out var l) ? l.Forward(input, y) : y;
                 });
-            return s.Merge(output, x);                                                          // padding positions: never read
+            return s.Merge(output, xs[j]);                                                      // padding positions: never read
         }).ToArray(), 0);
+    }
 }

@@ -118,7 +118,9 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
         public List<Joiner> Joining { get; } = [];
         /// <summary>Training (changed under the host's lock).</summary>
         readonly List<Joiner> members = [];
-        public int Size => Joining.Count + members.Count;
+        /// <summary>Taken from <see cref="Joining"/>, being made on the group's thread (they count until they are members).</summary>
+        int starting;
+        public int Size => Joining.Count + starting + members.Count;
 
         public void Start() => new Thread(Drive) { IsBackground = true, Name = $"fused training on {Key}" }.Start();
 
@@ -134,6 +136,7 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
                     lock (host.gate)
                     {
                         joining = [.. Joining];
+                        starting = joining.Count;
                         Joining.Clear();
                         if (joining.Count == 0 && members.Count == 0)
                         {
@@ -188,13 +191,21 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
             {
                 joiner.Member = joiner.Join(model);
                 joiner.Member.Trainer.BeginRun();
-                lock (host.gate) members.Add(joiner);
+                lock (host.gate)
+                {
+                    members.Add(joiner);
+                    starting--;
+                }
             }
             catch (Exception e)
             {
                 TrainableAdapter.Detach(model);   // a trainer that failed half-made may have attached its adapter
                 joiner.Done.TrySetException(e);
-                lock (host.gate) Monitor.PulseAll(host.gate);
+                lock (host.gate)
+                {
+                    starting--;
+                    Monitor.PulseAll(host.gate);
+                }
             }
         }
 

@@ -7,6 +7,9 @@
 //   dotnet run -c Release --project benchmarks -- --language-model [--quick]
 // pre-trains the built-in language model with its default settings (needs fortunes), reports the loss curve and sample
 // generations, and writes benchmarks/results/language-model.md.
+//   dotnet run -c Release --project benchmarks -- --fusion [--quick]
+// runs only the fused-training benchmark (4 LoRA jobs fused vs one after another vs separate copies) and writes
+// benchmarks/results/fusion.md.
 using System.Diagnostics;
 using System.Text;
 using AdapterService.Benchmarks;
@@ -35,6 +38,20 @@ if (args.Contains("--language-model"))
     Line("");
     new LanguageModelRun(quick).Run(Line);
     Save("language-model.md");
+    return;
+}
+if (args.Contains("--fusion-memory"))   // a child process of --fusion: one way's peak memory
+{
+    new FusedTraining(quick).MeasureMemory(args[Array.IndexOf(args, "--fusion-memory") + 1], Console.WriteLine);
+    return;
+}
+if (args.Contains("--fusion"))
+{
+    Line($"# Fused training benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
+    Line("");
+    new FusedTraining(quick).Run(Line);
+    Save("fusion.md");
     return;
 }
 

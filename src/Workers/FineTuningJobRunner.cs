@@ -40,8 +40,8 @@ sealed class EarlyStopping(int? patience)
 /// The Hangfire job that trains one fine-tuning job. It takes the job id only and is safe to run twice: a finished
 /// or paused job is a no-op, and an interrupted one (crash, shutdown, pause) continues from its last saved state.
 /// </summary>
-public sealed class FineTuningJobRunner(
-    ServiceDbContext db, IBlobStore blobs, IBackgroundJobClient queue, IOptions<TrainingOptions> options, ILogger<FineTuningJobRunner> log)
+public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, IBackgroundJobClient queue, IOptions<TrainingOptions> options,
+    FusionHost fusion, ILogger<FineTuningJobRunner> log)
 {
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
     public const double BaseLearningRate = 4e-3;
@@ -68,24 +68,25 @@ public sealed class FineTuningJobRunner(
             var (adapter, result) = Train(job, stop, t => trainer = t);
             Succeed(job, adapter, result);
         }
-        catch (OperationCanceledException) when (trainer is not null && leaseLost)
+        catch (OperationCanceledException) when (leaseLost)
         {
             log.LogWarning("Job {JobId}: another worker claimed it (this one was too slow to renew); stopping without saving", jobId);
         }
-        catch (OperationCanceledException) when (trainer is not null)
+        catch (OperationCanceledException)
         {
-            // Train saved the state already (unless cancelled); a resume, a re-queue or a restart continues from it.
+            // Train saved the state already (unless cancelled, or stopped while waiting for a turn to train); a resume,
+            // a re-queue or a restart continues from it.
             if (shutdown.IsCancellationRequested && SetStatus(jobId, JobStatus.Queued, [JobStatus.Running]))
             {
-                log.LogInformation("Job {JobId} interrupted by shutdown at step {Step}; it continues when re-queued", jobId, trainer.Step);
+                log.LogInformation("Job {JobId} interrupted by shutdown at step {Step}; it continues when re-queued", jobId, trainer?.Step ?? 0);
                 throw;
             }
-            log.LogInformation("Job {JobId} stopped at step {Step}: it is {Status}", jobId, trainer.Step, CurrentStatus(jobId));
+            log.LogInformation("Job {JobId} stopped at step {Step}: it is {Status}", jobId, trainer?.Step ?? 0, CurrentStatus(jobId));
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
             log.LogError(e, "Job {JobId} failed", jobId);
-            Fail(jobId, e is InvalidDataException or SafeTensorsException or ArgumentException or TrainingFileException ? e.Message : "Training failed: " + e.Message);
+            Fail(jobId, e is InvalidDataException or SafeTensorsException or ArgumentException or TrainingFileException or TrainingDivergedException ? e.Message : "Training failed: " + e.Message);
         }
         finally
         {
@@ -98,32 +99,89 @@ public sealed class FineTuningJobRunner(
         var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
         var config = AdapterConfig.Parse(job.AdapterConfig);
         var hp = new Hyperparameters(job.Epochs, job.BatchSize, BaseLearningRate * job.LearningRateMultiplier);
+        string folder = blobs.Resolve(baseModel.BlobPath);
+        AdapterTrainer? trainer = null;
+        TrainableAdapter? adapter = null;
 
-        using var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath));
-        using var adapter = TrainableAdapter.Create(model, config, job.Seed);
-        AdapterTrainer trainer;
-        Func<(double Loss, double Accuracy)>? evaluate = null;
-        int exampleCount;
-        if (model is ViTForImageClassification vit)
+        // Until the job trains, it waits for a slot (or a group to join) with its lease renewed and its status watched.
+        bool Waiting()
         {
-            // An adapter with its own labels classifies into them; otherwise into the base's.
-            var labels = config.Labels ?? vit.Config.Labels;
-            var examples = ReadImages(job.TrainingFile, vit.Config, labels);
-            var validation = job.ValidationFile is null ? null : ReadImages(job.ValidationFile, vit.Config, labels);
-            var classifier = new ClassificationTrainer(vit, adapter, examples, hp, job.Seed);
-            if (validation is not null) evaluate = () => classifier.Evaluate(validation);
-            (trainer, exampleCount) = (classifier, examples.Count);
+            if (CurrentStatus(job.Id) != JobStatus.Running || !Renew(job.Id)) stop.Cancel();
+            return !stop.IsCancellationRequested;
         }
-        else
+
+        try
         {
-            var languageModel = model as CausalLanguageModel ?? throw new InvalidDataException($"{baseModel.Id} is neither a language model nor an image classifier");
-            var examples = ReadData(job.TrainingFile, baseModel);
-            var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
-            var lm = new LanguageModelTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
-            if (validation is not null) evaluate = () => lm.Evaluate(validation);
-            (trainer, exampleCount) = (lm, examples.Count);
+            TrainingResult result;
+            if (fusion.MaxFusedJobs > 1 && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
+            {
+                var examples = ReadData(job.TrainingFile, baseModel);
+                var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
+                int fusedWith = 0;
+                result = KeepingState(job.Id, () => trainer, () => fusion.Train(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder), model =>
+                {
+                    // On the group's thread, between its steps: the job's adapter and trainer over the group's copy of the base.
+                    adapter = TrainableAdapter.Create(model, config, job.Seed);
+                    var lm = new LanguageModelTrainer(model, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
+                    trainer = lm;
+                    started(lm);
+                    var onStep = Begin(job, lm, adapter, config, examples.Count, validation is null ? null : () => lm.Evaluate(validation), stop);
+                    return new FusedMember(lm, (p, others) =>
+                    {
+                        if (others != fusedWith && p.Step > 0)
+                            AddEvent(job.Id, others > 0
+                                ? $"Training fused with {others} other job(s) on {baseModel.Id} from step {p.Step}: one copy of the base, this job's own adapter, optimizer and data"
+                                : $"Training alone from step {p.Step}: the jobs it was fused with have left");
+                        fusedWith = others;
+                        onStep(p);
+                    });
+                }, Waiting, stop.Token));
+            }
+            else result = fusion.RunAlone(() =>
+            {
+                using var model = ModelFolder.Load(folder);
+                adapter = TrainableAdapter.Create(model, config, job.Seed);
+                Func<(double Loss, double Accuracy)>? evaluate = null;
+                int exampleCount;
+                if (model is ViTForImageClassification vit)
+                {
+                    // An adapter with its own labels classifies into them; otherwise into the base's.
+                    var labels = config.Labels ?? vit.Config.Labels;
+                    var examples = ReadImages(job.TrainingFile, vit.Config, labels);
+                    var validation = job.ValidationFile is null ? null : ReadImages(job.ValidationFile, vit.Config, labels);
+                    var classifier = new ClassificationTrainer(vit, adapter, examples, hp, job.Seed);
+                    if (validation is not null) evaluate = () => classifier.Evaluate(validation);
+                    (trainer, exampleCount) = (classifier, examples.Count);
+                }
+                else
+                {
+                    var languageModel = model as CausalLanguageModel ?? throw new InvalidDataException($"{baseModel.Id} is neither a language model nor an image classifier");
+                    var examples = ReadData(job.TrainingFile, baseModel);
+                    var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
+                    var lm = new LanguageModelTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
+                    if (validation is not null) evaluate = () => lm.Evaluate(validation);
+                    (trainer, exampleCount) = (lm, examples.Count);
+                }
+                started(trainer);
+                var onStep = Begin(job, trainer, adapter, config, exampleCount, evaluate, stop);
+                return KeepingState(job.Id, () => trainer, () => trainer.Run(onStep, stop.Token));
+            }, Waiting, stop.Token);
+            return (Register(job, adapter!), result);
         }
-        started(trainer);
+        finally
+        {
+            adapter?.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Starts or resumes the job's run on <paramref name="trainer"/> (its events, its saved state, the early-stopping
+    /// history) and returns what runs after each step: events once per step, checkpoints, state, early stopping, and
+    /// the status check that stops the job within a step of a cancel or pause. Shared by fused and unfused runs.
+    /// </summary>
+    Action<TrainingProgress> Begin(FineTuningJob job, AdapterTrainer trainer, TrainableAdapter adapter, AdapterConfig config, int exampleCount,
+        Func<(double Loss, double Accuracy)>? evaluate, CancellationTokenSource stop)
+    {
         if (LatestState(job.Id) is { } state)
         {
             trainer.LoadState(state);
@@ -141,45 +199,53 @@ public sealed class FineTuningJobRunner(
                 && stopping.ShouldStop(loss.GetDouble()))
                 trainer.StopAfterThisStep();
         if (!Renew(job.Id)) throw new OperationCanceledException("another worker holds the job");   // loading may have taken a while
-        TrainingResult result;
+        return p =>
+        {
+            bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
+            var valid = epochEnd && evaluate is not null ? evaluate() : ((double Loss, double Accuracy)?)null;
+            if (p.Step > reported) Report(job, p, valid, adapter.Statistics());
+            if (epochEnd) SaveCheckpoint(job, trainer, p, valid);
+            else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
+            if (valid is { } v && stopping.ShouldStop(v.Loss))
+            {
+                AddEvent(job.Id, $"Early stopping at step {p.Step}: the validation loss has not improved for {job.EarlyStoppingPatience} epoch(s)");
+                trainer.StopAfterThisStep();
+            }
+            // Cancel, pause and resume are status changes in the database, so they reach a worker in any process within a step.
+            if (CurrentStatus(job.Id) != JobStatus.Running || !Renew(job.Id)) stop.Cancel();
+        };
+    }
+
+    /// <summary>Runs <paramref name="train"/>; when it stops early (pause, shutdown) the trainer's state is saved, unless the job was cancelled.</summary>
+    TrainingResult KeepingState(string jobId, Func<AdapterTrainer?> trainer, Func<TrainingResult> train)
+    {
         try
         {
-            result = trainer.Run(p =>
-            {
-                bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
-                var valid = epochEnd && evaluate is not null ? evaluate() : ((double Loss, double Accuracy)?)null;
-                if (p.Step > reported) Report(job, p, valid, adapter.Statistics());
-                if (epochEnd) SaveCheckpoint(job, trainer, p, valid);
-                else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
-                if (valid is { } v && stopping.ShouldStop(v.Loss))
-                {
-                    AddEvent(job.Id, $"Early stopping at step {p.Step}: the validation loss has not improved for {job.EarlyStoppingPatience} epoch(s)");
-                    trainer.StopAfterThisStep();
-                }
-                // Cancel, pause and resume are status changes in the database, so they reach a worker in any process within a step.
-                if (CurrentStatus(job.Id) != JobStatus.Running || !Renew(job.Id)) stop.Cancel();
-            }, stop.Token);
+            return train();
         }
-        catch (OperationCanceledException) when (!leaseLost)
+        catch (OperationCanceledException) when (!leaseLost && trainer() is { } t)
         {
             // Keep the progress while the adapter is still alive (unless cancelled): a resume, a re-queue after
             // shutdown or a restart continues from this state.
-            if (CurrentStatus(job.Id) != JobStatus.Cancelled) SaveState(job.Id, trainer);
+            if (CurrentStatus(jobId) != JobStatus.Cancelled) SaveState(jobId, t);
             throw;
         }
+    }
 
+    /// <summary>Saves the trained adapter as a blob and returns its row (added to the database by <see cref="Succeed"/>).</summary>
+    Adapter Register(FineTuningJob job, TrainableAdapter adapter)
+    {
         var adapterId = "adapter-" + Ids.New();
         var temp = blobs.NewTempFolder();
         adapter.Save(temp);
         var blobPath = BlobPaths.AdapterPath(adapterId);
         blobs.CommitFolder(temp, blobPath);
-        var row = new Adapter
+        return new Adapter
         {
             Id = adapterId, Name = FineTunedModelName(job), BaseModel = job.Model, Method = job.AdapterType,
             Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
             BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = Now(),
         };
-        return (row, result);
     }
 
     LabelledImages ReadImages(string fileId, VitConfig config, IReadOnlyList<string> labels)

@@ -3,6 +3,7 @@ using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Training;
 using Hangfire;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging;
@@ -16,7 +17,8 @@ namespace AdapterService.Workers;
 /// It writes the model to the blob store as a Hugging Face folder and registers it as a base model, whose id becomes the
 /// job's <c>fine_tuned_model</c>. There is no state to resume from: a pre-training stopped by shutdown starts over.
 /// </summary>
-public sealed class PretrainingJobRunner(ServiceDbContext db, IBlobStore blobs, IEnumerable<IPretrainedBuiltin> builtins, ILogger<PretrainingJobRunner> log)
+public sealed class PretrainingJobRunner(
+    ServiceDbContext db, IBlobStore blobs, IEnumerable<IPretrainedBuiltin> builtins, FusionHost trainings, ILogger<PretrainingJobRunner> log)
 {
     /// <summary>The <see cref="FineTuningJob.AdapterType"/> of pre-training jobs.</summary>
     public const string JobType = "pretraining";
@@ -43,14 +45,16 @@ public sealed class PretrainingJobRunner(ServiceDbContext db, IBlobStore blobs, 
             builtin.EnsureDataInstalled();
             AddEvent(jobId, $"Pre-training of {job.Model} started on {job.TrainingFile}", data: JobEventData.ForStatus(JobStatus.Running));
             temp = blobs.NewTempFolder();
-            var pretrained = builtin.Pretrain(temp, p =>
+            // In a training slot of its own, like a fine-tuning job that does not fuse.
+            string folder = temp;
+            var pretrained = trainings.RunAlone(() => builtin.Pretrain(folder, p =>
             {
                 var message = new ProgressMessage(jobId, p.Step, p.TotalSteps, Epoch: 1, p.Loss, p.LearningRate, p.ItemsPerSecond, p.EtaSeconds, p.ValidLoss);
                 AddEvent(jobId, $"Step {p.Step}/{p.TotalSteps}: training loss={p.Loss:0.0000}" + (p.ValidLoss is { } v ? $", validation loss={v:0.0000}" : ""),
                     "metrics", JobEventData.ForMetrics(message, p.Accuracy, p.ValidAccuracy), step: p.Step);
                 // Cancelling is a status change in the database, as for fine-tuning.
-                if (db.Jobs.IgnoreQueryFilters().Where(j => j.Id == jobId).Select(j => j.Status).Single() != JobStatus.Running) stop.Cancel();
-            }, stop.Token);
+                if (!StillRunning(jobId)) stop.Cancel();
+            }, stop.Token), () => StillRunning(jobId), stop.Token);
             var blobPath = BlobPaths.ModelPath(job.Model);
             // A folder without a row is left from a run stopped between writing and registering: this one replaces it.
             if (Directory.Exists(blobs.Resolve(blobPath))) blobs.Delete(blobPath);
@@ -84,6 +88,8 @@ public sealed class PretrainingJobRunner(ServiceDbContext db, IBlobStore blobs, 
             if (temp is not null && Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
         }
     }
+
+    bool StillRunning(string jobId) => db.Jobs.IgnoreQueryFilters().Where(j => j.Id == jobId).Select(j => j.Status).Single() == JobStatus.Running;
 
     /// <summary>Registers the model (unless it exists) and marks the job succeeded in one transaction, if it is still running.</summary>
     void Succeed(FineTuningJob job, long trainedItems, BaseModel? row)

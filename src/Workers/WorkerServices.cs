@@ -1,6 +1,7 @@
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Text;
+using AdapterService.Core.Training;
 using AdapterService.Core.Vision;
 using Hangfire;
 using Hangfire.PostgreSql;
@@ -48,17 +49,23 @@ public static class WorkerServices
     }
 
     /// <summary>
-    /// A Hangfire server that trains jobs in this process. <c>Workers:Concurrency</c> (default 1) caps how many jobs
-    /// train at once: each uses every core through TorchSharp, so more rarely finishes sooner on a CPU.
+    /// A Hangfire server that trains jobs in this process. <c>Workers:Concurrency</c> (default 1) caps how many trainings
+    /// run at once: each uses every core through TorchSharp, so more rarely finishes sooner on a CPU. Language-model jobs
+    /// on the same base fuse: up to <c>Workers:MaxFusedJobs</c> (default 4; 1 turns fusion off) train as one training over
+    /// one copy of the base (<see cref="FusionHost"/>), so the server runs Concurrency × MaxFusedJobs Hangfire workers,
+    /// the ones beyond a free slot waiting for a group to join or a slot to free.
     /// </summary>
     public static IServiceCollection AddFineTuningWorker(this IServiceCollection services, IConfiguration configuration)
     {
+        int concurrency = Math.Max(1, configuration.GetValue("Workers:Concurrency", 1));
+        int maxFused = Math.Max(1, configuration.GetValue("Workers:MaxFusedJobs", 4));
+        services.AddSingleton(new FusionHost(maxFused, concurrency));
         services.AddScoped<FineTuningJobRunner>();
         services.AddScoped<PretrainingJobRunner>();
         services.Configure<TrainingOptions>(configuration.GetSection("Workers"));
         services.AddHangfireServer(o =>
         {
-            o.WorkerCount = configuration.GetValue("Workers:Concurrency", 1);
+            o.WorkerCount = concurrency * maxFused;
             o.Queues = [FineTuningQueue];
             o.ServerName = $"{Environment.MachineName}:{Environment.ProcessId}";
         });

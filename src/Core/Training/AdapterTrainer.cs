@@ -62,40 +62,79 @@ public abstract class AdapterTrainer : IDisposable
     /// <summary>Ends <see cref="Run"/> after the step in progress, as finished (early stopping).</summary>
     public void StopAfterThisStep() => stopRequested = true;
 
+    /// <summary>Whether every step is done or early stopping ended the run.</summary>
+    public bool Finished => Step >= TotalSteps || stopRequested;
+
+    /// <summary>What the run has reached so far.</summary>
+    public TrainingResult Result => new(Step, TrainedTokens, LastLoss);
+
     /// <summary>Trains from <see cref="Step"/> to the end; <paramref name="onStep"/> runs after each step, outside its dispose scope.</summary>
     public TrainingResult Run(Action<TrainingProgress> onStep, CancellationToken cancel)
     {
-        Adapter.Train(true, Dropout);
+        BeginRun();
         try
         {
-            var clock = Stopwatch.StartNew();
-            int firstStep = Step;
-            long tokensAtStart = TrainedTokens;
-            List<int>? order = null;
-            while (Step < TotalSteps && !stopRequested)
+            while (!Finished)
             {
                 cancel.ThrowIfCancellationRequested();
-                int epoch = Step / StepsPerEpoch, index = Step % StepsPerEpoch;
-                if (order is null || index == 0) order = EpochOrder(epoch);
-                double lr = Hp.LearningRate * (1 - Step / (double)TotalSteps);
-                foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
-                double accuracy;
-                using (NewDisposeScope())
-                {
-                    Dropout.manual_seed(seed * 1_000_003 + Step);                         // dropout masks depend on (seed, step) only
-                    accuracy = TrainStep(order.Skip(index * Hp.BatchSize).Take(Hp.BatchSize).ToList());
-                }
-                Step++;
-                double seconds = clock.Elapsed.TotalSeconds;
-                onStep(new TrainingProgress(Step, TotalSteps, epoch + 1, LastLoss, accuracy, lr,
-                    (TrainedTokens - tokensAtStart) / Math.Max(seconds, 1e-9), seconds / (Step - firstStep) * (TotalSteps - Step)));
+                onStep(StepAlone());
             }
-            return new TrainingResult(Step, TrainedTokens, LastLoss);
+            return Result;
         }
         finally
         {
-            Adapter.Train(false);
+            EndRun();
         }
+    }
+
+    // The pieces of a run, public to this assembly so that a FusedTrainer can drive several trainers' steps over one
+    // model: BeginRun, then per step BeginStep, the forward pass, StepLoss, the backward pass, ApplyGradients, EndStep.
+    readonly Stopwatch clock = new();
+    int firstStep, orderEpoch = -1;
+    long tokensAtStart;
+    List<int> order = [];
+
+    /// <summary>Starts a run that something else steps (a fused run): training behaviour on (dropout from this trainer's generator), and the clock of tokens/s and the ETA started.</summary>
+    public void BeginRun()
+    {
+        Adapter.Train(true, Dropout);
+        (firstStep, tokensAtStart) = (Step, TrainedTokens);
+        clock.Restart();
+    }
+
+    /// <summary>Training behaviour off (after <see cref="BeginRun"/>).</summary>
+    public void EndRun() => Adapter.Train(false);
+
+    /// <summary>The examples of step <see cref="Step"/>; sets its learning rate and seeds its dropout masks from (seed, step).</summary>
+    internal IReadOnlyList<int> BeginStep()
+    {
+        int epoch = Step / StepsPerEpoch, index = Step % StepsPerEpoch;
+        if (orderEpoch != epoch) (order, orderEpoch) = (EpochOrder(epoch), epoch);
+        foreach (var group in optimizer.ParamGroups) group.LearningRate = LearningRate;
+        Dropout.manual_seed(seed * 1_000_003 + Step);                                            // dropout masks depend on (seed, step) only
+        return order.Skip(index * Hp.BatchSize).Take(Hp.BatchSize).ToList();
+    }
+
+    double LearningRate => Hp.LearningRate * (1 - Step / (double)TotalSteps);
+
+    /// <summary>One whole step of this trainer alone (its model's slots hold its adapter).</summary>
+    internal TrainingProgress StepAlone()
+    {
+        var batch = BeginStep();
+        double accuracy;
+        using (NewDisposeScope()) accuracy = TrainStep(batch);
+        return EndStep(accuracy);
+    }
+
+    /// <summary>Counts the step done; its progress (tokens/s and ETA over this run so far).</summary>
+    internal TrainingProgress EndStep(double accuracy)
+    {
+        double lr = LearningRate;
+        int epoch = Step / StepsPerEpoch;
+        Step++;
+        double seconds = clock.Elapsed.TotalSeconds;
+        return new TrainingProgress(Step, TotalSteps, epoch + 1, LastLoss, accuracy, lr,
+            (TrainedTokens - tokensAtStart) / Math.Max(seconds, 1e-9), seconds / (Step - firstStep) * (TotalSteps - Step));
     }
 
     /// <summary>One optimizer step on the examples with these indices (inside the step's dispose scope); returns the accuracy on them.</summary>
@@ -104,9 +143,31 @@ public abstract class AdapterTrainer : IDisposable
     /// <summary>Back-propagates <paramref name="loss"/> plus the method's auxiliary loss and steps the optimizer.</summary>
     protected void Optimize(Tensor loss, long tokens)
     {
-        var auxiliary = Adapter.AuxiliaryLoss();
+        var total = StepLoss(loss);
         optimizer.zero_grad();
-        (auxiliary is null ? loss : loss + auxiliary).backward();
+        total.backward();
+        ApplyGradients(loss, tokens);
+    }
+
+    /// <summary>
+    /// The loss the step back-propagates: <paramref name="loss"/> plus the method's auxiliary loss. Throws
+    /// <see cref="TrainingDivergedException"/> when it is not finite, before any weight changes: stepping on NaN would
+    /// only turn the adapter into NaN.
+    /// </summary>
+    internal Tensor StepLoss(Tensor loss)
+    {
+        var auxiliary = Adapter.AuxiliaryLoss();
+        var total = auxiliary is null ? loss : loss + auxiliary;
+        if (!float.IsFinite(total.item<float>())) throw new TrainingDivergedException(Step + 1);
+        return total;
+    }
+
+    /// <summary>Clears the gradients of this trainer's parameters (before a backward pass that fills them).</summary>
+    internal void ZeroGradients() => optimizer.zero_grad();
+
+    /// <summary>Clips this trainer's gradients to norm 1 and steps its optimizer (after the backward pass).</summary>
+    internal void ApplyGradients(Tensor loss, long tokens)
+    {
         nn.utils.clip_grad_norm_(parameters, 1.0);
         optimizer.step();
         LastLoss = loss.item<float>();
@@ -150,6 +211,7 @@ public abstract class AdapterTrainer : IDisposable
         Adapter.LoadWeights(folder);
         optimizer.load_state_dict(Path.Combine(folder, OptimizerFile));
         (Step, TrainedTokens, LastLoss) = (state.Step, state.TrainedTokens, state.LastLoss);
+        orderEpoch = -1;
     }
 
     public void Dispose()
@@ -158,3 +220,7 @@ public abstract class AdapterTrainer : IDisposable
         Dropout.Dispose();
     }
 }
+
+/// <summary>The training loss became NaN or infinite: the learning rate is too high for the data (or the data is broken).</summary>
+public sealed class TrainingDivergedException(int step)
+    : Exception($"The training loss is not finite (NaN or infinite) at step {step}: try a lower learning_rate_multiplier");

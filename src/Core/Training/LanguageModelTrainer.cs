@@ -35,6 +35,7 @@ public sealed class LanguageModelTrainer : AdapterTrainer
     /// <summary>Mean loss and next-token accuracy over the trained tokens of <paramref name="data"/>, without training.</summary>
     public (double Loss, double Accuracy) Evaluate(IReadOnlyList<TokenizedExample> data) => WithoutTraining(() =>
     {
+        AttachAlone();                                                                         // the model may be shared by a fused run
         double lossSum = 0;
         long correct = 0, count = 0;
         using var noGrad = no_grad();
@@ -54,13 +55,36 @@ public sealed class LanguageModelTrainer : AdapterTrainer
 
     protected override double TrainStep(IReadOnlyList<int> batch)
     {
-        var (inputs, targets) = Collate(batch.Select(i => examples[i]).ToList(), padId);       // [b, t] each
-        var logits = model.forward(inputs).flatten(0, 1);                                      // [b·t, vocab]
+        var (inputs, targets) = Batch(batch);                                                  // [b, t] each
+        var (loss, accuracy) = LossOf(model.forward(inputs), targets);
+        Optimize(loss, inputs.numel());
+        return accuracy;
+    }
+
+    // Hooks for FusedTrainer, which runs several trainers' batches through one model in one forward pass.
+    internal CausalLanguageModel Model => model;
+    internal TrainableAdapter TrainedAdapter => Adapter;
+    internal int PadId => padId;
+
+    /// <summary>The step's inputs and targets [b, t] each.</summary>
+    internal (Tensor Inputs, Tensor Targets) Batch(IReadOnlyList<int> batch) => Collate(batch.Select(i => examples[i]).ToList(), padId);
+
+    /// <summary>Mean cross-entropy over the trained targets of logits [b, t, vocab], and the next-token accuracy on them.</summary>
+    internal static (Tensor Loss, double Accuracy) LossOf(Tensor logits, Tensor targets)
+    {
+        var flat = logits.flatten(0, 1);                                                       // [b·t, vocab]
         var flatTargets = targets.view(-1);
-        Optimize(nn.functional.cross_entropy(logits, flatTargets, ignore_index: IgnoreIndex), inputs.numel());
+        var loss = nn.functional.cross_entropy(flat, flatTargets, ignore_index: IgnoreIndex);
         var trained = flatTargets.ne(IgnoreIndex);
-        var correct = logits.argmax(-1).eq(flatTargets).logical_and(trained);
-        return correct.sum().item<long>() / (double)Math.Max(1, trained.sum().item<long>());
+        var correct = flat.argmax(-1).eq(flatTargets).logical_and(trained);
+        return (loss, correct.sum().item<long>() / (double)Math.Max(1, trained.sum().item<long>()));
+    }
+
+    /// <summary>Empties the model's slots and puts this trainer's adapter in them (after a fused step filled them with everyone's).</summary>
+    internal void AttachAlone()
+    {
+        TrainableAdapter.Detach(model);
+        Adapter.Attach(model);
     }
 
     /// <summary>Inputs are ids[..^1], targets ids[1..] (ignored where not trained); rows right-padded.</summary>

@@ -1,0 +1,98 @@
+using System.Text;
+using System.Text.Json.Nodes;
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Data;
+using AdapterService.Core.Formats;
+using AdapterService.Core.Models;
+using AdapterService.Core.Training;
+using AdapterService.Workers;
+using static TorchSharp.torch;
+
+namespace AdapterService.Api.Tests;
+
+/// <summary>Jobs on one base submitted together train fused in the worker (Workers:MaxFusedJobs defaults to 4).</summary>
+[Collection(ServiceCollection.Name)]
+public sealed class FusedTrainingTests(ServiceFactory factory)
+{
+    readonly HttpClient client = factory.CreateClient();
+
+    /// <summary>
+    /// As in FusedTrainerTests: fused LoRA weights differ from alone by float rounding only (~1e-7 measured), far below
+    /// one AdamW step (the learning rate, 4e-3 here).
+    /// </summary>
+    const double Tolerance = 1e-4;
+
+    static List<string> Lines(int job) => Enumerable.Range(0, 10)
+        .Select(i => Api.ChatLine($"Question {i} of {new string('?', job * 3 + i % 4)}", $"Answer {job}")).ToList();
+
+    [Fact]
+    public async Task FourJobsSubmittedTogetherTrainFusedEachAsItWouldAloneAndACancelledOneLeavesTheOthersAlone()
+    {
+        var lines = Enumerable.Range(0, 4).Select(Lines).ToList();
+        var files = await Task.WhenAll(lines.Select(l => Api.UploadFileAsync(client, l)));
+        var ids = new List<string>();
+        for (int j = 0; j < 4; j++)
+            ids.Add((string)(await Api.CreateJobAsync(client, new
+            {
+                model = "tiny-llama-demo", training_file = files[j], seed = 10 + j, suffix = $"fused{j}",
+                hyperparameters = new { n_epochs = 4, batch_size = 2 + j % 2, learning_rate_multiplier = 1 },
+                adapter = new { type = "lora", rank = 4, alpha = 8, dropout = 0.1, target_modules = j == 3 ? new[] { "q_proj", "v_proj" } : new[] { "all-linear" } },
+            }))["id"]!);
+
+        // Job 2 is cancelled once it has trained a few steps (fused with the others by then).
+        await WaitForStepAsync(ids[2], 2);
+        Assert.True((await client.PostAsync($"/v1/fine_tuning/jobs/{ids[2]}/cancel", null)).IsSuccessStatusCode);
+
+        var jobs = await Task.WhenAll(ids.Select(id => Api.WaitForFinishAsync(client, id)));
+        Assert.Equal(["succeeded", "succeeded", "cancelled", "succeeded"], jobs.Select(j => (string?)j["status"]));
+
+        foreach (int j in new[] { 0, 1, 3 })
+        {
+            var events = await EventsAsync(ids[j]);
+            Assert.Contains(events, e => ((string?)e["message"])!.StartsWith("Training fused with", StringComparison.Ordinal));
+            // Events once per step, fused or not.
+            var steps = events.Where(e => (string?)e["type"] == "metrics").Select(e => (int)e["data"]!["step"]!).Order().ToList();
+            Assert.Equal(Enumerable.Range(1, steps.Count), steps);
+
+            var adapter = factory.Query(db => db.Adapters.Single(a => a.JobId == ids[j]));
+            var fused = TrainableAdapter.ReadWeights(Path.Combine(factory.DataDirectory, "blobs", adapter.BlobPath));
+            using var scope = NewDisposeScope();
+            var alone = TrainAlone(lines[j], AdapterConfig.Load(Path.Combine(factory.DataDirectory, "blobs", adapter.BlobPath)),
+                new Hyperparameters(4, 2 + j % 2, FineTuningJobRunner.BaseLearningRate), seed: 10 + j);
+            Assert.Equal(alone.Keys.Order(), fused.Keys.Order());
+            foreach (var (key, a) in alone)
+            {
+                double diff = (a - fused[key]).abs().max().item<float>();
+                Assert.True(diff <= Tolerance, $"job {j}, {key}: max |fused − alone| = {diff:G3}");
+            }
+            foreach (var t in fused.Values) t.Dispose();
+        }
+    }
+
+    /// <summary>What the worker trains for this job alone: the same data, tokenizer, hyperparameters and seed, in this process.</summary>
+    Dictionary<string, Tensor> TrainAlone(List<string> lines, AdapterConfig config, Hyperparameters hp, long seed)
+    {
+        var baseModel = factory.Query(db => db.BaseModels.Single(m => m.Id == "tiny-llama-demo"));
+        string folder = Path.Combine(factory.DataDirectory, "blobs", baseModel.BlobPath);
+        using var stream = new MemoryStream(Encoding.UTF8.GetBytes(string.Join("\n", lines) + "\n"));
+        var examples = TrainingData.Tokenize(TrainingFile.Parse(stream), TextTokenizers.ForModel(folder), baseModel.ContextLength);
+        using var model = ModelFolder.Load(folder);
+        using var adapter = TrainableAdapter.Create(model, config, seed);
+        using (var trainer = new LanguageModelTrainer((CausalLanguageModel)model, adapter, examples, hp, padId: 0, seed))
+            trainer.Run(_ => { }, CancellationToken.None);
+        return adapter.SavedParameters().ToDictionary(p => p.Key, p => p.Value.detach().clone());
+    }
+
+    async Task<List<JsonNode>> EventsAsync(string jobId) =>
+        [.. (await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000")))["data"]!.AsArray().Select(e => e!)];
+
+    async Task WaitForStepAsync(string jobId, int step)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(2);
+        while ((await EventsAsync(jobId)).All(e => (string?)e["type"] != "metrics" || (int)e["data"]!["step"]! < step))
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"job {jobId} did not reach step {step}");
+            await Task.Delay(20);
+        }
+    }
+}

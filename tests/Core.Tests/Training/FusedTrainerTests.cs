@@ -1,0 +1,212 @@
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Data;
+using AdapterService.Core.Formats;
+using AdapterService.Core.Models;
+using AdapterService.Core.Torch;
+using AdapterService.Core.Training;
+using static AdapterService.Core.Tests.TinyLlama;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Tests.Training;
+
+public sealed class FusedTrainerTests
+{
+    public FusedTrainerTests() => TorchRuntime.EnsureReady();
+
+    /// <summary>
+    /// A fused job may differ from the job alone only by float rounding: the base's matmuls run over a batch of another
+    /// shape (more rows, padded to the longest job), which can change the summation order inside a GEMM (~1e-7 relative
+    /// per op). LoRA, DoRA, RLRR and MixLoRA weights come out within ~3e-7 of alone. AdamW divides each gradient by its
+    /// own running RMS, so a parameter whose gradient is almost all cancellation carries the rounding further: Lily's
+    /// router (logits nearly equal, experts starting at zero) differs by up to ~1e-4, flat over epochs (measured over
+    /// 1, 2 and 4 epochs, both router means, with and without dropout), so its tolerance is 5e-4. Both lie far below what a
+    /// real mistake costs (a wrong dropout mask, another job's rows, a shared optimizer): one AdamW step here moves a
+    /// weight by up to the learning rate, 5e-3 to 2e-2.
+    /// </summary>
+    const double Tolerance = 1e-4, RouterTolerance = 5e-4;
+
+    static List<TokenizedExample> Examples(int job, int count) => Enumerable.Range(0, count).Select(i =>
+    {
+        // Lengths differ within a job and between jobs, so batches are padded and the fused batch is padded again.
+        var prompt = new string('x', (i * 3 + job * 5) % 11) + $"q{job}.{i}:";
+        var (ids, train) = new ByteTokenizer().EncodeExample(new CompletionExample(i, prompt, $"answer {job}"));
+        return new TokenizedExample([.. ids], [.. train]);
+    }).ToList();
+
+    sealed record Job(AdapterConfig Config, int Examples, Hyperparameters Hp, long Seed);
+
+    static readonly Job[] LoraJobs =
+    [
+        new(new LoraConfig { Rank = 4, Alpha = 8, Dropout = 0.1, TargetModules = ["all-linear"] }, 6, new(3, 2, 0.01), 1),
+        new(new LoraConfig { Rank = 2, Alpha = 4, Dropout = 0.0, TargetModules = ["q_proj", "v_proj"] }, 5, new(2, 3, 0.02), 2),
+        new(new LoraConfig { Rank = 8, Alpha = 8, Dropout = 0.2, TargetModules = ["all-linear"] }, 4, new(2, 1, 0.005), 3),
+        new(new LoraConfig { Rank = 4, Alpha = 16, Dropout = 0.0, TargetModules = ["gate_proj", "up_proj", "down_proj"] }, 7, new(2, 4, 0.01), 4),
+    ];
+
+    static LanguageModelTrainer NewTrainer(LlamaForCausalLM model, Job job, int index, List<TrainableAdapter> adapters)
+    {
+        var adapter = TrainableAdapter.Create(model, job.Config, seed: job.Seed);
+        adapters.Add(adapter);
+        return new LanguageModelTrainer(model, adapter, Examples(index, job.Examples), job.Hp, ByteTokenizer.End, job.Seed);
+    }
+
+    /// <summary>The four LoRA jobs trained alone, computed once for the tests that compare with them.</summary>
+    static readonly Lazy<List<Dictionary<string, Tensor>>> LoraAlone = new(() => Alone(LoraJobs));
+
+    /// <summary>Each job trained alone, its adapter's parameters afterwards (kept beyond any dispose scope).</summary>
+    static List<Dictionary<string, Tensor>> Alone(IReadOnlyList<Job> jobs)
+    {
+        using var model = Create();
+        var result = new List<Dictionary<string, Tensor>>();
+        for (int j = 0; j < jobs.Count; j++)
+        {
+            var adapters = new List<TrainableAdapter>();
+            using var trainer = NewTrainer(model, jobs[j], j, adapters);
+            trainer.Run(_ => { }, CancellationToken.None);
+            result.Add(Weights(adapters[0]));
+            TrainableAdapter.Detach(model);
+        }
+        return result;
+    }
+
+    /// <summary>The jobs fused over one model, each leaving when done (or when <paramref name="leave"/> says so after a step); each job's adapter and error.</summary>
+    static (List<Dictionary<string, Tensor>> Parameters, Exception?[] Errors, int MostFused) Fused(IReadOnlyList<Job> jobs,
+        Func<int, TrainingProgress, bool>? leave = null, Action<int, TrainableAdapter>? prepare = null, Func<int, List<TokenizedExample>>? data = null)
+    {
+        using var model = Create();
+        var adapters = new List<TrainableAdapter>();
+        var trainers = jobs.Select((job, j) =>
+        {
+            var trainer = data is null ? NewTrainer(model, job, j, adapters) : new LanguageModelTrainer(model,
+                adapters.AddAndReturn(TrainableAdapter.Create(model, job.Config, seed: job.Seed)), data(j), job.Hp, ByteTokenizer.End, job.Seed);
+            prepare?.Invoke(j, adapters[j]);
+            return trainer;
+        }).ToList();
+        var errors = new Exception?[jobs.Count];
+        var active = Enumerable.Range(0, jobs.Count).ToList();
+        foreach (var t in trainers) t.BeginRun();
+        int mostFused = 0;
+        while (active.Count > 0)
+        {
+            mostFused = Math.Max(mostFused, active.Count);
+            var outcomes = FusedTrainer.Step(model, active.Select(j => trainers[j]).ToList());
+            var still = new List<int>();
+            foreach (var (j, outcome) in active.Zip(outcomes))
+            {
+                errors[j] = outcome.Error;
+                bool left = outcome.Error is not null || trainers[j].Finished || leave?.Invoke(j, outcome.Progress!) == true;
+                if (!left) still.Add(j);
+            }
+            active = still;
+        }
+        foreach (var t in trainers) { t.EndRun(); t.Dispose(); }
+        return (adapters.Select(Weights).ToList(), errors, mostFused);
+    }
+
+    /// <summary>The adapter's parameters by key, copied (and kept beyond any dispose scope).</summary>
+    static Dictionary<string, Tensor> Weights(TrainableAdapter adapter) =>
+        adapter.SavedParameters().ToDictionary(p => p.Key, p => p.Value.detach().clone().DetachFromDisposeScope());
+
+    static void AssertSame(Dictionary<string, Tensor> alone, Dictionary<string, Tensor> fused, string what)
+    {
+        Assert.Equal(alone.Keys.Order(), fused.Keys.Order());
+        foreach (var (key, a) in alone)
+        {
+            double diff = (a - fused[key]).abs().max().item<float>(), tolerance = key.Contains("lily_router") ? RouterTolerance : Tolerance;
+            Assert.True(diff <= tolerance, $"{what}, {key}: max |fused − alone| = {diff:G3} > {tolerance:G3}");
+        }
+    }
+
+    [Fact]
+    public void FourLoraJobsFusedTrainTheAdaptersTheyTrainAlone()
+    {
+        using var scope = NewDisposeScope();
+        var alone = LoraAlone.Value;
+        var (fused, errors, mostFused) = Fused(LoraJobs);
+        Assert.Equal(4, mostFused);
+        Assert.All(errors, Assert.Null);
+        for (int j = 0; j < LoraJobs.Length; j++) AssertSame(alone[j], fused[j], $"job {j}");
+        // The adapters really trained (B started at zero), so equality is not the trivial one.
+        Assert.All(fused, p => Assert.True(p.Values.Max(t => t.abs().max().item<float>()) > 0));
+    }
+
+    [Fact]
+    public void EveryMethodFusesWithLoraJobsAndTrainsWhatItTrainsAlone()
+    {
+        using var scope = NewDisposeScope();
+        Job[] jobs =
+        [
+            LoraJobs[0],
+            new(new LoraConfig { Rank = 4, Alpha = 8, Dropout = 0.1, UseDora = true, TargetModules = ["all-linear"] }, 5, new(2, 2, 0.01), 5),
+            new(new LilyConfig { Rank = 4, NumExperts = 3, RouterMean = "batch", Dropout = 0.1, TargetModules = ["all-linear"] }, 6, new(2, 3, 0.01), 6),
+            new(new LilyConfig { Rank = 4, NumExperts = 2, TargetModules = ["q_proj", "down_proj"] }, 4, new(2, 2, 0.01), 7),
+            new(new RlrrConfig { Rank = 2, TargetModules = ["all-linear"] }, 5, new(2, 2, 0.01), 8),
+            new(new MixLoraConfig { NumExperts = 3, TopK = 2, Rank = 2, Alpha = 4, Dropout = 0.1, TargetModules = ["q_proj"] }, 6, new(2, 3, 0.01), 9),
+            LoraJobs[3],   // LoRA on the projections of the blocks MixLoRA replaces: applied inside the segmented block
+        ];
+        var alone = Alone(jobs);
+        var (fused, errors, _) = Fused(jobs);
+        Assert.All(errors, Assert.Null);
+        for (int j = 0; j < jobs.Length; j++) AssertSame(alone[j], fused[j], $"{jobs[j].Config.Method} job {j}");
+    }
+
+    [Fact]
+    public void AJobThatLeavesEarlyDoesNotChangeTheOthers()
+    {
+        using var scope = NewDisposeScope();
+        var alone = LoraAlone.Value;
+        // Job 1 is cancelled after its second step: it leaves the fused batch, the others go on.
+        var (fused, errors, _) = Fused(LoraJobs, leave: (j, p) => j == 1 && p.Step == 2);
+        Assert.All(errors, Assert.Null);
+        foreach (int j in new[] { 0, 2, 3 }) AssertSame(alone[j], fused[j], $"job {j}");
+        Assert.True(alone[1].Keys.Max(k => (alone[1][k] - fused[1][k]).abs().max().item<float>()) > 1e-3, "job 1 stopped early, so it trained less");
+    }
+
+    [Fact]
+    public void AJobWhoseAdapterTurnsNanFailsAloneAndTheOthersTrainAsAlone()
+    {
+        using var scope = NewDisposeScope();
+        var alone = LoraAlone.Value;
+        var (fused, errors, _) = Fused(LoraJobs, prepare: (j, adapter) =>
+        {
+            if (j == 2) using (no_grad()) adapter.Parameters().First().fill_(float.NaN);
+        });
+        Assert.IsType<TrainingDivergedException>(errors[2]);
+        Assert.Contains("step 1", errors[2]!.Message);
+        foreach (int j in new[] { 0, 1, 3 }) { Assert.Null(errors[j]); AssertSame(alone[j], fused[j], $"job {j}"); }
+    }
+
+    [Fact]
+    public void AJobWhoseStepThrowsFailsAloneAndTheOthersTrainAsAlone()
+    {
+        using var scope = NewDisposeScope();
+        var alone = LoraAlone.Value;
+        // Job 3's data holds a token id the model's vocabulary lacks: the embedding lookup of the fused batch throws.
+        var (fused, errors, _) = Fused(LoraJobs, data: j => j == 3
+            ? [.. Examples(3, LoraJobs[3].Examples).Select(e => e with { Ids = [.. e.Ids.Select(i => i + Config.VocabSize)] })]
+            : Examples(j, LoraJobs[j].Examples));
+        Assert.NotNull(errors[3]);
+        foreach (int j in new[] { 0, 1, 2 }) { Assert.Null(errors[j]); AssertSame(alone[j], fused[j], $"job {j}"); }
+    }
+
+    [Fact]
+    public void TrainersOverDifferentModelsAreRefused()
+    {
+        using var scope = NewDisposeScope();
+        using var a = Create();
+        using var b = Create();
+        var adapters = new List<TrainableAdapter>();
+        using var one = NewTrainer(a, LoraJobs[0], 0, adapters);
+        using var two = NewTrainer(b, LoraJobs[1], 1, adapters);
+        Assert.Throws<ArgumentException>(() => FusedTrainer.Step(a, [one, two]));
+    }
+}
+
+static class ListExtensions
+{
+    public static T AddAndReturn<T>(this List<TrainableAdapter> list, T item) where T : TrainableAdapter
+    {
+        list.Add(item);
+        return item;
+    }
+}

@@ -4,6 +4,8 @@
 // Writes the report to stdout and to benchmarks/results/latest.md.
 //   dotnet run -c Release --project benchmarks -- --vision [--quick]
 // runs only the built-in ViT's transfer benchmark (needs dataset-fashion-mnist) and writes benchmarks/results/vision.md.
+//   dotnet run -c Release --project benchmarks -- --training [--quick]
+// runs only the single-job training-speed benchmark and writes benchmarks/results/training.md.
 using System.Diagnostics;
 using System.Text;
 using AdapterService.Benchmarks;
@@ -22,6 +24,16 @@ if (args.Contains("--vision"))
     Line("");
     new VisionTransfer(quick).Run(Line);
     Save("vision.md");
+    return;
+}
+
+if (args.Contains("--training"))
+{
+    Line($"# Training benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
+    Line("");
+    new TrainingSpeed(quick, args.Contains("--profile")).Run(Line);
+    Save("training.md");
     return;
 }
 

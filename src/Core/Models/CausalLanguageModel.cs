@@ -42,4 +42,12 @@ public abstract class CausalLanguageModel : nn.Module<Tensor, Tensor>
     /// <paramref name="mask"/> (broadcastable to [batch, heads, seq, keys], true = attend) allows, over the keys the cache returns.
     /// </summary>
     public abstract Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache);
+
+    /// <summary>
+    /// The same computation as <see cref="Forward(Tensor, Tensor, Tensor?, IKvCache?)"/> without a cache, cut into a chain:
+    /// the input of the first block (the embeddings, [batch, seq, hidden]) and the blocks that follow (each decoder layer,
+    /// then the final norm with the output head); folding the blocks over the input gives the logits. Gradient
+    /// checkpointing keeps only the blocks' inputs and recomputes each block in the backward pass.
+    /// </summary>
+    public abstract (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks) Chain(Tensor inputIds, Tensor positions, Tensor? mask);
 }

@@ -33,6 +33,14 @@ public sealed class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
     public override Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
         lm_head.forward(model.Forward(inputIds, positions, mask, cache));
 
+    public override (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks) Chain(Tensor inputIds, Tensor positions, Tensor? mask)
+    {
+        var (cos, sin) = model.Angles(positions);                                  // [b or 1, 1, seq, head_dim] each
+        var blocks = model.layers.Select(layer => (Func<Tensor, Tensor>)(h => layer.Forward(h, cos, sin, mask, null)))
+            .Append(h => lm_head.forward(model.norm.forward(h))).ToList();
+        return (model.embed_tokens.forward(inputIds), blocks);
+    }
+
     ModelConfig IHuggingFaceModel.ModelConfig => Config;
 
     public IEnumerable<CheckpointTensor> CheckpointTensors() => named_parameters()
@@ -82,6 +90,9 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     }
 
     public override Tensor forward(Tensor inputIds) => throw new NotSupportedException("call Forward with positions");
+
+    /// <summary>The rotary cos and sin for positions [b or 1, seq].</summary>
+    public (Tensor Cos, Tensor Sin) Angles(Tensor positions) => rotary.Angles(positions);
 
     public Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache)
     {

@@ -83,6 +83,7 @@ public abstract class AdapterTrainer : IDisposable
                 using (NewDisposeScope())
                 {
                     Dropout.manual_seed(seed * 1_000_003 + Step);                         // dropout masks depend on (seed, step) only
+                    optimizer.zero_grad();
                     accuracy = TrainStep(order.Skip(index * Hp.BatchSize).Take(Hp.BatchSize).ToList());
                 }
                 Step++;
@@ -104,12 +105,26 @@ public abstract class AdapterTrainer : IDisposable
     /// <summary>Back-propagates <paramref name="loss"/> plus the method's auxiliary loss and steps the optimizer.</summary>
     protected void Optimize(Tensor loss, long tokens)
     {
+        Backward(loss);
+        OptimizerStep(loss.item<float>(), tokens);
+    }
+
+    /// <summary>
+    /// Back-propagates <paramref name="loss"/> plus <paramref name="auxiliaryWeight"/> times the method's auxiliary loss,
+    /// adding to the gradients earlier micro-batches of this step left (the step starts with none).
+    /// </summary>
+    protected void Backward(Tensor loss, double auxiliaryWeight = 1)
+    {
         var auxiliary = Adapter.AuxiliaryLoss();
-        optimizer.zero_grad();
-        (auxiliary is null ? loss : loss + auxiliary).backward();
+        (auxiliary is null ? loss : loss + auxiliaryWeight * auxiliary).backward();
+    }
+
+    /// <summary>Clips the step's accumulated gradients to norm 1 and steps the optimizer; <paramref name="loss"/> is the step's loss.</summary>
+    protected void OptimizerStep(double loss, long tokens)
+    {
         nn.utils.clip_grad_norm_(parameters, 1.0);
         optimizer.step();
-        LastLoss = loss.item<float>();
+        LastLoss = loss;
         TrainedTokens += tokens;
     }
 
@@ -152,7 +167,7 @@ public abstract class AdapterTrainer : IDisposable
         (Step, TrainedTokens, LastLoss) = (state.Step, state.TrainedTokens, state.LastLoss);
     }
 
-    public void Dispose()
+    public virtual void Dispose()
     {
         optimizer.Dispose();
         Dropout.Dispose();

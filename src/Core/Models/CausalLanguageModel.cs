@@ -45,9 +45,9 @@ public abstract class CausalLanguageModel : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// The same computation as <see cref="Forward(Tensor, Tensor, Tensor?, IKvCache?)"/> without a cache, cut into a chain:
-    /// the input of the first block (the embeddings, [batch, seq, hidden]) and the blocks that follow (each decoder layer,
-    /// then the final norm with the output head); folding the blocks over the input gives the logits. Gradient
-    /// checkpointing keeps only the blocks' inputs and recomputes each block in the backward pass.
+    /// the input of the first block (the embeddings, [batch, seq, hidden]), the blocks that follow (the decoder layers, each
+    /// [batch, seq, hidden] → same) and the head (final norm and output projection, [.., hidden] → [.., vocab], per token).
+    /// A trainer computes the head only where a target is trained; gradient checkpointing keeps only the blocks' inputs.
     /// </summary>
-    public abstract (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks) Chain(Tensor inputIds, Tensor positions, Tensor? mask);
+    public abstract (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks, Func<Tensor, Tensor> Head) Chain(Tensor inputIds, Tensor positions, Tensor? mask);
 }

@@ -33,12 +33,11 @@ public sealed class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
     public override Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
         lm_head.forward(model.Forward(inputIds, positions, mask, cache));
 
-    public override (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks) Chain(Tensor inputIds, Tensor positions, Tensor? mask)
+    public override (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks, Func<Tensor, Tensor> Head) Chain(Tensor inputIds, Tensor positions, Tensor? mask)
     {
         var (cos, sin) = model.Angles(positions);                                  // [b or 1, 1, seq, head_dim] each
-        var blocks = model.layers.Select(layer => (Func<Tensor, Tensor>)(h => layer.Forward(h, cos, sin, mask, null)))
-            .Append(h => lm_head.forward(model.norm.forward(h))).ToList();
-        return (model.embed_tokens.forward(inputIds), blocks);
+        var blocks = model.layers.Select(layer => (Func<Tensor, Tensor>)(h => layer.Forward(h, cos, sin, mask, null))).ToList();
+        return (model.embed_tokens.forward(inputIds), blocks, h => lm_head.forward(model.norm.forward(h)));
     }
 
     ModelConfig IHuggingFaceModel.ModelConfig => Config;

@@ -62,10 +62,11 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         {
             using var scope = NewDisposeScope();
             var rows = TokenRows.Collate(data.Skip(start).Take(Hp.BatchSize).ToList(), padId, packing);
-            var (loss, right) = Loss(Logits(rows), rows.Targets, divisor: 1);
+            var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+            var (loss, right) = Loss(blocks.Aggregate(input, (h, block) => block(h)), head, rows, divisor: 1);
             lossSum += loss.item<float>();
             correct += right.item<long>();
-            count += rows.TrainedTokens;
+            count += rows.TrainedTargets.shape[0];
         }
         return (lossSum / Math.Max(1, count), correct / (double)Math.Max(1, count));
     });
@@ -104,7 +105,8 @@ public sealed class LanguageModelTrainer : AdapterTrainer
 
     (double Loss, long Correct) Backward(TokenRows rows, long divisor, double auxiliaryWeight)
     {
-        var (loss, correct) = Loss(Logits(rows), rows.Targets, divisor);
+        var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+        var (loss, correct) = Loss(blocks.Aggregate(input, (h, block) => block(h)), head, rows, divisor);
         Backward(loss, auxiliaryWeight);
         return (loss.item<float>(), correct.item<long>());
     }
@@ -115,17 +117,16 @@ public sealed class LanguageModelTrainer : AdapterTrainer
     /// </summary>
     (double Loss, long Correct) CheckpointedBackward(TokenRows rows, long divisor, double auxiliaryWeight)
     {
-        var (input, blocks) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
-        var inputs = new List<Tensor> { input };                                      // inputs[i] goes into blocks[i]
+        var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+        var inputs = new List<Tensor> { input };                                      // inputs[i] goes into blocks[i]; the last, into the head
         var dropoutStates = new List<Tensor>();
         using (no_grad())
-            for (int i = 0; i < blocks.Count - 1; i++)
+            foreach (var block in blocks)
             {
                 dropoutStates.Add(Dropout.get_state());
                 using var scope = NewDisposeScope();                                   // frees the block's intermediates now
-                inputs.Add(blocks[i](inputs[i]).MoveToOuterDisposeScope());
+                inputs.Add(block(inputs[^1]).MoveToOuterDisposeScope());
             }
-        dropoutStates.Add(Dropout.get_state());
 
         Tensor gradient;
         double loss;
@@ -133,32 +134,35 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         using (var scope = NewDisposeScope())
         {
             var top = inputs[^1].detach().requires_grad_();
-            var (lossTensor, right) = Loss(blocks[^1](top), rows.Targets, divisor);
+            var (lossTensor, right) = Loss(top, head, rows, divisor);
             Backward(lossTensor, auxiliaryWeight);
-            (loss, correct, gradient) = (lossTensor.item<float>(), right.item<long>(), top.grad!.MoveToOuterDisposeScope());
+            (loss, correct) = (lossTensor.item<float>(), right.item<long>());
+            gradient = (top.grad ?? zeros_like(top)).MoveToOuterDisposeScope();
         }
-        for (int i = blocks.Count - 2; i >= 0; i--)
+        for (int i = blocks.Count - 1; i >= 0; i--)
         {
             using var scope = NewDisposeScope();
             Dropout.set_state(dropoutStates[i]);
             var x = inputs[i].detach().requires_grad_(i > 0);                          // the embeddings need no gradient
             blocks[i](x).backward([gradient]);
-            if (i > 0) gradient = x.grad!.MoveToOuterDisposeScope();
+            if (i > 0) gradient = (x.grad ?? zeros_like(x)).MoveToOuterDisposeScope();
         }
         return (loss, correct);
     }
 
-    Tensor Logits(TokenRows rows) => model.Forward(rows.Inputs, rows.Positions, rows.Mask, null);
-
-    /// <summary>The summed cross-entropy over trained targets divided by <paramref name="divisor"/>, and how many were predicted right.</summary>
-    static (Tensor Loss, Tensor Correct) Loss(Tensor logits, Tensor targets, long divisor)
+    /// <summary>
+    /// The summed cross-entropy over the trained targets divided by <paramref name="divisor"/>, and how many were predicted
+    /// right. The head (norm and output projection, per token) runs on the trained positions only: the others' logits,
+    /// over a vocabulary of tens of thousands, would be computed and thrown away.
+    /// </summary>
+    static (Tensor Loss, Tensor Correct) Loss(Tensor hidden, Func<Tensor, Tensor> head, TokenRows rows, long divisor)
     {
-        var flat = logits.flatten(0, 1);                                                // [rows·t, vocab]
-        if (flat.dtype != ScalarType.Float32) flat = flat.to_type(ScalarType.Float32);
-        var flatTargets = targets.view(-1);                                            // [rows·t]
-        var loss = nn.functional.cross_entropy(flat, flatTargets, ignore_index: TokenRows.IgnoreIndex, reduction: nn.Reduction.Sum) / divisor;
+        var trained = hidden.flatten(0, 1).index_select(0, rows.TrainedPositions);     // [n, hidden]
+        var logits = head(trained);                                                    // [n, vocab]
+        if (logits.dtype != ScalarType.Float32) logits = logits.to_type(ScalarType.Float32);
+        var loss = nn.functional.cross_entropy(logits, rows.TrainedTargets, reduction: nn.Reduction.Sum) / divisor;
         Tensor correct;
-        using (no_grad()) correct = flat.argmax(-1).eq(flatTargets).sum();             // ignored targets (-100) never equal an id
+        using (no_grad()) correct = logits.argmax(-1).eq(rows.TrainedTargets).sum();
         return (loss, correct);
     }
 

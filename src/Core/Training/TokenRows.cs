@@ -6,9 +6,10 @@ namespace AdapterService.Core.Training;
 /// A micro-batch as model input: inputs are each example's ids[..^1] and targets its ids[1..] (ignored where not
 /// trained). Padded: one example per row, right-padded, a causal mask. Packed: examples (longest first) fill rows of
 /// the longest one's length first-fit; the mask is causal within each example only and positions restart at 0.
-/// Shapes: Inputs, Targets, Positions [rows, t]; Mask [t, t] when padded, [rows, 1, t, t] when packed (true = attend).
+/// Shapes: Inputs, Targets, Positions [rows, t]; Mask [t, t] when padded, [rows, 1, t, t] when packed (true = attend);
+/// TrainedPositions [n], the flat indices (row · t + position) of the n trained targets, and TrainedTargets [n], those targets.
 /// </summary>
-public sealed record TokenRows(Tensor Inputs, Tensor Targets, Tensor Positions, Tensor Mask, long TrainedTokens)
+public sealed record TokenRows(Tensor Inputs, Tensor Targets, Tensor Positions, Tensor Mask, Tensor TrainedPositions, Tensor TrainedTargets)
 {
     /// <summary>The target of a position the loss skips (cross-entropy's ignore index).</summary>
     public const long IgnoreIndex = -100;
@@ -55,6 +56,8 @@ public sealed record TokenRows(Tensor Inputs, Tensor Targets, Tensor Positions, 
         var mask = pack
             ? tensor(segments, shape).unsqueeze(2).eq(tensor(segments, shape).unsqueeze(1)).logical_and(causal).unsqueeze(1)   // [rows, 1, t, t]
             : causal;
-        return new TokenRows(tensor(inputs, shape), tensor(targets, shape), tensor(positions, shape), mask, batch.Sum(Trained));
+        var trained = Enumerable.Range(0, targets.Length).Where(i => targets[i] != IgnoreIndex).Select(i => (long)i).ToArray();
+        return new TokenRows(tensor(inputs, shape), tensor(targets, shape), tensor(positions, shape), mask,
+            tensor(trained), tensor(trained.Select(i => targets[i]).ToArray()));
     }
 }

@@ -149,7 +149,8 @@ public sealed class TokenRowsTests
         Assert.Equal(new long[] { 100, 101, 102, 103, 104, 105, 300, 301, 302, 200, 201, 400 }, rows.Inputs.data<long>().ToArray());
         Assert.Equal(new long[] { 0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 1, 0 }, rows.Positions.data<long>().ToArray());
         Assert.Equal(new long[] { 101, 102, 103, 104, 105, 106, 301, 302, 303, 201, 202, 401 }, rows.Targets.data<long>().ToArray());
-        Assert.Equal(12, rows.TrainedTokens);
+        Assert.Equal(Enumerable.Range(0, 12).Select(i => (long)i), rows.TrainedPositions.data<long>().ToArray());
+        Assert.Equal(rows.Targets.data<long>().ToArray(), rows.TrainedTargets.data<long>().ToArray());
         Assert.Equal(new long[] { 2, 1, 6, 6 }, rows.Mask.shape);
         var second = rows.Mask[1, 0];                                                   // [6, 6]: blocks of 3, 2 and 1
         bool[,] expected =
@@ -174,5 +175,6 @@ public sealed class TokenRowsTests
         Assert.Equal(new long[] { 100, 101, 102, 200, 7, 7 }, rows.Inputs.data<long>().ToArray());
         Assert.Equal(new long[] { 101, 102, 103, 201, TokenRows.IgnoreIndex, TokenRows.IgnoreIndex }, rows.Targets.data<long>().ToArray());
         Assert.Equal(new long[] { 3, 3 }, rows.Mask.shape);
+        Assert.Equal(new long[] { 0, 1, 2, 3 }, rows.TrainedPositions.data<long>().ToArray());      // padding is never trained
     }
 }

@@ -50,15 +50,15 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
             Profile(model, config, data, rows, line);
             return;
         }
-        Report("fp32", Time(model, config, data, rows, new TrainingOptions()), line);
+        Report("fp32", Time(model, config, data, rows, new TrainingSpeedOptions()), line);
         if (!options) return;
-        Report("bf16 autocast", Time(model, config, data, rows, new TrainingOptions { Bf16 = true }), line);
-        Report("gradient checkpointing", Time(model, config, data, rows, new TrainingOptions { GradientCheckpointing = true }), line);
-        Report("accumulation 4 × 512 tokens", Time(model, config, data, rows, new TrainingOptions { MicroBatchSize = rows / 4 }), line);
+        Report("bf16 autocast", Time(model, config, data, rows, new TrainingSpeedOptions { Bf16 = true }), line);
+        Report("gradient checkpointing", Time(model, config, data, rows, new TrainingSpeedOptions { GradientCheckpointing = true }), line);
+        Report("accumulation 4 × 512 tokens", Time(model, config, data, rows, new TrainingSpeedOptions { MicroBatchSize = rows / 4 }), line);
         // Mixed lengths (16-256 tokens): packing trains the same tokens without computing padding.
         var mixed = Mixed(4 * rows, length + 1, config.VocabSize, seed: 4);
-        Report("mixed lengths, padded rows", Time(model, config, mixed, 4 * rows, new TrainingOptions { Packing = false }), line);
-        Report("mixed lengths, packed rows", Time(model, config, mixed, 4 * rows, new TrainingOptions { Packing = true }), line);
+        Report("mixed lengths, padded rows", Time(model, config, mixed, 4 * rows, new TrainingSpeedOptions { Packing = false }), line);
+        Report("mixed lengths, packed rows", Time(model, config, mixed, 4 * rows, new TrainingSpeedOptions { Packing = true }), line);
         line("");
         Profile(model, config, data, rows, line);
     }
@@ -69,7 +69,7 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
         line($"| {run} | {t.TokensPerSecond:F0} | {t.Gflops:F1} | **{t.Gflops / t.Peak:P0}** | {t.Peak:F1} | {t.Loss:F4} |");
 
     /// <summary>Trains <see cref="steps"/> steps (after one warm-up step) with a GEMM timed after each; medians of both.</summary>
-    Timing Time(LlamaForCausalLM model, LlamaConfig config, List<TokenizedExample> data, int batch, TrainingOptions options)
+    Timing Time(LlamaForCausalLM model, LlamaConfig config, List<TokenizedExample> data, int batch, TrainingSpeedOptions options)
     {
         using var scope = NewDisposeScope();
         using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = Rank, Alpha = 2 * Rank, TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, 5);

@@ -20,6 +20,8 @@ public sealed class TrainingOptions
     public int StateEverySteps { get; set; } = 25;
     /// <summary><c>Workers:LeaseSeconds</c>: how long a job stays claimed by a worker that stopped renewing it.</summary>
     public int LeaseSeconds { get; set; } = 60;
+    /// <summary><c>Workers:Speed</c>: how language-model jobs compute their steps (packing, micro-batches, bf16, checkpointing).</summary>
+    public TrainingSpeedOptions Speed { get; set; } = new();
 }
 
 /// <summary>Counts epochs without a new lowest validation loss; says stop after <c>patience</c> of them (never without one).</summary>
@@ -119,7 +121,7 @@ public sealed class FineTuningJobRunner(
             var languageModel = model as CausalLanguageModel ?? throw new InvalidDataException($"{baseModel.Id} is neither a language model nor an image classifier");
             var examples = ReadData(job.TrainingFile, baseModel);
             var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
-            var lm = new LanguageModelTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
+            var lm = new LanguageModelTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed, options.Value.Speed);   // padding is never trained on
             if (validation is not null) evaluate = () => lm.Evaluate(validation);
             (trainer, exampleCount) = (lm, examples.Count);
         }

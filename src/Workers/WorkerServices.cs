@@ -43,7 +43,8 @@ public static class WorkerServices
         services.AddScoped<FineTuningJobRunner>();
         services.AddScoped<VitPretrainingJob>();
         services.Configure<PretrainingOptions>(configuration.GetSection("Vision:Pretraining"));
-        services.Configure<TrainingOptions>(configuration.GetSection("Workers"));
+        services.AddOptions<TrainingOptions>().Bind(configuration.GetSection("Workers"))
+            .Validate(o => o.Speed.Problem() is null, "Workers:Speed:MicroBatchSize must be at least 1").ValidateOnStart();
         services.AddHangfireServer(o =>
         {
             o.WorkerCount = configuration.GetValue("Workers:Concurrency", 1);

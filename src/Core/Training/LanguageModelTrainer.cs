@@ -10,7 +10,7 @@ public sealed record TokenizedExample(int[] Ids, bool[] Train);
 /// <summary>
 /// Supervised fine-tuning of an adapter of any method on a frozen causal language model: cross-entropy on the next token
 /// where the target is an assistant/completion token (the loop, optimizer and state are <see cref="AdapterTrainer"/>'s).
-/// How a step is computed (packing, micro-batches, bf16, checkpointing) follows <see cref="TrainingOptions"/>; the loss of
+/// How a step is computed (packing, micro-batches, bf16, checkpointing) follows <see cref="TrainingSpeedOptions"/>; the loss of
 /// a step is always the mean over the batch's trained tokens.
 /// </summary>
 public sealed class LanguageModelTrainer : AdapterTrainer
@@ -18,14 +18,14 @@ public sealed class LanguageModelTrainer : AdapterTrainer
     readonly CausalLanguageModel model;
     readonly IReadOnlyList<TokenizedExample> examples;
     readonly int padId;
-    readonly TrainingOptions options;
+    readonly TrainingSpeedOptions options;
     readonly bool packing, checkpointing;
 
     public LanguageModelTrainer(CausalLanguageModel model, TrainableAdapter adapter, IReadOnlyList<TokenizedExample> examples, Hyperparameters hp, int padId, long seed,
-        TrainingOptions? options = null)
+        TrainingSpeedOptions? options = null)
         : base(adapter, examples.Count, hp, seed, Attached(model, adapter).Parameters())
     {
-        this.options = options ?? new TrainingOptions();
+        this.options = options ?? new TrainingSpeedOptions();
         if (this.options.Problem() is { } problem) throw new ArgumentException(problem, nameof(options));
         (this.model, this.examples, this.padId) = (model, examples, padId);
         (packing, checkpointing) = (this.options.Packing && adapter.TokenWise, this.options.GradientCheckpointing && adapter.TokenWise);
@@ -81,7 +81,7 @@ public sealed class LanguageModelTrainer : AdapterTrainer
 
     /// <summary>
     /// The loss of <paramref name="batch"/> (the mean over its trained tokens) and its next-token accuracy; adds the loss's
-    /// gradient to the adapter's parameters (in micro-batches when <see cref="TrainingOptions.MicroBatchSize"/> says so).
+    /// gradient to the adapter's parameters (in micro-batches when <see cref="TrainingSpeedOptions.MicroBatchSize"/> says so).
     /// </summary>
     public (double Loss, double Accuracy) Backpropagate(IReadOnlyList<TokenizedExample> batch)
     {

@@ -10,9 +10,9 @@ namespace AdapterService.Core.Tests.Training;
 /// Packing, micro-batches (gradient accumulation), gradient checkpointing and bf16 change how a step is computed, not what
 /// it computes: each is compared with the plain computation on the same random examples, model, adapter and seed.
 /// </summary>
-public sealed class TrainingOptionsTests
+public sealed class TrainingSpeedOptionsTests
 {
-    public TrainingOptionsTests() => TorchRuntime.EnsureReady();
+    public TrainingSpeedOptionsTests() => TorchRuntime.EnsureReady();
 
     /// <summary>Examples of 3-40 tokens whose first few (a prompt) are not trained on.</summary>
     static List<TokenizedExample> Examples(int count, int seed)
@@ -32,7 +32,7 @@ public sealed class TrainingOptionsTests
     /// One optimizer step over all <paramref name="data"/> (one batch) with LoRA on every linear layer, A and B random so every
     /// gradient is non-zero; the gradients are read after the step (clipped as the optimizer saw them).
     /// </summary>
-    static Outcome OneStep(List<TokenizedExample> data, TrainingOptions options, double dropout = 0, AdapterConfig? config = null)
+    static Outcome OneStep(List<TokenizedExample> data, TrainingSpeedOptions options, double dropout = 0, AdapterConfig? config = null)
     {
         using var scope = NewDisposeScope();
         using var model = TinyLlama.Create();
@@ -61,8 +61,8 @@ public sealed class TrainingOptionsTests
     public void PackingGivesTheLossAndGradientsOfPaddedRows()
     {
         var data = Examples(12, seed: 1);
-        var padded = OneStep(data, new TrainingOptions { Packing = false });
-        var packed = OneStep(data, new TrainingOptions { Packing = true });
+        var padded = OneStep(data, new TrainingSpeedOptions { Packing = false });
+        var packed = OneStep(data, new TrainingSpeedOptions { Packing = true });
         Assert.Equal(padded.Loss, packed.Loss, 1e-5);
         AssertClose(padded.Gradients, packed.Gradients, 1e-5);
     }
@@ -71,9 +71,9 @@ public sealed class TrainingOptionsTests
     public void MicroBatchesGiveTheUpdateOfOneBatch()
     {
         var data = Examples(12, seed: 2);
-        var whole = OneStep(data, new TrainingOptions());
-        var accumulated = OneStep(data, new TrainingOptions { MicroBatchSize = 4 });
-        var uneven = OneStep(data, new TrainingOptions { MicroBatchSize = 5, Packing = false });   // 5 + 5 + 2 examples
+        var whole = OneStep(data, new TrainingSpeedOptions());
+        var accumulated = OneStep(data, new TrainingSpeedOptions { MicroBatchSize = 4 });
+        var uneven = OneStep(data, new TrainingSpeedOptions { MicroBatchSize = 5, Packing = false });   // 5 + 5 + 2 examples
         Assert.Equal(whole.Loss, accumulated.Loss, 1e-5);
         Assert.Equal(whole.Loss, uneven.Loss, 1e-5);
         AssertClose(whole.Gradients, accumulated.Gradients, 1e-5);
@@ -87,8 +87,8 @@ public sealed class TrainingOptionsTests
         var data = Examples(8, seed: 3);
         foreach (double dropout in new[] { 0.0, 0.3 })
         {
-            var plain = OneStep(data, new TrainingOptions(), dropout);
-            var checkpointed = OneStep(data, new TrainingOptions { GradientCheckpointing = true }, dropout);
+            var plain = OneStep(data, new TrainingSpeedOptions(), dropout);
+            var checkpointed = OneStep(data, new TrainingSpeedOptions { GradientCheckpointing = true }, dropout);
             Assert.Equal(plain.Loss, checkpointed.Loss, 1e-5);
             AssertClose(plain.Gradients, checkpointed.Gradients, 1e-5);
         }
@@ -100,8 +100,8 @@ public sealed class TrainingOptionsTests
         // Lily's router mean spans a sequence: packing would mix examples, so the trainer keeps padded rows for it.
         var data = Examples(8, seed: 4);
         var lily = new LilyConfig { Rank = 4, NumExperts = 2, TargetModules = ["q_proj", "v_proj"] };
-        var padded = OneStep(data, new TrainingOptions { Packing = false }, config: lily);
-        var asked = OneStep(data, new TrainingOptions { Packing = true, GradientCheckpointing = true }, config: lily);
+        var padded = OneStep(data, new TrainingSpeedOptions { Packing = false }, config: lily);
+        var asked = OneStep(data, new TrainingSpeedOptions { Packing = true, GradientCheckpointing = true }, config: lily);
         Assert.Equal(padded.Loss, asked.Loss, 1e-6);
         AssertClose(padded.Gradients, asked.Gradients, 1e-6);
     }
@@ -110,7 +110,7 @@ public sealed class TrainingOptionsTests
     public void Bf16TrainingFollowsFloat32AndLeavesTheModelAsItWas()
     {
         var data = Examples(8, seed: 5);
-        List<double> Losses(TrainingOptions options)
+        List<double> Losses(TrainingSpeedOptions options)
         {
             using var scope = NewDisposeScope();
             using var model = TinyLlama.Create();
@@ -121,8 +121,8 @@ public sealed class TrainingOptionsTests
             Assert.All(model.LinearLayers(), l => Assert.Null(l.Layer.LowPrecision));   // the trainer gave the bf16 copies back: fp32 inference
             return losses;
         }
-        var fp32 = Losses(new TrainingOptions());
-        var bf16 = Losses(new TrainingOptions { Bf16 = true });
+        var fp32 = Losses(new TrainingSpeedOptions());
+        var bf16 = Losses(new TrainingSpeedOptions { Bf16 = true });
         Assert.Equal(12, bf16.Count);
         Assert.True(fp32[^1] < fp32[0] * 0.9, $"fp32 training should learn: {fp32[0]:F3} → {fp32[^1]:F3}");
         // bf16 keeps 8 bits of mantissa (relative rounding 2⁻⁸ ≈ 0.4 %) in the base's matmuls: the losses stay within 2 %.

@@ -2,9 +2,9 @@ namespace AdapterService.Core.Training;
 
 /// <summary>
 /// How a language-model trainer computes its steps, not what it learns: each option changes speed, memory or rounding
-/// only, so a job's result is the same (to rounding) whichever are on. A worker setting (see docs/API.md).
+/// only, so a job's result is the same (to rounding) whichever are on. Worker settings <c>Workers:Speed:*</c> (docs/API.md).
 /// </summary>
-public sealed record TrainingOptions
+public sealed record TrainingSpeedOptions
 {
     /// <summary>
     /// Packs several short examples of a batch into one row (block-diagonal causal mask, positions restarting per example),

@@ -21,7 +21,8 @@ namespace AdapterService.Benchmarks;
 sealed class TrainingSpeed(bool quick, bool profileOnly = false)
 {
     const int Rank = 16;
-    readonly int steps = quick ? 3 : 6;
+    static readonly List<string> Targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    readonly int steps = quick ? 3 : 4;
 
     public static LlamaConfig Config(bool quick) => quick
         ? new LlamaConfig { VocabSize = 4096, HiddenSize = 256, IntermediateSize = 704, NumHiddenLayers = 4, NumAttentionHeads = 4, MaxPositionEmbeddings = 512 }
@@ -72,7 +73,7 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
     Timing Time(LlamaForCausalLM model, LlamaConfig config, List<TokenizedExample> data, int batch, TrainingSpeedOptions options)
     {
         using var scope = NewDisposeScope();
-        using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = Rank, Alpha = 2 * Rank, TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, 5);
+        using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = Rank, Alpha = 2 * Rank, TargetModules = Targets }, 5);
         var hp = new Hyperparameters(steps + 1, batch, 1e-3);
         using var trainer = new LanguageModelTrainer(model, adapter, data, hp, padId: 0, seed: 1, options);
         var stepTimes = new List<double>();
@@ -128,57 +129,81 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
     static TokenizedExample Example(Random random, int length, int vocab) =>
         new(Enumerable.Range(0, length).Select(_ => random.Next(vocab)).ToArray(), Enumerable.Repeat(true, length).ToArray());
 
+    /// <summary>
+    /// Where a step's time goes: the phases of a step (as the trainer runs it), and inside the decoder layers their matmuls
+    /// (frozen projections with LoRA) and attention core measured alone, the rest of a layer (norms, rotary, activation,
+    /// residuals, reshapes) by difference. Each is forward + backward, timed round-robin with a 2048² GEMM.
+    /// </summary>
     void Profile(LlamaForCausalLM model, LlamaConfig config, List<TokenizedExample> data, int rows, Action<string> line)
     {
-        line("Where a step's time goes (phases of one step with the trainer's code path, medians of interleaved repeats):");
         using var scope = NewDisposeScope();
-        using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = Rank, Alpha = 2 * Rank, TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, 5);
+        using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = Rank, Alpha = 2 * Rank, TargetModules = Targets }, 5);
         adapter.Attach(model);
-        long t = data[0].Ids.Length - 1;
-        var ids = tensor(data.SelectMany(e => e.Ids.Take((int)t).Select(i => (long)i)).ToArray(), [rows, t]);
-        var targets = tensor(data.SelectMany(e => e.Ids.Skip(1).Select(i => (long)i)).ToArray(), [rows, t]);
-        var positions = arange(t, ScalarType.Int64).unsqueeze(0);
-        var mask = ones(t, t, ScalarType.Bool).tril();
-        var phases = new Dictionary<string, List<double>>();
+        using var noDropout = new Generator(1);
+        adapter.Train(true, noDropout);
+        var batch = TokenRows.Collate(data, padId: 0, pack: false);
+        long t = batch.Inputs.shape[1], d = config.HiddenSize, heads = config.NumAttentionHeads, hd = config.HeadDim;
+        var layer = model.model.layers[0];
+        var x = randn(rows, t, d).requires_grad_();
+        var (cos, sin) = model.model.Angles(batch.Positions);
+        var q = randn(rows, heads, t, hd).requires_grad_();
+        var k = randn(rows, heads, t, hd).requires_grad_();
+        var v = randn(rows, heads, t, hd).requires_grad_();
+        var projections = new[] { layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj };
+        var inputs = projections.Select(p => randn(rows, t, p.InFeatures).requires_grad_()).ToArray();
+        var hidden = randn(rows, t, d).requires_grad_();
+        var a = randn(2048, 2048);
+        var b = randn(2048, 2048);
+
+        var names = new[] { "forward (embeddings, decoder layers)", "head + loss forward", "backward", "optimizer (clip, AdamW)",
+            "one decoder layer, fwd+bwd", "its 7 projections with LoRA, fwd+bwd", "its attention core (sdpa, causal mask), fwd+bwd",
+            "head + cross-entropy, fwd+bwd", "head matmul alone, fwd+bwd", "2048² GEMM" };
+        var times = names.ToDictionary(n => n, _ => new List<double>());
+        var parameters = adapter.Parameters().ToList();
+        using var optimizer = optim.AdamW(parameters, 1e-4);
         void Time(string name, Action action)
         {
+            using var inner = NewDisposeScope();
             var clock = Stopwatch.StartNew();
             action();
-            (phases.TryGetValue(name, out var list) ? list : phases[name] = []).Add(clock.Elapsed.TotalSeconds);
+            times[name].Add(clock.Elapsed.TotalSeconds);
         }
-        var threads = get_num_threads();
         for (int r = 0; r < steps + 1; r++)
         {
-            using var step = NewDisposeScope();
-            Tensor logits = null!, loss = null!;
-            Time("forward to logits", () => logits = model.Forward(ids, positions, mask, null));
-            Time("loss (cross-entropy)", () => loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.view(-1)));
-            Time("backward", () => loss.backward());
-            Time("2048² GEMM", () => randn(2048, 2048).matmul(randn(2048, 2048)));
-            using (no_grad()) Time("forward, no autograd", () => model.Forward(ids, positions, mask, null));
-            set_num_threads(1);
-            using (no_grad()) Time("forward, no autograd, 1 thread", () => model.Forward(ids, positions, mask, null));
-            set_num_threads(threads);
-            foreach (var p in adapter.Parameters()) p.grad?.zero_();
+            using (NewDisposeScope())
+            {
+                Tensor h = null!, loss = null!;
+                var (input, blocks, head) = model.Chain(batch.Inputs, batch.Positions, batch.Mask);
+                Time(names[0], () => h = blocks.Aggregate(input, (s, block) => block(s)).MoveToOuterDisposeScope());
+                Time(names[1], () => loss = nn.functional.cross_entropy(head(h.flatten(0, 1).index_select(0, batch.TrainedPositions)), batch.TrainedTargets).MoveToOuterDisposeScope());
+                Time(names[2], () => loss.backward());
+                Time(names[3], () => { nn.utils.clip_grad_norm_(parameters, 1.0); optimizer.step(); optimizer.zero_grad(); });
+            }
+            Time(names[4], () => layer.Forward(x, cos, sin, batch.Mask, null).sum().backward());
+            Time(names[5], () => { foreach (var (p, i) in projections.Zip(inputs)) p.forward(i).sum().backward(); });
+            Time(names[6], () => nn.functional.scaled_dot_product_attention(q, k, v, batch.Mask).sum().backward());
+            Time(names[7], () => nn.functional.cross_entropy(model.lm_head.forward(model.model.norm.forward(hidden)).flatten(0, 1), batch.TrainedTargets).backward());
+            Time(names[8], () => model.lm_head.forward(hidden).sum().backward());
+            Time(names[9], () => a.matmul(b));
+            optimizer.zero_grad();
         }
         TrainableAdapter.Detach(model);
-        long b = rows, h = config.NumAttentionHeads, hd = config.HeadDim, d = config.HiddenSize;
-        var q = randn(b, h, t, hd, requires_grad: true);
-        var k = randn(b, h, t, hd, requires_grad: true);
-        var v = randn(b, h, t, hd, requires_grad: true);
-        var x = randn(b, t, d, requires_grad: true);
-        var w = randn(config.IntermediateSize, d);
-        var maskF = zeros(t, t).masked_fill(mask.logical_not(), double.NegativeInfinity);
-        for (int r = 0; r < steps + 1; r++)
-        {
-            using var step = NewDisposeScope();
-            Time("sdpa bool mask fwd+bwd", () => nn.functional.scaled_dot_product_attention(q, k, v, mask).sum().backward());
-            Time("sdpa float mask fwd+bwd", () => nn.functional.scaled_dot_product_attention(q, k, v, maskF).sum().backward());
-            Time("sdpa is_causal fwd+bwd", () => nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true).sum().backward());
-            Time("sdpa bool mask fwd", () => { using var _ = no_grad(); nn.functional.scaled_dot_product_attention(q, k, v, mask); });
-            Time("linear d->ffn fwd+bwd", () => nn.functional.linear(x, w).sum().backward());
-            Time("rmsnorm-ish fwd+bwd", () => (x * rsqrt(x.pow(2).mean([-1], keepdim: true) + 1e-5)).sum().backward());
-        }
-        foreach (var (name, times) in phases) line($"- {name}: {Median(times.Skip(1)) * 1000:F0} ms");
+        var ms = times.ToDictionary(p => p.Key, p => Median(p.Value.Skip(1)) * 1000);
+        double step = ms[names[0]] + ms[names[1]] + ms[names[2]] + ms[names[3]], layers = config.NumHiddenLayers;
+        double peak = 2.0 * 2048 * 2048 * 2048 / ms[names[9]] / 1e6;
+        double layerMatmul = 4 * rows * t * projections.Sum(p => (double)p.InFeatures * p.OutFeatures) + 6.0 * Rank * rows * t * projections.Sum(p => (double)(p.InFeatures + p.OutFeatures));
+        line($"Where a step's time goes ({rows} × {t} tokens, medians of {steps} round-robin repeats; GEMM peak {peak:F0} GFLOP/s):");
+        line("");
+        line("| part | ms | share of the step | GFLOP/s |");
+        line("|---|---|---|---|");
+        line($"| **step** (forward + head/loss + backward + optimizer) | {step:F0} | 100 % | {Flops(config, data) / step / 1e6:F0} |");
+        foreach (var n in names[..4]) line($"| {n} | {ms[n]:F0} | {ms[n] / step:P0} | |");
+        line($"| decoder layers ×{layers}, fwd+bwd | {ms[names[4]] * layers:F0} | {ms[names[4]] * layers / step:P0} | |");
+        line($"| — projections with LoRA ×{layers} | {ms[names[5]] * layers:F0} | {ms[names[5]] * layers / step:P0} | {layerMatmul / ms[names[5]] / 1e6:F0} |");
+        line($"| — attention core ×{layers} | {ms[names[6]] * layers:F0} | {ms[names[6]] * layers / step:P0} | |");
+        double rest = ms[names[4]] - ms[names[5]] - ms[names[6]];
+        line($"| — the rest (norms, rotary, SiLU·up, residuals, reshapes) ×{layers} | {rest * layers:F0} | {rest * layers / step:P0} | |");
+        line($"| head + cross-entropy, fwd+bwd | {ms[names[7]]:F0} | {ms[names[7]] / step:P0} | |");
+        line($"| — head matmul alone | {ms[names[8]]:F0} | {ms[names[8]] / step:P0} | {4.0 * rows * t * d * config.VocabSize / ms[names[8]] / 1e6:F0} |");
     }
 }

@@ -4,8 +4,8 @@
 // Writes the report to stdout and to benchmarks/results/latest.md.
 //   dotnet run -c Release --project benchmarks -- --vision [--quick]
 // runs only the built-in ViT's transfer benchmark (needs dataset-fashion-mnist) and writes benchmarks/results/vision.md.
-//   dotnet run -c Release --project benchmarks -- --training [--quick]
-// runs only the single-job training-speed benchmark and writes benchmarks/results/training.md.
+//   dotnet run -c Release --project benchmarks -- --training [--quick] [--profile] [--threads N]
+// runs only the single-job training-speed benchmark (--profile: only where a step's time goes) and writes benchmarks/results/training.md.
 using System.Diagnostics;
 using System.Text;
 using AdapterService.Benchmarks;
@@ -29,6 +29,9 @@ if (args.Contains("--vision"))
 
 if (args.Contains("--training"))
 {
+    // --threads N: torch threads for the whole run. On a machine shared with other busy processes, 1 thread keeps the
+    // training steps and the GEMM they are compared with from stalling at OpenMP barriers while a core is taken away.
+    if (Array.IndexOf(args, "--threads") is var at and >= 0 && at + 1 < args.Length) set_num_threads(int.Parse(args[at + 1]));
     Line($"# Training benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
     Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
     Line("");

@@ -57,9 +57,9 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
         Report("gradient checkpointing", Time(model, config, data, rows, new TrainingSpeedOptions { GradientCheckpointing = true }), line);
         Report("accumulation 4 × 512 tokens", Time(model, config, data, rows, new TrainingSpeedOptions { MicroBatchSize = rows / 4 }), line);
         // Mixed lengths (16-256 tokens): packing trains the same tokens without computing padding.
-        var mixed = Mixed(4 * rows, length + 1, config.VocabSize, seed: 4);
-        Report("mixed lengths, padded rows", Time(model, config, mixed, 4 * rows, new TrainingSpeedOptions { Packing = false }), line);
-        Report("mixed lengths, packed rows", Time(model, config, mixed, 4 * rows, new TrainingSpeedOptions { Packing = true }), line);
+        var mixed = Mixed(2 * rows, length + 1, config.VocabSize, seed: 4);
+        Report("mixed lengths, padded rows", Time(model, config, mixed, 2 * rows, new TrainingSpeedOptions { Packing = false }), line);
+        Report("mixed lengths, packed rows", Time(model, config, mixed, 2 * rows, new TrainingSpeedOptions { Packing = true }), line);
         line("");
         Profile(model, config, data, rows, line);
     }
@@ -154,10 +154,17 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
         var hidden = randn(rows, t, d).requires_grad_();
         var a = randn(2048, 2048);
         var b = randn(2048, 2048);
+        // The same number of rows as packed rows would give: one full-length example, then rows of two half-length ones.
+        var halves = Enumerable.Range(0, 2 * (rows - 1)).Select(i => new TokenizedExample(data[i / 2].Ids[..(int)(t / 2 + 1)], data[i / 2].Train[..(int)(t / 2 + 1)])).Prepend(data[0]).ToList();
+        var packed = TokenRows.Collate(halves, padId: 0, pack: true);
+        var (packedCos, packedSin) = model.model.Angles(packed.Positions);
+        var packedFloat = zeros(packed.Mask.shape).masked_fill(packed.Mask.logical_not(), double.NegativeInfinity);
 
         var names = new[] { "forward (embeddings, decoder layers)", "head + loss forward", "backward", "optimizer (clip, AdamW)",
             "one decoder layer, fwd+bwd", "its 7 projections with LoRA, fwd+bwd", "its attention core (sdpa, causal mask), fwd+bwd",
-            "head + cross-entropy, fwd+bwd", "head matmul alone, fwd+bwd", "2048² GEMM" };
+            "head + cross-entropy, fwd+bwd", "head matmul alone, fwd+bwd", "2048² GEMM",
+            "attention core with a packed (per-row) mask, fwd+bwd", "one decoder layer with packed rows' mask and positions, fwd+bwd",
+            "attention core with a packed mask as float (0 / -inf), fwd+bwd" };
         var times = names.ToDictionary(n => n, _ => new List<double>());
         var parameters = adapter.Parameters().ToList();
         using var optimizer = optim.AdamW(parameters, 1e-4);
@@ -185,6 +192,9 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
             Time(names[7], () => nn.functional.cross_entropy(model.lm_head.forward(model.model.norm.forward(hidden)).flatten(0, 1), batch.TrainedTargets).backward());
             Time(names[8], () => model.lm_head.forward(hidden).sum().backward());
             Time(names[9], () => a.matmul(b));
+            Time(names[10], () => nn.functional.scaled_dot_product_attention(q, k, v, packed.Mask).sum().backward());
+            Time(names[11], () => layer.Forward(x, packedCos, packedSin, packed.Mask, null).sum().backward());
+            Time(names[12], () => nn.functional.scaled_dot_product_attention(q, k, v, packedFloat).sum().backward());
             optimizer.zero_grad();
         }
         TrainableAdapter.Detach(model);
@@ -203,6 +213,9 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
         line($"| — attention core ×{layers} | {ms[names[6]] * layers:F0} | {ms[names[6]] * layers / step:P0} | |");
         double rest = ms[names[4]] - ms[names[5]] - ms[names[6]];
         line($"| — the rest (norms, rotary, SiLU·up, residuals, reshapes) ×{layers} | {rest * layers:F0} | {rest * layers / step:P0} | |");
+        line($"| — attention core with packed rows' mask [rows, 1, t, t] ×{layers} | {ms[names[10]] * layers:F0} | {ms[names[10]] * layers / step:P0} | |");
+        line($"| — attention core with the packed mask as float ×{layers} | {ms[names[12]] * layers:F0} | {ms[names[12]] * layers / step:P0} | |");
+        line($"| decoder layers ×{layers} with packed rows' mask and positions | {ms[names[11]] * layers:F0} | {ms[names[11]] * layers / step:P0} | |");
         line($"| head + cross-entropy, fwd+bwd | {ms[names[7]]:F0} | {ms[names[7]] / step:P0} | |");
         line($"| — head matmul alone | {ms[names[8]]:F0} | {ms[names[8]] / step:P0} | {4.0 * rows * t * d * config.VocabSize / ms[names[8]] / 1e6:F0} |");
     }

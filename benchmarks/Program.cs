@@ -10,6 +10,8 @@
 //   dotnet run -c Release --project benchmarks -- --fusion [--quick]
 // runs only the fused-training benchmark (4 LoRA jobs fused vs one after another vs separate copies) and writes
 // benchmarks/results/fusion.md.
+//   dotnet run -c Release --project benchmarks -- --training [--quick] [--profile] [--threads N]
+// runs only the single-job training-speed benchmark (--profile: only where a step's time goes) and writes benchmarks/results/training.md.
 using System.Diagnostics;
 using System.Text;
 using AdapterService.Benchmarks;
@@ -52,6 +54,18 @@ if (args.Contains("--fusion"))
     Line("");
     new FusedTraining(quick).Run(Line);
     Save("fusion.md");
+    return;
+}
+if (args.Contains("--training"))
+{
+    // --threads N: torch threads for the whole run. On a machine shared with other busy processes, 1 thread keeps the
+    // training steps and the GEMM they are compared with from stalling at OpenMP barriers while a core is taken away.
+    if (Array.IndexOf(args, "--threads") is var at and >= 0 && at + 1 < args.Length) set_num_threads(int.Parse(args[at + 1]));
+    Line($"# Training benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
+    Line("");
+    new TrainingSpeed(quick, args.Contains("--profile")).Run(Line);
+    Save("training.md");
     return;
 }
 

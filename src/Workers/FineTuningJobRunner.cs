@@ -20,6 +20,8 @@ public sealed class TrainingOptions
     public int StateEverySteps { get; set; } = 25;
     /// <summary><c>Workers:LeaseSeconds</c>: how long a job stays claimed by a worker that stopped renewing it.</summary>
     public int LeaseSeconds { get; set; } = 60;
+    /// <summary><c>Workers:Speed</c>: how language-model jobs compute their steps (packing, micro-batches, bf16, checkpointing).</summary>
+    public TrainingSpeedOptions Speed { get; set; } = new();
 }
 
 /// <summary>Counts epochs without a new lowest validation loss; says stop after <c>patience</c> of them (never without one).</summary>
@@ -122,7 +124,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
                 {
                     // On the group's thread, between its steps: the job's adapter and trainer over the group's copy of the base.
                     adapter = TrainableAdapter.Create(model, config, job.Seed);
-                    var lm = new LanguageModelTrainer(model, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
+                    var lm = new LanguageModelTrainer(model, adapter, examples, hp, padId: 0, job.Seed, options.Value.Speed);   // padding is never trained on
                     trainer = lm;
                     started(lm);
                     var onStep = Begin(job, lm, adapter, config, examples.Count, validation is null ? null : () => lm.Evaluate(validation), stop);
@@ -158,7 +160,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
                     var languageModel = model as CausalLanguageModel ?? throw new InvalidDataException($"{baseModel.Id} is neither a language model nor an image classifier");
                     var examples = ReadData(job.TrainingFile, baseModel);
                     var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
-                    var lm = new LanguageModelTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed);   // padding is never trained on
+                    var lm = new LanguageModelTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed, options.Value.Speed);   // padding is never trained on
                     if (validation is not null) evaluate = () => lm.Evaluate(validation);
                     (trainer, exampleCount) = (lm, examples.Count);
                 }

@@ -62,7 +62,8 @@ public static class WorkerServices
         services.AddSingleton(new FusionHost(maxFused, concurrency));
         services.AddScoped<FineTuningJobRunner>();
         services.AddScoped<PretrainingJobRunner>();
-        services.Configure<TrainingOptions>(configuration.GetSection("Workers"));
+        services.AddOptions<TrainingOptions>().Bind(configuration.GetSection("Workers"))
+            .Validate(o => o.Speed.Problem() is null, "Workers:Speed:MicroBatchSize must be at least 1").ValidateOnStart();
         services.AddHangfireServer(o =>
         {
             o.WorkerCount = concurrency * maxFused;

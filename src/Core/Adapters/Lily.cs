@@ -164,6 +164,8 @@ public sealed class LilyAdapter : TrainableAdapter
 
     public override AdapterConfig Config => config;
     public override IReadOnlyDictionary<string, nn.Module> Layers => layers;
+    /// <summary>No: its router averages over a sequence (or the batch).</summary>
+    public override bool TokenWise => false;
 
     /// <summary>Module type of a layer: its name and shape, as PEFT groups shared Lily parts.</summary>
     static (string, long, long, int) TypeOf(string path, AdaptableLinear layer, LilyConfig config) =>

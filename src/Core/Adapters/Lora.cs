@@ -39,7 +39,8 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDrop
     public Tensor Forward(Tensor x, Tensor y)
     {
         var dx = SeededDropout.Apply(x, dropout, training, DropoutGenerator);                  // [.., in]
-        return y + lora_B.forward(lora_A.forward(dx)) * scaling;                                // [.., out]
+        // Scaling the rank-r intermediate and adding y in place into B's fresh output spares two passes (and a temporary) over [.., out].
+        return lora_B.forward(lora_A.forward(dx) * scaling).add_(y);                             // [.., out]
     }
 
     public LoraWeights Weights() => new(lora_A.weight!, lora_B.weight!, scaling);

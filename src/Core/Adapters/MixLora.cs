@@ -168,6 +168,8 @@ public sealed class MixLoraAdapter : TrainableAdapter
 
     public override AdapterConfig Config => config;
     public override IReadOnlyDictionary<string, nn.Module> Layers => layers;
+    /// <summary>No: its load-balance loss spans the batch.</summary>
+    public override bool TokenWise => false;
 
     public static MixLoraAdapter Create(nn.Module model, MixLoraConfig config, Generator? init)
     {

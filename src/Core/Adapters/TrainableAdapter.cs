@@ -102,6 +102,13 @@ public abstract class TrainableAdapter : IDisposable
     public virtual void Merge(nn.Module model) =>
         throw new NotSupportedException($"{Config.Method} adapters cannot be merged into the weights: their update depends on the input");
 
+    /// <summary>
+    /// Whether each token's adapted output depends on that token alone and the method adds no loss of its own: then
+    /// packing several examples into one row and recomputing a layer alone (gradient checkpointing) change nothing.
+    /// Lily's router mean spans a sequence and MixLoRA adds a load-balance loss over the batch, so they are not.
+    /// </summary>
+    public virtual bool TokenWise => true;
+
     /// <summary>A term the method adds to the training loss (MixLoRA's load balance), or null.</summary>
     public virtual Tensor? AuxiliaryLoss() => null;
 

@@ -38,9 +38,18 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>
+    /// A bfloat16 copy of the frozen weight (and bias) that, while set, computes the layer's matmul: the input is rounded
+    /// to bfloat16 and the output returned in the input's type (autocast), the adapter still sees float32. A trainer sets
+    /// and disposes it; the weight itself is untouched.
+    /// </summary>
+    public (Tensor Weight, Tensor? Bias)? LowPrecision { get; set; }
+
     public override Tensor forward(Tensor x)
     {
-        var y = nn.functional.linear(x, weight, bias);
+        var y = LowPrecision is var (w, b)
+            ? nn.functional.linear(x.to_type(w.dtype), w, b).to_type(x.dtype)
+            : nn.functional.linear(x, weight, bias);
         return Adapter is null ? y : Adapter.Forward(x, y);
     }
 }

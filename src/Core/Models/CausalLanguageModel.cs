@@ -42,4 +42,12 @@ public abstract class CausalLanguageModel : nn.Module<Tensor, Tensor>
     /// <paramref name="mask"/> (broadcastable to [batch, heads, seq, keys], true = attend) allows, over the keys the cache returns.
     /// </summary>
     public abstract Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache);
+
+    /// <summary>
+    /// The same computation as <see cref="Forward(Tensor, Tensor, Tensor?, IKvCache?)"/> without a cache, cut into a chain:
+    /// the input of the first block (the embeddings, [batch, seq, hidden]), the blocks that follow (the decoder layers, each
+    /// [batch, seq, hidden] → same) and the head (final norm and output projection, [.., hidden] → [.., vocab], per token).
+    /// A trainer computes the head only where a target is trained; gradient checkpointing keeps only the blocks' inputs.
+    /// </summary>
+    public abstract (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks, Func<Tensor, Tensor> Head) Chain(Tensor inputIds, Tensor positions, Tensor? mask);
 }

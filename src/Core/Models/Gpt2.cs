@@ -95,6 +95,13 @@ public sealed class GPT2LMHeadModel : CausalLanguageModel, IHuggingFaceModel
     public override Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
         lm_head.forward(transformer.Forward(inputIds, positions, mask, cache));                   // [b, seq, vocab]
 
+    public override (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks, Func<Tensor, Tensor> Head) Chain(Tensor inputIds, Tensor positions, Tensor? mask)
+    {
+        var blocks = transformer.h.Select(block => (Func<Tensor, Tensor>)(x => block.Forward(x, mask, null))).ToList();
+        return (transformer.wte.forward(inputIds) + transformer.wpe.forward(positions), blocks,   // [b, seq, hidden]
+            x => lm_head.forward(transformer.ln_f.forward(x)));
+    }
+
     ModelConfig IHuggingFaceModel.ModelConfig => Config;
 
     /// <summary>Hugging Face keys and layouts: Conv1D weights [in, out], and no lm_head when it is tied to wte.</summary>

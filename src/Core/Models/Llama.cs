@@ -33,6 +33,13 @@ public sealed class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
     public override Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
         lm_head.forward(model.Forward(inputIds, positions, mask, cache));
 
+    public override (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks, Func<Tensor, Tensor> Head) Chain(Tensor inputIds, Tensor positions, Tensor? mask)
+    {
+        var (cos, sin) = model.Angles(positions);                                  // [b or 1, 1, seq, head_dim] each
+        var blocks = model.layers.Select(layer => (Func<Tensor, Tensor>)(h => layer.Forward(h, cos, sin, mask, null))).ToList();
+        return (model.embed_tokens.forward(inputIds), blocks, h => lm_head.forward(model.norm.forward(h)));
+    }
+
     ModelConfig IHuggingFaceModel.ModelConfig => Config;
 
     public IEnumerable<CheckpointTensor> CheckpointTensors() => named_parameters()
@@ -82,6 +89,9 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     }
 
     public override Tensor forward(Tensor inputIds) => throw new NotSupportedException("call Forward with positions");
+
+    /// <summary>The rotary cos and sin for positions [b or 1, seq].</summary>
+    public (Tensor Cos, Tensor Sin) Angles(Tensor positions) => rotary.Angles(positions);
 
     public Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache)
     {

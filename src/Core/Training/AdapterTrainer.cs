@@ -88,7 +88,7 @@ public abstract class AdapterTrainer : IDisposable
     }
 
     // The pieces of a run, public to this assembly so that a FusedTrainer can drive several trainers' steps over one
-    // model: BeginRun, then per step BeginStep, the forward pass, StepLoss, the backward pass, ApplyGradients, EndStep.
+    // model: BeginRun, then per step BeginStep, the forward pass, StepLoss, the backward pass, OptimizerStep, EndStep.
     readonly Stopwatch clock = new();
     int firstStep, orderEpoch = -1;
     long tokensAtStart;
@@ -112,6 +112,7 @@ public abstract class AdapterTrainer : IDisposable
         if (orderEpoch != epoch) (order, orderEpoch) = (EpochOrder(epoch), epoch);
         foreach (var group in optimizer.ParamGroups) group.LearningRate = LearningRate;
         Dropout.manual_seed(seed * 1_000_003 + Step);                                            // dropout masks depend on (seed, step) only
+        optimizer.zero_grad();                                                                   // micro-batches add their gradients up
         return order.Skip(index * Hp.BatchSize).Take(Hp.BatchSize).ToList();
     }
 
@@ -120,9 +121,8 @@ public abstract class AdapterTrainer : IDisposable
     /// <summary>One whole step of this trainer alone (its model's slots hold its adapter).</summary>
     internal TrainingProgress StepAlone()
     {
-        var batch = BeginStep();
         double accuracy;
-        using (NewDisposeScope()) accuracy = TrainStep(batch);
+        using (NewDisposeScope()) accuracy = TrainStep(BeginStep());                              // zeroing gradients may make tensors
         return EndStep(accuracy);
     }
 
@@ -143,34 +143,35 @@ public abstract class AdapterTrainer : IDisposable
     /// <summary>Back-propagates <paramref name="loss"/> plus the method's auxiliary loss and steps the optimizer.</summary>
     protected void Optimize(Tensor loss, long tokens)
     {
-        var total = StepLoss(loss);
-        optimizer.zero_grad();
-        total.backward();
-        ApplyGradients(loss, tokens);
+        Backward(loss);
+        OptimizerStep(loss.item<float>(), tokens);
     }
 
     /// <summary>
-    /// The loss the step back-propagates: <paramref name="loss"/> plus the method's auxiliary loss. Throws
-    /// <see cref="TrainingDivergedException"/> when it is not finite, before any weight changes: stepping on NaN would
-    /// only turn the adapter into NaN.
+    /// Back-propagates <paramref name="loss"/> plus <paramref name="auxiliaryWeight"/> times the method's auxiliary loss,
+    /// adding to the gradients earlier micro-batches of this step left (the step starts with none).
     /// </summary>
-    internal Tensor StepLoss(Tensor loss)
+    protected void Backward(Tensor loss, double auxiliaryWeight = 1) => StepLoss(loss, auxiliaryWeight).backward();
+
+    /// <summary>
+    /// The loss to back-propagate: <paramref name="loss"/> plus <paramref name="auxiliaryWeight"/> times the method's
+    /// auxiliary loss. Throws <see cref="TrainingDivergedException"/> when it is not finite, before any weight changes:
+    /// stepping on NaN would only turn the adapter into NaN.
+    /// </summary>
+    internal Tensor StepLoss(Tensor loss, double auxiliaryWeight = 1)
     {
         var auxiliary = Adapter.AuxiliaryLoss();
-        var total = auxiliary is null ? loss : loss + auxiliary;
+        var total = auxiliary is null ? loss : loss + auxiliaryWeight * auxiliary;
         if (!float.IsFinite(total.item<float>())) throw new TrainingDivergedException(Step + 1);
         return total;
     }
 
-    /// <summary>Clears the gradients of this trainer's parameters (before a backward pass that fills them).</summary>
-    internal void ZeroGradients() => optimizer.zero_grad();
-
-    /// <summary>Clips this trainer's gradients to norm 1 and steps its optimizer (after the backward pass).</summary>
-    internal void ApplyGradients(Tensor loss, long tokens)
+    /// <summary>Clips the step's accumulated gradients to norm 1 and steps the optimizer; <paramref name="loss"/> is the step's loss.</summary>
+    protected internal void OptimizerStep(double loss, long tokens)
     {
         nn.utils.clip_grad_norm_(parameters, 1.0);
         optimizer.step();
-        LastLoss = loss.item<float>();
+        LastLoss = loss;
         TrainedTokens += tokens;
     }
 
@@ -214,7 +215,7 @@ public abstract class AdapterTrainer : IDisposable
         orderEpoch = -1;
     }
 
-    public void Dispose()
+    public virtual void Dispose()
     {
         optimizer.Dispose();
         Dropout.Dispose();

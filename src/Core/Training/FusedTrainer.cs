@@ -64,23 +64,37 @@ public static class FusedTrainer
     {
         var outcomes = new FusedStepOutcome?[members.Count];
         using var scope = NewDisposeScope();
-        var batches = members.Select(m => m.Batch(m.BeginStep())).ToList();                   // [b_j, t_j] each; seeds each job's dropout
-        long length = batches.Max(b => b.Inputs.shape[1]);
-        var segments = batches.Select(b => new Segment(b.Inputs.shape[0], b.Inputs.shape[1])).ToList();
-        // Right padding past a job's own length is never read by its tokens (causal attention) nor trained on.
-        var fusedInputs = cat(batches.Select((b, j) => nn.functional.pad(b.Inputs, [0, length - b.Inputs.shape[1]], value: members[j].PadId)).ToArray(), 0);
+        var batches = members.Select(m => m.Batch(m.BeginStep())).ToList();                   // seeds each job's dropout, clears its gradients
+        long length = batches.Max(b => b.Rows.Inputs.shape[1]);
+        var segments = batches.Select(b => new Segment(b.Rows.Inputs.shape[0], b.Rows.Inputs.shape[1])).ToList();
+        // Each job's rows right-padded to the longest: its tokens never attend past their own length (its mask, causal or
+        // packed, sits in the top-left block; the padding attends causally, so no attention row is empty) nor train there.
+        Tensor Pad(Tensor rows, long value) => nn.functional.pad(rows, [0, length - rows.shape[1]], value: value);
+        var inputs = cat(batches.Select(b => Pad(b.Rows.Inputs, 0)).ToArray(), 0);
+        var positions = cat(batches.Select(b => Pad(b.Rows.Positions, 0)).ToArray(), 0);
+        var causal = ones(length, length, ScalarType.Bool).tril();
+        var mask = cat(batches.Select((b, j) =>
+        {
+            var own = b.Rows.Mask.dim() == 2 ? b.Rows.Mask.expand(segments[j].Rows, 1, -1, -1) : b.Rows.Mask;   // [rows, 1, t_j, t_j]
+            var full = causal.expand(segments[j].Rows, 1, -1, -1).clone();
+            full[TensorIndex.Colon, TensorIndex.Colon, TensorIndex.Slice(0, segments[j].Length), TensorIndex.Slice(0, segments[j].Length)] = own;
+            return full;
+        }).ToArray(), 0);                                                                          // [Σ rows_j, 1, t, t]
         Install(model, members.Select(m => m.TrainedAdapter).ToList(), segments);
-        var logits = model.forward(fusedInputs);                                                 // [Σ b_j, t, vocab]
+        var (input, blocks, head) = model.Chain(inputs, positions, mask);
+        // The head over every position: its norm may be an adapted slot, whose segments are rows of [Σ rows_j, t, ..]
+        // (alone, a job runs the head on its trained positions only; per token, the same numbers).
+        var logits = Segment.Split(segments, head(blocks.Aggregate(input, (h, block) => block(h))));   // [rows_j, t, vocab] each
 
-        var logitRows = Segment.Split(segments, logits);
-        var losses = new List<(int Member, Tensor Loss, Tensor Total, double Accuracy)>();
+        var losses = new List<(int Member, Tensor Loss, Tensor Total, Tensor Correct)>();
         for (int j = 0; j < members.Count; j++)
         {
-            var s = segments[j];
+            var (rows, trained, _) = batches[j];
             try
             {
-                var (loss, accuracy) = LanguageModelTrainer.LossOf(s.Own(logitRows[j]), batches[j].Targets);
-                losses.Add((j, loss, members[j].StepLoss(loss), accuracy));
+                var own = segments[j].Own(logits[j]).flatten(0, 1).index_select(0, rows.TrainedPositions);     // [n_j, vocab]
+                var (loss, correct) = LanguageModelTrainer.LossOfLogits(own, rows, trained);
+                losses.Add((j, loss, members[j].StepLoss(loss), correct));
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
@@ -89,13 +103,12 @@ public static class FusedTrainer
         }
         if (losses.Count > 0)
         {
-            foreach (var l in losses) members[l.Member].ZeroGradients();
             // Each job's parameters get the gradient of its own loss only: its layers touched its rows only.
             stack(losses.Select(l => l.Total).ToArray()).sum().backward();
-            foreach (var (j, loss, _, accuracy) in losses)
+            foreach (var (j, loss, _, correct) in losses)
             {
-                members[j].ApplyGradients(loss, batches[j].Inputs.numel());
-                outcomes[j] = new(members[j].EndStep(accuracy), null);
+                members[j].OptimizerStep(loss.item<float>(), batches[j].Tokens);
+                outcomes[j] = new(members[j].EndStep(correct.item<long>() / (double)batches[j].Trained), null);
             }
         }
         return outcomes.Select(o => o!).ToList();

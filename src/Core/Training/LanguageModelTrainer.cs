@@ -1,4 +1,5 @@
 using AdapterService.Core.Adapters;
+using System.Runtime.CompilerServices;
 using AdapterService.Core.Models;
 using static TorchSharp.torch;
 
@@ -10,19 +11,26 @@ public sealed record TokenizedExample(int[] Ids, bool[] Train);
 /// <summary>
 /// Supervised fine-tuning of an adapter of any method on a frozen causal language model: cross-entropy on the next token
 /// where the target is an assistant/completion token (the loop, optimizer and state are <see cref="AdapterTrainer"/>'s).
+/// How a step is computed (packing, micro-batches, bf16, checkpointing) follows <see cref="TrainingSpeedOptions"/>; the loss of
+/// a step is always the mean over the batch's trained tokens.
 /// </summary>
 public sealed class LanguageModelTrainer : AdapterTrainer
 {
-    const long IgnoreIndex = -100;
-
     readonly CausalLanguageModel model;
     readonly IReadOnlyList<TokenizedExample> examples;
     readonly int padId;
+    readonly TrainingSpeedOptions options;
+    readonly bool packing, checkpointing;
 
-    public LanguageModelTrainer(CausalLanguageModel model, TrainableAdapter adapter, IReadOnlyList<TokenizedExample> examples, Hyperparameters hp, int padId, long seed)
+    public LanguageModelTrainer(CausalLanguageModel model, TrainableAdapter adapter, IReadOnlyList<TokenizedExample> examples, Hyperparameters hp, int padId, long seed,
+        TrainingSpeedOptions? options = null)
         : base(adapter, examples.Count, hp, seed, Attached(model, adapter).Parameters())
     {
+        this.options = options ?? new TrainingSpeedOptions();
+        if (this.options.Problem() is { } problem) throw new ArgumentException(problem, nameof(options));
         (this.model, this.examples, this.padId) = (model, examples, padId);
+        (packing, checkpointing) = (this.options.Packing && adapter.TokenWise, this.options.GradientCheckpointing && adapter.TokenWise);
+        if (this.options.Bf16) UseBf16(model, true);
     }
 
     static TrainableAdapter Attached(CausalLanguageModel model, TrainableAdapter adapter)
@@ -30,6 +38,28 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         foreach (var p in model.parameters()) p.requires_grad = false;
         adapter.Attach(model);
         return adapter;
+    }
+
+    /// <summary>How many trainers use each model's bfloat16 copies: fused jobs share one model and join and leave at will.</summary>
+    static readonly ConditionalWeakTable<CausalLanguageModel, StrongBox<int>> bf16Users = [];
+
+    /// <summary>Gives every linear layer of the frozen model a bfloat16 copy of its weights to compute with (first user), or takes it away (last user).</summary>
+    static void UseBf16(CausalLanguageModel model, bool on)
+    {
+        var users = bf16Users.GetOrCreateValue(model);
+        lock (users)
+        {
+            users.Value += on ? 1 : -1;
+            if (users.Value != (on ? 1 : 0)) return;
+            using var noGrad = no_grad();
+            foreach (var (_, layer) in model.LinearLayers())
+            {
+                if (layer.LowPrecision is var (w, b)) { w.Dispose(); b?.Dispose(); }
+                layer.LowPrecision = on
+                    ? (layer.weight.to_type(ScalarType.BFloat16).DetachFromDisposeScope(), layer.bias?.to_type(ScalarType.BFloat16).DetachFromDisposeScope())
+                    : null;
+            }
+        }
     }
 
     /// <summary>Mean loss and next-token accuracy over the trained tokens of <paramref name="data"/>, without training.</summary>
@@ -42,42 +72,33 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         for (int start = 0; start < data.Count; start += Hp.BatchSize)
         {
             using var scope = NewDisposeScope();
-            var (inputs, targets) = Collate(data.Skip(start).Take(Hp.BatchSize).ToList(), padId);
-            var flat = model.forward(inputs).flatten(0, 1);                                    // [b·t, vocab]
-            var flatTargets = targets.view(-1);
-            var trained = flatTargets.ne(IgnoreIndex);
-            lossSum += nn.functional.cross_entropy(flat, flatTargets, ignore_index: IgnoreIndex, reduction: nn.Reduction.Sum).item<float>();
-            correct += flat.argmax(-1).eq(flatTargets).logical_and(trained).sum().item<long>();
-            count += trained.sum().item<long>();
+            var rows = TokenRows.Collate(data.Skip(start).Take(Hp.BatchSize).ToList(), padId, packing);
+            var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+            var (loss, right) = Loss(blocks.Aggregate(input, (h, block) => block(h)), head, rows, divisor: 1);
+            lossSum += loss.item<float>();
+            correct += right.item<long>();
+            count += rows.TrainedTargets.shape[0];
         }
         return (lossSum / Math.Max(1, count), correct / (double)Math.Max(1, count));
     });
 
     protected override double TrainStep(IReadOnlyList<int> batch)
     {
-        var (inputs, targets) = Batch(batch);                                                  // [b, t] each
-        var (loss, accuracy) = LossOf(model.forward(inputs), targets);
-        Optimize(loss, inputs.numel());
+        var chosen = batch.Select(i => examples[i]).ToList();
+        var (loss, accuracy) = Backpropagate(chosen);
+        OptimizerStep(loss, chosen.Sum(e => e.Ids.Length - 1L));
         return accuracy;
     }
 
     // Hooks for FusedTrainer, which runs several trainers' batches through one model in one forward pass.
     internal CausalLanguageModel Model => model;
     internal TrainableAdapter TrainedAdapter => Adapter;
-    internal int PadId => padId;
 
-    /// <summary>The step's inputs and targets [b, t] each.</summary>
-    internal (Tensor Inputs, Tensor Targets) Batch(IReadOnlyList<int> batch) => Collate(batch.Select(i => examples[i]).ToList(), padId);
-
-    /// <summary>Mean cross-entropy over the trained targets of logits [b, t, vocab], and the next-token accuracy on them.</summary>
-    internal static (Tensor Loss, double Accuracy) LossOf(Tensor logits, Tensor targets)
+    /// <summary>A whole step's rows (a fused step takes each job's batch in one piece), its trained-token count and tokens.</summary>
+    internal (TokenRows Rows, long Trained, long Tokens) Batch(IReadOnlyList<int> batch)
     {
-        var flat = logits.flatten(0, 1);                                                       // [b·t, vocab]
-        var flatTargets = targets.view(-1);
-        var loss = nn.functional.cross_entropy(flat, flatTargets, ignore_index: IgnoreIndex);
-        var trained = flatTargets.ne(IgnoreIndex);
-        var correct = flat.argmax(-1).eq(flatTargets).logical_and(trained);
-        return (loss, correct.sum().item<long>() / (double)Math.Max(1, trained.sum().item<long>()));
+        var chosen = batch.Select(i => examples[i]).ToList();
+        return (TokenRows.Collate(chosen, padId, packing), Math.Max(1, chosen.Sum(TokenRows.Trained)), chosen.Sum(e => e.Ids.Length - 1L));
     }
 
     /// <summary>Empties the model's slots and puts this trainer's adapter in them (after a fused step filled them with everyone's).</summary>
@@ -87,23 +108,98 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         Adapter.Attach(model);
     }
 
-    /// <summary>Inputs are ids[..^1], targets ids[1..] (ignored where not trained); rows right-padded.</summary>
-    static (Tensor Inputs, Tensor Targets) Collate(List<TokenizedExample> batch, int padId)
+    /// <summary>
+    /// The loss of <paramref name="batch"/> (the mean over its trained tokens) and its next-token accuracy; adds the loss's
+    /// gradient to the adapter's parameters (in micro-batches when <see cref="TrainingSpeedOptions.MicroBatchSize"/> says so).
+    /// </summary>
+    public (double Loss, double Accuracy) Backpropagate(IReadOnlyList<TokenizedExample> batch)
     {
-        int length = batch.Max(e => e.Ids.Length) - 1;
-        var inputs = new long[batch.Count * length];
-        var targets = new long[batch.Count * length];
-        Array.Fill(inputs, padId);
-        Array.Fill(targets, IgnoreIndex);
-        for (int row = 0; row < batch.Count; row++)
+        // The loss is the mean over all the batch's trained tokens, so each micro-batch divides its sum by the batch's count.
+        long trained = Math.Max(1, batch.Sum(TokenRows.Trained));
+        int micro = options.MicroBatchSize ?? batch.Count;
+        double loss = 0;
+        long correct = 0;
+        for (int start = 0; start < batch.Count; start += micro)
         {
-            var e = batch[row];
-            for (int i = 0; i < e.Ids.Length - 1; i++)
-            {
-                inputs[row * length + i] = e.Ids[i];
-                if (e.Train[i + 1]) targets[row * length + i] = e.Ids[i + 1];
-            }
+            using var scope = NewDisposeScope();                                   // frees a micro-batch's activations before the next
+            var part = batch.Skip(start).Take(micro).ToList();
+            var rows = TokenRows.Collate(part, padId, packing);
+            double share = part.Count / (double)batch.Count;                       // of the method's auxiliary loss
+            var (partLoss, right) = checkpointing ? CheckpointedBackward(rows, trained, share) : Backward(rows, trained, share);
+            loss += partLoss;
+            correct += right;
         }
-        return (tensor(inputs, [batch.Count, length]), tensor(targets, [batch.Count, length]));
+        return (loss, correct / (double)trained);
+    }
+
+    (double Loss, long Correct) Backward(TokenRows rows, long divisor, double auxiliaryWeight)
+    {
+        var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+        var (loss, correct) = Loss(blocks.Aggregate(input, (h, block) => block(h)), head, rows, divisor);
+        Backward(loss, auxiliaryWeight);
+        return (loss.item<float>(), correct.item<long>());
+    }
+
+    /// <summary>
+    /// Gradient checkpointing: a forward pass without autograd keeps each block's input; the backward pass then recomputes
+    /// one block at a time from its input (with the dropout generator as it was) and back-propagates through it alone.
+    /// </summary>
+    (double Loss, long Correct) CheckpointedBackward(TokenRows rows, long divisor, double auxiliaryWeight)
+    {
+        var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+        var inputs = new List<Tensor> { input };                                      // inputs[i] goes into blocks[i]; the last, into the head
+        var dropoutStates = new List<Tensor>();
+        using (no_grad())
+            foreach (var block in blocks)
+            {
+                dropoutStates.Add(Dropout.get_state());
+                using var scope = NewDisposeScope();                                   // frees the block's intermediates now
+                inputs.Add(block(inputs[^1]).MoveToOuterDisposeScope());
+            }
+
+        Tensor gradient;
+        double loss;
+        long correct;
+        using (var scope = NewDisposeScope())
+        {
+            var top = inputs[^1].detach().requires_grad_();
+            var (lossTensor, right) = Loss(top, head, rows, divisor);
+            Backward(lossTensor, auxiliaryWeight);
+            (loss, correct) = (lossTensor.item<float>(), right.item<long>());
+            gradient = (top.grad ?? zeros_like(top)).MoveToOuterDisposeScope();
+        }
+        for (int i = blocks.Count - 1; i >= 0; i--)
+        {
+            using var scope = NewDisposeScope();
+            Dropout.set_state(dropoutStates[i]);
+            var x = inputs[i].detach().requires_grad_(i > 0);                          // the embeddings need no gradient
+            blocks[i](x).backward([gradient]);
+            if (i > 0) gradient = (x.grad ?? zeros_like(x)).MoveToOuterDisposeScope();
+        }
+        return (loss, correct);
+    }
+
+    /// <summary>
+    /// The summed cross-entropy over the trained targets divided by <paramref name="divisor"/>, and how many were predicted
+    /// right. The head (norm and output projection, per token) runs on the trained positions only: the others' logits,
+    /// over a vocabulary of tens of thousands, would be computed and thrown away.
+    /// </summary>
+    static (Tensor Loss, Tensor Correct) Loss(Tensor hidden, Func<Tensor, Tensor> head, TokenRows rows, long divisor) =>
+        LossOfLogits(head(hidden.flatten(0, 1).index_select(0, rows.TrainedPositions)), rows, divisor);   // head on [n, hidden]
+
+    /// <summary>The loss and right predictions of <paramref name="logits"/> [n, vocab] at the trained positions of <paramref name="rows"/>.</summary>
+    internal static (Tensor Loss, Tensor Correct) LossOfLogits(Tensor logits, TokenRows rows, long divisor)
+    {
+        if (logits.dtype != ScalarType.Float32) logits = logits.to_type(ScalarType.Float32);
+        var loss = nn.functional.cross_entropy(logits, rows.TrainedTargets, reduction: nn.Reduction.Sum) / divisor;
+        Tensor correct;
+        using (no_grad()) correct = logits.argmax(-1).eq(rows.TrainedTargets).sum();
+        return (loss, correct);
+    }
+
+    public override void Dispose()
+    {
+        if (options.Bf16) UseBf16(model, false);
+        base.Dispose();
     }
 }

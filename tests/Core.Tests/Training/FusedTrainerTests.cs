@@ -19,11 +19,13 @@ public sealed class FusedTrainerTests
     /// per op). LoRA, DoRA, RLRR and MixLoRA weights come out within ~3e-7 of alone. AdamW divides each gradient by its
     /// own running RMS, so a parameter whose gradient is almost all cancellation carries the rounding further: Lily's
     /// router (logits nearly equal, experts starting at zero) differs by up to ~1e-4, flat over epochs (measured over
-    /// 1, 2 and 4 epochs, both router means, with and without dropout), so its tolerance is 5e-4. Both lie far below what a
+    /// 1, 2 and 4 epochs, both router means, with and without dropout), so its tolerance is 5e-4. With packed rows (the
+    /// default) RLRR's vectors go the same way: its s_left starts at zero, so early gradients of s_right and f are
+    /// cancellation too, and the last layer's o_proj vectors differed by up to 6e-4 (the rest by ≤ 5e-5); they get 1e-3. All lie far below what a
     /// real mistake costs (a wrong dropout mask, another job's rows, a shared optimizer): one AdamW step here moves a
     /// weight by up to the learning rate, 5e-3 to 2e-2.
     /// </summary>
-    const double Tolerance = 1e-4, RouterTolerance = 5e-4;
+    const double Tolerance = 1e-4, RouterTolerance = 5e-4, RlrrTolerance = 1e-3;
 
     static List<TokenizedExample> Examples(int job, int count) => Enumerable.Range(0, count).Select(i =>
     {
@@ -112,7 +114,7 @@ public sealed class FusedTrainerTests
         Assert.Equal(alone.Keys.Order(), fused.Keys.Order());
         foreach (var (key, a) in alone)
         {
-            double diff = (a - fused[key]).abs().max().item<float>(), tolerance = key.Contains("lily_router") ? RouterTolerance : Tolerance;
+            double diff = (a - fused[key]).abs().max().item<float>(), tolerance = key.Contains("lily_router") ? RouterTolerance : key.Contains(".rlrr_") ? RlrrTolerance : Tolerance;
             Assert.True(diff <= tolerance, $"{what}, {key}: max |fused − alone| = {diff:G3} > {tolerance:G3}");
         }
     }

@@ -25,21 +25,6 @@ static class Measure
         return 2.0 * 2048 * 2048 * 2048 / best / 1e9;
     }
 
-    /// <summary>Seconds per call of <paramref name="action"/>: the median of <paramref name="repeats"/> timed runs after a warm-up.</summary>
-    public static double Seconds(Action action, int repeats)
-    {
-        action();
-        var times = new List<double>();
-        for (int i = 0; i < repeats; i++)
-        {
-            var clock = Stopwatch.StartNew();
-            action();
-            times.Add(clock.Elapsed.TotalSeconds);
-        }
-        times.Sort();
-        return times[times.Count / 2];
-    }
-
     /// <summary>
     /// Seconds per call of each action: the median of <paramref name="repeats"/> runs, taken round-robin (A B C A B C …)
     /// after a warm-up, so drift on a shared machine moves every action alike.

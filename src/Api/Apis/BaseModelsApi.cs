@@ -24,7 +24,7 @@ public sealed record BaseModelDto(string Id, string Object, string Family, long 
 public static class BaseModelsApi
 {
     /// <summary>The files of a Hugging Face folder the service reads; nothing else is copied.</summary>
-    static readonly Regex ModelFile = new(@"^(config\.json|generation_config\.json|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|vocab\.json|merges\.txt)$");
+    static readonly Regex ModelFile = new(@"^(config\.json|generation_config\.json|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|tokenizer\.json|tokenizer\.model|tokenizer_config\.json|special_tokens_map\.json|vocab\.json|merges\.txt)$");
 
     public static IEndpointRouteBuilder MapBaseModelsApi(this IEndpointRouteBuilder app)
     {
@@ -133,8 +133,9 @@ public static class BaseModelsApi
                     tokenizer = TextTokenizers.ForModel(temp) switch
                     {
                         HfTokenizer hf => $"byte-level BPE{(hf.Chat is { } chat ? $", {chat} chat format" : "")}",
+                        SentencePieceTextTokenizer sp => $"SentencePiece {sp.Algorithm}",
                         _ when ByteTokenizer.IsSavedIn(temp) => "byte-level",   // this service's own demo models, exported
-                        _ => throw new InvalidDataException("the folder has no tokenizer.json (or vocab.json + merges.txt)"),
+                        _ => throw new InvalidDataException("the folder has no tokenizer.json (or vocab.json + merges.txt, or tokenizer.model)"),
                     };
                 }
             }

@@ -205,7 +205,7 @@ public sealed class HfTokenizer : ITextTokenizer
     }
 
     /// <summary>bos_token_id and eos_token_id (one id or a list) of config.json; absent when the config has none.</summary>
-    static (int? Bos, IReadOnlyList<int> Eos) ReadSpecialIds(string configPath)
+    internal static (int? Bos, IReadOnlyList<int> Eos) ReadSpecialIds(string configPath)
     {
         if (!File.Exists(configPath)) throw new InvalidDataException($"{configPath} is missing");
         using var doc = Parse(configPath);

@@ -29,9 +29,19 @@ public static class TextTokenizers
     // Base model folders never change once stored, so each one's tokenizer is read once.
     static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<ITextTokenizer>> Loaded = new();
 
-    /// <summary>The tokenizer of a model folder: its Hugging Face tokenizer files, or the byte tokenizer of the built-in models.</summary>
-    public static ITextTokenizer ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ITextTokenizer>(() =>
-        File.Exists(Path.Combine(f, HfTokenizer.TokenizerFile)) || File.Exists(Path.Combine(f, HfTokenizer.VocabFile))
-            ? HfTokenizer.Load(f)
-            : new ByteTokenizer())).Value;
+    /// <summary>
+    /// The tokenizer of a model folder: its Hugging Face byte-level BPE files, else its SentencePiece <c>tokenizer.model</c>,
+    /// else the byte tokenizer of the built-in models.
+    /// </summary>
+    public static ITextTokenizer ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ITextTokenizer>(() => Load(f))).Value;
+
+    static ITextTokenizer Load(string folder)
+    {
+        bool sentencePiece = File.Exists(Path.Combine(folder, SentencePieceTextTokenizer.ModelFile));
+        if (File.Exists(Path.Combine(folder, HfTokenizer.TokenizerFile)) || File.Exists(Path.Combine(folder, HfTokenizer.VocabFile)))
+            try { return HfTokenizer.Load(folder); }
+            // Llama 2 and Mistral folders ship a tokenizer.json (Metaspace, not byte-level) converted from the tokenizer.model beside it.
+            catch (InvalidDataException) when (sentencePiece) { }
+        return sentencePiece ? SentencePieceTextTokenizer.Load(folder) : new ByteTokenizer();
+    }
 }

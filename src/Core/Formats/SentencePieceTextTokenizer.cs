@@ -1,0 +1,170 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using AdapterService.Core.Data;
+using AdapterService.Core.Models;
+using Google.Protobuf;
+using Microsoft.ML.Tokenizers;
+
+namespace AdapterService.Core.Formats;
+
+/// <summary>
+/// The SentencePiece tokenizer of a model folder's <c>tokenizer.model</c> (Llama 1/2, Mistral, Gemma and other folders
+/// converted from SentencePiece), run by Microsoft.ML.Tokenizers. Begin/end ids come from config.json, else from the model
+/// itself; the model has no chat format, so it serves completions and trains on prompt/completion examples.
+/// </summary>
+public sealed class SentencePieceTextTokenizer : ITextTokenizer
+{
+    public const string ModelFile = "tokenizer.model";
+    const char Space = '\u2581';   // '▁', what SentencePiece writes spaces as inside pieces
+
+    readonly SentencePieceTokenizer sp;
+    readonly byte[][] pieceBytes;   // per id: the UTF-8 bytes it prints; none for control and unused pieces
+
+    /// <summary>"BPE" or "Unigram": the algorithm the model was trained with.</summary>
+    public string Algorithm { get; }
+    public int? BosId { get; }
+    public IReadOnlyList<int> EosIds { get; }
+    /// <summary>Whether prompts and examples start with the begin id (tokenizer_config.json's <c>add_bos_token</c>, true by default as in Llama's).</summary>
+    public bool AddsBos { get; }
+
+    SentencePieceTextTokenizer(SentencePieceTokenizer sp, ModelInfo model, int? bosId, IReadOnlyList<int> eosIds, bool addsBos)
+    {
+        (this.sp, BosId, EosIds, AddsBos) = (sp, bosId, eosIds, addsBos && bosId is not null);
+        Algorithm = model.Type == Bpe ? "BPE" : "Unigram";
+        pieceBytes = model.Pieces.Select(p => p.Type switch
+        {
+            Normal or UserDefined => Encoding.UTF8.GetBytes(p.Piece.Replace(Space, ' ')),
+            Byte => [ParseByte(p.Piece)],
+            Unknown => Encoding.UTF8.GetBytes(model.UnknownSurface),
+            _ => [],
+        }).ToArray();
+    }
+
+    /// <summary>A byte piece is written <c>&lt;0xNN&gt;</c>.</summary>
+    static byte ParseByte(string piece) =>
+        piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece[5] == '>'
+        && byte.TryParse(piece.AsSpan(3, 2), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out byte b)
+            ? b : throw new InvalidDataException($"{ModelFile}: byte piece '{piece}' is not written <0xNN>");
+
+    public List<int> EncodeCompletionPrompt(string prompt) => [.. AddsBos ? [BosId!.Value] : Array.Empty<int>(), .. Encode(prompt)];
+
+    public List<int> EncodeChatPrompt(IEnumerable<(string Role, string Content)> messages) =>
+        throw new NotSupportedException("this model's tokenizer (SentencePiece) has no chat format; use completions");
+
+    /// <summary>Prompt + completion + end; the completion is encoded as the rest of the prompt's text, so it gets no second word-start prefix.</summary>
+    public (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example)
+    {
+        if (example is not CompletionExample c)
+            throw new NotSupportedException("this model's tokenizer (SentencePiece) has no chat format; train it on prompt/completion examples");
+        var ids = new List<int>();
+        var train = new List<bool>();
+        void Add(IEnumerable<int> tokens, bool learn) { foreach (var t in tokens) { ids.Add(t); train.Add(learn); } }
+        if (AddsBos) Add([BosId!.Value], false);
+        Add(Encode(c.Prompt), false);
+        Add(EncodeContinuation(c.Completion), true);
+        if (EosIds is [var eos, ..]) Add([eos], true);
+        return (ids, train);
+    }
+
+    public byte[] TokenBytes(int id) => id >= 0 && id < pieceBytes.Length ? pieceBytes[id] : [];
+
+    /// <summary>Token ids of <paramref name="text"/> as the start of a sequence (with the model's word-start prefix, no begin id).</summary>
+    public IReadOnlyList<int> Encode(string text) => sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
+
+    /// <summary>
+    /// Token ids of <paramref name="text"/> following other text: spaces escaped as the model does, but without the
+    /// word-start prefix the normalizer puts before a sequence (which would make "Sky:" + " blue" read "Sky:  blue").
+    /// </summary>
+    public IReadOnlyList<int> EncodeContinuation(string text)
+    {
+        if (text.Length == 0) return [];
+        if (!sp.AddDummyPrefix) return Encode(text);
+        string escaped = sp.EscapeWhiteSpaces ? text.Replace(' ', Space) : text;
+        return sp.EncodeToIds(escaped, addBeginningOfSentence: false, addEndOfSentence: false, considerPreTokenization: false, considerNormalization: false);
+    }
+
+    /// <summary>The text of <paramref name="ids"/> as SentencePiece decodes it (the leading word-start space dropped, control tokens left out).</summary>
+    public string Decode(IEnumerable<int> ids) => sp.Decode(ids, considerSpecialTokens: false);
+
+    /// <summary>Reads <c>tokenizer.model</c> with begin/end ids from config.json (else the model's) and <c>add_bos_token</c> from tokenizer_config.json.</summary>
+    public static SentencePieceTextTokenizer Load(string folder)
+    {
+        string path = Path.Combine(folder, ModelFile);
+        var bytes = File.ReadAllBytes(path);
+        ModelInfo model;
+        try { model = ReadModel(bytes); }
+        catch (InvalidProtocolBufferException e) { throw new InvalidDataException($"{path}: not a SentencePiece model: {e.Message}", e); }
+        if (model.Pieces.Count == 0) throw new InvalidDataException($"{path}: not a SentencePiece model (no pieces)");
+        if (model.Type is not (Bpe or Unigram))
+            throw new InvalidDataException($"{path}: model type {model.Type} is not supported (only BPE = 2 and Unigram = 1 are)");
+        SentencePieceTokenizer sp;
+        try { sp = SentencePieceTokenizer.Create(new MemoryStream(bytes), addBeginningOfSentence: false, addEndOfSentence: false); }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or KeyNotFoundException)
+        {
+            throw new InvalidDataException($"{path}: {e.Message}", e);
+        }
+
+        var (bos, eos) = HfTokenizer.ReadSpecialIds(Path.Combine(folder, ModelFolder.ConfigFile));
+        bos ??= sp.BeginningOfSentenceId >= 0 ? sp.BeginningOfSentenceId : null;
+        if (eos.Count == 0 && sp.EndOfSentenceId >= 0) eos = [sp.EndOfSentenceId];
+        return new SentencePieceTextTokenizer(sp, model, bos, eos, ReadAddBos(Path.Combine(folder, ByteTokenizer.FileName)));
+    }
+
+    static bool ReadAddBos(string path)
+    {
+        if (!File.Exists(path)) return true;
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(path));
+            return !(doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("add_bos_token", out var add)
+                     && add.ValueKind == JsonValueKind.False);
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON: {e.Message}", e); }
+    }
+
+    // sentencepiece_model.proto: ModelProto { repeated SentencePiece pieces = 1; TrainerSpec trainer_spec = 2; ... },
+    // SentencePiece { string piece = 1; float score = 2; Type type = 3 [default NORMAL] }, TrainerSpec { ModelType model_type = 3
+    // [default UNIGRAM]; string unk_surface = 44 [default " ⁇ "] }. Microsoft.ML.Tokenizers keeps its parsed copy internal, so
+    // the few fields the service needs beyond it (each piece's type, the algorithm) are read here.
+    const int Unigram = 1, Bpe = 2;
+    const int Normal = 1, Unknown = 2, UserDefined = 4, Byte = 6;
+
+    sealed record ModelInfo(List<(string Piece, int Type)> Pieces, int Type, string UnknownSurface);
+
+    static ModelInfo ReadModel(byte[] bytes)
+    {
+        var pieces = new List<(string, int)>();
+        int type = Unigram;
+        string unknownSurface = " \u2047 ";
+        var input = new CodedInputStream(bytes);
+        for (uint tag; (tag = input.ReadTag()) != 0;)
+            switch (WireFormat.GetTagFieldNumber(tag))
+            {
+                case 1 when WireFormat.GetTagWireType(tag) == WireFormat.WireType.LengthDelimited:
+                    pieces.Add(ReadPiece(new CodedInputStream(input.ReadBytes().ToByteArray())));
+                    break;
+                case 2 when WireFormat.GetTagWireType(tag) == WireFormat.WireType.LengthDelimited:
+                    var spec = new CodedInputStream(input.ReadBytes().ToByteArray());
+                    for (uint t; (t = spec.ReadTag()) != 0;)
+                        if (t == WireFormat.MakeTag(3, WireFormat.WireType.Varint)) type = spec.ReadEnum();
+                        else if (t == WireFormat.MakeTag(44, WireFormat.WireType.LengthDelimited)) unknownSurface = spec.ReadString();
+                        else spec.SkipLastField();
+                    break;
+                default:
+                    input.SkipLastField();
+                    break;
+            }
+        return new ModelInfo(pieces, type, unknownSurface);
+    }
+
+    static (string Piece, int Type) ReadPiece(CodedInputStream input)
+    {
+        (string piece, int type) = ("", Normal);
+        for (uint tag; (tag = input.ReadTag()) != 0;)
+            if (tag == WireFormat.MakeTag(1, WireFormat.WireType.LengthDelimited)) piece = input.ReadString();
+            else if (tag == WireFormat.MakeTag(3, WireFormat.WireType.Varint)) type = input.ReadEnum();
+            else input.SkipLastField();
+        return (piece, type);
+    }
+}

@@ -1,0 +1,80 @@
+using System.Text;
+using AdapterService.Core.Data;
+using AdapterService.Core.Formats;
+using static AdapterService.Tests.Shared.SentencePieceModelWriter;
+
+namespace AdapterService.Core.Tests.Formats;
+
+/// <summary>Tiny SentencePiece models written here from the .proto spec, encoded and decoded through Microsoft.ML.Tokenizers.</summary>
+public sealed class SentencePieceTextTokenizerTests : IDisposable
+{
+    readonly string dir = Directory.CreateTempSubdirectory("sentencepiece-tests-").FullName;
+
+    public void Dispose() => Directory.Delete(dir, recursive: true);
+
+    string Folder(string name, byte[] model, string config = "{}")
+    {
+        var folder = Directory.CreateDirectory(Path.Combine(dir, name)).FullName;
+        File.WriteAllBytes(Path.Combine(folder, SentencePieceTextTokenizer.ModelFile), model);
+        File.WriteAllText(Path.Combine(folder, "config.json"), config);
+        return folder;
+    }
+
+    static string Streamed(ITextTokenizer tokenizer, IEnumerable<int> ids) =>
+        Encoding.UTF8.GetString(ids.SelectMany(tokenizer.TokenBytes).ToArray());
+
+    [Fact]
+    public void EncodesWordsWithTheirPrefixBytesForUnknownCharactersAndDecodesBack()
+    {
+        var tokenizer = SentencePieceTextTokenizer.Load(Folder("tiny", Write(TinyPieces())));
+        Assert.Equal(("BPE", 1, 2), (tokenizer.Algorithm, tokenizer.BosId, tokenizer.EosIds.Single()));   // the model's own ids: config.json names none
+        int hello = TinyId("▁hello");
+        Assert.Equal([hello, hello], tokenizer.Encode("hello hello"));
+        Assert.Equal([TinyId("▁he"), TinyId("l"), TinyId("o")], tokenizer.Encode("helo"));   // one l: "▁hel" is no piece
+        // 'é' is no piece: byte fallback spells its UTF-8 bytes C3 A9; the 3 before them is the id offset of <0x00>.
+        var ids = tokenizer.Encode("hé");
+        Assert.Equal([TinyId("▁h"), 3 + 0xC3, 3 + 0xA9], ids);
+        Assert.Equal("hé", tokenizer.Decode(ids));
+        // Streamed token by token, the bytes of 'é' join into one character; the word-start '▁' prints as a space.
+        Assert.Equal(" hé hello", Streamed(tokenizer, [.. ids, hello]));
+        Assert.Equal([1, hello], tokenizer.EncodeCompletionPrompt("hello"));
+        Assert.Empty(tokenizer.TokenBytes(1));
+        Assert.Equal(" \u2047 ", Encoding.UTF8.GetString(tokenizer.TokenBytes(0)));
+    }
+
+    [Fact]
+    public void CompletionExamplesReadAsOneTextAndChatIsRefused()
+    {
+        var tokenizer = SentencePieceTextTokenizer.Load(Folder("example", Write(TinyPieces()), """{"bos_token_id": 1, "eos_token_id": [2]}"""));
+        var (ids, train) = tokenizer.EncodeExample(new CompletionExample(1, "hello", " hello"));
+        int hello = TinyId("▁hello");
+        // The completion continues the prompt: " hello" is one word, not a second word-start prefix plus "▁hello".
+        Assert.Equal([1, hello, hello, 2], ids);
+        Assert.Equal([false, false, true, true], train);
+        Assert.Equal([hello, hello], tokenizer.Encode("hello hello"));
+        Assert.Throws<NotSupportedException>(() => tokenizer.EncodeChatPrompt([("user", "hello")]));
+        Assert.Throws<NotSupportedException>(() => tokenizer.EncodeExample(new ChatExample(1, [new ChatMessage("user", "hello", false)])));
+    }
+
+    [Fact]
+    public void WithoutByteFallbackUnknownCharactersAreUnk()
+    {
+        var tokenizer = SentencePieceTextTokenizer.Load(Folder("no-fallback", Write(TinyPieces(), byteFallback: false)));
+        Assert.Equal([TinyId("▁h"), 0], tokenizer.Encode("hé"));
+    }
+
+    [Fact]
+    public void TheFolderPicksItsTokenizerAndBrokenModelsAreRefused()
+    {
+        Assert.IsType<SentencePieceTextTokenizer>(TextTokenizers.ForModel(Folder("only-model", Write(TinyPieces()))));
+        // Llama 2 folders carry a Metaspace tokenizer.json beside the tokenizer.model it came from: the model is used.
+        var both = Folder("both", Write(TinyPieces()));
+        File.WriteAllText(Path.Combine(both, HfTokenizer.TokenizerFile), """{"model": {"type": "Unigram"}}""");
+        Assert.IsType<SentencePieceTextTokenizer>(TextTokenizers.ForModel(both));
+        Assert.IsType<ByteTokenizer>(TextTokenizers.ForModel(Directory.CreateDirectory(Path.Combine(dir, "none")).FullName));
+
+        Assert.Throws<InvalidDataException>(() => SentencePieceTextTokenizer.Load(Folder("garbage", Encoding.UTF8.GetBytes("not a model at all"))));
+        Assert.Throws<InvalidDataException>(() => SentencePieceTextTokenizer.Load(Folder("word", Write(TinyPieces(), modelType: 3))));
+        Assert.Throws<InvalidDataException>(() => SentencePieceTextTokenizer.Load(Folder("empty", [])));
+    }
+}

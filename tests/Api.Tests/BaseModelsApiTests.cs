@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
+using AdapterService.Tests.Shared;
 
 namespace AdapterService.Api.Tests;
 
@@ -71,6 +72,35 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         await Api.AssertErrorAsync(await client.DeleteAsync("/v1/base_models/tiny-gpt2"), 409, "id");
         await Api.AssertErrorAsync(await client.DeleteAsync("/v1/base_models/tiny-llama-demo"), 400, "id");
         await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "tiny-gpt2" }), 409, "id");
+    }
+
+    [Fact]
+    public async Task ALlamaFolderWithOnlyASentencePieceModelImportsAndServesCompletions()
+    {
+        TorchRuntime.EnsureReady();
+        var path = Directory.CreateDirectory(Path.Combine(folder.FullName, "llama-sp")).FullName;
+        var pieces = SentencePieceModelWriter.TinyPieces();
+        var config = new LlamaConfig
+        {
+            VocabSize = pieces.Count, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 1, NumAttentionHeads = 2,
+            MaxPositionEmbeddings = 64, BosTokenId = 1, EosTokenId = 2,
+        };
+        using (var model = BuiltinModels.RandomModel(config, seed: 5)) ModelFolder.Save(model, path);
+        File.WriteAllBytes(Path.Combine(path, "tokenizer.model"), SentencePieceModelWriter.Write(pieces));
+
+        var imported = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "tiny-llama-sp" }));
+        Assert.Equal(("llama", "SentencePiece BPE"), ((string?)imported["family"], (string?)imported["tokenizer"]));
+        var completion = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = "tiny-llama-sp", prompt = "hello hé", max_tokens = 3, temperature = 0 }));
+        Assert.Equal(5, (int)completion["usage"]!["prompt_tokens"]!);   // <s> ▁hello ▁h <0xC3> <0xA9>
+        Assert.NotNull((string?)completion["choices"]![0]!["text"]);
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/chat/completions",
+            new { model = "tiny-llama-sp", messages = new[] { new { role = "user", content = "hello" } } }), 400, "model");
+
+        // The model file travels in the zip upload too; a file that is no SentencePiece model is refused.
+        var zipped = await Api.JsonAsync(await UploadAsync(client, Zip(path), "zipped-llama-sp"));
+        Assert.Equal("SentencePiece BPE", (string?)zipped["tokenizer"]);
+        File.WriteAllText(Path.Combine(path, "tokenizer.model"), "not a model");
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "broken-llama-sp" }), 400, "path");
     }
 
     [Fact]

@@ -44,15 +44,16 @@ public sealed class DashboardTests(ITestOutputHelper log)
         try
         {
             var fileId = await Api.UploadFileAsync(first.Http, Examples.Select(e => Api.ChatLine(e.Question, e.Answer)));
-            // 12 examples one at a time for 3 epochs: 36 steps, several seconds to kill it in the middle of.
+            // 12 examples one at a time for 10 epochs: 120 steps, several seconds to kill it in the middle of (36 steps once
+            // ran out before the page had connected).
             var job = await Api.CreateJobAsync(first.Http, new
             {
                 model = "tiny-llama-demo", training_file = fileId, seed = 5, suffix = "restart",
-                hyperparameters = new { n_epochs = 3, batch_size = 1 },
+                hyperparameters = new { n_epochs = 10, batch_size = 1 },
             });
             var jobId = (string)job["id"]!;
 
-            await using var browser = Browser.Start(log, "reconnect", BaseUrl(first), jobId, "36", Screenshots);
+            await using var browser = Browser.Start(log, "reconnect", BaseUrl(first), jobId, "120", Screenshots);
             await browser.WaitForLineAsync("READY_TO_KILL", TimeSpan.FromMinutes(2));
             await first.KillAsync();
             await browser.WaitForLineAsync("DISCONNECTED", TimeSpan.FromSeconds(30));

@@ -3,8 +3,6 @@ using System.Net.Http.Json;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using AdapterService.Core.Jobs;
-using Microsoft.AspNetCore.Http.Connections;
-using Microsoft.AspNetCore.SignalR.Client;
 
 namespace AdapterService.Api.Tests;
 
@@ -18,34 +16,22 @@ public class PretrainingApiTests(ServiceFactory factory)
     public async Task PretrainingIsAJobFollowedLiveThenTheModelServesAndFineTunes()
     {
         var client = factory.CreateClient();
-        await using var hub = new HubConnectionBuilder()
-            .WithUrl(new Uri(factory.Server.BaseAddress, "hubs/jobs"), o =>
-            {
-                o.HttpMessageHandlerFactory = _ => factory.Server.CreateHandler();
-                o.Transports = HttpTransportType.LongPolling;
-            })
-            .Build();
-        var progress = new List<ProgressMessage>();
-        var finished = new TaskCompletionSource<StatusMessage>(TaskCreationOptions.RunContinuationsAsynchronously);
-        hub.On<ProgressMessage>("progress", m => { lock (progress) progress.Add(m); });
-        hub.On<StatusMessage>("status", m => { if (m.Status is "succeeded" or "failed" or "cancelled") finished.TrySetResult(m); });
-        await hub.StartAsync();
+        await using var hub = await JobHubClient.ConnectAsync(factory);
 
         var response = await client.PostAsync($"/v1/models/{Model}/pretrain", null);
         var queued = await Api.JsonAsync(response);
         Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
         var jobId = (string)queued["job_id"]!;
-        await hub.InvokeAsync("SubscribeToJob", jobId);
+        await hub.SubscribeAsync(jobId);
         // Asked again while it trains: the same job, not a second one.
         var again = await client.PostAsync($"/v1/models/{Model}/pretrain", null);
         if (again.StatusCode == HttpStatusCode.Accepted) Assert.Equal(jobId, (string)(await Api.JsonAsync(again))["job_id"]!);
         // It keeps no state to resume from, so it can be cancelled but not paused.
         await Api.AssertErrorAsync(await client.PostAsync($"/v1/fine_tuning/jobs/{jobId}/pause", null), 400, "id");
 
-        var status = await finished.Task.WaitAsync(TimeSpan.FromMinutes(3));
+        var status = await hub.FinishedAsync(TimeSpan.FromMinutes(3));
         Assert.Equal(("succeeded", Model), (status.Status, status.FineTunedModel));
-        List<ProgressMessage> seen;
-        lock (progress) seen = progress.ToList();
+        var seen = hub.Progress();
         Assert.True(seen.Count >= 10, $"only {seen.Count} progress messages");
         Assert.All(seen, m => Assert.Equal(jobId, m.JobId));
         Assert.Equal(60, seen[^1].Step);

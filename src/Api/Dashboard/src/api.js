@@ -64,11 +64,18 @@ async function errorOf(response) {
  * @typedef {{ id: string, parent: string | null, description: string | null }} Model
  */
 
-/** Base models first, then fine-tuned ones. @returns {Promise<{ bases: Model[], fineTuned: Model[] }>} */
+/**
+ * The models that write text, base models first, then fine-tuned ones; image classifiers (ViT bases and their
+ * adapters) answer /v1/classify, not chat, so they are left out. @returns {Promise<{ bases: Model[], fineTuned: Model[] }>}
+ */
 export async function listModels() {
   /** @type {Model[]} */
   const models = (await api("/v1/models")).data;
-  return { bases: models.filter((m) => !m.parent), fineTuned: models.filter((m) => m.parent) };
+  /** @type {{ id: string, family: string }[]} */
+  const bases = (await api("/v1/base_models")).data;
+  const images = new Set(bases.filter((b) => b.family === "vit").map((b) => b.id));
+  const text = models.filter((m) => !images.has(m.parent ?? m.id));
+  return { bases: text.filter((m) => !m.parent), fineTuned: text.filter((m) => m.parent) };
 }
 
 /**

@@ -9,7 +9,10 @@ import { MetricsSeries } from "./series.js";
 /** @typedef {import("./api.js").Job} Job @typedef {import("./api.js").JobEvent} JobEvent */
 
 /** @param {Job} job */
-const method = (job) => `${job.adapter.type.toUpperCase()} r=${job.adapter.rank}`;
+const method = (job) => (pretraining(job) ? "Pre-training" : `${job.adapter.type.toUpperCase()} r=${job.adapter.rank}`);
+
+/** A built-in base's pre-training (every weight trained, no adapter). @param {Job} job */
+const pretraining = (job) => job.adapter.type === "pretraining";
 
 /** @param {HTMLElement} main */
 export function jobListView(main) {
@@ -328,10 +331,14 @@ class JobPage {
     const details = [
       ["Base model", job.model],
       ["Fine-tuned model", job.fine_tuned_model ? h("code", { class: "model-name" }, job.fine_tuned_model) : "—"],
-      ["Method", `${a.type.toUpperCase()}: rank ${a.rank}, alpha ${a.alpha}, dropout ${a.dropout}`],
-      ["Target modules", a.target_modules.join(", ")],
-      ["Hyperparameters", `${hp.n_epochs} epochs, batch size ${hp.batch_size}, learning rate × ${hp.learning_rate_multiplier}` +
-        (hp.early_stopping_patience ? `, early stopping after ${hp.early_stopping_patience}` : "")],
+      ...(pretraining(job)
+        ? [["Method", "Pre-training of a built-in base model: every weight, from random (its settings are in the model's description)"]]
+        : [
+          ["Method", `${a.type.toUpperCase()}: rank ${a.rank}, alpha ${a.alpha}, dropout ${a.dropout}`],
+          ["Target modules", a.target_modules.join(", ")],
+          ["Hyperparameters", `${hp.n_epochs} epochs, batch size ${hp.batch_size}, learning rate × ${hp.learning_rate_multiplier}` +
+            (hp.early_stopping_patience ? `, early stopping after ${hp.early_stopping_patience}` : "")],
+        ]),
       ["Training file", h("code", null, job.training_file)],
       ["Validation file", job.validation_file ? h("code", null, job.validation_file) : "—"],
       ["Tokens", job.trained_tokens !== null ? `${formatNumber(job.trained_tokens)} trained` : `${formatNumber(job.estimated_trained_tokens)} estimated`],

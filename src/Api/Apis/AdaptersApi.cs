@@ -7,7 +7,6 @@ using AdapterService.Core.Formats;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
-using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
@@ -138,14 +137,9 @@ public static class AdaptersApi
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> ImportAdapter(
         HttpRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
     {
-        long max = limits.Value.MaxUploadBytes;
-        if (request.ContentLength > max)
-            return OpenAiErrors.Error(StatusCodes.Status413PayloadTooLarge, $"The upload is larger than the limit of {max} bytes.", "file", "file_too_large");
-        if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size) size.MaxRequestBodySize = max;
-        if (!request.HasFormContentType)
-            return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'.", null, "unsupported_media_type");
-        var form = await Forms.ReadFormAsync(request, cancel);
-        if (form is null) return OpenAiErrors.BadRequest("The multipart body could not be read: it is malformed or truncated.");
+        var (form, refused) = await Forms.ReadUploadAsync(request, limits.Value.MaxUploadBytes,
+            "the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'", cancel);
+        if (form is null) return refused!;
         var upload = form.Files.GetFile("file");
         if (upload is null) return OpenAiErrors.BadRequest("Missing required parameter: 'file'.", "file");
         string modelId = form["model"].ToString(), suffix = form["suffix"].ToString();

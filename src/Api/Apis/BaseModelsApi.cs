@@ -3,7 +3,6 @@ using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
-using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
@@ -71,13 +70,9 @@ public static class BaseModelsApi
         HttpRequest request, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
     {
         long max = limits.Value.MaxModelUploadBytes;
-        if (request.ContentLength > max)
-            return OpenAiErrors.Error(StatusCodes.Status413PayloadTooLarge, $"The upload is larger than the limit of {max} bytes.", "file", "file_too_large");
-        if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size) size.MaxRequestBodySize = max;
-        if (!request.HasFormContentType)
-            return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the model as multipart/form-data with fields 'file' (a zip), 'id' and optionally 'description'.", null, "unsupported_media_type");
-        var form = await Forms.ReadFormAsync(request, cancel, max);
-        if (form is null) return OpenAiErrors.BadRequest("The multipart body could not be read: it is malformed or truncated.");
+        var (form, refusedForm) = await Forms.ReadUploadAsync(request, max,
+            "the model as multipart/form-data with fields 'file' (a zip), 'id' and optionally 'description'", cancel);
+        if (form is null) return refusedForm!;
         string id = form["id"].ToString();
         if (await CheckNewIdAsync(id, db, cancel) is { } refused) return refused;
         if (form.Files.GetFile("file") is not { } upload) return OpenAiErrors.BadRequest("Missing required parameter: 'file'.", "file");

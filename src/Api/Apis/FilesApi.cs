@@ -3,7 +3,6 @@ using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Data;
 using AdapterService.Core.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
-using Microsoft.AspNetCore.Http.Features;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
 
@@ -46,14 +45,9 @@ public static class FilesApi
         HttpRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits,
         IOptions<LimitsOptions> trainingLimits, CancellationToken cancel)
     {
-        long max = limits.Value.MaxUploadBytes;
-        if (request.ContentLength > max)
-            return OpenAiErrors.Error(StatusCodes.Status413PayloadTooLarge, $"The upload is larger than the limit of {max} bytes.", "file", "file_too_large");
-        if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size) size.MaxRequestBodySize = max;
-        if (!request.HasFormContentType)
-            return OpenAiErrors.Error(StatusCodes.Status415UnsupportedMediaType, "Upload the file as multipart/form-data with fields 'file' and 'purpose'.", null, "unsupported_media_type");
-        var form = await Forms.ReadFormAsync(request, cancel);
-        if (form is null) return OpenAiErrors.BadRequest("The multipart body could not be read: it is malformed or truncated.");
+        var (form, refused) = await Forms.ReadUploadAsync(request, limits.Value.MaxUploadBytes,
+            "the file as multipart/form-data with fields 'file' and 'purpose'", cancel);
+        if (form is null) return refused!;
         var purpose = form["purpose"].ToString();
         if (purpose.Length == 0) return OpenAiErrors.BadRequest("Missing required parameter: 'purpose'.", "purpose");
         if (purpose != "fine-tune")

@@ -78,7 +78,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
         {
             // Train saved the state already (unless cancelled, or stopped while waiting for a turn to train); a resume,
             // a re-queue or a restart continues from it.
-            if (shutdown.IsCancellationRequested && SetStatus(jobId, JobStatus.Queued, [JobStatus.Running]))
+            if (shutdown.IsCancellationRequested && db.SetJobStatus(jobId, JobStatus.Queued, JobStatus.Running))
             {
                 log.LogInformation("Job {JobId} interrupted by shutdown at step {Step}; it continues when re-queued", jobId, trainer?.Step ?? 0);
                 throw;
@@ -108,7 +108,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
         // Until the job trains, it waits for a slot (or a group to join) with its lease renewed and its status watched.
         bool Waiting()
         {
-            if (CurrentStatus(job.Id) != JobStatus.Running || !Renew(job.Id)) stop.Cancel();
+            StopUnlessRunning(job.Id, stop);
             return !stop.IsCancellationRequested;
         }
 
@@ -214,7 +214,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
                 trainer.StopAfterThisStep();
             }
             // Cancel, pause and resume are status changes in the database, so they reach a worker in any process within a step.
-            if (CurrentStatus(job.Id) != JobStatus.Running || !Renew(job.Id)) stop.Cancel();
+            StopUnlessRunning(job.Id, stop);
         };
     }
 
@@ -359,16 +359,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
         blobs.Delete(BlobPaths.TrainerStatePath(job.Id));
     }
 
-    void Fail(string jobId, string message)
-    {
-        int updated = db.Jobs.Where(j => j.Id == jobId && (j.Status == JobStatus.Queued || j.Status == JobStatus.Running)).ExecuteUpdate(s => s
-            .SetProperty(j => j.Status, JobStatus.Failed)
-            .SetProperty(j => j.ErrorCode, "training_failed")
-            .SetProperty(j => j.ErrorMessage, message)
-            .SetProperty(j => j.FinishedAt, Now()));
-        if (updated == 0) return;   // it reached a final status meanwhile (cancelled, succeeded): that one stands
-        AddEvent(jobId, message, level: "error", data: JobEventData.ForStatus(JobStatus.Failed, error: message));
-    }
+    void Fail(string jobId, string message) => db.FailJob(jobId, message, JobStatus.Queued, JobStatus.Running);
 
     public static string FineTunedModelName(FineTuningJob job) => $"ft:{job.Model}:{job.Suffix ?? ""}:{job.Id}";
 
@@ -398,15 +389,14 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
         return !leaseLost;
     }
 
-    bool SetStatus(string jobId, string status, string[] from) =>
-        db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status)).ExecuteUpdate(s => s.SetProperty(j => j.Status, status)) > 0;
+    void AddEvent(string jobId, string message, string type = "message", string? data = null, string level = "info", int? step = null) =>
+        db.AddJobEvent(jobId, message, type, data, level, step);
 
-    void AddEvent(string jobId, string message, string type = "message", string? data = null, string level = "info", int? step = null)
+    /// <summary>Stops the job's training (through <paramref name="stop"/>) once it is no longer running here: cancelled, paused, or its lease lost.</summary>
+    void StopUnlessRunning(string jobId, CancellationTokenSource stop)
     {
-        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = Now(), Message = message, Type = type, Data = data, Level = level, Step = step });
-        db.SaveChanges();
-        db.ChangeTracker.Clear();
+        if (CurrentStatus(jobId) != JobStatus.Running || !Renew(jobId)) stop.Cancel();
     }
 
-    static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+    static long Now() => JobRecords.Now();
 }

@@ -30,7 +30,7 @@ public sealed class PretrainingJobRunner(
     public void Run(string jobId, CancellationToken shutdown)
     {
         var job = db.Jobs.IgnoreQueryFilters().AsNoTracking().SingleOrDefault(j => j.Id == jobId && j.AdapterType == JobType);
-        if (job is null || !SetStatus(jobId, JobStatus.Running, JobStatus.Queued)) return;
+        if (job is null || !db.SetJobStatus(jobId, JobStatus.Running, JobStatus.Queued)) return;
         using var logScope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["Model"] = job.Model });
         string? temp = null;
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
@@ -71,7 +71,7 @@ public sealed class PretrainingJobRunner(
         }
         catch (OperationCanceledException) when (shutdown.IsCancellationRequested)
         {
-            SetStatus(jobId, JobStatus.Queued, JobStatus.Running);   // re-queued at the next start, from scratch
+            db.SetJobStatus(jobId, JobStatus.Queued, JobStatus.Running);   // re-queued at the next start, from scratch
             throw;
         }
         catch (OperationCanceledException)
@@ -109,23 +109,10 @@ public sealed class PretrainingJobRunner(
         transaction.Commit();
     }
 
-    void Fail(string jobId, string message)
-    {
-        int updated = db.Jobs.IgnoreQueryFilters().Where(j => j.Id == jobId && j.Status == JobStatus.Running).ExecuteUpdate(s => s
-            .SetProperty(j => j.Status, JobStatus.Failed).SetProperty(j => j.ErrorCode, "training_failed")
-            .SetProperty(j => j.ErrorMessage, message).SetProperty(j => j.FinishedAt, Now()));
-        if (updated > 0) AddEvent(jobId, message, level: "error", data: JobEventData.ForStatus(JobStatus.Failed, error: message));
-    }
+    void Fail(string jobId, string message) => db.FailJob(jobId, message, JobStatus.Running);
 
-    bool SetStatus(string jobId, string to, string from) =>
-        db.Jobs.IgnoreQueryFilters().Where(j => j.Id == jobId && j.Status == from).ExecuteUpdate(s => s.SetProperty(j => j.Status, to)) > 0;
+    void AddEvent(string jobId, string message, string type = "message", string? data = null, string level = "info", int? step = null) =>
+        db.AddJobEvent(jobId, message, type, data, level, step);
 
-    void AddEvent(string jobId, string message, string type = "message", string? data = null, string level = "info", int? step = null)
-    {
-        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = Now(), Message = message, Type = type, Data = data, Level = level, Step = step });
-        db.SaveChanges();
-        db.ChangeTracker.Clear();
-    }
-
-    static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+    static long Now() => JobRecords.Now();
 }

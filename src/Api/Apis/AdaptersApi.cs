@@ -1,4 +1,3 @@
-using System.IO.Compression;
 using System.Security.Claims;
 using System.Text.Json;
 using AdapterService.Api.Infrastructure;
@@ -127,11 +126,7 @@ public static class AdaptersApi
     {
         var adapter = await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Id == adapterId, cancel);
         if (adapter is null) return OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
-        var zip = new MemoryStream();
-        using (var archive = new ZipArchive(zip, ZipArchiveMode.Create, leaveOpen: true))
-            foreach (var file in Directory.GetFiles(blobs.Resolve(adapter.BlobPath)))
-                await archive.CreateEntryFromFileAsync(file, Path.GetFileName(file), CompressionLevel.Fastest, cancel);
-        return TypedResults.File(zip.ToArray(), "application/zip", $"{adapter.Id}.zip");
+        return TypedResults.File(await SafeZip.PackAsync(blobs.Resolve(adapter.BlobPath), cancel), "application/zip", $"{adapter.Id}.zip");
     }
 
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> ImportAdapter(

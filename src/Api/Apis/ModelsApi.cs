@@ -1,4 +1,3 @@
-using System.IO.Compression;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Models;
@@ -75,11 +74,7 @@ public static class ModelsApi
                 MergeInto(baseFolder, blobs.Resolve(adapterPath), temp);
                 folder = temp;
             }
-            var zip = new MemoryStream();
-            using (var archive = new ZipArchive(zip, ZipArchiveMode.Create, leaveOpen: true))
-                foreach (var file in Directory.GetFiles(folder))
-                    await archive.CreateEntryFromFileAsync(file, Path.GetFileName(file), CompressionLevel.Fastest, cancel);
-            return TypedResults.File(zip.ToArray(), "application/zip", $"{model.Replace(':', '_')}.zip");
+            return TypedResults.File(await SafeZip.PackAsync(folder, cancel), "application/zip", $"{model.Replace(':', '_')}.zip");
         }
         catch (NotSupportedException e)
         {

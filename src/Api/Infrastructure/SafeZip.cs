@@ -2,7 +2,7 @@ using System.IO.Compression;
 
 namespace AdapterService.Api.Infrastructure;
 
-/// <summary>Unpacks uploaded zips safely: only wanted files, found by name, written under that name, with a size cap.</summary>
+/// <summary>Zips a folder for download, and unpacks uploaded zips safely: only wanted files, found by name, written under that name, with a size cap.</summary>
 public static class SafeZip
 {
     /// <summary>
@@ -38,5 +38,15 @@ public static class SafeZip
             }
             return entries.Select(e => e.Name).ToList();
         }
+    }
+
+    /// <summary>The files of <paramref name="folder"/> (not its subfolders) as a zip, each at the zip's root: what Extract reads back.</summary>
+    public static async Task<byte[]> PackAsync(string folder, CancellationToken cancel)
+    {
+        var zip = new MemoryStream();
+        using (var archive = new ZipArchive(zip, ZipArchiveMode.Create, leaveOpen: true))
+            foreach (var file in Directory.GetFiles(folder))
+                await archive.CreateEntryFromFileAsync(file, Path.GetFileName(file), CompressionLevel.Fastest, cancel);
+        return zip.ToArray();
     }
 }

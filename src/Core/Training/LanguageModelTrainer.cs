@@ -1,5 +1,4 @@
 using AdapterService.Core.Adapters;
-using System.Runtime.CompilerServices;
 using AdapterService.Core.Models;
 using static TorchSharp.torch;
 
@@ -30,7 +29,7 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         if (this.options.Problem() is { } problem) throw new ArgumentException(problem, nameof(options));
         (this.model, this.examples, this.padId) = (model, examples, padId);
         (packing, checkpointing) = (this.options.Packing && adapter.TokenWise, this.options.GradientCheckpointing && adapter.TokenWise);
-        if (this.options.Bf16) UseBf16(model, true);
+        if (this.options.Bf16) model.Bf16.Take();
     }
 
     static TrainableAdapter Attached(CausalLanguageModel model, TrainableAdapter adapter)
@@ -38,28 +37,6 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         foreach (var p in model.parameters()) p.requires_grad = false;
         adapter.Attach(model);
         return adapter;
-    }
-
-    /// <summary>How many trainers use each model's bfloat16 copies: fused jobs share one model and join and leave at will.</summary>
-    static readonly ConditionalWeakTable<CausalLanguageModel, StrongBox<int>> bf16Users = [];
-
-    /// <summary>Gives every linear layer of the frozen model a bfloat16 copy of its weights to compute with (first user), or takes it away (last user).</summary>
-    static void UseBf16(CausalLanguageModel model, bool on)
-    {
-        var users = bf16Users.GetOrCreateValue(model);
-        lock (users)
-        {
-            users.Value += on ? 1 : -1;
-            if (users.Value != (on ? 1 : 0)) return;
-            using var noGrad = no_grad();
-            foreach (var (_, layer) in model.LinearLayers())
-            {
-                if (layer.LowPrecision is var (w, b)) { w.Dispose(); b?.Dispose(); }
-                layer.LowPrecision = on
-                    ? (layer.weight.to_type(ScalarType.BFloat16).DetachFromDisposeScope(), layer.bias?.to_type(ScalarType.BFloat16).DetachFromDisposeScope())
-                    : null;
-            }
-        }
     }
 
     /// <summary>Mean loss and next-token accuracy over the trained tokens of <paramref name="data"/>, without training.</summary>
@@ -199,7 +176,7 @@ public sealed class LanguageModelTrainer : AdapterTrainer
 
     public override void Dispose()
     {
-        if (options.Bf16) UseBf16(model, false);
+        if (options.Bf16) model.Bf16.Release();
         base.Dispose();
     }
 }

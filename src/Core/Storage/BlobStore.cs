@@ -15,9 +15,15 @@ public interface IBlobStore
     Stream OpenRead(string blobPath);
     /// <summary>A fresh folder for writing something that <see cref="CommitFolder"/> publishes later.</summary>
     string NewTempFolder();
-    /// <summary>Publishes a finished folder as <paramref name="blobPath"/> in one step.</summary>
-    void CommitFolder(string tempFolder, string blobPath);
+    /// <summary>
+    /// Publishes a finished folder as <paramref name="blobPath"/> in one step; with <paramref name="replace"/>, whatever
+    /// is there already (a folder left by an interrupted run) is deleted first.
+    /// </summary>
+    void CommitFolder(string tempFolder, string blobPath, bool replace = false);
     void Delete(string blobPath);
+    bool Exists(string blobPath);
+    /// <summary>The names of the entries directly under the folder <paramref name="blobPath"/> (none when it does not exist).</summary>
+    IReadOnlyList<string> List(string blobPath);
     long SizeOf(string blobPath);
     /// <summary>SHA-256 (hex) of a file, or of a folder's files by name and content.</summary>
     string ContentHash(string blobPath);
@@ -76,9 +82,10 @@ public sealed class FolderBlobStore(string root) : IBlobStore
     public Stream OpenRead(string blobPath) => File.OpenRead(Resolve(blobPath));
 
     /// <summary>Moves a finished folder (written elsewhere under the root) into place as <paramref name="blobPath"/>.</summary>
-    public void CommitFolder(string tempFolder, string blobPath)
+    public void CommitFolder(string tempFolder, string blobPath, bool replace = false)
     {
         var path = Resolve(blobPath);
+        if (replace && Exists(blobPath)) Delete(blobPath);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         Directory.Move(tempFolder, path);
     }
@@ -91,6 +98,18 @@ public sealed class FolderBlobStore(string root) : IBlobStore
         var path = Resolve(blobPath);
         if (Directory.Exists(path)) Directory.Delete(path, recursive: true);
         else File.Delete(path);
+    }
+
+    public bool Exists(string blobPath)
+    {
+        var path = Resolve(blobPath);
+        return Directory.Exists(path) || File.Exists(path);
+    }
+
+    public IReadOnlyList<string> List(string blobPath)
+    {
+        var path = Resolve(blobPath);
+        return Directory.Exists(path) ? Directory.EnumerateFileSystemEntries(path).Select(e => Path.GetFileName(e)).ToList() : [];
     }
 
     public long SizeOf(string blobPath)

@@ -66,7 +66,7 @@ public static class ApplicationServices
             ServiceStorage.Initialize(db, scope.ServiceProvider.GetRequiredService<IBlobStore>());
             // With in-memory Hangfire the queue died with the last process; a persistent queue still holds its jobs.
             if (ServiceStorage.Provider(app.Configuration) == "sqlite")
-                RequeueUnfinishedJobs(db, scope.ServiceProvider.GetRequiredService<IBackgroundJobClient>());
+                scope.ServiceProvider.GetRequiredService<JobLifecycle>().RequeueUnfinished();
         }
         app.UseOpenAiErrors();
         app.UseAuthentication();
@@ -122,17 +122,5 @@ public static class ApplicationServices
             FileProvider = files,
             OnPrepareResponse = context => context.Context.Response.Headers.CacheControl = "no-cache",
         });
-    }
-
-    /// <summary>The database is the source of truth: jobs queued or running when the process stopped go back to the queue.</summary>
-    static void RequeueUnfinishedJobs(ServiceDbContext db, IBackgroundJobClient queue)
-    {
-        foreach (var (id, type) in db.Jobs.Where(j => j.Status == JobStatus.Queued || j.Status == JobStatus.Running)
-                     .Select(j => new { j.Id, j.AdapterType }).AsEnumerable().Select(j => (j.Id, j.AdapterType)).ToList())
-        {
-            db.Jobs.Where(j => j.Id == id).ExecuteUpdate(s => s.SetProperty(j => j.Status, JobStatus.Queued));
-            if (type == PretrainingJobRunner.JobType) PretrainingJobRunner.Enqueue(queue, id);
-            else FineTuningJobsApi.Enqueue(queue, id);
-        }
     }
 }

@@ -1,12 +1,9 @@
-using System.Text.Json;
-using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
 using AdapterService.Core.Formats;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Training;
-using AdapterService.Core.Vision;
 using Hangfire;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging;
@@ -24,379 +21,108 @@ public sealed class TrainingOptions
     public TrainingSpeedOptions Speed { get; set; } = new();
 }
 
-/// <summary>Counts epochs without a new lowest validation loss; says stop after <c>patience</c> of them (never without one).</summary>
-sealed class EarlyStopping(int? patience)
-{
-    double best = double.PositiveInfinity;
-    int worse;
-
-    public bool ShouldStop(double validLoss)
-    {
-        if (validLoss < best) (best, worse) = (validLoss, 0);
-        else worse++;
-        return patience is { } p && worse >= p;
-    }
-}
-
 /// <summary>
 /// The Hangfire job that trains one fine-tuning job. It takes the job id only and is safe to run twice: a finished
 /// or paused job is a no-op, and an interrupted one (crash, shutdown, pause) continues from its last saved state.
+/// It claims the job, hands its run to a <see cref="TrainingSession"/> (fused with other jobs on the same base, or
+/// alone) and records the outcome; every write to the job's record goes through <see cref="JobLifecycle"/>.
 /// </summary>
-public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, IBackgroundJobClient queue, IOptions<TrainingOptions> options,
+public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, IBlobStore blobs, IJobQueue queue, IOptions<TrainingOptions> options,
     FusionHost fusion, ILogger<FineTuningJobRunner> log)
 {
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
     public const double BaseLearningRate = 4e-3;
 
+    /// <summary>This process's name as a lease owner.</summary>
+    internal static readonly string Worker = $"{Environment.MachineName}:{Environment.ProcessId}:{Guid.NewGuid():N}";
+
     [AutomaticRetry(Attempts = 0), Queue(WorkerServices.FineTuningQueue)]
     public void Run(string jobId, CancellationToken shutdown)
     {
-        var job = db.Jobs.AsNoTracking().SingleOrDefault(j => j.Id == jobId);
+        var job = jobs.Find(jobId);
         if (job is null || JobStatus.IsFinished(job.Status)) return;
         using var logScope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["ProjectId"] = job.ProjectId });
-        if (!Claim(jobId))
+        if (jobs.Claim(jobId, Worker, options.Value.LeaseSeconds) is not { } lease)
         {
             // Another worker holds the job. Look again when its lease could have run out, in case that worker died.
-            if (CurrentStatus(jobId) == JobStatus.Running)
-                queue.Schedule<FineTuningJobRunner>(r => r.Run(jobId, CancellationToken.None), TimeSpan.FromSeconds(options.Value.LeaseSeconds));
+            if (jobs.StatusOf(jobId) == JobStatus.Running) queue.Schedule(JobKind.FineTuning, jobId, TimeSpan.FromSeconds(options.Value.LeaseSeconds));
             return;
         }
 
         // Stops training at the next step when the job is no longer running (cancelled, paused) or the host stops.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
-        AdapterTrainer? trainer = null;
+        TrainingSession? session = null;
         try
         {
-            var (adapter, result) = Train(job, stop, t => trainer = t);
-            Succeed(job, adapter, result);
+            var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
+            session = new TrainingSession(job, jobs, lease, new JobFiles(job, baseModel, db, blobs), new TrainerStates(blobs), blobs, options.Value, stop);
+            var result = Train(baseModel, session, stop);
+            Succeed(job, lease, session.SaveAdapter(), result);
         }
-        catch (OperationCanceledException) when (leaseLost)
+        catch (OperationCanceledException) when (lease.Lost)
         {
             log.LogWarning("Job {JobId}: another worker claimed it (this one was too slow to renew); stopping without saving", jobId);
         }
         catch (OperationCanceledException)
         {
-            // Train saved the state already (unless cancelled, or stopped while waiting for a turn to train); a resume,
-            // a re-queue or a restart continues from it.
-            if (shutdown.IsCancellationRequested && db.SetJobStatus(jobId, JobStatus.Queued, JobStatus.Running))
+            // The session saved the state already (unless cancelled, or stopped while waiting for a turn to train); a
+            // resume, a re-queue or a restart continues from it.
+            if (shutdown.IsCancellationRequested && jobs.Transition(jobId, [JobStatus.Running], JobStatus.Queued,
+                    "Fine-tuning job interrupted by shutdown; it continues from its last saved state when re-queued"))
             {
-                log.LogInformation("Job {JobId} interrupted by shutdown at step {Step}; it continues when re-queued", jobId, trainer?.Step ?? 0);
+                log.LogInformation("Job {JobId} interrupted by shutdown at step {Step}; it continues when re-queued", jobId, session?.Trainer?.Step ?? 0);
                 throw;
             }
-            log.LogInformation("Job {JobId} stopped at step {Step}: it is {Status}", jobId, trainer?.Step ?? 0, CurrentStatus(jobId));
+            log.LogInformation("Job {JobId} stopped at step {Step}: it is {Status}", jobId, session?.Trainer?.Step ?? 0, jobs.StatusOf(jobId));
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
             log.LogError(e, "Job {JobId} failed", jobId);
-            Fail(jobId, e is InvalidDataException or SafeTensorsException or ArgumentException or TrainingFileException or TrainingDivergedException ? e.Message : "Training failed: " + e.Message);
+            jobs.Fail(jobId, e is InvalidDataException or SafeTensorsException or ArgumentException or TrainingFileException or TrainingDivergedException
+                ? e.Message : "Training failed: " + e.Message, JobStatus.Queued, JobStatus.Running);
         }
         finally
         {
-            trainer?.Dispose();
+            session?.Dispose();
+            lease.Release();
         }
     }
 
-    (Adapter Adapter, TrainingResult Result) Train(FineTuningJob job, CancellationTokenSource stop, Action<AdapterTrainer> started)
+    /// <summary>
+    /// Language-model jobs train in a fused group over one copy of their base (when fusion is on); the others (image
+    /// classifiers) alone, in a slot of their own. Until the job trains, its session keeps its lease and watches its status.
+    /// </summary>
+    TrainingResult Train(BaseModel baseModel, TrainingSession session, CancellationTokenSource stop)
     {
-        var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
-        var config = AdapterConfig.Parse(job.AdapterConfig);
-        var hp = new Hyperparameters(job.Epochs, job.BatchSize, BaseLearningRate * job.LearningRateMultiplier);
         string folder = blobs.Resolve(baseModel.BlobPath);
-        AdapterTrainer? trainer = null;
-        TrainableAdapter? adapter = null;
-
-        // Until the job trains, it waits for a slot (or a group to join) with its lease renewed and its status watched.
-        bool Waiting()
+        if (fusion.MaxFusedJobs > 1 && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
         {
-            StopUnlessRunning(job.Id, stop);
-            return !stop.IsCancellationRequested;
+            session.Files.Texts();   // read and tokenized here, not on the group's thread between its steps
+            return session.KeepingState(() => fusion.Train(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder), session, stop.Token));
         }
-
-        try
+        return fusion.RunAlone(() =>
         {
-            TrainingResult result;
-            if (fusion.MaxFusedJobs > 1 && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
-            {
-                var examples = ReadData(job.TrainingFile, baseModel);
-                var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
-                int fusedWith = 0;
-                result = KeepingState(job.Id, () => trainer, () => fusion.Train(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder), model =>
-                {
-                    // On the group's thread, between its steps: the job's adapter and trainer over the group's copy of the base.
-                    adapter = TrainableAdapter.Create(model, config, job.Seed);
-                    var lm = new LanguageModelTrainer(model, adapter, examples, hp, padId: 0, job.Seed, options.Value.Speed);   // padding is never trained on
-                    trainer = lm;
-                    started(lm);
-                    var onStep = Begin(job, lm, adapter, config, examples.Count, validation is null ? null : () => lm.Evaluate(validation), stop);
-                    return new FusedMember(lm, (p, others) =>
-                    {
-                        if (others != fusedWith && p.Step > 0)
-                            AddEvent(job.Id, others > 0
-                                ? $"Training fused with {others} other job(s) on {baseModel.Id} from step {p.Step}: one copy of the base, this job's own adapter, optimizer and data"
-                                : $"Training alone from step {p.Step}: the jobs it was fused with have left");
-                        fusedWith = others;
-                        onStep(p);
-                    });
-                }, Waiting, stop.Token));
-            }
-            else result = fusion.RunAlone(() =>
-            {
-                using var model = ModelFolder.Load(folder);
-                adapter = TrainableAdapter.Create(model, config, job.Seed);
-                Func<(double Loss, double Accuracy)>? evaluate = null;
-                int exampleCount;
-                if (model is ViTForImageClassification vit)
-                {
-                    // An adapter with its own labels classifies into them; otherwise into the base's.
-                    var labels = config.Labels ?? vit.Config.Labels;
-                    var examples = ReadImages(job.TrainingFile, vit.Config, labels);
-                    var validation = job.ValidationFile is null ? null : ReadImages(job.ValidationFile, vit.Config, labels);
-                    var classifier = new ClassificationTrainer(vit, adapter, examples, hp, job.Seed);
-                    if (validation is not null) evaluate = () => classifier.Evaluate(validation);
-                    (trainer, exampleCount) = (classifier, examples.Count);
-                }
-                else
-                {
-                    var languageModel = model as CausalLanguageModel ?? throw new InvalidDataException($"{baseModel.Id} is neither a language model nor an image classifier");
-                    var examples = ReadData(job.TrainingFile, baseModel);
-                    var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
-                    var lm = new LanguageModelTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed, options.Value.Speed);   // padding is never trained on
-                    if (validation is not null) evaluate = () => lm.Evaluate(validation);
-                    (trainer, exampleCount) = (lm, examples.Count);
-                }
-                started(trainer);
-                var onStep = Begin(job, trainer, adapter, config, exampleCount, evaluate, stop);
-                return KeepingState(job.Id, () => trainer, () => trainer.Run(onStep, stop.Token));
-            }, Waiting, stop.Token);
-            return (Register(job, adapter!), result);
-        }
-        finally
-        {
-            adapter?.Dispose();
-        }
+            using var model = ModelFolder.Load(folder);
+            var trainer = session.Start(model);
+            return session.KeepingState(() => trainer.Run(session.AfterStep, stop.Token));
+        }, session.ShouldContinue, stop.Token);
     }
 
     /// <summary>
-    /// Starts or resumes the job's run on <paramref name="trainer"/> (its events, its saved state, the early-stopping
-    /// history) and returns what runs after each step: events once per step, checkpoints, state, early stopping, and
-    /// the status check that stops the job within a step of a cancel or pause. Shared by fused and unfused runs.
+    /// Registers the adapter and marks the job succeeded, only if it is still running under this worker's lease;
+    /// otherwise (cancelled, paused or taken over during the last step) the adapter is dropped and the job keeps its
+    /// status (a paused one finishes from its saved state when resumed).
     /// </summary>
-    Action<TrainingProgress> Begin(FineTuningJob job, AdapterTrainer trainer, TrainableAdapter adapter, AdapterConfig config, int exampleCount,
-        Func<(double Loss, double Accuracy)>? evaluate, CancellationTokenSource stop)
+    void Succeed(FineTuningJob job, JobLease lease, Adapter adapter, TrainingResult result)
     {
-        if (LatestState(job.Id) is { } state)
+        if (!jobs.Succeed(lease, adapter.Name, result.TrainedTokens, adapter: adapter))
         {
-            trainer.LoadState(state);
-            AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}", data: JobEventData.ForStatus(JobStatus.Running));
+            blobs.Delete(adapter.BlobPath);
+            log.LogInformation("Job {JobId} finished training but is {Status}; its adapter is not registered", job.Id, jobs.StatusOf(job.Id));
+            return;
         }
-        else AddEvent(job.Id, $"Fine-tuning job started: {adapter.ParameterCount:N0} {config.Method} parameters, {exampleCount} examples, {trainer.TotalSteps} steps",
-            data: JobEventData.ForStatus(JobStatus.Running));
-
-        // Steps redone after a crash were reported the first time already: report each step once.
-        int reported = db.JobEvents.Where(e => e.JobId == job.Id && e.Type == "metrics").Select(e => (int?)e.Step).Max() ?? 0;
-        var stopping = new EarlyStopping(job.EarlyStoppingPatience);
-        // A resumed run remembers the validation losses of the epochs before it, so it stops where an uninterrupted one would.
-        foreach (var metrics in db.Checkpoints.Where(c => c.JobId == job.Id && c.StepNumber <= trainer.Step).OrderBy(c => c.StepNumber).Select(c => c.Metrics).ToList())
-            if (JsonDocument.Parse(metrics).RootElement.TryGetProperty("valid_loss", out var loss) && loss.ValueKind == JsonValueKind.Number
-                && stopping.ShouldStop(loss.GetDouble()))
-                trainer.StopAfterThisStep();
-        if (!Renew(job.Id)) throw new OperationCanceledException("another worker holds the job");   // loading may have taken a while
-        return p =>
-        {
-            bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
-            var valid = epochEnd && evaluate is not null ? evaluate() : ((double Loss, double Accuracy)?)null;
-            if (p.Step > reported) Report(job, p, valid, adapter.Statistics());
-            if (epochEnd) SaveCheckpoint(job, trainer, p, valid);
-            else if (p.Step % options.Value.StateEverySteps == 0) SaveState(job.Id, trainer);
-            if (valid is { } v && stopping.ShouldStop(v.Loss))
-            {
-                AddEvent(job.Id, $"Early stopping at step {p.Step}: the validation loss has not improved for {job.EarlyStoppingPatience} epoch(s)");
-                trainer.StopAfterThisStep();
-            }
-            // Cancel, pause and resume are status changes in the database, so they reach a worker in any process within a step.
-            StopUnlessRunning(job.Id, stop);
-        };
+        new TrainerStates(blobs).DeleteAll(job.Id);
     }
-
-    /// <summary>Runs <paramref name="train"/>; when it stops early (pause, shutdown) the trainer's state is saved, unless the job was cancelled.</summary>
-    TrainingResult KeepingState(string jobId, Func<AdapterTrainer?> trainer, Func<TrainingResult> train)
-    {
-        try
-        {
-            return train();
-        }
-        catch (OperationCanceledException) when (!leaseLost && trainer() is { } t)
-        {
-            // Keep the progress while the adapter is still alive (unless cancelled): a resume, a re-queue after
-            // shutdown or a restart continues from this state.
-            if (CurrentStatus(jobId) != JobStatus.Cancelled) SaveState(jobId, t);
-            throw;
-        }
-    }
-
-    /// <summary>Saves the trained adapter as a blob and returns its row (added to the database by <see cref="Succeed"/>).</summary>
-    Adapter Register(FineTuningJob job, TrainableAdapter adapter)
-    {
-        var adapterId = "adapter-" + Ids.New();
-        var temp = blobs.NewTempFolder();
-        adapter.Save(temp);
-        var blobPath = BlobPaths.AdapterPath(adapterId);
-        blobs.CommitFolder(temp, blobPath);
-        return new Adapter
-        {
-            Id = adapterId, Name = FineTunedModelName(job), BaseModel = job.Model, Method = job.AdapterType,
-            Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
-            BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = Now(),
-        };
-    }
-
-    LabelledImages ReadImages(string fileId, VitConfig config, IReadOnlyList<string> labels)
-    {
-        var file = db.Files.AsNoTracking().Single(f => f.Id == fileId);
-        using var stream = blobs.OpenRead(file.BlobPath);
-        return ImageData.Read(TrainingFile.Parse(stream), config, labels);
-    }
-
-    List<TokenizedExample> ReadData(string fileId, BaseModel baseModel)
-    {
-        var file = db.Files.AsNoTracking().Single(f => f.Id == fileId);
-        using var stream = blobs.OpenRead(file.BlobPath);
-        return TrainingData.Tokenize(TrainingFile.Parse(stream), TextTokenizers.ForModel(blobs.Resolve(baseModel.BlobPath)), baseModel.ContextLength);
-    }
-
-    void Report(FineTuningJob job, TrainingProgress p, (double Loss, double Accuracy)? valid, object? adapterStatistics)
-    {
-        var message = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.LearningRate, p.TokensPerSecond, p.EtaSeconds, valid?.Loss);
-        AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}"
-                          + (valid is { } v ? $", validation loss={v.Loss:0.0000}, validation accuracy={v.Accuracy:0.0000}" : ""),
-            "metrics", JobEventData.ForMetrics(message, p.TrainAccuracy, valid?.Accuracy, adapterStatistics), step: p.Step);
-        long finish = Now() + (long)Math.Ceiling(p.EtaSeconds);
-        db.Jobs.Where(j => j.Id == job.Id).ExecuteUpdate(s => s.SetProperty(j => j.EstimatedFinish, finish));
-    }
-
-    /// <summary>At each epoch's end: the trainer state to resume from, and the adapter as a checkpoint model.</summary>
-    void SaveCheckpoint(FineTuningJob job, AdapterTrainer trainer, TrainingProgress p, (double Loss, double Accuracy)? valid)
-    {
-        var state = SaveState(job.Id, trainer);
-        if (db.Checkpoints.Any(c => c.JobId == job.Id && c.StepNumber == p.Step)) return;   // saved before a crash already
-        var blobPath = BlobPaths.CheckpointPath(job.Id, p.Step);
-        if (!Directory.Exists(blobs.Resolve(blobPath)))   // a crash may have come between the folder and its row
-        {
-            var temp = blobs.NewTempFolder();
-            foreach (var name in new[] { AdapterConfig.FileName, TrainableAdapter.WeightsFileName })
-                File.Copy(Path.Combine(state, name), Path.Combine(temp, name));
-            blobs.CommitFolder(temp, blobPath);
-        }
-        var modelName = $"{FineTunedModelName(job)}:ckpt-step-{p.Step}";
-        db.Checkpoints.Add(new Checkpoint
-        {
-            Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = modelName, BaseModel = job.Model, StepNumber = p.Step, CreatedAt = Now(), BlobPath = blobPath,
-            Metrics = JsonSerializer.Serialize(new
-            {
-                step = p.Step, train_loss = p.TrainLoss, train_mean_token_accuracy = p.TrainAccuracy,
-                valid_loss = valid?.Loss, valid_mean_token_accuracy = valid?.Accuracy,
-            }),
-        });
-        db.SaveChanges();
-        db.ChangeTracker.Clear();
-        AddEvent(job.Id, $"Checkpoint created at step {p.Step}: {modelName}");
-    }
-
-    /// <summary>Writes the trainer's state as <c>state/step-N</c> (atomically) and keeps only the newest two.</summary>
-    string SaveState(string jobId, AdapterTrainer trainer)
-    {
-        var root = blobs.Resolve(BlobPaths.TrainerStatePath(jobId));
-        var folder = Path.Combine(root, $"step-{trainer.Step}");
-        if (Directory.Exists(folder)) return folder;
-        var temp = blobs.NewTempFolder();
-        trainer.SaveState(temp);
-        Directory.CreateDirectory(root);
-        Directory.Move(temp, folder);
-        foreach (var old in StateFolders(root).Skip(2)) Directory.Delete(old.Path, recursive: true);
-        return folder;
-    }
-
-    string? LatestState(string jobId)
-    {
-        var root = blobs.Resolve(BlobPaths.TrainerStatePath(jobId));
-        return Directory.Exists(root) ? StateFolders(root).FirstOrDefault().Path : null;
-    }
-
-    static IEnumerable<(int Step, string Path)> StateFolders(string root) =>
-        Directory.GetDirectories(root)
-            .Select(d => (Ok: int.TryParse(Path.GetFileName(d).Replace("step-", ""), out var step), Step: step, Path: d))
-            .Where(d => d.Ok).OrderByDescending(d => d.Step).Select(d => (d.Step, d.Path));
-
-    /// <summary>
-    /// Registers the adapter and marks the job succeeded in one transaction, only if it is still running under this
-    /// worker's lease; otherwise (cancelled, paused or taken over during the last step) the adapter is dropped and the
-    /// job keeps its status (a paused one finishes from its saved state when resumed).
-    /// </summary>
-    void Succeed(FineTuningJob job, Adapter adapter, TrainingResult result)
-    {
-        using (var transaction = db.Database.BeginTransaction())
-        {
-            var updated = db.Jobs.Where(j => j.Id == job.Id && j.Status == JobStatus.Running && j.LeaseOwner == Worker).ExecuteUpdate(s => s
-                .SetProperty(j => j.Status, JobStatus.Succeeded)
-                .SetProperty(j => j.FineTunedModel, adapter.Name)
-                .SetProperty(j => j.TrainedTokens, result.TrainedTokens)
-                .SetProperty(j => j.FinishedAt, Now()));
-            if (updated == 0)
-            {
-                transaction.Rollback();
-                blobs.Delete(adapter.BlobPath);
-                log.LogInformation("Job {JobId} finished training but is {Status}; its adapter is not registered", job.Id, CurrentStatus(job.Id));
-                return;
-            }
-            db.Adapters.Add(adapter);
-            db.SaveChanges();
-            // In the same transaction: whoever sees the job succeeded also sees its last events.
-            AddEvent(job.Id, $"New fine-tuned model created: {adapter.Name}");
-            AddEvent(job.Id, "The job has successfully completed", data: JobEventData.ForStatus(JobStatus.Succeeded, adapter.Name));
-            transaction.Commit();
-        }
-        db.ChangeTracker.Clear();
-        blobs.Delete(BlobPaths.TrainerStatePath(job.Id));
-    }
-
-    void Fail(string jobId, string message) => db.FailJob(jobId, message, JobStatus.Queued, JobStatus.Running);
 
     public static string FineTunedModelName(FineTuningJob job) => $"ft:{job.Model}:{job.Suffix ?? ""}:{job.Id}";
-
-    string CurrentStatus(string jobId) => db.Jobs.Where(j => j.Id == jobId).Select(j => j.Status).Single();
-
-    static readonly string Worker = $"{Environment.MachineName}:{Environment.ProcessId}:{Guid.NewGuid():N}";
-    long renewedAt;
-    bool leaseLost;
-
-    /// <summary>Takes the job if it is queued, or running under a lease that ran out (its worker died).</summary>
-    bool Claim(string jobId)
-    {
-        long now = Now(), until = now + options.Value.LeaseSeconds;
-        renewedAt = now;
-        return db.Jobs.Where(j => j.Id == jobId && (j.Status == JobStatus.Queued || j.Status == JobStatus.Running && (j.LeaseUntil == null || j.LeaseUntil < now)))
-            .ExecuteUpdate(s => s.SetProperty(j => j.Status, JobStatus.Running).SetProperty(j => j.LeaseOwner, Worker).SetProperty(j => j.LeaseUntil, until)) > 0;
-    }
-
-    /// <summary>Extends this worker's lease (every third of its length); false once another worker holds the job.</summary>
-    bool Renew(string jobId)
-    {
-        long now = Now();
-        if (now - renewedAt < options.Value.LeaseSeconds / 3) return true;
-        renewedAt = now;
-        long until = now + options.Value.LeaseSeconds;
-        leaseLost = db.Jobs.Where(j => j.Id == jobId && j.LeaseOwner == Worker).ExecuteUpdate(s => s.SetProperty(j => j.LeaseUntil, until)) == 0;
-        return !leaseLost;
-    }
-
-    void AddEvent(string jobId, string message, string type = "message", string? data = null, string level = "info", int? step = null) =>
-        db.AddJobEvent(jobId, message, type, data, level, step);
-
-    /// <summary>Stops the job's training (through <paramref name="stop"/>) once it is no longer running here: cancelled, paused, or its lease lost.</summary>
-    void StopUnlessRunning(string jobId, CancellationTokenSource stop)
-    {
-        if (CurrentStatus(jobId) != JobStatus.Running || !Renew(jobId)) stop.Cancel();
-    }
-
-    static long Now() => JobRecords.Now();
 }

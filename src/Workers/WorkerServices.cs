@@ -1,3 +1,4 @@
+using AdapterService.Core.Jobs;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Text;
@@ -34,6 +35,8 @@ public static class WorkerServices
                 });
             else c.UseInMemoryStorage();
         });
+        services.AddSingleton<IJobQueue, HangfireJobQueue>();
+        services.AddScoped<JobLifecycle>();
         return services.AddPretrainedBuiltins(configuration);
     }
 

@@ -10,8 +10,6 @@ using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Training;
 using AdapterService.Core.Vision;
-using AdapterService.Workers;
-using Hangfire;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.EntityFrameworkCore;
@@ -121,13 +119,13 @@ public static partial class FineTuningJobsApi
     {
         var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier, j.EarlyStoppingPatience);
         // A built-in base's pre-training trains no adapter; its settings are the pre-training's own.
-        bool pretraining = j.AdapterType == PretrainingJobRunner.JobType;
+        bool pretraining = j.AdapterType == JobKinds.PretrainingType;
         return new FineTuningJobDto(j.Id, "fine_tuning.job", j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", [],
             j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
-            new MethodDto(pretraining ? PretrainingJobRunner.JobType : "supervised", new SupervisedDto(hp)),
-            pretraining ? new AdapterDto(PretrainingJobRunner.JobType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(j.AdapterConfig)),
+            new MethodDto(pretraining ? JobKinds.PretrainingType : "supervised", new SupervisedDto(hp)),
+            pretraining ? new AdapterDto(JobKinds.PretrainingType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(j.AdapterConfig)),
             j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs);
     }
 
@@ -147,7 +145,7 @@ public static partial class FineTuningJobsApi
         e.Data is null ? null : JsonDocument.Parse(e.Data).RootElement);
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CreateJob(
-        CreateFineTuningJobRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IBackgroundJobClient queue,
+        CreateFineTuningJobRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, JobLifecycle jobs,
         IOptions<FineTuningLimits> limits, IOptions<LimitsOptions> projectLimits, CancellationToken cancel)
     {
         if (string.IsNullOrEmpty(request.Model)) return OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model");
@@ -219,14 +217,9 @@ public static partial class FineTuningJobsApi
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
             AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(),
         };
-        db.Jobs.Add(job);
-        db.JobMetadata.AddRange((request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }));
-        db.JobEvents.AddRange(
-            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Created fine-tuning job: {job.Id}" },
-            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)" },
-            new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = "Fine-tuning job queued", Data = JobEventData.ForStatus(JobStatus.Queued) });
-        await db.SaveChangesAsync(cancel);
-        Enqueue(queue, job.Id);
+        await jobs.CreateAsync(job, (request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }),
+            [$"Created fine-tuning job: {job.Id}", $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)"],
+            "Fine-tuning job queued", cancel);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
     }
 
@@ -430,51 +423,36 @@ public static partial class FineTuningJobsApi
             : OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CancelJob(
-        string jobId, ServiceDbContext db, CancellationToken cancel) =>
-        await ChangeStatusAsync(jobId, JobStatus.Unfinished, JobStatus.Cancelled, "Fine-tuning job cancelled", db, cancel);
+        string jobId, ServiceDbContext db, JobLifecycle jobs, CancellationToken cancel) =>
+        await ChangeStatusAsync(jobId, JobStatus.Unfinished, JobStatus.Cancelled, "Fine-tuning job cancelled", db, jobs, cancel);
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> PauseJob(
-        string jobId, ServiceDbContext db, CancellationToken cancel) =>
+        string jobId, ServiceDbContext db, JobLifecycle jobs, CancellationToken cancel) =>
         // Pre-training keeps no state to resume from: it can be cancelled, not paused.
-        await db.Jobs.AnyAsync(j => j.Id == jobId && j.AdapterType == PretrainingJobRunner.JobType, cancel)
+        await db.Jobs.AnyAsync(j => j.Id == jobId && j.AdapterType == JobKinds.PretrainingType, cancel)
             ? OpenAiErrors.BadRequest($"Job {jobId} pre-trains a built-in model, which cannot be paused; cancel it instead.", "id", "invalid_job_status")
-            : await ChangeStatusAsync(jobId, [JobStatus.Queued, JobStatus.Running], JobStatus.Paused, "Fine-tuning job paused", db, cancel);
+            : await ChangeStatusAsync(jobId, [JobStatus.Queued, JobStatus.Running], JobStatus.Paused, "Fine-tuning job paused", db, jobs, cancel);
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> ResumeJob(
-        string jobId, ServiceDbContext db, IBackgroundJobClient queue, CancellationToken cancel)
+        string jobId, ServiceDbContext db, JobLifecycle jobs, IJobQueue queue, CancellationToken cancel)
     {
-        var result = await ChangeStatusAsync(jobId, [JobStatus.Paused], JobStatus.Queued, "Fine-tuning job resumed", db, cancel);
-        if (result.Result is Ok<FineTuningJobDto>) Enqueue(queue, jobId);
+        var result = await ChangeStatusAsync(jobId, [JobStatus.Paused], JobStatus.Queued, "Fine-tuning job resumed", db, jobs, cancel);
+        if (result.Result is Ok<FineTuningJobDto>) queue.Enqueue(JobKind.FineTuning, jobId);
         return result;
     }
 
-    /// <summary>
-    /// Moves a job from one of <paramref name="from"/> to <paramref name="to"/> in one statement (stamping
-    /// <c>finished_at</c> when <paramref name="to"/> is final), then logs it as an event, which the relay announces.
-    /// </summary>
+    /// <summary>Moves a job from one of <paramref name="from"/> to <paramref name="to"/> with its event (<see cref="JobLifecycle"/>), or says why not.</summary>
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> ChangeStatusAsync(
-        string jobId, string[] from, string to, string message, ServiceDbContext db, CancellationToken cancel)
+        string jobId, string[] from, string to, string message, ServiceDbContext db, JobLifecycle jobs, CancellationToken cancel)
     {
-        long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        long? finishedAt = JobStatus.IsFinished(to) ? now : null;
-        // The status and its event commit together: a crash in between loses neither, nor leaves one without the other.
-        await using var transaction = await db.Database.BeginTransactionAsync(cancel);
-        int updated = await db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status))
-            .ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt), cancel);
-        var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
+        var (changed, job) = await jobs.TransitionAsync(jobId, from, to, message, cancel);
         if (job is null) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
-        if (updated == 0)
+        if (!changed)
             return JobStatus.IsFinished(job.Status)
                 ? OpenAiErrors.BadRequest($"Job {jobId} has already finished with status {job.Status}.", "id", "job_finished")
                 : OpenAiErrors.BadRequest($"Job {jobId} is {job.Status}; this needs a job that is {string.Join(" or ", from)}.", "id", "invalid_job_status");
-        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message, Data = JobEventData.ForStatus(to) });
-        await db.SaveChangesAsync(cancel);
-        await transaction.CommitAsync(cancel);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
     }
-
-    public static void Enqueue(IBackgroundJobClient queue, string jobId) =>
-        queue.Create<FineTuningJobRunner>(r => r.Run(jobId, CancellationToken.None), new Hangfire.States.EnqueuedState(WorkerServices.FineTuningQueue));
 
     static async Task<Results<Ok<CheckpointListResponse>, JsonHttpResult<ErrorResponse>>> ListCheckpoints(
         string jobId, ServiceDbContext db, string? after, int? limit, CancellationToken cancel)

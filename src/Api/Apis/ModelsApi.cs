@@ -7,8 +7,6 @@ using AdapterService.Core.Jobs;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Vision;
 using System.Security.Claims;
-using AdapterService.Workers;
-using Hangfire;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 
@@ -107,7 +105,7 @@ public static class ModelsApi
     /// exists, answers with it. The job is the caller's project's, so its events and SignalR messages are theirs to follow.
     /// </summary>
     static async Task<Results<Ok<ModelDto>, Accepted<PretrainingDto>, JsonHttpResult<ErrorResponse>>> Pretrain(
-        string model, ServiceDbContext db, IEnumerable<IPretrainedBuiltin> builtins, IBackgroundJobClient queue, ClaimsPrincipal user, CancellationToken cancel)
+        string model, ServiceDbContext db, IEnumerable<IPretrainedBuiltin> builtins, JobLifecycle jobs, ClaimsPrincipal user, CancellationToken cancel)
     {
         var builtin = builtins.FirstOrDefault(b => b.Id == model);
         if (builtin is null)
@@ -115,7 +113,7 @@ public static class ModelsApi
                 "model", "model_not_found");
         if (await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == model, cancel) is { } existing) return TypedResults.Ok(existing.ToDto());
         if (await db.Jobs.AsNoTracking().IgnoreQueryFilters()
-                .Where(j => j.AdapterType == PretrainingJobRunner.JobType && j.Model == model && (j.Status == JobStatus.Queued || j.Status == JobStatus.Running))
+                .Where(j => j.AdapterType == JobKinds.PretrainingType && j.Model == model && (j.Status == JobStatus.Queued || j.Status == JobStatus.Running))
                 .FirstOrDefaultAsync(cancel) is { } running)
             return TypedResults.Accepted($"/v1/fine_tuning/jobs/{running.Id}", new PretrainingDto(model, "model.pretraining", running.Status, running.Id));
         try
@@ -130,12 +128,9 @@ public static class ModelsApi
         var job = new FineTuningJob
         {
             Id = "ftjob-" + Ids.New(), ProjectId = user.ProjectId()!, Model = model, TrainingFile = builtin.Corpus, Status = JobStatus.Queued,
-            CreatedAt = now, Epochs = 1, LearningRateMultiplier = 1, AdapterType = PretrainingJobRunner.JobType, AdapterConfig = builtin.Settings,
+            CreatedAt = now, Epochs = 1, LearningRateMultiplier = 1, AdapterType = JobKinds.PretrainingType, AdapterConfig = builtin.Settings,
         };
-        db.Jobs.Add(job);
-        db.JobEvents.Add(new JobEvent { JobId = job.Id, CreatedAt = now, Message = $"Pre-training job created for {model}", Data = JobEventData.ForStatus(JobStatus.Queued) });
-        await db.SaveChangesAsync(cancel);
-        PretrainingJobRunner.Enqueue(queue, job.Id);
+        await jobs.CreateAsync(job, [], [], $"Pre-training job created for {model}", cancel);
         return TypedResults.Accepted($"/v1/fine_tuning/jobs/{job.Id}", new PretrainingDto(model, "model.pretraining", job.Status, job.Id));
     }
 

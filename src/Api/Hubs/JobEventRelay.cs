@@ -10,7 +10,7 @@ namespace AdapterService.Api.Hubs;
 /// <c>status</c>. Polling the events table with a cursor works the same whether the job trains in this process or in a
 /// worker on another machine, and whichever API process a browser is connected to; it costs one indexed query per tick.
 /// </summary>
-public sealed class JobEventRelay(IServiceScopeFactory scopes, IHubContext<JobsHub> hub, IConfiguration configuration, ILogger<JobEventRelay> log)
+public sealed class JobEventRelay(IServiceScopeFactory scopes, IHubContext<JobsHub, IJobsClient> hub, IConfiguration configuration, ILogger<JobEventRelay> log)
     : BackgroundService
 {
     // Ids are handed out before commit, so on PostgreSQL a slower transaction can commit an id below the cursor:
@@ -39,8 +39,8 @@ public sealed class JobEventRelay(IServiceScopeFactory scopes, IHubContext<JobsH
                     var group = hub.Clients.Group(JobsHub.Group(e.JobId));
                     switch (JobEventData.ToMessage(e))
                     {
-                        case ProgressMessage progress: await group.SendAsync("progress", progress, stop); break;
-                        case StatusMessage status: await group.SendAsync("status", status, stop); break;
+                        case ProgressMessage progress: await group.Progress(progress); break;
+                        case StatusMessage status: await group.Status(status); break;
                     }
                     cursor = Math.Max(cursor, e.Id);
                 }

@@ -1,15 +1,26 @@
 using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Jobs;
 using AdapterService.Core.Storage;
 using Microsoft.AspNetCore.SignalR;
 using Microsoft.EntityFrameworkCore;
 
 namespace AdapterService.Api.Hubs;
 
+/// <summary>What the server calls on a subscribed client; the wire names are lowercase, which the dashboard and clients listen for.</summary>
+public interface IJobsClient
+{
+    [HubMethodName("progress")]
+    Task Progress(ProgressMessage progress);
+
+    [HubMethodName("status")]
+    Task Status(StatusMessage status);
+}
+
 /// <summary>
 /// Live job progress. A client calls <c>SubscribeToJob(jobId)</c> and then receives <c>progress</c> and <c>status</c>
 /// messages for that job (group <c>job:{id}</c>). Everything sent here is also persisted as the job's events.
 /// </summary>
-public sealed class JobsHub(ServiceDbContext db) : Hub
+public sealed class JobsHub(ServiceDbContext db) : Hub<IJobsClient>
 {
     public static string Group(string jobId) => $"job:{jobId}";
 

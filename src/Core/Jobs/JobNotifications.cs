@@ -1,15 +1,18 @@
 using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
 using AdapterService.Core.Storage;
 
 namespace AdapterService.Core.Jobs;
 
 /// <summary>
-/// A training step's numbers, as pushed to SignalR clients (<c>progress</c>) and stored in metrics events;
-/// <see cref="ValidLoss"/> is set at the end of each epoch when the job has a validation file.
+/// A training step's numbers: the one record that goes from the job's run to the browser. It is stored as the data of a
+/// metrics event (snake_case, without the job id, which the event row holds) and pushed to SignalR clients as
+/// <c>progress</c> (camelCase) as it is. <see cref="ValidLoss"/> is set at the end of each epoch when the job has a
+/// validation file; <see cref="Adapter"/> holds what the adapter method reports (Lily's router weights, say).
 /// </summary>
 public sealed record ProgressMessage(
-    string JobId, int Step, int TotalSteps, int Epoch, double TrainLoss, double LearningRate, double TokensPerSecond, double EtaSeconds,
-    double? ValidLoss = null);
+    string JobId, int Step, int TotalSteps, int Epoch, double TrainLoss, double TrainMeanTokenAccuracy, double? ValidLoss,
+    double? ValidMeanTokenAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds, object? Adapter = null);
 
 /// <summary>A job's new status (<c>status</c> message); error set when it failed.</summary>
 public sealed record StatusMessage(string JobId, string Status, string? FineTunedModel, string? Error);
@@ -20,17 +23,25 @@ public sealed record StatusMessage(string JobId, string Status, string? FineTune
 /// </summary>
 public static class JobEventData
 {
-    static readonly JsonSerializerOptions SnakeCase = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+    /// <summary>The stored form of <see cref="ProgressMessage"/>: snake_case, the job id left out (the event's row has it).</summary>
+    static readonly JsonSerializerOptions Stored = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        TypeInfoResolver = new DefaultJsonTypeInfoResolver
+        {
+            Modifiers =
+            {
+                info =>
+                {
+                    if (info.Type != typeof(ProgressMessage)) return;
+                    foreach (var property in info.Properties.Where(p => p.Name == "job_id")) property.ShouldSerialize = (_, _) => false;
+                },
+            },
+        },
+    };
 
-    sealed record Metrics(int Step, int TotalSteps, int Epoch, double TrainLoss, double TrainMeanTokenAccuracy, double? ValidLoss,
-        double? ValidMeanTokenAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds, object? Adapter = null);
-
-    sealed record Status(string StatusName, string? FineTunedModel, string? Error);
-
-    /// <summary>A step's metrics; <paramref name="adapter"/> holds what the adapter method reports (Lily's router weights, say).</summary>
-    public static string ForMetrics(ProgressMessage m, double trainAccuracy, double? validAccuracy, object? adapter = null) => JsonSerializer.Serialize(
-        new Metrics(m.Step, m.TotalSteps, m.Epoch, m.TrainLoss, trainAccuracy, m.ValidLoss, validAccuracy, m.LearningRate, m.TokensPerSecond, m.EtaSeconds, adapter),
-        SnakeCase);
+    /// <summary>A step's metrics as stored: <c>{"step": …, "total_steps": …, …, "adapter": …}</c>.</summary>
+    public static string ForMetrics(ProgressMessage progress) => JsonSerializer.Serialize(progress, Stored);
 
     /// <summary>Data of an event that changes the job's status: <c>{"status": …, "fine_tuned_model": …, "error": …}</c>.</summary>
     public static string ForStatus(string status, string? fineTunedModel = null, string? error = null) =>
@@ -40,8 +51,8 @@ public static class JobEventData
     public static object? ToMessage(JobEvent e)
     {
         if (e.Data is null) return null;
-        if (e.Type == "metrics" && JsonSerializer.Deserialize<Metrics>(e.Data, SnakeCase) is { } m)
-            return new ProgressMessage(e.JobId, m.Step, m.TotalSteps, m.Epoch, m.TrainLoss, m.LearningRate, m.TokensPerSecond, m.EtaSeconds, m.ValidLoss);
+        if (e.Type == "metrics" && JsonSerializer.Deserialize<ProgressMessage>(e.Data, Stored) is { } progress)
+            return progress with { JobId = e.JobId };
         using var doc = JsonDocument.Parse(e.Data);
         return doc.RootElement.TryGetProperty("status", out var status)
             ? new StatusMessage(e.JobId, status.GetString()!, Text(doc.RootElement, "fine_tuned_model"), Text(doc.RootElement, "error"))

@@ -3,8 +3,22 @@ using AdapterService.Core.Models;
 
 namespace AdapterService.Core.Training;
 
-/// <summary>A job in a fused group: its trainer (over the group's model) and what runs after each of its steps, given how many other jobs shared the step.</summary>
-public sealed record FusedMember(LanguageModelTrainer Trainer, Action<TrainingProgress, int> OnStep);
+/// <summary>
+/// A job's run as a fused group drives it, on the group's thread: <see cref="Join"/> when it enters the group,
+/// <see cref="AfterStep"/> after each of its steps. Until it is in a group, the job's own thread asks
+/// <see cref="ShouldContinue"/> about once a second whether to keep waiting.
+/// </summary>
+public interface IFusedSession
+{
+    /// <summary>Makes the job's trainer over the group's copy of the base (its adapter attached to <paramref name="model"/>).</summary>
+    LanguageModelTrainer Join(CausalLanguageModel model);
+
+    /// <summary>What follows one of the job's steps; <paramref name="fusedWith"/>: how many other jobs shared the step.</summary>
+    void AfterStep(TrainingProgress progress, int fusedWith);
+
+    /// <summary>Whether a job still waiting for a place (a slot, or a group to join) keeps waiting.</summary>
+    bool ShouldContinue();
+}
 
 /// <summary>
 /// Trains the jobs of one process: language-model jobs on the same base fuse into a group that trains them together
@@ -12,7 +26,7 @@ public sealed record FusedMember(LanguageModelTrainer Trainer, Action<TrainingPr
 /// <c>concurrency</c> groups and unfused trainings run at once, each using every core.
 /// </summary>
 /// <remarks>
-/// Each group has a thread of its own that loads the base, steps its members and runs their per-step callbacks; every
+/// Each group has a thread of its own that loads the base, steps its members and runs their sessions' <see cref="IFusedSession.AfterStep"/>; every
 /// TorchSharp call on the group's model happens there. A job's own thread (a Hangfire worker) waits in
 /// <see cref="Train"/> for its member to finish, fail or be cancelled, then records the outcome itself. Jobs join and
 /// leave between steps; one leaving, failing or being cancelled never stops the others. A group ends, and frees its model,
@@ -31,16 +45,14 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
     public int Concurrency { get; } = Math.Max(1, concurrency);
 
     /// <summary>
-    /// Trains a job in a group over the base <paramref name="baseKey"/>, joining one with room or starting one (which
-    /// loads the base with <paramref name="load"/>) when a slot is free; <paramref name="join"/> makes the job's trainer
-    /// over the group's model, on the group's thread. Until the job is in a group, <paramref name="waiting"/> runs about
-    /// once a second and returning false gives up. Blocks until the job's run ends; throws what ended it (an
-    /// <see cref="OperationCanceledException"/> when <paramref name="cancel"/> stopped it).
+    /// Trains a job's <paramref name="session"/> in a group over the base <paramref name="baseKey"/>, joining one with
+    /// room or starting one (which loads the base with <paramref name="load"/>) when a slot is free. Blocks until the
+    /// job's run ends; throws what ended it (an <see cref="OperationCanceledException"/> when <paramref name="cancel"/>
+    /// stopped it, or the session gave up waiting).
     /// </summary>
-    public TrainingResult Train(string baseKey, Func<CausalLanguageModel> load, Func<CausalLanguageModel, FusedMember> join,
-        Func<bool> waiting, CancellationToken cancel)
+    public TrainingResult Train(string baseKey, Func<CausalLanguageModel> load, IFusedSession session, CancellationToken cancel)
     {
-        var joiner = new Joiner(join, cancel);
+        var joiner = new Joiner(session, cancel);
         WaitFor(() =>
         {
             if (groups.FirstOrDefault(g => g.Key == baseKey && g.Size < MaxFusedJobs) is { } group)
@@ -55,7 +67,7 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
             groups.Add(group);
             group.Start();
             return true;
-        }, waiting, cancel);
+        }, session.ShouldContinue, cancel);
         return joiner.Done.Task.GetAwaiter().GetResult();
     }
 
@@ -103,12 +115,13 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
         }
     }
 
-    sealed class Joiner(Func<CausalLanguageModel, FusedMember> join, CancellationToken cancel)
+    sealed class Joiner(IFusedSession session, CancellationToken cancel)
     {
-        public Func<CausalLanguageModel, FusedMember> Join { get; } = join;
+        public IFusedSession Session { get; } = session;
         public CancellationToken Cancel { get; } = cancel;
         public TaskCompletionSource<TrainingResult> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public FusedMember? Member { get; set; }
+        /// <summary>Set once the job joined the group.</summary>
+        public LanguageModelTrainer? Trainer { get; set; }
     }
 
     sealed class Group(FusionHost host, string key, Func<CausalLanguageModel> load)
@@ -147,18 +160,18 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
                     foreach (var joiner in joining) Join(joiner, model);
                     foreach (var member in members.ToList())
                         if (member.Cancel.IsCancellationRequested) Leave(member, new OperationCanceledException(member.Cancel));
-                        else if (member.Member!.Trainer.Finished) Leave(member, null);
+                        else if (member.Trainer!.Finished) Leave(member, null);
                     if (members.Count == 0) continue;
 
                     var stepping = members.ToList();
-                    var outcomes = FusedTrainer.Step(model, stepping.Select(m => m.Member!.Trainer).ToList());
+                    var outcomes = FusedTrainer.Step(model, stepping.Select(m => m.Trainer!).ToList());
                     foreach (var (member, outcome) in stepping.Zip(outcomes))
                     {
                         if (outcome.Error is not null) Leave(member, outcome.Error);
                         else
                             try
                             {
-                                member.Member!.OnStep(outcome.Progress!, stepping.Count - 1);
+                                member.Session.AfterStep(outcome.Progress!, stepping.Count - 1);
                             }
                             catch (Exception e)
                             {
@@ -189,8 +202,8 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
         {
             try
             {
-                joiner.Member = joiner.Join(model);
-                joiner.Member.Trainer.BeginRun();
+                joiner.Trainer = joiner.Session.Join(model);
+                joiner.Trainer.BeginRun();
                 lock (host.gate)
                 {
                     members.Add(joiner);
@@ -214,7 +227,7 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
         {
             try
             {
-                member.Member?.Trainer.EndRun();
+                member.Trainer?.EndRun();
             }
             finally
             {
@@ -223,7 +236,7 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
                     members.Remove(member);
                     Monitor.PulseAll(host.gate);   // room for a waiting job
                 }
-                if (error is null) member.Done.TrySetResult(member.Member!.Trainer.Result);
+                if (error is null) member.Done.TrySetResult(member.Trainer!.Result);
                 else member.Done.TrySetException(error);
             }
         }

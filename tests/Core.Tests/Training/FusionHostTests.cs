@@ -22,13 +22,26 @@ public sealed class FusionHostTests
     /// <summary>Trains job <paramref name="job"/> through the host; records, per step, how many others shared it.</summary>
     static TrainingResult Train(FusionHost host, int job, ConcurrentBag<int> others, ConcurrentBag<CausalLanguageModel> models, CancellationToken cancel,
         Func<bool>? waiting = null, Action<TrainingProgress>? onStep = null) =>
-        host.Train("tiny", () => Create(), model =>
+        host.Train("tiny", () => Create(), new Session(job, others, models, waiting, onStep), cancel);
+
+    sealed class Session(int job, ConcurrentBag<int> others, ConcurrentBag<CausalLanguageModel> models, Func<bool>? waiting, Action<TrainingProgress>? onStep)
+        : IFusedSession
+    {
+        public LanguageModelTrainer Join(CausalLanguageModel model)
         {
             models.Add(model);
             var adapter = TrainableAdapter.Create(model, new LoraConfig { Rank = 2, Alpha = 4, TargetModules = ["q_proj"] }, seed: job);
-            var trainer = new LanguageModelTrainer(model, adapter, Examples(job), new Hyperparameters(3, 2, 0.01), ByteTokenizer.End, job);
-            return new FusedMember(trainer, (p, n) => { others.Add(n); onStep?.Invoke(p); });
-        }, waiting ?? (() => true), cancel);
+            return new LanguageModelTrainer(model, adapter, Examples(job), new Hyperparameters(3, 2, 0.01), ByteTokenizer.End, job);
+        }
+
+        public void AfterStep(TrainingProgress progress, int fusedWith)
+        {
+            others.Add(fusedWith);
+            onStep?.Invoke(progress);
+        }
+
+        public bool ShouldContinue() => waiting?.Invoke() ?? true;
+    }
 
     [Fact]
     public void JobsOnOneBaseTrainTogetherUpToTheCapAndEachFinishesWithItsOwnResult()

@@ -1,0 +1,48 @@
+using AdapterService.Core.Storage;
+
+namespace AdapterService.Core.Jobs;
+
+/// <summary>
+/// What a job row asks a worker to do. Every kind is a row in <c>fine_tuning_jobs</c> with the same status, lease and
+/// events; the kind picks the worker that runs it. Eval runs and sweeps would be kinds of their own.
+/// </summary>
+public enum JobKind
+{
+    FineTuning,
+    Pretraining,
+}
+
+public static class JobKinds
+{
+    /// <summary>The <see cref="FineTuningJob.AdapterType"/> of pre-training jobs (they train a whole model, no adapter).</summary>
+    public const string PretrainingType = "pretraining";
+
+    public static JobKind Of(FineTuningJob job) => Of(job.AdapterType);
+
+    public static JobKind Of(string adapterType) => adapterType == PretrainingType ? JobKind.Pretraining : JobKind.FineTuning;
+}
+
+/// <summary>
+/// What a fine-tuning job optimises, apart from how its adapter is built (the adapter method). Only supervised
+/// fine-tuning exists today; preference (DPO) and reinforcement objectives will be further values, each with its own
+/// session in the worker.
+/// </summary>
+public static class JobObjectives
+{
+    public const string Supervised = "supervised";
+
+    /// <summary>The objective of a fine-tuning job (a column once a second objective exists).</summary>
+    public static string Of(FineTuningJob job) => Supervised;
+}
+
+/// <summary>
+/// Hands job ids to the workers. Core and the API name a kind; the worker side (Hangfire) maps it to the runner, so
+/// neither knows a runner type. The row in the database stays the truth: the queue only carries the id.
+/// </summary>
+public interface IJobQueue
+{
+    void Enqueue(JobKind kind, string jobId);
+
+    /// <summary>Looks at the job again after <paramref name="delay"/> (a lease held by another worker may run out).</summary>
+    void Schedule(JobKind kind, string jobId, TimeSpan delay);
+}

@@ -1,0 +1,221 @@
+using AdapterService.Core.Storage;
+using Microsoft.EntityFrameworkCore;
+
+namespace AdapterService.Core.Jobs;
+
+/// <summary>
+/// The one writer of a job's record: its creation, every status change (checked against the statuses it may leave, and
+/// written together with its event in one transaction), its lease, progress, checkpoints and outcome. The API's handlers
+/// and the workers' runners all go through it, so the rules of the lifecycle live here only.
+/// </summary>
+/// <remarks>
+/// One status change writes no event of its own: a worker's claim (queued → running) is announced by the run's first
+/// event ("started" or "resumed", with the running status), which can only be written once the run knows what it
+/// trains; until then a browser keeps seeing the job as queued, which is what it is waiting for.
+/// </remarks>
+public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
+{
+    public static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    public FineTuningJob? Find(string jobId) => db.Jobs.AsNoTracking().SingleOrDefault(j => j.Id == jobId);
+
+    public string StatusOf(string jobId) => db.Jobs.Where(j => j.Id == jobId).Select(j => j.Status).Single();
+
+    /// <summary>
+    /// Stores a new queued job with its metadata, the <paramref name="notes"/> as plain events and
+    /// <paramref name="queuedMessage"/> as its status event, then hands it to the queue of its kind.
+    /// </summary>
+    public async Task CreateAsync(FineTuningJob job, IEnumerable<JobMetadata> metadata, IEnumerable<string> notes, string queuedMessage, CancellationToken cancel)
+    {
+        if (job.Status != JobStatus.Queued) throw new ArgumentException($"a new job is queued, not {job.Status}", nameof(job));
+        db.Jobs.Add(job);
+        db.JobMetadata.AddRange(metadata);
+        db.JobEvents.AddRange(notes.Select(message => new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = message }));
+        db.JobEvents.Add(new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = queuedMessage, Data = JobEventData.ForStatus(JobStatus.Queued) });
+        await db.SaveChangesAsync(cancel);
+        queue.Enqueue(JobKinds.Of(job), job.Id);
+    }
+
+    /// <summary>
+    /// Moves a job from one of <paramref name="from"/> to <paramref name="to"/> (stamping <c>finished_at</c> when
+    /// <paramref name="to"/> is final) and writes <paramref name="message"/> as its status event, in one transaction.
+    /// Returns whether it moved and the job as it is now (null: no such job, in the caller's project).
+    /// </summary>
+    public async Task<(bool Changed, FineTuningJob? Job)> TransitionAsync(string jobId, IReadOnlyCollection<string> from, string to, string message,
+        CancellationToken cancel)
+    {
+        long now = Now();
+        long? finishedAt = JobStatus.IsFinished(to) ? now : null;
+        await using var transaction = await db.Database.BeginTransactionAsync(cancel);
+        int updated = await db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status))
+            .ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt), cancel);
+        var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
+        if (updated == 0) return (false, job);
+        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message, Data = JobEventData.ForStatus(to) });
+        await db.SaveChangesAsync(cancel);
+        await transaction.CommitAsync(cancel);
+        db.ChangeTracker.Clear();
+        return (true, job);
+    }
+
+    /// <summary>The same, for a worker's thread.</summary>
+    public bool Transition(string jobId, IReadOnlyCollection<string> from, string to, string message) =>
+        TransitionAsync(jobId, from, to, message, CancellationToken.None).GetAwaiter().GetResult().Changed;
+
+    /// <summary>
+    /// At the start of a process whose queue did not survive (in-memory Hangfire): every queued or running job goes
+    /// back to the queue. A running one was interrupted (its process died), so it is queued again, with its event.
+    /// </summary>
+    public void RequeueUnfinished()
+    {
+        var unfinished = db.Jobs.Where(j => j.Status == JobStatus.Queued || j.Status == JobStatus.Running)
+            .Select(j => new { j.Id, j.Status, j.AdapterType }).ToList();
+        foreach (var job in unfinished)
+        {
+            if (job.Status == JobStatus.Running)
+                Transition(job.Id, [JobStatus.Running], JobStatus.Queued, "Job re-queued: the process that ran it stopped; it continues from its last saved state");
+            queue.Enqueue(JobKinds.Of(job.AdapterType), job.Id);
+        }
+    }
+
+    /// <summary>
+    /// Takes the job for <paramref name="owner"/> if it is queued, or running under a lease that ran out (its worker
+    /// died): null when it is not free (another worker holds it, or it is paused or finished).
+    /// </summary>
+    public JobLease? Claim(string jobId, string owner, int leaseSeconds)
+    {
+        long now = Now(), until = now + leaseSeconds;
+        bool claimed = db.Jobs.Where(j => j.Id == jobId && (j.Status == JobStatus.Queued || j.Status == JobStatus.Running && (j.LeaseUntil == null || j.LeaseUntil < now)))
+            .ExecuteUpdate(s => s.SetProperty(j => j.Status, JobStatus.Running).SetProperty(j => j.LeaseOwner, owner).SetProperty(j => j.LeaseUntil, until)) > 0;
+        return claimed ? new JobLease(this, jobId, owner, leaseSeconds, now) : null;
+    }
+
+    internal bool ExtendLease(string jobId, string owner, long until) =>
+        db.Jobs.Where(j => j.Id == jobId && j.LeaseOwner == owner).ExecuteUpdate(s => s.SetProperty(j => j.LeaseUntil, until)) > 0;
+
+    internal void ReleaseLease(string jobId, string owner) =>
+        db.Jobs.Where(j => j.Id == jobId && j.LeaseOwner == owner).ExecuteUpdate(s => s.SetProperty(j => j.LeaseOwner, (string?)null).SetProperty(j => j.LeaseUntil, (long?)null));
+
+    /// <summary>Adds an event that changes no status (a note, a warning) and saves it at once: the relay reads the table.</summary>
+    public void AddEvent(string jobId, string message, string type = "message", string? data = null, string level = "info", int? step = null)
+    {
+        db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = Now(), Message = message, Type = type, Data = data, Level = level, Step = step });
+        db.SaveChanges();
+        db.ChangeTracker.Clear();
+    }
+
+    /// <summary>A step's progress: its metrics event (the relay pushes it as <c>progress</c>) and the job's estimated finish.</summary>
+    public void Progress(ProgressMessage progress, string message)
+    {
+        using var transaction = db.Database.BeginTransaction();
+        AddEvent(progress.JobId, message, "metrics", JobEventData.ForMetrics(progress), step: progress.Step);
+        long finish = Now() + (long)Math.Ceiling(progress.EtaSeconds);
+        db.Jobs.Where(j => j.Id == progress.JobId).ExecuteUpdate(s => s.SetProperty(j => j.EstimatedFinish, finish));
+        transaction.Commit();
+    }
+
+    /// <summary>The last step a metrics event reports: steps redone after a crash were reported already.</summary>
+    public int LastReportedStep(string jobId) =>
+        db.JobEvents.Where(e => e.JobId == jobId && e.Type == "metrics").Select(e => (int?)e.Step).Max() ?? 0;
+
+    public bool HasCheckpoint(string jobId, int step) => db.Checkpoints.Any(c => c.JobId == jobId && c.StepNumber == step);
+
+    /// <summary>The metrics JSON of the job's checkpoints up to <paramref name="step"/>, oldest first.</summary>
+    public List<string> CheckpointMetrics(string jobId, int step) =>
+        db.Checkpoints.Where(c => c.JobId == jobId && c.StepNumber <= step).OrderBy(c => c.StepNumber).Select(c => c.Metrics).ToList();
+
+    /// <summary>Registers a checkpoint (its folder is in the blob store already) and announces it.</summary>
+    public void AddCheckpoint(Checkpoint checkpoint)
+    {
+        db.Checkpoints.Add(checkpoint);
+        db.SaveChanges();
+        db.ChangeTracker.Clear();
+        AddEvent(checkpoint.JobId, $"Checkpoint created at step {checkpoint.StepNumber}: {checkpoint.Name}");
+    }
+
+    /// <summary>
+    /// Marks the job succeeded and registers what it made (a fine-tuning job's adapter, a pre-training job's base model
+    /// unless it exists) in one transaction, only if it is still running under <paramref name="lease"/>: whoever sees the
+    /// job succeeded also sees its model and its last events. False (and nothing written) when it was cancelled, paused or
+    /// taken over meanwhile.
+    /// </summary>
+    public bool Succeed(JobLease lease, string fineTunedModel, long trainedTokens, Adapter? adapter = null, BaseModel? baseModel = null)
+    {
+        using var transaction = db.Database.BeginTransaction();
+        long now = Now();
+        int updated = db.Jobs.Where(j => j.Id == lease.JobId && j.Status == JobStatus.Running && j.LeaseOwner == lease.Owner).ExecuteUpdate(s => s
+            .SetProperty(j => j.Status, JobStatus.Succeeded)
+            .SetProperty(j => j.FineTunedModel, fineTunedModel)
+            .SetProperty(j => j.TrainedTokens, trainedTokens)
+            .SetProperty(j => j.FinishedAt, now));
+        if (updated == 0) return false;
+        if (adapter is not null)
+        {
+            db.Adapters.Add(adapter);
+            db.JobEvents.Add(new JobEvent { JobId = lease.JobId, CreatedAt = now, Message = $"New fine-tuned model created: {adapter.Name}" });
+        }
+        if (baseModel is not null && !db.BaseModels.Any(m => m.Id == baseModel.Id))
+        {
+            db.BaseModels.Add(baseModel);
+            db.JobEvents.Add(new JobEvent { JobId = lease.JobId, CreatedAt = now, Message = $"Base model registered: {baseModel.Id}" });
+        }
+        db.SaveChanges();
+        db.JobEvents.Add(new JobEvent { JobId = lease.JobId, CreatedAt = now, Message = "The job has successfully completed", Data = JobEventData.ForStatus(JobStatus.Succeeded, fineTunedModel) });
+        db.SaveChanges();
+        transaction.Commit();
+        db.ChangeTracker.Clear();
+        return true;
+    }
+
+    /// <summary>
+    /// Marks the job failed with <paramref name="message"/> and writes the error event, in one transaction, if its status
+    /// is one of <paramref name="from"/>; a job that reached a final status meanwhile (cancelled, succeeded) keeps it.
+    /// </summary>
+    public void Fail(string jobId, string message, params string[] from)
+    {
+        using var transaction = db.Database.BeginTransaction();
+        int updated = db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status)).ExecuteUpdate(s => s
+            .SetProperty(j => j.Status, JobStatus.Failed)
+            .SetProperty(j => j.ErrorCode, "training_failed")
+            .SetProperty(j => j.ErrorMessage, message)
+            .SetProperty(j => j.FinishedAt, Now()));
+        if (updated == 0) return;
+        AddEvent(jobId, message, level: "error", data: JobEventData.ForStatus(JobStatus.Failed, error: message));
+        transaction.Commit();
+    }
+}
+
+/// <summary>
+/// A worker's hold on a job it trains: renewed as it trains, so a worker that died loses the job to the next one that
+/// fetches it, and two workers never train the same job.
+/// </summary>
+public sealed class JobLease
+{
+    readonly JobLifecycle lifecycle;
+    readonly int seconds;
+    long renewedAt;
+
+    internal JobLease(JobLifecycle lifecycle, string jobId, string owner, int seconds, long now) =>
+        (this.lifecycle, JobId, Owner, this.seconds, renewedAt) = (lifecycle, jobId, owner, seconds, now);
+
+    public string JobId { get; }
+    public string Owner { get; }
+    /// <summary>Another worker claimed the job (this one was too slow to renew).</summary>
+    public bool Lost { get; private set; }
+
+    /// <summary>Extends the lease (at most every third of its length); false once another worker holds the job.</summary>
+    public bool Renew()
+    {
+        long now = JobLifecycle.Now();
+        if (Lost || now - renewedAt < seconds / 3) return !Lost;
+        renewedAt = now;
+        Lost = !lifecycle.ExtendLease(JobId, Owner, now + seconds);
+        return !Lost;
+    }
+
+    /// <summary>Lets another worker claim the job at once (its run here ended, whatever its status).</summary>
+    public void Release()
+    {
+        if (!Lost) lifecycle.ReleaseLease(JobId, Owner);
+    }
+}

@@ -1,0 +1,187 @@
+using System.Text.Json;
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Jobs;
+using AdapterService.Core.Models;
+using AdapterService.Core.Storage;
+using AdapterService.Core.Training;
+using static TorchSharp.torch;
+
+namespace AdapterService.Workers;
+
+/// <summary>
+/// One fine-tuning job's run in this worker: it owns the job's adapter and trainer, its early stopping, checkpoints and
+/// state saves, and the lease under which it trains. A fused group drives it through <see cref="IFusedSession"/>; an
+/// unfused run steps its trainer with <see cref="AfterStep(TrainingProgress)"/>. Its writes to the job's record go
+/// through <see cref="JobLifecycle"/>; it stops the run (through <c>stop</c>) within a step of a cancel or pause, which
+/// are status changes in the database, so they reach a worker in any process.
+/// </summary>
+sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease lease, JobFiles files, TrainerStates states, IBlobStore blobs,
+    TrainingOptions options, CancellationTokenSource stop) : IFusedSession, IDisposable
+{
+    readonly AdapterConfig config = AdapterConfig.Parse(job.AdapterConfig);
+    readonly Hyperparameters hp = new(job.Epochs, job.BatchSize, FineTuningJobRunner.BaseLearningRate * job.LearningRateMultiplier);
+    readonly EarlyStopping stopping = new(job.EarlyStoppingPatience);
+    TrainableAdapter? adapter;
+    ObjectiveTrainer? run;
+    int reported, fusedWith;
+
+    public AdapterTrainer? Trainer => run?.Trainer;
+    public JobFiles Files => files;
+
+    /// <summary>Makes the job's adapter and trainer over <paramref name="model"/> and starts or resumes its run.</summary>
+    public AdapterTrainer Start(nn.Module model)
+    {
+        adapter = TrainableAdapter.Create(model, config, job.Seed);
+        run = TrainingObjectives.Create(job, model, adapter, config, files, hp, options.Speed);
+        Begin(run.Trainer);
+        return run.Trainer;
+    }
+
+    /// <summary>On the group's thread, between its steps: the job's adapter and trainer over the group's copy of the base.</summary>
+    public LanguageModelTrainer Join(CausalLanguageModel model) =>
+        Start(model) as LanguageModelTrainer ?? throw new InvalidOperationException("a fused job trains a language model");
+
+    public void AfterStep(TrainingProgress progress, int fusedWith)
+    {
+        if (fusedWith != this.fusedWith && progress.Step > 0)
+            jobs.AddEvent(job.Id, fusedWith > 0
+                ? $"Training fused with {fusedWith} other job(s) on {job.Model} from step {progress.Step}: one copy of the base, this job's own adapter, optimizer and data"
+                : $"Training alone from step {progress.Step}: the jobs it was fused with have left");
+        this.fusedWith = fusedWith;
+        AfterStep(progress);
+    }
+
+    /// <summary>After each step: its progress (once per step), the checkpoint at an epoch's end or the state now and then, early stopping.</summary>
+    public void AfterStep(TrainingProgress p)
+    {
+        var trainer = run!.Trainer;
+        bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
+        var valid = epochEnd && run.Evaluate is not null ? run.Evaluate() : ((double Loss, double Accuracy)?)null;
+        if (p.Step > reported) Report(p, valid);
+        if (epochEnd) SaveCheckpoint(trainer, p, valid);
+        else if (p.Step % options.StateEverySteps == 0) states.Save(job.Id, trainer);
+        if (valid is { } v && stopping.ShouldStop(v.Loss))
+        {
+            jobs.AddEvent(job.Id, $"Early stopping at step {p.Step}: the validation loss has not improved for {job.EarlyStoppingPatience} epoch(s)");
+            trainer.StopAfterThisStep();
+        }
+        StopUnlessRunning();
+    }
+
+    /// <summary>While the job waits for a slot or a group: its lease renewed, its status watched.</summary>
+    public bool ShouldContinue()
+    {
+        StopUnlessRunning();
+        return !stop.IsCancellationRequested;
+    }
+
+    /// <summary>Runs <paramref name="train"/>; when it stops early (pause, shutdown) the trainer's state is saved, unless the job was cancelled.</summary>
+    public TrainingResult KeepingState(Func<TrainingResult> train)
+    {
+        try
+        {
+            return train();
+        }
+        catch (OperationCanceledException) when (!lease.Lost && Trainer is { } trainer)
+        {
+            // Keep the progress while the adapter is still alive: a resume, a re-queue after shutdown or a restart continues from it.
+            if (jobs.StatusOf(job.Id) != JobStatus.Cancelled) states.Save(job.Id, trainer);
+            throw;
+        }
+    }
+
+    /// <summary>Saves the trained adapter as a blob and returns its row (registered when the job succeeds).</summary>
+    public Adapter SaveAdapter()
+    {
+        var adapterId = "adapter-" + Ids.New();
+        var temp = blobs.NewTempFolder();
+        adapter!.Save(temp);
+        var blobPath = BlobPaths.AdapterPath(adapterId);
+        blobs.CommitFolder(temp, blobPath);
+        return new Adapter
+        {
+            Id = adapterId, Name = FineTuningJobRunner.FineTunedModelName(job), BaseModel = job.Model, Method = job.AdapterType,
+            Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
+            BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = JobLifecycle.Now(),
+        };
+    }
+
+    /// <summary>Starts or resumes the run on <paramref name="trainer"/>: its event, its saved state, the early-stopping history.</summary>
+    void Begin(AdapterTrainer trainer)
+    {
+        if (states.Latest(job.Id) is { } state)
+        {
+            trainer.LoadState(state);
+            jobs.AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}", data: JobEventData.ForStatus(JobStatus.Running));
+        }
+        else jobs.AddEvent(job.Id, $"Fine-tuning job started: {adapter!.ParameterCount:N0} {config.Method} parameters, {run!.ExampleCount} examples, {trainer.TotalSteps} steps",
+            data: JobEventData.ForStatus(JobStatus.Running));
+
+        reported = jobs.LastReportedStep(job.Id);   // steps redone after a crash were reported the first time already
+        // A resumed run remembers the validation losses of the epochs before it, so it stops where an uninterrupted one would.
+        foreach (var metrics in jobs.CheckpointMetrics(job.Id, trainer.Step))
+            if (JsonDocument.Parse(metrics).RootElement.TryGetProperty("valid_loss", out var loss) && loss.ValueKind == JsonValueKind.Number
+                && stopping.ShouldStop(loss.GetDouble()))
+                trainer.StopAfterThisStep();
+        if (!lease.Renew()) throw new OperationCanceledException("another worker holds the job");   // loading may have taken a while
+    }
+
+    void Report(TrainingProgress p, (double Loss, double Accuracy)? valid)
+    {
+        var progress = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.TrainAccuracy, valid?.Loss, valid?.Accuracy,
+            p.LearningRate, p.TokensPerSecond, p.EtaSeconds, adapter!.Statistics());
+        jobs.Progress(progress, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}"
+                                + (valid is { } v ? $", validation loss={v.Loss:0.0000}, validation accuracy={v.Accuracy:0.0000}" : ""));
+    }
+
+    /// <summary>At each epoch's end: the trainer state to resume from, and the adapter as a checkpoint model.</summary>
+    void SaveCheckpoint(AdapterTrainer trainer, TrainingProgress p, (double Loss, double Accuracy)? valid)
+    {
+        var state = states.Save(job.Id, trainer);
+        if (jobs.HasCheckpoint(job.Id, p.Step)) return;   // saved before a crash already
+        var blobPath = BlobPaths.CheckpointPath(job.Id, p.Step);
+        if (!blobs.Exists(blobPath))   // a crash may have come between the folder and its row
+        {
+            var temp = blobs.NewTempFolder();
+            foreach (var name in new[] { AdapterConfig.FileName, TrainableAdapter.WeightsFileName })
+                File.Copy(Path.Combine(state, name), Path.Combine(temp, name));
+            blobs.CommitFolder(temp, blobPath);
+        }
+        jobs.AddCheckpoint(new Checkpoint
+        {
+            Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = $"{FineTuningJobRunner.FineTunedModelName(job)}:ckpt-step-{p.Step}", BaseModel = job.Model,
+            StepNumber = p.Step, CreatedAt = JobLifecycle.Now(), BlobPath = blobPath,
+            Metrics = JsonSerializer.Serialize(new
+            {
+                step = p.Step, train_loss = p.TrainLoss, train_mean_token_accuracy = p.TrainAccuracy,
+                valid_loss = valid?.Loss, valid_mean_token_accuracy = valid?.Accuracy,
+            }),
+        });
+    }
+
+    /// <summary>Stops the run once the job is no longer running here: cancelled, paused, or its lease lost.</summary>
+    void StopUnlessRunning()
+    {
+        if (jobs.StatusOf(job.Id) != JobStatus.Running || !lease.Renew()) stop.Cancel();
+    }
+
+    public void Dispose()
+    {
+        adapter?.Dispose();
+        run?.Trainer.Dispose();
+    }
+}
+
+/// <summary>Counts epochs without a new lowest validation loss; says stop after <c>patience</c> of them (never without one).</summary>
+sealed class EarlyStopping(int? patience)
+{
+    double best = double.PositiveInfinity;
+    int worse;
+
+    public bool ShouldStop(double validLoss)
+    {
+        if (validLoss < best) (best, worse) = (validLoss, 0);
+        else worse++;
+        return patience is { } p && worse >= p;
+    }
+}

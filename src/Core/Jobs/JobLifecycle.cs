@@ -93,8 +93,9 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
     internal bool ExtendLease(string jobId, string owner, long until) =>
         db.Jobs.Where(j => j.Id == jobId && j.LeaseOwner == owner).ExecuteUpdate(s => s.SetProperty(j => j.LeaseUntil, until)) > 0;
 
+    /// <summary>Ends the lease now; the owner stays as the record of the worker that last ran the job.</summary>
     internal void ReleaseLease(string jobId, string owner) =>
-        db.Jobs.Where(j => j.Id == jobId && j.LeaseOwner == owner).ExecuteUpdate(s => s.SetProperty(j => j.LeaseOwner, (string?)null).SetProperty(j => j.LeaseUntil, (long?)null));
+        db.Jobs.Where(j => j.Id == jobId && j.LeaseOwner == owner).ExecuteUpdate(s => s.SetProperty(j => j.LeaseUntil, (long?)null));
 
     /// <summary>Adds an event that changes no status (a note, a warning) and saves it at once: the relay reads the table.</summary>
     public void AddEvent(string jobId, string message, string type = "message", string? data = null, string level = "info", int? step = null)

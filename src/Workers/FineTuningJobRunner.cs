@@ -1,8 +1,8 @@
 using AdapterService.Core.Data;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Text;
 using AdapterService.Core.Training;
 using Hangfire;
 using Microsoft.EntityFrameworkCore;

@@ -1,11 +1,10 @@
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Text;
 using AdapterService.Core.Training;
-using AdapterService.Core.Vision;
 using Microsoft.EntityFrameworkCore;
 using static TorchSharp.torch;
 

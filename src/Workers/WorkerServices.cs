@@ -1,9 +1,7 @@
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;
-using AdapterService.Core.Text;
 using AdapterService.Core.Training;
-using AdapterService.Core.Vision;
 using Hangfire;
 using Hangfire.PostgreSql;
 using Microsoft.Extensions.Configuration;

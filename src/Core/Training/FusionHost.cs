@@ -26,8 +26,8 @@ public interface IFusedSession
 /// <c>concurrency</c> groups and unfused trainings run at once, each using every core.
 /// </summary>
 /// <remarks>
-/// Each group has a thread of its own that loads the base, steps its members and runs their sessions' <see cref="IFusedSession.AfterStep"/>; every
-/// TorchSharp call on the group's model happens there. A job's own thread (a Hangfire worker) waits in
+/// Each group has a thread of its own that loads the base, steps its members and calls their sessions
+/// (<see cref="IFusedSession"/>); every TorchSharp call on the group's model happens there. A job's own thread (a Hangfire worker) waits in
 /// <see cref="Train"/> for its member to finish, fail or be cancelled, then records the outcome itself. Jobs join and
 /// leave between steps; one leaving, failing or being cancelled never stops the others. A group ends, and frees its model,
 /// when its last member leaves.

@@ -366,62 +366,8 @@ public sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>Each row's own adapter (in cache slot <paramref name="slots"/>[i]) in every adapted layer, block and norm of the model.</summary>
-    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots, Tensor? valid = null)
-    {
-        var set = new RowAdapters();
-        if (rows.All(r => r.Adapter is null)) return set;
-        var adapters = rows.Select(r => r.Adapter?.Entry.Adapter).ToList();
-        foreach (var (path, layer) in batch.Model.LinearLayers())
-        {
-            var rowAdapter = new RowAdapter(path, layer, adapters, slots, batch.State, valid);
-            if (rowAdapter.IsEmpty)
-            {
-                rowAdapter.Dispose();
-                continue;
-            }
-            layer.Adapter = rowAdapter;
-            set.Layers.Add(rowAdapter);
-        }
-        foreach (var (path, feedForward) in batch.Model.FeedForwardBlocks())
-            if (RowFeedForward.For(path, adapters) is { } block)
-            {
-                feedForward.Adapter = block;
-                set.Blocks.Add(block);
-            }
-        foreach (var (path, norm) in batch.Model.NormLayers())
-            if (RowNorm.For(path, norm.Size, adapters) is { } rowNorm)
-            {
-                norm.Adapter = rowNorm;
-                set.Norms.Add(rowNorm);
-            }
-        return set;
-    }
-
-    /// <summary>The row adapters made for one forward call; disposed with it unless kept for the next steps.</summary>
-    sealed class RowAdapters : IDisposable
-    {
-        public List<RowAdapter> Layers { get; } = [];
-        public List<RowFeedForward> Blocks { get; } = [];
-        public List<RowNorm> Norms { get; } = [];
-        bool kept;
-
-        public void Keep()
-        {
-            kept = true;
-            foreach (var l in Layers) l.DetachFromScope();
-        }
-
-        public void Dispose() => Dispose(false);
-
-        /// <summary>Frees the adapters unless kept, or always when <paramref name="evenIfKept"/>.</summary>
-        public void Dispose(bool evenIfKept)
-        {
-            if (kept && !evenIfKept) return;
-            foreach (var l in Layers) l.Dispose();
-            foreach (var b in Blocks) b.Dispose();
-            foreach (var n in Norms) n.Dispose();
-        }
-    }
+    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots, Tensor? valid = null) =>
+        RowAdapters.Attach(batch.Model, rows.Select(r => r.Adapter?.Entry.Adapter).ToList(), slots, batch.State, valid);
 
     static string Chars(Decoder decoder, byte[] bytes, bool flush)
     {

@@ -68,8 +68,8 @@ public sealed class LoraAdapter : TrainableAdapter
         foreach (var (path, w) in Weights())
         {
             var layer = slots[path];
-            var adapted = layer.weight + w.B.matmul(w.A) * w.Scaling;                             // [out, in]
-            layer.weight.copy_(w.Magnitude is { } m ? adapted * (m / adapted.norm(1)).unsqueeze(1) : adapted);
+            var adapted = layer.weight + Lora.DeltaWeight(w.A, w.B, w.Scaling);                     // [out, in]
+            layer.weight.copy_(w.Magnitude is { } m ? adapted * Dora.OutputScale(layer.weight, w.A, w.B, w.Scaling, m).unsqueeze(1) : adapted);
             layer.Adapter = null;
         }
     }

@@ -12,7 +12,7 @@ namespace AdapterService.Core.Adapters;
 /// the backward pass (the paper's §4.3), m initialised to ‖W‖ so the adapted model starts equal to the base.
 /// Written as PEFT computes it: y' = y + (g − 1) ⊙ W dx + g ⊙ s·B A dx with g = m / ‖W + s·B A‖ and dx = dropout(x).
 /// </summary>
-public sealed class DoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDropoutLayer
+public sealed class DoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDropoutLayer, ILoraLayer
 {
     public readonly Linear lora_A, lora_B;
     public readonly Parameter lora_magnitude_vector;
@@ -50,6 +50,9 @@ public sealed class DoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDrop
     }
 
     public LoraWeights Weights() => new(lora_A.weight!, lora_B.weight!, scaling, lora_magnitude_vector);
+
+    public IEnumerable<(string Name, Parameter Value)> SavedParameters() =>
+        [("lora_A.weight", lora_A.weight!), ("lora_B.weight", lora_B.weight!), ("lora_magnitude_vector", lora_magnitude_vector)];
 }
 
 public static class Dora

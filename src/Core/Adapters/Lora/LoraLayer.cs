@@ -10,7 +10,7 @@ namespace AdapterService.Core.Adapters;
 /// PEFT semantics): h = W x + (alpha / r) · B A dropout(x),
 /// A [r, in] Kaiming-uniform, B [out, r] zeros, so the adapted model starts equal to the base.
 /// </summary>
-public sealed class LoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDropoutLayer
+public sealed class LoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDropoutLayer, ILoraLayer
 {
     public readonly Linear lora_A, lora_B;
     readonly double dropout, scaling;
@@ -45,6 +45,18 @@ public sealed class LoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDrop
     }
 
     public LoraWeights Weights() => new(lora_A.weight!, lora_B.weight!, scaling);
+
+    public IEnumerable<(string Name, Parameter Value)> SavedParameters() => [("lora_A.weight", lora_A.weight!), ("lora_B.weight", lora_B.weight!)];
+}
+
+/// <summary>A LoRA layer or its DoRA variant, as saving, merging and serving read it.</summary>
+public interface ILoraLayer
+{
+    /// <summary>Its weights as served (live views of the parameters).</summary>
+    LoraWeights Weights();
+
+    /// <summary>Its parameters under PEFT's names within the layer (<c>lora_A.weight</c> …).</summary>
+    IEnumerable<(string Name, Parameter Value)> SavedParameters();
 }
 
 /// <summary>LoRA's math shared by training, merging, DoRA and serving.</summary>

@@ -118,8 +118,7 @@ public sealed class MixLoraBlock : nn.Module<Tensor, Tensor>, IFeedForwardAdapte
         for (int e = 0; e < experts.Count; e++)
             foreach (var (name, lora) in Projections.Zip(experts[e]))
             {
-                yield return ($"{path}.experts.{e}.{name}.lora_A.weight", lora.lora_A.weight!);
-                yield return ($"{path}.experts.{e}.{name}.lora_B.weight", lora.lora_B.weight!);
+                foreach (var (key, value) in lora.SavedParameters()) yield return ($"{path}.experts.{e}.{name}.{key}", value);
             }
     }
 

@@ -45,11 +45,7 @@ public sealed class MixLoraAdapter : TrainableAdapter
             if (layer is MixLoraBlock block)
                 foreach (var p in block.NamedParameters(path)) yield return p;
             else
-            {
-                var lora = (LoraLayer)layer;
-                yield return ($"{path}.lora_A.weight", lora.lora_A.weight!);
-                yield return ($"{path}.lora_B.weight", lora.lora_B.weight!);
-            }
+                foreach (var (key, value) in ((LoraLayer)layer).SavedParameters()) yield return ($"{path}.{key}", value);
     }
 
     public override Tensor? AuxiliaryLoss()

@@ -5,8 +5,9 @@ using static TorchSharp.torch;
 namespace AdapterService.Core.Inference;
 
 /// <summary>
-/// A norm layer's output rescaling (RLRR's, the one method that adapts norms) for a batch whose rows use their own adapters: each row's s and f gathered once
-/// into [rows, 1, size] (zeros for rows whose adapter leaves the norm alone), y' = y + s ⊙ y + f in one pass.
+/// A norm layer's output rescaling (RLRR's, the one method that adapts norms) for a batch whose rows use their own
+/// adapters: each row's s and f gathered once into [rows, 1, size] (zeros for rows whose adapter leaves the norm alone),
+/// y' = y + s ⊙ y + f in one pass.
 /// </summary>
 public sealed class RowNorm : ILinearAdapter, IDisposable
 {

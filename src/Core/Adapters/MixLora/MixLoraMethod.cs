@@ -1,4 +1,3 @@
-using AdapterService.Core.Inference;
 using TorchSharp;
 using static TorchSharp.torch;
 

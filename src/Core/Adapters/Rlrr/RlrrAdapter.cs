@@ -1,4 +1,3 @@
-using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using TorchSharp;
 using TorchSharp.Modules;

@@ -4,18 +4,6 @@ using static TorchSharp.torch;
 
 namespace AdapterService.Core.Inference;
 
-/// <summary>A feed-forward block as a method replaces it (MixLoRA), applied to the rows that use its adapter.</summary>
-public interface IRowBlock : IDisposable
-{
-    /// <summary>The block's output for rows x [n, seq, hidden], computed with the frozen <paramref name="block"/>.</summary>
-    Tensor Forward(Tensor x, IFeedForward block);
-
-    /// <summary>The tensors it holds (freed with it).</summary>
-    IEnumerable<Tensor> Tensors { get; }
-
-    long Bytes => Tensors.Sum(t => t.numel() * 4);
-}
-
 /// <summary>
 /// A feed-forward block for a batch whose rows use their own adapters: the block runs as usual (with the row adapters
 /// of its linear layers), then the rows of each adapter that replaces the block (MixLoRA) get that adapter's output.

@@ -1,8 +1,10 @@
-using AdapterService.Core.Adapters;
 using AdapterService.Core.Models;
 using static TorchSharp.torch;
 
-namespace AdapterService.Core.Inference;
+namespace AdapterService.Core.Adapters;
+
+// What a method's served form implements so that the per-row mechanics of serving (src/Core/Inference/Rows) can batch
+// it with other rows; here, below Inference in Core's layering, because each method's folder implements them.
 
 /// <summary>One layer of a non-LoRA method, applied to the rows of a batch that use its adapter.</summary>
 public interface IRowDelta : IDisposable
@@ -39,4 +41,16 @@ public sealed class RowState(Tensor store, Tensor slots, Tensor? valid = null) :
 
     /// <summary>Frees the row indices (the store belongs to the batch).</summary>
     public void Dispose() { Slots.Dispose(); Valid?.Dispose(); }
+}
+
+/// <summary>A feed-forward block as a method replaces it (MixLoRA), applied to the rows that use its adapter.</summary>
+public interface IRowBlock : IDisposable
+{
+    /// <summary>The block's output for rows x [n, seq, hidden], computed with the frozen <paramref name="block"/>.</summary>
+    Tensor Forward(Tensor x, IFeedForward block);
+
+    /// <summary>The tensors it holds (freed with it).</summary>
+    IEnumerable<Tensor> Tensors { get; }
+
+    long Bytes => Tensors.Sum(t => t.numel() * 4);
 }

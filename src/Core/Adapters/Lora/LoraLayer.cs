@@ -64,6 +64,12 @@ public static class Lora
 {
     /// <summary>ΔW = s · B A [out, in].</summary>
     public static Tensor DeltaWeight(Tensor a, Tensor b, double scaling) => b.matmul(a) * scaling;
+
+    /// <summary>
+    /// s · B A x for one pair's weights (MixLoRA's experts, in training and serving alike). <see cref="LoraLayer"/> scales
+    /// the rank-r intermediate instead, which rounds differently; each keeps its order so outputs stay bit for bit.
+    /// </summary>
+    public static Tensor Delta(Tensor x, LoraWeights w) => x.matmul(w.A.t()).matmul(w.B.t()) * w.Scaling;
 }
 
 /// <summary>

@@ -46,13 +46,11 @@ public static class MixLora
             var w = weights.view(-1).index_select(0, slot).unsqueeze(1);                     // [n_e, 1]
             var expert = experts[e];
             var outputs = block.Compute(h.index_select(0, tokens), (name, layer, input) =>   // (W + s Bₑ Aₑ) input
-                FeedForwards.Frozen(layer, input) + Delta(dropout(input), expert[name]));
+                FeedForwards.Frozen(layer, input) + Lora.Delta(dropout(input), expert[name]));
             output = output.index_add(0, tokens, outputs * w, 1);                            // [T, hidden]
         }
         return output.view(shape);
     }
-
-    static Tensor Delta(Tensor x, LoraWeights w) => x.matmul(w.A.t()).matmul(w.B.t()) * w.Scaling;
 
     /// <summary>coef · N · Σₑ fₑ Pₑ (Mixtral's load-balancing loss).</summary>
     public static Tensor LoadBalanceLoss(Tensor probabilities, Tensor chosen, int experts, double coefficient)

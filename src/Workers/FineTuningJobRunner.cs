@@ -46,7 +46,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
     FusionHost fusion, ILogger<FineTuningJobRunner> log)
 {
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
-    public const double BaseLearningRate = 4e-3;
+    public const double BaseLearningRate = JobSpecification.BaseLearningRate;
 
     [AutomaticRetry(Attempts = 0), Queue(WorkerServices.FineTuningQueue)]
     public void Run(string jobId, CancellationToken shutdown)
@@ -99,8 +99,8 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
     (Adapter Adapter, TrainingResult Result) Train(FineTuningJob job, CancellationTokenSource stop, Action<AdapterTrainer> started)
     {
         var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
-        var config = AdapterConfig.Parse(job.AdapterConfig);
-        var hp = new Hyperparameters(job.Epochs, job.BatchSize, BaseLearningRate * job.LearningRateMultiplier);
+        // As the job was specified at creation: its adapter, and its learning rate from the multiplier.
+        var (config, hp) = JobSpecification.Of(job);
         string folder = blobs.Resolve(baseModel.BlobPath);
         AdapterTrainer? trainer = null;
         TrainableAdapter? adapter = null;

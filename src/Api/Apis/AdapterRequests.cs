@@ -1,0 +1,117 @@
+using System.Text.Json;
+using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Models;
+using Microsoft.AspNetCore.Http.HttpResults;
+
+namespace AdapterService.Api.Apis;
+
+/// <summary>Our extension: which adapter to train and its options (see docs/METHODS.md).</summary>
+/// <param name="Type" example="lora">The adapter method: "lora", "dora", "lily", "rlrr" or "mixlora".</param>
+/// <param name="Rank" example="8">LoRA/DoRA rank r and Lily's LP dimension d, 1-256 (default 8); RLRR's rescaling rank, 1-64 (default 1).</param>
+/// <param name="Alpha" example="16">LoRA/DoRA alpha; the update is scaled by alpha / r (default 2·r).</param>
+/// <param name="Dropout" example="0.05">Dropout on the adapter path during training, in [0, 1) (default 0); LoRA, DoRA and Lily.</param>
+/// <param name="TargetModules">Layers to adapt: module names such as ["q_proj", "v_proj"], one regex over module paths, or "all-linear" (the default).</param>
+/// <param name="NumExperts" example="4">Lily: HP experts shared by the layers of a module type (default 4); MixLoRA: LoRA experts per feed-forward block (default 8); 1-64.</param>
+/// <param name="Scaling" example="1">Lily: the scale s of the update (default 1).</param>
+/// <param name="RouterMean" example="sequence">Lily: "sequence" (each sequence averages its own tokens' router weights, causally) or "batch" (the paper's mean over the batch, in training).</param>
+/// <param name="Monoscale">Lily: the paper's ablation without router (the experts summed).</param>
+/// <param name="TopK" example="2">MixLoRA: experts per token, 1 to num_experts (default 2).</param>
+/// <param name="RouterAuxLossCoef" example="0.01">MixLoRA: weight of the load-balance loss, 0-10 (default 0.01).</param>
+public sealed record AdapterRequest(string? Type, int? Rank, double? Alpha, double? Dropout, JsonElement? TargetModules,
+    int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null, int? TopK = null, double? RouterAuxLossCoef = null);
+
+
+/// <summary>The adapter a job trains; options that do not apply to its method are null.</summary>
+public sealed record AdapterDto(string Type, int Rank, double? Alpha, double? Dropout, IReadOnlyList<string> TargetModules,
+    int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null, int? TopK = null, double? RouterAuxLossCoef = null)
+{
+    public static AdapterDto From(AdapterConfig config) => config switch
+    {
+        LoraConfig l => new(l.Method, l.Rank, l.Alpha, l.Dropout, l.TargetModules),
+        LilyConfig l => new(l.Method, l.Rank, null, l.Dropout, l.TargetModules, l.NumExperts, l.Scaling, l.RouterMean, l.Monoscale),
+        RlrrConfig r => new(r.Method, r.Rank, null, null, r.TargetModules),
+        MixLoraConfig m => new(m.Method, m.Rank, m.Alpha, m.Dropout, m.TargetModules, m.NumExperts, TopK: m.TopK, RouterAuxLossCoef: m.AuxLossCoefficient),
+        _ => new(config.Method, 0, null, null, config.TargetModules),
+    };
+}
+
+public static partial class FineTuningJobsApi
+{
+    static readonly string[] AdapterTypes = ["lora", "dora", "lily", "rlrr", "mixlora"];
+
+    static AdapterConfig? ParseAdapter(AdapterRequest? request, ModelConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
+    {
+        error = null;
+        var type = request?.Type ?? "lora";
+        if (!AdapterTypes.Contains(type))
+        {
+            error = OpenAiErrors.BadRequest($"Adapter type '{type}' is not supported; supported: {string.Join(", ", AdapterTypes.Select(t => $"'{t}'"))}.",
+                "adapter.type", "unsupported_adapter_type");
+            return null;
+        }
+        // Every linear layer but the output head unless the request says otherwise: on small bases this learns far
+        // better than PEFT's q_proj/v_proj default. Stored as the module names, as PEFT writes it.
+        string[] allLinear = TargetModules.Match(baseConfig.LinearPaths(), ["all-linear"])
+            .Select(p => p.Split('.')[^1]).Distinct().Order().ToArray();
+        // MixLoRA's experts adapt the feed-forward networks; its target_modules are the attention layers that get plain LoRA.
+        string[]? targets = type == "mixlora" ? allLinear.Intersect(["q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "query", "key", "value"]).ToArray() : allLinear;
+        if (request?.TargetModules is { } requested)
+        {
+            targets = requested.ValueKind switch
+            {
+                JsonValueKind.String => [requested.GetString()!],
+                JsonValueKind.Array when requested.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String) =>
+                    requested.EnumerateArray().Select(t => t.GetString()!).ToArray(),
+                _ => null,
+            };
+            if (targets is null || targets.Length == 0)
+            {
+                error = OpenAiErrors.BadRequest("adapter.target_modules must be a non-empty list of module names or a regex string.", "adapter.target_modules");
+                return null;
+            }
+            if (targets is ["all-linear"]) targets = allLinear;
+        }
+        string? problem = request switch
+        {
+            { Rank: < 1 or > 256 } => "adapter.rank must be between 1 and 256.",
+            { Alpha: <= 0 } => "adapter.alpha must be positive.",
+            { Dropout: < 0 or >= 1 } => "adapter.dropout must be in [0, 1).",
+            { NumExperts: < 1 or > 64 } => "adapter.num_experts must be between 1 and 64.",
+            { Scaling: { } s } when !double.IsFinite(s) || s <= 0 => "adapter.scaling must be a positive number.",
+            { RouterMean: { } m } when m is not ("sequence" or "batch") => "adapter.router_mean must be \"sequence\" or \"batch\".",
+            { TopK: < 1 } or { TopK: > 64 } => "adapter.top_k must be between 1 and num_experts.",
+            { TopK: { } k, NumExperts: var n } when k > (n ?? 8) => "adapter.top_k must be between 1 and num_experts.",
+            { RouterAuxLossCoef: { } c } when !double.IsFinite(c) || c < 0 || c > 10 => "adapter.router_aux_loss_coef must be between 0 and 10.",
+            _ => null,
+        };
+        AdapterConfig config = type switch
+        {
+            "lily" => new LilyConfig
+            {
+                TargetModules = targets, Rank = request?.Rank ?? 8, NumExperts = request?.NumExperts ?? 4, Scaling = request?.Scaling ?? 1.0,
+                Dropout = request?.Dropout ?? 0, RouterMean = request?.RouterMean ?? "sequence", Monoscale = request?.Monoscale ?? false,
+            },
+            "rlrr" => new RlrrConfig { TargetModules = targets, Rank = request?.Rank ?? 1 },
+            "mixlora" => new MixLoraConfig
+            {
+                TargetModules = targets, Rank = request?.Rank ?? 8, Alpha = request?.Alpha ?? 2 * (request?.Rank ?? 8), Dropout = request?.Dropout ?? 0,
+                NumExperts = request?.NumExperts ?? 8, TopK = request?.TopK ?? 2, AuxLossCoefficient = request?.RouterAuxLossCoef ?? 0.01,
+            },
+            _ => new LoraConfig
+            {
+                TargetModules = targets, UseDora = type == "dora", Rank = request?.Rank ?? 8,
+                Alpha = request?.Alpha ?? 2 * (request?.Rank ?? 8), Dropout = request?.Dropout ?? 0,
+            },
+        };
+        if (problem is null && type == "rlrr" && request?.Rank > 64) problem = "adapter.rank must be between 1 and 64 for rlrr.";
+        if (problem is null && config.TargetModules.Count > 0)
+        {
+            try { TargetModules.Match(baseConfig.LinearPaths(), config.TargetModules); }
+            catch (ArgumentException e) { problem = "adapter." + e.Message; }
+        }
+        if (problem is null) return config;
+        error = OpenAiErrors.BadRequest(problem, "adapter." + problem.Split(' ')[0].Split('.')[^1]);
+        return null;
+    }
+}

@@ -1,7 +1,8 @@
 using AdapterService.Core.Adapters;
-using AdapterService.Core.Formats;
+using AdapterService.Core.Builtins;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
+using AdapterService.Core.Text;
 using static TorchSharp.torch;
 
 namespace AdapterService.Benchmarks;

@@ -1,5 +1,5 @@
 using System.Globalization;
-using AdapterService.Core.Formats;
+using AdapterService.Core.Data;
 using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Text;

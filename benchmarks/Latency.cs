@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using static TorchSharp.torch;

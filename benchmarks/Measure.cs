@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using AdapterService.Core.Adapters;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
+using AdapterService.Core.Text;
 using static TorchSharp.torch;
 
 namespace AdapterService.Benchmarks;
@@ -48,7 +48,7 @@ static class Measure
         ? new LlamaConfig { VocabSize = ByteTokenizer.VocabSize, HiddenSize = 256, IntermediateSize = 704, NumHiddenLayers = 4, NumAttentionHeads = 4, MaxPositionEmbeddings = 256, EosTokenId = ByteTokenizer.End }
         : new LlamaConfig { VocabSize = ByteTokenizer.VocabSize, HiddenSize = 768, IntermediateSize = 2048, NumHiddenLayers = 12, NumAttentionHeads = 12, MaxPositionEmbeddings = 256, EosTokenId = ByteTokenizer.End };
 
-    public static LlamaForCausalLM RandomModel(LlamaConfig config, long seed = 1) => BuiltinModels.RandomModel(config, seed);
+    public static LlamaForCausalLM RandomModel(LlamaConfig config, long seed = 1) => Core.Models.RandomModel.Create(config, seed);
 
     /// <summary>A LoRA adapter with random A and B on q_proj and v_proj.</summary>
     public static LoraAdapter RandomAdapter(LlamaForCausalLM model, int rank, long seed)

@@ -72,9 +72,9 @@ sealed class MethodServing : IDisposable
     /// </summary>
     void MergedVersusBase(Action<string> line, string name, ModelConfig config, string[] targets)
     {
-        using var first = (CausalLanguageModel)BuiltinModels.RandomModel(config, seed: 1);
-        using var copy = (CausalLanguageModel)BuiltinModels.RandomModel(config, seed: 1);
-        using var merged = (CausalLanguageModel)BuiltinModels.RandomModel(config, seed: 1);
+        using var first = (CausalLanguageModel)RandomModel.Create(config, seed: 1);
+        using var copy = (CausalLanguageModel)RandomModel.Create(config, seed: 1);
+        using var merged = (CausalLanguageModel)RandomModel.Create(config, seed: 1);
         using (var rlrr = (RlrrAdapter)TrainableAdapter.Create(merged, new RlrrConfig { TargetModules = targets }, seed: 1))
         {
             Randomize(rlrr, 2);

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Builtins;
 using AdapterService.Core.Models;
 using AdapterService.Core.Training;
 using static TorchSharp.torch;
@@ -38,7 +39,7 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
 
     void Model(string name, LlamaConfig config, int rows, int length, Action<string> line, bool options)
     {
-        using var model = BuiltinModels.RandomModel(config, 1);
+        using var model = RandomModel.Create(config, 1);
         long matmul = config.LinearShapes().Sum(s => s.In * s.Out), all = model.parameters().Sum(p => p.numel());
         line($"### {name}: {all / 1e6:F1}M parameters ({matmul / 1e6:F1}M in matmuls), hidden {config.HiddenSize}, {config.NumHiddenLayers} layers, vocab {config.VocabSize}");
         line($"LoRA r={Rank} on q,k,v,o,gate,up,down; {rows} rows × {length} tokens = {rows * length} tokens per step; fp32 unless said");

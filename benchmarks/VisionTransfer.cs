@@ -1,7 +1,8 @@
 using System.Diagnostics;
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Data;
+using AdapterService.Core.Pretraining;
 using AdapterService.Core.Training;
-using AdapterService.Core.Vision;
 
 namespace AdapterService.Benchmarks;
 

@@ -3,6 +3,7 @@ using System.Text.Json;
 using AdapterService.Api.Apis;
 using AdapterService.Api.Hubs;
 using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Builtins;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Storage;
@@ -50,7 +51,7 @@ public static class ApplicationServices
         services.AddHostedService<JobEventRelay>();
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
         services.AddSingleton(_ => new InferenceEngine(inference));
-        services.AddSingleton(_ => new AdapterService.Core.Vision.ImageClassifier());
+        services.AddSingleton(_ => new ImageClassifier());
         services.AddServiceStorage(builder.Configuration).AddJobQueue(builder.Configuration);
         // Service:Role "all" (default) trains in this process too; "api" leaves training to standalone workers.
         if (builder.Configuration["Service:Role"] is null or "all") services.AddFineTuningWorker(builder.Configuration);
@@ -63,7 +64,8 @@ public static class ApplicationServices
         using (var scope = app.Services.CreateScope())
         {
             var db = scope.ServiceProvider.GetRequiredService<ServiceDbContext>();
-            ServiceStorage.Initialize(db, scope.ServiceProvider.GetRequiredService<IBlobStore>());
+            ServiceStorage.Initialize(db);
+            BuiltinModels.Register(db, scope.ServiceProvider.GetRequiredService<IBlobStore>());
             // With in-memory Hangfire the queue died with the last process; a persistent queue still holds its jobs.
             if (ServiceStorage.Provider(app.Configuration) == "sqlite")
                 RequeueUnfinishedJobs(db, scope.ServiceProvider.GetRequiredService<IBackgroundJobClient>());

@@ -1,12 +1,11 @@
 using System.Text.Json;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Text;
 using AdapterService.Core.Training;
-using AdapterService.Core.Vision;
 using Hangfire;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging;

@@ -1,4 +1,3 @@
-using AdapterService.Core.Formats;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;

@@ -1,3 +1,4 @@
+using AdapterService.Core.Builtins;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Torch;
 using AdapterService.Workers;
@@ -22,7 +23,11 @@ builder.Services.AddServiceStorage(builder.Configuration).AddJobQueue(builder.Co
 builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
 var host = builder.Build();
 using (var scope = host.Services.CreateScope())
-    ServiceStorage.Initialize(scope.ServiceProvider.GetRequiredService<ServiceDbContext>(), scope.ServiceProvider.GetRequiredService<IBlobStore>());
+{
+    var db = scope.ServiceProvider.GetRequiredService<ServiceDbContext>();
+    ServiceStorage.Initialize(db);
+    BuiltinModels.Register(db, scope.ServiceProvider.GetRequiredService<IBlobStore>());
+}
 host.Services.GetRequiredService<ILogger<Program>>().LogInformation("Worker ready: {Name}", $"{Environment.MachineName}:{Environment.ProcessId}");
 host.Run();
 return 0;

@@ -1,8 +1,6 @@
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;
-using AdapterService.Core.Text;
 using AdapterService.Core.Training;
-using AdapterService.Core.Vision;
 using Hangfire;
 using Hangfire.PostgreSql;
 using Microsoft.Extensions.Configuration;

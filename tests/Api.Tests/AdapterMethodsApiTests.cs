@@ -1,6 +1,6 @@
 using System.IO.Compression;
 using System.Net.Http.Json;
-using AdapterService.Core.Formats;
+using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
 using TorchSharp;
 using static TorchSharp.torch;

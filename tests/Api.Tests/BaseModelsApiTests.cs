@@ -23,7 +23,7 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         TorchRuntime.EnsureReady();
         var path = Directory.CreateDirectory(Path.Combine(folder.FullName, name)).FullName;
         var config = new Gpt2Config { VocabSize = 257, NEmbd = 64, NHead = 4, NLayer = 2, NPositions = 128, BosTokenId = 256, EosTokenIds = [256] };
-        using (var model = BuiltinModels.RandomModel(config, seed: 3)) ModelFolder.Save(model, path);
+        using (var model = RandomModel.Create(config, seed: 3)) ModelFolder.Save(model, path);
         var printable = Enumerable.Range('!', '~' - '!' + 1).Concat(Enumerable.Range('¡', '¬' - '¡' + 1)).Concat(Enumerable.Range('®', 'ÿ' - '®' + 1)).ToHashSet();
         var vocab = new Dictionary<string, int>();
         int next = 0;
@@ -85,7 +85,7 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
             VocabSize = pieces.Count, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 1, NumAttentionHeads = 2,
             MaxPositionEmbeddings = 64, BosTokenId = 1, EosTokenId = 2,
         };
-        using (var model = BuiltinModels.RandomModel(config, seed: 5)) ModelFolder.Save(model, path);
+        using (var model = RandomModel.Create(config, seed: 5)) ModelFolder.Save(model, path);
         File.WriteAllBytes(Path.Combine(path, "tokenizer.model"), SentencePieceModelWriter.Write(pieces));
 
         var imported = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "tiny-llama-sp" }));

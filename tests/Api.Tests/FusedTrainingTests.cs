@@ -1,9 +1,9 @@
-using System.Text;
 using System.Text.Json.Nodes;
+using System.Text;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
+using AdapterService.Core.Text;
 using AdapterService.Core.Training;
 using AdapterService.Workers;
 using static TorchSharp.torch;

@@ -1,11 +1,11 @@
 using System.IO.Compression;
-using System.Text;
 using System.Text.Json;
+using System.Text;
 using AdapterService.Api.Apis;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Builtins;
 using AdapterService.Core.Data;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
 using TorchSharp;

@@ -1,8 +1,8 @@
-using System.Net;
 using System.Net.Http.Json;
-using System.Text.Json;
+using System.Net;
 using System.Text.Json.Nodes;
-using AdapterService.Core.Vision;
+using System.Text.Json;
+using AdapterService.Core.Data;
 
 namespace AdapterService.Api.Tests;
 

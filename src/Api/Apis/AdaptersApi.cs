@@ -2,7 +2,6 @@ using System.Security.Claims;
 using System.Text.Json;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;

@@ -1,8 +1,9 @@
 using System.Text.RegularExpressions;
 using AdapterService.Api.Infrastructure;
-using AdapterService.Core.Formats;
+using AdapterService.Core.Builtins;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Text;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;

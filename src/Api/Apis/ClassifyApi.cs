@@ -1,9 +1,9 @@
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Data;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
-using AdapterService.Core.Vision;
 using Microsoft.AspNetCore.Http.HttpResults;
 
 namespace AdapterService.Api.Apis;

@@ -1,7 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using AdapterService.Api.Infrastructure;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;

@@ -1,10 +1,10 @@
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using AdapterService.Api.Infrastructure;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Text;
 using Microsoft.AspNetCore.Http.HttpResults;
 
 namespace AdapterService.Api.Apis;

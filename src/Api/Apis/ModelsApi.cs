@@ -1,12 +1,12 @@
+using System.Security.Claims;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
-using AdapterService.Core.Models;
+using AdapterService.Core.Data;
 using AdapterService.Core.Inference;
-using AdapterService.Core.Storage;
 using AdapterService.Core.Jobs;
+using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;
-using AdapterService.Core.Vision;
-using System.Security.Claims;
+using AdapterService.Core.Storage;
 using AdapterService.Workers;
 using Hangfire;
 using Microsoft.AspNetCore.Http.HttpResults;

@@ -1,4 +1,5 @@
-using AdapterService.Core.Formats;
+using AdapterService.Core.Models;
+
 using static TorchSharp.torch;
 
 namespace AdapterService.Core.Adapters;

@@ -1,4 +1,3 @@
-using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
 using TorchSharp;
 using TorchSharp.Modules;

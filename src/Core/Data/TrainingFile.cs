@@ -15,7 +15,7 @@ public sealed record ChatExample(int Line, IReadOnlyList<ChatMessage> Messages) 
 public sealed record CompletionExample(int Line, string Prompt, string Completion) : TrainingExample(Line);
 
 /// <summary>A labelled image for image classification (ViT bases), decoded to 8-bit grayscale.</summary>
-public sealed record ImageExample(int Line, Vision.GrayImage Image, string Label) : TrainingExample(Line);
+public sealed record ImageExample(int Line, GrayImage Image, string Label) : TrainingExample(Line);
 
 public enum TrainingFileFormat { Chat, PromptCompletion, Image }
 
@@ -119,13 +119,13 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
             catch (FormatException) { throw Fail($"{field} is not valid base64"); }
             if (isPng)
             {
-                try { return new ImageExample(Line, Vision.Png.Decode(bytes), label); }
+                try { return new ImageExample(Line, Png.Decode(bytes), label); }
                 catch (InvalidDataException e) { throw Fail($"image is not a supported PNG: {e.Message}"); }
             }
             int side = (int)Math.Round(Math.Sqrt(bytes.Length));
             if (bytes.Length == 0 || side * side != bytes.Length)
                 throw Fail($"pixels holds {bytes.Length} bytes; it must be a square image of 8-bit grayscale bytes (e.g. 784 for 28×28)");
-            return new ImageExample(Line, new Vision.GrayImage(side, side, bytes), label);
+            return new ImageExample(Line, new GrayImage(side, side, bytes), label);
         }
 
         ChatExample ParseChat(JsonElement messages)

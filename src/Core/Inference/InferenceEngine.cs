@@ -2,8 +2,8 @@ using System.Runtime.CompilerServices;
 using System.Text;
 using System.Threading.Channels;
 using AdapterService.Core.Adapters;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
+using AdapterService.Core.Text;
 using static TorchSharp.torch;
 
 namespace AdapterService.Core.Inference;

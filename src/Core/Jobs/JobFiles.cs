@@ -1,5 +1,5 @@
 using AdapterService.Core.Data;
-using AdapterService.Core.Formats;
+using AdapterService.Core.Text;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Training;

@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.Json;
-using AdapterService.Core.Formats;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

@@ -1,6 +1,5 @@
 using System.Text.Json;
-using AdapterService.Core.Text;
-using AdapterService.Core.Vision;
+using AdapterService.Core.Data;
 
 namespace AdapterService.Core.Pretraining;
 

@@ -1,5 +1,3 @@
-using AdapterService.Core.Formats;
-using AdapterService.Core.Models;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -37,34 +35,11 @@ public static class ServiceStorage
     /// <summary><c>Database:Provider</c>: <c>sqlite</c> (the embedded default) or <c>postgres</c> (scale-out).</summary>
     public static string Provider(IConfiguration configuration) => configuration["Database:Provider"] ?? "sqlite";
 
-    /// <summary>Applies migrations and makes sure the built-in base models exist (created on first start).</summary>
-    public static void Initialize(ServiceDbContext db, IBlobStore blobs)
+    /// <summary>Applies migrations.</summary>
+    public static void Initialize(ServiceDbContext db)
     {
         db.Database.Migrate();
         // Write-ahead logging: readers never block the writer, and a crash never leaves a half-applied transaction.
         if (db.Database.IsSqlite()) db.Database.ExecuteSqlRaw("PRAGMA journal_mode=WAL;");
-        foreach (var builtin in BuiltinModels.All)
-        {
-            var blobPath = BlobPaths.ModelPath(builtin.Id);
-            BuiltinModels.EnsureCreated(builtin, blobs.Resolve(blobPath));
-            if (db.BaseModels.Any(m => m.Id == builtin.Id)) continue;
-            var c = builtin.Config;
-            var (tensors, _) = SafeTensors.ReadHeader(Path.Combine(blobs.Resolve(blobPath), ModelFolder.WeightsFile));
-            db.BaseModels.Add(new BaseModel
-            {
-                Id = builtin.Id, Family = "llama", Description = builtin.Description, BlobPath = blobPath,
-                ParameterCount = tensors.Sum(t => t.Shape.Aggregate(1L, (a, b) => a * b)), ContextLength = c.MaxPositionEmbeddings, Dtype = c.TorchDtype,
-                Tokenizer = "byte-level", CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
-            });
-        }
-        try
-        {
-            db.SaveChanges();
-        }
-        catch (DbUpdateException) when (db.BaseModels.AsNoTracking().Count() >= BuiltinModels.All.Count)
-        {
-            // Another process (API or worker) registered the built-in models at the same moment.
-        }
-        db.ChangeTracker.Clear();
     }
 }

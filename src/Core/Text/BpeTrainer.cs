@@ -1,7 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.RegularExpressions;
-using AdapterService.Core.Formats;
 
 namespace AdapterService.Core.Text;
 

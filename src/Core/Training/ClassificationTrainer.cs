@@ -1,6 +1,6 @@
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Data;
 using AdapterService.Core.Models;
-using AdapterService.Core.Vision;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 

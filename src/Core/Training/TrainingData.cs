@@ -1,5 +1,5 @@
 using AdapterService.Core.Data;
-using AdapterService.Core.Formats;
+using AdapterService.Core.Text;
 
 namespace AdapterService.Core.Training;
 

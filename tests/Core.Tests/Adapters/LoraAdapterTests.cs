@@ -1,6 +1,6 @@
 using System.Text.Json;
 using AdapterService.Core.Adapters;
-using AdapterService.Core.Formats;
+using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
 using static AdapterService.Core.Tests.TinyLlama;
 using static TorchSharp.torch;

@@ -212,7 +212,7 @@ public sealed class MethodMatrixTests : IDisposable
         ModelConfig config = family == "gpt2"
             ? new Gpt2Config { VocabSize = 264, NEmbd = 32, NHead = 4, NLayer = 2, NPositions = 16 }
             : new VitConfig { HiddenSize = 32, NumHiddenLayers = 2, NumAttentionHeads = 4, IntermediateSize = 64, ImageSize = 8, PatchSize = 4, NumChannels = 1 };
-        using var model = BuiltinModels.RandomModel(config, seed: 4);
+        using var model = RandomModel.Create(config, seed: 4);
         var input = family == "gpt2" ? Ids(2, 5, seed: 1) : randn(2, 1, 8, 8);
         var before = model.forward(input);
         using var adapter = TrainableAdapter.Create(model, new MixLoraConfig { Rank = 2, NumExperts = 3, TargetModules = [] }, seed: 1);
@@ -227,7 +227,7 @@ public sealed class MethodMatrixTests : IDisposable
     [Fact]
     public void ParameterCountsOnVitB16MatchThePapers()
     {
-        using var model = BuiltinModels.RandomModel(VitConfig.Base16(), seed: 1);
+        using var model = RandomModel.Create(VitConfig.Base16(), seed: 1);
         long Count(AdapterConfig config) { using var a = TrainableAdapter.Create(model, config); return a.ParameterCount; }
 
         Assert.Equal(294_912, Count(new LoraConfig { Rank = 8, TargetModules = ["query", "value"] }));            // LoRA r = 8 on q, v

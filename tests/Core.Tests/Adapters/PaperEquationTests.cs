@@ -171,7 +171,7 @@ public sealed class PaperEquationTests
     {
         using var scope = NewDisposeScope();
         using var model = family == "llama" ? Create()
-            : (nn.Module<Tensor, Tensor>)BuiltinModels.RandomModel(new Gpt2Config { VocabSize = 264, NEmbd = 32, NHead = 4, NLayer = 2, NPositions = 16 }, seed: 5);
+            : (nn.Module<Tensor, Tensor>)RandomModel.Create(new Gpt2Config { VocabSize = 264, NEmbd = 32, NHead = 4, NLayer = 2, NPositions = 16 }, seed: 5);
         var ids = Ids(2, 7, seed: 3);
         var baseLogits = model.forward(ids);
         using var adapter = (RlrrAdapter)TrainableAdapter.Create(model, new RlrrConfig { TargetModules = ["all-linear"] }, seed: 2);

@@ -1,7 +1,6 @@
 using AdapterService.Core.Data;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
-using AdapterService.Core.Vision;
 
 namespace AdapterService.Core.Tests.Data;
 

@@ -3,7 +3,6 @@ using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
-using AdapterService.Core.Vision;
 
 namespace AdapterService.Core.Tests.Jobs;
 

@@ -1,3 +1,4 @@
+using AdapterService.Core.Builtins;
 using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
 

@@ -1,5 +1,4 @@
 using System.Text.Json.Nodes;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
 using static AdapterService.Core.Tests.Models.HfReference;

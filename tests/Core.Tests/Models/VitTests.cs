@@ -164,7 +164,7 @@ public sealed class VitTests : IDisposable
     public void VitBase16HasItsKnownSizeAndLoraR8OnQueryValueCounts294912()
     {
         using var scope = NewDisposeScope();
-        using var model = BuiltinModels.RandomModel(VitConfig.Base16(), seed: 1);
+        using var model = RandomModel.Create(VitConfig.Base16(), seed: 1);
         // google/vit-base-patch16-224 (ViTForImageClassification, 1000 classes) has 86,567,656 parameters.
         Assert.Equal(86_567_656, model.parameters().Sum(p => p.numel()));
         using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 8, Alpha = 16, TargetModules = ["query", "value"] });
@@ -178,7 +178,7 @@ public sealed class VitTests : IDisposable
         using var scope = NewDisposeScope();
         string saved = Path.Combine(root.FullName, "saved");
         using (var model = ModelFolder.Load(folder)) ModelFolder.Save(model, saved);
-        var tensors = AdapterService.Core.Formats.SafeTensors.Load(Path.Combine(saved, ModelFolder.WeightsFile));
+        var tensors = SafeTensors.Load(Path.Combine(saved, ModelFolder.WeightsFile));
         Assert.Equal(hf.Keys.Order(), tensors.Keys.Order());
         foreach (var (key, t) in hf) Assert.Equal(Bytes(t), Bytes(tensors[key]));
         var config = (VitConfig)ModelConfig.Load(Path.Combine(saved, ModelFolder.ConfigFile));

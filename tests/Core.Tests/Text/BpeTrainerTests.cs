@@ -1,6 +1,6 @@
-using System.Text;
 using System.Text.RegularExpressions;
-using AdapterService.Core.Formats;
+using System.Text;
+using AdapterService.Core.Data;
 using AdapterService.Core.Text;
 
 namespace AdapterService.Core.Tests.Text;

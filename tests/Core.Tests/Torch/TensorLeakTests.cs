@@ -1,7 +1,7 @@
 using AdapterService.Core.Adapters;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
+using AdapterService.Core.Text;
 using AdapterService.Core.Torch;
 using AdapterService.Core.Training;
 using TorchSharp;

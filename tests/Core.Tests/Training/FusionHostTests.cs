@@ -1,8 +1,8 @@
 using System.Collections.Concurrent;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
-using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
+using AdapterService.Core.Text;
 using AdapterService.Core.Torch;
 using AdapterService.Core.Training;
 using static AdapterService.Core.Tests.TinyLlama;

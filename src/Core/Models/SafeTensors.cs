@@ -4,7 +4,7 @@ using System.Text.Json;
 using System.Text.Unicode;
 using TorchSharp;
 
-namespace AdapterService.Core.Formats;
+namespace AdapterService.Core.Models;
 
 /// <summary>A safetensors file failed validation; the message names the file, the tensor (where there is one) and the problem.</summary>
 /// <remarks>An <see cref="IOException"/> because <see cref="InvalidDataException"/>, the closer fit, is sealed.</remarks>

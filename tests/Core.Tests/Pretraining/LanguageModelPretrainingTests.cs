@@ -1,11 +1,10 @@
-using AdapterService.Core.Formats;
 using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Text;
 using AdapterService.Core.Torch;
 using static TorchSharp.torch;
 
-namespace AdapterService.Core.Tests.Text;
+namespace AdapterService.Core.Tests.Pretraining;
 
 public class LanguageModelPretrainingTests
 {

@@ -2,7 +2,7 @@ using AdapterService.Core.Data;
 using AdapterService.Core.Models;
 using static TorchSharp.torch;
 
-namespace AdapterService.Core.Vision;
+namespace AdapterService.Core.Data;
 
 /// <summary>Labelled-image training files as a ViT classifier reads them.</summary>
 public static class ImageData

@@ -1,8 +1,10 @@
-using AdapterService.Core.Formats;
-using TorchSharp;
+using AdapterService.Core.Models;
+using AdapterService.Core.Storage;
+using AdapterService.Core.Text;
+using Microsoft.EntityFrameworkCore;
 using static TorchSharp.torch;
 
-namespace AdapterService.Core.Models;
+namespace AdapterService.Core.Builtins;
 
 /// <summary>Base models the service makes itself, so it works with nothing downloaded.</summary>
 public static class BuiltinModels
@@ -26,41 +28,12 @@ public static class BuiltinModels
 
     public static IReadOnlyList<Builtin> All { get; } = [TinyDemo];
 
-    /// <summary>A frozen model with random weights drawn from <paramref name="seed"/>: the same seed gives the same weights.</summary>
-    public static LlamaForCausalLM RandomModel(LlamaConfig config, long seed) => (LlamaForCausalLM)RandomModel((ModelConfig)config, seed);
-
-    /// <summary>
-    /// A frozen model of any family (e.g. <see cref="VitConfig.Base16(int)"/>) with random weights drawn from <paramref name="seed"/>:
-    /// norms start as the identity, biases at zero, embeddings N(0, 1), and every other weight N(0, 1/fan_in).
-    /// </summary>
-    public static nn.Module<Tensor, Tensor> RandomModel(ModelConfig config, long seed)
-    {
-        var model = config.CreateModel();
-        // By name: TorchSharp may hand out a new wrapper (and handle) for the same parameter on each call.
-        var norms = model.NormLayers().Select(n => n.Path + ".weight").ToHashSet();
-        var embeddings = model.named_modules().Where(m => m.module is TorchSharp.Modules.Embedding).Select(m => m.name + ".weight").ToHashSet();
-        using var generator = new Generator().manual_seed(seed);
-        using (no_grad())
-        using (NewDisposeScope())
-            foreach (var (name, p) in model.named_parameters())
-            {
-                if (p.dim() == 1) p.fill_(norms.Contains(name) ? 1 : 0);
-                else if (embeddings.Contains(name) || name.EndsWith(".cls_token", StringComparison.Ordinal)
-                         || name.EndsWith(".position_embeddings", StringComparison.Ordinal)) p.normal_(0, 1, generator);
-                // Unit-variance activations through each linear layer; this keeps logits of a random model O(1).
-                else p.normal_(0, 1 / Math.Sqrt(p.numel() / p.shape[0]), generator);
-            }
-        foreach (var p in model.parameters()) p.requires_grad = false;
-        model.eval();
-        return model;
-    }
-
     /// <summary>Writes the model's folder if it is not there yet (deterministic: the same seed gives the same bytes).</summary>
     public static void EnsureCreated(Builtin builtin, string folder)
     {
         if (File.Exists(Path.Combine(folder, ModelFolder.WeightsFile))) return;
         using var scope = NewDisposeScope();
-        using var model = RandomModel(builtin.Config, builtin.Seed);
+        using var model = RandomModel.Create(builtin.Config, builtin.Seed);
         // Write to a temporary folder and rename, so a crash never leaves a half-written base model behind.
         string temp = folder + ".tmp-" + Guid.NewGuid().ToString("N");
         ModelFolder.Save(model, temp);
@@ -75,5 +48,33 @@ public static class BuiltinModels
         {
             Directory.Delete(temp, true);   // another process made it first: same seed, same bytes
         }
+    }
+
+    /// <summary>Makes sure each built-in base exists: its folder in the blob store and its row (created on first start).</summary>
+    public static void Register(ServiceDbContext db, IBlobStore blobs)
+    {
+        foreach (var builtin in All)
+        {
+            var blobPath = BlobPaths.ModelPath(builtin.Id);
+            EnsureCreated(builtin, blobs.Resolve(blobPath));
+            if (db.BaseModels.Any(m => m.Id == builtin.Id)) continue;
+            var c = builtin.Config;
+            var (tensors, _) = SafeTensors.ReadHeader(Path.Combine(blobs.Resolve(blobPath), ModelFolder.WeightsFile));
+            db.BaseModels.Add(new BaseModel
+            {
+                Id = builtin.Id, Family = "llama", Description = builtin.Description, BlobPath = blobPath,
+                ParameterCount = tensors.Sum(t => t.Shape.Aggregate(1L, (a, b) => a * b)), ContextLength = c.MaxPositionEmbeddings, Dtype = c.TorchDtype,
+                Tokenizer = "byte-level", CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+            });
+        }
+        try
+        {
+            db.SaveChanges();
+        }
+        catch (DbUpdateException) when (db.BaseModels.AsNoTracking().Count() >= All.Count)
+        {
+            // Another process (API or worker) registered the built-in models at the same moment.
+        }
+        db.ChangeTracker.Clear();
     }
 }

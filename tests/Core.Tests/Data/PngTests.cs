@@ -2,9 +2,8 @@ using System.Buffers.Binary;
 using System.IO.Compression;
 using System.Text;
 using AdapterService.Core.Data;
-using AdapterService.Core.Vision;
 
-namespace AdapterService.Core.Tests.Vision;
+namespace AdapterService.Core.Tests.Data;
 
 public class PngTests
 {

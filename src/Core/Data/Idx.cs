@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
 
-namespace AdapterService.Core.Vision;
+namespace AdapterService.Core.Data;
 
 /// <summary>An array read from an IDX file (the MNIST format): its dimensions and its unsigned bytes, row-major.</summary>
 public sealed record IdxArray(int[] Shape, byte[] Data)

@@ -1,11 +1,12 @@
 using System.Diagnostics;
 using System.Globalization;
+using AdapterService.Core.Data;
 using AdapterService.Core.Models;
-using AdapterService.Core.Pretraining;
+using AdapterService.Core.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace AdapterService.Core.Vision;
+namespace AdapterService.Core.Pretraining;
 
 /// <summary>How the built-in ViT is pre-trained (<c>Vision:Pretraining</c> in settings).</summary>
 public sealed record PretrainingOptions
@@ -51,7 +52,7 @@ public static class VitPretraining
         LabelledImages train, LabelledImages test, PretrainingOptions options, Action<PretrainingProgress>? progress = null, CancellationToken cancel = default)
     {
         var clock = Stopwatch.StartNew();
-        var model = (ViTForImageClassification)BuiltinModels.RandomModel(DemoConfig, options.Seed);
+        var model = (ViTForImageClassification)RandomModel.Create(DemoConfig, options.Seed);
         var random = new Random(unchecked((int)options.Seed));
         var order = new List<int>();
         var last = Pretrainer.Run(model, new PretrainingSchedule(options.Steps, options.LearningRate, WeightDecay: 0.05), _ =>

@@ -1,4 +1,4 @@
-namespace AdapterService.Core.Formats;
+namespace AdapterService.Core.Text;
 
 /// <summary>
 /// GPT-2's byte-level alphabet: every byte is written as one printable character in a byte-level BPE vocabulary

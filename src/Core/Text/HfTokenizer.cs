@@ -5,7 +5,7 @@ using AdapterService.Core.Data;
 using AdapterService.Core.Models;
 using Microsoft.ML.Tokenizers;
 
-namespace AdapterService.Core.Formats;
+namespace AdapterService.Core.Text;
 
 /// <summary>
 /// The tokenizer of a Hugging Face model folder: byte-level BPE (GPT-2, Llama 3, Qwen2 and most current models) read from

@@ -2,11 +2,11 @@ using System.Text;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
 using AdapterService.Core.Models;
+using AdapterService.Core.Pretraining;
 using AdapterService.Core.Torch;
 using AdapterService.Core.Training;
-using AdapterService.Core.Vision;
 
-namespace AdapterService.Core.Tests.Vision;
+namespace AdapterService.Core.Tests.Training;
 
 /// <summary>A demo ViT pre-trained on a few hundred Fashion-MNIST images of classes 0-4 (seconds), shared by the tests.</summary>
 public sealed class PretrainedVit : IDisposable

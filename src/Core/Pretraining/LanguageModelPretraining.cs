@@ -1,12 +1,12 @@
 using System.Diagnostics;
 using System.Globalization;
-using AdapterService.Core.Formats;
+using AdapterService.Core.Data;
 using AdapterService.Core.Models;
-using AdapterService.Core.Pretraining;
+using AdapterService.Core.Text;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace AdapterService.Core.Text;
+namespace AdapterService.Core.Pretraining;
 
 /// <summary>How the built-in language model is pre-trained (<c>Text:Pretraining</c> in settings).</summary>
 public sealed record LanguageModelPretrainingOptions
@@ -81,7 +81,7 @@ public static class LanguageModelPretraining
         var validWindows = Enumerable.Range(0, Math.Min(options.ValidationWindows, validTokens.Length / window))
             .Select(i => validTokens.AsSpan(i * window, window).ToArray()).ToList();
 
-        using var model = BuiltinModels.RandomModel(config, options.Seed);
+        using var model = RandomModel.Create(config, options.Seed);
         var random = new Random(unchecked((int)options.Seed));
         var schedule = new PretrainingSchedule(options.Steps, options.LearningRate, WeightDecay: 0.1, options.ValidateEverySteps);
         (double Loss, double Accuracy)? lastValid = null;

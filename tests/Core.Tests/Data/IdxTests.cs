@@ -1,7 +1,7 @@
 using System.IO.Compression;
-using AdapterService.Core.Vision;
+using AdapterService.Core.Data;
 
-namespace AdapterService.Core.Tests.Vision;
+namespace AdapterService.Core.Tests.Data;
 
 public class IdxTests
 {

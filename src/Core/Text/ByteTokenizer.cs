@@ -2,7 +2,7 @@ using System.Text;
 using System.Text.Json;
 using AdapterService.Core.Data;
 
-namespace AdapterService.Core.Formats;
+namespace AdapterService.Core.Text;
 
 /// <summary>
 /// Byte-level tokenizer of the built-in demo models: ids 0-255 are the UTF-8 bytes, then a few special tokens.

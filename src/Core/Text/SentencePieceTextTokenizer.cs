@@ -6,7 +6,7 @@ using AdapterService.Core.Models;
 using Google.Protobuf;
 using Microsoft.ML.Tokenizers;
 
-namespace AdapterService.Core.Formats;
+namespace AdapterService.Core.Text;
 
 /// <summary>
 /// The SentencePiece tokenizer of a model folder's <c>tokenizer.model</c> (Llama 1/2, Mistral, Gemma and other folders

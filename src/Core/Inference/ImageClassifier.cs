@@ -1,9 +1,9 @@
 using AdapterService.Core.Adapters;
-using AdapterService.Core.Inference;
+using AdapterService.Core.Data;
 using AdapterService.Core.Models;
 using static TorchSharp.torch;
 
-namespace AdapterService.Core.Vision;
+namespace AdapterService.Core.Inference;
 
 /// <summary>One image to classify with a base model and, optionally, an adapter of it.</summary>
 public sealed record ClassifyRow(GrayImage Image, ServedAdapter? Adapter);

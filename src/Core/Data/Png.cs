@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
 
-namespace AdapterService.Core.Vision;
+namespace AdapterService.Core.Data;
 
 /// <summary>A decoded image as 8-bit grayscale, row-major.</summary>
 public sealed record GrayImage(int Width, int Height, byte[] Pixels);

@@ -1,7 +1,7 @@
 using System.Text.Json;
-using AdapterService.Core.Formats;
+using AdapterService.Core.Text;
 
-namespace AdapterService.Core.Tests.Formats;
+namespace AdapterService.Core.Tests.Text;
 
 /// <summary>Tiny byte-level BPE tokenizers written here in the files' Hugging Face formats.</summary>
 public sealed class HfTokenizerTests : IDisposable

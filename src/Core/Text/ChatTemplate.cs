@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace AdapterService.Core.Formats;
+namespace AdapterService.Core.Text;
 
 /// <summary>A chat message to render: role (system, user, assistant) and content.</summary>
 public sealed record ChatTurn(string Role, string Content);

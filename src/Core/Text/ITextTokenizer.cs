@@ -1,6 +1,6 @@
 using AdapterService.Core.Data;
 
-namespace AdapterService.Core.Formats;
+namespace AdapterService.Core.Text;
 
 /// <summary>
 /// What the service needs of a base model's tokenizer: prompts for chat and completions, training examples with the

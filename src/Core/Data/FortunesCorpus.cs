@@ -1,6 +1,5 @@
-using AdapterService.Core.Vision;
 
-namespace AdapterService.Core.Text;
+namespace AdapterService.Core.Data;
 
 /// <summary>
 /// English text from Debian's <c>fortunes</c> package: one file per topic in <see cref="DefaultFolder"/>, each a list of

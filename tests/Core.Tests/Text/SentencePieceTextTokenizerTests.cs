@@ -1,9 +1,9 @@
 using System.Text;
 using AdapterService.Core.Data;
-using AdapterService.Core.Formats;
+using AdapterService.Core.Text;
 using static AdapterService.Tests.Shared.SentencePieceModelWriter;
 
-namespace AdapterService.Core.Tests.Formats;
+namespace AdapterService.Core.Tests.Text;
 
 /// <summary>Tiny SentencePiece models written here from the .proto spec, encoded and decoded through Microsoft.ML.Tokenizers.</summary>
 public sealed class SentencePieceTextTokenizerTests : IDisposable

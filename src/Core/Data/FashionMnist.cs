@@ -1,4 +1,4 @@
-namespace AdapterService.Core.Vision;
+namespace AdapterService.Core.Data;
 
 /// <summary>28×28 grayscale images (row-major bytes, 0 = background) with class indices.</summary>
 public sealed record LabelledImages(byte[] Pixels, byte[] Labels, int Height, int Width)

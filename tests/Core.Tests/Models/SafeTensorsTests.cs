@@ -1,11 +1,11 @@
 using System.Buffers.Binary;
-using System.Text;
 using System.Text.Json;
-using AdapterService.Core.Formats;
+using System.Text;
+using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
 using static TorchSharp.torch;
 
-namespace AdapterService.Core.Tests.Formats;
+namespace AdapterService.Core.Tests.Models;
 
 public sealed class SafeTensorsTests : IDisposable
 {

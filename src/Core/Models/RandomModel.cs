@@ -1,0 +1,37 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Models;
+
+/// <summary>Models with seeded random weights: the built-in demo bases start from them, and tests build on them.</summary>
+public static class RandomModel
+{
+    /// <summary>A frozen model with random weights drawn from <paramref name="seed"/>: the same seed gives the same weights.</summary>
+    public static LlamaForCausalLM Create(LlamaConfig config, long seed) => (LlamaForCausalLM)Create((ModelConfig)config, seed);
+
+    /// <summary>
+    /// A frozen model of any family (e.g. <see cref="VitConfig.Base16(int)"/>) with random weights drawn from <paramref name="seed"/>:
+    /// norms start as the identity, biases at zero, embeddings N(0, 1), and every other weight N(0, 1/fan_in).
+    /// </summary>
+    public static nn.Module<Tensor, Tensor> Create(ModelConfig config, long seed)
+    {
+        var model = config.CreateModel();
+        // By name: TorchSharp may hand out a new wrapper (and handle) for the same parameter on each call.
+        var norms = model.NormLayers().Select(n => n.Path + ".weight").ToHashSet();
+        var embeddings = model.named_modules().Where(m => m.module is TorchSharp.Modules.Embedding).Select(m => m.name + ".weight").ToHashSet();
+        using var generator = new Generator().manual_seed(seed);
+        using (no_grad())
+        using (NewDisposeScope())
+            foreach (var (name, p) in model.named_parameters())
+            {
+                if (p.dim() == 1) p.fill_(norms.Contains(name) ? 1 : 0);
+                else if (embeddings.Contains(name) || name.EndsWith(".cls_token", StringComparison.Ordinal)
+                         || name.EndsWith(".position_embeddings", StringComparison.Ordinal)) p.normal_(0, 1, generator);
+                // Unit-variance activations through each linear layer; this keeps logits of a random model O(1).
+                else p.normal_(0, 1 / Math.Sqrt(p.numel() / p.shape[0]), generator);
+            }
+        foreach (var p in model.parameters()) p.requires_grad = false;
+        model.eval();
+        return model;
+    }
+}

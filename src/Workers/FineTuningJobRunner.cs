@@ -4,7 +4,6 @@ using AdapterService.Core.Data;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
-using AdapterService.Core.Text;
 using AdapterService.Core.Training;
 using Hangfire;
 using Microsoft.EntityFrameworkCore;
@@ -41,7 +40,7 @@ sealed class EarlyStopping(int? patience)
 /// The Hangfire job that trains one fine-tuning job. It takes the job id only and is safe to run twice: a finished
 /// or paused job is a no-op, and an interrupted one (crash, shutdown, pause) continues from its last saved state.
 /// </summary>
-public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, IBackgroundJobClient queue, IOptions<TrainingOptions> options,
+public sealed partial class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, IBackgroundJobClient queue, IOptions<TrainingOptions> options,
     FusionHost fusion, ILogger<FineTuningJobRunner> log)
 {
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
@@ -116,8 +115,8 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
             TrainingResult result;
             if (fusion.MaxFusedJobs > 1 && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
             {
-                var examples = ReadData(job.TrainingFile, baseModel);
-                var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
+                var examples = JobFiles.LoadTokenized(db, blobs, job.TrainingFile, baseModel);
+                var validation = job.ValidationFile is null ? null : JobFiles.LoadTokenized(db, blobs, job.ValidationFile, baseModel);
                 int fusedWith = 0;
                 result = KeepingState(job.Id, () => trainer, () => fusion.Train(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder), model =>
                 {
@@ -148,8 +147,8 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
                 {
                     // An adapter with its own labels classifies into them; otherwise into the base's.
                     var labels = config.Labels ?? vit.Config.Labels;
-                    var examples = ReadImages(job.TrainingFile, vit.Config, labels);
-                    var validation = job.ValidationFile is null ? null : ReadImages(job.ValidationFile, vit.Config, labels);
+                    var examples = JobFiles.LoadImages(db, blobs, job.TrainingFile, vit.Config, labels);
+                    var validation = job.ValidationFile is null ? null : JobFiles.LoadImages(db, blobs, job.ValidationFile, vit.Config, labels);
                     var classifier = new ClassificationTrainer(vit, adapter, examples, hp, job.Seed);
                     if (validation is not null) evaluate = () => classifier.Evaluate(validation);
                     (trainer, exampleCount) = (classifier, examples.Count);
@@ -157,8 +156,8 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
                 else
                 {
                     var languageModel = model as CausalLanguageModel ?? throw new InvalidDataException($"{baseModel.Id} is neither a language model nor an image classifier");
-                    var examples = ReadData(job.TrainingFile, baseModel);
-                    var validation = job.ValidationFile is null ? null : ReadData(job.ValidationFile, baseModel);
+                    var examples = JobFiles.LoadTokenized(db, blobs, job.TrainingFile, baseModel);
+                    var validation = job.ValidationFile is null ? null : JobFiles.LoadTokenized(db, blobs, job.ValidationFile, baseModel);
                     var lm = new LanguageModelTrainer(languageModel, adapter, examples, hp, padId: 0, job.Seed, options.Value.Speed);   // padding is never trained on
                     if (validation is not null) evaluate = () => lm.Evaluate(validation);
                     (trainer, exampleCount) = (lm, examples.Count);
@@ -216,115 +215,6 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, IBlobStore blobs, I
             StopUnlessRunning(job.Id, stop);
         };
     }
-
-    /// <summary>Runs <paramref name="train"/>; when it stops early (pause, shutdown) the trainer's state is saved, unless the job was cancelled.</summary>
-    TrainingResult KeepingState(string jobId, Func<AdapterTrainer?> trainer, Func<TrainingResult> train)
-    {
-        try
-        {
-            return train();
-        }
-        catch (OperationCanceledException) when (!leaseLost && trainer() is { } t)
-        {
-            // Keep the progress while the adapter is still alive (unless cancelled): a resume, a re-queue after
-            // shutdown or a restart continues from this state.
-            if (CurrentStatus(jobId) != JobStatus.Cancelled) SaveState(jobId, t);
-            throw;
-        }
-    }
-
-    /// <summary>Saves the trained adapter as a blob and returns its row (added to the database by <see cref="Succeed"/>).</summary>
-    Adapter Register(FineTuningJob job, TrainableAdapter adapter)
-    {
-        var adapterId = "adapter-" + Ids.New();
-        var temp = blobs.NewTempFolder();
-        adapter.Save(temp);
-        var blobPath = BlobPaths.AdapterPath(adapterId);
-        blobs.CommitFolder(temp, blobPath);
-        return new Adapter
-        {
-            Id = adapterId, Name = FineTunedModelName(job), BaseModel = job.Model, Method = job.AdapterType,
-            Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
-            BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = Now(),
-        };
-    }
-
-    LabelledImages ReadImages(string fileId, VitConfig config, IReadOnlyList<string> labels)
-    {
-        var file = db.Files.AsNoTracking().Single(f => f.Id == fileId);
-        using var stream = blobs.OpenRead(file.BlobPath);
-        return ImageData.Read(TrainingFile.Parse(stream), config, labels);
-    }
-
-    List<TokenizedExample> ReadData(string fileId, BaseModel baseModel)
-    {
-        var file = db.Files.AsNoTracking().Single(f => f.Id == fileId);
-        using var stream = blobs.OpenRead(file.BlobPath);
-        return TrainingData.Tokenize(TrainingFile.Parse(stream), TextTokenizers.ForModel(blobs.Resolve(baseModel.BlobPath)), baseModel.ContextLength);
-    }
-
-    void Report(FineTuningJob job, TrainingProgress p, (double Loss, double Accuracy)? valid, object? adapterStatistics)
-    {
-        var message = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.LearningRate, p.TokensPerSecond, p.EtaSeconds, valid?.Loss);
-        AddEvent(job.Id, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}"
-                          + (valid is { } v ? $", validation loss={v.Loss:0.0000}, validation accuracy={v.Accuracy:0.0000}" : ""),
-            "metrics", JobEventData.ForMetrics(message, p.TrainAccuracy, valid?.Accuracy, adapterStatistics), step: p.Step);
-        long finish = Now() + (long)Math.Ceiling(p.EtaSeconds);
-        db.Jobs.Where(j => j.Id == job.Id).ExecuteUpdate(s => s.SetProperty(j => j.EstimatedFinish, finish));
-    }
-
-    /// <summary>At each epoch's end: the trainer state to resume from, and the adapter as a checkpoint model.</summary>
-    void SaveCheckpoint(FineTuningJob job, AdapterTrainer trainer, TrainingProgress p, (double Loss, double Accuracy)? valid)
-    {
-        var state = SaveState(job.Id, trainer);
-        if (db.Checkpoints.Any(c => c.JobId == job.Id && c.StepNumber == p.Step)) return;   // saved before a crash already
-        var blobPath = BlobPaths.CheckpointPath(job.Id, p.Step);
-        if (!Directory.Exists(blobs.Resolve(blobPath)))   // a crash may have come between the folder and its row
-        {
-            var temp = blobs.NewTempFolder();
-            foreach (var name in new[] { AdapterConfig.FileName, TrainableAdapter.WeightsFileName })
-                File.Copy(Path.Combine(state, name), Path.Combine(temp, name));
-            blobs.CommitFolder(temp, blobPath);
-        }
-        var modelName = $"{FineTunedModelName(job)}:ckpt-step-{p.Step}";
-        db.Checkpoints.Add(new Checkpoint
-        {
-            Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = modelName, BaseModel = job.Model, StepNumber = p.Step, CreatedAt = Now(), BlobPath = blobPath,
-            Metrics = JsonSerializer.Serialize(new
-            {
-                step = p.Step, train_loss = p.TrainLoss, train_mean_token_accuracy = p.TrainAccuracy,
-                valid_loss = valid?.Loss, valid_mean_token_accuracy = valid?.Accuracy,
-            }),
-        });
-        db.SaveChanges();
-        db.ChangeTracker.Clear();
-        AddEvent(job.Id, $"Checkpoint created at step {p.Step}: {modelName}");
-    }
-
-    /// <summary>Writes the trainer's state as <c>state/step-N</c> (atomically) and keeps only the newest two.</summary>
-    string SaveState(string jobId, AdapterTrainer trainer)
-    {
-        var root = blobs.Resolve(BlobPaths.TrainerStatePath(jobId));
-        var folder = Path.Combine(root, $"step-{trainer.Step}");
-        if (Directory.Exists(folder)) return folder;
-        var temp = blobs.NewTempFolder();
-        trainer.SaveState(temp);
-        Directory.CreateDirectory(root);
-        Directory.Move(temp, folder);
-        foreach (var old in StateFolders(root).Skip(2)) Directory.Delete(old.Path, recursive: true);
-        return folder;
-    }
-
-    string? LatestState(string jobId)
-    {
-        var root = blobs.Resolve(BlobPaths.TrainerStatePath(jobId));
-        return Directory.Exists(root) ? StateFolders(root).FirstOrDefault().Path : null;
-    }
-
-    static IEnumerable<(int Step, string Path)> StateFolders(string root) =>
-        Directory.GetDirectories(root)
-            .Select(d => (Ok: int.TryParse(Path.GetFileName(d).Replace("step-", ""), out var step), Step: step, Path: d))
-            .Where(d => d.Ok).OrderByDescending(d => d.Step).Select(d => (d.Step, d.Path));
 
     /// <summary>
     /// Registers the adapter and marks the job succeeded in one transaction, only if it is still running under this

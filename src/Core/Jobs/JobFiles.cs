@@ -54,6 +54,18 @@ public static class JobFiles
         }
     }
 
+    /// <summary>
+    /// The worker's read of a language model's file: it needs the token ids, so this one parses and tokenizes; whatever
+    /// is wrong with the bytes now (they were checked at upload) throws <see cref="TrainingFileException"/> and fails the job.
+    /// </summary>
+    public static List<TokenizedExample> LoadTokenized(ServiceDbContext db, IBlobStore blobs, string fileId, BaseModel baseModel) =>
+        TrainingData.Tokenize(Parse(blobs, db.Files.AsNoTracking().Single(f => f.Id == fileId)),
+            TextTokenizers.ForModel(blobs.Resolve(baseModel.BlobPath)), baseModel.ContextLength);
+
+    /// <summary>The worker's read of an image file: its pixels and class indices into <paramref name="labels"/>.</summary>
+    public static LabelledImages LoadImages(ServiceDbContext db, IBlobStore blobs, string fileId, VitConfig config, IReadOnlyList<string> labels) =>
+        ImageData.Read(Parse(blobs, db.Files.AsNoTracking().Single(f => f.Id == fileId)), config, labels);
+
     static DataFile Failed(string fileId, JobSpecError error) => new(fileId, null, null, error);
 
     static TrainingFile Parse(IBlobStore blobs, StoredFile row)

@@ -1,5 +1,6 @@
 using System.IO.Compression;
 using System.Net.Http.Json;
+using AdapterService.Core.Adapters;
 using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
 using TorchSharp;
@@ -13,11 +14,10 @@ public sealed class AdapterMethodsApiTests(ServiceFactory factory)
 {
     readonly HttpClient client = factory.CreateClient();
 
-    [Theory]
-    [InlineData("dora")]
-    [InlineData("lily")]
-    [InlineData("rlrr")]
-    [InlineData("mixlora")]
+    /// <summary>Every registered method but LoRA, the default, which the fine-tuning loop and combination tests train through the API.</summary>
+    public static TheoryData<string> Methods => new(AdapterMethods.Names.Where(n => n != "lora"));
+
+    [Theory, MemberData(nameof(Methods))]
     public async Task MethodTrainsLowersTheLossAndServesWhatItLearned(string method)
     {
         var lines = Enumerable.Repeat(new[] { ("What color is the sky?", "Blue"), ("What is 2+2?", "Four") }, 5)

@@ -19,34 +19,37 @@ namespace AdapterService.Api.Apis;
 /// <param name="TopK" example="2">MixLoRA: experts per token, 1 to num_experts (default 2).</param>
 /// <param name="RouterAuxLossCoef" example="0.01">MixLoRA: weight of the load-balance loss, 0-10 (default 0.01).</param>
 public sealed record AdapterRequest(string? Type, int? Rank, double? Alpha, double? Dropout, JsonElement? TargetModules,
-    int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null, int? TopK = null, double? RouterAuxLossCoef = null);
-
+    int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null, int? TopK = null, double? RouterAuxLossCoef = null)
+{
+    public AdapterOptions ToOptions() => new(Rank, Alpha, Dropout, NumExperts, Scaling, RouterMean, Monoscale, TopK, RouterAuxLossCoef);
+}
 
 /// <summary>The adapter a job trains; options that do not apply to its method are null.</summary>
 public sealed record AdapterDto(string Type, int Rank, double? Alpha, double? Dropout, IReadOnlyList<string> TargetModules,
     int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null, int? TopK = null, double? RouterAuxLossCoef = null)
 {
-    public static AdapterDto From(AdapterConfig config) => config switch
+    /// <summary>The config's options as its method shows them (<see cref="AdapterMethod.ToOptions"/>).</summary>
+    public static AdapterDto From(AdapterConfig config)
     {
-        LoraConfig l => new(l.Method, l.Rank, l.Alpha, l.Dropout, l.TargetModules),
-        LilyConfig l => new(l.Method, l.Rank, null, l.Dropout, l.TargetModules, l.NumExperts, l.Scaling, l.RouterMean, l.Monoscale),
-        RlrrConfig r => new(r.Method, r.Rank, null, null, r.TargetModules),
-        MixLoraConfig m => new(m.Method, m.Rank, m.Alpha, m.Dropout, m.TargetModules, m.NumExperts, TopK: m.TopK, RouterAuxLossCoef: m.AuxLossCoefficient),
-        _ => new(config.Method, 0, null, null, config.TargetModules),
-    };
+        var o = AdapterMethods.Of(config).ToOptions(config);
+        return new(config.Method, o.Rank ?? 0, o.Alpha, o.Dropout, config.TargetModules, o.NumExperts, o.Scaling, o.RouterMean, o.Monoscale, o.TopK, o.RouterAuxLossCoef);
+    }
 }
 
-public static partial class FineTuningJobsApi
+/// <summary>The API's adapter requests read into configs, each method's part looked up in <see cref="AdapterMethods"/>.</summary>
+public static class AdapterRequests
 {
-    static readonly string[] AdapterTypes = ["lora", "dora", "lily", "rlrr", "mixlora"];
+    /// <summary>The adapter types the API accepts.</summary>
+    public static IReadOnlyList<string> Types => AdapterMethods.Names;
 
-    static AdapterConfig? ParseAdapter(AdapterRequest? request, ModelConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
+    /// <summary>The config <paramref name="request"/> asks for on <paramref name="baseConfig"/> (LoRA when absent), or null with a 400 in <paramref name="error"/>.</summary>
+    public static AdapterConfig? Parse(AdapterRequest? request, ModelConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
     {
         error = null;
         var type = request?.Type ?? "lora";
-        if (!AdapterTypes.Contains(type))
+        if (AdapterMethods.Find(type) is not { } method)
         {
-            error = OpenAiErrors.BadRequest($"Adapter type '{type}' is not supported; supported: {string.Join(", ", AdapterTypes.Select(t => $"'{t}'"))}.",
+            error = OpenAiErrors.BadRequest($"Adapter type '{type}' is not supported; supported: {string.Join(", ", Types.Select(t => $"'{t}'"))}.",
                 "adapter.type", "unsupported_adapter_type");
             return null;
         }
@@ -54,8 +57,7 @@ public static partial class FineTuningJobsApi
         // better than PEFT's q_proj/v_proj default. Stored as the module names, as PEFT writes it.
         string[] allLinear = TargetModules.Match(baseConfig.LinearPaths(), ["all-linear"])
             .Select(p => p.Split('.')[^1]).Distinct().Order().ToArray();
-        // MixLoRA's experts adapt the feed-forward networks; its target_modules are the attention layers that get plain LoRA.
-        string[]? targets = type == "mixlora" ? allLinear.Intersect(["q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "query", "key", "value"]).ToArray() : allLinear;
+        IReadOnlyList<string>? targets = method.DefaultTargets(allLinear);
         if (request?.TargetModules is { } requested)
         {
             targets = requested.ValueKind switch
@@ -65,13 +67,14 @@ public static partial class FineTuningJobsApi
                     requested.EnumerateArray().Select(t => t.GetString()!).ToArray(),
                 _ => null,
             };
-            if (targets is null || targets.Length == 0)
+            if (targets is null || targets.Count == 0)
             {
                 error = OpenAiErrors.BadRequest("adapter.target_modules must be a non-empty list of module names or a regex string.", "adapter.target_modules");
                 return null;
             }
             if (targets is ["all-linear"]) targets = allLinear;
         }
+        // The checks every method shares, in the order the API has always reported them; then the method's own.
         string? problem = request switch
         {
             { Rank: < 1 or > 256 } => "adapter.rank must be between 1 and 256.",
@@ -85,26 +88,9 @@ public static partial class FineTuningJobsApi
             { RouterAuxLossCoef: { } c } when !double.IsFinite(c) || c < 0 || c > 10 => "adapter.router_aux_loss_coef must be between 0 and 10.",
             _ => null,
         };
-        AdapterConfig config = type switch
-        {
-            "lily" => new LilyConfig
-            {
-                TargetModules = targets, Rank = request?.Rank ?? 8, NumExperts = request?.NumExperts ?? 4, Scaling = request?.Scaling ?? 1.0,
-                Dropout = request?.Dropout ?? 0, RouterMean = request?.RouterMean ?? "sequence", Monoscale = request?.Monoscale ?? false,
-            },
-            "rlrr" => new RlrrConfig { TargetModules = targets, Rank = request?.Rank ?? 1 },
-            "mixlora" => new MixLoraConfig
-            {
-                TargetModules = targets, Rank = request?.Rank ?? 8, Alpha = request?.Alpha ?? 2 * (request?.Rank ?? 8), Dropout = request?.Dropout ?? 0,
-                NumExperts = request?.NumExperts ?? 8, TopK = request?.TopK ?? 2, AuxLossCoefficient = request?.RouterAuxLossCoef ?? 0.01,
-            },
-            _ => new LoraConfig
-            {
-                TargetModules = targets, UseDora = type == "dora", Rank = request?.Rank ?? 8,
-                Alpha = request?.Alpha ?? 2 * (request?.Rank ?? 8), Dropout = request?.Dropout ?? 0,
-            },
-        };
-        if (problem is null && type == "rlrr" && request?.Rank > 64) problem = "adapter.rank must be between 1 and 64 for rlrr.";
+        var options = request?.ToOptions() ?? new AdapterOptions();
+        var config = method.FromOptions(options, targets);
+        problem ??= method.CheckOptions(options);
         if (problem is null && config.TargetModules.Count > 0)
         {
             try { TargetModules.Match(baseConfig.LinearPaths(), config.TargetModules); }

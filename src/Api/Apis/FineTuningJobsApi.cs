@@ -52,7 +52,7 @@ public static partial class FineTuningJobsApi
             return OpenAiErrors.BadRequest("metadata holds at most 16 pairs, keys of 1-64 characters and values of up to 512.", "metadata");
 
         var baseConfig = ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile));
-        var config = ParseAdapter(request.Adapter, baseConfig, out var adapterError);
+        var config = AdapterRequests.Parse(request.Adapter, baseConfig, out var adapterError);
         if (config is null) return adapterError!;
 
         // The files are checked from the facts stored at upload (and token counts stored per base); the specification

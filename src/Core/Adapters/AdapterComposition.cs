@@ -5,16 +5,17 @@ using static TorchSharp.torch;
 namespace AdapterService.Core.Adapters;
 
 /// <summary>
-/// A new adapter as the weighted sum of adapters of the same method over the same layers, exactly, by concatenating
-/// ranks: LoRA's Σᵢ wᵢ sᵢ Bᵢ Aᵢ = [B₁ … Bₙ] [w₁s₁A₁; …; wₙsₙAₙ] (PEFT's add_weighted_adapter "cat"), and RLRR's
-/// Σᵢ wᵢ S_leftⁱ S_rightⁱᵀ with f = Σᵢ wᵢ fᵢ (the RLRR paper's appendix F; norms' s and f summed likewise). The result
-/// has rank Σᵢ rᵢ.
+/// A new adapter as the weighted sum of adapters of the same method over the same layers, exactly, for the methods
+/// that declare it (<see cref="AdapterMethod.CanCombine"/>; each method's folder holds its rule, e.g. LoRA's and RLRR's
+/// concatenation of ranks). The checks and the file written are the same for every method.
 /// </summary>
 public static class AdapterComposition
 {
-    public static readonly string[] Methods = ["lora", "rlrr"];
+    /// <summary>The methods adapters of which can be combined.</summary>
+    public static IReadOnlyList<string> Methods => AdapterMethods.Combinable;
 
-    static Tensor WeightedSum(List<Dictionary<string, Tensor>> tensors, IReadOnlyList<double> weights, string key) =>
+    /// <summary>Σᵢ wᵢ tᵢ[key].</summary>
+    public static Tensor WeightedSum(IReadOnlyList<Dictionary<string, Tensor>> tensors, IReadOnlyList<double> weights, string key) =>
         tensors.Select((t, i) => t[key] * weights[i]).Aggregate((a, c) => a + c);
 
     /// <summary>Writes the combination of the adapters in <paramref name="folders"/> into <paramref name="output"/>; throws <see cref="ArgumentException"/> when they cannot be combined.</summary>
@@ -33,33 +34,7 @@ public static class AdapterComposition
             throw new ArgumentException("the adapters adapt different layers; only adapters over the same layers can be combined");
 
         var combined = new Dictionary<string, Tensor>();
-        AdapterConfig config;
-        if (configs[0] is LoraConfig)
-        {
-            var loras = configs.Cast<LoraConfig>().ToList();
-            foreach (var key in keys.Where(k => k.EndsWith(".lora_A.weight", StringComparison.Ordinal)))
-            {
-                string b = key.Replace(".lora_A.", ".lora_B.");
-                combined[key] = cat(tensors.Select((t, i) => t[key] * (weights[i] * loras[i].Scaling)).ToArray(), 0);   // [Σr, in]
-                combined[b] = cat(tensors.Select(t => t[b]).ToArray(), 1);                                            // [out, Σr]
-            }
-            int rank = loras.Sum(l => l.Rank);
-            config = loras[0] with { Rank = rank, Alpha = rank, UseRsLora = false, Dropout = 0 };   // scaling 1: the products carry wᵢ sᵢ
-        }
-        else
-        {
-            var rlrrs = configs.Cast<RlrrConfig>().ToList();
-            foreach (var key in keys.Where(k => k.EndsWith(".rlrr_s_left", StringComparison.Ordinal)))
-            {
-                string path = key[..^".rlrr_s_left".Length];
-                combined[key] = cat(tensors.Select((t, i) => t[key] * weights[i]).ToArray(), 0);                       // [Σr, in]
-                combined[$"{path}.rlrr_s_right"] = cat(tensors.Select(t => t[$"{path}.rlrr_s_right"]).ToArray(), 0);   // [Σr, out]
-                combined[$"{path}.rlrr_f"] = WeightedSum(tensors, weights, $"{path}.rlrr_f");
-            }
-            foreach (var key in keys.Where(k => k.EndsWith(".rlrr_scale", StringComparison.Ordinal) || k.EndsWith(".rlrr_shift", StringComparison.Ordinal)))
-                combined[key] = WeightedSum(tensors, weights, key);                                                   // y + s ⊙ y + f is linear in (s, f)
-            config = rlrrs[0] with { Rank = rlrrs.Sum(r => r.Rank) };
-        }
+        var config = AdapterMethods.Of(configs[0]).Combine(configs, tensors, weights, keys, combined);
         config.Validate();
         Directory.CreateDirectory(output);
         SafeTensors.Save(Path.Combine(output, TrainableAdapter.WeightsFileName),

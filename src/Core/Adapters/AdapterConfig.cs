@@ -52,15 +52,10 @@ public abstract record AdapterConfig
             if (document.RootElement.ValueKind != JsonValueKind.Object || !document.RootElement.TryGetProperty("peft_type", out var type)
                 || type.ValueKind != JsonValueKind.String)
                 throw new InvalidDataException($"{FileName} has no peft_type");
-            AdapterConfig config = type.GetString() switch
-            {
-                LoraConfig.Type => document.Deserialize<LoraConfig>(Json)!,
-                LilyConfig.Type => document.Deserialize<LilyConfig>(Json)!,
-                RlrrConfig.Type => document.Deserialize<RlrrConfig>(Json)!,
-                MixLoraConfig.Type => document.Deserialize<MixLoraConfig>(Json)!,
-                var other => throw new InvalidDataException($"{FileName}: peft_type {other} is not supported (LORA, LILY, RLRR, MIXLORA)"),
-            };
-            if (config.TargetModules.Count == 0 && config is not MixLoraConfig) throw new InvalidDataException($"{FileName}: target_modules is empty");
+            var method = AdapterMethods.FindPeftType(type.GetString())
+                ?? throw new InvalidDataException($"{FileName}: peft_type {type.GetString()} is not supported ({string.Join(", ", AdapterMethods.PeftTypes)})");
+            var config = method.Read(document);
+            if (config.TargetModules.Count == 0 && AdapterMethods.Of(config).RequiresTargetModules) throw new InvalidDataException($"{FileName}: target_modules is empty");
             config.Validate();
             return config;
         }

@@ -39,14 +39,7 @@ public abstract class TrainableAdapter : IDisposable
     public static TrainableAdapter Create(nn.Module model, AdapterConfig config, long? seed = null)
     {
         using var init = seed is { } s ? new Generator().manual_seed(s) : null;
-        TrainableAdapter adapter = config switch
-        {
-            LoraConfig lora => LoraAdapter.Create(model, lora, init),
-            LilyConfig lily => LilyAdapter.Create(model, lily, init),
-            RlrrConfig rlrr => RlrrAdapter.Create(model, rlrr, init),
-            MixLoraConfig mixLora => MixLoraAdapter.Create(model, mixLora, init),
-            _ => throw new ArgumentException($"adapter method {config.Method} is not supported"),
-        };
+        var adapter = AdapterMethods.Of(config).CreateTrainable(model, config, init);
         if (config.Labels is { Count: > 0 } labels)
         {
             var hidden = model.LinearLayers().SingleOrDefault(l => l.Path == "classifier").Layer?.InFeatures
@@ -103,10 +96,10 @@ public abstract class TrainableAdapter : IDisposable
 
     /// <summary>
     /// Whether each token's adapted output depends on that token alone and the method adds no loss of its own: then
-    /// packing several examples into one row and recomputing a layer alone (gradient checkpointing) change nothing.
-    /// Lily's router mean spans a sequence and MixLoRA adds a load-balance loss over the batch, so they are not.
+    /// packing several examples into one row and recomputing a layer alone (gradient checkpointing) change nothing
+    /// (<see cref="AdapterMethod.TokenWise"/>).
     /// </summary>
-    public virtual bool TokenWise => true;
+    public bool TokenWise => AdapterMethods.Of(Config).TokenWise;
 
     /// <summary>A term the method adds to the training loss (MixLoRA's load balance), or null.</summary>
     public virtual Tensor? AuxiliaryLoss() => null;

@@ -13,7 +13,7 @@ public sealed record Classification(string Label, IReadOnlyList<(string Label, d
 
 /// <summary>
 /// Serves ViT image classifiers: one batched forward pass per base model in which every row uses its own adapter (the
-/// per-row machinery of text serving: <see cref="RowAdapter"/> on each linear layer, <see cref="RowNorm"/> on each norm),
+/// per-row machinery of text serving, <see cref="RowAdapters"/>: row adapters on the linear layers, norms and feed-forward blocks),
 /// then each row's classifier: the base's, or the adapter's own when it has new labels. Forward passes take turns under a
 /// lock (the model's adapter slots are shared); each runs synchronously on the caller's thread inside one dispose scope.
 /// </summary>
@@ -32,24 +32,12 @@ public sealed class ImageClassifier(long adapterCacheBytes = 256L << 20) : IDisp
         {
             if (!models.TryGetValue(baseFolder, out var model)) models[baseFolder] = model = ModelFolder.Load<ViTForImageClassification>(baseFolder);
             var adapters = rows.Select(r => r.Adapter).ToList();
-            var slots = new long[rows.Count];
-            var perRow = new List<IDisposable>();
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
+            RowAdapters? perRow = null;
             try
             {
-                foreach (var (path, layer) in model.LinearLayers())
-                {
-                    var rowAdapter = new RowAdapter(path, layer, adapters, slots, states: null);   // no state: each image is a whole sequence
-                    perRow.Add(rowAdapter);
-                    if (!rowAdapter.IsEmpty) layer.Adapter = rowAdapter;
-                }
-                foreach (var (path, norm) in model.NormLayers())
-                    if (RowNorm.For(path, norm.Size, adapters) is { } rowNorm)
-                    {
-                        perRow.Add(rowNorm);
-                        norm.Adapter = rowNorm;
-                    }
+                perRow = RowAdapters.Attach(model, adapters, new long[rows.Count], states: null);   // no state: each image is a whole sequence
                 var features = model.Features(ImageData.Pixels(rows.Select(r => r.Image).ToList(), model.Config));   // [n, hidden]
                 var baseProbabilities = model.classifier.forward(features).softmax(-1);                              // [n, base labels]
                 var result = new Classification[rows.Count];
@@ -69,7 +57,7 @@ public sealed class ImageClassifier(long adapterCacheBytes = 256L << 20) : IDisp
             finally
             {
                 TrainableAdapter.Detach(model);
-                foreach (var d in perRow) d.Dispose();
+                perRow?.Dispose();
             }
         }
     }

@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Text;
 using System.Threading.Channels;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Models;
@@ -9,85 +8,14 @@ using static TorchSharp.torch;
 namespace AdapterService.Core.Inference;
 
 /// <summary>
-/// What to generate: the base model and (optionally) the adapter, each with the folder it is stored in; the tokenizer
-/// turns generated tokens into text (the built-in byte tokenizer when null).
-/// </summary>
-public sealed record GenerationRequest(
-    string BaseModel, string BaseFolder, string? Adapter, string? AdapterFolder, IReadOnlyList<int> Prompt, SamplingOptions Options,
-    ITextTokenizer? Tokenizer = null);
-
-/// <summary>A piece of generated text; the last one carries the finish reason ("stop" or "length").</summary>
-public sealed record GenerationChunk(string Text, int PromptTokens, int CompletionTokens, string? FinishReason);
-
-/// <summary>The engine's queue is full; the caller should retry later (HTTP 429).</summary>
-public sealed class EngineBusyException(string message) : Exception(message);
-
-/// <summary><c>Inference:*</c> settings.</summary>
-public sealed class InferenceOptions
-{
-    /// <summary>Sequences decoded together per base model.</summary>
-    public int MaxBatch { get; set; } = 32;
-    /// <summary>Requests waiting for a place in a batch before new ones are refused.</summary>
-    public int MaxQueued { get; set; } = 256;
-    /// <summary>Memory for adapter weights kept loaded (least recently used ones are dropped beyond it).</summary>
-    public long AdapterCacheBytes { get; set; } = 1L << 30;
-    /// <summary>Prompt tokens (padding included) prefilled together in one forward pass.</summary>
-    public int PrefillTokens { get; set; } = 2048;
-}
-
-/// <summary>
 /// Continuous batching over one copy of each base model. One dedicated thread owns the models (TorchSharp dispose
 /// scopes are per thread): between token steps it admits waiting requests (prefilled together, padded), then runs one decode
 /// step for every running sequence of a base model in a single forward pass, each row with its own adapter of any
 /// method (LoRA and DoRA gathered per row, others applied to their rows, <see cref="RowAdapter"/>) or none, over a preallocated <see cref="SlotKvCache"/>. Finished rows leave
 /// at the same token boundary. Adapter weights come from an <see cref="AdapterCache"/> loaded off this thread.
 /// </summary>
-public sealed class InferenceEngine : IDisposable
+public sealed partial class InferenceEngine : IDisposable
 {
-    sealed class Sequence
-    {
-        public required GenerationRequest Request { get; init; }
-        public required ChannelWriter<GenerationChunk> Output { get; init; }
-        public required CancellationToken Cancel { get; init; }
-        public required AdapterCache.Lease? Adapter { get; init; }
-        public Generator? Generator { get; init; }
-        public Decoder Utf8 { get; } = Encoding.UTF8.GetDecoder();
-        public required StopSequences Stops { get; init; }
-        public long Length;       // positions in the cache
-        public int Produced;
-        public int LastToken;
-    }
-
-    /// <summary>One base model with its running batch.</summary>
-    sealed class Batch(CausalLanguageModel model, SlotKvCache cache) : IDisposable
-    {
-        public CausalLanguageModel Model { get; } = model;
-        public SlotKvCache Cache { get; } = cache;
-        public List<Sequence> Rows { get; } = [];
-        public Queue<Sequence> Waiting { get; } = [];
-        public RowAdapters? Adapters;   // per-row adapters of the current rows, rebuilt when rows join or leave
-        /// <summary>Per-sequence adapter state by layer and width (Lily's router sums), [slots, width], kept by slot like the KV cache.</summary>
-        public Dictionary<(string, int), Tensor> States { get; } = [];
-
-        public Tensor State(string path, int width) =>
-            States.TryGetValue((path, width), out var t) ? t : States[(path, width)] = zeros(Cache.Slots, width).DetachFromDisposeScope();
-
-        public void Dispose()
-        {
-            ClearAdapters();
-            foreach (var t in States.Values) t.Dispose();
-            Cache.Dispose();
-            Model.Dispose();
-        }
-
-        public void ClearAdapters()
-        {
-            TrainableAdapter.Detach(Model);
-            Adapters?.Dispose(true);
-            Adapters = null;
-        }
-    }
-
     static readonly ByteTokenizer ByteTokens = new();
     readonly Channel<Sequence> incoming = Channel.CreateUnbounded<Sequence>(new UnboundedChannelOptions { SingleReader = true });
     readonly Dictionary<string, Batch> batches = [];
@@ -312,36 +240,6 @@ public sealed class InferenceEngine : IDisposable
         foreach (var i in done.OrderDescending()) Remove(batch, i);
     }
 
-    /// <summary>Takes the sampled token; returns true when the sequence is finished (and has been completed).</summary>
-    bool Emit(Batch batch, Sequence s, int token)
-    {
-        var options = s.Request.Options;
-        int context = batch.Model.ContextLength;
-        var tokenizer = s.Request.Tokenizer ?? ByteTokens;
-        string emit = "", finish;
-        bool stopped = false;
-        // Any of the model's end ids (Llama 3 Instruct lists several) or the tokenizer's (the end of a chat turn).
-        if (batch.Model.EosTokenIds.Contains(token) || tokenizer.EosIds.Contains(token)) finish = "stop";
-        else
-        {
-            s.Produced++;
-            Interlocked.Increment(ref generatedTokens);
-            s.LastToken = token;
-            (emit, stopped) = s.Stops.Push(Chars(s.Utf8, tokenizer.TokenBytes(token), flush: false));
-            finish = stopped ? "stop" : s.Produced >= options.MaxTokens || s.Length >= context ? "length" : "";
-        }
-        int prompt = s.Request.Prompt.Count;
-        if (finish == "")
-        {
-            if (emit.Length > 0) s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, null));
-            return false;
-        }
-        if (!stopped) emit += Chars(s.Utf8, [], flush: true) + s.Stops.Flush();   // text held back for a stop that never came
-        s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, finish));
-        Finish(s, null);
-        return true;
-    }
-
     /// <summary>Removes row <paramref name="index"/>, moving the last row into its slot so rows stay contiguous.</summary>
     void Remove(Batch batch, int index)
     {
@@ -358,77 +256,9 @@ public sealed class InferenceEngine : IDisposable
         batch.ClearAdapters();
     }
 
-    static void Finish(Sequence s, Exception? error)
-    {
-        s.Output.TryComplete(error);
-        s.Adapter?.Dispose();
-        s.Generator?.Dispose();
-    }
-
     /// <summary>Each row's own adapter (in cache slot <paramref name="slots"/>[i]) in every adapted layer, block and norm of the model.</summary>
-    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots, Tensor? valid = null)
-    {
-        var set = new RowAdapters();
-        if (rows.All(r => r.Adapter is null)) return set;
-        var adapters = rows.Select(r => r.Adapter?.Entry.Adapter).ToList();
-        foreach (var (path, layer) in batch.Model.LinearLayers())
-        {
-            var rowAdapter = new RowAdapter(path, layer, adapters, slots, batch.State, valid);
-            if (rowAdapter.IsEmpty)
-            {
-                rowAdapter.Dispose();
-                continue;
-            }
-            layer.Adapter = rowAdapter;
-            set.Layers.Add(rowAdapter);
-        }
-        foreach (var (path, feedForward) in batch.Model.FeedForwardBlocks())
-            if (RowFeedForward.For(path, adapters) is { } block)
-            {
-                feedForward.Adapter = block;
-                set.Blocks.Add(block);
-            }
-        foreach (var (path, norm) in batch.Model.NormLayers())
-            if (RowNorm.For(path, norm.Size, adapters) is { } rowNorm)
-            {
-                norm.Adapter = rowNorm;
-                set.Norms.Add(rowNorm);
-            }
-        return set;
-    }
-
-    /// <summary>The row adapters made for one forward call; disposed with it unless kept for the next steps.</summary>
-    sealed class RowAdapters : IDisposable
-    {
-        public List<RowAdapter> Layers { get; } = [];
-        public List<RowFeedForward> Blocks { get; } = [];
-        public List<RowNorm> Norms { get; } = [];
-        bool kept;
-
-        public void Keep()
-        {
-            kept = true;
-            foreach (var l in Layers) l.DetachFromScope();
-        }
-
-        public void Dispose() => Dispose(false);
-
-        /// <summary>Frees the adapters unless kept, or always when <paramref name="evenIfKept"/>.</summary>
-        public void Dispose(bool evenIfKept)
-        {
-            if (kept && !evenIfKept) return;
-            foreach (var l in Layers) l.Dispose();
-            foreach (var b in Blocks) b.Dispose();
-            foreach (var n in Norms) n.Dispose();
-        }
-    }
-
-    static string Chars(Decoder decoder, byte[] bytes, bool flush)
-    {
-        var chars = new char[decoder.GetCharCount(bytes, flush)];
-        decoder.GetChars(bytes, chars, flush);
-        return new string(chars);
-    }
+    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots, Tensor? valid = null) =>
+        RowAdapters.Attach(batch.Model, rows.Select(r => r.Adapter?.Entry.Adapter).ToList(), slots, batch.State, valid);
 
     /// <summary>Stops at the next token boundary, failing what is still running or waiting; then frees the models.</summary>
     public void Dispose()

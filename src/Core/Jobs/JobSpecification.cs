@@ -121,7 +121,7 @@ public static class JobSpecification
             : config.TargetModules.Where(t => t != "classifier").ToList();
         bool adaptsHead;
         // MixLoRA may name no layer at all: its experts adapt the encoder's feed-forward networks.
-        try { adaptsHead = targets.Count == 0 ? config is not MixLoraConfig : TargetModules.Match(vit.LinearPaths(), targets).Contains("classifier"); }
+        try { adaptsHead = targets.Count == 0 ? AdapterMethods.Of(config).RequiresTargetModules : TargetModules.Match(vit.LinearPaths(), targets).Contains("classifier"); }
         catch (ArgumentException) { adaptsHead = true; }   // only the classifier matched
         if (adaptsHead)
             return (null, new($"The training file's labels ({string.Join(", ", labels)}) are not the base's ({string.Join(", ", vit.Labels)}): " +

@@ -1,4 +1,5 @@
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
 using TorchSharp;
@@ -18,7 +19,7 @@ public sealed class MethodMatrixTests : IDisposable
 
     static readonly string[] Targets = ["q_proj", "v_proj", "down_proj"];
 
-    static readonly string[] MethodNames = ["lora", "dora", "lily", "lily-monoscale", "rlrr", "rlrr-r2", "mixlora"];
+    internal static readonly string[] MethodNames = ["lora", "dora", "lily", "lily-monoscale", "rlrr", "rlrr-r2", "mixlora"];
 
     public static TheoryData<string> Methods => new(MethodNames);
 

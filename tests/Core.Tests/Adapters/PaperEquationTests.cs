@@ -1,4 +1,5 @@
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Torch;
 using TorchSharp;

@@ -35,29 +35,10 @@ public sealed class LoraAdapter : TrainableAdapter
             : new LoraLayer(t.Layer.InFeatures, t.Layer.OutFeatures, config, init)));
 
     /// <summary>Each layer's weights as served (live views of the parameters).</summary>
-    public IReadOnlyDictionary<string, LoraWeights> Weights() => layers.ToDictionary(l => l.Key, l => l.Value switch
-    {
-        LoraLayer lora => lora.Weights(),
-        DoraLayer dora => dora.Weights(),
-        _ => throw new InvalidOperationException(),
-    });
+    public IReadOnlyDictionary<string, LoraWeights> Weights() => layers.ToDictionary(l => l.Key, l => ((ILoraLayer)l.Value).Weights());
 
-    public override IEnumerable<(string Key, Parameter Value)> NamedParameters()
-    {
-        foreach (var (path, layer) in layers)
-            switch (layer)
-            {
-                case LoraLayer l:
-                    yield return ($"{path}.lora_A.weight", l.lora_A.weight!);
-                    yield return ($"{path}.lora_B.weight", l.lora_B.weight!);
-                    break;
-                case DoraLayer d:
-                    yield return ($"{path}.lora_A.weight", d.lora_A.weight!);
-                    yield return ($"{path}.lora_B.weight", d.lora_B.weight!);
-                    yield return ($"{path}.lora_magnitude_vector", d.lora_magnitude_vector);
-                    break;
-            }
-    }
+    public override IEnumerable<(string Key, Parameter Value)> NamedParameters() =>
+        layers.SelectMany(l => ((ILoraLayer)l.Value).SavedParameters().Select(p => ($"{l.Key}.{p.Name}", p.Value)));
 
     /// <summary>W ← W + s·B A (LoRA), or W ← m ⊙ (W + s·B A) / ‖W + s·B A‖ (DoRA); the layers' slots are emptied.</summary>
     public override void Merge(nn.Module model)
@@ -68,8 +49,8 @@ public sealed class LoraAdapter : TrainableAdapter
         foreach (var (path, w) in Weights())
         {
             var layer = slots[path];
-            var adapted = layer.weight + w.B.matmul(w.A) * w.Scaling;                             // [out, in]
-            layer.weight.copy_(w.Magnitude is { } m ? adapted * (m / adapted.norm(1)).unsqueeze(1) : adapted);
+            var adapted = layer.weight + Lora.DeltaWeight(w.A, w.B, w.Scaling);                     // [out, in]
+            layer.weight.copy_(w.Magnitude is { } m ? adapted * Dora.OutputScale(layer.weight, w.A, w.B, w.Scaling, m).unsqueeze(1) : adapted);
             layer.Adapter = null;
         }
     }

@@ -6,12 +6,13 @@ using static TorchSharp.torch;
 namespace AdapterService.Core.Adapters;
 
 /// <summary>
-/// DoRA on one linear layer (Liu et al., weight-decomposed LoRA; PEFT semantics with <c>use_dora</c>):
+/// DoRA on one linear layer (DoRA: Weight-Decomposed Low-Rank Adaptation, https://arxiv.org/abs/2402.09353; PEFT
+/// semantics with <c>use_dora</c>):
 /// W' = m ⊙ (W + s·B A) / ‖W + s·B A‖, the norm taken per output feature over the inputs and treated as a constant in
 /// the backward pass (the paper's §4.3), m initialised to ‖W‖ so the adapted model starts equal to the base.
 /// Written as PEFT computes it: y' = y + (g − 1) ⊙ W dx + g ⊙ s·B A dx with g = m / ‖W + s·B A‖ and dx = dropout(x).
 /// </summary>
-public sealed class DoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDropoutLayer
+public sealed class DoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDropoutLayer, ILoraLayer
 {
     public readonly Linear lora_A, lora_B;
     public readonly Parameter lora_magnitude_vector;
@@ -49,6 +50,9 @@ public sealed class DoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDrop
     }
 
     public LoraWeights Weights() => new(lora_A.weight!, lora_B.weight!, scaling, lora_magnitude_vector);
+
+    public IEnumerable<(string Name, Parameter Value)> SavedParameters() =>
+        [("lora_A.weight", lora_A.weight!), ("lora_B.weight", lora_B.weight!), ("lora_magnitude_vector", lora_magnitude_vector)];
 }
 
 public static class Dora
@@ -57,7 +61,7 @@ public static class Dora
     public static Tensor OutputScale(Tensor weight, Tensor a, Tensor b, double scaling, Tensor magnitude)
     {
         using var scope = NewDisposeScope();
-        var norm = (weight + b.matmul(a) * scaling).detach().norm(1);                            // [out]
+        var norm = (weight + Lora.DeltaWeight(a, b, scaling)).detach().norm(1);                 // [out]
         return (magnitude / norm).MoveToOuterDisposeScope();
     }
 }

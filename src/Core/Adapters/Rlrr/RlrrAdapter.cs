@@ -1,93 +1,9 @@
-using System.Text.Json.Serialization;
 using AdapterService.Core.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace AdapterService.Core.Adapters;
-
-/// <summary>RLRR's options (our own format: <c>peft_type: RLRR</c>).</summary>
-public sealed record RlrrConfig : AdapterConfig
-{
-    public const string Type = "RLRR";
-    public override string PeftType { get; init; } = Type;
-    /// <summary>Rank of the rescaling S_left S_rightᵀ (1 in the paper's main method; the appendix's variant uses more).</summary>
-    [JsonPropertyName("r")] public int Rank { get; init; } = 1;
-    /// <summary>Also rescale and shift every norm layer's output (the paper adapts LayerNorm too, the SSF way).</summary>
-    [JsonPropertyName("layer_norms")] public bool LayerNorms { get; init; } = true;
-
-    public override string Method => "rlrr";
-
-    public override void Validate()
-    {
-        if (Rank is < 1 or > 64) throw new ArgumentException("r must be between 1 and 64");
-    }
-}
-
-/// <summary>
-/// RLRR (paper 001), residual-based low-rank rescaling of a frozen linear layer (Eq. 16, rank r as in its appendix):
-/// W' = W + (S_left S_rightᵀ) ⊙ W and b' = b + f. In the paper's X W layout S_left scales W's input side and
-/// S_right its output side; in our [out, in] weights ΔW[o, i] = Σₖ S_right[k, o] S_left[k, i] W[o, i].
-/// Initialisation (the paper does not spell it out): S_left = 0, S_right ~ N(1, 0.02), f = 0, so training starts at the
-/// base model and S_left gets gradient at once (as LoRA's zero B). Merges into W and b exactly (Eq. 20).
-/// </summary>
-public sealed class RlrrLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
-{
-    public readonly Parameter rlrr_s_left, rlrr_s_right, rlrr_f;   // [r, in], [r, out], [out]
-    readonly FrozenLayer frozen;
-
-    public RlrrLayer(AdaptableLinear layer, int rank, Generator? init) : base(nameof(RlrrLayer))
-    {
-        frozen = new FrozenLayer(layer);
-        rlrr_s_left = new Parameter(zeros(rank, layer.InFeatures));
-        rlrr_s_right = new Parameter(empty(rank, layer.OutFeatures).normal_(1.0, 0.02, init));
-        rlrr_f = new Parameter(zeros(layer.OutFeatures));
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor x) => throw new NotSupportedException("RLRR adapts a layer's output: call Forward(x, y)");
-
-    /// <summary>y + x ((S_left S_rightᵀ) ⊙ W) + f (Eq. 16, with y = x W + b).</summary>
-    public Tensor Forward(Tensor x, Tensor y) =>
-        y + nn.functional.linear(x, Rlrr.DeltaWeight(frozen.Layer.weight, rlrr_s_left, rlrr_s_right)) + rlrr_f;
-}
-
-public static class Rlrr
-{
-    /// <summary>ΔW = (S_rightᵀ S_left) ⊙ W [out, in].</summary>
-    public static Tensor DeltaWeight(Tensor weight, Tensor sLeft, Tensor sRight) => sRight.t().matmul(sLeft) * weight;
-
-    /// <summary>
-    /// The same update without forming ΔW, for serving many adapters over one W:
-    /// x ΔWᵀ = Σₖ S_right[k] ⊙ (W (S_left[k] ⊙ x)), one extra pass through W per rank. S_left [r, in] and S_right [r, out]
-    /// are one adapter's, or [n, 1, r, in] and [n, 1, r, out] for rows x [n, t, in] of different adapters.
-    /// </summary>
-    public static Tensor Delta(Tensor x, Tensor weight, Tensor sLeft, Tensor sRight)
-    {
-        var scaled = x.unsqueeze(-2) * sLeft;                                                 // S_left[k] ⊙ x         [.., r, in]
-        return (nn.functional.linear(scaled, weight) * sRight).sum(dim: -2);                  // Σₖ S_right[k] ⊙ W(..) [.., out]
-    }
-}
-
-/// <summary>
-/// RLRR on a norm layer, as the paper does for LayerNorm (following SSF), in RLRR's residual form:
-/// y' = y + s ⊙ y + f with y the norm's output, s and f starting at zero. Merges into the norm's weight and bias.
-/// </summary>
-public sealed class RlrrNormLayer : nn.Module<Tensor, Tensor>, ILinearAdapter
-{
-    public readonly Parameter rlrr_scale, rlrr_shift;   // [size] each
-
-    public RlrrNormLayer(long size) : base(nameof(RlrrNormLayer))
-    {
-        rlrr_scale = new Parameter(zeros(size));
-        rlrr_shift = new Parameter(zeros(size));
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor x) => throw new NotSupportedException("RLRR adapts a norm's output: call Forward(x, y)");
-
-    public Tensor Forward(Tensor x, Tensor y) => y + rlrr_scale * y + rlrr_shift;
-}
 
 /// <summary>
 /// An RLRR adapter over the target linear layers (keys <c>{path}.rlrr_s_left</c>, <c>rlrr_s_right</c>, <c>rlrr_f</c>)
@@ -149,7 +65,7 @@ public sealed class RlrrAdapter : TrainableAdapter
             if (module is RlrrLayer l)
             {
                 var target = slots[path];
-                var factor = l.rlrr_s_right.t().matmul(l.rlrr_s_left) + 1;                      // 1 + S_left S_rightᵀ [out, in]
+                var factor = Rlrr.Rescaling(l.rlrr_s_left, l.rlrr_s_right) + 1;        // 1 + S_left S_rightᵀ [out, in]
                 if (undo) { target.weight.div_(factor); target.bias?.sub_(l.rlrr_f); target.Adapter = null; }
                 else
                 {
@@ -231,10 +147,4 @@ public sealed class RlrrAdapter : TrainableAdapter
 
         public void Dispose() { foreach (var t in Tensors) t.Dispose(); }
     }
-}
-
-/// <summary>A merged RLRR shift f on a layer that has no bias of its own.</summary>
-public sealed class BiasShift(Tensor shift) : ILinearAdapter
-{
-    public Tensor Forward(Tensor x, Tensor y) => y + shift;
 }

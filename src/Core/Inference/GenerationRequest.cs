@@ -1,0 +1,30 @@
+using AdapterService.Core.Text;
+
+namespace AdapterService.Core.Inference;
+
+/// <summary>
+/// What to generate: the base model and (optionally) the adapter, each with the folder it is stored in; the tokenizer
+/// turns generated tokens into text (the built-in byte tokenizer when null).
+/// </summary>
+public sealed record GenerationRequest(
+    string BaseModel, string BaseFolder, string? Adapter, string? AdapterFolder, IReadOnlyList<int> Prompt, SamplingOptions Options,
+    ITextTokenizer? Tokenizer = null);
+
+/// <summary>A piece of generated text; the last one carries the finish reason ("stop" or "length").</summary>
+public sealed record GenerationChunk(string Text, int PromptTokens, int CompletionTokens, string? FinishReason);
+
+/// <summary>The engine's queue is full; the caller should retry later (HTTP 429).</summary>
+public sealed class EngineBusyException(string message) : Exception(message);
+
+/// <summary><c>Inference:*</c> settings.</summary>
+public sealed class InferenceOptions
+{
+    /// <summary>Sequences decoded together per base model.</summary>
+    public int MaxBatch { get; set; } = 32;
+    /// <summary>Requests waiting for a place in a batch before new ones are refused.</summary>
+    public int MaxQueued { get; set; } = 256;
+    /// <summary>Memory for adapter weights kept loaded (least recently used ones are dropped beyond it).</summary>
+    public long AdapterCacheBytes { get; set; } = 1L << 30;
+    /// <summary>Prompt tokens (padding included) prefilled together in one forward pass.</summary>
+    public int PrefillTokens { get; set; } = 2048;
+}

@@ -1,0 +1,99 @@
+using System.Text;
+using System.Threading.Channels;
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Models;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Inference;
+
+/// <summary>A request being generated and the running batch of one base model; how a sampled token becomes the request's text.</summary>
+public sealed partial class InferenceEngine
+{
+    sealed class Sequence
+    {
+        public required GenerationRequest Request { get; init; }
+        public required ChannelWriter<GenerationChunk> Output { get; init; }
+        public required CancellationToken Cancel { get; init; }
+        public required AdapterCache.Lease? Adapter { get; init; }
+        public Generator? Generator { get; init; }
+        public Decoder Utf8 { get; } = Encoding.UTF8.GetDecoder();
+        public required StopSequences Stops { get; init; }
+        public long Length;       // positions in the cache
+        public int Produced;
+        public int LastToken;
+    }
+
+    /// <summary>One base model with its running batch.</summary>
+    sealed class Batch(CausalLanguageModel model, SlotKvCache cache) : IDisposable
+    {
+        public CausalLanguageModel Model { get; } = model;
+        public SlotKvCache Cache { get; } = cache;
+        public List<Sequence> Rows { get; } = [];
+        public Queue<Sequence> Waiting { get; } = [];
+        public RowAdapters? Adapters;   // per-row adapters of the current rows, rebuilt when rows join or leave
+        /// <summary>Per-sequence adapter state by layer and width (Lily's router sums), [slots, width], kept by slot like the KV cache.</summary>
+        public Dictionary<(string, int), Tensor> States { get; } = [];
+
+        public Tensor State(string path, int width) =>
+            States.TryGetValue((path, width), out var t) ? t : States[(path, width)] = zeros(Cache.Slots, width).DetachFromDisposeScope();
+
+        public void Dispose()
+        {
+            ClearAdapters();
+            foreach (var t in States.Values) t.Dispose();
+            Cache.Dispose();
+            Model.Dispose();
+        }
+
+        public void ClearAdapters()
+        {
+            TrainableAdapter.Detach(Model);
+            Adapters?.Dispose(true);
+            Adapters = null;
+        }
+    }
+
+    /// <summary>Takes the sampled token; returns true when the sequence is finished (and has been completed).</summary>
+    bool Emit(Batch batch, Sequence s, int token)
+    {
+        var options = s.Request.Options;
+        int context = batch.Model.ContextLength;
+        var tokenizer = s.Request.Tokenizer ?? ByteTokens;
+        string emit = "", finish;
+        bool stopped = false;
+        // Any of the model's end ids (Llama 3 Instruct lists several) or the tokenizer's (the end of a chat turn).
+        if (batch.Model.EosTokenIds.Contains(token) || tokenizer.EosIds.Contains(token)) finish = "stop";
+        else
+        {
+            s.Produced++;
+            Interlocked.Increment(ref generatedTokens);
+            s.LastToken = token;
+            (emit, stopped) = s.Stops.Push(Chars(s.Utf8, tokenizer.TokenBytes(token), flush: false));
+            finish = stopped ? "stop" : s.Produced >= options.MaxTokens || s.Length >= context ? "length" : "";
+        }
+        int prompt = s.Request.Prompt.Count;
+        if (finish == "")
+        {
+            if (emit.Length > 0) s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, null));
+            return false;
+        }
+        if (!stopped) emit += Chars(s.Utf8, [], flush: true) + s.Stops.Flush();   // text held back for a stop that never came
+        s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, finish));
+        Finish(s, null);
+        return true;
+    }
+
+    static void Finish(Sequence s, Exception? error)
+    {
+        s.Output.TryComplete(error);
+        s.Adapter?.Dispose();
+        s.Generator?.Dispose();
+    }
+
+    static string Chars(Decoder decoder, byte[] bytes, bool flush)
+    {
+        var chars = new char[decoder.GetCharCount(bytes, flush)];
+        decoder.GetChars(bytes, chars, flush);
+        return new string(chars);
+    }
+}

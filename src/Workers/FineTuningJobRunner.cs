@@ -31,7 +31,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
     FusionHost fusion, ILogger<FineTuningJobRunner> log)
 {
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
-    public const double BaseLearningRate = 4e-3;
+    public const double BaseLearningRate = JobSpecification.BaseLearningRate;
 
     /// <summary>This process's name as a lease owner.</summary>
     internal static readonly string Worker = $"{Environment.MachineName}:{Environment.ProcessId}:{Guid.NewGuid():N}";
@@ -55,7 +55,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         try
         {
             var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
-            session = new TrainingSession(job, jobs, lease, new JobFiles(job, baseModel, db, blobs), new TrainerStates(blobs), blobs, options.Value, stop);
+            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs), new TrainerStates(blobs), blobs, options.Value, stop);
             var result = Train(baseModel, session, stop);
             Succeed(job, lease, session.SaveAdapter(), result);
         }

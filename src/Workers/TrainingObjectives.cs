@@ -19,14 +19,14 @@ sealed record ObjectiveTrainer(AdapterTrainer Trainer, int ExampleCount, Func<(d
 /// </summary>
 static class TrainingObjectives
 {
-    public static ObjectiveTrainer Create(FineTuningJob job, nn.Module model, TrainableAdapter adapter, AdapterConfig config, JobFiles files,
+    public static ObjectiveTrainer Create(FineTuningJob job, nn.Module model, TrainableAdapter adapter, AdapterConfig config, JobData files,
         Hyperparameters hp, TrainingSpeedOptions speed) => JobObjectives.Of(job) switch
     {
         JobObjectives.Supervised => Supervised(job, model, adapter, config, files, hp, speed),
         var other => throw new InvalidDataException($"The training objective {other} is not supported"),
     };
 
-    static ObjectiveTrainer Supervised(FineTuningJob job, nn.Module model, TrainableAdapter adapter, AdapterConfig config, JobFiles files,
+    static ObjectiveTrainer Supervised(FineTuningJob job, nn.Module model, TrainableAdapter adapter, AdapterConfig config, JobData files,
         Hyperparameters hp, TrainingSpeedOptions speed)
     {
         if (model is ViTForImageClassification vit)
@@ -43,28 +43,16 @@ static class TrainingObjectives
     }
 }
 
-/// <summary>A job's training and validation files, read from the blob store (the texts once, so a fused job reads them before joining).</summary>
-sealed class JobFiles(FineTuningJob job, BaseModel baseModel, ServiceDbContext db, IBlobStore blobs)
+/// <summary>A job's training and validation files (the texts read once, so a fused job reads them before joining its group).</summary>
+sealed class JobData(FineTuningJob job, BaseModel baseModel, ServiceDbContext db, IBlobStore blobs)
 {
     (List<TokenizedExample>, List<TokenizedExample>?)? texts;
 
     public (List<TokenizedExample> Training, List<TokenizedExample>? Validation) Texts() =>
-        texts ??= (ReadText(job.TrainingFile), job.ValidationFile is null ? null : ReadText(job.ValidationFile));
+        texts ??= (JobFiles.LoadTokenized(db, blobs, job.TrainingFile, baseModel),
+            job.ValidationFile is null ? null : JobFiles.LoadTokenized(db, blobs, job.ValidationFile, baseModel));
 
     public (LabelledImages Training, LabelledImages? Validation) Images(VitConfig config, IReadOnlyList<string> labels) =>
-        (ReadImages(job.TrainingFile, config, labels), job.ValidationFile is null ? null : ReadImages(job.ValidationFile, config, labels));
-
-    LabelledImages ReadImages(string fileId, VitConfig config, IReadOnlyList<string> labels)
-    {
-        using var stream = Open(fileId);
-        return ImageData.Read(TrainingFile.Parse(stream), config, labels);
-    }
-
-    List<TokenizedExample> ReadText(string fileId)
-    {
-        using var stream = Open(fileId);
-        return TrainingData.Tokenize(TrainingFile.Parse(stream), TextTokenizers.ForModel(blobs.Resolve(baseModel.BlobPath)), baseModel.ContextLength);
-    }
-
-    Stream Open(string fileId) => blobs.OpenRead(db.Files.AsNoTracking().Single(f => f.Id == fileId).BlobPath);
+        (JobFiles.LoadImages(db, blobs, job.TrainingFile, config, labels),
+            job.ValidationFile is null ? null : JobFiles.LoadImages(db, blobs, job.ValidationFile, config, labels));
 }

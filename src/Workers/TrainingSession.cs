@@ -15,24 +15,24 @@ namespace AdapterService.Workers;
 /// through <see cref="JobLifecycle"/>; it stops the run (through <c>stop</c>) within a step of a cancel or pause, which
 /// are status changes in the database, so they reach a worker in any process.
 /// </summary>
-sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease lease, JobFiles files, TrainerStates states, IBlobStore blobs,
+sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease lease, JobData files, TrainerStates states, IBlobStore blobs,
     TrainingOptions options, CancellationTokenSource stop) : IFusedSession, IDisposable
 {
-    readonly AdapterConfig config = AdapterConfig.Parse(job.AdapterConfig);
-    readonly Hyperparameters hp = new(job.Epochs, job.BatchSize, FineTuningJobRunner.BaseLearningRate * job.LearningRateMultiplier);
+    // As the job was specified at creation: its adapter, and its learning rate from the multiplier.
+    readonly (AdapterConfig Config, Hyperparameters Hp) spec = JobSpecification.Of(job);
     readonly EarlyStopping stopping = new(job.EarlyStoppingPatience);
     TrainableAdapter? adapter;
     ObjectiveTrainer? run;
     int reported, fusedWith;
 
     public AdapterTrainer? Trainer => run?.Trainer;
-    public JobFiles Files => files;
+    public JobData Files => files;
 
     /// <summary>Makes the job's adapter and trainer over <paramref name="model"/> and starts or resumes its run.</summary>
     public AdapterTrainer Start(nn.Module model)
     {
-        adapter = TrainableAdapter.Create(model, config, job.Seed);
-        run = TrainingObjectives.Create(job, model, adapter, config, files, hp, options.Speed);
+        adapter = TrainableAdapter.Create(model, spec.Config, job.Seed);
+        run = TrainingObjectives.Create(job, model, adapter, spec.Config, files, spec.Hp, options.Speed);
         Begin(run.Trainer);
         return run.Trainer;
     }
@@ -114,7 +114,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
             trainer.LoadState(state);
             jobs.AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}", data: JobEventData.ForStatus(JobStatus.Running));
         }
-        else jobs.AddEvent(job.Id, $"Fine-tuning job started: {adapter!.ParameterCount:N0} {config.Method} parameters, {run!.ExampleCount} examples, {trainer.TotalSteps} steps",
+        else jobs.AddEvent(job.Id, $"Fine-tuning job started: {adapter!.ParameterCount:N0} {spec.Config.Method} parameters, {run!.ExampleCount} examples, {trainer.TotalSteps} steps",
             data: JobEventData.ForStatus(JobStatus.Running));
 
         reported = jobs.LastReportedStep(job.Id);   // steps redone after a crash were reported the first time already

@@ -52,7 +52,7 @@ public static class ClassifyApi
             foreach (var (image, modelName, param) in items)
             {
                 if (string.IsNullOrEmpty(modelName)) return OpenAiErrors.BadRequest($"Missing required parameter: 'model' (for {param}).", "model");
-                var model = await ModelResolver.ResolveAsync(db, modelName, cancel);
+                var model = await ModelNames.ResolveAsync(db, modelName, cancel);
                 if (model is null) return OpenAiErrors.NotFound($"The model '{modelName}' does not exist.", "model", "model_not_found");
                 if (model.Base.Family != "vit")
                     return OpenAiErrors.BadRequest($"The model '{modelName}' is a {model.Base.Family} language model, not an image classifier.", "model", "model_not_supported");

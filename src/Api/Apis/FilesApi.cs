@@ -76,9 +76,10 @@ public static class FilesApi
         var row = new StoredFile
         {
             Id = id, ProjectId = user.ProjectId()!, Filename = Path.GetFileName(upload.FileName), Purpose = purpose, Bytes = bytes, BlobPath = blobPath,
-            CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), ExampleCount = parsed.Examples.Count,
-            Format = parsed.FormatName,
+            CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
         };
+        // What job creation checks later (format, size, an image file's labels and sizes) is stored now: the file is parsed once.
+        FileFacts.Of(parsed).WriteTo(row);
         db.Files.Add(row);
         await db.SaveChangesAsync(cancel);
         return TypedResults.Ok(row.ToDto());

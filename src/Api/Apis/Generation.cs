@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Models;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Text;
@@ -33,7 +34,7 @@ public static class Generation
         ISamplingRequest request, Func<ITextTokenizer, List<int>> prompt, int? defaultMaxTokens, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
         if (string.IsNullOrEmpty(request.Model)) return (null, OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model"));
-        var model = await ModelResolver.ResolveAsync(db, request.Model, cancel);
+        var model = await ModelNames.ResolveAsync(db, request.Model, cancel);
         if (model is null)
             return (null, OpenAiErrors.NotFound($"The model '{request.Model}' does not exist.", "model", "model_not_found"));
         if (model.Base.Family == "vit")

@@ -47,13 +47,13 @@ public static class ModelsApi
     static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteModel(
         string model, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, CancellationToken cancel)
     {
-        var adapter = await db.Adapters.SingleOrDefaultAsync(a => a.Name == model, cancel);
-        if (adapter is not null)
+        var found = await ModelNames.FindAsync(db, model, cancel);
+        if (found?.Adapter is { } adapter)
         {
             await AdaptersApi.DeleteAsync(adapter, db, blobs, engine, cancel);
             return TypedResults.Ok(new DeletedDto(model, "model", true));
         }
-        return await db.BaseModels.AnyAsync(m => m.Id == model, cancel)
+        return found?.Base is not null
             ? OpenAiErrors.BadRequest($"{model} is a base model; only fine-tuned models can be deleted here.", "model", "cannot_delete_base_model")
             : OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
     }
@@ -61,7 +61,7 @@ public static class ModelsApi
     static async Task<Results<FileContentHttpResult, JsonHttpResult<ErrorResponse>>> ExportModel(
         string model, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
-        var resolved = await ModelResolver.ResolveAsync(db, model, cancel);
+        var resolved = await ModelNames.ResolveAsync(db, model, cancel);
         if (resolved is null) return OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
         string baseFolder = blobs.Resolve(resolved.Base.BlobPath), temp = blobs.NewTempFolder();
         try
@@ -135,11 +135,12 @@ public static class ModelsApi
     }
 
     static async Task<Results<Ok<ModelDto>, JsonHttpResult<ErrorResponse>>> GetModel(string model, ServiceDbContext db, CancellationToken cancel) =>
-        await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Name == model, cancel) is { } adapter
-            ? TypedResults.Ok(adapter.ToModelDto())
-            : await db.Checkpoints.AsNoTracking().SingleOrDefaultAsync(c => c.Name == model && db.Jobs.Any(j => j.Id == c.JobId), cancel) is { } checkpoint
-                ? TypedResults.Ok(new ModelDto(checkpoint.Name, "model", checkpoint.CreatedAt, "user", checkpoint.BaseModel, $"checkpoint at step {checkpoint.StepNumber} of {checkpoint.JobId}"))
-                : await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == model, cancel) is { } baseModel
-                    ? TypedResults.Ok(baseModel.ToDto())
-                    : OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
+        await ModelNames.FindAsync(db, model, cancel) switch
+        {
+            { Adapter: { } adapter } => TypedResults.Ok(adapter.ToModelDto()),
+            { Checkpoint: { } checkpoint } => TypedResults.Ok(new ModelDto(checkpoint.Name, "model", checkpoint.CreatedAt, "user", checkpoint.BaseModel,
+                $"checkpoint at step {checkpoint.StepNumber} of {checkpoint.JobId}")),
+            { Base: { } baseModel } => TypedResults.Ok(baseModel.ToDto()),
+            _ => (Results<Ok<ModelDto>, JsonHttpResult<ErrorResponse>>)OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found"),
+        };
 }

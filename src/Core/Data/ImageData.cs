@@ -21,7 +21,7 @@ public static class ImageData
     public static LabelledImages Read(TrainingFile file, VitConfig config, IReadOnlyList<string> labels)
     {
         if (file.Format != TrainingFileFormat.Image)
-            throw new TrainingFileException(0, $"{config.ModelType} models train on labelled images ({{\"image\": base64 PNG, \"label\": ...}}), but the file is in the {file.FormatName} format");
+            throw new TrainingFileException(0, FileFacts.WrongFormatForImages(config.ModelType, file.FormatName));
         var index = labels.Select((l, i) => (l, i)).ToDictionary(x => x.l, x => x.i);
         var pixels = new byte[file.Examples.Count * config.ImageSize * config.ImageSize];
         var classes = new byte[file.Examples.Count];
@@ -30,8 +30,8 @@ public static class ImageData
         {
             CheckSize(e.Image, config, e.Line);
             if (!index.TryGetValue(e.Label, out int label))
-                throw new TrainingFileException(e.Line, $"label \"{e.Label}\" is not one of the model's labels ({string.Join(", ", labels)})");
-            if (label > byte.MaxValue) throw new TrainingFileException(e.Line, "more than 256 labels are not supported");
+                throw new TrainingFileException(e.Line, FileFacts.UnknownLabel(e.Label, labels));
+            if (label > byte.MaxValue) throw new TrainingFileException(e.Line, FileFacts.TooManyLabels);
             e.Image.Pixels.CopyTo(pixels, n * e.Image.Pixels.Length);
             classes[n++] = (byte)label;
         }
@@ -41,7 +41,7 @@ public static class ImageData
     public static void CheckSize(GrayImage image, VitConfig config, int line)
     {
         if (image.Width != config.ImageSize || image.Height != config.ImageSize)
-            throw new TrainingFileException(line, $"the image is {image.Width}×{image.Height}; this model takes {config.ImageSize}×{config.ImageSize} images");
+            throw new TrainingFileException(line, FileFacts.WrongImageSize(image.Width, image.Height, config.ImageSize));
     }
 
     /// <summary>

@@ -49,7 +49,10 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
     };
 
     /// <summary>The format's name in the file object's <c>format</c> field.</summary>
-    public string FormatName => Format switch { TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt_completion", _ => "image" };
+    public string FormatName => FormatNameOf(Format);
+
+    public static string FormatNameOf(TrainingFileFormat format) =>
+        format switch { TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt_completion", _ => "image" };
 
     /// <summary>Splits on '\n' as bytes, so invalid UTF-8 is caught on its own line rather than while decoding a buffer ahead.</summary>
     static IEnumerable<ReadOnlyMemory<byte>> ReadLines(Stream stream)

@@ -34,10 +34,23 @@ public sealed class StoredFile
     public long Bytes { get; init; }
     public long CreatedAt { get; init; }
     public required string BlobPath { get; init; }
-    public int ExampleCount { get; init; }
+    // The file's facts (Data.FileFacts), measured at upload; set later for a row from before they were stored.
+    public int ExampleCount { get; set; }
     /// <summary>Creation time in UTC ticks: orders files created within the same second (list paging).</summary>
     public long Sequence { get; init; } = DateTime.UtcNow.Ticks;
-    public string? Format { get; init; }
+    public string? Format { get; set; }
+    /// <summary>An image file's labels, each with its first line, as JSON.</summary>
+    public string? Labels { get; set; }
+    /// <summary>An image file's sizes ("28x28"), each with its first line, as JSON.</summary>
+    public string? ImageSizes { get; set; }
+}
+
+/// <summary>Tokens of a text file for one base model (cut to its context length): measured once, reused by every job.</summary>
+public sealed class FileTokenCount
+{
+    public required string FileId { get; init; }
+    public required string BaseModel { get; init; }
+    public long Tokens { get; init; }
 }
 
 /// <summary>A base model registered with the service; its Hugging Face folder lives in the blob store.</summary>

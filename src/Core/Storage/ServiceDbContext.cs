@@ -21,6 +21,7 @@ public abstract class ServiceDbContext(DbContextOptions options) : DbContext(opt
     public DbSet<JobMetadata> JobMetadata => Set<JobMetadata>();
     public DbSet<Adapter> Adapters => Set<Adapter>();
     public DbSet<Checkpoint> Checkpoints => Set<Checkpoint>();
+    public DbSet<FileTokenCount> FileTokenCounts => Set<FileTokenCount>();
 
     protected override void OnModelCreating(ModelBuilder model)
     {
@@ -46,6 +47,12 @@ public abstract class ServiceDbContext(DbContextOptions options) : DbContext(opt
         model.Entity<Checkpoint>().HasIndex(c => c.Name).IsUnique();
         model.Entity<Checkpoint>().HasIndex(c => new { c.JobId, c.StepNumber });
         model.Entity<StoredFile>().HasIndex(f => f.Sequence);
+        // Deleting the file, or the base (whose id a new upload may reuse with another tokenizer), drops its counts.
+        model.Entity<FileTokenCount>().HasKey(c => new { c.FileId, c.BaseModel });
+        // A project sees the counts of its own files only (and EF wants the dependent of a filtered row filtered too).
+        model.Entity<FileTokenCount>().HasQueryFilter(c => ProjectScope == null || Files.Any(f => f.Id == c.FileId));
+        model.Entity<FileTokenCount>().HasOne<StoredFile>().WithMany().HasForeignKey(c => c.FileId).OnDelete(DeleteBehavior.Cascade);
+        model.Entity<FileTokenCount>().HasOne<BaseModel>().WithMany().HasForeignKey(c => c.BaseModel).OnDelete(DeleteBehavior.Cascade);
     }
 }
 

@@ -8,7 +8,7 @@ public static class TrainingData
     /// <summary>Tokenizes every example; longer ones are cut to the context length (as OpenAI does).</summary>
     public static List<TokenizedExample> Tokenize(TrainingFile file, ITextTokenizer tokenizer, int contextLength) =>
         file.Format == TrainingFileFormat.Image
-            ? throw new TrainingFileException(0, "The file holds labelled images, which train image classifiers (ViT bases); this model is a language model")
+            ? throw new TrainingFileException(0, FileFacts.ImagesForLanguageModel)
             : file.Examples.Select(e =>
         {
             var (ids, train) = tokenizer.EncodeExample(e);

@@ -196,6 +196,24 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.ToTable("Checkpoints");
                 });
 
+            modelBuilder.Entity("AdapterService.Core.Storage.FileTokenCount", b =>
+                {
+                    b.Property<string>("FileId")
+                        .HasColumnType("text");
+
+                    b.Property<string>("BaseModel")
+                        .HasColumnType("text");
+
+                    b.Property<long>("Tokens")
+                        .HasColumnType("bigint");
+
+                    b.HasKey("FileId", "BaseModel");
+
+                    b.HasIndex("BaseModel");
+
+                    b.ToTable("FileTokenCounts");
+                });
+
             modelBuilder.Entity("AdapterService.Core.Storage.FineTuningJob", b =>
                 {
                     b.Property<string>("Id")
@@ -404,6 +422,12 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.Property<string>("Format")
                         .HasColumnType("text");
 
+                    b.Property<string>("ImageSizes")
+                        .HasColumnType("text");
+
+                    b.Property<string>("Labels")
+                        .HasColumnType("text");
+
                     b.Property<string>("ProjectId")
                         .IsRequired()
                         .ValueGeneratedOnAdd()
@@ -424,6 +448,21 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.HasIndex("ProjectId", "Sequence");
 
                     b.ToTable("Files");
+                });
+
+            modelBuilder.Entity("AdapterService.Core.Storage.FileTokenCount", b =>
+                {
+                    b.HasOne("AdapterService.Core.Storage.BaseModel", null)
+                        .WithMany()
+                        .HasForeignKey("BaseModel")
+                        .OnDelete(DeleteBehavior.Cascade)
+                        .IsRequired();
+
+                    b.HasOne("AdapterService.Core.Storage.StoredFile", null)
+                        .WithMany()
+                        .HasForeignKey("FileId")
+                        .OnDelete(DeleteBehavior.Cascade)
+                        .IsRequired();
                 });
 #pragma warning restore 612, 618
         }

@@ -191,6 +191,24 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.ToTable("Checkpoints");
                 });
 
+            modelBuilder.Entity("AdapterService.Core.Storage.FileTokenCount", b =>
+                {
+                    b.Property<string>("FileId")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("BaseModel")
+                        .HasColumnType("TEXT");
+
+                    b.Property<long>("Tokens")
+                        .HasColumnType("INTEGER");
+
+                    b.HasKey("FileId", "BaseModel");
+
+                    b.HasIndex("BaseModel");
+
+                    b.ToTable("FileTokenCounts");
+                });
+
             modelBuilder.Entity("AdapterService.Core.Storage.FineTuningJob", b =>
                 {
                     b.Property<string>("Id")
@@ -397,6 +415,12 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.Property<string>("Format")
                         .HasColumnType("TEXT");
 
+                    b.Property<string>("ImageSizes")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Labels")
+                        .HasColumnType("TEXT");
+
                     b.Property<string>("ProjectId")
                         .IsRequired()
                         .ValueGeneratedOnAdd()
@@ -417,6 +441,21 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.HasIndex("ProjectId", "Sequence");
 
                     b.ToTable("Files");
+                });
+
+            modelBuilder.Entity("AdapterService.Core.Storage.FileTokenCount", b =>
+                {
+                    b.HasOne("AdapterService.Core.Storage.BaseModel", null)
+                        .WithMany()
+                        .HasForeignKey("BaseModel")
+                        .OnDelete(DeleteBehavior.Cascade)
+                        .IsRequired();
+
+                    b.HasOne("AdapterService.Core.Storage.StoredFile", null)
+                        .WithMany()
+                        .HasForeignKey("FileId")
+                        .OnDelete(DeleteBehavior.Cascade)
+                        .IsRequired();
                 });
 #pragma warning restore 612, 618
         }

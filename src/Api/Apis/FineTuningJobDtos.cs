@@ -1,0 +1,105 @@
+using System.Text.Json;
+using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Jobs;
+using AdapterService.Core.Storage;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Mvc;
+using Microsoft.EntityFrameworkCore;
+
+namespace AdapterService.Api.Apis;
+
+/// <summary>Hyperparameters: each a number or "auto" (resolved from the data set's size when the job is created).</summary>
+/// <param name="NEpochs" example="3">Passes over the training file: an integer 1-50, or "auto".</param>
+/// <param name="BatchSize" example="1">Examples per training step: an integer 1-256, or "auto".</param>
+/// <param name="LearningRateMultiplier" example="1">Scales the base learning rate (4e-3 for LoRA): a number in (0, 50], or "auto" (1).</param>
+/// <param name="EarlyStoppingPatience">Our extension, with a validation file: stop after this many epochs (1-50) without a lower validation loss.</param>
+public sealed record HyperparametersRequest(JsonElement? NEpochs, JsonElement? BatchSize, JsonElement? LearningRateMultiplier, int? EarlyStoppingPatience = null);
+
+public sealed record SupervisedMethod(HyperparametersRequest? Hyperparameters);
+public sealed record MethodRequest(string? Type, SupervisedMethod? Supervised);
+
+/// <summary>A fine-tuning job to create (OpenAI's fields plus <c>adapter</c>).</summary>
+/// <param name="Model" example="tiny-llama-demo">The base model to fine-tune.</param>
+/// <param name="TrainingFile" example="file-abc123">Id of an uploaded file with purpose fine-tune.</param>
+/// <param name="ValidationFile">Id of an uploaded file with purpose fine-tune; its loss and token accuracy are measured at every epoch's end.</param>
+/// <param name="Hyperparameters">OpenAI's older top-level form; method.supervised.hyperparameters wins when both are given.</param>
+/// <param name="Suffix" example="my-model">Up to 64 letters, digits, '-' or '_'; part of the fine-tuned model's name.</param>
+/// <param name="Seed" example="42">Makes the run reproducible; random when absent.</param>
+/// <param name="Adapter">Which adapter method to train and its options (default: LoRA r=8 on all linear layers).</param>
+/// <param name="Method">OpenAI's newer form: {"type": "supervised", "supervised": {"hyperparameters": {...}}}.</param>
+/// <param name="Metadata">Up to 16 key-value pairs (keys up to 64 characters, values up to 512) to find the job by later.</param>
+public sealed record CreateFineTuningJobRequest(
+    string? Model, string? TrainingFile, string? ValidationFile, HyperparametersRequest? Hyperparameters, string? Suffix,
+    long? Seed, AdapterRequest? Adapter, MethodRequest? Method, Dictionary<string, string>? Metadata);
+
+
+public sealed record HyperparametersDto(int NEpochs, int BatchSize, double LearningRateMultiplier, int? EarlyStoppingPatience = null);
+public sealed record MethodDto(string Type, SupervisedDto Supervised);
+public sealed record SupervisedDto(HyperparametersDto Hyperparameters);
+public sealed record JobErrorDto(string Code, string Message, string? Param);
+
+/// <summary>OpenAI's fine-tuning job object, plus <c>adapter</c>.</summary>
+public sealed record FineTuningJobDto(
+    string Id, string Object, string Model, long CreatedAt, long? FinishedAt, string? FineTunedModel, string OrganizationId,
+    IReadOnlyList<string> ResultFiles, string Status, string? ValidationFile, string TrainingFile, HyperparametersDto Hyperparameters,
+    long? TrainedTokens, JobErrorDto? Error, long Seed, string? Suffix, long? EstimatedFinish, IReadOnlyDictionary<string, string>? Metadata,
+    IReadOnlyList<object> Integrations, MethodDto Method, AdapterDto Adapter, long TrainingFileTokens, long EstimatedTrainedTokens);
+
+public sealed record JobEventDto(string Id, string Object, long CreatedAt, string Level, string Message, string Type, JsonElement? Data);
+
+public sealed record ListResponse<T>(string Object, IReadOnlyList<T> Data, bool HasMore);
+
+/// <summary><c>FineTuning:MinExamples</c>: the fewest training examples a job accepts (OpenAI's rule: 10).</summary>
+public sealed class FineTuningLimits
+{
+    public int MinExamples { get; set; } = 10;
+}
+
+/// <summary>OpenAI's checkpoint object; <c>fine_tuned_model_checkpoint</c> is a model name usable for inference.</summary>
+public sealed record CheckpointDto(string Id, string Object, long CreatedAt, string FineTunedModelCheckpoint, int StepNumber, JsonElement Metrics, string FineTuningJobId);
+
+public sealed record CheckpointListResponse(string Object, IReadOnlyList<CheckpointDto> Data, bool HasMore, string? FirstId, string? LastId);
+
+/// <summary>A list's cursor query: the items after the one with id <c>after</c>, at most <c>limit</c> of them.</summary>
+public sealed record PageQuery([FromQuery(Name = "after")] string? After, [FromQuery(Name = "limit")] int? Limit);
+
+/// <summary>How jobs and their events appear in the API.</summary>
+public static partial class FineTuningJobsApi
+{
+    public static FineTuningJobDto ToDto(this FineTuningJob j, IReadOnlyDictionary<string, string>? metadata)
+    {
+        var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier, j.EarlyStoppingPatience);
+        // A built-in base's pre-training trains no adapter; its settings are the pre-training's own.
+        bool pretraining = j.AdapterType == JobKinds.PretrainingType;
+        return new FineTuningJobDto(j.Id, "fine_tuning.job", j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", [],
+            j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
+            j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
+            j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
+            new MethodDto(pretraining ? JobKinds.PretrainingType : "supervised", new SupervisedDto(hp)),
+            pretraining ? new AdapterDto(JobKinds.PretrainingType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(j.AdapterConfig)),
+            j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs);
+    }
+
+    /// <summary>Jobs as the API shows them, with their metadata loaded in one query.</summary>
+    static async Task<List<FineTuningJobDto>> ToDtosAsync(ServiceDbContext db, IReadOnlyList<FineTuningJob> jobs, CancellationToken cancel)
+    {
+        var ids = jobs.Select(j => j.Id).ToList();
+        var metadata = (await db.JobMetadata.AsNoTracking().Where(m => ids.Contains(m.JobId)).ToListAsync(cancel))
+            .GroupBy(m => m.JobId).ToDictionary(g => g.Key, g => (IReadOnlyDictionary<string, string>)g.ToDictionary(m => m.Key, m => m.Value));
+        return jobs.Select(j => j.ToDto(metadata.GetValueOrDefault(j.Id))).ToList();
+    }
+
+    static async Task<FineTuningJobDto> ToDtoAsync(ServiceDbContext db, FineTuningJob job, CancellationToken cancel) =>
+        (await ToDtosAsync(db, [job], cancel))[0];
+
+    static JobEventDto ToDto(this JobEvent e) => new($"ftevent-{e.Id}", "fine_tuning.job.event", e.CreatedAt, e.Level, e.Message, e.Type,
+        e.Data is null ? null : JsonDocument.Parse(e.Data).RootElement);
+
+    /// <summary>The hyperparameters as <see cref="JobSpecification"/> reads them.</summary>
+    static HyperparameterValues? ToValues(this HyperparametersRequest? request) => request is null ? null
+        : new(request.NEpochs, request.BatchSize, request.LearningRateMultiplier, request.EarlyStoppingPatience);
+
+    /// <summary>A job-specification problem as OpenAI's 400 error object.</summary>
+    static JsonHttpResult<ErrorResponse> ToResult(this JobSpecError error) => OpenAiErrors.BadRequest(error.Message, error.Param, error.Code);
+}

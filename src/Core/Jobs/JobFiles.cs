@@ -1,0 +1,76 @@
+using AdapterService.Core.Data;
+using AdapterService.Core.Text;
+using AdapterService.Core.Models;
+using AdapterService.Core.Storage;
+using AdapterService.Core.Training;
+using Microsoft.EntityFrameworkCore;
+
+namespace AdapterService.Core.Jobs;
+
+/// <summary>
+/// A job's data files as job creation checks them: from the facts stored at upload, and for a language model from the
+/// token count stored per base model. The file is read only for what was never measured: a row from before facts were
+/// stored, or a base it was not tokenized for yet.
+/// </summary>
+public static class JobFiles
+{
+    public static async Task<DataFile> ReadAsync(ServiceDbContext db, IBlobStore blobs, string fileId, string param, BaseModel baseModel,
+        ModelConfig baseConfig, CancellationToken cancel)
+    {
+        var row = await db.Files.SingleOrDefaultAsync(f => f.Id == fileId, cancel);
+        if (row is null) return Failed(fileId, new($"File {fileId} does not exist.", param, "file_not_found"));
+        if (row.Purpose != "fine-tune") return Failed(fileId, new($"File {fileId} has purpose '{row.Purpose}', not 'fine-tune'.", param));
+        try
+        {
+            TrainingFile? parsed = null;
+            var facts = FileFacts.From(row);
+            if (facts is null)
+            {
+                parsed = Parse(blobs, row);
+                facts = FileFacts.Of(parsed);
+                facts.WriteTo(row);
+                await db.SaveChangesAsync(cancel);
+            }
+            if (baseConfig is VitConfig) return new DataFile(fileId, facts, null);   // images: JobSpecification checks the facts
+            if (facts.Format == TrainingFileFormat.Image) throw new TrainingFileException(0, FileFacts.ImagesForLanguageModel);
+            var stored = await db.FileTokenCounts.AsNoTracking().SingleOrDefaultAsync(c => c.FileId == fileId && c.BaseModel == baseModel.Id, cancel);
+            if (stored is not null) return new DataFile(fileId, facts, stored.Tokens);
+            parsed ??= Parse(blobs, row);
+            long tokens = TrainingData.Tokenize(parsed, TextTokenizers.ForModel(blobs.Resolve(baseModel.BlobPath)), baseModel.ContextLength)
+                .Sum(e => (long)e.Ids.Length);
+            var count = new FileTokenCount { FileId = fileId, BaseModel = baseModel.Id, Tokens = tokens };
+            db.FileTokenCounts.Add(count);
+            try { await db.SaveChangesAsync(cancel); }
+            catch (DbUpdateException) { db.Entry(count).State = EntityState.Detached; }   // measured by a concurrent request: the same number
+            return new DataFile(fileId, facts, tokens);
+        }
+        catch (TrainingFileException e)
+        {
+            return Failed(fileId, new($"File {fileId} is invalid: {e.Message}", param, "invalid_file"));
+        }
+        catch (NotSupportedException e)
+        {
+            return Failed(fileId, new($"File {fileId} does not suit the model '{baseModel.Id}': {e.Message}.", param, "invalid_file"));
+        }
+    }
+
+    /// <summary>
+    /// The worker's read of a language model's file: it needs the token ids, so this one parses and tokenizes; whatever
+    /// is wrong with the bytes now (they were checked at upload) throws <see cref="TrainingFileException"/> and fails the job.
+    /// </summary>
+    public static List<TokenizedExample> LoadTokenized(ServiceDbContext db, IBlobStore blobs, string fileId, BaseModel baseModel) =>
+        TrainingData.Tokenize(Parse(blobs, db.Files.AsNoTracking().Single(f => f.Id == fileId)),
+            TextTokenizers.ForModel(blobs.Resolve(baseModel.BlobPath)), baseModel.ContextLength);
+
+    /// <summary>The worker's read of an image file: its pixels and class indices into <paramref name="labels"/>.</summary>
+    public static LabelledImages LoadImages(ServiceDbContext db, IBlobStore blobs, string fileId, VitConfig config, IReadOnlyList<string> labels) =>
+        ImageData.Read(Parse(blobs, db.Files.AsNoTracking().Single(f => f.Id == fileId)), config, labels);
+
+    static DataFile Failed(string fileId, JobSpecError error) => new(fileId, null, null, error);
+
+    static TrainingFile Parse(IBlobStore blobs, StoredFile row)
+    {
+        using var stream = blobs.OpenRead(row.BlobPath);
+        return TrainingFile.Parse(stream);
+    }
+}

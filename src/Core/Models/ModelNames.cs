@@ -1,0 +1,52 @@
+using AdapterService.Core.Storage;
+using Microsoft.EntityFrameworkCore;
+
+namespace AdapterService.Core.Models;
+
+/// <summary>
+/// What a model name stands for: a base model (its id), an adapter (<c>ft:…</c>, trained, imported or combined), or a
+/// checkpoint of a job (<c>ft:…:ckpt-step-N</c>). Exactly one of the three is set.
+/// </summary>
+public sealed record NamedModel(BaseModel? Base, Adapter? Adapter, Checkpoint? Checkpoint)
+{
+    /// <summary>The base model's id the name runs on.</summary>
+    public string BaseId => Adapter?.BaseModel ?? Checkpoint?.BaseModel ?? Base!.Id;
+}
+
+/// <summary>
+/// A model name as requests use it, ready to run: the base and, for a fine-tuned model or a checkpoint, its adapter
+/// weights. <see cref="AdapterKey"/> identifies those weights for caching.
+/// </summary>
+public sealed record ResolvedModel(BaseModel Base, string? AdapterKey, string? AdapterBlobPath);
+
+/// <summary>The one resolver of model names, for serving, the models API, export and deletion.</summary>
+public static class ModelNames
+{
+    /// <summary>What <paramref name="name"/> names, in this order: an adapter, a checkpoint (of a job still there), a base; null if nothing.</summary>
+    public static async Task<NamedModel?> FindAsync(ServiceDbContext db, string name, CancellationToken cancel)
+    {
+        // Adapter and checkpoint names all start with "ft:"; a base id is looked up as-is.
+        if (name.StartsWith("ft:", StringComparison.Ordinal))
+        {
+            if (await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Name == name, cancel) is { } adapter) return new(null, adapter, null);
+            if (await db.Checkpoints.AsNoTracking().SingleOrDefaultAsync(c => c.Name == name && db.Jobs.Any(j => j.Id == c.JobId), cancel) is { } checkpoint)
+                return new(null, null, checkpoint);
+        }
+        return await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == name, cancel) is { } baseModel ? new(baseModel, null, null) : null;
+    }
+
+    /// <summary>The base and adapter weights to run <paramref name="name"/> with; null when it names nothing, or its base is gone.</summary>
+    public static async Task<ResolvedModel?> ResolveAsync(ServiceDbContext db, string name, CancellationToken cancel)
+    {
+        var found = await FindAsync(db, name, cancel);
+        if (found is null) return null;
+        var baseModel = found.Base ?? await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == found.BaseId, cancel);
+        if (baseModel is null) return null;
+        return found switch
+        {
+            { Adapter: { } a } => new(baseModel, a.Id, a.BlobPath),
+            { Checkpoint: { } c } => new(baseModel, c.Id, c.BlobPath),
+            _ => new(baseModel, null, null),
+        };
+    }
+}

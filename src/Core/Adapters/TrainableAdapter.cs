@@ -160,6 +160,16 @@ public abstract class TrainableAdapter : IDisposable
     }
 }
 
+/// <summary>The shape every method's adapter has: its typed config and its layers by the path of the layer they adapt.</summary>
+public abstract class TrainableAdapter<TConfig>(TConfig config, Dictionary<string, nn.Module> layers) : TrainableAdapter where TConfig : AdapterConfig
+{
+    protected readonly TConfig config = config;
+    protected readonly Dictionary<string, nn.Module> layers = layers;
+
+    public override AdapterConfig Config => config;
+    public override IReadOnlyDictionary<string, nn.Module> Layers => layers;
+}
+
 /// <summary>A method layer with dropout whose masks a trainer's generator draws (so runs are reproducible).</summary>
 public interface IDropoutLayer
 {

@@ -6,16 +6,11 @@ using static TorchSharp.torch;
 namespace AdapterService.Core.Adapters;
 
 /// <summary>A Lily adapter; its file is PEFT's Lily layout, each layer's keys holding its LP and its type's shared HP and router.</summary>
-public sealed class LilyAdapter : TrainableAdapter
+public sealed class LilyAdapter : TrainableAdapter<LilyConfig>
 {
-    readonly LilyConfig config;
-    readonly Dictionary<string, nn.Module> layers;
     readonly List<LilyGroup> groups;
 
-    LilyAdapter(LilyConfig config, Dictionary<string, nn.Module> layers, List<LilyGroup> groups) => (this.config, this.layers, this.groups) = (config, layers, groups);
-
-    public override AdapterConfig Config => config;
-    public override IReadOnlyDictionary<string, nn.Module> Layers => layers;
+    LilyAdapter(LilyConfig config, Dictionary<string, nn.Module> layers, List<LilyGroup> groups) : base(config, layers) => this.groups = groups;
 
     /// <summary>Module type of a layer: its name and shape, as PEFT groups shared Lily parts.</summary>
     static (string, long, long, int) TypeOf(string path, AdaptableLinear layer, LilyConfig config) =>

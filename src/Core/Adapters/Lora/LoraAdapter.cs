@@ -9,15 +9,9 @@ namespace AdapterService.Core.Adapters;
 /// A LoRA (or DoRA) adapter: one <see cref="LoraLayer"/> (or <see cref="DoraLayer"/>) per target layer, saved with PEFT's
 /// keys <c>{path}.lora_A.weight</c>, <c>{path}.lora_B.weight</c> (and <c>{path}.lora_magnitude_vector</c>).
 /// </summary>
-public sealed class LoraAdapter : TrainableAdapter
+public sealed class LoraAdapter : TrainableAdapter<LoraConfig>
 {
-    readonly LoraConfig config;
-    readonly Dictionary<string, nn.Module> layers;
-
-    LoraAdapter(LoraConfig config, Dictionary<string, nn.Module> layers) => (this.config, this.layers) = (config, layers);
-
-    public override AdapterConfig Config => config;
-    public override IReadOnlyDictionary<string, nn.Module> Layers => layers;
+    LoraAdapter(LoraConfig config, Dictionary<string, nn.Module> layers) : base(config, layers) { }
 
     /// <summary>New LoRA (or DoRA) layers on the model's target modules, A drawn from <paramref name="seed"/> when given.</summary>
     public static LoraAdapter Create(nn.Module model, LoraConfig config, long? seed = null)

@@ -6,15 +6,9 @@ using static TorchSharp.torch;
 namespace AdapterService.Core.Adapters;
 
 /// <summary>A MixLoRA adapter: a <see cref="MixLoraBlock"/> in every feed-forward network of the model, plus plain LoRA on <c>target_modules</c>.</summary>
-public sealed class MixLoraAdapter : TrainableAdapter
+public sealed class MixLoraAdapter : TrainableAdapter<MixLoraConfig>
 {
-    readonly MixLoraConfig config;
-    readonly Dictionary<string, nn.Module> layers;
-
-    MixLoraAdapter(MixLoraConfig config, Dictionary<string, nn.Module> layers) => (this.config, this.layers) = (config, layers);
-
-    public override AdapterConfig Config => config;
-    public override IReadOnlyDictionary<string, nn.Module> Layers => layers;
+    MixLoraAdapter(MixLoraConfig config, Dictionary<string, nn.Module> layers) : base(config, layers) { }
 
     public static MixLoraAdapter Create(nn.Module model, MixLoraConfig config, Generator? init)
     {

@@ -9,15 +9,9 @@ namespace AdapterService.Core.Adapters;
 /// An RLRR adapter over the target linear layers (keys <c>{path}.rlrr_s_left</c>, <c>rlrr_s_right</c>, <c>rlrr_f</c>)
 /// and, with <c>layer_norms</c>, every norm layer (<c>{path}.rlrr_scale</c>, <c>rlrr_shift</c>).
 /// </summary>
-public sealed class RlrrAdapter : TrainableAdapter
+public sealed class RlrrAdapter : TrainableAdapter<RlrrConfig>
 {
-    readonly RlrrConfig config;
-    readonly Dictionary<string, nn.Module> layers;
-
-    RlrrAdapter(RlrrConfig config, Dictionary<string, nn.Module> layers) => (this.config, this.layers) = (config, layers);
-
-    public override AdapterConfig Config => config;
-    public override IReadOnlyDictionary<string, nn.Module> Layers => layers;
+    RlrrAdapter(RlrrConfig config, Dictionary<string, nn.Module> layers) : base(config, layers) { }
 
     public static RlrrAdapter Create(nn.Module model, RlrrConfig config, Generator? init)
     {

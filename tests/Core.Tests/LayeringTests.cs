@@ -1,6 +1,6 @@
 using AdapterService.Core.Storage;
+using AdapterService.Tests.Shared;
 using Mono.Cecil;
-using Mono.Cecil.Cil;
 
 namespace AdapterService.Core.Tests;
 
@@ -33,11 +33,11 @@ public class LayeringTests
         var uses = new SortedSet<string>();
         foreach (var type in assembly.MainModule.GetTypes())
         {
-            string? from = Segment(Outermost(type).Namespace);
+            string? from = Segment(TypeReferences.Outermost(type).Namespace);
             if (from is null) continue;
             Assert.True(layerOf.ContainsKey(from), $"namespace AdapterService.Core.{from} is in no layer of {nameof(LayeringTests)}");
-            foreach (var used in References(type))
-                if (Segment(Outermost(used).Namespace) is { } to && to != from) uses.Add($"{from} -> {to}");
+            foreach (var used in TypeReferences.Of(type))
+                if (Segment(TypeReferences.Outermost(used).Namespace) is { } to && to != from) uses.Add($"{from} -> {to}");
         }
         var wrong = uses.Where(u => u.Split(" -> ") is [var from, var to] && (!layerOf.TryGetValue(to, out var l) || l >= layerOf[from])).ToList();
         Assert.True(wrong.Count == 0, "Core namespaces used against the layering: " + string.Join("; ", wrong));
@@ -46,63 +46,4 @@ public class LayeringTests
 
     static string? Segment(string ns) =>
         ns.StartsWith("AdapterService.Core.", StringComparison.Ordinal) ? ns["AdapterService.Core.".Length..].Split('.')[0] : null;
-
-    static TypeReference Outermost(TypeReference type)
-    {
-        while (type.DeclaringType is not null) type = type.DeclaringType;
-        return type;
-    }
-
-    /// <summary>Every type a type's own code names: base, interfaces, attributes, members' signatures, locals and instructions.</summary>
-    static IEnumerable<TypeReference> References(TypeDefinition type)
-    {
-        var found = new List<TypeReference>();
-        void Add(TypeReference? t)
-        {
-            switch (t)
-            {
-                case null: return;
-                case GenericInstanceType g:
-                    Add(g.ElementType);
-                    foreach (var a in g.GenericArguments) Add(a);
-                    return;
-                case TypeSpecification s:
-                    Add(s.ElementType);
-                    return;
-                case GenericParameter:
-                    return;
-                default:
-                    found.Add(t);
-                    return;
-            }
-        }
-        void Attributes(ICustomAttributeProvider p) { foreach (var a in p.CustomAttributes) Add(a.AttributeType); }
-
-        Add(type.BaseType);
-        Attributes(type);
-        foreach (var i in type.Interfaces) Add(i.InterfaceType);
-        foreach (var f in type.Fields) { Add(f.FieldType); Attributes(f); }
-        foreach (var p in type.Properties) { Add(p.PropertyType); Attributes(p); }
-        foreach (var m in type.Methods)
-        {
-            Attributes(m);
-            Add(m.ReturnType);
-            foreach (var p in m.Parameters) Add(p.ParameterType);
-            if (!m.HasBody) continue;
-            foreach (var v in m.Body.Variables) Add(v.VariableType);
-            foreach (var instruction in m.Body.Instructions)
-                switch (instruction.Operand)
-                {
-                    case TypeReference t: Add(t); break;
-                    case MethodReference r:
-                        Add(r.DeclaringType);
-                        Add(r.ReturnType);
-                        foreach (var p in r.Parameters) Add(p.ParameterType);
-                        if (r is GenericInstanceMethod gm) foreach (var a in gm.GenericArguments) Add(a);
-                        break;
-                    case FieldReference f: Add(f.DeclaringType); Add(f.FieldType); break;
-                }
-        }
-        return found;
-    }
 }

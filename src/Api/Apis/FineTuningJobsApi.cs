@@ -75,7 +75,7 @@ public static partial class FineTuningJobsApi
         var job = new FineTuningJob
         {
             Id = "ftjob-" + Ids.New(), ProjectId = user.ProjectId()!, Model = baseModel.Id, TrainingFile = request.TrainingFile, ValidationFile = request.ValidationFile,
-            Status = JobStatus.Queued, TrainingFileTokens = fileTokens,
+            TrainingFileTokens = fileTokens,
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Suffix = request.Suffix, Seed = request.Seed ?? Random.Shared.Next(),
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
             AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(),

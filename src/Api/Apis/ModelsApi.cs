@@ -127,7 +127,7 @@ public static class ModelsApi
         long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var job = new FineTuningJob
         {
-            Id = "ftjob-" + Ids.New(), ProjectId = user.ProjectId()!, Model = model, TrainingFile = builtin.Corpus, Status = JobStatus.Queued,
+            Id = "ftjob-" + Ids.New(), ProjectId = user.ProjectId()!, Model = model, TrainingFile = builtin.Corpus,
             CreatedAt = now, Epochs = 1, LearningRateMultiplier = 1, AdapterType = JobKinds.PretrainingType, AdapterConfig = builtin.Settings,
         };
         await jobs.CreateAsync(job, [], [], $"Pre-training job created for {model}", cancel);

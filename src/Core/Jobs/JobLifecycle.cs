@@ -22,12 +22,12 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
     public string StatusOf(string jobId) => db.Jobs.Where(j => j.Id == jobId).Select(j => j.Status).Single();
 
     /// <summary>
-    /// Stores a new queued job with its metadata, the <paramref name="notes"/> as plain events and
+    /// Stores a new job, queued, with its metadata, the <paramref name="notes"/> as plain events and
     /// <paramref name="queuedMessage"/> as its status event, then hands it to the queue of its kind.
     /// </summary>
     public async Task CreateAsync(FineTuningJob job, IEnumerable<JobMetadata> metadata, IEnumerable<string> notes, string queuedMessage, CancellationToken cancel)
     {
-        if (job.Status != JobStatus.Queued) throw new ArgumentException($"a new job is queued, not {job.Status}", nameof(job));
+        job.Status = JobStatus.Queued;
         db.Jobs.Add(job);
         db.JobMetadata.AddRange(metadata);
         db.JobEvents.AddRange(notes.Select(message => new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = message }));

@@ -76,7 +76,7 @@ public static partial class FineTuningJobsApi
             j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
-            new MethodDto(pretraining ? JobKinds.PretrainingType : "supervised", new SupervisedDto(hp)),
+            new MethodDto(pretraining ? JobKinds.PretrainingType : JobObjectives.Of(j), new SupervisedDto(hp)),
             pretraining ? new AdapterDto(JobKinds.PretrainingType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(j.AdapterConfig)),
             j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs);
     }

@@ -41,8 +41,8 @@ public static partial class FineTuningJobsApi
         var baseModel = await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == request.Model, cancel);
         if (baseModel is null)
             return OpenAiErrors.Error(404, $"Model {request.Model} does not exist or is not available for fine-tuning.", "model", "model_not_found");
-        if (request.Method is { Type: not (null or "supervised") })
-            return OpenAiErrors.BadRequest($"Method type '{request.Method.Type}' is not supported; supported: 'supervised'.", "method.type");
+        if (request.Method?.Type is { } objective && !JobObjectives.All.Contains(objective))
+            return OpenAiErrors.BadRequest($"Method type '{objective}' is not supported; supported: {string.Join(", ", JobObjectives.All.Select(o => $"'{o}'"))}.", "method.type");
         if (request.Suffix is { } suffix && !SuffixPattern().IsMatch(suffix))
             return OpenAiErrors.BadRequest("suffix must be 1-64 characters of letters, digits, '-' and '_'.", "suffix");
         if (request.Seed is < 0 or > int.MaxValue) return OpenAiErrors.BadRequest("seed must be between 0 and 2147483647.", "seed");

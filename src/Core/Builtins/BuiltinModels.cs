@@ -28,23 +28,22 @@ public static class BuiltinModels
 
     public static IReadOnlyList<Builtin> All { get; } = [TinyDemo];
 
-    /// <summary>Writes the model's folder if it is not there yet (deterministic: the same seed gives the same bytes).</summary>
-    public static void EnsureCreated(Builtin builtin, string folder)
+    /// <summary>Writes the model's folder as <paramref name="blobPath"/> if it is not there yet (deterministic: the same seed gives the same bytes).</summary>
+    public static void EnsureCreated(Builtin builtin, IBlobStore blobs, string blobPath)
     {
-        if (File.Exists(Path.Combine(folder, ModelFolder.WeightsFile))) return;
+        string weights = $"{blobPath}/{ModelFolder.WeightsFile}";
+        if (blobs.Exists(weights)) return;
         using var scope = NewDisposeScope();
         using var model = RandomModel.Create(builtin.Config, builtin.Seed);
-        // Write to a temporary folder and rename, so a crash never leaves a half-written base model behind.
-        string temp = folder + ".tmp-" + Guid.NewGuid().ToString("N");
+        // Written aside and published whole, so a crash never leaves a half-written base model behind.
+        string temp = blobs.NewTempFolder();
         ModelFolder.Save(model, temp);
         ByteTokenizer.Save(temp);
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(folder))!);
-        if (Directory.Exists(folder) && !File.Exists(Path.Combine(folder, ModelFolder.WeightsFile))) Directory.Delete(folder, true);
         try
         {
-            Directory.Move(temp, folder);
+            blobs.CommitFolder(temp, blobPath, replace: true);   // replaces a folder left without its weights
         }
-        catch (IOException) when (File.Exists(Path.Combine(folder, ModelFolder.WeightsFile)))
+        catch (IOException) when (blobs.Exists(weights))
         {
             Directory.Delete(temp, true);   // another process made it first: same seed, same bytes
         }
@@ -56,7 +55,7 @@ public static class BuiltinModels
         foreach (var builtin in All)
         {
             var blobPath = BlobPaths.ModelPath(builtin.Id);
-            EnsureCreated(builtin, blobs.Resolve(blobPath));
+            EnsureCreated(builtin, blobs, blobPath);
             if (db.BaseModels.Any(m => m.Id == builtin.Id)) continue;
             var c = builtin.Config;
             var (tensors, _) = SafeTensors.ReadHeader(Path.Combine(blobs.Resolve(blobPath), ModelFolder.WeightsFile));

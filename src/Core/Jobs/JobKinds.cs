@@ -31,6 +31,9 @@ public static class JobObjectives
 {
     public const string Supervised = "supervised";
 
+    /// <summary>The objectives a job may ask for in <c>method.type</c>.</summary>
+    public static IReadOnlyList<string> All { get; } = [Supervised];
+
     /// <summary>The objective of a fine-tuning job (a column once a second objective exists).</summary>
     public static string Of(FineTuningJob job) => Supervised;
 }

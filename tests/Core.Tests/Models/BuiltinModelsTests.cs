@@ -1,5 +1,6 @@
 using AdapterService.Core.Builtins;
 using AdapterService.Core.Models;
+using AdapterService.Core.Storage;
 using AdapterService.Core.Torch;
 
 namespace AdapterService.Core.Tests.Models;
@@ -7,16 +8,20 @@ namespace AdapterService.Core.Tests.Models;
 public sealed class BuiltinModelsTests : IDisposable
 {
     readonly string dir = Directory.CreateTempSubdirectory("builtin-models-tests-").FullName;
+    readonly FolderBlobStore blobs;
 
-    public BuiltinModelsTests() => TorchRuntime.EnsureReady();
+    public BuiltinModelsTests()
+    {
+        TorchRuntime.EnsureReady();
+        blobs = new FolderBlobStore(dir);
+    }
 
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
     byte[] Weights(BuiltinModels.Builtin builtin, string name)
     {
-        string folder = Path.Combine(dir, name);
-        BuiltinModels.EnsureCreated(builtin, folder);
-        return File.ReadAllBytes(Path.Combine(folder, ModelFolder.WeightsFile));
+        BuiltinModels.EnsureCreated(builtin, blobs, name);
+        return File.ReadAllBytes(Path.Combine(blobs.Resolve(name), ModelFolder.WeightsFile));
     }
 
     [Fact]
@@ -30,12 +35,12 @@ public sealed class BuiltinModelsTests : IDisposable
     [Fact]
     public void TheFolderLoadsAsTheConfiguredModel()
     {
-        string folder = Path.Combine(dir, "m");
-        BuiltinModels.EnsureCreated(BuiltinModels.TinyDemo, folder);
-        BuiltinModels.EnsureCreated(BuiltinModels.TinyDemo, folder);   // already there: a no-op
+        string folder = blobs.Resolve("m");
+        BuiltinModels.EnsureCreated(BuiltinModels.TinyDemo, blobs, "m");
+        BuiltinModels.EnsureCreated(BuiltinModels.TinyDemo, blobs, "m");   // already there: a no-op
 
         Assert.True(File.Exists(Path.Combine(folder, "tokenizer_config.json")));
-        Assert.Equal([Path.GetFileName(folder)], Directory.GetDirectories(dir).Select(Path.GetFileName));   // no temp folders left
+        Assert.Empty(Directory.GetDirectories(blobs.Resolve("tmp")));   // no temp folders left
         using var model = ModelFolder.Load<LlamaForCausalLM>(folder);
         Assert.Equal(BuiltinModels.TinyDemo.Config.HiddenSize, model.Config.HiddenSize);
         Assert.Equal(BuiltinModels.TinyDemo.Config.NumHiddenLayers, model.model.layers.Count);

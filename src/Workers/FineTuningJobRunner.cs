@@ -11,16 +11,6 @@ using Microsoft.Extensions.Options;
 
 namespace AdapterService.Workers;
 
-/// <summary><c>Workers:StateEverySteps</c>: how often a job saves the state it resumes from after a crash (also at every epoch's end).</summary>
-public sealed class TrainingOptions
-{
-    public int StateEverySteps { get; set; } = 25;
-    /// <summary><c>Workers:LeaseSeconds</c>: how long a job stays claimed by a worker that stopped renewing it.</summary>
-    public int LeaseSeconds { get; set; } = 60;
-    /// <summary><c>Workers:Speed</c>: how language-model jobs compute their steps (packing, micro-batches, bf16, checkpointing).</summary>
-    public TrainingSpeedOptions Speed { get; set; } = new();
-}
-
 /// <summary>
 /// The Hangfire job that trains one fine-tuning job. It takes the job id only and is safe to run twice: a finished
 /// or paused job is a no-op, and an interrupted one (crash, shutdown, pause) continues from its last saved state.
@@ -33,16 +23,13 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
     public const double BaseLearningRate = JobSpecification.BaseLearningRate;
 
-    /// <summary>This process's name as a lease owner.</summary>
-    internal static readonly string Worker = $"{Environment.MachineName}:{Environment.ProcessId}:{Guid.NewGuid():N}";
-
     [AutomaticRetry(Attempts = 0), Queue(WorkerServices.FineTuningQueue)]
     public void Run(string jobId, CancellationToken shutdown)
     {
         var job = jobs.Find(jobId);
         if (job is null || JobStatus.IsFinished(job.Status)) return;
         using var logScope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["ProjectId"] = job.ProjectId });
-        if (jobs.Claim(jobId, Worker, options.Value.LeaseSeconds) is not { } lease)
+        if (jobs.Claim(jobId, WorkerServices.WorkerId, options.Value.LeaseSeconds) is not { } lease)
         {
             // Another worker holds the job. Look again when its lease could have run out, in case that worker died.
             if (jobs.StatusOf(jobId) == JobStatus.Running) queue.Schedule(JobKind.FineTuning, jobId, TimeSpan.FromSeconds(options.Value.LeaseSeconds));
@@ -124,5 +111,4 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         new TrainerStates(blobs).DeleteAll(job.Id);
     }
 
-    public static string FineTunedModelName(FineTuningJob job) => $"ft:{job.Model}:{job.Suffix ?? ""}:{job.Id}";
 }

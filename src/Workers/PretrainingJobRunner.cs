@@ -27,7 +27,7 @@ public sealed class PretrainingJobRunner(ServiceDbContext db, JobLifecycle jobs,
         if (job is null || JobKinds.Of(job) != JobKind.Pretraining || JobStatus.IsFinished(job.Status)) return;
         using var logScope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["Model"] = job.Model });
         // The same lease as a fine-tuning job's: a worker that died loses the job to the next one that fetches it.
-        if (jobs.Claim(jobId, FineTuningJobRunner.Worker, options.Value.LeaseSeconds) is not { } lease)
+        if (jobs.Claim(jobId, WorkerServices.WorkerId, options.Value.LeaseSeconds) is not { } lease)
         {
             if (jobs.StatusOf(jobId) == JobStatus.Running) queue.Schedule(JobKind.Pretraining, jobId, TimeSpan.FromSeconds(options.Value.LeaseSeconds));
             return;

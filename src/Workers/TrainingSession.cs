@@ -100,7 +100,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         blobs.CommitFolder(temp, blobPath);
         return new Adapter
         {
-            Id = adapterId, Name = FineTuningJobRunner.FineTunedModelName(job), BaseModel = job.Model, Method = job.AdapterType,
+            Id = adapterId, Name = ModelNames.FineTuned(job.Model, job.Suffix, job.Id), BaseModel = job.Model, Method = job.AdapterType,
             Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
             BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = JobLifecycle.Now(),
         };
@@ -149,7 +149,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         }
         jobs.AddCheckpoint(new Checkpoint
         {
-            Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = $"{FineTuningJobRunner.FineTunedModelName(job)}:ckpt-step-{p.Step}", BaseModel = job.Model,
+            Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = ModelNames.Checkpoint(ModelNames.FineTuned(job.Model, job.Suffix, job.Id), p.Step), BaseModel = job.Model,
             StepNumber = p.Step, CreatedAt = JobLifecycle.Now(), BlobPath = blobPath,
             Metrics = JsonSerializer.Serialize(new
             {

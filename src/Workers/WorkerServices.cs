@@ -13,6 +13,9 @@ public static class WorkerServices
 {
     public const string FineTuningQueue = "fine-tuning";
 
+    /// <summary>This process's name as the owner of the leases it takes.</summary>
+    public static readonly string WorkerId = $"{Environment.MachineName}:{Environment.ProcessId}:{Guid.NewGuid():N}";
+
     /// <summary>
     /// Hangfire's storage: in memory for the embedded default (the database rows are the truth; unfinished jobs are
     /// re-queued at start), PostgreSQL for scale-out, shared by the API and every worker. A job whose worker died is

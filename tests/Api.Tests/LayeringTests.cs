@@ -32,9 +32,33 @@ public class LayeringTests
             using var assembly = AssemblyDefinition.ReadAssembly(path);
             foreach (var type in assembly.MainModule.GetTypes())
                 foreach (var method in type.Methods.Where(m => m.HasBody))
-                    if (method.Body.Instructions.Any(i => i.Operand is MethodReference { Name: "set_Status" } r && r.DeclaringType.Name == nameof(FineTuningJob)))
-                        setters.Add(TypeReferences.Outermost(type).FullName);
+                    if (SetsStatus(method)) setters.Add(TypeReferences.Outermost(type).FullName);
         }
         Assert.Equal([typeof(JobLifecycle).FullName!], setters);
+    }
+
+    /// <summary>
+    /// A job's <c>Status</c> property set (<c>job.Status = …</c>), or named as the property of an EF Core
+    /// <c>ExecuteUpdate</c> setter: <c>SetProperty(j =&gt; j.Status, …)</c> builds its selector from the getter's token
+    /// right before the <c>SetProperty</c> it is passed to.
+    /// </summary>
+    static bool SetsStatus(MethodDefinition method)
+    {
+        string? lastJobGetter = null;
+        foreach (var instruction in method.Body.Instructions)
+        {
+            if (instruction.Operand is not MethodReference r) continue;
+            if (r.DeclaringType.Name == nameof(FineTuningJob))
+            {
+                if (r.Name == "set_Status") return true;
+                if (r.Name.StartsWith("get_", StringComparison.Ordinal)) lastJobGetter = r.Name;
+            }
+            else if (r.Name == "SetProperty")
+            {
+                if (lastJobGetter == "get_Status") return true;
+                lastJobGetter = null;
+            }
+        }
+        return false;
     }
 }

@@ -102,7 +102,7 @@ public static class AdaptersApi
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
             {
-                Id = adapterId, ProjectId = user.ProjectId()!, Name = $"ft:{sources[0].BaseModel}:{suffix}:{adapterId}", BaseModel = sources[0].BaseModel, Method = config.Method,
+                Id = adapterId, ProjectId = user.ProjectId()!, Name = ModelNames.FineTuned(sources[0].BaseModel, suffix, adapterId), BaseModel = sources[0].BaseModel, Method = config.Method,
                 Config = config.ToJson(), ParameterCount = parameters,
                 SizeBytes = blobs.SizeOf(blobPath), BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             };
@@ -163,7 +163,7 @@ public static class AdaptersApi
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
             {
-                Id = adapterId, ProjectId = user.ProjectId()!, Name = $"ft:{baseModel.Id}:{suffix}:{adapterId}", BaseModel = baseModel.Id, Method = config.Method,
+                Id = adapterId, ProjectId = user.ProjectId()!, Name = ModelNames.FineTuned(baseModel.Id, suffix, adapterId), BaseModel = baseModel.Id, Method = config.Method,
                 Config = config.ToJson(), ParameterCount = parameters, SizeBytes = blobs.SizeOf(blobPath),
                 BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             };

@@ -127,18 +127,19 @@ public static partial class FineTuningJobsApi
             : await ChangeStatusAsync(jobId, [JobStatus.Queued, JobStatus.Running], JobStatus.Paused, "Fine-tuning job paused", db, jobs, cancel);
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> ResumeJob(
-        string jobId, ServiceDbContext db, JobLifecycle jobs, IJobQueue queue, CancellationToken cancel)
-    {
-        var result = await ChangeStatusAsync(jobId, [JobStatus.Paused], JobStatus.Queued, "Fine-tuning job resumed", db, jobs, cancel);
-        if (result.Result is Ok<FineTuningJobDto>) queue.Enqueue(JobKind.FineTuning, jobId);
-        return result;
-    }
+        string jobId, ServiceDbContext db, JobLifecycle jobs, CancellationToken cancel) =>
+        await AnswerAsync(jobId, [JobStatus.Paused], await jobs.ResumeAsync(jobId, "Fine-tuning job resumed", cancel), db, cancel);
 
     /// <summary>Moves a job from one of <paramref name="from"/> to <paramref name="to"/> with its event (<see cref="JobLifecycle"/>), or says why not.</summary>
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> ChangeStatusAsync(
-        string jobId, string[] from, string to, string message, ServiceDbContext db, JobLifecycle jobs, CancellationToken cancel)
+        string jobId, string[] from, string to, string message, ServiceDbContext db, JobLifecycle jobs, CancellationToken cancel) =>
+        await AnswerAsync(jobId, from, await jobs.TransitionAsync(jobId, from, to, message, cancel), db, cancel);
+
+    /// <summary>The job after a status change, or why it did not change (no such job, finished, or in another status).</summary>
+    static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> AnswerAsync(
+        string jobId, string[] from, (bool Changed, FineTuningJob? Job) transition, ServiceDbContext db, CancellationToken cancel)
     {
-        var (changed, job) = await jobs.TransitionAsync(jobId, from, to, message, cancel);
+        var (changed, job) = transition;
         if (job is null) return OpenAiErrors.NotFound($"No such fine-tuning job: {jobId}", "id");
         if (!changed)
             return JobStatus.IsFinished(job.Status)

@@ -58,7 +58,15 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
         return (true, job);
     }
 
-    /// <summary>The same, for a worker's thread.</summary>
+    /// <summary>Moves a paused job back to <c>queued</c> with its event and hands it to the queue of its kind.</summary>
+    public async Task<(bool Changed, FineTuningJob? Job)> ResumeAsync(string jobId, string message, CancellationToken cancel)
+    {
+        var result = await TransitionAsync(jobId, [JobStatus.Paused], JobStatus.Queued, message, cancel);
+        if (result.Changed) queue.Enqueue(JobKinds.Of(result.Job!), jobId);
+        return result;
+    }
+
+    /// <summary>The same as <see cref="TransitionAsync"/>, for a worker's thread.</summary>
     public bool Transition(string jobId, IReadOnlyCollection<string> from, string to, string message) =>
         TransitionAsync(jobId, from, to, message, CancellationToken.None).GetAwaiter().GetResult().Changed;
 

@@ -22,6 +22,12 @@ public sealed record ResolvedModel(BaseModel Base, string? AdapterKey, string? A
 /// <summary>The one resolver of model names, for serving, the models API, export and deletion.</summary>
 public static class ModelNames
 {
+    /// <summary>The name of an adapter trained by a job, imported or combined: <c>ft:{base}:{suffix}:{id}</c> (the suffix may be empty).</summary>
+    public static string FineTuned(string baseModel, string? suffix, string id) => $"ft:{baseModel}:{suffix ?? ""}:{id}";
+
+    /// <summary>The name of a job's checkpoint at <paramref name="step"/>: its fine-tuned model's name and <c>:ckpt-step-N</c>.</summary>
+    public static string Checkpoint(string fineTunedModel, int step) => $"{fineTunedModel}:ckpt-step-{step}";
+
     /// <summary>What <paramref name="name"/> names, in this order: an adapter, a checkpoint (of a job still there), a base; null if nothing.</summary>
     public static async Task<NamedModel?> FindAsync(ServiceDbContext db, string name, CancellationToken cancel)
     {

@@ -20,9 +20,6 @@ namespace AdapterService.Workers;
 public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, IBlobStore blobs, IJobQueue queue, IOptions<TrainingOptions> options,
     FusionHost fusion, ILogger<FineTuningJobRunner> log)
 {
-    /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
-    public const double BaseLearningRate = JobSpecification.BaseLearningRate;
-
     [AutomaticRetry(Attempts = 0), Queue(WorkerServices.FineTuningQueue)]
     public void Run(string jobId, CancellationToken shutdown)
     {
@@ -42,9 +39,10 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         try
         {
             var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
-            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs), new TrainerStates(blobs), blobs, options.Value, stop);
+            var states = new TrainerStates(blobs);
+            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs), states, blobs, options.Value, stop);
             var result = Train(baseModel, session, stop);
-            Succeed(job, lease, session.SaveAdapter(), result);
+            Succeed(job, lease, session.SaveAdapter(), result, states);
         }
         catch (OperationCanceledException) when (lease.Lost)
         {
@@ -100,7 +98,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
     /// otherwise (cancelled, paused or taken over during the last step) the adapter is dropped and the job keeps its
     /// status (a paused one finishes from its saved state when resumed).
     /// </summary>
-    void Succeed(FineTuningJob job, JobLease lease, Adapter adapter, TrainingResult result)
+    void Succeed(FineTuningJob job, JobLease lease, Adapter adapter, TrainingResult result, TrainerStates states)
     {
         if (!jobs.Succeed(lease, adapter.Name, result.TrainedTokens, adapter: adapter))
         {
@@ -108,7 +106,6 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
             log.LogInformation("Job {JobId} finished training but is {Status}; its adapter is not registered", job.Id, jobs.StatusOf(job.Id));
             return;
         }
-        new TrainerStates(blobs).DeleteAll(job.Id);
+        states.DeleteAll(job.Id);
     }
-
 }

@@ -21,6 +21,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     // As the job was specified at creation: its adapter, and its learning rate from the multiplier.
     readonly (AdapterConfig Config, Hyperparameters Hp) spec = JobSpecification.Of(job);
     readonly EarlyStopping stopping = new(job.EarlyStoppingPatience);
+    readonly string fineTunedModel = ModelNames.FineTuned(job.Model, job.Suffix, job.Id);
     TrainableAdapter? adapter;
     ObjectiveTrainer? run;
     int reported, fusedWith;
@@ -100,7 +101,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         blobs.CommitFolder(temp, blobPath);
         return new Adapter
         {
-            Id = adapterId, Name = ModelNames.FineTuned(job.Model, job.Suffix, job.Id), BaseModel = job.Model, Method = job.AdapterType,
+            Id = adapterId, Name = fineTunedModel, BaseModel = job.Model, Method = job.AdapterType,
             Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
             BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = JobLifecycle.Now(),
         };
@@ -149,7 +150,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         }
         jobs.AddCheckpoint(new Checkpoint
         {
-            Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = ModelNames.Checkpoint(ModelNames.FineTuned(job.Model, job.Suffix, job.Id), p.Step), BaseModel = job.Model,
+            Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = ModelNames.Checkpoint(fineTunedModel, p.Step), BaseModel = job.Model,
             StepNumber = p.Step, CreatedAt = JobLifecycle.Now(), BlobPath = blobPath,
             Metrics = JsonSerializer.Serialize(new
             {

@@ -31,7 +31,7 @@ public sealed class AdapterRequestsTests
     [Theory, MemberData(nameof(Methods))]
     public void ItsTypeIsAcceptedAndItsDtoRoundTrips(string type)
     {
-        Assert.Contains(type, AdapterRequests.Types);
+        Assert.Contains(type, AdapterMethods.Names);
         var config = Parse(new AdapterRequest(type, 4, null, null, null, NumExperts: 2));
         Assert.Equal(type, config.Method);
         var dto = AdapterDto.From(config);

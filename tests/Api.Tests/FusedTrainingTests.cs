@@ -2,10 +2,10 @@ using System.Text.Json.Nodes;
 using System.Text;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
+using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Text;
 using AdapterService.Core.Training;
-using AdapterService.Workers;
 using static TorchSharp.torch;
 
 namespace AdapterService.Api.Tests;
@@ -58,7 +58,7 @@ public sealed class FusedTrainingTests(ServiceFactory factory)
             var fused = TrainableAdapter.ReadWeights(Path.Combine(factory.DataDirectory, "blobs", adapter.BlobPath));
             using var scope = NewDisposeScope();
             var alone = TrainAlone(lines[j], AdapterConfig.Load(Path.Combine(factory.DataDirectory, "blobs", adapter.BlobPath)),
-                new Hyperparameters(4, 2 + j % 2, FineTuningJobRunner.BaseLearningRate), seed: 10 + j);
+                new Hyperparameters(4, 2 + j % 2, JobSpecification.BaseLearningRate), seed: 10 + j);
             Assert.Equal(alone.Keys.Order(), fused.Keys.Order());
             foreach (var (key, a) in alone)
             {

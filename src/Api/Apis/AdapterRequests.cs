@@ -39,9 +39,6 @@ public sealed record AdapterDto(string Type, int Rank, double? Alpha, double? Dr
 /// <summary>The API's adapter requests read into configs, each method's part looked up in <see cref="AdapterMethods"/>.</summary>
 public static class AdapterRequests
 {
-    /// <summary>The adapter types the API accepts.</summary>
-    public static IReadOnlyList<string> Types => AdapterMethods.Names;
-
     /// <summary>The config <paramref name="request"/> asks for on <paramref name="baseConfig"/> (LoRA when absent), or null with a 400 in <paramref name="error"/>.</summary>
     public static AdapterConfig? Parse(AdapterRequest? request, ModelConfig baseConfig, out JsonHttpResult<ErrorResponse>? error)
     {
@@ -49,7 +46,7 @@ public static class AdapterRequests
         var type = request?.Type ?? "lora";
         if (AdapterMethods.Find(type) is not { } method)
         {
-            error = OpenAiErrors.BadRequest($"Adapter type '{type}' is not supported; supported: {string.Join(", ", Types.Select(t => $"'{t}'"))}.",
+            error = OpenAiErrors.BadRequest($"Adapter type '{type}' is not supported; supported: {string.Join(", ", AdapterMethods.Names.Select(t => $"'{t}'"))}.",
                 "adapter.type", "unsupported_adapter_type");
             return null;
         }

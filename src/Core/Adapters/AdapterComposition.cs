@@ -11,9 +11,6 @@ namespace AdapterService.Core.Adapters;
 /// </summary>
 public static class AdapterComposition
 {
-    /// <summary>The methods adapters of which can be combined.</summary>
-    public static IReadOnlyList<string> Methods => AdapterMethods.Combinable;
-
     /// <summary>Σᵢ wᵢ tᵢ[key].</summary>
     public static Tensor WeightedSum(IReadOnlyList<Dictionary<string, Tensor>> tensors, IReadOnlyList<double> weights, string key) =>
         tensors.Select((t, i) => t[key] * weights[i]).Aggregate((a, c) => a + c);
@@ -24,8 +21,8 @@ public static class AdapterComposition
         if (folders.Count < 2 || folders.Count != weights.Count) throw new ArgumentException("give at least two adapters and one weight per adapter");
         var configs = folders.Select(AdapterConfig.Load).ToList();
         string method = configs[0].Method;
-        if (!Methods.Contains(method) || configs.Any(c => c.Method != method))
-            throw new ArgumentException($"only adapters of one method, {string.Join(" or ", Methods)}, can be combined; these are {string.Join(", ", configs.Select(c => c.Method).Distinct())}");
+        if (!AdapterMethods.Combinable.Contains(method) || configs.Any(c => c.Method != method))
+            throw new ArgumentException($"only adapters of one method, {string.Join(" or ", AdapterMethods.Combinable)}, can be combined; these are {string.Join(", ", configs.Select(c => c.Method).Distinct())}");
         using var scope = NewDisposeScope();
         var tensors = folders.Select(TrainableAdapter.ReadWeights).ToList();
         foreach (var t in tensors) scope.Attach(t.Values);

@@ -27,11 +27,7 @@ public sealed record FileFacts(
     /// <summary>The facts stored on <paramref name="row"/>; null for a row uploaded before they were (measure it then).</summary>
     public static FileFacts? From(StoredFile row)
     {
-        TrainingFileFormat? format = row.Format switch
-        {
-            "chat" => TrainingFileFormat.Chat, "prompt_completion" => TrainingFileFormat.PromptCompletion, "image" => TrainingFileFormat.Image, _ => null,
-        };
-        if (format is not { } f) return null;
+        if (TrainingFile.FormatOf(row.Format) is not { } f) return null;
         if (f != TrainingFileFormat.Image) return new(f, row.ExampleCount, null, null);
         if (row.Labels is null || row.ImageSizes is null) return null;
         return new(f, row.ExampleCount, JsonSerializer.Deserialize<Dictionary<string, int>>(row.Labels),

@@ -54,6 +54,10 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
     public static string FormatNameOf(TrainingFileFormat format) =>
         format switch { TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt_completion", _ => "image" };
 
+    /// <summary>The format named <paramref name="name"/> (as <see cref="FormatNameOf"/> writes it), or null.</summary>
+    public static TrainingFileFormat? FormatOf(string? name) =>
+        Enum.GetValues<TrainingFileFormat>().Where(f => FormatNameOf(f) == name).Select(f => (TrainingFileFormat?)f).FirstOrDefault();
+
     /// <summary>Splits on '\n' as bytes, so invalid UTF-8 is caught on its own line rather than while decoding a buffer ahead.</summary>
     static IEnumerable<ReadOnlyMemory<byte>> ReadLines(Stream stream)
     {

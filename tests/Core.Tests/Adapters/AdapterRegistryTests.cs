@@ -33,7 +33,7 @@ public sealed class AdapterRegistryTests : IDisposable
     {
         Assert.Equal(AdapterMethods.Names.Count, AdapterMethods.Names.Distinct().Count());
         Assert.Equal(["lora", "dora", "lily", "rlrr", "mixlora"], AdapterMethods.Names);   // the API lists them in this order
-        Assert.Equal(["lora", "rlrr"], AdapterComposition.Methods);
+        Assert.Equal(["lora", "rlrr"], AdapterMethods.Combinable);
         Assert.All(AdapterMethods.Names, name => Assert.Contains(name, MethodMatrixTests.MethodNames));
         Assert.Null(AdapterMethods.Find("mixture"));
         Assert.Equal("adapter_config.json: peft_type IA3 is not supported (LORA, LILY, RLRR, MIXLORA)",
@@ -135,11 +135,11 @@ public sealed class AdapterRegistryTests : IDisposable
             adapter.Save(folders[^1]);
         }
         string output = Path.Combine(dir, "combined");
-        Assert.Equal(method.CanCombine, AdapterComposition.Methods.Contains(name));
+        Assert.Equal(method.CanCombine, AdapterMethods.Combinable.Contains(name));
         if (!method.CanCombine)
         {
             var refused = Assert.Throws<ArgumentException>(() => AdapterComposition.Combine(folders, [1, 0], output));
-            Assert.Equal($"only adapters of one method, {string.Join(" or ", AdapterComposition.Methods)}, can be combined; these are {name}", refused.Message);
+            Assert.Equal($"only adapters of one method, {string.Join(" or ", AdapterMethods.Combinable)}, can be combined; these are {name}", refused.Message);
             return;
         }
         var config = AdapterComposition.Combine(folders, [1, 0], output);   // the second weighs nothing: the first's outputs

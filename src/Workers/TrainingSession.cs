@@ -97,6 +97,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         var adapterId = "adapter-" + Ids.New();
         var temp = blobs.NewTempFolder();
         adapter!.Save(temp);
+        files.WriteTrainedWith(temp);
         var blobPath = BlobPaths.AdapterPath(adapterId);
         blobs.CommitFolder(temp, blobPath);
         return new Adapter
@@ -146,6 +147,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
             var temp = blobs.NewTempFolder();
             foreach (var name in new[] { AdapterConfig.FileName, TrainableAdapter.WeightsFileName })
                 File.Copy(Path.Combine(state, name), Path.Combine(temp, name));
+            files.WriteTrainedWith(temp);
             blobs.CommitFolder(temp, blobPath);
         }
         jobs.AddCheckpoint(new Checkpoint

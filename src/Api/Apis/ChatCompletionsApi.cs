@@ -10,9 +10,9 @@ namespace AdapterService.Api.Apis;
 
 public sealed record ChatMessageDto(string? Role, string? Content);
 
-/// <summary>A chat completion request (OpenAI's fields).</summary>
+/// <summary>A chat completion request (OpenAI's fields, and vLLM's for the chat template).</summary>
 /// <param name="Model" example="tiny-llama-demo">A base model id or a fine-tuned model name (ft:{base}:{suffix}:{job}).</param>
-/// <param name="Messages">The conversation: roles system, developer, user, assistant; content a string.</param>
+/// <param name="Messages">The conversation: roles system, developer, user, assistant, tool; content a string or a list of text parts; assistant tool_calls and tool messages' tool_call_id as OpenAI writes them.</param>
 /// <param name="MaxTokens">Tokens to generate; default: up to the context length.</param>
 /// <param name="MaxCompletionTokens">Newer name of max_tokens; wins when both are given.</param>
 /// <param name="Temperature" example="0">0-2; 0 is greedy (default 1).</param>
@@ -21,9 +21,13 @@ public sealed record ChatMessageDto(string? Role, string? Content);
 /// <param name="Stream" example="false">Server-sent events of chat.completion.chunk objects, then [DONE].</param>
 /// <param name="Seed" example="42">Makes sampling reproducible.</param>
 /// <param name="N" example="1">Only 1 is supported.</param>
+/// <param name="Tools">OpenAI's tool definitions, passed to the chat template (the model's template decides how they are written).</param>
+/// <param name="ChatTemplate">vLLM's field: a Jinja chat template (or the name of one of the model's templates) to render with instead of the model's.</param>
+/// <param name="ChatTemplateKwargs">vLLM's field: extra template variables, such as {"enable_thinking": false} for Qwen 3.</param>
 public sealed record ChatCompletionRequest(
-    string? Model, IReadOnlyList<ChatMessageDto>? Messages, int? MaxTokens, int? MaxCompletionTokens, double? Temperature, double? TopP,
-    JsonElement? Stop, bool? Stream, long? Seed, int? N) : ISamplingRequest
+    string? Model, JsonElement? Messages, int? MaxTokens, int? MaxCompletionTokens, double? Temperature, double? TopP,
+    JsonElement? Stop, bool? Stream, long? Seed, int? N, JsonElement? Tools = null, string? ChatTemplate = null, JsonElement? ChatTemplateKwargs = null)
+    : ISamplingRequest
 {
     int? ISamplingRequest.MaxTokens => MaxCompletionTokens ?? MaxTokens;
 }
@@ -36,8 +40,6 @@ public sealed record ChatCompletionChunk(string Id, string Object, long Created,
 
 public static class ChatCompletionsApi
 {
-    static readonly string[] Roles = ["system", "developer", "user", "assistant"];
-
     public static IEndpointRouteBuilder MapChatCompletionsApi(this IEndpointRouteBuilder app)
     {
         app.MapPost("/v1/chat/completions", CreateChatCompletion).WithErrors(400, 404, 429).WithTags("Chat")
@@ -50,7 +52,8 @@ public static class ChatCompletionsApi
         ChatCompletionRequest request, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine,
         IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, HttpResponse response, CancellationToken cancel)
     {
-        var (ready, error) = await Generation.PrepareAsync(request, tokenizer => tokenizer.EncodeChatPrompt(Messages(request.Messages)),
+        var (ready, error) = await Generation.PrepareAsync(request, (text, fineTuned) => ChatPrompts.Encode(text, fineTuned,
+                ChatPrompts.Conversation(request.Messages, request.Tools, request.ChatTemplateKwargs, request.ChatTemplate), request.ChatTemplate),
             defaultMaxTokens: null, db, blobs, cancel);
         if (ready is null) return error!;
         var (chunks, busy) = await Generation.StartAsync(engine, ready.Request, response, cancel);
@@ -73,18 +76,5 @@ public static class ChatCompletionsApi
             if (c.Text.Length > 0) yield return Chunk(new ChatDelta(null, c.Text), null, null);
             if (c.FinishReason is not null) yield return Chunk(new ChatDelta(null, null), c.FinishReason, Generation.UsageOf(c));
         }
-    }
-
-    static IEnumerable<(string Role, string Content)> Messages(IReadOnlyList<ChatMessageDto>? messages)
-    {
-        if (messages is null || messages.Count == 0) throw new ArgumentException("messages must be a non-empty list.", "messages");
-        for (int i = 0; i < messages.Count; i++)
-        {
-            var m = messages[i] ?? throw new ArgumentException($"messages[{i}] must be an object.", $"messages[{i}]");
-            if (m.Role is null || !Roles.Contains(m.Role))
-                throw new ArgumentException($"messages[{i}].role must be one of {string.Join(", ", Roles)}.", $"messages[{i}].role");
-            if (m.Content is null) throw new ArgumentException($"messages[{i}].content must be a string.", $"messages[{i}].content");
-        }
-        return messages.Select(m => (m.Role!, m.Content!)).ToList();
     }
 }

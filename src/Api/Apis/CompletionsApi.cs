@@ -51,7 +51,7 @@ public static class CompletionsApi
         {
             if (inputs[i] is null) return OpenAiErrors.BadRequest($"inputs[{i}] must be a completion request object.", $"inputs[{i}]");
             if (inputs[i].Stream == true) return OpenAiErrors.BadRequest("stream is not supported in a batch.", $"inputs[{i}].stream");
-            var (ready, error) = await Generation.PrepareAsync(inputs[i], tokenizer => tokenizer.EncodeCompletionPrompt(PromptText(inputs[i].Prompt)),
+            var (ready, error) = await Generation.PrepareAsync(inputs[i], (text, _) => text.EncodeCompletion(PromptText(inputs[i].Prompt)),
                 defaultMaxTokens: 16, db, blobs, cancel);
             if (ready is null) return Generation.ForInput(error!, i);
             prepared.Add(ready);
@@ -78,7 +78,7 @@ public static class CompletionsApi
         CompletionRequest request, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine,
         IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, HttpResponse response, CancellationToken cancel)
     {
-        var (ready, error) = await Generation.PrepareAsync(request, tokenizer => tokenizer.EncodeCompletionPrompt(PromptText(request.Prompt)),
+        var (ready, error) = await Generation.PrepareAsync(request, (text, _) => text.EncodeCompletion(PromptText(request.Prompt)),
             defaultMaxTokens: 16, db, blobs, cancel);
         if (ready is null) return error!;
         var (chunks, busy) = await Generation.StartAsync(engine, ready.Request, response, cancel);

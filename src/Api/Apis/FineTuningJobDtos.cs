@@ -29,9 +29,10 @@ public sealed record MethodRequest(string? Type, SupervisedMethod? Supervised);
 /// <param name="Adapter">Which adapter method to train and its options (default: LoRA r=8 on all linear layers).</param>
 /// <param name="Method">OpenAI's newer form: {"type": "supervised", "supervised": {"hyperparameters": {...}}}.</param>
 /// <param name="Metadata">Up to 16 key-value pairs (keys up to 64 characters, values up to 512) to find the job by later.</param>
+/// <param name="ChatTemplate">Our extension: the Jinja chat template to train chat examples with, a name of the base model's templates or a template's source (default: the base's own). The fine-tuned model is served with it.</param>
 public sealed record CreateFineTuningJobRequest(
     string? Model, string? TrainingFile, string? ValidationFile, HyperparametersRequest? Hyperparameters, string? Suffix,
-    long? Seed, AdapterRequest? Adapter, MethodRequest? Method, Dictionary<string, string>? Metadata);
+    long? Seed, AdapterRequest? Adapter, MethodRequest? Method, Dictionary<string, string>? Metadata, string? ChatTemplate = null);
 
 
 public sealed record HyperparametersDto(int NEpochs, int BatchSize, double LearningRateMultiplier, int? EarlyStoppingPatience = null);
@@ -44,7 +45,8 @@ public sealed record FineTuningJobDto(
     string Id, string Object, string Model, long CreatedAt, long? FinishedAt, string? FineTunedModel, string OrganizationId,
     IReadOnlyList<string> ResultFiles, string Status, string? ValidationFile, string TrainingFile, HyperparametersDto Hyperparameters,
     long? TrainedTokens, JobErrorDto? Error, long Seed, string? Suffix, long? EstimatedFinish, IReadOnlyDictionary<string, string>? Metadata,
-    IReadOnlyList<object> Integrations, MethodDto Method, AdapterDto Adapter, long TrainingFileTokens, long EstimatedTrainedTokens);
+    IReadOnlyList<object> Integrations, MethodDto Method, AdapterDto Adapter, long TrainingFileTokens, long EstimatedTrainedTokens,
+    string? ChatTemplate);
 
 public sealed record JobEventDto(string Id, string Object, long CreatedAt, string Level, string Message, string Type, JsonElement? Data);
 
@@ -78,7 +80,7 @@ public static partial class FineTuningJobsApi
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
             new MethodDto(pretraining ? JobKinds.PretrainingType : JobObjectives.Of(j), new SupervisedDto(hp)),
             pretraining ? new AdapterDto(JobKinds.PretrainingType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(j.AdapterConfig)),
-            j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs);
+            j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs, j.ChatTemplate);
     }
 
     /// <summary>Jobs as the API shows them, with their metadata loaded in one query.</summary>

@@ -15,6 +15,9 @@ namespace AdapterService.Api.Apis;
 /// <summary>The fine-tuning jobs API: routes and handlers. Requests and answers are in FineTuningJobDtos.cs, adapter options in AdapterRequests.cs.</summary>
 public static partial class FineTuningJobsApi
 {
+    /// <summary>The longest <c>chat_template</c> a job or request may give (real templates are under 20 000 characters).</summary>
+    public const int ChatTemplateLimit = 65536;
+
     public static IEndpointRouteBuilder MapFineTuningJobsApi(this IEndpointRouteBuilder app)
     {
         var jobs = app.MapGroup("/v1/fine_tuning/jobs").WithTags("Fine-tuning");
@@ -49,15 +52,17 @@ public static partial class FineTuningJobsApi
         if (request.Metadata is { } metadata && (metadata.Count > 16 || metadata.Any(p => p.Key.Length is 0 or > 64 || p.Value is null || p.Value.Length > 512)))
             return OpenAiErrors.BadRequest("metadata holds at most 16 pairs, keys of 1-64 characters and values of up to 512.", "metadata");
 
+        if (request.ChatTemplate is { Length: 0 or > ChatTemplateLimit })
+            return OpenAiErrors.BadRequest($"chat_template must be a template's name or its source of 1 to {ChatTemplateLimit} characters.", "chat_template");
         var baseConfig = ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile));
         var config = AdapterRequests.Parse(request.Adapter, baseConfig, out var adapterError);
         if (config is null) return adapterError!;
 
         // The files are checked from the facts stored at upload (and token counts stored per base); the specification
         // decides the rest, naming the first problem in the order the API always has.
-        var training = await JobFiles.ReadAsync(db, blobs, request.TrainingFile, "training_file", baseModel, baseConfig, cancel);
+        var training = await JobFiles.ReadAsync(db, blobs, request.TrainingFile, "training_file", baseModel, baseConfig, request.ChatTemplate, cancel);
         var validation = request.ValidationFile is null || training.Error is not null ? null
-            : await JobFiles.ReadAsync(db, blobs, request.ValidationFile, "validation_file", baseModel, baseConfig, cancel);
+            : await JobFiles.ReadAsync(db, blobs, request.ValidationFile, "validation_file", baseModel, baseConfig, request.ChatTemplate, cancel);
         var (spec, specError) = JobSpecification.Resolve((request.Method?.Supervised?.Hyperparameters ?? request.Hyperparameters).ToValues(),
             config, baseConfig, training, validation, new JobLimits(limits.Value.MinExamples, projectLimits.Value.MaxTrainingTokens));
         if (spec is null) return specError!.ToResult();
@@ -78,7 +83,7 @@ public static partial class FineTuningJobsApi
             TrainingFileTokens = fileTokens,
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Suffix = request.Suffix, Seed = request.Seed ?? Random.Shared.Next(),
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
-            AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(),
+            AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(), ChatTemplate = request.ChatTemplate,
         };
         await jobs.CreateAsync(job, (request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }),
             [$"Created fine-tuning job: {job.Id}", $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)"],

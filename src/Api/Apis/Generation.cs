@@ -29,9 +29,12 @@ public static class Generation
 {
     public sealed record Prepared(GenerationRequest Request, string Model);
 
-    /// <summary>Checks the sampling fields and resolves the model; the caller encodes the prompt with the model's tokenizer.</summary>
+    /// <summary>
+    /// Checks the sampling fields and resolves the model; the caller encodes the prompt with the model's text rules and,
+    /// for a fine-tuned model, the chat template it was trained with.
+    /// </summary>
     public static async Task<(Prepared? Ready, JsonHttpResult<ErrorResponse>? Error)> PrepareAsync(
-        ISamplingRequest request, Func<ITextTokenizer, List<int>> prompt, int? defaultMaxTokens, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+        ISamplingRequest request, Func<ModelText, ChatTemplate?, List<int>> prompt, int? defaultMaxTokens, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
         if (string.IsNullOrEmpty(request.Model)) return (null, OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model"));
         var model = await ModelNames.ResolveAsync(db, request.Model, cancel);
@@ -53,11 +56,8 @@ public static class Generation
         };
         if (stop is null) return (null, OpenAiErrors.BadRequest("stop must be a string or a list of up to 4 strings.", "stop"));
 
-        var tokenizer = TextTokenizers.ForModel(blobs.Resolve(model.Base.BlobPath));
-        List<int> ids;
-        try { ids = prompt(tokenizer); }
-        catch (ArgumentException e) { return (null, OpenAiErrors.BadRequest(e.Message, e.ParamName)); }
-        catch (NotSupportedException e) { return (null, OpenAiErrors.BadRequest($"The model '{request.Model}' cannot do this: {e.Message}.", "model", "model_not_supported")); }
+        var (text, ids, promptError) = EncodePrompt(model, request.Model, prompt, blobs);
+        if (promptError is not null) return (null, promptError);
         int context = model.Base.ContextLength, available = context - ids.Count;
         int maxTokens = request.MaxTokens ?? defaultMaxTokens ?? available;
         if (available < 1 || maxTokens > available)
@@ -67,7 +67,29 @@ public static class Generation
 
         var options = new SamplingOptions(maxTokens, request.Temperature ?? 1.0, request.TopP ?? 1.0, stop, request.Seed);
         return (new Prepared(new GenerationRequest(model.Base.Id, blobs.Resolve(model.Base.BlobPath), model.AdapterKey,
-            model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath), ids, options, tokenizer), request.Model), null);
+            model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath), ids!, options, text!.Tokenizer, text.EosIds), request.Model), null);
+    }
+
+    /// <summary>
+    /// A prompt's ids through the model's text rules (<see cref="ModelText"/>), or the 400 that says what is wrong: a
+    /// request field, a template that fails or refuses the conversation (its own message), a model that cannot chat.
+    /// </summary>
+    public static (ModelText? Text, List<int>? Ids, JsonHttpResult<ErrorResponse>? Error) EncodePrompt(
+        ResolvedModel model, string name, Func<ModelText, ChatTemplate?, List<int>> prompt, IBlobStore blobs)
+    {
+        var text = ModelText.ForModel(blobs.Resolve(model.Base.BlobPath));
+        try
+        {
+            var fineTuned = text.TemplateOfAdapter(model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath));
+            return (text, prompt(text, fineTuned), null);
+        }
+        catch (ArgumentException e) { return (text, null, OpenAiErrors.BadRequest(e.Message, e.ParamName)); }
+        catch (ChatTemplateException e)
+        {
+            return (text, null, OpenAiErrors.BadRequest(e.RaisedByTemplate ? $"The chat template refused the conversation: {e.Message}" : $"Chat template error: {e.Message}",
+                e.RaisedByTemplate ? "messages" : "chat_template", "invalid_chat_template"));
+        }
+        catch (NotSupportedException e) { return (text, null, OpenAiErrors.BadRequest($"The model '{name}' cannot do this: {e.Message}.", "model", "model_not_supported")); }
     }
 
     /// <summary>Queues the request; when the engine is full, the 429 error (with Retry-After) to answer instead.</summary>

@@ -4,11 +4,12 @@ namespace AdapterService.Core.Inference;
 
 /// <summary>
 /// What to generate: the base model and (optionally) the adapter, each with the folder it is stored in; the tokenizer
-/// turns generated tokens into text (the built-in byte tokenizer when null).
+/// turns generated tokens into text (the built-in byte tokenizer when null); the answer ends at one of
+/// <paramref name="EosIds"/> (the model's text rules: config, generation_config and template end ids; the tokenizer's when null).
 /// </summary>
 public sealed record GenerationRequest(
     string BaseModel, string BaseFolder, string? Adapter, string? AdapterFolder, IReadOnlyList<int> Prompt, SamplingOptions Options,
-    ITextTokenizer? Tokenizer = null);
+    ITextTokenizer? Tokenizer = null, IReadOnlyList<int>? EosIds = null);
 
 /// <summary>A piece of generated text; the last one carries the finish reason ("stop" or "length").</summary>
 public sealed record GenerationChunk(string Text, int PromptTokens, int CompletionTokens, string? FinishReason);

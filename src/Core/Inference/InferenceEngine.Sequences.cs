@@ -61,8 +61,8 @@ public sealed partial class InferenceEngine
         var tokenizer = s.Request.Tokenizer ?? ByteTokens;
         string emit = "", finish;
         bool stopped = false;
-        // Any of the model's end ids (Llama 3 Instruct lists several) or the tokenizer's (the end of a chat turn).
-        if (batch.Model.EosTokenIds.Contains(token) || tokenizer.EosIds.Contains(token)) finish = "stop";
+        // Any of the model's end ids (Llama 3 Instruct lists several) or its text rules' (generation_config, the end of a chat turn).
+        if (batch.Model.EosTokenIds.Contains(token) || (s.Request.EosIds ?? tokenizer.EosIds).Contains(token)) finish = "stop";
         else
         {
             s.Produced++;

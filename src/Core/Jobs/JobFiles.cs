@@ -14,8 +14,9 @@ namespace AdapterService.Core.Jobs;
 /// </summary>
 public static class JobFiles
 {
+    /// <param name="chatTemplate">The job's own chat template (a name of the base's or a source); its token count is not stored.</param>
     public static async Task<DataFile> ReadAsync(ServiceDbContext db, IBlobStore blobs, string fileId, string param, BaseModel baseModel,
-        ModelConfig baseConfig, CancellationToken cancel)
+        ModelConfig baseConfig, string? chatTemplate, CancellationToken cancel)
     {
         var row = await db.Files.SingleOrDefaultAsync(f => f.Id == fileId, cancel);
         if (row is null) return Failed(fileId, new($"File {fileId} does not exist.", param, "file_not_found"));
@@ -33,11 +34,12 @@ public static class JobFiles
             }
             if (baseConfig is VitConfig) return new DataFile(fileId, facts, null);   // images: JobSpecification checks the facts
             if (facts.Format == TrainingFileFormat.Image) throw new TrainingFileException(0, FileFacts.ImagesForLanguageModel);
-            var stored = await db.FileTokenCounts.AsNoTracking().SingleOrDefaultAsync(c => c.FileId == fileId && c.BaseModel == baseModel.Id, cancel);
-            if (stored is not null) return new DataFile(fileId, facts, stored.Tokens);
+            if (chatTemplate is null
+                && await db.FileTokenCounts.AsNoTracking().SingleOrDefaultAsync(c => c.FileId == fileId && c.BaseModel == baseModel.Id, cancel) is { } stored)
+                return new DataFile(fileId, facts, stored.Tokens);
             parsed ??= Parse(blobs, row);
-            long tokens = TrainingData.Tokenize(parsed, TextTokenizers.ForModel(blobs.Resolve(baseModel.BlobPath)), baseModel.ContextLength)
-                .Sum(e => (long)e.Ids.Length);
+            long tokens = Tokenize(parsed, blobs, baseModel, chatTemplate).Tokens;
+            if (chatTemplate is not null) return new DataFile(fileId, facts, tokens);
             var count = new FileTokenCount { FileId = fileId, BaseModel = baseModel.Id, Tokens = tokens };
             db.FileTokenCounts.Add(count);
             try { await db.SaveChangesAsync(cancel); }
@@ -47,6 +49,10 @@ public static class JobFiles
         catch (TrainingFileException e)
         {
             return Failed(fileId, new($"File {fileId} is invalid: {e.Message}", param, "invalid_file"));
+        }
+        catch (ChatTemplateException e)
+        {
+            return Failed(fileId, new($"The chat template cannot be used with the model '{baseModel.Id}': {e.Message}", "chat_template", "invalid_chat_template"));
         }
         catch (NotSupportedException e)
         {
@@ -58,9 +64,15 @@ public static class JobFiles
     /// The worker's read of a language model's file: it needs the token ids, so this one parses and tokenizes; whatever
     /// is wrong with the bytes now (they were checked at upload) throws <see cref="TrainingFileException"/> and fails the job.
     /// </summary>
-    public static List<TokenizedExample> LoadTokenized(ServiceDbContext db, IBlobStore blobs, string fileId, BaseModel baseModel) =>
-        TrainingData.Tokenize(Parse(blobs, db.Files.AsNoTracking().Single(f => f.Id == fileId)),
-            TextTokenizers.ForModel(blobs.Resolve(baseModel.BlobPath)), baseModel.ContextLength);
+    public static TokenizedFile LoadTokenized(ServiceDbContext db, IBlobStore blobs, string fileId, BaseModel baseModel, string? chatTemplate) =>
+        Tokenize(Parse(blobs, db.Files.AsNoTracking().Single(f => f.Id == fileId)), blobs, baseModel, chatTemplate);
+
+    static TokenizedFile Tokenize(TrainingFile file, IBlobStore blobs, BaseModel baseModel, string? chatTemplate)
+    {
+        var text = ModelText.ForModel(blobs.Resolve(baseModel.BlobPath));
+        var template = file.Examples.Any(e => e is ChatExample) ? text.ChooseTemplate(chatTemplate) : null;
+        return TrainingData.Tokenize(file, text, template, baseModel.ContextLength);
+    }
 
     /// <summary>The worker's read of an image file: its pixels and class indices into <paramref name="labels"/>.</summary>
     public static LabelledImages LoadImages(ServiceDbContext db, IBlobStore blobs, string fileId, VitConfig config, IReadOnlyList<string> labels) =>

@@ -104,6 +104,8 @@ public sealed class FineTuningJob
     public required string AdapterType { get; init; }
     /// <summary>The adapter's PEFT config (adapter_config.json) as resolved at creation.</summary>
     public required string AdapterConfig { get; init; }
+    /// <summary>The chat template the job trains with (a name of the base's templates or a template's source); the base's own when null.</summary>
+    public string? ChatTemplate { get; init; }
     public long? TrainedTokens { get; set; }
     /// <summary>Tokens in the training file (after cutting examples to the context length): one epoch's worth.</summary>
     public long TrainingFileTokens { get; init; }

@@ -1,63 +1,67 @@
+using System.Security.Cryptography;
 using System.Text;
+using System.Text.Json.Nodes;
+using AdapterService.Core.Text.Jinja;
 
 namespace AdapterService.Core.Text;
 
-/// <summary>A chat message to render: role (system, user, assistant) and content.</summary>
-public sealed record ChatTurn(string Role, string Content);
-
-/// <summary>The chat formats current open models are trained on.</summary>
-public enum ChatFormat
+/// <summary>
+/// A conversation to render: the messages as the request (or training file) gave them — role, content and, where the
+/// template knows them, <c>tool_calls</c>, <c>tool_call_id</c>, <c>reasoning_content</c> — the tool definitions, and the
+/// extra variables a template reads (vLLM's <c>chat_template_kwargs</c>, such as Qwen 3's <c>enable_thinking</c>).
+/// </summary>
+public sealed record ChatConversation(IReadOnlyList<JsonObject> Messages, JsonArray? Tools = null, JsonObject? Kwargs = null)
 {
-    /// <summary><c>&lt;|im_start|&gt;role\ncontent&lt;|im_end|&gt;\n</c> (Qwen, many fine-tunes).</summary>
-    ChatML,
-    /// <summary><c>&lt;|begin_of_text|&gt;&lt;|start_header_id|&gt;role&lt;|end_header_id|&gt;\n\ncontent&lt;|eot_id|&gt;</c> (Llama 3 Instruct).</summary>
-    Llama3,
+    public ChatConversation Take(int count) => this with { Messages = Messages.Take(count).ToList() };
+
+    /// <summary>A conversation of plain role/content messages.</summary>
+    public static ChatConversation Of(IEnumerable<(string Role, string Content)> messages, JsonObject? kwargs = null) =>
+        new(messages.Select(m => new JsonObject { ["role"] = m.Role, ["content"] = m.Content }).ToList(), null, kwargs);
+}
+
+/// <summary>A template that does not parse, or that refuses a conversation (<c>raise_exception</c>): the user's 400.</summary>
+public sealed class ChatTemplateException(string message, bool raisedByTemplate = false) : Exception(message)
+{
+    /// <summary>The template's own <c>raise_exception</c> (it refuses the conversation), not a fault of the template.</summary>
+    public bool RaisedByTemplate { get; } = raisedByTemplate;
 }
 
 /// <summary>
-/// Renders conversations as the Jinja chat templates of the models do (the same text, so the tokenizer sees the model's
-/// special tokens), without a Jinja engine.
+/// A model's Jinja chat template, rendered the way Hugging Face's <c>apply_chat_template</c> renders it: the variables
+/// <c>messages</c>, <c>tools</c>, <c>add_generation_prompt</c>, the tokenizer's special-token strings, then the caller's
+/// extra variables. Parsed once; each render is bounded in steps, output and time by the Jinja engine.
 /// </summary>
-public static class ChatTemplate
+public sealed class ChatTemplate
 {
-    /// <summary>The format whose special tokens the tokenizer has, or null when it has neither.</summary>
-    public static ChatFormat? Detect(HfTokenizer tokenizer) =>
-        tokenizer.SpecialTokens.ContainsKey("<|start_header_id|>") && tokenizer.SpecialTokens.ContainsKey("<|eot_id|>") ? ChatFormat.Llama3
-        : tokenizer.SpecialTokens.ContainsKey("<|im_start|>") && tokenizer.SpecialTokens.ContainsKey("<|im_end|>") ? ChatFormat.ChatML
-        : null;
+    readonly JinjaTemplate template;
 
-    /// <summary>
-    /// The prompt text for <paramref name="turns"/>; with <paramref name="addGenerationPrompt"/> it ends with the assistant's
-    /// header, so the model's next tokens are its answer. Llama 3's text starts with its begin-of-text token, as its template's does.
-    /// </summary>
-    public static string Render(IEnumerable<ChatTurn> turns, ChatFormat format, bool addGenerationPrompt = true)
+    public string Source { get; }
+    /// <summary>Hex SHA-256 of the source: what a fine-tuned model records of the template it was trained with.</summary>
+    public string Sha256 { get; }
+
+    ChatTemplate(string source, JinjaTemplate template) =>
+        (Source, this.template, Sha256) = (source, template, Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(source))));
+
+    public static ChatTemplate Parse(string source)
     {
-        var text = new StringBuilder(Start(format));
-        foreach (var turn in turns) text.Append(Header(format, turn.Role)).Append(Content(format, turn.Content)).Append(EndOfTurn(format));
-        if (addGenerationPrompt) text.Append(Header(format, "assistant"));
-        return text.ToString();
+        try { return new ChatTemplate(source, JinjaTemplate.Parse(source)); }
+        catch (JinjaException e) { throw new ChatTemplateException($"the chat template does not parse: {e.Message}"); }
     }
 
-    /// <summary>What the text starts with: Llama 3's begin-of-text token, as its template writes it.</summary>
-    public static string Start(ChatFormat format) => format == ChatFormat.Llama3 ? "<|begin_of_text|>" : "";
-
-    public static string Header(ChatFormat format, string role) => format switch
+    /// <summary>The prompt text and the spans of its <c>{% generation %}</c> blocks (empty when the template has none).</summary>
+    public JinjaOutput Render(ChatConversation chat, ITextTokenizer tokenizer, bool addGenerationPrompt, TimeProvider? clock = null)
     {
-        ChatFormat.ChatML => $"<|im_start|>{role}\n",
-        ChatFormat.Llama3 => $"<|start_header_id|>{role}<|end_header_id|>\n\n",
-        _ => throw new ArgumentOutOfRangeException(nameof(format), format, "unknown chat format"),
-    };
-
-    /// <summary>A message's content as the template writes it (Llama 3's trims it).</summary>
-    public static string Content(ChatFormat format, string content) => format == ChatFormat.Llama3 ? content.Trim() : content;
-
-    public static string EndOfTurn(ChatFormat format) => format switch
-    {
-        ChatFormat.ChatML => "<|im_end|>\n",
-        ChatFormat.Llama3 => "<|eot_id|>",
-        _ => throw new ArgumentOutOfRangeException(nameof(format), format, "unknown chat format"),
-    };
-
-    /// <summary>The special token that ends an assistant's turn.</summary>
-    public static string EndToken(ChatFormat format) => format == ChatFormat.ChatML ? "<|im_end|>" : "<|eot_id|>";
+        var variables = new Dictionary<string, object?>
+        {
+            ["messages"] = new JsonArray([.. chat.Messages.Select(m => m.DeepClone())]),
+            ["add_generation_prompt"] = addGenerationPrompt,
+            ["bos_token"] = tokenizer.BosToken ?? "",
+            ["eos_token"] = tokenizer.EosToken ?? "",
+        };
+        if (chat.Tools is { } tools) variables["tools"] = tools.DeepClone();
+        if (chat.Kwargs is { } kwargs)
+            foreach (var (name, value) in kwargs) variables[name] = value?.DeepClone();
+        try { return template.Render(variables, new JinjaRenderOptions { Clock = clock ?? TimeProvider.System }); }
+        catch (JinjaException e) { throw new ChatTemplateException(e.IsRaisedByTemplate ? e.Message : $"the chat template failed: {e.Message}", e.IsRaisedByTemplate); }
+    }
 }

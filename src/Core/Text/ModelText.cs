@@ -1,0 +1,260 @@
+using System.Collections.Concurrent;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using AdapterService.Core.Data;
+using AdapterService.Core.Models;
+
+namespace AdapterService.Core.Text;
+
+/// <summary>Token ids and, per id, whether the loss is taken on it.</summary>
+public sealed record TokenSequence(int[] Ids, bool[] Train);
+
+/// <summary>
+/// How text becomes tokens for one model folder, and back: its tokenizer, its chat templates and the ids that end a
+/// reply. Every prompt, chat, training example and <c>/tokenize</c> call goes through here, so training and serving
+/// see the same tokens.
+/// </summary>
+public sealed class ModelText
+{
+    public const string TemplateFile = "chat_template.jinja", TemplatesFolder = "chat_templates", GenerationConfigFile = "generation_config.json";
+
+    public ITextTokenizer Tokenizer { get; }
+    /// <summary>The template chat uses unless a request or a fine-tuned model names another; null when the model has none.</summary>
+    public ChatTemplate? Template { get; }
+    /// <summary>Templates the folder names (<c>tokenizer_config.json</c>'s list, <c>chat_templates/*.jinja</c>), by name.</summary>
+    public IReadOnlyDictionary<string, ChatTemplate> NamedTemplates { get; }
+    /// <summary>Ids that end a reply: config.json's, generation_config.json's, and a fallback chat format's end of turn.</summary>
+    public IReadOnlyList<int> EosIds { get; }
+    /// <summary>Hex SHA-256 of the tokenizer's files: what a fine-tuned model records of the tokenizer it was trained with.</summary>
+    public string TokenizerSha256 { get; }
+
+    ModelText(ITextTokenizer tokenizer, ChatTemplate? template, IReadOnlyDictionary<string, ChatTemplate> named, IReadOnlyList<int> eosIds, string tokenizerSha256) =>
+        (Tokenizer, Template, NamedTemplates, EosIds, TokenizerSha256) = (tokenizer, template, named, eosIds, tokenizerSha256);
+
+    // Model folders never change once stored (a base's, an adapter's), so each one is read once.
+    static readonly ConcurrentDictionary<string, Lazy<ModelText>> Loaded = new();
+    static readonly ConcurrentDictionary<string, Lazy<ChatTemplate?>> AdapterTemplates = new();
+
+    public static ModelText ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ModelText>(() => Load(f))).Value;
+
+    /// <summary>The rules of a tokenizer without a model folder (tests, benchmarks): its fallback chat format, if it has one.</summary>
+    public static ModelText Of(ITextTokenizer tokenizer)
+    {
+        var fallback = FallbackChatFormats.Find(tokenizer);
+        return new ModelText(tokenizer, fallback is { } f ? ChatTemplate.Parse(f.Template) : null, new Dictionary<string, ChatTemplate>(),
+            fallback is { } end ? [.. tokenizer.EosIds.Append(end.EndId).Distinct()] : tokenizer.EosIds, "");
+    }
+
+    /// <summary>The built-in models' rules: the byte tokenizer and its chat format.</summary>
+    public static ModelText BuiltIn { get; } = Of(new ByteTokenizer());
+
+    /// <summary>What a fine-tuned model's folder records of its training: the template's source and the tokenizer's hash.</summary>
+    public const string TrainedWithFile = "trained_with.json";
+
+    /// <summary>Writes <paramref name="template"/> (as <c>chat_template.jinja</c>, as Hugging Face saves it) and the hashes into an adapter's folder.</summary>
+    public static void WriteTrainedWith(string adapterFolder, ModelText text, ChatTemplate? template)
+    {
+        if (template is not null) File.WriteAllText(Path.Combine(adapterFolder, TemplateFile), template.Source);
+        File.WriteAllText(Path.Combine(adapterFolder, TrainedWithFile), new JsonObject
+        {
+            ["tokenizer_sha256"] = text.TokenizerSha256,
+            ["chat_template_sha256"] = template?.Sha256,
+        }.ToJsonString());
+    }
+
+    /// <summary>
+    /// The template a fine-tuned model was trained with (its folder's <c>chat_template.jinja</c>), or null for an adapter
+    /// from before templates were recorded (it answers as it did, with the base's). An adapter trained with another
+    /// tokenizer than this base's is refused rather than served with the wrong one.
+    /// </summary>
+    public ChatTemplate? TemplateOfAdapter(string? adapterFolder)
+    {
+        if (adapterFolder is null) return null;
+        return AdapterTemplates.GetOrAdd(adapterFolder, f => new Lazy<ChatTemplate?>(() =>
+        {
+            string record = Path.Combine(f, TrainedWithFile);
+            if (File.Exists(record) && ReadJson(record)?["tokenizer_sha256"]?.GetValue<string>() is { } sha && sha != TokenizerSha256)
+                throw new NotSupportedException("this fine-tuned model was trained with another tokenizer than its base model has now");
+            return File.Exists(Path.Combine(f, TemplateFile)) ? ChatTemplate.Parse(File.ReadAllText(Path.Combine(f, TemplateFile))) : null;
+        })).Value;
+    }
+
+    /// <summary>
+    /// The template to render with: the request's (a name of the model's templates, or a template's source), else the
+    /// fine-tuned model's own, else the model's. A model without any refuses chat.
+    /// </summary>
+    public ChatTemplate ChooseTemplate(string? requested, ChatTemplate? fineTuned = null)
+    {
+        if (!string.IsNullOrEmpty(requested))
+            return NamedTemplates.TryGetValue(requested, out var named) ? named : ChatTemplate.Parse(requested);
+        return fineTuned ?? Template ?? throw new NotSupportedException(
+            "this model has no chat template (chat_template.jinja or tokenizer_config.json's chat_template); use completions, or pass chat_template");
+    }
+
+    /// <summary>A chat prompt, encoded as Hugging Face's <c>apply_chat_template</c> does (the template writes the special tokens).</summary>
+    public List<int> EncodeChat(ChatConversation chat, ChatTemplate template, bool addGenerationPrompt = true) =>
+        [.. Tokenizer.Encode(RenderChat(chat, template, addGenerationPrompt), addSpecialTokens: false)];
+
+    /// <summary>
+    /// The prompt text of <paramref name="chat"/>; with <paramref name="continueFinalMessage"/> it ends inside the last
+    /// message (rendered without a generation prompt and cut after that message's content), as Hugging Face's
+    /// <c>continue_final_message</c> does, so the model continues it.
+    /// </summary>
+    public string RenderChat(ChatConversation chat, ChatTemplate template, bool addGenerationPrompt = true, bool continueFinalMessage = false)
+    {
+        if (!continueFinalMessage) return template.Render(chat, Tokenizer, addGenerationPrompt).Text;
+        string text = template.Render(chat, Tokenizer, addGenerationPrompt: false).Text;
+        string last = (chat.Messages[^1]["content"] as JsonValue)?.TryGetValue(out string? c) == true ? c!.Trim() : "";
+        int at = last.Length == 0 ? -1 : text.LastIndexOf(last, StringComparison.Ordinal);
+        if (at < 0) throw new ChatTemplateException("continue_final_message: the final message's content is not in the rendered prompt");
+        return text[..(at + last.Length)];
+    }
+
+    /// <summary>A completion prompt with the tokenizer's own special tokens (its begin-of-sequence id).</summary>
+    public List<int> EncodeCompletion(string prompt) => [.. Tokenizer.Encode(prompt, addSpecialTokens: true)];
+
+    /// <summary>
+    /// The sequences one training example trains on. A completion: prompt and completion encoded together, the loss on
+    /// the completion and an end id. A chat: rendered with <paramref name="template"/>, the loss on the assistant turns
+    /// whose weight is 1, found by the template's <c>{% generation %}</c> blocks where it has them, else as the text
+    /// the turn adds to its history's prompt (rendered with <c>add_generation_prompt</c>). A turn whose text differs in
+    /// the whole conversation's rendering (a template that rewrites earlier turns, as Qwen 3 drops their reasoning) is
+    /// trained as its own sequence, against the prompt the model sees when it writes that turn. docs/MODELS.md.
+    /// </summary>
+    public IReadOnlyList<TokenSequence> EncodeExample(TrainingExample example, ChatTemplate? template) => example switch
+    {
+        CompletionExample c => [EncodeCompletionExample(c)],
+        ChatExample chat => EncodeChatExample(chat, template ?? ChooseTemplate(null)),
+        _ => throw new NotSupportedException("a language model trains on chat or prompt/completion examples"),
+    };
+
+    TokenSequence EncodeCompletionExample(CompletionExample c)
+    {
+        string text = c.Prompt + c.Completion;
+        var sequence = Mask(text, [(c.Prompt.Length, text.Length)], addSpecialTokens: true);
+        if (EosIds is not [var eos, ..] || sequence.Ids is [.., var last] && EosIds.Contains(last)) return sequence;
+        return new TokenSequence([.. sequence.Ids, eos], [.. sequence.Train, true]);
+    }
+
+    List<TokenSequence> EncodeChatExample(ChatExample example, ChatTemplate template)
+    {
+        var chat = ChatConversation.Of(example.Messages.Select(m => (m.Role, m.Content)));
+        var full = template.Render(chat, Tokenizer, addGenerationPrompt: false);
+        var assistants = Enumerable.Range(0, example.Messages.Count).Where(i => example.Messages[i].Role == "assistant").ToList();
+        if (full.Generation.Count > 0)
+        {
+            if (full.Generation.Count != assistants.Count)
+                throw new ChatTemplateException($"the chat template's {{% generation %}} blocks ({full.Generation.Count}) do not match the conversation's assistant messages ({assistants.Count})");
+            var marked = assistants.Select((m, k) => (m, span: full.Generation[k])).Where(x => example.Messages[x.m].Train)
+                .Select(x => (x.span.Start, x.span.Start + x.span.Length)).ToList();
+            return [Mask(full.Text, marked, addSpecialTokens: false)];
+        }
+
+        var spans = new List<(int, int)>();
+        var own = new List<TokenSequence>();
+        foreach (int i in assistants.Where(i => example.Messages[i].Train))
+        {
+            string prompt = template.Render(chat.Take(i), Tokenizer, addGenerationPrompt: true).Text;
+            string turn = template.Render(chat.Take(i + 1), Tokenizer, addGenerationPrompt: false).Text;
+            int start = CommonPrefix(prompt, turn);
+            if (full.Text.StartsWith(turn, StringComparison.Ordinal)) spans.Add((start, turn.Length));
+            else own.Add(Mask(turn, [(start, turn.Length)], addSpecialTokens: false));
+        }
+        return [Mask(full.Text, spans, addSpecialTokens: false), .. own];
+    }
+
+    /// <summary>
+    /// <paramref name="text"/>'s ids, trained on those of the characters in <paramref name="spans"/>. The text is encoded
+    /// whole (as serving encodes a prompt and the model continues it); a span's first token is the one after the tokens
+    /// of the text before it — the common prefix of the two encodings, so a token merged across the boundary is context.
+    /// </summary>
+    TokenSequence Mask(string text, IReadOnlyList<(int Start, int End)> spans, bool addSpecialTokens)
+    {
+        var ids = Tokenizer.Encode(text, addSpecialTokens);
+        var train = new bool[ids.Count];
+        int TokensBefore(int position) => position >= text.Length ? ids.Count : CommonPrefix(Tokenizer.Encode(text[..position], addSpecialTokens), ids);
+        foreach (var (start, end) in spans)
+            for (int k = TokensBefore(start), to = TokensBefore(end); k < to; k++) train[k] = true;
+        return new TokenSequence([.. ids], train);
+    }
+
+    static int CommonPrefix(string a, string b)
+    {
+        int n = 0;
+        while (n < a.Length && n < b.Length && a[n] == b[n]) n++;
+        return n;
+    }
+
+    static int CommonPrefix(IReadOnlyList<int> a, IReadOnlyList<int> b)
+    {
+        int n = 0;
+        while (n < a.Count && n < b.Count && a[n] == b[n]) n++;
+        return n;
+    }
+
+    static ModelText Load(string folder)
+    {
+        var tokenizer = TextTokenizers.ForModel(folder);
+        var named = new Dictionary<string, ChatTemplate>(StringComparer.Ordinal);
+        ChatTemplate? template = null;
+        string config = Path.Combine(folder, ByteTokenizer.FileName);
+        if (File.Exists(config))
+        {
+            var root = ReadJson(config);
+            switch (root?["chat_template"])
+            {
+                case JsonValue v when v.TryGetValue(out string? source):
+                    template = ChatTemplate.Parse(source);
+                    break;
+                // Older multi-template configs: [{"name": "default", "template": "…"}, {"name": "tool_use", …}].
+                case JsonArray list:
+                    foreach (var entry in list)
+                        if (entry?["name"]?.GetValue<string>() is { } name && entry["template"]?.GetValue<string>() is { } source)
+                            named[name] = ChatTemplate.Parse(source);
+                    break;
+            }
+        }
+        string templates = Path.Combine(folder, TemplatesFolder);
+        if (Directory.Exists(templates))
+            foreach (var file in Directory.EnumerateFiles(templates, "*.jinja"))
+                named[Path.GetFileNameWithoutExtension(file)] = ChatTemplate.Parse(File.ReadAllText(file));
+        if (File.Exists(Path.Combine(folder, TemplateFile))) template = ChatTemplate.Parse(File.ReadAllText(Path.Combine(folder, TemplateFile)));
+        template ??= named.GetValueOrDefault("default");
+
+        var eos = new List<int>(tokenizer.EosIds);
+        if (File.Exists(Path.Combine(folder, GenerationConfigFile)))
+            eos.AddRange(ReadIds(ReadJson(Path.Combine(folder, GenerationConfigFile))?["eos_token_id"]));
+        if (template is null && FallbackChatFormats.Find(tokenizer) is { } fallback)
+        {
+            template = ChatTemplate.Parse(fallback.Template);
+            eos.Add(fallback.EndId);
+        }
+        return new ModelText(tokenizer, template, named, eos.Distinct().ToList(), HashTokenizerFiles(folder));
+    }
+
+    static IEnumerable<int> ReadIds(JsonNode? node) => node switch
+    {
+        JsonValue v when v.TryGetValue(out int id) => [id],
+        JsonArray a => a.Select(x => x is JsonValue xv && xv.TryGetValue(out int id) ? id : (int?)null).OfType<int>(),
+        _ => [],
+    };
+
+    static JsonNode? ReadJson(string path)
+    {
+        try { return JsonNode.Parse(File.ReadAllText(path)); }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON: {e.Message}", e); }
+    }
+
+    static string HashTokenizerFiles(string folder)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var name in new[] { HfTokenizer.TokenizerFile, HfTokenizer.VocabFile, HfTokenizer.MergesFile, SentencePieceTextTokenizer.ModelFile, ByteTokenizer.FileName })
+            if (File.Exists(Path.Combine(folder, name)))
+            {
+                hash.AppendData(System.Text.Encoding.UTF8.GetBytes(name + "\n"));
+                hash.AppendData(File.ReadAllBytes(Path.Combine(folder, name)));
+            }
+        return Convert.ToHexStringLower(hash.GetHashAndReset());
+    }
+}

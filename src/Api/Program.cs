@@ -13,6 +13,7 @@ v1.MapFilesApi();
 v1.MapFineTuningJobsApi();
 v1.MapCompletionsApi();
 v1.MapChatCompletionsApi();
+v1.MapTokenizeApi();
 v1.MapModelsApi();
 v1.MapBaseModelsApi();
 v1.MapAdaptersApi();

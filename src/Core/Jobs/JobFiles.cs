@@ -70,7 +70,7 @@ public static class JobFiles
     static TokenizedFile Tokenize(TrainingFile file, IBlobStore blobs, BaseModel baseModel, string? chatTemplate)
     {
         var text = ModelText.ForModel(blobs.Resolve(baseModel.BlobPath));
-        var template = file.Examples.Any(e => e is ChatExample) ? text.ChooseTemplate(chatTemplate) : null;
+        var template = chatTemplate is not null || file.Examples.Any(e => e is ChatExample) ? text.ChooseTemplate(chatTemplate) : null;
         return TrainingData.Tokenize(file, text, template, baseModel.ContextLength);
     }
 

@@ -84,7 +84,7 @@ public class ModelTextTests
     [Fact]
     public void ExamplesLongerThanTheContextAreCutAndTheirLinesReported()
     {
-        var file = new TrainingFile(TrainingFileFormat.Completion,
+        var file = new TrainingFile(TrainingFileFormat.PromptCompletion,
             [new CompletionExample(1, "a", "b"), new CompletionExample(2, "long prompt", new string('x', 40)), new CompletionExample(5, "c", "d")]);
         var tokenized = TrainingData.Tokenize(file, BuiltIn, null, contextLength: 16);
         Assert.Equal([2], tokenized.TruncatedLines);

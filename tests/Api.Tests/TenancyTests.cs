@@ -16,7 +16,7 @@ public sealed class TenancyTests(SecuredServiceFactory factory)
         "POST /v1/files", "GET /v1/files", "GET /v1/files/file-x", "GET /v1/files/file-x/content", "DELETE /v1/files/file-x",
         "POST /v1/fine_tuning/jobs", "GET /v1/fine_tuning/jobs", "GET /v1/fine_tuning/jobs/ftjob-x", "POST /v1/fine_tuning/jobs/ftjob-x/cancel",
         "POST /v1/fine_tuning/jobs/ftjob-x/pause", "POST /v1/fine_tuning/jobs/ftjob-x/resume", "GET /v1/fine_tuning/jobs/ftjob-x/events",
-        "GET /v1/fine_tuning/jobs/ftjob-x/checkpoints", "POST /v1/completions", "POST /v1/completions/batch", "POST /v1/chat/completions",
+        "GET /v1/fine_tuning/jobs/ftjob-x/checkpoints", "POST /v1/completions", "POST /v1/completions/batch", "POST /v1/chat/completions", "POST /tokenize", "POST /detokenize",
         "GET /v1/models", "GET /v1/models/tiny-llama-demo", "DELETE /v1/models/ft:x", "GET /v1/adapters", "GET /v1/adapters/adapter-x",
         "DELETE /v1/adapters/adapter-x", "GET /v1/adapters/adapter-x/export", "POST /v1/adapters/import",
         "GET /v1/organization/projects", "POST /v1/organization/projects", "GET /v1/organization/projects/proj_default/api_keys",

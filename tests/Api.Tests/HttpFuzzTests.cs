@@ -37,6 +37,18 @@ public sealed class HttpFuzzTests(SecuredServiceFactory factory)
                 {"model": "tiny-llama-demo", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "Hi"}],
                  "max_tokens": 2, "max_completion_tokens": 2, "temperature": 0.5, "stop": "\n", "stream": false}
                 """),
+            ("/v1/chat/completions", """
+                {"model": "tiny-llama-demo", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                 "chat_template": "{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}{{ '<|' ~ m['role'] ~ '|>' ~ m.content | trim }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
+                 "chat_template_kwargs": {"enable_thinking": false, "n": [1, 2]}, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}
+                """),
+            ("/tokenize", """
+                {"model": "tiny-llama-demo", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}, {"role": "assistant", "content": "A"}],
+                 "add_generation_prompt": false, "continue_final_message": true, "add_special_tokens": false, "return_token_strs": true,
+                 "chat_template": "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{{ m.content }}{% endfor %}{{ ns.n }}"}
+                """),
+            ("/tokenize", """{"model": "tiny-llama-demo", "prompt": "Hi there", "add_special_tokens": true}"""),
+            ("/detokenize", """{"model": "tiny-llama-demo", "tokens": [260, 72, 105, 256]}"""),
             ("/v1/completions/batch", """{"inputs": [{"model": "tiny-llama-demo", "prompt": "a", "max_tokens": 1}, {"model": "tiny-llama-demo", "prompt": "b", "max_tokens": 2}]}"""),
         ];
         string[] queries =

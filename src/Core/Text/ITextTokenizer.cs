@@ -3,9 +3,9 @@ using AdapterService.Core.Data;
 namespace AdapterService.Core.Text;
 
 /// <summary>
-/// What the service needs of a base model's tokenizer: prompts for chat and completions, training examples with the
-/// tokens the loss is taken on, and the bytes of each generated token (streamed through one UTF-8 decoder per request,
-/// so a character split across tokens prints once whole).
+/// What the service needs of a base model's tokenizer: Hugging Face's encode and decode, the vocabulary's strings, prompts
+/// for chat and completions, and training examples with the tokens the loss is taken on. Generated text is streamed
+/// with a <see cref="StreamingDetokenizer"/>.
 /// </summary>
 public interface ITextTokenizer
 {
@@ -20,8 +20,23 @@ public interface ITextTokenizer
     /// <summary>Token ids and, per id, whether the loss is taken on it (assistant / completion tokens and their end).</summary>
     (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example);
 
-    /// <summary>The UTF-8 bytes a token stands for; none for special tokens.</summary>
-    byte[] TokenBytes(int id);
+    /// <summary>Hugging Face's encode: with <paramref name="addSpecialTokens"/>, what the post-processor adds (BOS…EOS) around the text's ids.</summary>
+    IReadOnlyList<int> Encode(string text, bool addSpecialTokens);
+
+    /// <summary>Hugging Face's decode (the decoder chain); special tokens left out when <paramref name="skipSpecialTokens"/>.</summary>
+    string Decode(IReadOnlyList<int> ids, bool skipSpecialTokens);
+
+    /// <summary>The token's string as the vocabulary writes it ("Ġworld", "▁the", "&lt;|im_end|&gt;"); null for an id outside the vocabulary.</summary>
+    string? IdToToken(int id);
+
+    /// <summary>Vocabulary size, added tokens included.</summary>
+    int VocabularySize { get; }
+
+    /// <summary>tokenizer_config.json's bos_token, which chat templates print; null when absent.</summary>
+    string? BosToken { get; }
+
+    /// <summary>tokenizer_config.json's eos_token, which chat templates print; null when absent.</summary>
+    string? EosToken { get; }
 }
 
 public static class TextTokenizers

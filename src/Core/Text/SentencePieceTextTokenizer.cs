@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using AdapterService.Core.Data;
@@ -19,7 +18,7 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
     const char Space = '\u2581';   // '▁', what SentencePiece writes spaces as inside pieces
 
     readonly SentencePieceTokenizer sp;
-    readonly byte[][] pieceBytes;   // per id: the UTF-8 bytes it prints; none for control and unused pieces
+    readonly string[] pieces;       // per id: the piece as the model writes it
 
     /// <summary>"BPE" or "Unigram": the algorithm the model was trained with.</summary>
     public string Algorithm { get; }
@@ -32,20 +31,8 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
     {
         (this.sp, BosId, EosIds, AddsBos) = (sp, bosId, eosIds, addsBos && bosId is not null);
         Algorithm = model.Type == Bpe ? "BPE" : "Unigram";
-        pieceBytes = model.Pieces.Select(p => p.Type switch
-        {
-            Normal or UserDefined => Encoding.UTF8.GetBytes(p.Piece.Replace(Space, ' ')),
-            Byte => [ParseByte(p.Piece)],
-            Unknown => Encoding.UTF8.GetBytes(model.UnknownSurface),
-            _ => [],
-        }).ToArray();
+        pieces = [.. model.Pieces];
     }
-
-    /// <summary>A byte piece is written <c>&lt;0xNN&gt;</c>.</summary>
-    static byte ParseByte(string piece) =>
-        piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece[5] == '>'
-        && byte.TryParse(piece.AsSpan(3, 2), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out byte b)
-            ? b : throw new InvalidDataException($"{ModelFile}: byte piece '{piece}' is not written <0xNN>");
 
     public List<int> EncodeCompletionPrompt(string prompt) => [.. AddsBos ? [BosId!.Value] : Array.Empty<int>(), .. Encode(prompt)];
 
@@ -67,7 +54,15 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
         return (ids, train);
     }
 
-    public byte[] TokenBytes(int id) => id >= 0 && id < pieceBytes.Length ? pieceBytes[id] : [];
+    public IReadOnlyList<int> Encode(string text, bool addSpecialTokens) => addSpecialTokens && AddsBos ? [BosId!.Value, .. Encode(text)] : Encode(text);
+
+    public string Decode(IReadOnlyList<int> ids, bool skipSpecialTokens) => sp.Decode(ids, considerSpecialTokens: !skipSpecialTokens);
+
+    public string? IdToToken(int id) => id >= 0 && id < pieces.Length ? pieces[id] : null;
+
+    public int VocabularySize => pieces.Length;
+    public string? BosToken => BosId is { } id ? IdToToken(id) : null;
+    public string? EosToken => EosIds is [var id, ..] ? IdToToken(id) : null;
 
     /// <summary>Token ids of <paramref name="text"/> as the start of a sequence (with the model's word-start prefix, no begin id).</summary>
     public IReadOnlyList<int> Encode(string text) => sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
@@ -124,19 +119,17 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
     }
 
     // sentencepiece_model.proto: ModelProto { repeated SentencePiece pieces = 1; TrainerSpec trainer_spec = 2; ... },
-    // SentencePiece { string piece = 1; float score = 2; Type type = 3 [default NORMAL] }, TrainerSpec { ModelType model_type = 3
-    // [default UNIGRAM]; string unk_surface = 44 [default " ⁇ "] }. Microsoft.ML.Tokenizers keeps its parsed copy internal, so
-    // the few fields the service needs beyond it (each piece's type, the algorithm) are read here.
+    // SentencePiece { string piece = 1; ... }, TrainerSpec { ModelType model_type = 3 [default UNIGRAM]; ... }.
+    // Microsoft.ML.Tokenizers keeps its parsed copy internal, so the few fields the service needs beyond it (each piece's
+    // string, the algorithm) are read here.
     const int Unigram = 1, Bpe = 2;
-    const int Normal = 1, Unknown = 2, UserDefined = 4, Byte = 6;
 
-    sealed record ModelInfo(List<(string Piece, int Type)> Pieces, int Type, string UnknownSurface);
+    sealed record ModelInfo(List<string> Pieces, int Type);
 
     static ModelInfo ReadModel(byte[] bytes)
     {
-        var pieces = new List<(string, int)>();
+        var pieces = new List<string>();
         int type = Unigram;
-        string unknownSurface = " \u2047 ";
         var input = new CodedInputStream(bytes);
         for (uint tag; (tag = input.ReadTag()) != 0;)
             switch (WireFormat.GetTagFieldNumber(tag))
@@ -148,23 +141,21 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
                     var spec = new CodedInputStream(input.ReadBytes().ToByteArray());
                     for (uint t; (t = spec.ReadTag()) != 0;)
                         if (t == WireFormat.MakeTag(3, WireFormat.WireType.Varint)) type = spec.ReadEnum();
-                        else if (t == WireFormat.MakeTag(44, WireFormat.WireType.LengthDelimited)) unknownSurface = spec.ReadString();
                         else spec.SkipLastField();
                     break;
                 default:
                     input.SkipLastField();
                     break;
             }
-        return new ModelInfo(pieces, type, unknownSurface);
+        return new ModelInfo(pieces, type);
     }
 
-    static (string Piece, int Type) ReadPiece(CodedInputStream input)
+    static string ReadPiece(CodedInputStream input)
     {
-        (string piece, int type) = ("", Normal);
+        string piece = "";
         for (uint tag; (tag = input.ReadTag()) != 0;)
             if (tag == WireFormat.MakeTag(1, WireFormat.WireType.LengthDelimited)) piece = input.ReadString();
-            else if (tag == WireFormat.MakeTag(3, WireFormat.WireType.Varint)) type = input.ReadEnum();
             else input.SkipLastField();
-        return (piece, type);
+        return piece;
     }
 }

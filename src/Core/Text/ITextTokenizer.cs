@@ -45,7 +45,7 @@ public static class TextTokenizers
     static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<ITextTokenizer>> Loaded = new();
 
     /// <summary>
-    /// The tokenizer of a model folder: its Hugging Face byte-level BPE files, else its SentencePiece <c>tokenizer.model</c>,
+    /// The tokenizer of a model folder: its Hugging Face tokenizer files, else its SentencePiece <c>tokenizer.model</c>,
     /// else the byte tokenizer of the built-in models.
     /// </summary>
     public static ITextTokenizer ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ITextTokenizer>(() => Load(f))).Value;
@@ -55,7 +55,7 @@ public static class TextTokenizers
         bool sentencePiece = File.Exists(Path.Combine(folder, SentencePieceTextTokenizer.ModelFile));
         if (File.Exists(Path.Combine(folder, HfTokenizer.TokenizerFile)) || File.Exists(Path.Combine(folder, HfTokenizer.VocabFile)))
             try { return HfTokenizer.Load(folder); }
-            // Llama 2 and Mistral folders ship a tokenizer.json (Metaspace, not byte-level) converted from the tokenizer.model beside it.
+            // A tokenizer.json this pipeline refuses (a Unigram model) may have the tokenizer.model it was converted from beside it.
             catch (InvalidDataException) when (sentencePiece) { }
         return sentencePiece ? SentencePieceTextTokenizer.Load(folder) : new ByteTokenizer();
     }

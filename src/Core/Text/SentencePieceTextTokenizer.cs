@@ -19,6 +19,7 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
 
     readonly SentencePieceTokenizer sp;
     readonly string[] pieces;       // per id: the piece as the model writes it
+    readonly int[] types;           // per id: its SentencePiece type (normal, unknown, control, byte…)
 
     /// <summary>"BPE" or "Unigram": the algorithm the model was trained with.</summary>
     public string Algorithm { get; }
@@ -31,7 +32,8 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
     {
         (this.sp, BosId, EosIds, AddsBos) = (sp, bosId, eosIds, addsBos && bosId is not null);
         Algorithm = model.Type == Bpe ? "BPE" : "Unigram";
-        pieces = [.. model.Pieces];
+        pieces = [.. model.Pieces.Select(p => p.Piece)];
+        types = [.. model.Pieces.Select(p => p.Type)];
     }
 
     public List<int> EncodeCompletionPrompt(string prompt) => [.. AddsBos ? [BosId!.Value] : Array.Empty<int>(), .. Encode(prompt)];
@@ -56,7 +58,40 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
 
     public IReadOnlyList<int> Encode(string text, bool addSpecialTokens) => addSpecialTokens && AddsBos ? [BosId!.Value, .. Encode(text)] : Encode(text);
 
-    public string Decode(IReadOnlyList<int> ids, bool skipSpecialTokens) => sp.Decode(ids, considerSpecialTokens: !skipSpecialTokens);
+    /// <summary>
+    /// The text of the pieces (▁ as a space, byte pieces as UTF-8 with U+FFFD for invalid sequences); control and unknown
+    /// pieces as written unless <paramref name="skipSpecialTokens"/>; the word-start space the model puts first dropped.
+    /// </summary>
+    public string Decode(IReadOnlyList<int> ids, bool skipSpecialTokens)
+    {
+        var text = new StringBuilder();
+        var bytes = new List<byte>();
+        bool first = true;
+        void Flush() { if (bytes.Count > 0) { text.Append(Encoding.UTF8.GetString([.. bytes])); bytes.Clear(); } }
+        foreach (int id in ids)
+        {
+            if (id < 0 || id >= pieces.Length) continue;
+            string piece = pieces[id];
+            switch (types[id])
+            {
+                case Byte when piece.Length == 6 && byte.TryParse(piece.AsSpan(3, 2), System.Globalization.NumberStyles.AllowHexSpecifier, null, out byte b):
+                    bytes.Add(b);
+                    first = false;
+                    continue;
+                case Control or Unknown when skipSpecialTokens:
+                case Unused:
+                    continue;
+                case Normal when first && sp.AddDummyPrefix && piece.StartsWith(Space):
+                    piece = piece[1..];
+                    break;
+            }
+            Flush();
+            text.Append(piece.Replace(Space, ' '));
+            first = false;
+        }
+        Flush();
+        return text.ToString();
+    }
 
     public string? IdToToken(int id) => id >= 0 && id < pieces.Length ? pieces[id] : null;
 
@@ -78,9 +113,6 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
         string escaped = sp.EscapeWhiteSpaces ? text.Replace(' ', Space) : text;
         return sp.EncodeToIds(escaped, addBeginningOfSentence: false, addEndOfSentence: false, considerPreTokenization: false, considerNormalization: false);
     }
-
-    /// <summary>The text of <paramref name="ids"/> as SentencePiece decodes it (the leading word-start space dropped, control tokens left out).</summary>
-    public string Decode(IEnumerable<int> ids) => sp.Decode(ids, considerSpecialTokens: false);
 
     /// <summary>Reads <c>tokenizer.model</c> with begin/end ids from config.json (else the model's) and <c>add_bos_token</c> from tokenizer_config.json.</summary>
     public static SentencePieceTextTokenizer Load(string folder)
@@ -119,16 +151,17 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
     }
 
     // sentencepiece_model.proto: ModelProto { repeated SentencePiece pieces = 1; TrainerSpec trainer_spec = 2; ... },
-    // SentencePiece { string piece = 1; ... }, TrainerSpec { ModelType model_type = 3 [default UNIGRAM]; ... }.
+    // SentencePiece { string piece = 1; float score = 2; Type type = 3 [default NORMAL] }, TrainerSpec { ModelType model_type = 3 [default UNIGRAM]; ... }.
     // Microsoft.ML.Tokenizers keeps its parsed copy internal, so the few fields the service needs beyond it (each piece's
-    // string, the algorithm) are read here.
+    // string and type, the algorithm) are read here.
     const int Unigram = 1, Bpe = 2;
+    const int Normal = 1, Unknown = 2, Control = 3, Unused = 5, Byte = 6;
 
-    sealed record ModelInfo(List<string> Pieces, int Type);
+    sealed record ModelInfo(List<(string Piece, int Type)> Pieces, int Type);
 
     static ModelInfo ReadModel(byte[] bytes)
     {
-        var pieces = new List<string>();
+        var pieces = new List<(string, int)>();
         int type = Unigram;
         var input = new CodedInputStream(bytes);
         for (uint tag; (tag = input.ReadTag()) != 0;)
@@ -150,12 +183,13 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
         return new ModelInfo(pieces, type);
     }
 
-    static string ReadPiece(CodedInputStream input)
+    static (string Piece, int Type) ReadPiece(CodedInputStream input)
     {
-        string piece = "";
+        (string piece, int type) = ("", Normal);
         for (uint tag; (tag = input.ReadTag()) != 0;)
             if (tag == WireFormat.MakeTag(1, WireFormat.WireType.LengthDelimited)) piece = input.ReadString();
+            else if (tag == WireFormat.MakeTag(3, WireFormat.WireType.Varint)) type = input.ReadEnum();
             else input.SkipLastField();
-        return piece;
+        return (piece, type);
     }
 }

@@ -66,6 +66,6 @@ sealed class LanguageModelRun(bool quick)
             if (tokenizer.EosIds.Contains(next)) break;
             ids.Add(next);
         }
-        return tokenizer.Decode(ids.Skip(promptLength));
+        return tokenizer.Decode([.. ids.Skip(promptLength)], skipSpecialTokens: true);
     }
 }

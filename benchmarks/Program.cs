@@ -12,6 +12,9 @@
 // benchmarks/results/fusion.md.
 //   dotnet run -c Release --project benchmarks -- --training [--quick] [--profile] [--threads N]
 // runs only the single-job training-speed benchmark (--profile: only where a step's time goes) and writes benchmarks/results/training.md.
+//   dotnet run -c Release --project benchmarks -- --tokenizers [--quick]
+// runs only the tokenizer encode-speed comparison with Hugging Face's JavaScript tokenizers (needs tests/hf-reference
+// installed and fortunes) and writes benchmarks/results/tokenizers.md.
 using System.Diagnostics;
 using System.Text;
 using AdapterService.Benchmarks;
@@ -54,6 +57,15 @@ if (args.Contains("--fusion"))
     Line("");
     new FusedTraining(quick).Run(Line);
     Save("fusion.md");
+    return;
+}
+if (args.Contains("--tokenizers"))
+{
+    Line($"# Tokenizer encode speed ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}");
+    Line("");
+    new TokenizerSpeed(quick).Run(Line);
+    Save("tokenizers.md");
     return;
 }
 if (args.Contains("--training"))

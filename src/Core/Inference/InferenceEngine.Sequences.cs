@@ -1,7 +1,7 @@
-using System.Text;
 using System.Threading.Channels;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Models;
+using AdapterService.Core.Text;
 using static TorchSharp.torch;
 
 namespace AdapterService.Core.Inference;
@@ -16,7 +16,8 @@ public sealed partial class InferenceEngine
         public required CancellationToken Cancel { get; init; }
         public required AdapterCache.Lease? Adapter { get; init; }
         public Generator? Generator { get; init; }
-        public Decoder Utf8 { get; } = Encoding.UTF8.GetDecoder();
+        /// <summary>The request's text so far, token by token (made on its first token, with the tokenizer that serves it).</summary>
+        public StreamingDetokenizer? Text;
         public required StopSequences Stops { get; init; }
         public long Length;       // positions in the cache
         public int Produced;
@@ -68,7 +69,8 @@ public sealed partial class InferenceEngine
             s.Produced++;
             Interlocked.Increment(ref generatedTokens);
             s.LastToken = token;
-            (emit, stopped) = s.Stops.Push(Chars(s.Utf8, tokenizer.TokenBytes(token), flush: false));
+            s.Text ??= new StreamingDetokenizer(tokenizer);
+            (emit, stopped) = s.Stops.Push(s.Text.Push(token));
             finish = stopped ? "stop" : s.Produced >= options.MaxTokens || s.Length >= context ? "length" : "";
         }
         int prompt = s.Request.Prompt.Count;
@@ -77,7 +79,13 @@ public sealed partial class InferenceEngine
             if (emit.Length > 0) s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, null));
             return false;
         }
-        if (!stopped) emit += Chars(s.Utf8, [], flush: true) + s.Stops.Flush();   // text held back for a stop that never came
+        if (!stopped)
+        {
+            // Text held back: the detokenizer's unfinished end, then what waited for a stop that never came.
+            var (tail, tailStopped) = s.Stops.Push(s.Text?.Flush() ?? "");
+            emit += tail + (tailStopped ? "" : s.Stops.Flush());
+            if (tailStopped) finish = "stop";
+        }
         s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, finish));
         Finish(s, null);
         return true;
@@ -88,12 +96,5 @@ public sealed partial class InferenceEngine
         s.Output.TryComplete(error);
         s.Adapter?.Dispose();
         s.Generator?.Dispose();
-    }
-
-    static string Chars(Decoder decoder, byte[] bytes, bool flush)
-    {
-        var chars = new char[decoder.GetCharCount(bytes, flush)];
-        decoder.GetChars(bytes, chars, flush);
-        return new string(chars);
     }
 }

@@ -18,7 +18,54 @@ public sealed class ByteTokenizer : ITextTokenizer
     public int BosId => Begin;
     public IReadOnlyList<int> EosIds => [End];
 
+    /// <summary>The special tokens as chat templates write them.</summary>
+    static readonly (string Text, int Id)[] Specials =
+        [("<|end|>", End), ("<|system|>", System), ("<|user|>", User), ("<|assistant|>", Assistant), ("<|begin|>", Begin)];
+
+    /// <summary>The UTF-8 bytes of <paramref name="text"/>, special tokens' strings in it as bytes too (what chat turns' contents are).</summary>
     public List<int> Encode(string text) => Encoding.UTF8.GetBytes(text).Select(b => (int)b).ToList();
+
+    /// <summary>Hugging Face-style encode: special tokens' strings in the text become their ids (so a rendered chat template encodes as <see cref="EncodeChatPrompt"/> does); with <paramref name="addSpecialTokens"/>, <c>&lt;|begin|&gt;</c> first.</summary>
+    public IReadOnlyList<int> Encode(string text, bool addSpecialTokens)
+    {
+        var ids = addSpecialTokens ? new List<int> { Begin } : [];
+        int start = 0;
+        for (int i = text.IndexOf("<|", StringComparison.Ordinal); i >= 0; i = text.IndexOf("<|", i, StringComparison.Ordinal))
+        {
+            int match = Array.FindIndex(Specials, s => string.CompareOrdinal(text, i, s.Text, 0, s.Text.Length) == 0);
+            if (match < 0) { i += 2; continue; }
+            ids.AddRange(Encode(text[start..i]));
+            ids.Add(Specials[match].Id);
+            start = i += Specials[match].Text.Length;
+        }
+        ids.AddRange(Encode(text[start..]));
+        return ids;
+    }
+
+    /// <summary>The UTF-8 text of the byte ids (invalid sequences as U+FFFD), special tokens as their strings unless skipped.</summary>
+    public string Decode(IReadOnlyList<int> ids, bool skipSpecialTokens)
+    {
+        var text = new StringBuilder();
+        var bytes = new List<byte>();
+        void Flush() { text.Append(Encoding.UTF8.GetString([.. bytes])); bytes.Clear(); }
+        foreach (int id in ids)
+            if (IsByte(id)) bytes.Add((byte)id);
+            else if (!skipSpecialTokens && IdToToken(id) is { } special) { Flush(); text.Append(special); }
+        Flush();
+        return text.ToString();
+    }
+
+    /// <summary>Printable ASCII bytes as themselves, other bytes as <c>&lt;0xNN&gt;</c>, special tokens as their strings.</summary>
+    public string? IdToToken(int id) => id switch
+    {
+        >= 33 and < 127 => ((char)id).ToString(),
+        >= 0 and < 256 => $"<0x{id:X2}>",
+        _ => Array.Find(Specials, s => s.Id == id).Text,
+    };
+
+    public int VocabularySize => Begin + 1;
+    public string? BosToken => "<|begin|>";
+    public string? EosToken => "<|end|>";
 
     /// <summary>Token ids and, per id, whether the loss is taken on it (assistant / completion tokens only).</summary>
     public (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example)
@@ -57,8 +104,6 @@ public sealed class ByteTokenizer : ITextTokenizer
 
     /// <summary>True for ids that stand for text bytes (special tokens print nothing).</summary>
     public static bool IsByte(int id) => id is >= 0 and < 256;
-
-    public byte[] TokenBytes(int id) => IsByte(id) ? [(byte)id] : [];
 
     static int RoleToken(string role) => role switch
     {

@@ -3,9 +3,9 @@ using AdapterService.Core.Data;
 namespace AdapterService.Core.Text;
 
 /// <summary>
-/// What the service needs of a base model's tokenizer: prompts for chat and completions, training examples with the
-/// tokens the loss is taken on, and the bytes of each generated token (streamed through one UTF-8 decoder per request,
-/// so a character split across tokens prints once whole).
+/// What the service needs of a base model's tokenizer: Hugging Face's encode and decode, the vocabulary's strings, prompts
+/// for chat and completions, and training examples with the tokens the loss is taken on. Generated text is streamed
+/// with a <see cref="StreamingDetokenizer"/>.
 /// </summary>
 public interface ITextTokenizer
 {
@@ -20,8 +20,23 @@ public interface ITextTokenizer
     /// <summary>Token ids and, per id, whether the loss is taken on it (assistant / completion tokens and their end).</summary>
     (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example);
 
-    /// <summary>The UTF-8 bytes a token stands for; none for special tokens.</summary>
-    byte[] TokenBytes(int id);
+    /// <summary>Hugging Face's encode: with <paramref name="addSpecialTokens"/>, what the post-processor adds (BOS…EOS) around the text's ids.</summary>
+    IReadOnlyList<int> Encode(string text, bool addSpecialTokens);
+
+    /// <summary>Hugging Face's decode (the decoder chain); special tokens left out when <paramref name="skipSpecialTokens"/>.</summary>
+    string Decode(IReadOnlyList<int> ids, bool skipSpecialTokens);
+
+    /// <summary>The token's string as the vocabulary writes it ("Ġworld", "▁the", "&lt;|im_end|&gt;"); null for an id outside the vocabulary.</summary>
+    string? IdToToken(int id);
+
+    /// <summary>Vocabulary size, added tokens included.</summary>
+    int VocabularySize { get; }
+
+    /// <summary>tokenizer_config.json's bos_token, which chat templates print; null when absent.</summary>
+    string? BosToken { get; }
+
+    /// <summary>tokenizer_config.json's eos_token, which chat templates print; null when absent.</summary>
+    string? EosToken { get; }
 }
 
 public static class TextTokenizers
@@ -30,7 +45,7 @@ public static class TextTokenizers
     static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<ITextTokenizer>> Loaded = new();
 
     /// <summary>
-    /// The tokenizer of a model folder: its Hugging Face byte-level BPE files, else its SentencePiece <c>tokenizer.model</c>,
+    /// The tokenizer of a model folder: its Hugging Face tokenizer files, else its SentencePiece <c>tokenizer.model</c>,
     /// else the byte tokenizer of the built-in models.
     /// </summary>
     public static ITextTokenizer ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ITextTokenizer>(() => Load(f))).Value;
@@ -40,7 +55,7 @@ public static class TextTokenizers
         bool sentencePiece = File.Exists(Path.Combine(folder, SentencePieceTextTokenizer.ModelFile));
         if (File.Exists(Path.Combine(folder, HfTokenizer.TokenizerFile)) || File.Exists(Path.Combine(folder, HfTokenizer.VocabFile)))
             try { return HfTokenizer.Load(folder); }
-            // Llama 2 and Mistral folders ship a tokenizer.json (Metaspace, not byte-level) converted from the tokenizer.model beside it.
+            // A tokenizer.json this pipeline refuses (a Unigram model) may have the tokenizer.model it was converted from beside it.
             catch (InvalidDataException) when (sentencePiece) { }
         return sentencePiece ? SentencePieceTextTokenizer.Load(folder) : new ByteTokenizer();
     }

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using AdapterService.Core.Data;
@@ -19,7 +18,8 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
     const char Space = '\u2581';   // '▁', what SentencePiece writes spaces as inside pieces
 
     readonly SentencePieceTokenizer sp;
-    readonly byte[][] pieceBytes;   // per id: the UTF-8 bytes it prints; none for control and unused pieces
+    readonly string[] pieces;       // per id: the piece as the model writes it
+    readonly int[] types;           // per id: its SentencePiece type (normal, unknown, control, byte…)
 
     /// <summary>"BPE" or "Unigram": the algorithm the model was trained with.</summary>
     public string Algorithm { get; }
@@ -32,20 +32,9 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
     {
         (this.sp, BosId, EosIds, AddsBos) = (sp, bosId, eosIds, addsBos && bosId is not null);
         Algorithm = model.Type == Bpe ? "BPE" : "Unigram";
-        pieceBytes = model.Pieces.Select(p => p.Type switch
-        {
-            Normal or UserDefined => Encoding.UTF8.GetBytes(p.Piece.Replace(Space, ' ')),
-            Byte => [ParseByte(p.Piece)],
-            Unknown => Encoding.UTF8.GetBytes(model.UnknownSurface),
-            _ => [],
-        }).ToArray();
+        pieces = [.. model.Pieces.Select(p => p.Piece)];
+        types = [.. model.Pieces.Select(p => p.Type)];
     }
-
-    /// <summary>A byte piece is written <c>&lt;0xNN&gt;</c>.</summary>
-    static byte ParseByte(string piece) =>
-        piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece[5] == '>'
-        && byte.TryParse(piece.AsSpan(3, 2), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out byte b)
-            ? b : throw new InvalidDataException($"{ModelFile}: byte piece '{piece}' is not written <0xNN>");
 
     public List<int> EncodeCompletionPrompt(string prompt) => [.. AddsBos ? [BosId!.Value] : Array.Empty<int>(), .. Encode(prompt)];
 
@@ -67,7 +56,48 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
         return (ids, train);
     }
 
-    public byte[] TokenBytes(int id) => id >= 0 && id < pieceBytes.Length ? pieceBytes[id] : [];
+    public IReadOnlyList<int> Encode(string text, bool addSpecialTokens) => addSpecialTokens && AddsBos ? [BosId!.Value, .. Encode(text)] : Encode(text);
+
+    /// <summary>
+    /// The text of the pieces (▁ as a space, byte pieces as UTF-8 with U+FFFD for invalid sequences); control and unknown
+    /// pieces as written unless <paramref name="skipSpecialTokens"/>; the word-start space the model puts first dropped.
+    /// </summary>
+    public string Decode(IReadOnlyList<int> ids, bool skipSpecialTokens)
+    {
+        var text = new StringBuilder();
+        var bytes = new List<byte>();
+        bool first = true;
+        void Flush() { if (bytes.Count > 0) { text.Append(Encoding.UTF8.GetString([.. bytes])); bytes.Clear(); } }
+        foreach (int id in ids)
+        {
+            if (id < 0 || id >= pieces.Length) continue;
+            string piece = pieces[id];
+            switch (types[id])
+            {
+                case Byte when piece.Length == 6 && byte.TryParse(piece.AsSpan(3, 2), System.Globalization.NumberStyles.AllowHexSpecifier, null, out byte b):
+                    bytes.Add(b);
+                    first = false;
+                    continue;
+                case Control or Unknown when skipSpecialTokens:
+                case Unused:
+                    continue;
+                case Normal when first && sp.AddDummyPrefix && piece.StartsWith(Space):
+                    piece = piece[1..];
+                    break;
+            }
+            Flush();
+            text.Append(piece.Replace(Space, ' '));
+            first = false;
+        }
+        Flush();
+        return text.ToString();
+    }
+
+    public string? IdToToken(int id) => id >= 0 && id < pieces.Length ? pieces[id] : null;
+
+    public int VocabularySize => pieces.Length;
+    public string? BosToken => BosId is { } id ? IdToToken(id) : null;
+    public string? EosToken => EosIds is [var id, ..] ? IdToToken(id) : null;
 
     /// <summary>Token ids of <paramref name="text"/> as the start of a sequence (with the model's word-start prefix, no begin id).</summary>
     public IReadOnlyList<int> Encode(string text) => sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
@@ -83,9 +113,6 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
         string escaped = sp.EscapeWhiteSpaces ? text.Replace(' ', Space) : text;
         return sp.EncodeToIds(escaped, addBeginningOfSentence: false, addEndOfSentence: false, considerPreTokenization: false, considerNormalization: false);
     }
-
-    /// <summary>The text of <paramref name="ids"/> as SentencePiece decodes it (the leading word-start space dropped, control tokens left out).</summary>
-    public string Decode(IEnumerable<int> ids) => sp.Decode(ids, considerSpecialTokens: false);
 
     /// <summary>Reads <c>tokenizer.model</c> with begin/end ids from config.json (else the model's) and <c>add_bos_token</c> from tokenizer_config.json.</summary>
     public static SentencePieceTextTokenizer Load(string folder)
@@ -124,19 +151,18 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
     }
 
     // sentencepiece_model.proto: ModelProto { repeated SentencePiece pieces = 1; TrainerSpec trainer_spec = 2; ... },
-    // SentencePiece { string piece = 1; float score = 2; Type type = 3 [default NORMAL] }, TrainerSpec { ModelType model_type = 3
-    // [default UNIGRAM]; string unk_surface = 44 [default " ⁇ "] }. Microsoft.ML.Tokenizers keeps its parsed copy internal, so
-    // the few fields the service needs beyond it (each piece's type, the algorithm) are read here.
+    // SentencePiece { string piece = 1; float score = 2; Type type = 3 [default NORMAL] }, TrainerSpec { ModelType model_type = 3 [default UNIGRAM]; ... }.
+    // Microsoft.ML.Tokenizers keeps its parsed copy internal, so the few fields the service needs beyond it (each piece's
+    // string and type, the algorithm) are read here.
     const int Unigram = 1, Bpe = 2;
-    const int Normal = 1, Unknown = 2, UserDefined = 4, Byte = 6;
+    const int Normal = 1, Unknown = 2, Control = 3, Unused = 5, Byte = 6;
 
-    sealed record ModelInfo(List<(string Piece, int Type)> Pieces, int Type, string UnknownSurface);
+    sealed record ModelInfo(List<(string Piece, int Type)> Pieces, int Type);
 
     static ModelInfo ReadModel(byte[] bytes)
     {
         var pieces = new List<(string, int)>();
         int type = Unigram;
-        string unknownSurface = " \u2047 ";
         var input = new CodedInputStream(bytes);
         for (uint tag; (tag = input.ReadTag()) != 0;)
             switch (WireFormat.GetTagFieldNumber(tag))
@@ -148,14 +174,13 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
                     var spec = new CodedInputStream(input.ReadBytes().ToByteArray());
                     for (uint t; (t = spec.ReadTag()) != 0;)
                         if (t == WireFormat.MakeTag(3, WireFormat.WireType.Varint)) type = spec.ReadEnum();
-                        else if (t == WireFormat.MakeTag(44, WireFormat.WireType.LengthDelimited)) unknownSurface = spec.ReadString();
                         else spec.SkipLastField();
                     break;
                 default:
                     input.SkipLastField();
                     break;
             }
-        return new ModelInfo(pieces, type, unknownSurface);
+        return new ModelInfo(pieces, type);
     }
 
     static (string Piece, int Type) ReadPiece(CodedInputStream input)

@@ -50,6 +50,12 @@ public sealed class HfTokenizerTests : IDisposable
                     new { type = "ByteLevel", add_prefix_space = false, trim_offsets = true, use_regex = false },
                 },
             },
+            post_processor = new
+            {
+                type = "TemplateProcessing",
+                single = new object[] { new { SpecialToken = new { id = "<|begin_of_text|>", type_id = 0 } }, new { Sequence = new { id = "A", type_id = 0 } } },
+                special_tokens = new Dictionary<string, object> { ["<|begin_of_text|>"] = new { id = "<|begin_of_text|>", ids = new[] { 300 }, tokens = new[] { "<|begin_of_text|>" } } },
+            },
             decoder = new { type = "ByteLevel", add_prefix_space = true, trim_offsets = true, use_regex = true },
             model = new
             {
@@ -86,19 +92,22 @@ public sealed class HfTokenizerTests : IDisposable
         Assert.Equal([Id("hello"), 300], tokenizer.Encode("hello<|endoftext|>"));
         Assert.Equal((300, 300), (tokenizer.BosId, tokenizer.EosIds.Single()));
         const string text = "Grüße, 世界! 🙂\n\ttabs  and   spaces 12345";
-        Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text)));
+        Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text), skipSpecialTokens: false));
     }
 
-    /// <summary>Generated tokens are streamed as bytes: a character split across tokens comes out whole once they are joined.</summary>
+    /// <summary>Generated tokens are streamed: a character split across tokens comes out whole, once, and special tokens print nothing.</summary>
     [Fact]
-    public void TokenBytesJoinToTheTextsUtf8()
+    public void StreamedTokensJoinToTheText()
     {
         WriteGpt2Files();
         ITextTokenizer tokenizer = HfTokenizer.Load(dir);
         const string text = "héllo wörld 🙂 123";
-        var ids = ((HfTokenizer)tokenizer).Encode(text);
-        Assert.Equal(System.Text.Encoding.UTF8.GetBytes(text), ids.SelectMany(tokenizer.TokenBytes).ToArray());
-        Assert.Empty(tokenizer.TokenBytes(300));                                                    // <|endoftext|> prints nothing
+        var ids = tokenizer.Encode(text, addSpecialTokens: false);
+        var stream = new StreamingDetokenizer(tokenizer);
+        var pieces = ids.Append(300).Select(stream.Push).Append(stream.Flush()).ToList();
+        Assert.Equal(text, string.Concat(pieces));
+        Assert.Contains("🙂", pieces.Select(p => p.Trim()));                                       // its 4 bytes are 4 tokens, printed once whole
+        Assert.Equal("", tokenizer.Decode([300], skipSpecialTokens: true));                         // <|endoftext|> prints nothing
         // GPT-2's begin id is its end id: never prepended (as its tokenizer does not).
         Assert.Equal([Id("hello")], tokenizer.EncodeCompletionPrompt("hello"));
         Assert.Throws<NotSupportedException>(() => tokenizer.EncodeChatPrompt([("user", "hi")]));   // no chat format
@@ -127,7 +136,7 @@ public sealed class HfTokenizerTests : IDisposable
         var tokenizer = HfTokenizer.Load(dir);
 
         Assert.Equal([Id("123"), Id("4"), Id("5")], tokenizer.Encode("12345"));                     // \p{N}{1,3} splits before merging
-        Assert.Equal([300, Id("hello"), Id("Ġworld")], tokenizer.Encode("hello world", addBos: true));
+        Assert.Equal([300, Id("hello"), Id("Ġworld")], tokenizer.Encode("hello world", addSpecialTokens: true));   // the post-processor's template
         Assert.Equal([301, 304], tokenizer.EosIds);
         Assert.Equal(ChatFormat.Llama3, ChatTemplate.Detect(tokenizer));
 
@@ -137,8 +146,8 @@ public sealed class HfTokenizerTests : IDisposable
         var ids = tokenizer.Encode(prompt);
         Assert.Equal(300, ids[0]);
         Assert.Equal(3, ids.Count(i => i == 302));                                                   // system, user and assistant headers, each one token
-        Assert.Equal(prompt, tokenizer.Decode(ids));
-        Assert.Equal("system\n\nbe briefuser\n\nhello worldassistant\n\n", tokenizer.Decode(ids, skipSpecial: true));
+        Assert.Equal(prompt, tokenizer.Decode(ids, skipSpecialTokens: false));
+        Assert.Equal("system\n\nbe briefuser\n\nhello worldassistant\n\n", tokenizer.Decode(ids, skipSpecialTokens: true));
     }
 
     [Fact]
@@ -151,8 +160,12 @@ public sealed class HfTokenizerTests : IDisposable
 
     [Theory]
     [InlineData("\"type\":\"BPE\"", "\"type\":\"Unigram\"", "model.type 'Unigram' is not supported")]
-    [InlineData("\"type\":\"Split\"", "\"type\":\"Whitespace\"", "pre_tokenizer step")]
-    [InlineData("\"normalizer\":null", "\"normalizer\":{\"type\":\"Lowercase\"}", "normalizer {\"type\":\"Lowercase\"} is not supported")]
+    [InlineData("\"type\":\"Split\"", "\"type\":\"BertPreTokenizer\"", "pre_tokenizer BertPreTokenizer is not supported")]
+    [InlineData("\"normalizer\":null", "\"normalizer\":{\"type\":\"Precompiled\"}", "normalizer Precompiled is not supported")]
+    [InlineData("\"type\":\"TemplateProcessing\"", "\"type\":\"BertProcessing\"", "post_processor BertProcessing is not supported")]
+    [InlineData("\"decoder\":{\"type\":\"ByteLevel\"", "\"decoder\":{\"type\":\"CTC\"", "decoder CTC is not supported")]
+    [InlineData("\"Regex\":\"(?i:", "\"Regex\":\"(?i:[", "regex '(?i:[")]
+    [InlineData("\"merges\":[[\"3\",\"4\"]", "\"merges\":[[\"3\",\"x4\"]", "merges[0] ('3', 'x4') names a token missing from the vocabulary")]
     public void UnsupportedTokenizerJsonIsRefusedNamingThePart(string find, string replace, string message)
     {
         WriteLlama3TokenizerJson();

@@ -20,8 +20,11 @@ public sealed class SentencePieceTextTokenizerTests : IDisposable
         return folder;
     }
 
-    static string Streamed(ITextTokenizer tokenizer, IEnumerable<int> ids) =>
-        Encoding.UTF8.GetString(ids.SelectMany(tokenizer.TokenBytes).ToArray());
+    static string Streamed(ITextTokenizer tokenizer, IEnumerable<int> ids)
+    {
+        var stream = new StreamingDetokenizer(tokenizer);
+        return string.Concat(ids.Select(stream.Push)) + stream.Flush();
+    }
 
     [Fact]
     public void EncodesWordsWithTheirPrefixBytesForUnknownCharactersAndDecodesBack()
@@ -34,12 +37,14 @@ public sealed class SentencePieceTextTokenizerTests : IDisposable
         // 'é' is no piece: byte fallback spells its UTF-8 bytes C3 A9; the 3 before them is the id offset of <0x00>.
         var ids = tokenizer.Encode("hé");
         Assert.Equal([TinyId("▁h"), 3 + 0xC3, 3 + 0xA9], ids);
-        Assert.Equal("hé", tokenizer.Decode(ids));
-        // Streamed token by token, the bytes of 'é' join into one character; the word-start '▁' prints as a space.
-        Assert.Equal(" hé hello", Streamed(tokenizer, [.. ids, hello]));
+        Assert.Equal("hé", tokenizer.Decode(ids, skipSpecialTokens: false));
+        // Streamed token by token, the bytes of 'é' join into one character; the text is the whole decode's (no leading space).
+        Assert.Equal("hé hello", Streamed(tokenizer, [.. ids, hello]));
+        Assert.Equal(tokenizer.Decode([.. ids, hello], skipSpecialTokens: true), Streamed(tokenizer, [1, .. ids, hello, 2]));
         Assert.Equal([1, hello], tokenizer.EncodeCompletionPrompt("hello"));
-        Assert.Empty(tokenizer.TokenBytes(1));
-        Assert.Equal(" \u2047 ", Encoding.UTF8.GetString(tokenizer.TokenBytes(0)));
+        Assert.Equal([1, hello], tokenizer.Encode("hello", addSpecialTokens: true));
+        Assert.Equal(("<s>", "</s>", "<unk>"), (tokenizer.BosToken, tokenizer.EosToken, tokenizer.IdToToken(0)));
+        Assert.Equal("", tokenizer.Decode([1], skipSpecialTokens: true));
     }
 
     [Fact]

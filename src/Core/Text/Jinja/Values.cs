@@ -207,6 +207,9 @@ static class Values
             case BoolValue b: sb.Append(b.Value ? "true" : "false"); break;
             case NumberValue n: sb.Append(double.IsFinite(n.Value) ? FormatNumber(n.Value) : "null"); break;
             case StringValue s: WriteJsonString(sb, s.Value, f.EnsureAscii); break;
+            case ArrayValue { IsTuple: true }:
+                // The reference serializes lists, not tuples (so printing a tuple fails there too).
+                throw new JinjaException("Cannot convert to JSON: TupleValue");
             case ArrayValue a:
                 sb.Append('[');
                 for (int i = 0; i < a.Items.Count; i++)

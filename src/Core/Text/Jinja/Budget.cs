@@ -30,6 +30,14 @@ sealed class Budget(JinjaRenderOptions options)
             throw new JinjaException($"template output or string exceeded {Options.MaxOutputChars} characters");
     }
 
+    /// <summary>Checks a list's length before it is built: no list may have more items than the output may have characters.</summary>
+    public void CheckItems(long count)
+    {
+        if (count > Options.MaxOutputChars)
+            throw new JinjaException($"template built a list of more than {Options.MaxOutputChars} items");
+        Step(count);
+    }
+
     public void Enter()
     {
         if (++depth > Options.MaxCallDepth)

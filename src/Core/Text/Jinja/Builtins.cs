@@ -70,7 +70,7 @@ static class Builtins
         if (step == 0) throw new JinjaException("range() step must not be zero");
         double count = step > 0 ? Math.Ceiling((stop - start) / step) : Math.Ceiling((start - stop) / -step);
         if (double.IsNaN(count) || count <= 0) return new ArrayValue([]);
-        budget.Step(count > int.MaxValue ? long.MaxValue / 2 : (long)count);
+        budget.CheckItems(count > int.MaxValue ? long.MaxValue : (long)count);
         var items = new List<Value>((int)count);
         for (double i = start; step > 0 ? i < stop : i > stop; i += step) items.Add(NumberValue.FromHost(i));
         return new ArrayValue(items);
@@ -135,7 +135,7 @@ static class Builtins
     /// <summary>obj.name for what is not a stored attribute: the methods of strings, lists and dicts.</summary>
     public static Value Member(Interpreter interpreter, Value target, string name) => target switch
     {
-        StringValue s => StringMember(s.Value, name),
+        StringValue s => StringMember(s.Value, name, interpreter.Budget),
         ArrayValue a => name == "length" ? NumberValue.Integer(a.Items.Count) : UndefinedValue.Instance,
         ObjectValue o => ObjectMember(interpreter, o, name),
         _ => UndefinedValue.Instance,
@@ -143,7 +143,7 @@ static class Builtins
 
     static FunctionValue Method(string name, Func<List<Value>, Value> call) => new(name, (args, _) => call(args));
 
-    static Value StringMember(string s, string name) => name switch
+    static Value StringMember(string s, string name, Budget budget) => name switch
     {
         "upper" => Method(name, _ => new StringValue(Js.Upper(s))),
         "lower" => Method(name, _ => new StringValue(Js.Lower(s))),
@@ -156,7 +156,7 @@ static class Builtins
         "startswith" => Method(name, args => BoolValue.Of(Affix(name, s, args, (x, p) => x.StartsWith(p, StringComparison.Ordinal)))),
         "endswith" => Method(name, args => BoolValue.Of(Affix(name, s, args, (x, p) => x.EndsWith(p, StringComparison.Ordinal)))),
         "split" => Method(name, args => Split(s, args)),
-        "replace" => Method(name, args => Replace(s, args)),
+        "replace" => Method(name, args => Replace(s, args, budget)),
         _ => UndefinedValue.Instance,
     };
 
@@ -209,7 +209,7 @@ static class Builtins
     }
 
     /// <summary>str.replace(old, new[, count]); an empty old string inserts between code points.</summary>
-    static StringValue Replace(string s, List<Value> args)
+    static StringValue Replace(string s, List<Value> args, Budget budget)
     {
         if (args.Count < 2) throw new JinjaException("replace() requires at least two arguments");
         if (args[0] is not StringValue oldValue || args[1] is not StringValue newValue) throw new JinjaException("replace() arguments must be strings");
@@ -220,14 +220,20 @@ static class Builtins
         double remaining = count is NumberValue n ? (n.Value < 0 ? double.PositiveInfinity : n.Value) : double.PositiveInfinity;
         if (remaining == 0) return new StringValue(s);
         var sb = new StringBuilder();
+        // Every replacement is checked, so replacing "" in a long string with a long one cannot run away.
+        void Append(string text)
+        {
+            budget.CheckLength((long)sb.Length + text.Length);
+            sb.Append(text);
+        }
         if (oldValue.Value.Length == 0)
         {
             foreach (var point in Js.CodePoints(s))
             {
-                if (remaining-- > 0) sb.Append(newValue.Value);
+                if (remaining-- > 0) Append(newValue.Value);
                 sb.Append(point);
             }
-            if (remaining > 0) sb.Append(newValue.Value);
+            if (remaining > 0) Append(newValue.Value);
             return new StringValue(sb.ToString());
         }
         int at = 0;
@@ -235,7 +241,8 @@ static class Builtins
         {
             int found = s.IndexOf(oldValue.Value, at, StringComparison.Ordinal);
             if (found < 0) break;
-            sb.Append(s, at, found - at).Append(newValue.Value);
+            sb.Append(s, at, found - at);
+            Append(newValue.Value);
             at = found + oldValue.Value.Length;
             remaining--;
         }
@@ -344,7 +351,7 @@ static class Builtins
                 },
                 StringValue s => name switch
                 {
-                    "length" or "upper" or "lower" or "title" or "capitalize" => StringMember(s.Value, name) switch
+                    "length" or "upper" or "lower" or "title" or "capitalize" => StringMember(s.Value, name, budget) switch
                     {
                         FunctionValue f => f.Call([], scope),
                         var v => v,
@@ -450,7 +457,7 @@ static class Builtins
             case ArrayValue a when filterName == "map":
                 if (!kwargs.TryGetValue("attribute", out var mapped)) throw new JinjaException("`map` expressions without `attribute` set are not currently supported.");
                 if (mapped is not StringValue path) throw new JinjaException("attribute must be a string");
-                budget.Step(a.Items.Count);
+                budget.CheckItems(a.Items.Count);
                 return new ArrayValue(a.Items.Select(item => item is ObjectValue or NamespaceValue
                     ? Attribute(item, path.Value) is UndefinedValue ? kwargs.GetValueOrDefault("default") ?? UndefinedValue.Instance : Attribute(item, path.Value)
                     : throw new JinjaException("items in map must be an object")).ToList());
@@ -463,7 +470,7 @@ static class Builtins
                 bool blank = Values.Truthy(Argument(args, 2, kwargs, "blank", BoolValue.False));
                 return new StringValue(Indent(s.Value, width.Value, first, blank, budget));
             case StringValue s when filterName == "replace":
-                return Replace(s.Value, [.. args, new ObjectValue(kwargs, isKeywordArguments: true)]);
+                return Replace(s.Value, [.. args, new ObjectValue(kwargs, isKeywordArguments: true)], budget);
             case StringValue:
                 throw new JinjaException($"Unknown StringValue filter: {filterName}");
             case ObjectValue o when ObjectMember(interpreter, o, filterName) is FunctionValue method:
@@ -479,15 +486,18 @@ static class Builtins
     /// <summary>Array.prototype.join's view of an item: null and undefined are empty, others their raw String().</summary>
     static string JoinPart(Value v, Budget budget) => v is NullValue or UndefinedValue ? "" : Values.Raw(v, budget);
 
+    /// <summary>The first of each distinct payload, as a JavaScript Set sees them (SameValueZero; containers by identity).</summary>
     static ArrayValue Unique(ArrayValue a)
     {
-        var output = new List<Value>();
-        foreach (var item in a.Items)
-            if (!output.Any(seen => Values.StrictEquals(seen, item) || SameMissing(seen, item) || IsNaN(seen) && IsNaN(item))) output.Add(item);
-        return new ArrayValue(output);
+        var seen = new HashSet<object>();
+        return new ArrayValue(a.Items.Where(item => seen.Add(item switch
+        {
+            NumberValue n => n.Value == 0 ? 0.0 : n.Value,
+            StringValue s => ("string", s.Value),
+            BoolValue b => b.Value,
+            _ => item,
+        })).ToList());
     }
-
-    static bool IsNaN(Value v) => v is NumberValue n && double.IsNaN(n.Value);
 
     static string Indent(string s, double width, bool first, bool blank, Budget budget)
     {

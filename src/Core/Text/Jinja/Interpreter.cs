@@ -338,7 +338,7 @@ sealed class Interpreter(Budget budget)
             case LiteralNode n: return n.Value;
             case IdentifierNode n: return scope.Lookup(n.Name);
             case ArrayNode n:
-                budget.Step(n.Items.Count);
+                budget.CheckItems(n.Items.Count);
                 return new ArrayValue(n.Items.Select(x => Evaluate(x, scope)).ToList(), n.IsTuple);
             case ObjectNode n:
                 var map = new OrderedDictionary<string, Value>();
@@ -514,7 +514,7 @@ sealed class Interpreter(Budget budget)
         {
             if (op == "+")
             {
-                budget.Step(la.Items.Count + ra.Items.Count);
+                budget.CheckItems((long)la.Items.Count + ra.Items.Count);
                 return new ArrayValue([.. la.Items, .. ra.Items]);
             }
         }

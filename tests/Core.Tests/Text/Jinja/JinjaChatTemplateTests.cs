@@ -1,0 +1,177 @@
+using System.Text;
+using System.Text.Json.Nodes;
+using AdapterService.Core.Text.Jinja;
+using Xunit.Abstractions;
+
+namespace AdapterService.Core.Tests.Text.Jinja;
+
+/// <summary>Every real chat template installed in tests/hf-reference, rendered with @huggingface/jinja once for the
+/// class (node runs once), and the reference's renders.</summary>
+public sealed class BundledTemplateRenders
+{
+    public List<JinjaReference.Rendered> Templates { get; } = JinjaReference.Render(bundled: true, [], JinjaChatTemplateTests.Cases);
+}
+
+/// <summary>
+/// The ~100 Hugging Face chat templates of Ollama's map and the tokenizer_config.json templates of Gemma 3, Qwen 3 and
+/// Llama 3.1, with conversations of every shape the service sends: each must render to exactly the reference's text, or
+/// fail where the reference fails.
+/// </summary>
+public sealed class JinjaChatTemplateTests(BundledTemplateRenders reference, ITestOutputHelper log) : IClassFixture<BundledTemplateRenders>
+{
+    const string Bos = "<s>", Eos = "</s>";
+
+    static JsonObject Message(string role, string? content, JsonObject? extra = null)
+    {
+        var message = new JsonObject { ["role"] = role, ["content"] = content };
+        foreach (var (key, value) in extra ?? []) message[key] = value?.DeepClone();
+        return message;
+    }
+
+    static JsonObject ToolCall(string id, string name, bool argumentsAsString) => new()
+    {
+        ["id"] = id,
+        ["type"] = "function",
+        ["function"] = new JsonObject
+        {
+            ["name"] = name,
+            ["arguments"] = argumentsAsString
+                ? "{\"city\": \"Paris\", \"unit\": \"celsius\"}"
+                : new JsonObject { ["city"] = "Paris", ["unit"] = "celsius" },
+        },
+    };
+
+    static readonly JsonArray Tools =
+    [
+        new JsonObject
+        {
+            ["type"] = "function",
+            ["function"] = new JsonObject
+            {
+                ["name"] = "get_weather",
+                ["description"] = "Current weather for a city.",
+                ["parameters"] = new JsonObject
+                {
+                    ["type"] = "object",
+                    ["properties"] = new JsonObject
+                    {
+                        ["city"] = new JsonObject { ["type"] = "string", ["description"] = "The city's name" },
+                        ["unit"] = new JsonObject { ["type"] = "string", ["enum"] = new JsonArray("celsius", "fahrenheit") },
+                    },
+                    ["required"] = new JsonArray("city"),
+                },
+            },
+        },
+    ];
+
+    static JsonObject Case(JsonArray messages, bool addGenerationPrompt, Action<JsonObject>? more = null)
+    {
+        var variables = new JsonObject
+        {
+            ["messages"] = messages,
+            ["bos_token"] = Bos,
+            ["eos_token"] = Eos,
+            ["add_generation_prompt"] = addGenerationPrompt,
+        };
+        more?.Invoke(variables);
+        return variables;
+    }
+
+    static JsonArray ToolConversation(bool argumentsAsString) =>
+    [
+        Message("system", "You are a helpful assistant."),
+        Message("user", "What's the weather in Paris?"),
+        Message("assistant", null, new JsonObject { ["tool_calls"] = new JsonArray(ToolCall("call_1", "get_weather", argumentsAsString)) }),
+        Message("tool", "{\"temperature\": 18, \"condition\": \"sunny\"}", new JsonObject { ["tool_call_id"] = "call_1", ["name"] = "get_weather" }),
+        Message("assistant", "It is 18 °C and sunny in Paris."),
+        Message("user", "Thanks!"),
+    ];
+
+    /// <summary>The conversations: names for messages, variables as JSON.</summary>
+    public static readonly (string Name, JsonObject Variables)[] Named =
+    [
+        ("system and user", Case([Message("system", "You are a helpful assistant."), Message("user", "Hello!")], true)),
+        ("user only, no generation prompt", Case([Message("user", "Hello!")], false)),
+        ("multi-turn", Case([Message("user", "Hi"), Message("assistant", "Hello! How can I help?"), Message("user", "Tell me a joke.")], true)),
+        ("multi-turn ending with the assistant", Case([Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hello.")], false)),
+        ("tool call, arguments as a JSON string", Case(ToolConversation(argumentsAsString: true), true, v => v["tools"] = Tools.DeepClone())),
+        ("tool call, arguments as an object", Case(ToolConversation(argumentsAsString: false), true, v => v["tools"] = Tools.DeepClone())),
+        ("tools without calls", Case([Message("user", "What's the weather in Paris?")], true, v => v["tools"] = Tools.DeepClone())),
+        ("reasoning, thinking enabled", Case(
+            [Message("user", "2+2?"), Message("assistant", "<think>\nTwo plus two is four.\n</think>\n\n4"), Message("user", "And 3+3?")], true,
+            v => v["enable_thinking"] = true)),
+        ("reasoning, thinking disabled", Case(
+            [Message("user", "2+2?"), Message("assistant", "<think>\nSimple.\n</think>\n\n4")], true, v => v["enable_thinking"] = false)),
+        ("non-ASCII, quotes, backslashes, newlines", Case(
+            [
+                Message("system", "Réponds en français — «citations» et 日本語 🙂."),
+                Message("user", "Say \"hi\" and 'bye'\\n\nwith a tab\tand a backslash \\ and {{ braces }} {% tags %}."),
+                Message("assistant", "  Padded answer with trailing newline\n"),
+                Message("user", "\u00e9\u0301 \u2028 end"),
+            ], true)),
+        ("content as parts", Case(
+            [new JsonObject { ["role"] = "user", ["content"] = new JsonArray(new JsonObject { ["type"] = "text", ["text"] = "Describe this." }) }], true)),
+        ("no messages", Case([], true)),
+        ("two users in a row", Case([Message("user", "One"), Message("user", "Two")], true)),
+    ];
+
+    public static readonly IReadOnlyList<JsonObject> Cases = Named.Select(c => c.Variables).ToList();
+
+    /// <summary>
+    /// Templates where the reference renders what Python's Jinja would not, and this engine follows Python, with why.
+    /// Each entry names the template and the case.
+    /// </summary>
+    static readonly Dictionary<(string Template, string Case), string> KnownDifferences = new();
+
+    static readonly JinjaRenderOptions Options = new(Clock: new JinjaReference.FixedClock());
+
+    [Fact]
+    public void Every_bundled_template_renders_as_the_reference_does()
+    {
+        Assert.True(reference.Templates.Count >= 95, $"only {reference.Templates.Count} templates found");
+        var failures = new List<string>();
+        int identical = 0, bothRaise = 0;
+        var summary = new StringBuilder();
+        foreach (var template in reference.Templates)
+        {
+            JinjaTemplate? parsed = null;
+            string? parseError = null;
+            try { parsed = JinjaTemplate.Parse(template.Source); }
+            catch (JinjaException e) { parseError = e.Message; }
+            int raised = 0;
+            for (int i = 0; i < Named.Length; i++)
+            {
+                var (text, error) = template.Renders[i];
+                string? ours = null, ourError = parseError;
+                if (parsed is not null)
+                {
+                    try { ours = parsed.Render(JinjaReference.Variables(Named[i].Variables), Options).Text; }
+                    catch (JinjaException e) { ourError = e.Message; }
+                }
+                bool same = text is not null ? ours == text : ourError is not null;
+                if (KnownDifferences.TryGetValue((template.Name, Named[i].Name), out var why))
+                {
+                    Assert.False(same, $"{template.Name} / {Named[i].Name} is listed as differing ({why}) but now agrees; drop it from the list");
+                    continue;
+                }
+                if (!same) failures.Add(Describe(template.Name, Named[i].Name, text, error, ours, ourError));
+                else if (text is null) { bothRaise++; raised++; }
+                else identical++;
+            }
+            summary.AppendLine($"{template.Name}: {(raised == 0 ? "all cases render" : $"{raised} of {Named.Length} cases raise in both")}");
+        }
+        log.WriteLine($"{reference.Templates.Count} templates × {Named.Length} cases: {identical} identical texts, {bothRaise} raise in both, {failures.Count} differ");
+        log.WriteLine(summary.ToString());
+        Assert.True(failures.Count == 0, $"{failures.Count} renders differ from @huggingface/jinja:\n{string.Join("\n", failures.Take(15))}");
+    }
+
+    static string Describe(string template, string name, string? text, string? error, string? ours, string? ourError)
+    {
+        if (text is null) return $"- {template} / {name}: the reference raises ({error}) but this engine renders";
+        if (ours is null) return $"- {template} / {name}: this engine raises ({ourError}) but the reference renders";
+        int at = 0;
+        while (at < text.Length && at < ours.Length && text[at] == ours[at]) at++;
+        string Around(string s) => s.Substring(Math.Max(0, at - 40), Math.Min(s.Length - Math.Max(0, at - 40), 100)).ReplaceLineEndings("⏎");
+        return $"- {template} / {name}: first difference at {at}:\n    reference: {Around(text)}\n    ours:      {Around(ours)}";
+    }
+}

@@ -126,13 +126,14 @@ public static class BaseModelsApi
                 if (model is CausalLanguageModel lm)
                 {
                     context = lm.ContextLength;
-                    tokenizer = TextTokenizers.ForModel(temp) switch
+                    var text = ModelText.Read(temp);
+                    tokenizer = text.Tokenizer switch
                     {
-                        HfTokenizer hf => $"byte-level BPE{(hf.Chat is { } chat ? $", {chat} chat format" : "")}",
+                        HfTokenizer => "Hugging Face tokenizer.json",
                         SentencePieceTextTokenizer sp => $"SentencePiece {sp.Algorithm}",
                         _ when ByteTokenizer.IsSavedIn(temp) => "byte-level",   // this service's own demo models, exported
                         _ => throw new InvalidDataException("the folder has no tokenizer.json (or vocab.json + merges.txt, or tokenizer.model)"),
-                    };
+                    } + (text.Template is null ? "" : ", chat template");
                 }
             }
             var blobPath = BlobPaths.ModelPath(id);

@@ -57,7 +57,7 @@ public static class Generation
         if (stop is null) return (null, OpenAiErrors.BadRequest("stop must be a string or a list of up to 4 strings.", "stop"));
 
         var (text, ids, promptError) = EncodePrompt(model, request.Model, prompt, blobs);
-        if (promptError is not null) return (null, promptError);
+        if (ids is null) return (null, promptError);
         int context = model.Base.ContextLength, available = context - ids.Count;
         int maxTokens = request.MaxTokens ?? defaultMaxTokens ?? available;
         if (available < 1 || maxTokens > available)
@@ -67,7 +67,7 @@ public static class Generation
 
         var options = new SamplingOptions(maxTokens, request.Temperature ?? 1.0, request.TopP ?? 1.0, stop, request.Seed);
         return (new Prepared(new GenerationRequest(model.Base.Id, blobs.Resolve(model.Base.BlobPath), model.AdapterKey,
-            model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath), ids!, options, text!.Tokenizer, text.EosIds), request.Model), null);
+            model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath), ids, options, text!.Tokenizer, text.EosIds), request.Model), null);
     }
 
     /// <summary>

@@ -14,6 +14,9 @@ namespace AdapterService.Api.Apis;
 /// <param name="AddGenerationPrompt">With messages: end with the assistant's header, as a chat completion's prompt does (default true).</param>
 /// <param name="ContinueFinalMessage">With messages: end inside the last message, so the model continues it (default false).</param>
 /// <param name="AddSpecialTokens">Add the tokenizer's own special tokens (its begin-of-sequence id); default true for prompt, false for messages, whose template writes them.</param>
+/// <param name="ChatTemplate">With messages: a template's source, or a name of the model's templates, to render with instead.</param>
+/// <param name="ChatTemplateKwargs">With messages: extra template variables ({"enable_thinking": false}).</param>
+/// <param name="Tools">With messages: OpenAI's tool definitions, passed to the template.</param>
 /// <param name="ReturnTokenStrs">Also answer each token's string as the vocabulary writes it.</param>
 public sealed record TokenizeRequest(
     string? Model, string? Prompt, JsonElement? Messages, bool? AddGenerationPrompt, bool? ContinueFinalMessage, bool? AddSpecialTokens,
@@ -58,8 +61,8 @@ public static class TokenizeApi
                 addGenerationPrompt: !continueFinal && (request.AddGenerationPrompt ?? true), continueFinal);
             return [.. text.Tokenizer.Encode(rendered, request.AddSpecialTokens ?? false)];
         }, blobs);
-        if (promptError is not null) return promptError;
-        return TypedResults.Ok(new TokenizeResponse(ids!.Count, model.Base.ContextLength, ids,
+        if (ids is null) return promptError!;
+        return TypedResults.Ok(new TokenizeResponse(ids.Count, model.Base.ContextLength, ids,
             request.ReturnTokenStrs == true ? ids.Select(text!.Tokenizer.IdToToken).ToList() : null));
     }
 

@@ -14,7 +14,7 @@ namespace AdapterService.Core.Jobs;
 /// </summary>
 public static class JobFiles
 {
-    /// <param name="chatTemplate">The job's own chat template (a name of the base's or a source); its token count is not stored.</param>
+    /// <summary>The file's facts and token count; the count with a job's own chat template (a name of the base's templates or a source) is not stored.</summary>
     public static async Task<DataFile> ReadAsync(ServiceDbContext db, IBlobStore blobs, string fileId, string param, BaseModel baseModel,
         ModelConfig baseConfig, string? chatTemplate, CancellationToken cancel)
     {

@@ -1,12 +1,12 @@
 using System.Text;
 using System.Text.Json;
-using AdapterService.Core.Data;
 
 namespace AdapterService.Core.Text;
 
 /// <summary>
-/// Byte-level tokenizer of the built-in demo models: ids 0-255 are the UTF-8 bytes, then a few special tokens.
-/// Chat turns are encoded as <c>&lt;|role|&gt; content &lt;|end|&gt;</c> after a leading <c>&lt;|begin|&gt;</c>.
+/// Byte-level tokenizer of the built-in demo models: ids 0-255 are the UTF-8 bytes, then a few special tokens. Their
+/// chat template (<see cref="FallbackChatFormats.BuiltIn"/>) writes <c>&lt;|role|&gt;content&lt;|end|&gt;</c> per
+/// message after a leading <c>&lt;|begin|&gt;</c>.
 /// </summary>
 public sealed class ByteTokenizer : ITextTokenizer
 {
@@ -25,7 +25,7 @@ public sealed class ByteTokenizer : ITextTokenizer
     /// <summary>The UTF-8 bytes of <paramref name="text"/>, special tokens' strings in it as bytes too (what chat turns' contents are).</summary>
     public List<int> Encode(string text) => Encoding.UTF8.GetBytes(text).Select(b => (int)b).ToList();
 
-    /// <summary>Hugging Face-style encode: special tokens' strings in the text become their ids (so a rendered chat template encodes as <see cref="EncodeChatPrompt"/> does); with <paramref name="addSpecialTokens"/>, <c>&lt;|begin|&gt;</c> first.</summary>
+    /// <summary>Hugging Face-style encode: special tokens' strings in the text become their ids (so a rendered chat template gives the role and end ids); with <paramref name="addSpecialTokens"/>, <c>&lt;|begin|&gt;</c> first.</summary>
     public IReadOnlyList<int> Encode(string text, bool addSpecialTokens)
     {
         var ids = addSpecialTokens ? new List<int> { Begin } : [];
@@ -67,51 +67,8 @@ public sealed class ByteTokenizer : ITextTokenizer
     public string? BosToken => "<|begin|>";
     public string? EosToken => "<|end|>";
 
-    /// <summary>Token ids and, per id, whether the loss is taken on it (assistant / completion tokens only).</summary>
-    public (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example)
-    {
-        var ids = new List<int> { Begin };
-        var train = new List<bool> { false };
-        void Add(IEnumerable<int> tokens, bool learn) { foreach (var t in tokens) { ids.Add(t); train.Add(learn); } }
-        switch (example)
-        {
-            case ChatExample chat:
-                foreach (var m in chat.Messages)
-                {
-                    Add([RoleToken(m.Role)], false);
-                    Add([.. Encode(m.Content), End], m.Train);
-                }
-                break;
-            case CompletionExample c:
-                Add(Encode(c.Prompt), false);
-                Add([.. Encode(c.Completion), End], true);
-                break;
-        }
-        return (ids, train);
-    }
-
-    /// <summary>The prompt of a chat request: its messages, then the assistant role token to answer after.</summary>
-    public List<int> EncodeChatPrompt(IEnumerable<(string Role, string Content)> messages)
-    {
-        var ids = new List<int> { Begin };
-        foreach (var (role, content) in messages)
-            ids.AddRange([RoleToken(role), .. Encode(content), End]);
-        ids.Add(Assistant);
-        return ids;
-    }
-
-    public List<int> EncodeCompletionPrompt(string prompt) => [Begin, .. Encode(prompt)];
-
     /// <summary>True for ids that stand for text bytes (special tokens print nothing).</summary>
     public static bool IsByte(int id) => id is >= 0 and < 256;
-
-    static int RoleToken(string role) => role switch
-    {
-        "system" or "developer" => System,
-        "user" => User,
-        "assistant" => Assistant,
-        _ => throw new ArgumentException($"unknown role '{role}'", nameof(role)),
-    };
 
     /// <summary>Whether <paramref name="folder"/> holds this tokenizer's file (as <see cref="Save"/> writes it).</summary>
     public static bool IsSavedIn(string folder)
@@ -138,6 +95,7 @@ public sealed class ByteTokenizer : ITextTokenizer
         vocab_size = VocabSize,
         bos_token = "<|begin|>",
         eos_token = "<|end|>",
+        chat_template = FallbackChatFormats.BuiltIn,
         added_tokens = new Dictionary<string, int>
         {
             ["<|end|>"] = End, ["<|system|>"] = System, ["<|user|>"] = User, ["<|assistant|>"] = Assistant, ["<|begin|>"] = Begin,

@@ -35,10 +35,8 @@ public sealed class HfTokenizer : ITextTokenizer
     /// <summary>Added tokens (such as <c>&lt;|endoftext|&gt;</c>, <c>&lt;|eot_id|&gt;</c>): matched whole in text, never split.</summary>
     public IReadOnlyDictionary<string, int> SpecialTokens { get; }
     public int? BosId { get; }
-    /// <summary>config.json's end ids, and the end of an assistant's turn when the tokenizer has a chat format.</summary>
+    /// <summary>config.json's end ids (and generation_config.json's).</summary>
     public IReadOnlyList<int> EosIds { get; }
-    /// <summary>The chat format whose special tokens it has, or null (then it serves completions only).</summary>
-    public ChatFormat? Chat { get; }
     public string? BosToken { get; }
     public string? EosToken { get; }
     public int VocabularySize => tokens.Length;
@@ -82,55 +80,11 @@ public sealed class HfTokenizer : ITextTokenizer
 
         SpecialTokens = addedList.GroupBy(t => t.Content).ToDictionary(g => g.Key, g => g.Last().Id, StringComparer.Ordinal);
         BosId = bosId;
-        Chat = ChatTemplate.Detect(this);
-        EosIds = Chat is { } format && SpecialTokens.TryGetValue(ChatTemplate.EndToken(format), out int end) ? [.. eosIds.Append(end).Distinct()] : eosIds;
+        EosIds = eosIds;
     }
 
     /// <summary>tokenizer_config.json writes a token as its string or as an object with its content.</summary>
     static string? TokenString(JsonElement e) => e.ValueKind == JsonValueKind.String ? e.GetString() : Json.OptionalString(e, "content");
-
-    /// <summary>
-    /// Whether prompts start with the begin id: when it is a token of its own (Llama 3's &lt;|begin_of_text|&gt;), not when
-    /// it doubles as the end id (GPT-2's &lt;|endoftext|&gt;, which GPT-2's tokenizer never prepends).
-    /// </summary>
-    bool AddsBos => BosId is { } bos && !EosIds.Contains(bos);
-
-    public List<int> EncodeCompletionPrompt(string prompt) => AddsBos ? [BosId!.Value, .. Encode(prompt)] : [.. Encode(prompt)];
-
-    public List<int> EncodeChatPrompt(IEnumerable<(string Role, string Content)> messages)
-    {
-        var format = Chat ?? throw new NotSupportedException("this model's tokenizer has no chat format (ChatML or Llama 3); use completions");
-        var ids = Encode(ChatTemplate.Render(messages.Select(m => new ChatTurn(m.Role, m.Content)), format));
-        return format == ChatFormat.ChatML && AddsBos ? [BosId!.Value, .. ids] : [.. ids];
-    }
-
-    /// <summary>Chat examples in the model's chat format, the loss on the assistant turns marked for training and their end of turn; completions as prompt + completion + end.</summary>
-    public (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example)
-    {
-        var ids = new List<int>();
-        var train = new List<bool>();
-        void Add(string text, bool learn) { foreach (var id in Encode(text)) { ids.Add(id); train.Add(learn); } }
-        switch (example)
-        {
-            case ChatExample chat:
-                var format = Chat ?? throw new NotSupportedException("this model's tokenizer has no chat format (ChatML or Llama 3); train it on prompt/completion examples");
-                if (format == ChatFormat.ChatML && AddsBos) { ids.Add(BosId!.Value); train.Add(false); }
-                Add(ChatTemplate.Start(format), false);
-                foreach (var m in chat.Messages)
-                {
-                    Add(ChatTemplate.Header(format, m.Role), false);
-                    Add(ChatTemplate.Content(format, m.Content) + ChatTemplate.EndOfTurn(format), m.Train);
-                }
-                break;
-            case CompletionExample c:
-                if (AddsBos) { ids.Add(BosId!.Value); train.Add(false); }
-                Add(c.Prompt, false);
-                Add(c.Completion, true);
-                if (EosIds is [var eos, ..]) { ids.Add(eos); train.Add(true); }
-                break;
-        }
-        return (ids, train);
-    }
 
     /// <summary>Token ids of <paramref name="text"/> (special tokens written in it included), nothing added around them.</summary>
     public IReadOnlyList<int> Encode(string text) => Encode(text, addSpecialTokens: false);

@@ -1,24 +1,14 @@
-using AdapterService.Core.Data;
-
 namespace AdapterService.Core.Text;
 
 /// <summary>
-/// What the service needs of a base model's tokenizer: Hugging Face's encode and decode, the vocabulary's strings, prompts
-/// for chat and completions, and training examples with the tokens the loss is taken on. Generated text is streamed
-/// with a <see cref="StreamingDetokenizer"/>.
+/// What the service needs of a base model's tokenizer: Hugging Face's encode and decode and the vocabulary's strings.
+/// Prompts, chats and training examples are made of these by <see cref="ModelText"/>; generated text is streamed with a
+/// <see cref="StreamingDetokenizer"/>.
 /// </summary>
 public interface ITextTokenizer
 {
     /// <summary>Ids that end a reply (besides the model's own end ids).</summary>
     IReadOnlyList<int> EosIds { get; }
-
-    /// <summary>A chat prompt ending where the assistant's answer starts; throws <see cref="NotSupportedException"/> for a model without a chat format.</summary>
-    List<int> EncodeChatPrompt(IEnumerable<(string Role, string Content)> messages);
-
-    List<int> EncodeCompletionPrompt(string prompt);
-
-    /// <summary>Token ids and, per id, whether the loss is taken on it (assistant / completion tokens and their end).</summary>
-    (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example);
 
     /// <summary>Hugging Face's encode: with <paramref name="addSpecialTokens"/>, what the post-processor adds (BOS…EOS) around the text's ids.</summary>
     IReadOnlyList<int> Encode(string text, bool addSpecialTokens);

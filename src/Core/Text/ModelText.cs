@@ -17,14 +17,14 @@ public sealed record TokenSequence(int[] Ids, bool[] Train);
 /// </summary>
 public sealed class ModelText
 {
-    public const string TemplateFile = "chat_template.jinja", TemplatesFolder = "chat_templates", GenerationConfigFile = "generation_config.json";
+    public const string TemplateFile = "chat_template.jinja", TemplatesFolder = "chat_templates";
 
     public ITextTokenizer Tokenizer { get; }
     /// <summary>The template chat uses unless a request or a fine-tuned model names another; null when the model has none.</summary>
     public ChatTemplate? Template { get; }
     /// <summary>Templates the folder names (<c>tokenizer_config.json</c>'s list, <c>chat_templates/*.jinja</c>), by name.</summary>
     public IReadOnlyDictionary<string, ChatTemplate> NamedTemplates { get; }
-    /// <summary>Ids that end a reply: config.json's, generation_config.json's, and a fallback chat format's end of turn.</summary>
+    /// <summary>Ids that end a reply: the tokenizer's (config.json's and generation_config.json's) and a fallback chat format's end of turn.</summary>
     public IReadOnlyList<int> EosIds { get; }
     /// <summary>Hex SHA-256 of the tokenizer's files: what a fine-tuned model records of the tokenizer it was trained with.</summary>
     public string TokenizerSha256 { get; }
@@ -36,7 +36,7 @@ public sealed class ModelText
     static readonly ConcurrentDictionary<string, Lazy<ModelText>> Loaded = new();
     static readonly ConcurrentDictionary<string, Lazy<ChatTemplate?>> AdapterTemplates = new();
 
-    public static ModelText ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ModelText>(() => Load(f))).Value;
+    public static ModelText ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ModelText>(() => Read(f))).Value;
 
     /// <summary>The rules of a tokenizer without a model folder (tests, benchmarks): its fallback chat format, if it has one.</summary>
     public static ModelText Of(ITextTokenizer tokenizer)
@@ -193,38 +193,38 @@ public sealed class ModelText
         return n;
     }
 
-    static ModelText Load(string folder)
+    /// <summary>Reads a folder's text rules without keeping them (a folder being imported); a template that does not parse is bad data.</summary>
+    public static ModelText Read(string folder)
     {
         var tokenizer = TextTokenizers.ForModel(folder);
         var named = new Dictionary<string, ChatTemplate>(StringComparer.Ordinal);
         ChatTemplate? template = null;
-        string config = Path.Combine(folder, ByteTokenizer.FileName);
+        string config = Path.Combine(folder, HfTokenizer.ConfigFile);
         if (File.Exists(config))
         {
             var root = ReadJson(config);
             switch (root?["chat_template"])
             {
                 case JsonValue v when v.TryGetValue(out string? source):
-                    template = ChatTemplate.Parse(source);
+                    template = Parse(source, config);
                     break;
                 // Older multi-template configs: [{"name": "default", "template": "…"}, {"name": "tool_use", …}].
                 case JsonArray list:
                     foreach (var entry in list)
                         if (entry?["name"]?.GetValue<string>() is { } name && entry["template"]?.GetValue<string>() is { } source)
-                            named[name] = ChatTemplate.Parse(source);
+                            named[name] = Parse(source, config);
                     break;
             }
         }
         string templates = Path.Combine(folder, TemplatesFolder);
         if (Directory.Exists(templates))
             foreach (var file in Directory.EnumerateFiles(templates, "*.jinja"))
-                named[Path.GetFileNameWithoutExtension(file)] = ChatTemplate.Parse(File.ReadAllText(file));
-        if (File.Exists(Path.Combine(folder, TemplateFile))) template = ChatTemplate.Parse(File.ReadAllText(Path.Combine(folder, TemplateFile)));
+                named[Path.GetFileNameWithoutExtension(file)] = Parse(File.ReadAllText(file), file);
+        string templateFile = Path.Combine(folder, TemplateFile);
+        if (File.Exists(templateFile)) template = Parse(File.ReadAllText(templateFile), templateFile);
         template ??= named.GetValueOrDefault("default");
 
-        var eos = new List<int>(tokenizer.EosIds);
-        if (File.Exists(Path.Combine(folder, GenerationConfigFile)))
-            eos.AddRange(ReadIds(ReadJson(Path.Combine(folder, GenerationConfigFile))?["eos_token_id"]));
+        var eos = new List<int>(tokenizer.EosIds);   // config.json's and generation_config.json's
         if (template is null && FallbackChatFormats.Find(tokenizer) is { } fallback)
         {
             template = ChatTemplate.Parse(fallback.Template);
@@ -233,12 +233,11 @@ public sealed class ModelText
         return new ModelText(tokenizer, template, named, eos.Distinct().ToList(), HashTokenizerFiles(folder));
     }
 
-    static IEnumerable<int> ReadIds(JsonNode? node) => node switch
+    static ChatTemplate Parse(string source, string path)
     {
-        JsonValue v when v.TryGetValue(out int id) => [id],
-        JsonArray a => a.Select(x => x is JsonValue xv && xv.TryGetValue(out int id) ? id : (int?)null).OfType<int>(),
-        _ => [],
-    };
+        try { return ChatTemplate.Parse(source); }
+        catch (ChatTemplateException e) { throw new InvalidDataException($"{path}: {e.Message}", e); }
+    }
 
     static JsonNode? ReadJson(string path)
     {

@@ -1,6 +1,5 @@
 using System.Text;
 using System.Text.Json;
-using AdapterService.Core.Data;
 using AdapterService.Core.Models;
 using Google.Protobuf;
 using Microsoft.ML.Tokenizers;
@@ -34,26 +33,6 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
         Algorithm = model.Type == Bpe ? "BPE" : "Unigram";
         pieces = [.. model.Pieces.Select(p => p.Piece)];
         types = [.. model.Pieces.Select(p => p.Type)];
-    }
-
-    public List<int> EncodeCompletionPrompt(string prompt) => [.. AddsBos ? [BosId!.Value] : Array.Empty<int>(), .. Encode(prompt)];
-
-    public List<int> EncodeChatPrompt(IEnumerable<(string Role, string Content)> messages) =>
-        throw new NotSupportedException("this model's tokenizer (SentencePiece) has no chat format; use completions");
-
-    /// <summary>Prompt + completion + end; the completion is encoded as the rest of the prompt's text, so it gets no second word-start prefix.</summary>
-    public (List<int> Ids, List<bool> Train) EncodeExample(TrainingExample example)
-    {
-        if (example is not CompletionExample c)
-            throw new NotSupportedException("this model's tokenizer (SentencePiece) has no chat format; train it on prompt/completion examples");
-        var ids = new List<int>();
-        var train = new List<bool>();
-        void Add(IEnumerable<int> tokens, bool learn) { foreach (var t in tokens) { ids.Add(t); train.Add(learn); } }
-        if (AddsBos) Add([BosId!.Value], false);
-        Add(Encode(c.Prompt), false);
-        Add(EncodeContinuation(c.Completion), true);
-        if (EosIds is [var eos, ..]) Add([eos], true);
-        return (ids, train);
     }
 
     public IReadOnlyList<int> Encode(string text, bool addSpecialTokens) => addSpecialTokens && AddsBos ? [BosId!.Value, .. Encode(text)] : Encode(text);
@@ -102,18 +81,6 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
     /// <summary>Token ids of <paramref name="text"/> as the start of a sequence (with the model's word-start prefix, no begin id).</summary>
     public IReadOnlyList<int> Encode(string text) => sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
 
-    /// <summary>
-    /// Token ids of <paramref name="text"/> following other text: spaces escaped as the model does, but without the
-    /// word-start prefix the normalizer puts before a sequence (which would make "Sky:" + " blue" read "Sky:  blue").
-    /// </summary>
-    public IReadOnlyList<int> EncodeContinuation(string text)
-    {
-        if (text.Length == 0) return [];
-        if (!sp.AddDummyPrefix) return Encode(text);
-        string escaped = sp.EscapeWhiteSpaces ? text.Replace(' ', Space) : text;
-        return sp.EncodeToIds(escaped, addBeginningOfSentence: false, addEndOfSentence: false, considerPreTokenization: false, considerNormalization: false);
-    }
-
     /// <summary>Reads <c>tokenizer.model</c> with begin/end ids from config.json (else the model's) and <c>add_bos_token</c> from tokenizer_config.json.</summary>
     public static SentencePieceTextTokenizer Load(string folder)
     {
@@ -133,6 +100,8 @@ public sealed class SentencePieceTextTokenizer : ITextTokenizer
         }
 
         var (bos, eos) = HfTokenizer.ReadSpecialIds(Path.Combine(folder, ModelFolder.ConfigFile));
+        string generation = Path.Combine(folder, HfTokenizer.GenerationConfigFile);
+        if (File.Exists(generation)) eos = [.. eos.Union(HfTokenizer.ReadSpecialIds(generation).Eos)];
         bos ??= sp.BeginningOfSentenceId >= 0 ? sp.BeginningOfSentenceId : null;
         if (eos.Count == 0 && sp.EndOfSentenceId >= 0) eos = [sp.EndOfSentenceId];
         return new SentencePieceTextTokenizer(sp, model, bos, eos, ReadAddBos(Path.Combine(folder, ByteTokenizer.FileName)));

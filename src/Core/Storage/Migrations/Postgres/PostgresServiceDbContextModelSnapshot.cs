@@ -230,6 +230,9 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.Property<int>("BatchSize")
                         .HasColumnType("integer");
 
+                    b.Property<string>("ChatTemplate")
+                        .HasColumnType("text");
+
                     b.Property<long>("CreatedAt")
                         .HasColumnType("bigint");
 

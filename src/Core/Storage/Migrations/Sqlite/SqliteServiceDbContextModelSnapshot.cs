@@ -225,6 +225,9 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.Property<int>("BatchSize")
                         .HasColumnType("INTEGER");
 
+                    b.Property<string>("ChatTemplate")
+                        .HasColumnType("TEXT");
+
                     b.Property<long>("CreatedAt")
                         .HasColumnType("INTEGER");
 

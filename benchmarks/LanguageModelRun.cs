@@ -53,7 +53,7 @@ sealed class LanguageModelRun(bool quick)
     /// <summary>Up to 48 new tokens after the prompt, stopping at end of text; the whole sequence is re-run per token (short, so no cache needed).</summary>
     static string Generate(LlamaForCausalLM model, HfTokenizer tokenizer, string prompt, double temperature, Generator generator)
     {
-        var ids = tokenizer.EncodeCompletionPrompt(prompt);
+        var ids = tokenizer.Encode(prompt, addSpecialTokens: true).ToList();
         int promptLength = ids.Count;
         for (int i = 0; i < 48 && ids.Count < model.ContextLength; i++)
         {

@@ -23,7 +23,7 @@ public sealed class ChatTemplateApiTests(ServiceFactory factory)
         return body;
     }
 
-    static int[] Tokens(JsonObject body) => body["tokens"]!.AsArray().Select(t => (int)t!).ToArray();
+    static List<int> Tokens(JsonObject body) => body["tokens"]!.AsArray().Select(t => (int)t!).ToList();
 
     [Fact]
     public async Task TokenizeRendersTheModelsTemplateAndDetokenizeGivesTheTextBack()

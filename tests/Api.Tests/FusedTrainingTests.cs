@@ -75,7 +75,7 @@ public sealed class FusedTrainingTests(ServiceFactory factory)
         var baseModel = factory.Query(db => db.BaseModels.Single(m => m.Id == "tiny-llama-demo"));
         string folder = Path.Combine(factory.DataDirectory, "blobs", baseModel.BlobPath);
         using var stream = new MemoryStream(Encoding.UTF8.GetBytes(string.Join("\n", lines) + "\n"));
-        var examples = TrainingData.Tokenize(TrainingFile.Parse(stream), TextTokenizers.ForModel(folder), baseModel.ContextLength);
+        var examples = TrainingData.Tokenize(TrainingFile.Parse(stream), ModelText.ForModel(folder), null, baseModel.ContextLength).Examples;
         using var model = ModelFolder.Load(folder);
         using var adapter = TrainableAdapter.Create(model, config, seed);
         using (var trainer = new LanguageModelTrainer((CausalLanguageModel)model, adapter, examples, hp, padId: 0, seed))

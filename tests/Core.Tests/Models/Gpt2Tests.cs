@@ -247,7 +247,7 @@ public sealed class Gpt2Tests : IDisposable
         using var model = ModelFolder.Load<GPT2LMHeadModel>(folder);
         var examples = Enumerable.Range(0, 8).Select(i =>
         {
-            var (ids, train) = new ByteTokenizer().EncodeExample(new CompletionExample(i, $"q{i}:", "ok!"));
+            var (ids, train) = ModelText.BuiltIn.EncodeExample(new CompletionExample(i, $"q{i}:", "ok!"), null)[0];
             return new TokenizedExample([.. ids], [.. train]);
         }).ToList();
         var baseBefore = model.named_parameters().ToDictionary(p => p.name, p => Bytes(p.parameter));

@@ -40,7 +40,7 @@ public class LanguageModelPretrainingTests
             Assert.Equal((400, 32), (model.VocabSize, model.ContextLength));
             var tokenizer = Assert.IsType<HfTokenizer>(TextTokenizers.ForModel(folder));
             Assert.Equal([0], tokenizer.EosIds);
-            var ids = tokenizer.EncodeCompletionPrompt("A fortune");
+            var ids = tokenizer.Encode("A fortune", addSpecialTokens: true);
             using var logits = model.forward(tensor(ids.Select(i => (long)i).ToArray()).unsqueeze(0));
             Assert.Equal([1, ids.Count, 400], logits.shape);
         }

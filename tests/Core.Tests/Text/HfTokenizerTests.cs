@@ -109,8 +109,9 @@ public sealed class HfTokenizerTests : IDisposable
         Assert.Contains("🙂", pieces.Select(p => p.Trim()));                                       // its 4 bytes are 4 tokens, printed once whole
         Assert.Equal("", tokenizer.Decode([300], skipSpecialTokens: true));                         // <|endoftext|> prints nothing
         // GPT-2's begin id is its end id: never prepended (as its tokenizer does not).
-        Assert.Equal([Id("hello")], tokenizer.EncodeCompletionPrompt("hello"));
-        Assert.Throws<NotSupportedException>(() => tokenizer.EncodeChatPrompt([("user", "hi")]));   // no chat format
+        var rules = ModelText.Of(tokenizer);
+        Assert.Equal([Id("hello")], rules.EncodeCompletion("hello"));
+        Assert.Throws<NotSupportedException>(() => rules.ChooseTemplate(null));   // no chat template, no fallback format
     }
 
     /// <summary>Chat examples in the Llama 3 format: the loss on the assistant's content and its end of turn only; the end of turn also ends generation.</summary>
@@ -120,13 +121,14 @@ public sealed class HfTokenizerTests : IDisposable
         WriteLlama3TokenizerJson();
         ITextTokenizer tokenizer = HfTokenizer.Load(dir);
         var example = new AdapterService.Core.Data.ChatExample(1, [new("user", "hello", false), new("assistant", "world", true)]);
-        var (ids, train) = tokenizer.EncodeExample(example);
+        var text = ModelText.Of(tokenizer);   // no template of its own: the Llama 3 format its special tokens have
+        var (ids, train) = Assert.Single(text.EncodeExample(example, null));
         var hf = (HfTokenizer)tokenizer;
         Assert.Equal(hf.Encode("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nworld<|eot_id|>"), ids);
         Assert.Equal([Id("w"), Id("o"), Id("r"), Id("l"), Id("d"), 304], ids.Where((_, i) => train[i]));
-        Assert.Contains(304, tokenizer.EosIds);
+        Assert.Contains(304, text.EosIds);
         Assert.Equal(hf.Encode("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
-            tokenizer.EncodeChatPrompt([("user", "hello")]));
+            text.EncodeChat(ChatConversation.Of([("user", "hello")]), text.Template!));
     }
 
     [Fact]
@@ -138,9 +140,8 @@ public sealed class HfTokenizerTests : IDisposable
         Assert.Equal([Id("123"), Id("4"), Id("5")], tokenizer.Encode("12345"));                     // \p{N}{1,3} splits before merging
         Assert.Equal([300, Id("hello"), Id("Ġworld")], tokenizer.Encode("hello world", addSpecialTokens: true));   // the post-processor's template
         Assert.Equal([301, 304], tokenizer.EosIds);
-        Assert.Equal(ChatFormat.Llama3, ChatTemplate.Detect(tokenizer));
-
-        string prompt = ChatTemplate.Render([new("system", "be brief"), new("user", "  hello world \n")], ChatFormat.Llama3);
+        var text = ModelText.Of(tokenizer);
+        string prompt = text.RenderChat(ChatConversation.Of([("system", "be brief"), ("user", "  hello world \n")]), text.Template!);
         Assert.Equal("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nbe brief<|eot_id|>"
                      + "<|start_header_id|>user<|end_header_id|>\n\nhello world<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", prompt);
         var ids = tokenizer.Encode(prompt);
@@ -153,9 +154,11 @@ public sealed class HfTokenizerTests : IDisposable
     [Fact]
     public void ChatMLRendersEachTurnBetweenImStartAndImEnd()
     {
-        string prompt = ChatTemplate.Render([new("system", "s"), new("user", "u"), new("assistant", "a")], ChatFormat.ChatML, addGenerationPrompt: false);
+        var chatML = ChatTemplate.Parse(FallbackChatFormats.ChatML);
+        var tokenizer = ModelText.BuiltIn.Tokenizer;
+        string prompt = chatML.Render(ChatConversation.Of([("system", "s"), ("user", "u"), ("assistant", "a")]), tokenizer, addGenerationPrompt: false).Text;
         Assert.Equal("<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n", prompt);
-        Assert.EndsWith("<|im_end|>\n<|im_start|>assistant\n", ChatTemplate.Render([new("user", "u")], ChatFormat.ChatML));
+        Assert.EndsWith("<|im_end|>\n<|im_start|>assistant\n", chatML.Render(ChatConversation.Of([("user", "u")]), tokenizer, addGenerationPrompt: true).Text);
     }
 
     [Theory]

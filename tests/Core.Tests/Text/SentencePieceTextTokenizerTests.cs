@@ -41,24 +41,25 @@ public sealed class SentencePieceTextTokenizerTests : IDisposable
         // Streamed token by token, the bytes of 'é' join into one character; the text is the whole decode's (no leading space).
         Assert.Equal("hé hello", Streamed(tokenizer, [.. ids, hello]));
         Assert.Equal(tokenizer.Decode([.. ids, hello], skipSpecialTokens: true), Streamed(tokenizer, [1, .. ids, hello, 2]));
-        Assert.Equal([1, hello], tokenizer.EncodeCompletionPrompt("hello"));
+        Assert.Equal([1, hello], ModelText.Of(tokenizer).EncodeCompletion("hello"));
         Assert.Equal([1, hello], tokenizer.Encode("hello", addSpecialTokens: true));
         Assert.Equal(("<s>", "</s>", "<unk>"), (tokenizer.BosToken, tokenizer.EosToken, tokenizer.IdToToken(0)));
         Assert.Equal("", tokenizer.Decode([1], skipSpecialTokens: true));
     }
 
     [Fact]
-    public void CompletionExamplesReadAsOneTextAndChatIsRefused()
+    public void CompletionExamplesReadAsOneTextAndChatWithoutATemplateIsRefused()
     {
         var tokenizer = SentencePieceTextTokenizer.Load(Folder("example", Write(TinyPieces()), """{"bos_token_id": 1, "eos_token_id": [2]}"""));
-        var (ids, train) = tokenizer.EncodeExample(new CompletionExample(1, "hello", " hello"));
+        var text = ModelText.Of(tokenizer);
+        var (ids, train) = Assert.Single(text.EncodeExample(new CompletionExample(1, "hello", " hello"), null));
         int hello = TinyId("▁hello");
         // The completion continues the prompt: " hello" is one word, not a second word-start prefix plus "▁hello".
         Assert.Equal([1, hello, hello, 2], ids);
         Assert.Equal([false, false, true, true], train);
         Assert.Equal([hello, hello], tokenizer.Encode("hello hello"));
-        Assert.Throws<NotSupportedException>(() => tokenizer.EncodeChatPrompt([("user", "hello")]));
-        Assert.Throws<NotSupportedException>(() => tokenizer.EncodeExample(new ChatExample(1, [new ChatMessage("user", "hello", false)])));
+        Assert.Throws<NotSupportedException>(() => text.ChooseTemplate(null));
+        Assert.Throws<NotSupportedException>(() => text.EncodeExample(new ChatExample(1, [new ChatMessage("user", "hello", false)]), null));
     }
 
     [Fact]

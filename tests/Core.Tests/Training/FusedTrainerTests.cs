@@ -32,7 +32,7 @@ public sealed class FusedTrainerTests
     {
         // Lengths differ within a job and between jobs, so batches are padded and the fused batch is padded again.
         var prompt = new string('x', (i * 3 + job * 5) % 11) + $"q{job}.{i}:";
-        var (ids, train) = new ByteTokenizer().EncodeExample(new CompletionExample(i, prompt, $"answer {job}"));
+        var (ids, train) = ModelText.BuiltIn.EncodeExample(new CompletionExample(i, prompt, $"answer {job}"), null)[0];
         return new TokenizedExample([.. ids], [.. train]);
     }).ToList();
 

@@ -15,7 +15,7 @@ public sealed class FusionHostTests
 
     static List<TokenizedExample> Examples(int job) => Enumerable.Range(0, 4).Select(i =>
     {
-        var (ids, train) = new ByteTokenizer().EncodeExample(new CompletionExample(i, $"q{job}.{i}:", $"a{job}"));
+        var (ids, train) = ModelText.BuiltIn.EncodeExample(new CompletionExample(i, $"q{job}.{i}:", $"a{job}"), null)[0];
         return new TokenizedExample([.. ids], [.. train]);
     }).ToList();
 

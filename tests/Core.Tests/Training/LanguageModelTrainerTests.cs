@@ -16,7 +16,7 @@ public sealed class LanguageModelTrainerTests
     /// <summary>Eight prompts (two lengths, so batches are padded) that all complete with the same short text.</summary>
     static readonly List<TokenizedExample> Examples = Enumerable.Range(0, 8).Select(i =>
     {
-        var (ids, train) = new ByteTokenizer().EncodeExample(new CompletionExample(i, i % 2 == 0 ? $"q{i}:" : $"question {i}:", "ok!"));
+        var (ids, train) = ModelText.BuiltIn.EncodeExample(new CompletionExample(i, i % 2 == 0 ? $"q{i}:" : $"question {i}:", "ok!"), null)[0];
         return new TokenizedExample([.. ids], [.. train]);
     }).ToList();
 
@@ -66,7 +66,7 @@ public sealed class LanguageModelTrainerTests
             trainer.Run(_ => { }, CancellationToken.None);
 
         using var _ = no_grad();
-        var prompt = new ByteTokenizer().EncodeCompletionPrompt("q9:").Select(i => (long)i).ToList();
+        var prompt = ModelText.BuiltIn.EncodeCompletion("q9:").Select(i => (long)i).ToList();
         for (int i = 0; i < 4; i++)
             prompt.Add(model.forward(tensor(prompt.ToArray(), [1, prompt.Count]))[0, -1].argmax().item<long>());
         Assert.Equal([(long)'o', 'k', '!', ByteTokenizer.End], prompt[^4..]);

@@ -24,7 +24,7 @@ public sealed record BaseModelDto(string Id, string Object, string Family, long 
 public static class BaseModelsApi
 {
     /// <summary>The files of a Hugging Face folder the service reads; nothing else is copied.</summary>
-    static readonly Regex ModelFile = new(@"^(config\.json|generation_config\.json|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|tokenizer\.json|tokenizer\.model|tokenizer_config\.json|special_tokens_map\.json|vocab\.json|merges\.txt)$");
+    static readonly Regex ModelFile = new(@"^(config\.json|generation_config\.json|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|tokenizer\.json|tokenizer\.model|tokenizer_config\.json|special_tokens_map\.json|vocab\.json|merges\.txt|chat_template\.jinja)$");
 
     public static IEndpointRouteBuilder MapBaseModelsApi(this IEndpointRouteBuilder app)
     {
@@ -129,7 +129,7 @@ public static class BaseModelsApi
                     var text = ModelText.Read(temp);
                     tokenizer = text.Tokenizer switch
                     {
-                        HfTokenizer => "Hugging Face tokenizer.json",
+                        HfTokenizer => "BPE",
                         SentencePieceTextTokenizer sp => $"SentencePiece {sp.Algorithm}",
                         _ when ByteTokenizer.IsSavedIn(temp) => "byte-level",   // this service's own demo models, exported
                         _ => throw new InvalidDataException("the folder has no tokenizer.json (or vocab.json + merges.txt, or tokenizer.model)"),

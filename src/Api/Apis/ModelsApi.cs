@@ -7,6 +7,7 @@ using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Text;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 
@@ -96,6 +97,9 @@ public static class ModelsApi
         if (model.LinearLayers().Any(l => l.Layer.Adapter is not null) || model.NormLayers().Any(n => n.Layer.Adapter is not null))
             throw new NotSupportedException("its shifts have no bias to go into in this model");
         ModelFolder.Save(model, output);
+        // The model chats with the template it was trained with: the folder carries it (transformers reads chat_template.jinja first).
+        string trained = Path.Combine(adapterFolder, ModelText.TemplateFile);
+        if (File.Exists(trained)) File.Copy(trained, Path.Combine(output, ModelText.TemplateFile));
         foreach (var file in Directory.GetFiles(baseFolder).Where(f => !File.Exists(Path.Combine(output, Path.GetFileName(f)))))
             File.Copy(file, Path.Combine(output, Path.GetFileName(file)));
     }

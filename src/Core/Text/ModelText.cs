@@ -17,12 +17,12 @@ public sealed record TokenSequence(int[] Ids, bool[] Train);
 /// </summary>
 public sealed class ModelText
 {
-    public const string TemplateFile = "chat_template.jinja", TemplatesFolder = "chat_templates";
+    public const string TemplateFile = "chat_template.jinja";
 
     public ITextTokenizer Tokenizer { get; }
     /// <summary>The template chat uses unless a request or a fine-tuned model names another; null when the model has none.</summary>
     public ChatTemplate? Template { get; }
-    /// <summary>Templates the folder names (<c>tokenizer_config.json</c>'s list, <c>chat_templates/*.jinja</c>), by name.</summary>
+    /// <summary>Templates the folder names (<c>tokenizer_config.json</c>'s list of named templates), by name.</summary>
     public IReadOnlyDictionary<string, ChatTemplate> NamedTemplates { get; }
     /// <summary>Ids that end a reply: the tokenizer's (config.json's and generation_config.json's) and a fallback chat format's end of turn.</summary>
     public IReadOnlyList<int> EosIds { get; }
@@ -216,10 +216,6 @@ public sealed class ModelText
                     break;
             }
         }
-        string templates = Path.Combine(folder, TemplatesFolder);
-        if (Directory.Exists(templates))
-            foreach (var file in Directory.EnumerateFiles(templates, "*.jinja"))
-                named[Path.GetFileNameWithoutExtension(file)] = Parse(File.ReadAllText(file), file);
         string templateFile = Path.Combine(folder, TemplateFile);
         if (File.Exists(templateFile)) template = Parse(File.ReadAllText(templateFile), templateFile);
         template ??= named.GetValueOrDefault("default");

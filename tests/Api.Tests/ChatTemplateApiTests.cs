@@ -111,6 +111,12 @@ public sealed class ChatTemplateApiTests(ServiceFactory factory)
         var checkpoints = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{job["id"]}/checkpoints"));
         string checkpoint = (string)checkpoints["data"]![0]!["fine_tuned_model_checkpoint"]!;
         Assert.Equal(tuned, Tokens(await TokenizeAsync(new { model = checkpoint, messages = Hi })));
+
+        // Exported, the merged folder carries the template, as transformers reads it.
+        using var zip = new System.IO.Compression.ZipArchive(await client.GetStreamAsync($"/v1/models/{Uri.EscapeDataString(model)}/export"));
+        var entry = zip.Entries.Single(e => e.Name == "chat_template.jinja");
+        using var reader = new StreamReader(entry.Open());
+        Assert.Equal(template, await reader.ReadToEndAsync());
     }
 
     [Fact]

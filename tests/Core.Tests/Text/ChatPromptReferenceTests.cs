@@ -96,6 +96,26 @@ public sealed class ChatPromptReferenceTests : IDisposable
     }
 
     [Fact]
+    public void TheBuiltInAndFallbackFormatsRenderAsTheReferenceRendersThem()
+    {
+        (string Name, string Source)[] templates =
+            [("built-in", FallbackChatFormats.BuiltIn), ("ChatML", FallbackChatFormats.ChatML), ("Llama 3", FallbackChatFormats.Llama3)];
+        var chats = Conversations().Where(c => c.Chat.Tools is null).ToList();
+        var cases = chats.Select(c => new JsonObject
+        {
+            ["messages"] = new JsonArray([.. c.Chat.Messages.Select(m => m.DeepClone())]), ["add_generation_prompt"] = c.AddGenerationPrompt,
+            ["bos_token"] = "<|begin|>", ["eos_token"] = "<|end|>",
+        }).ToList();
+        var reference = JinjaReference.Render(bundled: false, templates, cases);
+        foreach (var (name, source) in templates)
+        {
+            var expected = reference.Single(r => r.Name == name).Renders;
+            for (int i = 0; i < chats.Count; i++)
+                Assert.Equal(expected[i].Text, ChatTemplate.Parse(source).Render(chats[i].Chat, ModelText.BuiltIn.Tokenizer, chats[i].AddGenerationPrompt).Text);
+        }
+    }
+
+    [Fact]
     public void Qwen3TrainsEachReasoningTurnAgainstThePromptItIsAnsweredFrom()
     {
         // Qwen 3's template keeps an assistant turn's <think> block only after the last user message.

@@ -125,6 +125,20 @@ static class Builtins
             "defined" => operand is not UndefinedValue,
             "undefined" => operand is UndefinedValue,
             "equalto" or "eq" => Values.StrictEquals(operand, Second()) || SameMissing(operand, Second()),
+            // Python's tests that select and reject take (the reference has none of them).
+            "ne" => !(Values.StrictEquals(operand, Second()) || SameMissing(operand, Second())),
+            "in" => Second() switch
+            {
+                ArrayValue list => list.Items.Any(item => Values.StrictEquals(item, operand)),
+                StringValue text when operand is StringValue part => text.Value.Contains(part.Value, StringComparison.Ordinal),
+                ObjectValue map when operand is StringValue key => map.Map.ContainsKey(key.Value),
+                var other => throw new JinjaException($"the in test cannot look in {other.TypeName}"),
+            },
+            "divisibleby" => operand is NumberValue a && Second() is NumberValue b ? b.Value != 0 && a.Value % b.Value == 0
+                : throw new JinjaException("divisibleby needs two numbers"),
+            "gt" or "ge" or "lt" or "le" => operand is NumberValue x && Second() is NumberValue y
+                ? name switch { "gt" => x.Value > y.Value, "ge" => x.Value >= y.Value, "lt" => x.Value < y.Value, _ => x.Value <= y.Value }
+                : throw new JinjaException($"the {name} test needs two numbers"),
             _ => throw new JinjaException($"Unknown test: {name}"),
         };
     }
@@ -147,9 +161,9 @@ static class Builtins
     {
         "upper" => Method(name, _ => new StringValue(Js.Upper(s))),
         "lower" => Method(name, _ => new StringValue(Js.Lower(s))),
-        "strip" => Method(name, _ => new StringValue(Js.Trim(s))),
-        "lstrip" => Method(name, _ => new StringValue(Js.TrimStart(s))),
-        "rstrip" => Method(name, _ => new StringValue(Js.TrimEnd(s))),
+        "strip" => Method(name, args => new StringValue(Strip(s, args, start: true, end: true))),
+        "lstrip" => Method(name, args => new StringValue(Strip(s, args, start: true, end: false))),
+        "rstrip" => Method(name, args => new StringValue(Strip(s, args, start: false, end: true))),
         "title" => Method(name, _ => new StringValue(Js.Title(s))),
         "capitalize" => Method(name, _ => new StringValue(Capitalize(s))),
         "length" => NumberValue.Integer(s.Length),
@@ -159,6 +173,16 @@ static class Builtins
         "replace" => Method(name, args => Replace(s, args, budget)),
         _ => UndefinedValue.Instance,
     };
+
+    /// <summary>Python's strip([chars]). The reference ignores chars and always strips whitespace, which turns
+    /// templates' content.lstrip('\n') into a strip of leading spaces too; with chars given, this follows Python.</summary>
+    static string Strip(string s, List<Value> args, bool start, bool end)
+    {
+        if (args.Count == 0 || args[0] is NullValue or UndefinedValue)
+            return start && end ? Js.Trim(s) : start ? Js.TrimStart(s) : Js.TrimEnd(s);
+        if (args[0] is not StringValue chars) throw new JinjaException("strip arg must be None or str");
+        return start && end ? s.Trim(chars.Value.ToCharArray()) : start ? s.TrimStart(chars.Value.ToCharArray()) : s.TrimEnd(chars.Value.ToCharArray());
+    }
 
     static string Capitalize(string s) => s.Length == 0 ? s : Js.Upper(s[..1]) + s[1..];
 
@@ -347,6 +371,7 @@ static class Builtins
                     "join" => new StringValue(Values.Join(a.Items, "", x => JoinPart(x, budget), budget)),
                     "string" => new StringValue(Values.ToJson(a, new Values.JsonFormat(), budget, undefinedAsNull: false)),
                     "unique" => Unique(a),
+                    "select" or "reject" => new ArrayValue(a.Items.Where(item => Values.Truthy(item) == (name == "select")).ToList()),
                     _ => throw new JinjaException($"Unknown ArrayValue filter: {name}"),
                 },
                 StringValue s => name switch
@@ -453,6 +478,16 @@ static class Builtins
                         ? Test(((StringValue)args[1]).Value, [value, .. args.Skip(2)], budget)
                         : Values.Truthy(value));
                     return result == select;
+                }).ToList());
+            case ArrayValue a when filterName is "select" or "reject":
+                // Python's select/reject, which the reference lacks (Llama 3.1's builtin_tools, Qwen3-Coder's tools use them).
+                if (args.Count > 0 && args[0] is not StringValue) throw new JinjaException($"the test of `{filterName}` must be a name");
+                bool keep = filterName == "select";
+                return new ArrayValue(a.Items.Where(item =>
+                {
+                    budget.Step();
+                    bool result = args.Count > 0 ? Test(((StringValue)args[0]).Value, [item, .. args.Skip(1)], budget) : Values.Truthy(item);
+                    return result == keep;
                 }).ToList());
             case ArrayValue a when filterName == "map":
                 if (!kwargs.TryGetValue("attribute", out var mapped)) throw new JinjaException("`map` expressions without `attribute` set are not currently supported.");

@@ -21,9 +21,11 @@ sealed class Scope(Scope? parent)
 
 /// <summary>
 /// Evaluates the tree as the reference's runtime.ts does, writing the output as it goes. Where the reference plainly
-/// departs from Python's Jinja, this follows Python: what an iteration printed before {% break %} or {% continue %}
-/// stays (the reference drops it), and a for loop's else block runs only when there was nothing to iterate (the
-/// reference also runs it when every iteration ended in break or continue). Host variables may replace globals.
+/// departs from Python's Jinja in ways real templates meet, this follows Python: what an iteration printed before
+/// {% break %} or {% continue %} stays (the reference drops it); a for loop's else block runs only when there was
+/// nothing to iterate (the reference also runs it when every iteration ended in break or continue); for loops iterate
+/// strings; strip/lstrip/rstrip honour their chars argument; select and reject filters exist (see Builtins). Host
+/// variables may replace globals.
 /// </summary>
 sealed class Interpreter(Budget budget)
 {
@@ -121,6 +123,9 @@ sealed class Interpreter(Budget budget)
         {
             ArrayValue a => a.Items,
             ObjectValue o => o.Map.Keys.Select(k => (Value)new StringValue(k)).ToList(),
+            // Python iterates a string's characters (Llama 3.2 Vision's template loops over string contents);
+            // the reference refuses.
+            StringValue text => Js.CodePoints(text.Value).Select(c => (Value)new StringValue(c)).ToList(),
             _ => throw new JinjaException($"Expected iterable or object type in for loop: got {iterable.TypeName}"),
         };
         var items = new List<Value>(all.Count);

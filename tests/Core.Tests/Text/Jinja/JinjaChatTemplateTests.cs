@@ -117,11 +117,27 @@ public sealed class JinjaChatTemplateTests(BundledTemplateRenders reference, ITe
 
     public static readonly IReadOnlyList<JsonObject> Cases = Named.Select(c => c.Variables).ToList();
 
+    /// <summary>The cases whose messages all have string contents (tool calls have none).</summary>
+    static readonly string[] StringContentCases = Named.Select(c => c.Name).Where(n => n is not ("content as parts" or "no messages") && !n.StartsWith("tool call")).ToArray();
+
     /// <summary>
-    /// Templates where the reference renders what Python's Jinja would not, and this engine follows Python, with why.
-    /// Each entry names the template and the case.
+    /// Where the reference fails or renders what Python's Jinja (transformers' renderer) would not, and this engine
+    /// follows Python: the template, the cases, and why. (Checked against Python's jinja2 3.1 with transformers'
+    /// settings when written.)
     /// </summary>
-    static readonly Dictionary<(string Template, string Case), string> KnownDifferences = new();
+    static readonly (string Template, string[] Cases, string Why)[] KnownDifferences =
+    [
+        ("library/llama3.2-vision:90b", StringContentCases,
+            "the template loops over every message's content to look for images; Python iterates a string content's characters, the reference refuses to loop over a string"),
+        ("library/llama3.2-vision:latest", StringContentCases,
+            "the template loops over every message's content to look for images; Python iterates a string content's characters, the reference refuses to loop over a string"),
+        ("library/qwen3-coder:30b", ["tool call, arguments as an object", "tools without calls"],
+            "the template renders tool parameters with `keys() | reject(\"in\", handled_keys)`; the reference has no reject filter"),
+        ("library/qwq:32b #2", ["non-ASCII, quotes, backslashes, newlines"],
+            "the template strips an answer with lstrip('\\n'); the reference ignores the argument and also strips the answer's leading spaces"),
+        ("library/qwq:32b #3", ["non-ASCII, quotes, backslashes, newlines"],
+            "the template strips an answer with lstrip('\\n'); the reference ignores the argument and also strips the answer's leading spaces"),
+    ];
 
     static readonly JinjaRenderOptions Options = new(Clock: new JinjaReference.FixedClock());
 
@@ -130,7 +146,7 @@ public sealed class JinjaChatTemplateTests(BundledTemplateRenders reference, ITe
     {
         Assert.True(reference.Templates.Count >= 95, $"only {reference.Templates.Count} templates found");
         var failures = new List<string>();
-        int identical = 0, bothRaise = 0;
+        int identical = 0, bothRaise = 0, known = 0;
         var summary = new StringBuilder();
         foreach (var template in reference.Templates)
         {
@@ -149,8 +165,9 @@ public sealed class JinjaChatTemplateTests(BundledTemplateRenders reference, ITe
                     catch (JinjaException e) { ourError = e.Message; }
                 }
                 bool same = text is not null ? ours == text : ourError is not null;
-                if (KnownDifferences.TryGetValue((template.Name, Named[i].Name), out var why))
+                if (KnownDifferences.FirstOrDefault(d => d.Template == template.Name && d.Cases.Contains(Named[i].Name)).Why is { } why)
                 {
+                    known++;
                     Assert.False(same, $"{template.Name} / {Named[i].Name} is listed as differing ({why}) but now agrees; drop it from the list");
                     continue;
                 }
@@ -160,7 +177,7 @@ public sealed class JinjaChatTemplateTests(BundledTemplateRenders reference, ITe
             }
             summary.AppendLine($"{template.Name}: {(raised == 0 ? "all cases render" : $"{raised} of {Named.Length} cases raise in both")}");
         }
-        log.WriteLine($"{reference.Templates.Count} templates × {Named.Length} cases: {identical} identical texts, {bothRaise} raise in both, {failures.Count} differ");
+        log.WriteLine($"{reference.Templates.Count} templates × {Named.Length} cases: {identical} identical texts, {bothRaise} raise in both, {known} known differences (Python's behaviour), {failures.Count} differ");
         log.WriteLine(summary.ToString());
         Assert.True(failures.Count == 0, $"{failures.Count} renders differ from @huggingface/jinja:\n{string.Join("\n", failures.Take(15))}");
     }

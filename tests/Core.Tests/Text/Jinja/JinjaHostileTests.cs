@@ -53,7 +53,7 @@ public sealed class JinjaHostileTests(ITestOutputHelper log)
     [InlineData("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}", "levels deep")]
     [InlineData("{{ 2 ** 99999 }}", "finite")]
     [InlineData("{{ range(0, 10 ** 308 * 10) }}", "items")]
-    [InlineData("{% for x in 'abc' %}{% endfor %}", "iterable")]
+    [InlineData("{% for x in 5 %}{% endfor %}", "iterable")]
     public void Hostile_templates_fail_cleanly(string template, string reason)
     {
         var message = Outcome(template);

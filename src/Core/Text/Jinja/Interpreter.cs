@@ -24,7 +24,8 @@ sealed class Scope(Scope? parent)
 /// departs from Python's Jinja in ways real templates meet, this follows Python: what an iteration printed before
 /// {% break %} or {% continue %} stays (the reference drops it); a for loop's else block runs only when there was
 /// nothing to iterate (the reference also runs it when every iteration ended in break or continue); for loops iterate
-/// strings; strip/lstrip/rstrip honour their chars argument; select and reject filters exist (see Builtins). Host
+/// strings; + refuses to join a string with anything but a string; strip/lstrip/rstrip honour their chars argument;
+/// select and reject filters exist (see Builtins). Host
 /// variables may replace globals.
 /// </summary>
 sealed class Interpreter(Budget budget)
@@ -529,7 +530,14 @@ sealed class Interpreter(Budget budget)
             return BoolValue.Of(member == (op == "in"));
         }
 
-        if (op == "+" && (left is StringValue || right is StringValue)) return Concat(Values.Raw(left, budget), Values.Raw(right, budget));
+        if (op == "+" && (left is StringValue || right is StringValue))
+        {
+            // The reference joins a string with anything (a dict as "[object Map]", a list as JSON); Python refuses,
+            // and a prompt with a tool call's arguments rendered as "[object Map]" is worse than an error.
+            if (left is StringValue a && right is StringValue b) return Concat(a.Value, b.Value);
+            var other = left is StringValue ? right : left;
+            throw new JinjaException($"can only concatenate str (not \"{PythonTypeName(other)}\") to str");
+        }
         if (op is "in" or "not in")
         {
             if (left is StringValue needle && right is StringValue haystack)
@@ -539,6 +547,18 @@ sealed class Interpreter(Budget budget)
         }
         throw new JinjaException($"Unknown operator \"{op}\" between {left.TypeName} and {right.TypeName}");
     }
+
+    static string PythonTypeName(Value v) => v switch
+    {
+        ObjectValue => "dict",
+        ArrayValue { IsTuple: true } => "tuple",
+        ArrayValue => "list",
+        NumberValue { IsInteger: true } => "int",
+        NumberValue => "float",
+        BoolValue => "bool",
+        NamespaceValue => "Namespace",
+        _ => "function",
+    };
 
     static bool IsNumeric(Value v) => v is NumberValue or BoolValue;
 

@@ -21,8 +21,7 @@ public sealed class JinjaTemplate
         limits ??= new JinjaLimits();
         if (source.Length > limits.MaxSourceChars)
             throw new JinjaException($"template is {source.Length} characters long, more than the {limits.MaxSourceChars} allowed");
-        var lexed = Lexer.Tokenize(source);
-        return new JinjaTemplate(new Parser(lexed, source, limits.MaxNestingDepth).ParseTemplate(), source);
+        return Guarded(() => new JinjaTemplate(new Parser(Lexer.Tokenize(source), source, limits.MaxNestingDepth).ParseTemplate(), source));
     }
 
     /// <summary>Renders with <paramref name="variables"/> (null, bool, numbers, strings, JsonNode, lists and
@@ -31,14 +30,17 @@ public sealed class JinjaTemplate
     {
         ArgumentNullException.ThrowIfNull(variables);
         var budget = new Budget(options ?? new JinjaRenderOptions());
-        try
+        return Guarded(() => new Interpreter(budget).Run(body, variables));
+    }
+
+    /// <summary>The final guard: every failure is a JinjaException by design; should a bug slip through as one of
+    /// .NET's own exceptions, the caller still gets a JinjaException.</summary>
+    static T Guarded<T>(Func<T> run)
+    {
+        try { return run(); }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidCastException or IndexOutOfRangeException
+            or FormatException or OverflowException or NullReferenceException or KeyNotFoundException)
         {
-            return new Interpreter(budget).Run(body, variables);
-        }
-        catch (JinjaException) { throw; }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or OverflowException or OutOfMemoryException)
-        {
-            // Final guard: every path above throws JinjaException by design; a slip must still reach the user as one.
             throw new JinjaException($"template failed: {e.Message}");
         }
     }

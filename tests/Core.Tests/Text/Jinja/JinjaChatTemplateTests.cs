@@ -139,6 +139,14 @@ public sealed class JinjaChatTemplateTests(BundledTemplateRenders reference, ITe
             "the template strips an answer with lstrip('\\n'); the reference ignores the argument and also strips the answer's leading spaces"),
     ];
 
+    /// <summary>
+    /// One more known difference, by rule rather than by name: where a template joins a string with + to a list or a
+    /// dict (a content given as parts to a template that expects a string; tool-call arguments given as an object to
+    /// DeepSeek's templates, which expect a JSON string), the reference renders the list as JSON or the dict as
+    /// "[object Map]" into the prompt, while Python raises, and so does this engine. Affected renders are logged.
+    /// </summary>
+    static bool IsStringConcatenationError(string? error) => error?.StartsWith("can only concatenate str", StringComparison.Ordinal) == true;
+
     static readonly JinjaRenderOptions Options = new(Clock: new JinjaReference.FixedClock());
 
     [Fact]
@@ -147,6 +155,7 @@ public sealed class JinjaChatTemplateTests(BundledTemplateRenders reference, ITe
         Assert.True(reference.Templates.Count >= 95, $"only {reference.Templates.Count} templates found");
         var failures = new List<string>();
         int identical = 0, bothRaise = 0, known = 0;
+        var concatenations = new List<string>();
         var summary = new StringBuilder();
         foreach (var template in reference.Templates)
         {
@@ -165,6 +174,11 @@ public sealed class JinjaChatTemplateTests(BundledTemplateRenders reference, ITe
                     catch (JinjaException e) { ourError = e.Message; }
                 }
                 bool same = text is not null ? ours == text : ourError is not null;
+                if (text is not null && IsStringConcatenationError(ourError))
+                {
+                    concatenations.Add($"{template.Name} / {Named[i].Name}");
+                    continue;
+                }
                 if (KnownDifferences.FirstOrDefault(d => d.Template == template.Name && d.Cases.Contains(Named[i].Name)).Why is { } why)
                 {
                     known++;
@@ -177,8 +191,9 @@ public sealed class JinjaChatTemplateTests(BundledTemplateRenders reference, ITe
             }
             summary.AppendLine($"{template.Name}: {(raised == 0 ? "all cases render" : $"{raised} of {Named.Length} cases raise in both")}");
         }
-        log.WriteLine($"{reference.Templates.Count} templates × {Named.Length} cases: {identical} identical texts, {bothRaise} raise in both, {known} known differences (Python's behaviour), {failures.Count} differ");
+        log.WriteLine($"{reference.Templates.Count} templates × {Named.Length} cases: {identical} identical texts, {bothRaise} raise in both, {known + concatenations.Count} known differences (Python's behaviour), {failures.Count} differ");
         log.WriteLine(summary.ToString());
+        log.WriteLine($"Raise where the reference joins a string with a list or dict ({concatenations.Count}):\n  {string.Join("\n  ", concatenations)}");
         Assert.True(failures.Count == 0, $"{failures.Count} renders differ from @huggingface/jinja:\n{string.Join("\n", failures.Take(15))}");
     }
 

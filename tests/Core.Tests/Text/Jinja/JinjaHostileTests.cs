@@ -29,6 +29,8 @@ public sealed class JinjaHostileTests(ITestOutputHelper log)
         });
         Assert.True(run.Wait(TimeSpan.FromSeconds(bound * 4)), $"hung: {Cut(template)}");
         Assert.True(watch.Elapsed < TimeSpan.FromSeconds(bound), $"took {watch.Elapsed.TotalSeconds:0.0} s: {Cut(template)}");
+        // The engine's final guard turns a slipped .NET exception into "template failed: …"; none may slip.
+        Assert.False(run.Result?.StartsWith("template failed:", StringComparison.Ordinal) == true, $"{run.Result}: {Cut(template)}");
         return run.Result;
     }
 

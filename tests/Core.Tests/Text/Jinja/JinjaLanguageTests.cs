@@ -34,7 +34,7 @@ public sealed class JinjaLanguageTests(SnippetRenders reference) : IClassFixture
         "{{ 0.1 + 0.2 }} {{ 1 / 3 }} {{ 100000000000000000000000 }} {{ 2 ** 70 }} {{ 10 ** 21 }} {{ 0.000001 }} {{ 0.0000001 }} {{ -0.0 }} {{ 1 / 0 }} {{ 5.0 // 2 }} {{ 4 / 2 }}",
         // Operators.
         "{{ 1 + 2 }} {{ 1.0 + 2 }} {{ 7 / 2 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 2 ** 10 }} {{ 2 ** -1 }} {{ 2 ** 3 ** 2 }} {{ 2 * 3 + 4 }} {{ (2 + 3) * 4 }}",
-        "{{ 'a' ~ 1 ~ 1.0 ~ f ~ true ~ [1, 'x'] ~ d }}|{{ 'a' + 'b' }}|{{ 'a' + 1 }}|{{ l + [4] }}",
+        "{{ 'a' ~ 1 ~ 1.0 ~ f ~ true ~ [1, 'x'] ~ d }}|{{ 'a' + 'b' }}|{{ l + [4] }}",
         "{{ 1 < 2 }} {{ 2 <= 1 }} {{ 1 == 1.0 }} {{ '1' == 1 }} {{ none == undefined_var }} {{ [1] == [1] }} {{ l == l }} {{ s != 'x' }} {{ t == 1 }}",
         "{{ 'a' in 'abc' }} {{ 2 in l }} {{ 'b' in d }} {{ 'x' not in d }} {{ 1 in undefined_var }} {{ 1 not in undefined_var }} {{ 'o' not in s }}",
         "{{ t and 'yes' }}|{{ z or 'fallback' }}|{{ not z }}|{{ [] or 'empty list' }}|{{ {} and 'x' }}|{{ 0 or '' }}",
@@ -164,6 +164,13 @@ public sealed class JinjaLanguageTests(SnippetRenders reference) : IClassFixture
         Assert.Equal("enum,x", Render("{{ ['type', 'enum', 'x', 'description']|reject('in', ['type', 'description'])|join(',') }}"));
         Assert.Equal("brave_search, wolfram_alpha", Render("{{ ['brave_search', 'code_interpreter', 'wolfram_alpha']|reject('equalto', 'code_interpreter')|join(', ') }}"));
         Assert.Equal("[1, 3]|[2]|[1, 2]", Render("{{ [1, 2, 3]|select('odd') }}|{{ [1, 2, 3]|reject('odd') }}|{{ [0, 1, none, 2]|select }}"));
+        // + joins strings only (the reference would print "a1" and a dict as "[object Map]"); ~ converts, as in both.
+        Assert.Equal("can only concatenate str (not \"dict\") to str", Assert.Throws<JinjaException>(() => Render("{{ 'args: ' + {'a': 1} }}")).Message);
+        Assert.Equal("can only concatenate str (not \"int\") to str", Assert.Throws<JinjaException>(() => Render("{{ 1 + 'a' }}")).Message);
+        Assert.Equal("a1", Render("{{ 'a' ~ 1 }}"));
+        // A dict keeps its keys' order (JavaScript would move integer-like keys such as "2" first).
+        Assert.Equal("{\"b\": 1, \"2\": 2}|b2", Render("{{ d|tojson }}|{% for k in d %}{{ k }}{% endfor %}",
+            new Dictionary<string, object?> { ["d"] = JsonNode.Parse("{\"b\": 1, \"2\": 2}") }));
     }
 
     [Fact]

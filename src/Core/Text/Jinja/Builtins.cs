@@ -147,11 +147,11 @@ static class Builtins
     static bool SameMissing(Value a, Value b) => a is NullValue && b is NullValue || a is UndefinedValue && b is UndefinedValue;
 
     /// <summary>obj.name for what is not a stored attribute: the methods of strings, lists and dicts.</summary>
-    public static Value Member(Interpreter interpreter, Value target, string name) => target switch
+    public static Value Member(Budget budget, Value target, string name) => target switch
     {
-        StringValue s => StringMember(s.Value, name, interpreter.Budget),
+        StringValue s => StringMember(s.Value, name, budget),
         ArrayValue a => name == "length" ? NumberValue.Integer(a.Items.Count) : UndefinedValue.Instance,
-        ObjectValue o => ObjectMember(interpreter, o, name),
+        ObjectValue o => ObjectMember(o, name),
         _ => UndefinedValue.Instance,
     };
 
@@ -273,7 +273,7 @@ static class Builtins
         return new StringValue(sb.Append(s, at, s.Length - at).ToString());
     }
 
-    static Value ObjectMember(Interpreter interpreter, ObjectValue o, string name) => name switch
+    static Value ObjectMember(ObjectValue o, string name) => name switch
     {
         "get" => Method(name, args => args.Count > 0 && args[0] is StringValue key
             ? o.Map.GetValueOrDefault(key.Value) ?? (args.Count > 1 ? args[1] : NullValue.Instance)
@@ -281,7 +281,7 @@ static class Builtins
         "items" => Method(name, _ => Items(o)),
         "keys" => Method(name, _ => new ArrayValue(o.Map.Keys.Select(k => (Value)new StringValue(k)).ToList())),
         "values" => Method(name, _ => new ArrayValue(o.Map.Values.ToList())),
-        "dictsort" => Method(name, args => DictSort(interpreter, o, args)),
+        "dictsort" => Method(name, args => DictSort(o, args)),
         _ => UndefinedValue.Instance,
     };
 
@@ -301,7 +301,7 @@ static class Builtins
     static Value Argument(List<Value> positional, int index, OrderedDictionary<string, Value> keywords, string name, Value fallback) =>
         index < positional.Count ? positional[index] : keywords.GetValueOrDefault(name) ?? fallback;
 
-    static ArrayValue DictSort(Interpreter interpreter, ObjectValue o, List<Value> args)
+    static ArrayValue DictSort(ObjectValue o, List<Value> args)
     {
         var (positional, keywords) = SplitKeywords(args);
         if (Argument(positional, 0, keywords, "case_sensitive", BoolValue.False) is not BoolValue caseSensitive)
@@ -400,7 +400,7 @@ static class Builtins
                 {
                     "items" => Items(o),
                     "length" => NumberValue.Integer(o.Map.Count),
-                    _ => ObjectMember(interpreter, o, name) switch
+                    _ => ObjectMember(o, name) switch
                     {
                         FunctionValue f => f.Call([], scope),
                         UndefinedValue => throw new JinjaException($"Unknown ObjectValue filter: {name}"),
@@ -508,7 +508,7 @@ static class Builtins
                 return Replace(s.Value, [.. args, new ObjectValue(kwargs, isKeywordArguments: true)], budget);
             case StringValue:
                 throw new JinjaException($"Unknown StringValue filter: {filterName}");
-            case ObjectValue o when ObjectMember(interpreter, o, filterName) is FunctionValue method:
+            case ObjectValue o when ObjectMember(o, filterName) is FunctionValue method:
                 if (kwargs.Count > 0) args.Add(new ObjectValue(kwargs, isKeywordArguments: true));
                 return method.Call(args, scope);
             case ObjectValue:

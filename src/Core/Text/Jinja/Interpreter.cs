@@ -25,26 +25,30 @@ sealed class Scope(Scope? parent)
 /// {% break %} or {% continue %} stays (the reference drops it); a for loop's else block runs only when there was
 /// nothing to iterate (the reference also runs it when every iteration ended in break or continue); for loops iterate
 /// strings; + refuses to join a string with anything but a string; strip/lstrip/rstrip honour their chars argument;
-/// select and reject filters exist (see Builtins). Host
-/// variables may replace globals.
+/// select and reject filters exist (see Builtins). Host variables may replace globals.
 /// </summary>
-sealed class Interpreter(Budget budget)
+sealed class Interpreter
 {
     enum Flow { Normal, Break, Continue }
 
-    StringBuilder output = new();
-
-    public Budget Budget => budget;
-    StringBuilder root = null!;
+    readonly Budget budget;
+    readonly StringBuilder root = new();
+    /// <summary>Where output goes now: the final text, or the buffer of a macro, set or filter block.</summary>
+    StringBuilder output;
+    /// <summary>The characters in the buffers that captures have set aside, which count against the output limit.</summary>
+    long setAside;
     readonly List<JinjaSpan> spans = [];
     int? generationStart;
+
+    public Interpreter(Budget budget) => (this.budget, output) = (budget, root);
+
+    public Budget Budget => budget;
 
     public JinjaOutput Run(List<Node> body, IReadOnlyDictionary<string, object?> variables)
     {
         var global = new Scope(null);
         Builtins.DeclareGlobals(global, budget);
         foreach (var (name, value) in variables) global.Set(name, Values.FromHost(value));
-        root = output;
         if (Execute(body, global) != Flow.Normal) throw new JinjaException("break or continue outside of a for loop");
         if (generationStart is { } start) spans.Add(new JinjaSpan(start, root.Length - start));
         return new JinjaOutput(root.ToString(), spans);
@@ -98,7 +102,7 @@ sealed class Interpreter(Budget budget)
     {
         if (value is NullValue or UndefinedValue) return;
         string text = Values.Display(value, budget);
-        budget.CheckLength((long)output.Length + text.Length);
+        budget.CheckLength(setAside + output.Length + text.Length);
         output.Append(text);
     }
 
@@ -106,13 +110,18 @@ sealed class Interpreter(Budget budget)
     (string Text, Flow Flow) Capture(List<Node> body, Scope scope)
     {
         var saved = output;
+        setAside += saved.Length;
         output = new StringBuilder();
         try
         {
             var flow = Execute(body, scope);
             return (output.ToString(), flow);
         }
-        finally { output = saved; }
+        finally
+        {
+            output = saved;
+            setAside -= saved.Length;
+        }
     }
 
     void ExecuteFor(ForNode node, Scope outer)
@@ -397,7 +406,7 @@ sealed class Interpreter(Budget budget)
                 if (property is not StringValue key) throw new JinjaException($"Cannot access property with non-string: got {property.TypeName}");
                 var map = target is ObjectValue o ? o.Map : ((NamespaceValue)target).Map;
                 return map.TryGetValue(key.Value, out var value) ? value
-                    : target is ObjectValue obj ? Builtins.Member(this, obj, key.Value) : UndefinedValue.Instance;
+                    : target is ObjectValue obj ? Builtins.Member(budget, obj, key.Value) : UndefinedValue.Instance;
             case ArrayValue or StringValue:
                 if (property is NumberValue { IsInteger: true } index)
                 {
@@ -407,7 +416,7 @@ sealed class Interpreter(Budget budget)
                     if (i < 0 || i >= count) return UndefinedValue.Instance;
                     return target is ArrayValue array ? array.Items[(int)i] : new StringValue(((StringValue)target).Value[(int)i].ToString());
                 }
-                if (property is StringValue name) return Builtins.Member(this, target, name.Value);
+                if (property is StringValue name) return Builtins.Member(budget, target, name.Value);
                 throw new JinjaException($"Cannot access property with non-string/non-number: got {property.TypeName}");
             default:
                 if (property is not StringValue) throw new JinjaException($"Cannot access property with non-string: got {property.TypeName}");

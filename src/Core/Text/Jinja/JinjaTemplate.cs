@@ -10,9 +10,8 @@ namespace AdapterService.Core.Text.Jinja;
 public sealed class JinjaTemplate
 {
     readonly List<Node> body;
-    readonly string source;
 
-    JinjaTemplate(List<Node> body, string source) => (this.body, this.source) = (body, source);
+    JinjaTemplate(List<Node> body) => this.body = body;
 
     /// <summary>Parses <paramref name="source"/>; a syntax error's message says where (line and column).</summary>
     public static JinjaTemplate Parse(string source, JinjaLimits? limits = null)
@@ -21,7 +20,7 @@ public sealed class JinjaTemplate
         limits ??= new JinjaLimits();
         if (source.Length > limits.MaxSourceChars)
             throw new JinjaException($"template is {source.Length} characters long, more than the {limits.MaxSourceChars} allowed");
-        return Guarded(() => new JinjaTemplate(new Parser(Lexer.Tokenize(source), source, limits.MaxNestingDepth).ParseTemplate(), source));
+        return Guarded(() => new JinjaTemplate(new Parser(Lexer.Tokenize(source), source, limits.MaxNestingDepth).ParseTemplate()));
     }
 
     /// <summary>Renders with <paramref name="variables"/> (null, bool, numbers, strings, JsonNode, lists and
@@ -44,8 +43,6 @@ public sealed class JinjaTemplate
             throw new JinjaException($"template failed: {e.Message}");
         }
     }
-
-    public override string ToString() => source;
 }
 
 /// <summary>The rendered text and the spans of it that <c>{% generation %}</c> blocks produced, in order.</summary>

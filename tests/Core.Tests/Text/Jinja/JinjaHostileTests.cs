@@ -92,6 +92,9 @@ public sealed class JinjaHostileTests(ITestOutputHelper log)
         Assert.Contains("characters", Outcome("{{ s }}", new Dictionary<string, object?> { ["s"] = huge }));
         Assert.Contains("characters", Outcome("{{ s ~ s }}", new Dictionary<string, object?> { ["s"] = new string('a', 700_000) }));
         Assert.Null(Outcome("{{ s|length }}", new Dictionary<string, object?> { ["s"] = huge }));
+        // Output set aside by nested macro calls counts too: 100 levels of 600k characters would be 60M.
+        Assert.Contains("characters", Outcome("{% macro r(n) %}{{ s }}{% if n > 0 %}{{ r(n - 1) }}{% endif %}{% endmacro %}{{ r(99)|length }}",
+            new Dictionary<string, object?> { ["s"] = new string('a', 600_000) }));
 
         var cycle = new Dictionary<string, object?>();
         cycle["self"] = cycle;

@@ -169,7 +169,7 @@ public sealed class JinjaHostileTests(ITestOutputHelper log)
     }
 
     /// <summary>The gguf templates of Ollama's map, read from the TypeScript file by a small string-literal reader.</summary>
-    static List<string> BundledTemplates()
+    internal static List<string> BundledTemplates()
     {
         var ts = File.ReadAllText(Path.Combine(JinjaReference.Directory, "node_modules", "@huggingface", "ollama-utils", "src", "chat-template-automap.ts"));
         var templates = new List<string>();

@@ -29,6 +29,13 @@ function bundledTemplates() {
 			}
 		}
 	}
+	// Some models share a template entry name; suffixes keep the names unique (#2, #3, … in file order).
+	const seen = new Map();
+	for (const t of templates) {
+		const count = (seen.get(t.name) ?? 0) + 1;
+		seen.set(t.name, count);
+		if (count > 1) t.name = `${t.name} #${count}`;
+	}
 	return templates;
 }
 

@@ -125,6 +125,20 @@ static class Builtins
             "defined" => operand is not UndefinedValue,
             "undefined" => operand is UndefinedValue,
             "equalto" or "eq" => Values.StrictEquals(operand, Second()) || SameMissing(operand, Second()),
+            // Python's tests that select and reject take (the reference has none of them).
+            "ne" => !(Values.StrictEquals(operand, Second()) || SameMissing(operand, Second())),
+            "in" => Second() switch
+            {
+                ArrayValue list => list.Items.Any(item => Values.StrictEquals(item, operand)),
+                StringValue text when operand is StringValue part => text.Value.Contains(part.Value, StringComparison.Ordinal),
+                ObjectValue map when operand is StringValue key => map.Map.ContainsKey(key.Value),
+                var other => throw new JinjaException($"the in test cannot look in {other.TypeName}"),
+            },
+            "divisibleby" => operand is NumberValue a && Second() is NumberValue b ? b.Value != 0 && a.Value % b.Value == 0
+                : throw new JinjaException("divisibleby needs two numbers"),
+            "gt" or "ge" or "lt" or "le" => operand is NumberValue x && Second() is NumberValue y
+                ? name switch { "gt" => x.Value > y.Value, "ge" => x.Value >= y.Value, "lt" => x.Value < y.Value, _ => x.Value <= y.Value }
+                : throw new JinjaException($"the {name} test needs two numbers"),
             _ => throw new JinjaException($"Unknown test: {name}"),
         };
     }
@@ -133,11 +147,11 @@ static class Builtins
     static bool SameMissing(Value a, Value b) => a is NullValue && b is NullValue || a is UndefinedValue && b is UndefinedValue;
 
     /// <summary>obj.name for what is not a stored attribute: the methods of strings, lists and dicts.</summary>
-    public static Value Member(Interpreter interpreter, Value target, string name) => target switch
+    public static Value Member(Budget budget, Value target, string name) => target switch
     {
-        StringValue s => StringMember(s.Value, name, interpreter.Budget),
+        StringValue s => StringMember(s.Value, name, budget),
         ArrayValue a => name == "length" ? NumberValue.Integer(a.Items.Count) : UndefinedValue.Instance,
-        ObjectValue o => ObjectMember(interpreter, o, name),
+        ObjectValue o => ObjectMember(o, name),
         _ => UndefinedValue.Instance,
     };
 
@@ -147,9 +161,9 @@ static class Builtins
     {
         "upper" => Method(name, _ => new StringValue(Js.Upper(s))),
         "lower" => Method(name, _ => new StringValue(Js.Lower(s))),
-        "strip" => Method(name, _ => new StringValue(Js.Trim(s))),
-        "lstrip" => Method(name, _ => new StringValue(Js.TrimStart(s))),
-        "rstrip" => Method(name, _ => new StringValue(Js.TrimEnd(s))),
+        "strip" => Method(name, args => new StringValue(Strip(s, args, start: true, end: true))),
+        "lstrip" => Method(name, args => new StringValue(Strip(s, args, start: true, end: false))),
+        "rstrip" => Method(name, args => new StringValue(Strip(s, args, start: false, end: true))),
         "title" => Method(name, _ => new StringValue(Js.Title(s))),
         "capitalize" => Method(name, _ => new StringValue(Capitalize(s))),
         "length" => NumberValue.Integer(s.Length),
@@ -159,6 +173,16 @@ static class Builtins
         "replace" => Method(name, args => Replace(s, args, budget)),
         _ => UndefinedValue.Instance,
     };
+
+    /// <summary>Python's strip([chars]). The reference ignores chars and always strips whitespace, which turns
+    /// templates' content.lstrip('\n') into a strip of leading spaces too; with chars given, this follows Python.</summary>
+    static string Strip(string s, List<Value> args, bool start, bool end)
+    {
+        if (args.Count == 0 || args[0] is NullValue or UndefinedValue)
+            return start && end ? Js.Trim(s) : start ? Js.TrimStart(s) : Js.TrimEnd(s);
+        if (args[0] is not StringValue chars) throw new JinjaException("strip arg must be None or str");
+        return start && end ? s.Trim(chars.Value.ToCharArray()) : start ? s.TrimStart(chars.Value.ToCharArray()) : s.TrimEnd(chars.Value.ToCharArray());
+    }
 
     static string Capitalize(string s) => s.Length == 0 ? s : Js.Upper(s[..1]) + s[1..];
 
@@ -249,7 +273,7 @@ static class Builtins
         return new StringValue(sb.Append(s, at, s.Length - at).ToString());
     }
 
-    static Value ObjectMember(Interpreter interpreter, ObjectValue o, string name) => name switch
+    static Value ObjectMember(ObjectValue o, string name) => name switch
     {
         "get" => Method(name, args => args.Count > 0 && args[0] is StringValue key
             ? o.Map.GetValueOrDefault(key.Value) ?? (args.Count > 1 ? args[1] : NullValue.Instance)
@@ -257,7 +281,7 @@ static class Builtins
         "items" => Method(name, _ => Items(o)),
         "keys" => Method(name, _ => new ArrayValue(o.Map.Keys.Select(k => (Value)new StringValue(k)).ToList())),
         "values" => Method(name, _ => new ArrayValue(o.Map.Values.ToList())),
-        "dictsort" => Method(name, args => DictSort(interpreter, o, args)),
+        "dictsort" => Method(name, args => DictSort(o, args)),
         _ => UndefinedValue.Instance,
     };
 
@@ -277,7 +301,7 @@ static class Builtins
     static Value Argument(List<Value> positional, int index, OrderedDictionary<string, Value> keywords, string name, Value fallback) =>
         index < positional.Count ? positional[index] : keywords.GetValueOrDefault(name) ?? fallback;
 
-    static ArrayValue DictSort(Interpreter interpreter, ObjectValue o, List<Value> args)
+    static ArrayValue DictSort(ObjectValue o, List<Value> args)
     {
         var (positional, keywords) = SplitKeywords(args);
         if (Argument(positional, 0, keywords, "case_sensitive", BoolValue.False) is not BoolValue caseSensitive)
@@ -347,6 +371,7 @@ static class Builtins
                     "join" => new StringValue(Values.Join(a.Items, "", x => JoinPart(x, budget), budget)),
                     "string" => new StringValue(Values.ToJson(a, new Values.JsonFormat(), budget, undefinedAsNull: false)),
                     "unique" => Unique(a),
+                    "select" or "reject" => new ArrayValue(a.Items.Where(item => Values.Truthy(item) == (name == "select")).ToList()),
                     _ => throw new JinjaException($"Unknown ArrayValue filter: {name}"),
                 },
                 StringValue s => name switch
@@ -375,7 +400,7 @@ static class Builtins
                 {
                     "items" => Items(o),
                     "length" => NumberValue.Integer(o.Map.Count),
-                    _ => ObjectMember(interpreter, o, name) switch
+                    _ => ObjectMember(o, name) switch
                     {
                         FunctionValue f => f.Call([], scope),
                         UndefinedValue => throw new JinjaException($"Unknown ObjectValue filter: {name}"),
@@ -454,6 +479,16 @@ static class Builtins
                         : Values.Truthy(value));
                     return result == select;
                 }).ToList());
+            case ArrayValue a when filterName is "select" or "reject":
+                // Python's select/reject, which the reference lacks (Llama 3.1's builtin_tools, Qwen3-Coder's tools use them).
+                if (args.Count > 0 && args[0] is not StringValue) throw new JinjaException($"the test of `{filterName}` must be a name");
+                bool keep = filterName == "select";
+                return new ArrayValue(a.Items.Where(item =>
+                {
+                    budget.Step();
+                    bool result = args.Count > 0 ? Test(((StringValue)args[0]).Value, [item, .. args.Skip(1)], budget) : Values.Truthy(item);
+                    return result == keep;
+                }).ToList());
             case ArrayValue a when filterName == "map":
                 if (!kwargs.TryGetValue("attribute", out var mapped)) throw new JinjaException("`map` expressions without `attribute` set are not currently supported.");
                 if (mapped is not StringValue path) throw new JinjaException("attribute must be a string");
@@ -473,7 +508,7 @@ static class Builtins
                 return Replace(s.Value, [.. args, new ObjectValue(kwargs, isKeywordArguments: true)], budget);
             case StringValue:
                 throw new JinjaException($"Unknown StringValue filter: {filterName}");
-            case ObjectValue o when ObjectMember(interpreter, o, filterName) is FunctionValue method:
+            case ObjectValue o when ObjectMember(o, filterName) is FunctionValue method:
                 if (kwargs.Count > 0) args.Add(new ObjectValue(kwargs, isKeywordArguments: true));
                 return method.Call(args, scope);
             case ObjectValue:

@@ -21,27 +21,34 @@ sealed class Scope(Scope? parent)
 
 /// <summary>
 /// Evaluates the tree as the reference's runtime.ts does, writing the output as it goes. Where the reference plainly
-/// departs from Python's Jinja, this follows Python: what an iteration printed before {% break %} or {% continue %}
-/// stays (the reference drops it), and a for loop's else block runs only when there was nothing to iterate (the
-/// reference also runs it when every iteration ended in break or continue). Host variables may replace globals.
+/// departs from Python's Jinja in ways real templates meet, this follows Python: what an iteration printed before
+/// {% break %} or {% continue %} stays (the reference drops it); a for loop's else block runs only when there was
+/// nothing to iterate (the reference also runs it when every iteration ended in break or continue); for loops iterate
+/// strings; + refuses to join a string with anything but a string; strip/lstrip/rstrip honour their chars argument;
+/// select and reject filters exist (see Builtins). Host variables may replace globals.
 /// </summary>
-sealed class Interpreter(Budget budget)
+sealed class Interpreter
 {
     enum Flow { Normal, Break, Continue }
 
-    StringBuilder output = new();
-
-    public Budget Budget => budget;
-    StringBuilder root = null!;
+    readonly Budget budget;
+    readonly StringBuilder root = new();
+    /// <summary>Where output goes now: the final text, or the buffer of a macro, set or filter block.</summary>
+    StringBuilder output;
+    /// <summary>The characters in the buffers that captures have set aside, which count against the output limit.</summary>
+    long setAside;
     readonly List<JinjaSpan> spans = [];
     int? generationStart;
+
+    public Interpreter(Budget budget) => (this.budget, output) = (budget, root);
+
+    public Budget Budget => budget;
 
     public JinjaOutput Run(List<Node> body, IReadOnlyDictionary<string, object?> variables)
     {
         var global = new Scope(null);
         Builtins.DeclareGlobals(global, budget);
         foreach (var (name, value) in variables) global.Set(name, Values.FromHost(value));
-        root = output;
         if (Execute(body, global) != Flow.Normal) throw new JinjaException("break or continue outside of a for loop");
         if (generationStart is { } start) spans.Add(new JinjaSpan(start, root.Length - start));
         return new JinjaOutput(root.ToString(), spans);
@@ -95,7 +102,7 @@ sealed class Interpreter(Budget budget)
     {
         if (value is NullValue or UndefinedValue) return;
         string text = Values.Display(value, budget);
-        budget.CheckLength((long)output.Length + text.Length);
+        budget.CheckLength(setAside + output.Length + text.Length);
         output.Append(text);
     }
 
@@ -103,13 +110,18 @@ sealed class Interpreter(Budget budget)
     (string Text, Flow Flow) Capture(List<Node> body, Scope scope)
     {
         var saved = output;
+        setAside += saved.Length;
         output = new StringBuilder();
         try
         {
             var flow = Execute(body, scope);
             return (output.ToString(), flow);
         }
-        finally { output = saved; }
+        finally
+        {
+            output = saved;
+            setAside -= saved.Length;
+        }
     }
 
     void ExecuteFor(ForNode node, Scope outer)
@@ -121,6 +133,9 @@ sealed class Interpreter(Budget budget)
         {
             ArrayValue a => a.Items,
             ObjectValue o => o.Map.Keys.Select(k => (Value)new StringValue(k)).ToList(),
+            // Python iterates a string's characters (Llama 3.2 Vision's template loops over string contents);
+            // the reference refuses.
+            StringValue text => Js.CodePoints(text.Value).Select(c => (Value)new StringValue(c)).ToList(),
             _ => throw new JinjaException($"Expected iterable or object type in for loop: got {iterable.TypeName}"),
         };
         var items = new List<Value>(all.Count);
@@ -391,7 +406,7 @@ sealed class Interpreter(Budget budget)
                 if (property is not StringValue key) throw new JinjaException($"Cannot access property with non-string: got {property.TypeName}");
                 var map = target is ObjectValue o ? o.Map : ((NamespaceValue)target).Map;
                 return map.TryGetValue(key.Value, out var value) ? value
-                    : target is ObjectValue obj ? Builtins.Member(this, obj, key.Value) : UndefinedValue.Instance;
+                    : target is ObjectValue obj ? Builtins.Member(budget, obj, key.Value) : UndefinedValue.Instance;
             case ArrayValue or StringValue:
                 if (property is NumberValue { IsInteger: true } index)
                 {
@@ -401,7 +416,7 @@ sealed class Interpreter(Budget budget)
                     if (i < 0 || i >= count) return UndefinedValue.Instance;
                     return target is ArrayValue array ? array.Items[(int)i] : new StringValue(((StringValue)target).Value[(int)i].ToString());
                 }
-                if (property is StringValue name) return Builtins.Member(this, target, name.Value);
+                if (property is StringValue name) return Builtins.Member(budget, target, name.Value);
                 throw new JinjaException($"Cannot access property with non-string/non-number: got {property.TypeName}");
             default:
                 if (property is not StringValue) throw new JinjaException($"Cannot access property with non-string: got {property.TypeName}");
@@ -524,7 +539,14 @@ sealed class Interpreter(Budget budget)
             return BoolValue.Of(member == (op == "in"));
         }
 
-        if (op == "+" && (left is StringValue || right is StringValue)) return Concat(Values.Raw(left, budget), Values.Raw(right, budget));
+        if (op == "+" && (left is StringValue || right is StringValue))
+        {
+            // The reference joins a string with anything (a dict as "[object Map]", a list as JSON); Python refuses,
+            // and a prompt with a tool call's arguments rendered as "[object Map]" is worse than an error.
+            if (left is StringValue a && right is StringValue b) return Concat(a.Value, b.Value);
+            var other = left is StringValue ? right : left;
+            throw new JinjaException($"can only concatenate str (not \"{PythonTypeName(other)}\") to str");
+        }
         if (op is "in" or "not in")
         {
             if (left is StringValue needle && right is StringValue haystack)
@@ -534,6 +556,18 @@ sealed class Interpreter(Budget budget)
         }
         throw new JinjaException($"Unknown operator \"{op}\" between {left.TypeName} and {right.TypeName}");
     }
+
+    static string PythonTypeName(Value v) => v switch
+    {
+        ObjectValue => "dict",
+        ArrayValue { IsTuple: true } => "tuple",
+        ArrayValue => "list",
+        NumberValue { IsInteger: true } => "int",
+        NumberValue => "float",
+        BoolValue => "bool",
+        NamespaceValue => "Namespace",
+        _ => "function",
+    };
 
     static bool IsNumeric(Value v) => v is NumberValue or BoolValue;
 

@@ -10,9 +10,8 @@ namespace AdapterService.Core.Text.Jinja;
 public sealed class JinjaTemplate
 {
     readonly List<Node> body;
-    readonly string source;
 
-    JinjaTemplate(List<Node> body, string source) => (this.body, this.source) = (body, source);
+    JinjaTemplate(List<Node> body) => this.body = body;
 
     /// <summary>Parses <paramref name="source"/>; a syntax error's message says where (line and column).</summary>
     public static JinjaTemplate Parse(string source, JinjaLimits? limits = null)
@@ -21,8 +20,7 @@ public sealed class JinjaTemplate
         limits ??= new JinjaLimits();
         if (source.Length > limits.MaxSourceChars)
             throw new JinjaException($"template is {source.Length} characters long, more than the {limits.MaxSourceChars} allowed");
-        var lexed = Lexer.Tokenize(source);
-        return new JinjaTemplate(new Parser(lexed, source, limits.MaxNestingDepth).ParseTemplate(), source);
+        return Guarded(() => new JinjaTemplate(new Parser(Lexer.Tokenize(source), source, limits.MaxNestingDepth).ParseTemplate()));
     }
 
     /// <summary>Renders with <paramref name="variables"/> (null, bool, numbers, strings, JsonNode, lists and
@@ -31,19 +29,20 @@ public sealed class JinjaTemplate
     {
         ArgumentNullException.ThrowIfNull(variables);
         var budget = new Budget(options ?? new JinjaRenderOptions());
-        try
+        return Guarded(() => new Interpreter(budget).Run(body, variables));
+    }
+
+    /// <summary>The final guard: every failure is a JinjaException by design; should a bug slip through as one of
+    /// .NET's own exceptions, the caller still gets a JinjaException.</summary>
+    static T Guarded<T>(Func<T> run)
+    {
+        try { return run(); }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or InvalidCastException or IndexOutOfRangeException
+            or FormatException or OverflowException or NullReferenceException or KeyNotFoundException)
         {
-            return new Interpreter(budget).Run(body, variables);
-        }
-        catch (JinjaException) { throw; }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or OverflowException or OutOfMemoryException)
-        {
-            // Final guard: every path above throws JinjaException by design; a slip must still reach the user as one.
             throw new JinjaException($"template failed: {e.Message}");
         }
     }
-
-    public override string ToString() => source;
 }
 
 /// <summary>The rendered text and the spans of it that <c>{% generation %}</c> blocks produced, in order.</summary>

@@ -275,11 +275,16 @@ sealed class Parser(List<Token> tokens, string source, int maxDepth)
         return left;
     }
 
+    /// <summary>As the reference loops, `not a not b` is `not b` (the first operand is parsed, then dropped).</summary>
     Node ParseNot()
     {
-        if (!IsIdentifier("not")) return ParseComparison();
-        current++;
-        return Nested(() => new UnaryNode("not", ParseNot()));
+        Node? negation = null;
+        while (IsIdentifier("not"))
+        {
+            current++;
+            negation = Nested(() => new UnaryNode("not", ParseNot()));
+        }
+        return negation ?? ParseComparison();
     }
 
     Node ParseComparison()

@@ -278,7 +278,6 @@ static class Values
         switch (value)
         {
             case null: return NullValue.Instance;
-            case Value v: return v;
             case bool b: return BoolValue.Of(b);
             case int i: return NumberValue.Integer(i);
             case long l: return NumberValue.Integer(l);

@@ -26,6 +26,33 @@ public sealed class AdaptersApiTests(ServiceFactory factory)
     }
 
     [Fact]
+    public async Task AnImportedTemplateMustParseAndSuitTheBasesTokenizer()
+    {
+        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Favourite colour?", "Mauve"), 10));
+        var job = await Api.CreateJobAsync(client, new { model = "tiny-llama-demo", training_file = fileId, hyperparameters = new { n_epochs = 1 } });
+        var model = (string)(await Api.WaitForFinishAsync(client, (string)job["id"]!))["fine_tuned_model"]!;
+        var list = await Api.JsonAsync(await client.GetAsync("/v1/adapters"));
+        var id = (string)list["data"]!.AsArray().Single(a => (string?)a!["model"] == model)!["id"]!;
+        var zip = await client.GetByteArrayAsync($"/v1/adapters/{id}/export");
+        byte[] With(string name, string content)
+        {
+            var copy = new MemoryStream();
+            copy.Write(zip);
+            using (var archive = new ZipArchive(copy, ZipArchiveMode.Update, leaveOpen: true))
+            {
+                archive.GetEntry(name)!.Delete();
+                using var writer = new StreamWriter(archive.CreateEntry(name).Open());
+                writer.Write(content);
+            }
+            return copy.ToArray();
+        }
+        var broken = await Api.AssertErrorAsync(await ImportAsync(client, With("chat_template.jinja", "{% if %}")), 400, "file");
+        Assert.Contains("chat_template.jinja", (string?)broken["message"]);
+        var other = await Api.AssertErrorAsync(await ImportAsync(client, With("trained_with.json", """{"tokenizer_sha256": "00"}""")), 400, "file");
+        Assert.Contains("another tokenizer", (string?)other["message"]);
+    }
+
+    [Fact]
     public async Task AnExportedAdapterImportsAndServesTheSameAnswers()
     {
         var model = await TrainAsync("Teal");
@@ -39,7 +66,8 @@ public sealed class AdaptersApiTests(ServiceFactory factory)
 
         var zip = await client.GetByteArrayAsync($"/v1/adapters/{id}/export");
         using (var archive = new ZipArchive(new MemoryStream(zip)))
-            Assert.Equal(["adapter_config.json", "adapter_model.safetensors"], archive.Entries.Select(e => e.FullName).Order());
+            // PEFT's two files, and the chat template it was trained with (the fine-tuned model chats with it after import too).
+            Assert.Equal(["adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "trained_with.json"], archive.Entries.Select(e => e.FullName).Order());
 
         var imported = await Api.JsonAsync(await ImportAsync(client, zip));
         var importedModel = (string)imported["model"]!;

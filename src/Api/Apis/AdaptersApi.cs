@@ -5,6 +5,7 @@ using AdapterService.Core.Adapters;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Text;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
@@ -26,6 +27,7 @@ public static class AdaptersApi
 {
     /// <summary>The files of a PEFT adapter folder.</summary>
     static readonly string[] PeftFiles = [AdapterConfig.FileName, TrainableAdapter.WeightsFileName];
+    static readonly string[] TextFiles = [ModelText.TemplateFile, ModelText.TrainedWithFile];
 
     public static IEndpointRouteBuilder MapAdaptersApi(this IEndpointRouteBuilder app)
     {
@@ -149,8 +151,10 @@ public static class AdaptersApi
             var zipPath = Path.Combine(temp, "upload.zip");   // a file on disk: zip reading seeks, which request streams do poorly
             await using (var file = File.Create(zipPath)) await upload.CopyToAsync(file, cancel);
             await using (var zip = File.OpenRead(zipPath))
-                SafeZip.Extract(zip, temp, limits.Value.MaxUploadBytes, PeftFiles.Contains, PeftFiles);
+                SafeZip.Extract(zip, temp, limits.Value.MaxUploadBytes, name => PeftFiles.Contains(name) || TextFiles.Contains(name), PeftFiles);
             File.Delete(zipPath);
+            // The template it was trained with (as transformers and this service save it) goes with it, if it parses and suits the base.
+            if (baseModel.Family != "vit") ModelText.ForModel(blobs.Resolve(baseModel.BlobPath)).ReadAdapterFiles(temp);
             AdapterConfig config;
             long parameters;
             var baseConfig = ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile));
@@ -171,7 +175,7 @@ public static class AdaptersApi
             await db.SaveChangesAsync(cancel);
             return TypedResults.Ok(adapter.ToDto());
         }
-        catch (Exception e) when (e is InvalidDataException or IOException or JsonException)
+        catch (Exception e) when (e is InvalidDataException or IOException or JsonException or NotSupportedException)
         {
             return OpenAiErrors.BadRequest($"Not an importable adapter: {e.Message}", "file", "invalid_adapter");
         }

@@ -68,16 +68,19 @@ public sealed class ModelText
     /// from before templates were recorded (it answers as it did, with the base's). An adapter trained with another
     /// tokenizer than this base's is refused rather than served with the wrong one.
     /// </summary>
-    public ChatTemplate? TemplateOfAdapter(string? adapterFolder)
+    public ChatTemplate? TemplateOfAdapter(string? adapterFolder) => adapterFolder is null ? null
+        : AdapterTemplates.GetOrAdd(adapterFolder, f => new Lazy<ChatTemplate?>(() => ReadAdapterFiles(f))).Value;
+
+    /// <summary>
+    /// Checks what an adapter's folder records of its training (an imported one's too): the tokenizer it was trained
+    /// with must be this base's, and its template must parse. Returns the template, or null when it has none.
+    /// </summary>
+    public ChatTemplate? ReadAdapterFiles(string adapterFolder)
     {
-        if (adapterFolder is null) return null;
-        return AdapterTemplates.GetOrAdd(adapterFolder, f => new Lazy<ChatTemplate?>(() =>
-        {
-            string record = Path.Combine(f, TrainedWithFile);
-            if (File.Exists(record) && ReadJson(record)?["tokenizer_sha256"]?.GetValue<string>() is { } sha && sha != TokenizerSha256)
-                throw new NotSupportedException("this fine-tuned model was trained with another tokenizer than its base model has now");
-            return File.Exists(Path.Combine(f, TemplateFile)) ? ChatTemplate.Parse(File.ReadAllText(Path.Combine(f, TemplateFile))) : null;
-        })).Value;
+        string record = Path.Combine(adapterFolder, TrainedWithFile), templateFile = Path.Combine(adapterFolder, TemplateFile);
+        if (File.Exists(record) && ReadJson(record) is var json && json?["tokenizer_sha256"] is JsonValue v && v.TryGetValue(out string? sha) && sha != TokenizerSha256)
+            throw new NotSupportedException("this fine-tuned model was trained with another tokenizer than its base model has");
+        return File.Exists(templateFile) ? Parse(File.ReadAllText(templateFile), TemplateFile) : null;
     }
 
     /// <summary>

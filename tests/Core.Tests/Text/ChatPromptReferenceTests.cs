@@ -43,7 +43,9 @@ public sealed class ChatPromptReferenceTests : IDisposable
         yield return (new([Message("user", "Think first."), Message("assistant", "<think>\nIt is 4.\n</think>\n\n4"), Message("user", "Sure?")],
             Kwargs: new JsonObject { ["enable_thinking"] = false }), true);
         yield return (new([Message("user", "Weather in Paris?")], Tools), true);
-        yield return (new([Message("user", "quote \" backslash \\ <|im_end|> <end_of_turn> </s> [INST] 👩‍👩‍👧"), Message("assistant", "  spaced  ")]), false);
+        yield return (new([Message("user", "quote \" backslash \\ <|im_end|> <end_of_turn> </s> [INST] 👩‍👩‍👧"), Message("assistant", "spaced  out  ")]), false);
+        // (Content starting with spaces meets the reference's lstrip('\n'), which strips them too, where Python's does not:
+        // a listed difference of the engine's own tests, JinjaChatTemplateTests.)
     }
 
     [Fact]

@@ -21,17 +21,18 @@ public static class HfReference
     }
 
     /// <summary>The reference's answer for texts and id lists to decode (see tokenize.mjs).</summary>
-    public sealed record Answer(List<List<int>> Ids, List<List<int>> Plain, List<string> Decoded, List<string> DecodedSkip, List<DecodedIds> DecodedIds);
+    public sealed record Answer(List<List<int>> Ids, List<List<int>> Plain, List<string> Decoded, List<string> DecodedSkip, List<List<int>> RandomIds,
+        List<DecodedIds> DecodedIds);
     public sealed record DecodedIds(string Text, string Skip);
 
     static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web);
 
-    public static Answer Run(string tokenizerJson, string? tokenizerConfig, IReadOnlyList<string> texts, IReadOnlyList<IReadOnlyList<int>> decode)
+    public static Answer Run(string tokenizerJson, string? tokenizerConfig, IReadOnlyList<string> texts, IReadOnlyList<string> specialTexts, int seed)
     {
         var request = Path.GetTempFileName();
         try
         {
-            File.WriteAllText(request, JsonSerializer.Serialize(new { tokenizer = tokenizerJson, config = tokenizerConfig, texts, decode }));
+            File.WriteAllText(request, JsonSerializer.Serialize(new { tokenizer = tokenizerJson, config = tokenizerConfig, texts, specialTexts, random = new { seed, count = 300, maxLength = 40 } }));
             var start = new ProcessStartInfo("node", [Path.Combine(Folder, "tokenize.mjs")])
             {
                 WorkingDirectory = Folder, RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,

@@ -128,7 +128,7 @@ public static class BaseModelsApi
                     context = lm.ContextLength;
                     tokenizer = TextTokenizers.ForModel(temp) switch
                     {
-                        HfTokenizer hf => $"byte-level BPE{(hf.Chat is { } chat ? $", {chat} chat format" : "")}",
+                        HfTokenizer hf => $"{hf.Kind}{(hf.Chat is { } chat ? $", {chat} chat format" : "")}",
                         SentencePieceTextTokenizer sp => $"SentencePiece {sp.Algorithm}",
                         _ when ByteTokenizer.IsSavedIn(temp) => "byte-level",   // this service's own demo models, exported
                         _ => throw new InvalidDataException("the folder has no tokenizer.json (or vocab.json + merges.txt, or tokenizer.model)"),

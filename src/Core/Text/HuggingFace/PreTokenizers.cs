@@ -29,7 +29,7 @@ static class PreTokenizers
         switch (Json.Type(config))
         {
             case "Split":
-                var pattern = TextPattern.Parse(config.GetProperty("pattern"), where);
+                var pattern = TextPattern.Parse(Json.Property(config, "pattern", JsonValueKind.Object, $"{where} {Json.Type(config)}"), where);
                 var behavior = ParseBehavior(config, where, Behavior.Isolated);
                 bool invert = Json.Bool(config, "invert", false);
                 return Each(word => Split(word, Matched(word, pattern.Matches(word), invert), behavior));

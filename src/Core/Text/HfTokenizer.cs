@@ -20,7 +20,7 @@ public sealed class HfTokenizer : ITextTokenizer
     public const string Gpt2Pattern = PreTokenizers.Gpt2Pattern;
 
     /// <summary>A vocabulary beyond this many ids is refused rather than allocated.</summary>
-    const int MaxVocabulary = 16 << 20;
+    const int MaxVocabulary = 4 << 20;
 
     readonly Func<string, string>? normalizer;
     readonly PreTokenizers.PreTokenizer? preTokenizer;

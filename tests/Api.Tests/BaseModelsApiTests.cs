@@ -39,7 +39,7 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
     {
         var path = WriteGpt2("gpt2");
         var imported = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "tiny-gpt2" }));
-        Assert.Equal(("gpt2", "BPE", 128), ((string?)imported["family"], (string?)imported["tokenizer"], (int)imported["context_length"]!));
+        Assert.Equal(("gpt2", "byte-level BPE", 128), ((string?)imported["family"], (string?)imported["tokenizer"], (int)imported["context_length"]!));
         long expected = 257 * 64 + 128 * 64 + 2 * (2 * 2 * 64 + 64 * 192 + 192 + 64 * 64 + 64 + 64 * 256 + 256 + 256 * 64 + 64) + 2 * 64;   // wte, wpe, blocks, ln_f
         Assert.Equal(expected, (long)imported["parameter_count"]!);
         var models = await Api.JsonAsync(await client.GetAsync("/v1/models"));
@@ -148,7 +148,7 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         Assert.Equal((string?)original["choices"]![0]!["text"], (string?)copy["choices"]![0]!["text"]);
 
         var gpt2 = await Api.JsonAsync(await UploadAsync(client, Zip(WriteGpt2("zipped"), "gpt2/"), "zipped-gpt2"));
-        Assert.Equal(("gpt2", "BPE"), ((string?)gpt2["family"], (string?)gpt2["tokenizer"]));
+        Assert.Equal(("gpt2", "byte-level BPE"), ((string?)gpt2["family"], (string?)gpt2["tokenizer"]));
         await Api.AssertErrorAsync(await UploadAsync(client, export, "tiny-llama-copy"), 409, "id");
     }
 

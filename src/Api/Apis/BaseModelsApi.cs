@@ -129,7 +129,7 @@ public static class BaseModelsApi
                     var text = ModelText.Read(temp);
                     tokenizer = text.Tokenizer switch
                     {
-                        HfTokenizer => "BPE",
+                        HfTokenizer hf => hf.Kind,
                         SentencePieceTextTokenizer sp => $"SentencePiece {sp.Algorithm}",
                         _ when ByteTokenizer.IsSavedIn(temp) => "byte-level",   // this service's own demo models, exported
                         _ => throw new InvalidDataException("the folder has no tokenizer.json (or vocab.json + merges.txt, or tokenizer.model)"),

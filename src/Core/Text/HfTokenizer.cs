@@ -20,7 +20,7 @@ public sealed class HfTokenizer : ITextTokenizer
     public const string Gpt2Pattern = PreTokenizers.Gpt2Pattern;
 
     /// <summary>A vocabulary beyond this many ids is refused rather than allocated.</summary>
-    const int MaxVocabulary = 16 << 20;
+    const int MaxVocabulary = 4 << 20;
 
     readonly Func<string, string>? normalizer;
     readonly PreTokenizers.PreTokenizer? preTokenizer;
@@ -40,6 +40,8 @@ public sealed class HfTokenizer : ITextTokenizer
     public string? BosToken { get; }
     public string? EosToken { get; }
     public int VocabularySize => tokens.Length;
+    /// <summary>What kind of BPE it is, for people: "byte-level BPE" (GPT-2, Llama 3, Qwen), "BPE with byte fallback" (SentencePiece-converted: Llama 2, Mistral, Gemma) or "BPE".</summary>
+    public string Kind { get; }
     /// <summary>tokenizer_config.json's clean_up_tokenization_spaces (true when absent, as in the reference): decoding drops the space before punctuation.</summary>
     public bool CleansUpSpaces { get; }
 
@@ -70,6 +72,8 @@ public sealed class HfTokenizer : ITextTokenizer
         template = PostProcessors.Parse(root.TryGetProperty("post_processor", out var post) ? post : default, vocab, path);
         decoder = Decoders.Parse(root.TryGetProperty("decoder", out var d) ? d : default, addedList.Select(t => t.Content).ToHashSet(StringComparer.Ordinal), path);
         unknownToken = Json.OptionalString(modelJson, "unk_token");
+        Kind = Json.Bool(modelJson, "byte_fallback", false) ? "BPE with byte fallback"
+            : Json.HasType(root.TryGetProperty("pre_tokenizer", out var pre) ? pre : default, "ByteLevel") ? "byte-level BPE" : "BPE";
 
         special = addedList.Where(t => t.Special).Select(t => t.Content).ToHashSet(StringComparer.Ordinal);
         if (config.ValueKind == JsonValueKind.Object && config.TryGetProperty("additional_special_tokens", out var more) && more.ValueKind == JsonValueKind.Array)
@@ -145,14 +149,24 @@ public sealed class HfTokenizer : ITextTokenizer
         if (File.Exists(json))
         {
             using var doc = Json.Parse(json);
-            return new HfTokenizer(doc.RootElement, configRoot, json, bos, eos);
+            return Create(doc.RootElement, configRoot, json, bos, eos);
         }
         if (File.Exists(vocab) && File.Exists(merges))
         {
             using var doc = Gpt2TokenizerJson(vocab, merges, bos, eos);
-            return new HfTokenizer(doc.RootElement, configRoot, vocab, bos, eos);
+            return Create(doc.RootElement, configRoot, vocab, bos, eos);
         }
         throw new InvalidDataException($"{folder} has neither {TokenizerFile} nor {VocabFile} + {MergesFile}");
+    }
+
+    /// <summary>The tokenizer a file describes; a part of the wrong JSON kind (a string where an object belongs) is refused as any other unreadable part.</summary>
+    static HfTokenizer Create(JsonElement root, JsonElement config, string path, int? bos, IReadOnlyList<int> eos)
+    {
+        try { return new HfTokenizer(root, config, path, bos, eos); }
+        catch (Exception e) when (e is InvalidOperationException or KeyNotFoundException or FormatException or ArgumentException)
+        {
+            throw new InvalidDataException($"{path}: {e.Message}", e);
+        }
     }
 
     /// <summary>GPT-2's files as the tokenizer.json they stand for: byte-level BPE, the bos/eos tokens config.json names as special tokens.</summary>

@@ -21,17 +21,39 @@ public static class HfReference
     }
 
     /// <summary>The reference's answer for texts and id lists to decode (see tokenize.mjs).</summary>
-    public sealed record Answer(List<List<int>> Ids, List<List<int>> Plain, List<string> Decoded, List<string> DecodedSkip, List<DecodedIds> DecodedIds);
+    public sealed record Answer(List<List<int>> Ids, List<List<int>> Plain, List<string> Decoded, List<string> DecodedSkip, List<List<int>> RandomIds,
+        List<DecodedIds> DecodedIds);
     public sealed record DecodedIds(string Text, string Skip);
 
     static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web);
 
-    public static Answer Run(string tokenizerJson, string? tokenizerConfig, IReadOnlyList<string> texts, IReadOnlyList<IReadOnlyList<int>> decode)
+    /// <summary>
+    /// The reference's answer; kept in the temp folder under a hash of everything it depends on (the request, the files it
+    /// names, tokenize.mjs and the pinned package versions), so a second run on the machine skips the slow part.
+    /// </summary>
+    public static Answer Run(string tokenizerJson, string? tokenizerConfig, IReadOnlyList<string> texts, IReadOnlyList<string> specialTexts, int seed)
+    {
+        var random = new { seed, count = 300, maxLength = 40 };
+        using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        hash.AppendData(JsonSerializer.SerializeToUtf8Bytes(new { texts, specialTexts, random }));   // the files by content, not by (temporary) path
+        foreach (var file in new[] { tokenizerJson, tokenizerConfig, Path.Combine(Folder, "tokenize.mjs"), Path.Combine(Folder, "package-lock.json") })
+            if (file is not null && File.Exists(file)) hash.AppendData(File.ReadAllBytes(file));
+        var cached = Path.Combine(Path.GetTempPath(), "hf-reference-answers", Convert.ToHexString(hash.GetHashAndReset()) + ".json");
+        if (!File.Exists(cached))
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(cached)!);
+            File.WriteAllText(cached + ".part", Ask(JsonSerializer.Serialize(new { tokenizer = tokenizerJson, config = tokenizerConfig, texts, specialTexts, random })));
+            File.Move(cached + ".part", cached, overwrite: true);
+        }
+        return JsonSerializer.Deserialize<Answer>(File.ReadAllText(cached), Web)!;
+    }
+
+    static string Ask(string json)
     {
         var request = Path.GetTempFileName();
         try
         {
-            File.WriteAllText(request, JsonSerializer.Serialize(new { tokenizer = tokenizerJson, config = tokenizerConfig, texts, decode }));
+            File.WriteAllText(request, json);
             var start = new ProcessStartInfo("node", [Path.Combine(Folder, "tokenize.mjs")])
             {
                 WorkingDirectory = Folder, RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,
@@ -43,7 +65,7 @@ public static class HfReference
             var errors = process.StandardError.ReadToEndAsync();
             Assert.True(process.WaitForExit(TimeSpan.FromMinutes(3)), "the reference took over 3 minutes");
             Assert.True(process.ExitCode == 0, $"node tokenize.mjs exited {process.ExitCode}: {errors.Result}");
-            return JsonSerializer.Deserialize<Answer>(output.Result, Web)!;
+            return output.Result;
         }
         finally { File.Delete(request); }
     }

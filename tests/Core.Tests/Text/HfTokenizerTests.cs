@@ -169,6 +169,9 @@ public sealed class HfTokenizerTests : IDisposable
     [InlineData("\"decoder\":{\"type\":\"ByteLevel\"", "\"decoder\":{\"type\":\"CTC\"", "decoder CTC is not supported")]
     [InlineData("\"Regex\":\"(?i:", "\"Regex\":\"(?i:[", "regex '(?i:[")]
     [InlineData("\"merges\":[[\"3\",\"4\"]", "\"merges\":[[\"3\",\"x4\"]", "merges[0] ('3', 'x4') names a token missing from the vocabulary")]
+    [InlineData("\"pattern\":{\"Regex\":", "\"pattern\":7,\"x\":{\"Regex\":", "pattern is missing or not a JSON object")]
+    [InlineData("\"added_tokens\":[", "\"added_tokens\":[7,", "an added_tokens entry lacks its content or id")]
+    [InlineData("\"pretokenizers\":[", "\"pretokenizers\":[[1],", "pre_tokenizer [1] is not supported")]
     public void UnsupportedTokenizerJsonIsRefusedNamingThePart(string find, string replace, string message)
     {
         WriteLlama3TokenizerJson();

@@ -39,7 +39,7 @@ sealed class Bpe
         byteIds = Json.Bool(model, "byte_fallback", false) ? ByteIds(vocab) : [];
 
         var list = Json.Array(model, "merges", where).ToList();
-        merges = new Dictionary<long, (int, int)>(list.Count);
+        merges = new Dictionary<long, (int, int)>(list.Count, PairComparer.Instance);
         for (int rank = 0; rank < list.Count; rank++)
         {
             var (left, right) = Pair(list[rank], rank, where);
@@ -70,6 +70,14 @@ sealed class Bpe
     }
 
     static long Key(int left, int right) => (long)left << 32 | (uint)right;
+
+    /// <summary>long's own hash is its halves xor-ed, which sends pairs of nearby ids to few buckets; this mixes all bits.</summary>
+    sealed class PairComparer : IEqualityComparer<long>
+    {
+        public static readonly PairComparer Instance = new();
+        public bool Equals(long a, long b) => a == b;
+        public int GetHashCode(long key) => (int)((ulong)key * 0x9E3779B97F4A7C15UL >> 32);
+    }
 
     /// <summary>Appends the ids of <paramref name="word"/> to <paramref name="ids"/>.</summary>
     public void Encode(string word, List<int> ids)

@@ -39,7 +39,7 @@ static class Decoders
                 int start = Json.Int(config, "start", 0), stop = Json.Int(config, "stop", 0);
                 return tokens => tokens.Select(t => Strip(t, content[0], start, stop)).ToList();
             case "Replace":
-                var pattern = TextPattern.Parse(config.GetProperty("pattern"), where);
+                var pattern = TextPattern.Parse(Json.Property(config, "pattern", JsonValueKind.Object, $"{where} {Json.Type(config)}"), where);
                 string with = Json.String(config, "content", where);
                 return tokens => tokens.Select(t => pattern.Replace(t, with)).ToList();
             case "WordPiece":

@@ -8,6 +8,14 @@ static class Json
     public static string Type(JsonElement e) =>
         e.ValueKind == JsonValueKind.Object && e.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString()! : e.GetRawText();
 
+    /// <summary>Whether <paramref name="e"/> or a part nested in it has this <c>type</c>.</summary>
+    public static bool HasType(JsonElement e, string type) => e.ValueKind switch
+    {
+        JsonValueKind.Object => Type(e) == type || e.EnumerateObject().Any(p => HasType(p.Value, type)),
+        JsonValueKind.Array => e.EnumerateArray().Any(x => HasType(x, type)),
+        _ => false,
+    };
+
     public static string String(JsonElement e, string name, string where) =>
         e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString()!
             : throw new InvalidDataException($"{where} {Type(e)}: {name} is missing or not a string");

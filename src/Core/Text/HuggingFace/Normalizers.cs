@@ -35,7 +35,7 @@ static class Normalizers
 
     static Func<string, string> Replace(JsonElement config, string where)
     {
-        var pattern = TextPattern.Parse(config.GetProperty("pattern"), where);
+        var pattern = TextPattern.Parse(Json.Property(config, "pattern", JsonValueKind.Object, $"{where} {Json.Type(config)}"), where);
         string content = Json.String(config, "content", where);
         return text => pattern.Replace(text, content);
     }

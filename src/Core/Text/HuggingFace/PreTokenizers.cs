@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text;
 using System.Text.Json;
 
 namespace AdapterService.Core.Text;
@@ -29,7 +28,7 @@ static class PreTokenizers
         switch (Json.Type(config))
         {
             case "Split":
-                var pattern = TextPattern.Parse(config.GetProperty("pattern"), where);
+                var pattern = TextPattern.Parse(Json.Property(config, "pattern", JsonValueKind.Object, $"{where} {Json.Type(config)}"), where);
                 var behavior = ParseBehavior(config, where, Behavior.Isolated);
                 bool invert = Json.Bool(config, "invert", false);
                 return Each(word => Split(word, Matched(word, pattern.Matches(word), invert), behavior));
@@ -105,7 +104,8 @@ static class PreTokenizers
         };
     }
 
-    static bool IsPunctuation(int c) => c < 128 ? char.IsAsciiLetterOrDigit((char)c) is false && c > 32 && c < 127
+    /// <summary>ASCII punctuation or a Unicode punctuation category, as Rust's is_ascii_punctuation || is_punctuation.</summary>
+    static bool IsPunctuation(int c) => c < 128 ? c is > 32 and < 127 && !char.IsAsciiLetterOrDigit((char)c)
         : CharUnicodeInfo.GetUnicodeCategory(c) is UnicodeCategory.ConnectorPunctuation or UnicodeCategory.DashPunctuation
             or UnicodeCategory.OpenPunctuation or UnicodeCategory.ClosePunctuation or UnicodeCategory.InitialQuotePunctuation
             or UnicodeCategory.FinalQuotePunctuation or UnicodeCategory.OtherPunctuation;

@@ -6,14 +6,16 @@ public class ByteTokenizerTests
 {
     static readonly ByteTokenizer Tokenizer = new();
 
-    /// <summary>A chat template renders the special tokens as text; encoding that text gives the ids EncodeChatPrompt builds.</summary>
+    // Special tokens' strings in text are their ids; everything else (an unknown "<|x|>", a lone "<|") is bytes.
     [Fact]
-    public void ARenderedChatTemplateEncodesAsTheChatPrompt()
+    public void SpecialTokenStringsInTextAreTheirIds()
     {
-        Assert.Equal(Tokenizer.EncodeChatPrompt([("user", "hi")]), Tokenizer.Encode("<|begin|><|user|>hi<|end|><|assistant|>", addSpecialTokens: false));
-        Assert.Equal(Tokenizer.EncodeChatPrompt([("system", "be brief"), ("user", "é <|x|> <|"), ("assistant", "ok")]),
-            Tokenizer.Encode("<|system|>be brief<|end|><|user|>é <|x|> <|<|end|><|assistant|>ok<|end|><|assistant|>", addSpecialTokens: true));
-        Assert.Equal(Tokenizer.EncodeCompletionPrompt("hi"), Tokenizer.Encode("hi", addSpecialTokens: true));
+        int[] Bytes(string text) => System.Text.Encoding.UTF8.GetBytes(text).Select(b => (int)b).ToArray();
+        Assert.Equal([ByteTokenizer.Begin, ByteTokenizer.User, .. Bytes("hi"), ByteTokenizer.End, ByteTokenizer.Assistant],
+            Tokenizer.Encode("<|begin|><|user|>hi<|end|><|assistant|>", addSpecialTokens: false));
+        Assert.Equal([ByteTokenizer.Begin, ByteTokenizer.System, .. Bytes("é <|x|> <|"), ByteTokenizer.End],
+            Tokenizer.Encode("<|system|>é <|x|> <|<|end|>", addSpecialTokens: true));
+        Assert.Equal([ByteTokenizer.Begin, .. Bytes("hi")], Tokenizer.Encode("hi", addSpecialTokens: true));
     }
 
     [Fact]

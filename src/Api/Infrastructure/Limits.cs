@@ -30,7 +30,7 @@ public static class Limits
         builder.Services.AddRateLimiter(o =>
         {
             o.GlobalLimiter = PartitionedRateLimiter.Create<HttpContext, string>(context =>
-                limits.RequestsPerMinute > 0 && context.Request.Path.StartsWithSegments("/v1") && context.User.ProjectId() is { } project
+                limits.RequestsPerMinute > 0 && OpenAiErrors.IsApiRoute(context.Request.Path) && context.User.ProjectId() is { } project
                     ? RateLimitPartition.GetFixedWindowLimiter(project, _ => new FixedWindowRateLimiterOptions
                     {
                         PermitLimit = limits.RequestsPerMinute, Window = TimeSpan.FromMinutes(1), QueueLimit = 0,

@@ -60,10 +60,14 @@ public static class OpenAiErrors
         app.UseStatusCodePages(async status =>
         {
             var context = status.HttpContext;
-            if (context.Response.ContentLength is null && !context.Response.HasStarted && context.Request.Path.StartsWithSegments("/v1"))
+            if (context.Response.ContentLength is null && !context.Response.HasStarted && IsApiRoute(context.Request.Path))
                 await Error(context.Response.StatusCode, context.Response.StatusCode == 404
                     ? $"Unknown request URL: {context.Request.Method} {context.Request.Path}." : "The request could not be handled.").ExecuteAsync(context);
         });
         return app;
     }
+
+    /// <summary>The routes that answer as the API does (error objects, a project's rate limit): /v1 and vLLM's /tokenize and /detokenize.</summary>
+    public static bool IsApiRoute(PathString path) =>
+        path.StartsWithSegments("/v1") || path.StartsWithSegments("/tokenize") || path.StartsWithSegments("/detokenize");
 }

@@ -11,6 +11,7 @@ namespace AdapterService.Core.Tests.Text;
 /// tokenizer and chat template, rendered and tokenized by <see cref="ModelText"/>, equals @huggingface/jinja's render
 /// tokenized by @huggingface/tokenizers (tests/hf-reference/chat.mjs), text and ids — or both refuse.
 /// </summary>
+[Collection(TextReferences.Name)]
 public sealed class ChatPromptReferenceTests : IDisposable
 {
     readonly string dir = Directory.CreateTempSubdirectory("chat-reference-").FullName;

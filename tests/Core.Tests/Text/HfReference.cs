@@ -92,3 +92,14 @@ public static class HfReference
     /// <summary>Every fortunes entry, then the hard cases.</summary>
     public static List<string> Corpus() => [.. FortunesCorpus.Load(FortunesCorpus.DefaultFolder), .. HardCases];
 }
+
+/// <summary>
+/// The tests that run Hugging Face's JavaScript references, or allocate heavily (corpora, fuzzing), run alone rather than
+/// beside the model tests: TorchSharp hands a temporary Scalar's handle to native code (the alpha of <c>a + b</c>), and a
+/// garbage collection during that call, likelier while these tests allocate, can finalize the Scalar in use.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class TextReferences
+{
+    public const string Name = "text references";
+}

@@ -85,7 +85,9 @@ public sealed class ReferenceTokenizers : IDisposable
         return new Case(tokenizer, texts, ids, specialTexts, reference.Result);
     }
 }
+
 /// <summary>Our tokenizers against Hugging Face's JavaScript tokenizers on every fortunes entry and the hard cases.</summary>
+[Collection(TextReferences.Name)]
 public sealed class HfReferenceTests(ReferenceTokenizers tokenizers) : IClassFixture<ReferenceTokenizers>
 {
     /// <summary>Fails listing the first differences (text, ours, the reference's) rather than only the first.</summary>

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json.Nodes;
+using AdapterService.Core.Tests.Text;
 using AdapterService.Core.Text.Jinja;
 using Xunit.Abstractions;
 
@@ -17,6 +18,7 @@ public sealed class BundledTemplateRenders
 /// Llama 3.1, with conversations of every shape the service sends: each must render to exactly the reference's text, or
 /// fail where the reference fails.
 /// </summary>
+[Collection(TextReferences.Name)]
 public sealed class JinjaChatTemplateTests(BundledTemplateRenders reference, ITestOutputHelper log) : IClassFixture<BundledTemplateRenders>
 {
     const string Bos = "<s>", Eos = "</s>";

@@ -1,4 +1,5 @@
 using System.Text;
+using AdapterService.Core.Tests.Text;
 using AdapterService.Core.Text.Jinja;
 using Xunit.Abstractions;
 
@@ -47,6 +48,7 @@ public sealed class MutatedTemplateRenders
 /// Mutated real templates (characters and tags deleted, inserted, duplicated) parse and render as the reference does,
 /// or fail where it fails: the lexer's and parser's corners (stray '-', unclosed tags, odd whitespace control) included.
 /// </summary>
+[Collection(TextReferences.Name)]
 public sealed class JinjaDifferentialTests(MutatedTemplateRenders reference, ITestOutputHelper log) : IClassFixture<MutatedTemplateRenders>
 {
     public static readonly (string Name, System.Text.Json.Nodes.JsonObject Variables)[] Cases =

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text;
 using System.Text.Json.Nodes;
+using AdapterService.Core.Tests.Text;
 using AdapterService.Core.Text.Jinja;
 using Xunit.Abstractions;
 
@@ -10,6 +11,7 @@ namespace AdapterService.Core.Tests.Text.Jinja;
 /// Hostile templates and variables end in a rendered string or a JinjaException, quickly: nothing else escapes, nothing
 /// hangs or exhausts memory. The fuzz test mutates the real templates; JINJA_FUZZ_ITERATIONS runs it longer.
 /// </summary>
+[Collection(TextReferences.Name)]
 public sealed class JinjaHostileTests(ITestOutputHelper log)
 {
     static readonly JinjaRenderOptions Tight = new(MaxOutputChars: 1 << 20, MaxSteps: 200_000, Timeout: TimeSpan.FromSeconds(2));

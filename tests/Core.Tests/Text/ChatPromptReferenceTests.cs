@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using AdapterService.Core.Data;
 using AdapterService.Core.Tests.Text.Jinja;
@@ -151,20 +150,5 @@ public sealed class ChatPromptReferenceTests : IDisposable
         return folder;
     }
 
-    static JsonArray Reference(JsonObject job)
-    {
-        var start = new ProcessStartInfo("node", [Path.Combine(HfReference.Folder, "chat.mjs")])
-        {
-            WorkingDirectory = HfReference.Folder, RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,
-        };
-        start.Environment["TZ"] = "UTC";
-        using var process = Process.Start(start)!;
-        process.StandardInput.Write(job.ToJsonString());
-        process.StandardInput.Close();
-        var output = process.StandardOutput.ReadToEndAsync();
-        var errors = process.StandardError.ReadToEndAsync();
-        Assert.True(process.WaitForExit(TimeSpan.FromMinutes(3)), "chat.mjs took over 3 minutes");
-        Assert.True(process.ExitCode == 0, $"node chat.mjs exited {process.ExitCode}: {errors.Result}");
-        return JsonNode.Parse(output.Result)!.AsArray();
-    }
+    static JsonArray Reference(JsonObject job) => JsonNode.Parse(HfReference.Node("chat.mjs", job.ToJsonString()))!.AsArray();
 }

@@ -48,26 +48,30 @@ public static class HfReference
         return JsonSerializer.Deserialize<Answer>(File.ReadAllText(cached), Web)!;
     }
 
-    static string Ask(string json)
+    static string Ask(string json) => Node("tokenize.mjs", json);
+
+    /// <summary>
+    /// Runs a script of tests/hf-reference with node, <paramref name="input"/> on its stdin, and returns its stdout; run with
+    /// TZ=UTC, so the clock the scripts pin reads the same in both engines.
+    /// </summary>
+    public static string Node(string script, string input, params string[] arguments)
     {
-        var request = Path.GetTempFileName();
-        try
+        Assert.True(File.Exists(Path.Combine(Folder, "node_modules", ".package-lock.json")),
+            $"the reference packages are missing from {Folder}; scripts/test.sh installs them (npm ci)");
+        var start = new ProcessStartInfo("node", [Path.Combine(Folder, script), .. arguments])
         {
-            File.WriteAllText(request, json);
-            var start = new ProcessStartInfo("node", [Path.Combine(Folder, "tokenize.mjs")])
-            {
-                WorkingDirectory = Folder, RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,
-            };
-            using var process = Process.Start(start)!;
-            using (var input = File.OpenRead(request)) input.CopyTo(process.StandardInput.BaseStream);
-            process.StandardInput.Close();
-            var output = process.StandardOutput.ReadToEndAsync();
-            var errors = process.StandardError.ReadToEndAsync();
-            Assert.True(process.WaitForExit(TimeSpan.FromMinutes(3)), "the reference took over 3 minutes");
-            Assert.True(process.ExitCode == 0, $"node tokenize.mjs exited {process.ExitCode}: {errors.Result}");
-            return output.Result;
-        }
-        finally { File.Delete(request); }
+            WorkingDirectory = Folder, RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,
+            StandardInputEncoding = new System.Text.UTF8Encoding(false),
+        };
+        start.Environment["TZ"] = "UTC";
+        using var process = Process.Start(start)!;
+        var output = process.StandardOutput.ReadToEndAsync();
+        var errors = process.StandardError.ReadToEndAsync();
+        process.StandardInput.Write(input);
+        process.StandardInput.Close();
+        Assert.True(process.WaitForExit(TimeSpan.FromMinutes(3)), $"node {script} took over 3 minutes");
+        Assert.True(process.ExitCode == 0, $"node {script} exited {process.ExitCode}: {errors.Result}");
+        return output.Result;
     }
 
     /// <summary>Texts where tokenizers differ most; literal special-token strings are matched as the tokens (Hugging Face does).</summary>

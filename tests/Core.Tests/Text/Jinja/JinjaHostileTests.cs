@@ -173,7 +173,7 @@ public sealed class JinjaHostileTests(ITestOutputHelper log)
     /// <summary>The gguf templates of Ollama's map, read from the TypeScript file by a small string-literal reader.</summary>
     internal static List<string> BundledTemplates()
     {
-        var ts = File.ReadAllText(Path.Combine(JinjaReference.Directory, "node_modules", "@huggingface", "ollama-utils", "src", "chat-template-automap.ts"));
+        var ts = File.ReadAllText(Path.Combine(HfReference.Folder, "node_modules", "@huggingface", "ollama-utils", "src", "chat-template-automap.ts"));
         var templates = new List<string>();
         for (int at = ts.IndexOf("gguf:", StringComparison.Ordinal); at >= 0; at = ts.IndexOf("gguf:", at + 1, StringComparison.Ordinal))
         {

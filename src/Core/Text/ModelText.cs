@@ -89,6 +89,9 @@ public sealed class ModelText
     /// </summary>
     public ChatTemplate ChooseTemplate(string? requested, ChatTemplate? fineTuned = null)
     {
+        // SentencePiece encodes the special-token strings a template writes (<s>, [INST]) as text, not as the tokens.
+        if (Tokenizer is SentencePieceTextTokenizer)
+            throw new NotSupportedException("this model's tokenizer is a SentencePiece tokenizer.model, which cannot encode a chat template's special tokens; use completions, or give the folder its tokenizer.json");
         if (!string.IsNullOrEmpty(requested))
             return NamedTemplates.TryGetValue(requested, out var named) ? named : ChatTemplate.Parse(requested);
         return fineTuned ?? Template ?? throw new NotSupportedException(

@@ -20,10 +20,8 @@ namespace AdapterService.Core.Tests.Models;
 public sealed class GgufExportTests : IDisposable
 {
     readonly ITestOutputHelper output;
-    // Max |logit difference| / max |logit|, measured and then bounded with headroom (the numbers are in docs/MODELS.md).
-    const double F32Tolerance = 1e-4, F16Tolerance = 1e-2, Bf16Tolerance = 5e-2, Q8Tolerance = 5e-2;
-    // A greedy step is compared only where our top-1 leads the runner-up by more than this (relative to the logit scale).
-    const double ClearMargin = 1e-2;
+    // Max |logit difference| / max |logit| over every compared position, the measured value (docs/MODELS.md) with headroom.
+    const double F32Tolerance = 1e-5, F16Tolerance = 3e-3, Bf16Tolerance = 2e-2, Q8Tolerance = 5e-2;
 
     readonly string folder = Directory.CreateTempSubdirectory("gguf-").FullName;
 
@@ -66,7 +64,7 @@ public sealed class GgufExportTests : IDisposable
         var tokenizer = TextTokenizers.ForModel(folder);
         var ids = tokenizer.Encode(text, addSpecialTokens: true).ToList();
         string gguf = Export(model, type);
-        Compare(model, gguf, ids, tolerance, steps: type == GgufType.F32 ? 6 : 0);
+        Compare(model, gguf, ids, tolerance, steps: 4);
         using var weights = Load(gguf);
         Assert.Equal(ids, weights.Tokenize(text, add_bos: true, special: false, System.Text.Encoding.UTF8).Select(t => (int)t));
     }
@@ -125,24 +123,31 @@ public sealed class GgufExportTests : IDisposable
         var theirs = LlamaCppLogits(context, prompt, 0);
         double worst = MaxRelativeError(ours, theirs);
         var ids = new List<int>(prompt);
+        int clear = 0;
         for (int step = 0; step < steps; step++)
         {
             var last = ours[^1];
             int next = ArgMax(last);
-            if (Margin(last) > ClearMargin) Assert.Equal(next, ArgMax(theirs[^1]));
+            // Where our top-1 leads by more than two errors' worth, llama.cpp's top-1 cannot differ unless it is wrong.
+            if (Margin(last) > 2 * tolerance)
+            {
+                clear++;
+                Assert.Equal(next, ArgMax(theirs[^1]));
+            }
             ids.Add(next);
             ours = Logits(model, ids)[^1..];
             theirs = LlamaCppLogits(context, [next], ids.Count - 1);
             worst = Math.Max(worst, MaxRelativeError(ours, theirs));
         }
-        output.WriteLine($"{Path.GetFileName(gguf)}: {prompt.Count} positions + {steps} greedy steps, max |Δ| / max |logit| = {worst:E2}");
+        output.WriteLine($"{Path.GetFileName(gguf)}: {prompt.Count} positions + {steps} greedy steps ({clear} with a clear top-1), max |Δ| / max |logit| = {worst:E2}");
         Assert.True(worst <= tolerance, $"max |Δ| / max |logit| = {worst:E2} exceeds {tolerance:E2}");
     }
 
+    /// <summary>An f32 KV cache and no flash attention: llama.cpp's CPU flash attention rounds through f16 (5e-4 relative error measured).</summary>
     static ModelParams Parameters(string gguf) => new(gguf)
     {
         ContextSize = 64, BatchSize = 64, UBatchSize = 64, GpuLayerCount = 0, Threads = 2, BatchThreads = 2,
-        TypeK = GGMLType.GGML_TYPE_F32, TypeV = GGMLType.GGML_TYPE_F32,
+        TypeK = GGMLType.GGML_TYPE_F32, TypeV = GGMLType.GGML_TYPE_F32, FlashAttention = false,
     };
 
     static LLamaWeights Load(string gguf) => LLamaWeights.LoadFromFile(Parameters(gguf));

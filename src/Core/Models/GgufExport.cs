@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using AdapterService.Core.Adapters;
 using AdapterService.Core.Text;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -49,9 +50,7 @@ public static class GgufExport
     /// <exception cref="NotSupportedException">A family, tokenizer or rope scaling llama.cpp would not read as this model.</exception>
     public static void Write(Stream output, nn.Module model, string folder, string name, GgufType type, ChatTemplate? template)
     {
-        var config = (model as IHuggingFaceModel)?.ModelConfig;
-        if (config is not LlamaConfig llama || !Architectures.TryGetValue(config.ModelType, out var arch))
-            throw new NotSupportedException($"{config?.ModelType ?? model.GetType().Name} models are not exported as GGUF (supported: {string.Join(", ", Architectures.Keys)})");
+        var (llama, arch) = Architecture(model);
         string a = arch.Name;
         var metadata = new List<(string, object)>
         {
@@ -81,6 +80,48 @@ public static class GgufExport
         if (RopeFactors(llama) is { } factors)
             tensors.Add(new GgufTensor("rope_freqs.weight", [factors.Length], GgufType.F32, () => tensor(factors)));
         Gguf.Write(output, metadata, tensors);
+    }
+
+    /// <summary>
+    /// A LoRA adapter, not merged, as llama.cpp's GGUF LoRA adapter (what <c>convert_lora_to_gguf.py</c> writes, loaded
+    /// with <c>llama-cli --lora</c> or an Ollama <c>ADAPTER</c> line over the base's GGUF): <c>general.type</c> adapter,
+    /// <c>adapter.type</c> lora, and per adapted layer <c>{tensor}.lora_a</c> [r, in] and <c>.lora_b</c> [out, r].
+    /// llama.cpp scales B A by alpha / r with r read from lora_a, so alpha is written as scaling · r (rsLoRA's scaling too).
+    /// q/k get the base's row permutation on B, whose rows are the weight's rows.
+    /// </summary>
+    /// <exception cref="NotSupportedException">DoRA (llama.cpp has no magnitude vectors), or a family not exported.</exception>
+    public static void WriteLoraAdapter(Stream output, nn.Module model, LoraConfig lora, IReadOnlyDictionary<string, LoraWeights> weights, string name, GgufType type)
+    {
+        if (lora.UseDora) throw new NotSupportedException("DoRA has no llama.cpp adapter form (no magnitude vectors); export the merged model");
+        var (llama, arch) = Architecture(model);
+        var metadata = new List<(string, object)>
+        {
+            ("general.architecture", arch.Name), ("general.type", "adapter"), ("general.name", name),
+            ("general.file_type", (uint)FileType(type)), ("general.alignment", (uint)Gguf.Alignment),
+            ("adapter.type", "lora"), ("adapter.lora.alpha", (float)(lora.Scaling * lora.Rank)),
+        };
+        var tensors = new List<GgufTensor>();
+        foreach (var (path, w) in weights.OrderBy(w => w.Key, StringComparer.Ordinal))
+        {
+            string gguf = TensorName(path + ".weight");
+            var (a, b) = (w.A, w.B);
+            Func<Tensor> bValues = () => b.detach();
+            if (arch.PermuteQueryKey && gguf.EndsWith(".attn_q.weight", StringComparison.Ordinal))
+                bValues = () => PermuteRotaryHalves(b.detach(), llama.NumAttentionHeads);
+            else if (arch.PermuteQueryKey && gguf.EndsWith(".attn_k.weight", StringComparison.Ordinal))
+                bValues = () => PermuteRotaryHalves(b.detach(), llama.KeyValueHeads);
+            tensors.Add(new GgufTensor(gguf + ".lora_a", a.shape, TensorType(a.shape, type), () => a.detach()));
+            tensors.Add(new GgufTensor(gguf + ".lora_b", b.shape, TensorType(b.shape, type), bValues));
+        }
+        Gguf.Write(output, metadata, tensors);
+    }
+
+    static (LlamaConfig, GgufArchitecture) Architecture(nn.Module model)
+    {
+        var config = (model as IHuggingFaceModel)?.ModelConfig;
+        if (config is not LlamaConfig llama || !Architectures.TryGetValue(config.ModelType, out var arch))
+            throw new NotSupportedException($"{config?.ModelType ?? model.GetType().Name} models are not exported as GGUF (supported: {string.Join(", ", Architectures.Keys)})");
+        return (llama, arch);
     }
 
     /// <summary>llama.cpp's <c>llama_ftype</c> for the file as a whole.</summary>

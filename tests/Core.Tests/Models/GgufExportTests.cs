@@ -90,6 +90,36 @@ public sealed class GgufExportTests : IDisposable
         Assert.True(error <= F32Tolerance, $"{error:E2}");
     }
 
+    [Fact]
+    public void UnmergedLoraAdapterAgreesWithLlamaCppOverTheBase()
+    {
+        using var scope = NewDisposeScope();
+        using var model = TinyLlama.Create(seed: 8);
+        ModelFolder.Save(model, folder);
+        string baseGguf = Export(model, GgufType.F32);
+        var ids = new List<int> { ByteTokenizer.Begin };
+        ids.AddRange(new ByteTokenizer().Encode("an adapter"));
+        var plain = Logits(model, ids);
+        // rsLoRA's scaling, so the alpha written (scaling · r) is not simply lora_alpha.
+        var config = new LoraConfig { Rank = 4, Alpha = 8, UseRsLora = true, TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] };
+        using var adapter = LoraAdapter.Create(model, config, seed: 1);
+        TinyLlama.Randomize(adapter, seed: 9);
+        adapter.Attach(model);
+        string adapterGguf = Path.Combine(folder, "adapter.gguf");
+        using (var file = File.Create(adapterGguf))
+            GgufExport.WriteLoraAdapter(file, model, config, adapter.Weights(), "test-lora", GgufType.F32);
+        var adapted = Logits(model, ids);
+        Assert.True(MaxRelativeError(adapted, plain) > 0.1);   // the adapter matters, so agreeing means llama.cpp applied it
+
+        using var weights = Load(baseGguf);
+        using var context = weights.CreateContext(Parameters(baseGguf));
+        var lora = weights.NativeHandle.LoadLoraFromFile(adapterGguf);
+        context.NativeHandle.SetLoraAdapters([(lora, 1f)]);
+        double error = MaxRelativeError(adapted, LlamaCppLogits(context, ids, 0));
+        output.WriteLine($"LoRA adapter GGUF over the f32 base: max |Δ| / max |logit| = {error:E2}");
+        Assert.True(error <= F32Tolerance, $"{error:E2}");
+    }
+
     /// <summary>A Llama 3.1-shaped body scaled down (hidden 64, 2 layers, GQA, llama3 rope scaling) with its real 128,256-token vocabulary.</summary>
     LlamaForCausalLM Llama3Shaped()
     {

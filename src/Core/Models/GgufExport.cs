@@ -253,7 +253,7 @@ public static class GgufExport
         {
             ([llama3], false) => "llama-bpe",
             ([qwen2], false) => "qwen2",
-            ([], true) => "gpt2",
+            ([], true) => "gpt-2",
             _ => throw new NotSupportedException("its tokenizer.json pre-tokenizer is not one llama.cpp knows by name (known: Llama 3's, Qwen2's, GPT-2's)"),
         };
     }

@@ -70,6 +70,25 @@ public sealed class GgufExportTests : IDisposable
     }
 
     [Fact]
+    public void ServiceTrainedBpeTokenizerModelAgreesWithLlamaCpp()
+    {
+        // fortunes-llama-demo's kind of tokenizer: BpeTrainer's byte-level BPE with GPT-2's pre-tokenizer (llama.cpp's "gpt2").
+        using var scope = NewDisposeScope();
+        var corpus = Enumerable.Range(0, 50).Select(i => $"Fortune {i}: the early bird gets the worm, but the second mouse gets the cheese.").ToList();
+        var vocabulary = BpeTrainer.Train(corpus, 320, ["<|endoftext|>"]);
+        vocabulary.Save(folder, "<|endoftext|>", "<|endoftext|>", maxLength: 64);
+        var config = TinyLlama.Config with { VocabSize = 320, BosTokenId = 0, EosTokenId = 0 };
+        using var model = TinyLlama.Create(seed: 4, config);
+        ModelFolder.Save(model, folder);
+        string text = "The early bird, 42 worms and a second mouse!";
+        var ids = TextTokenizers.ForModel(folder).Encode(text, addSpecialTokens: false).ToList();
+        string gguf = Export(model, GgufType.F32);
+        Compare(model, gguf, ids, F32Tolerance, steps: 4);
+        using var weights = Load(gguf);
+        Assert.Equal(ids, weights.Tokenize(text, add_bos: false, special: false, System.Text.Encoding.UTF8).Select(t => (int)t));
+    }
+
+    [Fact]
     public void MergedLoraModelAgreesWithTheAdapterServedUnmerged()
     {
         using var scope = NewDisposeScope();

@@ -167,7 +167,7 @@ public static class GgufExport
     /// Llama 3.1's rope scaling as the converter writes it: a <c>rope_freqs</c> tensor of per-frequency divisors (1 for
     /// short wavelengths, factor for long ones, interpolated between), the same curve <see cref="RotaryEmbedding"/> applies.
     /// </summary>
-    static float[]? RopeFactors(LlamaConfig c)
+    public static float[]? RopeFactors(LlamaConfig c)
     {
         if (c.RopeScaling is not { } s || s.Kind == "default") return null;
         if (s.Kind != "llama3") throw new NotSupportedException($"rope_scaling '{s.Kind}' is not exported as GGUF");

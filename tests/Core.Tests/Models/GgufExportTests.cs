@@ -88,6 +88,28 @@ public sealed class GgufExportTests : IDisposable
         Assert.Equal(ids, weights.Tokenize(text, add_bos: false, special: false, System.Text.Encoding.UTF8).Select(t => (int)t));
     }
 
+    /// <summary>
+    /// The prompts above reach too few positions for Llama 3.1's slowed low frequencies to show in the logits, so the
+    /// rope_freqs divisors are checked against our rotary frequencies directly: plain / scaled, per frequency.
+    /// </summary>
+    [Fact]
+    public void RopeFreqsAreTheDivisorsOfOurLlama3Frequencies()
+    {
+        using var scope = NewDisposeScope();
+        var scaling = new RopeScaling { RopeType = "llama3", Factor = 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 8192 };
+        var config = TinyLlama.Config with { HiddenSize = 512, NumAttentionHeads = 4, RopeTheta = 500000, RopeScaling = scaling };
+        double[] Frequencies(RopeScaling? s)
+        {
+            var (cos, sin) = new RotaryEmbedding(config.HeadDim, config.RopeTheta, s).Angles(tensor(new long[] { 1 }, [1, 1]));
+            return atan2(sin, cos).flatten()[..(config.HeadDim / 2)].to_type(ScalarType.Float64).data<double>().ToArray();   // position 1: the frequencies
+        }
+        var (plain, scaled) = (Frequencies(null), Frequencies(scaling));
+        var factors = GgufExport.RopeFactors(config)!;
+        Assert.Contains(factors, f => f == 8);   // head_dim 128 reaches the slowed band
+        for (int i = 0; i < factors.Length; i++)
+            Assert.Equal(plain[i] / scaled[i], factors[i], 1e-4 * factors[i]);
+    }
+
     [Fact]
     public void MergedLoraModelAgreesWithTheAdapterServedUnmerged()
     {

@@ -20,7 +20,7 @@ public sealed record GgufArchitecture(string Name, bool PermuteQueryKey);
 public static class GgufExport
 {
     /// <summary>
-    /// By Hugging Face <c>model_type</c>. A family whose config is a <see cref="LlamaConfig"/> is one entry here: qwen2's
+    /// By Hugging Face <c>model_type</c>. A decoder family whose config is (or derives from) a <see cref="LlamaConfig"/> is one entry here: qwen2's
     /// q/k/v biases and qwen3's q_norm/k_norm are mapped by <see cref="TensorName"/> already.
     /// </summary>
     public static readonly IReadOnlyDictionary<string, GgufArchitecture> Architectures = new Dictionary<string, GgufArchitecture>(StringComparer.Ordinal)
@@ -70,12 +70,7 @@ public static class GgufExport
             var p = t.Parameter;
             long[] shape = t.Transposed ? [.. p.shape.Reverse()] : p.shape;
             string gguf = TensorName(t.Key);
-            Func<Tensor> values = () => t.Transposed ? p.detach().t() : p.detach();
-            if (arch.PermuteQueryKey && gguf.EndsWith(".attn_q.weight", StringComparison.Ordinal))
-                values = () => PermuteRotaryHalves(p.detach(), llama.NumAttentionHeads);
-            else if (arch.PermuteQueryKey && gguf.EndsWith(".attn_k.weight", StringComparison.Ordinal))
-                values = () => PermuteRotaryHalves(p.detach(), llama.KeyValueHeads);
-            return new GgufTensor(gguf, shape, TensorType(shape, type), values);
+            return new GgufTensor(gguf, shape, TensorType(shape, type), () => Rows(arch, llama, gguf, t.Transposed ? p.detach().t() : p.detach()));
         }).ToList();
         if (RopeFactors(llama) is { } factors)
             tensors.Add(new GgufTensor("rope_freqs.weight", [factors.Length], GgufType.F32, () => tensor(factors)));
@@ -105,13 +100,8 @@ public static class GgufExport
         {
             string gguf = TensorName(path + ".weight");
             var (a, b) = (w.A, w.B);
-            Func<Tensor> bValues = () => b.detach();
-            if (arch.PermuteQueryKey && gguf.EndsWith(".attn_q.weight", StringComparison.Ordinal))
-                bValues = () => PermuteRotaryHalves(b.detach(), llama.NumAttentionHeads);
-            else if (arch.PermuteQueryKey && gguf.EndsWith(".attn_k.weight", StringComparison.Ordinal))
-                bValues = () => PermuteRotaryHalves(b.detach(), llama.KeyValueHeads);
             tensors.Add(new GgufTensor(gguf + ".lora_a", a.shape, TensorType(a.shape, type), () => a.detach()));
-            tensors.Add(new GgufTensor(gguf + ".lora_b", b.shape, TensorType(b.shape, type), bValues));
+            tensors.Add(new GgufTensor(gguf + ".lora_b", b.shape, TensorType(b.shape, type), () => Rows(arch, llama, gguf, b.detach())));
         }
         Gguf.Write(output, metadata, tensors);
     }
@@ -155,6 +145,13 @@ public static class GgufExport
             return $"blk.{index}.{gguf}.{kind}";
         throw new NotSupportedException($"tensor {key} has no GGUF name");
     }
+
+    /// <summary>A tensor whose rows are the output rows of the weight named <paramref name="gguf"/>, q/k rows permuted where the architecture rotates pairs.</summary>
+    static Tensor Rows(GgufArchitecture arch, LlamaConfig c, string gguf, Tensor rows) =>
+        !arch.PermuteQueryKey ? rows
+        : gguf.EndsWith(".attn_q.weight", StringComparison.Ordinal) ? PermuteRotaryHalves(rows, c.NumAttentionHeads)
+        : gguf.EndsWith(".attn_k.weight", StringComparison.Ordinal) ? PermuteRotaryHalves(rows, c.KeyValueHeads)
+        : rows;
 
     /// <summary>
     /// <c>LlamaModel.permute</c> of convert_hf_to_gguf.py: per head, rows [first half; second half] become interleaved

@@ -19,10 +19,10 @@ namespace AdapterService.Core.Tests.Models;
 /// </summary>
 public sealed class GgufExportTests : IDisposable
 {
-    readonly ITestOutputHelper output;
     // Max |logit difference| / max |logit| over every compared position, the measured value (docs/MODELS.md) with headroom.
     const double F32Tolerance = 1e-5, F16Tolerance = 3e-3, Bf16Tolerance = 2e-2, Q8Tolerance = 5e-2;
 
+    readonly ITestOutputHelper output;
     readonly string folder = Directory.CreateTempSubdirectory("gguf-").FullName;
 
     public GgufExportTests(ITestOutputHelper output) => this.output = output;
@@ -34,7 +34,6 @@ public sealed class GgufExportTests : IDisposable
         TorchRuntime.EnsureReady();
         NativeLibraryConfig.All.WithLogCallback((_, _) => { });   // llama.cpp's loading chatter
     }
-
 
     [Fact]
     public void BuiltInByteTokenizerModelAgreesWithLlamaCppInF32()
@@ -72,7 +71,7 @@ public sealed class GgufExportTests : IDisposable
     [Fact]
     public void ServiceTrainedBpeTokenizerModelAgreesWithLlamaCpp()
     {
-        // fortunes-llama-demo's kind of tokenizer: BpeTrainer's byte-level BPE with GPT-2's pre-tokenizer (llama.cpp's "gpt2").
+        // fortunes-llama-demo's kind of tokenizer: BpeTrainer's byte-level BPE with GPT-2's pre-tokenizer (llama.cpp's "gpt-2").
         using var scope = NewDisposeScope();
         var corpus = Enumerable.Range(0, 50).Select(i => $"Fortune {i}: the early bird gets the worm, but the second mouse gets the cheese.").ToList();
         var vocabulary = BpeTrainer.Train(corpus, 320, ["<|endoftext|>"]);

@@ -110,17 +110,19 @@ public sealed class GgufExportTests : IDisposable
     }
 
     [Fact]
-    public void MergedLoraModelAgreesWithTheAdapterServedUnmerged()
+    public void TrainedLoraMergedAgreesWithTheAdapterServedUnmerged()
     {
         using var scope = NewDisposeScope();
         using var model = TinyLlama.Create(seed: 5);
         ModelFolder.Save(model, folder);
         using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, seed: 1);
-        TinyLlama.Randomize(adapter, seed: 6);
-        adapter.Attach(model);
         var ids = new List<int> { ByteTokenizer.Begin };
         ids.AddRange(new ByteTokenizer().Encode("fine-tuned"));
+        var plain = Logits(model, ids);
+        adapter.Attach(model);
+        Train(model, adapter, ids, steps: 10);
         var adapted = Logits(model, ids);                                  // the adapter beside the weights, as the service serves it
+        Assert.True(MaxRelativeError(adapted, plain) > 0.01);              // trained enough to matter
         adapter.Merge(model);
         string gguf = Export(model, GgufType.F32);
         using var weights = Load(gguf);
@@ -158,6 +160,23 @@ public sealed class GgufExportTests : IDisposable
         double error = MaxRelativeError(adapted, LlamaCppLogits(context, ids, 0));
         output.WriteLine($"LoRA adapter GGUF over the f32 base: max |Δ| / max |logit| = {error:E2}");
         Assert.True(error <= F32Tolerance, $"{error:E2}");
+    }
+
+    /// <summary>A few Adam steps from PEFT's initialisation (B = 0) towards predicting <paramref name="ids"/> shifted by one.</summary>
+    static void Train(LlamaForCausalLM model, LoraAdapter adapter, List<int> ids, int steps)
+    {
+        foreach (var p in adapter.Parameters()) p.requires_grad = true;
+        using var optimizer = optim.Adam(adapter.Parameters(), 0.01);
+        var input = tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Count]);
+        for (int step = 0; step < steps; step++)
+        {
+            using var scope = NewDisposeScope();
+            optimizer.zero_grad();
+            var logits = model.forward(input.narrow(1, 0, ids.Count - 1));
+            nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]), input.narrow(1, 1, ids.Count - 1).view(-1)).backward();
+            optimizer.step();
+        }
+        foreach (var p in adapter.Parameters()) p.requires_grad = false;
     }
 
     /// <summary>A Llama 3.1-shaped body scaled down (hidden 64, 2 layers, GQA, llama3 rope scaling) with its real 128,256-token vocabulary.</summary>

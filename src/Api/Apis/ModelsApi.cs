@@ -78,8 +78,20 @@ public static class ModelsApi
         string? adapterFolder = resolved.AdapterBlobPath is { } adapterPath ? blobs.Resolve(adapterPath) : null;
         try
         {
-            if (format == "gguf") return TypedResults.File(WriteGguf(model, baseFolder, adapterFolder, ggufType, temp + ".gguf"),
-                "application/octet-stream", $"{model.Replace(':', '_')}-{type ?? "f16"}.gguf");
+            if (format == "gguf")
+            {
+                using var scope = TorchSharp.torch.NewDisposeScope();
+                using var loaded = adapterFolder is null ? ModelFolder.Load(baseFolder) : Merged(baseFolder, adapterFolder);
+                try
+                {
+                    return TypedResults.File(WriteGguf(model, loaded, baseFolder, adapterFolder, ggufType, temp + ".gguf"),
+                        "application/octet-stream", $"{model.Replace(':', '_')}-{type ?? "f16"}.gguf");
+                }
+                catch (NotSupportedException e)
+                {
+                    return OpenAiErrors.BadRequest($"{model} cannot be exported as GGUF: {e.Message}.", "model", "not_exportable");
+                }
+            }
             var folder = baseFolder;
             if (adapterFolder is not null)
             {
@@ -87,10 +99,6 @@ public static class ModelsApi
                 folder = temp;
             }
             return TypedResults.File(await SafeZip.PackAsync(folder, cancel), "application/zip", $"{model.Replace(':', '_')}.zip");
-        }
-        catch (NotSupportedException e) when (format == "gguf")
-        {
-            return OpenAiErrors.BadRequest($"{model} cannot be exported as GGUF: {e.Message}.", "model", "not_exportable");
         }
         catch (NotSupportedException e)
         {
@@ -106,10 +114,8 @@ public static class ModelsApi
     /// Writes the GGUF to <paramref name="path"/> one tensor at a time and returns it opened for the response, which
     /// deletes it once sent.
     /// </summary>
-    static FileStream WriteGguf(string model, string baseFolder, string? adapterFolder, GgufType type, string path)
+    static FileStream WriteGguf(string model, TorchSharp.torch.nn.Module loaded, string baseFolder, string? adapterFolder, GgufType type, string path)
     {
-        using var scope = TorchSharp.torch.NewDisposeScope();
-        using var loaded = adapterFolder is null ? ModelFolder.Load(baseFolder) : Merged(baseFolder, adapterFolder);
         var text = ModelText.ForModel(baseFolder);
         var file = new FileStream(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 20, FileOptions.DeleteOnClose);
         try

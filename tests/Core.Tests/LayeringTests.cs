@@ -19,7 +19,7 @@ public class LayeringTests
         ["Data"],              // training-file formats and datasets (images as tensors sized for a model)
         ["Text"],              // tokenizers and chat formats
         ["Adapters"],          // adapter methods over the models
-        ["Training", "Inference"],
+        ["Training", "Inference", "Exports"],   // Exports: other formats than Hugging Face's (GGUF)
         ["Pretraining"],
         ["Builtins"],          // the built-in bases: made, pre-trained and registered
         ["Jobs"],

@@ -3,6 +3,7 @@ using System.Text.Json;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Inference;
+using AdapterService.Core.Exports;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Text;

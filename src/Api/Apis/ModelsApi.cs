@@ -4,6 +4,7 @@ using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Jobs;
+using AdapterService.Core.Exports;
 using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;

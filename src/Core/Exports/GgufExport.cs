@@ -1,10 +1,11 @@
 using System.Text.Json.Nodes;
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Models;
 using AdapterService.Core.Text;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace AdapterService.Core.Models;
+namespace AdapterService.Core.Exports;
 
 /// <summary>
 /// A decoder family as llama.cpp knows it: the GGUF architecture name and whether q/k rows are permuted. Llama checkpoints

@@ -1,4 +1,5 @@
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Exports;
 using AdapterService.Core.Models;
 using AdapterService.Core.Text;
 using AdapterService.Core.Torch;
@@ -10,7 +11,7 @@ using Xunit.Abstractions;
 using static TorchSharp.torch;
 using LoraAdapter = AdapterService.Core.Adapters.LoraAdapter;
 
-namespace AdapterService.Core.Tests.Models;
+namespace AdapterService.Core.Tests.Exports;
 
 /// <summary>
 /// GGUF exports checked against llama.cpp itself (LLamaSharp's CPU build): the same token ids through our forward and

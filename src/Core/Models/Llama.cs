@@ -183,7 +183,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
     /// </summary>
     static Tensor SlidingWindow(Tensor? mask, long keys, int window)
     {
-        var allowed = mask ?? ones(keys, ScalarType.Bool);                             // [.., keys]
+        var allowed = mask ?? ones(1, keys, ScalarType.Bool);                          // [.., keys]
         var fromRight = allowed.flip(-1).cumsum(-1, ScalarType.Int64).flip(-1);          // allowed keys at or after each key
         return allowed.logical_and(fromRight.le(window));
     }

@@ -72,17 +72,19 @@ public record LlamaConfig : ModelConfig
     /// </summary>
     static readonly Dictionary<string, Func<JsonElement, bool>> MathKeys = new(StringComparer.Ordinal)
     {
-        ["partial_rotary_factor"] = e => e.ValueKind == JsonValueKind.Number && e.GetDouble() == 1,
+        ["partial_rotary_factor"] = e => Is(e, 1),
         ["sliding_window"] = e => e.ValueKind == JsonValueKind.Null,
         ["use_sliding_window"] = e => e.ValueKind is JsonValueKind.False or JsonValueKind.Null,
         ["layer_types"] = e => e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String && t.GetString() == "full_attention"),
-        ["no_rope_layers"] = e => e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(t => t.ValueKind == JsonValueKind.Number && t.GetInt32() == 1),
+        ["no_rope_layers"] = e => e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(t => Is(t, 1)),
         ["attn_logit_softcapping"] = e => e.ValueKind == JsonValueKind.Null,
         ["final_logit_softcapping"] = e => e.ValueKind == JsonValueKind.Null,
-        ["num_experts"] = e => e.ValueKind is JsonValueKind.Null || (e.ValueKind == JsonValueKind.Number && e.GetInt32() == 0),
-        ["num_local_experts"] = e => e.ValueKind is JsonValueKind.Null || (e.ValueKind == JsonValueKind.Number && e.GetInt32() == 0),
+        ["num_experts"] = e => e.ValueKind == JsonValueKind.Null || Is(e, 0),
+        ["num_local_experts"] = e => e.ValueKind == JsonValueKind.Null || Is(e, 0),
         ["use_qk_norm"] = e => e.ValueKind is JsonValueKind.False or JsonValueKind.Null,
     };
+
+    static bool Is(JsonElement e, double value) => e.ValueKind == JsonValueKind.Number && e.TryGetDouble(out double d) && d == value;
 
     protected override IEnumerable<string> Problems()
     {

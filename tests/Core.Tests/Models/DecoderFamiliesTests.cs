@@ -104,6 +104,15 @@ public sealed class DecoderFamiliesTests : IDisposable
         AssertClose(full, cat(steps, 1), 1e-4);
     }
 
+    /// <summary>The shapes the config lists without building the model (adapter validation reads them) are the model's.</summary>
+    [Theory, MemberData(nameof(Families))]
+    public void TheConfigsLayerShapesAreTheModels(string family)
+    {
+        using var model = CreateFamily(family);
+        Assert.Equal(model.Config.LinearShapes().Order(), model.LinearLayers().Select(l => (l.Path, l.Layer.InFeatures, l.Layer.OutFeatures)).Order());
+        Assert.Equal(model.Config.NormShapes().Order(), model.NormLayers().Select(n => (n.Path, n.Layer.Size)).Order());
+    }
+
     [Theory, MemberData(nameof(Families))]
     public void SaveThenLoadGivesIdenticalLogitsAndStoresATiedHeadOnce(string family)
     {

@@ -52,9 +52,9 @@ public sealed class DecoderFamiliesTests : IDisposable
     public static TheoryData<string> Families => new("llama", "qwen2", "qwen3", "mistral");
 
     /// <summary>A frozen model with seeded random weights; norms away from 1 and biases away from 0, so both matter.</summary>
-    public static LlamaForCausalLM CreateFamily(string family, long seed = 1)
+    public static LlamaForCausalLM CreateFamily(string family, long seed = 1, int vocabulary = 300)
     {
-        var model = (LlamaForCausalLM)ConfigOf(family).CreateModel();
+        var model = (LlamaForCausalLM)(ConfigOf(family) with { VocabSize = vocabulary }).CreateModel();
         using var g = new Generator((ulong)seed);
         using (no_grad())
         using (NewDisposeScope())

@@ -147,6 +147,38 @@ public sealed class DecoderFamiliesTests : IDisposable
         Assert.Equal(("bfloat16", 1_000_000.0, "linear", 32), (config.TorchDtype, config.Theta, config.Rope!.Kind, config.HeadDim));
     }
 
+    /// <summary>The keys of released configs as transformers 4.x writes them (Qwen2.5-0.5B, Qwen3-0.6B, Mistral-7B-v0.1, Llama-3.2-1B), shapes scaled down.</summary>
+    public static TheoryData<string> ReleasedConfigs => new(
+        """
+        {"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu", "initializer_range": 0.02,
+         "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2", "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+         "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.40.1", "use_cache": true, "use_sliding_window": false
+        """,
+        """
+        {"architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "head_dim": 32, "hidden_act": "silu", "max_window_layers": 28,
+         "model_type": "qwen3", "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": null, "tie_word_embeddings": true,
+         "torch_dtype": "bfloat16", "use_sliding_window": false
+        """,
+        """
+        {"architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "max_position_embeddings": 32768,
+         "model_type": "mistral", "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": false, "torch_dtype": "bfloat16"
+        """,
+        """
+        {"architectures": ["LlamaForCausalLM"], "attention_bias": false, "head_dim": 16, "hidden_act": "silu", "mlp_bias": false, "model_type": "llama",
+         "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+         "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16"
+        """);
+
+    [Theory, MemberData(nameof(ReleasedConfigs))]
+    public void ReleasedConfigsLoad(string start)
+    {
+        string path = Path.Combine(dir, "config.json");
+        File.WriteAllText(path, start + """, "vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}""");
+        var config = (LlamaConfig)ModelConfig.Load(path);
+        Assert.Equal(config.Architectures![0], config.Architecture);
+        using var model = config.CreateModel();
+    }
+
     [Theory]
     [InlineData("qwen2", "\"use_sliding_window\": true", "use_sliding_window")]
     [InlineData("qwen2", "\"attention_bias\": true", "attention_bias")]

@@ -68,6 +68,11 @@ public sealed class AdaptersApiTests(ServiceFactory factory)
         using (var archive = new ZipArchive(new MemoryStream(zip)))
             // PEFT's two files, and the chat template it was trained with (the fine-tuned model chats with it after import too).
             Assert.Equal(["adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "trained_with.json"], archive.Entries.Select(e => e.FullName).Order());
+        // As a llama.cpp GGUF LoRA adapter (its numbers are checked in llama.cpp by GgufExportTests).
+        var gguf = await client.GetByteArrayAsync($"/v1/adapters/{id}/export?format=gguf");
+        Assert.Equal("GGUF"u8.ToArray(), gguf[..4]);
+        Assert.True(gguf.AsSpan().IndexOf("adapter.lora.alpha"u8) > 0 && gguf.AsSpan().IndexOf("blk.0.attn_q.weight.lora_a"u8) > 0);
+        await Api.AssertErrorAsync(await client.GetAsync($"/v1/adapters/{id}/export?format=gguf&type=q4_0"), 400, "type");
 
         var imported = await Api.JsonAsync(await ImportAsync(client, zip));
         var importedModel = (string)imported["model"]!;

@@ -109,6 +109,12 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         var alone = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = "tiny-gpt2-merged", prompt = "Sky:", max_tokens = 8, temperature = 0 }));
         Assert.Equal(" blue", (string?)alone["choices"]![0]!["text"]);
 
+        // GGUF is written for the families llama.cpp runs as this service does; others, and unknown formats and types, are refused by name.
+        var refused = await Api.AssertErrorAsync(await client.GetAsync($"/v1/models/{(string)finished["fine_tuned_model"]!}/export?format=gguf"), 400, "model");
+        Assert.Contains("gpt2", (string?)refused["message"]);
+        await Api.AssertErrorAsync(await client.GetAsync("/v1/models/tiny-llama-demo/export?format=gguf&type=q4_0"), 400, "type");
+        await Api.AssertErrorAsync(await client.GetAsync("/v1/models/tiny-llama-demo/export?format=onnx"), 400, "format");
+
         // A base in use is not deleted; errors name what is wrong.
         await Api.AssertErrorAsync(await client.DeleteAsync("/v1/base_models/tiny-gpt2"), 409, "id");
         await Api.AssertErrorAsync(await client.DeleteAsync("/v1/base_models/tiny-llama-demo"), 400, "id");

@@ -117,6 +117,11 @@ public sealed class ChatTemplateApiTests(ServiceFactory factory)
         var entry = zip.Entries.Single(e => e.Name == "chat_template.jinja");
         using var reader = new StreamReader(entry.Open());
         Assert.Equal(template, await reader.ReadToEndAsync());
+
+        // As GGUF (its numbers are checked in llama.cpp by GgufExportTests) it carries the template as tokenizer.chat_template.
+        var gguf = await client.GetByteArrayAsync($"/v1/models/{Uri.EscapeDataString(model)}/export?format=gguf&type=q8_0");
+        Assert.Equal("GGUF"u8.ToArray(), gguf[..4]);
+        Assert.True(gguf.AsSpan().IndexOf(Encoding.UTF8.GetBytes(template)) > 0);
     }
 
     [Fact]

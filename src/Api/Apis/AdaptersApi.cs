@@ -35,8 +35,8 @@ public static class AdaptersApi
         adapters.MapGet("/", ListAdapters).WithSummary("List stored adapters, newest first");
         adapters.MapGet("/{adapterId}", GetAdapter).WithErrors(404).WithSummary("Retrieve an adapter");
         adapters.MapDelete("/{adapterId}", DeleteAdapter).WithErrors(404).WithSummary("Delete an adapter and its files; its model name stops serving");
-        adapters.MapGet("/{adapterId}/export", ExportAdapter).WithErrors(404)
-            .WithSummary("Download the adapter as a zip in PEFT's layout (adapter_config.json + adapter_model.safetensors)");
+        adapters.MapGet("/{adapterId}/export", ExportAdapter).WithErrors(400, 404)
+            .WithSummary("Download the adapter as a zip in PEFT's layout (adapter_config.json + adapter_model.safetensors), or a LoRA adapter with format=gguf as a llama.cpp GGUF adapter");
         adapters.MapPost("/import", ImportAdapter).DisableAntiforgery().WithErrors(400, 404, 415)
             .WithSummary("Import an adapter from a zip (PEFT LoRA, DoRA or Lily; our RLRR or MixLoRA)")
             .WithDescription("Multipart form: `file` (a zip holding adapter_config.json and adapter_model.safetensors, at its root or in one folder), `model` (the base model id), optional `suffix`. The weights are checked against the base model's layers.");
@@ -122,12 +122,54 @@ public static class AdaptersApi
         }
     }
 
-    static async Task<Results<FileContentHttpResult, JsonHttpResult<ErrorResponse>>> ExportAdapter(
-        string adapterId, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+    /// <summary>
+    /// PEFT's zip, or with <c>format=gguf</c> a LoRA adapter as llama.cpp's GGUF adapter (f32 by default: adapters are
+    /// small), for use over the base model's GGUF export.
+    /// </summary>
+    static async Task<Results<FileContentHttpResult, FileStreamHttpResult, JsonHttpResult<ErrorResponse>>> ExportAdapter(
+        string adapterId, string? format, string? type, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
+        if (format is not (null or "peft" or "gguf"))
+            return OpenAiErrors.BadRequest($"format '{format}' is not one of peft (a zipped PEFT folder, the default) and gguf.", "format", "invalid_format");
+        var ggufType = GgufType.F32;
+        if (type is not null && (format != "gguf" || !GgufExport.Types.TryGetValue(type, out ggufType)))
+            return OpenAiErrors.BadRequest(format != "gguf" ? "type applies to format=gguf only."
+                : $"type '{type}' is not one of {string.Join(", ", GgufExport.Types.Keys)}.", "type", "invalid_type");
         var adapter = await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Id == adapterId, cancel);
         if (adapter is null) return OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
-        return TypedResults.File(await SafeZip.PackAsync(blobs.Resolve(adapter.BlobPath), cancel), "application/zip", $"{adapter.Id}.zip");
+        string folder = blobs.Resolve(adapter.BlobPath);
+        if (format != "gguf") return TypedResults.File(await SafeZip.PackAsync(folder, cancel), "application/zip", $"{adapter.Id}.zip");
+        if (AdapterConfig.Load(folder) is not LoraConfig lora)
+            return OpenAiErrors.BadRequest($"{adapter.Id} is a {adapter.Method} adapter; only LoRA adapters have a llama.cpp GGUF form (export the merged model instead).",
+                "id", "not_exportable");
+        var baseModel = await db.BaseModels.AsNoTracking().SingleAsync(m => m.Id == adapter.BaseModel, cancel);
+        string temp = blobs.NewTempFolder();
+        FileStream? file = null;
+        try
+        {
+            using var scope = TorchSharp.torch.NewDisposeScope();
+            using var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath));
+            using var trainable = (LoraAdapter)TrainableAdapter.Create(model, lora);
+            trainable.LoadWeights(folder);
+            file = new FileStream(temp + ".gguf", FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 20, FileOptions.DeleteOnClose);
+            GgufExport.WriteLoraAdapter(file, model, lora, trainable.Weights(), adapter.Id, ggufType);
+            file.Position = 0;
+            return TypedResults.File(file, "application/octet-stream", $"{adapter.Id}-{type ?? "f32"}.gguf");
+        }
+        catch (NotSupportedException e)
+        {
+            file?.Dispose();
+            return OpenAiErrors.BadRequest($"{adapter.Id} cannot be exported as GGUF: {e.Message}.", "id", "not_exportable");
+        }
+        catch
+        {
+            file?.Dispose();
+            throw;
+        }
+        finally
+        {
+            Directory.Delete(temp, recursive: true);
+        }
     }
 
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> ImportAdapter(

@@ -27,7 +27,7 @@ public static class ModelsApi
         models.MapGet("/", ListModels).WithSummary("List base models and fine-tuned models");
         models.MapGet("/{model}", GetModel).WithErrors(404).WithSummary("Retrieve a base or fine-tuned model");
         models.MapGet("/{model}/export", ExportModel).WithErrors(400, 404)
-            .WithSummary("Download a model as a zipped Hugging Face folder: a base as stored, a fine-tuned model with its adapter merged into the weights");
+            .WithSummary("Download a model as a zipped Hugging Face folder (a base as stored, a fine-tuned model with its adapter merged into the weights), or with format=gguf as one GGUF file for llama.cpp and Ollama (type f32, f16, bf16 or q8_0)");
         models.MapPost("/{model}/pretrain", Pretrain).WithErrors(400, 404)
             .WithSummary("Queue the pre-training of a built-in base model (vit-fashion-mnist-demo, fortunes-llama-demo)")
             .WithDescription("The service pre-trains its demo ViT on Fashion-MNIST classes 0-4 from Debian's dataset-fashion-mnist package, and its demo language model on Debian's fortunes package. 202 with `job_id` while queued or running: a fine-tuning job of method `pretraining` whose events and SignalR `progress`/`status` messages report it. 200 with the model when it exists already.");
@@ -59,18 +59,43 @@ public static class ModelsApi
             : OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
     }
 
-    static async Task<Results<FileContentHttpResult, JsonHttpResult<ErrorResponse>>> ExportModel(
-        string model, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+    /// <summary>
+    /// A zipped Hugging Face folder, or with <c>format=gguf</c> one GGUF file of <c>type</c> f32, f16 (the default: half the
+    /// size, what llama.cpp's converter writes by default), bf16 or q8_0. A fine-tuned model comes with its adapter merged.
+    /// </summary>
+    static async Task<Results<FileContentHttpResult, FileStreamHttpResult, JsonHttpResult<ErrorResponse>>> ExportModel(
+        string model, string? format, string? type, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
+        if (format is not (null or "hf" or "gguf"))
+            return OpenAiErrors.BadRequest($"format '{format}' is not one of hf (a zipped Hugging Face folder, the default) and gguf.", "format", "invalid_format");
+        var ggufType = GgufType.F16;
+        if (type is not null && (format != "gguf" || !GgufExport.Types.TryGetValue(type, out ggufType)))
+            return OpenAiErrors.BadRequest(format != "gguf" ? "type applies to format=gguf only."
+                : $"type '{type}' is not one of {string.Join(", ", GgufExport.Types.Keys)}.", "type", "invalid_type");
         var resolved = await ModelNames.ResolveAsync(db, model, cancel);
         if (resolved is null) return OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
         string baseFolder = blobs.Resolve(resolved.Base.BlobPath), temp = blobs.NewTempFolder();
+        string? adapterFolder = resolved.AdapterBlobPath is { } adapterPath ? blobs.Resolve(adapterPath) : null;
         try
         {
-            var folder = baseFolder;
-            if (resolved.AdapterBlobPath is { } adapterPath)
+            if (format == "gguf")
             {
-                MergeInto(baseFolder, blobs.Resolve(adapterPath), temp);
+                using var scope = TorchSharp.torch.NewDisposeScope();
+                using var loaded = adapterFolder is null ? ModelFolder.Load(baseFolder) : Merged(baseFolder, adapterFolder);
+                try
+                {
+                    return TypedResults.File(WriteGguf(model, loaded, baseFolder, adapterFolder, ggufType, temp + ".gguf"),
+                        "application/octet-stream", $"{model.Replace(':', '_')}-{type ?? "f16"}.gguf");
+                }
+                catch (NotSupportedException e)
+                {
+                    return OpenAiErrors.BadRequest($"{model} cannot be exported as GGUF: {e.Message}.", "model", "not_exportable");
+                }
+            }
+            var folder = baseFolder;
+            if (adapterFolder is not null)
+            {
+                MergeInto(baseFolder, adapterFolder, temp);
                 folder = temp;
             }
             return TypedResults.File(await SafeZip.PackAsync(folder, cancel), "application/zip", $"{model.Replace(':', '_')}.zip");
@@ -85,23 +110,59 @@ public static class ModelsApi
         }
     }
 
+    /// <summary>
+    /// Writes the GGUF to <paramref name="path"/> one tensor at a time and returns it opened for the response, which
+    /// deletes it once sent.
+    /// </summary>
+    static FileStream WriteGguf(string model, TorchSharp.torch.nn.Module loaded, string baseFolder, string? adapterFolder, GgufType type, string path)
+    {
+        var text = ModelText.ForModel(baseFolder);
+        var file = new FileStream(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 20, FileOptions.DeleteOnClose);
+        try
+        {
+            GgufExport.Write(file, loaded, baseFolder, model, type, text.TemplateOfAdapter(adapterFolder) ?? text.Template);
+            file.Position = 0;
+            return file;
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Writes the base with the adapter folded into its weights (and the base's other files, such as the tokenizer) into <paramref name="output"/>.</summary>
     static void MergeInto(string baseFolder, string adapterFolder, string output)
     {
         using var scope = TorchSharp.torch.NewDisposeScope();
-        using var model = ModelFolder.Load(baseFolder);
-        using var adapter = TrainableAdapter.Create(model, AdapterConfig.Load(adapterFolder));
-        adapter.LoadWeights(adapterFolder);
-        adapter.Attach(model);
-        adapter.Merge(model);
-        if (model.LinearLayers().Any(l => l.Layer.Adapter is not null) || model.NormLayers().Any(n => n.Layer.Adapter is not null))
-            throw new NotSupportedException("its shifts have no bias to go into in this model");
+        using var model = Merged(baseFolder, adapterFolder);
         ModelFolder.Save(model, output);
         // The model chats with the template it was trained with: the folder carries it (transformers reads chat_template.jinja first).
         string trained = Path.Combine(adapterFolder, ModelText.TemplateFile);
         if (File.Exists(trained)) File.Copy(trained, Path.Combine(output, ModelText.TemplateFile));
         foreach (var file in Directory.GetFiles(baseFolder).Where(f => !File.Exists(Path.Combine(output, Path.GetFileName(f)))))
             File.Copy(file, Path.Combine(output, Path.GetFileName(file)));
+    }
+
+    /// <summary>The base with the adapter folded into its weights.</summary>
+    static TorchSharp.torch.nn.Module<TorchSharp.torch.Tensor, TorchSharp.torch.Tensor> Merged(string baseFolder, string adapterFolder)
+    {
+        var model = ModelFolder.Load(baseFolder);
+        try
+        {
+            using var adapter = TrainableAdapter.Create(model, AdapterConfig.Load(adapterFolder));
+            adapter.LoadWeights(adapterFolder);
+            adapter.Attach(model);
+            adapter.Merge(model);
+            if (model.LinearLayers().Any(l => l.Layer.Adapter is not null) || model.NormLayers().Any(n => n.Layer.Adapter is not null))
+                throw new NotSupportedException("its shifts have no bias to go into in this model");
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
     }
 
     /// <summary>

@@ -1,0 +1,272 @@
+using System.Text.Json.Nodes;
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Models;
+
+/// <summary>
+/// A decoder family as llama.cpp knows it: the GGUF architecture name and whether q/k rows are permuted. Llama checkpoints
+/// rotate the two halves of each head (Hugging Face's layout) while llama.cpp's <c>llama</c> architecture rotates adjacent
+/// pairs, so the converter reorders their q and k rows; qwen2/qwen3 use llama.cpp's NEOX rope, the Hugging Face layout.
+/// </summary>
+public sealed record GgufArchitecture(string Name, bool PermuteQueryKey);
+
+/// <summary>
+/// Writes a decoder model with its tokenizer as a GGUF file that llama.cpp (and Ollama) load, following llama.cpp's
+/// <c>convert_hf_to_gguf.py</c>: the same tensor names, metadata keys, q/k permutation and tokenizer arrays.
+/// </summary>
+public static class GgufExport
+{
+    /// <summary>
+    /// By Hugging Face <c>model_type</c>. A decoder family whose config is (or derives from) a <see cref="LlamaConfig"/> is one entry here: qwen2's
+    /// q/k/v biases and qwen3's q_norm/k_norm are mapped by <see cref="TensorName"/> already.
+    /// </summary>
+    public static readonly IReadOnlyDictionary<string, GgufArchitecture> Architectures = new Dictionary<string, GgufArchitecture>(StringComparer.Ordinal)
+    {
+        ["llama"] = new("llama", PermuteQueryKey: true),
+    };
+
+    /// <summary>The types a caller may ask for, by the names llama.cpp's tools use.</summary>
+    public static readonly IReadOnlyDictionary<string, GgufType> Types = new Dictionary<string, GgufType>(StringComparer.Ordinal)
+    {
+        ["f32"] = GgufType.F32, ["f16"] = GgufType.F16, ["bf16"] = GgufType.BF16, ["q8_0"] = GgufType.Q8_0,
+    };
+
+    /// <summary>Hugging Face module names inside a decoder layer and llama.cpp's (gguf-py's <c>TensorNameMap</c>).</summary>
+    static readonly Dictionary<string, string> LayerTensors = new(StringComparer.Ordinal)
+    {
+        ["self_attn.q_proj"] = "attn_q", ["self_attn.k_proj"] = "attn_k", ["self_attn.v_proj"] = "attn_v", ["self_attn.o_proj"] = "attn_output",
+        ["self_attn.q_norm"] = "attn_q_norm", ["self_attn.k_norm"] = "attn_k_norm",
+        ["mlp.gate_proj"] = "ffn_gate", ["mlp.up_proj"] = "ffn_up", ["mlp.down_proj"] = "ffn_down",
+        ["input_layernorm"] = "attn_norm", ["post_attention_layernorm"] = "ffn_norm",
+    };
+
+    /// <summary>
+    /// Writes <paramref name="model"/> (a loaded model, an adapter merged into it or not) with the tokenizer of the base
+    /// folder <paramref name="folder"/> as GGUF <paramref name="type"/>; norms stay f32 as the converter keeps them.
+    /// </summary>
+    /// <exception cref="NotSupportedException">A family, tokenizer or rope scaling llama.cpp would not read as this model.</exception>
+    public static void Write(Stream output, nn.Module model, string folder, string name, GgufType type, ChatTemplate? template)
+    {
+        var (llama, arch) = Architecture(model);
+        string a = arch.Name;
+        var metadata = new List<(string, object)>
+        {
+            ("general.architecture", a), ("general.type", "model"), ("general.name", name),
+            ("general.file_type", (uint)FileType(type)), ("general.alignment", (uint)Gguf.Alignment),
+            ($"{a}.vocab_size", (uint)llama.VocabSize), ($"{a}.context_length", (uint)llama.MaxPositionEmbeddings),
+            ($"{a}.embedding_length", (uint)llama.HiddenSize), ($"{a}.block_count", (uint)llama.NumHiddenLayers),
+            ($"{a}.feed_forward_length", (uint)llama.IntermediateSize), ($"{a}.rope.dimension_count", (uint)llama.HeadDim),
+            ($"{a}.attention.head_count", (uint)llama.NumAttentionHeads), ($"{a}.attention.head_count_kv", (uint)llama.KeyValueHeads),
+            ($"{a}.rope.freq_base", (float)llama.RopeTheta), ($"{a}.attention.layer_norm_rms_epsilon", (float)llama.RmsNormEps),
+        };
+        metadata.AddRange(Vocabulary(folder, llama));
+        if (template is not null) metadata.Add(("tokenizer.chat_template", template.Source));
+
+        var tensors = ((IHuggingFaceModel)model).CheckpointTensors().Select(t =>
+        {
+            var p = t.Parameter;
+            long[] shape = t.Transposed ? [.. p.shape.Reverse()] : p.shape;
+            string gguf = TensorName(t.Key);
+            return new GgufTensor(gguf, shape, TensorType(shape, type), () => Rows(arch, llama, gguf, t.Transposed ? p.detach().t() : p.detach()));
+        }).ToList();
+        if (RopeFactors(llama) is { } factors)
+            tensors.Add(new GgufTensor("rope_freqs.weight", [factors.Length], GgufType.F32, () => tensor(factors)));
+        Gguf.Write(output, metadata, tensors);
+    }
+
+    /// <summary>
+    /// A LoRA adapter, not merged, as llama.cpp's GGUF LoRA adapter (what <c>convert_lora_to_gguf.py</c> writes, loaded
+    /// with <c>llama-cli --lora</c> or an Ollama <c>ADAPTER</c> line over the base's GGUF): <c>general.type</c> adapter,
+    /// <c>adapter.type</c> lora, and per adapted layer <c>{tensor}.lora_a</c> [r, in] and <c>.lora_b</c> [out, r].
+    /// llama.cpp scales B A by alpha / r with r read from lora_a, so alpha is written as scaling · r (rsLoRA's scaling too).
+    /// q/k get the base's row permutation on B, whose rows are the weight's rows.
+    /// </summary>
+    /// <exception cref="NotSupportedException">DoRA (llama.cpp has no magnitude vectors), or a family not exported.</exception>
+    public static void WriteLoraAdapter(Stream output, nn.Module model, LoraConfig lora, IReadOnlyDictionary<string, LoraWeights> weights, string name, GgufType type)
+    {
+        if (lora.UseDora) throw new NotSupportedException("DoRA has no llama.cpp adapter form (no magnitude vectors); export the merged model");
+        var (llama, arch) = Architecture(model);
+        var metadata = new List<(string, object)>
+        {
+            ("general.architecture", arch.Name), ("general.type", "adapter"), ("general.name", name),
+            ("general.file_type", (uint)FileType(type)), ("general.alignment", (uint)Gguf.Alignment),
+            ("adapter.type", "lora"), ("adapter.lora.alpha", (float)(lora.Scaling * lora.Rank)),
+        };
+        var tensors = new List<GgufTensor>();
+        foreach (var (path, w) in weights.OrderBy(w => w.Key, StringComparer.Ordinal))
+        {
+            string gguf = TensorName(path + ".weight");
+            var (a, b) = (w.A, w.B);
+            tensors.Add(new GgufTensor(gguf + ".lora_a", a.shape, TensorType(a.shape, type), () => a.detach()));
+            tensors.Add(new GgufTensor(gguf + ".lora_b", b.shape, TensorType(b.shape, type), () => Rows(arch, llama, gguf, b.detach())));
+        }
+        Gguf.Write(output, metadata, tensors);
+    }
+
+    static (LlamaConfig, GgufArchitecture) Architecture(nn.Module model)
+    {
+        var config = (model as IHuggingFaceModel)?.ModelConfig;
+        if (config is not LlamaConfig llama || !Architectures.TryGetValue(config.ModelType, out var arch))
+            throw new NotSupportedException($"{config?.ModelType ?? model.GetType().Name} models are not exported as GGUF (supported: {string.Join(", ", Architectures.Keys)})");
+        return (llama, arch);
+    }
+
+    /// <summary>llama.cpp's <c>llama_ftype</c> for the file as a whole.</summary>
+    static int FileType(GgufType type) => type switch
+    {
+        GgufType.F32 => 0, GgufType.F16 => 1, GgufType.Q8_0 => 7, GgufType.BF16 => 32,
+        _ => throw new NotSupportedException($"GGUF type {type}"),
+    };
+
+    /// <summary>
+    /// As the converter chooses: 1-D tensors (norms, biases) stay f32; a matrix whose rows do not fill Q8_0 blocks falls
+    /// back to f16.
+    /// </summary>
+    static GgufType TensorType(long[] shape, GgufType requested) =>
+        shape.Length == 1 ? GgufType.F32
+        : requested == GgufType.Q8_0 && shape[^1] % Gguf.Q8Block != 0 ? GgufType.F16
+        : requested;
+
+    static string TensorName(string key)
+    {
+        switch (key)
+        {
+            case "model.embed_tokens.weight": return "token_embd.weight";
+            case "model.norm.weight": return "output_norm.weight";
+            case "lm_head.weight": return "output.weight";
+        }
+        var parts = key.Split('.');
+        // model.layers.{i}.{module...}.{weight|bias}
+        if (parts is ["model", "layers", var index, .. var module, var kind] && int.TryParse(index, out _)
+            && LayerTensors.TryGetValue(string.Join('.', module), out var gguf))
+            return $"blk.{index}.{gguf}.{kind}";
+        throw new NotSupportedException($"tensor {key} has no GGUF name");
+    }
+
+    /// <summary>A tensor whose rows are the output rows of the weight named <paramref name="gguf"/>, q/k rows permuted where the architecture rotates pairs.</summary>
+    static Tensor Rows(GgufArchitecture arch, LlamaConfig c, string gguf, Tensor rows) =>
+        !arch.PermuteQueryKey ? rows
+        : gguf.EndsWith(".attn_q.weight", StringComparison.Ordinal) ? PermuteRotaryHalves(rows, c.NumAttentionHeads)
+        : gguf.EndsWith(".attn_k.weight", StringComparison.Ordinal) ? PermuteRotaryHalves(rows, c.KeyValueHeads)
+        : rows;
+
+    /// <summary>
+    /// <c>LlamaModel.permute</c> of convert_hf_to_gguf.py: per head, rows [first half; second half] become interleaved
+    /// pairs (row i of the first half, then row i of the second), the order llama.cpp's rope rotates.
+    /// </summary>
+    static Tensor PermuteRotaryHalves(Tensor weight, int heads) =>
+        weight.reshape(heads, 2, weight.shape[0] / heads / 2, weight.shape[1]).transpose(1, 2).reshape(weight.shape);
+
+    /// <summary>
+    /// Llama 3.1's rope scaling as the converter writes it: a <c>rope_freqs</c> tensor of per-frequency divisors (1 for
+    /// short wavelengths, factor for long ones, interpolated between), the same curve <see cref="RotaryEmbedding"/> applies.
+    /// </summary>
+    public static float[]? RopeFactors(LlamaConfig c)
+    {
+        if (c.RopeScaling is not { } s || s.Kind == "default") return null;
+        if (s.Kind != "llama3") throw new NotSupportedException($"rope_scaling '{s.Kind}' is not exported as GGUF");
+        double factor = s.Factor!.Value, low = s.LowFreqFactor!.Value, high = s.HighFreqFactor!.Value, context = s.OriginalMaxPositionEmbeddings!.Value;
+        double lowWavelength = context / low, highWavelength = context / high;
+        return Enumerable.Range(0, c.HeadDim / 2).Select(i =>
+        {
+            double wavelength = 2 * Math.PI * Math.Pow(c.RopeTheta, 2.0 * i / c.HeadDim);
+            if (wavelength < highWavelength) return 1f;
+            if (wavelength > lowWavelength) return (float)factor;
+            double smooth = (context / wavelength - low) / (high - low);
+            return (float)(1 / ((1 - smooth) / factor + smooth));
+        }).ToArray();
+    }
+
+    // llama.cpp's llama_token_type (gguf-py's TokenType)
+    const int Normal = 1, Control = 3, UserDefined = 4, Unused = 5;
+
+    /// <summary>The tokenizer.ggml.* keys: a byte-level BPE tokenizer.json, or the built-in byte tokenizer.</summary>
+    static IEnumerable<(string, object)> Vocabulary(string folder, LlamaConfig config)
+    {
+        var tokenizer = TextTokenizers.ForModel(folder);
+        string json = Path.Combine(folder, HfTokenizer.TokenizerFile);
+        var (tokens, types, merges, pre) = tokenizer switch
+        {
+            HfTokenizer when File.Exists(json) => ByteLevelBpe(json, config.VocabSize),
+            ByteTokenizer => BuiltInBytes(config.VocabSize),
+            _ => throw new NotSupportedException($"its tokenizer ({tokenizer.GetType().Name}) is not exported as GGUF; byte-level BPE tokenizer.json folders are"),
+        };
+        int? bos = config.BosTokenId ?? tokenizer switch { HfTokenizer hf => hf.BosId, ByteTokenizer bytes => bytes.BosId, _ => null };
+        int? eos = config.EosTokenId ?? (tokenizer.EosIds is [var end, ..] ? end : null);
+        yield return ("tokenizer.ggml.model", "gpt2");
+        yield return ("tokenizer.ggml.pre", pre);
+        yield return ("tokenizer.ggml.tokens", tokens);
+        yield return ("tokenizer.ggml.token_type", types);
+        yield return ("tokenizer.ggml.merges", merges);
+        if (bos is { } b) yield return ("tokenizer.ggml.bos_token_id", (uint)b);
+        if (eos is { } e) yield return ("tokenizer.ggml.eos_token_id", (uint)e);
+        // Whether a plain prompt starts with BOS, as this service's encoder does it (Llama 3's post-processor adds it).
+        yield return ("tokenizer.ggml.add_bos_token", bos is { } first && tokenizer.Encode("", addSpecialTokens: true) is [var id, ..] && id == first);
+    }
+
+    /// <summary>
+    /// The converter's <c>get_vocab_base</c>: every id below the model's vocabulary size, an added special token as
+    /// CONTROL and other added ones USER_DEFINED, ids the tokenizer lacks as <c>[PAD{id}]</c>; merges as "a b".
+    /// </summary>
+    static (string[], int[], string[], string) ByteLevelBpe(string path, int vocabSize)
+    {
+        var root = JsonNode.Parse(File.ReadAllText(path))!;
+        var model = root["model"]!;
+        if (model["type"]?.GetValue<string>() != "BPE") throw new NotSupportedException("its tokenizer.json is not a BPE model");
+        var tokens = new string?[vocabSize];
+        var types = new int[vocabSize];
+        foreach (var (token, id) in model["vocab"]!.AsObject())
+            Put(token, id!.GetValue<int>(), Normal);
+        foreach (var added in root["added_tokens"]?.AsArray() ?? [])
+            Put(added!["content"]!.GetValue<string>(), added["id"]!.GetValue<int>(), added["special"]?.GetValue<bool>() == true ? Control : UserDefined);
+        for (int i = 0; i < vocabSize; i++)
+            if (tokens[i] is null) (tokens[i], types[i]) = ($"[PAD{i}]", Unused);
+        // Older files list merges as "a b", newer ones as ["a", "b"].
+        var merges = model["merges"]!.AsArray().Select(m => m is JsonArray pair ? $"{pair[0]} {pair[1]}" : m!.GetValue<string>()).ToArray();
+        return (Array.ConvertAll(tokens, t => t!), types, merges, PreTokenizer(root["pre_tokenizer"]));
+
+        void Put(string token, int id, int type)
+        {
+            if (id >= vocabSize) throw new NotSupportedException($"its tokenizer has token id {id}, beyond the model's vocab_size {vocabSize}");
+            (tokens[id], types[id]) = (token, type);
+        }
+    }
+
+    /// <summary>
+    /// llama.cpp's <c>tokenizer.ggml.pre</c> names the split regex it applies before BPE; it knows them by name, not by
+    /// pattern, so an unknown pattern is refused rather than exported to split text differently.
+    /// </summary>
+    static string PreTokenizer(JsonNode? node)
+    {
+        const string llama3 = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        const string qwen2 = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        var steps = node?["type"]?.GetValue<string>() == "Sequence" ? node["pretokenizers"]!.AsArray().ToList() : [node];
+        var regexes = steps.Where(s => s?["type"]?.GetValue<string>() == "Split").Select(s => s!["pattern"]?["Regex"]?.GetValue<string>()).ToList();
+        bool gpt2Regex = steps.Any(s => s?["type"]?.GetValue<string>() == "ByteLevel" && s["use_regex"]?.GetValue<bool>() != false);
+        return (regexes, gpt2Regex) switch
+        {
+            ([llama3], false) => "llama-bpe",
+            ([qwen2], false) => "qwen2",
+            ([], true) => "gpt-2",
+            _ => throw new NotSupportedException("its tokenizer.json pre-tokenizer is not one llama.cpp knows by name (known: Llama 3's, Qwen2's, GPT-2's)"),
+        };
+    }
+
+    /// <summary>
+    /// The built-in byte tokenizer as a byte-level BPE vocabulary without merges: id b is byte b's byte-level character,
+    /// so llama.cpp's BPE, having nothing to merge, gives the same ids; the specials are CONTROL tokens.
+    /// </summary>
+    static (string[], int[], string[], string) BuiltInBytes(int vocabSize)
+    {
+        var tokens = new string[vocabSize];
+        var types = new int[vocabSize];
+        var specials = new ByteTokenizer();
+        for (int i = 0; i < vocabSize; i++)
+            (tokens[i], types[i]) = i < 256 ? (ByteLevel.Encode[i].ToString(), Normal)
+                : specials.IdToToken(i) is { } special ? (special, Control) : ($"[PAD{i}]", Unused);
+        return (tokens, types, [], "default");
+    }
+}

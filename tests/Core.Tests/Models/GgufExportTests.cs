@@ -1,0 +1,282 @@
+using AdapterService.Core.Adapters;
+using AdapterService.Core.Models;
+using AdapterService.Core.Text;
+using AdapterService.Core.Torch;
+using LLama;
+using LLama.Common;
+using LLama.Native;
+using TorchSharp;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+using LoraAdapter = AdapterService.Core.Adapters.LoraAdapter;
+
+namespace AdapterService.Core.Tests.Models;
+
+/// <summary>
+/// GGUF exports checked against llama.cpp itself (LLamaSharp's CPU build): the same token ids through our forward and
+/// through llama.cpp, compared at every position and along a greedy continuation, for random-weight models whose
+/// embeddings are N(0, 1) so the logits are far from uniform.
+/// </summary>
+public sealed class GgufExportTests : IDisposable
+{
+    // Max |logit difference| / max |logit| over every compared position, the measured value (docs/MODELS.md) with headroom.
+    const double F32Tolerance = 1e-5, F16Tolerance = 3e-3, Bf16Tolerance = 2e-2, Q8Tolerance = 5e-2;
+
+    readonly ITestOutputHelper output;
+    readonly string folder = Directory.CreateTempSubdirectory("gguf-").FullName;
+
+    public GgufExportTests(ITestOutputHelper output) => this.output = output;
+
+    public void Dispose() => Directory.Delete(folder, recursive: true);
+
+    static GgufExportTests()
+    {
+        TorchRuntime.EnsureReady();
+        NativeLibraryConfig.All.WithLogCallback((_, _) => { });   // llama.cpp's loading chatter
+    }
+
+    [Fact]
+    public void BuiltInByteTokenizerModelAgreesWithLlamaCppInF32()
+    {
+        using var scope = NewDisposeScope();
+        using var model = TinyLlama.Create(seed: 3);
+        ModelFolder.Save(model, folder);
+        var ids = new List<int> { ByteTokenizer.Begin };
+        ids.AddRange(new ByteTokenizer().Encode("Hello, GGUF!"));
+        string gguf = Export(model, GgufType.F32);
+        Compare(model, gguf, ids, F32Tolerance, steps: 8);
+        using var weights = Load(gguf);
+        // llama.cpp's BPE with no merges splits text into the same byte ids as the built-in tokenizer.
+        Assert.Equal(ids.Skip(1), weights.Tokenize("Hello, GGUF!", add_bos: false, special: false, System.Text.Encoding.UTF8).Select(t => (int)t));
+    }
+
+    [Theory]
+    [InlineData(GgufType.F32, F32Tolerance)]
+    [InlineData(GgufType.F16, F16Tolerance)]
+    [InlineData(GgufType.BF16, Bf16Tolerance)]
+    [InlineData(GgufType.Q8_0, Q8Tolerance)]
+    public void Llama3TokenizerModelAgreesWithLlamaCpp(GgufType type, double tolerance)
+    {
+        using var scope = NewDisposeScope();
+        using var model = Llama3Shaped();
+        string text = "The quick brown fox jumps over 123 lazy dogs.\n";
+        var tokenizer = TextTokenizers.ForModel(folder);
+        var ids = tokenizer.Encode(text, addSpecialTokens: true).ToList();
+        string gguf = Export(model, type);
+        Compare(model, gguf, ids, tolerance, steps: 4);
+        using var weights = Load(gguf);
+        Assert.Equal(ids, weights.Tokenize(text, add_bos: true, special: false, System.Text.Encoding.UTF8).Select(t => (int)t));
+    }
+
+    [Fact]
+    public void ServiceTrainedBpeTokenizerModelAgreesWithLlamaCpp()
+    {
+        // fortunes-llama-demo's kind of tokenizer: BpeTrainer's byte-level BPE with GPT-2's pre-tokenizer (llama.cpp's "gpt-2").
+        using var scope = NewDisposeScope();
+        var corpus = Enumerable.Range(0, 50).Select(i => $"Fortune {i}: the early bird gets the worm, but the second mouse gets the cheese.").ToList();
+        var vocabulary = BpeTrainer.Train(corpus, 320, ["<|endoftext|>"]);
+        vocabulary.Save(folder, "<|endoftext|>", "<|endoftext|>", maxLength: 64);
+        var config = TinyLlama.Config with { VocabSize = 320, BosTokenId = 0, EosTokenId = 0 };
+        using var model = TinyLlama.Create(seed: 4, config);
+        ModelFolder.Save(model, folder);
+        string text = "The early bird, 42 worms and a second mouse!";
+        var ids = TextTokenizers.ForModel(folder).Encode(text, addSpecialTokens: false).ToList();
+        string gguf = Export(model, GgufType.F32);
+        Compare(model, gguf, ids, F32Tolerance, steps: 4);
+        using var weights = Load(gguf);
+        Assert.Equal(ids, weights.Tokenize(text, add_bos: false, special: false, System.Text.Encoding.UTF8).Select(t => (int)t));
+    }
+
+    /// <summary>
+    /// The prompts above reach too few positions for Llama 3.1's slowed low frequencies to show in the logits, so the
+    /// rope_freqs divisors are checked against our rotary frequencies directly: plain / scaled, per frequency.
+    /// </summary>
+    [Fact]
+    public void RopeFreqsAreTheDivisorsOfOurLlama3Frequencies()
+    {
+        using var scope = NewDisposeScope();
+        var scaling = new RopeScaling { RopeType = "llama3", Factor = 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 8192 };
+        var config = TinyLlama.Config with { HiddenSize = 512, NumAttentionHeads = 4, RopeTheta = 500000, RopeScaling = scaling };
+        double[] Frequencies(RopeScaling? s)
+        {
+            var (cos, sin) = new RotaryEmbedding(config.HeadDim, config.RopeTheta, s).Angles(tensor(new long[] { 1 }, [1, 1]));
+            return atan2(sin, cos).flatten()[..(config.HeadDim / 2)].to_type(ScalarType.Float64).data<double>().ToArray();   // position 1: the frequencies
+        }
+        var (plain, scaled) = (Frequencies(null), Frequencies(scaling));
+        var factors = GgufExport.RopeFactors(config)!;
+        Assert.Contains(factors, f => f == 8);   // head_dim 128 reaches the slowed band
+        for (int i = 0; i < factors.Length; i++)
+            Assert.Equal(plain[i] / scaled[i], factors[i], 1e-4 * factors[i]);
+    }
+
+    [Fact]
+    public void TrainedLoraMergedAgreesWithTheAdapterServedUnmerged()
+    {
+        using var scope = NewDisposeScope();
+        using var model = TinyLlama.Create(seed: 5);
+        ModelFolder.Save(model, folder);
+        using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, seed: 1);
+        var ids = new List<int> { ByteTokenizer.Begin };
+        ids.AddRange(new ByteTokenizer().Encode("fine-tuned"));
+        var plain = Logits(model, ids);
+        adapter.Attach(model);
+        Train(model, adapter, ids, steps: 10);
+        var adapted = Logits(model, ids);                                  // the adapter beside the weights, as the service serves it
+        Assert.True(MaxRelativeError(adapted, plain) > 0.01);              // trained enough to matter
+        adapter.Merge(model);
+        string gguf = Export(model, GgufType.F32);
+        using var weights = Load(gguf);
+        using var context = weights.CreateContext(Parameters(gguf));
+        double error = MaxRelativeError(adapted, LlamaCppLogits(context, ids, 0));
+        output.WriteLine($"merged LoRA f32: max |Δ| / max |logit| = {error:E2}");
+        Assert.True(error <= F32Tolerance, $"{error:E2}");
+    }
+
+    [Fact]
+    public void UnmergedLoraAdapterAgreesWithLlamaCppOverTheBase()
+    {
+        using var scope = NewDisposeScope();
+        using var model = TinyLlama.Create(seed: 8);
+        ModelFolder.Save(model, folder);
+        string baseGguf = Export(model, GgufType.F32);
+        var ids = new List<int> { ByteTokenizer.Begin };
+        ids.AddRange(new ByteTokenizer().Encode("an adapter"));
+        var plain = Logits(model, ids);
+        // rsLoRA's scaling, so the alpha written (scaling · r) is not simply lora_alpha.
+        var config = new LoraConfig { Rank = 4, Alpha = 8, UseRsLora = true, TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] };
+        using var adapter = LoraAdapter.Create(model, config, seed: 1);
+        TinyLlama.Randomize(adapter, seed: 9);
+        adapter.Attach(model);
+        string adapterGguf = Path.Combine(folder, "adapter.gguf");
+        using (var file = File.Create(adapterGguf))
+            GgufExport.WriteLoraAdapter(file, model, config, adapter.Weights(), "test-lora", GgufType.F32);
+        var adapted = Logits(model, ids);
+        Assert.True(MaxRelativeError(adapted, plain) > 0.1);   // the adapter matters, so agreeing means llama.cpp applied it
+
+        using var weights = Load(baseGguf);
+        using var context = weights.CreateContext(Parameters(baseGguf));
+        var lora = weights.NativeHandle.LoadLoraFromFile(adapterGguf);
+        context.NativeHandle.SetLoraAdapters([(lora, 1f)]);
+        double error = MaxRelativeError(adapted, LlamaCppLogits(context, ids, 0));
+        output.WriteLine($"LoRA adapter GGUF over the f32 base: max |Δ| / max |logit| = {error:E2}");
+        Assert.True(error <= F32Tolerance, $"{error:E2}");
+    }
+
+    /// <summary>A few Adam steps from PEFT's initialisation (B = 0) towards predicting <paramref name="ids"/> shifted by one.</summary>
+    static void Train(LlamaForCausalLM model, LoraAdapter adapter, List<int> ids, int steps)
+    {
+        foreach (var p in adapter.Parameters()) p.requires_grad = true;
+        using var optimizer = optim.Adam(adapter.Parameters(), 0.01);
+        var input = tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Count]);
+        for (int step = 0; step < steps; step++)
+        {
+            using var scope = NewDisposeScope();
+            optimizer.zero_grad();
+            var logits = model.forward(input.narrow(1, 0, ids.Count - 1));
+            nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]), input.narrow(1, 1, ids.Count - 1).view(-1)).backward();
+            optimizer.step();
+        }
+        foreach (var p in adapter.Parameters()) p.requires_grad = false;
+    }
+
+    /// <summary>A Llama 3.1-shaped body scaled down (hidden 64, 2 layers, GQA, llama3 rope scaling) with its real 128,256-token vocabulary.</summary>
+    LlamaForCausalLM Llama3Shaped()
+    {
+        string real = Text.HfReference.RealFiles("llama3_1");
+        foreach (string file in Directory.GetFiles(real)) File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+        var config = new LlamaConfig
+        {
+            VocabSize = 128256, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            MaxPositionEmbeddings = 131072, RopeTheta = 500000, RmsNormEps = 1e-5, BosTokenId = 128000, EosTokenId = 128001,
+            RopeScaling = new RopeScaling { RopeType = "llama3", Factor = 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 8192 },
+        };
+        var model = TinyLlama.Create(seed: 7, config);
+        ModelFolder.Save(model, folder);
+        return model;
+    }
+
+    string Export(LlamaForCausalLM model, GgufType type)
+    {
+        string path = Path.Combine(folder, $"model-{type}.gguf");
+        using (var file = File.Create(path))
+            GgufExport.Write(file, model, folder, "test", type, template: null);
+        return path;
+    }
+
+    /// <summary>Every position's logits of the prompt, then a greedy continuation one token at a time through llama.cpp's KV cache.</summary>
+    void Compare(LlamaForCausalLM model, string gguf, List<int> prompt, double tolerance, int steps)
+    {
+        using var weights = Load(gguf);
+        using var context = weights.CreateContext(Parameters(gguf));
+        var ours = Logits(model, prompt);
+        var theirs = LlamaCppLogits(context, prompt, 0);
+        double worst = MaxRelativeError(ours, theirs);
+        var ids = new List<int>(prompt);
+        int clear = 0;
+        for (int step = 0; step < steps; step++)
+        {
+            var last = ours[^1];
+            int next = ArgMax(last);
+            // Where our top-1 leads by more than two errors' worth, llama.cpp's top-1 cannot differ unless it is wrong.
+            if (Margin(last) > 2 * tolerance)
+            {
+                clear++;
+                Assert.Equal(next, ArgMax(theirs[^1]));
+            }
+            ids.Add(next);
+            ours = Logits(model, ids)[^1..];
+            theirs = LlamaCppLogits(context, [next], ids.Count - 1);
+            worst = Math.Max(worst, MaxRelativeError(ours, theirs));
+        }
+        output.WriteLine($"{Path.GetFileName(gguf)}: {prompt.Count} positions + {steps} greedy steps ({clear} with a clear top-1), max |Δ| / max |logit| = {worst:E2}");
+        Assert.True(worst <= tolerance, $"max |Δ| / max |logit| = {worst:E2} exceeds {tolerance:E2}");
+    }
+
+    /// <summary>An f32 KV cache and no flash attention: llama.cpp's CPU flash attention rounds through f16 (5e-4 relative error measured).</summary>
+    static ModelParams Parameters(string gguf) => new(gguf)
+    {
+        ContextSize = 64, BatchSize = 64, UBatchSize = 64, GpuLayerCount = 0, Threads = 2, BatchThreads = 2,
+        TypeK = GGMLType.GGML_TYPE_F32, TypeV = GGMLType.GGML_TYPE_F32, FlashAttention = false,
+    };
+
+    static LLamaWeights Load(string gguf) => LLamaWeights.LoadFromFile(Parameters(gguf));
+
+    /// <summary>Our logits [position][vocab] for the whole sequence.</summary>
+    static float[][] Logits(LlamaForCausalLM model, List<int> ids)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var logits = model.forward(tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Count]))[0];
+        return Enumerable.Range(0, ids.Count).Select(i => logits[i].data<float>().ToArray()).ToArray();
+    }
+
+    /// <summary>llama.cpp's logits for tokens fed at positions from <paramref name="start"/>, one row per token.</summary>
+    static float[][] LlamaCppLogits(LLamaContext context, List<int> ids, int start)
+    {
+        var batch = new LLamaBatch();
+        for (int i = 0; i < ids.Count; i++) batch.Add((LLamaToken)ids[i], start + i, LLamaSeqId.Zero, logits: true);
+        Assert.Equal(DecodeResult.Ok, context.Decode(batch));
+        return Enumerable.Range(0, ids.Count).Select(i => context.NativeHandle.GetLogitsIth(i).ToArray()).ToArray();
+    }
+
+    static double MaxRelativeError(float[][] ours, float[][] theirs)
+    {
+        Assert.Equal(ours.Length, theirs.Length);
+        double diff = 0, scale = 0;
+        for (int p = 0; p < ours.Length; p++)
+            for (int v = 0; v < ours[p].Length; v++)
+            {
+                diff = Math.Max(diff, Math.Abs(ours[p][v] - theirs[p][v]));
+                scale = Math.Max(scale, Math.Abs(ours[p][v]));
+            }
+        return diff / scale;
+    }
+
+    static int ArgMax(float[] logits) => Array.IndexOf(logits, logits.Max());
+
+    static double Margin(float[] logits)
+    {
+        var top = logits.OrderDescending().Take(2).ToArray();
+        return (top[0] - top[1]) / logits.Max(Math.Abs);
+    }
+}

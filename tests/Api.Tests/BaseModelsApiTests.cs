@@ -24,6 +24,13 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         var path = Directory.CreateDirectory(Path.Combine(folder.FullName, name)).FullName;
         var config = new Gpt2Config { VocabSize = 257, NEmbd = 64, NHead = 4, NLayer = 2, NPositions = 128, BosTokenId = 256, EosTokenIds = [256] };
         using (var model = RandomModel.Create(config, seed: 3)) ModelFolder.Save(model, path);
+        WriteByteLevelVocabulary(path);
+        return path;
+    }
+
+    /// <summary>GPT-2's byte-level alphabet (no merges) and &lt;|endoftext|&gt; as id 256.</summary>
+    static void WriteByteLevelVocabulary(string path)
+    {
         var printable = Enumerable.Range('!', '~' - '!' + 1).Concat(Enumerable.Range('¡', '¬' - '¡' + 1)).Concat(Enumerable.Range('®', 'ÿ' - '®' + 1)).ToHashSet();
         var vocab = new Dictionary<string, int>();
         int next = 0;
@@ -31,7 +38,41 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         vocab["<|endoftext|>"] = 256;
         File.WriteAllText(Path.Combine(path, "vocab.json"), JsonSerializer.Serialize(vocab));
         File.WriteAllText(Path.Combine(path, "merges.txt"), "#version: 0.2\n");
-        return path;
+    }
+
+    /// <summary>The families on Llama's decoder, each with its real config's features scaled down (a byte-level vocabulary stands in for their tokenizers).</summary>
+    [Theory]
+    [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("mistral")]
+    [InlineData("llama")]
+    public async Task ADecoderFamilyFolderImportsServesAndFineTunes(string family)
+    {
+        TorchRuntime.EnsureReady();
+        var path = Directory.CreateDirectory(Path.Combine(folder.FullName, family)).FullName;
+        LlamaConfig config = family switch
+        {
+            "qwen2" => new Qwen2Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true },
+            "qwen3" => new Qwen3Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDimension = 32 },
+            "mistral" => new MistralConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, SlidingWindow = 8 },
+            _ => new LlamaConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true },
+        };
+        config = config with { MaxPositionEmbeddings = 128, BosTokenId = 256, EosTokenId = 256 };
+        using (var model = RandomModel.Create(config, seed: 3)) ModelFolder.Save(model, path);
+        WriteByteLevelVocabulary(path);
+        string id = $"tiny-{family}";
+
+        var imported = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id }));
+        Assert.Equal((family, "byte-level BPE"), ((string?)imported["family"], (string?)imported["tokenizer"]));
+        var completion = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = id, prompt = "Hello there", max_tokens = 12, temperature = 0 }));
+        Assert.Equal(11, (int)completion["usage"]!["prompt_tokens"]!);
+
+        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(JsonSerializer.Serialize(new { prompt = "Sky:", completion = " blue" }), 10));
+        var job = await Api.CreateJobAsync(client, new { model = id, training_file = fileId, seed = 2, hyperparameters = new { n_epochs = 15, batch_size = 2 } });
+        var finished = await Api.WaitForFinishAsync(client, (string)job["id"]!);
+        Assert.Equal("succeeded", (string?)finished["status"]);
+        var tuned = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = (string)finished["fine_tuned_model"]!, prompt = "Sky:", max_tokens = 8, temperature = 0 }));
+        Assert.Equal(" blue", (string?)tuned["choices"]![0]!["text"]);
     }
 
     [Fact]

@@ -6,9 +6,10 @@ namespace AdapterService.Core.Models;
 
 /// <summary>
 /// A decoder-only transformer in the Llama style (RMSNorm, rotary embeddings, SwiGLU, causal grouped-query attention).
-/// Field names equal the Hugging Face parameter names, so state-dict keys match <c>LlamaForCausalLM</c>.
+/// Field names equal the Hugging Face parameter names, so state-dict keys match <c>LlamaForCausalLM</c>. Qwen2, Qwen3 and
+/// Mistral are this decoder with the options their config switches on (see <see cref="LlamaConfig.QkvBias"/> and after).
 /// </summary>
-public sealed class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
+public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
 {
     public readonly LlamaModel model;
     public readonly AdaptableLinear lm_head;
@@ -84,7 +85,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         layers = new ModuleList<LlamaDecoderLayer>(
             Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i)).ToArray());
         norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        rotary = new RotaryEmbedding(config.HeadDim, config.RopeTheta, config.RopeScaling);
+        rotary = new RotaryEmbedding(config.HeadDim, config.Theta, config.Rope);
         RegisterComponents();
     }
 
@@ -130,15 +131,19 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
 public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
 {
     public readonly AdaptableLinear q_proj, k_proj, v_proj, o_proj;
+    /// <summary>Qwen3's per-head RMSNorm of queries and keys (null in the other families).</summary>
+    public readonly RmsNorm? q_norm, k_norm;
     readonly int heads, kvHeads, headDim, layerIndex;
+    readonly int? window;
 
     public LlamaAttention(LlamaConfig config, int layerIndex) : base(nameof(LlamaAttention))
     {
-        (heads, kvHeads, headDim, this.layerIndex) = (config.NumAttentionHeads, config.KeyValueHeads, config.HeadDim, layerIndex);
-        q_proj = new AdaptableLinear(config.HiddenSize, heads * headDim);
-        k_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim);
-        v_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim);
-        o_proj = new AdaptableLinear(heads * headDim, config.HiddenSize);
+        (heads, kvHeads, headDim, this.layerIndex, window) = (config.NumAttentionHeads, config.KeyValueHeads, config.HeadDim, layerIndex, config.AttentionWindow);
+        q_proj = new AdaptableLinear(config.HiddenSize, heads * headDim, config.QkvBias);
+        k_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
+        v_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
+        o_proj = new AdaptableLinear(heads * headDim, config.HiddenSize, config.OutputBias);
+        if (config.QkNorm) (q_norm, k_norm) = (new RmsNorm(headDim, config.RmsNormEps), new RmsNorm(headDim, config.RmsNormEps));
         RegisterComponents();
     }
 
@@ -147,15 +152,40 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
     {
         long b = x.shape[0], t = x.shape[1];
-        var q = q_proj.forward(x).view(b, t, heads, headDim).transpose(1, 2);      // [b, heads, t, hd]
-        var k = k_proj.forward(x).view(b, t, kvHeads, headDim).transpose(1, 2);    // [b, kv, t, hd]
-        var v = v_proj.forward(x).view(b, t, kvHeads, headDim).transpose(1, 2);    // [b, kv, t, hd]
+        var q = Heads(q_proj.forward(x), q_norm, heads);                           // [b, heads, t, hd]
+        var k = Heads(k_proj.forward(x), k_norm, kvHeads);                         // [b, kv, t, hd]
+        var v = Heads(v_proj.forward(x), null, kvHeads);                           // [b, kv, t, hd]
         (q, k) = (RotaryEmbedding.Apply(q, cos, sin), RotaryEmbedding.Apply(k, cos, sin));
         if (cache is not null) (k, v) = cache.Append(layerIndex, k, v);            // [b, kv, past+t, hd]
         if (kvHeads != heads)
             (k, v) = (k.repeat_interleave(heads / kvHeads, 1), v.repeat_interleave(heads / kvHeads, 1));
+        if (window is { } w) mask = SlidingWindow(mask, k.shape[2], w);
         var y = nn.functional.scaled_dot_product_attention(q, k, v, mask);          // [b, heads, t, hd]
         return o_proj.forward(y.transpose(1, 2).reshape(b, t, heads * headDim));   // [b, t, hidden]
+    }
+
+    /// <summary>
+    /// [b, t, n · hd] → [b, n, t, hd], normed per head first where the family does (as [b, t · n, hd], so a norm
+    /// adapter's per-row [rows, 1, hd] scale lines up with the batch).
+    /// </summary>
+    Tensor Heads(Tensor x, RmsNorm? norm, int n)
+    {
+        long b = x.shape[0], t = x.shape[1];
+        if (norm is not null) x = norm.forward(x.view(b, t * n, headDim));
+        return x.view(b, t, n, headDim).transpose(1, 2);
+    }
+
+    /// <summary>
+    /// Mistral's sliding window: of the keys <paramref name="mask"/> lets a query see (its own sequence's positions up to
+    /// its own), only the latest <paramref name="window"/> stay, i.e. query i sees key j when i − window &lt; j ≤ i
+    /// (transformers' sliding_window_overlay). Counting allowed keys from the right needs no positions, so the same rule
+    /// serves prefill, padded batches and single-token decoding over a cache (a null mask there allows every cached key).
+    /// </summary>
+    static Tensor SlidingWindow(Tensor? mask, long keys, int window)
+    {
+        var allowed = mask ?? ones(1, keys, ScalarType.Bool);                          // [.., keys]
+        var fromRight = allowed.flip(-1).cumsum(-1, ScalarType.Int64).flip(-1);          // allowed keys at or after each key
+        return allowed.logical_and(fromRight.le(window));
     }
 }
 
@@ -168,9 +198,9 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IFeedForward
 
     public LlamaMlp(LlamaConfig config) : base(nameof(LlamaMlp))
     {
-        gate_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize);
-        up_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize);
-        down_proj = new AdaptableLinear(config.IntermediateSize, config.HiddenSize);
+        gate_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
+        up_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
+        down_proj = new AdaptableLinear(config.IntermediateSize, config.HiddenSize, config.MlpBias);
         RegisterComponents();
     }
 
@@ -196,6 +226,9 @@ public sealed class RotaryEmbedding
     public (Tensor Cos, Tensor Sin) Angles(Tensor positions)
     {
         var invFreq = 1.0 / pow(theta, arange(0, headDim, 2, ScalarType.Float64) / headDim);   // [hd/2]
+        // transformers' modeling_rope_utils.py: _compute_linear_scaling_rope_parameters divides every frequency by factor;
+        // _compute_llama3_parameters is Llama3 below. Neither rescales attention (attention_factor 1).
+        if (scaling?.Kind == "linear") invFreq = invFreq / scaling.Factor!.Value;
         if (scaling?.Kind == "llama3") invFreq = Llama3(invFreq, scaling);
         var freqs = positions.to_type(ScalarType.Float64).unsqueeze(-1) * invFreq;             // [b, seq, hd/2]
         var emb = cat([freqs, freqs], -1).unsqueeze(1);                                       // [b, 1, seq, hd]

@@ -5,8 +5,11 @@ using static TorchSharp.torch;
 
 namespace AdapterService.Core.Models;
 
-/// <summary>The Hugging Face <c>config.json</c> of a Llama-family model (the fields this service reads and writes).</summary>
-public sealed record LlamaConfig : ModelConfig
+/// <summary>
+/// The Hugging Face <c>config.json</c> of a Llama-family model (the fields this service reads and writes). The families
+/// that share Llama's decoder (Qwen2, Qwen3, Mistral) derive from it and switch its options on.
+/// </summary>
+public record LlamaConfig : ModelConfig
 {
     public LlamaConfig()
     {
@@ -25,6 +28,8 @@ public sealed record LlamaConfig : ModelConfig
     [JsonPropertyName("rms_norm_eps")] public double RmsNormEps { get; init; } = 1e-5;
     [JsonPropertyName("rope_theta")] public double RopeTheta { get; init; } = 10000;
     [JsonPropertyName("rope_scaling")] public RopeScaling? RopeScaling { get; init; }
+    /// <summary>transformers 5.x's spelling: rope_scaling's keys and rope_theta in one object.</summary>
+    [JsonPropertyName("rope_parameters")] public RopeScaling? RopeParameters { get; init; }
     [JsonPropertyName("hidden_act")] public string HiddenAct { get; init; } = "silu";
     [JsonPropertyName("attention_bias")] public bool AttentionBias { get; init; }
     [JsonPropertyName("mlp_bias")] public bool MlpBias { get; init; }
@@ -33,8 +38,22 @@ public sealed record LlamaConfig : ModelConfig
     [JsonPropertyName("eos_token_id"), JsonConverter(typeof(TokenIdsConverter))] public int[]? EosTokenIds { get; init; }
     [JsonIgnore] public int? EosTokenId { get => EosTokenIds is [var first, ..] ? first : null; init => EosTokenIds = value is { } id ? [id] : null; }
 
+    /// <summary>The keys this family does not read (written back as they came); <see cref="MathKeys"/> checks them.</summary>
+    [JsonExtensionData] public Dictionary<string, JsonElement>? OtherKeys { get; init; }
+
     [JsonIgnore] public int KeyValueHeads => NumKeyValueHeads ?? NumAttentionHeads;
-    [JsonIgnore] public int HeadDim => HiddenSize / NumAttentionHeads;
+    [JsonIgnore] public int HeadDim => HeadDimension ?? HiddenSize / NumAttentionHeads;
+    [JsonIgnore] public double Theta => RopeParameters?.RopeTheta ?? RopeTheta;
+    [JsonIgnore] public RopeScaling? Rope => RopeParameters ?? RopeScaling;
+
+    // The decoder's options, fixed per family: Llama's attention_bias puts a bias on q, k, v and o; Qwen2 on q, k, v only.
+    [JsonIgnore] public virtual bool QkvBias => AttentionBias;
+    [JsonIgnore] public virtual bool OutputBias => AttentionBias;
+    /// <summary>Qwen3's RMSNorm over each query and key head before the rotation.</summary>
+    [JsonIgnore] public virtual bool QkNorm => false;
+    /// <summary>How many of the latest positions (the query's own included) each query attends to; null for all.</summary>
+    [JsonIgnore] public virtual int? AttentionWindow => null;
+
     [JsonIgnore] public override Type ModelClass => typeof(LlamaForCausalLM);
 
     public override nn.Module<Tensor, Tensor> CreateModel() => new LlamaForCausalLM(this);
@@ -43,35 +62,61 @@ public sealed record LlamaConfig : ModelConfig
 
     public override IEnumerable<(string Path, long Size)> NormShapes() =>
         Enumerable.Range(0, NumHiddenLayers).SelectMany(i => new[]
-            { ($"model.layers.{i}.input_layernorm", (long)HiddenSize), ($"model.layers.{i}.post_attention_layernorm", HiddenSize) })
+            { ($"model.layers.{i}.input_layernorm", (long)HiddenSize), ($"model.layers.{i}.post_attention_layernorm", HiddenSize) }
+            .Concat(QkNorm ? [($"model.layers.{i}.self_attn.q_norm", HeadDim), ($"model.layers.{i}.self_attn.k_norm", HeadDim)] : []))
             .Append(("model.norm", HiddenSize));
+
+    /// <summary>
+    /// Keys some Hugging Face decoder family reads that change the math, with the test of their neutral value: a family that
+    /// does not implement one refuses any other value (unknown keys without a meaning for the math pass).
+    /// </summary>
+    static readonly Dictionary<string, Func<JsonElement, bool>> MathKeys = new(StringComparer.Ordinal)
+    {
+        ["partial_rotary_factor"] = e => Is(e, 1),
+        ["sliding_window"] = e => e.ValueKind == JsonValueKind.Null,
+        ["use_sliding_window"] = e => e.ValueKind is JsonValueKind.False or JsonValueKind.Null,
+        ["layer_types"] = e => e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String && t.GetString() == "full_attention"),
+        ["no_rope_layers"] = e => e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(t => Is(t, 1)),
+        ["attn_logit_softcapping"] = e => e.ValueKind == JsonValueKind.Null,
+        ["final_logit_softcapping"] = e => e.ValueKind == JsonValueKind.Null,
+        ["num_experts"] = e => e.ValueKind == JsonValueKind.Null || Is(e, 0),
+        ["num_local_experts"] = e => e.ValueKind == JsonValueKind.Null || Is(e, 0),
+        ["use_qk_norm"] = e => e.ValueKind is JsonValueKind.False or JsonValueKind.Null,
+    };
+
+    static bool Is(JsonElement e, double value) => e.ValueKind == JsonValueKind.Number && e.TryGetDouble(out double d) && d == value;
 
     protected override IEnumerable<string> Problems()
     {
         foreach (var (key, value) in new[] { ("vocab_size", VocabSize), ("hidden_size", HiddenSize), ("intermediate_size", IntermediateSize),
                      ("num_hidden_layers", NumHiddenLayers), ("num_attention_heads", NumAttentionHeads), ("max_position_embeddings", MaxPositionEmbeddings) })
             if (value <= 0) yield return $"{key} is {value}; it must be positive";
-        if (NumAttentionHeads > 0 && HiddenSize % NumAttentionHeads != 0)
-            yield return $"num_attention_heads ({NumAttentionHeads}) does not divide hidden_size ({HiddenSize})";
         if (KeyValueHeads <= 0 || (NumAttentionHeads > 0 && NumAttentionHeads % KeyValueHeads != 0))
             yield return $"num_key_value_heads ({KeyValueHeads}) does not divide num_attention_heads ({NumAttentionHeads})";
-        if (HeadDimension is { } hd && NumAttentionHeads > 0 && hd != HiddenSize / NumAttentionHeads)
-            yield return $"head_dim {hd} differs from hidden_size / num_attention_heads ({HiddenSize / Math.Max(NumAttentionHeads, 1)}), which this service does not support";
-        if (RopeScaling is { } scaling)
-            foreach (string problem in scaling.Problems()) yield return problem;
-        if (HiddenAct != "silu") yield return $"hidden_act '{HiddenAct}' is not supported (Llama uses silu)";
-        if (AttentionBias || MlpBias) yield return "attention_bias and mlp_bias are not supported";
+        if (HeadDimension is null && NumAttentionHeads > 0 && HiddenSize % NumAttentionHeads != 0)
+            yield return $"num_attention_heads ({NumAttentionHeads}) does not divide hidden_size ({HiddenSize}) and head_dim is not given";
+        if (NumAttentionHeads > 0 && (HeadDim <= 0 || HeadDim % 2 != 0)) yield return $"head_dim {HeadDim} must be positive and even (rotary pairs)";
+        if (RopeScaling is not null && RopeParameters is not null && RopeScaling != RopeParameters with { RopeTheta = RopeScaling.RopeTheta })
+            yield return "rope_scaling and rope_parameters disagree; write one";
+        if (Rope is { } scaling)
+            foreach (string problem in scaling.Problems(RopeParameters is null ? "rope_scaling" : "rope_parameters")) yield return problem;
+        if (HiddenAct != "silu") yield return $"hidden_act '{HiddenAct}' is not supported ({ModelType} uses silu)";
         if (RmsNormEps <= 0) yield return $"rms_norm_eps is {RmsNormEps}; it must be positive";
-        if (RopeTheta <= 0) yield return $"rope_theta is {RopeTheta}; it must be positive";
+        if (Theta <= 0) yield return $"rope_theta is {Theta}; it must be positive";
+        foreach (var (key, value) in OtherKeys ?? [])
+            if (MathKeys.TryGetValue(key, out var neutral) && !neutral(value))
+                yield return $"{key} {value.GetRawText()} is not supported for model_type '{ModelType}'";
     }
 }
 
 /// <summary>
-/// <c>rope_scaling</c> of a Llama config. Only Llama 3.1's scheme (<c>rope_type: llama3</c>, used by Llama 3.1–3.3) and
-/// <c>default</c> are implemented; others (linear, dynamic, yarn, ...) are refused rather than silently ignored.
+/// <c>rope_scaling</c> (transformers 4.x) or <c>rope_parameters</c> (5.x, with <c>rope_theta</c>) of a Llama-family config.
+/// <c>default</c>, <c>linear</c> and Llama 3.1's <c>llama3</c> (Llama 3.1–3.3) are implemented; others (dynamic, yarn,
+/// longrope, ...) are refused by name rather than silently ignored.
 /// </summary>
 public sealed record RopeScaling
 {
+    [JsonPropertyName("rope_theta")] public double? RopeTheta { get; init; }
     [JsonPropertyName("rope_type")] public string? RopeType { get; init; }
     /// <summary>The key older configs use for rope_type.</summary>
     [JsonPropertyName("type")] public string? Type { get; init; }
@@ -82,17 +127,18 @@ public sealed record RopeScaling
 
     [JsonIgnore] public string Kind => RopeType ?? Type ?? "default";
 
-    internal IEnumerable<string> Problems()
+    internal IEnumerable<string> Problems(string key)
     {
         if (Kind == "default") yield break;
-        if (Kind != "llama3")
+        if (Kind is not ("llama3" or "linear"))
         {
-            yield return $"rope_scaling rope_type '{Kind}' is not supported (supported: llama3, default)";
+            yield return $"{key} rope_type '{Kind}' is not supported (supported: default, linear, llama3)";
             yield break;
         }
-        if (Factor is not > 0) yield return "rope_scaling.factor must be a positive number";
-        if (OriginalMaxPositionEmbeddings is not > 0) yield return "rope_scaling.original_max_position_embeddings must be a positive integer";
+        if (Factor is not > 0) yield return $"{key}.factor must be a positive number";
+        if (Kind != "llama3") yield break;
+        if (OriginalMaxPositionEmbeddings is not > 0) yield return $"{key}.original_max_position_embeddings must be a positive integer";
         if (LowFreqFactor is not > 0 || HighFreqFactor is not { } high || high <= LowFreqFactor)
-            yield return "rope_scaling needs low_freq_factor > 0 and high_freq_factor > low_freq_factor";
+            yield return $"{key} needs low_freq_factor > 0 and high_freq_factor > low_freq_factor";
     }
 }

@@ -14,6 +14,8 @@ public abstract record ModelConfig
     [JsonPropertyName("model_type")] public string ModelType { get; init; } = "";
     [JsonPropertyName("architectures")] public string[]? Architectures { get; init; }
     [JsonPropertyName("torch_dtype")] public string TorchDtype { get; init; } = "float32";
+    /// <summary>transformers 5.x's name for torch_dtype: read into <see cref="TorchDtype"/>, written as torch_dtype.</summary>
+    [JsonPropertyName("dtype")] public string? Dtype { get => null; init => TorchDtype = value ?? TorchDtype; }
 
     /// <summary>The class this service builds for the family; its name is the Hugging Face architecture (e.g. <c>GPT2LMHeadModel</c>).</summary>
     [JsonIgnore] public abstract Type ModelClass { get; }
@@ -37,7 +39,8 @@ public abstract record ModelConfig
 
     static readonly Dictionary<string, Type> Families = new(StringComparer.Ordinal)
     {
-        ["llama"] = typeof(LlamaConfig), ["gpt2"] = typeof(Gpt2Config), ["vit"] = typeof(VitConfig),
+        ["llama"] = typeof(LlamaConfig), ["qwen2"] = typeof(Qwen2Config), ["qwen3"] = typeof(Qwen3Config), ["mistral"] = typeof(MistralConfig),
+        ["gpt2"] = typeof(Gpt2Config), ["vit"] = typeof(VitConfig),
     };
 
     /// <summary>Reads and checks a config.json; the errors name the file, the key and the problem.</summary>

@@ -29,7 +29,7 @@ public static class ModelFolder
 {
     public const string ConfigFile = "config.json", WeightsFile = "model.safetensors", IndexFile = "model.safetensors.index.json";
 
-    /// <summary>Loads a frozen model in evaluation mode: <see cref="LlamaForCausalLM"/>, <see cref="GPT2LMHeadModel"/> or <see cref="ViTForImageClassification"/>.</summary>
+    /// <summary>Loads a frozen model in evaluation mode: a <see cref="LlamaForCausalLM"/> (or Qwen2, Qwen3, Mistral on its decoder), <see cref="GPT2LMHeadModel"/> or <see cref="ViTForImageClassification"/>.</summary>
     public static nn.Module<Tensor, Tensor> Load(string folder)
     {
         var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));

@@ -1,6 +1,7 @@
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
+using AdapterService.Core.Tests.Models;
 using AdapterService.Core.Torch;
 using TorchSharp;
 using static AdapterService.Core.Tests.TinyLlama;
@@ -116,15 +117,20 @@ public sealed class MethodMatrixTests : IDisposable
         Assert.Equal(Bytes(expected), Bytes(model.forward(ids)));
     }
 
+    /// <summary>The tiny Llama, and the families on its decoder scaled down from their real configs (tests/Core.Tests/Models/DecoderFamiliesTests.cs).</summary>
+    public static TheoryData<string> Models => new("tiny", "llama", "qwen2", "qwen3", "mistral");
+
+    static LlamaForCausalLM ModelOf(string name) => name == "tiny" ? Create() : DecoderFamiliesTests.CreateFamily(name);
+
     /// <summary>
     /// Served the way the engine serves (each row its own adapter, several methods in one batch, rows without any),
     /// every row equals that row run alone with its adapter attached as trained.
     /// </summary>
-    [Fact]
-    public void AMixedBatchOfAllMethodsEqualsEachRowRunAlone()
+    [Theory, MemberData(nameof(Models))]
+    public void AMixedBatchOfAllMethodsEqualsEachRowRunAlone(string name)
     {
         using var scope = NewDisposeScope();
-        using var model = Create();
+        using var model = ModelOf(name);
         var methods = MethodNames;
         var served = new List<ServedAdapter?>();
         var alone = new List<Tensor>();
@@ -160,6 +166,36 @@ public sealed class MethodMatrixTests : IDisposable
             foreach (var (_, block) in blocks) block.Dispose();
             foreach (var (_, row) in norms) row.Dispose();
             foreach (var s in served) s?.Dispose();
+        }
+    }
+
+    /// <summary>On every family each method's first step from its initialisation lowers the loss of the batch it saw, which stays finite.</summary>
+    [Theory, MemberData(nameof(Models))]
+    public void EveryMethodsFirstStepLowersTheLoss(string name)
+    {
+        using var model = ModelOf(name);
+        foreach (string method in MethodNames)
+        {
+            using var scope = NewDisposeScope();
+            using var adapter = TrainableAdapter.Create(model, ConfigOf(method), seed: 1);
+            adapter.Attach(model);
+            adapter.Train(true);
+            foreach (var p in adapter.Parameters()) p.requires_grad = true;
+            using var optimizer = optim.SGD(adapter.Parameters(), 0.05);
+            var (ids, targets) = (Ids(2, 6, seed: 4), Ids(2, 6, seed: 9).view(-1));
+            Tensor Loss()
+            {
+                var logits = model.forward(ids);
+                var loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]), targets);
+                return adapter.AuxiliaryLoss() is { } auxiliary ? loss + auxiliary : loss;
+            }
+            var before = Loss();
+            before.backward();
+            optimizer.step();
+            double after = Loss().item<float>();
+            Assert.True(double.IsFinite(after) && after < before.item<float>(), $"{method} on {name}: loss {before.item<float>()} → {after}");
+            adapter.Train(false);
+            TrainableAdapter.Detach(model);
         }
     }
 

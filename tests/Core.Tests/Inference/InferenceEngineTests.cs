@@ -62,10 +62,10 @@ public sealed class InferenceEngineTests : IDisposable
     }
 
     /// <summary>Greedy decoding the slow way: the whole sequence through the model at every step, no cache, adapter attached.</summary>
-    List<int> Reference(GenerationRequest request)
+    static List<int> Reference(GenerationRequest request)
     {
         using var scope = NewDisposeScope();
-        using var model = ModelFolder.Load(baseFolder);
+        using var model = ModelFolder.Load(request.BaseFolder);
         using var _ = no_grad();
         TrainableAdapter? adapter = null;
         if (request.AdapterFolder is { } folder)
@@ -104,6 +104,26 @@ public sealed class InferenceEngineTests : IDisposable
             Assert.Equal(Text(Reference(requests[i])), together[i].Text);
         }
         Assert.NotEqual(together[9].Text, Text(Reference(requests[9] with { Adapter = "adapter5", AdapterFolder = adapterFolders[5] })));   // adapters matter
+    }
+
+    /// <summary>
+    /// The decoder families in a batch of prompts of different lengths (padded prefill, cached decoding): Mistral's window of
+    /// 3 positions is shorter than every sequence, Qwen3's heads are normed, Qwen2 has biases; each row is what the uncached model says.
+    /// </summary>
+    [Theory]
+    [InlineData("mistral")]
+    [InlineData("qwen3")]
+    [InlineData("qwen2")]
+    public async Task EachDecoderFamilyGeneratesInABatchWhatTheUncachedModelSays(string family)
+    {
+        string folder = Path.Combine(root.FullName, family);
+        using (var model = Models.DecoderFamiliesTests.CreateFamily(family, seed: 3, vocabulary: Config.VocabSize)) ModelFolder.Save(model, folder);
+        using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 4 });
+        var requests = Enumerable.Range(0, 6).Select(i => Request(null, promptSeed: i, maxTokens: 8) with { BaseModel = family, BaseFolder = folder }).ToList();
+        var together = await Task.WhenAll(requests.Select(r => RunAsync(engine, r)));
+        for (int i = 0; i < requests.Count; i++)
+            Assert.Equal(Text(Reference(requests[i])), together[i].Text);
+        Assert.True(together.Count(t => t.Text.Length >= 4) >= 3, "most rows generate past the window");
     }
 
     [Fact]

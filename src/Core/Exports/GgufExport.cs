@@ -61,7 +61,7 @@ public static class GgufExport
             ($"{a}.embedding_length", (uint)llama.HiddenSize), ($"{a}.block_count", (uint)llama.NumHiddenLayers),
             ($"{a}.feed_forward_length", (uint)llama.IntermediateSize), ($"{a}.rope.dimension_count", (uint)llama.HeadDim),
             ($"{a}.attention.head_count", (uint)llama.NumAttentionHeads), ($"{a}.attention.head_count_kv", (uint)llama.KeyValueHeads),
-            ($"{a}.rope.freq_base", (float)llama.RopeTheta), ($"{a}.attention.layer_norm_rms_epsilon", (float)llama.RmsNormEps),
+            ($"{a}.rope.freq_base", (float)llama.Theta), ($"{a}.attention.layer_norm_rms_epsilon", (float)llama.RmsNormEps),
         };
         metadata.AddRange(Vocabulary(folder, llama));
         if (template is not null) metadata.Add(("tokenizer.chat_template", template.Source));
@@ -167,13 +167,13 @@ public static class GgufExport
     /// </summary>
     public static float[]? RopeFactors(LlamaConfig c)
     {
-        if (c.RopeScaling is not { } s || s.Kind == "default") return null;
-        if (s.Kind != "llama3") throw new NotSupportedException($"rope_scaling '{s.Kind}' is not exported as GGUF");
+        if (c.Rope is not { } s || s.Kind == "default") return null;
+        if (s.Kind != "llama3") throw new NotSupportedException($"rope scaling '{s.Kind}' is not exported as GGUF (llama3 and none are)");
         double factor = s.Factor!.Value, low = s.LowFreqFactor!.Value, high = s.HighFreqFactor!.Value, context = s.OriginalMaxPositionEmbeddings!.Value;
         double lowWavelength = context / low, highWavelength = context / high;
         return Enumerable.Range(0, c.HeadDim / 2).Select(i =>
         {
-            double wavelength = 2 * Math.PI * Math.Pow(c.RopeTheta, 2.0 * i / c.HeadDim);
+            double wavelength = 2 * Math.PI * Math.Pow(c.Theta, 2.0 * i / c.HeadDim);
             if (wavelength < highWavelength) return 1f;
             if (wavelength > lowWavelength) return (float)factor;
             double smooth = (context / wavelength - low) / (high - low);

@@ -132,10 +132,7 @@ public static class AdaptersApi
     {
         if (format is not (null or "peft" or "gguf"))
             return OpenAiErrors.BadRequest($"format '{format}' is not one of peft (a zipped PEFT folder, the default) and gguf.", "format", "invalid_format");
-        var ggufType = GgufType.F32;
-        if (type is not null && (format != "gguf" || !GgufExport.Types.TryGetValue(type, out ggufType)))
-            return OpenAiErrors.BadRequest(format != "gguf" ? "type applies to format=gguf only."
-                : $"type '{type}' is not one of {string.Join(", ", GgufExport.Types.Keys)}.", "type", "invalid_type");
+        if (ModelsApi.GgufTypeOf(format, type, GgufType.F32, out var ggufType) is { } badType) return badType;
         var adapter = await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Id == adapterId, cancel);
         if (adapter is null) return OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
         string folder = blobs.Resolve(adapter.BlobPath);

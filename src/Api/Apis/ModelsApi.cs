@@ -60,6 +60,16 @@ public static class ModelsApi
             : OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
     }
 
+    /// <summary>The GGUF tensor type an export asks for (<paramref name="fallback"/> when none), or the 400 for a wrong one.</summary>
+    internal static JsonHttpResult<ErrorResponse>? GgufTypeOf(string? format, string? type, GgufType fallback, out GgufType chosen)
+    {
+        chosen = fallback;
+        if (type is null) return null;
+        if (format == "gguf" && GgufExport.Types.TryGetValue(type, out chosen)) return null;
+        return OpenAiErrors.BadRequest(format != "gguf" ? "type applies to format=gguf only."
+            : $"type '{type}' is not one of {string.Join(", ", GgufExport.Types.Keys)}.", "type", "invalid_type");
+    }
+
     /// <summary>
     /// A zipped Hugging Face folder, or with <c>format=gguf</c> one GGUF file of <c>type</c> f32, f16 (the default: half the
     /// size, what llama.cpp's converter writes by default), bf16 or q8_0. A fine-tuned model comes with its adapter merged.
@@ -69,10 +79,7 @@ public static class ModelsApi
     {
         if (format is not (null or "hf" or "gguf"))
             return OpenAiErrors.BadRequest($"format '{format}' is not one of hf (a zipped Hugging Face folder, the default) and gguf.", "format", "invalid_format");
-        var ggufType = GgufType.F16;
-        if (type is not null && (format != "gguf" || !GgufExport.Types.TryGetValue(type, out ggufType)))
-            return OpenAiErrors.BadRequest(format != "gguf" ? "type applies to format=gguf only."
-                : $"type '{type}' is not one of {string.Join(", ", GgufExport.Types.Keys)}.", "type", "invalid_type");
+        if (GgufTypeOf(format, type, GgufType.F16, out var ggufType) is { } badType) return badType;
         var resolved = await ModelNames.ResolveAsync(db, model, cancel);
         if (resolved is null) return OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
         string baseFolder = blobs.Resolve(resolved.Base.BlobPath), temp = blobs.NewTempFolder();

@@ -21,12 +21,19 @@ public sealed record GgufArchitecture(string Name, bool PermuteQueryKey);
 public static class GgufExport
 {
     /// <summary>
-    /// By Hugging Face <c>model_type</c>. A decoder family whose config is (or derives from) a <see cref="LlamaConfig"/> is one entry here: qwen2's
-    /// q/k/v biases and qwen3's q_norm/k_norm are mapped by <see cref="TensorName"/> already.
+    /// By Hugging Face <c>model_type</c>, the converter's class for it. A decoder family whose config is (or derives from) a
+    /// <see cref="LlamaConfig"/> is one entry here; <see cref="TensorName"/> maps qwen2's q/k/v biases (<c>blk.N.attn_q.bias</c>…)
+    /// and qwen3's <c>q_norm</c>/<c>k_norm</c> (<c>blk.N.attn_q_norm.weight</c>).
     /// </summary>
     public static readonly IReadOnlyDictionary<string, GgufArchitecture> Architectures = new Dictionary<string, GgufArchitecture>(StringComparer.Ordinal)
     {
         ["llama"] = new("llama", PermuteQueryKey: true),
+        // convert_hf_to_gguf.py registers MistralForCausalLM on LlamaModel: architecture llama, q/k permuted, and no
+        // sliding-window key (llama.cpp's llama architecture attends to every position, so past the window, Mistral v0.1 differs from ours; docs/MODELS.md).
+        ["mistral"] = new("llama", PermuteQueryKey: true),
+        // Qwen2Model and Qwen3Model(Qwen2Model) copy tensors unpermuted: llama.cpp runs qwen2/qwen3 with NEOX rope.
+        ["qwen2"] = new("qwen2", PermuteQueryKey: false),
+        ["qwen3"] = new("qwen3", PermuteQueryKey: false),
     };
 
     /// <summary>The types a caller may ask for, by the names llama.cpp's tools use.</summary>
@@ -63,6 +70,10 @@ public static class GgufExport
             ($"{a}.attention.head_count", (uint)llama.NumAttentionHeads), ($"{a}.attention.head_count_kv", (uint)llama.KeyValueHeads),
             ($"{a}.rope.freq_base", (float)llama.Theta), ($"{a}.attention.layer_norm_rms_epsilon", (float)llama.RmsNormEps),
         };
+        // TextModel.set_gguf_parameters: key_length / value_length whenever the config names a head_dim (Qwen3's differs
+        // from hidden / heads; llama.cpp would otherwise assume hidden / heads).
+        if (llama.HeadDimension is { } headDim)
+            metadata.AddRange([($"{a}.attention.key_length", (uint)headDim), ($"{a}.attention.value_length", (uint)headDim)]);
         metadata.AddRange(Vocabulary(folder, llama));
         if (template is not null) metadata.Add(("tokenizer.chat_template", template.Source));
 
@@ -74,7 +85,11 @@ public static class GgufExport
             return new GgufTensor(gguf, shape, TensorType(shape, type), () => Rows(arch, llama, gguf, t.Transposed ? p.detach().t() : p.detach()));
         }).ToList();
         if (RopeFactors(llama) is { } factors)
+        {
+            // Only LlamaModel.generate_extra_tensors writes rope_freqs, and only llama.cpp's llama architecture reads it.
+            if (a != "llama") throw new NotSupportedException($"llama3 rope scaling is not exported for {a} (llama.cpp's {a} has no rope_freqs)");
             tensors.Add(new GgufTensor("rope_freqs.weight", [factors.Length], GgufType.F32, () => tensor(factors)));
+        }
         Gguf.Write(output, metadata, tensors);
     }
 

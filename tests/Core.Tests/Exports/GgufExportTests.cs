@@ -69,6 +69,28 @@ public sealed class GgufExportTests : IDisposable
         Assert.Equal(ids, weights.Tokenize(text, add_bos: true, special: false, System.Text.Encoding.UTF8).Select(t => (int)t));
     }
 
+    /// <summary>
+    /// The families on Llama's decoder, hidden 64, 2 layers, GQA 4/2, with their real tokenizers: qwen2 (q/k/v biases, tied
+    /// head) and qwen3 (q/k norms, head_dim 32 ≠ 64 / 4, its own head) with Qwen3's 151,669-token BPE (pre-tokenizer
+    /// qwen2); mistral (GGUF llama) with Llama 3.1's, since the test files hold no Mistral tokenizer. llama.cpp's llama
+    /// architecture ignores Mistral's sliding window, so the prompt and continuation (16 positions) stay inside it.
+    /// </summary>
+    [Theory]
+    [InlineData("qwen2")]
+    [InlineData("qwen3")]
+    [InlineData("mistral")]
+    public void DecoderFamilyAgreesWithLlamaCppInF32(string family)
+    {
+        using var scope = NewDisposeScope();
+        using var model = FamilyShaped(family);
+        string text = "The quick brown fox jumps over 123 lazy dogs.\n";
+        var ids = TextTokenizers.ForModel(folder).Encode(text, addSpecialTokens: true).ToList();
+        string gguf = Export(model, GgufType.F32);
+        Compare(model, gguf, ids, F32Tolerance, steps: 4);
+        using var weights = Load(gguf);
+        Assert.Equal(ids, weights.Tokenize(text, add_bos: true, special: false, System.Text.Encoding.UTF8).Select(t => (int)t));
+    }
+
     [Fact]
     public void ServiceTrainedBpeTokenizerModelAgreesWithLlamaCpp()
     {
@@ -192,6 +214,43 @@ public sealed class GgufExportTests : IDisposable
             RopeScaling = new RopeScaling { RopeType = "llama3", Factor = 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 8192 },
         };
         var model = TinyLlama.Create(seed: 7, config);
+        ModelFolder.Save(model, folder);
+        return model;
+    }
+
+    /// <summary>A real config's features scaled down, seeded random weights: norms away from 1, biases away from 0, so both matter.</summary>
+    LlamaForCausalLM FamilyShaped(string family)
+    {
+        string real = Text.HfReference.RealFiles(family == "mistral" ? "llama3_1" : "qwen3");
+        foreach (string file in Directory.GetFiles(real)) File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+        LlamaConfig config = family switch
+        {
+            // Qwen2.5 0.5B's: q/k/v biases, tied head, theta 1e6.
+            "qwen2" => new Qwen2Config { TieWordEmbeddings = true, RopeTheta = 1000000, RmsNormEps = 1e-6, BosTokenId = 151643, EosTokenId = 151645 },
+            // Qwen3's: q/k norms, head_dim 32 where hidden / heads is 16.
+            "qwen3" => new Qwen3Config { HeadDimension = 32, RopeTheta = 1000000, RmsNormEps = 1e-6, BosTokenId = 151643, EosTokenId = 151645 },
+            // Mistral 7B v0.1's window.
+            "mistral" => new MistralConfig { SlidingWindow = 4096, RopeTheta = 10000, RmsNormEps = 1e-5, BosTokenId = 128000, EosTokenId = 128001 },
+            _ => throw new ArgumentException(family),
+        };
+        config = config with
+        {
+            VocabSize = family == "mistral" ? 128256 : 151936, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2,
+            NumAttentionHeads = 4, NumKeyValueHeads = 2, MaxPositionEmbeddings = 32768,
+        };
+        var model = (LlamaForCausalLM)config.CreateModel();
+        using var g = new Generator(11);
+        using (no_grad())
+        using (NewDisposeScope())
+            foreach (var (name, p) in model.named_parameters())
+            {
+                if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.uniform_(0.5, 1.5, g);
+                else if (p.dim() == 1) p.normal_(0, 0.5, g);
+                else if (name == "model.embed_tokens.weight") p.normal_(0, 1, g);
+                else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), g);
+            }
+        foreach (var p in model.parameters()) p.requires_grad = false;
+        model.eval();
         ModelFolder.Save(model, folder);
         return model;
     }

@@ -91,6 +91,31 @@ public sealed class GgufExportTests : IDisposable
         Assert.Equal(ids, weights.Tokenize(text, add_bos: true, special: false, System.Text.Encoding.UTF8).Select(t => (int)t));
     }
 
+    /// <summary>
+    /// As convert_hf_to_gguf.py (LlamaModel) writes Mistral, the GGUF has no sliding window, and llama.cpp's llama architecture
+    /// attends to every position (writing <c>llama.attention.sliding_window</c> was tried: llama.cpp ignores it too). So a
+    /// windowed model's export agrees with ours only while a sequence fits the window: with a window of 4 and a 12-token
+    /// prompt, llama.cpp gives the full-attention logits of the same weights, not the windowed ones.
+    /// </summary>
+    [Fact]
+    public void LlamaCppAttendsPastMistralsSlidingWindow()
+    {
+        using var scope = NewDisposeScope();
+        using var full = FamilyShaped("mistral");
+        using var windowed = (LlamaForCausalLM)(((MistralConfig)full.Config) with { SlidingWindow = 4 }).CreateModel();
+        windowed.load_state_dict(full.state_dict());
+        windowed.eval();
+        var ids = TextTokenizers.ForModel(folder).Encode("The quick brown fox jumps over 123 lazy dogs.\n", addSpecialTokens: true).ToList();
+        string gguf = Export(windowed, GgufType.F32);
+        using var weights = Load(gguf);
+        using var context = weights.CreateContext(Parameters(gguf));
+        var theirs = LlamaCppLogits(context, ids, 0);
+        double toFull = MaxRelativeError(Logits(full, ids), theirs), toWindowed = MaxRelativeError(Logits(windowed, ids), theirs);
+        output.WriteLine($"mistral, window 4, {ids.Count} positions: llama.cpp vs full attention {toFull:E2}, vs the window {toWindowed:E2}");
+        Assert.True(toFull <= F32Tolerance, $"{toFull:E2}");
+        Assert.True(toWindowed > 0.01, $"{toWindowed:E2}");
+    }
+
     [Fact]
     public void ServiceTrainedBpeTokenizerModelAgreesWithLlamaCpp()
     {

@@ -60,6 +60,10 @@ public static class GgufExport
     {
         var (llama, arch) = Architecture(model);
         string a = arch.Name;
+        var factors = RopeFactors(llama);
+        // Only LlamaModel.generate_extra_tensors writes rope_freqs, and only llama.cpp's llama architecture reads it.
+        if (factors is not null && a != "llama")
+            throw new NotSupportedException($"llama3 rope scaling is not exported for {llama.ModelType} (llama.cpp's {a} architecture reads no rope_freqs)");
         var metadata = new List<(string, object)>
         {
             ("general.architecture", a), ("general.type", "model"), ("general.name", name),
@@ -84,12 +88,8 @@ public static class GgufExport
             string gguf = TensorName(t.Key);
             return new GgufTensor(gguf, shape, TensorType(shape, type), () => Rows(arch, llama, gguf, t.Transposed ? p.detach().t() : p.detach()));
         }).ToList();
-        if (RopeFactors(llama) is { } factors)
-        {
-            // Only LlamaModel.generate_extra_tensors writes rope_freqs, and only llama.cpp's llama architecture reads it.
-            if (a != "llama") throw new NotSupportedException($"llama3 rope scaling is not exported for {a} (llama.cpp's {a} has no rope_freqs)");
+        if (factors is not null)
             tensors.Add(new GgufTensor("rope_freqs.weight", [factors.Length], GgufType.F32, () => tensor(factors)));
-        }
         Gguf.Write(output, metadata, tensors);
     }
 

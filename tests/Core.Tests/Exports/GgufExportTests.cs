@@ -117,6 +117,19 @@ public sealed class GgufExportTests : IDisposable
     }
 
     [Fact]
+    public void Llama3RopeScalingIsRefusedForQwen()
+    {
+        using var scope = NewDisposeScope();
+        var scaling = new RopeScaling { RopeType = "llama3", Factor = 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 16 };
+        using var model = (LlamaForCausalLM)new Qwen2Config
+        {
+            VocabSize = 264, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 1, NumAttentionHeads = 4, NumKeyValueHeads = 2, RopeScaling = scaling,
+        }.CreateModel();
+        var error = Assert.Throws<NotSupportedException>(() => GgufExport.Write(Stream.Null, model, folder, "test", GgufType.F32, template: null));
+        Assert.Contains("rope_freqs", error.Message);
+    }
+
+    [Fact]
     public void ServiceTrainedBpeTokenizerModelAgreesWithLlamaCpp()
     {
         // fortunes-llama-demo's kind of tokenizer: BpeTrainer's byte-level BPE with GPT-2's pre-tokenizer (llama.cpp's "gpt-2").

@@ -36,12 +36,8 @@ public static class Generation
     public static async Task<(Prepared? Ready, JsonHttpResult<ErrorResponse>? Error)> PrepareAsync(
         ISamplingRequest request, Func<ModelText, ChatTemplate?, List<int>> prompt, int? defaultMaxTokens, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
-        if (string.IsNullOrEmpty(request.Model)) return (null, OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model"));
-        var model = await ModelNames.ResolveAsync(db, request.Model, cancel);
-        if (model is null)
-            return (null, OpenAiErrors.NotFound($"The model '{request.Model}' does not exist.", "model", "model_not_found"));
-        if (model.Base.Family == "vit")
-            return (null, OpenAiErrors.BadRequest($"The model '{request.Model}' is an image classifier; use POST /v1/classify.", "model", "model_not_supported"));
+        var (model, notFound) = await ResolveLanguageModelAsync(request.Model, db, cancel);
+        if (model is null) return (null, notFound);
         if (request.N is not (null or 1)) return (null, OpenAiErrors.BadRequest("Only n=1 is supported.", "n"));
         if (request.Temperature is < 0 or > 2) return (null, OpenAiErrors.BadRequest("temperature must be between 0 and 2.", "temperature"));
         if (request.TopP is <= 0 or > 1) return (null, OpenAiErrors.BadRequest("top_p must be in (0, 1].", "top_p"));
@@ -56,7 +52,7 @@ public static class Generation
         };
         if (stop is null) return (null, OpenAiErrors.BadRequest("stop must be a string or a list of up to 4 strings.", "stop"));
 
-        var (text, ids, promptError) = EncodePrompt(model, request.Model, prompt, blobs);
+        var (text, ids, promptError) = EncodePrompt(model, request.Model!, prompt, blobs);
         if (ids is null) return (null, promptError);
         int context = model.Base.ContextLength, available = context - ids.Count;
         int maxTokens = request.MaxTokens ?? defaultMaxTokens ?? available;
@@ -67,7 +63,18 @@ public static class Generation
 
         var options = new SamplingOptions(maxTokens, request.Temperature ?? 1.0, request.TopP ?? 1.0, stop, request.Seed);
         return (new Prepared(new GenerationRequest(model.Base.Id, blobs.Resolve(model.Base.BlobPath), model.AdapterKey,
-            model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath), ids, options, text!.Tokenizer, text.EosIds), request.Model), null);
+            model.AdapterBlobPath is null ? null : blobs.Resolve(model.AdapterBlobPath), ids, options, text!.Tokenizer, text.EosIds), request.Model!), null);
+    }
+
+    /// <summary>A base or fine-tuned language model by name, or the 400/404 that says why not (none given, no such model, an image classifier).</summary>
+    public static async Task<(ResolvedModel? Model, JsonHttpResult<ErrorResponse>? Error)> ResolveLanguageModelAsync(string? name, ServiceDbContext db, CancellationToken cancel)
+    {
+        if (string.IsNullOrEmpty(name)) return (null, OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model"));
+        var model = await ModelNames.ResolveAsync(db, name, cancel);
+        if (model is null) return (null, OpenAiErrors.NotFound($"The model '{name}' does not exist.", "model", "model_not_found"));
+        if (model.Base.Family == "vit")
+            return (null, OpenAiErrors.BadRequest($"The model '{name}' is an image classifier: it has no tokenizer; use POST /v1/classify.", "model", "model_not_supported"));
+        return (model, null);
     }
 
     /// <summary>

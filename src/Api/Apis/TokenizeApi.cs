@@ -1,6 +1,5 @@
 using System.Text.Json;
 using AdapterService.Api.Infrastructure;
-using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Text;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -45,7 +44,7 @@ public static class TokenizeApi
     static async Task<Results<Ok<TokenizeResponse>, JsonHttpResult<ErrorResponse>>> Tokenize(
         TokenizeRequest request, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
-        var (model, error) = await ResolveAsync(request.Model, db, cancel);
+        var (model, error) = await Generation.ResolveLanguageModelAsync(request.Model, db, cancel);
         if (model is null) return error!;
         bool chat = request.Messages is { ValueKind: not JsonValueKind.Null };
         if (chat == (request.Prompt is not null)) return OpenAiErrors.BadRequest("Give either prompt or messages.", request.Prompt is null ? "prompt" : "messages");
@@ -69,7 +68,7 @@ public static class TokenizeApi
     static async Task<Results<Ok<DetokenizeResponse>, JsonHttpResult<ErrorResponse>>> Detokenize(
         DetokenizeRequest request, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
     {
-        var (model, error) = await ResolveAsync(request.Model, db, cancel);
+        var (model, error) = await Generation.ResolveLanguageModelAsync(request.Model, db, cancel);
         if (model is null) return error!;
         if (request.Tokens is null) return OpenAiErrors.BadRequest("Missing required parameter: 'tokens'.", "tokens");
         var tokenizer = ModelText.ForModel(blobs.Resolve(model.Base.BlobPath)).Tokenizer;
@@ -77,15 +76,5 @@ public static class TokenizeApi
         if (bad >= 0)
             return OpenAiErrors.BadRequest($"tokens[{bad}] = {request.Tokens[bad]} is not a token id of this model (0 to {tokenizer.VocabularySize - 1}).", $"tokens[{bad}]");
         return TypedResults.Ok(new DetokenizeResponse(tokenizer.Decode(request.Tokens, skipSpecialTokens: false)));
-    }
-
-    static async Task<(ResolvedModel? Model, JsonHttpResult<ErrorResponse>? Error)> ResolveAsync(string? name, ServiceDbContext db, CancellationToken cancel)
-    {
-        if (string.IsNullOrEmpty(name)) return (null, OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model"));
-        var model = await ModelNames.ResolveAsync(db, name, cancel);
-        if (model is null) return (null, OpenAiErrors.NotFound($"The model '{name}' does not exist.", "model", "model_not_found"));
-        if (model.Base.Family == "vit")
-            return (null, OpenAiErrors.BadRequest($"The model '{name}' is an image classifier; it has no tokenizer.", "model", "model_not_supported"));
-        return (model, null);
     }
 }

@@ -202,7 +202,7 @@ public static class GgufExport
     /// <summary>The tokenizer.ggml.* keys: a byte-level BPE tokenizer.json, or the built-in byte tokenizer.</summary>
     static IEnumerable<(string, object)> Vocabulary(string folder, LlamaConfig config)
     {
-        var tokenizer = TextTokenizers.ForModel(folder);
+        var tokenizer = ModelText.ForModel(folder).Tokenizer;
         string json = Path.Combine(folder, HfTokenizer.TokenizerFile);
         var (tokens, types, merges, pre) = tokenizer switch
         {

@@ -31,16 +31,11 @@ public interface ITextTokenizer
 
 public static class TextTokenizers
 {
-    // Base model folders never change once stored, so each one's tokenizer is read once.
-    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<ITextTokenizer>> Loaded = new();
-
     /// <summary>
-    /// The tokenizer of a model folder: its Hugging Face tokenizer files, else its SentencePiece <c>tokenizer.model</c>,
-    /// else the byte tokenizer of the built-in models.
+    /// Reads the tokenizer of a model folder: its Hugging Face tokenizer files, else its SentencePiece <c>tokenizer.model</c>,
+    /// else the byte tokenizer of the built-in models. Not kept: <see cref="ModelText.ForModel"/> keeps a stored folder's.
     /// </summary>
-    public static ITextTokenizer ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ITextTokenizer>(() => Load(f))).Value;
-
-    static ITextTokenizer Load(string folder)
+    public static ITextTokenizer Read(string folder)
     {
         bool sentencePiece = File.Exists(Path.Combine(folder, SentencePieceTextTokenizer.ModelFile));
         if (File.Exists(Path.Combine(folder, HfTokenizer.TokenizerFile)) || File.Exists(Path.Combine(folder, HfTokenizer.VocabFile)))

@@ -39,11 +39,18 @@ public sealed class ModelText
     public static ModelText ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ModelText>(() => Read(f))).Value;
 
     /// <summary>The rules of a tokenizer without a model folder (tests, benchmarks): its fallback chat format, if it has one.</summary>
-    public static ModelText Of(ITextTokenizer tokenizer)
+    public static ModelText Of(ITextTokenizer tokenizer) => Create(tokenizer, null, new Dictionary<string, ChatTemplate>(), "");
+
+    /// <summary>The rules of a tokenizer and the folder's templates; without a template, the tokenizer's fallback format and its end of turn.</summary>
+    static ModelText Create(ITextTokenizer tokenizer, ChatTemplate? template, IReadOnlyDictionary<string, ChatTemplate> named, string tokenizerSha256)
     {
-        var fallback = FallbackChatFormats.Find(tokenizer);
-        return new ModelText(tokenizer, fallback is { } f ? ChatTemplate.Parse(f.Template) : null, new Dictionary<string, ChatTemplate>(),
-            fallback is { } end ? [.. tokenizer.EosIds.Append(end.EndId).Distinct()] : tokenizer.EosIds, "");
+        var eos = new List<int>(tokenizer.EosIds);   // config.json's and generation_config.json's
+        if (template is null && FallbackChatFormats.Find(tokenizer) is { } fallback)
+        {
+            template = ChatTemplate.Parse(fallback.Template);
+            eos.Add(fallback.EndId);
+        }
+        return new ModelText(tokenizer, template, named, eos.Distinct().ToList(), tokenizerSha256);
     }
 
     /// <summary>The built-in models' rules: the byte tokenizer and its chat format.</summary>
@@ -202,7 +209,7 @@ public sealed class ModelText
     /// <summary>Reads a folder's text rules without keeping them (a folder being imported); a template that does not parse is bad data.</summary>
     public static ModelText Read(string folder)
     {
-        var tokenizer = TextTokenizers.ForModel(folder);
+        var tokenizer = TextTokenizers.Read(folder);
         var named = new Dictionary<string, ChatTemplate>(StringComparer.Ordinal);
         ChatTemplate? template = null;
         string config = Path.Combine(folder, HfTokenizer.ConfigFile);
@@ -226,13 +233,7 @@ public sealed class ModelText
         if (File.Exists(templateFile)) template = Parse(File.ReadAllText(templateFile), templateFile);
         template ??= named.GetValueOrDefault("default");
 
-        var eos = new List<int>(tokenizer.EosIds);   // config.json's and generation_config.json's
-        if (template is null && FallbackChatFormats.Find(tokenizer) is { } fallback)
-        {
-            template = ChatTemplate.Parse(fallback.Template);
-            eos.Add(fallback.EndId);
-        }
-        return new ModelText(tokenizer, template, named, eos.Distinct().ToList(), HashTokenizerFiles(folder));
+        return Create(tokenizer, template, named, HashTokenizerFiles(folder));
     }
 
     static ChatTemplate Parse(string source, string path)

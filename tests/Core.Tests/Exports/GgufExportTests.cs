@@ -61,7 +61,7 @@ public sealed class GgufExportTests : IDisposable
         using var scope = NewDisposeScope();
         using var model = Llama3Shaped();
         string text = "The quick brown fox jumps over 123 lazy dogs.\n";
-        var tokenizer = TextTokenizers.ForModel(folder);
+        var tokenizer = TextTokenizers.Read(folder);
         var ids = tokenizer.Encode(text, addSpecialTokens: true).ToList();
         string gguf = Export(model, type);
         Compare(model, gguf, ids, tolerance, steps: 4);
@@ -84,7 +84,7 @@ public sealed class GgufExportTests : IDisposable
         using var scope = NewDisposeScope();
         using var model = FamilyShaped(family);
         string text = "The quick brown fox jumps over 123 lazy dogs.\n";
-        var ids = TextTokenizers.ForModel(folder).Encode(text, addSpecialTokens: true).ToList();
+        var ids = TextTokenizers.Read(folder).Encode(text, addSpecialTokens: true).ToList();
         string gguf = Export(model, GgufType.F32);
         Compare(model, gguf, ids, F32Tolerance, steps: 4);
         using var weights = Load(gguf);
@@ -105,7 +105,7 @@ public sealed class GgufExportTests : IDisposable
         using var windowed = (LlamaForCausalLM)(((MistralConfig)full.Config) with { SlidingWindow = 4 }).CreateModel();
         windowed.load_state_dict(full.state_dict());
         windowed.eval();
-        var ids = TextTokenizers.ForModel(folder).Encode("The quick brown fox jumps over 123 lazy dogs.\n", addSpecialTokens: true).ToList();
+        var ids = TextTokenizers.Read(folder).Encode("The quick brown fox jumps over 123 lazy dogs.\n", addSpecialTokens: true).ToList();
         string gguf = Export(windowed, GgufType.F32);
         using var weights = Load(gguf);
         using var context = weights.CreateContext(Parameters(gguf));
@@ -141,7 +141,7 @@ public sealed class GgufExportTests : IDisposable
         using var model = TinyLlama.Create(seed: 4, config);
         ModelFolder.Save(model, folder);
         string text = "The early bird, 42 worms and a second mouse!";
-        var ids = TextTokenizers.ForModel(folder).Encode(text, addSpecialTokens: false).ToList();
+        var ids = TextTokenizers.Read(folder).Encode(text, addSpecialTokens: false).ToList();
         string gguf = Export(model, GgufType.F32);
         Compare(model, gguf, ids, F32Tolerance, steps: 4);
         using var weights = Load(gguf);

@@ -38,7 +38,7 @@ public class LanguageModelPretrainingTests
 
             using var model = ModelFolder.Load<LlamaForCausalLM>(folder);
             Assert.Equal((400, 32), (model.VocabSize, model.ContextLength));
-            var tokenizer = Assert.IsType<HfTokenizer>(TextTokenizers.ForModel(folder));
+            var tokenizer = Assert.IsType<HfTokenizer>(TextTokenizers.Read(folder));
             Assert.Equal([0], tokenizer.EosIds);
             var ids = tokenizer.Encode("A fortune", addSpecialTokens: true);
             using var logits = model.forward(tensor(ids.Select(i => (long)i).ToArray()).unsqueeze(0));

@@ -77,7 +77,7 @@ public class BpeTrainerTests
         var folder = WriteFolder(vocabulary);
         try
         {
-            var tokenizer = Assert.IsType<HfTokenizer>(TextTokenizers.ForModel(folder));
+            var tokenizer = Assert.IsType<HfTokenizer>(TextTokenizers.Read(folder));
             Assert.Equal(0, tokenizer.SpecialTokens["<|endoftext|>"]);
             Assert.Equal([0], tokenizer.EosIds);
             // Learned merges are used: a frequent word is one token.

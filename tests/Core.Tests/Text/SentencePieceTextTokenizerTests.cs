@@ -72,12 +72,12 @@ public sealed class SentencePieceTextTokenizerTests : IDisposable
     [Fact]
     public void TheFolderPicksItsTokenizerAndBrokenModelsAreRefused()
     {
-        Assert.IsType<SentencePieceTextTokenizer>(TextTokenizers.ForModel(Folder("only-model", Write(TinyPieces()))));
+        Assert.IsType<SentencePieceTextTokenizer>(TextTokenizers.Read(Folder("only-model", Write(TinyPieces()))));
         // Llama 2 folders carry a Metaspace tokenizer.json beside the tokenizer.model it came from: the model is used.
         var both = Folder("both", Write(TinyPieces()));
         File.WriteAllText(Path.Combine(both, HfTokenizer.TokenizerFile), """{"model": {"type": "Unigram"}}""");
-        Assert.IsType<SentencePieceTextTokenizer>(TextTokenizers.ForModel(both));
-        Assert.IsType<ByteTokenizer>(TextTokenizers.ForModel(Directory.CreateDirectory(Path.Combine(dir, "none")).FullName));
+        Assert.IsType<SentencePieceTextTokenizer>(TextTokenizers.Read(both));
+        Assert.IsType<ByteTokenizer>(TextTokenizers.Read(Directory.CreateDirectory(Path.Combine(dir, "none")).FullName));
 
         Assert.Throws<InvalidDataException>(() => SentencePieceTextTokenizer.Load(Folder("garbage", Encoding.UTF8.GetBytes("not a model at all"))));
         Assert.Throws<InvalidDataException>(() => SentencePieceTextTokenizer.Load(Folder("word", Write(TinyPieces(), modelType: 3))));

@@ -44,6 +44,7 @@ public sealed class ModelText
     /// <summary>The rules of a tokenizer and the folder's templates; without a template, the tokenizer's fallback format and its end of turn.</summary>
     static ModelText Create(ITextTokenizer tokenizer, ChatTemplate? template, IReadOnlyDictionary<string, ChatTemplate> named, string tokenizerSha256)
     {
+        if (!Chats(tokenizer)) (template, named) = (null, new Dictionary<string, ChatTemplate>());
         var eos = new List<int>(tokenizer.EosIds);   // config.json's and generation_config.json's
         if (template is null && FallbackChatFormats.Find(tokenizer) is { } fallback)
         {
@@ -96,8 +97,7 @@ public sealed class ModelText
     /// </summary>
     public ChatTemplate ChooseTemplate(string? requested, ChatTemplate? fineTuned = null)
     {
-        // SentencePiece encodes the special-token strings a template writes (<s>, [INST]) as text, not as the tokens.
-        if (Tokenizer is SentencePieceTextTokenizer)
+        if (!Chats(Tokenizer))
             throw new NotSupportedException("this model's tokenizer is a SentencePiece tokenizer.model, which cannot encode a chat template's special tokens; use completions, or give the folder its tokenizer.json");
         if (!string.IsNullOrEmpty(requested))
             return NamedTemplates.TryGetValue(requested, out var named) ? named : ChatTemplate.Parse(requested);
@@ -191,6 +191,9 @@ public sealed class ModelText
             for (int k = TokensBefore(start), to = TokensBefore(end); k < to; k++) train[k] = true;
         return new TokenSequence([.. ids], train);
     }
+
+    /// <summary>SentencePiece encodes the special-token strings a template writes (<c>&lt;s&gt;</c>, <c>[INST]</c>) as text, not as the tokens: it does not chat.</summary>
+    static bool Chats(ITextTokenizer tokenizer) => tokenizer is not SentencePieceTextTokenizer;
 
     static int CommonPrefix(string a, string b)
     {

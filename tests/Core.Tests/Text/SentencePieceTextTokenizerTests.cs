@@ -60,6 +60,14 @@ public sealed class SentencePieceTextTokenizerTests : IDisposable
         Assert.Equal([hello, hello], tokenizer.Encode("hello hello"));
         Assert.Throws<NotSupportedException>(() => text.ChooseTemplate(null));
         Assert.Throws<NotSupportedException>(() => text.EncodeExample(new ChatExample(1, [new ChatMessage("user", "hello", false)]), null));
+
+        // A Llama 2 folder's tokenizer_config.json has a chat template, which its tokenizer.model cannot encode: no chat,
+        // and a fine-tuned model of it records no template (the job does not fail when it saves its adapter).
+        var withTemplate = Folder("with-template", Write(TinyPieces()), """{"bos_token_id": 1, "eos_token_id": [2]}""");
+        File.WriteAllText(Path.Combine(withTemplate, HfTokenizer.ConfigFile), """{"chat_template": "{{ messages[0].content }}"}""");
+        var folderText = ModelText.ForModel(withTemplate);
+        Assert.Null(folderText.Template);
+        Assert.Throws<NotSupportedException>(() => folderText.ChooseTemplate(null));
     }
 
     [Fact]

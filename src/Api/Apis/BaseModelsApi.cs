@@ -150,7 +150,10 @@ public static class BaseModelsApi
         }
         catch (Exception e) when (e is InvalidDataException or IOException)
         {
-            return OpenAiErrors.BadRequest($"Not a usable model folder: {e.Message}", param, "invalid_model");
+            // The checks name files by name; a message from elsewhere (the tokenizer readers) may hold the temporary
+            // folder's path, which is the server's business, so it goes too.
+            string message = e.Message.Replace(temp + System.IO.Path.DirectorySeparatorChar, "", StringComparison.Ordinal).Replace(temp, "the folder", StringComparison.Ordinal);
+            return OpenAiErrors.BadRequest($"Not a usable model folder: {message}", param, "invalid_model");
         }
         finally
         {

@@ -185,6 +185,63 @@ public sealed class CheckpointTests : IDisposable
             Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder)).Message);
     }
 
+    /// <summary>
+    /// Faults in the second shard, each refused naming the file by its name (never the folder's path) and the tensor:
+    /// the index and shard rewritten together, so only the tensor check can catch them.
+    /// </summary>
+    public static TheoryData<string, string> TensorFaults => new()
+    {
+        { "missing", "model.safetensors.index.json: 1 tensor(s) missing: model.layers.1.mlp.up_proj.weight" },
+        { "unexpected", $"{Shard2}: 1 tensor(s) this LlamaForCausalLM does not have: model.layers.1.mlp.experts.0.w1.weight" },
+        { "shape", $"{Shard2}: tensor model.norm.weight has shape [{Config.HiddenSize + 1}]; config.json makes it [{Config.HiddenSize}]" },
+        { "dtype", $"{Shard2}: tensor model.norm.weight has dtype I32, which cannot be loaded (F32, F16, BF16 can)" },
+    };
+
+    [Theory]
+    [MemberData(nameof(TensorFaults))]
+    public void ATensorFaultInAShardIsRefusedNamingTheShardAndTheTensor(string fault, string message)
+    {
+        var shard = SafeTensors.Load(Path.Combine(folder, Shard2));
+        switch (fault)
+        {
+            case "missing": shard.Remove("model.layers.1.mlp.up_proj.weight"); break;
+            case "unexpected": shard["model.layers.1.mlp.experts.0.w1.weight"] = zeros(4, 4); break;
+            case "shape": shard["model.norm.weight"] = ones(Config.HiddenSize + 1); break;
+            case "dtype": shard["model.norm.weight"] = ones(Config.HiddenSize); break;   // written as F32, then relabelled I32 (same size)
+        }
+        RewriteShard2(shard);
+        if (fault == "dtype")
+        {
+            string path = Path.Combine(folder, Shard2);
+            var bytes = File.ReadAllBytes(path);
+            var text = System.Text.Encoding.Latin1.GetString(bytes);
+            int at = text.IndexOf("\"dtype\":\"F32\"", StringComparison.Ordinal);
+            Assert.True(at > 0 && text.IndexOf("\"dtype\":\"F32\"", at + 1, StringComparison.Ordinal) < 0);   // the only F32 tensor
+            bytes[at + 9] = (byte)'I';
+            File.WriteAllBytes(path, bytes);
+        }
+        var e = Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder));
+        Assert.Equal(message, e.Message);
+        Assert.DoesNotContain(root.FullName, e.Message);
+    }
+
+    [Fact]
+    public void RotaryInverseFrequenciesAnOlderExportSavedPass()
+    {
+        var shard = SafeTensors.Load(Path.Combine(folder, Shard2));
+        shard["model.layers.1.self_attn.rotary_emb.inv_freq"] = ones(Config.HeadDim / 2);
+        RewriteShard2(shard);
+        using var model = ModelFolder.Load<LlamaForCausalLM>(folder);
+    }
+
+    void RewriteShard2(Dictionary<string, Tensor> shard)
+    {
+        SafeTensors.Save(Path.Combine(folder, Shard2), shard, new Dictionary<string, string> { ["format"] = "pt" });
+        var first = SafeTensors.ReadHeader(Path.Combine(folder, Shard1)).Tensors.Select(t => t.Name);
+        WriteIndex(Index(first.Select(k => (k, Shard1)).Concat(shard.Keys.Select(k => (k, Shard2))).ToDictionary(x => x.Item1, x => x.Item2)));
+        foreach (var t in shard.Values) t.Dispose();
+    }
+
     [Fact]
     public void ATruncatedShardIsRefusedByItsHeaderCheckNamingTheShard()
     {

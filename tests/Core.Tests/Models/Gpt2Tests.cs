@@ -279,6 +279,9 @@ public sealed class Gpt2Tests : IDisposable
     [InlineData("\"GPT2LMHeadModel\"", "\"GPT2DoubleHeadsModel\"", "architectures [GPT2DoubleHeadsModel]")]
     [InlineData("\"activation_function\": \"gelu_new\"", "\"activation_function\": \"mish\"", "activation_function 'mish'")]
     [InlineData("\"n_positions\": 24,", "\"n_positions\": 25,", "transformer.wpe.weight has shape [24,32]; config.json makes it [25,32]")]
+    [InlineData("\"n_positions\": 24,", "\"n_positions\": 24, \"rotary_dim\": 8,", "config.json: rotary_dim 8 changes the math and is not implemented for model_type 'gpt2'")]
+    [InlineData("\"n_positions\": 24,", "\"n_positions\": 24, \"multi_query\": true,", "multi_query true changes the math")]
+    [InlineData("\"n_positions\": 24,", "\"n_positions\": 24, \"n_experts\": 4, \"num_experts\": 4,", "num_experts 4 changes the math")]
     public void BadConfigsAreRefusedNamingTheKey(string find, string replace, string message)
     {
         File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile), ConfigJson().Replace(find, replace));

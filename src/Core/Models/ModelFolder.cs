@@ -33,6 +33,7 @@ public static class ModelFolder
     public static nn.Module<Tensor, Tensor> Load(string folder)
     {
         var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));
+        CheckSize(config, folder);
         var model = config.CreateModel();
         try
         {
@@ -155,6 +156,41 @@ public static class ModelFolder
         finally
         {
             foreach (var file in files) file.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Before the model is built: a config.json whose linear layers alone need more values than the weight files hold (all
+    /// of them, plus the largest once more for a tied head they leave out) is refused, so a wrong or hostile size
+    /// (<c>hidden_size</c> of a million) is an error naming the file, not an allocation that fails or exhausts memory.
+    /// The sum stops once past the files' size, so a huge <c>num_hidden_layers</c> costs no more than the files do.
+    /// </summary>
+    static void CheckSize(ModelConfig config, string folder)
+    {
+        var files = OpenCheckpoint(folder);
+        long stored = 0, largest = 0;
+        try
+        {
+            foreach (var info in files.SelectMany(f => f.Tensors))
+            {
+                long count = info.Shape.Aggregate(1L, (n, d) => n * d);   // cannot overflow: the header check bounded its bytes
+                stored += count;
+                largest = Math.Max(largest, count);
+            }
+        }
+        finally
+        {
+            foreach (var file in files) file.Dispose();
+        }
+        long limit = stored + largest, described = 0;
+        foreach (var (path, inFeatures, outFeatures) in config.LinearShapes())
+        {
+            // A size past int.MaxValue wraps in the family's int arithmetic; each factor at most that, the product fits a long.
+            if (inFeatures <= 0 || outFeatures <= 0 || inFeatures > int.MaxValue || outFeatures > int.MaxValue)
+                throw new InvalidDataException($"{ConfigFile}: its sizes give {path} the shape [{outFeatures},{inFeatures}]");
+            described += inFeatures * outFeatures;
+            if (described > limit)
+                throw new InvalidDataException($"{ConfigFile}: its sizes give the linear layers up to {path} more values than the weight files hold ({stored} in all); the config does not describe these weights");
         }
     }
 

@@ -225,6 +225,21 @@ public sealed class CheckpointTests : IDisposable
         Assert.DoesNotContain(root.FullName, e.Message);
     }
 
+    /// <summary>Sizes far beyond the files are refused before the model is built: no allocation of a million-wide model.</summary>
+    [Theory]
+    [InlineData("hidden_size", 1_000_000, "model.layers.0.self_attn.q_proj")]
+    [InlineData("num_hidden_layers", 2_000_000_000, "model.layers.3.")]
+    [InlineData("intermediate_size", 2_000_000_000, "model.layers.0.mlp.gate_proj")]
+    public void AConfigFarLargerThanItsWeightsIsRefusedBeforeAllocating(string key, int value, string where)
+    {
+        var json = System.Text.Json.Nodes.JsonNode.Parse(ConfigJson)!;
+        json[key] = value;
+        File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile), json.ToJsonString());
+        var e = Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder));
+        Assert.StartsWith("config.json: its sizes give the linear layers up to " + where, e.Message);
+        Assert.Contains("more values than the weight files hold", e.Message);
+    }
+
     [Fact]
     public void RotaryInverseFrequenciesAnOlderExportSavedPass()
     {

@@ -34,7 +34,13 @@ public static class ModelFolder
     {
         var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));
         CheckSize(config, folder);
-        var model = config.CreateModel();
+        nn.Module<Tensor, Tensor> model;
+        // What CheckSize cannot see (position embeddings: GPT-2's n_positions, ViT's image_size) fails here, as the config's fault.
+        try { model = config.CreateModel(); }
+        catch (System.Runtime.InteropServices.ExternalException e) when (e.Message.Contains("can't allocate memory", StringComparison.Ordinal))
+        {
+            throw new InvalidDataException($"{ConfigFile}: its sizes make a model too large to build (the allocation failed); the config does not describe these weights", e);
+        }
         try
         {
             LoadWeights((IHuggingFaceModel)model, folder);

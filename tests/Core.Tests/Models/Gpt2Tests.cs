@@ -289,6 +289,23 @@ public sealed class Gpt2Tests : IDisposable
         Assert.Contains(message, e.Message);
     }
 
+    /// <summary>
+    /// n_positions sizes no linear layer, so only building the model meets it: 2e9 positions × 32 is 256 GB of position
+    /// embeddings, refused as a config error rather than an allocation failure (a 500).
+    /// </summary>
+    [Fact]
+    public void ASizeTooLargeToBuildIsAConfigError()
+    {
+        // Under vm.overcommit_memory 1 the allocation would succeed and initialising it would exhaust memory, so the
+        // check needs Linux's default heuristic (0) or strict (2) accounting, which refuse 256 GB at once.
+        const string overcommit = "/proc/sys/vm/overcommit_memory";
+        if (File.Exists(overcommit) && File.ReadAllText(overcommit).Trim() == "1") return;
+        File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile), ConfigJson().Replace($"\"n_positions\": {Positions},", "\"n_positions\": 2000000000,"));
+        var e = Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder));
+        Assert.StartsWith("config.json: ", e.Message);
+        Assert.Contains("too large", e.Message);
+    }
+
     [Fact]
     public void MissingAndUnexpectedTensorsAreNamed()
     {

@@ -261,8 +261,10 @@ public static class JsonAutomaton
             0xF4 => 3 | 4 << 2,
             _ => -2,
         };
-        if (next == -1) into.Add(f.WithPhase(count + 1, 0, 1));
-        else if (next >= 0) into.Add(f.WithPhase(count + 1, next, 0));
+        // Without a maxLength the count matters only up to minLength: saturating it there keeps the states (and cached masks) few.
+        int counted = max == int.MaxValue ? Math.Min(count + 1, min) : count + 1;
+        if (next == -1) into.Add(f.WithPhase(counted, 0, 1));
+        else if (next >= 0) into.Add(f.WithPhase(counted, next, 0));
     }
 
     static void StepNumber(Frame f, byte b, List<Frame> into)

@@ -30,31 +30,50 @@ public sealed class JsonConstraint
         state = [Start(grammar)];
     }
 
+    /// <summary>The cursors now (their top frames first), for diagnostics.</summary>
+    public string Describe() => string.Join(" | ", state.Select(f =>
+    {
+        var parts = new List<string>();
+        for (var x = f; x is not null; x = x.Parent) parts.Add($"{x.Kind}({x.A},{x.B},{x.C})");
+        return string.Join("<", parts);
+    }));
+
     /// <summary>The document is complete on some cursor (an end id is allowed).</summary>
     public bool IsComplete => state.Any(JsonAutomaton.IsComplete);
     /// <summary>Some byte may still follow.</summary>
     public bool CanContinue => state.Any(JsonAutomaton.CanContinue);
 
+    /// <summary>The tokens that may come next, in id order (end ids last).</summary>
+    public List<int> Allowed()
+    {
+        var bits = masks.Get(state).Bits;
+        var ids = new List<int>();
+        for (int w = 0; w < bits.Length; w++)
+            for (ulong word = bits[w]; word != 0; word &= word - 1)
+                ids.Add(w * 64 + System.Numerics.BitOperations.TrailingZeroCount(word));
+        if (IsComplete) ids.AddRange(eosIds);
+        return ids;
+    }
+
     /// <summary>Whether token <paramref name="id"/> may come next.</summary>
     public bool Allows(int id)
     {
         if (eosIds.Contains(id)) return IsComplete;
-        var bits = masks.Get(state);
+        var bits = masks.Get(state).Bits;
         return id >= 0 && id < masks.Vocabulary.Size && (bits[id >> 6] & 1UL << id) != 0;
     }
 
-    /// <summary>Sets every disallowed entry of <paramref name="logits"/> [vocab] to −∞ in place.</summary>
+    /// <summary>Sets every disallowed entry of <paramref name="logits"/> [vocab] to −∞ in place (entries past the tokenizer's vocabulary too).</summary>
     public void Mask(Tensor logits)
     {
-        var bits = masks.Get(state);
-        int size = (int)logits.shape[0];
-        var blocked = new bool[size];
-        int known = Math.Min(size, masks.Vocabulary.Size);
-        for (int i = 0; i < known; i++) blocked[i] = (bits[i >> 6] & 1UL << i) == 0;
-        for (int i = known; i < size; i++) blocked[i] = true;
-        if (IsComplete) foreach (int id in eosIds) if (id >= 0 && id < size) blocked[id] = false;
-        using var mask = tensor(blocked, device: logits.device);
-        logits.masked_fill_(mask, double.NegativeInfinity);
+        var blocked = masks.Blocked(state);
+        int size = (int)logits.shape[0], known = Math.Min(size, masks.Vocabulary.Size);
+        using var scope = NewDisposeScope();
+        var ends = IsComplete ? tensor(eosIds.Where(id => id >= 0 && id < size).Select(id => (long)id).ToArray()) : null;
+        var endLogits = ends is null ? null : logits.index_select(0, ends);
+        logits.narrow(0, 0, known).masked_fill_(blocked.narrow(0, 0, known).to(logits.device), double.NegativeInfinity);
+        if (size > known) logits.narrow(0, known, size - known).fill_(double.NegativeInfinity);
+        if (ends is not null) logits.index_copy_(0, ends, endLogits!);
     }
 
     /// <summary>Takes the sampled token. An end id or a token the grammar refuses leaves the state as it was (the engine stops on an end id; a refused one cannot be sampled through <see cref="Mask"/>).</summary>
@@ -73,12 +92,35 @@ public sealed class JsonConstraint
 /// <summary>The allowed tokens of each automaton state reached so far, for one grammar over one vocabulary (bounded; cleared when full).</summary>
 public sealed class JsonMasks
 {
-    /// <summary>Masks kept per grammar and vocabulary (each is vocabulary/8 bytes: 19 KB for Qwen's 151k tokens).</summary>
-    public const int MaxKept = 512;
+    /// <summary>Masks kept per grammar and vocabulary (each is vocabulary × 9/8 bytes, bits and bool tensor: 170 KB for Qwen's 151k tokens).</summary>
+    public const int MaxKept = 256;
     static readonly ConditionalWeakTable<TokenVocabulary, Dictionary<string, JsonMasks>> Shared = [];
 
     public TokenVocabulary Vocabulary { get; }
-    readonly Dictionary<StateKey, ulong[]> kept = [];
+    readonly Dictionary<StateKey, Entry> kept = [];
+
+    /// <summary>A state's allowed tokens as bits, and (made on first use) as a bool tensor of the blocked ones.</summary>
+    public sealed class Entry(ulong[] bits)
+    {
+        public ulong[] Bits { get; } = bits;
+        public Tensor? Blocked;
+    }
+
+    /// <summary>The blocked tokens of <paramref name="state"/> as a bool tensor [vocabulary] (kept with the state's bits; never disposed while kept).</summary>
+    public Tensor Blocked(IReadOnlyList<Frame> state)
+    {
+        var entry = Get(state);
+        lock (entry)
+        {
+            if (entry.Blocked is null)
+            {
+                var blocked = new bool[Vocabulary.Size];
+                for (int i = 0; i < blocked.Length; i++) blocked[i] = (entry.Bits[i >> 6] & 1UL << i) == 0;
+                entry.Blocked = tensor(blocked).DetachFromDisposeScope();   // evicted entries are left to the finalizer: a caller may still hold one
+            }
+            return entry.Blocked;
+        }
+    }
     readonly List<Frame>[] buffers;
     /// <summary>Masks computed (cache misses) and served from the cache, for benchmarks.</summary>
     public int Computed, Reused;
@@ -101,24 +143,32 @@ public sealed class JsonMasks
     }
 
     /// <summary>The bit set of tokens (end ids aside) that keep <paramref name="state"/> a valid document prefix.</summary>
-    public ulong[] Get(IReadOnlyList<Frame> state)
+    public Entry Get(IReadOnlyList<Frame> state)
     {
         lock (kept)
         {
             var key = new StateKey([.. state]);
-            if (kept.TryGetValue(key, out var bits)) { Reused++; return bits; }
-            bits = new ulong[(Vocabulary.Size + 63) / 64];
-            Walk(0, state, 0, bits);
+            if (kept.TryGetValue(key, out var known)) { Reused++; return known; }
+            ulong[] bits;
+            if (state is [{ Kind: FrameKind.String, B: 0, C: 0 } inString])
+            {
+                // Inside a string, plain content tokens depend only on how many characters the string may still take.
+                bits = (ulong[])Vocabulary.PlainUpTo((inString.Node?.MaxLength ?? int.MaxValue) - inString.A).Clone();
+                Walk(Vocabulary.NotPlain, 0, state, 0, bits);
+            }
+            else
+            {
+                bits = new ulong[(Vocabulary.Size + 63) / 64];
+                Walk(Vocabulary.All, 0, state, 0, bits);
+            }
             if (kept.Count >= MaxKept) kept.Clear();
-            kept[key] = bits;
             Computed++;
-            return bits;
+            return kept[key] = new Entry(bits);
         }
     }
 
-    void Walk(int node, IReadOnlyList<Frame> state, int depth, ulong[] bits)
+    void Walk(TokenVocabulary.Trie v, int node, IReadOnlyList<Frame> state, int depth, ulong[] bits)
     {
-        var v = Vocabulary;
         var next = buffers[depth];
         for (int c = v.ChildStart[node], end = c + v.ChildCount[node]; c < end; c++)
         {
@@ -129,7 +179,7 @@ public sealed class JsonMasks
                 int id = v.TokenIds[t];
                 bits[id >> 6] |= 1UL << id;
             }
-            if (v.ChildCount[c] > 0) Walk(c, next, depth + 1, bits);
+            if (v.ChildCount[c] > 0) Walk(v, c, next, depth + 1, bits);
         }
         next.Clear();
     }

@@ -23,9 +23,6 @@ public sealed class TokenVocabulary
     public bool SpellsAscii { get; }
     public int MaxTokenBytes { get; }
 
-    // The trie: node 0 is the root; a node's children are contiguous (ChildStart .. + ChildCount), each with its byte.
-    internal readonly int[] ChildStart, ChildCount, TokenStart, TokenCount, TokenIds;
-    internal readonly byte[] Label;
 
     public static TokenVocabulary For(ITextTokenizer tokenizer) => Cache.GetValue(tokenizer, t => new TokenVocabulary(t));
 
@@ -54,41 +51,107 @@ public sealed class TokenVocabulary
         SpellsAscii = Enumerable.Range(0x20, 0x7F - 0x20).All(b => single[b]) && single['\n'];
         MaxTokenBytes = Bytes.Max(b => b?.Length ?? 0);
 
-        // Ids sorted by their bytes; each trie node covers a range of them sharing its prefix.
-        var ids = Enumerable.Range(0, Size).Where(i => Bytes[i] is not null).ToArray();
-        Array.Sort(ids, (x, y) => Bytes[x].AsSpan().SequenceCompareTo(Bytes[y]));
-        TokenIds = ids;
-        var childStart = new List<int> { 0 }; var childCount = new List<int> { 0 }; var tokenStart = new List<int> { 0 };
-        var tokenCount = new List<int> { 0 }; var label = new List<byte> { 0 };
-        var stack = new Stack<(int Node, int Lo, int Hi, int Depth)>();
-        stack.Push((0, 0, ids.Length, 0));
-        while (stack.Count > 0)
-        {
-            var (node, lo, hi, depth) = stack.Pop();
-            int i = lo;
-            while (i < hi && Bytes[ids[i]]!.Length == depth) i++;   // tokens that end here sort first
-            (tokenStart[node], tokenCount[node]) = (lo, i - lo);
-            var groups = new List<(int Lo, int Hi)>();
-            while (i < hi)
-            {
-                int j = i + 1;
-                byte b = Bytes[ids[i]]![depth];
-                while (j < hi && Bytes[ids[j]]![depth] == b) j++;
-                groups.Add((i, j));
-                i = j;
-            }
-            (childStart[node], childCount[node]) = (childStart.Count, groups.Count);
-            foreach (var (glo, ghi) in groups)
-            {
-                int child = childStart.Count;
-                childStart.Add(0); childCount.Add(0); tokenStart.Add(0); tokenCount.Add(0); label.Add(Bytes[ids[glo]]![depth]);
-                stack.Push((child, glo, ghi, depth + 1));
-            }
-        }
-        (ChildStart, ChildCount, TokenStart, TokenCount, Label) = ([.. childStart], [.. childCount], [.. tokenStart], [.. tokenCount], [.. label]);
+        All = new Trie(this, Enumerable.Range(0, Size).Where(i => Bytes[i] is not null));
+        PlainChars = Bytes.Select(CountPlain).ToArray();
+        MaxPlainChars = PlainChars.Max();
+        NotPlain = new Trie(this, Enumerable.Range(0, Size).Where(i => Bytes[i] is not null && PlainChars[i] < 0));
+        byPlainChars = Enumerable.Range(0, Size).Where(i => PlainChars[i] >= 0).OrderBy(i => PlainChars[i]).ToArray();
     }
 
-    public int Nodes => Label.Length;
+    /// <summary>Every token with bytes.</summary>
+    public Trie All { get; }
+    /// <summary>The tokens that are not plain string content (see <see cref="PlainChars"/>): what a string's mask must still walk.</summary>
+    public Trie NotPlain { get; }
+    /// <summary>
+    /// Per token: how many characters it adds inside a JSON string when all its bytes are plain content (no quote, backslash
+    /// or control character; whole, valid UTF-8 characters); −1 otherwise. Inside a string such a token is allowed exactly
+    /// when the string may take that many more characters, whatever else the state is.
+    /// </summary>
+    public int[] PlainChars { get; }
+    public int MaxPlainChars { get; }
+    readonly int[] byPlainChars;
+    readonly Dictionary<int, ulong[]> plainUpTo = [];
+
+    /// <summary>The bit set of plain tokens of at most <paramref name="chars"/> characters (kept per count).</summary>
+    public ulong[] PlainUpTo(int chars)
+    {
+        chars = Math.Min(chars, MaxPlainChars);
+        lock (plainUpTo)
+        {
+            if (plainUpTo.TryGetValue(chars, out var bits)) return bits;
+            bits = new ulong[(Size + 63) / 64];
+            foreach (int id in byPlainChars)
+            {
+                if (PlainChars[id] > chars) break;
+                bits[id >> 6] |= 1UL << id;
+            }
+            return plainUpTo[chars] = bits;
+        }
+    }
+
+    static int CountPlain(byte[]? bytes)
+    {
+        if (bytes is null) return -1;
+        int chars = 0;
+        for (int i = 0; i < bytes.Length;)
+        {
+            byte b = bytes[i];
+            if (b < 0x20 || b == '"' || b == '\\') return -1;
+            int length = b < 0x80 ? 1 : b is >= 0xC2 and <= 0xDF ? 2 : b is >= 0xE0 and <= 0xEF ? 3 : b is >= 0xF0 and <= 0xF4 ? 4 : 0;
+            if (length == 0 || i + length > bytes.Length) return -1;
+            if (length > 1 && (System.Text.Rune.DecodeFromUtf8(bytes.AsSpan(i, length), out _, out int n) != System.Buffers.OperationStatus.Done || n != length)) return -1;
+            i += length;
+            chars++;
+        }
+        return chars;
+    }
+
+    /// <summary>A trie over some tokens' bytes: node 0 is the root; a node's children are contiguous (ChildStart .. + ChildCount), each with its byte; the ids ending at a node are TokenIds[TokenStart .. + TokenCount].</summary>
+    public sealed class Trie
+    {
+        internal readonly int[] ChildStart, ChildCount, TokenStart, TokenCount, TokenIds;
+        internal readonly byte[] Label;
+        public int Nodes => Label.Length;
+
+        public Trie(TokenVocabulary vocabulary, IEnumerable<int> tokens)
+        {
+            var bytes = vocabulary.Bytes;
+            // Ids sorted by their bytes; each trie node covers a range of them sharing its prefix.
+            var ids = tokens.ToArray();
+            Array.Sort(ids, (x, y) => bytes[x].AsSpan().SequenceCompareTo(bytes[y]));
+            TokenIds = ids;
+            var childStart = new List<int> { 0 }; var childCount = new List<int> { 0 }; var tokenStart = new List<int> { 0 };
+            var tokenCount = new List<int> { 0 }; var label = new List<byte> { 0 };
+            var stack = new Stack<(int Node, int Lo, int Hi, int Depth)>();
+            stack.Push((0, 0, ids.Length, 0));
+            while (stack.Count > 0)
+            {
+                var (node, lo, hi, depth) = stack.Pop();
+                int i = lo;
+                while (i < hi && bytes[ids[i]]!.Length == depth) i++;   // tokens that end here sort first
+                (tokenStart[node], tokenCount[node]) = (lo, i - lo);
+                var groups = new List<(int Lo, int Hi)>();
+                while (i < hi)
+                {
+                    int j = i + 1;
+                    byte b = bytes[ids[i]]![depth];
+                    while (j < hi && bytes[ids[j]]![depth] == b) j++;
+                    groups.Add((i, j));
+                    i = j;
+                }
+                (childStart[node], childCount[node]) = (childStart.Count, groups.Count);
+                foreach (var (glo, ghi) in groups)
+                {
+                    int child = childStart.Count;
+                    childStart.Add(0); childCount.Add(0); tokenStart.Add(0); tokenCount.Add(0); label.Add(bytes[ids[glo]]![depth]);
+                    stack.Push((child, glo, ghi, depth + 1));
+                }
+            }
+            (ChildStart, ChildCount, TokenStart, TokenCount, Label) = ([.. childStart], [.. childCount], [.. tokenStart], [.. tokenCount], [.. label]);
+        }
+    }
+
+
 
     /// <summary>Decoding as constrained output is streamed: without clean_up_tokenization_spaces (which would drop bytes the grammar counted).</summary>
     public static string Raw(ITextTokenizer tokenizer, IReadOnlyList<int> ids) =>

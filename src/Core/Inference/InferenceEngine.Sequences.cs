@@ -16,6 +16,8 @@ public sealed partial class InferenceEngine
         public required CancellationToken Cancel { get; init; }
         public required AdapterCache.Lease? Adapter { get; init; }
         public Generator? Generator { get; init; }
+        /// <summary>Constrained decoding's mask and state, when the request has one.</summary>
+        public ILogitsConstraint? Constraint { get; init; }
         /// <summary>The request's text so far, token by token (made on its first token, with the tokenizer that serves it).</summary>
         public StreamingDetokenizer? Text;
         public required StopSequences Stops { get; init; }
@@ -54,9 +56,22 @@ public sealed partial class InferenceEngine
         }
     }
 
+    /// <summary>The sequence's next token from its logits [vocab]: masked first when it is constrained.</summary>
+    static int Sample(Sequence s, Tensor logits)
+    {
+        if (s.Constraint is { } constraint)
+        {
+            logits = logits.to_type(ScalarType.Float32, copy: true);
+            constraint.Mask(logits);
+            if (logits.isneginf().all().item<bool>()) throw new InvalidOperationException("The output constraint allows no next token.");
+        }
+        return Sampler.Next(logits, s.Request.Options, s.Generator);
+    }
+
     /// <summary>Takes the sampled token; returns true when the sequence is finished (and has been completed).</summary>
     bool Emit(Batch batch, Sequence s, int token)
     {
+        s.Constraint?.Advance(token);
         var options = s.Request.Options;
         int context = batch.Model.ContextLength;
         var tokenizer = s.Request.Tokenizer ?? ByteTokens;
@@ -69,7 +84,8 @@ public sealed partial class InferenceEngine
             s.Produced++;
             Interlocked.Increment(ref generatedTokens);
             s.LastToken = token;
-            s.Text ??= new StreamingDetokenizer(tokenizer);
+            // Constrained output is the tokens' bytes as the constraint checked them: no clean-up of spaces.
+            s.Text ??= new StreamingDetokenizer(tokenizer, cleanUpSpaces: s.Constraint is null);
             (emit, stopped) = s.Stops.Push(s.Text.Push(token));
             finish = stopped ? "stop" : s.Produced >= options.MaxTokens || s.Length >= context ? "length" : "";
         }

@@ -55,12 +55,14 @@ public sealed partial class InferenceEngine : IDisposable
         var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = true });
         try
         {
+            var constraint = request.Constraint?.Invoke();   // before the lease: a constraint that fails to build leaks none
             var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
                 () => ServedAdapter.Load(request.AdapterFolder!, ModelConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile))));
             var sequence = new Sequence
             {
                 Request = request, Output = output.Writer, Cancel = cancel, Adapter = adapter, Stops = new StopSequences(request.Options.Stop),
                 Generator = request.Options.Seed is { } seed ? new Generator((ulong)seed) : null,
+                Constraint = constraint,
             };
             if (!incoming.Writer.TryWrite(sequence))
             {
@@ -179,7 +181,7 @@ public sealed partial class InferenceEngine : IDisposable
                 var s = group[i];
                 try
                 {
-                    if (Emit(batch, s, Sampler.Next(logits[i, s.Request.Prompt.Count - 1], s.Request.Options, s.Generator)))
+                    if (Emit(batch, s, Sample(s, logits[i, s.Request.Prompt.Count - 1])))
                         Remove(batch, first + i);
                 }
                 catch (Exception e)
@@ -223,7 +225,7 @@ public sealed partial class InferenceEngine : IDisposable
                 try
                 {
                     if (rows[i].Cancel.IsCancellationRequested) Finish(rows[i], new OperationCanceledException(rows[i].Cancel));
-                    else if (!Emit(batch, rows[i], Sampler.Next(logits[i, 0], rows[i].Request.Options, rows[i].Generator))) continue;
+                    else if (!Emit(batch, rows[i], Sample(rows[i], logits[i, 0]))) continue;
                 }
                 catch (Exception e)
                 {

@@ -75,7 +75,7 @@ public sealed class JsonConstraintTests
 
     [Theory]
     [InlineData("""{"name":"Ann","age":3,"score":null,"tags":[],"kind":"person","ok":true}""", true)]
-    [InlineData("""{ "name" : "Ann",  "age": -0, "score": 1.5e+3, "tags": ["a", "b c", "ü\"é"], "kind": "person", "ok": false, "note": "\u00e9\n"}""", true)]
+    [InlineData("""{ "name" : "Ann", "age": -0, "score": 1.5e+3, "tags": ["a", "b c", "ü\"é"], "kind": "person", "ok": false, "note": "\u00e9\n"}""", true)]
     [InlineData("""{"name":"Ann","age":3,"score":null,"tags":[],"kind":"person"}""", false)]            // ok missing
     [InlineData("""{"age":3,"name":"Ann","score":null,"tags":[],"kind":"person","ok":true}""", false)]  // out of schema order
     [InlineData("""{"name":"Ann","age":3.5,"score":null,"tags":[],"kind":"person","ok":true}""", false)] // integer
@@ -115,6 +115,7 @@ public sealed class JsonConstraintTests
         Assert.True(Accepts(json, "{" + new string(' ', JsonAutomaton.MaxWhitespace) + "}", out _));
         Assert.False(Accepts(json, "{" + new string(' ', JsonAutomaton.MaxWhitespace + 1), out _));   // whitespace is bounded
         Assert.False(Accepts(json, "{}\n", out _));           // nothing after the document
+        Assert.False(Accepts(json, "{\n", out _));            // spaces only
         Assert.Empty(After(json, [(byte)'{', (byte)'"', 0xC0, 0x80]));   // an overlong UTF-8 form
     }
 

@@ -9,14 +9,15 @@ namespace AdapterService.Core.Inference.Constraints;
 /// stepping one byte allocates only the new top.
 ///
 /// Whitespace policy: none at the start or end of the document or inside numbers and literals; between tokens of an
-/// object or array (after '{' '[' ',' ':' and before ',' ':' '}' ']') at most <see cref="MaxWhitespace"/> bytes of
-/// space, tab or newline, so pretty-printed JSON is possible but a model cannot loop on whitespace. Strings are valid
+/// object or array (after '{' '[' ',' ':' and before ',' ':' '}' ']') at most <see cref="MaxWhitespace"/> space, so
+/// compact JSON and Python's json.dumps style (<c>{"a": 1, "b": [1, 2]}</c>) are possible, but a model cannot spend its
+/// tokens on whitespace (a small model at temperature 1 fills any larger allowance with tabs and newlines). Strings are valid
 /// UTF-8 (no overlong forms, no surrogates, no raw control characters), with JSON's escapes (no \u surrogates).
 /// </summary>
 public static class JsonAutomaton
 {
-    /// <summary>Whitespace bytes allowed in one gap between structural characters.</summary>
-    public const int MaxWhitespace = 24;
+    /// <summary>Spaces allowed in one gap between structural characters.</summary>
+    public const int MaxWhitespace = 1;
 
     public enum FrameKind : byte { Root, Object, Array, String, Number, Literal }
 
@@ -119,7 +120,7 @@ public static class JsonAutomaton
 
     static bool Fits(Frame parent, Node node) => node.MinHeight <= JsonGrammar.MaxDepth - parent.Depth;
 
-    static bool IsWhitespace(byte b) => b is (byte)' ' or (byte)'\n' or (byte)'\t';
+    static bool IsWhitespace(byte b) => b == (byte)' ';
 
     /// <summary>The first byte of a value of <paramref name="node"/> under <paramref name="parent"/> (already in its "in value" phase).</summary>
     static void StartValue(Frame parent, Node node, byte b, List<Frame> into)

@@ -12,7 +12,7 @@ namespace AdapterService.Core.Inference.Constraints;
 /// tokenizer's <see cref="TokenVocabulary"/> trie with the automaton (a prefix no cursor survives prunes its subtree)
 /// and kept in <see cref="JsonMasks"/>, shared by every sequence of the same schema and tokenizer.
 /// </summary>
-public sealed class JsonConstraint
+public sealed class JsonConstraint : ILogitsConstraint
 {
     readonly JsonMasks masks;
     readonly int[] eosIds;

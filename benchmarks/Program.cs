@@ -12,6 +12,9 @@
 // benchmarks/results/fusion.md.
 //   dotnet run -c Release --project benchmarks -- --training [--quick] [--profile] [--threads N]
 // runs only the single-job training-speed benchmark (--profile: only where a step's time goes) and writes benchmarks/results/training.md.
+//   dotnet run -c Release --project benchmarks -- --constrained [--quick]
+// runs only constrained (json_object / json_schema) vs free decoding through the engine and the mask's cost on Qwen 3's
+// vocabulary, and writes benchmarks/results/constrained.md.
 //   dotnet run -c Release --project benchmarks -- --tokenizers [--quick]
 // runs only the tokenizer encode-speed comparison with Hugging Face's JavaScript tokenizers (needs tests/hf-reference
 // installed and fortunes) and writes benchmarks/results/tokenizers.md.
@@ -66,6 +69,15 @@ if (args.Contains("--tokenizers"))
     Line("");
     new TokenizerSpeed(quick).Run(Line);
     Save("tokenizers.md");
+    return;
+}
+if (args.Contains("--constrained"))
+{
+    Line($"# Constrained decoding benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
+    Line("");
+    await new ConstrainedDecoding(quick).RunAsync(Line);
+    Save("constrained.md");
     return;
 }
 if (args.Contains("--training"))

@@ -53,6 +53,24 @@ public record LlamaConfig : ModelConfig
     [JsonIgnore] public virtual bool QkNorm => false;
     /// <summary>How many of the latest positions (the query's own included) each query attends to; null for all.</summary>
     [JsonIgnore] public virtual int? AttentionWindow => null;
+    /// <summary>Layer <paramref name="layer"/>'s window (Gemma alternates windowed local layers with global ones).</summary>
+    public virtual int? LayerWindow(int layer) => AttentionWindow;
+    /// <summary>Layer <paramref name="layer"/>'s rotary base and scaling (Gemma 3's local layers have their own base).</summary>
+    public virtual (double Theta, RopeScaling? Scaling) LayerRope(int layer) => (Theta, Rope);
+    /// <summary>What attention scores q·k are multiplied by (Gemma: query_pre_attn_scalar^-1/2).</summary>
+    [JsonIgnore] public virtual double AttentionScale => 1 / Math.Sqrt(HeadDim);
+    /// <summary>Gemma 2's cap c on attention scores (c · tanh(s / c)); null for none.</summary>
+    [JsonIgnore] public virtual double? AttentionSoftcap => null;
+    /// <summary>Gemma 2's cap on the output logits; null for none.</summary>
+    [JsonIgnore] public virtual double? LogitSoftcap => null;
+    /// <summary>What token embeddings are multiplied by (Gemma: √hidden_size).</summary>
+    [JsonIgnore] public virtual double EmbeddingScale => 1;
+    /// <summary>Gemma's RMSNorm scales by 1 + weight: the offset (0 elsewhere).</summary>
+    [JsonIgnore] public virtual double NormOffset => 0;
+    /// <summary>Gemma's four norms per layer: attention and MLP outputs are normed too (post_attention_layernorm, post_feedforward_layernorm).</summary>
+    [JsonIgnore] public virtual bool SandwichNorms => false;
+    /// <summary>The MLP's gate activation, by its Hugging Face name.</summary>
+    [JsonIgnore] public virtual string MlpActivation => HiddenAct;
 
     [JsonIgnore] public override Type ModelClass => typeof(LlamaForCausalLM);
 
@@ -63,6 +81,7 @@ public record LlamaConfig : ModelConfig
     public override IEnumerable<(string Path, long Size)> NormShapes() =>
         Enumerable.Range(0, NumHiddenLayers).SelectMany(i => new[]
             { ($"model.layers.{i}.input_layernorm", (long)HiddenSize), ($"model.layers.{i}.post_attention_layernorm", HiddenSize) }
+            .Concat(SandwichNorms ? [($"model.layers.{i}.pre_feedforward_layernorm", HiddenSize), ($"model.layers.{i}.post_feedforward_layernorm", HiddenSize)] : [])
             .Concat(QkNorm ? [($"model.layers.{i}.self_attn.q_norm", HeadDim), ($"model.layers.{i}.self_attn.k_norm", HeadDim)] : []))
             .Append(("model.norm", HiddenSize));
 
@@ -82,7 +101,12 @@ public record LlamaConfig : ModelConfig
         ["num_experts"] = e => e.ValueKind == JsonValueKind.Null || Is(e, 0),
         ["num_local_experts"] = e => e.ValueKind == JsonValueKind.Null || Is(e, 0),
         ["use_qk_norm"] = e => e.ValueKind is JsonValueKind.False or JsonValueKind.Null,
+        // EmbeddingGemma's bidirectional attention (transformers' Gemma3TextConfig)
+        ["use_bidirectional_attention"] = e => e.ValueKind is JsonValueKind.False or JsonValueKind.Null,
     };
+
+    /// <summary>What is wrong with the MLP activation the config names, if anything (Llama's families use silu only).</summary>
+    protected virtual string? ActivationProblem() => HiddenAct == "silu" ? null : $"hidden_act '{HiddenAct}' is not supported ({ModelType} uses silu)";
 
     static bool Is(JsonElement e, double value) => e.ValueKind == JsonValueKind.Number && e.TryGetDouble(out double d) && d == value;
 
@@ -100,7 +124,7 @@ public record LlamaConfig : ModelConfig
             yield return "rope_scaling and rope_parameters disagree; write one";
         if (Rope is { } scaling)
             foreach (string problem in scaling.Problems(RopeParameters is null ? "rope_scaling" : "rope_parameters")) yield return problem;
-        if (HiddenAct != "silu") yield return $"hidden_act '{HiddenAct}' is not supported ({ModelType} uses silu)";
+        if (ActivationProblem() is { } activation) yield return activation;
         if (RmsNormEps <= 0) yield return $"rms_norm_eps is {RmsNormEps}; it must be positive";
         if (Theta <= 0) yield return $"rope_theta is {Theta}; it must be positive";
         foreach (var (key, value) in OtherKeys ?? [])

@@ -41,6 +41,13 @@ public abstract record ModelConfig
     {
         ["llama"] = typeof(LlamaConfig), ["qwen2"] = typeof(Qwen2Config), ["qwen3"] = typeof(Qwen3Config), ["mistral"] = typeof(MistralConfig),
         ["gpt2"] = typeof(Gpt2Config), ["vit"] = typeof(VitConfig),
+        ["gemma2"] = typeof(Gemma2Config), ["gemma3_text"] = typeof(Gemma3TextConfig),
+    };
+
+    /// <summary>Multimodal model_types run as their text model: the text model's config.json, from the outer one.</summary>
+    static readonly Dictionary<string, Func<JsonElement, string>> TextModels = new(StringComparer.Ordinal)
+    {
+        ["gemma3"] = Gemma3TextConfig.FromMultimodal,
     };
 
     /// <summary>Reads and checks a config.json; the errors name the file, the key and the problem.</summary>
@@ -55,8 +62,14 @@ public abstract record ModelConfig
             if (!doc.RootElement.TryGetProperty("model_type", out var type) || type.ValueKind != JsonValueKind.String)
                 throw new InvalidDataException($"{path}: model_type is missing or not a string");
             string modelType = type.GetString()!;
+            if (TextModels.TryGetValue(modelType, out var textModel))
+            {
+                text = textModel(doc.RootElement);
+                using var inner = JsonDocument.Parse(text);
+                modelType = inner.RootElement.GetProperty("model_type").GetString()!;
+            }
             if (!Families.TryGetValue(modelType, out var family))
-                throw new InvalidDataException($"{path}: model_type '{modelType}' is not supported (supported: {string.Join(", ", Families.Keys)})");
+                throw new InvalidDataException($"{path}: model_type '{modelType}' is not supported (supported: {string.Join(", ", Families.Keys.Concat(TextModels.Keys))})");
             config = (ModelConfig)(JsonSerializer.Deserialize(text, family, Json) ?? throw new InvalidDataException($"{path}: is null"));
         }
         catch (JsonException e)

@@ -46,21 +46,37 @@ public sealed class DecoderFamiliesTests : IDisposable
             VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
             RopeTheta = 1000, SlidingWindow = 3,
         },
+        // Gemma 2's features, with a head_dim (32) and query_pre_attn_scalar (24) of their own, a window of 3, and caps low
+        // enough that these weights' scores and logits reach them.
+        "gemma2" => new Gemma2Config
+        {
+            VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            HeadDimension = 32, QueryPreAttnScalar = 24, RopeTheta = 1000, SlidingWindow = 3, AttnLogitSoftcapping = 2, FinalLogitSoftcapping = 5,
+        },
+        // Gemma 3's: q/k norms, local layers 0 and 2 (sliding_window_pattern 2 here, 6 in the releases) with their own rope base,
+        // the global layer 1 with linear rope scaling (gemma-3-4b's factor 8).
+        "gemma3_text" => new Gemma3TextConfig
+        {
+            VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 3, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            HeadDimension = 32, QueryPreAttnScalar = 32, RopeTheta = 1000, RopeLocalBaseFreq = 100, SlidingWindow = 3, SlidingWindowPattern = 2,
+            RopeScaling = new RopeScaling { RopeType = "linear", Factor = 8 },
+        },
         _ => throw new ArgumentException(family),
     };
 
-    public static TheoryData<string> Families => new("llama", "qwen2", "qwen3", "mistral");
+    public static TheoryData<string> Families => new("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text");
 
     /// <summary>A frozen model with seeded random weights; norms away from 1 and biases away from 0, so both matter.</summary>
-    public static LlamaForCausalLM CreateFamily(string family, long seed = 1, int vocabulary = 300)
+    public static LlamaForCausalLM CreateFamily(string family, long seed = 1, int vocabulary = 300, LlamaConfig? config = null)
     {
-        var model = (LlamaForCausalLM)(ConfigOf(family) with { VocabSize = vocabulary }).CreateModel();
+        var model = (LlamaForCausalLM)((config ?? ConfigOf(family)) with { VocabSize = vocabulary }).CreateModel();
+        double offset = model.Config.NormOffset;   // Gemma's norms scale by 1 + w: the same effective scales, 0.5 to 1.5
         using var g = new Generator((ulong)seed);
         using (no_grad())
         using (NewDisposeScope())
             foreach (var (name, p) in model.named_parameters())
             {
-                if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.uniform_(0.5, 1.5, g);
+                if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.uniform_(0.5 - offset, 1.5 - offset, g);
                 else if (p.dim() == 1) p.normal_(0, 0.5, g);
                 else if (name == "model.embed_tokens.weight") p.normal_(0, 1, g);
                 else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), g);
@@ -84,6 +100,39 @@ public sealed class DecoderFamiliesTests : IDisposable
         using var _ = no_grad();
         var ids = FamilyIds(2, 9, seed: 7);
         AssertClose(Reference.Model(ids, model), model.forward(ids), 1e-4);
+    }
+
+    /// <summary>
+    /// The reference agreeing means something only where each Gemma option changes the logits of these weights: turned to
+    /// its neutral value, each does (so a model ignoring it would fail the comparison above).
+    /// </summary>
+    [Theory]
+    [InlineData("gemma2", "attn_logit_softcapping")]
+    [InlineData("gemma2", "final_logit_softcapping")]
+    [InlineData("gemma2", "sliding_window")]
+    [InlineData("gemma2", "query_pre_attn_scalar")]
+    [InlineData("gemma3_text", "rope_local_base_freq")]
+    [InlineData("gemma3_text", "rope_scaling")]
+    [InlineData("gemma3_text", "sliding_window_pattern")]
+    public void EachGemmaOptionChangesTheLogits(string family, string key)
+    {
+        using var scope = NewDisposeScope();
+        var config = ConfigOf(family);
+        LlamaConfig neutral = key switch
+        {
+            "attn_logit_softcapping" => (Gemma2Config)config with { AttnLogitSoftcapping = null },
+            "final_logit_softcapping" => (Gemma2Config)config with { FinalLogitSoftcapping = null },
+            "sliding_window" => (Gemma2Config)config with { SlidingWindow = null },
+            "query_pre_attn_scalar" => (Gemma2Config)config with { QueryPreAttnScalar = config.HeadDim },
+            "rope_local_base_freq" => (Gemma3TextConfig)config with { RopeLocalBaseFreq = config.Theta },
+            "rope_scaling" => (Gemma3TextConfig)config with { RopeScaling = null },
+            _ => (Gemma3TextConfig)config with { SlidingWindowPattern = 1 },   // every layer global
+        };
+        using var model = CreateFamily(family);
+        using var changed = CreateFamily(family, config: neutral);
+        using var _ = no_grad();
+        var ids = FamilyIds(2, 9, seed: 7);
+        Assert.True((model.forward(ids) - changed.forward(ids)).abs().max().item<float>() > 1e-3, key);
     }
 
     /// <summary>Prefill, then one token at a time over the KV cache (with and without an explicit mask) equals the full forward.</summary>
@@ -169,7 +218,33 @@ public sealed class DecoderFamiliesTests : IDisposable
          "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16"
         """);
 
-    [Theory, MemberData(nameof(ReleasedConfigs))]
+    /// <summary>
+    /// google/gemma-2-2b's and google/gemma-3-1b-it's config.json (transformers 4.42 and 4.50), every key but the sizes, and
+    /// gemma-3-1b-it as transformers 4.53+ writes it (layer_types, no sliding_window_pattern).
+    /// </summary>
+    public static TheoryData<string> ReleasedGemmaConfigs => new(
+        """
+        {"architectures": ["Gemma2ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "attn_logit_softcapping": 50.0, "bos_token_id": 2,
+         "cache_implementation": "hybrid", "eos_token_id": 1, "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+         "hidden_activation": "gelu_pytorch_tanh", "initializer_range": 0.02, "max_position_embeddings": 8192, "model_type": "gemma2", "pad_token_id": 0,
+         "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096, "torch_dtype": "float32",
+         "transformers_version": "4.42.4", "use_cache": true
+        """,
+        """
+        {"architectures": ["Gemma3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2,
+         "cache_implementation": "hybrid", "eos_token_id": [1, 106], "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+         "initializer_range": 0.02, "max_position_embeddings": 32768, "model_type": "gemma3_text", "pad_token_id": 0, "query_pre_attn_scalar": 256,
+         "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": 512,
+         "sliding_window_pattern": 6, "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0", "use_cache": true
+        """,
+        """
+        {"architectures": ["Gemma3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2,
+         "eos_token_id": [1, 106], "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "layer_types": ["sliding_attention", "full_attention"],
+         "max_position_embeddings": 32768, "model_type": "gemma3_text", "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+         "rope_local_base_freq": 10000.0, "rope_scaling": null, "rope_theta": 1000000.0, "sliding_window": 512, "torch_dtype": "bfloat16", "use_bidirectional_attention": false
+        """);
+
+    [Theory, MemberData(nameof(ReleasedConfigs)), MemberData(nameof(ReleasedGemmaConfigs))]
     public void ReleasedConfigsLoad(string start)
     {
         string path = Path.Combine(dir, "config.json");
@@ -177,6 +252,65 @@ public sealed class DecoderFamiliesTests : IDisposable
         var config = (LlamaConfig)ModelConfig.Load(path);
         Assert.Equal(config.Architectures![0], config.Architecture);
         using var model = config.CreateModel();
+    }
+
+    /// <summary>google/gemma-3-4b-it's config.json (Gemma3ForConditionalGeneration): its text_config names only what differs from transformers' defaults.</summary>
+    const string Gemma3Multimodal4B = """
+        {"architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999, "eoi_token_index": 256000, "eos_token_id": [1, 106],
+         "image_token_index": 262144, "initializer_range": 0.02, "mm_tokens_per_image": 256, "model_type": "gemma3",
+         "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
+                         "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+         "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+         "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304, "model_type": "siglip_vision_model",
+                           "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": false}}
+        """;
+
+    [Fact]
+    public void AMultimodalGemma3ConfigLoadsAsItsTextModelWithTransformersDefaults()
+    {
+        string path = Path.Combine(dir, "config.json");
+        File.WriteAllText(path, Gemma3Multimodal4B);
+        var c = (Gemma3TextConfig)ModelConfig.Load(path);
+        Assert.Equal(("gemma3_text", nameof(Gemma3ForCausalLM), "bfloat16"), (c.ModelType, c.Architecture, c.TorchDtype));
+        Assert.Equal((262_208, 2560, 10240, 34, 8, 4, 256), (c.VocabSize, c.HiddenSize, c.IntermediateSize, c.NumHiddenLayers, c.NumAttentionHeads, c.KeyValueHeads, c.HeadDim));
+        Assert.Equal((1024, 256.0, 1e-6, 1_000_000.0, 10_000.0, true), (c.SlidingWindow, c.QueryPreAttnScalar, c.RmsNormEps, c.Theta, c.RopeLocalBaseFreq, c.TieWordEmbeddings));
+        Assert.Equal([1, 106], c.EosTokenIds!);
+        Assert.Equal(2, c.BosTokenId);
+        Assert.Equal(("linear", 8.0), (c.Rope!.Kind, c.Rope.Factor!.Value));
+        Assert.Equal((1_000_000.0, "linear"), (c.LayerRope(5).Theta, c.LayerRope(5).Scaling!.Kind));   // layer 6 of 6: global
+        Assert.Equal((10_000.0, null), (c.LayerRope(4).Theta, c.LayerRope(4).Scaling));                  // local
+        Assert.Equal((1024, (int?)null), (c.LayerWindow(0), c.LayerWindow(11)));
+    }
+
+    /// <summary>
+    /// A Gemma3ForConditionalGeneration folder, scaled down: the language model under language_model.model.* (as the Hub's
+    /// checkpoints store it) or model.language_model.* (as transformers ≥ 4.52 saves it), beside vision tower and projector
+    /// tensors, loads as the text model with its logits; the vision tensors are skipped.
+    /// </summary>
+    [Theory]
+    [InlineData("language_model.model.")]
+    [InlineData("model.language_model.")]
+    public void AMultimodalGemma3FolderLoadsItsLanguageModel(string prefix)
+    {
+        using var scope = NewDisposeScope();
+        using var model = CreateFamily("gemma3_text");
+        var c = (Gemma3TextConfig)model.Config;
+        File.WriteAllText(Path.Combine(dir, "config.json"), """
+            {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "eos_token_id": [1, 106], "torch_dtype": "float32",
+             "text_config": {"hidden_size": 64, "intermediate_size": 128, "model_type": "gemma3_text", "num_hidden_layers": 3, "vocab_size": 300,
+                             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "query_pre_attn_scalar": 32, "rope_theta": 1000,
+                             "rope_local_base_freq": 100, "sliding_window": 3, "sliding_window_pattern": 2, "rope_scaling": {"factor": 8.0, "rope_type": "linear"}},
+             "vision_config": {"hidden_size": 8, "model_type": "siglip_vision_model"}}
+            """);
+        var tensors = model.CheckpointTensors().ToDictionary(t => prefix + t.Key["model.".Length..], t => (Tensor)t.Parameter.detach());
+        tensors[(prefix.StartsWith("model.") ? "model." : "") + "vision_tower.vision_model.post_layernorm.weight"] = ones(8);
+        tensors[(prefix.StartsWith("model.") ? "model." : "") + "multi_modal_projector.mm_input_projection_weight"] = zeros(8, 64);
+        SafeTensors.Save(Path.Combine(dir, ModelFolder.WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        using var loaded = ModelFolder.Load<LlamaForCausalLM>(dir);
+        Assert.IsType<Gemma3ForCausalLM>(loaded);
+        using var _ = no_grad();
+        var ids = FamilyIds(2, 7, seed: 9);
+        Assert.Equal(Bytes(model.forward(ids)), Bytes(loaded.forward(ids)));
     }
 
     [Theory]
@@ -192,6 +326,17 @@ public sealed class DecoderFamiliesTests : IDisposable
     [InlineData("qwen2", "\"layer_types\": [\"sliding_attention\", \"full_attention\"]", "layer_types")]
     [InlineData("mistral", "\"hidden_act\": \"gelu\"", "hidden_act 'gelu'")]
     [InlineData("mistral", "\"sliding_window\": 0", "sliding_window is 0")]
+    [InlineData("gemma2", "\"hidden_activation\": \"relu6\"", "hidden_activation 'relu6' is not supported")]
+    [InlineData("gemma2", "\"mlp_bias\": true", "mlp_bias")]
+    [InlineData("gemma2", "\"layer_types\": [\"sliding_attention\"]", "layer_types has 1 entries for 2 layers")]
+    [InlineData("gemma2", "\"layer_types\": [\"chunked_attention\", \"full_attention\"]", "layer_types entry 'chunked_attention'")]
+    [InlineData("gemma2", "\"attn_logit_softcapping\": 0", "attn_logit_softcapping is 0")]
+    [InlineData("gemma3_text", "\"use_bidirectional_attention\": true", "use_bidirectional_attention true is not supported")]
+    [InlineData("gemma3_text", "\"rope_parameters\": {\"full_attention\": {\"rope_type\": \"default\", \"rope_theta\": 1e6}}", "rope_parameters is not supported for gemma3_text")]
+    [InlineData("gemma3_text", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 8.0}", "rope_scaling rope_type 'yarn' is not supported")]
+    [InlineData("gemma3", "\"vision_config\": {}", "needs a text_config object")]
+    [InlineData("gemma3", "\"text_config\": {\"model_type\": \"llama\"}", "text_config.model_type 'llama' is not supported")]
+    [InlineData("gemma3", "\"text_config\": {\"hidden_activation\": \"relu6\"}", "hidden_activation 'relu6'")]
     public void AConfigValueTheCodeDoesNotImplementIsRefusedByFileAndKey(string family, string entry, string message)
     {
         string path = Path.Combine(dir, "config.json");
@@ -212,14 +357,37 @@ public sealed class DecoderFamiliesTests : IDisposable
         static Tensor Linear(Tensor x, AdaptableLinear layer) =>
             layer.bias is null ? x.matmul(F64(layer.weight).t()) : x.matmul(F64(layer.weight).t()) + F64(layer.bias);
 
-        static Tensor Norm(Tensor x, RmsNorm norm, double eps) =>
-            x / ((x * x).sum(-1, keepdim: true) / x.shape[^1] + eps).sqrt() * F64(norm.weight);
+        /// <summary>x / rms(x) times the weight w, or Gemma's 1 + w.</summary>
+        static Tensor Norm(Tensor x, RmsNorm norm, LlamaConfig c) =>
+            x / ((x * x).sum(-1, keepdim: true) / x.shape[^1] + c.RmsNormEps).sqrt() * (F64(norm.weight) + (c is Gemma2Config ? 1 : 0));
+
+        /// <summary>Gemma's local layers: as layer_types says, else Gemma 2's even layers, Gemma 3's all but every sliding_window_pattern-th.</summary>
+        static bool Local(LlamaConfig c, int layer) => c switch
+        {
+            Gemma2Config { LayerTypes: { } types } => types[layer] == "sliding_attention",
+            Gemma3TextConfig g => (layer + 1) % g.SlidingWindowPattern!.Value != 0,
+            Gemma2Config => layer % 2 == 0,
+            _ => false,
+        };
+
+        /// <summary>How many of the latest keys layer <paramref name="layer"/> sees: Mistral's window everywhere, Gemma's on local layers.</summary>
+        static int? Window(LlamaConfig c, int layer) => c switch
+        {
+            MistralConfig m => m.SlidingWindow,
+            Gemma2Config g => Local(c, layer) ? g.SlidingWindow : null,
+            _ => null,
+        };
+
+        /// <summary>The rotation base and scaling of a layer: Gemma 3's local layers have rope_local_base_freq and no scaling.</summary>
+        static (double Theta, RopeScaling? Scaling) LayerRope(LlamaConfig c, int layer) =>
+            c is Gemma3TextConfig g && Local(c, layer) ? (g.RopeLocalBaseFreq, null) : (c.Theta, c.Rope);
 
         /// <summary>The rotation frequency of pair i, as transformers' modeling_rope_utils.py computes it for default, linear and llama3.</summary>
-        static double Frequency(LlamaConfig c, int i)
+        static double Frequency(LlamaConfig c, int layer, int i)
         {
-            double f = Math.Pow(c.Theta, -2.0 * i / c.HeadDim);
-            if (c.Rope is not { } s) return f;
+            var (theta, scaling) = LayerRope(c, layer);
+            double f = Math.Pow(theta, -2.0 * i / c.HeadDim);
+            if (scaling is not { } s) return f;
             if (s.Kind == "linear") return f / s.Factor!.Value;
             double context = s.OriginalMaxPositionEmbeddings!.Value, factor = s.Factor!.Value, low = s.LowFreqFactor!.Value, high = s.HighFreqFactor!.Value;
             double wavelength = 2 * Math.PI / f;
@@ -230,19 +398,19 @@ public sealed class DecoderFamiliesTests : IDisposable
         }
 
         /// <summary>One head's x [b, t, hd] rotated at positions 0..t-1: (x1, x2) → (x1 cos − x2 sin, x2 cos + x1 sin).</summary>
-        static Tensor Rope(Tensor x, LlamaConfig c)
+        static Tensor Rope(Tensor x, LlamaConfig c, int layer)
         {
             long t = x.shape[1], half = c.HeadDim / 2;
             var angles = new double[t * half];
             for (long p = 0; p < t; p++)
                 for (int i = 0; i < half; i++)
-                    angles[p * half + i] = p * Frequency(c, i);
+                    angles[p * half + i] = p * Frequency(c, layer, i);
             var a = tensor(angles, [t, half]);
             Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
             return cat([x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin()], -1);
         }
 
-        static Tensor Attention(Tensor x, LlamaAttention attention, LlamaConfig c)
+        static Tensor Attention(Tensor x, LlamaAttention attention, LlamaConfig c, int layer)
         {
             long b = x.shape[0], t = x.shape[1];
             int heads = c.NumAttentionHeads, kvHeads = c.KeyValueHeads, hd = c.HeadDim;
@@ -251,25 +419,31 @@ public sealed class DecoderFamiliesTests : IDisposable
             var hidden = new bool[t * t];
             for (int i = 0; i < t; i++)
                 for (int j = 0; j < t; j++)
-                    hidden[i * t + j] = j > i || (c.AttentionWindow is { } w && i - j >= w);
+                    hidden[i * t + j] = j > i || (Window(c, layer) is { } w && i - j >= w);
             var masked = tensor(hidden, [t, t]);
             var outputs = new Tensor[heads];
             for (int h = 0; h < heads; h++)
             {
                 int kv = h / (heads / kvHeads);
                 Tensor qh = q.narrow(-1, h * hd, hd), kh = k.narrow(-1, kv * hd, hd), vh = v.narrow(-1, kv * hd, hd);   // [b, t, hd]
-                if (attention.q_norm is { } qn) (qh, kh) = (Norm(qh, qn, c.RmsNormEps), Norm(kh, attention.k_norm!, c.RmsNormEps));
-                (qh, kh) = (Rope(qh, c), Rope(kh, c));
-                var scores = qh.matmul(kh.transpose(1, 2)) / Math.Sqrt(hd);                                            // [b, t, t]
+                if (attention.q_norm is { } qn) (qh, kh) = (Norm(qh, qn, c), Norm(kh, attention.k_norm!, c));
+                (qh, kh) = (Rope(qh, c, layer), Rope(kh, c, layer));
+                // Gemma scales by query_pre_attn_scalar^-1/2 and Gemma 2 caps the scores at c · tanh(s / c).
+                var scores = qh.matmul(kh.transpose(1, 2)) / Math.Sqrt(c is Gemma2Config g ? g.QueryPreAttnScalar : hd);   // [b, t, t]
+                if (c is Gemma2Config { AttnLogitSoftcapping: { } cap }) scores = (scores / cap).tanh() * cap;
                 outputs[h] = scores.masked_fill(masked, double.NegativeInfinity).softmax(-1).matmul(vh);              // [b, t, hd]
             }
             return Linear(cat(outputs, -1), attention.o_proj);
         }
 
-        static Tensor Mlp(Tensor x, LlamaMlp mlp)
+        /// <summary>SwiGLU, silu(g) = g σ(g), or Gemma's GeGLU with the tanh approximation of gelu.</summary>
+        static Tensor Mlp(Tensor x, LlamaMlp mlp, LlamaConfig c)
         {
             var gate = Linear(x, mlp.gate_proj);
-            return Linear(gate / (1 + (-gate).exp()) * Linear(x, mlp.up_proj), mlp.down_proj);
+            var activated = c is Gemma2Config
+                ? 0.5 * gate * (1 + (Math.Sqrt(2 / Math.PI) * (gate + 0.044715 * gate.pow(3))).tanh())
+                : gate / (1 + (-gate).exp());
+            return Linear(activated * Linear(x, mlp.up_proj), mlp.down_proj);
         }
 
         public static Tensor Model(Tensor ids, LlamaForCausalLM model)
@@ -278,14 +452,24 @@ public sealed class DecoderFamiliesTests : IDisposable
             long b = ids.shape[0], t = ids.shape[1];
             var embeddings = F64(model.model.embed_tokens.weight!);
             var h = embeddings.index_select(0, ids.flatten()).view(b, t, -1);
-            foreach (var layer in model.model.layers)
+            if (c is Gemma2Config) h = h * (double)(float)Math.Sqrt(c.HiddenSize);   // √hidden in the embedding's type (float32)
+            for (int i = 0; i < model.model.layers.Count; i++)
             {
-                h = h + Attention(Norm(h, layer.input_layernorm, c.RmsNormEps), layer.self_attn, c);
-                h = h + Mlp(Norm(h, layer.post_attention_layernorm, c.RmsNormEps), layer.mlp);
+                var layer = model.model.layers[i];
+                if (c is Gemma2Config)
+                {
+                    // Gemma: the attention's and the MLP's outputs are normed before the residual add.
+                    h = h + Norm(Attention(Norm(h, layer.input_layernorm, c), layer.self_attn, c, i), layer.post_attention_layernorm, c);
+                    h = h + Norm(Mlp(Norm(h, layer.pre_feedforward_layernorm!, c), layer.mlp, c), layer.post_feedforward_layernorm!, c);
+                    continue;
+                }
+                h = h + Attention(Norm(h, layer.input_layernorm, c), layer.self_attn, c, i);
+                h = h + Mlp(Norm(h, layer.post_attention_layernorm, c), layer.mlp, c);
             }
             // A tied head is the embedding matrix itself.
             var head = c.TieWordEmbeddings ? embeddings : F64(model.lm_head.weight);
-            return Norm(h, model.model.norm, c.RmsNormEps).matmul(head.t());
+            var logits = Norm(h, model.model.norm, c).matmul(head.t());
+            return c is Gemma2Config { FinalLogitSoftcapping: { } cap } ? (logits / cap).tanh() * cap : logits;
         }
     }
 }

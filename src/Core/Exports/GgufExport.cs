@@ -12,7 +12,17 @@ namespace AdapterService.Core.Exports;
 /// rotate the two halves of each head (Hugging Face's layout) while llama.cpp's <c>llama</c> architecture rotates adjacent
 /// pairs, so the converter reorders their q and k rows; qwen2/qwen3 use llama.cpp's NEOX rope, the Hugging Face layout.
 /// </summary>
-public sealed record GgufArchitecture(string Name, bool PermuteQueryKey);
+public sealed record GgufArchitecture(string Name, bool PermuteQueryKey)
+{
+    /// <summary>Layer modules this architecture names otherwise than Llama's (Gemma's four norms), over <see cref="GgufExport"/>'s map.</summary>
+    public IReadOnlyDictionary<string, string>? LayerTensors { get; init; }
+
+    /// <summary>
+    /// The architecture's own metadata, rope scaling included (replacing Llama's <c>rope_freqs</c>), or a
+    /// <see cref="NotSupportedException"/> where llama.cpp would not compute this config's model.
+    /// </summary>
+    public Func<LlamaConfig, IEnumerable<(string Key, object Value)>>? Hparams { get; init; }
+}
 
 /// <summary>
 /// Writes a decoder model with its tokenizer as a GGUF file that llama.cpp (and Ollama) load, following llama.cpp's
@@ -20,6 +30,13 @@ public sealed record GgufArchitecture(string Name, bool PermuteQueryKey);
 /// </summary>
 public static class GgufExport
 {
+    // Before Architectures, which uses it (static fields initialise in order).
+    /// <summary>Gemma's norms in gguf-py's TensorNameMap: post_attention_layernorm norms the attention output there, not the MLP input.</summary>
+    static readonly Dictionary<string, string> GemmaNorms = new(StringComparer.Ordinal)
+    {
+        ["post_attention_layernorm"] = "post_attention_norm", ["pre_feedforward_layernorm"] = "ffn_norm", ["post_feedforward_layernorm"] = "post_ffw_norm",
+    };
+
     /// <summary>
     /// By Hugging Face <c>model_type</c>, the converter's class for it. A decoder family whose config is (or derives from) a
     /// <see cref="LlamaConfig"/> is one entry here; <see cref="TensorName"/> maps qwen2's q/k/v biases (<c>blk.N.attn_q.bias</c>…)
@@ -34,7 +51,11 @@ public static class GgufExport
         // Qwen2Model and Qwen3Model(Qwen2Model) copy tensors unpermuted: llama.cpp runs qwen2/qwen3 with NEOX rope.
         ["qwen2"] = new("qwen2", PermuteQueryKey: false),
         ["qwen3"] = new("qwen3", PermuteQueryKey: false),
+        // Gemma2Model / Gemma3Model: NEOX rope (unpermuted), their norm names, and norm weights + 1 (see Write).
+        ["gemma2"] = new("gemma2", PermuteQueryKey: false) { LayerTensors = GemmaNorms, Hparams = c => GemmaHparams(c, "gemma2") },
+        ["gemma3_text"] = new("gemma3", PermuteQueryKey: false) { LayerTensors = GemmaNorms, Hparams = c => GemmaHparams(c, "gemma3") },
     };
+
 
     /// <summary>The types a caller may ask for, by the names llama.cpp's tools use.</summary>
     public static readonly IReadOnlyDictionary<string, GgufType> Types = new Dictionary<string, GgufType>(StringComparer.Ordinal)
@@ -60,7 +81,7 @@ public static class GgufExport
     {
         var (llama, arch) = Architecture(model);
         string a = arch.Name;
-        var factors = RopeFactors(llama);
+        var factors = arch.Hparams is null ? RopeFactors(llama) : null;
         // Only LlamaModel.generate_extra_tensors writes rope_freqs, and only llama.cpp's llama architecture reads it.
         if (factors is not null && a != "llama")
             throw new NotSupportedException($"llama3 rope scaling is not exported for {llama.ModelType} (llama.cpp's {a} architecture reads no rope_freqs)");
@@ -78,6 +99,7 @@ public static class GgufExport
         // from hidden / heads; llama.cpp would otherwise assume hidden / heads).
         if (llama.HeadDimension is { } headDim)
             metadata.AddRange([($"{a}.attention.key_length", (uint)headDim), ($"{a}.attention.value_length", (uint)headDim)]);
+        if (arch.Hparams is { } hparams) metadata.AddRange(hparams(llama).Select(h => ($"{a}.{h.Key}", h.Value)));
         metadata.AddRange(Vocabulary(folder, llama));
         if (template is not null) metadata.Add(("tokenizer.chat_template", template.Source));
 
@@ -85,8 +107,14 @@ public static class GgufExport
         {
             var p = t.Parameter;
             long[] shape = t.Transposed ? [.. p.shape.Reverse()] : p.shape;
-            string gguf = TensorName(t.Key);
-            return new GgufTensor(gguf, shape, TensorType(shape, type), () => Rows(arch, llama, gguf, t.Transposed ? p.detach().t() : p.detach()));
+            string gguf = TensorName(t.Key, arch);
+            // Gemma stores w for its 1 + w norms; the converter writes 1 + w, which llama.cpp multiplies by.
+            bool offset = llama.NormOffset != 0 && t.Key.EndsWith("norm.weight", StringComparison.Ordinal);
+            return new GgufTensor(gguf, shape, TensorType(shape, type), () =>
+            {
+                var value = t.Transposed ? p.detach().t() : p.detach();
+                return Rows(arch, llama, gguf, offset ? value + llama.NormOffset : value);
+            });
         }).ToList();
         if (factors is not null)
             tensors.Add(new GgufTensor("rope_freqs.weight", [factors.Length], GgufType.F32, () => tensor(factors)));
@@ -114,7 +142,7 @@ public static class GgufExport
         var tensors = new List<GgufTensor>();
         foreach (var (path, w) in weights.OrderBy(w => w.Key, StringComparer.Ordinal))
         {
-            string gguf = TensorName(path + ".weight");
+            string gguf = TensorName(path + ".weight", arch);
             var (a, b) = (w.A, w.B);
             tensors.Add(new GgufTensor(gguf + ".lora_a", a.shape, TensorType(a.shape, type), () => a.detach()));
             tensors.Add(new GgufTensor(gguf + ".lora_b", b.shape, TensorType(b.shape, type), () => Rows(arch, llama, gguf, b.detach())));
@@ -146,7 +174,7 @@ public static class GgufExport
         : requested == GgufType.Q8_0 && shape[^1] % Gguf.Q8Block != 0 ? GgufType.F16
         : requested;
 
-    static string TensorName(string key)
+    static string TensorName(string key, GgufArchitecture arch)
     {
         switch (key)
         {
@@ -157,9 +185,51 @@ public static class GgufExport
         var parts = key.Split('.');
         // model.layers.{i}.{module...}.{weight|bias}
         if (parts is ["model", "layers", var index, .. var module, var kind] && int.TryParse(index, out _)
-            && LayerTensors.TryGetValue(string.Join('.', module), out var gguf))
+            && (arch.LayerTensors?.GetValueOrDefault(string.Join('.', module)) ?? LayerTensors.GetValueOrDefault(string.Join('.', module))) is { } gguf)
             return $"blk.{index}.{gguf}.{kind}";
         throw new NotSupportedException($"tensor {key} has no GGUF name");
+    }
+
+    /// <summary>
+    /// Gemma2Model's and Gemma3Model's keys (convert_hf_to_gguf.py), after checking that llama.cpp's gemma2/gemma3 graphs
+    /// compute this config: they fix what the config could vary. Local layers follow the released pattern (Gemma 2 even
+    /// layers, Gemma 3 five of every six); the attention scale is 1/√head_dim (1/√(hidden / heads) for the 27B sizes, which
+    /// llama.cpp tells by layer count), not read from the file; Gemma 3's graph has no soft-capping and local rope base 10000.
+    /// </summary>
+    static IEnumerable<(string Key, object Value)> GemmaHparams(LlamaConfig config, string arch)
+    {
+        var c = (Gemma2Config)config;
+        var gemma3 = c as Gemma3TextConfig;
+        var expectedLocal = Enumerable.Range(0, c.NumHiddenLayers).Select(i => gemma3 is null ? i % 2 == 0 : (i + 1) % 6 != 0);
+        if (!expectedLocal.SequenceEqual(Enumerable.Range(0, c.NumHiddenLayers).Select(c.IsSliding)))
+            throw new NotSupportedException($"{c.ModelType}'s local/global layer pattern differs from the released one, which llama.cpp's {arch} fixes");
+        bool is27B = c.NumHiddenLayers == (gemma3 is null ? 46 : 62);
+        double scalar = is27B ? (double)c.HiddenSize / c.NumAttentionHeads : c.HeadDim;
+        if (c.QueryPreAttnScalar != scalar)
+            throw new NotSupportedException($"query_pre_attn_scalar {c.QueryPreAttnScalar} is not exported: llama.cpp's {arch} scales attention by 1/√{scalar} for this shape");
+        if (c.SlidingWindow is not { } window) throw new NotSupportedException($"sliding_window null is not exported (llama.cpp's {arch} has windowed layers)");
+        if (c.Rope is { } rope && rope.Kind != "default" && (gemma3 is null || rope.Kind != "linear"))
+            throw new NotSupportedException($"rope scaling '{rope.Kind}' is not exported for {c.ModelType}" + (gemma3 is null ? "" : " (linear is)"));
+        yield return ("attention.sliding_window", (uint)window);
+        if (gemma3 is null)
+        {
+            // Gemma2Model writes both caps. Without the keys llama.cpp's gemma2 caps anyway (measured: a model with no caps
+            // disagrees by 1e-2 of the largest logit), so a config without them is refused.
+            if (c.AttnLogitSoftcapping is not { } attn || c.FinalLogitSoftcapping is not { } final)
+                throw new NotSupportedException("gemma2 without attn_logit_softcapping and final_logit_softcapping is not exported (llama.cpp's gemma2 caps by default)");
+            yield return ("attn_logit_softcapping", (float)attn);
+            yield return ("final_logit_softcapping", (float)final);
+            yield break;
+        }
+        if (c.AttnLogitSoftcapping is not null || c.FinalLogitSoftcapping is not null)
+            throw new NotSupportedException("soft-capping is not exported for gemma3_text (llama.cpp's gemma3 graph has none)");
+        if (gemma3.RopeLocalBaseFreq != 10_000)
+            throw new NotSupportedException($"rope_local_base_freq {gemma3.RopeLocalBaseFreq} is not exported (llama.cpp's gemma3 fixes 10000)");
+        if (c.Rope is { Kind: "linear" } linear)
+        {
+            yield return ("rope.scaling.type", "linear");
+            yield return ("rope.scaling.factor", (float)linear.Factor!.Value);
+        }
     }
 
     /// <summary>A tensor whose rows are the output rows of the weight named <paramref name="gguf"/>, q/k rows permuted where the architecture rotates pairs.</summary>

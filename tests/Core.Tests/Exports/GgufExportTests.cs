@@ -22,6 +22,8 @@ public sealed class GgufExportTests : IDisposable
 {
     // Max |logit difference| / max |logit| over every compared position, the measured value (docs/MODELS.md) with headroom.
     const double F32Tolerance = 1e-5, F16Tolerance = 3e-3, Bf16Tolerance = 2e-2, Q8Tolerance = 5e-2;
+    /// <summary>Gemma in f32: llama.cpp's CPU GELU looks gelu up in an f16 table (input and output rounded to f16), 3.1e-4 / 3.8e-4 measured.</summary>
+    const double GemmaF32Tolerance = 1e-3;
 
     readonly ITestOutputHelper output;
     readonly string folder = Directory.CreateTempSubdirectory("gguf-").FullName;
@@ -114,6 +116,118 @@ public sealed class GgufExportTests : IDisposable
         output.WriteLine($"mistral, window 4, {ids.Count} positions: llama.cpp vs full attention {toFull:E2}, vs the window {toWindowed:E2}");
         Assert.True(toFull <= F32Tolerance, $"{toFull:E2}");
         Assert.True(toWindowed > 0.01, $"{toWindowed:E2}");
+    }
+
+    /// <summary>
+    /// Gemma 2 (2 layers: local, global) and Gemma 3 (6 layers: five local, one global, linear rope scaling on the global
+    /// one, q/k norms), hidden 64, head_dim 32, a window of 4 that the 14-token prompt and its continuation run past, Gemma 2's
+    /// soft caps low enough to bind; the built-in byte tokenizer (logits only). llama.cpp's gemma2/gemma3 graphs must give
+    /// our logits: (1 + w) norms exported as 1 + w, √hidden embeddings, the windows and the local rope base included.
+    /// </summary>
+    [Theory]
+    [InlineData("gemma2")]
+    [InlineData("gemma3_text")]
+    public void GemmaAgreesWithLlamaCppInF32(string family)
+    {
+        using var scope = NewDisposeScope();
+        using var model = GemmaShaped(GemmaConfig(family));
+        Compare(model, Export(model, GgufType.F32), GemmaPrompt, GemmaF32Tolerance, steps: 4);
+    }
+
+    /// <summary>What llama.cpp's gemma2/gemma3 graphs fix and a config could vary is refused by key, not exported to compute otherwise.</summary>
+    [Theory]
+    [InlineData("gemma2-uncapped", "without attn_logit_softcapping and final_logit_softcapping")]
+    [InlineData("query_pre_attn_scalar", "query_pre_attn_scalar 24 is not exported")]
+    [InlineData("layer_types", "local/global layer pattern differs")]
+    [InlineData("rope_local_base_freq", "rope_local_base_freq 100 is not exported")]
+    [InlineData("final_logit_softcapping", "soft-capping is not exported for gemma3_text")]
+    public void GemmaConfigsLlamaCppWouldComputeOtherwiseAreRefused(string change, string message)
+    {
+        using var scope = NewDisposeScope();
+        var gemma3 = (Gemma3TextConfig)GemmaConfig("gemma3_text");
+        LlamaConfig config = change switch
+        {
+            "gemma2-uncapped" => GemmaConfig(change),
+            "query_pre_attn_scalar" => gemma3 with { QueryPreAttnScalar = 24 },
+            "layer_types" => gemma3 with { LayerTypes = ["sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"] },
+            "rope_local_base_freq" => gemma3 with { RopeLocalBaseFreq = 100 },
+            _ => gemma3 with { FinalLogitSoftcapping = 30 },
+        };
+        using var model = GemmaShaped(config);
+        var error = Assert.Throws<NotSupportedException>(() => GgufExport.Write(Stream.Null, model, folder, "test", GgufType.F32, template: null));
+        Assert.Contains(message, error.Message);
+    }
+
+    static List<int> GemmaPrompt => [ByteTokenizer.Begin, .. new ByteTokenizer().Encode("Gemma's window")];
+
+    /// <summary>
+    /// The agreement above is llama.cpp computing each Gemma feature, not the feature having no effect: with it changed to
+    /// its neutral value, our logits of the same weights are far from llama.cpp's.
+    /// </summary>
+    [Theory]
+    [InlineData("gemma2", "sliding_window")]
+    [InlineData("gemma2", "attn_logit_softcapping")]
+    [InlineData("gemma2", "final_logit_softcapping")]
+    [InlineData("gemma3_text", "sliding_window")]
+    [InlineData("gemma3_text", "rope_local_base_freq")]
+    [InlineData("gemma3_text", "rope_scaling")]
+    public void LlamaCppComputesEachGemmaFeature(string family, string key)
+    {
+        using var scope = NewDisposeScope();
+        var config = GemmaConfig(family);
+        using var model = GemmaShaped(config);
+        LlamaConfig neutral = key switch
+        {
+            "sliding_window" => (Gemma2Config)config with { SlidingWindow = null },
+            "attn_logit_softcapping" => (Gemma2Config)config with { AttnLogitSoftcapping = null },
+            "final_logit_softcapping" => (Gemma2Config)config with { FinalLogitSoftcapping = null },
+            "rope_local_base_freq" => (Gemma3TextConfig)config with { RopeLocalBaseFreq = config.Theta },
+            _ => (Gemma3TextConfig)config with { RopeScaling = null },
+        };
+        using var changed = (LlamaForCausalLM)neutral.CreateModel();
+        changed.load_state_dict(model.state_dict());
+        changed.eval();
+        string gguf = Export(model, GgufType.F32);
+        using var weights = Load(gguf);
+        using var context = weights.CreateContext(Parameters(gguf));
+        var theirs = LlamaCppLogits(context, GemmaPrompt, 0);
+        double toOurs = MaxRelativeError(Logits(model, GemmaPrompt), theirs), toChanged = MaxRelativeError(Logits(changed, GemmaPrompt), theirs);
+        output.WriteLine($"{family} vs llama.cpp: {toOurs:E2}; without {key}: {toChanged:E2}");
+        Assert.True(toOurs <= GemmaF32Tolerance && toChanged > 10 * GemmaF32Tolerance, $"{toOurs:E2}, {toChanged:E2}");
+    }
+
+    static LlamaConfig GemmaConfig(string family) => family.StartsWith("gemma2", StringComparison.Ordinal)
+        ? new Gemma2Config
+        {
+            VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            HeadDimension = 32, QueryPreAttnScalar = 32, RopeTheta = 10000, SlidingWindow = 4, MaxPositionEmbeddings = 64,
+            // without caps, the file has no softcapping keys: llama.cpp must then not cap
+            AttnLogitSoftcapping = family == "gemma2" ? 2 : null, FinalLogitSoftcapping = family == "gemma2" ? 5 : null,
+        }
+        : new Gemma3TextConfig
+        {
+            VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 6, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            HeadDimension = 32, QueryPreAttnScalar = 32, RopeTheta = 1000, SlidingWindow = 4, MaxPositionEmbeddings = 64,
+            RopeScaling = new RopeScaling { RopeType = "linear", Factor = 8 },
+        };
+
+    /// <summary>A Gemma with seeded random weights, effective norm scales 1 + w from 0.5 to 1.5, saved with no tokenizer (the built-in bytes).</summary>
+    LlamaForCausalLM GemmaShaped(LlamaConfig config)
+    {
+        var model = (LlamaForCausalLM)config.CreateModel();
+        using var g = new Generator(12);
+        using (no_grad())
+        using (NewDisposeScope())
+            foreach (var (name, p) in model.named_parameters())
+            {
+                if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.uniform_(-0.5, 0.5, g);
+                else if (name == "model.embed_tokens.weight") p.normal_(0, 1, g);
+                else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), g);
+            }
+        foreach (var p in model.parameters()) p.requires_grad = false;
+        model.eval();
+        ModelFolder.Save(model, folder);
+        return model;
     }
 
     [Fact]

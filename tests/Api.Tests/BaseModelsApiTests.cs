@@ -46,6 +46,9 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
     [InlineData("qwen3")]
     [InlineData("mistral")]
     [InlineData("llama")]
+    [InlineData("gemma2")]
+    [InlineData("gemma3_text")]
+    [InlineData("gemma3")]
     public async Task ADecoderFamilyFolderImportsServesAndFineTunes(string family)
     {
         TorchRuntime.EnsureReady();
@@ -55,15 +58,26 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
             "qwen2" => new Qwen2Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true },
             "qwen3" => new Qwen3Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDimension = 32 },
             "mistral" => new MistralConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, SlidingWindow = 8 },
+            "gemma2" => new Gemma2Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDimension = 32, QueryPreAttnScalar = 32, SlidingWindow = 8 },
+            // gemma3: the same text model inside a multimodal (Gemma3ForConditionalGeneration) folder, written below
+            "gemma3_text" or "gemma3" => new Gemma3TextConfig
+            {
+                VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 3, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDimension = 32,
+                QueryPreAttnScalar = 32, SlidingWindow = 8, SlidingWindowPattern = 3, RopeScaling = new RopeScaling { RopeType = "linear", Factor = 8 },
+            },
             _ => new LlamaConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true },
         };
         config = config with { MaxPositionEmbeddings = 128, BosTokenId = 256, EosTokenId = 256 };
-        using (var model = RandomModel.Create(config, seed: 3)) ModelFolder.Save(model, path);
+        using (var model = RandomModel.Create(config, seed: 3))
+        {
+            ModelFolder.Save(model, path);
+            if (family == "gemma3") WriteMultimodalGemma3((LlamaForCausalLM)model, path);
+        }
         WriteByteLevelVocabulary(path);
         string id = $"tiny-{family}";
 
         var imported = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id }));
-        Assert.Equal((family, "byte-level BPE"), ((string?)imported["family"], (string?)imported["tokenizer"]));
+        Assert.Equal((family == "gemma3" ? "gemma3_text" : family, "byte-level BPE"), ((string?)imported["family"], (string?)imported["tokenizer"]));
         var completion = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = id, prompt = "Hello there", max_tokens = 12, temperature = 0 }));
         Assert.Equal(11, (int)completion["usage"]!["prompt_tokens"]!);
 
@@ -73,6 +87,25 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         Assert.Equal("succeeded", (string?)finished["status"]);
         var tuned = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = (string)finished["fine_tuned_model"]!, prompt = "Sky:", max_tokens = 8, temperature = 0 }));
         Assert.Equal(" blue", (string?)tuned["choices"]![0]!["text"]);
+    }
+
+    /// <summary>
+    /// Rewrites a saved Gemma 3 text model as Gemma3ForConditionalGeneration stores it: config under text_config beside a
+    /// vision_config, weights under language_model.model.*, plus vision tower and projector tensors (which the import skips).
+    /// </summary>
+    static void WriteMultimodalGemma3(LlamaForCausalLM model, string path)
+    {
+        var text = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(path, ModelFolder.ConfigFile)))!;
+        var outer = new System.Text.Json.Nodes.JsonObject
+        {
+            ["architectures"] = new System.Text.Json.Nodes.JsonArray("Gemma3ForConditionalGeneration"), ["model_type"] = "gemma3",
+            ["text_config"] = text, ["vision_config"] = new System.Text.Json.Nodes.JsonObject { ["hidden_size"] = 8, ["model_type"] = "siglip_vision_model" },
+        };
+        File.WriteAllText(Path.Combine(path, ModelFolder.ConfigFile), outer.ToJsonString());
+        var tensors = model.CheckpointTensors().ToDictionary(t => "language_model." + t.Key, t => (TorchSharp.torch.Tensor)t.Parameter.detach());
+        tensors["vision_tower.vision_model.post_layernorm.weight"] = TorchSharp.torch.ones(8);
+        tensors["multi_modal_projector.mm_input_projection_weight"] = TorchSharp.torch.zeros(8, 64);
+        SafeTensors.Save(Path.Combine(path, ModelFolder.WeightsFile), tensors);
     }
 
     [Fact]

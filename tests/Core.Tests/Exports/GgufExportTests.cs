@@ -24,6 +24,11 @@ public sealed class GgufExportTests : IDisposable
     const double F32Tolerance = 1e-5, F16Tolerance = 3e-3, Bf16Tolerance = 2e-2, Q8Tolerance = 5e-2;
     /// <summary>Gemma in f32: llama.cpp's CPU GELU looks gelu up in an f16 table (input and output rounded to f16), 3.1e-4 / 3.8e-4 measured.</summary>
     const double GemmaF32Tolerance = 1e-3;
+    /// <summary>
+    /// Gemma with the strong random LoRA: its large activations scale that f16 GELU rounding (1.75e-3 measured for gemma3;
+    /// with our GELU rounded through f16 the same way, 4.2e-4).
+    /// </summary>
+    const double GemmaLoraTolerance = 3e-3;
     // A strong random adapter (B·A as large as the weights) over the f32 base: measured up to 7.5e-6 (mistral), which is f32
     // rounding: our own forward with the adapter beside the weights and with it merged differ by as much (7.6e-6).
     const double LoraTolerance = 2e-5;
@@ -118,10 +123,13 @@ public sealed class GgufExportTests : IDisposable
     [InlineData("qwen2")]
     [InlineData("qwen3")]
     [InlineData("mistral")]
+    [InlineData("gemma2")]
+    [InlineData("gemma3_text")]
     public void FamilyLoraAdapterAgreesWithLlamaCppOverTheBase(string family)
     {
         using var scope = NewDisposeScope();
-        using var model = FamilyShaped(family, realVocabulary: false);
+        bool gemma = family.StartsWith("gemma", StringComparison.Ordinal);
+        using var model = gemma ? GemmaShaped(GemmaConfig(family)) : FamilyShaped(family, realVocabulary: false);
         string baseGguf = Export(model, GgufType.F32);
         var ids = TextTokenizers.Read(folder).Encode("The quick brown fox jumps over 123 lazy dogs.\n", addSpecialTokens: true).ToList();
         var plain = Logits(model, ids);
@@ -141,7 +149,7 @@ public sealed class GgufExportTests : IDisposable
         context.NativeHandle.SetLoraAdapters([(lora, 1f)]);
         double error = MaxRelativeError(adapted, LlamaCppLogits(context, ids, 0));
         output.WriteLine($"{family} LoRA adapter GGUF over the f32 base: max |Δ| / max |logit| = {error:E2}");
-        Assert.True(error <= LoraTolerance, $"{error:E2}");
+        Assert.True(error <= (gemma ? GemmaLoraTolerance : LoraTolerance), $"{error:E2}");
     }
 
     /// <summary>
@@ -176,13 +184,19 @@ public sealed class GgufExportTests : IDisposable
     /// our logits: (1 + w) norms exported as 1 + w, √hidden embeddings, the windows and the local rope base included.
     /// </summary>
     [Theory]
-    [InlineData("gemma2")]
-    [InlineData("gemma3_text")]
-    public void GemmaAgreesWithLlamaCppInF32(string family)
+    [InlineData("gemma2", GgufType.F32, GemmaF32Tolerance)]
+    [InlineData("gemma2", GgufType.F16, F16Tolerance)]
+    [InlineData("gemma2", GgufType.BF16, Bf16Tolerance)]
+    [InlineData("gemma2", GgufType.Q8_0, Q8Tolerance)]
+    [InlineData("gemma3_text", GgufType.F32, GemmaF32Tolerance)]
+    [InlineData("gemma3_text", GgufType.F16, F16Tolerance)]
+    [InlineData("gemma3_text", GgufType.BF16, Bf16Tolerance)]
+    [InlineData("gemma3_text", GgufType.Q8_0, Q8Tolerance)]
+    public void GemmaAgreesWithLlamaCpp(string family, GgufType type, double tolerance)
     {
         using var scope = NewDisposeScope();
         using var model = GemmaShaped(GemmaConfig(family));
-        Compare(model, Export(model, GgufType.F32), GemmaPrompt, GemmaF32Tolerance, steps: 4);
+        Compare(model, Export(model, type), GemmaPrompt, tolerance, steps: 4);
     }
 
     /// <summary>What llama.cpp's gemma2/gemma3 graphs fix and a config could vary is refused by key, not exported to compute otherwise.</summary>

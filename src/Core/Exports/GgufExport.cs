@@ -302,6 +302,9 @@ public static class GgufExport
         var root = JsonNode.Parse(File.ReadAllText(path))!;
         var model = root["model"]!;
         if (model["type"]?.GetValue<string>() != "BPE") throw new NotSupportedException("its tokenizer.json is not a BPE model");
+        // Gemma's and Llama 2's: ▁ for spaces and <0xNN> byte pieces, which llama.cpp reads as its SentencePiece (llama) vocabulary.
+        if (model["byte_fallback"]?.GetValue<bool>() == true)
+            throw new NotSupportedException("its tokenizer.json is a SentencePiece-style BPE (byte_fallback, as Gemma's and Llama 2's), which is not exported as GGUF; byte-level BPE tokenizer.json folders are");
         var tokens = new string?[vocabSize];
         var types = new int[vocabSize];
         foreach (var (token, id) in model["vocab"]!.AsObject())

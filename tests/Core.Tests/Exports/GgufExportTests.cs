@@ -223,6 +223,23 @@ public sealed class GgufExportTests : IDisposable
         Assert.Contains(message, error.Message);
     }
 
+    /// <summary>A SentencePiece-style tokenizer.json (Gemma 3's kind: BPE with byte_fallback, ▁ for spaces) is refused by what it is.</summary>
+    [Fact]
+    public void ASentencePieceStyleTokenizerJsonIsRefused()
+    {
+        using var scope = NewDisposeScope();
+        using var model = GemmaShaped(GemmaConfig("gemma3_text"));
+        File.WriteAllText(Path.Combine(folder, "tokenizer.json"), """
+            {"version": "1.0", "added_tokens": [], "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+             "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
+             "post_processor": null, "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]},
+             "model": {"type": "BPE", "byte_fallback": true, "fuse_unk": true, "unk_token": "<unk>",
+                       "vocab": {"<unk>": 0, "<0x61>": 1, "a": 2, "▁": 3, "▁a": 4}, "merges": [["▁", "a"]]}}
+            """);
+        var error = Assert.Throws<NotSupportedException>(() => GgufExport.Write(Stream.Null, model, folder, "test", GgufType.F32, template: null));
+        Assert.Contains("SentencePiece-style BPE", error.Message);
+    }
+
     static List<int> GemmaPrompt => [ByteTokenizer.Begin, .. new ByteTokenizer().Encode("Gemma's window")];
 
     /// <summary>

@@ -90,6 +90,38 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
     }
 
     /// <summary>
+    /// A Gemma 3 text model (scaled down, random weights) with Gemma 3's real tokenizer files (262,145 ids, its chat template,
+    /// eos &lt;end_of_turn&gt; 106 as gemma-3-1b-it's config lists it) fine-tunes on chats and answers in Gemma's turn format,
+    /// stopping at &lt;end_of_turn&gt;.
+    /// </summary>
+    [Fact]
+    public async Task AGemma3FolderWithItsRealTokenizerFineTunesOnChatsAndStopsAtEndOfTurn()
+    {
+        TorchRuntime.EnsureReady();
+        var path = Directory.CreateDirectory(Path.Combine(folder.FullName, "gemma3-real")).FullName;
+        string real = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "hf-reference", "node_modules", "@lenml", "tokenizer-gemma3", "models"));
+        Assert.True(File.Exists(Path.Combine(real, "tokenizer.json")), $"{real} is missing; scripts/test.sh installs tests/hf-reference (npm ci)");
+        foreach (string file in Directory.GetFiles(real)) File.Copy(file, Path.Combine(path, Path.GetFileName(file)));
+        var config = new Gemma3TextConfig
+        {
+            VocabSize = 262_208, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDimension = 16,
+            QueryPreAttnScalar = 16, SlidingWindow = 16, SlidingWindowPattern = 2, MaxPositionEmbeddings = 256, BosTokenId = 2, EosTokenIds = [1, 106],
+        };
+        using (var model = RandomModel.Create(config, seed: 5)) ModelFolder.Save(model, path);
+        var imported = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "gemma3-real" }));
+        Assert.Equal("gemma3_text", (string?)imported["family"]);
+
+        var chat = new { messages = new[] { new { role = "user", content = "Sky?" }, new { role = "assistant", content = "blue" } } };
+        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(JsonSerializer.Serialize(chat), 10));
+        var job = await Api.CreateJobAsync(client, new { model = "gemma3-real", training_file = fileId, seed = 2, hyperparameters = new { n_epochs = 15, batch_size = 2 } });
+        var finished = await Api.WaitForFinishAsync(client, (string)job["id"]!);
+        Assert.Equal("succeeded", (string?)finished["status"]);
+        var answer = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/chat/completions",
+            new { model = (string)finished["fine_tuned_model"]!, messages = new[] { new { role = "user", content = "Sky?" } }, max_tokens = 8, temperature = 0 }));
+        Assert.Equal(("blue", "stop"), ((string?)answer["choices"]![0]!["message"]!["content"], (string?)answer["choices"]![0]!["finish_reason"]));
+    }
+
+    /// <summary>
     /// Rewrites a saved Gemma 3 text model as Gemma3ForConditionalGeneration stores it: config under text_config beside a
     /// vision_config, weights under language_model.model.*, plus vision tower and projector tensors (which the import skips).
     /// </summary>

@@ -278,6 +278,80 @@ public sealed class DecoderFamiliesTests : IDisposable
         Assert.Contains(message, error);
     }
 
+    /// <summary>SmolLM3 without no_rope_layers: every no_rope_layer_interval-th layer is NoPE (transformers' SmolLM3Config).</summary>
+    [Fact]
+    public void SmolLM3sDefaultNoPELayersAreEveryFourth()
+    {
+        var config = (SmolLM3Config)ConfigOf("smollm3") with { NumHiddenLayers = 8, NoRopeLayers = null };
+        Assert.Equal([true, true, true, false, true, true, true, false], Enumerable.Range(0, 8).Select(config.UsesRope));
+        Assert.Equal([true, false, true, false], Enumerable.Range(0, 4).Select((config with { NoRopeLayerInterval = 2 }).UsesRope));
+    }
+
+    /// <summary>
+    /// Each rope type at the sizes of the models that use it, where the scaled-down families do not reach every regime:
+    /// cos and sin for two rows of positions, one row past the original context and one within it (dynamic and longrope
+    /// choose per row), against the reference's equations.
+    /// </summary>
+    [Theory]
+    [InlineData("dynamic")]        // NTK by length, head_dim 128, trained context 4096
+    [InlineData("yarn-qwen")]      // Qwen2.5's model card: factor 4 over 32768, theta 1e6
+    [InlineData("yarn-gpt-oss")]   // gpt-oss's: factor 32 over 4096, truncate false, beta 32/1
+    [InlineData("yarn-mscale")]    // DeepSeek's mscale / mscale_all_dim ratio (values changed so it is not 1)
+    [InlineData("longrope-phi")]   // Phi-3.5-mini: factors per pair, 131072 over 4096
+    [InlineData("longrope-factor")] // transformers 5.x without original_max_position_embeddings: factor and attention_factor given
+    public void RopeTypeAnglesMatchTheReferenceAtFullScale(string name)
+    {
+        using var scope = NewDisposeScope();
+        var shorts = Enumerable.Range(0, 48).Select(i => 1 + 0.01 * i).ToArray();
+        var longs = Enumerable.Range(0, 48).Select(i => 1 + Math.Pow(1.15, i) / 10).ToArray();
+        LlamaConfig basic = new() { VocabSize = 10, HiddenSize = 4096, IntermediateSize = 8, NumHiddenLayers = 1, NumAttentionHeads = 32 };
+        LlamaConfig config = name switch
+        {
+            "dynamic" => basic with { MaxPositionEmbeddings = 4096, RopeTheta = 10000, RopeScaling = new RopeScaling { RopeType = "dynamic", Factor = 2 } },
+            "yarn-qwen" => basic with { MaxPositionEmbeddings = 32768, RopeTheta = 1e6, RopeScaling = new RopeScaling { Type = "yarn", Factor = 4, OriginalMaxPositionEmbeddings = 32768 } },
+            "yarn-gpt-oss" => basic with
+            {
+                HiddenSize = 2048, MaxPositionEmbeddings = 131072, RopeTheta = 150000,
+                RopeScaling = new RopeScaling { RopeType = "yarn", Factor = 32, OriginalMaxPositionEmbeddings = 4096, BetaFast = 32, BetaSlow = 1, Truncate = false },
+            },
+            "yarn-mscale" => basic with
+            {
+                MaxPositionEmbeddings = 16384, RopeTheta = 10000,
+                RopeScaling = new RopeScaling { RopeType = "yarn", Factor = 40, OriginalMaxPositionEmbeddings = 4096, Mscale = 1, MscaleAllDim = 0.5, BetaFast = 16, BetaSlow = 2 },
+            },
+            "longrope-phi" => new Phi3Config
+            {
+                VocabSize = 10, HiddenSize = 3072, IntermediateSize = 8, NumHiddenLayers = 1, NumAttentionHeads = 32, MaxPositionEmbeddings = 131072,
+                OriginalMaxPositionEmbeddings = 4096, RopeScaling = new RopeScaling { Type = "longrope", ShortFactor = shorts, LongFactor = longs },
+            },
+            "longrope-factor" => basic with
+            {
+                HiddenSize = 3072, MaxPositionEmbeddings = 4096,
+                RopeParameters = new RopeScaling { RopeType = "longrope", RopeTheta = 10000, Factor = 32, AttentionFactor = 1.2, ShortFactor = shorts, LongFactor = longs },
+            },
+            _ => throw new ArgumentException(name),
+        };
+        string path = Path.Combine(dir, "config.json");
+        config.Save(path);
+        config = (LlamaConfig)ModelConfig.Load(path);                         // the checks pass, and the JSON round-trips
+        int original = config.Rope!.OriginalMaxPositionEmbeddings ?? (config as Phi3Config)?.OriginalMaxPositionEmbeddings ?? config.MaxPositionEmbeddings;
+        long[][] rows = [[0, 1, 7, 300, original - 1, original + 500], [0, 2, 9, 301, original - 3, original - 1]];
+        var (cos, sin) = new RotaryEmbedding(config.RopeShape, config.Rope).Angles(tensor(rows.SelectMany(r => r).ToArray(), [2, 6]));   // [2, 1, 6, rd]
+        int half = config.RotaryDim / 2;
+        for (int r = 0; r < 2; r++)
+            for (int p = 0; p < 6; p++)
+                for (int i = 0; i < half; i++)
+                {
+                    var (f, scale) = Reference.Frequency(config, i, (int)rows[r][^1] + 1);
+                    double angle = rows[r][p] * f;
+                    Assert.Equal(scale * Math.Cos(angle), cos[r, 0, p, i].item<float>(), 1e-5);
+                    Assert.Equal(scale * Math.Sin(angle), sin[r, 0, p, i + half].item<float>(), 1e-5);
+                }
+        // The two rows differ in the length-dependent types: the first crossed the original context, the second did not.
+        var (rowLong, rowShort) = (Reference.Frequency(config, half - 1, original + 501), Reference.Frequency(config, half - 1, original));
+        Assert.Equal(name is "dynamic" or "longrope-phi" or "longrope-factor", rowLong != rowShort);
+    }
+
     /// <summary>The Hugging Face equations in float64, written without the model's helpers.</summary>
     static class Reference
     {
@@ -293,7 +367,7 @@ public sealed class DecoderFamiliesTests : IDisposable
         /// Pair i's rotation frequency for a sequence of length ℓ, and the factor on cos and sin, from each rope type's
         /// equations (transformers' modeling_rope_utils.py names; d the rotated dimensions, L the original context).
         /// </summary>
-        static (double Frequency, double Scale) Frequency(LlamaConfig c, int i, int length)
+        public static (double Frequency, double Scale) Frequency(LlamaConfig c, int i, int length)
         {
             int d = c.RotaryDim;
             double theta = c.Theta, f = Math.Pow(theta, -2.0 * i / d);
@@ -312,19 +386,26 @@ public sealed class DecoderFamiliesTests : IDisposable
                 {
                     // YaRN (arXiv:2309.00071) §3.2: pair i turns r(i) = L / (2π / f) times over L; r > β_fast keeps f, r < β_slow
                     // takes f / factor, ramped linearly between the bounding pair indices (floored, ceiled); §3.4: √(1/t) = 0.1 ln s + 1.
+                    // truncate false (gpt-oss) keeps the bounds fractional; mscale / mscale_all_dim (DeepSeek) replace √(1/t) by a ratio of two.
                     double L = s.OriginalMaxPositionEmbeddings ?? c.MaxPositionEmbeddings, factor = s.Factor!.Value;
                     double Bound(double rotations) => d * Math.Log(L / (rotations * 2 * Math.PI)) / (2 * Math.Log(theta));
-                    double low = Math.Max(Math.Floor(Bound(s.BetaFast ?? 32)), 0), high = Math.Min(Math.Ceiling(Bound(s.BetaSlow ?? 1)), d - 1);
+                    double low = Bound(s.BetaFast ?? 32), high = Bound(s.BetaSlow ?? 1);
+                    if (s.Truncate != false) (low, high) = (Math.Floor(low), Math.Ceiling(high));
+                    (low, high) = (Math.Max(low, 0), Math.Min(high, d - 1));
                     double ramp = Math.Clamp((i - low) / (high - low), 0, 1);
-                    return (f / factor * ramp + f * (1 - ramp), s.AttentionFactor ?? 0.1 * Math.Log(factor) + 1);
+                    double M(double m) => 0.1 * m * Math.Log(factor) + 1;
+                    double scale = s.AttentionFactor ?? (s.Mscale is { } ms && s.MscaleAllDim is { } all ? M(ms) / M(all) : M(1));
+                    return (f / factor * ramp + f * (1 - ramp), scale);
                 }
                 case "longrope":
                 {
                     // LongRoPE (arXiv:2402.13753): f / λᵢ, λ the short factors up to L and the long ones past it; Phi-3's scale
                     // √(1 + ln(max / L) / ln L).
-                    int L = ((Phi3Config)c).OriginalMaxPositionEmbeddings!.Value;
-                    double scale = (double)c.MaxPositionEmbeddings / L;
-                    return (f / (length > L ? s.LongFactor! : s.ShortFactor!)[i], Math.Sqrt(1 + Math.Log(scale) / Math.Log(L)));
+                    // Without an original context, factor and attention_factor as given (transformers 5.x configs).
+                    int? given = (c as Phi3Config)?.OriginalMaxPositionEmbeddings ?? s.OriginalMaxPositionEmbeddings;
+                    int L = given ?? c.MaxPositionEmbeddings;
+                    double extension = given is null ? s.Factor!.Value : (double)c.MaxPositionEmbeddings / L;
+                    return (f / (length > L ? s.LongFactor! : s.ShortFactor!)[i], s.AttentionFactor ?? Math.Sqrt(1 + Math.Log(extension) / Math.Log(L)));
                 }
             }
             double context = s.OriginalMaxPositionEmbeddings!.Value, llamaFactor = s.Factor!.Value, lowFreq = s.LowFreqFactor!.Value, highFreq = s.HighFreqFactor!.Value;

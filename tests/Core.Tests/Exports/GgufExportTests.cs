@@ -74,21 +74,47 @@ public sealed class GgufExportTests : IDisposable
     /// head) and qwen3 (q/k norms, head_dim 32 ≠ 64 / 4, its own head) with Qwen3's 151,669-token BPE (pre-tokenizer
     /// qwen2); mistral (GGUF llama) with Llama 3.1's, since the test files hold no Mistral tokenizer. llama.cpp's llama
     /// architecture ignores Mistral's sliding window, so the prompt and continuation (16 positions) stay inside it.
+    /// phi3 (fused attn_qkv and ffn_up, 3/4 of each head rotated, tied head, LongRoPE) twice: with an original context of
+    /// 4096, so llama.cpp's 64-position context and our short sequences both take the short factors, and of 16 with a
+    /// prompt past it, so both take the long ones (llama.cpp chooses by its context size, we by the sequence's length).
+    /// smollm3 (4 layers, the 4th NoPE) with Llama 3.1's tokenizer; qwen2-yarn with YaRN factor 4 as Qwen2.5's card
+    /// configures it.
     /// </summary>
     [Theory]
     [InlineData("qwen2")]
     [InlineData("qwen3")]
     [InlineData("mistral")]
+    [InlineData("phi3")]
+    [InlineData("phi3-long")]
+    [InlineData("smollm3")]
+    [InlineData("qwen2-yarn")]
     public void DecoderFamilyAgreesWithLlamaCppInF32(string family)
     {
         using var scope = NewDisposeScope();
         using var model = FamilyShaped(family);
-        string text = "The quick brown fox jumps over 123 lazy dogs.\n";
+        string text = family == "phi3-long" ? "The quick brown fox jumps over 123 lazy dogs, then 456 sleepy cats watch it twice.\n" : "The quick brown fox jumps over 123 lazy dogs.\n";
         var ids = TextTokenizers.Read(folder).Encode(text, addSpecialTokens: true).ToList();
         string gguf = Export(model, GgufType.F32);
+        output.WriteLine(family);
         Compare(model, gguf, ids, F32Tolerance, steps: 4);
         using var weights = Load(gguf);
         Assert.Equal(ids, weights.Tokenize(text, add_bos: true, special: false, System.Text.Encoding.UTF8).Select(t => (int)t));
+        // The feature under test shows: the same weights without it (plain rope, or SmolLM3 rotating in every layer) give
+        // logits llama.cpp does not.
+        LlamaConfig? without = model.Config switch
+        {
+            SmolLM3Config smol => smol with { NoRopeLayers = [1, 1, 1, 1] },
+            { Rope: not null } c => c with { RopeScaling = null },
+            _ => null,
+        };
+        if (without is null) return;
+        using var plain = (LlamaForCausalLM)without.CreateModel();
+        plain.load_state_dict(model.state_dict());
+        plain.eval();
+        using var context = weights.CreateContext(Parameters(gguf));
+        double error = MaxRelativeError(Logits(plain, ids), LlamaCppLogits(context, ids, 0));
+        output.WriteLine($"{family} without its feature: max |Δ| / max |logit| = {error:E2}");
+        Assert.True(error > 1e-3, $"{error:E2}");
     }
 
     /// <summary>
@@ -127,6 +153,38 @@ public sealed class GgufExportTests : IDisposable
         }.CreateModel();
         var error = Assert.Throws<NotSupportedException>(() => GgufExport.Write(Stream.Null, model, folder, "test", GgufType.F32, template: null));
         Assert.Contains("rope_freqs", error.Message);
+    }
+
+    /// <summary>What llama.cpp would not run as the model is refused by name before anything is written.</summary>
+    [Theory]
+    [InlineData("dynamic", "dynamic (NTK) rope scaling is not exported")]
+    [InlineData("yarn-attention-factor", "yarn rope scaling with attention_factor")]
+    [InlineData("longrope-llama", "longrope rope scaling is exported for phi3 only")]
+    [InlineData("smollm3-nope", "smollm3 with layer 1 NoPE is not exported")]
+    [InlineData("phi3-attention-factor", "longrope attention_factor 2 is not exported")]
+    public void WhatLlamaCppCannotRunIsRefused(string name, string message)
+    {
+        using var scope = NewDisposeScope();
+        LlamaConfig shape = new() { VocabSize = 264, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2 };
+        double[] factors = [1, 1, 1, 1];
+        LlamaConfig config = name switch
+        {
+            "dynamic" => shape with { RopeScaling = new RopeScaling { RopeType = "dynamic", Factor = 2 } },
+            "yarn-attention-factor" => shape with { RopeScaling = new RopeScaling { RopeType = "yarn", Factor = 4, AttentionFactor = 1.5 } },
+            "longrope-llama" => shape with { RopeScaling = new RopeScaling { RopeType = "longrope", Factor = 4, ShortFactor = factors, LongFactor = factors } },
+            "smollm3-nope" => new SmolLM3Config
+            {
+                VocabSize = 264, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, NoRopeLayers = [1, 0],
+            },
+            _ => new Phi3Config
+            {
+                VocabSize = 264, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, MaxPositionEmbeddings = 8192,
+                OriginalMaxPositionEmbeddings = 4096, RopeScaling = new RopeScaling { RopeType = "longrope", AttentionFactor = 2, ShortFactor = factors, LongFactor = factors },
+            },
+        };
+        using var model = (LlamaForCausalLM)config.CreateModel();
+        var error = Assert.Throws<NotSupportedException>(() => GgufExport.Write(Stream.Null, model, folder, "test", GgufType.F32, template: null));
+        Assert.Contains(message, error.Message);
     }
 
     [Fact]
@@ -259,7 +317,8 @@ public sealed class GgufExportTests : IDisposable
     /// <summary>A real config's features scaled down, seeded random weights: norms away from 1, biases away from 0, so both matter.</summary>
     LlamaForCausalLM FamilyShaped(string family)
     {
-        string real = Text.HfReference.RealFiles(family == "mistral" ? "llama3_1" : "qwen3");
+        string real = Text.HfReference.RealFiles(family is "mistral" or "smollm3" ? "llama3_1" : "qwen3");
+        double[] shorts = [1, 1.05, 1.2, 1.5, 2, 3], longs = [1, 1.5, 3, 6, 12, 24];
         foreach (string file in Directory.GetFiles(real)) File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
         LlamaConfig config = family switch
         {
@@ -269,12 +328,30 @@ public sealed class GgufExportTests : IDisposable
             "qwen3" => new Qwen3Config { HeadDimension = 32, RopeTheta = 1000000, RmsNormEps = 1e-6, BosTokenId = 151643, EosTokenId = 151645 },
             // Mistral 7B v0.1's window.
             "mistral" => new MistralConfig { SlidingWindow = 4096, RopeTheta = 10000, RmsNormEps = 1e-5, BosTokenId = 128000, EosTokenId = 128001 },
+            // Phi-4-mini's: partial_rotary_factor 0.75 (12 of 16 dimensions), tied head, LongRoPE over 4096 of 131072, window 262144.
+            "phi3" => new Phi3Config
+            {
+                PartialRotaryFactor = 0.75, TieWordEmbeddings = true, RopeTheta = 10000, BosTokenId = 151643, EosTokenId = 151645, SlidingWindow = 262144,
+                OriginalMaxPositionEmbeddings = 4096, RopeScaling = new RopeScaling { Type = "longrope", ShortFactor = shorts, LongFactor = longs },
+            },
+            "phi3-long" => new Phi3Config
+            {
+                PartialRotaryFactor = 0.75, TieWordEmbeddings = true, RopeTheta = 10000, BosTokenId = 151643, EosTokenId = 151645,
+                OriginalMaxPositionEmbeddings = 16, RopeScaling = new RopeScaling { Type = "longrope", ShortFactor = shorts, LongFactor = longs },
+            },
+            "smollm3" => new SmolLM3Config { NumHiddenLayers = 4, RopeTheta = 2000000, RmsNormEps = 1e-6, BosTokenId = 128000, EosTokenId = 128001 },
+            "qwen2-yarn" => new Qwen2Config
+            {
+                TieWordEmbeddings = true, RopeTheta = 1000000, RmsNormEps = 1e-6, BosTokenId = 151643, EosTokenId = 151645,
+                RopeScaling = new RopeScaling { Type = "yarn", Factor = 4, OriginalMaxPositionEmbeddings = 32768 },
+            },
             _ => throw new ArgumentException(family),
         };
         config = config with
         {
-            VocabSize = family == "mistral" ? 128256 : 151936, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2,
-            NumAttentionHeads = 4, NumKeyValueHeads = 2, MaxPositionEmbeddings = 32768,
+            VocabSize = family is "mistral" or "smollm3" ? 128256 : 151936, HiddenSize = 64, IntermediateSize = 128,
+            NumHiddenLayers = family == "smollm3" ? 4 : 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            MaxPositionEmbeddings = family switch { "phi3" => 131072, "phi3-long" => 64, "qwen2-yarn" => 131072, _ => 32768 },
         };
         var model = (LlamaForCausalLM)config.CreateModel();
         using var g = new Generator(11);

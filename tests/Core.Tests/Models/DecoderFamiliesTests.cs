@@ -278,6 +278,27 @@ public sealed class DecoderFamiliesTests : IDisposable
         Assert.Contains(message, error);
     }
 
+    /// <summary>
+    /// A padded training batch (TokenRows) of a 3-token and a 9-token example on Phi-3's LongRoPE (original context 4) and
+    /// SmolLM3's dynamic NTK (past 4): the short row is rotated at its own length, as alone, not at the long row's.
+    /// </summary>
+    [Theory]
+    [InlineData("phi3")]
+    [InlineData("smollm3")]
+    public void APaddedTrainingBatchRotatesEachRowAtItsOwnLength(string family)
+    {
+        using var scope = NewDisposeScope();
+        using var model = CreateFamily(family);
+        using var _ = no_grad();
+        int[] shortIds = [5, 6, 7, 8], longIds = [9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
+        var rows = AdapterService.Core.Training.TokenRows.Collate([new(shortIds, [.. shortIds.Select(_ => true)]), new(longIds, [.. longIds.Select(_ => true)])], padId: 0, pack: false);
+        var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+        var batched = head(blocks.Aggregate(input, (h, block) => block(h)));                       // [2, 9, vocab]
+        var alone = model.forward(tensor(shortIds[..^1].Select(i => (long)i).ToArray(), [1, 3]));   // [1, 3, vocab]
+        AssertClose(alone, batched.narrow(0, 0, 1).narrow(1, 0, 3), 1e-5);
+        AssertClose(model.forward(rows.Inputs.narrow(0, 1, 1)), batched.narrow(0, 1, 1), 1e-5);
+    }
+
     /// <summary>SmolLM3 without no_rope_layers: every no_rope_layer_interval-th layer is NoPE (transformers' SmolLM3Config).</summary>
     [Fact]
     public void SmolLM3sDefaultNoPELayersAreEveryFourth()

@@ -248,8 +248,6 @@ public sealed class RotaryEmbedding
     public RotaryEmbedding(RopeShape shape, RopeScaling? scaling = null) =>
         (this.shape, this.scaling, type) = (shape, scaling, RopeTypes.All[scaling?.Kind ?? "default"]);
 
-    public RotaryEmbedding(int headDim, double theta, RopeScaling? scaling = null) : this(new RopeShape(headDim, theta, 2048), scaling) { }
-
     /// <summary>
     /// cos and sin [b, 1, seq, rotary_dim] of the angles for positions [b, seq] (b may be 1 to share them); a row's
     /// length, for the rope types that read it, is 1 + its largest position here.

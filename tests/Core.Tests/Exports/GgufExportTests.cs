@@ -284,7 +284,7 @@ public sealed class GgufExportTests : IDisposable
         var config = TinyLlama.Config with { HiddenSize = 512, NumAttentionHeads = 4, RopeTheta = 500000, RopeScaling = scaling };
         double[] Frequencies(RopeScaling? s)
         {
-            var (cos, sin) = new RotaryEmbedding(config.HeadDim, config.RopeTheta, s).Angles(tensor(new long[] { 1 }, [1, 1]));
+            var (cos, sin) = new RotaryEmbedding((config with { RopeScaling = s }).RopeShape, s).Angles(tensor(new long[] { 1 }, [1, 1]));
             return atan2(sin, cos).flatten()[..(config.HeadDim / 2)].to_type(ScalarType.Float64).data<double>().ToArray();   // position 1: the frequencies
         }
         var (plain, scaled) = (Frequencies(null), Frequencies(scaling));

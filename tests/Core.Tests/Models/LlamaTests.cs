@@ -41,7 +41,7 @@ public sealed class LlamaTests
         const double theta = 500;
         var x = randn([1, heads, length, hd], generator: new Generator(4));
 
-        var (cos, sin) = new RotaryEmbedding(hd, theta).Angles(arange(start, start + length, ScalarType.Int64).unsqueeze(0));
+        var (cos, sin) = new RotaryEmbedding(new RopeShape(hd, theta, 2048)).Angles(arange(start, start + length, ScalarType.Int64).unsqueeze(0));
         var got = RotaryEmbedding.Apply(x, cos, sin);
 
         // HF "rotate half": pair element i with i + hd/2, rotate by angle (position · theta^(-2i/hd)).
@@ -67,7 +67,7 @@ public sealed class LlamaTests
         const int hd = 16;
         const double theta = 10000, factor = 8, low = 1, high = 4, context = 64;
         var scaling = new RopeScaling { RopeType = "llama3", Factor = factor, LowFreqFactor = low, HighFreqFactor = high, OriginalMaxPositionEmbeddings = (int)context };
-        var (_, sin) = new RotaryEmbedding(hd, theta, scaling).Angles(tensor(new long[] { 1 }).unsqueeze(0));   // position 1: the angle is the frequency
+        var (_, sin) = new RotaryEmbedding(new RopeShape(hd, theta, 2048), scaling).Angles(tensor(new long[] { 1 }).unsqueeze(0));   // position 1: the angle is the frequency
 
         // Meta's reference (apply_scaling in llama3's model.py), one frequency at a time.
         var expected = new double[hd];

@@ -44,7 +44,7 @@ public record LlamaConfig : ModelConfig
     [JsonIgnore] public int KeyValueHeads => NumKeyValueHeads ?? NumAttentionHeads;
     [JsonIgnore] public int HeadDim => HeadDimension ?? HiddenSize / NumAttentionHeads;
     [JsonIgnore] public double Theta => RopeParameters?.RopeTheta ?? RopeTheta;
-    [JsonIgnore] public RopeScaling? Rope => RopeParameters ?? RopeScaling;
+    [JsonIgnore] public virtual RopeScaling? Rope => RopeParameters ?? RopeScaling;
 
     // The decoder's options, fixed per family: Llama's attention_bias puts a bias on q, k, v and o; Qwen2 on q, k, v only.
     [JsonIgnore] public virtual bool QkvBias => AttentionBias;

@@ -47,6 +47,8 @@ public sealed record Phi3Config : LlamaConfig
     /// <summary>int(head_dim · partial_rotary_factor), as transformers computes it.</summary>
     [JsonIgnore] public override int RotaryDim => (int)(HeadDim * PartialRotaryFactor);
     [JsonIgnore] public override RopeShape RopeShape => base.RopeShape with { OriginalMaxPositionEmbeddings = OriginalMaxPositionEmbeddings };
+    /// <summary>Phi3Config reads an older config's <c>"type": "su"</c> or <c>"yarn"</c> as longrope (the same factor lists).</summary>
+    [JsonIgnore] public override RopeScaling? Rope => base.Rope is { RopeType: null, Type: "su" or "yarn" } old ? old with { Type = "longrope" } : base.Rope;
     [JsonIgnore] public override Type ModelClass => typeof(Phi3ForCausalLM);
 
     public override nn.Module<Tensor, Tensor> CreateModel() => new Phi3ForCausalLM(this);

@@ -304,6 +304,23 @@ public sealed class DecoderFamiliesTests : IDisposable
         AssertClose(model.forward(rows.Inputs.narrow(0, 1, 1)), batched.narrow(0, 1, 1), 1e-5);
     }
 
+    /// <summary>Phi3Config's backward compatibility: rope_scaling "type" su or yarn is longrope (Phi-3-128k's early configs).</summary>
+    [Theory]
+    [InlineData("su")]
+    [InlineData("yarn")]
+    public void Phi3ReadsTheOldRopeTypeNamesAsLongRope(string type)
+    {
+        string path = Path.Combine(dir, "config.json");
+        File.WriteAllText(path, $$$"""
+            {"model_type": "phi3", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+             "rope_scaling": {"type": "{{{type}}}", "short_factor": [1, 1, 1, 1, 1, 1, 1, 1], "long_factor": [1, 2, 3, 4, 5, 6, 7, 8]}}
+            """);
+        var config = (Phi3Config)ModelConfig.Load(path);
+        Assert.Equal("longrope", config.Rope!.Kind);
+        Assert.Equal(type, config.RopeScaling!.Kind);   // saved back as it came
+    }
+
     /// <summary>SmolLM3 without no_rope_layers: every no_rope_layer_interval-th layer is NoPE (transformers' SmolLM3Config).</summary>
     [Fact]
     public void SmolLM3sDefaultNoPELayersAreEveryFourth()

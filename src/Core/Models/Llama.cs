@@ -6,8 +6,9 @@ namespace AdapterService.Core.Models;
 
 /// <summary>
 /// A decoder-only transformer in the Llama style (RMSNorm, rotary embeddings, SwiGLU, causal grouped-query attention).
-/// Field names equal the Hugging Face parameter names, so state-dict keys match <c>LlamaForCausalLM</c>. Qwen2, Qwen3 and
-/// Mistral are this decoder with the options their config switches on (see <see cref="LlamaConfig.QkvBias"/> and after).
+/// Field names equal the Hugging Face parameter names, so state-dict keys match <c>LlamaForCausalLM</c>. Qwen2, Qwen3,
+/// Mistral, Phi-3 and SmolLM3 are this decoder with the options their config switches on (see <see cref="LlamaConfig.QkvBias"/>
+/// and after).
 /// </summary>
 public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
 {
@@ -130,8 +131,9 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>
-/// A decoder layer's causal grouped-query attention from the projected queries, keys and values on: the rotation (on
-/// the layers that rotate), the cache, the sliding window and the output projection, shared by the ways of projecting.
+/// A decoder layer's causal grouped-query attention from the projected queries, keys and values on (the rotation on the
+/// layers that rotate, the cache, the sliding window), shared by the ways of projecting: Llama's separate q/k/v and
+/// Phi-3's fused qkv_proj. Each subclass owns its projections, the output one included.
 /// </summary>
 public abstract class DecoderAttention : nn.Module<Tensor, Tensor>
 {

@@ -49,6 +49,8 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
     [InlineData("gemma2")]
     [InlineData("gemma3_text")]
     [InlineData("gemma3")]
+    [InlineData("phi3")]
+    [InlineData("smollm3")]
     public async Task ADecoderFamilyFolderImportsServesAndFineTunes(string family)
     {
         TorchRuntime.EnsureReady();
@@ -65,6 +67,14 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
                 VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 3, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDimension = 32,
                 QueryPreAttnScalar = 32, SlidingWindow = 8, SlidingWindowPattern = 3, RopeScaling = new RopeScaling { RopeType = "linear", Factor = 8 },
             },
+            // Phi-4-mini's fused projections, partial rotary and LongRoPE, over an original context of 8 that the prompts cross.
+            "phi3" => new Phi3Config
+            {
+                VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true,
+                PartialRotaryFactor = 0.75, OriginalMaxPositionEmbeddings = 8,
+                RopeScaling = new RopeScaling { Type = "longrope", ShortFactor = [1, 1, 1.5, 2, 3, 4], LongFactor = [1, 2, 4, 8, 16, 32] },
+            },
+            "smollm3" => new SmolLM3Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, NoRopeLayers = [1, 0] },
             _ => new LlamaConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true },
         };
         config = config with { MaxPositionEmbeddings = 128, BosTokenId = 256, EosTokenId = 256 };

@@ -53,7 +53,8 @@ public sealed record Gemma3TextConfig : Gemma2Config
     public override bool IsSliding(int layer) =>
         LayerTypes is { } types ? types[layer] == "sliding_attention" : (layer + 1) % (SlidingWindowPattern ?? 6) != 0;
 
-    public override (double Theta, RopeScaling? Scaling) LayerRope(int layer) => IsSliding(layer) ? (RopeLocalBaseFreq, null) : (Theta, Rope);
+    public override (RopeShape Shape, RopeScaling? Scaling) LayerRope(int layer) =>
+        IsSliding(layer) ? (RopeShape with { Theta = RopeLocalBaseFreq }, null) : (RopeShape, Rope);
 
     [JsonIgnore] public override bool QkNorm => true;
     [JsonIgnore] public override Type ModelClass => typeof(Gemma3ForCausalLM);

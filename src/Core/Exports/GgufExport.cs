@@ -12,7 +12,14 @@ namespace AdapterService.Core.Exports;
 /// rotate the two halves of each head (Hugging Face's layout) while llama.cpp's <c>llama</c> architecture rotates adjacent
 /// pairs, so the converter reorders their q and k rows; qwen2/qwen3 use llama.cpp's NEOX rope, the Hugging Face layout.
 /// </summary>
-public sealed record GgufArchitecture(string Name, bool PermuteQueryKey);
+/// <param name="Name">llama.cpp's architecture name.</param>
+/// <param name="PermuteQueryKey">Whether q/k rows are reordered for llama.cpp's adjacent-pair rope.</param>
+/// <param name="Extras">The family's own metadata and tensors (or a refusal), where the converter writes some.</param>
+public sealed record GgufArchitecture(string Name, bool PermuteQueryKey, Func<LlamaConfig, (IEnumerable<(string, object)> Metadata, IEnumerable<GgufTensor> Tensors)>? Extras = null)
+{
+    /// <summary>Layer modules this architecture names otherwise than Llama's (Gemma's four norms), over <see cref="GgufExport"/>'s map.</summary>
+    public IReadOnlyDictionary<string, string>? LayerTensors { get; init; }
+}
 
 /// <summary>
 /// Writes a decoder model with its tokenizer as a GGUF file that llama.cpp (and Ollama) load, following llama.cpp's
@@ -20,6 +27,13 @@ public sealed record GgufArchitecture(string Name, bool PermuteQueryKey);
 /// </summary>
 public static class GgufExport
 {
+    // Before Architectures, which uses it (static fields initialise in order).
+    /// <summary>Gemma's norms in gguf-py's TensorNameMap: post_attention_layernorm norms the attention output there, not the MLP input.</summary>
+    static readonly Dictionary<string, string> GemmaNorms = new(StringComparer.Ordinal)
+    {
+        ["post_attention_layernorm"] = "post_attention_norm", ["pre_feedforward_layernorm"] = "ffn_norm", ["post_feedforward_layernorm"] = "post_ffw_norm",
+    };
+
     /// <summary>
     /// By Hugging Face <c>model_type</c>, the converter's class for it. A decoder family whose config is (or derives from) a
     /// <see cref="LlamaConfig"/> is one entry here; <see cref="TensorName"/> maps qwen2's q/k/v biases (<c>blk.N.attn_q.bias</c>…)
@@ -34,6 +48,13 @@ public static class GgufExport
         // Qwen2Model and Qwen3Model(Qwen2Model) copy tensors unpermuted: llama.cpp runs qwen2/qwen3 with NEOX rope.
         ["qwen2"] = new("qwen2", PermuteQueryKey: false),
         ["qwen3"] = new("qwen3", PermuteQueryKey: false),
+        // Phi3MiniModel copies qkv_proj and gate_up_proj fused (attn_qkv, ffn_up) and unpermuted: llama.cpp's phi3 is NEOX rope.
+        ["phi3"] = new("phi3", PermuteQueryKey: false, Phi3Extras),
+        // SmolLM3Model(LlamaModel): llama's tensors, q/k permuted; llama.cpp fixes the NoPE layers at every 4th.
+        ["smollm3"] = new("smollm3", PermuteQueryKey: true, SmolLM3Extras),
+        // Gemma2Model / Gemma3Model: NEOX rope (unpermuted), their norm names, and norm weights + 1 (see Write).
+        ["gemma2"] = new("gemma2", PermuteQueryKey: false, c => (GemmaExtras(c, "gemma2"), [])) { LayerTensors = GemmaNorms },
+        ["gemma3_text"] = new("gemma3", PermuteQueryKey: false, c => (GemmaExtras(c, "gemma3"), [])) { LayerTensors = GemmaNorms },
     };
 
     /// <summary>The types a caller may ask for, by the names llama.cpp's tools use.</summary>
@@ -48,6 +69,8 @@ public static class GgufExport
         ["self_attn.q_proj"] = "attn_q", ["self_attn.k_proj"] = "attn_k", ["self_attn.v_proj"] = "attn_v", ["self_attn.o_proj"] = "attn_output",
         ["self_attn.q_norm"] = "attn_q_norm", ["self_attn.k_norm"] = "attn_k_norm",
         ["mlp.gate_proj"] = "ffn_gate", ["mlp.up_proj"] = "ffn_up", ["mlp.down_proj"] = "ffn_down",
+        // Phi-3's fused modules: llama.cpp splits attn_qkv by head counts and ffn_up into [gate; up] halves itself.
+        ["self_attn.qkv_proj"] = "attn_qkv", ["mlp.gate_up_proj"] = "ffn_up",
         ["input_layernorm"] = "attn_norm", ["post_attention_layernorm"] = "ffn_norm",
     };
 
@@ -60,17 +83,26 @@ public static class GgufExport
     {
         var (llama, arch) = Architecture(model);
         string a = arch.Name;
-        var factors = RopeFactors(llama);
+        string rope = llama.Rope?.Kind ?? "default";
+        var factors = rope == "llama3" ? RopeFactors(llama) : null;
         // Only LlamaModel.generate_extra_tensors writes rope_freqs, and only llama.cpp's llama architecture reads it.
         if (factors is not null && a != "llama")
             throw new NotSupportedException($"llama3 rope scaling is not exported for {llama.ModelType} (llama.cpp's {a} architecture reads no rope_freqs)");
+        if (rope is not ("default" or "llama3" or "yarn") && !(rope == "longrope" && a == "phi3") && !(rope == "linear" && a == "gemma3"))
+            throw new NotSupportedException(rope switch
+            {
+                "dynamic" => "dynamic (NTK) rope scaling is not exported as GGUF: llama.cpp has no rope whose base grows with the sequence's length",
+                "longrope" => $"longrope rope scaling is exported for phi3 only (llama.cpp reads rope_factors_long/short in its phi3 architecture, not in {a})",
+                _ => $"rope scaling '{rope}' is not exported as GGUF (default, llama3, yarn, phi3's longrope and gemma3's linear are)",
+            });
+        var extras = arch.Extras?.Invoke(llama);
         var metadata = new List<(string, object)>
         {
             ("general.architecture", a), ("general.type", "model"), ("general.name", name),
             ("general.file_type", (uint)FileType(type)), ("general.alignment", (uint)Gguf.Alignment),
             ($"{a}.vocab_size", (uint)llama.VocabSize), ($"{a}.context_length", (uint)llama.MaxPositionEmbeddings),
             ($"{a}.embedding_length", (uint)llama.HiddenSize), ($"{a}.block_count", (uint)llama.NumHiddenLayers),
-            ($"{a}.feed_forward_length", (uint)llama.IntermediateSize), ($"{a}.rope.dimension_count", (uint)llama.HeadDim),
+            ($"{a}.feed_forward_length", (uint)llama.IntermediateSize), ($"{a}.rope.dimension_count", (uint)llama.RotaryDim),
             ($"{a}.attention.head_count", (uint)llama.NumAttentionHeads), ($"{a}.attention.head_count_kv", (uint)llama.KeyValueHeads),
             ($"{a}.rope.freq_base", (float)llama.Theta), ($"{a}.attention.layer_norm_rms_epsilon", (float)llama.RmsNormEps),
         };
@@ -78,6 +110,8 @@ public static class GgufExport
         // from hidden / heads; llama.cpp would otherwise assume hidden / heads).
         if (llama.HeadDimension is { } headDim)
             metadata.AddRange([($"{a}.attention.key_length", (uint)headDim), ($"{a}.attention.value_length", (uint)headDim)]);
+        if (rope == "yarn") metadata.AddRange(Yarn(a, llama));
+        if (extras is { } e) metadata.AddRange(e.Metadata);
         metadata.AddRange(Vocabulary(folder, llama));
         if (template is not null) metadata.Add(("tokenizer.chat_template", template.Source));
 
@@ -85,11 +119,18 @@ public static class GgufExport
         {
             var p = t.Parameter;
             long[] shape = t.Transposed ? [.. p.shape.Reverse()] : p.shape;
-            string gguf = TensorName(t.Key);
-            return new GgufTensor(gguf, shape, TensorType(shape, type), () => Rows(arch, llama, gguf, t.Transposed ? p.detach().t() : p.detach()));
+            string gguf = TensorName(t.Key, arch);
+            // Gemma stores w for its 1 + w norms; the converter writes 1 + w, which llama.cpp multiplies by.
+            bool offset = llama.NormOffset != 0 && t.Key.EndsWith("norm.weight", StringComparison.Ordinal);
+            return new GgufTensor(gguf, shape, TensorType(shape, type), () =>
+            {
+                var value = t.Transposed ? p.detach().t() : p.detach();
+                return Rows(arch, llama, gguf, offset ? value + llama.NormOffset : value);
+            });
         }).ToList();
         if (factors is not null)
             tensors.Add(new GgufTensor("rope_freqs.weight", [factors.Length], GgufType.F32, () => tensor(factors)));
+        if (extras is { } more) tensors.AddRange(more.Tensors);
         Gguf.Write(output, metadata, tensors);
     }
 
@@ -114,7 +155,7 @@ public static class GgufExport
         var tensors = new List<GgufTensor>();
         foreach (var (path, w) in weights.OrderBy(w => w.Key, StringComparer.Ordinal))
         {
-            string gguf = TensorName(path + ".weight");
+            string gguf = TensorName(path + ".weight", arch);
             var (a, b) = (w.A, w.B);
             tensors.Add(new GgufTensor(gguf + ".lora_a", a.shape, TensorType(a.shape, type), () => a.detach()));
             tensors.Add(new GgufTensor(gguf + ".lora_b", b.shape, TensorType(b.shape, type), () => Rows(arch, llama, gguf, b.detach())));
@@ -146,7 +187,7 @@ public static class GgufExport
         : requested == GgufType.Q8_0 && shape[^1] % Gguf.Q8Block != 0 ? GgufType.F16
         : requested;
 
-    static string TensorName(string key)
+    static string TensorName(string key, GgufArchitecture arch)
     {
         switch (key)
         {
@@ -157,7 +198,7 @@ public static class GgufExport
         var parts = key.Split('.');
         // model.layers.{i}.{module...}.{weight|bias}
         if (parts is ["model", "layers", var index, .. var module, var kind] && int.TryParse(index, out _)
-            && LayerTensors.TryGetValue(string.Join('.', module), out var gguf))
+            && (arch.LayerTensors?.GetValueOrDefault(string.Join('.', module)) ?? LayerTensors.GetValueOrDefault(string.Join('.', module))) is { } gguf)
             return $"blk.{index}.{gguf}.{kind}";
         throw new NotSupportedException($"tensor {key} has no GGUF name");
     }
@@ -196,6 +237,104 @@ public static class GgufExport
         }).ToArray();
     }
 
+    /// <summary>
+    /// YaRN as the converters write it (rope.scaling.type yarn, factor, original context; beta_fast/slow where the config
+    /// gives them); llama.cpp multiplies cos and sin by 0.1 ln(factor) + 1 itself, so a config's own attention_factor,
+    /// mscale or unfloored bounds (truncate false) have no GGUF form and are refused.
+    /// </summary>
+    static IEnumerable<(string, object)> Yarn(string a, LlamaConfig c)
+    {
+        var s = c.Rope!;
+        if (s.AttentionFactor is not null || s.Mscale is not null || s.MscaleAllDim is not null || s.Truncate == false)
+            throw new NotSupportedException("yarn rope scaling with attention_factor, mscale, mscale_all_dim or truncate false is not exported as GGUF (llama.cpp computes its own YaRN scale from factor)");
+        yield return ($"{a}.rope.scaling.type", "yarn");
+        yield return ($"{a}.rope.scaling.factor", (float)s.Factor!.Value);
+        yield return ($"{a}.rope.scaling.original_context_length", (uint)(s.OriginalMaxPositionEmbeddings ?? c.MaxPositionEmbeddings));
+        if (s.BetaFast is { } fast) yield return ($"{a}.rope.scaling.yarn_beta_fast", (float)fast);
+        if (s.BetaSlow is { } slow) yield return ($"{a}.rope.scaling.yarn_beta_slow", (float)slow);
+    }
+
+    /// <summary>
+    /// Phi3MiniModel's keys: the original context, the sliding window (0 for none) and, for LongRoPE, the two factor
+    /// tensors with the cos/sin scale √(1 + ln(max / original) / ln original). llama.cpp picks the long factors for every
+    /// position when its context (n_ctx) exceeds the original, where transformers picks them by the sequence's length.
+    /// </summary>
+    static (IEnumerable<(string, object)>, IEnumerable<GgufTensor>) Phi3Extras(LlamaConfig c)
+    {
+        var phi = (Phi3Config)c;
+        int original = phi.OriginalMaxPositionEmbeddings ?? c.Rope?.OriginalMaxPositionEmbeddings ?? c.MaxPositionEmbeddings;
+        var metadata = new List<(string, object)>
+        {
+            ("phi3.rope.scaling.original_context_length", (uint)original), ("phi3.attention.sliding_window", (uint)(phi.SlidingWindow ?? 0)),
+        };
+        var tensors = new List<GgufTensor>();
+        if (c.Rope is { Kind: "longrope" } s)
+        {
+            if (phi.OriginalMaxPositionEmbeddings is null && s.OriginalMaxPositionEmbeddings is null)
+                throw new NotSupportedException("longrope without original_max_position_embeddings is not exported as GGUF (the converter reads it)");
+            double scale = (double)c.MaxPositionEmbeddings / original;
+            double attention = scale > 1 ? Math.Sqrt(1 + Math.Log(scale) / Math.Log(original)) : 1;
+            if (s.AttentionFactor is { } given && Math.Abs(given - attention) > 1e-6 * attention)
+                throw new NotSupportedException($"longrope attention_factor {given} is not exported as GGUF (the converter writes √(1 + ln s / ln L) = {attention})");
+            metadata.Add(("phi3.rope.scaling.attn_factor", (float)attention));
+            tensors.Add(new GgufTensor("rope_factors_long.weight", [s.LongFactor!.Length], GgufType.F32, () => tensor(s.LongFactor.Select(f => (float)f).ToArray())));
+            tensors.Add(new GgufTensor("rope_factors_short.weight", [s.ShortFactor!.Length], GgufType.F32, () => tensor(s.ShortFactor.Select(f => (float)f).ToArray())));
+        }
+        return (metadata, tensors);
+    }
+
+    /// <summary>llama.cpp's smollm3 makes every 4th layer NoPE (no GGUF key says otherwise), so other layouts are refused.</summary>
+    static (IEnumerable<(string, object)>, IEnumerable<GgufTensor>) SmolLM3Extras(LlamaConfig c)
+    {
+        if (Enumerable.Range(0, c.NumHiddenLayers).FirstOrDefault(i => c.UsesRope(i) != ((i + 1) % 4 != 0), -1) is var layer and >= 0)
+            throw new NotSupportedException($"smollm3 with layer {layer} {(c.UsesRope(layer) ? "rotating" : "NoPE")} is not exported as GGUF (llama.cpp's smollm3 makes exactly every 4th layer NoPE)");
+        return ([], []);
+    }
+
+    /// <summary>
+    /// Gemma2Model's and Gemma3Model's keys (convert_hf_to_gguf.py), after checking that llama.cpp's gemma2/gemma3 graphs
+    /// compute this config: they fix what the config could vary. Local layers follow the released pattern (Gemma 2 even
+    /// layers, Gemma 3 five of every six); the attention scale is 1/√head_dim (1/√(hidden / heads) for the 27B sizes, which
+    /// llama.cpp tells by layer count), not read from the file; Gemma 3's graph has no soft-capping and local rope base 10000.
+    /// </summary>
+    static IEnumerable<(string, object)> GemmaExtras(LlamaConfig config, string arch) => [.. GemmaKeys(config, arch)];
+
+    static IEnumerable<(string, object)> GemmaKeys(LlamaConfig config, string arch)
+    {
+        var c = (Gemma2Config)config;
+        var gemma3 = c as Gemma3TextConfig;
+        var expectedLocal = Enumerable.Range(0, c.NumHiddenLayers).Select(i => gemma3 is null ? i % 2 == 0 : (i + 1) % 6 != 0);
+        if (!expectedLocal.SequenceEqual(Enumerable.Range(0, c.NumHiddenLayers).Select(c.IsSliding)))
+            throw new NotSupportedException($"{c.ModelType}'s local/global layer pattern differs from the released one, which llama.cpp's {arch} fixes");
+        bool is27B = c.NumHiddenLayers == (gemma3 is null ? 46 : 62);
+        double scalar = is27B ? (double)c.HiddenSize / c.NumAttentionHeads : c.HeadDim;
+        if (c.QueryPreAttnScalar != scalar)
+            throw new NotSupportedException($"query_pre_attn_scalar {c.QueryPreAttnScalar} is not exported: llama.cpp's {arch} scales attention by 1/√{scalar} for this shape");
+        if (c.SlidingWindow is not { } window) throw new NotSupportedException($"sliding_window null is not exported (llama.cpp's {arch} has windowed layers)");
+        if (c.Rope is { } rope && rope.Kind != "default" && (gemma3 is null || rope.Kind != "linear"))
+            throw new NotSupportedException($"rope scaling '{rope.Kind}' is not exported for {c.ModelType}" + (gemma3 is null ? "" : " (linear is)"));
+        yield return ($"{arch}.attention.sliding_window", (uint)window);
+        if (gemma3 is null)
+        {
+            // Gemma2Model writes both caps. Without the keys llama.cpp's gemma2 caps anyway (measured: a model with no caps
+            // disagrees by 1e-2 of the largest logit), so a config without them is refused.
+            if (c.AttnLogitSoftcapping is not { } attn || c.FinalLogitSoftcapping is not { } final)
+                throw new NotSupportedException("gemma2 without attn_logit_softcapping and final_logit_softcapping is not exported (llama.cpp's gemma2 caps by default)");
+            yield return ($"{arch}.attn_logit_softcapping", (float)attn);
+            yield return ($"{arch}.final_logit_softcapping", (float)final);
+            yield break;
+        }
+        if (c.AttnLogitSoftcapping is not null || c.FinalLogitSoftcapping is not null)
+            throw new NotSupportedException("soft-capping is not exported for gemma3_text (llama.cpp's gemma3 graph has none)");
+        if (gemma3.RopeLocalBaseFreq != 10_000)
+            throw new NotSupportedException($"rope_local_base_freq {gemma3.RopeLocalBaseFreq} is not exported (llama.cpp's gemma3 fixes 10000)");
+        if (c.Rope is { Kind: "linear" } linear)
+        {
+            yield return ($"{arch}.rope.scaling.type", "linear");
+            yield return ($"{arch}.rope.scaling.factor", (float)linear.Factor!.Value);
+        }
+    }
+
     // llama.cpp's llama_token_type (gguf-py's TokenType)
     const int Normal = 1, Control = 3, UserDefined = 4, Unused = 5;
 
@@ -232,6 +371,9 @@ public static class GgufExport
         var root = JsonNode.Parse(File.ReadAllText(path))!;
         var model = root["model"]!;
         if (model["type"]?.GetValue<string>() != "BPE") throw new NotSupportedException("its tokenizer.json is not a BPE model");
+        // Gemma's and Llama 2's: ▁ for spaces and <0xNN> byte pieces, which llama.cpp reads as its SentencePiece (llama) vocabulary.
+        if (model["byte_fallback"]?.GetValue<bool>() == true)
+            throw new NotSupportedException("its tokenizer.json is a SentencePiece-style BPE (byte_fallback, as Gemma's and Llama 2's), which is not exported as GGUF; byte-level BPE tokenizer.json folders are");
         var tokens = new string?[vocabSize];
         var types = new int[vocabSize];
         foreach (var (token, id) in model["vocab"]!.AsObject())

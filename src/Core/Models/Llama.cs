@@ -6,8 +6,9 @@ namespace AdapterService.Core.Models;
 
 /// <summary>
 /// A decoder-only transformer in the Llama style (RMSNorm, rotary embeddings, SwiGLU, causal grouped-query attention).
-/// Field names equal the Hugging Face parameter names, so state-dict keys match <c>LlamaForCausalLM</c>. Qwen2, Qwen3 and
-/// Mistral are this decoder with the options their config switches on (see <see cref="LlamaConfig.QkvBias"/> and after).
+/// Field names equal the Hugging Face parameter names, so state-dict keys match <c>LlamaForCausalLM</c>. Qwen2, Qwen3,
+/// Mistral, Phi-3 and SmolLM3 are this decoder with the options their config switches on (see <see cref="LlamaConfig.QkvBias"/>
+/// and after).
 /// </summary>
 public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
 {
@@ -24,7 +25,7 @@ public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
     }
 
     public override int VocabSize => Config.VocabSize;
-    public override int ContextLength => Config.MaxPositionEmbeddings;
+    public override int ContextLength => Config.ContextLength;
     public override int? BosTokenId => Config.BosTokenId;
     public override IReadOnlyList<int> EosTokenIds => Config.EosTokenIds ?? [];
     public override int NumLayers => Config.NumHiddenLayers;
@@ -32,13 +33,20 @@ public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
     public override int HeadDim => Config.HeadDim;
 
     public override Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
-        lm_head.forward(model.Forward(inputIds, positions, mask, cache));
+        Logits(model.Forward(inputIds, positions, mask, cache));
 
     public override (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks, Func<Tensor, Tensor> Head) Chain(Tensor inputIds, Tensor positions, Tensor? mask)
     {
-        var (cos, sin) = model.Angles(positions);                                  // [b or 1, 1, seq, head_dim] each
-        var blocks = model.layers.Select(layer => (Func<Tensor, Tensor>)(h => layer.Forward(h, cos, sin, mask, null))).ToList();
-        return (model.embed_tokens.forward(inputIds), blocks, h => lm_head.forward(model.norm.forward(h)));
+        var angles = model.Angles(positions);                                      // per layer: [b or 1, 1, seq, rotary_dim] each
+        var blocks = model.layers.Select((layer, i) => (Func<Tensor, Tensor>)(h => layer.Forward(h, angles[i].Cos, angles[i].Sin, mask, null))).ToList();
+        return (model.Embed(inputIds), blocks, h => Logits(model.norm.forward(h)));
+    }
+
+    /// <summary>The output head, with Gemma 2's soft cap c · tanh(logits / c) where the config has one.</summary>
+    Tensor Logits(Tensor h)
+    {
+        var logits = lm_head.forward(h);                                          // [.., vocab]
+        return Config.LogitSoftcap is { } cap ? (logits / cap).tanh() * cap : logits;
     }
 
     ModelConfig IHuggingFaceModel.ModelConfig => Config;
@@ -48,7 +56,7 @@ public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
         .Select(p => new CheckpointTensor(p.name, p.parameter));
 
     /// <summary>Skips the rotary inverse frequencies older exports saved, and a tied head some exports write out.</summary>
-    public string? CanonicalKey(string key) =>
+    public virtual string? CanonicalKey(string key) =>
         key.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal) || (Config.TieWordEmbeddings && key == "lm_head.weight") ? null : key;
 
     /// <summary>The paths <see cref="AdaptableModules.LinearLayers"/> yields for a config, without building the model.</summary>
@@ -77,45 +85,69 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     public readonly Embedding embed_tokens;
     public readonly ModuleList<LlamaDecoderLayer> layers;
     public readonly RmsNorm norm;
-    readonly RotaryEmbedding rotary;
+    /// <summary>The distinct rotary embeddings (one, or Gemma 3's local and global) and which one each layer uses.</summary>
+    readonly RotaryEmbedding[] rotaries;
+    readonly int[] layerRotary;
+    readonly double embeddingScale;
 
     public LlamaModel(LlamaConfig config) : base(nameof(LlamaModel))
     {
         embed_tokens = nn.Embedding(config.VocabSize, config.HiddenSize);
         layers = new ModuleList<LlamaDecoderLayer>(
             Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i)).ToArray());
-        norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        rotary = new RotaryEmbedding(config.HeadDim, config.Theta, config.Rope);
+        norm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
+        var ropes = Enumerable.Range(0, config.NumHiddenLayers).Select(i => config.LayerRope(i)).ToList();
+        var distinct = ropes.Distinct().ToList();
+        rotaries = [.. distinct.Select(r => new RotaryEmbedding(r.Shape, r.Scaling))];
+        layerRotary = [.. ropes.Select(r => distinct.IndexOf(r))];
+        embeddingScale = config.EmbeddingScale;
         RegisterComponents();
     }
 
     public override Tensor forward(Tensor inputIds) => throw new NotSupportedException("call Forward with positions");
 
-    /// <summary>The rotary cos and sin for positions [b or 1, seq].</summary>
-    public (Tensor Cos, Tensor Sin) Angles(Tensor positions) => rotary.Angles(positions);
+    /// <summary>Each layer's rotary cos and sin for positions [b or 1, seq] (layers with the same rotary share them).</summary>
+    public IReadOnlyList<(Tensor Cos, Tensor Sin)> Angles(Tensor positions)
+    {
+        var angles = rotaries.Select(r => r.Angles(positions)).ToList();         // [b or 1, 1, seq, rotary_dim] each
+        return [.. layerRotary.Select(i => angles[i])];
+    }
+
+    /// <summary>The token embeddings [b, seq, hidden], times Gemma's √hidden_size rounded to the embedding's type as transformers does.</summary>
+    public Tensor Embed(Tensor inputIds)
+    {
+        var h = embed_tokens.forward(inputIds);                                   // [b, seq, hidden]
+        return embeddingScale == 1 ? h : h * tensor(embeddingScale, h.dtype);
+    }
 
     public Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache)
     {
-        var (cos, sin) = rotary.Angles(positions);                                // [b or 1, 1, seq, head_dim] each
-        var h = embed_tokens.forward(inputIds);                                   // [b, seq, hidden]
+        var angles = Angles(positions);
+        var h = Embed(inputIds);                                                  // [b, seq, hidden]
         for (int i = 0; i < layers.Count; i++)
-            h = layers[i].Forward(h, cos, sin, mask, cache);
+            h = layers[i].Forward(h, angles[i].Cos, angles[i].Sin, mask, cache);
         return norm.forward(h);
     }
 }
 
 public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
 {
-    public readonly LlamaAttention self_attn;
-    public readonly LlamaMlp mlp;
+    /// <summary>Llama's <see cref="LlamaAttention"/> and <see cref="LlamaMlp"/>, or the family's own (Phi-3's fused ones).</summary>
+    public readonly DecoderAttention self_attn;
+    public readonly nn.Module<Tensor, Tensor> mlp;
     public readonly RmsNorm input_layernorm, post_attention_layernorm;
+    /// <summary>Gemma's norms around the MLP (null elsewhere); there post_attention_layernorm norms the attention's output.</summary>
+    public readonly RmsNorm? pre_feedforward_layernorm, post_feedforward_layernorm;
 
     public LlamaDecoderLayer(LlamaConfig config, int index) : base(nameof(LlamaDecoderLayer))
     {
-        self_attn = new LlamaAttention(config, index);
-        mlp = new LlamaMlp(config);
-        input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        self_attn = config.CreateAttention(index);
+        mlp = config.CreateMlp();
+        input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
+        post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
+        if (config.SandwichNorms)
+            (pre_feedforward_layernorm, post_feedforward_layernorm) =
+                (new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset), new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset));
         RegisterComponents();
     }
 
@@ -123,52 +155,70 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
 
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
     {
-        var h = x + self_attn.Forward(input_layernorm.forward(x), cos, sin, mask, cache);
-        return h + mlp.forward(post_attention_layernorm.forward(h));
+        var attention = self_attn.Forward(input_layernorm.forward(x), cos, sin, mask, cache);
+        if (pre_feedforward_layernorm is null)
+        {
+            var h = x + attention;
+            return h + mlp.forward(post_attention_layernorm.forward(h));
+        }
+        var g = x + post_attention_layernorm.forward(attention);
+        return g + post_feedforward_layernorm!.forward(mlp.forward(pre_feedforward_layernorm.forward(g)));
     }
 }
 
-public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
+/// <summary>
+/// A decoder layer's causal grouped-query attention from the projected queries, keys and values on (the rotation on the
+/// layers that rotate, the cache, the sliding window), shared by the ways of projecting: Llama's separate q/k/v and
+/// Phi-3's fused qkv_proj. Each subclass owns its projections, the output one included.
+/// </summary>
+public abstract class DecoderAttention : nn.Module<Tensor, Tensor>
 {
-    public readonly AdaptableLinear q_proj, k_proj, v_proj, o_proj;
-    /// <summary>Qwen3's per-head RMSNorm of queries and keys (null in the other families).</summary>
-    public readonly RmsNorm? q_norm, k_norm;
-    readonly int heads, kvHeads, headDim, layerIndex;
+    protected readonly int heads, kvHeads, headDim, layerIndex;
     readonly int? window;
+    readonly bool rope;
+    readonly double scale;
+    readonly double? softcap;
 
-    public LlamaAttention(LlamaConfig config, int layerIndex) : base(nameof(LlamaAttention))
-    {
-        (heads, kvHeads, headDim, this.layerIndex, window) = (config.NumAttentionHeads, config.KeyValueHeads, config.HeadDim, layerIndex, config.AttentionWindow);
-        q_proj = new AdaptableLinear(config.HiddenSize, heads * headDim, config.QkvBias);
-        k_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
-        v_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
-        o_proj = new AdaptableLinear(heads * headDim, config.HiddenSize, config.OutputBias);
-        if (config.QkNorm) (q_norm, k_norm) = (new RmsNorm(headDim, config.RmsNormEps), new RmsNorm(headDim, config.RmsNormEps));
-        RegisterComponents();
-    }
+    protected DecoderAttention(string name, LlamaConfig config, int layerIndex) : base(name) =>
+        (heads, kvHeads, headDim, this.layerIndex, window, rope, scale, softcap) =
+            (config.NumAttentionHeads, config.KeyValueHeads, config.HeadDim, layerIndex, config.LayerWindow(layerIndex), config.UsesRope(layerIndex),
+             config.AttentionScale, config.AttentionSoftcap);
 
     public override Tensor forward(Tensor x) => throw new NotSupportedException("call Forward with positions");
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
+    public abstract Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache);
+
+    /// <summary>Attention output [b, t, heads · hd] of q [b, heads, t, hd] over k, v [b, kv, t, hd] (the cache's keys first).</summary>
+    protected Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
     {
-        long b = x.shape[0], t = x.shape[1];
-        var q = Heads(q_proj.forward(x), q_norm, heads);                           // [b, heads, t, hd]
-        var k = Heads(k_proj.forward(x), k_norm, kvHeads);                         // [b, kv, t, hd]
-        var v = Heads(v_proj.forward(x), null, kvHeads);                           // [b, kv, t, hd]
-        (q, k) = (RotaryEmbedding.Apply(q, cos, sin), RotaryEmbedding.Apply(k, cos, sin));
+        long b = q.shape[0], t = q.shape[2];
+        if (rope) (q, k) = (RotaryEmbedding.Apply(q, cos, sin), RotaryEmbedding.Apply(k, cos, sin));
         if (cache is not null) (k, v) = cache.Append(layerIndex, k, v);            // [b, kv, past+t, hd]
         if (kvHeads != heads)
             (k, v) = (k.repeat_interleave(heads / kvHeads, 1), v.repeat_interleave(heads / kvHeads, 1));
         if (window is { } w) mask = SlidingWindow(mask, k.shape[2], w);
-        var y = nn.functional.scaled_dot_product_attention(q, k, v, mask);          // [b, heads, t, hd]
-        return o_proj.forward(y.transpose(1, 2).reshape(b, t, heads * headDim));   // [b, t, hidden]
+        // The fused kernel scales by 1/√head_dim; Gemma's other scale goes into q first.
+        var y = softcap is { } cap ? SoftcappedAttention(q, k, v, mask, scale, cap)
+            : nn.functional.scaled_dot_product_attention(scale == 1 / Math.Sqrt(headDim) ? q : q * (scale * Math.Sqrt(headDim)), k, v, mask);   // [b, heads, t, hd]
+        return y.transpose(1, 2).reshape(b, t, heads * headDim);
+    }
+
+    /// <summary>
+    /// Gemma 2's attention: scores s = scale · q·k capped to c · tanh(s / c) before the mask and softmax, which the fused
+    /// kernel cannot do.
+    /// </summary>
+    static Tensor SoftcappedAttention(Tensor q, Tensor k, Tensor v, Tensor? mask, double scale, double cap)
+    {
+        var scores = (q.matmul(k.transpose(-2, -1)) * (scale / cap)).tanh() * cap;       // [b, heads, t, keys]
+        if (mask is not null) scores = scores.masked_fill(mask.logical_not(), double.NegativeInfinity);
+        return scores.softmax(-1).matmul(v);                                            // [b, heads, t, hd]
     }
 
     /// <summary>
     /// [b, t, n · hd] → [b, n, t, hd], normed per head first where the family does (as [b, t · n, hd], so a norm
     /// adapter's per-row [rows, 1, hd] scale lines up with the batch).
     /// </summary>
-    Tensor Heads(Tensor x, RmsNorm? norm, int n)
+    protected Tensor Heads(Tensor x, RmsNorm? norm, int n)
     {
         long b = x.shape[0], t = x.shape[1];
         if (norm is not null) x = norm.forward(x.view(b, t * n, headDim));
@@ -189,15 +239,44 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
     }
 }
 
-/// <summary>SwiGLU feed-forward: down(silu(gate(x)) * up(x)), with a slot for a block-level adapter.</summary>
+/// <summary>Llama's attention: separate q, k, v and o projections (biases and Qwen3's q/k norms as the config says).</summary>
+public sealed class LlamaAttention : DecoderAttention
+{
+    public readonly AdaptableLinear q_proj, k_proj, v_proj, o_proj;
+    /// <summary>Qwen3's per-head RMSNorm of queries and keys (null in the other families).</summary>
+    public readonly RmsNorm? q_norm, k_norm;
+
+    public LlamaAttention(LlamaConfig config, int layerIndex) : base(nameof(LlamaAttention), config, layerIndex)
+    {
+        q_proj = new AdaptableLinear(config.HiddenSize, heads * headDim, config.QkvBias);
+        k_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
+        v_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
+        o_proj = new AdaptableLinear(heads * headDim, config.HiddenSize, config.OutputBias);
+        if (config.QkNorm) (q_norm, k_norm) = (new RmsNorm(headDim, config.RmsNormEps, config.NormOffset), new RmsNorm(headDim, config.RmsNormEps, config.NormOffset));
+        RegisterComponents();
+    }
+
+    public override Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
+    {
+        var q = Heads(q_proj.forward(x), q_norm, heads);                           // [b, heads, t, hd]
+        var k = Heads(k_proj.forward(x), k_norm, kvHeads);                         // [b, kv, t, hd]
+        var v = Heads(v_proj.forward(x), null, kvHeads);                           // [b, kv, t, hd]
+        return o_proj.forward(Attend(q, k, v, cos, sin, mask, cache));             // [b, t, hidden]
+    }
+}
+
+/// <summary>Gated feed-forward: down(act(gate(x)) * up(x)), SwiGLU or Gemma's GeGLU, with a slot for a block-level adapter.</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IFeedForward
 {
     public readonly AdaptableLinear gate_proj, up_proj, down_proj;
+    /// <summary>silu (SwiGLU), or Gemma's gelu_pytorch_tanh (GeGLU).</summary>
+    readonly Func<Tensor, Tensor> act;
 
     public IFeedForwardAdapter? Adapter { get; set; }
 
     public LlamaMlp(LlamaConfig config) : base(nameof(LlamaMlp))
     {
+        act = ModelConfig.Activation(config.MlpActivation) ?? throw new ArgumentException($"activation '{config.MlpActivation}' is not supported");
         gate_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
         up_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
         down_proj = new AdaptableLinear(config.IntermediateSize, config.HiddenSize, config.MlpBias);
@@ -207,53 +286,45 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IFeedForward
     public IReadOnlyList<(string Name, AdaptableLinear Layer)> Projections => [("gate_proj", gate_proj), ("up_proj", up_proj), ("down_proj", down_proj)];
 
     public Tensor Compute(Tensor x, Func<string, AdaptableLinear, Tensor, Tensor> project) =>
-        project("down_proj", down_proj, nn.functional.silu(project("gate_proj", gate_proj, x)) * project("up_proj", up_proj, x));
+        project("down_proj", down_proj, act(project("gate_proj", gate_proj, x)) * project("up_proj", up_proj, x));
 
     public override Tensor forward(Tensor x) =>
-        Adapter?.Forward(x, this) ?? down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
+        Adapter?.Forward(x, this) ?? down_proj.forward(act(gate_proj.forward(x)) * up_proj.forward(x));
 }
 
-/// <summary>Rotary position embedding with the Hugging Face Llama layout (rotate the two halves of each head).</summary>
+/// <summary>
+/// Rotary position embedding with the Hugging Face Llama layout (rotate the two halves of each head's first rotary_dim
+/// dimensions; the rest pass through), its frequencies and cos/sin factor from the config's rope type (<see cref="RopeTypes"/>).
+/// </summary>
 public sealed class RotaryEmbedding
 {
-    readonly int headDim;
-    readonly double theta;
+    readonly RopeShape shape;
     readonly RopeScaling? scaling;
+    readonly RopeType type;
 
-    public RotaryEmbedding(int headDim, double theta, RopeScaling? scaling = null) => (this.headDim, this.theta, this.scaling) = (headDim, theta, scaling);
-
-    /// <summary>cos and sin [b, 1, seq, head_dim] of the angles for positions [b, seq] (b may be 1 to share them).</summary>
-    public (Tensor Cos, Tensor Sin) Angles(Tensor positions)
-    {
-        var invFreq = 1.0 / pow(theta, arange(0, headDim, 2, ScalarType.Float64) / headDim);   // [hd/2]
-        // transformers' modeling_rope_utils.py: _compute_linear_scaling_rope_parameters divides every frequency by factor;
-        // _compute_llama3_parameters is Llama3 below. Neither rescales attention (attention_factor 1).
-        if (scaling?.Kind == "linear") invFreq = invFreq / scaling.Factor!.Value;
-        if (scaling?.Kind == "llama3") invFreq = Llama3(invFreq, scaling);
-        var freqs = positions.to_type(ScalarType.Float64).unsqueeze(-1) * invFreq;             // [b, seq, hd/2]
-        var emb = cat([freqs, freqs], -1).unsqueeze(1);                                       // [b, 1, seq, hd]
-        return (emb.cos().to_type(ScalarType.Float32), emb.sin().to_type(ScalarType.Float32));
-    }
+    public RotaryEmbedding(RopeShape shape, RopeScaling? scaling = null) =>
+        (this.shape, this.scaling, type) = (shape, scaling, RopeTypes.All[scaling?.Kind ?? "default"]);
 
     /// <summary>
-    /// Llama 3.1's long-context frequencies: wavelengths longer than the original context / low_freq_factor are slowed by
-    /// factor, those shorter than context / high_freq_factor kept, and the band between interpolated smoothly.
+    /// cos and sin [b, 1, seq, rotary_dim] of the angles for positions [b, seq] (b may be 1 to share them); a row's
+    /// length, for the rope types that read it, is 1 + its largest position here.
     /// </summary>
-    static Tensor Llama3(Tensor invFreq, RopeScaling s)
+    public (Tensor Cos, Tensor Sin) Angles(Tensor positions)
     {
-        double context = s.OriginalMaxPositionEmbeddings!.Value, factor = s.Factor!.Value, low = s.LowFreqFactor!.Value, high = s.HighFreqFactor!.Value;
-        var wavelength = 2 * Math.PI / invFreq;                                                // [hd/2]
-        var scaled = where(wavelength > context / low, invFreq / factor, invFreq);             // [hd/2]
-        var smooth = (context / wavelength - low) / (high - low);                              // [hd/2]
-        var smoothed = (1 - smooth) * scaled / factor + smooth * scaled;                       // [hd/2]
-        var medium = wavelength.ge(context / high).logical_and(wavelength.le(context / low));   // [hd/2]
-        return where(medium, smoothed, scaled);
+        var p = positions.to_type(ScalarType.Float64);                                        // [b, seq]
+        var (invFreq, factor) = type.Frequencies(scaling, shape, p.amax([-1]) + 1);           // [b or 1, rd/2]
+        var freqs = p.unsqueeze(-1) * invFreq.unsqueeze(1);                                   // [b, seq, rd/2]
+        var emb = cat([freqs, freqs], -1).unsqueeze(1);                                       // [b, 1, seq, rd]
+        return ((emb.cos() * factor).to_type(ScalarType.Float32), (emb.sin() * factor).to_type(ScalarType.Float32));
     }
 
+    /// <summary>x [.., hd] rotated by cos, sin [.., rd]: the first rd dimensions as two halves, the rest unchanged.</summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
-        long half = x.shape[^1] / 2;
-        var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
-        return x * cos + rotated * sin;
+        long rd = cos.shape[^1], half = rd / 2;
+        var r = rd == x.shape[^1] ? x : x.narrow(-1, 0, rd);
+        var rotated = cat([-r.narrow(-1, half, half), r.narrow(-1, 0, half)], -1);
+        var y = r * cos + rotated * sin;
+        return rd == x.shape[^1] ? y : cat([y, x.narrow(-1, rd, x.shape[^1] - rd)], -1);
     }
 }

@@ -88,7 +88,7 @@ const schema = {
   properties: { answer: { type: "string", enum: ["yes", "no"] }, confidence: { type: "integer" } },
 };
 const structured = await client.chat.completions.parse({
-  model: finished.fine_tuned_model, temperature: 0, max_tokens: 60, messages: [{ role: "user", content: "Who wrote Hamlet?" }],
+  model: finished.fine_tuned_model, temperature: 0, max_tokens: 100, messages: [{ role: "user", content: "Who wrote Hamlet?" }],
   response_format: { type: "json_schema", json_schema: { name: "verdict", strict: true, schema } },
 });
 const parsed = structured.choices[0].message.parsed;

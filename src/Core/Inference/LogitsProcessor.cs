@@ -10,7 +10,10 @@ namespace AdapterService.Core.Inference;
 /// </summary>
 public interface ILogitsConstraint
 {
-    /// <summary>Sets the logits of the tokens not allowed next to −∞, in place. <paramref name="logits"/>: [vocab], float32, after penalties and bias.</summary>
+    /// <summary>
+    /// Sets the logits of the tokens not allowed next to −∞, in place, leaving at least one (else the sequence fails).
+    /// <paramref name="logits"/>: [vocab], float32, after penalties and bias. To end the sequence, allow only end ids.
+    /// </summary>
     void Mask(Tensor logits);
 
     /// <summary>Moves past <paramref name="token"/>, the token just sampled (an end id included).</summary>
@@ -41,7 +44,11 @@ public sealed class LogitsProcessor(SamplingOptions options, ILogitsConstraint? 
             l.index_add_(0, tensor(ids), tensor(penalty), 1);
         }
         if (biasIds.Length > 0) l.index_add_(0, tensor(biasIds), tensor(biasValues), 1);
-        constraint?.Mask(l);
+        if (constraint is not null)
+        {
+            constraint.Mask(l);
+            if (l.isneginf().all().item<bool>()) throw new InvalidOperationException("The output constraint allows no next token.");
+        }
         return l;
     }
 

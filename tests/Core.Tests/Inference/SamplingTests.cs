@@ -82,4 +82,18 @@ public sealed class SamplingTests
         Assert.Equal(raw.Select(v => (float)v), logits.data<float>().ToArray());
         Assert.Same(logits, new LogitsProcessor(new SamplingOptions(8)).Apply(logits));   // nothing to do: no copy
     }
+
+    [Fact]
+    public void AConstraintThatAllowsNothingFailsTheSequence()
+    {
+        using var scope = NewDisposeScope();
+        var step = new LogitsProcessor(new SamplingOptions(8), new Nothing());
+        Assert.Throws<InvalidOperationException>(() => step.Apply(zeros(10)));
+    }
+
+    sealed class Nothing : ILogitsConstraint
+    {
+        public void Mask(Tensor logits) => logits.fill_(double.NegativeInfinity);
+        public void Advance(int token) { }
+    }
 }

@@ -55,16 +55,19 @@ public sealed partial class InferenceEngine : IDisposable
         var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = true });
         try
         {
+            // Each choice's own constraint, made before the adapter lease is taken (a constraint that fails to build leaks nothing).
+            int n = Math.Max(1, request.Options.N);
+            var constraints = Enumerable.Range(0, n).Select(_ => request.Constraint?.Invoke()).ToList();
             var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
                 () => ServedAdapter.Load(request.AdapterFolder!, ModelConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile))));
             // n choices, each with its own sampler state; a seed gives choice i its own stream (choice 0 the seed's own).
-            var choices = new Choices { Open = Math.Max(1, request.Options.N) };
-            for (int i = 0; i < choices.Open; i++)
+            var choices = new Choices { Open = n };
+            for (int i = 0; i < n; i++)
                 choices.All.Add(new Sequence
                 {
                     Request = request, Output = output.Writer, Cancel = cancel, Adapter = adapter, Stops = new StopSequences(request.Options.Stop),
                     Generator = request.Options.Seed is { } seed ? new Generator(unchecked((ulong)seed + (ulong)i * 0x9E3779B97F4A7C15UL)) : null,
-                    Logits = new LogitsProcessor(request.Options, request.Constraint?.Invoke()), Index = i, Siblings = choices,
+                    Logits = new LogitsProcessor(request.Options, constraints[i]), Index = i, Siblings = choices,
                 });
             if (!incoming.Writer.TryWrite(choices.All[0]))
             {

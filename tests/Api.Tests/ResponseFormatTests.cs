@@ -72,6 +72,28 @@ public sealed class ResponseFormatTests(ServiceFactory factory)
         Assert.Equal(3, (int)text2["usage"]!["completion_tokens"]!);
     }
 
+    [Fact]
+    public async Task EachOfNChoicesIsConstrained()
+    {
+        var schema = JsonNode.Parse("""{"type":"object","properties":{"a":{"enum":["x","yy"]},"b":{"type":"boolean"}},"required":["a","b"]}""")!.AsObject();
+        var body = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/chat/completions", new
+        {
+            model = "tiny-llama-demo", temperature = 1.0, seed = 9, n = 3, max_tokens = 40, logprobs = true, response_format = JsonSchema(schema),
+            messages = new[] { new { role = "user", content = "Pick one." } },
+        }));
+        var choices = body["choices"]!.AsArray();
+        Assert.Equal(3, choices.Count);
+        foreach (var choice in choices)
+        {
+            Assert.Equal("stop", (string?)choice!["finish_reason"]);
+            var value = JsonNode.Parse((string)choice["message"]!["content"]!)!.AsObject();
+            Assert.Contains((string)value["a"]!, new[] { "x", "yy" });
+            Assert.True(value["b"]!.GetValueKind() is JsonValueKind.True or JsonValueKind.False);
+            // logprobs stay the raw model's: a forced token (the opening brace) need not be the model's likely one
+            Assert.Equal("{", (string?)choice["logprobs"]!["content"]![0]!["token"]);
+        }
+    }
+
     [Theory]
     [InlineData("""{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"string","pattern":"a+"}}}""", "'pattern'")]
     [InlineData("""{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object","properties":{"a":{"type":"number","minimum":1}}}}}""", "schema.properties.a: the keyword 'minimum'")]

@@ -115,7 +115,8 @@ public static class JsonAutomaton
     {
         FrameKind.Root => parent.WithPhase(RootDone, 0, 0),
         FrameKind.Object => parent.A == ObjFreeKey ? parent.WithPhase(ObjColon, -1, 0) : parent.WithPhase(ObjAfterValue, parent.B, 0),
-        _ => parent.WithPhase(ArrAfterItem, parent.B + 1, 0),
+        // Without maxItems the count matters only up to minItems: saturating it there keeps the states few.
+        _ => parent.WithPhase(ArrAfterItem, parent.Node!.MaxItems == int.MaxValue ? Math.Min(parent.B + 1, parent.Node.MinItems) : parent.B + 1, 0),
     };
 
     static bool Fits(Frame parent, Node node) => node.MinHeight <= JsonGrammar.MaxDepth - parent.Depth;

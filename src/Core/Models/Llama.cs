@@ -49,7 +49,7 @@ public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
         .Select(p => new CheckpointTensor(p.name, p.parameter));
 
     /// <summary>Skips the rotary inverse frequencies older exports saved, and a tied head some exports write out.</summary>
-    public string? CanonicalKey(string key) =>
+    public virtual string? CanonicalKey(string key) =>
         key.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal) || (Config.TieWordEmbeddings && key == "lm_head.weight") ? null : key;
 
     /// <summary>The paths <see cref="AdaptableModules.LinearLayers"/> yields for a config, without building the model.</summary>
@@ -115,7 +115,7 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
     public LlamaDecoderLayer(LlamaConfig config, int index) : base(nameof(LlamaDecoderLayer))
     {
         self_attn = config.CreateAttention(index);
-        mlp = config.CreateMlp();
+        mlp = config.CreateMlp(index);
         input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
         post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
         RegisterComponents();
@@ -220,11 +220,13 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IFeedForward
 
     public IFeedForwardAdapter? Adapter { get; set; }
 
-    public LlamaMlp(LlamaConfig config) : base(nameof(LlamaMlp))
+    /// <summary>Its hidden width is intermediate_size, or <paramref name="intermediateSize"/> (a mixture's experts: moe_intermediate_size).</summary>
+    public LlamaMlp(LlamaConfig config, int? intermediateSize = null) : base(nameof(LlamaMlp))
     {
-        gate_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
-        up_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
-        down_proj = new AdaptableLinear(config.IntermediateSize, config.HiddenSize, config.MlpBias);
+        int ffn = intermediateSize ?? config.IntermediateSize;
+        gate_proj = new AdaptableLinear(config.HiddenSize, ffn, config.MlpBias);
+        up_proj = new AdaptableLinear(config.HiddenSize, ffn, config.MlpBias);
+        down_proj = new AdaptableLinear(ffn, config.HiddenSize, config.MlpBias);
         RegisterComponents();
     }
 

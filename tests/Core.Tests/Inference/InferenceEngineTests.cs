@@ -114,6 +114,7 @@ public sealed class InferenceEngineTests : IDisposable
     [InlineData("mistral")]
     [InlineData("qwen3")]
     [InlineData("qwen2")]
+    [InlineData("qwen3_moe")]
     public async Task EachDecoderFamilyGeneratesInABatchWhatTheUncachedModelSays(string family)
     {
         string folder = Path.Combine(root.FullName, family);

@@ -281,15 +281,24 @@ public sealed class MethodMatrixTests : IDisposable
 
     /// <summary>
     /// On Qwen3 MoE, target_modules reach every expert (PEFT's suffix match): LoRA on down_proj adapts the 4 experts of the
-    /// sparse layer and the dense layer's down_proj; MixLoRA, which makes dense blocks mixtures, is refused saying why.
+    /// sparse layer and the dense layer's down_proj, and at init (B = 0) gives the base's logits to the bit although every
+    /// expert then runs on every token; MixLoRA, which makes dense blocks mixtures, is refused saying why.
     /// </summary>
     [Fact]
     public void MixLoraIsRefusedOnAMixtureOfExpertsBase()
     {
+        using var scope = NewDisposeScope();
         using var model = DecoderFamiliesTests.CreateFamily("qwen3_moe");
+        var ids = Ids(1, 1, seed: 5);                                        // one token: 2 of the 4 experts chosen, the others skipped
+        var skipped = model.forward(ids);
         using (var lora = TrainableAdapter.Create(model, new LoraConfig { Rank = 2, TargetModules = ["down_proj"] }))
+        {
             Assert.Equal(["model.layers.0.mlp.experts.0.down_proj", "model.layers.0.mlp.experts.1.down_proj", "model.layers.0.mlp.experts.2.down_proj",
                 "model.layers.0.mlp.experts.3.down_proj", "model.layers.1.mlp.down_proj"], lora.Layers.Keys.Order());
+            lora.Attach(model);                                              // B = 0: the base, now with every expert run on every token
+            Assert.Equal(Bytes(skipped), Bytes(model.forward(ids)));         // the unchosen experts' weight-0 terms change no bit
+            TrainableAdapter.Detach(model);
+        }
         var error = Assert.Throws<ArgumentException>(() => TrainableAdapter.Create(model, ConfigOf("mixlora"))).Message;
         Assert.Contains("model_type 'qwen3_moe' is a mixture of experts already", error);
     }

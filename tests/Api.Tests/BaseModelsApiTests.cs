@@ -46,6 +46,9 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
     [InlineData("qwen3")]
     [InlineData("mistral")]
     [InlineData("llama")]
+    [InlineData("gemma2")]
+    [InlineData("gemma3_text")]
+    [InlineData("gemma3")]
     [InlineData("phi3")]
     [InlineData("smollm3")]
     [InlineData("qwen3_moe")]
@@ -58,6 +61,13 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
             "qwen2" => new Qwen2Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true },
             "qwen3" => new Qwen3Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDimension = 32 },
             "mistral" => new MistralConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, SlidingWindow = 8 },
+            "gemma2" => new Gemma2Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDimension = 32, QueryPreAttnScalar = 32, SlidingWindow = 8 },
+            // gemma3: the same text model inside a multimodal (Gemma3ForConditionalGeneration) folder, written below
+            "gemma3_text" or "gemma3" => new Gemma3TextConfig
+            {
+                VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 3, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDimension = 32,
+                QueryPreAttnScalar = 32, SlidingWindow = 8, SlidingWindowPattern = 3, RopeScaling = new RopeScaling { RopeType = "linear", Factor = 8 },
+            },
             // Phi-4-mini's fused projections, partial rotary and LongRoPE, over an original context of 8 that the prompts cross.
             "phi3" => new Phi3Config
             {
@@ -75,12 +85,16 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
             _ => new LlamaConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true },
         };
         config = config with { MaxPositionEmbeddings = 128, BosTokenId = 256, EosTokenId = 256 };
-        using (var model = RandomModel.Create(config, seed: 3)) ModelFolder.Save(model, path);
+        using (var model = RandomModel.Create(config, seed: 3))
+        {
+            ModelFolder.Save(model, path);
+            if (family == "gemma3") WriteMultimodalGemma3((LlamaForCausalLM)model, path);
+        }
         WriteByteLevelVocabulary(path);
         string id = $"tiny-{family}";
 
         var imported = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id }));
-        Assert.Equal((family, "byte-level BPE"), ((string?)imported["family"], (string?)imported["tokenizer"]));
+        Assert.Equal((family == "gemma3" ? "gemma3_text" : family, "byte-level BPE"), ((string?)imported["family"], (string?)imported["tokenizer"]));
         var completion = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = id, prompt = "Hello there", max_tokens = 12, temperature = 0 }));
         Assert.Equal(11, (int)completion["usage"]!["prompt_tokens"]!);
 
@@ -90,6 +104,57 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         Assert.Equal("succeeded", (string?)finished["status"]);
         var tuned = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = (string)finished["fine_tuned_model"]!, prompt = "Sky:", max_tokens = 8, temperature = 0 }));
         Assert.Equal(" blue", (string?)tuned["choices"]![0]!["text"]);
+    }
+
+    /// <summary>
+    /// A Gemma 3 text model (scaled down, random weights) with Gemma 3's real tokenizer files (262,145 ids, its chat template,
+    /// eos &lt;end_of_turn&gt; 106 as gemma-3-1b-it's config lists it) fine-tunes on chats and answers in Gemma's turn format,
+    /// stopping at &lt;end_of_turn&gt;.
+    /// </summary>
+    [Fact]
+    public async Task AGemma3FolderWithItsRealTokenizerFineTunesOnChatsAndStopsAtEndOfTurn()
+    {
+        TorchRuntime.EnsureReady();
+        var path = Directory.CreateDirectory(Path.Combine(folder.FullName, "gemma3-real")).FullName;
+        string real = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "hf-reference", "node_modules", "@lenml", "tokenizer-gemma3", "models"));
+        Assert.True(File.Exists(Path.Combine(real, "tokenizer.json")), $"{real} is missing; scripts/test.sh installs tests/hf-reference (npm ci)");
+        foreach (string file in Directory.GetFiles(real)) File.Copy(file, Path.Combine(path, Path.GetFileName(file)));
+        var config = new Gemma3TextConfig
+        {
+            VocabSize = 262_208, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDimension = 16,
+            QueryPreAttnScalar = 16, SlidingWindow = 16, SlidingWindowPattern = 2, MaxPositionEmbeddings = 256, BosTokenId = 2, EosTokenIds = [1, 106],
+        };
+        using (var model = RandomModel.Create(config, seed: 5)) ModelFolder.Save(model, path);
+        var imported = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "gemma3-real" }));
+        Assert.Equal("gemma3_text", (string?)imported["family"]);
+
+        var chat = new { messages = new[] { new { role = "user", content = "Sky?" }, new { role = "assistant", content = "blue" } } };
+        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(JsonSerializer.Serialize(chat), 10));
+        var job = await Api.CreateJobAsync(client, new { model = "gemma3-real", training_file = fileId, seed = 2, hyperparameters = new { n_epochs = 15, batch_size = 2 } });
+        var finished = await Api.WaitForFinishAsync(client, (string)job["id"]!);
+        Assert.Equal("succeeded", (string?)finished["status"]);
+        var answer = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/chat/completions",
+            new { model = (string)finished["fine_tuned_model"]!, messages = new[] { new { role = "user", content = "Sky?" } }, max_tokens = 8, temperature = 0 }));
+        Assert.Equal(("blue", "stop"), ((string?)answer["choices"]![0]!["message"]!["content"], (string?)answer["choices"]![0]!["finish_reason"]));
+    }
+
+    /// <summary>
+    /// Rewrites a saved Gemma 3 text model as Gemma3ForConditionalGeneration stores it: config under text_config beside a
+    /// vision_config, weights under language_model.model.*, plus vision tower and projector tensors (which the import skips).
+    /// </summary>
+    static void WriteMultimodalGemma3(LlamaForCausalLM model, string path)
+    {
+        var text = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(path, ModelFolder.ConfigFile)))!;
+        var outer = new System.Text.Json.Nodes.JsonObject
+        {
+            ["architectures"] = new System.Text.Json.Nodes.JsonArray("Gemma3ForConditionalGeneration"), ["model_type"] = "gemma3",
+            ["text_config"] = text, ["vision_config"] = new System.Text.Json.Nodes.JsonObject { ["hidden_size"] = 8, ["model_type"] = "siglip_vision_model" },
+        };
+        File.WriteAllText(Path.Combine(path, ModelFolder.ConfigFile), outer.ToJsonString());
+        var tensors = model.CheckpointTensors().ToDictionary(t => "language_model." + t.Key, t => (TorchSharp.torch.Tensor)t.Parameter.detach());
+        tensors["vision_tower.vision_model.post_layernorm.weight"] = TorchSharp.torch.ones(8);
+        tensors["multi_modal_projector.mm_input_projection_weight"] = TorchSharp.torch.zeros(8, 64);
+        SafeTensors.Save(Path.Combine(path, ModelFolder.WeightsFile), tensors);
     }
 
     [Fact]

@@ -15,7 +15,11 @@ namespace AdapterService.Core.Exports;
 /// <param name="Name">llama.cpp's architecture name.</param>
 /// <param name="PermuteQueryKey">Whether q/k rows are reordered for llama.cpp's adjacent-pair rope.</param>
 /// <param name="Extras">The family's own metadata and tensors (or a refusal), where the converter writes some.</param>
-public sealed record GgufArchitecture(string Name, bool PermuteQueryKey, Func<LlamaConfig, (IEnumerable<(string, object)> Metadata, IEnumerable<GgufTensor> Tensors)>? Extras = null);
+public sealed record GgufArchitecture(string Name, bool PermuteQueryKey, Func<LlamaConfig, (IEnumerable<(string, object)> Metadata, IEnumerable<GgufTensor> Tensors)>? Extras = null)
+{
+    /// <summary>Layer modules this architecture names otherwise than Llama's (Gemma's four norms), over <see cref="GgufExport"/>'s map.</summary>
+    public IReadOnlyDictionary<string, string>? LayerTensors { get; init; }
+}
 
 /// <summary>
 /// Writes a decoder model with its tokenizer as a GGUF file that llama.cpp (and Ollama) load, following llama.cpp's
@@ -23,6 +27,13 @@ public sealed record GgufArchitecture(string Name, bool PermuteQueryKey, Func<Ll
 /// </summary>
 public static class GgufExport
 {
+    // Before Architectures, which uses it (static fields initialise in order).
+    /// <summary>Gemma's norms in gguf-py's TensorNameMap: post_attention_layernorm norms the attention output there, not the MLP input.</summary>
+    static readonly Dictionary<string, string> GemmaNorms = new(StringComparer.Ordinal)
+    {
+        ["post_attention_layernorm"] = "post_attention_norm", ["pre_feedforward_layernorm"] = "ffn_norm", ["post_feedforward_layernorm"] = "post_ffw_norm",
+    };
+
     /// <summary>
     /// By Hugging Face <c>model_type</c>, the converter's class for it. A decoder family whose config is (or derives from) a
     /// <see cref="LlamaConfig"/> is one entry here; <see cref="TensorName"/> maps qwen2's q/k/v biases (<c>blk.N.attn_q.bias</c>…)
@@ -44,6 +55,9 @@ public static class GgufExport
         // Qwen3MoeModel(Qwen2MoeModel): qwen3's tensors unpermuted, the router as ffn_gate_inp and each layer's experts
         // stacked into one 3D tensor per projection (ffn_gate_exps, ffn_up_exps, ffn_down_exps; ExpertTensors).
         ["qwen3_moe"] = new("qwen3moe", PermuteQueryKey: false, Qwen3MoeExtras),
+        // Gemma2Model / Gemma3Model: NEOX rope (unpermuted), their norm names, and norm weights + 1 (see Write).
+        ["gemma2"] = new("gemma2", PermuteQueryKey: false, c => (GemmaExtras(c, "gemma2"), [])) { LayerTensors = GemmaNorms },
+        ["gemma3_text"] = new("gemma3", PermuteQueryKey: false, c => (GemmaExtras(c, "gemma3"), [])) { LayerTensors = GemmaNorms },
     };
 
     /// <summary>The types a caller may ask for, by the names llama.cpp's tools use.</summary>
@@ -79,12 +93,12 @@ public static class GgufExport
         // Only LlamaModel.generate_extra_tensors writes rope_freqs, and only llama.cpp's llama architecture reads it.
         if (factors is not null && a != "llama")
             throw new NotSupportedException($"llama3 rope scaling is not exported for {llama.ModelType} (llama.cpp's {a} architecture reads no rope_freqs)");
-        if (rope is not ("default" or "llama3" or "yarn") && !(rope == "longrope" && a == "phi3"))
+        if (rope is not ("default" or "llama3" or "yarn") && !(rope == "longrope" && a == "phi3") && !(rope == "linear" && a == "gemma3"))
             throw new NotSupportedException(rope switch
             {
                 "dynamic" => "dynamic (NTK) rope scaling is not exported as GGUF: llama.cpp has no rope whose base grows with the sequence's length",
                 "longrope" => $"longrope rope scaling is exported for phi3 only (llama.cpp reads rope_factors_long/short in its phi3 architecture, not in {a})",
-                _ => $"rope scaling '{rope}' is not exported as GGUF (default, llama3, yarn and phi3's longrope are)",
+                _ => $"rope scaling '{rope}' is not exported as GGUF (default, llama3, yarn, phi3's longrope and gemma3's linear are)",
             });
         var extras = arch.Extras?.Invoke(llama);
         var metadata = new List<(string, object)>
@@ -110,8 +124,14 @@ public static class GgufExport
         {
             var p = t.Parameter;
             long[] shape = t.Transposed ? [.. p.shape.Reverse()] : p.shape;
-            string gguf = TensorName(t.Key);
-            return new GgufTensor(gguf, shape, TensorType(shape, type), () => Rows(arch, llama, gguf, t.Transposed ? p.detach().t() : p.detach()));
+            string gguf = TensorName(t.Key, arch);
+            // Gemma stores w for its 1 + w norms; the converter writes 1 + w, which llama.cpp multiplies by.
+            bool offset = llama.NormOffset != 0 && t.Key.EndsWith("norm.weight", StringComparison.Ordinal);
+            return new GgufTensor(gguf, shape, TensorType(shape, type), () =>
+            {
+                var value = t.Transposed ? p.detach().t() : p.detach();
+                return Rows(arch, llama, gguf, offset ? value + llama.NormOffset : value);
+            });
         }).ToList();
         if (factors is not null)
             tensors.Add(new GgufTensor("rope_freqs.weight", [factors.Length], GgufType.F32, () => tensor(factors)));
@@ -161,7 +181,7 @@ public static class GgufExport
         var tensors = new List<GgufTensor>();
         foreach (var (path, w) in weights.OrderBy(w => w.Key, StringComparer.Ordinal))
         {
-            string gguf = TensorName(path + ".weight");
+            string gguf = TensorName(path + ".weight", arch);
             var (a, b) = (w.A, w.B);
             tensors.Add(new GgufTensor(gguf + ".lora_a", a.shape, TensorType(a.shape, type), () => a.detach()));
             tensors.Add(new GgufTensor(gguf + ".lora_b", b.shape, TensorType(b.shape, type), () => Rows(arch, llama, gguf, b.detach())));
@@ -193,7 +213,7 @@ public static class GgufExport
         : requested == GgufType.Q8_0 && shape[^1] % Gguf.Q8Block != 0 ? GgufType.F16
         : requested;
 
-    static string TensorName(string key)
+    static string TensorName(string key, GgufArchitecture arch)
     {
         switch (key)
         {
@@ -204,7 +224,7 @@ public static class GgufExport
         var parts = key.Split('.');
         // model.layers.{i}.{module...}.{weight|bias}
         if (parts is ["model", "layers", var index, .. var module, var kind] && int.TryParse(index, out _)
-            && LayerTensors.TryGetValue(string.Join('.', module), out var gguf))
+            && (arch.LayerTensors?.GetValueOrDefault(string.Join('.', module)) ?? LayerTensors.GetValueOrDefault(string.Join('.', module))) is { } gguf)
             return $"blk.{index}.{gguf}.{kind}";
         throw new NotSupportedException($"tensor {key} has no GGUF name");
     }
@@ -312,6 +332,50 @@ public static class GgufExport
             ("qwen3moe.expert_feed_forward_length", (uint)moe.MoeIntermediateSize)], []);
     }
 
+    /// <summary>
+    /// Gemma2Model's and Gemma3Model's keys (convert_hf_to_gguf.py), after checking that llama.cpp's gemma2/gemma3 graphs
+    /// compute this config: they fix what the config could vary. Local layers follow the released pattern (Gemma 2 even
+    /// layers, Gemma 3 five of every six); the attention scale is 1/√head_dim (1/√(hidden / heads) for the 27B sizes, which
+    /// llama.cpp tells by layer count), not read from the file; Gemma 3's graph has no soft-capping and local rope base 10000.
+    /// </summary>
+    static IEnumerable<(string, object)> GemmaExtras(LlamaConfig config, string arch) => [.. GemmaKeys(config, arch)];
+
+    static IEnumerable<(string, object)> GemmaKeys(LlamaConfig config, string arch)
+    {
+        var c = (Gemma2Config)config;
+        var gemma3 = c as Gemma3TextConfig;
+        var expectedLocal = Enumerable.Range(0, c.NumHiddenLayers).Select(i => gemma3 is null ? i % 2 == 0 : (i + 1) % 6 != 0);
+        if (!expectedLocal.SequenceEqual(Enumerable.Range(0, c.NumHiddenLayers).Select(c.IsSliding)))
+            throw new NotSupportedException($"{c.ModelType}'s local/global layer pattern differs from the released one, which llama.cpp's {arch} fixes");
+        bool is27B = c.NumHiddenLayers == (gemma3 is null ? 46 : 62);
+        double scalar = is27B ? (double)c.HiddenSize / c.NumAttentionHeads : c.HeadDim;
+        if (c.QueryPreAttnScalar != scalar)
+            throw new NotSupportedException($"query_pre_attn_scalar {c.QueryPreAttnScalar} is not exported: llama.cpp's {arch} scales attention by 1/√{scalar} for this shape");
+        if (c.SlidingWindow is not { } window) throw new NotSupportedException($"sliding_window null is not exported (llama.cpp's {arch} has windowed layers)");
+        if (c.Rope is { } rope && rope.Kind != "default" && (gemma3 is null || rope.Kind != "linear"))
+            throw new NotSupportedException($"rope scaling '{rope.Kind}' is not exported for {c.ModelType}" + (gemma3 is null ? "" : " (linear is)"));
+        yield return ($"{arch}.attention.sliding_window", (uint)window);
+        if (gemma3 is null)
+        {
+            // Gemma2Model writes both caps. Without the keys llama.cpp's gemma2 caps anyway (measured: a model with no caps
+            // disagrees by 1e-2 of the largest logit), so a config without them is refused.
+            if (c.AttnLogitSoftcapping is not { } attn || c.FinalLogitSoftcapping is not { } final)
+                throw new NotSupportedException("gemma2 without attn_logit_softcapping and final_logit_softcapping is not exported (llama.cpp's gemma2 caps by default)");
+            yield return ($"{arch}.attn_logit_softcapping", (float)attn);
+            yield return ($"{arch}.final_logit_softcapping", (float)final);
+            yield break;
+        }
+        if (c.AttnLogitSoftcapping is not null || c.FinalLogitSoftcapping is not null)
+            throw new NotSupportedException("soft-capping is not exported for gemma3_text (llama.cpp's gemma3 graph has none)");
+        if (gemma3.RopeLocalBaseFreq != 10_000)
+            throw new NotSupportedException($"rope_local_base_freq {gemma3.RopeLocalBaseFreq} is not exported (llama.cpp's gemma3 fixes 10000)");
+        if (c.Rope is { Kind: "linear" } linear)
+        {
+            yield return ($"{arch}.rope.scaling.type", "linear");
+            yield return ($"{arch}.rope.scaling.factor", (float)linear.Factor!.Value);
+        }
+    }
+
     // llama.cpp's llama_token_type (gguf-py's TokenType)
     const int Normal = 1, Control = 3, UserDefined = 4, Unused = 5;
 
@@ -348,6 +412,9 @@ public static class GgufExport
         var root = JsonNode.Parse(File.ReadAllText(path))!;
         var model = root["model"]!;
         if (model["type"]?.GetValue<string>() != "BPE") throw new NotSupportedException("its tokenizer.json is not a BPE model");
+        // Gemma's and Llama 2's: ▁ for spaces and <0xNN> byte pieces, which llama.cpp reads as its SentencePiece (llama) vocabulary.
+        if (model["byte_fallback"]?.GetValue<bool>() == true)
+            throw new NotSupportedException("its tokenizer.json is a SentencePiece-style BPE (byte_fallback, as Gemma's and Llama 2's), which is not exported as GGUF; byte-level BPE tokenizer.json folders are");
         var tokens = new string?[vocabSize];
         var types = new int[vocabSize];
         foreach (var (token, id) in model["vocab"]!.AsObject())

@@ -33,13 +33,20 @@ public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
     public override int HeadDim => Config.HeadDim;
 
     public override Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
-        lm_head.forward(model.Forward(inputIds, positions, mask, cache));
+        Logits(model.Forward(inputIds, positions, mask, cache));
 
     public override (Tensor Input, IReadOnlyList<Func<Tensor, Tensor>> Blocks, Func<Tensor, Tensor> Head) Chain(Tensor inputIds, Tensor positions, Tensor? mask)
     {
-        var (cos, sin) = model.Angles(positions);                                  // [b or 1, 1, seq, head_dim] each
-        var blocks = model.layers.Select(layer => (Func<Tensor, Tensor>)(h => layer.Forward(h, cos, sin, mask, null))).ToList();
-        return (model.embed_tokens.forward(inputIds), blocks, h => lm_head.forward(model.norm.forward(h)));
+        var angles = model.Angles(positions);                                      // per layer: [b or 1, 1, seq, rotary_dim] each
+        var blocks = model.layers.Select((layer, i) => (Func<Tensor, Tensor>)(h => layer.Forward(h, angles[i].Cos, angles[i].Sin, mask, null))).ToList();
+        return (model.Embed(inputIds), blocks, h => Logits(model.norm.forward(h)));
+    }
+
+    /// <summary>The output head, with Gemma 2's soft cap c · tanh(logits / c) where the config has one.</summary>
+    Tensor Logits(Tensor h)
+    {
+        var logits = lm_head.forward(h);                                          // [.., vocab]
+        return Config.LogitSoftcap is { } cap ? (logits / cap).tanh() * cap : logits;
     }
 
     ModelConfig IHuggingFaceModel.ModelConfig => Config;
@@ -78,29 +85,47 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     public readonly Embedding embed_tokens;
     public readonly ModuleList<LlamaDecoderLayer> layers;
     public readonly RmsNorm norm;
-    readonly RotaryEmbedding rotary;
+    /// <summary>The distinct rotary embeddings (one, or Gemma 3's local and global) and which one each layer uses.</summary>
+    readonly RotaryEmbedding[] rotaries;
+    readonly int[] layerRotary;
+    readonly double embeddingScale;
 
     public LlamaModel(LlamaConfig config) : base(nameof(LlamaModel))
     {
         embed_tokens = nn.Embedding(config.VocabSize, config.HiddenSize);
         layers = new ModuleList<LlamaDecoderLayer>(
             Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i)).ToArray());
-        norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        rotary = new RotaryEmbedding(config.RopeShape, config.Rope);
+        norm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
+        var ropes = Enumerable.Range(0, config.NumHiddenLayers).Select(i => config.LayerRope(i)).ToList();
+        var distinct = ropes.Distinct().ToList();
+        rotaries = [.. distinct.Select(r => new RotaryEmbedding(r.Shape, r.Scaling))];
+        layerRotary = [.. ropes.Select(r => distinct.IndexOf(r))];
+        embeddingScale = config.EmbeddingScale;
         RegisterComponents();
     }
 
     public override Tensor forward(Tensor inputIds) => throw new NotSupportedException("call Forward with positions");
 
-    /// <summary>The rotary cos and sin for positions [b or 1, seq].</summary>
-    public (Tensor Cos, Tensor Sin) Angles(Tensor positions) => rotary.Angles(positions);
+    /// <summary>Each layer's rotary cos and sin for positions [b or 1, seq] (layers with the same rotary share them).</summary>
+    public IReadOnlyList<(Tensor Cos, Tensor Sin)> Angles(Tensor positions)
+    {
+        var angles = rotaries.Select(r => r.Angles(positions)).ToList();         // [b or 1, 1, seq, rotary_dim] each
+        return [.. layerRotary.Select(i => angles[i])];
+    }
+
+    /// <summary>The token embeddings [b, seq, hidden], times Gemma's √hidden_size rounded to the embedding's type as transformers does.</summary>
+    public Tensor Embed(Tensor inputIds)
+    {
+        var h = embed_tokens.forward(inputIds);                                   // [b, seq, hidden]
+        return embeddingScale == 1 ? h : h * tensor(embeddingScale, h.dtype);
+    }
 
     public Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache)
     {
-        var (cos, sin) = rotary.Angles(positions);                                // [b or 1, 1, seq, head_dim] each
-        var h = embed_tokens.forward(inputIds);                                   // [b, seq, hidden]
+        var angles = Angles(positions);
+        var h = Embed(inputIds);                                                  // [b, seq, hidden]
         for (int i = 0; i < layers.Count; i++)
-            h = layers[i].Forward(h, cos, sin, mask, cache);
+            h = layers[i].Forward(h, angles[i].Cos, angles[i].Sin, mask, cache);
         return norm.forward(h);
     }
 }
@@ -111,13 +136,18 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
     public readonly DecoderAttention self_attn;
     public readonly nn.Module<Tensor, Tensor> mlp;
     public readonly RmsNorm input_layernorm, post_attention_layernorm;
+    /// <summary>Gemma's norms around the MLP (null elsewhere); there post_attention_layernorm norms the attention's output.</summary>
+    public readonly RmsNorm? pre_feedforward_layernorm, post_feedforward_layernorm;
 
     public LlamaDecoderLayer(LlamaConfig config, int index) : base(nameof(LlamaDecoderLayer))
     {
         self_attn = config.CreateAttention(index);
         mlp = config.CreateMlp(index);
-        input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
+        post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
+        if (config.SandwichNorms)
+            (pre_feedforward_layernorm, post_feedforward_layernorm) =
+                (new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset), new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset));
         RegisterComponents();
     }
 
@@ -125,8 +155,14 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
 
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
     {
-        var h = x + self_attn.Forward(input_layernorm.forward(x), cos, sin, mask, cache);
-        return h + mlp.forward(post_attention_layernorm.forward(h));
+        var attention = self_attn.Forward(input_layernorm.forward(x), cos, sin, mask, cache);
+        if (pre_feedforward_layernorm is null)
+        {
+            var h = x + attention;
+            return h + mlp.forward(post_attention_layernorm.forward(h));
+        }
+        var g = x + post_attention_layernorm.forward(attention);
+        return g + post_feedforward_layernorm!.forward(mlp.forward(pre_feedforward_layernorm.forward(g)));
     }
 }
 
@@ -140,10 +176,13 @@ public abstract class DecoderAttention : nn.Module<Tensor, Tensor>
     protected readonly int heads, kvHeads, headDim, layerIndex;
     readonly int? window;
     readonly bool rope;
+    readonly double scale;
+    readonly double? softcap;
 
     protected DecoderAttention(string name, LlamaConfig config, int layerIndex) : base(name) =>
-        (heads, kvHeads, headDim, this.layerIndex, window, rope) =
-            (config.NumAttentionHeads, config.KeyValueHeads, config.HeadDim, layerIndex, config.AttentionWindow, config.UsesRope(layerIndex));
+        (heads, kvHeads, headDim, this.layerIndex, window, rope, scale, softcap) =
+            (config.NumAttentionHeads, config.KeyValueHeads, config.HeadDim, layerIndex, config.LayerWindow(layerIndex), config.UsesRope(layerIndex),
+             config.AttentionScale, config.AttentionSoftcap);
 
     public override Tensor forward(Tensor x) => throw new NotSupportedException("call Forward with positions");
 
@@ -158,8 +197,21 @@ public abstract class DecoderAttention : nn.Module<Tensor, Tensor>
         if (kvHeads != heads)
             (k, v) = (k.repeat_interleave(heads / kvHeads, 1), v.repeat_interleave(heads / kvHeads, 1));
         if (window is { } w) mask = SlidingWindow(mask, k.shape[2], w);
-        var y = nn.functional.scaled_dot_product_attention(q, k, v, mask);          // [b, heads, t, hd]
+        // The fused kernel scales by 1/√head_dim; Gemma's other scale goes into q first.
+        var y = softcap is { } cap ? SoftcappedAttention(q, k, v, mask, scale, cap)
+            : nn.functional.scaled_dot_product_attention(scale == 1 / Math.Sqrt(headDim) ? q : q * (scale * Math.Sqrt(headDim)), k, v, mask);   // [b, heads, t, hd]
         return y.transpose(1, 2).reshape(b, t, heads * headDim);
+    }
+
+    /// <summary>
+    /// Gemma 2's attention: scores s = scale · q·k capped to c · tanh(s / c) before the mask and softmax, which the fused
+    /// kernel cannot do.
+    /// </summary>
+    static Tensor SoftcappedAttention(Tensor q, Tensor k, Tensor v, Tensor? mask, double scale, double cap)
+    {
+        var scores = (q.matmul(k.transpose(-2, -1)) * (scale / cap)).tanh() * cap;       // [b, heads, t, keys]
+        if (mask is not null) scores = scores.masked_fill(mask.logical_not(), double.NegativeInfinity);
+        return scores.softmax(-1).matmul(v);                                            // [b, heads, t, hd]
     }
 
     /// <summary>
@@ -200,7 +252,7 @@ public sealed class LlamaAttention : DecoderAttention
         k_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
         v_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
         o_proj = new AdaptableLinear(heads * headDim, config.HiddenSize, config.OutputBias);
-        if (config.QkNorm) (q_norm, k_norm) = (new RmsNorm(headDim, config.RmsNormEps), new RmsNorm(headDim, config.RmsNormEps));
+        if (config.QkNorm) (q_norm, k_norm) = (new RmsNorm(headDim, config.RmsNormEps, config.NormOffset), new RmsNorm(headDim, config.RmsNormEps, config.NormOffset));
         RegisterComponents();
     }
 
@@ -213,16 +265,19 @@ public sealed class LlamaAttention : DecoderAttention
     }
 }
 
-/// <summary>SwiGLU feed-forward: down(silu(gate(x)) * up(x)), with a slot for a block-level adapter.</summary>
+/// <summary>Gated feed-forward: down(act(gate(x)) * up(x)), SwiGLU or Gemma's GeGLU, with a slot for a block-level adapter.</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IFeedForward
 {
     public readonly AdaptableLinear gate_proj, up_proj, down_proj;
+    /// <summary>silu (SwiGLU), or Gemma's gelu_pytorch_tanh (GeGLU).</summary>
+    readonly Func<Tensor, Tensor> act;
 
     public IFeedForwardAdapter? Adapter { get; set; }
 
     /// <summary>Its hidden width is intermediate_size, or <paramref name="intermediateSize"/> (a mixture's experts: moe_intermediate_size).</summary>
     public LlamaMlp(LlamaConfig config, int? intermediateSize = null) : base(nameof(LlamaMlp))
     {
+        act = ModelConfig.Activation(config.MlpActivation) ?? throw new ArgumentException($"activation '{config.MlpActivation}' is not supported");
         int ffn = intermediateSize ?? config.IntermediateSize;
         gate_proj = new AdaptableLinear(config.HiddenSize, ffn, config.MlpBias);
         up_proj = new AdaptableLinear(config.HiddenSize, ffn, config.MlpBias);
@@ -233,10 +288,10 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IFeedForward
     public IReadOnlyList<(string Name, AdaptableLinear Layer)> Projections => [("gate_proj", gate_proj), ("up_proj", up_proj), ("down_proj", down_proj)];
 
     public Tensor Compute(Tensor x, Func<string, AdaptableLinear, Tensor, Tensor> project) =>
-        project("down_proj", down_proj, nn.functional.silu(project("gate_proj", gate_proj, x)) * project("up_proj", up_proj, x));
+        project("down_proj", down_proj, act(project("gate_proj", gate_proj, x)) * project("up_proj", up_proj, x));
 
     public override Tensor forward(Tensor x) =>
-        Adapter?.Forward(x, this) ?? down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
+        Adapter?.Forward(x, this) ?? down_proj.forward(act(gate_proj.forward(x)) * up_proj.forward(x));
 }
 
 /// <summary>

@@ -59,6 +59,24 @@ public record LlamaConfig : ModelConfig
     public virtual bool UsesRope(int layer) => true;
     /// <summary>What the rope types read besides rope_scaling.</summary>
     [JsonIgnore] public virtual RopeShape RopeShape => new(RotaryDim, Theta, MaxPositionEmbeddings);
+    /// <summary>Layer <paramref name="layer"/>'s window (Gemma alternates windowed local layers with global ones).</summary>
+    public virtual int? LayerWindow(int layer) => AttentionWindow;
+    /// <summary>Layer <paramref name="layer"/>'s rotary shape and scaling (Gemma 3's local layers have their own base, unscaled).</summary>
+    public virtual (RopeShape Shape, RopeScaling? Scaling) LayerRope(int layer) => (RopeShape, Rope);
+    /// <summary>What attention scores q·k are multiplied by (Gemma: query_pre_attn_scalar^-1/2).</summary>
+    [JsonIgnore] public virtual double AttentionScale => 1 / Math.Sqrt(HeadDim);
+    /// <summary>Gemma 2's cap c on attention scores (c · tanh(s / c)); null for none.</summary>
+    [JsonIgnore] public virtual double? AttentionSoftcap => null;
+    /// <summary>Gemma 2's cap on the output logits; null for none.</summary>
+    [JsonIgnore] public virtual double? LogitSoftcap => null;
+    /// <summary>What token embeddings are multiplied by (Gemma: √hidden_size).</summary>
+    [JsonIgnore] public virtual double EmbeddingScale => 1;
+    /// <summary>Gemma's RMSNorm scales by 1 + weight: the offset (0 elsewhere).</summary>
+    [JsonIgnore] public virtual double NormOffset => 0;
+    /// <summary>Gemma's four norms per layer: attention and MLP outputs are normed too (post_attention_layernorm, post_feedforward_layernorm).</summary>
+    [JsonIgnore] public virtual bool SandwichNorms => false;
+    /// <summary>The MLP's gate activation, by its Hugging Face name.</summary>
+    [JsonIgnore] public virtual string MlpActivation => HiddenAct;
     /// <summary>
     /// The most positions a sequence may have: max_position_embeddings, or factor times it under dynamic scaling, which
     /// exists to run past the trained context (transformers sets no limit; factor is the extension it is configured for).
@@ -80,6 +98,7 @@ public record LlamaConfig : ModelConfig
     public override IEnumerable<(string Path, long Size)> NormShapes() =>
         Enumerable.Range(0, NumHiddenLayers).SelectMany(i => new[]
             { ($"model.layers.{i}.input_layernorm", (long)HiddenSize), ($"model.layers.{i}.post_attention_layernorm", HiddenSize) }
+            .Concat(SandwichNorms ? [($"model.layers.{i}.pre_feedforward_layernorm", HiddenSize), ($"model.layers.{i}.post_feedforward_layernorm", HiddenSize)] : [])
             .Concat(QkNorm ? [($"model.layers.{i}.self_attn.q_norm", HeadDim), ($"model.layers.{i}.self_attn.k_norm", HeadDim)] : []))
             .Append(("model.norm", HiddenSize));
 
@@ -113,6 +132,8 @@ public record LlamaConfig : ModelConfig
         ["hidden_activation"] = e => IsNull(e) || (e.ValueKind == JsonValueKind.String && e.GetString() is "silu" or "swish"),
         // Norms over q and k (Llama 4, StableLM, OLMo's clipping), parallel blocks (GPT-NeoX, Falcon).
         ["use_qk_norm"] = IsFalse,
+        // EmbeddingGemma's bidirectional attention (transformers' Gemma3TextConfig).
+        ["use_bidirectional_attention"] = IsFalse,
         ["qk_layernorm"] = IsFalse,
         ["clip_qkv"] = IsNull,
         ["use_parallel_residual"] = IsFalse,
@@ -128,6 +149,9 @@ public record LlamaConfig : ModelConfig
         ["mlp_only_layers"] = IsEmpty,
     };
 
+    /// <summary>What is wrong with the MLP activation the config names, if anything (Llama's families use silu only).</summary>
+    protected virtual string? ActivationProblem() => HiddenAct == "silu" ? null : $"hidden_act '{HiddenAct}' is not supported ({ModelType} uses silu)";
+
     protected override IEnumerable<string> Problems()
     {
         foreach (var (key, value) in new[] { ("vocab_size", VocabSize), ("hidden_size", HiddenSize), ("intermediate_size", IntermediateSize),
@@ -142,7 +166,7 @@ public record LlamaConfig : ModelConfig
             yield return "rope_scaling and rope_parameters disagree; write one";
         if (Rope is { } scaling)
             foreach (string problem in scaling.Problems(RopeParameters is null ? "rope_scaling" : "rope_parameters", this)) yield return problem;
-        if (HiddenAct != "silu") yield return $"hidden_act '{HiddenAct}' is not supported ({ModelType} uses silu)";
+        if (ActivationProblem() is { } activation) yield return activation;
         if (RmsNormEps <= 0) yield return $"rms_norm_eps is {RmsNormEps}; it must be positive";
         if (Theta <= 0) yield return $"rope_theta is {Theta}; it must be positive";
     }

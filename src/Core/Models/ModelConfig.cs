@@ -44,13 +44,21 @@ public abstract record ModelConfig
         ["llama"] = typeof(LlamaConfig), ["qwen2"] = typeof(Qwen2Config), ["qwen3"] = typeof(Qwen3Config), ["mistral"] = typeof(MistralConfig),
         ["phi3"] = typeof(Phi3Config), ["smollm3"] = typeof(SmolLM3Config),
         ["gpt2"] = typeof(Gpt2Config), ["vit"] = typeof(VitConfig),
+        ["gemma2"] = typeof(Gemma2Config), ["gemma3_text"] = typeof(Gemma3TextConfig),
         ["qwen3_moe"] = typeof(Qwen3MoeConfig),
+    };
+
+    /// <summary>Multimodal model_types run as their text model: the text model's config.json, from the outer one.</summary>
+    static readonly Dictionary<string, Func<JsonElement, string>> TextModels = new(StringComparer.Ordinal)
+    {
+        ["gemma3"] = Gemma3TextConfig.FromMultimodal,
     };
 
     /// <summary>
     /// Model types people try that this service does not run, with what they are, so the refusal says why rather than
-    /// listing the supported families. Multimodal models are refused whole: their text decoder's weights sit under other
-    /// names and their rope (M-RoPE) differs, so it cannot be loaded as the plain family either.
+    /// listing the supported families. These multimodal models are refused whole: their text decoder's weights sit under other
+    /// names and their rope (M-RoPE) differs, so it cannot be loaded as the plain family either (Gemma 3's, whose text model
+    /// is gemma3_text's, is read as that: <see cref="TextModels"/>).
     /// </summary>
     static readonly Dictionary<string, string> Unsupported = new(StringComparer.Ordinal)
     {
@@ -65,6 +73,8 @@ public abstract record ModelConfig
         ["olmoe"] = MixtureOfExperts("OLMoE"), ["granitemoe"] = MixtureOfExperts("Granite MoE"), ["dbrx"] = MixtureOfExperts("DBRX"),
         ["jamba"] = "a hybrid Mamba/attention mixture-of-experts model (Jamba)",
     };
+
+    static string Supported => string.Join(", ", Families.Keys.Concat(TextModels.Keys));
 
     static string VisionLanguage(string name) => $"a vision-language model ({name}); this service runs text-only decoders and ViT classifiers, not image-and-text models";
     static string MixtureOfExperts(string name) => $"a mixture-of-experts model ({name}); this service runs one mixture-of-experts family, qwen3_moe";
@@ -87,12 +97,16 @@ public abstract record ModelConfig
             if (!doc.RootElement.TryGetProperty("model_type", out var type) || type.ValueKind != JsonValueKind.String)
                 throw new InvalidDataException($"{file}: model_type is missing or not a string");
             string modelType = type.GetString()!;
+            // A multimodal config read as its text model's: its keys are the ones checked.
+            using var inner = TextModels.TryGetValue(modelType, out var textModel) ? JsonDocument.Parse(text = textModel(doc.RootElement)) : null;
+            var root = inner?.RootElement ?? doc.RootElement;
+            if (inner is not null) modelType = root.GetProperty("model_type").GetString()!;
             if (!Families.TryGetValue(modelType, out var family))
                 throw new InvalidDataException(Unsupported.TryGetValue(modelType, out var what)
-                    ? $"{file}: model_type '{modelType}' is {what} (supported: {string.Join(", ", Families.Keys)})"
-                    : $"{file}: model_type '{modelType}' is not supported (supported: {string.Join(", ", Families.Keys)})");
+                    ? $"{file}: model_type '{modelType}' is {what} (supported: {Supported})"
+                    : $"{file}: model_type '{modelType}' is not supported (supported: {Supported})");
             config = (ModelConfig)(JsonSerializer.Deserialize(text, family, Json) ?? throw new InvalidDataException($"{file}: is null"));
-            problems = [.. config.UnimplementedMathKeys(doc.RootElement)];
+            problems = [.. config.UnimplementedMathKeys(root)];
         }
         catch (JsonException e)
         {

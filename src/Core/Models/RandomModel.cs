@@ -17,14 +17,15 @@ public static class RandomModel
     {
         var model = config.CreateModel();
         // By name: TorchSharp may hand out a new wrapper (and handle) for the same parameter on each call.
-        var norms = model.NormLayers().Select(n => n.Path + ".weight").ToHashSet();
+        // A norm's identity weight is 1, or 0 where it scales by 1 + weight (Gemma).
+        var norms = model.NormLayers().ToDictionary(n => n.Path + ".weight", n => 1 - n.Layer.WeightOffset);
         var embeddings = model.named_modules().Where(m => m.module is TorchSharp.Modules.Embedding).Select(m => m.name + ".weight").ToHashSet();
         using var generator = new Generator().manual_seed(seed);
         using (no_grad())
         using (NewDisposeScope())
             foreach (var (name, p) in model.named_parameters())
             {
-                if (p.dim() == 1) p.fill_(norms.Contains(name) ? 1 : 0);
+                if (p.dim() == 1) p.fill_(norms.GetValueOrDefault(name));
                 else if (embeddings.Contains(name) || name.EndsWith(".cls_token", StringComparison.Ordinal)
                          || name.EndsWith(".position_embeddings", StringComparison.Ordinal)) p.normal_(0, 1, generator);
                 // Unit-variance activations through each linear layer; this keeps logits of a random model O(1).

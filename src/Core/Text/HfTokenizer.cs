@@ -193,8 +193,12 @@ public sealed class HfTokenizer : ITextTokenizer
         if (!File.Exists(configPath)) throw new InvalidDataException($"{configPath} is missing");
         using var doc = Json.Parse(configPath);
         if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{configPath} is not a JSON object");
-        int? bos = doc.RootElement.TryGetProperty("bos_token_id", out var b) ? Json.Int(b) : null;
-        if (!doc.RootElement.TryGetProperty("eos_token_id", out var e) || e.ValueKind == JsonValueKind.Null) return (bos, []);
+        // A multimodal config (Gemma 3's Gemma3ForConditionalGeneration) may name them only in its text_config.
+        var text = doc.RootElement.TryGetProperty("text_config", out var t) && t.ValueKind == JsonValueKind.Object ? t : default;
+        bool Find(string key, out JsonElement value) =>
+            doc.RootElement.TryGetProperty(key, out value) || (text.ValueKind == JsonValueKind.Object && text.TryGetProperty(key, out value));
+        int? bos = Find("bos_token_id", out var b) ? Json.Int(b) : null;
+        if (!Find("eos_token_id", out var e) || e.ValueKind == JsonValueKind.Null) return (bos, []);
         if (Json.Int(e) is { } eos) return (bos, [eos]);
         if (e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(x => Json.Int(x) is not null))
             return (bos, e.EnumerateArray().Select(x => x.GetInt32()).ToList());

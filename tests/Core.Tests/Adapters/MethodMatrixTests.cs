@@ -118,7 +118,7 @@ public sealed class MethodMatrixTests : IDisposable
     }
 
     /// <summary>The tiny Llama, and the families on its decoder scaled down from their real configs (tests/Core.Tests/Models/DecoderFamiliesTests.cs).</summary>
-    public static TheoryData<string> Models => new("tiny", "llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "qwen3_moe");
+    public static TheoryData<string> Models => new("tiny", "llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "gemma2", "gemma3_text", "qwen3_moe");
 
     /// <summary>The methods a model takes: all, but MixLoRA on a mixture-of-experts base (refused: <see cref="MixLoraIsRefusedOnAMixtureOfExpertsBase"/>).</summary>
     static string[] MethodsOf(LlamaForCausalLM model) => model is Qwen3MoeForCausalLM ? [.. MethodNames.Where(m => m != "mixlora")] : MethodNames;
@@ -249,6 +249,33 @@ public sealed class MethodMatrixTests : IDisposable
                     $"{method}: d loss / d p[{i}] is {analytic} by autograd, {numeric} by finite differences");
             }
         }
+    }
+
+    /// <summary>
+    /// RLRR's norm scale s on Gemma's RMSNorm multiplies its effective scale 1 + w (the norm's output), so merging writes
+    /// w ← (1 + s)(1 + w) − 1: merged logits equal the adapter's, and unmerging restores the base weights.
+    /// </summary>
+    [Theory]
+    [InlineData("gemma2")]
+    [InlineData("gemma3_text")]
+    public void RlrrMergesIntoGemmasOneplusWeightNorms(string family)
+    {
+        using var scope = NewDisposeScope();
+        using var model = DecoderFamiliesTests.CreateFamily(family);
+        var ids = Ids(2, 7, seed: 3);
+        var baseWeights = model.parameters().Select(p => p.clone()).ToList();
+        var plain = model.forward(ids);
+        using var adapter = RlrrAdapter.Create(model, new RlrrConfig { TargetModules = Targets }, init: null);
+        Randomize(adapter, seed: 5);
+        adapter.Attach(model);
+        var adapted = model.forward(ids);
+        Assert.True((adapted - plain).abs().max().item<float>() > 1e-2);
+        adapter.Merge(model);
+        Assert.DoesNotContain(model.NormLayers(), n => n.Layer.Adapter is not null and not BiasShift);
+        AssertClose(adapted, model.forward(ids), 1e-4);
+        TrainableAdapter.Detach(model);
+        adapter.Unmerge(model);
+        Assert.All(model.parameters().Zip(baseWeights), p => AssertClose(p.Second, p.First, 1e-5));
     }
 
     /// <summary>MixLoRA on GPT-2 (c_fc, c_proj) and ViT (intermediate and output dense) as well as Llama: at init the base, after a step not.</summary>

@@ -108,12 +108,15 @@ public sealed class InferenceEngineTests : IDisposable
 
     /// <summary>
     /// The decoder families in a batch of prompts of different lengths (padded prefill, cached decoding): Mistral's window of
-    /// 3 positions is shorter than every sequence, Qwen3's heads are normed, Qwen2 has biases; each row is what the uncached model says.
+    /// 3 positions is shorter than every sequence, Qwen3's heads are normed, Qwen2 has biases, Gemma's local layers have windows of 3
+    /// beside global layers and Gemma 2 soft-caps; each row is what the uncached model says.
     /// </summary>
     [Theory]
     [InlineData("mistral")]
     [InlineData("qwen3")]
     [InlineData("qwen2")]
+    [InlineData("gemma2")]
+    [InlineData("gemma3_text")]
     [InlineData("qwen3_moe")]
     public async Task EachDecoderFamilyGeneratesInABatchWhatTheUncachedModelSays(string family)
     {

@@ -64,6 +64,21 @@ public sealed class DecoderFamiliesTests : IDisposable
             VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
             RopeTheta = 1000, MaxPositionEmbeddings = 4, NoRopeLayers = [1, 0], RopeScaling = new RopeScaling { RopeType = "dynamic", Factor = 4 },
         },
+        // Gemma 2's features, with a head_dim (32) and query_pre_attn_scalar (24) of their own, a window of 3, and caps low
+        // enough that these weights' scores and logits reach them.
+        "gemma2" => new Gemma2Config
+        {
+            VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            HeadDimension = 32, QueryPreAttnScalar = 24, RopeTheta = 1000, SlidingWindow = 3, AttnLogitSoftcapping = 2, FinalLogitSoftcapping = 5,
+        },
+        // Gemma 3's: q/k norms, local layers 0 and 2 (sliding_window_pattern 2 here, 6 in the releases) with their own rope base,
+        // the global layer 1 with linear rope scaling (gemma-3-4b's factor 8).
+        "gemma3_text" => new Gemma3TextConfig
+        {
+            VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 3, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            HeadDimension = 32, QueryPreAttnScalar = 32, RopeTheta = 1000, RopeLocalBaseFreq = 100, SlidingWindow = 3, SlidingWindowPattern = 2,
+            RopeScaling = new RopeScaling { RopeType = "linear", Factor = 8 },
+        },
         // Qwen3-30B-A3B's: Qwen3's attention, 4 experts here (128 there) with top-2 (8) renormalised, moe_intermediate_size
         // 32 (768); layer 1 dense through mlp_only_layers, so both kinds of layer are checked.
         "qwen3_moe" => new Qwen3MoeConfig
@@ -74,18 +89,19 @@ public sealed class DecoderFamiliesTests : IDisposable
         _ => throw new ArgumentException(family),
     };
 
-    public static TheoryData<string> Families => new("llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "qwen3_moe");
+    public static TheoryData<string> Families => new("llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "gemma2", "gemma3_text", "qwen3_moe");
 
     /// <summary>A frozen model with seeded random weights; norms away from 1 and biases away from 0, so both matter.</summary>
-    public static LlamaForCausalLM CreateFamily(string family, long seed = 1, int vocabulary = 300)
+    public static LlamaForCausalLM CreateFamily(string family, long seed = 1, int vocabulary = 300, LlamaConfig? config = null)
     {
-        var model = (LlamaForCausalLM)(ConfigOf(family) with { VocabSize = vocabulary }).CreateModel();
+        var model = (LlamaForCausalLM)((config ?? ConfigOf(family)) with { VocabSize = vocabulary }).CreateModel();
+        double offset = model.Config.NormOffset;   // Gemma's norms scale by 1 + w: the same effective scales, 0.5 to 1.5
         using var g = new Generator((ulong)seed);
         using (no_grad())
         using (NewDisposeScope())
             foreach (var (name, p) in model.named_parameters())
             {
-                if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.uniform_(0.5, 1.5, g);
+                if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.uniform_(0.5 - offset, 1.5 - offset, g);
                 else if (p.dim() == 1) p.normal_(0, 0.5, g);
                 else if (name == "model.embed_tokens.weight") p.normal_(0, 1, g);
                 else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), g);
@@ -109,6 +125,39 @@ public sealed class DecoderFamiliesTests : IDisposable
         using var _ = no_grad();
         var ids = FamilyIds(2, 9, seed: 7);
         AssertClose(Reference.Model(ids, model, Enumerable.Repeat(9, 9).ToArray()), model.forward(ids), 1e-4);
+    }
+
+    /// <summary>
+    /// The reference agreeing means something only where each Gemma option changes the logits of these weights: turned to
+    /// its neutral value, each does (so a model ignoring it would fail the comparison above).
+    /// </summary>
+    [Theory]
+    [InlineData("gemma2", "attn_logit_softcapping")]
+    [InlineData("gemma2", "final_logit_softcapping")]
+    [InlineData("gemma2", "sliding_window")]
+    [InlineData("gemma2", "query_pre_attn_scalar")]
+    [InlineData("gemma3_text", "rope_local_base_freq")]
+    [InlineData("gemma3_text", "rope_scaling")]
+    [InlineData("gemma3_text", "sliding_window_pattern")]
+    public void EachGemmaOptionChangesTheLogits(string family, string key)
+    {
+        using var scope = NewDisposeScope();
+        var config = ConfigOf(family);
+        LlamaConfig neutral = key switch
+        {
+            "attn_logit_softcapping" => (Gemma2Config)config with { AttnLogitSoftcapping = null },
+            "final_logit_softcapping" => (Gemma2Config)config with { FinalLogitSoftcapping = null },
+            "sliding_window" => (Gemma2Config)config with { SlidingWindow = null },
+            "query_pre_attn_scalar" => (Gemma2Config)config with { QueryPreAttnScalar = config.HeadDim },
+            "rope_local_base_freq" => (Gemma3TextConfig)config with { RopeLocalBaseFreq = config.Theta },
+            "rope_scaling" => (Gemma3TextConfig)config with { RopeScaling = null },
+            _ => (Gemma3TextConfig)config with { SlidingWindowPattern = 1 },   // every layer global
+        };
+        using var model = CreateFamily(family);
+        using var changed = CreateFamily(family, config: neutral);
+        using var _ = no_grad();
+        var ids = FamilyIds(2, 9, seed: 7);
+        Assert.True((model.forward(ids) - changed.forward(ids)).abs().max().item<float>() > 1e-3, key);
     }
 
     /// <summary>
@@ -249,7 +298,33 @@ public sealed class DecoderFamiliesTests : IDisposable
          "use_sliding_window": false
         """);
 
-    [Theory, MemberData(nameof(ReleasedConfigs))]
+    /// <summary>
+    /// google/gemma-2-2b's and google/gemma-3-1b-it's config.json (transformers 4.42 and 4.50), every key but the sizes, and
+    /// gemma-3-1b-it as transformers 4.53+ writes it (layer_types, no sliding_window_pattern).
+    /// </summary>
+    public static TheoryData<string> ReleasedGemmaConfigs => new(
+        """
+        {"architectures": ["Gemma2ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "attn_logit_softcapping": 50.0, "bos_token_id": 2,
+         "cache_implementation": "hybrid", "eos_token_id": 1, "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+         "hidden_activation": "gelu_pytorch_tanh", "initializer_range": 0.02, "max_position_embeddings": 8192, "model_type": "gemma2", "pad_token_id": 0,
+         "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096, "torch_dtype": "float32",
+         "transformers_version": "4.42.4", "use_cache": true
+        """,
+        """
+        {"architectures": ["Gemma3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2,
+         "cache_implementation": "hybrid", "eos_token_id": [1, 106], "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+         "initializer_range": 0.02, "max_position_embeddings": 32768, "model_type": "gemma3_text", "pad_token_id": 0, "query_pre_attn_scalar": 256,
+         "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": 512,
+         "sliding_window_pattern": 6, "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0", "use_cache": true
+        """,
+        """
+        {"architectures": ["Gemma3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2,
+         "eos_token_id": [1, 106], "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "layer_types": ["sliding_attention", "full_attention"],
+         "max_position_embeddings": 32768, "model_type": "gemma3_text", "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+         "rope_local_base_freq": 10000.0, "rope_scaling": null, "rope_theta": 1000000.0, "sliding_window": 512, "torch_dtype": "bfloat16", "use_bidirectional_attention": false
+        """);
+
+    [Theory, MemberData(nameof(ReleasedConfigs)), MemberData(nameof(ReleasedGemmaConfigs))]
     public void ReleasedConfigsLoad(string start)
     {
         string path = Path.Combine(dir, "config.json");
@@ -321,6 +396,65 @@ public sealed class DecoderFamiliesTests : IDisposable
         Assert.DoesNotContain(dir, error);
     }
 
+    /// <summary>google/gemma-3-4b-it's config.json (Gemma3ForConditionalGeneration): its text_config names only what differs from transformers' defaults.</summary>
+    const string Gemma3Multimodal4B = """
+        {"architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999, "eoi_token_index": 256000, "eos_token_id": [1, 106],
+         "image_token_index": 262144, "initializer_range": 0.02, "mm_tokens_per_image": 256, "model_type": "gemma3",
+         "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
+                         "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+         "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+         "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304, "model_type": "siglip_vision_model",
+                           "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": false}}
+        """;
+
+    [Fact]
+    public void AMultimodalGemma3ConfigLoadsAsItsTextModelWithTransformersDefaults()
+    {
+        string path = Path.Combine(dir, "config.json");
+        File.WriteAllText(path, Gemma3Multimodal4B);
+        var c = (Gemma3TextConfig)ModelConfig.Load(path);
+        Assert.Equal(("gemma3_text", nameof(Gemma3ForCausalLM), "bfloat16"), (c.ModelType, c.Architecture, c.TorchDtype));
+        Assert.Equal((262_208, 2560, 10240, 34, 8, 4, 256), (c.VocabSize, c.HiddenSize, c.IntermediateSize, c.NumHiddenLayers, c.NumAttentionHeads, c.KeyValueHeads, c.HeadDim));
+        Assert.Equal((1024, 256.0, 1e-6, 1_000_000.0, 10_000.0, true), (c.SlidingWindow, c.QueryPreAttnScalar, c.RmsNormEps, c.Theta, c.RopeLocalBaseFreq, c.TieWordEmbeddings));
+        Assert.Equal([1, 106], c.EosTokenIds!);
+        Assert.Equal(2, c.BosTokenId);
+        Assert.Equal(("linear", 8.0), (c.Rope!.Kind, c.Rope.Factor!.Value));
+        Assert.Equal((1_000_000.0, "linear"), (c.LayerRope(5).Shape.Theta, c.LayerRope(5).Scaling!.Kind));   // layer 6 of 6: global
+        Assert.Equal((10_000.0, null), (c.LayerRope(4).Shape.Theta, c.LayerRope(4).Scaling));                  // local
+        Assert.Equal((1024, (int?)null), (c.LayerWindow(0), c.LayerWindow(11)));
+    }
+
+    /// <summary>
+    /// A Gemma3ForConditionalGeneration folder, scaled down: the language model under language_model.model.* (as the Hub's
+    /// checkpoints store it) or model.language_model.* (as transformers ≥ 4.52 saves it), beside vision tower and projector
+    /// tensors, loads as the text model with its logits; the vision tensors are skipped.
+    /// </summary>
+    [Theory]
+    [InlineData("language_model.model.")]
+    [InlineData("model.language_model.")]
+    public void AMultimodalGemma3FolderLoadsItsLanguageModel(string prefix)
+    {
+        using var scope = NewDisposeScope();
+        using var model = CreateFamily("gemma3_text");
+        var c = (Gemma3TextConfig)model.Config;
+        File.WriteAllText(Path.Combine(dir, "config.json"), """
+            {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "eos_token_id": [1, 106], "torch_dtype": "float32",
+             "text_config": {"hidden_size": 64, "intermediate_size": 128, "model_type": "gemma3_text", "num_hidden_layers": 3, "vocab_size": 300,
+                             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "query_pre_attn_scalar": 32, "rope_theta": 1000,
+                             "rope_local_base_freq": 100, "sliding_window": 3, "sliding_window_pattern": 2, "rope_scaling": {"factor": 8.0, "rope_type": "linear"}},
+             "vision_config": {"hidden_size": 8, "model_type": "siglip_vision_model"}}
+            """);
+        var tensors = model.CheckpointTensors().ToDictionary(t => prefix + t.Key["model.".Length..], t => (Tensor)t.Parameter.detach());
+        tensors[(prefix.StartsWith("model.") ? "model." : "") + "vision_tower.vision_model.post_layernorm.weight"] = ones(8);
+        tensors[(prefix.StartsWith("model.") ? "model." : "") + "multi_modal_projector.mm_input_projection_weight"] = zeros(8, 64);
+        SafeTensors.Save(Path.Combine(dir, ModelFolder.WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        using var loaded = ModelFolder.Load<LlamaForCausalLM>(dir);
+        Assert.IsType<Gemma3ForCausalLM>(loaded);
+        using var _ = no_grad();
+        var ids = FamilyIds(2, 7, seed: 9);
+        Assert.Equal(Bytes(model.forward(ids)), Bytes(loaded.forward(ids)));
+    }
+
     [Theory]
     [InlineData("qwen2", "\"use_sliding_window\": true", "use_sliding_window")]
     [InlineData("qwen2", "\"attention_bias\": true", "attention_bias")]
@@ -357,6 +491,17 @@ public sealed class DecoderFamiliesTests : IDisposable
     [InlineData("qwen3_moe", "\"attn_logit_softcapping\": 50.0", "attn_logit_softcapping 50.0 changes the math and is not implemented for model_type 'qwen3_moe'")]
     [InlineData("qwen2", "\"hidden_activation\": \"gelu_pytorch_tanh\"", "hidden_activation \"gelu_pytorch_tanh\" changes the math")]
     [InlineData("llama", "\"rope_scaling\": {\"type\": \"mrope\", \"mrope_section\": [16, 24, 24]}", "rope_type 'mrope' is not supported")]
+    [InlineData("gemma2", "\"hidden_activation\": \"relu6\"", "hidden_activation 'relu6' is not supported")]
+    [InlineData("gemma2", "\"mlp_bias\": true", "mlp_bias")]
+    [InlineData("gemma2", "\"layer_types\": [\"sliding_attention\"]", "layer_types has 1 entries for 2 layers")]
+    [InlineData("gemma2", "\"layer_types\": [\"chunked_attention\", \"full_attention\"]", "layer_types entry 'chunked_attention'")]
+    [InlineData("gemma2", "\"attn_logit_softcapping\": 0", "attn_logit_softcapping is 0")]
+    [InlineData("gemma3_text", "\"use_bidirectional_attention\": true", "use_bidirectional_attention true changes the math")]
+    [InlineData("gemma3_text", "\"rope_parameters\": {\"full_attention\": {\"rope_type\": \"default\", \"rope_theta\": 1e6}}", "rope_parameters is not supported for gemma3_text")]
+    [InlineData("gemma3_text", "\"rope_scaling\": {\"rope_type\": \"mrope\", \"factor\": 8.0}", "rope_type 'mrope' is not supported")]
+    [InlineData("gemma3", "\"vision_config\": {}", "needs a text_config object")]
+    [InlineData("gemma3", "\"text_config\": {\"model_type\": \"llama\"}", "text_config.model_type 'llama' is not supported")]
+    [InlineData("gemma3", "\"text_config\": {\"hidden_activation\": \"relu6\"}", "hidden_activation 'relu6'")]
     public void AConfigValueTheCodeDoesNotImplementIsRefusedByFileAndKey(string family, string entry, string message)
     {
         string path = Path.Combine(dir, "config.json");
@@ -529,18 +674,33 @@ public sealed class DecoderFamiliesTests : IDisposable
         static Tensor Linear(Tensor x, AdaptableLinear layer) =>
             layer.bias is null ? x.matmul(F64(layer.weight).t()) : x.matmul(F64(layer.weight).t()) + F64(layer.bias);
 
-        static Tensor Norm(Tensor x, RmsNorm norm, double eps) =>
-            x / ((x * x).sum(-1, keepdim: true) / x.shape[^1] + eps).sqrt() * F64(norm.weight);
+        /// <summary>x / rms(x) times the weight w, or Gemma's 1 + w.</summary>
+        static Tensor Norm(Tensor x, RmsNorm norm, LlamaConfig c) =>
+            x / ((x * x).sum(-1, keepdim: true) / x.shape[^1] + c.RmsNormEps).sqrt() * (F64(norm.weight) + (c is Gemma2Config ? 1 : 0));
+
+        /// <summary>Gemma's local layers: as layer_types says, else Gemma 2's even layers, Gemma 3's all but every sliding_window_pattern-th.</summary>
+        static bool Local(LlamaConfig c, int layer) => c switch
+        {
+            Gemma2Config { LayerTypes: { } types } => types[layer] == "sliding_attention",
+            Gemma3TextConfig g => (layer + 1) % g.SlidingWindowPattern!.Value != 0,
+            Gemma2Config => layer % 2 == 0,
+            _ => false,
+        };
+
+        /// <summary>How many of the latest keys layer <paramref name="layer"/> sees: the family's window everywhere, Gemma's on local layers.</summary>
+        static int? Window(LlamaConfig c, int layer) => c is Gemma2Config g ? (Local(c, layer) ? g.SlidingWindow : null) : c.AttentionWindow;
 
         /// <summary>
         /// Pair i's rotation frequency for a sequence of length ℓ, and the factor on cos and sin, from each rope type's
         /// equations (transformers' modeling_rope_utils.py names; d the rotated dimensions, L the original context).
         /// </summary>
-        public static (double Frequency, double Scale) Frequency(LlamaConfig c, int i, int length)
+        public static (double Frequency, double Scale) Frequency(LlamaConfig c, int i, int length, int layer = -1)
         {
             int d = c.RotaryDim;
-            double theta = c.Theta, f = Math.Pow(theta, -2.0 * i / d);
-            if (c.Rope is not { Kind: not "default" } s) return (f, 1);
+            // Gemma 3's local layers rotate with rope_local_base_freq and no scaling.
+            bool local = c is Gemma3TextConfig && layer >= 0 && Local(c, layer);
+            double theta = local ? ((Gemma3TextConfig)c).RopeLocalBaseFreq : c.Theta, f = Math.Pow(theta, -2.0 * i / d);
+            if ((local ? null : c.Rope) is not { Kind: not "default" } s) return (f, 1);
             switch (s.Kind)
             {
                 case "linear":
@@ -589,14 +749,14 @@ public sealed class DecoderFamiliesTests : IDisposable
         /// One head's x [b, t, hd] rotated at positions 0..t-1, position p as in a sequence of length lengths[p]: the first
         /// d dimensions as two halves, (x1, x2) → s (x1 cos − x2 sin, x2 cos + x1 sin), the rest unchanged.
         /// </summary>
-        static Tensor Rope(Tensor x, LlamaConfig c, int[] lengths)
+        static Tensor Rope(Tensor x, LlamaConfig c, int[] lengths, int layer)
         {
             long t = x.shape[1], half = c.RotaryDim / 2;
             var (cos, sin) = (new double[t * half], new double[t * half]);
             for (long p = 0; p < t; p++)
                 for (int i = 0; i < half; i++)
                 {
-                    var (f, scale) = Frequency(c, i, lengths[p]);
+                    var (f, scale) = Frequency(c, i, lengths[p], layer);
                     (cos[p * half + i], sin[p * half + i]) = (scale * Math.Cos(p * f), scale * Math.Sin(p * f));
                 }
             Tensor co = tensor(cos, [t, half]), si = tensor(sin, [t, half]);
@@ -629,16 +789,18 @@ public sealed class DecoderFamiliesTests : IDisposable
             var hidden = new bool[t * t];
             for (int i = 0; i < t; i++)
                 for (int j = 0; j < t; j++)
-                    hidden[i * t + j] = j > i || (c.AttentionWindow is { } w && i - j >= w);
+                    hidden[i * t + j] = j > i || (Window(c, layer) is { } w && i - j >= w);
             var masked = tensor(hidden, [t, t]);
             var outputs = new Tensor[heads];
             for (int h = 0; h < heads; h++)
             {
                 int kv = h / (heads / kvHeads);
                 Tensor qh = q.narrow(-1, h * hd, hd), kh = k.narrow(-1, kv * hd, hd), vh = v.narrow(-1, kv * hd, hd);   // [b, t, hd]
-                if (qNorm is not null) (qh, kh) = (Norm(qh, qNorm, c.RmsNormEps), Norm(kh, kNorm!, c.RmsNormEps));
-                if (Rotates(c, layer)) (qh, kh) = (Rope(qh, c, lengths), Rope(kh, c, lengths));
-                var scores = qh.matmul(kh.transpose(1, 2)) / Math.Sqrt(hd);                                            // [b, t, t]
+                if (qNorm is not null) (qh, kh) = (Norm(qh, qNorm, c), Norm(kh, kNorm!, c));
+                if (Rotates(c, layer)) (qh, kh) = (Rope(qh, c, lengths, layer), Rope(kh, c, lengths, layer));
+                // Gemma scales by query_pre_attn_scalar^-1/2 and Gemma 2 caps the scores at c · tanh(s / c).
+                var scores = qh.matmul(kh.transpose(1, 2)) / Math.Sqrt(c is Gemma2Config g ? g.QueryPreAttnScalar : hd);   // [b, t, t]
+                if (c is Gemma2Config { AttnLogitSoftcapping: { } cap }) scores = (scores / cap).tanh() * cap;
                 outputs[h] = scores.masked_fill(masked, double.NegativeInfinity).softmax(-1).matmul(vh);              // [b, t, hd]
             }
             return Linear(cat(outputs, -1), output);
@@ -665,13 +827,14 @@ public sealed class DecoderFamiliesTests : IDisposable
                 int[] top = Enumerable.Range(0, p.Length).OrderByDescending(e => p[e]).Take(c.NumExpertsPerTok).ToArray();
                 double norm = c.NormTopkProb ? top.Sum(e => p[e]) : 1;
                 var y = zeros(hidden, ScalarType.Float64);
-                foreach (int e in top) y = y + p[e] / norm * Mlp(token.unsqueeze(0), block.experts[e]).squeeze(0);
+                foreach (int e in top) y = y + p[e] / norm * Mlp(token.unsqueeze(0), block.experts[e], c).squeeze(0);
                 outputs.Add(y);
             }
             return stack(outputs).view(x.shape);
         }
 
-        static Tensor Mlp(Tensor x, nn.Module<Tensor, Tensor> mlp)
+        /// <summary>SwiGLU, silu(g) = g σ(g), or Gemma's GeGLU with the tanh approximation of gelu.</summary>
+        static Tensor Mlp(Tensor x, nn.Module<Tensor, Tensor> mlp, LlamaConfig c)
         {
             Tensor gate, up;
             AdaptableLinear down;
@@ -686,7 +849,10 @@ public sealed class DecoderFamiliesTests : IDisposable
                 var llama = (LlamaMlp)mlp;
                 (gate, up, down) = (Linear(x, llama.gate_proj), Linear(x, llama.up_proj), llama.down_proj);
             }
-            return Linear(gate / (1 + (-gate).exp()) * up, down);
+            var activated = c is Gemma2Config
+                ? 0.5 * gate * (1 + (Math.Sqrt(2 / Math.PI) * (gate + 0.044715 * gate.pow(3))).tanh())
+                : gate / (1 + (-gate).exp());
+            return Linear(activated * up, down);
         }
 
         /// <summary>The logits with position p rotated as in a sequence of length <paramref name="lengths"/>[p].</summary>
@@ -696,16 +862,25 @@ public sealed class DecoderFamiliesTests : IDisposable
             long b = ids.shape[0], t = ids.shape[1];
             var embeddings = F64(model.model.embed_tokens.weight!);
             var h = embeddings.index_select(0, ids.flatten()).view(b, t, -1);
+            if (c is Gemma2Config) h = h * (double)(float)Math.Sqrt(c.HiddenSize);   // √hidden in the embedding's type (float32)
             for (int i = 0; i < model.model.layers.Count; i++)
             {
                 var layer = model.model.layers[i];
-                h = h + Attention(Norm(h, layer.input_layernorm, c.RmsNormEps), layer.self_attn, c, i, lengths);
-                var normed = Norm(h, layer.post_attention_layernorm, c.RmsNormEps);
-                h = h + (layer.mlp is Qwen3MoeSparseMoeBlock moe ? Moe(normed, moe, (Qwen3MoeConfig)c) : Mlp(normed, layer.mlp));
+                if (c is Gemma2Config)
+                {
+                    // Gemma: the attention's and the MLP's outputs are normed before the residual add.
+                    h = h + Norm(Attention(Norm(h, layer.input_layernorm, c), layer.self_attn, c, i, lengths), layer.post_attention_layernorm, c);
+                    h = h + Norm(Mlp(Norm(h, layer.pre_feedforward_layernorm!, c), layer.mlp, c), layer.post_feedforward_layernorm!, c);
+                    continue;
+                }
+                h = h + Attention(Norm(h, layer.input_layernorm, c), layer.self_attn, c, i, lengths);
+                var normed = Norm(h, layer.post_attention_layernorm, c);
+                h = h + (layer.mlp is Qwen3MoeSparseMoeBlock moe ? Moe(normed, moe, (Qwen3MoeConfig)c) : Mlp(normed, layer.mlp, c));
             }
             // A tied head is the embedding matrix itself.
             var head = c.TieWordEmbeddings ? embeddings : F64(model.lm_head.weight);
-            return Norm(h, model.model.norm, c.RmsNormEps).matmul(head.t());
+            var logits = Norm(h, model.model.norm, c).matmul(head.t());
+            return c is Gemma2Config { FinalLogitSoftcapping: { } cap } ? (logits / cap).tanh() * cap : logits;
         }
     }
 }

@@ -73,10 +73,12 @@ public sealed class RlrrAdapter : TrainableAdapter<RlrrConfig>
                 var n = (RlrrNormLayer)module;
                 var norm = norms[path];
                 var factor = n.rlrr_scale + 1;                                                 // (1 + s) ⊙ (w ⊙ x̂ + b) + f
-                if (undo) { norm.Weight.div_(factor); norm.Bias?.sub_(n.rlrr_shift).div_(factor); norm.Adapter = null; }
+                // Gemma's norms scale by 1 + w: the product applies to that effective scale, w ← (1 + s)(1 + w) − 1.
+                double offset = norm.WeightOffset;
+                if (undo) { norm.Weight.add_(offset).div_(factor).sub_(offset); norm.Bias?.sub_(n.rlrr_shift).div_(factor); norm.Adapter = null; }
                 else
                 {
-                    norm.Weight.mul_(factor);
+                    norm.Weight.add_(offset).mul_(factor).sub_(offset);
                     if (norm.Bias is { } bias) { bias.mul_(factor).add_(n.rlrr_shift); norm.Adapter = null; }
                     else norm.Adapter = new BiasShift(n.rlrr_shift.detach().clone().DetachFromDisposeScope());
                 }

@@ -33,6 +33,14 @@ public sealed class HttpFuzzTests(SecuredServiceFactory factory)
                 """),
             ("/v1/completions", """{"model": "tiny-llama-demo", "prompt": "Hi", "max_tokens": 2, "temperature": 0, "top_p": 1, "stop": ["\n"], "seed": 1, "n": 1}"""),
             ("/v1/completions", """{"model": "tiny-llama-demo", "prompt": ["Hi"], "max_tokens": 2, "stream": true}"""),
+            ("/v1/completions", """
+                {"model": "tiny-llama-demo", "prompt": "Hi", "max_tokens": 2, "n": 2, "logprobs": 1, "presence_penalty": 0.5, "frequency_penalty": -0.5,
+                 "logit_bias": {"72": 3}, "stream": true, "stream_options": {"include_usage": true}}
+                """),
+            ("/v1/chat/completions", """
+                {"model": "tiny-llama-demo", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "n": 2, "seed": 3,
+                 "logprobs": true, "top_logprobs": 2, "logit_bias": {"72": -100}}
+                """),
             ("/v1/chat/completions", """
                 {"model": "tiny-llama-demo", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "Hi"}],
                  "max_tokens": 2, "max_completion_tokens": 2, "temperature": 0.5, "stop": "\n", "stream": false}

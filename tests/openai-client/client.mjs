@@ -82,6 +82,48 @@ assert.equal(streamed, "Shakespeare.");
 const completion = await client.completions.create({ model: "tiny-llama-demo", prompt: "Hi", max_tokens: 3, temperature: 0 });
 assert.equal(completion.usage.completion_tokens, 3);
 
+// OpenAI parity options, each sent by the client unchanged: n, logprobs, penalties, logit_bias, stream_options.
+const hi = [{ role: "user", content: "Hi" }];
+const scored = await client.chat.completions.create({
+  model: finished.fine_tuned_model, messages: hi, max_tokens: 4, temperature: 0.7, seed: 5, n: 2,
+  logprobs: true, top_logprobs: 2, presence_penalty: 0.5, frequency_penalty: 0.5, logit_bias: { 120: 5 },
+});
+assert.deepEqual(scored.choices.map((c) => c.index), [0, 1]);
+for (const c of scored.choices) {
+  assert.ok(c.logprobs.content.length > 0 || c.finish_reason === "stop");
+  for (const t of c.logprobs.content) {
+    assert.equal(t.top_logprobs.length, 2);
+    assert.ok(Array.isArray(t.bytes) && t.logprob <= 0);
+  }
+}
+assert.equal(scored.usage.completion_tokens, scored.choices.reduce((sum, c) => sum + c.logprobs.content.length, 0));
+
+let usageChunk = null;
+let forcedText = "";
+const counted = await client.chat.completions.create({
+  model: "tiny-llama-demo", messages: hi, max_tokens: 3, temperature: 0, stream: true, stream_options: { include_usage: true },
+  logprobs: true, logit_bias: { 120: 100 },
+});
+for await (const chunk of counted) {
+  if (chunk.choices.length === 0) usageChunk = chunk;
+  else {
+    assert.equal(chunk.usage ?? null, null);
+    forcedText += chunk.choices[0].delta?.content ?? "";
+  }
+}
+assert.equal(forcedText, "xxx");
+assert.equal(usageChunk.usage.completion_tokens, 3);
+
+const legacy = await client.completions.create({ model: "tiny-llama-demo", prompt: "Hi", max_tokens: 3, temperature: 0, n: 2, logprobs: 2, logit_bias: { 120: 100 } });
+for (const c of legacy.choices) {
+  assert.equal(c.text, "xxx");
+  assert.deepEqual(c.logprobs.tokens, ["x", "x", "x"]);
+  assert.deepEqual(c.logprobs.text_offset, [0, 1, 2]);
+  assert.ok(Object.keys(c.logprobs.top_logprobs[0]).length >= 2);
+}
+assert.equal(legacy.usage.completion_tokens, 6);
+await assert.rejects(client.chat.completions.create({ model: "tiny-llama-demo", messages: hi, n: 9 }), (e) => e.status === 400 && e.error?.param === "n");
+
 await client.models.delete(finished.fine_tuned_model);
 await assert.rejects(client.models.retrieve(finished.fine_tuned_model), (e) => e.status === 404);
 await assert.rejects(client.fineTuning.jobs.retrieve("ftjob-missing"), (e) => e.status === 404 && e.error?.param === "id");

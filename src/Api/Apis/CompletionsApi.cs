@@ -17,16 +17,61 @@ namespace AdapterService.Api.Apis;
 /// <param name="Stop">A string or up to 4 strings that end the completion (not included in it).</param>
 /// <param name="Stream" example="false">Server-sent events of text_completion chunks, then [DONE].</param>
 /// <param name="Seed" example="42">Makes sampling reproducible.</param>
-/// <param name="N" example="1">Only 1 is supported.</param>
+/// <param name="N" example="1">Choices to sample, 1-8 (default 1), each independently from one prefilled prompt; with a seed, reproducible.</param>
+/// <param name="PresencePenalty" example="0">-2 to 2: subtracted from the logit of every token generated so far.</param>
+/// <param name="FrequencyPenalty" example="0">-2 to 2: subtracted from a token's logit once per time it was generated so far.</param>
+/// <param name="LogitBias">Token ids (as strings) to biases from -100 to 100, added to the logits (-100 bans a token, 100 all but forces it).</param>
+/// <param name="Logprobs">0-5: return each generated token's log-probability (the model's raw log-softmax, before temperature, penalties and bias) and that many most likely tokens at each position.</param>
+/// <param name="StreamOptions">{"include_usage": true}: a last chunk with empty choices and the whole request's usage (stream only).</param>
 public sealed record CompletionRequest(
-    string? Model, JsonElement? Prompt, int? MaxTokens, double? Temperature, double? TopP, JsonElement? Stop, bool? Stream, long? Seed, int? N)
-    : ISamplingRequest;
+    string? Model, JsonElement? Prompt, int? MaxTokens, double? Temperature, double? TopP, JsonElement? Stop, bool? Stream, long? Seed, int? N,
+    double? PresencePenalty = null, double? FrequencyPenalty = null, JsonElement? LogitBias = null, int? Logprobs = null, StreamOptions? StreamOptions = null)
+    : ISamplingRequest
+{
+    (int? Top, JsonHttpResult<ErrorResponse>? Error) ISamplingRequest.LogprobsWanted() => Logprobs is < 0 or > 5
+        ? (null, OpenAiErrors.BadRequest("logprobs must be between 0 and 5.", "logprobs"))
+        : (Logprobs, null);
+}
 
 /// <summary>Many completion requests in one call, each naming its own model (base or fine-tuned); run in the same batches.</summary>
 /// <param name="Inputs">Up to 256 completion requests (stream is not allowed here).</param>
 public sealed record BatchCompletionRequest(IReadOnlyList<CompletionRequest>? Inputs);
 
-public sealed record CompletionChoice(string Text, int Index, object? Logprobs, string? FinishReason);
+/// <summary>
+/// OpenAI's legacy completion logprobs: per generated token its text, log-probability, the most likely tokens at its
+/// position (with the sampled one, so up to logprobs + 1 entries) and its character offset in the completion's text. A
+/// token that is a piece of a multi-byte character is named by its bytes, as OpenAI does: <c>bytes:\xe2\x80</c>.
+/// </summary>
+public sealed record CompletionLogprobs(IReadOnlyList<string> Tokens, IReadOnlyList<float> TokenLogprobs,
+    IReadOnlyList<Dictionary<string, float>> TopLogprobs, IReadOnlyList<int> TextOffset)
+{
+    /// <summary>From a choice's tokens, the first of them at character <paramref name="offset"/> of the completion; advances the offset.</summary>
+    public static CompletionLogprobs? Of(IReadOnlyList<TokenLogprob>? tokens, ref int offset)
+    {
+        if (tokens is null) return null;
+        var offsets = new List<int>(tokens.Count);
+        foreach (var t in tokens)
+        {
+            offsets.Add(offset);
+            offset += t.Text.Length;
+        }
+        return new([.. tokens.Select(t => Name(t.Text, t.Bytes))], [.. tokens.Select(t => t.Logprob)], [.. tokens.Select(Top)], offsets);
+    }
+
+    static Dictionary<string, float> Top(TokenLogprob t)
+    {
+        var top = new Dictionary<string, float>();
+        foreach (var a in t.Top) top.TryAdd(Name(a.Text, a.Bytes), a.Logprob);
+        top.TryAdd(Name(t.Text, t.Bytes), t.Logprob);
+        return top;
+    }
+
+    static string Name(string text, byte[] bytes) =>
+        text.Contains('\uFFFD') && !bytes.AsSpan().SequenceEqual(System.Text.Encoding.UTF8.GetBytes(text))
+            ? "bytes:" + string.Concat(bytes.Select(b => $"\\x{b:x2}")) : text;
+}
+
+public sealed record CompletionChoice(string Text, int Index, CompletionLogprobs? Logprobs, string? FinishReason);
 public sealed record CompletionResponse(string Id, string Object, long Created, string Model, IReadOnlyList<CompletionChoice> Choices, Usage? Usage);
 
 public static class CompletionsApi
@@ -68,10 +113,10 @@ public static class CompletionsApi
             }
             started.Add(chunks);
         }
-        var results = await Task.WhenAll(started.Select(Generation.CollectAsync));
+        var results = await Task.WhenAll(started.Select((chunks, i) => Generation.CollectAsync(chunks, prepared[i].Choices)));
         long created = Generation.Now();
         return TypedResults.Ok(new ListResponse<CompletionResponse>("list", results.Select((r, i) => new CompletionResponse(
-            Generation.NewId("cmpl-"), "text_completion", created, prepared[i].Model, [new CompletionChoice(r.Text, 0, null, r.Finish)], r.Usage)).ToList(), false));
+            Generation.NewId("cmpl-"), "text_completion", created, prepared[i].Model, Choices(r.Choices), r.Usage)).ToList(), false));
     }
 
     static async Task<Results<Ok<CompletionResponse>, ServerSentEventsResult<string>, JsonHttpResult<ErrorResponse>>> CreateCompletion(
@@ -85,16 +130,31 @@ public static class CompletionsApi
         if (chunks is null) return busy!;
         var (id, created) = (Generation.NewId("cmpl-"), Generation.Now());
         if (request.Stream == true)
-            return Generation.Stream(Chunks(chunks, ready.Model, id, created), json.Value.SerializerOptions);
-        var (text, finish, usage) = await Generation.CollectAsync(chunks);
-        return TypedResults.Ok(new CompletionResponse(id, "text_completion", created, ready.Model, [new CompletionChoice(text, 0, null, finish)], usage));
+            return Generation.Stream(Chunks(chunks, ready.Model, id, created, ready.Choices, request.StreamOptions?.IncludeUsage == true),
+                json.Value.SerializerOptions);
+        var (choices, usage) = await Generation.CollectAsync(chunks, ready.Choices);
+        return TypedResults.Ok(new CompletionResponse(id, "text_completion", created, ready.Model, Choices(choices), usage));
     }
 
-    static async IAsyncEnumerable<CompletionResponse> Chunks(IAsyncEnumerable<GenerationChunk> chunks, string model, string id, long created)
+    static List<CompletionChoice> Choices(IReadOnlyList<CollectedChoice> choices) => [.. choices.Select(c =>
     {
+        int offset = 0;
+        return new CompletionChoice(c.Text, c.Index, CompletionLogprobs.Of(c.Logprobs, ref offset), c.Finish);
+    })];
+
+    /// <summary>Each choice's text chunks (with their tokens' logprobs); the usage on the last finish, or, with include_usage, on a last chunk of its own with empty choices.</summary>
+    static async IAsyncEnumerable<CompletionResponse> Chunks(IAsyncEnumerable<GenerationChunk> chunks, string model, string id, long created, int n, bool includeUsage)
+    {
+        var usage = new ChoicesUsage(n);
+        var offsets = new int[n];   // each choice's text so far: where its next token starts
         await foreach (var c in chunks)
-            yield return new CompletionResponse(id, "text_completion", created, model, [new CompletionChoice(c.Text, 0, null, c.FinishReason)],
-                c.FinishReason is null ? null : Generation.UsageOf(c));
+        {
+            usage.Add(c);
+            var logprobs = CompletionLogprobs.Of(c.Logprobs, ref offsets[c.Index]);
+            yield return new CompletionResponse(id, "text_completion", created, model, [new CompletionChoice(c.Text, c.Index, logprobs, c.FinishReason)],
+                !includeUsage && usage.Done ? usage.Total : null);
+        }
+        if (includeUsage) yield return new CompletionResponse(id, "text_completion", created, model, [], usage.Total);
     }
 
     /// <summary>A prompt is a string, or a list holding one string.</summary>

@@ -6,13 +6,18 @@ namespace AdapterService.Core.Inference;
 /// What to generate: the base model and (optionally) the adapter, each with the folder it is stored in; the tokenizer
 /// turns generated tokens into text (the built-in byte tokenizer when null); the answer ends at one of
 /// <paramref name="EosIds"/> (the model's text rules: config, generation_config and template end ids; the tokenizer's when null).
+/// <paramref name="Constraint"/>, when given, makes each choice's own <see cref="ILogitsConstraint"/> (constrained decoding).
 /// </summary>
 public sealed record GenerationRequest(
     string BaseModel, string BaseFolder, string? Adapter, string? AdapterFolder, IReadOnlyList<int> Prompt, SamplingOptions Options,
-    ITextTokenizer? Tokenizer = null, IReadOnlyList<int>? EosIds = null);
+    ITextTokenizer? Tokenizer = null, IReadOnlyList<int>? EosIds = null, Func<ILogitsConstraint>? Constraint = null);
 
-/// <summary>A piece of generated text; the last one carries the finish reason ("stop" or "length").</summary>
-public sealed record GenerationChunk(string Text, int PromptTokens, int CompletionTokens, string? FinishReason);
+/// <summary>
+/// A piece of the generated text of choice <paramref name="Index"/>; each choice's last one carries its finish reason ("stop"
+/// or "length"). <paramref name="Logprobs"/> (when asked for): the tokens generated since the choice's previous chunk.
+/// </summary>
+public sealed record GenerationChunk(string Text, int PromptTokens, int CompletionTokens, string? FinishReason, int Index = 0,
+    IReadOnlyList<TokenLogprob>? Logprobs = null);
 
 /// <summary>The engine's queue is full; the caller should retry later (HTTP 429).</summary>
 public sealed class EngineBusyException(string message) : Exception(message);

@@ -9,6 +9,7 @@ namespace AdapterService.Core.Inference;
 /// <summary>A request being generated and the running batch of one base model; how a sampled token becomes the request's text.</summary>
 public sealed partial class InferenceEngine
 {
+    /// <summary>One choice of a request being generated (a request of <c>n</c> choices has n, prefilled once, each a row of its own).</summary>
     sealed class Sequence
     {
         public required GenerationRequest Request { get; init; }
@@ -19,9 +20,27 @@ public sealed partial class InferenceEngine
         /// <summary>The request's text so far, token by token (made on its first token, with the tokenizer that serves it).</summary>
         public StreamingDetokenizer? Text;
         public required StopSequences Stops { get; init; }
+        public required LogitsProcessor Logits { get; init; }
+        /// <summary>Which choice of the request this is.</summary>
+        public int Index { get; init; }
+        /// <summary>The request's choices, this one among them; shared by all of them.</summary>
+        public required Choices Siblings { get; init; }
+        /// <summary>Logprobs of the tokens generated since the last chunk (when asked for).</summary>
+        public List<TokenLogprob>? Pending;
         public long Length;       // positions in the cache
         public int Produced;
         public int LastToken;
+        public bool Finished;
+        /// <summary>The client went away, or a sibling choice failed (the request's answer is that error).</summary>
+        public bool Abandoned => Cancel.IsCancellationRequested || Siblings.Failed;
+    }
+
+    /// <summary>The choices of one request: the output stream and adapter lease they share are closed when the last one ends.</summary>
+    sealed class Choices
+    {
+        public List<Sequence> All { get; } = [];
+        public int Open;
+        public bool Failed;
     }
 
     /// <summary>One base model with its running batch.</summary>
@@ -54,8 +73,20 @@ public sealed partial class InferenceEngine
         }
     }
 
+    /// <summary>
+    /// Picks row <paramref name="s"/>'s next token from its raw <paramref name="logits"/> [vocab] (through its logits step and
+    /// sampler; logprobs from the raw ones) and takes it; returns true when the sequence is finished (and has been completed).
+    /// </summary>
+    bool Step(Batch batch, Sequence s, Tensor logits)
+    {
+        var options = s.Request.Options;
+        int token = Sampler.Next(s.Logits.Apply(logits), options, s.Generator);
+        var logprob = options.Logprobs is { } top ? TokenLogprob.Of(logits, token, top, s.Request.Tokenizer ?? ByteTokens) : null;
+        return Emit(batch, s, token, logprob);
+    }
+
     /// <summary>Takes the sampled token; returns true when the sequence is finished (and has been completed).</summary>
-    bool Emit(Batch batch, Sequence s, int token)
+    bool Emit(Batch batch, Sequence s, int token, TokenLogprob? logprob)
     {
         var options = s.Request.Options;
         int context = batch.Model.ContextLength;
@@ -63,12 +94,15 @@ public sealed partial class InferenceEngine
         string emit = "", finish;
         bool stopped = false;
         // Any of the model's end ids (Llama 3 Instruct lists several) or its text rules' (generation_config, the end of a chat turn).
-        if (batch.Model.EosTokenIds.Contains(token) || (s.Request.EosIds ?? tokenizer.EosIds).Contains(token)) finish = "stop";
+        bool end = batch.Model.EosTokenIds.Contains(token) || (s.Request.EosIds ?? tokenizer.EosIds).Contains(token);
+        s.Logits.Accept(token, generated: !end);
+        if (end) finish = "stop";   // an end id is not part of the answer: no text, no logprob (as OpenAI)
         else
         {
             s.Produced++;
             Interlocked.Increment(ref generatedTokens);
             s.LastToken = token;
+            if (logprob is not null) (s.Pending ??= []).Add(logprob);
             s.Text ??= new StreamingDetokenizer(tokenizer);
             (emit, stopped) = s.Stops.Push(s.Text.Push(token));
             finish = stopped ? "stop" : s.Produced >= options.MaxTokens || s.Length >= context ? "length" : "";
@@ -76,7 +110,7 @@ public sealed partial class InferenceEngine
         int prompt = s.Request.Prompt.Count;
         if (finish == "")
         {
-            if (emit.Length > 0) s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, null));
+            if (emit.Length > 0) s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, null, s.Index, TakePending(s)));
             return false;
         }
         if (!stopped)
@@ -86,15 +120,37 @@ public sealed partial class InferenceEngine
             emit += tail + (tailStopped ? "" : s.Stops.Flush());
             if (tailStopped) finish = "stop";
         }
-        s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, finish));
+        s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, finish, s.Index, TakePending(s) ?? (options.Logprobs is null ? null : [])));
         Finish(s, null);
         return true;
     }
 
+    static List<TokenLogprob>? TakePending(Sequence s)
+    {
+        var taken = s.Pending;
+        s.Pending = null;
+        return taken;
+    }
+
+    /// <summary>Ends one choice; the request's output (and adapter lease) ends with its last choice, or at once with an error.</summary>
     static void Finish(Sequence s, Exception? error)
     {
-        s.Output.TryComplete(error);
-        s.Adapter?.Dispose();
+        if (s.Finished) return;
+        s.Finished = true;
         s.Generator?.Dispose();
+        if (error is not null)
+        {
+            s.Siblings.Failed = true;   // the other choices stop at their next token
+            s.Output.TryComplete(error);
+        }
+        if (Interlocked.Decrement(ref s.Siblings.Open) > 0) return;
+        s.Output.TryComplete();
+        s.Adapter?.Dispose();
+    }
+
+    /// <summary>Ends every choice of a request that has not started (failed before or while waiting, or at shutdown).</summary>
+    static void FinishAll(Sequence first, Exception error)
+    {
+        foreach (var s in first.Siblings.All) Finish(s, error);
     }
 }

@@ -55,16 +55,23 @@ public sealed partial class InferenceEngine : IDisposable
         var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = true });
         try
         {
+            // Each choice's own constraint, made before the adapter lease is taken (a constraint that fails to build leaks nothing).
+            int n = Math.Max(1, request.Options.N);
+            var constraints = Enumerable.Range(0, n).Select(_ => request.Constraint?.Invoke()).ToList();
             var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
                 () => ServedAdapter.Load(request.AdapterFolder!, ModelConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile))));
-            var sequence = new Sequence
+            // n choices, each with its own sampler state; a seed gives choice i its own stream (choice 0 the seed's own).
+            var choices = new Choices { Open = n };
+            for (int i = 0; i < n; i++)
+                choices.All.Add(new Sequence
+                {
+                    Request = request, Output = output.Writer, Cancel = cancel, Adapter = adapter, Stops = new StopSequences(request.Options.Stop),
+                    Generator = request.Options.Seed is { } seed ? new Generator(unchecked((ulong)seed + (ulong)i * 0x9E3779B97F4A7C15UL)) : null,
+                    Logits = new LogitsProcessor(request.Options, constraints[i]), Index = i, Siblings = choices,
+                });
+            if (!incoming.Writer.TryWrite(choices.All[0]))
             {
-                Request = request, Output = output.Writer, Cancel = cancel, Adapter = adapter, Stops = new StopSequences(request.Options.Stop),
-                Generator = request.Options.Seed is { } seed ? new Generator((ulong)seed) : null,
-            };
-            if (!incoming.Writer.TryWrite(sequence))
-            {
-                Finish(sequence, null);
+                FinishAll(choices.All[0], new ObjectDisposedException(nameof(InferenceEngine), "The inference engine is shutting down."));
                 throw new ObjectDisposedException(nameof(InferenceEngine), "The inference engine is shutting down.");
             }
         }
@@ -116,33 +123,38 @@ public sealed partial class InferenceEngine : IDisposable
                 throw new ArgumentException($"the prompt has {request.Prompt.Count} tokens; this model's context is {batch.Model.ContextLength}");
             if (request.Prompt.Any(t => (uint)t >= (uint)batch.Model.VocabSize))
                 throw new ArgumentException($"the prompt holds token ids outside this model's vocabulary of {batch.Model.VocabSize}");
+            if (request.Options.LogitBias?.Keys.Where(t => (uint)t >= (uint)batch.Model.VocabSize).Select(t => (int?)t).FirstOrDefault() is { } outside)
+                throw new ArgumentException($"logit_bias names token {outside}, outside this model's vocabulary of {batch.Model.VocabSize}", "logit_bias");
+            if (sequence.Siblings.All.Count > batch.Cache.Slots)
+                throw new ArgumentException($"n={sequence.Siblings.All.Count} is more than the {batch.Cache.Slots} sequences decoded together here", "n");
             batch.Waiting.Enqueue(sequence);
         }
         catch (Exception e)
         {
             Interlocked.Decrement(ref queued);
-            Finish(sequence, e);
+            FinishAll(sequence, e);
         }
     }
 
     /// <summary>
-    /// Prefills waiting sequences into free slots, several prompts in one forward pass (right-padded; each row with its
-    /// own adapter), up to <see cref="InferenceOptions.PrefillTokens"/> tokens, in arrival order.
+    /// Prefills waiting requests into free slots, several prompts in one forward pass (right-padded; each row with its
+    /// own adapter), up to <see cref="InferenceOptions.PrefillTokens"/> tokens, in arrival order. A request of n choices
+    /// takes n slots but is prefilled once.
     /// </summary>
     void Admit(Batch batch)
     {
-        while (batch.Rows.Count < batch.Cache.Slots && batch.Waiting.Count > 0)
+        while (batch.Waiting.TryPeek(out var first) && batch.Rows.Count + first.Siblings.All.Count <= batch.Cache.Slots)
         {
             var group = new List<Sequence>();
-            int longest = 0;
-            while (batch.Rows.Count + group.Count < batch.Cache.Slots && batch.Waiting.TryPeek(out var next))
+            int longest = 0, taken = 0;
+            while (batch.Waiting.TryPeek(out var next) && batch.Rows.Count + taken + next.Siblings.All.Count <= batch.Cache.Slots)
             {
                 int length = Math.Max(longest, next.Request.Prompt.Count);
                 if (group.Count > 0 && length * (group.Count + 1) > options.PrefillTokens) break;
                 batch.Waiting.Dequeue();
                 Interlocked.Decrement(ref queued);
-                if (next.Cancel.IsCancellationRequested) Finish(next, new OperationCanceledException(next.Cancel));
-                else (group, longest) = ([.. group, next], length);
+                if (next.Cancel.IsCancellationRequested) FinishAll(next, new OperationCanceledException(next.Cancel));
+                else (group, longest, taken) = ([.. group, next], length, taken + next.Siblings.All.Count);
             }
             if (group.Count > 0) Prefill(batch, group, longest);
         }
@@ -170,32 +182,44 @@ public sealed partial class InferenceEngine : IDisposable
             var mask = ones(length, length, ScalarType.Bool).tril().unsqueeze(0).logical_and(valid.unsqueeze(1)).unsqueeze(1);   // [n, 1, length, length]
             var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);                                   // [n, length, vocab]
             batch.ClearAdapters();   // the decode step gathers the new row set
+            var logitsRow = new List<int>();   // each new row's row of logits: its prompt's
             foreach (var s in group)
             {
                 s.Length = s.Request.Prompt.Count;
                 batch.Rows.Add(s);
                 Interlocked.Increment(ref running);
+                logitsRow.Add(logitsRow.Count);
             }
-            for (int i = group.Count - 1; i >= 0; i--)   // from the last: a finished row is replaced by the batch's last row
+            for (int i = 0; i < group.Count; i++)   // the other choices: the prompt's keys, values and adapter state copied
+                foreach (var choice in group[i].Siblings.All.Skip(1))
+                {
+                    batch.Cache.Move(first + i, batch.Rows.Count, group[i].Length);
+                    foreach (var state in batch.States.Values) state[batch.Rows.Count].copy_(state[first + i]);
+                    choice.Length = group[i].Length;
+                    batch.Rows.Add(choice);
+                    Interlocked.Increment(ref running);
+                    logitsRow.Add(i);
+                }
+            for (int r = logitsRow.Count - 1; r >= 0; r--)   // from the last: a finished row is replaced by the batch's last row
             {
-                var s = group[i];
+                var s = batch.Rows[first + r];
                 try
                 {
-                    if (Emit(batch, s, Sampler.Next(logits[i, s.Request.Prompt.Count - 1], s.Request.Options, s.Generator)))
-                        Remove(batch, first + i);
+                    if (s.Abandoned) Finish(s, new OperationCanceledException(s.Cancel));
+                    else if (!Step(batch, s, logits[logitsRow[r], s.Request.Prompt.Count - 1])) continue;
                 }
                 catch (Exception e)
                 {
                     Finish(s, e);   // one row's failure (its sampling, say) is not its batchmates'
-                    Remove(batch, first + i);
                 }
+                Remove(batch, first + r);
             }
         }
         catch (Exception e)
         {
             while (batch.Rows.Count > first) Remove(batch, batch.Rows.Count - 1);
             batch.ClearAdapters();   // the prefill's own row adapters are disposed; no layer may keep pointing at them
-            foreach (var s in group) Finish(s, e);
+            foreach (var s in group) FinishAll(s, e);
         }
     }
 
@@ -224,8 +248,8 @@ public sealed partial class InferenceEngine : IDisposable
                 rows[i].Length++;
                 try
                 {
-                    if (rows[i].Cancel.IsCancellationRequested) Finish(rows[i], new OperationCanceledException(rows[i].Cancel));
-                    else if (!Emit(batch, rows[i], Sampler.Next(logits[i, 0], rows[i].Request.Options, rows[i].Generator))) continue;
+                    if (rows[i].Abandoned) Finish(rows[i], new OperationCanceledException(rows[i].Cancel));
+                    else if (!Step(batch, rows[i], logits[i, 0])) continue;
                 }
                 catch (Exception e)
                 {
@@ -269,10 +293,10 @@ public sealed partial class InferenceEngine : IDisposable
         incoming.Writer.TryComplete();
         thread.Join();
         var shutdown = new ObjectDisposedException(nameof(InferenceEngine), "The inference engine shut down.");
-        while (incoming.Reader.TryRead(out var left)) Finish(left, shutdown);
+        while (incoming.Reader.TryRead(out var left)) FinishAll(left, shutdown);
         foreach (var b in batches.Values)
         {
-            foreach (var s in b.Rows.Concat(b.Waiting)) Finish(s, shutdown);
+            foreach (var s in b.Rows.Concat(b.Waiting)) FinishAll(s, shutdown);
             b.Dispose();
         }
     }

@@ -2,8 +2,13 @@ using static TorchSharp.torch;
 
 namespace AdapterService.Core.Inference;
 
-/// <summary>Per-request sampling settings (OpenAI's meaning: temperature 0 is greedy).</summary>
-public sealed record SamplingOptions(int MaxTokens, double Temperature = 1.0, double TopP = 1.0, IReadOnlyList<string>? Stop = null, long? Seed = null);
+/// <summary>
+/// Per-request sampling settings, in OpenAI's meaning: temperature 0 is greedy; <paramref name="N"/> choices sampled
+/// independently from one prefilled prompt; penalties and bias as <see cref="LogitsProcessor"/> applies them;
+/// <paramref name="Logprobs"/>: when set, each generated token's log-probability and that many top alternatives.
+/// </summary>
+public sealed record SamplingOptions(int MaxTokens, double Temperature = 1.0, double TopP = 1.0, IReadOnlyList<string>? Stop = null, long? Seed = null,
+    int N = 1, double PresencePenalty = 0, double FrequencyPenalty = 0, IReadOnlyDictionary<int, double>? LogitBias = null, int? Logprobs = null);
 
 public static class Sampler
 {

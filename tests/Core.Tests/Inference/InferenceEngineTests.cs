@@ -53,6 +53,18 @@ public sealed class InferenceEngineTests : IDisposable
             prompt, new SamplingOptions(maxTokens, temperature, Seed: seed));
     }
 
+    /// <summary>Every chunk of a request, in order.</summary>
+    static async Task<List<GenerationChunk>> ChunksAsync(InferenceEngine engine, GenerationRequest request)
+    {
+        var chunks = new List<GenerationChunk>();
+        await foreach (var chunk in engine.Generate(request)) chunks.Add(chunk);
+        return chunks;
+    }
+
+    /// <summary>Each choice's text, by index.</summary>
+    static List<string> ChoiceTexts(List<GenerationChunk> chunks, int n) =>
+        Enumerable.Range(0, n).Select(i => string.Concat(chunks.Where(c => c.Index == i).Select(c => c.Text))).ToList();
+
     static async Task<(string Text, string Finish)> RunAsync(InferenceEngine engine, GenerationRequest request)
     {
         var text = "";
@@ -61,8 +73,11 @@ public sealed class InferenceEngineTests : IDisposable
         return (text, last!.FinishReason!);
     }
 
-    /// <summary>Greedy decoding the slow way: the whole sequence through the model at every step, no cache, adapter attached.</summary>
-    static List<int> Reference(GenerationRequest request)
+    /// <summary>
+    /// Greedy decoding the slow way: the whole sequence through the model at every step, no cache, adapter attached; OpenAI's
+    /// penalties and logit bias applied in float64 to the argmax; <paramref name="logprobs"/> gets each step's raw log-softmax.
+    /// </summary>
+    static List<int> Reference(GenerationRequest request, List<double[]>? logprobs = null)
     {
         using var scope = NewDisposeScope();
         using var model = ModelFolder.Load(request.BaseFolder);
@@ -78,7 +93,14 @@ public sealed class InferenceEngineTests : IDisposable
         var produced = new List<int>();
         for (int i = 0; i < request.Options.MaxTokens; i++)
         {
-            int next = (int)model.forward(tensor(ids.ToArray(), [1, ids.Count]))[0, -1].argmax().item<long>();
+            var raw = model.forward(tensor(ids.ToArray(), [1, ids.Count]))[0, -1];
+            logprobs?.Add(nn.functional.log_softmax(raw.to_type(ScalarType.Float64), 0).data<double>().ToArray());
+            var l = raw.to_type(ScalarType.Float64).data<double>().ToArray();
+            var o = request.Options;
+            foreach (var t in produced.Distinct())
+                l[t] -= o.FrequencyPenalty * produced.Count(p => p == t) + o.PresencePenalty;
+            foreach (var (t, bias) in o.LogitBias ?? new Dictionary<int, double>()) l[t] += bias;
+            int next = Array.IndexOf(l, l.Max());
             if (next == ByteTokenizer.End) break;
             produced.Add(next);
             ids.Add(next);
@@ -251,5 +273,98 @@ public sealed class InferenceEngineTests : IDisposable
         var tiny = await RunAsync(engine, Request(2, 4, temperature: 1e-300, seed: 1));   // float64 softmax: finite, greedy-like
         Assert.Equal((await RunAsync(engine, Request(2, 4))).Text, tiny.Text);
         Assert.Equal(alone.Text, (await running).Text);
+    }
+
+    /// <summary>Logprobs are the model's own: each token's and the top alternatives' equal the uncached forward's log-softmax (adapter attached).</summary>
+    [Fact]
+    public async Task LogprobsEqualTheUncachedForwardsLogSoftmax()
+    {
+        using var engine = new InferenceEngine();
+        var request = Request(5, promptSeed: 4, maxTokens: 6);   // Lily: per-sequence router state
+        request = request with { Options = request.Options with { Logprobs = 3 } };
+        var chunks = await ChunksAsync(engine, request);
+        var got = chunks.SelectMany(c => c.Logprobs ?? []).ToList();
+        var expected = new List<double[]>();
+        var tokens = Reference(request, expected);
+        Assert.Equal(tokens, got.Select(t => t.Token));
+        Assert.Equal(Text(tokens), string.Concat(chunks.Select(c => c.Text)));
+        for (int i = 0; i < got.Count; i++)
+        {
+            Assert.Equal(expected[i][got[i].Token], got[i].Logprob, 1e-4);
+            var best = expected[i].Select((v, t) => (v, t)).OrderByDescending(p => p.v).Take(3).ToList();
+            Assert.Equal(best.Select(p => p.t), got[i].Top.Select(t => t.Token));
+            for (int k = 0; k < 3; k++) Assert.Equal(best[k].v, got[i].Top[k].Logprob, 1e-4);
+            Assert.Equal([(byte)got[i].Token], got[i].Bytes);   // the byte tokenizer's own byte
+        }
+    }
+
+    /// <summary>n greedy choices of a prompt prefilled once are each what the uncached model says (keys, values and Lily's router state copied).</summary>
+    [Fact]
+    public async Task GreedyChoicesEachMatchTheUncachedModel()
+    {
+        using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 5 });
+        foreach (int adapter in new[] { 5, 0 })
+        {
+            var request = Request(adapter, promptSeed: 6, maxTokens: 8);
+            var chunks = await ChunksAsync(engine, request with { Options = request.Options with { N = 3 } });
+            var expected = Text(Reference(request));
+            Assert.Equal([expected, expected, expected], ChoiceTexts(chunks, 3));
+            Assert.Equal(3, chunks.Count(c => c.FinishReason is not null));
+        }
+    }
+
+    [Fact]
+    public async Task SeededChoicesDifferFromEachOtherAndAreReproducible()
+    {
+        using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 6 });
+        var request = Request(1, promptSeed: 3, maxTokens: 10, temperature: 1.0, seed: 77);
+        var many = request with { Options = request.Options with { N = 4 } };
+        var first = ChoiceTexts(await ChunksAsync(engine, many), 4);
+        var crowd = Enumerable.Range(0, 3).Select(i => RunAsync(engine, Request(i, promptSeed: 10 + i, temperature: 1.0))).ToList();
+        var again = ChoiceTexts(await ChunksAsync(engine, many), 4);
+        await Task.WhenAll(crowd);
+        Assert.Equal(first, again);
+        Assert.Equal(4, first.Distinct().Count());
+        Assert.Equal((await RunAsync(engine, request)).Text, first[0]);   // choice 0 is the seed's own stream
+    }
+
+    /// <summary>Presence and frequency penalties and logit bias change greedy decoding exactly as OpenAI's formula on the uncached model's logits says.</summary>
+    [Fact]
+    public async Task PenaltiesAndBiasFollowOpenAisFormula()
+    {
+        using var engine = new InferenceEngine();
+        var request = Request(2, promptSeed: 1, maxTokens: 16);
+        var plain = Reference(request);
+        var penalised = request with { Options = request.Options with { FrequencyPenalty = 1.5, PresencePenalty = 0.7, LogitBias = new Dictionary<int, double> { [plain[0]] = -100, [(int)'q'] = 3.5 } } };
+        var expected = Reference(penalised);
+        Assert.NotEqual(plain, expected);
+        Assert.Equal(Text(expected), (await RunAsync(engine, penalised)).Text);
+        var forced = request with { Options = request.Options with { LogitBias = new Dictionary<int, double> { [(int)'x'] = 100 } } };
+        Assert.Equal(new string('x', 16), (await RunAsync(engine, forced)).Text);
+    }
+
+    /// <summary>The constraint hook: a mask that allows only digits yields only digits, and sees every sampled token.</summary>
+    [Fact]
+    public async Task AConstraintMasksEveryStepAndSeesEachToken()
+    {
+        using var engine = new InferenceEngine();
+        var seen = new List<int>();
+        var request = Request(0, promptSeed: 2, maxTokens: 9, temperature: 1.0, seed: 5) with { Constraint = () => new DigitsOnly(seen) };
+        var (text, finish) = await RunAsync(engine, request);
+        Assert.Equal(("length", 9), (finish, text.Length));
+        Assert.All(text, c => Assert.InRange(c, '0', '9'));
+        Assert.Equal(text, string.Concat(seen.Select(t => (char)t)));
+    }
+
+    sealed class DigitsOnly(List<int> seen) : ILogitsConstraint
+    {
+        public void Mask(Tensor logits)
+        {
+            var allowed = zeros(logits.shape[0], ScalarType.Bool);
+            allowed.narrow(0, '0', 10).fill_(true);
+            logits.masked_fill_(allowed.logical_not(), double.NegativeInfinity);
+        }
+
+        public void Advance(int token) => seen.Add(token);
     }
 }

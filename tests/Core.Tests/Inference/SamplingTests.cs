@@ -58,4 +58,42 @@ public sealed class SamplingTests
         Assert.Equal(Run(74), Run(74));
         Assert.NotEqual(Run(74), Run(75));
     }
+
+    /// <summary>The logits step against the formula in float64: logit − frequency·count − presence·[count &gt; 0] + bias; the raw logits untouched.</summary>
+    [Fact]
+    public void TheLogitsStepAppliesPenaltiesThenBias()
+    {
+        using var scope = NewDisposeScope();
+        using var g = new Generator(76);
+        var logits = randn([40], generator: g);
+        var raw = logits.data<float>().Select(v => (double)v).ToArray();
+        var bias = new Dictionary<int, double> { [3] = 5, [7] = -100, [9] = 0.25 };
+        var step = new LogitsProcessor(new SamplingOptions(8, FrequencyPenalty: 0.6, PresencePenalty: -1.2, LogitBias: bias));
+        int[] generated = [3, 5, 3, 11, 3];
+        foreach (var t in generated) step.Accept(t, generated: true);
+        step.Accept(39, generated: false);   // an end id is not generated text
+        var got = step.Apply(logits).data<float>().ToArray();
+        for (int t = 0; t < 40; t++)
+        {
+            int count = generated.Count(x => x == t);
+            double expected = raw[t] - 0.6 * count - (count > 0 ? -1.2 : 0) + bias.GetValueOrDefault(t);
+            Assert.Equal(expected, got[t], 1e-5);
+        }
+        Assert.Equal(raw.Select(v => (float)v), logits.data<float>().ToArray());
+        Assert.Same(logits, new LogitsProcessor(new SamplingOptions(8)).Apply(logits));   // nothing to do: no copy
+    }
+
+    [Fact]
+    public void AConstraintThatAllowsNothingFailsTheSequence()
+    {
+        using var scope = NewDisposeScope();
+        var step = new LogitsProcessor(new SamplingOptions(8), new Nothing());
+        Assert.Throws<InvalidOperationException>(() => step.Apply(zeros(10)));
+    }
+
+    sealed class Nothing : ILogitsConstraint
+    {
+        public void Mask(Tensor logits) => logits.fill_(double.NegativeInfinity);
+        public void Advance(int token) { }
+    }
 }

@@ -146,11 +146,12 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
         long t = batch.Inputs.shape[1], d = config.HiddenSize, heads = config.NumAttentionHeads, hd = config.HeadDim;
         var layer = model.model.layers[0];
         var x = randn(rows, t, d).requires_grad_();
-        var (cos, sin) = model.model.Angles(batch.Positions);
+        var (cos, sin) = model.model.Angles(batch.Positions)[0];
         var q = randn(rows, heads, t, hd).requires_grad_();
         var k = randn(rows, heads, t, hd).requires_grad_();
         var v = randn(rows, heads, t, hd).requires_grad_();
-        var projections = new[] { layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj };
+        var (attention, mlp) = ((LlamaAttention)layer.self_attn, (LlamaMlp)layer.mlp);
+        var projections = new[] { attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj };
         var inputs = projections.Select(p => randn(rows, t, p.InFeatures).requires_grad_()).ToArray();
         var hidden = randn(rows, t, d).requires_grad_();
         var a = randn(2048, 2048);
@@ -158,7 +159,7 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
         // The same number of rows as packed rows would give: one full-length example, then rows of two half-length ones.
         var halves = Enumerable.Range(0, 2 * (rows - 1)).Select(i => new TokenizedExample(data[i / 2].Ids[..(int)(t / 2 + 1)], data[i / 2].Train[..(int)(t / 2 + 1)])).Prepend(data[0]).ToList();
         var packed = TokenRows.Collate(halves, padId: 0, pack: true);
-        var (packedCos, packedSin) = model.model.Angles(packed.Positions);
+        var (packedCos, packedSin) = model.model.Angles(packed.Positions)[0];
         var packedFloat = zeros(packed.Mask.shape).masked_fill(packed.Mask.logical_not(), double.NegativeInfinity);
 
         var names = new[] { "forward (embeddings, decoder layers)", "head + loss forward", "backward", "optimizer (clip, AdamW)",

@@ -142,7 +142,7 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
     public LlamaDecoderLayer(LlamaConfig config, int index) : base(nameof(LlamaDecoderLayer))
     {
         self_attn = config.CreateAttention(index);
-        mlp = config.CreateMlp();
+        mlp = config.CreateMlp(index);
         input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
         post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
         if (config.SandwichNorms)
@@ -274,12 +274,14 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IFeedForward
 
     public IFeedForwardAdapter? Adapter { get; set; }
 
-    public LlamaMlp(LlamaConfig config) : base(nameof(LlamaMlp))
+    /// <summary>Its hidden width is intermediate_size, or <paramref name="intermediateSize"/> (a mixture's experts: moe_intermediate_size).</summary>
+    public LlamaMlp(LlamaConfig config, int? intermediateSize = null) : base(nameof(LlamaMlp))
     {
         act = ModelConfig.Activation(config.MlpActivation) ?? throw new ArgumentException($"activation '{config.MlpActivation}' is not supported");
-        gate_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
-        up_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
-        down_proj = new AdaptableLinear(config.IntermediateSize, config.HiddenSize, config.MlpBias);
+        int ffn = intermediateSize ?? config.IntermediateSize;
+        gate_proj = new AdaptableLinear(config.HiddenSize, ffn, config.MlpBias);
+        up_proj = new AdaptableLinear(config.HiddenSize, ffn, config.MlpBias);
+        down_proj = new AdaptableLinear(ffn, config.HiddenSize, config.MlpBias);
         RegisterComponents();
     }
 

@@ -110,6 +110,8 @@ public sealed class GgufExportTests : IDisposable
     [InlineData("smollm3", GgufType.F32, F32Tolerance)]
     [InlineData("smollm3", GgufType.F16, F16Tolerance)]
     [InlineData("qwen2-yarn", GgufType.F32, F32Tolerance)]
+    [InlineData("qwen3_moe", GgufType.F32, F32Tolerance)]
+    [InlineData("qwen3_moe", GgufType.F16, F16Tolerance)]
     public void DecoderFamilyAgreesWithLlamaCpp(string family, GgufType type, double tolerance)
     {
         // f32 with the family's real tokenizer, whose ids llama.cpp must produce too; the other types test the weights'
@@ -129,6 +131,7 @@ public sealed class GgufExportTests : IDisposable
         LlamaConfig? without = model.Config switch
         {
             SmolLM3Config smol => smol with { NoRopeLayers = [1, 1, 1, 1] },
+            Qwen3MoeConfig moe => moe with { NormTopkProb = false },   // llama.cpp renormalises the top-k weights as Qwen3-30B-A3B's config says
             { Rope: not null } c => c with { RopeScaling = null },
             _ => null,
         };
@@ -155,6 +158,7 @@ public sealed class GgufExportTests : IDisposable
     [InlineData("smollm3")]
     [InlineData("gemma2")]
     [InlineData("gemma3_text")]
+    [InlineData("qwen3_moe")]
     public void FamilyLoraAdapterAgreesWithLlamaCppOverTheBase(string family)
     {
         using var scope = NewDisposeScope();
@@ -167,7 +171,13 @@ public sealed class GgufExportTests : IDisposable
         var config = new LoraConfig
         {
             Rank = 4, Alpha = 8,
-            TargetModules = family == "phi3" ? ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] : ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            // On Qwen3 MoE the attention only: LoRA on experts has no llama.cpp adapter form (ExpertLoraAdapterIsRefused).
+            TargetModules = family switch
+            {
+                "phi3" => ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+                "qwen3_moe" => ["q_proj", "k_proj", "v_proj", "o_proj"],
+                _ => ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            },
         };
         using var adapter = LoraAdapter.Create(model, config, seed: 1);
         TinyLlama.Randomize(adapter, seed: 9);
@@ -191,6 +201,18 @@ public sealed class GgufExportTests : IDisposable
         double own = MaxRelativeError(adapted, Logits(model, ids));
         output.WriteLine($"{family} ours merged vs unmerged: {own:E2}");
         Assert.True(error <= Math.Max(gemma ? GemmaLoraTolerance : LoraTolerance, 2 * own), $"{error:E2} (ours merged vs unmerged {own:E2})");
+    }
+
+    /// <summary>LoRA on a mixture's experts is refused as a llama.cpp adapter GGUF, naming the layer (the merged model exports).</summary>
+    [Fact]
+    public void ExpertLoraAdapterIsRefused()
+    {
+        using var scope = NewDisposeScope();
+        using var model = FamilyShaped("qwen3_moe", realVocabulary: false);
+        var config = new LoraConfig { Rank = 2, Alpha = 4, TargetModules = ["down_proj"] };
+        using var adapter = LoraAdapter.Create(model, config, seed: 1);
+        var error = Assert.Throws<NotSupportedException>(() => GgufExport.WriteLoraAdapter(Stream.Null, model, config, adapter.Weights(), "test", GgufType.F32));
+        Assert.Contains("LoRA on a mixture's experts (model.layers.0.mlp.experts.0.down_proj) is not exported", error.Message);
     }
 
     /// <summary>
@@ -373,6 +395,8 @@ public sealed class GgufExportTests : IDisposable
     [InlineData("longrope-llama", "longrope rope scaling is exported for phi3 only")]
     [InlineData("smollm3-nope", "smollm3 with layer 1 NoPE is not exported")]
     [InlineData("phi3-attention-factor", "longrope attention_factor 2 is not exported")]
+    [InlineData("qwen3_moe-dense", "qwen3_moe with a dense layer (1, by mlp_only_layers or decoder_sparse_step) is not exported")]
+    [InlineData("qwen3_moe-unnormalised", "qwen3_moe with norm_topk_prob false is not exported")]
     public void WhatLlamaCppCannotRunIsRefused(string name, string message)
     {
         using var scope = NewDisposeScope();
@@ -386,6 +410,11 @@ public sealed class GgufExportTests : IDisposable
             "smollm3-nope" => new SmolLM3Config
             {
                 VocabSize = 264, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, NoRopeLayers = [1, 0],
+            },
+            "qwen3_moe-dense" or "qwen3_moe-unnormalised" => new Qwen3MoeConfig
+            {
+                VocabSize = 264, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, NumExperts = 4,
+                NumExpertsPerTok = 2, MoeIntermediateSize = 16, NormTopkProb = name == "qwen3_moe-dense", MlpOnlyLayers = name == "qwen3_moe-dense" ? [1] : [],
             },
             _ => new Phi3Config
             {
@@ -556,6 +585,12 @@ public sealed class GgufExportTests : IDisposable
             {
                 PartialRotaryFactor = 0.75, TieWordEmbeddings = true, RopeTheta = 10000, BosTokenId = 151643, EosTokenId = 151645,
                 OriginalMaxPositionEmbeddings = 16, RopeScaling = new RopeScaling { Type = "longrope", ShortFactor = shorts, LongFactor = longs },
+            },
+            // Qwen3-30B-A3B's: Qwen3's attention, every layer a mixture, top-k renormalised; 4 experts, top-2, width 32 here.
+            "qwen3_moe" => new Qwen3MoeConfig
+            {
+                HeadDimension = 32, RopeTheta = 1000000, RmsNormEps = 1e-6, BosTokenId = 151643, EosTokenId = 151645,
+                NumExperts = 4, NumExpertsPerTok = 2, MoeIntermediateSize = 32, NormTopkProb = true,
             },
             "smollm3" => new SmolLM3Config { NumHiddenLayers = 4, RopeTheta = 2000000, RmsNormEps = 1e-6, BosTokenId = 128000, EosTokenId = 128001 },
             "qwen2-yarn" => new Qwen2Config

@@ -18,7 +18,7 @@ public static class RandomModel
         var model = config.CreateModel();
         // By name: TorchSharp may hand out a new wrapper (and handle) for the same parameter on each call.
         var norms = model.NormLayers().Select(n => n.Path + ".weight").ToHashSet();
-        var embeddings = model.named_modules().Where(m => m.module is TorchSharp.Modules.Embedding).Select(m => m.name + ".weight").ToHashSet();
+        var embeddings = model.named_modules().Where(m => m.module is EmbeddingTable or TorchSharp.Modules.Embedding).Select(m => m.name + ".weight").ToHashSet();
         using var generator = new Generator().manual_seed(seed);
         using (no_grad())
         using (NewDisposeScope())

@@ -20,6 +20,9 @@ namespace AdapterService.Workers;
 public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, IBlobStore blobs, IJobQueue queue, IOptions<TrainingOptions> options,
     FusionHost fusion, BasePrecision precision, ILogger<FineTuningJobRunner> log)
 {
+    /// <summary>The precision it loads bases in (<c>Models:Precision</c>, the one the serving engine uses).</summary>
+    public BasePrecision Precision => precision;
+
     [AutomaticRetry(Attempts = 0), Queue(WorkerServices.FineTuningQueue)]
     public void Run(string jobId, CancellationToken shutdown)
     {

@@ -62,7 +62,8 @@ public sealed class DecoderFamiliesTests : IDisposable
             {
                 if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.uniform_(0.5, 1.5, g);
                 else if (p.dim() == 1) p.normal_(0, 0.5, g);
-                else if (name == "model.embed_tokens.weight") p.normal_(0, 1, g);
+                // A tied head's weight is the embeddings (listed once): drawn at a head's scale, so logits stay O(1).
+                else if (name == "model.embed_tokens.weight") p.normal_(0, model.Config.TieWordEmbeddings ? 1 / Math.Sqrt(p.shape[1]) : 1, g);
                 else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), g);
             }
         foreach (var p in model.parameters()) p.requires_grad = false;

@@ -39,14 +39,14 @@ public sealed class PrecisionSettingTests(PrecisionServiceFactory factory) : ICl
     [Fact]
     public void TheRetiredBf16KeyIsRefusedWithItsReplacement()
     {
-        var e = Assert.Throws<InvalidOperationException>(() => new ServiceCollection().AddBasePrecision(Settings(new() { ["Workers:Speed:Bf16"] = "true" })));
+        var e = Assert.Throws<InvalidOperationException>(() => new Microsoft.Extensions.DependencyInjection.ServiceCollection().AddBasePrecision(Settings(new() { ["Workers:Speed:Bf16"] = "true" })));
         Assert.Equal("Workers:Speed:Bf16 (true) is retired: set Models:Precision to bf16, fp32 or auto instead (it now covers training and serving alike; docs/API.md)", e.Message);
     }
 
     [Fact]
     public void ABadValueIsRefusedNamingTheKey()
     {
-        var e = Assert.Throws<InvalidOperationException>(() => new ServiceCollection().AddBasePrecision(Settings(new() { ["Models:Precision"] = "half" })));
+        var e = Assert.Throws<InvalidOperationException>(() => new Microsoft.Extensions.DependencyInjection.ServiceCollection().AddBasePrecision(Settings(new() { ["Models:Precision"] = "half" })));
         Assert.Equal("Models:Precision is 'half'; it must be one of auto, bf16, fp32", e.Message);
     }
 }

@@ -209,7 +209,9 @@ sealed class PrecisionMemory(bool quick)
             using var trainer = new LanguageModelTrainer(model, adapter, data, new Hyperparameters(1, 1, 1e-3), padId: 0, seed: 1);
             var clock = Stopwatch.StartNew();
             trainer.Run(_ => { }, CancellationToken.None);
-            return length / clock.Elapsed.TotalSeconds;
+            double rate = length / clock.Elapsed.TotalSeconds;
+            TrainableAdapter.Detach(model);   // the model's slots free for the next run
+            return rate;
         }
         double Decode(LlamaForCausalLM model)
         {

@@ -183,6 +183,28 @@ public sealed class PrecisionTests : IDisposable
         AssertClose(attached, reloaded.forward(ids), 0.1);
     }
 
+    /// <summary>A GGUF export of a bf16 base (loaded as stored) is the export of the same weights widened to float32, byte for byte, in every type.</summary>
+    [Theory]
+    [InlineData("F32")]
+    [InlineData("F16")]
+    [InlineData("BF16")]
+    [InlineData("Q8_0")]
+    public void AGgufExportOfABf16BaseEqualsThatOfItsFloat32Widening(string type)
+    {
+        using var scope = NewDisposeScope();
+        using (var source = BasePrecision.BFloat16.Apply(Create(seed: 61))) ModelFolder.Save(source, dir);
+        using var stored = ModelFolder.Load<LlamaForCausalLM>(dir, BasePrecision.AsStored);
+        using var widened = ModelFolder.Load<LlamaForCausalLM>(dir, BasePrecision.Float32);
+        Assert.Equal(ScalarType.BFloat16, stored.lm_head.weight.dtype);
+        byte[] Export(LlamaForCausalLM model)
+        {
+            using var output = new MemoryStream();
+            Core.Exports.GgufExport.Write(output, model, dir, "test", Enum.Parse<GgufType>(type), template: null);
+            return output.ToArray();
+        }
+        Assert.Equal(Export(widened), Export(stored));
+    }
+
     [Theory]
     [InlineData("fp32", "Float32")]
     [InlineData("FP32", "Float32")]

@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 
 namespace AdapterService.Api.Tests;
 
-/// <summary>The service with <c>Models:Precision</c> set to the opposite of what auto picks on this machine.</summary>
+/// <summary>The service with <c>Models:Precision</c> set to the opposite of what auto picks on this machine (overriding ServiceFactory's fp32).</summary>
 public sealed class PrecisionServiceFactory : ServiceFactory
 {
     public static readonly string Setting = BasePrecision.Resolve("auto").MatrixType == ScalarType.BFloat16 ? "fp32" : "bf16";

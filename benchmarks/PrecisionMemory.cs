@@ -121,18 +121,49 @@ sealed class PrecisionMemory(bool quick)
     static string Pairs(params (string Key, double Value)[] pairs) =>
         string.Join(' ', pairs.Select(p => $"{p.Key}={p.Value.ToString("R", CultureInfo.InvariantCulture)}"));
 
-    /// <summary>A bf16 folder with random weights (N(0, 0.02) matrices, unit norms, zero biases), built in bf16 so that no float32 copy is ever touched.</summary>
+    /// <summary>
+    /// A bf16 folder with random weights (N(0, 0.02) matrices, unit norms, zero biases), streamed to the file one tensor at
+    /// a time: the names and shapes come from a model whose (float32) storage is never touched.
+    /// </summary>
     static string Write(LlamaConfig config, string folder)
     {
-        using var model = BasePrecision.BFloat16.Apply((LlamaForCausalLM)config.CreateModel());
-        var norms = model.NormLayers().Select(n => n.Path + ".weight").ToHashSet();
-        using var g = new Generator(1);
-        using (no_grad())
-            foreach (var (name, p) in model.named_parameters())
-                if (p.dim() == 1) p.fill_(norms.Contains(name) ? 1 : 0);
-                else p.normal_(0, 0.02, g);
+        List<(string Key, long[] Shape, bool Norm)> layout;
+        using (var model = (LlamaForCausalLM)config.CreateModel())
+        {
+            var norms = model.NormLayers().Select(n => n.Path + ".weight").ToHashSet();
+            layout = ((IHuggingFaceModel)model).CheckpointTensors().Select(t => (t.Key, t.Parameter.shape, norms.Contains(t.Key)))
+                .OrderBy(t => t.Key, StringComparer.Ordinal).ToList();
+        }
+        var header = new System.Text.Json.Nodes.JsonObject { ["__metadata__"] = new System.Text.Json.Nodes.JsonObject { ["format"] = "pt" } };
+        long offset = 0;
+        foreach (var (key, shape, _) in layout)
+        {
+            long bytes = 2 * shape.Aggregate(1L, (a, b) => a * b);
+            header[key] = new System.Text.Json.Nodes.JsonObject
+            {
+                ["dtype"] = "BF16", ["shape"] = new System.Text.Json.Nodes.JsonArray([.. shape.Select(d => (System.Text.Json.Nodes.JsonNode)d)]),
+                ["data_offsets"] = new System.Text.Json.Nodes.JsonArray(offset, offset + bytes),
+            };
+            offset += bytes;
+        }
+        byte[] json = System.Text.Encoding.UTF8.GetBytes(header.ToJsonString());
+        int padded = (json.Length + 7) / 8 * 8;
         Directory.CreateDirectory(folder);
-        ModelFolder.Save(model, folder);
+        using (var file = File.Create(Path.Combine(folder, ModelFolder.WeightsFile)))
+        {
+            file.Write(BitConverter.GetBytes((ulong)padded));
+            file.Write(json);
+            for (int i = json.Length; i < padded; i++) file.WriteByte((byte)' ');
+            using var g = new Generator(1);
+            foreach (var (key, shape, norm) in layout)
+            {
+                using var scope = NewDisposeScope();
+                var t = shape.Length == 1 ? (norm ? ones(shape, ScalarType.BFloat16) : zeros(shape, ScalarType.BFloat16))
+                    : empty(shape, ScalarType.BFloat16).normal_(0, 0.02, g);
+                t.WriteBytesToStream(file);
+            }
+        }
+        config.Save(Path.Combine(folder, ModelFolder.ConfigFile));
         return Pairs(("bytes", FileBytes(Path.GetFileName(folder))));
     }
 

@@ -167,6 +167,69 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         Assert.False(Directory.Exists(Path.Combine(factory.DataDirectory, "blobs", "models", "broken-gpt2")));
     }
 
+    /// <summary>
+    /// A sharded folder with one fault at a time: each import is a 400 invalid_model whose message names the file by its
+    /// name and the key, never the folder given, the temporary copy or the data directory.
+    /// </summary>
+    [Theory]
+    [InlineData("shape", "{last}: tensor model.norm.weight has shape [65]; config.json makes it [64]")]
+    [InlineData("unexpected", "{last}: 1 tensor(s) this LlamaForCausalLM does not have: model.layers.1.block_sparse_moe.gate.weight")]
+    [InlineData("missing", "model.safetensors.index.json: 1 tensor(s) missing: model.norm.weight")]
+    [InlineData("vision", "config.json: model_type 'qwen2_5_vl' is a vision-language model (Qwen2.5-VL)")]
+    [InlineData("math", "config.json: partial_rotary_factor 0.5 changes the math and is not implemented for model_type 'llama'")]
+    [InlineData("no-config", "config.json is missing")]
+    [InlineData("tokenizer", "tokenizer.json: ")]
+    public async Task AFaultyFolderIsA400NamingTheFileAndKeyNeverAServerPath(string fault, string message)
+    {
+        TorchRuntime.EnsureReady();
+        var path = Directory.CreateDirectory(Path.Combine(folder.FullName, "faulty-" + fault)).FullName;
+        var config = new LlamaConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, MaxPositionEmbeddings = 128 };
+        using (var model = RandomModel.Create(config, seed: 5)) ModelFolder.Save(model, path, maxShardBytes: 60_000);
+        WriteByteLevelVocabulary(path);
+        string last = Directory.GetFiles(path, "model-*-of-*.safetensors").Order(StringComparer.Ordinal).Last(), configPath = Path.Combine(path, ModelFolder.ConfigFile);
+        Assert.NotEqual("model-00001-of-00001.safetensors", Path.GetFileName(last));   // sharded
+        message = message.Replace("{last}", Path.GetFileName(last));
+        var shard = SafeTensors.Load(last);
+        Assert.Contains("model.norm.weight", shard.Keys);
+        switch (fault)
+        {
+            case "shape": shard["model.norm.weight"] = TorchSharp.torch.ones(65); break;
+            // What a Mixtral checkpoint relabelled llama would hold; the index lists it, so only the tensor check can catch it.
+            case "unexpected": shard["model.layers.1.block_sparse_moe.gate.weight"] = TorchSharp.torch.ones(8, 64); break;
+            case "missing": shard.Remove("model.norm.weight"); break;
+            case "vision": File.WriteAllText(configPath, File.ReadAllText(configPath).Replace("\"llama\"", "\"qwen2_5_vl\"")); break;
+            case "math": File.WriteAllText(configPath, File.ReadAllText(configPath).Replace("\"model_type\"", "\"partial_rotary_factor\": 0.5, \"model_type\"")); break;
+            case "no-config": File.Delete(configPath); break;
+            case "tokenizer": File.WriteAllText(Path.Combine(path, "tokenizer.json"), "{ not json"); break;
+        }
+        if (fault is "shape" or "unexpected" or "missing")
+        {
+            SafeTensors.Save(last, shard);
+            string index = Path.Combine(path, ModelFolder.IndexFile);
+            var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(index))!;
+            var map = json["weight_map"]!.AsObject();
+            foreach (var key in map.Where(kv => (string?)kv.Value == Path.GetFileName(last)).Select(kv => kv.Key).ToList()) map.Remove(key);
+            foreach (var key in shard.Keys) map[key] = Path.GetFileName(last);
+            File.WriteAllText(index, json.ToJsonString());
+        }
+        foreach (var t in shard.Values) t.Dispose();
+
+        var error = await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "faulty-" + fault }), 400, "path");
+        AssertNamesFileNotPath((string)error["message"]!);
+        Assert.Equal("invalid_model", (string?)error["code"]);
+        if (fault == "no-config") return;   // an upload without config.json is refused by the zip check
+        var uploaded = await Api.AssertErrorAsync(await UploadAsync(client, Zip(path), "faulty-upload-" + fault), 400, "file");
+        AssertNamesFileNotPath((string)uploaded["message"]!);
+
+        void AssertNamesFileNotPath(string text)
+        {
+            Assert.StartsWith("Not a usable model folder: " + message, text);
+            Assert.DoesNotContain(folder.FullName, text);
+            Assert.DoesNotContain(factory.DataDirectory, text);
+            Assert.DoesNotContain(Path.DirectorySeparatorChar.ToString(), text);
+        }
+    }
+
     static async Task<HttpResponseMessage> UploadAsync(HttpClient client, byte[] zip, string id)
     {
         using var form = new MultipartFormDataContent { { new ByteArrayContent(zip), "file", "model.zip" }, { new StringContent(id), "id" } };

@@ -33,7 +33,7 @@ public static class BaseModelsApi
         bases.MapGet("/{id}", GetBaseModel).WithErrors(404).WithSummary("Retrieve a base model");
         bases.MapPost("/import", ImportBaseModel).RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 409)
             .WithSummary("Register a Hugging Face model folder on the server as a base model (admin key)")
-            .WithDescription("The folder's config.json picks the family (llama, gpt2, vit); every weight is checked against it before anything is stored.");
+            .WithDescription("The folder's config.json picks the family (llama, qwen2, qwen3, mistral, gpt2, vit); its keys and every weight are checked against it before anything is stored, and a faulty folder is a 400 invalid_model naming the file and key.");
         bases.MapPost("/upload", UploadBaseModel).DisableAntiforgery().RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 409, 413, 415)
             .WithSummary("Register an uploaded zip of a Hugging Face model folder as a base model (admin key)")
             .WithDescription("Multipart form: `file` (a zip of the folder: config.json, model.safetensors or shards with model.safetensors.index.json, tokenizer files; at the zip's root or in one folder, as GET /v1/models/{model}/export writes it), `id`, optional `description`. Up to Files:MaxModelUploadBytes (default 16 GiB).");
@@ -150,7 +150,10 @@ public static class BaseModelsApi
         }
         catch (Exception e) when (e is InvalidDataException or IOException)
         {
-            return OpenAiErrors.BadRequest($"Not a usable model folder: {e.Message}", param, "invalid_model");
+            // The checks name files by name; a message from elsewhere (the tokenizer readers) may hold the temporary
+            // folder's path, which is the server's business, so it goes too.
+            string message = e.Message.Replace(temp + System.IO.Path.DirectorySeparatorChar, "", StringComparison.Ordinal).Replace(temp, "the folder", StringComparison.Ordinal);
+            return OpenAiErrors.BadRequest($"Not a usable model folder: {message}", param, "invalid_model");
         }
         finally
         {

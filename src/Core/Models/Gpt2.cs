@@ -1,3 +1,4 @@
+using System.Text.Json;
 using System.Text.Json.Serialization;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -36,6 +37,23 @@ public sealed record Gpt2Config : ModelConfig
     [JsonIgnore] public override Type ModelClass => typeof(GPT2LMHeadModel);
 
     public override nn.Module<Tensor, Tensor> CreateModel() => new GPT2LMHeadModel(this);
+
+    /// <summary>Keys of GPT-2's relatives (GPT-J, GPT-Neo, GPT-NeoX, BigCode, BLOOM) that change the math, refused unless neutral.</summary>
+    protected override IReadOnlyDictionary<string, Func<JsonElement, bool>> MathKeys => Gpt2MathKeys;
+
+    static readonly IReadOnlyDictionary<string, Func<JsonElement, bool>> Gpt2MathKeys = new Dictionary<string, Func<JsonElement, bool>>(CommonMathKeys, StringComparer.Ordinal)
+    {
+        ["rotary_dim"] = IsNull,
+        ["rotary_pct"] = IsNull,
+        ["position_embedding_type"] = e => IsNull(e) || (e.ValueKind == JsonValueKind.String && e.GetString() == "absolute"),
+        ["alibi"] = IsFalse,
+        ["multi_query"] = IsFalse,
+        ["use_parallel_residual"] = IsFalse,
+        ["parallel_attn"] = IsFalse,
+        ["apply_residual_connection_post_layernorm"] = IsFalse,
+        ["window_size"] = IsNull,
+        ["attention_layers"] = e => IsNull(e) || (e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String && t.GetString() == "global")),
+    };
 
     public override IEnumerable<(string Path, long In, long Out)> LinearShapes()
     {

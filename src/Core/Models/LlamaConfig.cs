@@ -38,7 +38,7 @@ public record LlamaConfig : ModelConfig
     [JsonPropertyName("eos_token_id"), JsonConverter(typeof(TokenIdsConverter))] public int[]? EosTokenIds { get; init; }
     [JsonIgnore] public int? EosTokenId { get => EosTokenIds is [var first, ..] ? first : null; init => EosTokenIds = value is { } id ? [id] : null; }
 
-    /// <summary>The keys this family does not read (written back as they came); <see cref="MathKeys"/> checks them.</summary>
+    /// <summary>The keys this family does not read (written back as they came); <see cref="MathKeys"/> lists those refused unless neutral.</summary>
     [JsonExtensionData] public Dictionary<string, JsonElement>? OtherKeys { get; init; }
 
     [JsonIgnore] public int KeyValueHeads => NumKeyValueHeads ?? NumAttentionHeads;
@@ -67,24 +67,49 @@ public record LlamaConfig : ModelConfig
             .Append(("model.norm", HiddenSize));
 
     /// <summary>
-    /// Keys some Hugging Face decoder family reads that change the math, with the test of their neutral value: a family that
-    /// does not implement one refuses any other value (unknown keys without a meaning for the math pass).
+    /// Keys other Hugging Face decoder families read that change the math, each with its neutral value: on a family of this
+    /// decoder that does not implement one (Qwen2 implements <c>use_sliding_window</c>, Mistral <c>sliding_window</c>), any
+    /// other value is refused (<see cref="ModelConfig.MathKeys"/>). Families that implement one declare it as a property.
     /// </summary>
-    static readonly Dictionary<string, Func<JsonElement, bool>> MathKeys = new(StringComparer.Ordinal)
-    {
-        ["partial_rotary_factor"] = e => Is(e, 1),
-        ["sliding_window"] = e => e.ValueKind == JsonValueKind.Null,
-        ["use_sliding_window"] = e => e.ValueKind is JsonValueKind.False or JsonValueKind.Null,
-        ["layer_types"] = e => e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String && t.GetString() == "full_attention"),
-        ["no_rope_layers"] = e => e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(t => Is(t, 1)),
-        ["attn_logit_softcapping"] = e => e.ValueKind == JsonValueKind.Null,
-        ["final_logit_softcapping"] = e => e.ValueKind == JsonValueKind.Null,
-        ["num_experts"] = e => e.ValueKind == JsonValueKind.Null || Is(e, 0),
-        ["num_local_experts"] = e => e.ValueKind == JsonValueKind.Null || Is(e, 0),
-        ["use_qk_norm"] = e => e.ValueKind is JsonValueKind.False or JsonValueKind.Null,
-    };
+    protected override IReadOnlyDictionary<string, Func<JsonElement, bool>> MathKeys => DecoderMathKeys;
 
-    static bool Is(JsonElement e, double value) => e.ValueKind == JsonValueKind.Number && e.TryGetDouble(out double d) && d == value;
+    static readonly IReadOnlyDictionary<string, Func<JsonElement, bool>> DecoderMathKeys = new Dictionary<string, Func<JsonElement, bool>>(CommonMathKeys, StringComparer.Ordinal)
+    {
+        // Rotation of part of each head only (Phi, StableLM, GPT-NeoX's rotary_pct).
+        ["partial_rotary_factor"] = e => IsNull(e) || Is(e, 1),
+        ["rotary_pct"] = e => IsNull(e) || Is(e, 1),
+        // Local attention: Mistral's and Qwen's window, Gemma's and Cohere's interleaving, Llama 4's chunks.
+        ["sliding_window"] = IsNull,
+        ["use_sliding_window"] = IsFalse,
+        ["layer_types"] = e => IsNull(e) || (e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String && t.GetString() == "full_attention")),
+        ["sliding_window_pattern"] = IsNull,
+        ["interleaved_sliding_window"] = IsNull,
+        ["attention_chunk_size"] = IsNull,
+        ["rope_local_base_freq"] = IsNull,
+        // SmolLM3's layers without rotary embeddings (1 = with).
+        ["no_rope_layers"] = e => IsNull(e) || (e.ValueKind == JsonValueKind.Array && e.EnumerateArray().All(t => Is(t, 1))),
+        // Gemma 2's soft-capping and attention scale.
+        ["attn_logit_softcapping"] = IsNull,
+        ["final_logit_softcapping"] = IsNull,
+        ["query_pre_attn_scalar"] = IsNull,
+        // Gemma's name for the activation.
+        ["hidden_activation"] = e => IsNull(e) || (e.ValueKind == JsonValueKind.String && e.GetString() is "silu" or "swish"),
+        // Norms over q and k (Llama 4, StableLM, OLMo's clipping), parallel blocks (GPT-NeoX, Falcon).
+        ["use_qk_norm"] = IsFalse,
+        ["qk_layernorm"] = IsFalse,
+        ["clip_qkv"] = IsNull,
+        ["use_parallel_residual"] = IsFalse,
+        ["parallel_attn"] = IsFalse,
+        // Granite's and Cohere's multipliers.
+        ["embedding_multiplier"] = e => IsNull(e) || Is(e, 1),
+        ["residual_multiplier"] = e => IsNull(e) || Is(e, 1),
+        ["attention_multiplier"] = IsNull,
+        ["logits_scaling"] = e => IsNull(e) || Is(e, 1),
+        ["logit_scale"] = e => IsNull(e) || Is(e, 1),
+        // Qwen2-VL's multimodal rotary, Qwen-MoE's dense layers list.
+        ["use_mrope"] = IsFalse,
+        ["mlp_only_layers"] = IsEmpty,
+    };
 
     protected override IEnumerable<string> Problems()
     {
@@ -103,9 +128,6 @@ public record LlamaConfig : ModelConfig
         if (HiddenAct != "silu") yield return $"hidden_act '{HiddenAct}' is not supported ({ModelType} uses silu)";
         if (RmsNormEps <= 0) yield return $"rms_norm_eps is {RmsNormEps}; it must be positive";
         if (Theta <= 0) yield return $"rope_theta is {Theta}; it must be positive";
-        foreach (var (key, value) in OtherKeys ?? [])
-            if (MathKeys.TryGetValue(key, out var neutral) && !neutral(value))
-                yield return $"{key} {value.GetRawText()} is not supported for model_type '{ModelType}'";
     }
 }
 

@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Reflection;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using TorchSharp;
@@ -43,33 +45,107 @@ public abstract record ModelConfig
         ["gpt2"] = typeof(Gpt2Config), ["vit"] = typeof(VitConfig),
     };
 
-    /// <summary>Reads and checks a config.json; the errors name the file, the key and the problem.</summary>
+    /// <summary>
+    /// Model types people try that this service does not run, with what they are, so the refusal says why rather than
+    /// listing the supported families. Multimodal models are refused whole: their text decoder's weights sit under other
+    /// names and their rope (M-RoPE) differs, so it cannot be loaded as the plain family either.
+    /// </summary>
+    static readonly Dictionary<string, string> Unsupported = new(StringComparer.Ordinal)
+    {
+        ["qwen2_vl"] = VisionLanguage("Qwen2-VL"), ["qwen2_5_vl"] = VisionLanguage("Qwen2.5-VL"), ["qwen3_vl"] = VisionLanguage("Qwen3-VL"),
+        ["llava"] = VisionLanguage("LLaVA"), ["llava_next"] = VisionLanguage("LLaVA-NeXT"), ["llava_onevision"] = VisionLanguage("LLaVA-OneVision"),
+        ["mllama"] = VisionLanguage("Llama 3.2 Vision"), ["phi3_v"] = VisionLanguage("Phi-3 Vision"), ["phi4_multimodal"] = VisionLanguage("Phi-4 multimodal"),
+        ["idefics2"] = VisionLanguage("Idefics2"), ["idefics3"] = VisionLanguage("Idefics3"), ["smolvlm"] = VisionLanguage("SmolVLM"),
+        ["paligemma"] = VisionLanguage("PaliGemma"), ["mistral3"] = VisionLanguage("Mistral Small 3.1"), ["pixtral"] = VisionLanguage("Pixtral"),
+        ["internvl"] = VisionLanguage("InternVL"), ["llama4"] = "a mixture-of-experts vision-language model (Llama 4)",
+        ["mixtral"] = MixtureOfExperts("Mixtral"), ["qwen2_moe"] = MixtureOfExperts("Qwen1.5-MoE / Qwen2-MoE"), ["qwen3_moe"] = MixtureOfExperts("Qwen3 MoE"),
+        ["deepseek_v2"] = MixtureOfExperts("DeepSeek-V2"), ["deepseek_v3"] = MixtureOfExperts("DeepSeek-V3"), ["phimoe"] = MixtureOfExperts("Phi-3.5-MoE"),
+        ["olmoe"] = MixtureOfExperts("OLMoE"), ["granitemoe"] = MixtureOfExperts("Granite MoE"), ["dbrx"] = MixtureOfExperts("DBRX"),
+        ["jamba"] = "a hybrid Mamba/attention mixture-of-experts model (Jamba)",
+    };
+
+    static string VisionLanguage(string name) => $"a vision-language model ({name}); this service runs text-only decoders and ViT classifiers, not image-and-text models";
+    static string MixtureOfExperts(string name) => $"a mixture-of-experts model ({name}); this service runs dense models only";
+
+    /// <summary>
+    /// Reads and checks a config.json; the errors name the file (config.json, never the folder it is in), the key and
+    /// the problem.
+    /// </summary>
     public static ModelConfig Load(string path)
     {
+        string file = System.IO.Path.GetFileName(path);
+        if (!File.Exists(path)) throw new InvalidDataException($"{file} is missing");
         string text = File.ReadAllText(path);
         ModelConfig config;
+        List<string> problems;
         try
         {
             using var doc = JsonDocument.Parse(text);
-            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{path}: not a JSON object");
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{file}: not a JSON object");
             if (!doc.RootElement.TryGetProperty("model_type", out var type) || type.ValueKind != JsonValueKind.String)
-                throw new InvalidDataException($"{path}: model_type is missing or not a string");
+                throw new InvalidDataException($"{file}: model_type is missing or not a string");
             string modelType = type.GetString()!;
             if (!Families.TryGetValue(modelType, out var family))
-                throw new InvalidDataException($"{path}: model_type '{modelType}' is not supported (supported: {string.Join(", ", Families.Keys)})");
-            config = (ModelConfig)(JsonSerializer.Deserialize(text, family, Json) ?? throw new InvalidDataException($"{path}: is null"));
+                throw new InvalidDataException(Unsupported.TryGetValue(modelType, out var what)
+                    ? $"{file}: model_type '{modelType}' is {what} (supported: {string.Join(", ", Families.Keys)})"
+                    : $"{file}: model_type '{modelType}' is not supported (supported: {string.Join(", ", Families.Keys)})");
+            config = (ModelConfig)(JsonSerializer.Deserialize(text, family, Json) ?? throw new InvalidDataException($"{file}: is null"));
+            problems = [.. config.UnimplementedMathKeys(doc.RootElement)];
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{path}: {e.Message}", e);
+            throw new InvalidDataException($"{file}: {e.Message}", e);
         }
         if (config.Architectures is { Length: > 0 } architectures && !architectures.Contains(config.Architecture))
             throw new InvalidDataException(
-                $"{path}: architectures [{string.Join(", ", architectures)}] are not supported for model_type '{config.ModelType}'; this service runs {config.Architecture}");
-        if (config.Problems().ToList() is { Count: > 0 } problems)
-            throw new InvalidDataException($"{path}: {string.Join("; ", problems)}");
+                $"{file}: architectures [{string.Join(", ", architectures)}] are not supported for model_type '{config.ModelType}'; this service runs {config.Architecture}");
+        problems.InsertRange(0, config.Problems());
+        if (problems.Count > 0) throw new InvalidDataException($"{file}: {string.Join("; ", problems)}");
         return config;
     }
+
+    /// <summary>
+    /// The config.json keys this family implements: the JSON names of its properties (its base's included). Every other
+    /// key is ignored, unless <see cref="MathKeys"/> lists it.
+    /// </summary>
+    [JsonIgnore] public IReadOnlySet<string> ImplementedKeys => KeysOf.GetOrAdd(GetType(), type => type
+        .GetProperties(BindingFlags.Public | BindingFlags.Instance)
+        .Select(p => p.GetCustomAttribute<JsonPropertyNameAttribute>()?.Name).OfType<string>().ToHashSet(StringComparer.Ordinal));
+
+    static readonly ConcurrentDictionary<Type, HashSet<string>> KeysOf = new();
+
+    /// <summary>
+    /// Keys that change the math in some Hugging Face family, each with the test of its neutral value. One this family does
+    /// not implement (not in <see cref="ImplementedKeys"/>) is refused at any other value, so a checkpoint of a variant this
+    /// code does not compute is never loaded and run silently wrong; unknown keys without a meaning for the math pass. A
+    /// family adds the keys its relatives read by overriding this (<c>base.MathKeys</c> plus its own).
+    /// </summary>
+    [JsonIgnore] protected virtual IReadOnlyDictionary<string, Func<JsonElement, bool>> MathKeys => CommonMathKeys;
+
+    /// <summary>Keys with a meaning for the math in any family: mixture-of-experts counts (Mixtral, Qwen-MoE's).</summary>
+    protected static readonly IReadOnlyDictionary<string, Func<JsonElement, bool>> CommonMathKeys = new Dictionary<string, Func<JsonElement, bool>>(StringComparer.Ordinal)
+    {
+        ["num_experts"] = e => IsNull(e) || Is(e, 0),
+        ["num_local_experts"] = e => IsNull(e) || Is(e, 0),
+        ["n_routed_experts"] = e => IsNull(e) || Is(e, 0),
+        ["moe_num_experts"] = e => IsNull(e) || Is(e, 0),
+    };
+
+    IEnumerable<string> UnimplementedMathKeys(JsonElement root)
+    {
+        var implemented = ImplementedKeys;
+        foreach (var entry in root.EnumerateObject())
+            if (!implemented.Contains(entry.Name) && MathKeys.TryGetValue(entry.Name, out var neutral) && !neutral(entry.Value))
+                yield return $"{entry.Name} {Shorten(entry.Value.GetRawText())} changes the math and is not implemented for model_type '{ModelType}'";
+    }
+
+    static string Shorten(string json) => json.Length <= 80 ? json : json[..77] + "...";
+
+    // Neutral-value tests for MathKeys tables.
+    protected static bool IsNull(JsonElement e) => e.ValueKind == JsonValueKind.Null;
+    protected static bool Is(JsonElement e, double value) => e.ValueKind == JsonValueKind.Number && e.TryGetDouble(out double d) && d == value;
+    protected static bool IsFalse(JsonElement e) => e.ValueKind is JsonValueKind.False or JsonValueKind.Null;
+    protected static bool IsEmpty(JsonElement e) => IsNull(e) || (e.ValueKind == JsonValueKind.Array && e.GetArrayLength() == 0);
 
     public void Save(string path) => File.WriteAllText(path, JsonSerializer.Serialize(this, GetType(), Json));
 

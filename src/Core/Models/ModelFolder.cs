@@ -38,7 +38,14 @@ public static class ModelFolder
     public static nn.Module<Tensor, Tensor> Load(string folder, BasePrecision? precision = null)
     {
         var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));
-        var model = config.CreateModel();
+        CheckSize(config, folder);
+        nn.Module<Tensor, Tensor> model;
+        // What CheckSize cannot see (position embeddings: GPT-2's n_positions, ViT's image_size) fails here, as the config's fault.
+        try { model = config.CreateModel(); }
+        catch (System.Runtime.InteropServices.ExternalException e) when (e.Message.Contains("can't allocate memory", StringComparison.Ordinal))
+        {
+            throw new InvalidDataException($"{ConfigFile}: its sizes make a model too large to build (the allocation failed); the config does not describe these weights", e);
+        }
         try
         {
             LoadWeights((IHuggingFaceModel)model, model, folder, precision ?? BasePrecision.Float32);
@@ -58,7 +65,7 @@ public static class ModelFolder
     {
         var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));
         if (!typeof(TModel).IsAssignableFrom(config.ModelClass))
-            throw new InvalidDataException($"{folder} holds a {config.ModelType} model ({config.Architecture}), not a {typeof(TModel).Name}");
+            throw new InvalidDataException($"the folder holds a {config.ModelType} model ({config.Architecture}), not a {typeof(TModel).Name}");
         return (TModel)(nn.Module)Load(folder, precision);
     }
 
@@ -127,10 +134,11 @@ public static class ModelFolder
     };
 
     /// <summary>
-    /// Checks every file's header and the whole key set (missing, unexpected, misplaced, wrongly shaped tensors are named)
-    /// before reading any data, then reads one tensor at a time into its parameter: a weight matrix
-    /// (<see cref="IStoredMatrix"/>) in <paramref name="precision"/>'s type, mapped from the file when stored in it (read
-    /// and converted once otherwise); every other tensor copied into its float32 parameter.
+    /// Checks every file's header and the whole key set before reading any data: a tensor missing, unexpected (other than
+    /// the buffers <see cref="IHuggingFaceModel.CanonicalKey"/> skips), stored twice, of the wrong shape or of a dtype that
+    /// cannot be read is refused naming the file (its name in the folder, never a path) and the tensor. Then reads one
+    /// tensor at a time: a weight matrix (<see cref="IStoredMatrix"/>) in <paramref name="precision"/>'s type, mapped from
+    /// the file when stored in it (read and converted once otherwise); every other tensor copied into its float32 parameter.
     /// </summary>
     static void LoadWeights(IHuggingFaceModel model, nn.Module module, string folder, BasePrecision precision)
     {
@@ -142,23 +150,28 @@ public static class ModelFolder
         try
         {
             var found = new Dictionary<string, (SafeTensorsFile File, SafeTensorInfo Info)>(StringComparer.Ordinal);
-            var unexpected = new List<string>();
+            var unexpected = new List<(string File, string Tensor)>();
             foreach (var file in files)
                 foreach (var info in file.Tensors)
                 {
                     if (model.CanonicalKey(info.Name) is not { } key) continue;
-                    if (!expected.TryGetValue(key, out var target)) { unexpected.Add(info.Name); continue; }
+                    string name = Path.GetFileName(file.Path);
+                    if (!expected.TryGetValue(key, out var target)) { unexpected.Add((name, info.Name)); continue; }
                     if (!found.TryAdd(key, (file, info)))
-                        throw new InvalidDataException($"{folder}: tensor {info.Name} is stored twice ({found[key].File.Path} and {file.Path})");
+                        throw new InvalidDataException($"{name}: tensor {info.Name} is stored twice (also in {Path.GetFileName(found[key].File.Path)})");
                     long[] shape = target.Transposed ? [.. target.Parameter.shape.Reverse()] : target.Parameter.shape;
                     if (!info.Shape.SequenceEqual(shape))
                         throw new InvalidDataException(
-                            $"{file.Path}: tensor {info.Name} has shape [{string.Join(",", info.Shape)}]; config.json makes it [{string.Join(",", shape)}]");
+                            $"{name}: tensor {info.Name} has shape [{string.Join(",", info.Shape)}]; config.json makes it [{string.Join(",", shape)}]");
+                    if (!SafeTensors.CanLoad(info.DType))
+                        throw new InvalidDataException($"{name}: tensor {info.Name} has dtype {info.DType}, which cannot be loaded ({SafeTensors.LoadableDTypes} can)");
                 }
-            if (unexpected.Count > 0)
-                throw new InvalidDataException($"{folder}: {unexpected.Count} tensor(s) this {model.ModelConfig.Architecture} does not have: {Names(unexpected)}");
+            // Named per file, the first file's first: with shards, where the stray tensors are is half the diagnosis.
+            if (unexpected.GroupBy(u => u.File).FirstOrDefault() is { } stray)
+                throw new InvalidDataException($"{stray.Key}: {stray.Count()} tensor(s) this {model.ModelConfig.Architecture} does not have: {Names([.. stray.Select(u => u.Tensor)])}"
+                    + (unexpected.Count > stray.Count() ? $" ({unexpected.Count - stray.Count()} more in other shards)" : ""));
             if (expected.Keys.Where(k => !found.ContainsKey(k)).ToList() is { Count: > 0 } missing)
-                throw new InvalidDataException($"{folder}: {missing.Count} tensor(s) missing: {Names(missing)}");
+                throw new InvalidDataException($"{(files.Count == 1 ? Path.GetFileName(files[0].Path) : IndexFile)}: {missing.Count} tensor(s) missing: {Names(missing)}");
 
             using var noGrad = no_grad();
             foreach (var (key, (file, info)) in found.OrderBy(f => f.Value.File.Path, StringComparer.Ordinal).ThenBy(f => f.Value.Info.Begin))
@@ -190,12 +203,47 @@ public static class ModelFolder
         }
     }
 
+    /// <summary>
+    /// Before the model is built: a config.json whose linear layers alone need more values than the weight files hold (all
+    /// of them, plus the largest once more for a tied head they leave out) is refused, so a wrong or hostile size
+    /// (<c>hidden_size</c> of a million) is an error naming the file, not an allocation that fails or exhausts memory.
+    /// The sum stops once past the files' size, so a huge <c>num_hidden_layers</c> costs no more than the files do.
+    /// </summary>
+    static void CheckSize(ModelConfig config, string folder)
+    {
+        var files = OpenCheckpoint(folder);
+        long stored = 0, largest = 0;
+        try
+        {
+            foreach (var info in files.SelectMany(f => f.Tensors))
+            {
+                long count = info.Shape.Aggregate(1L, (n, d) => n * d);   // cannot overflow: the header check bounded its bytes
+                stored += count;
+                largest = Math.Max(largest, count);
+            }
+        }
+        finally
+        {
+            foreach (var file in files) file.Dispose();
+        }
+        long limit = stored + largest, described = 0;
+        foreach (var (path, inFeatures, outFeatures) in config.LinearShapes())
+        {
+            // A size past int.MaxValue wraps in the family's int arithmetic; each factor at most that, the product fits a long.
+            if (inFeatures <= 0 || outFeatures <= 0 || inFeatures > int.MaxValue || outFeatures > int.MaxValue)
+                throw new InvalidDataException($"{ConfigFile}: its sizes give {path} the shape [{outFeatures},{inFeatures}]");
+            described += inFeatures * outFeatures;
+            if (described > limit)
+                throw new InvalidDataException($"{ConfigFile}: its sizes give the linear layers up to {path} more values than the weight files hold ({stored} in all); the config does not describe these weights");
+        }
+    }
+
     /// <summary>The single weights file, or every shard the index names, each with a validated header.</summary>
     static List<SafeTensorsFile> OpenCheckpoint(string folder)
     {
         string single = Path.Combine(folder, WeightsFile), index = Path.Combine(folder, IndexFile);
         if (File.Exists(single)) return [SafeTensorsFile.Open(single)];
-        if (!File.Exists(index)) throw new InvalidDataException($"{folder} has neither {WeightsFile} nor {IndexFile}");
+        if (!File.Exists(index)) throw new InvalidDataException($"the folder has neither {WeightsFile} nor {IndexFile}");
 
         var weightMap = ReadWeightMap(index);
         var files = new List<SafeTensorsFile>();
@@ -203,7 +251,7 @@ public static class ModelFolder
         {
             var shards = weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
             if (shards.FirstOrDefault(shard => !File.Exists(Path.Combine(folder, shard))) is { } absentShard)
-                throw new InvalidDataException($"{index}: shard {absentShard} (holding {weightMap.First(kv => kv.Value == absentShard).Key}) is not in the folder");
+                throw new InvalidDataException($"{IndexFile}: shard {absentShard} (holding {weightMap.First(kv => kv.Value == absentShard).Key}) is not in the folder");
             foreach (string shard in shards)
             {
                 string path = Path.Combine(folder, shard);
@@ -212,9 +260,9 @@ public static class ModelFolder
                 var stored = file.Tensors.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
                 var listed = weightMap.Where(kv => kv.Value == shard).Select(kv => kv.Key).ToList();
                 if (listed.Where(k => !stored.Contains(k)).ToList() is { Count: > 0 } absent)
-                    throw new InvalidDataException($"{index}: weight_map puts {Names(absent)} in {shard}, which does not hold them");
+                    throw new InvalidDataException($"{IndexFile}: weight_map puts {Names(absent)} in {shard}, which does not hold them");
                 if (stored.Where(k => weightMap.GetValueOrDefault(k) != shard).ToList() is { Count: > 0 } unlisted)
-                    throw new InvalidDataException($"{path}: holds {Names(unlisted)}, which weight_map does not list in this shard");
+                    throw new InvalidDataException($"{shard}: holds {Names(unlisted)}, which weight_map does not list in this shard");
             }
             return files;
         }
@@ -229,25 +277,25 @@ public static class ModelFolder
     {
         JsonDocument doc;
         try { doc = JsonDocument.Parse(File.ReadAllText(index)); }
-        catch (JsonException e) { throw new InvalidDataException($"{index}: not valid JSON: {e.Message}", e); }
+        catch (JsonException e) { throw new InvalidDataException($"{IndexFile}: not valid JSON: {e.Message}", e); }
         using (doc)
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object
                 || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
-                throw new InvalidDataException($"{index}: weight_map is missing or not a JSON object");
+                throw new InvalidDataException($"{IndexFile}: weight_map is missing or not a JSON object");
             var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (var entry in map.EnumerateObject())
             {
                 if (entry.Value.ValueKind != JsonValueKind.String)
-                    throw new InvalidDataException($"{index}: weight_map entry for {entry.Name} is not a file name string");
+                    throw new InvalidDataException($"{IndexFile}: weight_map entry for {entry.Name} is not a file name string");
                 string shard = entry.Value.GetString()!;
                 // Only plain file names inside the folder: an index must not point the loader anywhere else.
                 if (shard.Length == 0 || shard != Path.GetFileName(shard) || shard is "." or ".." || shard.Contains('\\')
                     || !shard.EndsWith(".safetensors", StringComparison.Ordinal))
-                    throw new InvalidDataException($"{index}: weight_map puts {entry.Name} in '{shard}', which is not a .safetensors file name in the folder");
-                if (!weightMap.TryAdd(entry.Name, shard)) throw new InvalidDataException($"{index}: weight_map lists {entry.Name} twice");
+                    throw new InvalidDataException($"{IndexFile}: weight_map puts {entry.Name} in '{shard}', which is not a .safetensors file name in the folder");
+                if (!weightMap.TryAdd(entry.Name, shard)) throw new InvalidDataException($"{IndexFile}: weight_map lists {entry.Name} twice");
             }
-            if (weightMap.Count == 0) throw new InvalidDataException($"{index}: weight_map is empty");
+            if (weightMap.Count == 0) throw new InvalidDataException($"{IndexFile}: weight_map is empty");
             return weightMap;
         }
     }

@@ -36,6 +36,11 @@ public static class SafeTensors
         ["F32"] = torch.ScalarType.Float32, ["F16"] = torch.ScalarType.Float16, ["BF16"] = torch.ScalarType.BFloat16,
     };
 
+    /// <summary>Whether <see cref="SafeTensorsFile.Read"/> reads tensors of this header dtype; <see cref="LoadableDTypes"/> names them.</summary>
+    public static bool CanLoad(string dtype) => Loadable.ContainsKey(dtype);
+
+    public static string LoadableDTypes => string.Join(", ", Loadable.Keys);
+
     /// <summary>
     /// Writes float32/float16/bfloat16 tensors (any device, any layout) sorted by name, plus optional metadata.
     /// The file appears under <paramref name="path"/> only once complete.
@@ -257,8 +262,9 @@ public static class SafeTensors
         }
     }
 
+    /// <summary>The error, naming the file by its name alone: messages reach API callers, who must not learn server paths.</summary>
     internal static SafeTensorsException Fail(string path, string? tensor, string problem) =>
-        new(tensor is null ? $"{path}: {problem}" : $"{path}: tensor '{tensor}': {problem}");
+        new(tensor is null ? $"{System.IO.Path.GetFileName(path)}: {problem}" : $"{System.IO.Path.GetFileName(path)}: tensor '{tensor}': {problem}");
 }
 
 /// <summary>

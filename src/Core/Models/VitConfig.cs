@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.Json;
 using System.Text.Json.Serialization;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -54,6 +55,21 @@ public sealed record VitConfig : ModelConfig
     public static VitConfig Base16(int numLabels = 1000) => Base16([.. Enumerable.Range(0, numLabels).Select(i => $"LABEL_{i}")]);
 
     public override nn.Module<Tensor, Tensor> CreateModel() => new ViTForImageClassification(this);
+
+    /// <summary>Keys of ViT's relatives (DINOv2, BEiT, Data2Vec) that change the math, refused unless neutral.</summary>
+    protected override IReadOnlyDictionary<string, Func<JsonElement, bool>> MathKeys => VitMathKeys;
+
+    static readonly IReadOnlyDictionary<string, Func<JsonElement, bool>> VitMathKeys = new Dictionary<string, Func<JsonElement, bool>>(CommonMathKeys, StringComparer.Ordinal)
+    {
+        ["layerscale_value"] = IsNull,
+        ["layer_scale_init_value"] = e => IsNull(e) || Is(e, 0),
+        ["use_swiglu_ffn"] = IsFalse,
+        ["num_register_tokens"] = e => IsNull(e) || Is(e, 0),
+        ["use_relative_position_bias"] = IsFalse,
+        ["use_shared_relative_position_bias"] = IsFalse,
+        ["use_absolute_position_embeddings"] = e => IsNull(e) || e.ValueKind == JsonValueKind.True,
+        ["use_mean_pooling"] = IsFalse,
+    };
 
     public override IEnumerable<(string Path, long In, long Out)> LinearShapes()
     {

@@ -185,6 +185,78 @@ public sealed class CheckpointTests : IDisposable
             Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder)).Message);
     }
 
+    /// <summary>
+    /// Faults in the second shard, each refused naming the file by its name (never the folder's path) and the tensor:
+    /// the index and shard rewritten together, so only the tensor check can catch them.
+    /// </summary>
+    public static TheoryData<string, string> TensorFaults => new()
+    {
+        { "missing", "model.safetensors.index.json: 1 tensor(s) missing: model.layers.1.mlp.up_proj.weight" },
+        { "unexpected", $"{Shard2}: 1 tensor(s) this LlamaForCausalLM does not have: model.layers.1.mlp.experts.0.w1.weight" },
+        { "shape", $"{Shard2}: tensor model.norm.weight has shape [{Config.HiddenSize + 1}]; config.json makes it [{Config.HiddenSize}]" },
+        { "dtype", $"{Shard2}: tensor model.norm.weight has dtype I32, which cannot be loaded (F32, F16, BF16 can)" },
+    };
+
+    [Theory]
+    [MemberData(nameof(TensorFaults))]
+    public void ATensorFaultInAShardIsRefusedNamingTheShardAndTheTensor(string fault, string message)
+    {
+        var shard = SafeTensors.Load(Path.Combine(folder, Shard2));
+        switch (fault)
+        {
+            case "missing": shard.Remove("model.layers.1.mlp.up_proj.weight"); break;
+            case "unexpected": shard["model.layers.1.mlp.experts.0.w1.weight"] = zeros(4, 4); break;
+            case "shape": shard["model.norm.weight"] = ones(Config.HiddenSize + 1); break;
+            case "dtype": shard["model.norm.weight"] = ones(Config.HiddenSize); break;   // written as F32, then relabelled I32 (same size)
+        }
+        RewriteShard2(shard);
+        if (fault == "dtype")
+        {
+            string path = Path.Combine(folder, Shard2);
+            var bytes = File.ReadAllBytes(path);
+            var text = System.Text.Encoding.Latin1.GetString(bytes);
+            int at = text.IndexOf("\"dtype\":\"F32\"", StringComparison.Ordinal);
+            Assert.True(at > 0 && text.IndexOf("\"dtype\":\"F32\"", at + 1, StringComparison.Ordinal) < 0);   // the only F32 tensor
+            bytes[at + 9] = (byte)'I';
+            File.WriteAllBytes(path, bytes);
+        }
+        var e = Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder));
+        Assert.Equal(message, e.Message);
+        Assert.DoesNotContain(root.FullName, e.Message);
+    }
+
+    /// <summary>Sizes far beyond the files are refused before the model is built: no allocation of a million-wide model.</summary>
+    [Theory]
+    [InlineData("hidden_size", 1_000_000, "model.layers.0.self_attn.q_proj")]
+    [InlineData("num_hidden_layers", 2_000_000_000, "model.layers.3.")]
+    [InlineData("intermediate_size", 2_000_000_000, "model.layers.0.mlp.gate_proj")]
+    public void AConfigFarLargerThanItsWeightsIsRefusedBeforeAllocating(string key, int value, string where)
+    {
+        var json = System.Text.Json.Nodes.JsonNode.Parse(ConfigJson)!;
+        json[key] = value;
+        File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile), json.ToJsonString());
+        var e = Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder));
+        Assert.StartsWith("config.json: its sizes give the linear layers up to " + where, e.Message);
+        Assert.Contains("more values than the weight files hold", e.Message);
+    }
+
+    [Fact]
+    public void RotaryInverseFrequenciesAnOlderExportSavedPass()
+    {
+        var shard = SafeTensors.Load(Path.Combine(folder, Shard2));
+        shard["model.layers.1.self_attn.rotary_emb.inv_freq"] = ones(Config.HeadDim / 2);
+        RewriteShard2(shard);
+        using var model = ModelFolder.Load<LlamaForCausalLM>(folder);
+    }
+
+    void RewriteShard2(Dictionary<string, Tensor> shard)
+    {
+        SafeTensors.Save(Path.Combine(folder, Shard2), shard, new Dictionary<string, string> { ["format"] = "pt" });
+        var first = SafeTensors.ReadHeader(Path.Combine(folder, Shard1)).Tensors.Select(t => t.Name);
+        WriteIndex(Index(first.Select(k => (k, Shard1)).Concat(shard.Keys.Select(k => (k, Shard2))).ToDictionary(x => x.Item1, x => x.Item2)));
+        foreach (var t in shard.Values) t.Dispose();
+    }
+
     [Fact]
     public void ATruncatedShardIsRefusedByItsHeaderCheckNamingTheShard()
     {

@@ -188,11 +188,16 @@ public sealed class DecoderFamiliesTests : IDisposable
     [InlineData("llama", "\"rope_scaling\": {\"rope_type\": \"dynamic\", \"factor\": 2.0}", "rope_scaling rope_type 'dynamic' is not supported")]
     [InlineData("qwen3", "\"rope_parameters\": {\"rope_type\": \"yarn\", \"factor\": 4.0, \"rope_theta\": 1e6}", "rope_parameters rope_type 'yarn' is not supported")]
     [InlineData("llama", "\"rope_scaling\": {\"type\": \"longrope\"}", "rope_type 'longrope' is not supported")]
-    [InlineData("llama", "\"partial_rotary_factor\": 0.5", "partial_rotary_factor 0.5 is not supported")]
-    [InlineData("llama", "\"sliding_window\": 4096", "sliding_window 4096 is not supported")]
+    [InlineData("llama", "\"partial_rotary_factor\": 0.5", "partial_rotary_factor 0.5 changes the math and is not implemented for model_type 'llama'")]
+    [InlineData("llama", "\"sliding_window\": 4096", "sliding_window 4096 changes the math")]
     [InlineData("qwen2", "\"layer_types\": [\"sliding_attention\", \"full_attention\"]", "layer_types")]
     [InlineData("mistral", "\"hidden_act\": \"gelu\"", "hidden_act 'gelu'")]
     [InlineData("mistral", "\"sliding_window\": 0", "sliding_window is 0")]
+    [InlineData("llama", "\"num_local_experts\": 8", "num_local_experts 8 changes the math")]
+    [InlineData("qwen3", "\"attn_logit_softcapping\": 50.0", "attn_logit_softcapping 50.0 changes the math and is not implemented for model_type 'qwen3'")]
+    [InlineData("mistral", "\"no_rope_layers\": [1, 0]", "no_rope_layers [1, 0] changes the math")]
+    [InlineData("qwen2", "\"hidden_activation\": \"gelu_pytorch_tanh\"", "hidden_activation \"gelu_pytorch_tanh\" changes the math")]
+    [InlineData("llama", "\"rope_scaling\": {\"type\": \"mrope\", \"mrope_section\": [16, 24, 24]}", "rope_type 'mrope' is not supported")]
     public void AConfigValueTheCodeDoesNotImplementIsRefusedByFileAndKey(string family, string entry, string message)
     {
         string path = Path.Combine(dir, "config.json");
@@ -201,8 +206,49 @@ public sealed class DecoderFamiliesTests : IDisposable
              "num_attention_heads": 4, "num_key_value_heads": 2, {{entry}}}
             """);
         var error = Assert.Throws<InvalidDataException>(() => ModelConfig.Load(path)).Message;
-        Assert.StartsWith(path + ":", error);
+        Assert.StartsWith("config.json: ", error);   // the file by its name, never the folder it is in
         Assert.Contains(message, error);
+    }
+
+    /// <summary>Multimodal and mixture-of-experts types are refused saying what they are, not by the generic list alone.</summary>
+    [Theory]
+    [InlineData("qwen2_5_vl", "is a vision-language model (Qwen2.5-VL)")]
+    [InlineData("qwen2_vl", "is a vision-language model (Qwen2-VL)")]
+    [InlineData("llava", "is a vision-language model (LLaVA)")]
+    [InlineData("phi3_v", "is a vision-language model (Phi-3 Vision)")]
+    [InlineData("mixtral", "is a mixture-of-experts model (Mixtral); this service runs dense models only")]
+    [InlineData("qwen3_moe", "is a mixture-of-experts model (Qwen3 MoE)")]
+    [InlineData("qwen2_moe", "is a mixture-of-experts model")]
+    [InlineData("falcon", "is not supported")]
+    public void AModelTypeThisServiceDoesNotRunIsRefusedSayingWhatItIs(string modelType, string message)
+    {
+        string path = Path.Combine(dir, "config.json");
+        File.WriteAllText(path, $$"""{"model_type": "{{modelType}}", "vocab_size": 300, "hidden_size": 64}""");
+        var error = Assert.Throws<InvalidDataException>(() => ModelConfig.Load(path)).Message;
+        Assert.StartsWith($"config.json: model_type '{modelType}' {message}", error);
+        Assert.Contains("(supported: llama, qwen2, qwen3, mistral, gpt2, vit", error);
+        Assert.DoesNotContain(dir, error);
+    }
+
+    /// <summary>
+    /// A family's allowlist is its properties' JSON names: a key it implements is its own to check (Mistral's window, Qwen's
+    /// use_sliding_window), one it does not is refused only if it changes the math, and cosmetic unknown keys pass.
+    /// </summary>
+    [Fact]
+    public void EachFamilyImplementsItsOwnKeysAndPassesCosmeticOnes()
+    {
+        Assert.Contains("sliding_window", new MistralConfig().ImplementedKeys);
+        Assert.Contains("use_sliding_window", new Qwen2Config().ImplementedKeys);
+        Assert.DoesNotContain("sliding_window", new LlamaConfig().ImplementedKeys);
+        Assert.Contains("n_embd", new Gpt2Config().ImplementedKeys);
+        Assert.Contains("qkv_bias", new VitConfig().ImplementedKeys);
+        string path = Path.Combine(dir, "config.json");
+        File.WriteAllText(path, """
+            {"model_type": "llama", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "pretraining_tp": 1, "attention_dropout": 0.0, "initializer_range": 0.02, "some_future_cosmetic_key": {"a": 1}, "partial_rotary_factor": 1.0,
+             "layer_types": ["full_attention", "full_attention"], "num_local_experts": null}
+            """);
+        Assert.IsType<LlamaConfig>(ModelConfig.Load(path));
     }
 
     /// <summary>The Hugging Face equations in float64, written without the model's helpers.</summary>

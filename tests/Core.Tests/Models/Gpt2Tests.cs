@@ -279,11 +279,31 @@ public sealed class Gpt2Tests : IDisposable
     [InlineData("\"GPT2LMHeadModel\"", "\"GPT2DoubleHeadsModel\"", "architectures [GPT2DoubleHeadsModel]")]
     [InlineData("\"activation_function\": \"gelu_new\"", "\"activation_function\": \"mish\"", "activation_function 'mish'")]
     [InlineData("\"n_positions\": 24,", "\"n_positions\": 25,", "transformer.wpe.weight has shape [24,32]; config.json makes it [25,32]")]
+    [InlineData("\"n_positions\": 24,", "\"n_positions\": 24, \"rotary_dim\": 8,", "config.json: rotary_dim 8 changes the math and is not implemented for model_type 'gpt2'")]
+    [InlineData("\"n_positions\": 24,", "\"n_positions\": 24, \"multi_query\": true,", "multi_query true changes the math")]
+    [InlineData("\"n_positions\": 24,", "\"n_positions\": 24, \"n_experts\": 4, \"num_experts\": 4,", "num_experts 4 changes the math")]
     public void BadConfigsAreRefusedNamingTheKey(string find, string replace, string message)
     {
         File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile), ConfigJson().Replace(find, replace));
         var e = Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder));
         Assert.Contains(message, e.Message);
+    }
+
+    /// <summary>
+    /// n_positions sizes no linear layer, so only building the model meets it: 2e9 positions × 32 is 256 GB of position
+    /// embeddings, refused as a config error rather than an allocation failure (a 500).
+    /// </summary>
+    [Fact]
+    public void ASizeTooLargeToBuildIsAConfigError()
+    {
+        // Under vm.overcommit_memory 1 the allocation would succeed and initialising it would exhaust memory, so the
+        // check needs Linux's default heuristic (0) or strict (2) accounting, which refuse 256 GB at once.
+        const string overcommit = "/proc/sys/vm/overcommit_memory";
+        if (File.Exists(overcommit) && File.ReadAllText(overcommit).Trim() == "1") return;
+        File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile), ConfigJson().Replace($"\"n_positions\": {Positions},", "\"n_positions\": 2000000000,"));
+        var e = Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder));
+        Assert.StartsWith("config.json: ", e.Message);
+        Assert.Contains("too large", e.Message);
     }
 
     [Fact]

@@ -193,6 +193,8 @@ public sealed class VitTests : IDisposable
     [InlineData("\"2\": \"bird\"", "\"2\": \"cat\"", "id2label names 'cat' for 2 classes")]
     [InlineData("\"ViTForImageClassification\"", "\"ViTModel\"", "architectures [ViTModel] are not supported")]
     [InlineData("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu\", \"num_labels\": 4", "num_labels (4) differs from the 3 entries of id2label")]
+    [InlineData("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu\", \"layerscale_value\": 1.0", "config.json: layerscale_value 1.0 changes the math and is not implemented for model_type 'vit'")]
+    [InlineData("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu\", \"use_relative_position_bias\": true", "use_relative_position_bias true changes the math")]
     public void BadConfigsAreRefusedNamingTheKey(string find, string replace, string message)
     {
         File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile), ConfigJson.Replace(find, replace));

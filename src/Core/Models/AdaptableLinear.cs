@@ -73,8 +73,13 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>, IStoredMatrix
     {
         var b = withBias ? bias : null;
         if (weight.dtype == x.dtype) return nn.functional.linear(x, weight, b);
-        var y = nn.functional.linear(x.to_type(weight.dtype), weight).to_type(x.dtype);
-        return b is null ? y : y + b;
+        // The low-precision copies go at once rather than with the caller's dispose scope (a serving step's ends only after
+        // the whole forward pass); autograd keeps what it needs by its own reference.
+        using var low = x.to_type(weight.dtype);
+        using var product = nn.functional.linear(low, weight);
+        if (b is null) return product.to_type(x.dtype);
+        using var wide = product.to_type(x.dtype);
+        return wide + b;
     }
 
     public override Tensor forward(Tensor x)

@@ -111,7 +111,8 @@ sealed class PrecisionMemory(bool quick)
             "write" => Write(shape.Config, folder),
             "load" => Load(folder, BasePrecision.Resolve(args[2])),
             "serve" => Serve(folder).GetAwaiter().GetResult(),
-            "train" => Train(folder, shape.Config, int.Parse(args[2], CultureInfo.InvariantCulture), int.Parse(args[3], CultureInfo.InvariantCulture)),
+            "train" => Train(folder, shape.Config, int.Parse(args[2], CultureInfo.InvariantCulture), int.Parse(args[3], CultureInfo.InvariantCulture),
+                args.Length > 4 ? int.Parse(args[4], CultureInfo.InvariantCulture) : 3),
             "compare" => Compare(folder, shape.Config, int.Parse(args[2], CultureInfo.InvariantCulture)),
             _ => throw new ArgumentException(args[0]),
         };
@@ -198,14 +199,14 @@ sealed class PrecisionMemory(bool quick)
         return Pairs(("idle_mb", idle), ("kv_mb", kv), ("peak_mb", Status("VmHWM") / 1024.0), ("generated", generated));
     }
 
-    static string Train(string folder, LlamaConfig config, int rows, int length)
+    /// <summary>A LoRA job's steps (the first a warm-up, so at least 2): peak RSS, tokens/s and model GFLOP/s against both GEMM peaks.</summary>
+    static string Train(string folder, LlamaConfig config, int rows, int length, int steps)
     {
         long baseline = Status("VmRSS");
         double fp32Peak = GemmGflops(ScalarType.Float32), bf16Peak = GemmGflops(ScalarType.BFloat16);
         using var model = ModelFolder.Load<LlamaForCausalLM>(folder, BasePrecision.BFloat16);
         var data = Examples(rows, length + 1, config.VocabSize, seed: 3);
         using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = Rank, Alpha = 2 * Rank, TargetModules = Targets }, 5);
-        const int steps = 3;   // the first is the warm-up
         using var trainer = new LanguageModelTrainer(model, adapter, data, new Hyperparameters(steps, rows, 1e-3), padId: 0, seed: 1,
             new TrainingSpeedOptions { GradientCheckpointing = true });
         var times = new List<double>();

@@ -46,6 +46,8 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
     [InlineData("qwen3")]
     [InlineData("mistral")]
     [InlineData("llama")]
+    [InlineData("phi3")]
+    [InlineData("smollm3")]
     public async Task ADecoderFamilyFolderImportsServesAndFineTunes(string family)
     {
         TorchRuntime.EnsureReady();
@@ -55,6 +57,14 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
             "qwen2" => new Qwen2Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true },
             "qwen3" => new Qwen3Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDimension = 32 },
             "mistral" => new MistralConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, SlidingWindow = 8 },
+            // Phi-4-mini's fused projections, partial rotary and LongRoPE, over an original context of 8 that the prompts cross.
+            "phi3" => new Phi3Config
+            {
+                VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true,
+                PartialRotaryFactor = 0.75, OriginalMaxPositionEmbeddings = 8,
+                RopeScaling = new RopeScaling { Type = "longrope", ShortFactor = [1, 1, 1.5, 2, 3, 4], LongFactor = [1, 2, 4, 8, 16, 32] },
+            },
+            "smollm3" => new SmolLM3Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, NoRopeLayers = [1, 0] },
             _ => new LlamaConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true },
         };
         config = config with { MaxPositionEmbeddings = 128, BosTokenId = 256, EosTokenId = 256 };

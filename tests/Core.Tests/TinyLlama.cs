@@ -18,7 +18,7 @@ static class TinyLlama
     /// <summary>A frozen model in eval mode with seeded random weights; norm weights differ from 1 so they matter.</summary>
     public static LlamaForCausalLM Create(long seed = 1, LlamaConfig? config = null)
     {
-        var model = new LlamaForCausalLM(config ?? Config);
+        var model = (LlamaForCausalLM)(config ?? Config).CreateModel();   // the config's family (Phi-3's fused layers, ...)
         using var g = new Generator((ulong)seed);
         using (no_grad())
         using (NewDisposeScope())

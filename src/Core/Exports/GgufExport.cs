@@ -12,7 +12,10 @@ namespace AdapterService.Core.Exports;
 /// rotate the two halves of each head (Hugging Face's layout) while llama.cpp's <c>llama</c> architecture rotates adjacent
 /// pairs, so the converter reorders their q and k rows; qwen2/qwen3 use llama.cpp's NEOX rope, the Hugging Face layout.
 /// </summary>
-public sealed record GgufArchitecture(string Name, bool PermuteQueryKey);
+/// <param name="Name">llama.cpp's architecture name.</param>
+/// <param name="PermuteQueryKey">Whether q/k rows are reordered for llama.cpp's adjacent-pair rope.</param>
+/// <param name="Extras">The family's own metadata and tensors (or a refusal), where the converter writes some.</param>
+public sealed record GgufArchitecture(string Name, bool PermuteQueryKey, Func<LlamaConfig, (IEnumerable<(string, object)> Metadata, IEnumerable<GgufTensor> Tensors)>? Extras = null);
 
 /// <summary>
 /// Writes a decoder model with its tokenizer as a GGUF file that llama.cpp (and Ollama) load, following llama.cpp's
@@ -34,6 +37,10 @@ public static class GgufExport
         // Qwen2Model and Qwen3Model(Qwen2Model) copy tensors unpermuted: llama.cpp runs qwen2/qwen3 with NEOX rope.
         ["qwen2"] = new("qwen2", PermuteQueryKey: false),
         ["qwen3"] = new("qwen3", PermuteQueryKey: false),
+        // Phi3MiniModel copies qkv_proj and gate_up_proj fused (attn_qkv, ffn_up) and unpermuted: llama.cpp's phi3 is NEOX rope.
+        ["phi3"] = new("phi3", PermuteQueryKey: false, Phi3Extras),
+        // SmolLM3Model(LlamaModel): llama's tensors, q/k permuted; llama.cpp fixes the NoPE layers at every 4th.
+        ["smollm3"] = new("smollm3", PermuteQueryKey: true, SmolLM3Extras),
     };
 
     /// <summary>The types a caller may ask for, by the names llama.cpp's tools use.</summary>
@@ -48,6 +55,8 @@ public static class GgufExport
         ["self_attn.q_proj"] = "attn_q", ["self_attn.k_proj"] = "attn_k", ["self_attn.v_proj"] = "attn_v", ["self_attn.o_proj"] = "attn_output",
         ["self_attn.q_norm"] = "attn_q_norm", ["self_attn.k_norm"] = "attn_k_norm",
         ["mlp.gate_proj"] = "ffn_gate", ["mlp.up_proj"] = "ffn_up", ["mlp.down_proj"] = "ffn_down",
+        // Phi-3's fused modules: llama.cpp splits attn_qkv by head counts and ffn_up into [gate; up] halves itself.
+        ["self_attn.qkv_proj"] = "attn_qkv", ["mlp.gate_up_proj"] = "ffn_up",
         ["input_layernorm"] = "attn_norm", ["post_attention_layernorm"] = "ffn_norm",
     };
 
@@ -60,17 +69,26 @@ public static class GgufExport
     {
         var (llama, arch) = Architecture(model);
         string a = arch.Name;
-        var factors = RopeFactors(llama);
+        string rope = llama.Rope?.Kind ?? "default";
+        var factors = rope == "llama3" ? RopeFactors(llama) : null;
         // Only LlamaModel.generate_extra_tensors writes rope_freqs, and only llama.cpp's llama architecture reads it.
         if (factors is not null && a != "llama")
             throw new NotSupportedException($"llama3 rope scaling is not exported for {llama.ModelType} (llama.cpp's {a} architecture reads no rope_freqs)");
+        if (rope is not ("default" or "llama3" or "yarn") && !(rope == "longrope" && a == "phi3"))
+            throw new NotSupportedException(rope switch
+            {
+                "dynamic" => "dynamic (NTK) rope scaling is not exported as GGUF: llama.cpp has no rope whose base grows with the sequence's length",
+                "longrope" => $"longrope rope scaling is exported for phi3 only (llama.cpp reads rope_factors_long/short in its phi3 architecture, not in {a})",
+                _ => $"rope scaling '{rope}' is not exported as GGUF (default, llama3, yarn and phi3's longrope are)",
+            });
+        var extras = arch.Extras?.Invoke(llama);
         var metadata = new List<(string, object)>
         {
             ("general.architecture", a), ("general.type", "model"), ("general.name", name),
             ("general.file_type", (uint)FileType(type)), ("general.alignment", (uint)Gguf.Alignment),
             ($"{a}.vocab_size", (uint)llama.VocabSize), ($"{a}.context_length", (uint)llama.MaxPositionEmbeddings),
             ($"{a}.embedding_length", (uint)llama.HiddenSize), ($"{a}.block_count", (uint)llama.NumHiddenLayers),
-            ($"{a}.feed_forward_length", (uint)llama.IntermediateSize), ($"{a}.rope.dimension_count", (uint)llama.HeadDim),
+            ($"{a}.feed_forward_length", (uint)llama.IntermediateSize), ($"{a}.rope.dimension_count", (uint)llama.RotaryDim),
             ($"{a}.attention.head_count", (uint)llama.NumAttentionHeads), ($"{a}.attention.head_count_kv", (uint)llama.KeyValueHeads),
             ($"{a}.rope.freq_base", (float)llama.Theta), ($"{a}.attention.layer_norm_rms_epsilon", (float)llama.RmsNormEps),
         };
@@ -78,6 +96,8 @@ public static class GgufExport
         // from hidden / heads; llama.cpp would otherwise assume hidden / heads).
         if (llama.HeadDimension is { } headDim)
             metadata.AddRange([($"{a}.attention.key_length", (uint)headDim), ($"{a}.attention.value_length", (uint)headDim)]);
+        if (rope == "yarn") metadata.AddRange(Yarn(a, llama));
+        if (extras is { } e) metadata.AddRange(e.Metadata);
         metadata.AddRange(Vocabulary(folder, llama));
         if (template is not null) metadata.Add(("tokenizer.chat_template", template.Source));
 
@@ -90,6 +110,7 @@ public static class GgufExport
         }).ToList();
         if (factors is not null)
             tensors.Add(new GgufTensor("rope_freqs.weight", [factors.Length], GgufType.F32, () => tensor(factors)));
+        if (extras is { } more) tensors.AddRange(more.Tensors);
         Gguf.Write(output, metadata, tensors);
     }
 
@@ -194,6 +215,60 @@ public static class GgufExport
             double smooth = (context / wavelength - low) / (high - low);
             return (float)(1 / ((1 - smooth) / factor + smooth));
         }).ToArray();
+    }
+
+    /// <summary>
+    /// YaRN as the converters write it (rope.scaling.type yarn, factor, original context; beta_fast/slow where the config
+    /// gives them); llama.cpp multiplies cos and sin by 0.1 ln(factor) + 1 itself, so a config's own attention_factor,
+    /// mscale or unfloored bounds (truncate false) have no GGUF form and are refused.
+    /// </summary>
+    static IEnumerable<(string, object)> Yarn(string a, LlamaConfig c)
+    {
+        var s = c.Rope!;
+        if (s.AttentionFactor is not null || s.Mscale is not null || s.MscaleAllDim is not null || s.Truncate == false)
+            throw new NotSupportedException("yarn rope scaling with attention_factor, mscale, mscale_all_dim or truncate false is not exported as GGUF (llama.cpp computes its own YaRN scale from factor)");
+        yield return ($"{a}.rope.scaling.type", "yarn");
+        yield return ($"{a}.rope.scaling.factor", (float)s.Factor!.Value);
+        yield return ($"{a}.rope.scaling.original_context_length", (uint)(s.OriginalMaxPositionEmbeddings ?? c.MaxPositionEmbeddings));
+        if (s.BetaFast is { } fast) yield return ($"{a}.rope.scaling.yarn_beta_fast", (float)fast);
+        if (s.BetaSlow is { } slow) yield return ($"{a}.rope.scaling.yarn_beta_slow", (float)slow);
+    }
+
+    /// <summary>
+    /// Phi3MiniModel's keys: the original context, the sliding window (0 for none) and, for LongRoPE, the two factor
+    /// tensors with the cos/sin scale √(1 + ln(max / original) / ln original). llama.cpp picks the long factors for every
+    /// position when its context (n_ctx) exceeds the original, where transformers picks them by the sequence's length.
+    /// </summary>
+    static (IEnumerable<(string, object)>, IEnumerable<GgufTensor>) Phi3Extras(LlamaConfig c)
+    {
+        var phi = (Phi3Config)c;
+        int original = phi.OriginalMaxPositionEmbeddings ?? c.Rope?.OriginalMaxPositionEmbeddings ?? c.MaxPositionEmbeddings;
+        var metadata = new List<(string, object)>
+        {
+            ("phi3.rope.scaling.original_context_length", (uint)original), ("phi3.attention.sliding_window", (uint)(phi.SlidingWindow ?? 0)),
+        };
+        var tensors = new List<GgufTensor>();
+        if (c.Rope is { Kind: "longrope" } s)
+        {
+            if (phi.OriginalMaxPositionEmbeddings is null && s.OriginalMaxPositionEmbeddings is null)
+                throw new NotSupportedException("longrope without original_max_position_embeddings is not exported as GGUF (the converter reads it)");
+            double scale = (double)c.MaxPositionEmbeddings / original;
+            double attention = scale > 1 ? Math.Sqrt(1 + Math.Log(scale) / Math.Log(original)) : 1;
+            if (s.AttentionFactor is { } given && Math.Abs(given - attention) > 1e-6 * attention)
+                throw new NotSupportedException($"longrope attention_factor {given} is not exported as GGUF (the converter writes √(1 + ln s / ln L) = {attention})");
+            metadata.Add(("phi3.rope.scaling.attn_factor", (float)attention));
+            tensors.Add(new GgufTensor("rope_factors_long.weight", [s.LongFactor!.Length], GgufType.F32, () => tensor(s.LongFactor.Select(f => (float)f).ToArray())));
+            tensors.Add(new GgufTensor("rope_factors_short.weight", [s.ShortFactor!.Length], GgufType.F32, () => tensor(s.ShortFactor.Select(f => (float)f).ToArray())));
+        }
+        return (metadata, tensors);
+    }
+
+    /// <summary>llama.cpp's smollm3 makes every 4th layer NoPE (no GGUF key says otherwise), so other layouts are refused.</summary>
+    static (IEnumerable<(string, object)>, IEnumerable<GgufTensor>) SmolLM3Extras(LlamaConfig c)
+    {
+        if (Enumerable.Range(0, c.NumHiddenLayers).FirstOrDefault(i => c.UsesRope(i) != ((i + 1) % 4 != 0), -1) is var layer and >= 0)
+            throw new NotSupportedException($"smollm3 with layer {layer} {(c.UsesRope(layer) ? "rotating" : "NoPE")} is not exported as GGUF (llama.cpp's smollm3 makes exactly every 4th layer NoPE)");
+        return ([], []);
     }
 
     // llama.cpp's llama_token_type (gguf-py's TokenType)

@@ -169,7 +169,9 @@ public sealed partial class InferenceEngine : IDisposable
             batch.Cache.BeginPrefill(first, group.Count, length);
             var ids = tensor(group.SelectMany(s => s.Request.Prompt.Select(t => (long)t).Concat(Enumerable.Repeat(0L, length - s.Request.Prompt.Count))).ToArray(),
                 [group.Count, length]);                                                                        // [n, length]
-            var positions = arange(length, ScalarType.Int64).unsqueeze(0);
+            // A row's padding repeats its last position, so each row's largest position is its own (dynamic and LongRoPE
+            // scale by it, per row); the padding's keys are masked and its outputs unread.
+            var positions = arange(length, ScalarType.Int64).unsqueeze(0).minimum(lengths.unsqueeze(1) - 1);      // [n, length]
             // Causal, and no real token attends to another row's padding: keys past a row's length are masked.
             var mask = ones(length, length, ScalarType.Bool).tril().unsqueeze(0).logical_and(valid.unsqueeze(1)).unsqueeze(1);   // [n, 1, length, length]
             var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);                                   // [n, length, vocab]

@@ -6,8 +6,9 @@ namespace AdapterService.Core.Models;
 
 /// <summary>
 /// A decoder-only transformer in the Llama style (RMSNorm, rotary embeddings, SwiGLU, causal grouped-query attention).
-/// Field names equal the Hugging Face parameter names, so state-dict keys match <c>LlamaForCausalLM</c>. Qwen2, Qwen3 and
-/// Mistral are this decoder with the options their config switches on (see <see cref="LlamaConfig.QkvBias"/> and after).
+/// Field names equal the Hugging Face parameter names, so state-dict keys match <c>LlamaForCausalLM</c>. Qwen2, Qwen3,
+/// Mistral, Phi-3 and SmolLM3 are this decoder with the options their config switches on (see <see cref="LlamaConfig.QkvBias"/>
+/// and after).
 /// </summary>
 public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
 {
@@ -24,7 +25,7 @@ public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
     }
 
     public override int VocabSize => Config.VocabSize;
-    public override int ContextLength => Config.MaxPositionEmbeddings;
+    public override int ContextLength => Config.ContextLength;
     public override int? BosTokenId => Config.BosTokenId;
     public override IReadOnlyList<int> EosTokenIds => Config.EosTokenIds ?? [];
     public override int NumLayers => Config.NumHiddenLayers;
@@ -87,7 +88,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         layers = new ModuleList<LlamaDecoderLayer>(
             Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i)).ToArray());
         norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
-        rotary = new RotaryEmbedding(config.HeadDim, config.Theta, config.Rope);
+        rotary = new RotaryEmbedding(config.RopeShape, config.Rope);
         RegisterComponents();
     }
 
@@ -108,14 +109,15 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 
 public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
 {
-    public readonly LlamaAttention self_attn;
-    public readonly LlamaMlp mlp;
+    /// <summary>Llama's <see cref="LlamaAttention"/> and <see cref="LlamaMlp"/>, or the family's own (Phi-3's fused ones).</summary>
+    public readonly DecoderAttention self_attn;
+    public readonly nn.Module<Tensor, Tensor> mlp;
     public readonly RmsNorm input_layernorm, post_attention_layernorm;
 
     public LlamaDecoderLayer(LlamaConfig config, int index) : base(nameof(LlamaDecoderLayer))
     {
-        self_attn = new LlamaAttention(config, index);
-        mlp = new LlamaMlp(config);
+        self_attn = config.CreateAttention(index);
+        mlp = config.CreateMlp();
         input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
         post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
         RegisterComponents();
@@ -130,47 +132,43 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
     }
 }
 
-public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
+/// <summary>
+/// A decoder layer's causal grouped-query attention from the projected queries, keys and values on (the rotation on the
+/// layers that rotate, the cache, the sliding window), shared by the ways of projecting: Llama's separate q/k/v and
+/// Phi-3's fused qkv_proj. Each subclass owns its projections, the output one included.
+/// </summary>
+public abstract class DecoderAttention : nn.Module<Tensor, Tensor>
 {
-    public readonly AdaptableLinear q_proj, k_proj, v_proj, o_proj;
-    /// <summary>Qwen3's per-head RMSNorm of queries and keys (null in the other families).</summary>
-    public readonly RmsNorm? q_norm, k_norm;
-    readonly int heads, kvHeads, headDim, layerIndex;
+    protected readonly int heads, kvHeads, headDim, layerIndex;
     readonly int? window;
+    readonly bool rope;
 
-    public LlamaAttention(LlamaConfig config, int layerIndex) : base(nameof(LlamaAttention))
-    {
-        (heads, kvHeads, headDim, this.layerIndex, window) = (config.NumAttentionHeads, config.KeyValueHeads, config.HeadDim, layerIndex, config.AttentionWindow);
-        q_proj = new AdaptableLinear(config.HiddenSize, heads * headDim, config.QkvBias);
-        k_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
-        v_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
-        o_proj = new AdaptableLinear(heads * headDim, config.HiddenSize, config.OutputBias);
-        if (config.QkNorm) (q_norm, k_norm) = (new RmsNorm(headDim, config.RmsNormEps), new RmsNorm(headDim, config.RmsNormEps));
-        RegisterComponents();
-    }
+    protected DecoderAttention(string name, LlamaConfig config, int layerIndex) : base(name) =>
+        (heads, kvHeads, headDim, this.layerIndex, window, rope) =
+            (config.NumAttentionHeads, config.KeyValueHeads, config.HeadDim, layerIndex, config.AttentionWindow, config.UsesRope(layerIndex));
 
     public override Tensor forward(Tensor x) => throw new NotSupportedException("call Forward with positions");
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
+    public abstract Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache);
+
+    /// <summary>Attention output [b, t, heads · hd] of q [b, heads, t, hd] over k, v [b, kv, t, hd] (the cache's keys first).</summary>
+    protected Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
     {
-        long b = x.shape[0], t = x.shape[1];
-        var q = Heads(q_proj.forward(x), q_norm, heads);                           // [b, heads, t, hd]
-        var k = Heads(k_proj.forward(x), k_norm, kvHeads);                         // [b, kv, t, hd]
-        var v = Heads(v_proj.forward(x), null, kvHeads);                           // [b, kv, t, hd]
-        (q, k) = (RotaryEmbedding.Apply(q, cos, sin), RotaryEmbedding.Apply(k, cos, sin));
+        long b = q.shape[0], t = q.shape[2];
+        if (rope) (q, k) = (RotaryEmbedding.Apply(q, cos, sin), RotaryEmbedding.Apply(k, cos, sin));
         if (cache is not null) (k, v) = cache.Append(layerIndex, k, v);            // [b, kv, past+t, hd]
         if (kvHeads != heads)
             (k, v) = (k.repeat_interleave(heads / kvHeads, 1), v.repeat_interleave(heads / kvHeads, 1));
         if (window is { } w) mask = SlidingWindow(mask, k.shape[2], w);
         var y = nn.functional.scaled_dot_product_attention(q, k, v, mask);          // [b, heads, t, hd]
-        return o_proj.forward(y.transpose(1, 2).reshape(b, t, heads * headDim));   // [b, t, hidden]
+        return y.transpose(1, 2).reshape(b, t, heads * headDim);
     }
 
     /// <summary>
     /// [b, t, n · hd] → [b, n, t, hd], normed per head first where the family does (as [b, t · n, hd], so a norm
     /// adapter's per-row [rows, 1, hd] scale lines up with the batch).
     /// </summary>
-    Tensor Heads(Tensor x, RmsNorm? norm, int n)
+    protected Tensor Heads(Tensor x, RmsNorm? norm, int n)
     {
         long b = x.shape[0], t = x.shape[1];
         if (norm is not null) x = norm.forward(x.view(b, t * n, headDim));
@@ -188,6 +186,32 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         var allowed = mask ?? ones(1, keys, ScalarType.Bool);                          // [.., keys]
         var fromRight = allowed.flip(-1).cumsum(-1, ScalarType.Int64).flip(-1);          // allowed keys at or after each key
         return allowed.logical_and(fromRight.le(window));
+    }
+}
+
+/// <summary>Llama's attention: separate q, k, v and o projections (biases and Qwen3's q/k norms as the config says).</summary>
+public sealed class LlamaAttention : DecoderAttention
+{
+    public readonly AdaptableLinear q_proj, k_proj, v_proj, o_proj;
+    /// <summary>Qwen3's per-head RMSNorm of queries and keys (null in the other families).</summary>
+    public readonly RmsNorm? q_norm, k_norm;
+
+    public LlamaAttention(LlamaConfig config, int layerIndex) : base(nameof(LlamaAttention), config, layerIndex)
+    {
+        q_proj = new AdaptableLinear(config.HiddenSize, heads * headDim, config.QkvBias);
+        k_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
+        v_proj = new AdaptableLinear(config.HiddenSize, kvHeads * headDim, config.QkvBias);
+        o_proj = new AdaptableLinear(heads * headDim, config.HiddenSize, config.OutputBias);
+        if (config.QkNorm) (q_norm, k_norm) = (new RmsNorm(headDim, config.RmsNormEps), new RmsNorm(headDim, config.RmsNormEps));
+        RegisterComponents();
+    }
+
+    public override Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, IKvCache? cache)
+    {
+        var q = Heads(q_proj.forward(x), q_norm, heads);                           // [b, heads, t, hd]
+        var k = Heads(k_proj.forward(x), k_norm, kvHeads);                         // [b, kv, t, hd]
+        var v = Heads(v_proj.forward(x), null, kvHeads);                           // [b, kv, t, hd]
+        return o_proj.forward(Attend(q, k, v, cos, sin, mask, cache));             // [b, t, hidden]
     }
 }
 
@@ -215,47 +239,39 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IFeedForward
         Adapter?.Forward(x, this) ?? down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
 }
 
-/// <summary>Rotary position embedding with the Hugging Face Llama layout (rotate the two halves of each head).</summary>
+/// <summary>
+/// Rotary position embedding with the Hugging Face Llama layout (rotate the two halves of each head's first rotary_dim
+/// dimensions; the rest pass through), its frequencies and cos/sin factor from the config's rope type (<see cref="RopeTypes"/>).
+/// </summary>
 public sealed class RotaryEmbedding
 {
-    readonly int headDim;
-    readonly double theta;
+    readonly RopeShape shape;
     readonly RopeScaling? scaling;
+    readonly RopeType type;
 
-    public RotaryEmbedding(int headDim, double theta, RopeScaling? scaling = null) => (this.headDim, this.theta, this.scaling) = (headDim, theta, scaling);
-
-    /// <summary>cos and sin [b, 1, seq, head_dim] of the angles for positions [b, seq] (b may be 1 to share them).</summary>
-    public (Tensor Cos, Tensor Sin) Angles(Tensor positions)
-    {
-        var invFreq = 1.0 / pow(theta, arange(0, headDim, 2, ScalarType.Float64) / headDim);   // [hd/2]
-        // transformers' modeling_rope_utils.py: _compute_linear_scaling_rope_parameters divides every frequency by factor;
-        // _compute_llama3_parameters is Llama3 below. Neither rescales attention (attention_factor 1).
-        if (scaling?.Kind == "linear") invFreq = invFreq / scaling.Factor!.Value;
-        if (scaling?.Kind == "llama3") invFreq = Llama3(invFreq, scaling);
-        var freqs = positions.to_type(ScalarType.Float64).unsqueeze(-1) * invFreq;             // [b, seq, hd/2]
-        var emb = cat([freqs, freqs], -1).unsqueeze(1);                                       // [b, 1, seq, hd]
-        return (emb.cos().to_type(ScalarType.Float32), emb.sin().to_type(ScalarType.Float32));
-    }
+    public RotaryEmbedding(RopeShape shape, RopeScaling? scaling = null) =>
+        (this.shape, this.scaling, type) = (shape, scaling, RopeTypes.All[scaling?.Kind ?? "default"]);
 
     /// <summary>
-    /// Llama 3.1's long-context frequencies: wavelengths longer than the original context / low_freq_factor are slowed by
-    /// factor, those shorter than context / high_freq_factor kept, and the band between interpolated smoothly.
+    /// cos and sin [b, 1, seq, rotary_dim] of the angles for positions [b, seq] (b may be 1 to share them); a row's
+    /// length, for the rope types that read it, is 1 + its largest position here.
     /// </summary>
-    static Tensor Llama3(Tensor invFreq, RopeScaling s)
+    public (Tensor Cos, Tensor Sin) Angles(Tensor positions)
     {
-        double context = s.OriginalMaxPositionEmbeddings!.Value, factor = s.Factor!.Value, low = s.LowFreqFactor!.Value, high = s.HighFreqFactor!.Value;
-        var wavelength = 2 * Math.PI / invFreq;                                                // [hd/2]
-        var scaled = where(wavelength > context / low, invFreq / factor, invFreq);             // [hd/2]
-        var smooth = (context / wavelength - low) / (high - low);                              // [hd/2]
-        var smoothed = (1 - smooth) * scaled / factor + smooth * scaled;                       // [hd/2]
-        var medium = wavelength.ge(context / high).logical_and(wavelength.le(context / low));   // [hd/2]
-        return where(medium, smoothed, scaled);
+        var p = positions.to_type(ScalarType.Float64);                                        // [b, seq]
+        var (invFreq, factor) = type.Frequencies(scaling, shape, p.amax([-1]) + 1);           // [b or 1, rd/2]
+        var freqs = p.unsqueeze(-1) * invFreq.unsqueeze(1);                                   // [b, seq, rd/2]
+        var emb = cat([freqs, freqs], -1).unsqueeze(1);                                       // [b, 1, seq, rd]
+        return ((emb.cos() * factor).to_type(ScalarType.Float32), (emb.sin() * factor).to_type(ScalarType.Float32));
     }
 
+    /// <summary>x [.., hd] rotated by cos, sin [.., rd]: the first rd dimensions as two halves, the rest unchanged.</summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
-        long half = x.shape[^1] / 2;
-        var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
-        return x * cos + rotated * sin;
+        long rd = cos.shape[^1], half = rd / 2;
+        var r = rd == x.shape[^1] ? x : x.narrow(-1, 0, rd);
+        var rotated = cat([-r.narrow(-1, half, half), r.narrow(-1, 0, half)], -1);
+        var y = r * cos + rotated * sin;
+        return rd == x.shape[^1] ? y : cat([y, x.narrow(-1, rd, x.shape[^1] - rd)], -1);
     }
 }

@@ -44,7 +44,7 @@ public record LlamaConfig : ModelConfig
     [JsonIgnore] public int KeyValueHeads => NumKeyValueHeads ?? NumAttentionHeads;
     [JsonIgnore] public int HeadDim => HeadDimension ?? HiddenSize / NumAttentionHeads;
     [JsonIgnore] public double Theta => RopeParameters?.RopeTheta ?? RopeTheta;
-    [JsonIgnore] public RopeScaling? Rope => RopeParameters ?? RopeScaling;
+    [JsonIgnore] public virtual RopeScaling? Rope => RopeParameters ?? RopeScaling;
 
     // The decoder's options, fixed per family: Llama's attention_bias puts a bias on q, k, v and o; Qwen2 on q, k, v only.
     [JsonIgnore] public virtual bool QkvBias => AttentionBias;
@@ -53,6 +53,21 @@ public record LlamaConfig : ModelConfig
     [JsonIgnore] public virtual bool QkNorm => false;
     /// <summary>How many of the latest positions (the query's own included) each query attends to; null for all.</summary>
     [JsonIgnore] public virtual int? AttentionWindow => null;
+    /// <summary>How many leading dimensions of each head rotate (Phi-3's partial_rotary_factor makes it fewer than head_dim).</summary>
+    [JsonIgnore] public virtual int RotaryDim => HeadDim;
+    /// <summary>Whether layer <paramref name="layer"/> rotates queries and keys (SmolLM3's NoPE layers do not).</summary>
+    public virtual bool UsesRope(int layer) => true;
+    /// <summary>What the rope types read besides rope_scaling.</summary>
+    [JsonIgnore] public virtual RopeShape RopeShape => new(RotaryDim, Theta, MaxPositionEmbeddings);
+    /// <summary>
+    /// The most positions a sequence may have: max_position_embeddings, or factor times it under dynamic scaling, which
+    /// exists to run past the trained context (transformers sets no limit; factor is the extension it is configured for).
+    /// </summary>
+    [JsonIgnore] public int ContextLength => Rope is { Kind: "dynamic", Factor: { } factor } ? (int)Math.Min(int.MaxValue, factor * MaxPositionEmbeddings) : MaxPositionEmbeddings;
+
+    /// <summary>A decoder layer's attention and feed-forward network (Llama's separate projections; Phi-3 fuses them).</summary>
+    public virtual DecoderAttention CreateAttention(int layer) => new LlamaAttention(this, layer);
+    public virtual nn.Module<Tensor, Tensor> CreateMlp() => new LlamaMlp(this);
 
     [JsonIgnore] public override Type ModelClass => typeof(LlamaForCausalLM);
 
@@ -121,46 +136,12 @@ public record LlamaConfig : ModelConfig
         if (HeadDimension is null && NumAttentionHeads > 0 && HiddenSize % NumAttentionHeads != 0)
             yield return $"num_attention_heads ({NumAttentionHeads}) does not divide hidden_size ({HiddenSize}) and head_dim is not given";
         if (NumAttentionHeads > 0 && (HeadDim <= 0 || HeadDim % 2 != 0)) yield return $"head_dim {HeadDim} must be positive and even (rotary pairs)";
-        if (RopeScaling is not null && RopeParameters is not null && RopeScaling != RopeParameters with { RopeTheta = RopeScaling.RopeTheta })
+        if (RopeScaling is not null && RopeParameters is not null && !RopeScaling.SameAs(RopeParameters with { RopeTheta = RopeScaling.RopeTheta }))
             yield return "rope_scaling and rope_parameters disagree; write one";
         if (Rope is { } scaling)
-            foreach (string problem in scaling.Problems(RopeParameters is null ? "rope_scaling" : "rope_parameters")) yield return problem;
+            foreach (string problem in scaling.Problems(RopeParameters is null ? "rope_scaling" : "rope_parameters", this)) yield return problem;
         if (HiddenAct != "silu") yield return $"hidden_act '{HiddenAct}' is not supported ({ModelType} uses silu)";
         if (RmsNormEps <= 0) yield return $"rms_norm_eps is {RmsNormEps}; it must be positive";
         if (Theta <= 0) yield return $"rope_theta is {Theta}; it must be positive";
-    }
-}
-
-/// <summary>
-/// <c>rope_scaling</c> (transformers 4.x) or <c>rope_parameters</c> (5.x, with <c>rope_theta</c>) of a Llama-family config.
-/// <c>default</c>, <c>linear</c> and Llama 3.1's <c>llama3</c> (Llama 3.1–3.3) are implemented; others (dynamic, yarn,
-/// longrope, ...) are refused by name rather than silently ignored.
-/// </summary>
-public sealed record RopeScaling
-{
-    [JsonPropertyName("rope_theta")] public double? RopeTheta { get; init; }
-    [JsonPropertyName("rope_type")] public string? RopeType { get; init; }
-    /// <summary>The key older configs use for rope_type.</summary>
-    [JsonPropertyName("type")] public string? Type { get; init; }
-    [JsonPropertyName("factor")] public double? Factor { get; init; }
-    [JsonPropertyName("low_freq_factor")] public double? LowFreqFactor { get; init; }
-    [JsonPropertyName("high_freq_factor")] public double? HighFreqFactor { get; init; }
-    [JsonPropertyName("original_max_position_embeddings")] public int? OriginalMaxPositionEmbeddings { get; init; }
-
-    [JsonIgnore] public string Kind => RopeType ?? Type ?? "default";
-
-    internal IEnumerable<string> Problems(string key)
-    {
-        if (Kind == "default") yield break;
-        if (Kind is not ("llama3" or "linear"))
-        {
-            yield return $"{key} rope_type '{Kind}' is not supported (supported: default, linear, llama3)";
-            yield break;
-        }
-        if (Factor is not > 0) yield return $"{key}.factor must be a positive number";
-        if (Kind != "llama3") yield break;
-        if (OriginalMaxPositionEmbeddings is not > 0) yield return $"{key}.original_max_position_embeddings must be a positive integer";
-        if (LowFreqFactor is not > 0 || HighFreqFactor is not { } high || high <= LowFreqFactor)
-            yield return $"{key} needs low_freq_factor > 0 and high_freq_factor > low_freq_factor";
     }
 }

@@ -42,6 +42,7 @@ public abstract record ModelConfig
     static readonly Dictionary<string, Type> Families = new(StringComparer.Ordinal)
     {
         ["llama"] = typeof(LlamaConfig), ["qwen2"] = typeof(Qwen2Config), ["qwen3"] = typeof(Qwen3Config), ["mistral"] = typeof(MistralConfig),
+        ["phi3"] = typeof(Phi3Config), ["smollm3"] = typeof(SmolLM3Config),
         ["gpt2"] = typeof(Gpt2Config), ["vit"] = typeof(VitConfig),
     };
 

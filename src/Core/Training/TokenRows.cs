@@ -49,7 +49,9 @@ public sealed record TokenRows(Tensor Inputs, Tensor Targets, Tensor Positions, 
                     if (e.Train[i + 1]) targets[at] = e.Ids[i + 1];
                 }
             }
-            for (int i = 0; at < (r + 1) * length; i++, at++) positions[at] = i;    // padding's positions, never trained
+            // Padding repeats the row's last position (never trained, never attended to), so the row's largest position is
+            // its examples' own: dynamic NTK and LongRoPE scale by it.
+            for (; at < (r + 1) * length; at++) positions[at] = positions[at - 1];
         }
         long[] shape = [rows.Count, length];
         var causal = ones(length, length, ScalarType.Bool).tril();                   // [t, t]

@@ -118,9 +118,17 @@ public sealed class MethodMatrixTests : IDisposable
     }
 
     /// <summary>The tiny Llama, and the families on its decoder scaled down from their real configs (tests/Core.Tests/Models/DecoderFamiliesTests.cs).</summary>
-    public static TheoryData<string> Models => new("tiny", "llama", "qwen2", "qwen3", "mistral");
+    public static TheoryData<string> Models => new("tiny", "llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3");
 
     static LlamaForCausalLM ModelOf(string name) => name == "tiny" ? Create() : DecoderFamiliesTests.CreateFamily(name);
+
+    /// <summary>
+    /// A method's config for a model: on Phi-3 the targets are its fused modules (PEFT's names there), qkv_proj and
+    /// gate_up_proj with down_proj, each adapted over its whole output; MixLoRA's experts sit on gate_up_proj and down_proj.
+    /// </summary>
+    static AdapterConfig ConfigFor(string method, LlamaForCausalLM model) => model is not Phi3ForCausalLM ? ConfigOf(method)
+        : ConfigOf(method) is MixLoraConfig mix ? mix with { TargetModules = ["qkv_proj"] }
+        : ConfigOf(method) with { TargetModules = ["qkv_proj", "gate_up_proj", "down_proj"] };
 
     /// <summary>
     /// Served the way the engine serves (each row its own adapter, several methods in one batch, rows without any),
@@ -137,7 +145,7 @@ public sealed class MethodMatrixTests : IDisposable
         var ids = Ids(methods.Length + 1, 6, seed: 8);
         for (int i = 0; i < methods.Length; i++)
         {
-            using var adapter = TrainableAdapter.Create(model, ConfigOf(methods[i]), seed: i);
+            using var adapter = TrainableAdapter.Create(model, ConfigFor(methods[i], model), seed: i);
             Randomize(adapter, seed: 10 + i);
             adapter.Attach(model);
             alone.Add(model.forward(ids.narrow(0, i, 1)));
@@ -217,7 +225,7 @@ public sealed class MethodMatrixTests : IDisposable
         foreach (string method in MethodNames)
         {
             using var scope = NewDisposeScope();
-            using var adapter = TrainableAdapter.Create(model, ConfigOf(method), seed: 1);
+            using var adapter = TrainableAdapter.Create(model, ConfigFor(method, model), seed: 1);
             adapter.Attach(model);
             adapter.Train(true);
             foreach (var p in adapter.Parameters()) p.requires_grad = true;
@@ -280,20 +288,27 @@ public sealed class MethodMatrixTests : IDisposable
     }
 
     /// <summary>MixLoRA on GPT-2 (c_fc, c_proj) and ViT (intermediate and output dense) as well as Llama: at init the base, after a step not.</summary>
+    /// <summary>On Phi-3 each expert is LoRA on the fused gate_up_proj (over its whole output, the gate and up halves sharing A) and on down_proj.</summary>
     [Theory]
     [InlineData("gpt2")]
     [InlineData("vit")]
+    [InlineData("phi3")]
     public void MixLoraAdaptsEveryFamilysFeedForward(string family)
     {
         using var scope = NewDisposeScope();
-        ModelConfig config = family == "gpt2"
-            ? new Gpt2Config { VocabSize = 264, NEmbd = 32, NHead = 4, NLayer = 2, NPositions = 16 }
-            : new VitConfig { HiddenSize = 32, NumHiddenLayers = 2, NumAttentionHeads = 4, IntermediateSize = 64, ImageSize = 8, PatchSize = 4, NumChannels = 1 };
+        ModelConfig config = family switch
+        {
+            "gpt2" => new Gpt2Config { VocabSize = 264, NEmbd = 32, NHead = 4, NLayer = 2, NPositions = 16 },
+            "phi3" => new Phi3Config { VocabSize = 264, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4 },
+            _ => new VitConfig { HiddenSize = 32, NumHiddenLayers = 2, NumAttentionHeads = 4, IntermediateSize = 64, ImageSize = 8, PatchSize = 4, NumChannels = 1 },
+        };
         using var model = RandomModel.Create(config, seed: 4);
-        var input = family == "gpt2" ? Ids(2, 5, seed: 1) : randn(2, 1, 8, 8);
+        var input = family == "vit" ? randn(2, 1, 8, 8) : Ids(2, 5, seed: 1);
         var before = model.forward(input);
         using var adapter = TrainableAdapter.Create(model, new MixLoraConfig { Rank = 2, NumExperts = 3, TargetModules = [] }, seed: 1);
         Assert.Equal(model.FeedForwardBlocks().Count(), adapter.Layers.Count);
+        if (family == "phi3")   // per block: router 3 · 32, 3 experts × rank 2 × (gate_up 32 → 128, down 64 → 32)
+            Assert.Equal(2 * (3 * 32 + 3 * 2 * ((32 + 128) + (64 + 32))), adapter.ParameterCount);
         adapter.Attach(model);
         AssertClose(before, model.forward(input), 1e-5);
         Randomize(adapter, 3);

@@ -126,6 +126,49 @@ public sealed class InferenceEngineTests : IDisposable
         Assert.True(together.Count(t => t.Text.Length >= 4) >= 3, "most rows generate past the window");
     }
 
+    /// <summary>
+    /// Rope types that read the sequence's length (Phi-3's LongRoPE over an original context of 4, SmolLM3's dynamic NTK past
+    /// 4 positions) with prompts of 3 to 7 tokens, so a padded prefill holds rows on both sides: each row gets what it gets
+    /// alone, which is greedy decoding over the model's own cache (the prompt rotated at its length, each new token at its
+    /// position + 1), not the uncached forward, which rotates every position at the final length.
+    /// </summary>
+    [Theory]
+    [InlineData("phi3")]
+    [InlineData("smollm3")]
+    public async Task LengthDependentRopeGivesEachRowWhatItGetsAlone(string family)
+    {
+        string folder = Path.Combine(root.FullName, family);
+        using (var model = Models.DecoderFamiliesTests.CreateFamily(family, seed: 3, vocabulary: Config.VocabSize)) ModelFolder.Save(model, folder);
+        using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 4 });
+        var requests = Enumerable.Range(0, 6).Select(i => Request(null, promptSeed: i, maxTokens: 8) with { BaseModel = family, BaseFolder = folder }).ToList();
+        var together = await Task.WhenAll(requests.Select(r => RunAsync(engine, r)));
+        for (int i = 0; i < requests.Count; i++)
+        {
+            Assert.Equal((await RunAsync(engine, requests[i])).Text, together[i].Text);
+            Assert.Equal(Text(CachedReference(requests[i])), together[i].Text);
+        }
+        Assert.Contains(requests, r => Text(Reference(r)) != Text(CachedReference(r)));   // the length-dependent rotation shows
+    }
+
+    /// <summary>Greedy decoding one request alone over the model's KvCache: the prompt in one call, then a token per call.</summary>
+    static List<int> CachedReference(GenerationRequest request)
+    {
+        using var scope = NewDisposeScope();
+        using var model = ModelFolder.Load(request.BaseFolder);
+        using var _ = no_grad();
+        using var cache = new KvCache(((CausalLanguageModel)model).NumLayers);
+        var produced = new List<int>();
+        var input = tensor(request.Prompt.Select(i => (long)i).ToArray(), [1, request.Prompt.Count]);
+        for (int i = 0; i < request.Options.MaxTokens; i++)
+        {
+            int next = (int)((CausalLanguageModel)model).Forward(input, cache)[0, -1].argmax().item<long>();
+            if (next == ByteTokenizer.End) break;
+            produced.Add(next);
+            input = tensor(new long[] { next }, [1, 1]);
+        }
+        return produced;
+    }
+
     [Fact]
     public async Task SeededSamplingIsIndependentOfBatchmates()
     {

@@ -276,11 +276,11 @@ public sealed class CheckpointTests : IDisposable
     }
 
     [Fact]
-    public void RopeScalingOtherThanLlama3IsRefusedRatherThanSilentlyIgnored()
+    public void ARopeTypeNotImplementedIsRefusedRatherThanSilentlyIgnored()
     {
         File.WriteAllText(Path.Combine(folder, ModelFolder.ConfigFile),
-            ConfigJson.Replace("\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}"));
-        Assert.Contains("rope_scaling rope_type 'yarn' is not supported", Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder)).Message);
+            ConfigJson.Replace("\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"proportional\", \"factor\": 4.0}"));
+        Assert.Contains("rope_scaling rope_type 'proportional' is not supported", Assert.Throws<InvalidDataException>(() => ModelFolder.Load(folder)).Message);
     }
 
     [Fact]

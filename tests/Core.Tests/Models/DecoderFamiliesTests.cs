@@ -7,8 +7,9 @@ using static TorchSharp.torch;
 namespace AdapterService.Core.Tests.Models;
 
 /// <summary>
-/// The families on Llama's decoder (Llama with a tied head, Qwen2, Qwen3, Mistral), scaled down from their real configs,
-/// against a naive float64 reference written here from the Hugging Face equations: no cache, one head at a time.
+/// The families on Llama's decoder (Llama with a tied head, Qwen2, Qwen3, Mistral, Phi-3, SmolLM3), scaled down from their
+/// real configs, against a naive float64 reference written here from the Hugging Face equations: no cache, one head at a
+/// time, each rope type from its paper's equations.
 /// </summary>
 public sealed class DecoderFamiliesTests : IDisposable
 {
@@ -34,11 +35,13 @@ public sealed class DecoderFamiliesTests : IDisposable
             VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
             RopeTheta = 1000, TieWordEmbeddings = true, RmsNormEps = 1e-6, RopeScaling = new RopeScaling { RopeType = "linear", Factor = 2 },
         },
-        // Qwen3's: q/k norms, head_dim 32 where hidden / heads is 16, untied head.
+        // Qwen3's: q/k norms, head_dim 32 where hidden / heads is 16, untied head; YaRN as Qwen3's model cards configure it
+        // (factor 4), over an original context of 8 here and beta_fast 8 so the ramp spans several pairs.
         "qwen3" => new Qwen3Config
         {
             VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
-            HeadDimension = 32, RopeTheta = 1000, RmsNormEps = 1e-6,
+            HeadDimension = 32, RopeTheta = 1000, RmsNormEps = 1e-6, MaxPositionEmbeddings = 32,
+            RopeScaling = new RopeScaling { RopeType = "yarn", Factor = 4, OriginalMaxPositionEmbeddings = 8, BetaFast = 8 },
         },
         // Mistral 7B v0.1's sliding window, 3 here, shorter than the test sequences.
         "mistral" => new MistralConfig
@@ -46,10 +49,25 @@ public sealed class DecoderFamiliesTests : IDisposable
             VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
             RopeTheta = 1000, SlidingWindow = 3,
         },
+        // Phi-4-mini's: fused qkv_proj and gate_up_proj, 3/4 of each head rotated, tied head, LongRoPE (original context 4
+        // here, so the test sequences cross it); a sliding window of 5 as Phi-3-mini-4k has one (2047).
+        "phi3" => new Phi3Config
+        {
+            VocabSize = 300, HiddenSize = 64, IntermediateSize = 96, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            RopeTheta = 1000, TieWordEmbeddings = true, PartialRotaryFactor = 0.75, MaxPositionEmbeddings = 16, OriginalMaxPositionEmbeddings = 4,
+            SlidingWindow = 5,
+            RopeScaling = new RopeScaling { Type = "longrope", ShortFactor = [1, 1.1, 1.5, 2, 3, 4], LongFactor = [1, 1.5, 3, 6, 12, 20] },
+        },
+        // SmolLM3's: layer 1 without rope (NoPE), tied head; with dynamic NTK scaling past a context of 4 here.
+        "smollm3" => new SmolLM3Config
+        {
+            VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            RopeTheta = 1000, MaxPositionEmbeddings = 4, NoRopeLayers = [1, 0], RopeScaling = new RopeScaling { RopeType = "dynamic", Factor = 4 },
+        },
         _ => throw new ArgumentException(family),
     };
 
-    public static TheoryData<string> Families => new("llama", "qwen2", "qwen3", "mistral");
+    public static TheoryData<string> Families => new("llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3");
 
     /// <summary>A frozen model with seeded random weights; norms away from 1 and biases away from 0, so both matter.</summary>
     public static LlamaForCausalLM CreateFamily(string family, long seed = 1, int vocabulary = 300)
@@ -84,10 +102,15 @@ public sealed class DecoderFamiliesTests : IDisposable
         using var model = CreateFamily(family);
         using var _ = no_grad();
         var ids = FamilyIds(2, 9, seed: 7);
-        AssertClose(Reference.Model(ids, model), model.forward(ids), 1e-4);
+        AssertClose(Reference.Model(ids, model, Enumerable.Repeat(9, 9).ToArray()), model.forward(ids), 1e-4);
     }
 
-    /// <summary>Prefill, then one token at a time over the KV cache (with and without an explicit mask) equals the full forward.</summary>
+    /// <summary>
+    /// Prefill, then one token at a time over the KV cache (with and without an explicit mask) equals the reference with
+    /// each position rotated as it was written: at the prompt's length for the prompt, then at its own position + 1 (what
+    /// transformers' generate does; it matters only to the rope types that read the length, dynamic and longrope). For the
+    /// others it is also the full forward.
+    /// </summary>
     [Theory, MemberData(nameof(Families))]
     public void DecodingWithTheCacheEqualsTheFullForward(string family)
     {
@@ -96,13 +119,17 @@ public sealed class DecoderFamiliesTests : IDisposable
         using var _ = no_grad();
         var ids = FamilyIds(1, 10, seed: 8);
         var full = model.forward(ids);
+        int[] written = [2, 2, 3, 4, 5, 6, 7, 8, 9, 10];
         using var cache = new KvCache(model.NumLayers);
         var steps = new List<Tensor> { model.Forward(ids.narrow(1, 0, 2), cache) };
         for (long p = 2; p < 10; p++)
             steps.Add(p % 2 == 0
                 ? model.Forward(ids.narrow(1, p, 1), cache)
                 : model.Forward(ids.narrow(1, p, 1), tensor(new[] { p }).view(1, 1), ones(1, 1, 1, p + 1, ScalarType.Bool), cache));
-        AssertClose(full, cat(steps, 1), 1e-4);
+        var decoded = cat(steps, 1);
+        AssertClose(Reference.Model(ids, model, written), decoded, 1e-4);
+        if (model.Config.Rope?.Kind is not ("dynamic" or "longrope")) AssertClose(full, decoded, 1e-4);
+        else Assert.True((full - decoded).abs().max().item<float>() > 1e-3);   // the length-dependent rotation shows
     }
 
     /// <summary>The shapes the config lists without building the model (adapter validation reads them) are the model's.</summary>
@@ -148,7 +175,11 @@ public sealed class DecoderFamiliesTests : IDisposable
         Assert.Equal(("bfloat16", 1_000_000.0, "linear", 32), (config.TorchDtype, config.Theta, config.Rope!.Kind, config.HeadDim));
     }
 
-    /// <summary>The keys of released configs as transformers 4.x writes them (Qwen2.5-0.5B, Qwen3-0.6B, Mistral-7B-v0.1, Llama-3.2-1B), shapes scaled down.</summary>
+    /// <summary>
+    /// The keys of released configs as transformers 4.x writes them (Qwen2.5-0.5B, Qwen3-0.6B, Mistral-7B-v0.1, Llama-3.2-1B,
+    /// SmolLM2-360M, Phi-3-mini-4k, Phi-3.5-mini, Phi-4-mini, SmolLM3-3B), shapes scaled down (LongRoPE's factor lists to
+    /// the scaled rotary dimension / 2, no_rope_layers to 2 layers).
+    /// </summary>
     public static TheoryData<string> ReleasedConfigs => new(
         """
         {"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu", "initializer_range": 0.02,
@@ -168,6 +199,39 @@ public sealed class DecoderFamiliesTests : IDisposable
         {"architectures": ["LlamaForCausalLM"], "attention_bias": false, "head_dim": 16, "hidden_act": "silu", "mlp_bias": false, "model_type": "llama",
          "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
          "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16"
+        """,
+        """
+        {"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+         "initializer_range": 0.02, "is_llama_config": true, "max_position_embeddings": 8192, "mlp_bias": false, "model_type": "llama", "pad_token_id": 2,
+         "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": false, "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true,
+         "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": true
+        """,
+        """
+        {"architectures": ["Phi3ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "embd_pdrop": 0.0, "eos_token_id": 32000, "hidden_act": "silu",
+         "initializer_range": 0.02, "max_position_embeddings": 4096, "model_type": "phi3", "original_max_position_embeddings": 4096, "pad_token_id": 32000,
+         "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0, "sliding_window": 2047, "tie_word_embeddings": false,
+         "torch_dtype": "bfloat16", "transformers_version": "4.40.2", "use_cache": true
+        """,
+        """
+        {"architectures": ["Phi3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 1, "embd_pdrop": 0.0, "eos_token_id": 32000,
+         "hidden_act": "silu", "max_position_embeddings": 131072, "model_type": "phi3", "original_max_position_embeddings": 4096, "pad_token_id": 32000,
+         "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_scaling": {"long_factor": [1.08, 1.11, 1.14, 1.34, 1.59, 1.6, 1.62, 2.62],
+         "short_factor": [1.0, 1.02, 1.04, 1.05, 1.05, 1.05, 1.06, 1.06], "type": "longrope"}, "rope_theta": 10000.0, "sliding_window": 262144,
+         "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.43.3", "use_cache": true
+        """,
+        """
+        {"architectures": ["Phi3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 199999, "embd_pdrop": 0.0,
+         "eos_token_id": 199999, "full_attn_mod": 1, "hidden_act": "silu", "initializer_range": 0.02, "interpolate_factor": 1, "lm_head_bias": false,
+         "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "phi3", "original_max_position_embeddings": 4096, "pad_token_id": 199999,
+         "partial_rotary_factor": 0.75, "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_scaling": {"long_factor": [1, 1.12, 1.25, 1.4, 1.57, 1.76],
+         "short_factor": [1, 1, 1, 1, 1, 1], "type": "longrope"}, "rope_theta": 10000.0, "sliding_window": 262144, "tie_word_embeddings": true,
+         "torch_dtype": "bfloat16", "transformers_version": "4.45.0", "use_cache": true
+        """,
+        """
+        {"architectures": ["SmolLM3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": null, "eos_token_id": 128012,
+         "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 65536, "max_window_layers": 28, "mlp_bias": false, "model_type": "smollm3",
+         "no_rope_layer_interval": 4, "no_rope_layers": [1, 0], "pad_token_id": 128004, "pretraining_tp": 2, "rms_norm_eps": 1e-06, "rope_scaling": null,
+         "rope_theta": 5000000.0, "sliding_window": null, "use_cache": false, "use_sliding_window": false, "tie_word_embeddings": true, "torch_dtype": "bfloat16"
         """);
 
     [Theory, MemberData(nameof(ReleasedConfigs))]
@@ -185,9 +249,19 @@ public sealed class DecoderFamiliesTests : IDisposable
     [InlineData("qwen2", "\"attention_bias\": true", "attention_bias")]
     [InlineData("mistral", "\"attention_bias\": true", "attention_bias")]
     [InlineData("qwen3", "\"mlp_bias\": true", "mlp_bias")]
-    [InlineData("llama", "\"rope_scaling\": {\"rope_type\": \"dynamic\", \"factor\": 2.0}", "rope_scaling rope_type 'dynamic' is not supported")]
-    [InlineData("qwen3", "\"rope_parameters\": {\"rope_type\": \"yarn\", \"factor\": 4.0, \"rope_theta\": 1e6}", "rope_parameters rope_type 'yarn' is not supported")]
-    [InlineData("llama", "\"rope_scaling\": {\"type\": \"longrope\"}", "rope_type 'longrope' is not supported")]
+    [InlineData("llama", "\"rope_scaling\": {\"rope_type\": \"su\", \"factor\": 2.0}", "rope_scaling rope_type 'su' is not supported")]
+    [InlineData("llama", "\"rope_scaling\": {\"rope_type\": \"dynamic\", \"factor\": 2.0, \"original_max_position_embeddings\": 1024}", "rope_scaling.original_max_position_embeddings 1024 differs from max_position_embeddings 2048")]
+    [InlineData("qwen3", "\"rope_parameters\": {\"rope_type\": \"yarn\", \"factor\": 4.0, \"rope_theta\": 1e6, \"extrapolation_factor\": 1}", "rope_parameters.extrapolation_factor is not supported")]
+    [InlineData("qwen3", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0, \"low_freq_factor\": 1}", "rope_scaling.low_freq_factor is not read by rope_type 'yarn'")]
+    [InlineData("qwen3", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0, \"beta_fast\": 1, \"beta_slow\": 2}", "rope_scaling.beta_fast must not be below beta_slow")]
+    [InlineData("llama", "\"rope_scaling\": {\"type\": \"longrope\", \"factor\": 2.0, \"short_factor\": [1, 1]}", "rope_scaling.short_factor must be 8 positive numbers")]
+    [InlineData("llama", "\"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 2.0, \"short_factor\": [1]}", "rope_scaling.short_factor is not read by rope_type 'linear'")]
+    [InlineData("phi3", "\"partial_rotary_factor\": 0.1", "partial_rotary_factor 0.1 gives 1 rotary dimensions")]
+    [InlineData("phi3", "\"attention_bias\": true", "attention_bias true")]
+    [InlineData("phi3", "\"lm_head_bias\": true", "lm_head_bias true")]
+    [InlineData("smollm3", "\"no_rope_layers\": [1]", "no_rope_layers must list 0 or 1 for each of the 2 layers")]
+    [InlineData("smollm3", "\"use_sliding_window\": true, \"sliding_window\": 8", "use_sliding_window true")]
+    [InlineData("llama", "\"no_rope_layers\": [1, 0]", "no_rope_layers [1, 0] changes the math")]
     [InlineData("llama", "\"partial_rotary_factor\": 0.5", "partial_rotary_factor 0.5 changes the math and is not implemented for model_type 'llama'")]
     [InlineData("llama", "\"sliding_window\": 4096", "sliding_window 4096 changes the math")]
     [InlineData("qwen2", "\"layer_types\": [\"sliding_attention\", \"full_attention\"]", "layer_types")]
@@ -210,6 +284,118 @@ public sealed class DecoderFamiliesTests : IDisposable
         Assert.Contains(message, error);
     }
 
+    /// <summary>
+    /// A padded training batch (TokenRows) of a 3-token and a 9-token example on Phi-3's LongRoPE (original context 4) and
+    /// SmolLM3's dynamic NTK (past 4): the short row is rotated at its own length, as alone, not at the long row's.
+    /// </summary>
+    [Theory]
+    [InlineData("phi3")]
+    [InlineData("smollm3")]
+    public void APaddedTrainingBatchRotatesEachRowAtItsOwnLength(string family)
+    {
+        using var scope = NewDisposeScope();
+        using var model = CreateFamily(family);
+        using var _ = no_grad();
+        int[] shortIds = [5, 6, 7, 8], longIds = [9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
+        var rows = AdapterService.Core.Training.TokenRows.Collate([new(shortIds, [.. shortIds.Select(_ => true)]), new(longIds, [.. longIds.Select(_ => true)])], padId: 0, pack: false);
+        var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+        var batched = head(blocks.Aggregate(input, (h, block) => block(h)));                       // [2, 9, vocab]
+        var alone = model.forward(tensor(shortIds[..^1].Select(i => (long)i).ToArray(), [1, 3]));   // [1, 3, vocab]
+        AssertClose(alone, batched.narrow(0, 0, 1).narrow(1, 0, 3), 1e-5);
+        AssertClose(model.forward(rows.Inputs.narrow(0, 1, 1)), batched.narrow(0, 1, 1), 1e-5);
+    }
+
+    /// <summary>Phi3Config's backward compatibility: rope_scaling "type" su or yarn is longrope (Phi-3-128k's early configs).</summary>
+    [Theory]
+    [InlineData("su")]
+    [InlineData("yarn")]
+    public void Phi3ReadsTheOldRopeTypeNamesAsLongRope(string type)
+    {
+        string path = Path.Combine(dir, "config.json");
+        File.WriteAllText(path, $$$"""
+            {"model_type": "phi3", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+             "rope_scaling": {"type": "{{{type}}}", "short_factor": [1, 1, 1, 1, 1, 1, 1, 1], "long_factor": [1, 2, 3, 4, 5, 6, 7, 8]}}
+            """);
+        var config = (Phi3Config)ModelConfig.Load(path);
+        Assert.Equal("longrope", config.Rope!.Kind);
+        Assert.Equal(type, config.RopeScaling!.Kind);   // saved back as it came
+    }
+
+    /// <summary>SmolLM3 without no_rope_layers: every no_rope_layer_interval-th layer is NoPE (transformers' SmolLM3Config).</summary>
+    [Fact]
+    public void SmolLM3sDefaultNoPELayersAreEveryFourth()
+    {
+        var config = (SmolLM3Config)ConfigOf("smollm3") with { NumHiddenLayers = 8, NoRopeLayers = null };
+        Assert.Equal([true, true, true, false, true, true, true, false], Enumerable.Range(0, 8).Select(config.UsesRope));
+        Assert.Equal([true, false, true, false], Enumerable.Range(0, 4).Select((config with { NoRopeLayerInterval = 2 }).UsesRope));
+    }
+
+    /// <summary>
+    /// Each rope type at the sizes of the models that use it, where the scaled-down families do not reach every regime:
+    /// cos and sin for two rows of positions, one row past the original context and one within it (dynamic and longrope
+    /// choose per row), against the reference's equations.
+    /// </summary>
+    [Theory]
+    [InlineData("dynamic")]        // NTK by length, head_dim 128, trained context 4096
+    [InlineData("yarn-qwen")]      // Qwen2.5's model card: factor 4 over 32768, theta 1e6
+    [InlineData("yarn-gpt-oss")]   // gpt-oss's: factor 32 over 4096, truncate false, beta 32/1
+    [InlineData("yarn-mscale")]    // DeepSeek's mscale / mscale_all_dim ratio (values changed so it is not 1)
+    [InlineData("longrope-phi")]   // Phi-3.5-mini: factors per pair, 131072 over 4096
+    [InlineData("longrope-factor")] // transformers 5.x without original_max_position_embeddings: factor and attention_factor given
+    public void RopeTypeAnglesMatchTheReferenceAtFullScale(string name)
+    {
+        using var scope = NewDisposeScope();
+        var shorts = Enumerable.Range(0, 48).Select(i => 1 + 0.01 * i).ToArray();
+        var longs = Enumerable.Range(0, 48).Select(i => 1 + Math.Pow(1.15, i) / 10).ToArray();
+        LlamaConfig basic = new() { VocabSize = 10, HiddenSize = 4096, IntermediateSize = 8, NumHiddenLayers = 1, NumAttentionHeads = 32 };
+        LlamaConfig config = name switch
+        {
+            "dynamic" => basic with { MaxPositionEmbeddings = 4096, RopeTheta = 10000, RopeScaling = new RopeScaling { RopeType = "dynamic", Factor = 2 } },
+            "yarn-qwen" => basic with { MaxPositionEmbeddings = 32768, RopeTheta = 1e6, RopeScaling = new RopeScaling { Type = "yarn", Factor = 4, OriginalMaxPositionEmbeddings = 32768 } },
+            "yarn-gpt-oss" => basic with
+            {
+                HiddenSize = 2048, MaxPositionEmbeddings = 131072, RopeTheta = 150000,
+                RopeScaling = new RopeScaling { RopeType = "yarn", Factor = 32, OriginalMaxPositionEmbeddings = 4096, BetaFast = 32, BetaSlow = 1, Truncate = false },
+            },
+            "yarn-mscale" => basic with
+            {
+                MaxPositionEmbeddings = 16384, RopeTheta = 10000,
+                RopeScaling = new RopeScaling { RopeType = "yarn", Factor = 40, OriginalMaxPositionEmbeddings = 4096, Mscale = 1, MscaleAllDim = 0.5, BetaFast = 16, BetaSlow = 2 },
+            },
+            "longrope-phi" => new Phi3Config
+            {
+                VocabSize = 10, HiddenSize = 3072, IntermediateSize = 8, NumHiddenLayers = 1, NumAttentionHeads = 32, MaxPositionEmbeddings = 131072,
+                OriginalMaxPositionEmbeddings = 4096, RopeScaling = new RopeScaling { Type = "longrope", ShortFactor = shorts, LongFactor = longs },
+            },
+            "longrope-factor" => basic with
+            {
+                HiddenSize = 3072, MaxPositionEmbeddings = 4096,
+                RopeParameters = new RopeScaling { RopeType = "longrope", RopeTheta = 10000, Factor = 32, AttentionFactor = 1.2, ShortFactor = shorts, LongFactor = longs },
+            },
+            _ => throw new ArgumentException(name),
+        };
+        string path = Path.Combine(dir, "config.json");
+        config.Save(path);
+        config = (LlamaConfig)ModelConfig.Load(path);                         // the checks pass, and the JSON round-trips
+        int original = config.Rope!.OriginalMaxPositionEmbeddings ?? (config as Phi3Config)?.OriginalMaxPositionEmbeddings ?? config.MaxPositionEmbeddings;
+        long[][] rows = [[0, 1, 7, 300, original - 1, original + 500], [0, 2, 9, 301, original - 3, original - 1]];
+        var (cos, sin) = new RotaryEmbedding(config.RopeShape, config.Rope).Angles(tensor(rows.SelectMany(r => r).ToArray(), [2, 6]));   // [2, 1, 6, rd]
+        int half = config.RotaryDim / 2;
+        for (int r = 0; r < 2; r++)
+            for (int p = 0; p < 6; p++)
+                for (int i = 0; i < half; i++)
+                {
+                    var (f, scale) = Reference.Frequency(config, i, (int)rows[r][^1] + 1);
+                    double angle = rows[r][p] * f;
+                    Assert.Equal(scale * Math.Cos(angle), cos[r, 0, p, i].item<float>(), 1e-5);
+                    Assert.Equal(scale * Math.Sin(angle), sin[r, 0, p, i + half].item<float>(), 1e-5);
+                }
+        // The two rows differ in the length-dependent types: the first crossed the original context, the second did not.
+        var (rowLong, rowShort) = (Reference.Frequency(config, half - 1, original + 501), Reference.Frequency(config, half - 1, original));
+        Assert.Equal(name is "dynamic" or "longrope-phi" or "longrope-factor", rowLong != rowShort);
+    }
+
     /// <summary>Multimodal and mixture-of-experts types are refused saying what they are, not by the generic list alone.</summary>
     [Theory]
     [InlineData("qwen2_5_vl", "is a vision-language model (Qwen2.5-VL)")]
@@ -226,7 +412,7 @@ public sealed class DecoderFamiliesTests : IDisposable
         File.WriteAllText(path, $$"""{"model_type": "{{modelType}}", "vocab_size": 300, "hidden_size": 64}""");
         var error = Assert.Throws<InvalidDataException>(() => ModelConfig.Load(path)).Message;
         Assert.StartsWith($"config.json: model_type '{modelType}' {message}", error);
-        Assert.Contains("(supported: llama, qwen2, qwen3, mistral, gpt2, vit", error);
+        Assert.Contains("(supported: llama, qwen2, qwen3, mistral, phi3, smollm3, gpt2, vit", error);
         Assert.DoesNotContain(dir, error);
     }
 
@@ -262,38 +448,99 @@ public sealed class DecoderFamiliesTests : IDisposable
         static Tensor Norm(Tensor x, RmsNorm norm, double eps) =>
             x / ((x * x).sum(-1, keepdim: true) / x.shape[^1] + eps).sqrt() * F64(norm.weight);
 
-        /// <summary>The rotation frequency of pair i, as transformers' modeling_rope_utils.py computes it for default, linear and llama3.</summary>
-        static double Frequency(LlamaConfig c, int i)
+        /// <summary>
+        /// Pair i's rotation frequency for a sequence of length ℓ, and the factor on cos and sin, from each rope type's
+        /// equations (transformers' modeling_rope_utils.py names; d the rotated dimensions, L the original context).
+        /// </summary>
+        public static (double Frequency, double Scale) Frequency(LlamaConfig c, int i, int length)
         {
-            double f = Math.Pow(c.Theta, -2.0 * i / c.HeadDim);
-            if (c.Rope is not { } s) return f;
-            if (s.Kind == "linear") return f / s.Factor!.Value;
-            double context = s.OriginalMaxPositionEmbeddings!.Value, factor = s.Factor!.Value, low = s.LowFreqFactor!.Value, high = s.HighFreqFactor!.Value;
+            int d = c.RotaryDim;
+            double theta = c.Theta, f = Math.Pow(theta, -2.0 * i / d);
+            if (c.Rope is not { Kind: not "default" } s) return (f, 1);
+            switch (s.Kind)
+            {
+                case "linear":
+                    return (f / s.Factor!.Value, 1);
+                case "dynamic":
+                {
+                    // NTK-aware: θ' = θ (factor · ℓ / L − (factor − 1))^(d / (d − 2)) once ℓ > L = max_position_embeddings.
+                    double L = c.MaxPositionEmbeddings, l = Math.Max(length, L), factor = s.Factor!.Value;
+                    return (Math.Pow(theta * Math.Pow(factor * l / L - (factor - 1), d / (d - 2.0)), -2.0 * i / d), 1);
+                }
+                case "yarn":
+                {
+                    // YaRN (arXiv:2309.00071) §3.2: pair i turns r(i) = L / (2π / f) times over L; r > β_fast keeps f, r < β_slow
+                    // takes f / factor, ramped linearly between the bounding pair indices (floored, ceiled); §3.4: √(1/t) = 0.1 ln s + 1.
+                    // truncate false (gpt-oss) keeps the bounds fractional; mscale / mscale_all_dim (DeepSeek) replace √(1/t) by a ratio of two.
+                    double L = s.OriginalMaxPositionEmbeddings ?? c.MaxPositionEmbeddings, factor = s.Factor!.Value;
+                    double Bound(double rotations) => d * Math.Log(L / (rotations * 2 * Math.PI)) / (2 * Math.Log(theta));
+                    double low = Bound(s.BetaFast ?? 32), high = Bound(s.BetaSlow ?? 1);
+                    if (s.Truncate != false) (low, high) = (Math.Floor(low), Math.Ceiling(high));
+                    (low, high) = (Math.Max(low, 0), Math.Min(high, d - 1));
+                    double ramp = Math.Clamp((i - low) / (high - low), 0, 1);
+                    double M(double m) => 0.1 * m * Math.Log(factor) + 1;
+                    double scale = s.AttentionFactor ?? (s.Mscale is { } ms && s.MscaleAllDim is { } all ? M(ms) / M(all) : M(1));
+                    return (f / factor * ramp + f * (1 - ramp), scale);
+                }
+                case "longrope":
+                {
+                    // LongRoPE (arXiv:2402.13753): f / λᵢ, λ the short factors up to L and the long ones past it; Phi-3's scale
+                    // √(1 + ln(max / L) / ln L).
+                    // Without an original context, factor and attention_factor as given (transformers 5.x configs).
+                    int? given = (c as Phi3Config)?.OriginalMaxPositionEmbeddings ?? s.OriginalMaxPositionEmbeddings;
+                    int L = given ?? c.MaxPositionEmbeddings;
+                    double extension = given is null ? s.Factor!.Value : (double)c.MaxPositionEmbeddings / L;
+                    return (f / (length > L ? s.LongFactor! : s.ShortFactor!)[i], s.AttentionFactor ?? Math.Sqrt(1 + Math.Log(extension) / Math.Log(L)));
+                }
+            }
+            double context = s.OriginalMaxPositionEmbeddings!.Value, llamaFactor = s.Factor!.Value, lowFreq = s.LowFreqFactor!.Value, highFreq = s.HighFreqFactor!.Value;
             double wavelength = 2 * Math.PI / f;
-            if (wavelength < context / high) return f;
-            if (wavelength > context / low) return f / factor;
-            double smooth = (context / wavelength - low) / (high - low);
-            return (1 - smooth) * f / factor + smooth * f;
+            if (wavelength < context / highFreq) return (f, 1);
+            if (wavelength > context / lowFreq) return (f / llamaFactor, 1);
+            double smooth = (context / wavelength - lowFreq) / (highFreq - lowFreq);
+            return ((1 - smooth) * f / llamaFactor + smooth * f, 1);
         }
 
-        /// <summary>One head's x [b, t, hd] rotated at positions 0..t-1: (x1, x2) → (x1 cos − x2 sin, x2 cos + x1 sin).</summary>
-        static Tensor Rope(Tensor x, LlamaConfig c)
+        /// <summary>
+        /// One head's x [b, t, hd] rotated at positions 0..t-1, position p as in a sequence of length lengths[p]: the first
+        /// d dimensions as two halves, (x1, x2) → s (x1 cos − x2 sin, x2 cos + x1 sin), the rest unchanged.
+        /// </summary>
+        static Tensor Rope(Tensor x, LlamaConfig c, int[] lengths)
         {
-            long t = x.shape[1], half = c.HeadDim / 2;
-            var angles = new double[t * half];
+            long t = x.shape[1], half = c.RotaryDim / 2;
+            var (cos, sin) = (new double[t * half], new double[t * half]);
             for (long p = 0; p < t; p++)
                 for (int i = 0; i < half; i++)
-                    angles[p * half + i] = p * Frequency(c, i);
-            var a = tensor(angles, [t, half]);
-            Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
-            return cat([x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin()], -1);
+                {
+                    var (f, scale) = Frequency(c, i, lengths[p]);
+                    (cos[p * half + i], sin[p * half + i]) = (scale * Math.Cos(p * f), scale * Math.Sin(p * f));
+                }
+            Tensor co = tensor(cos, [t, half]), si = tensor(sin, [t, half]);
+            Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half), rest = x.narrow(-1, 2 * half, x.shape[^1] - 2 * half);
+            return cat([x1 * co - x2 * si, x2 * co + x1 * si, rest], -1);
         }
 
-        static Tensor Attention(Tensor x, LlamaAttention attention, LlamaConfig c)
+        /// <summary>Whether layer i rotates: SmolLM3's no_rope_layers says so per layer; the other families always do.</summary>
+        static bool Rotates(LlamaConfig c, int layer) => c is not SmolLM3Config smol || smol.NoRopeLayers![layer] == 1;
+
+        static Tensor Attention(Tensor x, DecoderAttention attention, LlamaConfig c, int layer, int[] lengths)
         {
             long b = x.shape[0], t = x.shape[1];
             int heads = c.NumAttentionHeads, kvHeads = c.KeyValueHeads, hd = c.HeadDim;
-            Tensor q = Linear(x, attention.q_proj), k = Linear(x, attention.k_proj), v = Linear(x, attention.v_proj);
+            Tensor q, k, v;
+            AdaptableLinear output;
+            RmsNorm? qNorm = null, kNorm = null;
+            if (attention is Phi3Attention phi)
+            {
+                // Phi-3's fused projection: its output rows are the queries, then the keys, then the values.
+                var qkv = Linear(x, phi.qkv_proj);
+                (q, k, v, output) = (qkv.narrow(-1, 0, heads * hd), qkv.narrow(-1, heads * hd, kvHeads * hd), qkv.narrow(-1, (heads + kvHeads) * hd, kvHeads * hd), phi.o_proj);
+            }
+            else
+            {
+                var llama = (LlamaAttention)attention;
+                (q, k, v, output, qNorm, kNorm) = (Linear(x, llama.q_proj), Linear(x, llama.k_proj), Linear(x, llama.v_proj), llama.o_proj, llama.q_norm, llama.k_norm);
+            }
             // Query i sees key j when j ≤ i and, with a sliding window W, i − j < W.
             var hidden = new bool[t * t];
             for (int i = 0; i < t; i++)
@@ -305,29 +552,43 @@ public sealed class DecoderFamiliesTests : IDisposable
             {
                 int kv = h / (heads / kvHeads);
                 Tensor qh = q.narrow(-1, h * hd, hd), kh = k.narrow(-1, kv * hd, hd), vh = v.narrow(-1, kv * hd, hd);   // [b, t, hd]
-                if (attention.q_norm is { } qn) (qh, kh) = (Norm(qh, qn, c.RmsNormEps), Norm(kh, attention.k_norm!, c.RmsNormEps));
-                (qh, kh) = (Rope(qh, c), Rope(kh, c));
+                if (qNorm is not null) (qh, kh) = (Norm(qh, qNorm, c.RmsNormEps), Norm(kh, kNorm!, c.RmsNormEps));
+                if (Rotates(c, layer)) (qh, kh) = (Rope(qh, c, lengths), Rope(kh, c, lengths));
                 var scores = qh.matmul(kh.transpose(1, 2)) / Math.Sqrt(hd);                                            // [b, t, t]
                 outputs[h] = scores.masked_fill(masked, double.NegativeInfinity).softmax(-1).matmul(vh);              // [b, t, hd]
             }
-            return Linear(cat(outputs, -1), attention.o_proj);
+            return Linear(cat(outputs, -1), output);
         }
 
-        static Tensor Mlp(Tensor x, LlamaMlp mlp)
+        static Tensor Mlp(Tensor x, nn.Module<Tensor, Tensor> mlp)
         {
-            var gate = Linear(x, mlp.gate_proj);
-            return Linear(gate / (1 + (-gate).exp()) * Linear(x, mlp.up_proj), mlp.down_proj);
+            Tensor gate, up;
+            AdaptableLinear down;
+            if (mlp is Phi3Mlp fused)
+            {
+                var gateUp = Linear(x, fused.gate_up_proj);                                   // [gate; up]
+                long ffn = gateUp.shape[^1] / 2;
+                (gate, up, down) = (gateUp.narrow(-1, 0, ffn), gateUp.narrow(-1, ffn, ffn), fused.down_proj);
+            }
+            else
+            {
+                var llama = (LlamaMlp)mlp;
+                (gate, up, down) = (Linear(x, llama.gate_proj), Linear(x, llama.up_proj), llama.down_proj);
+            }
+            return Linear(gate / (1 + (-gate).exp()) * up, down);
         }
 
-        public static Tensor Model(Tensor ids, LlamaForCausalLM model)
+        /// <summary>The logits with position p rotated as in a sequence of length <paramref name="lengths"/>[p].</summary>
+        public static Tensor Model(Tensor ids, LlamaForCausalLM model, int[] lengths)
         {
             var c = model.Config;
             long b = ids.shape[0], t = ids.shape[1];
             var embeddings = F64(model.model.embed_tokens.weight!);
             var h = embeddings.index_select(0, ids.flatten()).view(b, t, -1);
-            foreach (var layer in model.model.layers)
+            for (int i = 0; i < model.model.layers.Count; i++)
             {
-                h = h + Attention(Norm(h, layer.input_layernorm, c.RmsNormEps), layer.self_attn, c);
+                var layer = model.model.layers[i];
+                h = h + Attention(Norm(h, layer.input_layernorm, c.RmsNormEps), layer.self_attn, c, i, lengths);
                 h = h + Mlp(Norm(h, layer.post_attention_layernorm, c.RmsNormEps), layer.mlp);
             }
             // A tied head is the embedding matrix itself.

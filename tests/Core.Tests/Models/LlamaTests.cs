@@ -41,7 +41,7 @@ public sealed class LlamaTests
         const double theta = 500;
         var x = randn([1, heads, length, hd], generator: new Generator(4));
 
-        var (cos, sin) = new RotaryEmbedding(hd, theta).Angles(arange(start, start + length, ScalarType.Int64).unsqueeze(0));
+        var (cos, sin) = new RotaryEmbedding(new RopeShape(hd, theta, 2048)).Angles(arange(start, start + length, ScalarType.Int64).unsqueeze(0));
         var got = RotaryEmbedding.Apply(x, cos, sin);
 
         // HF "rotate half": pair element i with i + hd/2, rotate by angle (position · theta^(-2i/hd)).
@@ -67,7 +67,7 @@ public sealed class LlamaTests
         const int hd = 16;
         const double theta = 10000, factor = 8, low = 1, high = 4, context = 64;
         var scaling = new RopeScaling { RopeType = "llama3", Factor = factor, LowFreqFactor = low, HighFreqFactor = high, OriginalMaxPositionEmbeddings = (int)context };
-        var (_, sin) = new RotaryEmbedding(hd, theta, scaling).Angles(tensor(new long[] { 1 }).unsqueeze(0));   // position 1: the angle is the frequency
+        var (_, sin) = new RotaryEmbedding(new RopeShape(hd, theta, 2048), scaling).Angles(tensor(new long[] { 1 }).unsqueeze(0));   // position 1: the angle is the frequency
 
         // Meta's reference (apply_scaling in llama3's model.py), one frequency at a time.
         var expected = new double[hd];
@@ -89,7 +89,7 @@ public sealed class LlamaTests
         using var scope = NewDisposeScope();
         using var model = Create();
         using var _ = no_grad();
-        var attention = model.model.layers[0].self_attn;
+        var attention = (LlamaAttention)model.model.layers[0].self_attn;
         const long length = 6;
         var x = randn([2, length, Config.HiddenSize], generator: new Generator(5));
         var (cos, sin) = Angles(0, length);
@@ -106,7 +106,7 @@ public sealed class LlamaTests
         using var scope = NewDisposeScope();
         using var model = Create();
         using var _ = no_grad();
-        var mlp = model.model.layers[1].mlp;
+        var mlp = (LlamaMlp)model.model.layers[1].mlp;
         var x = randn([2, 3, Config.HiddenSize], generator: new Generator(6));
 
         AssertClose(Reference.Mlp(F64(x), mlp), mlp.forward(x), Tolerance);
@@ -202,8 +202,8 @@ public sealed class LlamaTests
             var h = F64(model.model.embed_tokens.weight!).index_select(0, ids.flatten()).view(b, t, -1);
             foreach (var layer in model.model.layers)
             {
-                h = h + Attention(Norm(h, layer.input_layernorm), layer.self_attn, start: 0);
-                h = h + Mlp(Norm(h, layer.post_attention_layernorm), layer.mlp);
+                h = h + Attention(Norm(h, layer.input_layernorm), (LlamaAttention)layer.self_attn, start: 0);
+                h = h + Mlp(Norm(h, layer.post_attention_layernorm), (LlamaMlp)layer.mlp);
             }
             return Norm(h, model.model.norm).matmul(W(model.lm_head).t());
         }

@@ -57,9 +57,9 @@ public sealed class FusedTrainerTests
     static readonly Lazy<List<Dictionary<string, Tensor>>> LoraAlone = new(() => Alone(LoraJobs));
 
     /// <summary>Each job trained alone, its adapter's parameters afterwards (kept beyond any dispose scope).</summary>
-    static List<Dictionary<string, Tensor>> Alone(IReadOnlyList<Job> jobs)
+    static List<Dictionary<string, Tensor>> Alone(IReadOnlyList<Job> jobs, Func<LlamaForCausalLM>? create = null)
     {
-        using var model = Create();
+        using var model = (create ?? (() => Create()))();
         var result = new List<Dictionary<string, Tensor>>();
         for (int j = 0; j < jobs.Count; j++)
         {
@@ -74,9 +74,10 @@ public sealed class FusedTrainerTests
 
     /// <summary>The jobs fused over one model, each leaving when done (or when <paramref name="leave"/> says so after a step); each job's adapter and error.</summary>
     static (List<Dictionary<string, Tensor>> Parameters, Exception?[] Errors, int MostFused) Fused(IReadOnlyList<Job> jobs,
-        Func<int, TrainingProgress, bool>? leave = null, Action<int, TrainableAdapter>? prepare = null, Func<int, List<TokenizedExample>>? data = null)
+        Func<int, TrainingProgress, bool>? leave = null, Action<int, TrainableAdapter>? prepare = null, Func<int, List<TokenizedExample>>? data = null,
+        Func<LlamaForCausalLM>? create = null)
     {
-        using var model = Create();
+        using var model = (create ?? (() => Create()))();
         var adapters = new List<TrainableAdapter>();
         var trainers = jobs.Select((job, j) =>
         {
@@ -151,6 +152,36 @@ public sealed class FusedTrainerTests
         var (fused, errors, _) = Fused(jobs);
         Assert.All(errors, Assert.Null);
         for (int j = 0; j < jobs.Length; j++) AssertSame(alone[j], fused[j], $"{jobs[j].Config.Method} job {j}");
+    }
+
+    /// <summary>
+    /// On Phi-3's fused layers (LongRoPE crossing its original context of 8, 3/4 of each head rotated): DoRA over the fused
+    /// qkv_proj, and MixLoRA with a LoRA job on the projections of the blocks it replaces (the fused gate_up_proj and
+    /// down_proj inside the segmented block) fuse and train what they train alone.
+    /// </summary>
+    [Fact]
+    public void Phi3JobsOnFusedLayersFuseAndTrainWhatTheyTrainAlone()
+    {
+        using var scope = NewDisposeScope();
+        var config = new Phi3Config
+        {
+            VocabSize = 264, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            MaxPositionEmbeddings = 64, OriginalMaxPositionEmbeddings = 8, PartialRotaryFactor = 0.75,
+            RopeScaling = new RopeScaling { Type = "longrope", ShortFactor = [1, 1.5, 2], LongFactor = [1, 3, 9] },
+        };
+        Job[] jobs =
+        [
+            new(new LoraConfig { Rank = 4, Alpha = 8, UseDora = true, TargetModules = ["qkv_proj", "o_proj"] }, 4, new(2, 2, 0.01), 5),
+            new(new MixLoraConfig { NumExperts = 3, TopK = 2, Rank = 2, Alpha = 4, TargetModules = ["qkv_proj"] }, 4, new(2, 2, 0.01), 9),
+            new(new LoraConfig { Rank = 4, Alpha = 16, TargetModules = ["gate_up_proj", "down_proj"] }, 5, new(2, 3, 0.01), 4),
+        ];
+        LlamaForCausalLM Phi() => Create(seed: 2, config);
+        var alone = Alone(jobs, Phi);
+        var (fused, errors, _) = Fused(jobs, create: Phi);
+        Assert.All(errors, Assert.Null);
+        for (int j = 0; j < jobs.Length; j++) AssertSame(alone[j], fused[j], $"{jobs[j].Config.Method} job {j} on phi3");
+        Assert.Contains(fused[0].Keys, k => k.Contains("qkv_proj"));
+        Assert.Contains(fused[2].Keys, k => k.Contains("gate_up_proj"));
     }
 
     [Fact]

@@ -9,8 +9,8 @@ namespace AdapterService.Core.Adapters;
 /// </summary>
 public sealed class MixLoraMethod : AdapterMethod<MixLoraConfig>
 {
-    /// <summary>The attention projections of the families we load (Llama, GPT-2, ViT): MixLoRA's plain-LoRA layers by default.</summary>
-    static readonly string[] Attention = ["q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "query", "key", "value"];
+    /// <summary>The attention projections of the families we load (Llama, Phi-3, GPT-2, ViT): MixLoRA's plain-LoRA layers by default.</summary>
+    static readonly string[] Attention = ["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "query", "key", "value"];
 
     public override string Name => "mixlora";
     public override string PeftType => MixLoraConfig.Type;

@@ -32,6 +32,8 @@ public sealed class PrecisionTests : IDisposable
         return model;
     }
 
+    static AdaptableLinear Layer(nn.Module model, string path) => model.LinearLayers().Single(l => l.Path == path).Layer;
+
     static IEnumerable<Tensor> MatrixWeights(nn.Module model) => model.named_modules().Select(m => m.module).OfType<IStoredMatrix>().Select(m => (Tensor)m.Matrix);
 
     [Fact]
@@ -117,7 +119,7 @@ public sealed class PrecisionTests : IDisposable
 
         // The mapping is private: writing a weight (as merging does) leaves the file as it was.
         byte[] file = File.ReadAllBytes(Path.Combine(dir, ModelFolder.WeightsFile));
-        loaded.model.layers[0].mlp.up_proj.weight.add_(1);
+        Layer(loaded, "model.layers.0.mlp.up_proj").weight.add_(1);
         Assert.Equal(file, File.ReadAllBytes(Path.Combine(dir, ModelFolder.WeightsFile)));
     }
 
@@ -159,7 +161,7 @@ public sealed class PrecisionTests : IDisposable
         using var scope = NewDisposeScope();
         using (var source = BasePrecision.BFloat16.Apply(Create(seed: 51))) ModelFolder.Save(source, dir);
         using var model = ModelFolder.Load<LlamaForCausalLM>(dir, BasePrecision.AsStored);
-        var before = model.model.layers[1].self_attn.q_proj.weight.clone();
+        var before = Layer(model, "model.layers.1.self_attn.q_proj").weight.clone();
         using var adapter = (LoraAdapter)TrainableAdapter.Create(model, new LoraConfig { Rank = 2, Alpha = 4, TargetModules = ["q_proj", "v_proj"] }, seed: 1);
         Randomize(adapter, seed: 52);
         adapter.Attach(model);
@@ -176,7 +178,7 @@ public sealed class PrecisionTests : IDisposable
         // W + ΔW is formed in float32 and rounded to bf16 once.
         var w = adapter.Weights()["model.layers.1.self_attn.q_proj"];
         var expected = (before.to_type(ScalarType.Float32) + Lora.DeltaWeight(w.A, w.B, w.Scaling)).to_type(ScalarType.BFloat16);
-        Assert.Equal(Bytes(expected), Bytes(model.model.layers[1].self_attn.q_proj.weight));
+        Assert.Equal(Bytes(expected), Bytes(Layer(model, "model.layers.1.self_attn.q_proj").weight));
         using var reloaded = ModelFolder.Load<LlamaForCausalLM>(merged, BasePrecision.BFloat16);
         using var noGrad = no_grad();
         // The merged bf16 model computes what the bf16 base with the adapter attached did, to bf16 rounding.

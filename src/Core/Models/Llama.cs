@@ -82,7 +82,9 @@ public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
 
 public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 {
-    public readonly Embedding embed_tokens;
+    // Weight matrices are EmbeddingTable and AdaptableLinear: the loader keeps those in the base's precision (bf16 or
+    // fp32, BasePrecision) and both return float32; norms and everything else a family adds stay float32 parameters.
+    public readonly EmbeddingTable embed_tokens;
     public readonly ModuleList<LlamaDecoderLayer> layers;
     public readonly RmsNorm norm;
     /// <summary>The distinct rotary embeddings (one, or Gemma 3's local and global) and which one each layer uses.</summary>
@@ -92,7 +94,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 
     public LlamaModel(LlamaConfig config) : base(nameof(LlamaModel))
     {
-        embed_tokens = nn.Embedding(config.VocabSize, config.HiddenSize);
+        embed_tokens = new EmbeddingTable(config.VocabSize, config.HiddenSize);
         layers = new ModuleList<LlamaDecoderLayer>(
             Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i)).ToArray());
         norm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);

@@ -99,6 +99,7 @@ public sealed class DecoderFamiliesTests : IDisposable
         using var g = new Generator((ulong)seed);
         using (no_grad())
         using (NewDisposeScope())
+        {
             foreach (var (name, p) in model.named_parameters())
             {
                 if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.uniform_(0.5 - offset, 1.5 - offset, g);
@@ -106,6 +107,10 @@ public sealed class DecoderFamiliesTests : IDisposable
                 else if (name == "model.embed_tokens.weight") p.normal_(0, 1, g);
                 else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), g);
             }
+            // A tied head's weight is the embeddings, listed once: drawn again last at a head's scale (as when the head
+            // was listed too), so logits stay O(1) and every family's weights stay the ones its tests were written on.
+            if (model.Config.TieWordEmbeddings) model.lm_head.weight.normal_(0, 1 / Math.Sqrt(model.lm_head.weight.shape[1]), g);
+        }
         foreach (var p in model.parameters()) p.requires_grad = false;
         model.eval();
         return model;

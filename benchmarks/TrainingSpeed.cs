@@ -54,7 +54,8 @@ sealed class TrainingSpeed(bool quick, bool profileOnly = false)
         }
         Report("fp32", Time(model, config, data, rows, new TrainingSpeedOptions()), line);
         if (!options) return;
-        Report("bf16 autocast", Time(model, config, data, rows, new TrainingSpeedOptions { Bf16 = true }), line);
+        using (var bf16 = BasePrecision.BFloat16.Apply(RandomModel.Create(config, 1)))
+            Report("bf16 base (`Models:Precision=bf16`)", Time(bf16, config, data, rows, new TrainingSpeedOptions()), line);
         Report("gradient checkpointing", Time(model, config, data, rows, new TrainingSpeedOptions { GradientCheckpointing = true }), line);
         Report("accumulation 4 × 512 tokens", Time(model, config, data, rows, new TrainingSpeedOptions { MicroBatchSize = rows / 4 }), line);
         // Mixed lengths (16-256 tokens): packing trains the same tokens without computing padding.

@@ -6,6 +6,7 @@ using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Builtins;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Jobs;
+using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Torch;
 using AdapterService.Workers;
@@ -50,8 +51,9 @@ public static class ApplicationServices
         services.AddSignalR();
         services.AddHostedService<JobEventRelay>();
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
-        services.AddSingleton(_ => new InferenceEngine(inference));
-        services.AddSingleton(_ => new ImageClassifier());
+        services.AddBasePrecision(builder.Configuration);   // Models:Precision, shared with the trainer
+        services.AddSingleton(sp => new InferenceEngine(inference, sp.GetRequiredService<BasePrecision>()));
+        services.AddSingleton(sp => new ImageClassifier(precision: sp.GetRequiredService<BasePrecision>()));
         services.AddServiceStorage(builder.Configuration).AddJobQueue(builder.Configuration);
         // Service:Role "all" (default) trains in this process too; "api" leaves training to standalone workers.
         if (builder.Configuration["Service:Role"] is null or "all") services.AddFineTuningWorker(builder.Configuration);
@@ -84,6 +86,7 @@ public static class ApplicationServices
         {
             if (!auth.Enabled)
                 app.Logger.LogWarning("Auth is off (no Auth:AdminKey): every request acts in the default project, and the service listens on loopback addresses only");
+            app.Logger.LogInformation("Base models compute in {Precision} (Models:Precision)", app.Services.GetRequiredService<BasePrecision>());
             foreach (var url in app.Urls) app.Logger.LogInformation("Adapter service ready: {Url}/ (dashboard), {Url}/swagger (API)", url, url);
         });
     }

@@ -18,8 +18,11 @@ namespace AdapterService.Workers;
 /// alone) and records the outcome; every write to the job's record goes through <see cref="JobLifecycle"/>.
 /// </summary>
 public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, IBlobStore blobs, IJobQueue queue, IOptions<TrainingOptions> options,
-    FusionHost fusion, ILogger<FineTuningJobRunner> log)
+    FusionHost fusion, BasePrecision precision, ILogger<FineTuningJobRunner> log)
 {
+    /// <summary>The precision it loads bases in (<c>Models:Precision</c>, the one the serving engine uses).</summary>
+    public BasePrecision Precision => precision;
+
     [AutomaticRetry(Attempts = 0), Queue(WorkerServices.FineTuningQueue)]
     public void Run(string jobId, CancellationToken shutdown)
     {
@@ -83,11 +86,11 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         if (fusion.MaxFusedJobs > 1 && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
         {
             session.Files.Texts();   // read and tokenized here, not on the group's thread between its steps
-            return session.KeepingState(() => fusion.Train(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder), session, stop.Token));
+            return session.KeepingState(() => fusion.Train(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder, precision), session, stop.Token));
         }
         return fusion.RunAlone(() =>
         {
-            using var model = ModelFolder.Load(folder);
+            using var model = ModelFolder.Load(folder, precision);
             var trainer = session.Start(model);
             return session.KeepingState(() => trainer.Run(session.AfterStep, stop.Token));
         }, session.ShouldContinue, stop.Token);

@@ -1,4 +1,5 @@
 using AdapterService.Core.Jobs;
+using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Training;
@@ -6,6 +7,7 @@ using Hangfire;
 using Hangfire.PostgreSql;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 
 namespace AdapterService.Workers;
 
@@ -52,6 +54,27 @@ public static class WorkerServices
         return services;
     }
 
+    /// <summary>The key that replaced <see cref="RetiredBf16Key"/>.</summary>
+    public const string PrecisionKey = "Models:Precision", RetiredBf16Key = "Workers:Speed:Bf16";
+
+    /// <summary>
+    /// The frozen bases' precision, <c>Models:Precision</c> (auto | bf16 | fp32, default auto), resolved once for the process:
+    /// the trainer and the serving engine both load bases with it. The retired <c>Workers:Speed:Bf16</c> (a bf16 copy for
+    /// training only) is refused with the key to use instead, so an old configuration cannot silently change meaning.
+    /// </summary>
+    public static IServiceCollection AddBasePrecision(this IServiceCollection services, IConfiguration configuration)
+    {
+        if (configuration[RetiredBf16Key] is { } old)
+            throw new InvalidOperationException(
+                $"{RetiredBf16Key} ({old}) is retired: set {PrecisionKey} to bf16, fp32 or auto instead (it now covers training and serving alike; docs/API.md)");
+        string? setting = configuration[PrecisionKey];
+        BasePrecision precision;
+        try { precision = BasePrecision.Resolve(setting); }
+        catch (ArgumentException e) { throw new InvalidOperationException(e.Message, e); }
+        services.TryAddSingleton(precision);
+        return services;
+    }
+
     /// <summary>
     /// A Hangfire server that trains jobs in this process. <c>Workers:Concurrency</c> (default 1) caps how many trainings
     /// run at once: each uses every core through TorchSharp, so more rarely finishes sooner on a CPU. Language-model jobs
@@ -61,6 +84,7 @@ public static class WorkerServices
     /// </summary>
     public static IServiceCollection AddFineTuningWorker(this IServiceCollection services, IConfiguration configuration)
     {
+        services.AddBasePrecision(configuration);
         int concurrency = Math.Max(1, configuration.GetValue("Workers:Concurrency", 1));
         int maxFused = Math.Max(1, configuration.GetValue("Workers:MaxFusedJobs", 4));
         services.AddSingleton(new FusionHost(maxFused, concurrency));

@@ -54,6 +54,22 @@ public sealed class AdapterRequestsTests
             (error.Value!.Error.Message, error.Value.Error.Param, error.Value.Error.Code));
     }
 
+    /// <summary>MixLoRA on a mixture-of-experts base is a 400 on adapter.type saying why; LoRA's all-linear there names each expert projection once.</summary>
+    [Fact]
+    public void MixLoraOnAMixtureOfExpertsBaseIsRefused()
+    {
+        var moe = new Qwen3MoeConfig
+        {
+            VocabSize = 264, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, NumExperts = 4,
+            NumExpertsPerTok = 2, MoeIntermediateSize = 16,
+        };
+        Assert.Null(AdapterRequests.Parse(new AdapterRequest("mixlora", null, null, null, null), moe, out var error));
+        Assert.Equal((400, "adapter.type"), (error!.StatusCode, error.Value!.Error.Param));
+        Assert.Contains("model_type 'qwen3_moe' is a mixture of experts already", error.Value.Error.Message);
+        var lora = AdapterRequests.Parse(null, moe, out _)!;
+        Assert.Equal(["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"], lora.TargetModules);
+    }
+
     /// <summary>The JSON each method's default adapter shows in a job (options a method does not have are null).</summary>
     [Theory]
     [InlineData(null, """{"type":"lora","rank":8,"alpha":16,"dropout":0,"target_modules":["down_proj","gate_proj","k_proj","o_proj","q_proj","up_proj","v_proj"],"num_experts":null,"scaling":null,"router_mean":null,"monoscale":null,"top_k":null,"router_aux_loss_coef":null}""")]

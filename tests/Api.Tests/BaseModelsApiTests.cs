@@ -51,6 +51,7 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
     [InlineData("gemma3")]
     [InlineData("phi3")]
     [InlineData("smollm3")]
+    [InlineData("qwen3_moe")]
     public async Task ADecoderFamilyFolderImportsServesAndFineTunes(string family)
     {
         TorchRuntime.EnsureReady();
@@ -75,6 +76,12 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
                 RopeScaling = new RopeScaling { Type = "longrope", ShortFactor = [1, 1, 1.5, 2, 3, 4], LongFactor = [1, 2, 4, 8, 16, 32] },
             },
             "smollm3" => new SmolLM3Config { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, NoRopeLayers = [1, 0] },
+            // Qwen3-30B-A3B's mixture scaled down: 4 experts, top-2 renormalised.
+            "qwen3_moe" => new Qwen3MoeConfig
+            {
+                VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDimension = 32,
+                NumExperts = 4, NumExpertsPerTok = 2, MoeIntermediateSize = 32, NormTopkProb = true,
+            },
             _ => new LlamaConfig { VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, TieWordEmbeddings = true },
         };
         config = config with { MaxPositionEmbeddings = 128, BosTokenId = 256, EosTokenId = 256 };

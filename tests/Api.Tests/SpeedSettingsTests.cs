@@ -15,7 +15,6 @@ public sealed class SpeedSettingsTests
         var speed = Bind([]).Speed;
         Assert.True(speed.Packing);
         Assert.Null(speed.MicroBatchSize);
-        Assert.False(speed.Bf16);
         Assert.False(speed.GradientCheckpointing);
     }
 
@@ -25,9 +24,9 @@ public sealed class SpeedSettingsTests
         var speed = Bind(new()
         {
             ["Workers:Speed:Packing"] = "false", ["Workers:Speed:MicroBatchSize"] = "4",
-            ["Workers:Speed:Bf16"] = "true", ["Workers:Speed:GradientCheckpointing"] = "true",
+            ["Workers:Speed:GradientCheckpointing"] = "true",
         }).Speed;
-        Assert.Equal((false, 4, true, true), (speed.Packing, speed.MicroBatchSize, speed.Bf16, speed.GradientCheckpointing));
+        Assert.Equal((false, 4, true), (speed.Packing, speed.MicroBatchSize, speed.GradientCheckpointing));
         Assert.Null(speed.Problem());
         Assert.Contains("MicroBatchSize", Bind(new() { ["Workers:Speed:MicroBatchSize"] = "0" }).Speed.Problem());
     }

@@ -88,6 +88,7 @@ public static class AdapterRequests
         var options = request?.ToOptions() ?? new AdapterOptions();
         var config = method.FromOptions(options, targets);
         problem ??= method.CheckOptions(options);
+        if (problem is null && config is MixLoraConfig && MixLoraAdapter.Unsupported(baseConfig) is { } refusal) problem = "adapter.type 'mixlora' does not apply here: " + refusal + ".";
         if (problem is null && config.TargetModules.Count > 0)
         {
             try { TargetModules.Match(baseConfig.LinearPaths(), config.TargetModules); }

@@ -146,7 +146,7 @@ public static class AdaptersApi
         try
         {
             using var scope = TorchSharp.torch.NewDisposeScope();
-            using var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath));
+            using var model = ModelFolder.Load(blobs.Resolve(baseModel.BlobPath), BasePrecision.AsStored);   // in the file's types, mapped where it can be
             using var trainable = (LoraAdapter)TrainableAdapter.Create(model, lora);
             trainable.LoadWeights(folder);
             file = new FileStream(temp + ".gguf", FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 20, FileOptions.DeleteOnClose);

@@ -120,7 +120,7 @@ public static class BaseModelsApi
             long parameters;
             int context = 0;
             string tokenizer = "none";
-            using (var model = ModelFolder.Load(temp))
+            using (var model = ModelFolder.Load(temp, BasePrecision.AsStored))   // mapped where it can be: a check, not a copy
             {
                 parameters = ((IHuggingFaceModel)model).CheckpointTensors().Sum(t => t.Parameter.numel());
                 if (model is CausalLanguageModel lm)

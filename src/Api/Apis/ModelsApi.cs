@@ -89,7 +89,7 @@ public static class ModelsApi
             if (format == "gguf")
             {
                 using var scope = TorchSharp.torch.NewDisposeScope();
-                using var loaded = adapterFolder is null ? ModelFolder.Load(baseFolder) : Merged(baseFolder, adapterFolder);
+                using var loaded = adapterFolder is null ? ModelFolder.Load(baseFolder, BasePrecision.AsStored) : Merged(baseFolder, adapterFolder);
                 try
                 {
                     return TypedResults.File(WriteGguf(model, loaded, baseFolder, adapterFolder, ggufType, temp + ".gguf"),
@@ -152,10 +152,10 @@ public static class ModelsApi
             File.Copy(file, Path.Combine(output, Path.GetFileName(file)));
     }
 
-    /// <summary>The base with the adapter folded into its weights.</summary>
+    /// <summary>The base with the adapter folded into its weights, kept in the base file's types (a bf16 base stays bf16).</summary>
     static TorchSharp.torch.nn.Module<TorchSharp.torch.Tensor, TorchSharp.torch.Tensor> Merged(string baseFolder, string adapterFolder)
     {
-        var model = ModelFolder.Load(baseFolder);
+        var model = ModelFolder.Load(baseFolder, BasePrecision.AsStored);
         try
         {
             using var adapter = TrainableAdapter.Create(model, AdapterConfig.Load(adapterFolder));

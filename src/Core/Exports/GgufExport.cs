@@ -52,6 +52,9 @@ public static class GgufExport
         ["phi3"] = new("phi3", PermuteQueryKey: false, Phi3Extras),
         // SmolLM3Model(LlamaModel): llama's tensors, q/k permuted; llama.cpp fixes the NoPE layers at every 4th.
         ["smollm3"] = new("smollm3", PermuteQueryKey: true, SmolLM3Extras),
+        // Qwen3MoeModel(Qwen2MoeModel): qwen3's tensors unpermuted, the router as ffn_gate_inp and each layer's experts
+        // stacked into one 3D tensor per projection (ffn_gate_exps, ffn_up_exps, ffn_down_exps; ExpertTensors).
+        ["qwen3_moe"] = new("qwen3moe", PermuteQueryKey: false, Qwen3MoeExtras),
         // Gemma2Model / Gemma3Model: NEOX rope (unpermuted), their norm names, and norm weights + 1 (see Write).
         ["gemma2"] = new("gemma2", PermuteQueryKey: false, c => (GemmaExtras(c, "gemma2"), [])) { LayerTensors = GemmaNorms },
         ["gemma3_text"] = new("gemma3", PermuteQueryKey: false, c => (GemmaExtras(c, "gemma3"), [])) { LayerTensors = GemmaNorms },
@@ -69,6 +72,8 @@ public static class GgufExport
         ["self_attn.q_proj"] = "attn_q", ["self_attn.k_proj"] = "attn_k", ["self_attn.v_proj"] = "attn_v", ["self_attn.o_proj"] = "attn_output",
         ["self_attn.q_norm"] = "attn_q_norm", ["self_attn.k_norm"] = "attn_k_norm",
         ["mlp.gate_proj"] = "ffn_gate", ["mlp.up_proj"] = "ffn_up", ["mlp.down_proj"] = "ffn_down",
+        // A mixture's router (its experts are stacked, not named one by one: ExpertTensors).
+        ["mlp.gate"] = "ffn_gate_inp",
         // Phi-3's fused modules: llama.cpp splits attn_qkv by head counts and ffn_up into [gate; up] halves itself.
         ["self_attn.qkv_proj"] = "attn_qkv", ["mlp.gate_up_proj"] = "ffn_up",
         ["input_layernorm"] = "attn_norm", ["post_attention_layernorm"] = "ffn_norm",
@@ -115,7 +120,7 @@ public static class GgufExport
         metadata.AddRange(Vocabulary(folder, llama));
         if (template is not null) metadata.Add(("tokenizer.chat_template", template.Source));
 
-        var tensors = ((IHuggingFaceModel)model).CheckpointTensors().Select(t =>
+        var tensors = ((IHuggingFaceModel)model).CheckpointTensors().Where(t => !t.Key.Contains(".mlp.experts.", StringComparison.Ordinal)).Select(t =>
         {
             var p = t.Parameter;
             long[] shape = t.Transposed ? [.. p.shape.Reverse()] : p.shape;
@@ -131,7 +136,26 @@ public static class GgufExport
         if (factors is not null)
             tensors.Add(new GgufTensor("rope_freqs.weight", [factors.Length], GgufType.F32, () => tensor(factors)));
         if (extras is { } more) tensors.AddRange(more.Tensors);
+        tensors.AddRange(ExpertTensors(model, type));
         Gguf.Write(output, metadata, tensors);
+    }
+
+    /// <summary>
+    /// A mixture's experts as the converter writes them: per layer and projection one tensor [experts, out, in] of the
+    /// experts' weights in order (<c>blk.N.ffn_gate_exps.weight</c>, <c>ffn_up_exps</c>, <c>ffn_down_exps</c>).
+    /// </summary>
+    static IEnumerable<GgufTensor> ExpertTensors(nn.Module model, GgufType type)
+    {
+        if (model is not LlamaForCausalLM { model.layers: var layers }) yield break;
+        for (int i = 0; i < layers.Count; i++)
+        {
+            if (layers[i].mlp is not Qwen3MoeSparseMoeBlock moe) continue;
+            foreach (var (name, weight) in new (string, Func<LlamaMlp, Tensor>)[] { ("ffn_gate_exps", e => e.gate_proj.weight), ("ffn_up_exps", e => e.up_proj.weight), ("ffn_down_exps", e => e.down_proj.weight) })
+            {
+                long[] shape = [moe.experts.Count, .. weight(moe.experts[0]).shape];
+                yield return new GgufTensor($"blk.{i}.{name}.weight", shape, TensorType(shape, type), () => stack(moe.experts.Select(e => weight(e).detach())));
+            }
+        }
     }
 
     /// <summary>
@@ -146,6 +170,8 @@ public static class GgufExport
     {
         if (lora.UseDora) throw new NotSupportedException("DoRA has no llama.cpp adapter form (no magnitude vectors); export the merged model");
         var (llama, arch) = Architecture(model);
+        if (weights.Keys.FirstOrDefault(p => p.Contains(".mlp.experts.", StringComparison.Ordinal)) is { } expert)
+            throw new NotSupportedException($"LoRA on a mixture's experts ({expert}) is not exported as a llama.cpp adapter (its experts are stacked 3D tensors); export the merged model");
         var metadata = new List<(string, object)>
         {
             ("general.architecture", arch.Name), ("general.type", "adapter"), ("general.name", name),
@@ -289,6 +315,21 @@ public static class GgufExport
         if (Enumerable.Range(0, c.NumHiddenLayers).FirstOrDefault(i => c.UsesRope(i) != ((i + 1) % 4 != 0), -1) is var layer and >= 0)
             throw new NotSupportedException($"smollm3 with layer {layer} {(c.UsesRope(layer) ? "rotating" : "NoPE")} is not exported as GGUF (llama.cpp's smollm3 makes exactly every 4th layer NoPE)");
         return ([], []);
+    }
+
+    /// <summary>
+    /// Qwen2MoeModel's keys: the expert counts and the experts' width. llama.cpp's qwen3moe makes every layer a mixture and
+    /// always renormalises the top-k weights, so dense layers and norm_topk_prob false are refused.
+    /// </summary>
+    static (IEnumerable<(string, object)>, IEnumerable<GgufTensor>) Qwen3MoeExtras(LlamaConfig c)
+    {
+        var moe = (Qwen3MoeConfig)c;
+        if (Enumerable.Range(0, c.NumHiddenLayers).FirstOrDefault(i => !moe.IsSparse(i), -1) is var dense and >= 0)
+            throw new NotSupportedException($"qwen3_moe with a dense layer ({dense}, by mlp_only_layers or decoder_sparse_step) is not exported as GGUF (llama.cpp's qwen3moe makes every layer a mixture)");
+        if (!moe.NormTopkProb)
+            throw new NotSupportedException("qwen3_moe with norm_topk_prob false is not exported as GGUF (llama.cpp's qwen3moe always renormalises the top-k routing weights)");
+        return ([("qwen3moe.expert_count", (uint)moe.NumExperts), ("qwen3moe.expert_used_count", (uint)moe.NumExpertsPerTok),
+            ("qwen3moe.expert_feed_forward_length", (uint)moe.MoeIntermediateSize)], []);
     }
 
     /// <summary>

@@ -16,8 +16,9 @@ public sealed record Classification(string Label, IReadOnlyList<(string Label, d
 /// per-row machinery of text serving, <see cref="RowAdapters"/>: row adapters on the linear layers, norms and feed-forward blocks),
 /// then each row's classifier: the base's, or the adapter's own when it has new labels. Forward passes take turns under a
 /// lock (the model's adapter slots are shared); each runs synchronously on the caller's thread inside one dispose scope.
+/// Bases load in <paramref name="precision"/> (<c>Models:Precision</c>; float32 when none is given).
 /// </summary>
-public sealed class ImageClassifier(long adapterCacheBytes = 256L << 20) : IDisposable
+public sealed class ImageClassifier(long adapterCacheBytes = 256L << 20, BasePrecision? precision = null) : IDisposable
 {
     readonly Lock gate = new();
     readonly Dictionary<string, ViTForImageClassification> models = [];
@@ -30,7 +31,7 @@ public sealed class ImageClassifier(long adapterCacheBytes = 256L << 20) : IDisp
     {
         lock (gate)
         {
-            if (!models.TryGetValue(baseFolder, out var model)) models[baseFolder] = model = ModelFolder.Load<ViTForImageClassification>(baseFolder);
+            if (!models.TryGetValue(baseFolder, out var model)) models[baseFolder] = model = ModelFolder.Load<ViTForImageClassification>(baseFolder, precision);
             var adapters = rows.Select(r => r.Adapter).ToList();
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();

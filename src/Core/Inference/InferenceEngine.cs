@@ -33,9 +33,15 @@ public sealed partial class InferenceEngine : IDisposable
     long generatedTokens;
     int running;
 
-    public InferenceEngine(InferenceOptions? options = null)
+    /// <summary>The precision it loads base models in (<c>Models:Precision</c>, the one training uses).</summary>
+    public BasePrecision Precision { get; }
+
+    /// <param name="options">Batching and cache settings.</param>
+    /// <param name="precision">The precision of the bases it serves; float32 when none is given.</param>
+    public InferenceEngine(InferenceOptions? options = null, BasePrecision? precision = null)
     {
         this.options = options ?? new InferenceOptions();
+        Precision = precision ?? BasePrecision.Float32;
         Adapters = new AdapterCache(this.options.AdapterCacheBytes);
         thread = new Thread(Loop) { IsBackground = true, Name = "inference" };
         thread.Start();
@@ -116,7 +122,7 @@ public sealed partial class InferenceEngine : IDisposable
             var request = sequence.Request;
             if (!batches.TryGetValue(request.BaseModel, out var batch))
             {
-                var model = ModelFolder.Load<CausalLanguageModel>(request.BaseFolder);
+                var model = ModelFolder.Load<CausalLanguageModel>(request.BaseFolder, Precision);
                 batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model, options.MaxBatch, model.ContextLength));
             }
             if (request.Prompt.Count >= batch.Model.ContextLength)

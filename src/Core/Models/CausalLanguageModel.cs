@@ -9,10 +9,7 @@ namespace AdapterService.Core.Models;
 /// </summary>
 public abstract class CausalLanguageModel : nn.Module<Tensor, Tensor>
 {
-    protected CausalLanguageModel(string name) : base(name) => Bf16 = new Bf16Weights(this);
-
-    /// <summary>The bfloat16 copies of its linear weights that trainers computing in bf16 share (fused jobs share the model).</summary>
-    public Bf16Weights Bf16 { get; }
+    protected CausalLanguageModel(string name) : base(name) { }
 
     public abstract int VocabSize { get; }
     /// <summary>The most positions a sequence may have (prompt and generated tokens together).</summary>

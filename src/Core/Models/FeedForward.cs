@@ -30,5 +30,5 @@ public static class FeedForwards
         model.named_modules().Where(m => m.module is IFeedForward).Select(m => (m.name, (IFeedForward)m.module));
 
     /// <summary>A projection as the frozen model computes it (W x + b), bypassing the layer's adapter slot.</summary>
-    public static Tensor Frozen(AdaptableLinear layer, Tensor x) => nn.functional.linear(x, layer.weight, layer.bias);
+    public static Tensor Frozen(AdaptableLinear layer, Tensor x) => layer.Frozen(x);
 }

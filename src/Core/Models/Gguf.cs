@@ -79,10 +79,10 @@ public static class Gguf
 
     static byte[] Encode(Tensor values, GgufType type) => type switch
     {
-        GgufType.F32 => values.bytes.ToArray(),
+        GgufType.F32 => values.to_type(ScalarType.Float32).bytes.ToArray(),   // a bf16 base's matrices are widened, exactly
         GgufType.F16 => values.to_type(ScalarType.Float16).bytes.ToArray(),
         GgufType.BF16 => values.to_type(ScalarType.BFloat16).bytes.ToArray(),
-        GgufType.Q8_0 => QuantizeQ8(values.data<float>().ToArray()),
+        GgufType.Q8_0 => QuantizeQ8(values.to_type(ScalarType.Float32).data<float>().ToArray()),
         _ => throw new NotSupportedException($"GGUF type {type}"),
     };
 

@@ -145,14 +145,14 @@ public sealed class GPT2LMHeadModel : CausalLanguageModel, IHuggingFaceModel
 
 public sealed class GPT2Model : nn.Module<Tensor, Tensor>
 {
-    public readonly Embedding wte, wpe;
+    public readonly EmbeddingTable wte, wpe;   // kept in the base's precision, return float32 (BasePrecision)
     public readonly ModuleList<GPT2Block> h;
     public readonly AdaptableLayerNorm ln_f;
 
     public GPT2Model(Gpt2Config config) : base(nameof(GPT2Model))
     {
-        wte = nn.Embedding(config.VocabSize, config.NEmbd);
-        wpe = nn.Embedding(config.NPositions, config.NEmbd);
+        wte = new EmbeddingTable(config.VocabSize, config.NEmbd);
+        wpe = new EmbeddingTable(config.NPositions, config.NEmbd);
         h = new ModuleList<GPT2Block>(Enumerable.Range(0, config.NLayer).Select(i => new GPT2Block(config, i)).ToArray());
         ln_f = new AdaptableLayerNorm(config.NEmbd, config.LayerNormEpsilon);
         RegisterComponents();

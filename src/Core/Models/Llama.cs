@@ -82,7 +82,9 @@ public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
 
 public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 {
-    public readonly Embedding embed_tokens;
+    // Weight matrices are EmbeddingTable and AdaptableLinear: the loader keeps those in the base's precision (bf16 or
+    // fp32, BasePrecision) and both return float32; norms and everything else a family adds stay float32 parameters.
+    public readonly EmbeddingTable embed_tokens;
     public readonly ModuleList<LlamaDecoderLayer> layers;
     public readonly RmsNorm norm;
     /// <summary>The distinct rotary embeddings (one, or Gemma 3's local and global) and which one each layer uses.</summary>
@@ -92,7 +94,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 
     public LlamaModel(LlamaConfig config) : base(nameof(LlamaModel))
     {
-        embed_tokens = nn.Embedding(config.VocabSize, config.HiddenSize);
+        embed_tokens = new EmbeddingTable(config.VocabSize, config.HiddenSize);
         layers = new ModuleList<LlamaDecoderLayer>(
             Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i)).ToArray());
         norm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
@@ -142,7 +144,7 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
     public LlamaDecoderLayer(LlamaConfig config, int index) : base(nameof(LlamaDecoderLayer))
     {
         self_attn = config.CreateAttention(index);
-        mlp = config.CreateMlp();
+        mlp = config.CreateMlp(index);
         input_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
         post_attention_layernorm = new RmsNorm(config.HiddenSize, config.RmsNormEps, config.NormOffset);
         if (config.SandwichNorms)
@@ -274,12 +276,14 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>, IFeedForward
 
     public IFeedForwardAdapter? Adapter { get; set; }
 
-    public LlamaMlp(LlamaConfig config) : base(nameof(LlamaMlp))
+    /// <summary>Its hidden width is intermediate_size, or <paramref name="intermediateSize"/> (a mixture's experts: moe_intermediate_size).</summary>
+    public LlamaMlp(LlamaConfig config, int? intermediateSize = null) : base(nameof(LlamaMlp))
     {
         act = ModelConfig.Activation(config.MlpActivation) ?? throw new ArgumentException($"activation '{config.MlpActivation}' is not supported");
-        gate_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
-        up_proj = new AdaptableLinear(config.HiddenSize, config.IntermediateSize, config.MlpBias);
-        down_proj = new AdaptableLinear(config.IntermediateSize, config.HiddenSize, config.MlpBias);
+        int ffn = intermediateSize ?? config.IntermediateSize;
+        gate_proj = new AdaptableLinear(config.HiddenSize, ffn, config.MlpBias);
+        up_proj = new AdaptableLinear(config.HiddenSize, ffn, config.MlpBias);
+        down_proj = new AdaptableLinear(ffn, config.HiddenSize, config.MlpBias);
         RegisterComponents();
     }
 

@@ -86,6 +86,8 @@ public record LlamaConfig : ModelConfig
     /// <summary>A decoder layer's attention and feed-forward network (Llama's separate projections; Phi-3 fuses them).</summary>
     public virtual DecoderAttention CreateAttention(int layer) => new LlamaAttention(this, layer);
     public virtual nn.Module<Tensor, Tensor> CreateMlp() => new LlamaMlp(this);
+    /// <summary>Layer <paramref name="layer"/>'s feed-forward network, where it differs by layer (Qwen3 MoE's dense and sparse layers).</summary>
+    public virtual nn.Module<Tensor, Tensor> CreateMlp(int layer) => CreateMlp();
 
     [JsonIgnore] public override Type ModelClass => typeof(LlamaForCausalLM);
 

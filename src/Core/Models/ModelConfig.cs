@@ -45,6 +45,7 @@ public abstract record ModelConfig
         ["phi3"] = typeof(Phi3Config), ["smollm3"] = typeof(SmolLM3Config),
         ["gpt2"] = typeof(Gpt2Config), ["vit"] = typeof(VitConfig),
         ["gemma2"] = typeof(Gemma2Config), ["gemma3_text"] = typeof(Gemma3TextConfig),
+        ["qwen3_moe"] = typeof(Qwen3MoeConfig),
     };
 
     /// <summary>Multimodal model_types run as their text model: the text model's config.json, from the outer one.</summary>
@@ -67,7 +68,7 @@ public abstract record ModelConfig
         ["idefics2"] = VisionLanguage("Idefics2"), ["idefics3"] = VisionLanguage("Idefics3"), ["smolvlm"] = VisionLanguage("SmolVLM"),
         ["paligemma"] = VisionLanguage("PaliGemma"), ["mistral3"] = VisionLanguage("Mistral Small 3.1"), ["pixtral"] = VisionLanguage("Pixtral"),
         ["internvl"] = VisionLanguage("InternVL"), ["llama4"] = "a mixture-of-experts vision-language model (Llama 4)",
-        ["mixtral"] = MixtureOfExperts("Mixtral"), ["qwen2_moe"] = MixtureOfExperts("Qwen1.5-MoE / Qwen2-MoE"), ["qwen3_moe"] = MixtureOfExperts("Qwen3 MoE"),
+        ["mixtral"] = MixtureOfExperts("Mixtral"), ["qwen2_moe"] = MixtureOfExperts("Qwen1.5-MoE / Qwen2-MoE"),
         ["deepseek_v2"] = MixtureOfExperts("DeepSeek-V2"), ["deepseek_v3"] = MixtureOfExperts("DeepSeek-V3"), ["phimoe"] = MixtureOfExperts("Phi-3.5-MoE"),
         ["olmoe"] = MixtureOfExperts("OLMoE"), ["granitemoe"] = MixtureOfExperts("Granite MoE"), ["dbrx"] = MixtureOfExperts("DBRX"),
         ["jamba"] = "a hybrid Mamba/attention mixture-of-experts model (Jamba)",
@@ -76,7 +77,7 @@ public abstract record ModelConfig
     static string Supported => string.Join(", ", Families.Keys.Concat(TextModels.Keys));
 
     static string VisionLanguage(string name) => $"a vision-language model ({name}); this service runs text-only decoders and ViT classifiers, not image-and-text models";
-    static string MixtureOfExperts(string name) => $"a mixture-of-experts model ({name}); this service runs dense models only";
+    static string MixtureOfExperts(string name) => $"a mixture-of-experts model ({name}); this service runs one mixture-of-experts family, qwen3_moe";
 
     /// <summary>
     /// Reads and checks a config.json; the errors name the file (config.json, never the folder it is in), the key and

@@ -29,8 +29,13 @@ public static class ModelFolder
 {
     public const string ConfigFile = "config.json", WeightsFile = "model.safetensors", IndexFile = "model.safetensors.index.json";
 
-    /// <summary>Loads a frozen model in evaluation mode: a <see cref="LlamaForCausalLM"/> (or Qwen2, Qwen3, Mistral on its decoder), <see cref="GPT2LMHeadModel"/> or <see cref="ViTForImageClassification"/>.</summary>
-    public static nn.Module<Tensor, Tensor> Load(string folder)
+    /// <summary>
+    /// Loads a frozen model in evaluation mode: a <see cref="LlamaForCausalLM"/> (or Qwen2, Qwen3, Mistral on its decoder),
+    /// <see cref="GPT2LMHeadModel"/> or <see cref="ViTForImageClassification"/>. Its weight matrices are kept in
+    /// <paramref name="precision"/>'s type (float32 when none is given: exact, what the reference tests compare), mapped from
+    /// the file where it already holds them in that type; all other parameters are float32.
+    /// </summary>
+    public static nn.Module<Tensor, Tensor> Load(string folder, BasePrecision? precision = null)
     {
         var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));
         CheckSize(config, folder);
@@ -43,7 +48,7 @@ public static class ModelFolder
         }
         try
         {
-            LoadWeights((IHuggingFaceModel)model, folder);
+            LoadWeights((IHuggingFaceModel)model, model, folder, precision ?? BasePrecision.Float32);
         }
         catch
         {
@@ -56,25 +61,28 @@ public static class ModelFolder
     }
 
     /// <summary>Loads a model that must be a <typeparamref name="TModel"/> (say, <see cref="CausalLanguageModel"/> for serving text).</summary>
-    public static TModel Load<TModel>(string folder) where TModel : nn.Module
+    public static TModel Load<TModel>(string folder, BasePrecision? precision = null) where TModel : nn.Module
     {
         var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));
         if (!typeof(TModel).IsAssignableFrom(config.ModelClass))
             throw new InvalidDataException($"the folder holds a {config.ModelType} model ({config.Architecture}), not a {typeof(TModel).Name}");
-        return (TModel)(nn.Module)Load(folder);
+        return (TModel)(nn.Module)Load(folder, precision);
     }
 
     /// <summary>
-    /// Writes config.json and the weights in Hugging Face layout (keys, [in, out] Conv1D weights, tied heads left out).
-    /// With <paramref name="maxShardBytes"/>, weights over that size go to model-0000i-of-0000n.safetensors shards plus the index.
+    /// Writes config.json and the weights in Hugging Face layout (keys, [in, out] Conv1D weights, tied heads left out), every
+    /// tensor in the type of the model's weight matrices, which config.json's torch_dtype then names (so a base loaded
+    /// <see cref="BasePrecision.AsStored"/> from bf16, an adapter merged into it, saves bf16 again, norms included). With <paramref name="maxShardBytes"/>, weights over that size go to model-0000i-of-0000n.safetensors shards plus the index.
     /// </summary>
     public static void Save(nn.Module model, string folder, long? maxShardBytes = null)
     {
         var pretrained = model as IHuggingFaceModel ?? throw new ArgumentException($"{model.GetType().Name} has no Hugging Face layout", nameof(model));
         using var scope = NewDisposeScope();
         Directory.CreateDirectory(folder);
+        var type = MatrixType(model);
         var tensors = pretrained.CheckpointTensors()
             .Select(t => (t.Key, Tensor: t.Transposed ? t.Parameter.detach().t() : t.Parameter.detach()))
+            .Select(t => (t.Key, Tensor: t.Tensor.dtype != type ? t.Tensor.to_type(type) : t.Tensor))
             .OrderBy(t => t.Key, StringComparer.Ordinal).ToList();
         var metadata = new Dictionary<string, string> { ["format"] = "pt" };
         long total = tensors.Sum(t => t.Tensor.NumberOfElements * t.Tensor.ElementSize);
@@ -111,17 +119,32 @@ public static class ModelFolder
                 new { metadata = new { total_size = total }, weight_map = weightMap }, new JsonSerializerOptions { WriteIndented = true }));
             File.Delete(Path.Combine(folder, WeightsFile));
         }
-        pretrained.ModelConfig.Save(Path.Combine(folder, ConfigFile));
+        (pretrained.ModelConfig with { TorchDtype = TorchDtypeName(type) }).Save(Path.Combine(folder, ConfigFile));
     }
+
+    /// <summary>The type of a model's weight matrices (<see cref="IStoredMatrix"/>): float32 where they are of several types or there are none.</summary>
+    public static ScalarType MatrixType(nn.Module model) =>
+        BasePrecision.Matrices(model).Select(m => m.Matrix.dtype).Distinct().ToList() is [var only] ? only : ScalarType.Float32;
+
+    /// <summary>The config.json torch_dtype of a type.</summary>
+    static string TorchDtypeName(ScalarType type) => type switch
+    {
+        ScalarType.Float32 => "float32", ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16",
+        _ => throw new ArgumentException($"weights of type {type} cannot be saved"),
+    };
 
     /// <summary>
     /// Checks every file's header and the whole key set before reading any data: a tensor missing, unexpected (other than
     /// the buffers <see cref="IHuggingFaceModel.CanonicalKey"/> skips), stored twice, of the wrong shape or of a dtype that
     /// cannot be read is refused naming the file (its name in the folder, never a path) and the tensor. Then reads one
-    /// tensor at a time into its parameter.
+    /// tensor at a time: a weight matrix (<see cref="IStoredMatrix"/>) in <paramref name="precision"/>'s type, mapped from
+    /// the file when stored in it (read and converted once otherwise); every other tensor copied into its float32 parameter.
     /// </summary>
-    static void LoadWeights(IHuggingFaceModel model, string folder)
+    static void LoadWeights(IHuggingFaceModel model, nn.Module module, string folder, BasePrecision precision)
     {
+        // By module path: a weight the checkpoint names once may be held by two modules (a head tied to the embeddings).
+        var matrices = module.named_modules().Where(m => m.module is IStoredMatrix)
+            .ToDictionary(m => m.name + ".weight", m => (IStoredMatrix)m.module, StringComparer.Ordinal);
         var expected = model.CheckpointTensors().ToDictionary(t => t.Key, StringComparer.Ordinal);
         var files = OpenCheckpoint(folder);
         try
@@ -153,10 +176,25 @@ public static class ModelFolder
             using var noGrad = no_grad();
             foreach (var (key, (file, info)) in found.OrderBy(f => f.Value.File.Path, StringComparer.Ordinal).ThenBy(f => f.Value.Info.Begin))
             {
-                using var scope = NewDisposeScope();
-                var stored = file.Read(info);
                 var target = expected[key];
-                target.Parameter.copy_(target.Transposed ? stored.t() : stored);
+                if (matrices.TryGetValue(key, out var owner) && SafeTensorsFile.TypeOf(info) is { } storedType)
+                {
+                    var type = precision.MatrixTypeFor(storedType);
+                    var data = type == storedType && !target.Transposed ? file.Map(info) : null;
+                    if (data is null)
+                    {
+                        using var scope = NewDisposeScope();
+                        var stored = file.Read(info);
+                        data = (target.Transposed ? stored.t() : stored).to_type(type).contiguous().MoveToOuterDisposeScope();
+                    }
+                    BasePrecision.Replace(matrices.Values, owner.Matrix, new Parameter(data, requires_grad: false));
+                }
+                else
+                {
+                    using var scope = NewDisposeScope();
+                    var stored = file.Read(info);
+                    target.Parameter.copy_(target.Transposed ? stored.t() : stored);
+                }
             }
         }
         finally

@@ -19,7 +19,7 @@ public static class RandomModel
         // By name: TorchSharp may hand out a new wrapper (and handle) for the same parameter on each call.
         // A norm's identity weight is 1, or 0 where it scales by 1 + weight (Gemma).
         var norms = model.NormLayers().ToDictionary(n => n.Path + ".weight", n => 1 - n.Layer.WeightOffset);
-        var embeddings = model.named_modules().Where(m => m.module is TorchSharp.Modules.Embedding).Select(m => m.name + ".weight").ToHashSet();
+        var embeddings = model.named_modules().Where(m => m.module is EmbeddingTable or TorchSharp.Modules.Embedding).Select(m => m.name + ".weight").ToHashSet();
         using var generator = new Generator().manual_seed(seed);
         using (no_grad())
         using (NewDisposeScope())

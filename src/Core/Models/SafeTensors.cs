@@ -302,5 +302,35 @@ public sealed class SafeTensorsFile : IDisposable
     /// <summary>A new CPU tensor of the stored dtype (F32, F16 or BF16) holding <paramref name="info"/>'s data; the caller owns it.</summary>
     public torch.Tensor Read(SafeTensorInfo info) => SafeTensors.Read(stream, dataStart, info, Path);
 
-    public void Dispose() => stream.Dispose();
+    /// <summary>The stored dtype of <paramref name="info"/> as a torch type, or null for one that cannot be loaded.</summary>
+    public static torch.ScalarType? TypeOf(SafeTensorInfo info) =>
+        info.DType switch { "F32" => torch.ScalarType.Float32, "F16" => torch.ScalarType.Float16, "BF16" => torch.ScalarType.BFloat16, _ => null };
+
+    /// <summary>
+    /// A CPU tensor over the file's own bytes of <paramref name="info"/> (no copy: the file is memory-mapped privately, so
+    /// pages are read from disk when first touched, are shared with the page cache, and a write to the tensor stays in this
+    /// process), or null where the data cannot be mapped (a dtype that cannot be loaded, an empty tensor, or an offset not
+    /// a multiple of the element size, which the format does not promise). The caller owns it; it outlives this object.
+    /// </summary>
+    public torch.Tensor? Map(SafeTensorInfo info)
+    {
+        if (TypeOf(info) is not { } dtype || info.End == info.Begin) return null;
+        int size = dtype == torch.ScalarType.Float32 ? 4 : 2;
+        long offset = dataStart + info.Begin;
+        if (offset % size != 0) return null;
+        if (!mapped.TryGetValue(dtype, out var whole))
+            // The whole file as one flat tensor of this dtype (a virtual mapping: nothing is read yet); views of it keep
+            // the mapping alive after this object is disposed.
+            mapped[dtype] = whole = torch.from_file(Path, shared: false, size: stream.Length / size, dtype: dtype);
+        using var flat = whole.narrow(0, offset / size, (info.End - info.Begin) / size);
+        return flat.view(info.Shape);
+    }
+
+    readonly Dictionary<torch.ScalarType, torch.Tensor> mapped = [];
+
+    public void Dispose()
+    {
+        foreach (var t in mapped.Values) t.Dispose();
+        stream.Dispose();
+    }
 }

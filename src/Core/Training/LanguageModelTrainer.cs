@@ -10,8 +10,9 @@ public sealed record TokenizedExample(int[] Ids, bool[] Train);
 /// <summary>
 /// Supervised fine-tuning of an adapter of any method on a frozen causal language model: cross-entropy on the next token
 /// where the target is an assistant/completion token (the loop, optimizer and state are <see cref="AdapterTrainer"/>'s).
-/// How a step is computed (packing, micro-batches, bf16, checkpointing) follows <see cref="TrainingSpeedOptions"/>; the loss of
-/// a step is always the mean over the batch's trained tokens.
+/// How a step is computed (packing, micro-batches, checkpointing) follows <see cref="TrainingSpeedOptions"/>, the base's
+/// matmuls run in the type its weights were loaded in (<see cref="Models.BasePrecision"/>); the loss of a step is always the
+/// mean over the batch's trained tokens, in float32.
 /// </summary>
 public sealed class LanguageModelTrainer : AdapterTrainer
 {
@@ -29,7 +30,6 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         if (this.options.Problem() is { } problem) throw new ArgumentException(problem, nameof(options));
         (this.model, this.examples, this.padId) = (model, examples, padId);
         (packing, checkpointing) = (this.options.Packing && adapter.TokenWise, this.options.GradientCheckpointing && adapter.TokenWise);
-        if (this.options.Bf16) model.Bf16.Take();
     }
 
     static TrainableAdapter Attached(CausalLanguageModel model, TrainableAdapter adapter)
@@ -172,11 +172,5 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         Tensor correct;
         using (no_grad()) correct = logits.argmax(-1).eq(rows.TrainedTargets).sum();
         return (loss, correct);
-    }
-
-    public override void Dispose()
-    {
-        if (options.Bf16) model.Bf16.Release();
-        base.Dispose();
     }
 }

@@ -3,6 +3,8 @@ namespace AdapterService.Core.Training;
 /// <summary>
 /// How a language-model trainer computes its steps, not what it learns: each option changes speed, memory or rounding
 /// only, so a job's result is the same (to rounding) whichever are on. Worker settings <c>Workers:Speed:*</c> (docs/API.md).
+/// The precision of the frozen base is not here but in <see cref="Models.BasePrecision"/> (<c>Models:Precision</c>), which
+/// serving shares.
 /// </summary>
 public sealed record TrainingSpeedOptions
 {
@@ -18,12 +20,6 @@ public sealed record TrainingSpeedOptions
     /// add up before the one optimizer step (gradient accumulation); null computes the whole batch at once.
     /// </summary>
     public int? MicroBatchSize { get; init; }
-
-    /// <summary>
-    /// bf16 autocast: the frozen base's matmuls run in bfloat16 on a bf16 copy of its weights, while the adapter's
-    /// parameters, its gradients, the optimizer state, the residual stream, norms, attention and the loss stay float32.
-    /// </summary>
-    public bool Bf16 { get; init; }
 
     /// <summary>
     /// Keeps only each decoder layer's input in the forward pass and recomputes the layer in the backward pass: less memory

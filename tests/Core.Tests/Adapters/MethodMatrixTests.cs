@@ -118,7 +118,10 @@ public sealed class MethodMatrixTests : IDisposable
     }
 
     /// <summary>The tiny Llama, and the families on its decoder scaled down from their real configs (tests/Core.Tests/Models/DecoderFamiliesTests.cs).</summary>
-    public static TheoryData<string> Models => new("tiny", "llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "gemma2", "gemma3_text");
+    public static TheoryData<string> Models => new("tiny", "llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "gemma2", "gemma3_text", "qwen3_moe");
+
+    /// <summary>The methods a model takes: all, but MixLoRA on a mixture-of-experts base (refused: <see cref="MixLoraIsRefusedOnAMixtureOfExpertsBase"/>).</summary>
+    static string[] MethodsOf(LlamaForCausalLM model) => model is Qwen3MoeForCausalLM ? [.. MethodNames.Where(m => m != "mixlora")] : MethodNames;
 
     static LlamaForCausalLM ModelOf(string name) => name == "tiny" ? Create() : DecoderFamiliesTests.CreateFamily(name);
 
@@ -139,7 +142,7 @@ public sealed class MethodMatrixTests : IDisposable
     {
         using var scope = NewDisposeScope();
         using var model = ModelOf(name);
-        var methods = MethodNames;
+        var methods = MethodsOf(model);
         var served = new List<ServedAdapter?>();
         var alone = new List<Tensor>();
         var ids = Ids(methods.Length + 1, 6, seed: 8);
@@ -158,7 +161,8 @@ public sealed class MethodMatrixTests : IDisposable
         served.Add(null);
         var slots = Enumerable.Range(0, served.Count).Select(i => (long)i).ToList();
         var rowAdapters = model.LinearLayers().Select(l => (l.Layer, Row: new RowAdapter(l.Path, l.Layer, served, slots, null))).ToList();
-        var blocks = model.FeedForwardBlocks().Select(b => (Mlp: b.Block, Block: RowFeedForward.For(b.Path, served)!)).ToList();
+        var blocks = model.FeedForwardBlocks().Select(b => (Mlp: b.Block, Block: RowFeedForward.For(b.Path, served)))
+            .Where(b => b.Block is not null).Select(b => (b.Mlp, Block: b.Block!)).ToList();   // none without a MixLoRA row (qwen3_moe)
         var norms = model.NormLayers().Select(n => (Norm: n.Layer, Row: RowNorm.For(n.Path, n.Layer.Size, served)!)).ToList();
         try
         {
@@ -177,12 +181,52 @@ public sealed class MethodMatrixTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// On a bf16 base (<see cref="BasePrecision"/>) every method trains in float32: a few steps lower the loss, the base
+    /// stays as it was, and a method that merges leaves the base bf16 computing what base + adapter did (to bf16 rounding).
+    /// </summary>
+    [Theory, MemberData(nameof(Methods))]
+    public void EveryMethodTrainsOnABf16BaseAndMergesKeepingBf16(string method)
+    {
+        using var scope = NewDisposeScope();
+        using var model = BasePrecision.BFloat16.Apply(Create());
+        var baseBefore = model.parameters().Select(p => Bytes(p)).ToList();
+        using var adapter = TrainableAdapter.Create(model, ConfigOf(method), seed: 1);
+        adapter.Attach(model);
+        adapter.Train(true);
+        foreach (var p in adapter.Parameters()) p.requires_grad = true;
+        using var optimizer = optim.Adam(adapter.Parameters(), 0.01);
+        var (ids, targets) = (Ids(2, 6, seed: 4), Ids(2, 6, seed: 9).view(-1));
+        var losses = new List<double>();
+        for (int step = 0; step < 6; step++)
+        {
+            using var stepScope = NewDisposeScope();
+            optimizer.zero_grad();
+            var logits = model.forward(ids);
+            var loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]), targets);
+            if (adapter.AuxiliaryLoss() is { } auxiliary) loss += auxiliary;
+            loss.backward();
+            optimizer.step();
+            losses.Add(loss.item<float>());
+        }
+        Assert.True(losses[^1] < losses[0] - 0.05, $"{method}: {string.Join(" → ", losses.Select(l => l.ToString("F3")))}");
+        Assert.All(adapter.Parameters(), p => Assert.Equal(ScalarType.Float32, p.dtype));
+        Assert.Equal(baseBefore, model.parameters().Select(p => Bytes(p)).ToList());
+        adapter.Train(false);
+        Tensor attached;
+        using (no_grad()) attached = model.forward(ids);
+        try { adapter.Merge(model); }
+        catch (NotSupportedException) { return; }   // Lily and MixLoRA: their update depends on the input
+        Assert.All(model.LinearLayers(), l => Assert.Equal(ScalarType.BFloat16, l.Layer.weight.dtype));
+        using (no_grad()) AssertClose(attached, model.forward(ids), 0.1);
+    }
+
     /// <summary>On every family each method's first step from its initialisation lowers the loss of the batch it saw, which stays finite.</summary>
     [Theory, MemberData(nameof(Models))]
     public void EveryMethodsFirstStepLowersTheLoss(string name)
     {
         using var model = ModelOf(name);
-        foreach (string method in MethodNames)
+        foreach (string method in MethodsOf(model))
         {
             using var scope = NewDisposeScope();
             using var adapter = TrainableAdapter.Create(model, ConfigFor(method, model), seed: 1);
@@ -300,6 +344,30 @@ public sealed class MethodMatrixTests : IDisposable
         AssertClose(before, model.forward(input), 1e-5);
         Randomize(adapter, 3);
         Assert.True((model.forward(input) - before).abs().max().item<float>() > 1e-3);
+    }
+
+    /// <summary>
+    /// On Qwen3 MoE, target_modules reach every expert (PEFT's suffix match): LoRA on down_proj adapts the 4 experts of the
+    /// sparse layer and the dense layer's down_proj, and at init (B = 0) gives the base's logits to the bit although every
+    /// expert then runs on every token; MixLoRA, which makes dense blocks mixtures, is refused saying why.
+    /// </summary>
+    [Fact]
+    public void MixLoraIsRefusedOnAMixtureOfExpertsBase()
+    {
+        using var scope = NewDisposeScope();
+        using var model = DecoderFamiliesTests.CreateFamily("qwen3_moe");
+        var ids = Ids(1, 1, seed: 5);                                        // one token: 2 of the 4 experts chosen, the others skipped
+        var skipped = model.forward(ids);
+        using (var lora = TrainableAdapter.Create(model, new LoraConfig { Rank = 2, TargetModules = ["down_proj"] }))
+        {
+            Assert.Equal(["model.layers.0.mlp.experts.0.down_proj", "model.layers.0.mlp.experts.1.down_proj", "model.layers.0.mlp.experts.2.down_proj",
+                "model.layers.0.mlp.experts.3.down_proj", "model.layers.1.mlp.down_proj"], lora.Layers.Keys.Order());
+            lora.Attach(model);                                              // B = 0: the base, now with every expert run on every token
+            Assert.Equal(Bytes(skipped), Bytes(model.forward(ids)));         // the unchosen experts' weight-0 terms change no bit
+            TrainableAdapter.Detach(model);
+        }
+        var error = Assert.Throws<ArgumentException>(() => TrainableAdapter.Create(model, ConfigOf("mixlora"))).Message;
+        Assert.Contains("model_type 'qwen3_moe' is a mixture of experts already", error);
     }
 
     /// <summary>The papers' ViT-B/16 figures (derived in docs/METHODS.md), on ViT-B/16 built from its config with random weights.</summary>

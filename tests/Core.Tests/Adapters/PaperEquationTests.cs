@@ -161,7 +161,7 @@ public sealed class PaperEquationTests
         // The serving form never builds ΔW: Σₖ S_right[k] ⊙ W (S_left[k] ⊙ x).
         using (no_grad())
             AssertClose(nn.functional.linear(x, Rlrr.DeltaWeight(layer.weight, rlrr.rlrr_s_left, rlrr.rlrr_s_right)),
-                Rlrr.Delta(x, layer.weight, rlrr.rlrr_s_left, rlrr.rlrr_s_right), 1e-5);
+                Rlrr.Delta(x, layer, rlrr.rlrr_s_left, rlrr.rlrr_s_right), 1e-5);
     }
 
     /// <summary>Llama (RMSNorm, no biases: the shifts stay as a vector add) and GPT-2 (LayerNorm and biases: all folded in).</summary>

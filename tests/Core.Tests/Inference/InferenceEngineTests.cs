@@ -139,6 +139,7 @@ public sealed class InferenceEngineTests : IDisposable
     [InlineData("qwen2")]
     [InlineData("gemma2")]
     [InlineData("gemma3_text")]
+    [InlineData("qwen3_moe")]
     public async Task EachDecoderFamilyGeneratesInABatchWhatTheUncachedModelSays(string family)
     {
         string folder = Path.Combine(root.FullName, family);

@@ -79,10 +79,17 @@ public sealed class DecoderFamiliesTests : IDisposable
             HeadDimension = 32, QueryPreAttnScalar = 32, RopeTheta = 1000, RopeLocalBaseFreq = 100, SlidingWindow = 3, SlidingWindowPattern = 2,
             RopeScaling = new RopeScaling { RopeType = "linear", Factor = 8 },
         },
+        // Qwen3-30B-A3B's: Qwen3's attention, 4 experts here (128 there) with top-2 (8) renormalised, moe_intermediate_size
+        // 32 (768); layer 1 dense through mlp_only_layers, so both kinds of layer are checked.
+        "qwen3_moe" => new Qwen3MoeConfig
+        {
+            VocabSize = 300, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+            HeadDimension = 32, RopeTheta = 1000, NumExperts = 4, NumExpertsPerTok = 2, MoeIntermediateSize = 32, NormTopkProb = true, MlpOnlyLayers = [1],
+        },
         _ => throw new ArgumentException(family),
     };
 
-    public static TheoryData<string> Families => new("llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "gemma2", "gemma3_text");
+    public static TheoryData<string> Families => new("llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "gemma2", "gemma3_text", "qwen3_moe");
 
     /// <summary>A frozen model with seeded random weights; norms away from 1 and biases away from 0, so both matter.</summary>
     public static LlamaForCausalLM CreateFamily(string family, long seed = 1, int vocabulary = 300, LlamaConfig? config = null)
@@ -92,6 +99,7 @@ public sealed class DecoderFamiliesTests : IDisposable
         using var g = new Generator((ulong)seed);
         using (no_grad())
         using (NewDisposeScope())
+        {
             foreach (var (name, p) in model.named_parameters())
             {
                 if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.uniform_(0.5 - offset, 1.5 - offset, g);
@@ -99,6 +107,10 @@ public sealed class DecoderFamiliesTests : IDisposable
                 else if (name == "model.embed_tokens.weight") p.normal_(0, 1, g);
                 else p.normal_(0, 1 / Math.Sqrt(p.shape[1]), g);
             }
+            // A tied head's weight is the embeddings, listed once: drawn again last at a head's scale (as when the head
+            // was listed too), so logits stay O(1) and every family's weights stay the ones its tests were written on.
+            if (model.Config.TieWordEmbeddings) model.lm_head.weight.normal_(0, 1 / Math.Sqrt(model.lm_head.weight.shape[1]), g);
+        }
         foreach (var p in model.parameters()) p.requires_grad = false;
         model.eval();
         return model;
@@ -280,6 +292,15 @@ public sealed class DecoderFamiliesTests : IDisposable
          "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 65536, "max_window_layers": 28, "mlp_bias": false, "model_type": "smollm3",
          "no_rope_layer_interval": 4, "no_rope_layers": [1, 0], "pad_token_id": 128004, "pretraining_tp": 2, "rms_norm_eps": 1e-06, "rope_scaling": null,
          "rope_theta": 5000000.0, "sliding_window": null, "use_cache": false, "use_sliding_window": false, "tie_word_embeddings": true, "torch_dtype": "bfloat16"
+        """,
+        // Qwen3-30B-A3B (experts 128 → 4, top-8 → top-2, moe_intermediate_size 768 → 32).
+        """
+        {"architectures": ["Qwen3MoeForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 151643, "decoder_sparse_step": 1,
+         "eos_token_id": 151645, "head_dim": 32, "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 40960, "max_window_layers": 48,
+         "mlp_only_layers": [], "model_type": "qwen3_moe", "moe_intermediate_size": 32, "norm_topk_prob": true, "num_experts": 4, "num_experts_per_tok": 2,
+         "output_router_logits": false, "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+         "sliding_window": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": true,
+         "use_sliding_window": false
         """);
 
     /// <summary>
@@ -316,6 +337,68 @@ public sealed class DecoderFamiliesTests : IDisposable
         var config = (LlamaConfig)ModelConfig.Load(path);
         Assert.Equal(config.Architectures![0], config.Architecture);
         using var model = config.CreateModel();
+    }
+
+    /// <summary>
+    /// Qwen3 MoE's sparse block alone, on rows of different tokens, against the per-token reference with and without
+    /// norm_topk_prob; the tokens do not all choose the same experts, and renormalising changes the output.
+    /// </summary>
+    [Fact]
+    public void TheMixtureOfExpertsBlockRoutesEachTokenAsTheReference()
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var outputs = new List<Tensor>();
+        foreach (bool norm in new[] { true, false })
+        {
+            using var model = CreateFamily("qwen3_moe");
+            var config = (Qwen3MoeConfig)model.Config with { NormTopkProb = norm };
+            var block = new Qwen3MoeSparseMoeBlock(config);
+            block.load_state_dict(model.model.layers[0].mlp.state_dict());
+            using var g = new Generator(11);
+            var x = randn([3, 5, 64], generator: g);
+            var y = block.forward(x);
+            AssertClose(Reference.Moe(x.to_type(ScalarType.Float64), block, config), y, 1e-5);
+            var chosen = block.Routing(x).ne(0).flatten(0, 1);                                 // [15 tokens, 4 experts]
+            Assert.Equal(15 * 2, chosen.sum().item<long>());                                    // top-2 per token
+            Assert.True(chosen.any(0).all().item<bool>());                                      // every expert serves some token
+            Assert.True(Enumerable.Range(0, 15).Select(i => string.Join(",", chosen[i].data<bool>().ToArray())).Distinct().Count() > 1);
+            outputs.Add(y);
+        }
+        Assert.True((outputs[0] - outputs[1]).abs().max().item<float>() > 1e-3);
+    }
+
+    /// <summary>Which layers are sparse: every decoder_sparse_step-th layer not in mlp_only_layers (transformers' Qwen3MoeDecoderLayer).</summary>
+    [Fact]
+    public void DecoderSparseStepAndMlpOnlyLayersPickTheSparseLayers()
+    {
+        var config = (Qwen3MoeConfig)ConfigOf("qwen3_moe") with { NumHiddenLayers = 4, DecoderSparseStep = 2, MlpOnlyLayers = [3] };
+        Assert.Equal([false, true, false, false], Enumerable.Range(0, 4).Select(config.IsSparse));
+        using var model = (LlamaForCausalLM)config.CreateModel();
+        Assert.Equal(["LlamaMlp", "Qwen3MoeSparseMoeBlock", "LlamaMlp", "LlamaMlp"], model.model.layers.Select(l => l.mlp.GetType().Name));
+        Assert.Equal(128, model.model.layers[0].mlp is LlamaMlp dense ? dense.gate_proj.OutFeatures : 0);                     // intermediate_size
+        Assert.Equal(32, ((Qwen3MoeSparseMoeBlock)model.model.layers[1].mlp).experts[3].gate_proj.OutFeatures);              // moe_intermediate_size
+        Assert.Contains("model.layers.1.mlp.experts.3.down_proj", config.LinearPaths());
+        Assert.DoesNotContain("model.layers.1.mlp.gate", config.LinearPaths());             // the router is frozen, never a target
+    }
+
+    /// <summary>transformers 5.x's fused 3D experts are refused naming the tensor, not read wrongly or reported as a stray key.</summary>
+    [Fact]
+    public void TheFusedExpertLayoutOfTransformers5IsRefusedByName()
+    {
+        using var scope = NewDisposeScope();
+        using var model = CreateFamily("qwen3_moe");
+        ModelFolder.Save(model, dir);
+        string weights = Path.Combine(dir, ModelFolder.WeightsFile);
+        var tensors = SafeTensors.Load(weights);
+        foreach (string key in tensors.Keys.Where(k => k.StartsWith("model.layers.0.mlp.experts.", StringComparison.Ordinal)).ToList()) tensors.Remove(key);
+        tensors["model.layers.0.mlp.experts.gate_up_proj"] = zeros(4, 64, 64);
+        tensors["model.layers.0.mlp.experts.down_proj"] = zeros(4, 32, 64);
+        SafeTensors.Save(weights, tensors);
+        var error = Assert.Throws<InvalidDataException>(() => ModelFolder.Load<LlamaForCausalLM>(dir)).Message;
+        Assert.Contains("model.layers.0.mlp.experts.", error);
+        Assert.Contains("fused as one 3D tensor (transformers 5.x's layout)", error);
+        Assert.DoesNotContain(dir, error);
     }
 
     /// <summary>google/gemma-3-4b-it's config.json (Gemma3ForConditionalGeneration): its text_config names only what differs from transformers' defaults.</summary>
@@ -403,6 +486,14 @@ public sealed class DecoderFamiliesTests : IDisposable
     [InlineData("llama", "\"num_local_experts\": 8", "num_local_experts 8 changes the math")]
     [InlineData("qwen3", "\"attn_logit_softcapping\": 50.0", "attn_logit_softcapping 50.0 changes the math and is not implemented for model_type 'qwen3'")]
     [InlineData("mistral", "\"no_rope_layers\": [1, 0]", "no_rope_layers [1, 0] changes the math")]
+    [InlineData("qwen3", "\"num_experts\": 8", "num_experts 8 changes the math and is not implemented for model_type 'qwen3'")]
+    [InlineData("qwen3", "\"mlp_only_layers\": [1]", "mlp_only_layers [1] changes the math")]
+    [InlineData("qwen3_moe", "\"num_local_experts\": 8", "num_local_experts 8 changes the math and is not implemented for model_type 'qwen3_moe'")]
+    [InlineData("qwen3_moe", "\"use_sliding_window\": true", "use_sliding_window true is not supported")]
+    [InlineData("qwen3_moe", "\"num_experts\": 4, \"num_experts_per_tok\": 5", "num_experts_per_tok is 5; it must be between 1 and num_experts (4)")]
+    [InlineData("qwen3_moe", "\"mlp_only_layers\": [2]", "mlp_only_layers lists layer 2; the model has layers 0 to 1")]
+    [InlineData("qwen3_moe", "\"decoder_sparse_step\": 0", "decoder_sparse_step is 0")]
+    [InlineData("qwen3_moe", "\"attn_logit_softcapping\": 50.0", "attn_logit_softcapping 50.0 changes the math and is not implemented for model_type 'qwen3_moe'")]
     [InlineData("qwen2", "\"hidden_activation\": \"gelu_pytorch_tanh\"", "hidden_activation \"gelu_pytorch_tanh\" changes the math")]
     [InlineData("llama", "\"rope_scaling\": {\"type\": \"mrope\", \"mrope_section\": [16, 24, 24]}", "rope_type 'mrope' is not supported")]
     [InlineData("gemma2", "\"hidden_activation\": \"relu6\"", "hidden_activation 'relu6' is not supported")]
@@ -546,8 +637,7 @@ public sealed class DecoderFamiliesTests : IDisposable
     [InlineData("qwen2_vl", "is a vision-language model (Qwen2-VL)")]
     [InlineData("llava", "is a vision-language model (LLaVA)")]
     [InlineData("phi3_v", "is a vision-language model (Phi-3 Vision)")]
-    [InlineData("mixtral", "is a mixture-of-experts model (Mixtral); this service runs dense models only")]
-    [InlineData("qwen3_moe", "is a mixture-of-experts model (Qwen3 MoE)")]
+    [InlineData("mixtral", "is a mixture-of-experts model (Mixtral); this service runs one mixture-of-experts family, qwen3_moe")]
     [InlineData("qwen2_moe", "is a mixture-of-experts model")]
     [InlineData("falcon", "is not supported")]
     public void AModelTypeThisServiceDoesNotRunIsRefusedSayingWhatItIs(string modelType, string message)
@@ -721,6 +811,33 @@ public sealed class DecoderFamiliesTests : IDisposable
             return Linear(cat(outputs, -1), output);
         }
 
+        /// <summary>
+        /// Qwen3 MoE's block token by token: p = softmax(W_gate x), the top-k experts by p, their p over their sum under
+        /// norm_topk_prob, and Σ p_e · SwiGLU_e(x).
+        /// </summary>
+        public static Tensor Moe(Tensor x, Qwen3MoeSparseMoeBlock block, Qwen3MoeConfig c)
+        {
+            long hidden = x.shape[^1];
+            var tokens = x.reshape(-1, hidden);
+            var gate = F64(block.gate.weight);
+            var outputs = new List<Tensor>();
+            for (long n = 0; n < tokens.shape[0]; n++)
+            {
+                var token = tokens[n];                                                        // [hidden]
+                double[] logits = gate.matmul(token).data<double>().ToArray();
+                double max = logits.Max();
+                double[] p = logits.Select(l => Math.Exp(l - max)).ToArray();
+                double total = p.Sum();
+                p = p.Select(v => v / total).ToArray();
+                int[] top = Enumerable.Range(0, p.Length).OrderByDescending(e => p[e]).Take(c.NumExpertsPerTok).ToArray();
+                double norm = c.NormTopkProb ? top.Sum(e => p[e]) : 1;
+                var y = zeros(hidden, ScalarType.Float64);
+                foreach (int e in top) y = y + p[e] / norm * Mlp(token.unsqueeze(0), block.experts[e], c).squeeze(0);
+                outputs.Add(y);
+            }
+            return stack(outputs).view(x.shape);
+        }
+
         /// <summary>SwiGLU, silu(g) = g σ(g), or Gemma's GeGLU with the tanh approximation of gelu.</summary>
         static Tensor Mlp(Tensor x, nn.Module<Tensor, Tensor> mlp, LlamaConfig c)
         {
@@ -762,7 +879,8 @@ public sealed class DecoderFamiliesTests : IDisposable
                     continue;
                 }
                 h = h + Attention(Norm(h, layer.input_layernorm, c), layer.self_attn, c, i, lengths);
-                h = h + Mlp(Norm(h, layer.post_attention_layernorm, c), layer.mlp, c);
+                var normed = Norm(h, layer.post_attention_layernorm, c);
+                h = h + (layer.mlp is Qwen3MoeSparseMoeBlock moe ? Moe(normed, moe, (Qwen3MoeConfig)c) : Mlp(normed, layer.mlp, c));
             }
             // A tied head is the embedding matrix itself.
             var head = c.TieWordEmbeddings ? embeddings : F64(model.lm_head.weight);

@@ -32,7 +32,7 @@ public sealed class DoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDrop
             lora_A.weight!.copy_(lora.lora_A.weight!);
             lora_B.weight!.zero_();
         }
-        lora_magnitude_vector = new Parameter(layer.weight.detach().norm(1));                  // m = ‖W‖ per output [out]
+        lora_magnitude_vector = new Parameter(layer.weight.detach().to_type(ScalarType.Float32).norm(1));   // m = ‖W‖ per output [out], fp32 for a bf16 base too
         (dropout, scaling) = (config.Dropout, config.Scaling);
         RegisterComponents();
         eval();
@@ -45,7 +45,7 @@ public sealed class DoraLayer : nn.Module<Tensor, Tensor>, ILinearAdapter, IDrop
         var layer = frozen.Layer;
         var g = Dora.OutputScale(layer.weight, lora_A.weight!, lora_B.weight!, scaling, lora_magnitude_vector);   // [out]
         var dx = SeededDropout.Apply(x, dropout, training, DropoutGenerator);                   // [.., in]
-        var baseOut = ReferenceEquals(dx, x) ? (layer.bias is null ? y : y - layer.bias) : nn.functional.linear(dx, layer.weight);
+        var baseOut = ReferenceEquals(dx, x) ? (layer.bias is null ? y : y - layer.bias) : layer.Frozen(dx, withBias: false);
         return y + (g - 1) * baseOut + g * lora_B.forward(lora_A.forward(dx)) * scaling;        // [.., out]
     }
 

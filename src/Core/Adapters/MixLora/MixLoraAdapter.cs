@@ -10,8 +10,18 @@ public sealed class MixLoraAdapter : TrainableAdapter<MixLoraConfig>
 {
     MixLoraAdapter(MixLoraConfig config, Dictionary<string, nn.Module> layers) : base(config, layers) { }
 
+    /// <summary>
+    /// Why MixLoRA does not apply to a base, or null: it turns a dense feed-forward network into a mixture of LoRA experts,
+    /// and a mixture-of-experts base's feed-forward networks are already mixtures with a frozen router of their own.
+    /// </summary>
+    public static string? Unsupported(ModelConfig baseModel) => baseModel is Qwen3MoeConfig
+        ? $"MixLoRA adds LoRA experts to dense feed-forward networks; model_type '{baseModel.ModelType}' is a mixture of experts already. " +
+          "Use lora, dora, lily or rlrr: their target_modules (gate_proj, up_proj, down_proj) reach every expert"
+        : null;
+
     public static MixLoraAdapter Create(nn.Module model, MixLoraConfig config, Generator? init)
     {
+        if (model is IHuggingFaceModel { ModelConfig: var baseModel } && Unsupported(baseModel) is { } refusal) throw new ArgumentException(refusal);
         var blocks = model.FeedForwardBlocks().ToList();
         if (blocks.Count == 0) throw new ArgumentException("MixLoRA needs a model with feed-forward networks");
         var layers = blocks.ToDictionary(b => b.Path, b => (nn.Module)new MixLoraBlock(b.Block, config, init));

@@ -49,10 +49,10 @@ public static class Rlrr
     /// x ΔWᵀ = Σₖ S_right[k] ⊙ (W (S_left[k] ⊙ x)), one extra pass through W per rank. S_left [r, in] and S_right [r, out]
     /// are one adapter's, or [n, 1, r, in] and [n, 1, r, out] for rows x [n, t, in] of different adapters.
     /// </summary>
-    public static Tensor Delta(Tensor x, Tensor weight, Tensor sLeft, Tensor sRight)
+    public static Tensor Delta(Tensor x, AdaptableLinear layer, Tensor sLeft, Tensor sRight)
     {
         var scaled = x.unsqueeze(-2) * sLeft;                                                 // S_left[k] ⊙ x         [.., r, in]
-        return (nn.functional.linear(scaled, weight) * sRight).sum(dim: -2);                  // Σₖ S_right[k] ⊙ W(..) [.., out]
+        return (layer.Frozen(scaled, withBias: false) * sRight).sum(dim: -2);                 // Σₖ S_right[k] ⊙ W(..) [.., out]
     }
 }
 

@@ -46,7 +46,10 @@ public sealed class RlrrAdapter : TrainableAdapter<RlrrConfig>
     /// </summary>
     public override void Merge(nn.Module model) => Fold(model, undo: false);
 
-    /// <summary>Undoes <see cref="Merge"/>: W ← W / (1 + S_left S_rightᵀ), b ← b − f (norms: w ← w / (1 + s), b ← (b − f) / (1 + s)).</summary>
+    /// <summary>
+    /// Undoes <see cref="Merge"/>: W ← W / (1 + S_left S_rightᵀ), b ← b − f (norms: w ← w / (1 + s), b ← (b − f) / (1 + s)); to the
+    /// rounding of the weights' type (a bf16 base does not come back bit for bit).
+    /// </summary>
     public void Unmerge(nn.Module model) => Fold(model, undo: true);
 
     void Fold(nn.Module model, bool undo)
@@ -133,7 +136,7 @@ public sealed class RlrrAdapter : TrainableAdapter<RlrrConfig>
         public object BatchKey => (nameof(Rlrr), SLeft.shape[^2]);
 
         public Tensor Apply(Tensor x, Tensor y, AdaptableLinear layer, RowState? state) =>
-            y + Rlrr.Delta(x, layer.weight, SLeft, SRight) + F;
+            y + Rlrr.Delta(x, layer, SLeft, SRight) + F;
 
         public IRowDelta Stack(IReadOnlyList<IRowDelta> rows)
         {

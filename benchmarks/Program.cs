@@ -12,6 +12,9 @@
 // benchmarks/results/fusion.md.
 //   dotnet run -c Release --project benchmarks -- --training [--quick] [--profile] [--threads N]
 // runs only the single-job training-speed benchmark (--profile: only where a step's time goes) and writes benchmarks/results/training.md.
+//   dotnet run -c Release --project benchmarks -- --constrained [--quick]
+// runs only constrained (json_schema) vs free decoding through the engine and the mask's cost on Qwen 3's
+// vocabulary, and writes benchmarks/results/constrained.md.
 //   dotnet run -c Release --project benchmarks -- --precision [--quick]
 // load time and peak memory of bf16 folders (Qwen2.5-0.5B, Llama-3.2-1B, Llama-3.2-3B shapes, written once under
 // /tmp/precision-benchmark), serving's peak memory, a LoRA job at 2,048 tokens/step, bf16 vs fp32 tokens/s; writes
@@ -84,6 +87,15 @@ if (args.Contains("--tokenizers"))
     Line("");
     new TokenizerSpeed(quick).Run(Line);
     Save("tokenizers.md");
+    return;
+}
+if (args.Contains("--constrained"))
+{
+    Line($"# Constrained decoding benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
+    Line("");
+    await new ConstrainedDecoding(quick).RunAsync(Line);
+    Save("constrained.md");
     return;
 }
 if (args.Contains("--training"))

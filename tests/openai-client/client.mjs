@@ -124,6 +124,25 @@ for (const c of legacy.choices) {
 assert.equal(legacy.usage.completion_tokens, 6);
 await assert.rejects(client.chat.completions.create({ model: "tiny-llama-demo", messages: hi, n: 9 }), (e) => e.status === 400 && e.error?.param === "n");
 
+// Structured output: response_format json_schema as the client sends it; parse() reads message.parsed from the content.
+const schema = {
+  type: "object", additionalProperties: false, required: ["answer", "confidence"],
+  properties: { answer: { type: "string", enum: ["yes", "no"] }, confidence: { type: "integer" } },
+};
+const structured = await client.chat.completions.parse({
+  model: finished.fine_tuned_model, temperature: 0, max_tokens: 100, messages: [{ role: "user", content: "Who wrote Hamlet?" }],
+  response_format: { type: "json_schema", json_schema: { name: "verdict", strict: true, schema } },
+});
+const parsed = structured.choices[0].message.parsed;
+assert.equal(structured.choices[0].finish_reason, "stop");
+assert.deepEqual(Object.keys(parsed), ["answer", "confidence"]);
+assert.ok(["yes", "no"].includes(parsed.answer));
+assert.ok(Number.isInteger(parsed.confidence));
+await assert.rejects(client.chat.completions.create({
+  model: "tiny-llama-demo", messages: [{ role: "user", content: "Hi" }],
+  response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "string", pattern: "^a" } } },
+}), (e) => e.status === 400 && e.error?.param === "response_format" && e.error.message.includes("'pattern'"));
+
 await client.models.delete(finished.fine_tuned_model);
 await assert.rejects(client.models.retrieve(finished.fine_tuned_model), (e) => e.status === 404);
 await assert.rejects(client.fineTuning.jobs.retrieve("ftjob-missing"), (e) => e.status === 404 && e.error?.param === "id");

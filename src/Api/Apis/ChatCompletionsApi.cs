@@ -30,11 +30,12 @@ public sealed record ChatMessageDto(string? Role, string? Content);
 /// <param name="Logprobs" example="false">Return each generated token's log-probability (the model's raw log-softmax, before temperature, penalties and bias).</param>
 /// <param name="TopLogprobs">0-20 most likely tokens to return at each position with their log-probabilities; needs logprobs true.</param>
 /// <param name="StreamOptions">{"include_usage": true}: a last chunk with empty choices and the whole request's usage (stream only).</param>
+/// <param name="ResponseFormat">{"type": "text"} (default), {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}: the answer is constrained to JSON (of the schema); docs/API.md lists the supported JSON Schema subset.</param>
 public sealed record ChatCompletionRequest(
     string? Model, JsonElement? Messages, int? MaxTokens, int? MaxCompletionTokens, double? Temperature, double? TopP,
     JsonElement? Stop, bool? Stream, long? Seed, int? N, JsonElement? Tools = null, string? ChatTemplate = null, JsonElement? ChatTemplateKwargs = null,
     double? PresencePenalty = null, double? FrequencyPenalty = null, JsonElement? LogitBias = null, bool? Logprobs = null, int? TopLogprobs = null,
-    StreamOptions? StreamOptions = null)
+    StreamOptions? StreamOptions = null, JsonElement? ResponseFormat = null)
     : ISamplingRequest
 {
     int? ISamplingRequest.MaxTokens => MaxCompletionTokens ?? MaxTokens;
@@ -78,11 +79,15 @@ public static class ChatCompletionsApi
         ChatCompletionRequest request, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine,
         IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, HttpResponse response, CancellationToken cancel)
     {
+        var (grammar, formatError) = ResponseFormats.Parse(request.ResponseFormat);
+        if (formatError is not null) return formatError;
         var (ready, error) = await Generation.PrepareAsync(request, (text, fineTuned) => ChatPrompts.Encode(text, fineTuned,
                 ChatPrompts.Conversation(request.Messages, request.Tools, request.ChatTemplateKwargs, request.ChatTemplate), request.ChatTemplate),
             defaultMaxTokens: null, db, blobs, cancel);
         if (ready is null) return error!;
-        var (chunks, busy) = await Generation.StartAsync(engine, ready.Request, response, cancel);
+        var (constrained, unsupported) = ResponseFormats.Constrain(ready.Request, grammar, ready.Model);
+        if (constrained is null) return unsupported!;
+        var (chunks, busy) = await Generation.StartAsync(engine, constrained, response, cancel);
         if (chunks is null) return busy!;
         var (id, created) = (Generation.NewId("chatcmpl-"), Generation.Now());
         if (request.Stream == true)

@@ -103,7 +103,8 @@ public sealed partial class InferenceEngine
             Interlocked.Increment(ref generatedTokens);
             s.LastToken = token;
             if (logprob is not null) (s.Pending ??= []).Add(logprob);
-            s.Text ??= new StreamingDetokenizer(tokenizer);
+            // Constrained output is the tokens' bytes as the constraint checked them: no clean-up of spaces.
+            s.Text ??= new StreamingDetokenizer(tokenizer, cleanUpSpaces: s.Request.Constraint is null);
             (emit, stopped) = s.Stops.Push(s.Text.Push(token));
             finish = stopped ? "stop" : s.Produced >= options.MaxTokens || s.Length >= context ? "length" : "";
         }

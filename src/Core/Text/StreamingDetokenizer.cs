@@ -8,13 +8,15 @@ namespace AdapterService.Core.Text;
 /// not yet complete). Special tokens are left out before the window sees them, as the full decode leaves them out
 /// before its decoder runs. With clean_up_tokenization_spaces the clean-up runs on the stream, holding back the end that
 /// a later token could still change (" " before "."), so the joined pieces are cleaned up as the whole text would be.
-/// One per sequence; not thread-safe.
+/// One per sequence; not thread-safe. <paramref name="cleanUpSpaces"/> false decodes without the clean-up even where the
+/// tokenizer asks for it (constrained output: the clean-up would drop bytes the grammar counted).
 /// </summary>
-public sealed class StreamingDetokenizer(ITextTokenizer tokenizer)
+public sealed class StreamingDetokenizer(ITextTokenizer tokenizer, bool cleanUpSpaces = true)
 {
     readonly List<int> ids = [];
     readonly Dictionary<int, bool> isSpecial = [];
     readonly HfTokenizer? cleaning = tokenizer is HfTokenizer { CleansUpSpaces: true } hf ? hf : null;
+    readonly bool cleanUp = cleanUpSpaces;
     readonly System.Text.StringBuilder pending = new();   // decoded text not yet cleaned up and returned
     int prefix, read;
 
@@ -54,7 +56,7 @@ public sealed class StreamingDetokenizer(ITextTokenizer tokenizer)
     /// <summary>The clean-up of the pending text up to its last character that no clean-up pattern contains: text cut there cleans up the same in parts.</summary>
     string Clean(string text, bool final)
     {
-        if (cleaning is null) return text;
+        if (cleaning is null || !cleanUp) return text;
         pending.Append(text);
         int cut = pending.Length;
         if (!final) while (cut > 0 && Decoders.CleanUpCannotSpan(pending[cut - 1]) is false) cut--;

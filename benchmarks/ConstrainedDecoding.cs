@@ -31,10 +31,7 @@ sealed class ConstrainedDecoding(bool quick)
         try
         {
             var config = Measure.Config(quick);
-            var folder = Path.Combine(root.FullName, "base");
-            using (var scope = NewDisposeScope())
-            using (var model = Measure.RandomModel(config))
-                ModelFolder.Save(model, folder);
+            var folder = Measure.SaveRandomBase(root, config);
             var tokenizer = new ByteTokenizer();
             var schema = JsonGrammar.FromSchema(JsonDocument.Parse(Schema).RootElement);
             // Schemas whose documents cannot end before max_tokens, so every mode generates the same tokens (a document

@@ -16,10 +16,7 @@ sealed class Latency(bool quick)
         try
         {
             var config = Measure.Config(quick);
-            var folder = Path.Combine(root.FullName, "base");
-            using (var scope = NewDisposeScope())
-            using (var model = Measure.RandomModel(config))
-                ModelFolder.Save(model, folder);
+            var folder = Measure.SaveRandomBase(root, config);
             line($"## 5. Latency: {PromptLength}-token prompts, {NewTokens} new tokens, greedy, base model of benchmark 1");
             line("");
             line("| concurrent streams | prefill | time to first token p50 / p95 | time between tokens p50 / p95 | tokens/s (all streams) |");

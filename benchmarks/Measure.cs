@@ -8,15 +8,15 @@ namespace AdapterService.Benchmarks;
 
 static class Measure
 {
-    /// <summary>fp32 GFLOP/s of a 2048² matmul, best of a few runs.</summary>
-    public static double MatmulPeakGflops()
+    /// <summary>GFLOP/s of a 2048² matmul in <paramref name="type"/> (fp32 by default), best of a few runs.</summary>
+    public static double MatmulPeakGflops(ScalarType type = ScalarType.Float32, int runs = 5)
     {
         using var scope = NewDisposeScope();
-        var a = randn(2048, 2048);
-        var b = randn(2048, 2048);
+        var a = randn(2048, 2048).to_type(type);
+        var b = randn(2048, 2048).to_type(type);
         a.matmul(b).Dispose();
         double best = double.MaxValue;
-        for (int i = 0; i < 5; i++)
+        for (int i = 0; i < runs; i++)
         {
             var clock = Stopwatch.StartNew();
             a.matmul(b).Dispose();
@@ -49,6 +49,16 @@ static class Measure
         : new LlamaConfig { VocabSize = ByteTokenizer.VocabSize, HiddenSize = 768, IntermediateSize = 2048, NumHiddenLayers = 12, NumAttentionHeads = 12, MaxPositionEmbeddings = 256, EosTokenId = ByteTokenizer.End };
 
     public static LlamaForCausalLM RandomModel(LlamaConfig config, long seed = 1) => Core.Models.RandomModel.Create(config, seed);
+
+    /// <summary>A random model of <paramref name="config"/> saved as the folder <c>base</c> under <paramref name="root"/>; its path.</summary>
+    public static string SaveRandomBase(DirectoryInfo root, LlamaConfig config)
+    {
+        var folder = Path.Combine(root.FullName, "base");
+        using var scope = NewDisposeScope();
+        using var model = RandomModel(config);
+        ModelFolder.Save(model, folder);
+        return folder;
+    }
 
     /// <summary>A LoRA adapter with random A and B on q_proj and v_proj.</summary>
     public static LoraAdapter RandomAdapter(LlamaForCausalLM model, int rank, long seed)

@@ -203,7 +203,7 @@ sealed class PrecisionMemory(bool quick)
     static string Train(string folder, LlamaConfig config, int rows, int length, int steps)
     {
         long baseline = Status("VmRSS");
-        double fp32Peak = GemmGflops(ScalarType.Float32), bf16Peak = GemmGflops(ScalarType.BFloat16);
+        double fp32Peak = Measure.MatmulPeakGflops(ScalarType.Float32, runs: 3), bf16Peak = Measure.MatmulPeakGflops(ScalarType.BFloat16, runs: 3);
         using var model = ModelFolder.Load<LlamaForCausalLM>(folder, BasePrecision.BFloat16);
         var data = Examples(rows, length + 1, config.VocabSize, seed: 3);
         using var adapter = LoraAdapter.Create(model, new LoraConfig { Rank = Rank, Alpha = 2 * Rank, TargetModules = Targets }, 5);
@@ -256,7 +256,7 @@ sealed class PrecisionMemory(bool quick)
             return ServeNew / clock.Elapsed.TotalSeconds;
         }
         Func<double>[] runs = [() => TrainStep(bf16), () => TrainStep(fp32), () => Decode(bf16), () => Decode(fp32),
-            () => GemmGflops(ScalarType.BFloat16), () => GemmGflops(ScalarType.Float32)];
+            () => Measure.MatmulPeakGflops(ScalarType.BFloat16, runs: 3), () => Measure.MatmulPeakGflops(ScalarType.Float32, runs: 3)];
         foreach (var run in runs) run();   // warm-up
         var rates = runs.Select(_ => new List<double>()).ToArray();
         for (int round = 0; round < 3; round++)
@@ -264,22 +264,6 @@ sealed class PrecisionMemory(bool quick)
         double Median(List<double> v) => v.Order().ElementAt(v.Count / 2);
         return Pairs(("train_bf16", Median(rates[0])), ("train_fp32", Median(rates[1])), ("decode_bf16", Median(rates[2])), ("decode_fp32", Median(rates[3])),
             ("gemm_bf16", Median(rates[4])), ("gemm_fp32", Median(rates[5])));
-    }
-
-    static double GemmGflops(ScalarType type)
-    {
-        using var scope = NewDisposeScope();
-        var a = randn(2048, 2048).to_type(type);
-        var b = randn(2048, 2048).to_type(type);
-        a.matmul(b).Dispose();
-        double best = double.MaxValue;
-        for (int i = 0; i < 3; i++)
-        {
-            var clock = Stopwatch.StartNew();
-            a.matmul(b).Dispose();
-            best = Math.Min(best, clock.Elapsed.TotalSeconds);
-        }
-        return 2.0 * 2048 * 2048 * 2048 / best / 1e9;
     }
 
     static List<TokenizedExample> Examples(int count, int length, int vocab, int seed)

@@ -185,19 +185,7 @@ public sealed class GgufExportTests : IDisposable
             },
         };
         using var adapter = LoraAdapter.Create(model, config, seed: 1);
-        TinyLlama.Randomize(adapter, seed: 9);
-        adapter.Attach(model);
-        string adapterGguf = Path.Combine(folder, "adapter.gguf");
-        using (var file = File.Create(adapterGguf))
-            GgufExport.WriteLoraAdapter(file, model, config, adapter.Weights(), "test-lora", GgufType.F32);
-        var adapted = Logits(model, ids);
-        Assert.True(MaxRelativeError(adapted, plain) > 0.1);   // the adapter matters, so agreeing means llama.cpp applied it
-
-        using var weights = Load(baseGguf);
-        using var context = weights.CreateContext(Parameters(baseGguf));
-        var lora = weights.NativeHandle.LoadLoraFromFile(adapterGguf);
-        context.NativeHandle.SetLoraAdapters([(lora, 1f)]);
-        double error = MaxRelativeError(adapted, LlamaCppLogits(context, ids, 0));
+        var (adapted, error) = AdapterThroughLlamaCpp(model, adapter, config, baseGguf, ids, plain);
         output.WriteLine($"{family} LoRA adapter GGUF over the f32 base: max |Δ| / max |logit| = {error:E2}");
         // The bound: f32 rounding, which the random adapter's large activations make grow with depth; our own forward with
         // the adapter beside the weights and merged into them (equal in exact arithmetic) shows how much (2.5e-5 on
@@ -361,6 +349,27 @@ public sealed class GgufExportTests : IDisposable
             RopeScaling = new RopeScaling { RopeType = "linear", Factor = 8 },
         };
 
+    /// <summary>
+    /// Randomizes <paramref name="adapter"/> (so it matters), attaches it, writes its f32 adapter GGUF and loads that over
+    /// <paramref name="baseGguf"/> in llama.cpp: our adapted logits and their max relative difference from llama.cpp's.
+    /// </summary>
+    (float[][] Adapted, double Error) AdapterThroughLlamaCpp(LlamaForCausalLM model, LoraAdapter adapter, LoraConfig config, string baseGguf, List<int> ids, float[][] plain)
+    {
+        TinyLlama.Randomize(adapter, seed: 9);
+        adapter.Attach(model);
+        string adapterGguf = Path.Combine(folder, "adapter.gguf");
+        using (var file = File.Create(adapterGguf))
+            GgufExport.WriteLoraAdapter(file, model, config, adapter.Weights(), "test-lora", GgufType.F32);
+        var adapted = Logits(model, ids);
+        Assert.True(MaxRelativeError(adapted, plain) > 0.1);   // the adapter matters, so agreeing means llama.cpp applied it
+
+        using var weights = Load(baseGguf);
+        using var context = weights.CreateContext(Parameters(baseGguf));
+        var lora = weights.NativeHandle.LoadLoraFromFile(adapterGguf);
+        context.NativeHandle.SetLoraAdapters([(lora, 1f)]);
+        return (adapted, MaxRelativeError(adapted, LlamaCppLogits(context, ids, 0)));
+    }
+
     /// <summary>A Gemma with seeded random weights, effective norm scales 1 + w from 0.5 to 1.5, saved with no tokenizer (the built-in bytes).</summary>
     LlamaForCausalLM GemmaShaped(LlamaConfig config)
     {
@@ -509,19 +518,7 @@ public sealed class GgufExportTests : IDisposable
         // rsLoRA's scaling, so the alpha written (scaling · r) is not simply lora_alpha.
         var config = new LoraConfig { Rank = 4, Alpha = 8, UseRsLora = true, TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] };
         using var adapter = LoraAdapter.Create(model, config, seed: 1);
-        TinyLlama.Randomize(adapter, seed: 9);
-        adapter.Attach(model);
-        string adapterGguf = Path.Combine(folder, "adapter.gguf");
-        using (var file = File.Create(adapterGguf))
-            GgufExport.WriteLoraAdapter(file, model, config, adapter.Weights(), "test-lora", GgufType.F32);
-        var adapted = Logits(model, ids);
-        Assert.True(MaxRelativeError(adapted, plain) > 0.1);   // the adapter matters, so agreeing means llama.cpp applied it
-
-        using var weights = Load(baseGguf);
-        using var context = weights.CreateContext(Parameters(baseGguf));
-        var lora = weights.NativeHandle.LoadLoraFromFile(adapterGguf);
-        context.NativeHandle.SetLoraAdapters([(lora, 1f)]);
-        double error = MaxRelativeError(adapted, LlamaCppLogits(context, ids, 0));
+        var (_, error) = AdapterThroughLlamaCpp(model, adapter, config, baseGguf, ids, plain);
         output.WriteLine($"LoRA adapter GGUF over the f32 base: max |Δ| / max |logit| = {error:E2}");
         Assert.True(error <= F32Tolerance, $"{error:E2}");
     }

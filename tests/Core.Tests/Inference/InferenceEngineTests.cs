@@ -142,14 +142,20 @@ public sealed class InferenceEngineTests : IDisposable
     [InlineData("qwen3_moe")]
     public async Task EachDecoderFamilyGeneratesInABatchWhatTheUncachedModelSays(string family)
     {
-        string folder = Path.Combine(root.FullName, family);
-        using (var model = Models.DecoderFamiliesTests.CreateFamily(family, seed: 3, vocabulary: Config.VocabSize)) ModelFolder.Save(model, folder);
         using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 4 });
-        var requests = Enumerable.Range(0, 6).Select(i => Request(null, promptSeed: i, maxTokens: 8) with { BaseModel = family, BaseFolder = folder }).ToList();
-        var together = await Task.WhenAll(requests.Select(r => RunAsync(engine, r)));
+        var (requests, together) = await SixPromptsTogether(engine, family);
         for (int i = 0; i < requests.Count; i++)
             Assert.Equal(Text(Reference(requests[i])), together[i].Text);
         Assert.True(together.Count(t => t.Text.Length >= 4) >= 3, "most rows generate past the window");
+    }
+
+    /// <summary>A random model of <paramref name="family"/> saved as a folder, and six prompts of different lengths run on it at once.</summary>
+    async Task<(List<GenerationRequest> Requests, (string Text, string Finish)[] Together)> SixPromptsTogether(InferenceEngine engine, string family)
+    {
+        string folder = Path.Combine(root.FullName, family);
+        using (var model = Models.DecoderFamiliesTests.CreateFamily(family, seed: 3, vocabulary: Config.VocabSize)) ModelFolder.Save(model, folder);
+        var requests = Enumerable.Range(0, 6).Select(i => Request(null, promptSeed: i, maxTokens: 8) with { BaseModel = family, BaseFolder = folder }).ToList();
+        return (requests, await Task.WhenAll(requests.Select(r => RunAsync(engine, r))));
     }
 
     /// <summary>
@@ -163,11 +169,8 @@ public sealed class InferenceEngineTests : IDisposable
     [InlineData("smollm3")]
     public async Task LengthDependentRopeGivesEachRowWhatItGetsAlone(string family)
     {
-        string folder = Path.Combine(root.FullName, family);
-        using (var model = Models.DecoderFamiliesTests.CreateFamily(family, seed: 3, vocabulary: Config.VocabSize)) ModelFolder.Save(model, folder);
         using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 4 });
-        var requests = Enumerable.Range(0, 6).Select(i => Request(null, promptSeed: i, maxTokens: 8) with { BaseModel = family, BaseFolder = folder }).ToList();
-        var together = await Task.WhenAll(requests.Select(r => RunAsync(engine, r)));
+        var (requests, together) = await SixPromptsTogether(engine, family);
         for (int i = 0; i < requests.Count; i++)
         {
             Assert.Equal((await RunAsync(engine, requests[i])).Text, together[i].Text);

@@ -36,7 +36,9 @@ public sealed class ServiceProcess : IAsyncDisposable
         var start = new ProcessStartInfo("dotnet", [dll])
         {
             WorkingDirectory = folder, RedirectStandardOutput = true, RedirectStandardError = true,
-            Environment = { ["Urls"] = $"http://127.0.0.1:{port}", ["Service__DataDirectory"] = Path.Combine(folder, "data") },
+            // float32 bases, as ServiceFactory's: these tests hold answers given in a batch to the answers given alone, which
+            // bf16 matmuls (whose kernels block by batch size) meet only to their rounding. A test may set it otherwise.
+            Environment = { ["Urls"] = $"http://127.0.0.1:{port}", ["Service__DataDirectory"] = Path.Combine(folder, "data"), ["Models__Precision"] = "fp32" },
         };
         foreach (var (key, value) in settings) start.Environment[key] = value;
         var service = new ServiceProcess(Process.Start(start)!, port);

@@ -107,6 +107,42 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
     }
 
     /// <summary>
+    /// A base deleted and imported again under its id (other weights, the same blob path) is served with the new weights:
+    /// the engine's loaded model and the tokenizer cache are keyed by what the folder holds, not by its id.
+    /// </summary>
+    [Fact]
+    public async Task ABaseDeletedAndImportedAgainUnderItsIdIsServedWithItsNewWeights()
+    {
+        TorchRuntime.EnsureReady();
+        string Write(string name, long seed)
+        {
+            var path = Directory.CreateDirectory(Path.Combine(folder.FullName, name)).FullName;
+            var config = new LlamaConfig
+            {
+                VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2,
+                MaxPositionEmbeddings = 128, BosTokenId = 256, EosTokenId = 256,
+            };
+            using (var model = RandomModel.Create(config, seed)) ModelFolder.Save(model, path);
+            WriteByteLevelVocabulary(path);
+            return path;
+        }
+        async Task Import(string path, string id) =>
+            Assert.Equal(id, (string?)(await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id })))["id"]);
+        async Task<string> Complete(string id) => (string)(await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions",
+            new { model = id, prompt = "Hello there", max_tokens = 12, temperature = 0 })))["choices"]![0]!["text"]!;
+
+        string first = Write("reimport-first", seed: 3), second = Write("reimport-second", seed: 4);
+        await Import(second, "reimport-reference");
+        string expected = await Complete("reimport-reference");
+        await Import(first, "reimported");
+        Assert.NotEqual(expected, await Complete("reimported"));
+
+        Assert.Equal(System.Net.HttpStatusCode.OK, (await client.DeleteAsync("/v1/base_models/reimported")).StatusCode);
+        await Import(second, "reimported");
+        Assert.Equal(expected, await Complete("reimported"));
+    }
+
+    /// <summary>
     /// A Gemma 3 text model (scaled down, random weights) with Gemma 3's real tokenizer files (262,145 ids, its chat template,
     /// eos &lt;end_of_turn&gt; 106 as gemma-3-1b-it's config lists it) fine-tunes on chats and answers in Gemma's turn format,
     /// stopping at &lt;end_of_turn&gt;.

@@ -44,9 +44,14 @@ public sealed partial class InferenceEngine
     }
 
     /// <summary>One base model with its running batch.</summary>
-    sealed class Batch(CausalLanguageModel model, SlotKvCache cache) : IDisposable
+    sealed class Batch(CausalLanguageModel model, SlotKvCache cache, string version) : IDisposable
     {
         public CausalLanguageModel Model { get; } = model;
+        /// <summary>The base folder's <see cref="ModelFolder.Version"/> the model was loaded from.</summary>
+        public string Version { get; } = version;
+        /// <summary>Replaced by a newer version of its base: finishes its rows, takes no new ones, and is freed when idle.</summary>
+        public bool Retired;
+        public bool Idle => Rows.Count == 0 && Waiting.Count == 0;
         public SlotKvCache Cache { get; } = cache;
         public List<Sequence> Rows { get; } = [];
         public Queue<Sequence> Waiting { get; } = [];

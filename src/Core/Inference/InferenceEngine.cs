@@ -19,6 +19,7 @@ public sealed partial class InferenceEngine : IDisposable
     static readonly ByteTokenizer ByteTokens = new();
     readonly Channel<Sequence> incoming = Channel.CreateUnbounded<Sequence>(new UnboundedChannelOptions { SingleReader = true });
     readonly Dictionary<string, Batch> batches = [];
+    int retired;
     readonly InferenceOptions options;
     readonly Thread thread;
     int queued;
@@ -112,6 +113,11 @@ public sealed partial class InferenceEngine : IDisposable
                 Admit(batch);
                 if (batch.Rows.Count > 0) DecodeStep(batch);
             }
+            foreach (var key in batches.Where(b => b.Value.Retired && b.Value.Idle).Select(b => b.Key).ToList())
+            {
+                batches[key].Dispose();
+                batches.Remove(key);
+            }
         }
     }
 
@@ -120,10 +126,19 @@ public sealed partial class InferenceEngine : IDisposable
         try
         {
             var request = sequence.Request;
-            if (!batches.TryGetValue(request.BaseModel, out var batch))
+            string version = ModelFolder.Version(request.BaseFolder);
+            if (batches.TryGetValue(request.BaseModel, out var batch) && batch.Version != version)
+            {
+                // The base was deleted and imported again under its id: the old weights finish their rows under another key.
+                batches.Remove(request.BaseModel);
+                batch.Retired = true;
+                batches[$"{request.BaseModel}\0retired {++retired}"] = batch;
+                batch = null;
+            }
+            if (batch is null)
             {
                 var model = ModelFolder.Load<CausalLanguageModel>(request.BaseFolder, Precision);
-                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model, options.MaxBatch, model.ContextLength));
+                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model, options.MaxBatch, model.ContextLength), version);
             }
             if (request.Prompt.Count >= batch.Model.ContextLength)
                 throw new ArgumentException($"the prompt has {request.Prompt.Count} tokens; this model's context is {batch.Model.ContextLength}");

@@ -60,6 +60,14 @@ public static class ModelFolder
         return model;
     }
 
+    /// <summary>
+    /// What a stored folder holds now, for caches keyed by it: its files' names, sizes and write times. A base deleted and
+    /// imported again under the same id is a new version of the same folder, so an engine or tokenizer cache that kept the
+    /// old one reloads instead of serving the old weights.
+    /// </summary>
+    public static string Version(string folder) => !Directory.Exists(folder) ? "" : string.Join("|", new DirectoryInfo(folder).EnumerateFiles()
+        .OrderBy(f => f.Name, StringComparer.Ordinal).Select(f => $"{f.Name}:{f.Length}:{f.LastWriteTimeUtc.Ticks}"));
+
     /// <summary>Loads a model that must be a <typeparamref name="TModel"/> (say, <see cref="CausalLanguageModel"/> for serving text).</summary>
     public static TModel Load<TModel>(string folder, BasePrecision? precision = null) where TModel : nn.Module
     {

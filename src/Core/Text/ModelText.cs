@@ -32,11 +32,17 @@ public sealed class ModelText
     ModelText(ITextTokenizer tokenizer, ChatTemplate? template, IReadOnlyDictionary<string, ChatTemplate> named, IReadOnlyList<int> eosIds, string tokenizerSha256) =>
         (Tokenizer, Template, NamedTemplates, EosIds, TokenizerSha256) = (tokenizer, template, named, eosIds, tokenizerSha256);
 
-    // Model folders never change once stored (a base's, an adapter's), so each one is read once.
-    static readonly ConcurrentDictionary<string, Lazy<ModelText>> Loaded = new();
+    // A stored folder changes only when its base is deleted and imported again under the same id: each version is read once.
+    static readonly ConcurrentDictionary<string, (string Version, Lazy<ModelText> Text)> Loaded = new();
     static readonly ConcurrentDictionary<string, Lazy<ChatTemplate?>> AdapterTemplates = new();
 
-    public static ModelText ForModel(string folder) => Loaded.GetOrAdd(folder, f => new Lazy<ModelText>(() => Read(f))).Value;
+    public static ModelText ForModel(string folder)
+    {
+        string version = ModelFolder.Version(folder);
+        var entry = Loaded.AddOrUpdate(folder, f => (version, new Lazy<ModelText>(() => Read(f))),
+            (f, old) => old.Version == version ? old : (version, new Lazy<ModelText>(() => Read(f))));
+        return entry.Text.Value;
+    }
 
     /// <summary>The rules of a tokenizer without a model folder (tests, benchmarks): its fallback chat format, if it has one.</summary>
     public static ModelText Of(ITextTokenizer tokenizer) => Create(tokenizer, null, new Dictionary<string, ChatTemplate>(), "");

@@ -77,10 +77,17 @@ const [dpo, sft] = [await waitFor(dpoJob.id), await waitFor(sftJob.id)];
 assert.equal(dpo.status, "succeeded", JSON.stringify(dpo.error));
 assert.equal(sft.status, "succeeded", JSON.stringify(sft.error));
 
+async function metricsOf(jobId) {
+  const found = [];
+  for await (const e of client.fineTuning.jobs.listEvents(jobId, { limit: 100 })) if (e.type === "metrics") found.push(e.data);
+  return found.sort((a, b) => a.step - b.step);
+}
+// Continuing trains the start model's weights: the baseline's first loss is far below the start job's first (a new adapter's).
+const [startMetrics, sftMetrics] = [await metricsOf(start.id), await metricsOf(sft.id)];
+assert.ok(sftMetrics[0].train_loss < startMetrics[0].train_loss / 2, `continued from the start model: ${sftMetrics[0].train_loss} vs ${startMetrics[0].train_loss}`);
+
 // DPO's metrics: the loss, the reward margin and the preference accuracy, per step; validation at epoch ends.
-const metrics = [];
-for await (const e of client.fineTuning.jobs.listEvents(dpo.id, { limit: 100 })) if (e.type === "metrics") metrics.push(e.data);
-metrics.sort((a, b) => a.step - b.step);
+const metrics = await metricsOf(dpo.id);
 assert.equal(metrics.length, 24);   // 4 epochs of 24 pairs in batches of 4
 for (const m of metrics) for (const key of ["reward_margin", "preference_accuracy", "chosen_reward", "rejected_reward"]) assert.equal(typeof m.objective[key], "number");
 assert.ok(Math.abs(metrics[0].train_loss - Math.log(2)) < 0.05, `DPO starts at ln 2 (the policy is its reference): ${metrics[0].train_loss}`);

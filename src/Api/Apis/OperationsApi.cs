@@ -17,9 +17,9 @@ public static class OperationsApi
     public static IEndpointRouteBuilder MapOperationsApi(this IEndpointRouteBuilder app)
     {
         var ops = app.MapGroup("").WithTags("Operations");
-        ops.MapGet("/healthz", () => TypedResults.Text("ok")).WithSummary("Liveness: the process answers");
-        ops.MapGet("/readyz", Ready).WithSummary("Readiness: database, blob store and job queue work (503 otherwise)");
-        ops.MapGet("/metrics", Metrics).WithSummary("Prometheus metrics: jobs by status, training and inference throughput, queue, adapter cache");
+        ops.MapGet("/healthz", () => TypedResults.Text("ok")).WithName("getLiveness").WithSummary("Liveness: the process answers");
+        ops.MapGet("/readyz", Ready).WithName("getReadiness").Produces<ReadinessDto>(503).WithSummary("Readiness: database, blob store and job queue work (503 otherwise)");
+        ops.MapGet("/metrics", Metrics).WithName("getMetrics").WithSummary("Prometheus metrics: jobs by status, training and inference throughput, queue, adapter cache");
         return app;
     }
 

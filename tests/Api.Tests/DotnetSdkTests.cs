@@ -61,6 +61,13 @@ public sealed class DotnetSdkTests
         string fineTuned = JsonNode.Parse(raw)!["fine_tuned_model"]!.GetValue<string>();
         Assert.StartsWith("ft:tiny-llama-demo:dotnet:", fineTuned);
 
+        // OpenAI's result file: the step metrics as CSV, one row per step (6 epochs of 5 steps).
+        var resultFile = Assert.Single(job.ResultFileIds);
+        Assert.Equal(FilePurpose.FineTuneResults, (await files.GetFileAsync(resultFile)).Value.Purpose);
+        var csv = (await files.DownloadFileAsync(resultFile)).Value.ToString().TrimEnd('\n').Split('\n');
+        Assert.StartsWith("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,", csv[0]);
+        Assert.Equal(31, csv.Length);
+
         var events = new List<FineTuningEvent>();
         await foreach (var e in job.GetEventsAsync(new GetEventsOptions { PageSize = 7 })) events.Add(e);   // pages of 7, auto-paged
         Assert.True(events.Count > 20, $"{events.Count} events");

@@ -42,10 +42,9 @@ public static class OpenApiDocumentFilters
     {
         public void Apply(OpenApiDocument document, DocumentFilterContext context)
         {
+            // A new group's tag without a description here is served without one; OpenApiDocumentTests' lint names it.
             var used = context.ApiDescriptions.SelectMany(d => d.ActionDescriptor.EndpointMetadata.OfType<ITagsMetadata>()).SelectMany(t => t.Tags).ToHashSet();
-            var missing = used.Where(t => !TagDescriptions.ContainsKey(t)).ToList();
-            if (missing.Count > 0) throw new InvalidOperationException($"OpenAPI tags without a description in OpenApiDocumentFilters: {string.Join(", ", missing)}");
-            document.Tags = new HashSet<OpenApiTag>(used.Order().Select(t => new OpenApiTag { Name = t, Description = TagDescriptions[t] }));
+            document.Tags = new HashSet<OpenApiTag>(used.Order().Select(t => new OpenApiTag { Name = t, Description = TagDescriptions.GetValueOrDefault(t) }));
         }
     }
 

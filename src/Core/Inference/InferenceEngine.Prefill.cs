@@ -33,22 +33,21 @@ public sealed partial class InferenceEngine
     }
 
     /// <summary>
-    /// The prompt chunks of the next prefill forward, padded tokens within the step's budget: prompts being prefilled
-    /// first, then waiting requests in arrival order while they have row places (n each) and a prefill slot. A model whose
-    /// rotation reads the call's length (<see cref="Models.CausalLanguageModel.PositionsDependOnLength"/>) gets whole prompts.
+    /// The prompt chunks of the next prefill forward, padded tokens within <see cref="Admission.PrefillBudget"/>: prompts
+    /// being prefilled first, then waiting requests in arrival order as admission lets them start; the first that does
+    /// not fit (row places for its n, a prefill slot, the budget) ends the walk, so a large request is never overtaken for
+    /// good; one the policy defers is passed over. A model whose rotation reads the call's length
+    /// (<see cref="Models.CausalLanguageModel.PositionsDependOnLength"/>) gets whole prompts.
     /// </summary>
     List<Chunk> Plan(Batch batch)
     {
         var chunks = new List<Chunk>();
         bool split = options.ChunkedPrefill && !batch.Model.PositionsDependOnLength;
-        long budget = options.ChunkedPrefill ? Math.Max(options.StepTokens - batch.Rows.Count, Math.Max(1, options.StepTokens / 4)) : options.PrefillTokens;
-        long longest = 0;
-        // The most tokens one more row may have with the rows so far padded to the longest (0: none fits).
-        long Room() => chunks.Count == 0 ? budget : longest * (chunks.Count + 1) <= budget ? budget / (chunks.Count + 1) : 0;
+        long budget = Admission.PrefillBudget(batch.Rows.Count), longest = 0;
         bool Add(Sequence s)
         {
-            long rest = s.Request.Prompt.Count - s.Length, length = split ? Math.Min(rest, Room()) : rest;
-            if (length <= 0 || (chunks.Count > 0 && length > Room())) return false;
+            long room = Admission.Room(budget, chunks.Count, longest), rest = s.Request.Prompt.Count - s.Length, length = split ? Math.Min(rest, room) : rest;
+            if (length <= 0 || (chunks.Count > 0 && length > room)) return false;
             chunks.Add(new Chunk(s, s.Length, length));
             longest = Math.Max(longest, length);
             return true;
@@ -60,26 +59,37 @@ public sealed partial class InferenceEngine
             else if (!Add(s)) break;
         }
         if (chunks.Count < batch.Prefilling.Count) return chunks;   // the earlier prompts come first
-        while (batch.Waiting.TryPeek(out var next) && batch.Reserved + next.Siblings.All.Count <= batch.MaxRows
-               && (!options.ChunkedPrefill || batch.FreeStaging.Count > 0))
+        for (int w = 0; w < batch.Waiting.Count;)
         {
+            var next = batch.Waiting[w];
             if (next.Cancel.IsCancellationRequested)
             {
-                batch.Waiting.Dequeue();
-                Interlocked.Decrement(ref queued);
+                batch.Waiting.RemoveAt(w);
                 FinishAll(next, new OperationCanceledException(next.Cancel));
                 continue;
             }
             var hit = CachedPrefix(batch, next);
-            next.Length = hit.Count * (long)(Prefixes?.BlockTokens ?? 0);   // its chunk starts after the cached blocks
+            long cached = hit.Count * (long)(Prefixes?.BlockTokens ?? 0);
+            var request = next.Siblings.Admitted with { CachedTokens = (int)cached };
+            var load = new AdmissionLoad(batch.Rows.Count, batch.Reserved, batch.MaxRows, batch.Prefilling.Count, batch.Waiting.Count);
+            bool fits = Admission.Fits(request, load, prefillSlotFree: batch.FreeStaging.Count > 0);
+            if (!fits || !Admission.MayStart(request, load))
+            {
+                Prefixes?.Unpin(hit);
+                if (!fits) break;
+                w++;
+                continue;
+            }
+            next.Length = cached;   // its chunk starts after the cached blocks
             if (!Add(next))
             {
                 next.Length = 0;
                 Prefixes?.Unpin(hit);
                 break;
             }
-            batch.Waiting.Dequeue();
-            Interlocked.Decrement(ref queued);
+            batch.Waiting.RemoveAt(w);
+            (next.Siblings.Admitted, next.Siblings.Started) = (request, true);
+            Admission.Started(request);
             // Unchunked prompts finish in this forward and go straight to their row's slot.
             next.Slot = options.ChunkedPrefill ? batch.FreeStaging.Pop() : batch.Rows.Count + batch.Prefilling.Count;
             Restore(batch, next, hit);

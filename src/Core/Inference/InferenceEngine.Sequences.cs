@@ -47,6 +47,10 @@ public sealed partial class InferenceEngine
         public bool Failed;
         /// <summary>Prompt tokens that came from the prefix cache.</summary>
         public int Cached;
+        /// <summary>The request as admission sees it; whether it started; what to tell admission when the last choice ends.</summary>
+        public required AdmissionRequest Admitted;
+        public bool Started;
+        public Action? Ended;
     }
 
     /// <summary>One base model with its running batch.</summary>
@@ -76,7 +80,8 @@ public sealed partial class InferenceEngine
         public Stack<int> FreeStaging { get; } = [];
         /// <summary>Row places the running rows and the prompts being prefilled (n each) hold.</summary>
         public int Reserved => Rows.Count + Prefilling.Sum(s => s.Siblings.All.Count);
-        public Queue<Sequence> Waiting { get; } = [];
+        /// <summary>Requests waiting to start, in arrival order.</summary>
+        public List<Sequence> Waiting { get; } = [];
         public RowAdapters? Adapters;   // per-row adapters of the current rows, rebuilt when rows join or leave
         /// <summary>Per-sequence adapter state by layer and width (Lily's router sums), [slots, width], kept by slot like the KV cache.</summary>
         public Dictionary<(string, int), Tensor> States { get; } = [];
@@ -174,6 +179,7 @@ public sealed partial class InferenceEngine
         if (Interlocked.Decrement(ref s.Siblings.Open) > 0) return;
         s.Output.TryComplete();
         s.Adapter?.Dispose();
+        s.Siblings.Ended?.Invoke();
     }
 
     /// <summary>Ends every choice of a request that has not started (failed before or while waiting, or at shutdown).</summary>

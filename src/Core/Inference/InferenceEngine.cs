@@ -22,7 +22,6 @@ public sealed partial class InferenceEngine : IDisposable
     int retired;
     readonly InferenceOptions options;
     readonly Thread thread;
-    int queued;
     volatile bool stopping;
 
     public AdapterCache Adapters { get; }
@@ -35,7 +34,9 @@ public sealed partial class InferenceEngine : IDisposable
     readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> adapterContent = new();
     public long GeneratedTokens => Interlocked.Read(ref generatedTokens);
     /// <summary>Requests accepted but not yet in a running batch.</summary>
-    public int Queued => Volatile.Read(ref queued);
+    public int Queued => Admission.Queued;
+    /// <summary>Every decision about letting work in: the queue limit, starts (n's rows, prefill slots, the policy's hook), the prefill budget.</summary>
+    public Admission Admission { get; }
     /// <summary>Sequences in the running batches.</summary>
     public int Running => Volatile.Read(ref running);
     long generatedTokens;
@@ -49,9 +50,11 @@ public sealed partial class InferenceEngine : IDisposable
 
     /// <param name="options">Batching and cache settings.</param>
     /// <param name="precision">The precision of the bases it serves; float32 when none is given.</param>
-    public InferenceEngine(InferenceOptions? options = null, BasePrecision? precision = null)
+    /// <param name="policy">The admission policy's hook (per-project shares, rollouts and eval runs), or none.</param>
+    public InferenceEngine(InferenceOptions? options = null, BasePrecision? precision = null, IAdmissionPolicy? policy = null)
     {
         this.options = options ?? new InferenceOptions();
+        Admission = new Admission(this.options, policy);
         Precision = precision ?? BasePrecision.Float32;
         Adapters = new AdapterCache(this.options.AdapterCacheBytes);
         if (this.options.PrefixCacheBytes > 0) Prefixes = new PrefixCache(this.options.PrefixCacheBytes, Math.Max(1, this.options.PrefixBlockTokens));
@@ -65,22 +68,21 @@ public sealed partial class InferenceEngine : IDisposable
     /// </summary>
     public async Task<IAsyncEnumerable<GenerationChunk>> StartAsync(GenerationRequest request, CancellationToken cancel = default)
     {
-        if (Interlocked.Increment(ref queued) > options.MaxQueued)
-        {
-            Interlocked.Decrement(ref queued);
-            throw new EngineBusyException($"The server is busy: {options.MaxQueued} requests are already waiting. Retry shortly.");
-        }
+        int n = Math.Max(1, request.Options.N);
+        var admitted = new AdmissionRequest(request.Project, request.Source, request.Prompt.Count, 0, request.Options.MaxTokens, n);
+        Admission.Enter(admitted);
         var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = true });
+        Choices? made = null;
         try
         {
             // Each choice's own constraint, made before the adapter lease is taken (a constraint that fails to build leaks nothing).
-            int n = Math.Max(1, request.Options.N);
             var constraints = Enumerable.Range(0, n).Select(_ => request.Constraint?.Invoke()).ToList();
             var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
                 () => ServedAdapter.Load(request.AdapterFolder!, ModelConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile))));
             if (adapter is not null) adapterContent[request.Adapter!] = adapter.Entry.Adapter.ContentKey;
             // n choices, each with its own sampler state; a seed gives choice i its own stream (choice 0 the seed's own).
-            var choices = new Choices { Open = n };
+            var choices = new Choices { Open = n, Admitted = admitted };
+            choices.Ended = () => Admission.Ended(choices.Admitted, choices.Started);
             for (int i = 0; i < n; i++)
                 choices.All.Add(new Sequence
                 {
@@ -88,6 +90,7 @@ public sealed partial class InferenceEngine : IDisposable
                     Generator = request.Options.Seed is { } seed ? new Generator(unchecked((ulong)seed + (ulong)i * 0x9E3779B97F4A7C15UL)) : null,
                     Logits = new LogitsProcessor(request.Options, constraints[i]), Index = i, Siblings = choices,
                 });
+            made = choices;   // from here its end gives its queue place back
             if (!incoming.Writer.TryWrite(choices.All[0]))
             {
                 FinishAll(choices.All[0], new ObjectDisposedException(nameof(InferenceEngine), "The inference engine is shutting down."));
@@ -96,7 +99,7 @@ public sealed partial class InferenceEngine : IDisposable
         }
         catch
         {
-            Interlocked.Decrement(ref queued);
+            if (made is null) Admission.Ended(admitted, started: false);
             throw;
         }
         return output.Reader.ReadAllAsync(cancel);
@@ -165,11 +168,10 @@ public sealed partial class InferenceEngine : IDisposable
                 throw new ArgumentException($"logit_bias names token {outside}, outside this model's vocabulary of {batch.Model.VocabSize}", "logit_bias");
             if (sequence.Siblings.All.Count > batch.MaxRows)
                 throw new ArgumentException($"n={sequence.Siblings.All.Count} is more than the {batch.MaxRows} sequences decoded together here", "n");
-            batch.Waiting.Enqueue(sequence);
+            batch.Waiting.Add(sequence);
         }
         catch (Exception e)
         {
-            Interlocked.Decrement(ref queued);
             FinishAll(sequence, e);
         }
     }

@@ -17,7 +17,11 @@ namespace AdapterService.Core.Inference;
 public sealed partial class InferenceEngine : IDisposable
 {
     static readonly ByteTokenizer ByteTokens = new();
-    readonly Channel<Sequence> incoming = Channel.CreateUnbounded<Sequence>(new UnboundedChannelOptions { SingleReader = true });
+    /// <summary>New requests (their first <see cref="Sequence"/>) and <see cref="RetireBase"/> messages, for the inference thread.</summary>
+    readonly Channel<object> incoming = Channel.CreateUnbounded<object>(new UnboundedChannelOptions { SingleReader = true });
+
+    /// <summary>A base model was deleted: its batch finishes its rows, takes no new ones and is freed when idle.</summary>
+    sealed record RetireBase(string BaseModel);
     readonly Dictionary<string, Batch> batches = [];
     int retired;
     readonly InferenceOptions options;
@@ -112,6 +116,19 @@ public sealed partial class InferenceEngine : IDisposable
             yield return chunk;
     }
 
+    /// <summary>
+    /// Forgets a deleted base model: its batch finishes the rows it has, then its weights, cache and cached prefixes are
+    /// freed (a base imported again under the id is loaded afresh either way, by <see cref="ModelFolder.Version"/>).
+    /// </summary>
+    public void EvictBase(string baseModel) => incoming.Writer.TryWrite(new RetireBase(baseModel));
+
+    /// <summary>Moves a batch out of its base's key: it finishes its rows, takes no new ones, and is freed when idle.</summary>
+    void Retire(Batch batch, string baseModel)
+    {
+        batch.Retired = true;
+        batches[$"{baseModel}\0retired {++retired}"] = batch;
+    }
+
     /// <summary>Forgets a deleted adapter's weights (freed once no running request uses them) and its cached prefixes.</summary>
     public void Evict(string adapter)
     {
@@ -126,7 +143,9 @@ public sealed partial class InferenceEngine : IDisposable
         {
             bool idle = batches.Values.All(b => b.Idle);
             if (idle && !incoming.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;
-            while (incoming.Reader.TryRead(out var sequence)) Enqueue(sequence);
+            while (incoming.Reader.TryRead(out var message))
+                if (message is Sequence sequence) Enqueue(sequence);
+                else if (message is RetireBase retire && batches.Remove(retire.BaseModel, out var old)) Retire(old, retire.BaseModel);
             foreach (var batch in batches.Values) RunStep(batch);
             foreach (var key in batches.Where(b => b.Value.Retired && b.Value.Idle).Select(b => b.Key).ToList())
             {
@@ -147,8 +166,7 @@ public sealed partial class InferenceEngine : IDisposable
             {
                 // The base was deleted and imported again under its id: the old weights finish their rows under another key.
                 batches.Remove(request.BaseModel);
-                batch.Retired = true;
-                batches[$"{request.BaseModel}\0retired {++retired}"] = batch;
+                Retire(batch, request.BaseModel);
                 batch = null;
             }
             if (batch is null)
@@ -248,7 +266,8 @@ public sealed partial class InferenceEngine : IDisposable
         incoming.Writer.TryComplete();
         thread.Join();
         var shutdown = new ObjectDisposedException(nameof(InferenceEngine), "The inference engine shut down.");
-        while (incoming.Reader.TryRead(out var left)) FinishAll(left, shutdown);
+        while (incoming.Reader.TryRead(out var left))
+            if (left is Sequence sequence) FinishAll(sequence, shutdown);
         foreach (var b in batches.Values)
         {
             foreach (var s in b.Rows.Concat(b.Prefilling).Concat(b.Waiting)) FinishAll(s, shutdown);

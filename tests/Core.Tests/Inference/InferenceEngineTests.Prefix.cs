@@ -118,4 +118,17 @@ public sealed partial class InferenceEngineTests
         Assert.Equal(48, Cached(await ChunksAsync(engine, Prompt(83))));
         Assert.Equal(0, Cached(await ChunksAsync(engine, Prompt(82))));
     }
+
+    /// <summary>A deleted base's cached prefixes are freed with its batch; the same prompt then misses.</summary>
+    [Fact]
+    public async Task ADeletedBaseFreesItsCachedPrefixes()
+    {
+        using var engine = new InferenceEngine(new InferenceOptions { PrefixBlockTokens = 8 });
+        await ChunksAsync(engine, Shared(0, 71));
+        Assert.True(engine.Prefixes!.Bytes > 0);
+        engine.EvictBase("tiny");
+        for (int i = 0; i < 500 && engine.Prefixes.Bytes > 0; i++) await Task.Delay(10);   // the inference thread retires it
+        Assert.Equal(0, engine.Prefixes.Bytes);
+        Assert.Equal(0, Cached(await ChunksAsync(engine, Shared(0, 72))));
+    }
 }

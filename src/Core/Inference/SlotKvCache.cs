@@ -49,6 +49,13 @@ public sealed class SlotKvCache : IKvCache, IDisposable
         visible = rowChunks.Max(c => c.Offset + c.Length);
     }
 
+    /// <summary>The next forward call writes a whole prompt of <paramref name="length"/> positions into <paramref name="slotIndex"/>.</summary>
+    public void BeginPrefill(int slotIndex, long length) => BeginChunks([(slotIndex, 0, length)]);
+
+    /// <summary>The next forward call writes <paramref name="count"/> prompts, right-padded to <paramref name="length"/>, into slots from <paramref name="firstSlot"/> on.</summary>
+    public void BeginPrefill(int firstSlot, int count, long length) =>
+        BeginChunks([.. Enumerable.Range(firstSlot, count).Select(slot => ((long)slot, 0L, length))]);
+
     /// <summary>The next forward call adds one position to each of slots [0, lengths.Length), after its <c>lengths[i]</c> cached ones.</summary>
     public void BeginDecode(Tensor lengths)
     {

@@ -37,13 +37,19 @@ sealed class BatchSteps : IDisposable
             ones(Prompt, Prompt, ScalarType.Bool).tril().expand(count, 1, Prompt, Prompt), Cache);
     }
 
-    /// <summary>One decode step for all rows (position <see cref="Prompt"/>) with whatever adapters are attached.</summary>
+    /// <summary>One decode step for all rows (position <see cref="Prompt"/>) of random tokens with whatever adapters are attached.</summary>
     public void Decode()
     {
         using var scope = NewDisposeScope();
+        Logits(randint(0, Model.Config.VocabSize, [Rows, 1], ScalarType.Int64));
+    }
+
+    /// <summary>A decode step's logits [rows, 1, vocab] for the tokens <paramref name="ids"/> [rows, 1] (in the caller's dispose scope).</summary>
+    public Tensor Logits(Tensor ids)
+    {
         var lengths = full(Rows, (long)Prompt, ScalarType.Int64);
         Cache.BeginDecode(lengths);
-        Model.Forward(randint(0, Model.Config.VocabSize, [Rows, 1], ScalarType.Int64), lengths.unsqueeze(1), ones(Rows, 1, 1, Prompt + 1, ScalarType.Bool), Cache);
+        return Model.Forward(ids, lengths.unsqueeze(1), ones(Rows, 1, 1, Prompt + 1, ScalarType.Bool), Cache);
     }
 
     /// <summary>Attaches <paramref name="adapters"/> (one per layer path, or none) to the model's linear layers for a step, and detaches them after.</summary>

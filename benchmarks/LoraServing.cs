@@ -40,6 +40,17 @@ sealed class LoraServing : IDisposable
         using var kept = steps.Gather(weights);
         var names = Enumerable.Range(0, Rows).Select(i => (string?)$"a{i}").ToList();
         var peft = PeftMixedBatch.For(names, names.Select((n, i) => (n!, weights[i])).ToDictionary(p => p.Item1, p => p.Item2));
+        // PEFT's way must compute what the engine computes, or the comparison means nothing.
+        using (NewDisposeScope())
+        {
+            var ids = randint(0, model.Config.VocabSize, [Rows, 1], ScalarType.Int64);
+            Tensor engine = null!, mixed = null!;
+            steps.With(kept.Layers, () => engine = steps.Logits(ids));
+            steps.With(peft, () => mixed = steps.Logits(ids));
+            double gap = (engine - mixed).abs().max().item<float>(), size = engine.abs().max().item<float>();
+            if (gap > 1e-4 * Math.Max(1, size)) throw new InvalidOperationException($"PEFT's mixed batch differs from the engine's batch by {gap} (logits up to {size})");
+            line($"check: PEFT's mixed batch and the engine's gathered batch give the same logits (max |difference| {gap:G2}, logits up to {size:F1})");
+        }
         var variants = new (string Name, Action Run)[]
         {
             ("prefill, base alone", () => steps.With(null, () => steps.Prefill(0, PrefillRows))),

@@ -31,6 +31,19 @@ public sealed class InferenceOptions
     public int MaxQueued { get; set; } = 256;
     /// <summary>Memory for adapter weights kept loaded (least recently used ones are dropped beyond it).</summary>
     public long AdapterCacheBytes { get; set; } = 1L << 30;
-    /// <summary>Prompt tokens (padding included) prefilled together in one forward pass.</summary>
+    /// <summary>
+    /// Prompt tokens (padding included) prefilled together in one forward pass when <see cref="ChunkedPrefill"/> is off
+    /// (whole prompts, before each decode step).
+    /// </summary>
     public int PrefillTokens { get; set; } = 2048;
+    /// <summary>
+    /// Each engine step carries the running rows' decode tokens and up to <see cref="StepTokens"/> minus those of prompt
+    /// chunks (Sarathi-Serve), so a long or burst prefill never stalls the running streams. Off: today's scheduler,
+    /// whole prompts prefilled (up to <see cref="PrefillTokens"/> together) before each decode step.
+    /// </summary>
+    public bool ChunkedPrefill { get; set; } = true;
+    /// <summary>Tokens per engine step under chunked prefill: decode rows plus prompt-chunk tokens (padding included).</summary>
+    public int StepTokens { get; set; } = 512;
+    /// <summary>Prompts being prefilled over several steps at once (each holds a cache slot beside the <see cref="MaxBatch"/> running ones).</summary>
+    public int PrefillSlots { get; set; } = 8;
 }

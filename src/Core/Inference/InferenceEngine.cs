@@ -33,6 +33,9 @@ public sealed partial class InferenceEngine : IDisposable
     public int Running => Volatile.Read(ref running);
     long generatedTokens;
     int running;
+    /// <summary>Prefill forward passes run (each carries one chunk of up to a step's budget per prompt in it).</summary>
+    public long PrefillForwards => Interlocked.Read(ref prefillForwards);
+    long prefillForwards;
 
     /// <summary>The precision it loads base models in (<c>Models:Precision</c>, the one training uses).</summary>
     public BasePrecision Precision { get; }
@@ -105,14 +108,10 @@ public sealed partial class InferenceEngine : IDisposable
         using var noGrad = no_grad();
         while (!stopping)
         {
-            bool idle = batches.Values.All(b => b.Rows.Count == 0 && b.Waiting.Count == 0);
+            bool idle = batches.Values.All(b => b.Idle);
             if (idle && !incoming.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;
             while (incoming.Reader.TryRead(out var sequence)) Enqueue(sequence);
-            foreach (var batch in batches.Values)
-            {
-                Admit(batch);
-                if (batch.Rows.Count > 0) DecodeStep(batch);
-            }
+            foreach (var batch in batches.Values) RunStep(batch);
             foreach (var key in batches.Where(b => b.Value.Retired && b.Value.Idle).Select(b => b.Key).ToList())
             {
                 batches[key].Dispose();
@@ -138,109 +137,25 @@ public sealed partial class InferenceEngine : IDisposable
             if (batch is null)
             {
                 var model = ModelFolder.Load<CausalLanguageModel>(request.BaseFolder, Precision);
-                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model, options.MaxBatch, model.ContextLength), version);
+                // Running rows take slots [0, MaxBatch); prompts prefilled over several steps take the PrefillSlots after them.
+                int staging = options.ChunkedPrefill ? Math.Max(1, options.PrefillSlots) : 0;
+                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model, options.MaxBatch + staging, model.ContextLength), version, options.MaxBatch);
             }
+            if (request.Prompt.Count == 0) throw new ArgumentException("the prompt is empty");
             if (request.Prompt.Count >= batch.Model.ContextLength)
                 throw new ArgumentException($"the prompt has {request.Prompt.Count} tokens; this model's context is {batch.Model.ContextLength}");
             if (request.Prompt.Any(t => (uint)t >= (uint)batch.Model.VocabSize))
                 throw new ArgumentException($"the prompt holds token ids outside this model's vocabulary of {batch.Model.VocabSize}");
             if (request.Options.LogitBias?.Keys.Where(t => (uint)t >= (uint)batch.Model.VocabSize).Select(t => (int?)t).FirstOrDefault() is { } outside)
                 throw new ArgumentException($"logit_bias names token {outside}, outside this model's vocabulary of {batch.Model.VocabSize}", "logit_bias");
-            if (sequence.Siblings.All.Count > batch.Cache.Slots)
-                throw new ArgumentException($"n={sequence.Siblings.All.Count} is more than the {batch.Cache.Slots} sequences decoded together here", "n");
+            if (sequence.Siblings.All.Count > batch.MaxRows)
+                throw new ArgumentException($"n={sequence.Siblings.All.Count} is more than the {batch.MaxRows} sequences decoded together here", "n");
             batch.Waiting.Enqueue(sequence);
         }
         catch (Exception e)
         {
             Interlocked.Decrement(ref queued);
             FinishAll(sequence, e);
-        }
-    }
-
-    /// <summary>
-    /// Prefills waiting requests into free slots, several prompts in one forward pass (right-padded; each row with its
-    /// own adapter), up to <see cref="InferenceOptions.PrefillTokens"/> tokens, in arrival order. A request of n choices
-    /// takes n slots but is prefilled once.
-    /// </summary>
-    void Admit(Batch batch)
-    {
-        while (batch.Waiting.TryPeek(out var first) && batch.Rows.Count + first.Siblings.All.Count <= batch.Cache.Slots)
-        {
-            var group = new List<Sequence>();
-            int longest = 0, taken = 0;
-            while (batch.Waiting.TryPeek(out var next) && batch.Rows.Count + taken + next.Siblings.All.Count <= batch.Cache.Slots)
-            {
-                int length = Math.Max(longest, next.Request.Prompt.Count);
-                if (group.Count > 0 && length * (group.Count + 1) > options.PrefillTokens) break;
-                batch.Waiting.Dequeue();
-                Interlocked.Decrement(ref queued);
-                if (next.Cancel.IsCancellationRequested) FinishAll(next, new OperationCanceledException(next.Cancel));
-                else (group, longest, taken) = ([.. group, next], length, taken + next.Siblings.All.Count);
-            }
-            if (group.Count > 0) Prefill(batch, group, longest);
-        }
-    }
-
-    void Prefill(Batch batch, List<Sequence> group, int length)
-    {
-        int first = batch.Rows.Count;
-        try
-        {
-            using var scope = NewDisposeScope();
-            batch.ClearAdapters();
-            var slots = Enumerable.Range(first, group.Count).Select(i => (long)i).ToList();
-            foreach (var state in batch.States.Values) state.narrow(0, first, group.Count).zero_();
-            var lengths = tensor(group.Select(s => (long)s.Request.Prompt.Count).ToArray());                      // [n]
-            var valid = arange(length, ScalarType.Int64).unsqueeze(0).lt(lengths.unsqueeze(1));                   // [n, length]
-            using var rowAdapters = SetAdapters(batch, group, slots, valid);
-            batch.Cache.BeginPrefill(first, group.Count, length);
-            var ids = tensor(group.SelectMany(s => s.Request.Prompt.Select(t => (long)t).Concat(Enumerable.Repeat(0L, length - s.Request.Prompt.Count))).ToArray(),
-                [group.Count, length]);                                                                        // [n, length]
-            // A row's padding repeats its last position, so each row's largest position is its own (dynamic and LongRoPE
-            // scale by it, per row); the padding's keys are masked and its outputs unread.
-            var positions = arange(length, ScalarType.Int64).unsqueeze(0).minimum(lengths.unsqueeze(1) - 1);      // [n, length]
-            // Causal, and no real token attends to another row's padding: keys past a row's length are masked.
-            var mask = ones(length, length, ScalarType.Bool).tril().unsqueeze(0).logical_and(valid.unsqueeze(1)).unsqueeze(1);   // [n, 1, length, length]
-            var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);                                   // [n, length, vocab]
-            batch.ClearAdapters();   // the decode step gathers the new row set
-            var logitsRow = new List<int>();   // each new row's row of logits: its prompt's
-            foreach (var s in group)
-            {
-                s.Length = s.Request.Prompt.Count;
-                batch.Rows.Add(s);
-                Interlocked.Increment(ref running);
-                logitsRow.Add(logitsRow.Count);
-            }
-            for (int i = 0; i < group.Count; i++)   // the other choices: the prompt's keys, values and adapter state copied
-                foreach (var choice in group[i].Siblings.All.Skip(1))
-                {
-                    batch.Cache.Move(first + i, batch.Rows.Count, group[i].Length);
-                    foreach (var state in batch.States.Values) state[batch.Rows.Count].copy_(state[first + i]);
-                    choice.Length = group[i].Length;
-                    batch.Rows.Add(choice);
-                    Interlocked.Increment(ref running);
-                    logitsRow.Add(i);
-                }
-            for (int r = logitsRow.Count - 1; r >= 0; r--)   // from the last: a finished row is replaced by the batch's last row
-            {
-                var s = batch.Rows[first + r];
-                try
-                {
-                    if (s.Abandoned) Finish(s, new OperationCanceledException(s.Cancel));
-                    else if (!Step(batch, s, logits[logitsRow[r], s.Request.Prompt.Count - 1])) continue;
-                }
-                catch (Exception e)
-                {
-                    Finish(s, e);   // one row's failure (its sampling, say) is not its batchmates'
-                }
-                Remove(batch, first + r);
-            }
-        }
-        catch (Exception e)
-        {
-            while (batch.Rows.Count > first) Remove(batch, batch.Rows.Count - 1);
-            batch.ClearAdapters();   // the prefill's own row adapters are disposed; no layer may keep pointing at them
-            foreach (var s in group) FinishAll(s, e);
         }
     }
 
@@ -258,11 +173,13 @@ public sealed partial class InferenceEngine : IDisposable
                 batch.Adapters = adapters;
                 adapters.Keep();
             }
-            var lengths = tensor(rows.Select(r => r.Length).ToArray());                                   // [rows]
+            else batch.Adapters.Reattach();   // a prompt chunk's forward had the model's slots
+            var device = batch.Cache.Device;
+            var lengths = tensor(rows.Select(r => r.Length).ToArray(), device: device);                  // [rows]
             batch.Cache.BeginDecode(lengths);
-            var ids = tensor(rows.Select(r => (long)r.LastToken).ToArray(), [rows.Count, 1]);             // [rows, 1]
+            var ids = tensor(rows.Select(r => (long)r.LastToken).ToArray(), [rows.Count, 1], device: device);   // [rows, 1]
             long visible = rows.Max(r => r.Length) + 1;
-            var mask = arange(visible, ScalarType.Int64).unsqueeze(0).le(lengths.unsqueeze(1)).view(rows.Count, 1, 1, visible);
+            var mask = arange(visible, ScalarType.Int64, device).unsqueeze(0).le(lengths.unsqueeze(1)).view(rows.Count, 1, 1, visible);
             var logits = batch.Model.Forward(ids, lengths.unsqueeze(1), mask, batch.Cache);               // [rows, 1, vocab]
             for (int i = 0; i < rows.Count; i++)
             {
@@ -317,7 +234,7 @@ public sealed partial class InferenceEngine : IDisposable
         while (incoming.Reader.TryRead(out var left)) FinishAll(left, shutdown);
         foreach (var b in batches.Values)
         {
-            foreach (var s in b.Rows.Concat(b.Waiting)) FinishAll(s, shutdown);
+            foreach (var s in b.Rows.Concat(b.Prefilling).Concat(b.Waiting)) FinishAll(s, shutdown);
             b.Dispose();
         }
     }

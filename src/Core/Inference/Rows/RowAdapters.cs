@@ -14,6 +14,7 @@ public sealed class RowAdapters : IDisposable
     public List<RowAdapter> Layers { get; } = [];
     public List<RowFeedForward> Blocks { get; } = [];
     public List<RowNorm> Norms { get; } = [];
+    readonly List<Action> attach = [];   // puts each into its model slot (again)
     bool kept;
 
     /// <param name="model">The base model, its slots empty.</param>
@@ -34,22 +35,29 @@ public sealed class RowAdapters : IDisposable
                 rowAdapter.Dispose();
                 continue;
             }
-            layer.Adapter = rowAdapter;
+            set.attach.Add(() => layer.Adapter = rowAdapter);
             set.Layers.Add(rowAdapter);
         }
         foreach (var (path, feedForward) in model.FeedForwardBlocks())
             if (RowFeedForward.For(path, adapters) is { } block)
             {
-                feedForward.Adapter = block;
+                set.attach.Add(() => feedForward.Adapter = block);
                 set.Blocks.Add(block);
             }
         foreach (var (path, norm) in model.NormLayers())
             if (RowNorm.For(path, norm.Size, adapters) is { } rowNorm)
             {
-                norm.Adapter = rowNorm;
+                set.attach.Add(() => norm.Adapter = rowNorm);
                 set.Norms.Add(rowNorm);
             }
+        set.Reattach();
         return set;
+    }
+
+    /// <summary>Puts the adapters back into the model's slots (after another forward call used them).</summary>
+    public void Reattach()
+    {
+        foreach (var put in attach) put();
     }
 
     /// <summary>Keeps the adapters for the next steps (the rows stay the same).</summary>

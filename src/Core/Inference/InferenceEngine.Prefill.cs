@@ -1,0 +1,190 @@
+using AdapterService.Core.Adapters;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Inference;
+
+/// <summary>
+/// The engine's step and its prefill: which prompt chunks a step carries (chunked prefill, Sarathi-Serve, "Taming
+/// Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve", https://arxiv.org/abs/2403.02310), and the forward
+/// pass that writes them into the cache.
+/// </summary>
+public sealed partial class InferenceEngine
+{
+    /// <summary>Positions [Offset, Offset + Length) of a request's prompt, one row of a prefill forward.</summary>
+    readonly record struct Chunk(Sequence Sequence, long Offset, long Length);
+
+    /// <summary>
+    /// One engine step of a base model. Chunked: a decode token for every running row, then up to
+    /// <see cref="InferenceOptions.StepTokens"/> of prompt chunks (decode rows counted) in a second forward: two forwards
+    /// per step, so a long prompt delays the running streams by one chunk's time, not its whole prefill. Not chunked
+    /// (the earlier scheduler): every waiting prompt that has a row place is prefilled whole, then one decode step.
+    /// </summary>
+    void RunStep(Batch batch)
+    {
+        if (!options.ChunkedPrefill)
+        {
+            while (Plan(batch) is { Count: > 0 } whole) Prefill(batch, whole);
+            if (batch.Rows.Count > 0) DecodeStep(batch);
+            return;
+        }
+        var chunks = Plan(batch);
+        if (batch.Rows.Count > 0) DecodeStep(batch);
+        if (chunks.Count > 0) Prefill(batch, chunks);
+    }
+
+    /// <summary>
+    /// The prompt chunks of the next prefill forward, padded tokens within the step's budget: prompts being prefilled
+    /// first, then waiting requests in arrival order while they have row places (n each) and a prefill slot. A model whose
+    /// rotation reads the call's length (<see cref="Models.CausalLanguageModel.PositionsDependOnLength"/>) gets whole prompts.
+    /// </summary>
+    List<Chunk> Plan(Batch batch)
+    {
+        var chunks = new List<Chunk>();
+        bool split = options.ChunkedPrefill && !batch.Model.PositionsDependOnLength;
+        long budget = options.ChunkedPrefill ? Math.Max(options.StepTokens - batch.Rows.Count, Math.Max(1, options.StepTokens / 4)) : options.PrefillTokens;
+        long longest = 0;
+        // The most tokens one more row may have with the rows so far padded to the longest (0: none fits).
+        long Room() => chunks.Count == 0 ? budget : longest * (chunks.Count + 1) <= budget ? budget / (chunks.Count + 1) : 0;
+        bool Add(Sequence s)
+        {
+            long rest = s.Request.Prompt.Count - s.Length, length = split ? Math.Min(rest, Room()) : rest;
+            if (length <= 0 || (chunks.Count > 0 && length > Room())) return false;
+            chunks.Add(new Chunk(s, s.Length, length));
+            longest = Math.Max(longest, length);
+            return true;
+        }
+
+        foreach (var s in batch.Prefilling.ToList())
+        {
+            if (s.Abandoned) Abandon(batch, s);
+            else if (!Add(s)) break;
+        }
+        if (chunks.Count < batch.Prefilling.Count) return chunks;   // the earlier prompts come first
+        while (batch.Waiting.TryPeek(out var next) && batch.Reserved + next.Siblings.All.Count <= batch.MaxRows
+               && (!options.ChunkedPrefill || batch.FreeStaging.Count > 0))
+        {
+            if (next.Cancel.IsCancellationRequested)
+            {
+                batch.Waiting.Dequeue();
+                Interlocked.Decrement(ref queued);
+                FinishAll(next, new OperationCanceledException(next.Cancel));
+                continue;
+            }
+            if (!Add(next)) break;
+            batch.Waiting.Dequeue();
+            Interlocked.Decrement(ref queued);
+            // Unchunked prompts finish in this forward and go straight to their row's slot.
+            next.Slot = options.ChunkedPrefill ? batch.FreeStaging.Pop() : batch.Rows.Count + batch.Prefilling.Count;
+            using (NewDisposeScope())
+                foreach (var state in batch.States.Values) state[next.Slot].zero_();   // a new sequence's router sums
+            batch.Prefilling.Add(next);
+        }
+        return chunks;
+    }
+
+    /// <summary>A prompt being prefilled whose client went away (or whose sibling failed).</summary>
+    void Abandon(Batch batch, Sequence s)
+    {
+        Release(batch, s);
+        FinishAll(s, new OperationCanceledException(s.Cancel));
+    }
+
+    /// <summary>Takes a prompt out of the prefilling ones, its prefill slot free again.</summary>
+    void Release(Batch batch, Sequence s)
+    {
+        batch.Prefilling.Remove(s);
+        if (s.Slot >= batch.MaxRows) batch.FreeStaging.Push(s.Slot);
+        s.Slot = -1;
+    }
+
+    /// <summary>
+    /// One forward pass over prompt chunks (right-padded rows, each with its own adapter and its own cache slot, positions
+    /// after what the slot holds; Lily's router sums carried in the slot's state). A prompt whose last chunk this is joins
+    /// the running rows (its n choices copying its keys, values and state) with its first token sampled here.
+    /// </summary>
+    void Prefill(Batch batch, List<Chunk> chunks)
+    {
+        int first = batch.Rows.Count;
+        try
+        {
+            using var scope = NewDisposeScope();
+            TrainableAdapter.Detach(batch.Model);   // the running rows' adapters stay kept for the next decode step
+            var device = batch.Cache.Device;
+            var sequences = chunks.Select(c => c.Sequence).ToList();
+            long width = chunks.Max(c => c.Length);
+            var lengths = tensor(chunks.Select(c => c.Length).ToArray(), device: device).unsqueeze(1);         // [n, 1]
+            var offsets = tensor(chunks.Select(c => c.Offset).ToArray(), device: device).unsqueeze(1);         // [n, 1]
+            var steps = arange(width, ScalarType.Int64, device).unsqueeze(0);                                    // [1, width]
+            var valid = steps.lt(lengths);                                                                      // [n, width]
+            using var rowAdapters = SetAdapters(batch, sequences, sequences.Select(s => (long)s.Slot).ToList(), valid);
+            batch.Cache.BeginChunks(chunks.Select(c => ((long)c.Sequence.Slot, c.Offset, c.Length)).ToArray());
+            var ids = tensor(chunks.SelectMany(c => c.Sequence.Request.Prompt.Skip((int)c.Offset).Take((int)c.Length).Select(t => (long)t)
+                .Concat(Enumerable.Repeat(0L, (int)(width - c.Length)))).ToArray(), [chunks.Count, width], device: device);   // [n, width]
+            // A row's padding repeats its last position, so each row's largest position is its own (dynamic and LongRoPE
+            // scale by it, per row); the padding's keys are never written and its outputs unread.
+            var positions = offsets + steps.minimum(lengths - 1);                                               // [n, width]
+            // Causal over the slot's cached positions and the chunk's own; no key past the row's chunk.
+            long visible = chunks.Max(c => c.Offset + c.Length);
+            var keys = arange(visible, ScalarType.Int64, device).view(1, 1, visible);                          // [1, 1, visible]
+            var mask = keys.le((offsets + steps).unsqueeze(2)).logical_and(keys.lt((offsets + lengths).unsqueeze(2))).unsqueeze(1);   // [n, 1, width, visible]
+            var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);                                // [n, width, vocab]
+            Interlocked.Increment(ref prefillForwards);
+            TrainableAdapter.Detach(batch.Model);   // this call's row adapters are freed with it
+            foreach (var c in chunks) c.Sequence.Length += c.Length;
+
+            var logitsRow = new List<(int Chunk, long Last)>();   // each new row's chunk and the position of its prompt's last token there
+            for (int i = 0; i < chunks.Count; i++)
+            {
+                var s = chunks[i].Sequence;
+                if (s.Length < s.Request.Prompt.Count) continue;
+                int slot = s.Slot, row = batch.Rows.Count;
+                Release(batch, s);
+                if (slot != row) MoveSlot(batch, slot, row, s.Length);
+                batch.Rows.Add(s);
+                Interlocked.Increment(ref running);
+                logitsRow.Add((i, chunks[i].Length - 1));
+            }
+            for (int r = 0, joined = logitsRow.Count; r < joined; r++)   // the other choices: the prompt's keys, values and adapter state copied
+                foreach (var choice in batch.Rows[first + r].Siblings.All.Skip(1))
+                {
+                    MoveSlot(batch, first + r, batch.Rows.Count, batch.Rows[first + r].Length);
+                    choice.Length = batch.Rows[first + r].Length;
+                    batch.Rows.Add(choice);
+                    Interlocked.Increment(ref running);
+                    logitsRow.Add(logitsRow[r]);
+                }
+            if (logitsRow.Count > 0) batch.ClearAdapters();   // the decode step gathers the new row set
+            for (int r = logitsRow.Count - 1; r >= 0; r--)   // from the last: a finished row is replaced by the batch's last row
+            {
+                var s = batch.Rows[first + r];
+                try
+                {
+                    if (s.Abandoned) Finish(s, new OperationCanceledException(s.Cancel));
+                    else if (!Step(batch, s, logits[logitsRow[r].Chunk, logitsRow[r].Last])) continue;
+                }
+                catch (Exception e)
+                {
+                    Finish(s, e);   // one row's failure (its sampling, say) is not its batchmates'
+                }
+                Remove(batch, first + r);
+            }
+        }
+        catch (Exception e)
+        {
+            while (batch.Rows.Count > first) Remove(batch, batch.Rows.Count - 1);
+            TrainableAdapter.Detach(batch.Model);   // the call's own row adapters are disposed; no layer may keep pointing at them
+            foreach (var c in chunks)
+            {
+                Release(batch, c.Sequence);
+                FinishAll(c.Sequence, e);
+            }
+        }
+    }
+
+    /// <summary>Copies a slot's first <paramref name="length"/> positions and its adapter state into another slot.</summary>
+    static void MoveSlot(Batch batch, int from, int to, long length)
+    {
+        batch.Cache.Move(from, to, length);
+        foreach (var state in batch.States.Values) state[to].copy_(state[from]);
+    }
+}

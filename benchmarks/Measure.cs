@@ -108,7 +108,8 @@ static class Measure
 /// <summary>A value measured once per round (an action's seconds, a ratio): the median over the rounds and the range (lowest, highest).</summary>
 sealed record Spread(IReadOnlyList<double> Values)
 {
-    public double Median => Values.Order().ElementAt(Values.Count / 2);
+    public double Median => Values.Count % 2 == 1 ? Values.Order().ElementAt(Values.Count / 2)
+        : Values.Order().Skip(Values.Count / 2 - 1).Take(2).Average();
     public double Low => Values.Min();
     public double High => Values.Max();
     /// <summary>"1.23 (1.10–1.31)": the median and, in brackets, the range over the rounds.</summary>

@@ -18,7 +18,7 @@ sealed class PrefixSharing(bool quick)
     /// <summary>The engines compared; the first is the reference for the outputs.</summary>
     public static IReadOnlyList<(string Name, InferenceOptions Options)> Variants =>
     [
-        ("no prefix cache (current engine)", new InferenceOptions()),
+        ("no prefix cache (engine defaults)", new InferenceOptions()),
     ];
 
     public async Task RunAsync(Action<string> line)

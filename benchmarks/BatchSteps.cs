@@ -31,7 +31,7 @@ sealed class BatchSteps : IDisposable
     public void Prefill(int first, int count)
     {
         using var scope = NewDisposeScope();
-        Cache.BeginPrefill(first, count, Prompt);
+        Cache.BeginChunks(Enumerable.Range(first, count).Select(slot => ((long)slot, 0L, (long)Prompt)).ToArray());
         var ids = randint(0, Model.Config.VocabSize, [count, Prompt], ScalarType.Int64);
         Model.Forward(ids, arange(Prompt, ScalarType.Int64).unsqueeze(0).expand(count, Prompt),
             ones(Prompt, Prompt, ScalarType.Bool).tril().expand(count, 1, Prompt, Prompt), Cache);

@@ -70,16 +70,89 @@ public sealed partial class InferenceEngine
                 FinishAll(next, new OperationCanceledException(next.Cancel));
                 continue;
             }
-            if (!Add(next)) break;
+            var hit = CachedPrefix(batch, next);
+            next.Length = hit.Count * (long)(Prefixes?.BlockTokens ?? 0);   // its chunk starts after the cached blocks
+            if (!Add(next))
+            {
+                next.Length = 0;
+                Prefixes?.Unpin(hit);
+                break;
+            }
             batch.Waiting.Dequeue();
             Interlocked.Decrement(ref queued);
             // Unchunked prompts finish in this forward and go straight to their row's slot.
             next.Slot = options.ChunkedPrefill ? batch.FreeStaging.Pop() : batch.Rows.Count + batch.Prefilling.Count;
-            using (NewDisposeScope())
-                foreach (var state in batch.States.Values) state[next.Slot].zero_();   // a new sequence's router sums
+            Restore(batch, next, hit);
             batch.Prefilling.Add(next);
         }
         return chunks;
+    }
+
+    /// <summary>
+    /// The cached blocks of a waiting request's prompt (pinned; none when the cache is off or the model's rotation reads
+    /// the call's length), its blocks' keys noted for storing what it computes. Scoped by project (unless shared across
+    /// projects), base version and adapter content.
+    /// </summary>
+    List<PrefixCache.Block> CachedPrefix(Batch batch, Sequence s)
+    {
+        if (Prefixes is null || batch.Model.PositionsDependOnLength) return [];
+        var request = s.Request;
+        s.BlockKeys ??= Prefixes.Keys(options.PrefixCacheAcrossProjects ? "" : request.Project ?? "", batch.BaseKey,
+            s.Adapter?.Entry.Adapter.ContentKey ?? "", request.Prompt);
+        return Prefixes.Match(s.BlockKeys, (request.Prompt.Count - 1) / Prefixes.BlockTokens);   // its last token is always computed
+    }
+
+    /// <summary>A new sequence's slot: the cached blocks' keys and values and the adapter state after the last of them (zero state without).</summary>
+    void Restore(Batch batch, Sequence s, List<PrefixCache.Block> hit)
+    {
+        using (NewDisposeScope())
+        {
+            foreach (var state in batch.States.Values) state[s.Slot].zero_();
+            for (int b = 0; b < hit.Count; b++) batch.Cache.Write(s.Slot, b * (long)Prefixes!.BlockTokens, hit[b].Keys, hit[b].Values);
+            if (hit.Count > 0)
+                foreach (var ((path, width), value) in hit[^1].States) batch.State(path, width)[s.Slot].copy_(value);
+        }
+        if (hit.Count == 0) return;
+        Prefixes!.Unpin(hit);
+        s.Siblings.Cached = (int)s.Length;
+        Interlocked.Add(ref cachedPromptTokens, s.Length);
+    }
+
+    /// <summary>For each chunk, the prompt blocks it completes that the prefix cache lacks.</summary>
+    List<List<int>> NewBlocks(List<Chunk> chunks) => chunks.Select(c =>
+    {
+        if (Prefixes is null || c.Sequence.BlockKeys is not { } keys) return new List<int>();
+        int size = Prefixes.BlockTokens;
+        return Enumerable.Range((int)(c.Offset / size), (int)((c.Offset + c.Length) / size - c.Offset / size))
+            .Where(b => b < keys.Length && !Prefixes.Contains(keys[b])).ToList();
+    }).ToList();
+
+    /// <summary>
+    /// Puts the blocks a prefill forward completed into the prefix cache: keys and values copied out of the slot, and the
+    /// adapter's state after each block's last token (which <paramref name="marks"/> kept during the forward).
+    /// </summary>
+    void Store(Batch batch, List<Chunk> chunks, List<List<int>> blocks, StateMarks? marks)
+    {
+        int size = Prefixes!.BlockTokens;
+        for (int r = 0; r < chunks.Count; r++)
+        {
+            var s = chunks[r].Sequence;
+            var adapter = s.Adapter?.Entry.Adapter;
+            var stateful = adapter?.Deltas.Where(d => d.Value.StateWidth > 0).Select(d => (d.Key, d.Value.StateWidth)).ToHashSet() ?? [];
+            for (int j = 0; j < blocks[r].Count; j++)
+            {
+                int b = blocks[r][j];
+                var (keys, values) = batch.Cache.Read(s.Slot, b * (long)size, size);
+                var states = (marks?.Kept ?? []).Where(k => stateful.Contains(k.Key)).ToDictionary(k => k.Key, k => k.Value[r, j].clone());
+                var tensors = keys.Concat(values).Concat(states.Values).ToList();
+                foreach (var t in tensors) t.DetachFromDisposeScope();
+                Prefixes.Add(new PrefixCache.Block
+                {
+                    Key = s.BlockKeys![b], Parent = b > 0 ? s.BlockKeys[b - 1] : null, Base = batch.BaseKey, Adapter = adapter?.ContentKey ?? "",
+                    Keys = keys, Values = values, States = states, Bytes = tensors.Sum(t => t.numel() * t.element_size()),
+                });
+            }
+        }
     }
 
     /// <summary>A prompt being prefilled whose client went away (or whose sibling failed).</summary>
@@ -116,7 +189,12 @@ public sealed partial class InferenceEngine
             var offsets = tensor(chunks.Select(c => c.Offset).ToArray(), device: device).unsqueeze(1);         // [n, 1]
             var steps = arange(width, ScalarType.Int64, device).unsqueeze(0);                                    // [1, width]
             var valid = steps.lt(lengths);                                                                      // [n, width]
-            using var rowAdapters = SetAdapters(batch, sequences, sequences.Select(s => (long)s.Slot).ToList(), valid);
+            // Blocks this forward completes for the prefix cache, and where in each row their last tokens are (−1: none).
+            var blocks = NewBlocks(chunks);
+            int most = blocks.Max(b => b.Count);
+            var marks = most == 0 ? null : new StateMarks(tensor(chunks.SelectMany((c, r) => blocks[r]
+                .Select(b => (b + 1L) * Prefixes!.BlockTokens - 1 - c.Offset).Concat(Enumerable.Repeat(-1L, most - blocks[r].Count))).ToArray(), [chunks.Count, most], device: device));
+            using var rowAdapters = SetAdapters(batch, sequences, sequences.Select(s => (long)s.Slot).ToList(), valid, marks);
             batch.Cache.BeginChunks(chunks.Select(c => ((long)c.Sequence.Slot, c.Offset, c.Length)).ToArray());
             var ids = tensor(chunks.SelectMany(c => c.Sequence.Request.Prompt.Skip((int)c.Offset).Take((int)c.Length).Select(t => (long)t)
                 .Concat(Enumerable.Repeat(0L, (int)(width - c.Length)))).ToArray(), [chunks.Count, width], device: device);   // [n, width]
@@ -129,6 +207,7 @@ public sealed partial class InferenceEngine
             var mask = keys.le((offsets + steps).unsqueeze(2)).logical_and(keys.lt((offsets + lengths).unsqueeze(2))).unsqueeze(1);   // [n, 1, width, visible]
             var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);                                // [n, width, vocab]
             Interlocked.Increment(ref prefillForwards);
+            if (most > 0) Store(batch, chunks, blocks, marks);
             TrainableAdapter.Detach(batch.Model);   // this call's row adapters are freed with it
             foreach (var c in chunks) c.Sequence.Length += c.Length;
 

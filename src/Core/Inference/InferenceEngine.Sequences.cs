@@ -30,6 +30,8 @@ public sealed partial class InferenceEngine
         public long Length;       // positions in the cache (while prefilling: the prompt's positions cached so far)
         /// <summary>While its prompt is being prefilled: the cache slot it is written into.</summary>
         public int Slot = -1;
+        /// <summary>The prefix cache's keys of its prompt's full blocks (null: not cached).</summary>
+        public string[]? BlockKeys;
         public int Produced;
         public int LastToken;
         public bool Finished;
@@ -43,6 +45,8 @@ public sealed partial class InferenceEngine
         public List<Sequence> All { get; } = [];
         public int Open;
         public bool Failed;
+        /// <summary>Prompt tokens that came from the prefix cache.</summary>
+        public int Cached;
     }
 
     /// <summary>One base model with its running batch.</summary>
@@ -59,6 +63,8 @@ public sealed partial class InferenceEngine
         public int MaxRows { get; }
         /// <summary>The base folder's <see cref="ModelFolder.Version"/> the model was loaded from.</summary>
         public string Version { get; }
+        /// <summary>The base folder and its version: the prefix cache's base key.</summary>
+        public string BaseKey { get; init; } = "";
         /// <summary>Replaced by a newer version of its base: finishes its rows, takes no new ones, and is freed when idle.</summary>
         public bool Retired;
         public bool Idle => Rows.Count == 0 && Prefilling.Count == 0 && Waiting.Count == 0;
@@ -132,7 +138,7 @@ public sealed partial class InferenceEngine
         int prompt = s.Request.Prompt.Count;
         if (finish == "")
         {
-            if (emit.Length > 0) s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, null, s.Index, TakePending(s)));
+            if (emit.Length > 0) s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, null, s.Index, TakePending(s), s.Siblings.Cached));
             return false;
         }
         if (!stopped)
@@ -142,7 +148,7 @@ public sealed partial class InferenceEngine
             emit += tail + (tailStopped ? "" : s.Stops.Flush());
             if (tailStopped) finish = "stop";
         }
-        s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, finish, s.Index, TakePending(s) ?? (options.Logprobs is null ? null : [])));
+        s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, finish, s.Index, TakePending(s) ?? (options.Logprobs is null ? null : []), s.Siblings.Cached));
         Finish(s, null);
         return true;
     }

@@ -26,6 +26,13 @@ public sealed partial class InferenceEngine : IDisposable
     volatile bool stopping;
 
     public AdapterCache Adapters { get; }
+    /// <summary>Cached prompt prefixes (null when <see cref="InferenceOptions.PrefixCacheBytes"/> is 0).</summary>
+    public PrefixCache? Prefixes { get; }
+    /// <summary>Prompt tokens whose keys and values came from the prefix cache.</summary>
+    public long CachedPromptTokens => Interlocked.Read(ref cachedPromptTokens);
+    long cachedPromptTokens;
+    /// <summary>The content key of each adapter name served (so deleting the name frees its cached prefixes).</summary>
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> adapterContent = new();
     public long GeneratedTokens => Interlocked.Read(ref generatedTokens);
     /// <summary>Requests accepted but not yet in a running batch.</summary>
     public int Queued => Volatile.Read(ref queued);
@@ -47,6 +54,7 @@ public sealed partial class InferenceEngine : IDisposable
         this.options = options ?? new InferenceOptions();
         Precision = precision ?? BasePrecision.Float32;
         Adapters = new AdapterCache(this.options.AdapterCacheBytes);
+        if (this.options.PrefixCacheBytes > 0) Prefixes = new PrefixCache(this.options.PrefixCacheBytes, Math.Max(1, this.options.PrefixBlockTokens));
         thread = new Thread(Loop) { IsBackground = true, Name = "inference" };
         thread.Start();
     }
@@ -70,6 +78,7 @@ public sealed partial class InferenceEngine : IDisposable
             var constraints = Enumerable.Range(0, n).Select(_ => request.Constraint?.Invoke()).ToList();
             var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
                 () => ServedAdapter.Load(request.AdapterFolder!, ModelConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile))));
+            if (adapter is not null) adapterContent[request.Adapter!] = adapter.Entry.Adapter.ContentKey;
             // n choices, each with its own sampler state; a seed gives choice i its own stream (choice 0 the seed's own).
             var choices = new Choices { Open = n };
             for (int i = 0; i < n; i++)
@@ -100,8 +109,12 @@ public sealed partial class InferenceEngine : IDisposable
             yield return chunk;
     }
 
-    /// <summary>Forgets a deleted adapter's weights (freed once no running request uses them).</summary>
-    public void Evict(string adapter) => Adapters.Evict(adapter);
+    /// <summary>Forgets a deleted adapter's weights (freed once no running request uses them) and its cached prefixes.</summary>
+    public void Evict(string adapter)
+    {
+        Adapters.Evict(adapter);
+        if (adapterContent.TryRemove(adapter, out var content)) Prefixes?.Forget(adapterKey: content);
+    }
 
     void Loop()
     {
@@ -114,6 +127,7 @@ public sealed partial class InferenceEngine : IDisposable
             foreach (var batch in batches.Values) RunStep(batch);
             foreach (var key in batches.Where(b => b.Value.Retired && b.Value.Idle).Select(b => b.Key).ToList())
             {
+                Prefixes?.Forget(baseKey: batches[key].BaseKey);
                 batches[key].Dispose();
                 batches.Remove(key);
             }
@@ -139,7 +153,8 @@ public sealed partial class InferenceEngine : IDisposable
                 var model = ModelFolder.Load<CausalLanguageModel>(request.BaseFolder, Precision);
                 // Running rows take slots [0, MaxBatch); prompts prefilled over several steps take the PrefillSlots after them.
                 int staging = options.ChunkedPrefill ? Math.Max(1, options.PrefillSlots) : 0;
-                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model, options.MaxBatch + staging, model.ContextLength), version, options.MaxBatch);
+                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model, options.MaxBatch + staging, model.ContextLength), version, options.MaxBatch)
+                    { BaseKey = $"{request.BaseFolder}\0{version}" };
             }
             if (request.Prompt.Count == 0) throw new ArgumentException("the prompt is empty");
             if (request.Prompt.Count >= batch.Model.ContextLength)
@@ -221,8 +236,8 @@ public sealed partial class InferenceEngine : IDisposable
     }
 
     /// <summary>Each row's own adapter (in cache slot <paramref name="slots"/>[i]) in every adapted layer, block and norm of the model.</summary>
-    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots, Tensor? valid = null) =>
-        RowAdapters.Attach(batch.Model, rows.Select(r => r.Adapter?.Entry.Adapter).ToList(), slots, batch.State, valid);
+    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots, Tensor? valid = null, StateMarks? marks = null) =>
+        RowAdapters.Attach(batch.Model, rows.Select(r => r.Adapter?.Entry.Adapter).ToList(), slots, batch.State, valid, marks);
 
     /// <summary>Stops at the next token boundary, failing what is still running or waiting; then frees the models.</summary>
     public void Dispose()
@@ -237,5 +252,6 @@ public sealed partial class InferenceEngine : IDisposable
             foreach (var s in b.Rows.Concat(b.Prefilling).Concat(b.Waiting)) FinishAll(s, shutdown);
             b.Dispose();
         }
+        Prefixes?.Dispose();
     }
 }

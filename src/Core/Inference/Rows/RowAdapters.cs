@@ -22,14 +22,15 @@ public sealed class RowAdapters : IDisposable
     /// <param name="slots">Each row's slot in the <paramref name="states"/> stores.</param>
     /// <param name="states">Per-sequence state stores of the batch by layer path and width (made on first use), or null for none.</param>
     /// <param name="valid">[rows, t]: the real tokens of right-padded rows, or null when all are.</param>
+    /// <param name="marks">Positions whose running state the call keeps (the prefix cache's block ends), or null.</param>
     public static RowAdapters Attach(nn.Module model, IReadOnlyList<ServedAdapter?> adapters, IReadOnlyList<long> slots,
-        Func<string, int, Tensor>? states, Tensor? valid = null)
+        Func<string, int, Tensor>? states, Tensor? valid = null, StateMarks? marks = null)
     {
         var set = new RowAdapters();
         if (adapters.All(a => a is null)) return set;
         foreach (var (path, layer) in model.LinearLayers())
         {
-            var rowAdapter = new RowAdapter(path, layer, adapters, slots, states, valid);
+            var rowAdapter = new RowAdapter(path, layer, adapters, slots, states, valid, marks);
             if (rowAdapter.IsEmpty)
             {
                 rowAdapter.Dispose();
@@ -76,5 +77,23 @@ public sealed class RowAdapters : IDisposable
         foreach (var l in Layers) l.Dispose();
         foreach (var b in Blocks) b.Dispose();
         foreach (var n in Norms) n.Dispose();
+    }
+}
+
+/// <summary>
+/// The running per-sequence state a forward call keeps at some of its positions (Lily's router sums at the prefix cache's
+/// block ends): positions [rows, m] in the call (−1: none), and each stateful layer's state after those tokens, by layer
+/// path and width, [rows, m, width] (rows whose adapter keeps no state there stay zero).
+/// </summary>
+public sealed class StateMarks(Tensor positions)
+{
+    public Tensor Positions { get; } = positions;
+    public Dictionary<(string Path, int Width), Tensor> Kept { get; } = [];
+
+    internal void Keep(string path, int width, Tensor rows, Tensor running)
+    {
+        if (!Kept.TryGetValue((path, width), out var all))
+            Kept[(path, width)] = all = zeros([Positions.shape[0], Positions.shape[1], width], device: running.device);
+        all.index_copy_(0, rows, running);
     }
 }

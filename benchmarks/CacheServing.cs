@@ -48,7 +48,7 @@ sealed class CacheServing(bool quick)
             line($"model: {BuiltinModels.TinyDemo.Id} shape; adapters LoRA r 8 on q_proj, v_proj ({adapterBytes / 1024} KiB of weights each; {disk / 1e6:F0} MB on disk in all, written in {written:F0} s and deleted afterwards); " +
                  $"{requests} requests of 16 new tokens at once (batches of 32); cache budget {registered / 5:N0} adapters; {rounds} rounds, each: one adapter, then random adapters");
 
-            var options = new InferenceOptions { AdapterCacheBytes = adapterBytes * registered / 5 };
+            var options = new InferenceOptions { AdapterCacheBytes = adapterBytes * registered / 5, PrefixCacheBytes = 0 };   // every request has the same prompt
             var random = new Random(1);
             using var single = new InferenceEngine(options);
             using var many = new InferenceEngine(options);

@@ -51,7 +51,7 @@ sealed class ConstrainedDecoding(bool quick)
             line("");
             line("| streams | free tokens/s | string tokens/s (÷ free) | integers tokens/s (÷ free) |");
             line("|---|---|---|---|");
-            using var engine = new InferenceEngine();
+            using var engine = new InferenceEngine(new InferenceOptions { PrefixCacheBytes = 0 });   // the rounds repeat their prompts
             await RunAsync(engine, folder, 4, null, tokenizer);   // warm-up
             foreach (int streams in new[] { 8, 32 })
             {

@@ -16,8 +16,8 @@ sealed class Latency(bool quick)
     /// <summary>The schedulers compared (engine settings): the earlier one, whole prompts prefilled as one block between decode steps, first; chunked prefill mixed with decode (the default).</summary>
     public static IReadOnlyList<(string Name, InferenceOptions Options)> Schedulers =>
     [
-        ("current (prefill as one block)", new InferenceOptions { ChunkedPrefill = false }),
-        ($"chunked prefill (StepTokens {new InferenceOptions().StepTokens}, PrefillSlots {new InferenceOptions().PrefillSlots})", new InferenceOptions { ChunkedPrefill = true }),
+        ("current (prefill as one block)", new InferenceOptions { ChunkedPrefill = false, PrefixCacheBytes = 0 }),
+        ($"chunked prefill (StepTokens {new InferenceOptions().StepTokens}, PrefillSlots {new InferenceOptions().PrefillSlots})", new InferenceOptions { ChunkedPrefill = true, PrefixCacheBytes = 0 }),
     ];
 
     public async Task RunAsync(Action<string> line)

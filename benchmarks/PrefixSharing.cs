@@ -15,10 +15,12 @@ sealed class PrefixSharing(bool quick)
     const int Requests = 32, UserTurn = 16, NewTokens = 8;
     int SystemPrompt => quick ? 128 : 512;
 
-    /// <summary>The engines compared; the first is the reference for the outputs.</summary>
+    /// <summary>The engines compared; the first is the reference for the outputs and the throughput ratios.</summary>
     public static IReadOnlyList<(string Name, InferenceOptions Options)> Variants =>
     [
-        ("no prefix cache (engine defaults)", new InferenceOptions()),
+        ("no prefix cache (chunked prefill)", new InferenceOptions { PrefixCacheBytes = 0 }),
+        ($"prefix cache (engine defaults: chunked prefill, {new InferenceOptions().PrefixCacheBytes >> 20} MB, {new InferenceOptions().PrefixBlockTokens}-token blocks)", new InferenceOptions()),
+        ("no prefix cache, earlier scheduler (whole prompts as one block)", new InferenceOptions { ChunkedPrefill = false, PrefixCacheBytes = 0 }),
     ];
 
     public async Task RunAsync(Action<string> line)
@@ -38,6 +40,7 @@ sealed class PrefixSharing(bool quick)
             {
                 var rates = engines.Select(_ => new List<double>()).ToList();
                 var outputs = engines.Select(_ => new List<string>()).ToList();
+                var cached = engines.Select(_ => new List<double>()).ToList();   // per burst: prompt tokens served from the prefix cache
                 foreach (var engine in engines) await GenerateAsync(engine, folder, Prompt(-1, 0));   // warm-up, and the system prompt seen once
                 for (int round = 0; round < rounds; round++)
                     for (int e = 0; e < engines.Count; e++)
@@ -45,21 +48,22 @@ sealed class PrefixSharing(bool quick)
                         var prompts = Enumerable.Range(0, Requests).Select(r => Prompt(round, r)).ToList();
                         var clock = Stopwatch.StartNew();
                         var firstTokens = new double[Requests];
-                        var texts = await Task.WhenAll(prompts.Select((p, r) => GenerateAsync(engines[e], folder, p, () => firstTokens[r] = clock.Elapsed.TotalSeconds)));
+                        var answers = await Task.WhenAll(prompts.Select((p, r) => GenerateAsync(engines[e], folder, p, () => firstTokens[r] = clock.Elapsed.TotalSeconds)));
                         rates[e].Add(prompts.Sum(p => p.Count) / firstTokens.Max());
-                        outputs[e].AddRange(texts);
+                        outputs[e].AddRange(answers.Select(a => a.Text));
+                        cached[e].Add(answers.Sum(a => a.Cached) / (double)prompts.Sum(p => p.Count));
                     }
 
                 line($"## Shared system prompt: {Requests} requests, a {SystemPrompt}-token system prompt + a {UserTurn}-token user turn each, {NewTokens} new tokens, greedy, base model of benchmark 1 (fp32)");
                 line($"The system prompt was served once before each burst; {rounds} rounds (new user turns each), variants in turn; prefill throughput = the burst's prompt tokens ÷ time to its last first token; median (lowest–highest).");
                 line("");
-                line("| engine | prefill tokens/s | ÷ no cache, within each round | outputs equal to the first row's |");
-                line("|---|---|---|---|");
+                line("| engine | prefill tokens/s | ÷ no cache, within each round | prompt tokens from the cache | outputs equal to the first row's |");
+                line("|---|---|---|---|---|");
                 for (int e = 0; e < engines.Count; e++)
                 {
                     int same = outputs[e].Zip(outputs[0]).Count(p => p.First == p.Second);
                     var ratio = new Spread(rates[e].Zip(rates[0], (a, b) => a / b).ToList());
-                    line($"| {Variants[e].Name} | {new Spread(rates[e]).Format("F0")} | {(e == 0 ? "1" : $"**{ratio.Format()}** (target ≥ 4)")} | {same} of {outputs[e].Count} |");
+                    line($"| {Variants[e].Name} | {new Spread(rates[e]).Format("F0")} | {(e == 0 ? "1" : Variants[e].Options.PrefixCacheBytes > 0 ? $"**{ratio.Format()}** (target ≥ 4)" : ratio.Format())} | {new Spread(cached[e]).Median:P0} | {same} of {outputs[e].Count} |");
                 }
             }
             finally
@@ -73,16 +77,19 @@ sealed class PrefixSharing(bool quick)
         }
     }
 
-    static async Task<string> GenerateAsync(InferenceEngine engine, string folder, List<int> prompt, Action? firstToken = null)
+    /// <summary>One request of the project "bench" (the prefix cache is partitioned by project): its text and the prompt tokens it had from the cache.</summary>
+    static async Task<(string Text, int Cached)> GenerateAsync(InferenceEngine engine, string folder, List<int> prompt, Action? firstToken = null)
     {
-        var request = new GenerationRequest("prefix", folder, null, null, prompt, new SamplingOptions(NewTokens, 0));
+        var request = new GenerationRequest("prefix", folder, null, null, prompt, new SamplingOptions(NewTokens, 0), Project: "bench");
         var text = new System.Text.StringBuilder();
         bool first = true;
+        int cached = 0;
         await foreach (var chunk in engine.Generate(request))
         {
             if (first && chunk.CompletionTokens > 0) { firstToken?.Invoke(); first = false; }
             text.Append(chunk.Text);
+            cached = Math.Max(cached, chunk.CachedTokens);
         }
-        return text.ToString();
+        return (text.ToString(), cached);
     }
 }

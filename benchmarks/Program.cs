@@ -80,7 +80,7 @@ if (args.Contains("--precision-child"))   // a child process of --precision: one
 if (args.Contains("--precision"))
 {
     Line($"# Base precision: memory and speed ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
-    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}, load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}, load average {LoadAverage()}");
     Line("");
     new PrecisionMemory(quick).Run(Line);
     Save("precision.md");
@@ -124,7 +124,7 @@ var serving = new (string Switch, Func<Task> Run)[]
 var chosen = serving.Where(s => args.Contains(s.Switch)).ToList();
 if (chosen.Count == 0) chosen = [.. serving];
 Line($"# Serving benchmarks ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC){(quick ? ", --quick" : "")}");
-Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}, load average at the start {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
+Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}, load average at the start {LoadAverage()}");
 if (chosen.Any(s => s.Switch == "--lora"))
 {
     peak = Measure.MatmulPeakGflops();
@@ -135,10 +135,13 @@ foreach (var (name, run) in chosen)
 {
     var clock = Stopwatch.StartNew();
     await run();
-    Line($"({name} took {clock.Elapsed.TotalSeconds:F0} s; load average now {File.ReadAllText("/proc/loadavg").Split(' ')[0]})");
+    Line($"({name} took {clock.Elapsed.TotalSeconds:F0} s; load average now {LoadAverage()})");
     Line("");
 }
 Save(chosen.Count == 1 ? $"{chosen[0].Switch[2..]}.md" : "latest.md");
+
+// The 1-minute load average (Linux); the figures of a loaded machine are not comparable with a quiet one's.
+static string LoadAverage() => File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "n/a";
 
 void Save(string name)
 {

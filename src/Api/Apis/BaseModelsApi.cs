@@ -1,6 +1,7 @@
 using System.Text.RegularExpressions;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Builtins;
+using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Text;
@@ -161,7 +162,8 @@ public static class BaseModelsApi
         }
     }
 
-    static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteBaseModel(string id, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+    static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteBaseModel(string id, ServiceDbContext db, IBlobStore blobs,
+        InferenceEngine engine, CancellationToken cancel)
     {
         var model = await db.BaseModels.SingleOrDefaultAsync(m => m.Id == id, cancel);
         if (model is null) return OpenAiErrors.NotFound($"No such base model: {id}", "id", "model_not_found");
@@ -172,6 +174,7 @@ public static class BaseModelsApi
         db.BaseModels.Remove(model);
         await db.SaveChangesAsync(cancel);
         blobs.Delete(model.BlobPath);
+        engine.EvictBase(id);   // its loaded weights, cache and cached prefixes go once its last rows finish
         return TypedResults.Ok(new DeletedDto(id, "base_model", true));
     }
 }

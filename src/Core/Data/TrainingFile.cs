@@ -14,10 +14,16 @@ public sealed record ChatExample(int Line, IReadOnlyList<ChatMessage> Messages) 
 
 public sealed record CompletionExample(int Line, string Prompt, string Completion) : TrainingExample(Line);
 
+/// <summary>
+/// A reinforcement fine-tuning prompt (OpenAI's RFT format): chat messages ending with a user message, for the model to
+/// answer, and any other fields of the line, which graders read as <c>{{item.field}}</c>; <see cref="Item"/> is the whole line.
+/// </summary>
+public sealed record PromptExample(int Line, IReadOnlyList<ChatMessage> Messages, string Item) : TrainingExample(Line);
+
 /// <summary>A labelled image for image classification (ViT bases), decoded to 8-bit grayscale.</summary>
 public sealed record ImageExample(int Line, GrayImage Image, string Label) : TrainingExample(Line);
 
-public enum TrainingFileFormat { Chat, PromptCompletion, Image }
+public enum TrainingFileFormat { Chat, PromptCompletion, Image, Reinforcement }
 
 /// <summary>A validated JSONL training file, following OpenAI's fine-tuning file rules.</summary>
 public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<TrainingExample> Examples)
@@ -45,14 +51,19 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
 
     static string Name(TrainingFileFormat format) => format switch
     {
-        TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt/completion", _ => "labelled image",
+        TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt/completion",
+        TrainingFileFormat.Reinforcement => "reinforcement (chat prompts ending with a user message)", _ => "labelled image",
     };
 
     /// <summary>The format's name in the file object's <c>format</c> field.</summary>
     public string FormatName => FormatNameOf(Format);
 
     public static string FormatNameOf(TrainingFileFormat format) =>
-        format switch { TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt_completion", _ => "image" };
+        format switch
+        {
+            TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt_completion",
+            TrainingFileFormat.Reinforcement => "reinforcement", _ => "image",
+        };
 
     /// <summary>The format named <paramref name="name"/> (as <see cref="FormatNameOf"/> writes it), or null.</summary>
     public static TrainingFileFormat? FormatOf(string? name) =>
@@ -99,7 +110,14 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
         (TrainingFileFormat, TrainingExample) Parse(JsonElement root)
         {
             if (root.ValueKind != JsonValueKind.Object) throw Fail($"the line must be a JSON object, got {Kind(root)}");
-            if (root.TryGetProperty("messages", out var messages)) return (TrainingFileFormat.Chat, ParseChat(messages));
+            if (root.TryGetProperty("messages", out var messages))
+            {
+                var chat = ParseChat(messages);
+                // Ending with a user message, the line asks for an answer: a reinforcement prompt; its other fields are for graders.
+                return chat.Messages[^1].Role == "user"
+                    ? (TrainingFileFormat.Reinforcement, new PromptExample(Line, chat.Messages, root.GetRawText()))
+                    : (TrainingFileFormat.Chat, chat);
+            }
             if (root.TryGetProperty("prompt", out _) || root.TryGetProperty("completion", out _))
             {
                 string prompt = String(root, "", "prompt"), completion = String(root, "", "completion");
@@ -161,8 +179,8 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
                 result.Add(new ChatMessage(role, Content(Get(message, path + ".", "content"), path + ".content"), train));
             }
             if (result.Count == 0) throw Fail("messages must contain at least one message");
-            if (!result.Any(m => m.Train && m.Content.Length > 0))
-                throw Fail("no assistant message to train on: add an assistant message with non-empty content and a weight other than 0");
+            if (result[^1].Role != "user" && !result.Any(m => m.Train && m.Content.Length > 0))
+                throw Fail("no assistant message to train on: add an assistant message with non-empty content and a weight other than 0 (or end with a user message: a reinforcement prompt)");
             return new ChatExample(Line, result);
         }
 

@@ -61,6 +61,15 @@ public sealed class GrpoTrainer : AdapterTrainer
     /// <summary>Cancels the rollouts of a step in progress.</summary>
     public CancellationToken Cancel { get; set; }
 
+    /// <summary>Held-out prompts (the validation file), evaluated every <see cref="EvalInterval"/> steps and at the end.</summary>
+    public IReadOnlyList<RlPrompt>? Validation { get; init; }
+    /// <summary>Steps between evaluations on <see cref="Validation"/>; 0: once per epoch.</summary>
+    public int EvalInterval { get; init; }
+    /// <summary>Completions sampled per validation prompt in an evaluation.</summary>
+    public int EvalSamples { get; init; } = 4;
+    /// <summary>The mean reward of the last evaluation on <see cref="Validation"/>, and the step it was taken after.</summary>
+    public (int Step, double Reward)? LastEvaluation { get; private set; }
+
     protected override double TrainStep(IReadOnlyList<int> batch)
     {
         var chosen = batch.Select(i => prompts[i]).ToList();
@@ -93,6 +102,9 @@ public sealed class GrpoTrainer : AdapterTrainer
         OptimizerStep(loss, tokens);
         var all = rewards.SelectMany(r => r).ToList();
         LastStats = new GrpoStepStats(all.Average(), rewards.Average(StandardDeviation), kl, groups.SelectMany(g => g).Average(r => r.Tokens.Length));
+        int done = Step + 1, interval = EvalInterval > 0 ? EvalInterval : StepsPerEpoch;
+        if (Validation is { Count: > 0 } validation && (done % interval == 0 || done == TotalSteps))
+            LastEvaluation = (done, Evaluate(validation, EvalSamples, seed * 31 + 17));   // the same draws each time: changes are the policy's
         return LastStats.RewardMean;
     }
 

@@ -77,13 +77,13 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
     }
 
     /// <summary>
-    /// Language-model jobs train in a fused group over one copy of their base (when fusion is on); the others (image
-    /// classifiers) alone, in a slot of their own. Until the job trains, its session keeps its lease and watches its status.
+    /// Language-model jobs of an objective that fuses train in a fused group over one copy of their base (when fusion is
+    /// on); the others (image classifiers, objectives that do not fuse) alone, in a slot of their own. Until the job trains, its session keeps its lease and watches its status.
     /// </summary>
     TrainingResult Train(BaseModel baseModel, TrainingSession session, CancellationTokenSource stop)
     {
         string folder = blobs.Resolve(baseModel.BlobPath);
-        if (fusion.MaxFusedJobs > 1 && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
+        if (fusion.MaxFusedJobs > 1 && JobObjectives.Of(session.Job).Fuses && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
         {
             session.Files.Texts();   // read and tokenized here, not on the group's thread between its steps
             return session.KeepingState(() => fusion.Train(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder, precision), session, stop.Token));

@@ -28,12 +28,19 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
 
     public AdapterTrainer? Trainer => run?.Trainer;
     public JobData Files => files;
+    public FineTuningJob Job => job;
 
     /// <summary>Makes the job's adapter and trainer over <paramref name="model"/> and starts or resumes its run.</summary>
     public AdapterTrainer Start(nn.Module model)
     {
         adapter = TrainableAdapter.Create(model, spec.Config, job.Seed);
-        run = TrainingObjectives.Create(job, model, adapter, spec.Config, files, spec.Hp, options.Speed);
+        if (job.StartAdapterPath is { } start)
+        {
+            // Continuing from a fine-tuned model: its weights are where training starts (and, frozen, the starting model).
+            if (!blobs.Exists(start)) throw new InvalidDataException($"The model {job.StartModel} the job continues from has been deleted");
+            adapter.LoadWeights(blobs.Resolve(start));
+        }
+        run = JobObjectives.Of(job).CreateTrainer(new ObjectiveRun(job, model, adapter, spec.Config, files, spec.Hp, options.Speed, job.StartAdapterPath is not null));
         Begin(run.Trainer);
         return run.Trainer;
     }
@@ -131,7 +138,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     void Report(TrainingProgress p, (double Loss, double Accuracy)? valid)
     {
         var progress = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.TrainAccuracy, valid?.Loss, valid?.Accuracy,
-            p.LearningRate, p.TokensPerSecond, p.EtaSeconds, adapter!.Statistics());
+            p.LearningRate, p.TokensPerSecond, p.EtaSeconds, adapter!.Statistics(), p.Metrics);
         jobs.Progress(progress, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}"
                                 + (valid is { } v ? $", validation loss={v.Loss:0.0000}, validation accuracy={v.Accuracy:0.0000}" : ""));
     }

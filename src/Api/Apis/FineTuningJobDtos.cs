@@ -1,4 +1,6 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Jobs;
@@ -16,8 +18,20 @@ namespace AdapterService.Api.Apis;
 /// <param name="EarlyStoppingPatience">Our extension, with a validation file: stop after this many epochs (1-50) without a lower validation loss.</param>
 public sealed record HyperparametersRequest(JsonElement? NEpochs, JsonElement? BatchSize, JsonElement? LearningRateMultiplier, int? EarlyStoppingPatience = null);
 
-public sealed record SupervisedMethod(HyperparametersRequest? Hyperparameters);
-public sealed record MethodRequest(string? Type, SupervisedMethod? Supervised);
+/// <summary>
+/// OpenAI's training method: <c>{"type": "supervised" | "dpo" | …, "&lt;type&gt;": {"hyperparameters": {...}, ...}}</c>.
+/// The part named by the type is read by that objective (<see cref="TrainingObjective.Resolve"/>).
+/// </summary>
+public sealed class MethodRequest
+{
+    /// <summary>The training objective: "supervised" or "dpo".</summary>
+    /// <example>supervised</example>
+    public string? Type { get; init; }
+
+    /// <summary>The objectives' parts (<c>supervised</c>, <c>dpo</c>, …), by name.</summary>
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? Sections { get; init; }
+}
 
 /// <summary>A fine-tuning job to create (OpenAI's fields plus <c>adapter</c>).</summary>
 /// <param name="Model" example="tiny-llama-demo">The base model to fine-tune.</param>
@@ -27,7 +41,7 @@ public sealed record MethodRequest(string? Type, SupervisedMethod? Supervised);
 /// <param name="Suffix" example="my-model">Up to 64 letters, digits, '-' or '_'; part of the fine-tuned model's name.</param>
 /// <param name="Seed" example="42">Makes the run reproducible; random when absent.</param>
 /// <param name="Adapter">Which adapter method to train and its options (default: LoRA r=8 on all linear layers).</param>
-/// <param name="Method">OpenAI's newer form: {"type": "supervised", "supervised": {"hyperparameters": {...}}}.</param>
+/// <param name="Method">OpenAI's newer form: {"type": "supervised", "supervised": {"hyperparameters": {...}}}, or "dpo" with a preference file (see docs/API.md).</param>
 /// <param name="Metadata">Up to 16 key-value pairs (keys up to 64 characters, values up to 512) to find the job by later.</param>
 /// <param name="ChatTemplate">Our extension: the Jinja chat template to train chat examples with, a name of the base model's templates or a template's source (default: the base's own). The fine-tuned model is served with it.</param>
 public sealed record CreateFineTuningJobRequest(
@@ -36,8 +50,6 @@ public sealed record CreateFineTuningJobRequest(
 
 
 public sealed record HyperparametersDto(int NEpochs, int BatchSize, double LearningRateMultiplier, int? EarlyStoppingPatience = null);
-public sealed record MethodDto(string Type, SupervisedDto Supervised);
-public sealed record SupervisedDto(HyperparametersDto Hyperparameters);
 public sealed record JobErrorDto(string Code, string Message, string? Param);
 
 /// <summary>OpenAI's fine-tuning job object, plus <c>adapter</c>.</summary>
@@ -45,7 +57,7 @@ public sealed record FineTuningJobDto(
     string Id, string Object, string Model, long CreatedAt, long? FinishedAt, string? FineTunedModel, string OrganizationId,
     IReadOnlyList<string> ResultFiles, string Status, string? ValidationFile, string TrainingFile, HyperparametersDto Hyperparameters,
     long? TrainedTokens, JobErrorDto? Error, long Seed, string? Suffix, long? EstimatedFinish, IReadOnlyDictionary<string, string>? Metadata,
-    IReadOnlyList<object> Integrations, MethodDto Method, AdapterDto Adapter, long TrainingFileTokens, long EstimatedTrainedTokens,
+    IReadOnlyList<object> Integrations, JsonObject Method, AdapterDto Adapter, long TrainingFileTokens, long EstimatedTrainedTokens,
     string? ChatTemplate);
 
 public sealed record JobEventDto(string Id, string Object, long CreatedAt, string Level, string Message, string Type, JsonElement? Data);
@@ -78,10 +90,28 @@ public static partial class FineTuningJobsApi
             j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
-            new MethodDto(pretraining ? JobKinds.PretrainingType : JobObjectives.Of(j), new SupervisedDto(hp)),
+            Method(j, hp, pretraining),
             pretraining ? new AdapterDto(JobKinds.PretrainingType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(j.AdapterConfig)),
             j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs, j.ChatTemplate);
     }
+
+    /// <summary>
+    /// OpenAI's <c>method</c>: <c>{"type": t, t: {"hyperparameters": {shared ones, the objective's own}, …}}</c>, as resolved.
+    /// A pre-training job shows its type with the shared hyperparameters under <c>supervised</c>, as it always has.
+    /// </summary>
+    static JsonObject Method(FineTuningJob j, HyperparametersDto hp, bool pretraining)
+    {
+        string type = pretraining ? JobKinds.PretrainingType : j.Objective;
+        var section = (pretraining ? null : TrainingObjective.Settings(j)) ?? new JsonObject();
+        var hyperparameters = JsonSerializer.SerializeToNode(hp, SnakeCase)!.AsObject();
+        if (hp.EarlyStoppingPatience is null) hyperparameters.Remove("early_stopping_patience");
+        if (section["hyperparameters"] is JsonObject own)
+            foreach (var (name, value) in own) hyperparameters[name] = value?.DeepClone();
+        section["hyperparameters"] = hyperparameters;
+        return new JsonObject { ["type"] = type, [pretraining ? JobObjectives.Supervised : type] = section };
+    }
+
+    static readonly JsonSerializerOptions SnakeCase = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
     /// <summary>Jobs as the API shows them, with their metadata loaded in one query.</summary>
     static async Task<List<FineTuningJobDto>> ToDtosAsync(ServiceDbContext db, IReadOnlyList<FineTuningJob> jobs, CancellationToken cancel)
@@ -99,8 +129,8 @@ public static partial class FineTuningJobsApi
         e.Data is null ? null : JsonDocument.Parse(e.Data).RootElement);
 
     /// <summary>The hyperparameters as <see cref="JobSpecification"/> reads them.</summary>
-    static HyperparameterValues? ToValues(this HyperparametersRequest? request) => request is null ? null
-        : new(request.NEpochs, request.BatchSize, request.LearningRateMultiplier, request.EarlyStoppingPatience);
+    static HyperparameterValues? ToValues(this HyperparametersRequest? request, string path = "hyperparameters") => request is null ? null
+        : new(request.NEpochs, request.BatchSize, request.LearningRateMultiplier, request.EarlyStoppingPatience, path);
 
     /// <summary>A job-specification problem as OpenAI's 400 error object.</summary>
     static JsonHttpResult<ErrorResponse> ToResult(this JobSpecError error) => OpenAiErrors.BadRequest(error.Message, error.Param, error.Code);

@@ -1,5 +1,6 @@
 using System.Security.Claims;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Jobs;
@@ -44,8 +45,8 @@ public static partial class FineTuningJobsApi
         var baseModel = await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == request.Model, cancel);
         if (baseModel is null)
             return OpenAiErrors.Error(404, $"Model {request.Model} does not exist or is not available for fine-tuning.", "model", "model_not_found");
-        if (request.Method?.Type is { } objective && !JobObjectives.All.Contains(objective))
-            return OpenAiErrors.BadRequest($"Method type '{objective}' is not supported; supported: {string.Join(", ", JobObjectives.All.Select(o => $"'{o}'"))}.", "method.type");
+        var (objective, settings, hyperparameters, methodError) = ReadMethod(request);
+        if (methodError is not null) return methodError.ToResult();
         if (request.Suffix is { } suffix && !SuffixPattern().IsMatch(suffix))
             return OpenAiErrors.BadRequest("suffix must be 1-64 characters of letters, digits, '-' and '_'.", "suffix");
         if (request.Seed is < 0 or > int.MaxValue) return OpenAiErrors.BadRequest("seed must be between 0 and 2147483647.", "seed");
@@ -63,8 +64,8 @@ public static partial class FineTuningJobsApi
         var training = await JobFiles.ReadAsync(db, blobs, request.TrainingFile, "training_file", baseModel, baseConfig, request.ChatTemplate, cancel);
         var validation = request.ValidationFile is null || training.Error is not null ? null
             : await JobFiles.ReadAsync(db, blobs, request.ValidationFile, "validation_file", baseModel, baseConfig, request.ChatTemplate, cancel);
-        var (spec, specError) = JobSpecification.Resolve((request.Method?.Supervised?.Hyperparameters ?? request.Hyperparameters).ToValues(),
-            config, baseConfig, training, validation, new JobLimits(limits.Value.MinExamples, projectLimits.Value.MaxTrainingTokens));
+        var (spec, specError) = JobSpecification.Resolve(hyperparameters, config, baseConfig, training, validation,
+            new JobLimits(limits.Value.MinExamples, projectLimits.Value.MaxTrainingTokens), objective);
         if (spec is null) return specError!.ToResult();
         config = spec.Adapter;
         var hp = new HyperparametersDto(spec.Epochs, spec.BatchSize, spec.LearningRateMultiplier, spec.EarlyStoppingPatience);
@@ -84,12 +85,47 @@ public static partial class FineTuningJobsApi
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Suffix = request.Suffix, Seed = request.Seed ?? Random.Shared.Next(),
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
             AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(), ChatTemplate = request.ChatTemplate,
+            Objective = objective.Name, ObjectiveSettings = settings?.ToJsonString(),
         };
         await jobs.CreateAsync(job, (request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }),
             [$"Created fine-tuning job: {job.Id}", $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)"],
             "Fine-tuning job queued", cancel);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
     }
+
+    /// <summary>
+    /// The request's training objective (<c>method.type</c>, supervised when there is no <c>method</c>), its settings
+    /// (<c>method.{type}</c> as the objective resolves it) and the shared hyperparameters: those of <c>method.{type}</c>,
+    /// or else the top-level <c>hyperparameters</c>.
+    /// </summary>
+    static (TrainingObjective Objective, JsonObject? Settings, HyperparameterValues? Hyperparameters, JobSpecError? Error) ReadMethod(CreateFineTuningJobRequest request)
+    {
+        var supervised = JobObjectives.Find(JobObjectives.Supervised)!;
+        var method = request.Method;
+        if (method is null) return (supervised, null, request.Hyperparameters.ToValues(), null);
+        if (string.IsNullOrEmpty(method.Type)) return (supervised, null, null, new("Missing required parameter: 'method.type'.", "method.type"));
+        if (JobObjectives.Find(method.Type) is not { } objective)
+            return (supervised, null, null, new($"Method type '{method.Type}' is not supported; supported: {string.Join(", ", JobObjectives.All.Select(o => $"'{o}'"))}.",
+                "method.type", "unsupported_method_type"));
+        var sections = method.Sections ?? [];
+        if (sections.Keys.FirstOrDefault(k => k != objective.Name) is { } other)
+            return (objective, null, null, new($"method.{other} does not go with method.type '{objective.Name}'.", $"method.{other}"));
+        JsonElement? section = sections.TryGetValue(objective.Name, out var given) ? given : null;
+        var (settings, error) = objective.Resolve(section);
+        if (error is not null) return (objective, null, null, error);
+        HyperparameterValues? hyperparameters = request.Hyperparameters.ToValues();
+        if (section is { ValueKind: JsonValueKind.Object } s && s.TryGetProperty("hyperparameters", out var h) && h.ValueKind == JsonValueKind.Object)
+        {
+            HyperparametersRequest? parsed;
+            string path = $"method.{objective.Name}.hyperparameters";
+            try { parsed = h.Deserialize<HyperparametersRequest>(JsonOptions); }
+            catch (JsonException) { return (objective, null, null, new($"{path}.early_stopping_patience must be an integer.", $"{path}.early_stopping_patience")); }
+            hyperparameters = parsed.ToValues(path);
+        }
+        return (objective, settings, hyperparameters, null);
+    }
+
+    static readonly JsonSerializerOptions JsonOptions = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
     /// <summary>Newest first; <c>metadata[key]=value</c> query parameters keep the jobs with all those pairs.</summary>
     static async Task<Results<Ok<ListResponse<FineTuningJobDto>>, JsonHttpResult<ErrorResponse>>> ListJobs(

@@ -23,22 +23,6 @@ public static class JobKinds
 }
 
 /// <summary>
-/// What a fine-tuning job optimises, apart from how its adapter is built (the adapter method). Only supervised
-/// fine-tuning exists today; preference (DPO) and reinforcement objectives will be further values, each with its own
-/// session in the worker.
-/// </summary>
-public static class JobObjectives
-{
-    public const string Supervised = "supervised";
-
-    /// <summary>The objectives a job may ask for in <c>method.type</c>.</summary>
-    public static IReadOnlyList<string> All { get; } = [Supervised];
-
-    /// <summary>The objective of a fine-tuning job (a column once a second objective exists).</summary>
-    public static string Of(FineTuningJob job) => Supervised;
-}
-
-/// <summary>
 /// Hands job ids to the workers. Core and the API name a kind; the worker side (Hangfire) maps it to the runner, so
 /// neither knows a runner type. The row in the database stays the truth: the queue only carries the id.
 /// </summary>

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using System.Text.Json.Serialization.Metadata;
 using AdapterService.Core.Storage;
 
@@ -8,11 +9,13 @@ namespace AdapterService.Core.Jobs;
 /// A training step's numbers: the one record that goes from the job's run to the browser. It is stored as the data of a
 /// metrics event (snake_case, without the job id, which the event row holds) and pushed to SignalR clients as
 /// <c>progress</c> (camelCase) as it is. <see cref="ValidLoss"/> is set at the end of each epoch when the job has a
-/// validation file; <see cref="Adapter"/> holds what the adapter method reports (Lily's router weights, say).
+/// validation file; <see cref="Adapter"/> holds what the adapter method reports (Lily's router weights, say), and
+/// <see cref="Objective"/> what the training objective measures beyond loss and accuracy (DPO's reward margin, say).
 /// </summary>
 public sealed record ProgressMessage(
     string JobId, int Step, int TotalSteps, int Epoch, double TrainLoss, double TrainMeanTokenAccuracy, double? ValidLoss,
-    double? ValidMeanTokenAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds, object? Adapter = null);
+    double? ValidMeanTokenAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds, object? Adapter = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyDictionary<string, double>? Objective = null);
 
 /// <summary>A job's new status (<c>status</c> message); error set when it failed.</summary>
 public sealed record StatusMessage(string JobId, string Status, string? FineTunedModel, string? Error);

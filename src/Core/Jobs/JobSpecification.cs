@@ -10,8 +10,12 @@ namespace AdapterService.Core.Jobs;
 /// <summary>Why a job cannot be created as asked, naming the request field (the API answers it as OpenAI's 400 error object).</summary>
 public sealed record JobSpecError(string Message, string? Param, string? Code = null);
 
-/// <summary>Hyperparameters as requested: each a JSON number or "auto" (or absent).</summary>
-public sealed record HyperparameterValues(JsonElement? NEpochs, JsonElement? BatchSize, JsonElement? LearningRateMultiplier, int? EarlyStoppingPatience = null);
+/// <summary>
+/// The shared hyperparameters as requested: each a JSON number or "auto" (or absent). <see cref="Path"/> is where the
+/// request holds them (<c>hyperparameters</c>, or <c>method.{type}.hyperparameters</c>), to name a bad one.
+/// </summary>
+public sealed record HyperparameterValues(JsonElement? NEpochs, JsonElement? BatchSize, JsonElement? LearningRateMultiplier, int? EarlyStoppingPatience = null,
+    string Path = "hyperparameters");
 
 /// <summary><c>FineTuning:MinExamples</c> and the project's token limit.</summary>
 public sealed record JobLimits(int MinExamples, long MaxTrainingTokens);
@@ -38,6 +42,9 @@ public static class JobSpecification
     /// <summary>Learning rate for a learning_rate_multiplier of 1.</summary>
     public const double BaseLearningRate = 4e-3;
 
+    /// <summary>The hyperparameters every objective takes (read here; an objective's own are its <see cref="TrainingObjective.Hyperparameters"/>).</summary>
+    public static IReadOnlyList<string> SharedHyperparameters { get; } = ["n_epochs", "batch_size", "learning_rate_multiplier", "early_stopping_patience"];
+
     public static Hyperparameters Hyperparameters(int epochs, int batchSize, double learningRateMultiplier) =>
         new(epochs, batchSize, BaseLearningRate * learningRateMultiplier);
 
@@ -50,9 +57,12 @@ public static class JobSpecification
     /// is completed here), the files are as <see cref="JobFiles.ReadAsync"/> found them (<paramref name="validation"/> null without one).
     /// </summary>
     public static (JobSpec? Spec, JobSpecError? Error) Resolve(HyperparameterValues? hyperparameters, AdapterConfig adapter, ModelConfig baseConfig,
-        DataFile training, DataFile? validation, JobLimits limits)
+        DataFile training, DataFile? validation, JobLimits limits, TrainingObjective? objective = null)
     {
         if (training.Error is { } trainingError) return (null, trainingError);
+        objective ??= JobObjectives.Find(JobObjectives.Supervised)!;
+        if (objective.CheckFile(training, "training_file") is { } formatError) return (null, formatError);
+        if (validation is { Error: null } && objective.CheckFile(validation, "validation_file") is { } validationFormatError) return (null, validationFormatError);
         var facts = training.Facts!;
         long tokens;
         if (baseConfig is VitConfig vit)
@@ -80,12 +90,13 @@ public static class JobSpecification
                 "training_file", "invalid_n_examples"));
 
         JobSpecError? error = null;
-        int? epochs = Auto(hyperparameters?.NEpochs, "n_epochs", ref error, v => v is >= 1 and <= 50 && v == Math.Floor(v), "an integer between 1 and 50");
-        int? batch = Auto(hyperparameters?.BatchSize, "batch_size", ref error, v => v is >= 1 and <= 256 && v == Math.Floor(v), "an integer between 1 and 256");
-        double? lr = AutoDouble(hyperparameters?.LearningRateMultiplier, "learning_rate_multiplier", ref error, v => v is > 0 and <= 50, "a number in (0, 50]");
+        string path = hyperparameters?.Path ?? "hyperparameters";
+        int? epochs = Auto(hyperparameters?.NEpochs, $"{path}.n_epochs", ref error, v => v is >= 1 and <= 50 && v == Math.Floor(v), "an integer between 1 and 50");
+        int? batch = Auto(hyperparameters?.BatchSize, $"{path}.batch_size", ref error, v => v is >= 1 and <= 256 && v == Math.Floor(v), "an integer between 1 and 256");
+        double? lr = AutoDouble(hyperparameters?.LearningRateMultiplier, $"{path}.learning_rate_multiplier", ref error, v => v is > 0 and <= 50, "a number in (0, 50]");
         if (error is not null) return (null, error);
         if (hyperparameters?.EarlyStoppingPatience is { } patience && (patience is < 1 or > 50 || validation is null))
-            return (null, new("hyperparameters.early_stopping_patience must be 1-50 and needs a validation_file.", "hyperparameters.early_stopping_patience"));
+            return (null, new($"{path}.early_stopping_patience must be 1-50 and needs a validation_file.", $"{path}.early_stopping_patience"));
         // "auto": in the spirit of OpenAI's defaults, a batch and an epoch count for the data set's size (about 100 steps).
         int examples = facts.ExampleCount;
         int resolvedBatch = batch ?? Math.Clamp(examples / 64, 1, 32);
@@ -104,7 +115,7 @@ public static class JobSpecification
     {
         if (value is not { } v || v.ValueKind == JsonValueKind.Null || v.ValueKind == JsonValueKind.String && v.GetString() == "auto") return null;
         if (v.ValueKind == JsonValueKind.Number && valid(v.GetDouble())) return v.GetDouble();
-        error ??= new($"hyperparameters.{name} must be \"auto\" or {expected}, got {v.GetRawText()}.", $"hyperparameters.{name}");
+        error ??= new($"{name} must be \"auto\" or {expected}, got {v.GetRawText()}.", name);
         return null;
     }
 

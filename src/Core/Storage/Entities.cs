@@ -104,6 +104,14 @@ public sealed class FineTuningJob
     public required string AdapterType { get; init; }
     /// <summary>The adapter's PEFT config (adapter_config.json) as resolved at creation.</summary>
     public required string AdapterConfig { get; init; }
+    /// <summary>What the job optimises: OpenAI's <c>method.type</c>, a name in <see cref="Jobs.JobObjectives"/> (how the adapter is built is <see cref="AdapterType"/>).</summary>
+    public string Objective { get; init; } = Jobs.JobObjectives.Supervised;
+    /// <summary>The objective's own part of <c>method.{type}</c> as resolved at creation (its hyperparameters beyond the shared ones, say), as JSON; null when it has none.</summary>
+    public string? ObjectiveSettings { get; init; }
+    /// <summary>The fine-tuned model or checkpoint the job continues from, as the request named it; null when it starts from the base.</summary>
+    public string? StartModel { get; init; }
+    /// <summary>The blob folder of <see cref="StartModel"/>'s adapter: the weights training starts from.</summary>
+    public string? StartAdapterPath { get; init; }
     /// <summary>The chat template the job trains with (a name of the base's templates or a template's source); the base's own when null.</summary>
     public string? ChatTemplate { get; init; }
     public long? TrainedTokens { get; set; }

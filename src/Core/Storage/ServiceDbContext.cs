@@ -31,6 +31,8 @@ public abstract class ServiceDbContext(DbContextOptions options) : DbContext(opt
         // Rows from before projects existed belong to the default project.
         model.Entity<StoredFile>().Property(f => f.ProjectId).HasDefaultValue(Project.DefaultId);
         model.Entity<FineTuningJob>().Property(j => j.ProjectId).HasDefaultValue(Project.DefaultId);
+        // Jobs from before objectives were stored are supervised.
+        model.Entity<FineTuningJob>().Property(j => j.Objective).HasDefaultValue(AdapterService.Core.Jobs.JobObjectives.Supervised);
         model.Entity<Adapter>().Property(a => a.ProjectId).HasDefaultValue(Project.DefaultId);
         model.Entity<StoredFile>().HasIndex(f => new { f.ProjectId, f.Sequence });
         model.Entity<FineTuningJob>().HasIndex(j => new { j.ProjectId, j.Status });

@@ -9,8 +9,10 @@ namespace AdapterService.Core.Training;
 
 public sealed record Hyperparameters(int Epochs, int BatchSize, double LearningRate);
 
+/// <summary>A step's progress; <see cref="Metrics"/> holds what the trainer's objective measures beyond loss and accuracy (DPO's reward margin, say).</summary>
 public sealed record TrainingProgress(
-    int Step, int TotalSteps, int Epoch, double TrainLoss, double TrainAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds);
+    int Step, int TotalSteps, int Epoch, double TrainLoss, double TrainAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds,
+    IReadOnlyDictionary<string, double>? Metrics = null);
 
 public sealed record TrainingResult(int Steps, long TrainedTokens, double FinalLoss);
 
@@ -134,8 +136,11 @@ public abstract class AdapterTrainer : IDisposable
         Step++;
         double seconds = clock.Elapsed.TotalSeconds;
         return new TrainingProgress(Step, TotalSteps, epoch + 1, LastLoss, accuracy, lr,
-            (TrainedTokens - tokensAtStart) / Math.Max(seconds, 1e-9), seconds / (Step - firstStep) * (TotalSteps - Step));
+            (TrainedTokens - tokensAtStart) / Math.Max(seconds, 1e-9), seconds / (Step - firstStep) * (TotalSteps - Step), StepMetrics);
     }
+
+    /// <summary>What the objective measured in the step just done beyond its loss and accuracy (null: nothing).</summary>
+    protected virtual IReadOnlyDictionary<string, double>? StepMetrics => null;
 
     /// <summary>One optimizer step on the examples with these indices (inside the step's dispose scope); returns the accuracy on them.</summary>
     protected abstract double TrainStep(IReadOnlyList<int> batch);

@@ -273,6 +273,15 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                         .IsRequired()
                         .HasColumnType("text");
 
+                    b.Property<string>("Objective")
+                        .IsRequired()
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("text")
+                        .HasDefaultValue("supervised");
+
+                    b.Property<string>("ObjectiveSettings")
+                        .HasColumnType("text");
+
                     b.Property<string>("ProjectId")
                         .IsRequired()
                         .ValueGeneratedOnAdd()
@@ -284,6 +293,12 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
 
                     b.Property<long>("Sequence")
                         .HasColumnType("bigint");
+
+                    b.Property<string>("StartAdapterPath")
+                        .HasColumnType("text");
+
+                    b.Property<string>("StartModel")
+                        .HasColumnType("text");
 
                     b.Property<string>("Status")
                         .IsRequired()

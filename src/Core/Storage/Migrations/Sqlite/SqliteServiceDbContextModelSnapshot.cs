@@ -268,6 +268,15 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                         .IsRequired()
                         .HasColumnType("TEXT");
 
+                    b.Property<string>("Objective")
+                        .IsRequired()
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("TEXT")
+                        .HasDefaultValue("supervised");
+
+                    b.Property<string>("ObjectiveSettings")
+                        .HasColumnType("TEXT");
+
                     b.Property<string>("ProjectId")
                         .IsRequired()
                         .ValueGeneratedOnAdd()
@@ -279,6 +288,12 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
 
                     b.Property<long>("Sequence")
                         .HasColumnType("INTEGER");
+
+                    b.Property<string>("StartAdapterPath")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("StartModel")
+                        .HasColumnType("TEXT");
 
                     b.Property<string>("Status")
                         .IsRequired()

@@ -67,6 +67,8 @@ public static partial class FineTuningJobsApi
         var (spec, specError) = JobSpecification.Resolve(hyperparameters, config, baseConfig, training, validation,
             new JobLimits(limits.Value.MinExamples, projectLimits.Value.MaxTrainingTokens), objective);
         if (spec is null) return specError!.ToResult();
+        if (await objective.CheckAsync(settings, db, blobs, request.TrainingFile, request.ValidationFile, cancel) is { } objectiveError)
+            return objectiveError.ToResult();
         config = spec.Adapter;
         var hp = new HyperparametersDto(spec.Epochs, spec.BatchSize, spec.LearningRateMultiplier, spec.EarlyStoppingPatience);
         var (exampleCount, fileTokens) = (spec.ExampleCount, spec.TrainingFileTokens);

@@ -108,6 +108,21 @@ public sealed class GrpoTrainer : AdapterTrainer
         return LastStats.RewardMean;
     }
 
+    /// <summary>The step's rewards, their spread within groups, the KL to the starting model, and the last held-out evaluation when this step made one.</summary>
+    protected override IReadOnlyDictionary<string, double>? StepMetrics
+    {
+        get
+        {
+            if (LastStats is not { } s) return null;
+            var metrics = new Dictionary<string, double>
+            {
+                ["reward_mean"] = s.RewardMean, ["reward_std"] = s.RewardStd, ["kl"] = s.Kl, ["completion_tokens"] = s.CompletionTokens,
+            };
+            if (LastEvaluation is { } e && e.Step == Step + 1) metrics["valid_reward_mean"] = e.Reward;
+            return metrics;
+        }
+    }
+
     double Grade(RlPrompt prompt, Rollout rollout) =>
         grader.GradeAsync(new GradingInput(prompt.Item, rollout.Text, judge), Cancel).GetAwaiter().GetResult();
 

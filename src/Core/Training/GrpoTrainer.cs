@@ -118,7 +118,7 @@ public sealed class GrpoTrainer : AdapterTrainer
             {
                 ["reward_mean"] = s.RewardMean, ["reward_std"] = s.RewardStd, ["kl"] = s.Kl, ["completion_tokens"] = s.CompletionTokens,
             };
-            if (LastEvaluation is { } e && e.Step == Step + 1) metrics["valid_reward_mean"] = e.Reward;
+            if (LastEvaluation is { } e && e.Step == Step) metrics["valid_reward_mean"] = e.Reward;   // read after the step is counted
             return metrics;
         }
     }

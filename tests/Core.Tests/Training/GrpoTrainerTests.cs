@@ -36,10 +36,18 @@ public sealed class GrpoTrainerTests(ITestOutputHelper output) : IDisposable
         var heldOut = Enumerable.Range(0, 8).Select(i => Prompt(i, $"another one {i * 7}?")).ToList();
         var sampler = new EngineRollouts(engine, "tiny", folder, model, adapter, text, "job");
         using var trainer = new GrpoTrainer(model, adapter, train, grader, null, sampler,
-            new Hyperparameters(Epochs: 8, BatchSize: 4, LearningRate: 4e-3 * 4), new GrpoSettings(GroupSize: 8, Beta: 0.04, MaxTokens: 8), seed: 11);
+            new Hyperparameters(Epochs: 8, BatchSize: 4, LearningRate: 4e-3 * 4), new GrpoSettings(GroupSize: 8, Beta: 0.04, MaxTokens: 8), seed: 11)
+        { Validation = heldOut, EvalInterval = 5, EvalSamples = 2 };
         double before = trainer.Evaluate(heldOut, 8, evalSeed: 1);
         var clock = Stopwatch.StartNew();
-        trainer.Run(p => output.WriteLine($"step {p.Step}: reward {trainer.LastStats!.RewardMean:F3} spread {trainer.LastStats.RewardStd:F3} kl {trainer.LastStats.Kl:F4} length {trainer.LastStats.CompletionTokens:F1} loss {p.TrainLoss:F4}"), default);
+        var evaluated = new List<int>();
+        trainer.Run(p =>
+        {
+            output.WriteLine($"step {p.Step}: reward {trainer.LastStats!.RewardMean:F3} spread {trainer.LastStats.RewardStd:F3} kl {trainer.LastStats.Kl:F4} length {trainer.LastStats.CompletionTokens:F1} loss {p.TrainLoss:F4}");
+            Assert.Equal(trainer.LastStats.RewardMean, p.Metrics!["reward_mean"]);
+            if (p.Metrics.ContainsKey("valid_reward_mean")) evaluated.Add(p.Step);
+        }, default);
+        Assert.Equal([5, 10, 15, 16], evaluated);   // every eval_interval steps, and at the end
         double after = trainer.Evaluate(heldOut, 8, evalSeed: 1);
         output.WriteLine($"held-out reward {before:F3} → {after:F3} in {clock.Elapsed.TotalSeconds:F1} s");
         Assert.True(after - before >= 0.2, $"held-out reward {before:F3} → {after:F3}");

@@ -15,6 +15,16 @@ public sealed record ChatExample(int Line, IReadOnlyList<ChatMessage> Messages) 
 public sealed record CompletionExample(int Line, string Prompt, string Completion) : TrainingExample(Line);
 
 /// <summary>
+/// A preference pair (OpenAI's DPO format): the conversation so far (<see cref="Input"/>, nothing trained in it) and two
+/// answers to it, the one preferred and the one not. Both are assistant messages with <c>Train</c> set.
+/// </summary>
+public sealed record PreferenceExample(int Line, IReadOnlyList<ChatMessage> Input, ChatMessage Preferred, ChatMessage NonPreferred) : TrainingExample(Line)
+{
+    /// <summary>The conversation ending in the preferred answer, and the one ending in the other.</summary>
+    public (ChatExample Chosen, ChatExample Rejected) Chats => (new(Line, [.. Input, Preferred]), new(Line, [.. Input, NonPreferred]));
+}
+
+/// <summary>
 /// A reinforcement fine-tuning prompt (OpenAI's RFT format): chat messages ending with a user message, for the model to
 /// answer, and any other fields of the line, which graders read as <c>{{item.field}}</c>; <see cref="Item"/> is the whole line.
 /// </summary>
@@ -23,7 +33,7 @@ public sealed record PromptExample(int Line, IReadOnlyList<ChatMessage> Messages
 /// <summary>A labelled image for image classification (ViT bases), decoded to 8-bit grayscale.</summary>
 public sealed record ImageExample(int Line, GrayImage Image, string Label) : TrainingExample(Line);
 
-public enum TrainingFileFormat { Chat, PromptCompletion, Image, Reinforcement }
+public enum TrainingFileFormat { Chat, PromptCompletion, Image, Preference, Reinforcement }
 
 /// <summary>A validated JSONL training file, following OpenAI's fine-tuning file rules.</summary>
 public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<TrainingExample> Examples)
@@ -51,7 +61,7 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
 
     static string Name(TrainingFileFormat format) => format switch
     {
-        TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt/completion",
+        TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt/completion", TrainingFileFormat.Preference => "preference",
         TrainingFileFormat.Reinforcement => "reinforcement (chat prompts ending with a user message)", _ => "labelled image",
     };
 
@@ -61,7 +71,7 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
     public static string FormatNameOf(TrainingFileFormat format) =>
         format switch
         {
-            TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt_completion",
+            TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt_completion", TrainingFileFormat.Preference => "preference",
             TrainingFileFormat.Reinforcement => "reinforcement", _ => "image",
         };
 
@@ -110,6 +120,8 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
         (TrainingFileFormat, TrainingExample) Parse(JsonElement root)
         {
             if (root.ValueKind != JsonValueKind.Object) throw Fail($"the line must be a JSON object, got {Kind(root)}");
+            if (root.TryGetProperty("input", out _) || root.TryGetProperty("preferred_output", out _) || root.TryGetProperty("non_preferred_output", out _))
+                return (TrainingFileFormat.Preference, ParsePreference(root));
             if (root.TryGetProperty("messages", out var messages))
             {
                 var chat = ParseChat(messages);
@@ -125,7 +137,8 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
                 return (TrainingFileFormat.PromptCompletion, new CompletionExample(Line, prompt, completion));
             }
             if (root.TryGetProperty("image", out _) || root.TryGetProperty("pixels", out _)) return (TrainingFileFormat.Image, ParseImage(root));
-            throw Fail("expected \"messages\" (chat format), \"prompt\" and \"completion\" (prompt/completion format) or \"image\" and \"label\" (image format)");
+            throw Fail("expected \"messages\" (chat format), \"prompt\" and \"completion\" (prompt/completion format), \"image\" and \"label\" (image format) "
+                       + "or \"input\", \"preferred_output\" and \"non_preferred_output\" (preference format)");
         }
 
         /// <summary><c>{"image": base64 PNG, "label": ...}</c>, or <c>{"pixels": base64 of side×side grayscale bytes, "label": ...}</c>.</summary>
@@ -152,11 +165,51 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
 
         ChatExample ParseChat(JsonElement messages)
         {
-            if (messages.ValueKind != JsonValueKind.Array) throw Fail($"messages must be an array, got {Kind(messages)}");
+            var result = Messages(messages, "messages", weights: true);
+            if (result.Count == 0) throw Fail("messages must contain at least one message");
+            if (result[^1].Role != "user" && !result.Any(m => m.Train && m.Content.Length > 0))
+                throw Fail("no assistant message to train on: add an assistant message with non-empty content and a weight other than 0 (or end with a user message: a reinforcement prompt)");
+            return new ChatExample(Line, result);
+        }
+
+        /// <summary>
+        /// <c>{"input": {"messages": [...]}, "preferred_output": [assistant message], "non_preferred_output": [assistant message]}</c>:
+        /// the input's messages are context (none trained, no weights), each output is one assistant message with content.
+        /// </summary>
+        PreferenceExample ParsePreference(JsonElement root)
+        {
+            var input = Get(root, "", "input");
+            if (input.ValueKind != JsonValueKind.Object) throw Fail($"input must be an object, got {Kind(input)}");
+            if (input.TryGetProperty("tools", out _)) throw Fail("input.tools: tool calls are not supported yet");
+            var context = Messages(Get(input, "input.", "messages"), "input.messages", weights: false);
+            if (context.Count == 0) throw Fail("input.messages must contain at least one message");
+            var preferred = Output(root, "preferred_output");
+            var nonPreferred = Output(root, "non_preferred_output");
+            if (preferred.Content == nonPreferred.Content)
+                throw Fail("preferred_output and non_preferred_output are the same answer: the pair prefers nothing");
+            return new PreferenceExample(Line, context, preferred, nonPreferred);
+        }
+
+        /// <summary>An output of a preference pair: an array of exactly one assistant message with non-empty content.</summary>
+        ChatMessage Output(JsonElement root, string key)
+        {
+            var output = Get(root, "", key);
+            if (output.ValueKind != JsonValueKind.Array) throw Fail($"{key} must be an array with one assistant message, got {Kind(output)}");
+            var messages = Messages(output, key, weights: false);
+            if (messages.Count != 1) throw Fail($"{key} must hold exactly one assistant message, got {messages.Count}");
+            if (messages[0].Role != "assistant") throw Fail($"{key}[0].role must be \"assistant\", got \"{messages[0].Role}\"");
+            if (messages[0].Content.Length == 0) throw Fail($"{key}[0].content must not be empty");
+            return messages[0] with { Train = true };
+        }
+
+        /// <summary>The messages of the array at <paramref name="at"/>, assistant ones marked trained (and, with <paramref name="weights"/>, by their weight).</summary>
+        List<ChatMessage> Messages(JsonElement messages, string at, bool weights)
+        {
+            if (messages.ValueKind != JsonValueKind.Array) throw Fail($"{at} must be an array, got {Kind(messages)}");
             var result = new List<ChatMessage>();
             foreach (var message in messages.EnumerateArray())
             {
-                string path = $"messages[{result.Count}]";
+                string path = $"{at}[{result.Count}]";
                 if (message.ValueKind != JsonValueKind.Object) throw Fail($"{path} must be an object, got {Kind(message)}");
                 if (message.TryGetProperty("tool_calls", out _) || message.TryGetProperty("function_call", out _))
                     throw Fail($"{path} has tool calls; tool calls are not supported yet");
@@ -168,9 +221,10 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
                     "tool" or "function" => throw Fail($"{path}.role is a tool result; tool calls are not supported yet"),
                     var other => throw Fail($"{path}.role \"{other}\" is not one of system, user, assistant"),
                 };
-                bool train = role == "assistant";
+                bool train = weights && role == "assistant";
                 if (message.TryGetProperty("weight", out var weight))
                 {
+                    if (!weights) throw Fail($"{path}.weight is not allowed here: a preference pair trains on its outputs only");
                     if (!train) throw Fail($"{path}.weight is only allowed on assistant messages");
                     if (weight.ValueKind != JsonValueKind.Number || !weight.TryGetDouble(out var w) || w is not (0 or 1))
                         throw Fail($"{path}.weight must be 0 or 1, got {weight.GetRawText()}");
@@ -178,10 +232,7 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
                 }
                 result.Add(new ChatMessage(role, Content(Get(message, path + ".", "content"), path + ".content"), train));
             }
-            if (result.Count == 0) throw Fail("messages must contain at least one message");
-            if (result[^1].Role != "user" && !result.Any(m => m.Train && m.Content.Length > 0))
-                throw Fail("no assistant message to train on: add an assistant message with non-empty content and a weight other than 0 (or end with a user message: a reinforcement prompt)");
-            return new ChatExample(Line, result);
+            return result;
         }
 
         /// <summary>Content is a string or an array of text parts, which are joined as-is.</summary>

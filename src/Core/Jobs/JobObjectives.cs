@@ -140,11 +140,12 @@ public abstract class TrainingObjective
 /// <summary>The objectives jobs may ask for, by <c>method.type</c>: the one place an objective is registered.</summary>
 public static class JobObjectives
 {
-    public const string Supervised = "supervised";
+    public const string Supervised = "supervised", Dpo = "dpo";
 
     static readonly Dictionary<string, TrainingObjective> Registered = new TrainingObjective[]
     {
         new SupervisedObjective(),
+        new PreferenceObjective(),
         new ReinforcementObjective(),
     }.ToDictionary(o => o.Name);
 
@@ -180,5 +181,27 @@ public sealed class SupervisedObjective : TrainingObjective
         var (texts, validTexts) = data.Texts();
         var lm = new LanguageModelTrainer(languageModel, adapter, texts, hp, padId: 0, job.Seed, speed);   // padding is never trained on
         return new(lm, texts.Count, validTexts is null ? null : () => lm.Evaluate(validTexts));
+    }
+}
+
+/// <summary>
+/// Direct Preference Optimization (<see cref="PreferenceTrainer"/>) on OpenAI's preference files: the reference is the
+/// starting model (the base, or the fine-tuned model the job continues from); <c>beta</c> scales the implicit reward.
+/// </summary>
+public sealed class PreferenceObjective : TrainingObjective
+{
+    public override string Name => JobObjectives.Dpo;
+    public override IReadOnlyList<TrainingFileFormat> Formats { get; } = [TrainingFileFormat.Preference];
+    public override IReadOnlyList<ObjectiveHyperparameter> Hyperparameters { get; } =
+        [new("beta", 0.1, v => v is > 0 and <= 10, "a number in (0, 10]")];
+
+    public override ObjectiveTrainer CreateTrainer(ObjectiveRun run)
+    {
+        var (job, model, adapter, _, data, hp, speed, continuesFrom) = run;
+        var languageModel = model as CausalLanguageModel ?? throw new InvalidDataException($"{job.Model} is not a language model: DPO trains language models");
+        var (texts, validTexts) = data.Texts();
+        var trainer = new PreferenceTrainer(languageModel, adapter, PreferencePair.Of(texts), validTexts is null ? null : PreferencePair.Of(validTexts),
+            hp, Setting(job, "beta"), job.Seed, referenceIsAdapter: continuesFrom, speed);
+        return new(trainer, texts.Count / 2, validTexts is null ? null : trainer.Evaluate);
     }
 }

@@ -145,9 +145,10 @@ public sealed class ModelText
     {
         CompletionExample c => [EncodeCompletionExample(c)],
         ChatExample chat => EncodeChatExample(chat, template ?? ChooseTemplate(null)),
+        PreferenceExample pair => EncodePreferenceExample(pair, template ?? ChooseTemplate(null)),
         // A reinforcement prompt: what the model sees before it answers; nothing of it is trained on.
         PromptExample p => [EncodePrompt(p, template)],
-        _ => throw new NotSupportedException("a language model trains on chat, prompt/completion or reinforcement examples"),
+        _ => throw new NotSupportedException("a language model trains on chat, prompt/completion, preference or reinforcement examples"),
     };
 
     /// <summary>A reinforcement prompt's ids: its messages rendered with the generation prompt, as a chat request's are.</summary>
@@ -163,6 +164,17 @@ public sealed class ModelText
         var sequence = Mask(text, [(c.Prompt.Length, text.Length)], addSpecialTokens: true);
         if (EosIds is not [var eos, ..] || sequence.Ids is [.., var last] && EosIds.Contains(last)) return sequence;
         return new TokenSequence([.. sequence.Ids, eos], [.. sequence.Train, true]);
+    }
+
+    /// <summary>
+    /// A preference pair as two sequences, the chosen conversation then the rejected one, each trained on its final
+    /// assistant answer only (the input is rendered with the chat template, as a chat example's is).
+    /// </summary>
+    List<TokenSequence> EncodePreferenceExample(PreferenceExample pair, ChatTemplate template)
+    {
+        var (chosen, rejected) = pair.Chats;
+        // The last turn is a prefix of the whole conversation rendered, so each side is one sequence.
+        return [EncodeChatExample(chosen, template).Single(), EncodeChatExample(rejected, template).Single()];
     }
 
     List<TokenSequence> EncodeChatExample(ChatExample example, ChatTemplate template)

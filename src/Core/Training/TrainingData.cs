@@ -3,7 +3,10 @@ using AdapterService.Core.Text;
 
 namespace AdapterService.Core.Training;
 
-/// <summary>A file's examples as token sequences, and the lines of those cut to the model's context.</summary>
+/// <summary>
+/// A file's examples as token sequences, and the lines of those cut to the model's context. A preference file's pairs
+/// are two sequences each, in order: the chosen conversation, then the rejected one.
+/// </summary>
 public sealed record TokenizedFile(List<TokenizedExample> Examples, IReadOnlyList<int> TruncatedLines)
 {
     public long Tokens => Examples.Sum(e => (long)e.Ids.Length);

@@ -85,6 +85,45 @@ public class TrainingFileTests
     [InlineData(Chat, 3, "mixes formats: this line is chat but line 1 is prompt/completion")]
     public void RejectsBadCompletionLine(string bad, int line, string phrase) => AssertRejected(Completion + "\n\n" + bad, line, phrase);
 
+    const string Preference = """{"input": {"messages": [{"role": "user", "content": "Capital of France?"}]}, "preferred_output": [{"role": "assistant", "content": "Paris"}], "non_preferred_output": [{"role": "assistant", "content": "Lyon"}]}""";
+
+    [Fact]
+    public void ParsesPreferencePairs()
+    {
+        var file = Parse(Preference + "\n" + """
+            {"input": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": [{"type": "text", "text": "c"}]}]}, "preferred_output": [{"role": "assistant", "content": "yes"}], "non_preferred_output": [{"role": "assistant", "content": "no"}]}
+            """);
+
+        Assert.Equal(TrainingFileFormat.Preference, file.Format);
+        Assert.Equal("preference", file.FormatName);
+        var first = Assert.IsType<PreferenceExample>(file.Examples[0]);
+        Assert.Equal([new ChatMessage("user", "Capital of France?", false)], first.Input);
+        Assert.Equal(new ChatMessage("assistant", "Paris", true), first.Preferred);
+        Assert.Equal(new ChatMessage("assistant", "Lyon", true), first.NonPreferred);
+        var second = Assert.IsType<PreferenceExample>(file.Examples[1]);
+        Assert.Equal(2, second.Line);
+        // The input's assistant turn is context, never trained; each side of the pair ends in its own answer.
+        Assert.All(second.Input, m => Assert.False(m.Train));
+        Assert.Equal(["b", "yes"], second.Chats.Chosen.Messages.Where(m => m.Role == "assistant").Select(m => m.Content));
+        Assert.Equal([false, true], second.Chats.Rejected.Messages.Where(m => m.Role == "assistant").Select(m => m.Train));
+    }
+
+    [Theory]
+    [InlineData("""{"input": {"messages": [{"role": "user", "content": "a"}]}, "preferred_output": [{"role": "assistant", "content": "b"}]}""", 2, "non_preferred_output is missing")]
+    [InlineData("""{"preferred_output": [{"role": "assistant", "content": "b"}], "non_preferred_output": [{"role": "assistant", "content": "c"}]}""", 2, "input is missing")]
+    [InlineData("""{"input": {"prompt": "a"}, "preferred_output": [{"role": "assistant", "content": "b"}], "non_preferred_output": [{"role": "assistant", "content": "c"}]}""", 2, "input.messages is missing")]
+    [InlineData("""{"input": {"messages": []}, "preferred_output": [{"role": "assistant", "content": "b"}], "non_preferred_output": [{"role": "assistant", "content": "c"}]}""", 2, "input.messages must contain at least one message")]
+    [InlineData("""{"input": {"messages": [{"role": "bot", "content": "a"}]}, "preferred_output": [{"role": "assistant", "content": "b"}], "non_preferred_output": [{"role": "assistant", "content": "c"}]}""", 2, "input.messages[0].role \"bot\" is not one of")]
+    [InlineData("""{"input": {"messages": [{"role": "user", "content": "a"}]}, "preferred_output": {"role": "assistant", "content": "b"}, "non_preferred_output": [{"role": "assistant", "content": "c"}]}""", 2, "preferred_output must be an array with one assistant message, got an object")]
+    [InlineData("""{"input": {"messages": [{"role": "user", "content": "a"}]}, "preferred_output": [{"role": "user", "content": "b"}], "non_preferred_output": [{"role": "assistant", "content": "c"}]}""", 2, "preferred_output[0].role must be \"assistant\"")]
+    [InlineData("""{"input": {"messages": [{"role": "user", "content": "a"}]}, "preferred_output": [{"role": "assistant", "content": "b"}], "non_preferred_output": [{"role": "assistant", "content": ""}]}""", 2, "non_preferred_output[0].content must not be empty")]
+    [InlineData("""{"input": {"messages": [{"role": "user", "content": "a"}]}, "preferred_output": [{"role": "assistant", "content": "b"}], "non_preferred_output": []}""", 2, "non_preferred_output must hold exactly one assistant message, got 0")]
+    [InlineData("""{"input": {"messages": [{"role": "user", "content": "a"}]}, "preferred_output": [{"role": "assistant", "content": "b"}], "non_preferred_output": [{"role": "assistant", "content": 3}]}""", 2, "non_preferred_output[0].content must be a string")]
+    [InlineData("""{"input": {"messages": [{"role": "user", "content": "a"}]}, "preferred_output": [{"role": "assistant", "content": "b"}], "non_preferred_output": [{"role": "assistant", "content": "b"}]}""", 2, "are the same answer")]
+    [InlineData("""{"input": {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x", "weight": 1}]}, "preferred_output": [{"role": "assistant", "content": "b"}], "non_preferred_output": [{"role": "assistant", "content": "c"}]}""", 2, "input.messages[1].weight is not allowed")]
+    [InlineData(Chat, 2, "mixes formats: this line is chat but line 1 is preference")]
+    public void RejectsBadPreferenceLine(string bad, int line, string phrase) => AssertRejected(Preference + "\n" + bad + "\n" + Preference, line, phrase);
+
     [Fact]
     public void RejectsInvalidUtf8OnItsOwnLine()
     {

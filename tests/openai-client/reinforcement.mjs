@@ -86,24 +86,7 @@ const t0 = Date.now(); const lap = (what) => console.error(`${((Date.now() - t0)
   assert.ok(metrics.some((m) => typeof m.objective.valid_reward_mean === "number"), "no evaluation on the validation file");
 }
 
-// 2. A pass/fail grader from a supervised model that gets the task only sometimes.
-{
-  const chat = await upload("sft.jsonl", Array.from({ length: 12 }, (_, i) => ({
-    messages: [{ role: "user", content: `question ${i}?` }, { role: "assistant", content: "sky" }] })));
-  const sft = await finish((await client.fineTuning.jobs.create({
-    model: BASE, training_file: chat, seed: 3, suffix: "sft", adapter,
-    hyperparameters: { n_epochs: Number(process.env.SFT_EPOCHS ?? 1), batch_size: 4, learning_rate_multiplier: Number(process.env.SFT_LR ?? 4) } })).id);
-  const before = await heldOutReward(sft.fine_tuned_model, exact);
-  const created = await rl(sft.fine_tuned_model, { type: "string_check", name: "exact", operation: "eq", ...template });
-  const job = await finish(created.id); lap("trained");
-  const after = await heldOutReward(job.fine_tuned_model, exact);
-  results.string_check = { before, after };
-  console.log(JSON.stringify(results));
-  assert.ok(before > 0 && before < 0.8, `the supervised model should be right only sometimes: ${before}`);
-  assert.ok(after - before >= 0.2, `held-out string_check reward ${before} → ${after}`);
-}
-
-// 3. Bad input: a 4xx naming the field, and nothing queued.
+// 2. Bad input: a 4xx naming the field, and nothing queued.
 {
   const count = async () => { let n = 0; for await (const _ of client.fineTuning.jobs.list({ limit: 100 })) n++; return n; };
   const jobsBefore = await count();
@@ -125,6 +108,23 @@ const t0 = Date.now(); const lap = (what) => console.error(`${((Date.now() - t0)
   await refused({ type: "multi", name: "m", calculate_output: "a + b", graders: { a: { type: "string_check", name: "a", operation: "eq", ...template } } },
     "method.reinforcement.grader.calculate_output", /'b' is not one of the graders/);
   assert.equal(await count(), jobsBefore, "a refused job was queued");
+}
+
+// 3. A pass/fail grader from a supervised model that gets the task only sometimes.
+{
+  const chat = await upload("sft.jsonl", Array.from({ length: 12 }, (_, i) => ({
+    messages: [{ role: "user", content: `question ${i}?` }, { role: "assistant", content: "sky" }] })));
+  const sft = await finish((await client.fineTuning.jobs.create({
+    model: BASE, training_file: chat, seed: 3, suffix: "sft", adapter,
+    hyperparameters: { n_epochs: Number(process.env.SFT_EPOCHS ?? 1), batch_size: 4, learning_rate_multiplier: Number(process.env.SFT_LR ?? 4) } })).id);
+  const before = await heldOutReward(sft.fine_tuned_model, exact);
+  const created = await rl(sft.fine_tuned_model, { type: "string_check", name: "exact", operation: "eq", ...template });
+  const job = await finish(created.id); lap("trained");
+  const after = await heldOutReward(job.fine_tuned_model, exact);
+  results.string_check = { before, after };
+  console.log(JSON.stringify(results));
+  assert.ok(before > 0 && before < 0.8, `the supervised model should be right only sometimes: ${before}`);
+  assert.ok(after - before >= 0.2, `held-out string_check reward ${before} → ${after}`);
 }
 
 console.log(JSON.stringify(results));

@@ -61,7 +61,10 @@ public sealed class ReinforcementObjective : TrainingObjective
             {
                 var hyperparameters = new JsonObject();
                 foreach (var h in property.Value.EnumerateObject())
-                    if (h.Name != "reasoning_effort") hyperparameters[h.Name] = JsonNode.Parse(h.Value.GetRawText());
+                    if (h.Name == "early_stopping_patience" && h.Value.ValueKind != JsonValueKind.Null)
+                        return (null, new($"{path}.hyperparameters.early_stopping_patience is not supported by reinforcement jobs: they have no validation loss to stop on (eval_interval evaluates the validation file's reward).",
+                            $"{path}.hyperparameters.early_stopping_patience"));
+                    else if (h.Name != "reasoning_effort") hyperparameters[h.Name] = JsonNode.Parse(h.Value.GetRawText());
                     else if (h.Value.ValueKind == JsonValueKind.String && ReasoningEfforts.Contains(h.Value.GetString()))
                         reasoning = h.Value.GetString()!;
                     else return (null, new($"{path}.hyperparameters.reasoning_effort must be one of {string.Join(", ", ReasoningEfforts)}.", $"{path}.hyperparameters.reasoning_effort"));

@@ -48,6 +48,7 @@ public static class ApplicationServices
         });
         services.AddApiKeyAuth(builder.Configuration);
         builder.AddLimits();
+        builder.AddTelemetry();
         services.AddSignalR();
         services.AddHostedService<JobEventRelay>();
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
@@ -67,6 +68,7 @@ public static class ApplicationServices
         {
             var db = scope.ServiceProvider.GetRequiredService<ServiceDbContext>();
             ServiceStorage.Initialize(db);
+            Telemetry.SeedJobGauge(app, scope.ServiceProvider.GetRequiredService<JobLifecycle>());   // before this process moves any job
             BuiltinModels.Register(db, scope.ServiceProvider.GetRequiredService<IBlobStore>());
             // With in-memory Hangfire the queue died with the last process; a persistent queue still holds its jobs.
             if (ServiceStorage.Provider(app.Configuration) == "sqlite")

@@ -1,31 +1,55 @@
 using System.Diagnostics;
+using Xunit.Abstractions;
 
 namespace AdapterService.Api.Tests;
 
 /// <summary>The official OpenAI Node client (tests/openai-client, installed by scripts/test.sh) against a running service.</summary>
-public sealed class OpenAiClientTests
+public sealed class OpenAiClientTests(ITestOutputHelper log)
 {
+    static readonly string ClientDir = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "openai-client"));
+
     [Fact]
     public async Task TheOfficialNodeClientDrivesTheServiceUnchanged()
     {
-        var clientDir = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "openai-client"));
-        Assert.True(Directory.Exists(Path.Combine(clientDir, "node_modules", "openai")),
-            $"the openai npm package is missing from {clientDir}; scripts/test.sh installs it (npm ci)");
         using var folder = new TempFolder("adapter-service-openai-");
         await using var service = await ServiceProcess.StartAsync(folder.FullName);
         var training = Path.Combine(folder.FullName, "train.jsonl");
         await File.WriteAllLinesAsync(training, Enumerable.Repeat(Api.ChatLine("Who wrote Hamlet?", "Shakespeare."), 10));
 
-        var node = new ProcessStartInfo("node", [Path.Combine(clientDir, "client.mjs"), $"{service.Http.BaseAddress}v1", training])
+        var output = await RunAsync("client.mjs", [$"{service.Http.BaseAddress}v1", training], TimeSpan.FromMinutes(4));
+        Assert.Contains("every call succeeded", output);
+    }
+
+    /// <summary>
+    /// dpo.mjs: a DPO job and an SFT-on-chosen baseline, both continuing from a fine-tuned model, on a synthetic preference
+    /// set; DPO must raise the preferred answers' margin and make them the greedy answers on held-out prompts; bad
+    /// preference files and DPO requests get 4xx errors naming the line or field, with nothing stored.
+    /// </summary>
+    [Fact]
+    public async Task ADpoJobMakesTheModelPreferThePreferredAnswers()
+    {
+        using var folder = new TempFolder("adapter-service-dpo-");
+        await using var service = await ServiceProcess.StartAsync(folder.FullName);
+
+        var output = await RunAsync("dpo.mjs", [$"{service.Http.BaseAddress}v1", folder.FullName], TimeSpan.FromMinutes(8));
+        log.WriteLine(output);   // the measured numbers: held-out margins and greedy answers of the start model, DPO and SFT
+        Assert.Contains("every call succeeded", output);
+    }
+
+    async Task<string> RunAsync(string script, string[] args, TimeSpan timeout)
+    {
+        Assert.True(Directory.Exists(Path.Combine(ClientDir, "node_modules", "openai")),
+            $"the openai npm package is missing from {ClientDir}; scripts/test.sh installs it (npm ci)");
+        var node = new ProcessStartInfo("node", [Path.Combine(ClientDir, script), .. args])
         {
-            WorkingDirectory = clientDir, RedirectStandardOutput = true, RedirectStandardError = true,
+            WorkingDirectory = ClientDir, RedirectStandardOutput = true, RedirectStandardError = true,
         };
         using var process = Process.Start(node)!;
         var output = process.StandardOutput.ReadToEndAsync();
         var errors = process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(4));
-        Assert.True(process.ExitCode == 0, $"node exited {process.ExitCode}:\n{await output}\n{await errors}");
-        Assert.Contains("every call succeeded", await output);
+        await process.WaitForExitAsync().WaitAsync(timeout);
+        Assert.True(process.ExitCode == 0, $"node {script} exited {process.ExitCode}:\n{await output}\n{await errors}");
+        return await output;
     }
 
     /// <summary>
@@ -36,20 +60,10 @@ public sealed class OpenAiClientTests
     [Fact]
     public async Task ReinforcementFineTuningRaisesTheHeldOutReward()
     {
-        var clientDir = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "openai-client"));
-        Assert.True(Directory.Exists(Path.Combine(clientDir, "node_modules", "openai")),
-            $"the openai npm package is missing from {clientDir}; scripts/test.sh installs it (npm ci)");
         using var folder = new TempFolder("adapter-service-rft-");
         await using var service = await ServiceProcess.StartAsync(folder.FullName);
-        var node = new ProcessStartInfo("node", [Path.Combine(clientDir, "reinforcement.mjs"), $"{service.Http.BaseAddress}v1", folder.FullName])
-        {
-            WorkingDirectory = clientDir, RedirectStandardOutput = true, RedirectStandardError = true,
-        };
-        using var process = Process.Start(node)!;
-        var output = process.StandardOutput.ReadToEndAsync();
-        var errors = process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(5));
-        Assert.True(process.ExitCode == 0, $"node exited {process.ExitCode}:\n{await output}\n{await errors}");
-        Assert.Contains("every call succeeded", await output);
+        var output = await RunAsync("reinforcement.mjs", [$"{service.Http.BaseAddress}v1", folder.FullName], TimeSpan.FromMinutes(6));
+        log.WriteLine(output);   // the measured held-out rewards before and after each job
+        Assert.Contains("every call succeeded", output);
     }
 }

@@ -98,4 +98,32 @@ public static class AdapterRequests
         error = OpenAiErrors.BadRequest(problem, "adapter." + problem.Split(' ')[0].Split('.')[^1]);
         return null;
     }
+
+    /// <summary>
+    /// A job that continues from a fine-tuned model trains that model's adapter: each option <paramref name="request"/>
+    /// gives must be what <paramref name="start"/> has (as the API shows it), or the answer is a 400 naming the first that is not.
+    /// </summary>
+    public static JsonHttpResult<ErrorResponse>? Conflict(AdapterRequest? request, AdapterConfig start, string startName, ModelConfig baseConfig)
+    {
+        if (request is null) return null;
+        var have = AdapterDto.From(start);
+        var startOptions = typeof(AdapterDto).GetProperties().ToDictionary(p => p.Name, p => p.GetValue(have));
+        if (request.Type is { } t && t != start.Method)
+            return OpenAiErrors.BadRequest($"The job continues from {startName}, a {start.Method} adapter: adapter.type must be left out or be '{start.Method}', not '{t}'.", "adapter.type");
+        // What the request asks for, read as a job from the base would read it (module names expanded), for comparison.
+        var asked = Parse(request with { Type = start.Method }, baseConfig, out var error);
+        if (asked is null) return error;
+        var askedOptions = AdapterDto.From(asked);
+        foreach (var property in typeof(AdapterRequest).GetProperties())
+        {
+            if (property.GetValue(request) is null || typeof(AdapterDto).GetProperty(property.Name) is not { } shown) continue;
+            object? want = shown.GetValue(askedOptions), got = startOptions[property.Name];
+            bool same = want is IEnumerable<string> a && got is IEnumerable<string> b ? a.Order().SequenceEqual(b.Order()) : Equals(want, got);
+            if (same) continue;
+            string name = "adapter." + System.Text.Json.JsonNamingPolicy.SnakeCaseLower.ConvertName(property.Name);
+            string value = got is IEnumerable<string> list ? $"[{string.Join(", ", list)}]" : got?.ToString() ?? "unset";
+            return OpenAiErrors.BadRequest($"The job continues from {startName}, whose adapter has {name.Split('.')[1]} {value}: {name} must be left out or match it.", name);
+        }
+        return null;
+    }
 }

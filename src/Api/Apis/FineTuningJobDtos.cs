@@ -34,7 +34,7 @@ public sealed class MethodRequest
 }
 
 /// <summary>A fine-tuning job to create (OpenAI's fields plus <c>adapter</c>).</summary>
-/// <param name="Model" example="tiny-llama-demo">The base model to fine-tune.</param>
+/// <param name="Model" example="tiny-llama-demo">The base model to fine-tune, or a fine-tuned model (or a checkpoint's name or id) whose adapter the job continues to train.</param>
 /// <param name="TrainingFile" example="file-abc123">Id of an uploaded file with purpose fine-tune.</param>
 /// <param name="ValidationFile">Id of an uploaded file with purpose fine-tune; its loss and token accuracy are measured at every epoch's end.</param>
 /// <param name="Hyperparameters">OpenAI's older top-level form; method.supervised.hyperparameters wins when both are given.</param>
@@ -86,7 +86,7 @@ public static partial class FineTuningJobsApi
         var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier, j.EarlyStoppingPatience);
         // A built-in base's pre-training trains no adapter; its settings are the pre-training's own.
         bool pretraining = j.AdapterType == JobKinds.PretrainingType;
-        return new FineTuningJobDto(j.Id, "fine_tuning.job", j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", [],
+        return new FineTuningJobDto(j.Id, "fine_tuning.job", j.StartModel ?? j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", [],
             j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],

@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using AdapterService.Api.Infrastructure;
+using AdapterService.Core.Adapters;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
@@ -42,9 +43,12 @@ public static partial class FineTuningJobsApi
     {
         if (string.IsNullOrEmpty(request.Model)) return OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model");
         if (string.IsNullOrEmpty(request.TrainingFile)) return OpenAiErrors.BadRequest("Missing required parameter: 'training_file'.", "training_file");
-        var baseModel = await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == request.Model, cancel);
+        // A base, or a fine-tuned model (or checkpoint) whose adapter the job continues to train.
+        var named = await ModelNames.ForTrainingAsync(db, request.Model, cancel);
+        var baseModel = named is { BaseId: var baseId } ? await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == baseId, cancel) : null;
         if (baseModel is null)
             return OpenAiErrors.Error(404, $"Model {request.Model} does not exist or is not available for fine-tuning.", "model", "model_not_found");
+        var start = named!.Value.Start;
         var (objective, settings, hyperparameters, methodError) = ReadMethod(request);
         if (methodError is not null) return methodError.ToResult();
         if (request.Suffix is { } suffix && !SuffixPattern().IsMatch(suffix))
@@ -56,17 +60,31 @@ public static partial class FineTuningJobsApi
         if (request.ChatTemplate is { Length: 0 or > ChatTemplateLimit })
             return OpenAiErrors.BadRequest($"chat_template must be a template's name or its source of 1 to {ChatTemplateLimit} characters.", "chat_template");
         var baseConfig = ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile));
-        var config = AdapterRequests.Parse(request.Adapter, baseConfig, out var adapterError);
-        if (config is null) return adapterError!;
+        AdapterConfig? config;
+        if (start is not null)
+        {
+            config = AdapterConfig.Parse(start.AdapterConfig);
+            if (AdapterRequests.Conflict(request.Adapter, config, start.Name, baseConfig) is { } conflict) return conflict;
+        }
+        else
+        {
+            config = AdapterRequests.Parse(request.Adapter, baseConfig, out var adapterError);
+            if (config is null) return adapterError!;
+        }
+        // A continued job trains with its starting model's chat template unless it names one.
+        var chatTemplate = request.ChatTemplate ?? start?.ChatTemplate;
 
         // The files are checked from the facts stored at upload (and token counts stored per base); the specification
         // decides the rest, naming the first problem in the order the API always has.
-        var training = await JobFiles.ReadAsync(db, blobs, request.TrainingFile, "training_file", baseModel, baseConfig, request.ChatTemplate, cancel);
+        var training = await JobFiles.ReadAsync(db, blobs, request.TrainingFile, "training_file", baseModel, baseConfig, chatTemplate, cancel);
         var validation = request.ValidationFile is null || training.Error is not null ? null
-            : await JobFiles.ReadAsync(db, blobs, request.ValidationFile, "validation_file", baseModel, baseConfig, request.ChatTemplate, cancel);
+            : await JobFiles.ReadAsync(db, blobs, request.ValidationFile, "validation_file", baseModel, baseConfig, chatTemplate, cancel);
         var (spec, specError) = JobSpecification.Resolve(hyperparameters, config, baseConfig, training, validation,
             new JobLimits(limits.Value.MinExamples, projectLimits.Value.MaxTrainingTokens), objective);
         if (spec is null) return specError!.ToResult();
+        // An image classifier's new labels would give the adapter another classifier than the one it continues from.
+        if (start is not null && !(spec.Adapter.Labels ?? []).SequenceEqual(config.Labels ?? []))
+            return OpenAiErrors.BadRequest($"The training file's labels are not those of {start.Name}, whose classifier the job continues to train.", "training_file");
         if (await objective.CheckAsync(settings, db, blobs, request.TrainingFile, request.ValidationFile, cancel) is { } objectiveError)
             return objectiveError.ToResult();
         config = spec.Adapter;
@@ -86,11 +104,11 @@ public static partial class FineTuningJobsApi
             TrainingFileTokens = fileTokens,
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Suffix = request.Suffix, Seed = request.Seed ?? Random.Shared.Next(),
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
-            AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(), ChatTemplate = request.ChatTemplate,
-            Objective = objective.Name, ObjectiveSettings = settings?.ToJsonString(),
+            AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(), ChatTemplate = chatTemplate,
+            Objective = objective.Name, ObjectiveSettings = settings?.ToJsonString(), StartModel = start?.Name, StartAdapterPath = start?.BlobPath,
         };
         await jobs.CreateAsync(job, (request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }),
-            [$"Created fine-tuning job: {job.Id}", $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)"],
+            [$"Created fine-tuning job: {job.Id}" + (start is null ? "" : $", continuing from {start.Name}"), $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)"],
             "Fine-tuning job queued", cancel);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
     }

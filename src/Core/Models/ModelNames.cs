@@ -19,6 +19,12 @@ public sealed record NamedModel(BaseModel? Base, Adapter? Adapter, Checkpoint? C
 /// </summary>
 public sealed record ResolvedModel(BaseModel Base, string? AdapterKey, string? AdapterBlobPath);
 
+/// <summary>
+/// A fine-tuned model a job continues from: its name, its base, its adapter's config and folder, and the chat template
+/// its job trained with (null: the base's own, or an imported adapter).
+/// </summary>
+public sealed record StartingAdapter(string Name, string BaseId, string AdapterConfig, string BlobPath, string? ChatTemplate);
+
 /// <summary>The one resolver of model names, for serving, the models API, export and deletion.</summary>
 public static class ModelNames
 {
@@ -39,6 +45,29 @@ public static class ModelNames
                 return new(null, null, checkpoint);
         }
         return await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == name, cancel) is { } baseModel ? new(baseModel, null, null) : null;
+    }
+
+    /// <summary>
+    /// The model a fine-tuning job starts from: a base (its id), or a fine-tuned model to continue training: an adapter's
+    /// name, a checkpoint's name or a checkpoint's id (<c>ftckpt-…</c>). Null when <paramref name="name"/> names none.
+    /// </summary>
+    public static async Task<(string BaseId, StartingAdapter? Start)?> ForTrainingAsync(ServiceDbContext db, string name, CancellationToken cancel)
+    {
+        var checkpoint = name.StartsWith("ftckpt-", StringComparison.Ordinal)
+            ? await db.Checkpoints.AsNoTracking().SingleOrDefaultAsync(c => c.Id == name && db.Jobs.Any(j => j.Id == c.JobId), cancel)
+            : null;
+        var found = checkpoint is not null ? new NamedModel(null, null, checkpoint) : await FindAsync(db, name, cancel);
+        switch (found)
+        {
+            case null: return null;
+            case { Adapter: { } a }:
+                var trainedBy = a.JobId is null ? null : await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == a.JobId, cancel);
+                return (a.BaseModel, new StartingAdapter(a.Name, a.BaseModel, a.Config, a.BlobPath, trainedBy?.ChatTemplate));
+            case { Checkpoint: { } c }:
+                var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == c.JobId, cancel);
+                return (c.BaseModel, new StartingAdapter(c.Name, c.BaseModel, job.AdapterConfig, c.BlobPath, job.ChatTemplate));
+            default: return (found.BaseId, null);
+        }
     }
 
     /// <summary>The base and adapter weights to run <paramref name="name"/> with; null when it names nothing, or its base is gone.</summary>

@@ -110,14 +110,14 @@ const t0 = Date.now(); const lap = (what) => console.error(`${((Date.now() - t0)
   assert.equal(await count(), jobsBefore, "a refused job was queued");
 }
 
-// 3. A pass/fail grader from a supervised model that gets the task only sometimes.
+// 3. A pass/fail grader from a supervised model that gets the task only sometimes (three steps of supervised training).
 {
   const chat = await upload("sft.jsonl", Array.from({ length: 12 }, (_, i) => ({
     messages: [{ role: "user", content: `question ${i}?` }, { role: "assistant", content: "sky" }] })));
   const sft = await finish((await client.fineTuning.jobs.create({
     model: BASE, training_file: chat, seed: 3, suffix: "sft", adapter,
-    hyperparameters: { n_epochs: Number(process.env.SFT_EPOCHS ?? 1), batch_size: 4, learning_rate_multiplier: Number(process.env.SFT_LR ?? 4) } })).id);
-  const before = await heldOutReward(sft.fine_tuned_model, exact);
+    hyperparameters: { n_epochs: 1, batch_size: 4, learning_rate_multiplier: 4 } })).id);
+  const before = await heldOutReward(sft.fine_tuned_model, exact); lap("supervised start");
   const created = await rl(sft.fine_tuned_model, { type: "string_check", name: "exact", operation: "eq", ...template });
   const job = await finish(created.id); lap("trained");
   const after = await heldOutReward(job.fine_tuned_model, exact);
@@ -127,5 +127,4 @@ const t0 = Date.now(); const lap = (what) => console.error(`${((Date.now() - t0)
   assert.ok(after - before >= 0.2, `held-out string_check reward ${before} → ${after}`);
 }
 
-console.log(JSON.stringify(results));
 console.log("every call succeeded");

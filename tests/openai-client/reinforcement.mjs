@@ -125,6 +125,21 @@ const t0 = Date.now(); const lap = (what) => console.error(`${((Date.now() - t0)
   console.log(JSON.stringify(results));
   assert.ok(before > 0 && before < 0.8, `the supervised model should be right only sometimes: ${before}`);
   assert.ok(after - before >= 0.2, `held-out string_check reward ${before} → ${after}`);
+
+  // A score_model grader whose judge is a fine-tuned model served here (its replies hold no number: it scores 0, and
+  // the job learns nothing; what is checked is that the worker asks the judge and records the rewards).
+  const judged = await client.fineTuning.jobs.create({
+    model: BASE, training_file: training, seed: 5, adapter,
+    method: { type: "reinforcement", reinforcement: {
+      grader: { type: "score_model", name: "judge", model: sft.fine_tuned_model, range: [0, 1], sampling_params: { max_completions_tokens: 4 },
+        input: [{ role: "system", content: "Score the answer from 0 to 1." }, { role: "user", content: "Answer: {{sample.output_text}} Expected: {{item.answer}}" }] },
+      hyperparameters: { n_epochs: 1, batch_size: 4, compute_multiplier: 0.25, max_completion_tokens: 4 } } },
+  });
+  await finish(judged.id);
+  const rewards = [];
+  for await (const e of client.fineTuning.jobs.listEvents(judged.id, { limit: 100 })) if (e.type === "metrics") rewards.push(e.data.objective.reward_mean);
+  assert.equal(rewards.length, 3);
+  assert.ok(rewards.every((r) => r >= 0 && r <= 1), JSON.stringify(rewards));
 }
 
 console.log("every call succeeded");

@@ -15,24 +15,46 @@ public sealed class EngineJudge(InferenceEngine engine, ServiceDbContext db, IBl
 {
     public const int DefaultMaxTokens = 64;
 
-    public async Task<bool> ExistsAsync(string model, CancellationToken cancel = default) =>
-        await ModelNames.ResolveAsync(db, model, cancel) is { } resolved && resolved.Base.Family != "vit";
+    /// <summary>Each judge's weights and text rules, looked up once: replies are asked for concurrently, the database context is not shared.</summary>
+    readonly Dictionary<string, Judge?> judges = [];
+    readonly SemaphoreSlim lookup = new(1, 1);
+
+    sealed record Judge(ResolvedModel Model, string BaseFolder, string? AdapterFolder, ModelText Text, ChatTemplate Template);
+
+    async Task<Judge?> FindAsync(string model, CancellationToken cancel)
+    {
+        await lookup.WaitAsync(cancel);
+        try
+        {
+            if (judges.TryGetValue(model, out var known)) return known;
+            Judge? judge = null;
+            if (await ModelNames.ResolveAsync(db, model, cancel) is { } resolved && resolved.Base.Family != "vit")
+            {
+                string baseFolder = blobs.Resolve(resolved.Base.BlobPath);
+                string? adapterFolder = resolved.AdapterBlobPath is null ? null : blobs.Resolve(resolved.AdapterBlobPath);
+                var text = ModelText.ForModel(baseFolder);
+                judge = new Judge(resolved, baseFolder, adapterFolder, text, text.ChooseTemplate(null, text.TemplateOfAdapter(adapterFolder)));
+            }
+            return judges[model] = judge;
+        }
+        finally
+        {
+            lookup.Release();
+        }
+    }
+
+    public async Task<bool> ExistsAsync(string model, CancellationToken cancel = default) => await FindAsync(model, cancel) is not null;
 
     public async Task<string> ReplyAsync(string model, IReadOnlyList<JudgeMessage> messages, JudgeSampling sampling, CancellationToken cancel = default)
     {
-        var resolved = await ModelNames.ResolveAsync(db, model, cancel)
-                       ?? throw new InvalidOperationException($"The judge model '{model}' no longer exists.");
-        string baseFolder = blobs.Resolve(resolved.Base.BlobPath);
-        string? adapterFolder = resolved.AdapterBlobPath is null ? null : blobs.Resolve(resolved.AdapterBlobPath);
-        var text = ModelText.ForModel(baseFolder);
-        var prompt = text.EncodeChat(ChatConversation.Of(messages.Select(m => (m.Role == "developer" ? "system" : m.Role, m.Content))),
-            text.ChooseTemplate(null, text.TemplateOfAdapter(adapterFolder)));
-        int room = resolved.Base.ContextLength - prompt.Count;
-        if (room < 1) throw new InvalidOperationException($"The judge's prompt ({prompt.Count} tokens) fills the context of '{model}'.");
+        var judge = await FindAsync(model, cancel) ?? throw new GraderException($"The judge model '{model}' does not exist or is not a language model.", "model");
+        var prompt = judge.Text.EncodeChat(ChatConversation.Of(messages.Select(m => (m.Role == "developer" ? "system" : m.Role, m.Content))), judge.Template);
+        int room = judge.Model.Base.ContextLength - prompt.Count;
+        if (room < 1) throw new GraderException($"The judge's prompt ({prompt.Count} tokens) fills the context of '{model}'.", "input");
         var options = new SamplingOptions(Math.Min(sampling.MaxTokens ?? DefaultMaxTokens, room), sampling.Temperature ?? 0, sampling.TopP ?? 1, Seed: sampling.Seed);
         var reply = new StringBuilder();
-        await foreach (var chunk in engine.Generate(new GenerationRequest(resolved.Base.Id, baseFolder, resolved.AdapterKey, adapterFolder, prompt, options,
-                           text.Tokenizer, text.EosIds), cancel))
+        await foreach (var chunk in engine.Generate(new GenerationRequest(judge.Model.Base.Id, judge.BaseFolder, judge.Model.AdapterKey, judge.AdapterFolder,
+                           prompt, options, judge.Text.Tokenizer, judge.Text.EosIds), cancel))
             reply.Append(chunk.Text);
         return reply.ToString();
     }

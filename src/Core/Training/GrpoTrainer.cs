@@ -75,7 +75,7 @@ public sealed class GrpoTrainer : AdapterTrainer
         var chosen = batch.Select(i => prompts[i]).ToList();
         var groups = sampler.Sample(chosen.Select(p => p.Prompt).ToList(), settings.GroupSize, settings.Temperature, settings.MaxTokens,
             seed * 1_000_003 + Step, Cancel);
-        var rewards = chosen.Select((p, i) => groups[i].Select(r => Grade(p, r)).ToArray()).ToList();
+        var rewards = GradeAll(chosen, groups);
         var advantages = rewards.Select(Grpo.GroupAdvantages).ToList();
         int samples = groups.Sum(g => g.Count);
 
@@ -123,8 +123,12 @@ public sealed class GrpoTrainer : AdapterTrainer
         }
     }
 
-    double Grade(RlPrompt prompt, Rollout rollout) =>
-        grader.GradeAsync(new GradingInput(prompt.Item, rollout.Text, judge), Cancel).GetAwaiter().GetResult();
+    /// <summary>Every sample's grade, asked for all at once (a score_model judge's replies then decode together in the engine's batches).</summary>
+    List<double[]> GradeAll(IReadOnlyList<RlPrompt> prompts, IReadOnlyList<IReadOnlyList<Rollout>> groups)
+    {
+        var grades = prompts.Select((p, i) => Task.WhenAll(groups[i].Select(r => grader.GradeAsync(new GradingInput(p.Item, r.Text, judge), Cancel)))).ToList();
+        return [.. Task.WhenAll(grades).GetAwaiter().GetResult()];
+    }
 
     static double StandardDeviation(double[] values)
     {
@@ -169,7 +173,7 @@ public sealed class GrpoTrainer : AdapterTrainer
     {
         if (data.Count == 0) return double.NaN;
         var groups = sampler.Sample(data.Select(p => p.Prompt).ToList(), samples, settings.Temperature, settings.MaxTokens, evalSeed, Cancel);
-        return data.Select((p, i) => groups[i].Average(r => Grade(p, r))).Average();
+        return GradeAll(data, groups).Average(g => g.Average());
     }
 
     public override void Dispose()

@@ -62,7 +62,7 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
     static string Name(TrainingFileFormat format) => format switch
     {
         TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt/completion", TrainingFileFormat.Preference => "preference",
-        TrainingFileFormat.Reinforcement => "reinforcement (chat prompts ending with a user message)", _ => "labelled image",
+        TrainingFileFormat.Reinforcement => "reinforcement (chat messages ending with a user message, no assistant answer)", _ => "labelled image",
     };
 
     /// <summary>The format's name in the file object's <c>format</c> field.</summary>

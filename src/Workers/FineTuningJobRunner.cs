@@ -1,4 +1,6 @@
 using AdapterService.Core.Data;
+using AdapterService.Core.Grading;
+using AdapterService.Core.Inference;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
@@ -18,7 +20,7 @@ namespace AdapterService.Workers;
 /// alone) and records the outcome; every write to the job's record goes through <see cref="JobLifecycle"/>.
 /// </summary>
 public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, IBlobStore blobs, IJobQueue queue, IOptions<TrainingOptions> options,
-    FusionHost fusion, BasePrecision precision, ILogger<FineTuningJobRunner> log)
+    FusionHost fusion, BasePrecision precision, InferenceEngine engine, ILogger<FineTuningJobRunner> log)
 {
     /// <summary>The precision it loads bases in (<c>Models:Precision</c>, the one the serving engine uses).</summary>
     public BasePrecision Precision => precision;
@@ -44,7 +46,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         {
             var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
             var states = new TrainerStates(blobs);
-            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs), states, blobs, options.Value, stop);
+            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine), states, blobs, options.Value, stop);
             var result = Train(baseModel, session, stop);
             Succeed(job, lease, session.SaveAdapter(), result, states);
         }
@@ -67,7 +69,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         catch (Exception e) when (e is not OperationCanceledException)
         {
             log.LogError(e, "Job {JobId} failed", jobId);
-            jobs.Fail(jobId, e is InvalidDataException or SafeTensorsException or ArgumentException or TrainingFileException or TrainingDivergedException
+            jobs.Fail(jobId, e is InvalidDataException or SafeTensorsException or ArgumentException or TrainingFileException or TrainingDivergedException or GraderException
                 ? e.Message : "Training failed: " + e.Message, JobStatus.Queued, JobStatus.Running);
         }
         finally

@@ -1,5 +1,7 @@
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
+using AdapterService.Core.Grading;
+using AdapterService.Core.Inference;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
@@ -11,7 +13,7 @@ using static TorchSharp.torch;
 namespace AdapterService.Workers;
 
 /// <summary>A job's training and validation files (the texts read once, so a fused job reads them before joining its group).</summary>
-sealed class JobData(FineTuningJob job, BaseModel baseModel, ServiceDbContext db, IBlobStore blobs, JobLifecycle jobs) : IJobData
+sealed class JobData(FineTuningJob job, BaseModel baseModel, ServiceDbContext db, IBlobStore blobs, JobLifecycle jobs, InferenceEngine engine) : IJobData
 {
     (List<TokenizedExample>, List<TokenizedExample>?)? texts;
 
@@ -37,6 +39,20 @@ sealed class JobData(FineTuningJob job, BaseModel baseModel, ServiceDbContext db
         if (baseModel.Family == "vit") return;
         var text = ModelText.ForModel(blobs.Resolve(baseModel.BlobPath));
         ModelText.WriteTrainedWith(folder, text, text.Template is null && job.ChatTemplate is null ? null : text.ChooseTemplate(job.ChatTemplate));
+    }
+
+    public (List<RlPrompt> Training, List<RlPrompt>? Validation) Prompts(int completionTokens) =>
+        (JobFiles.LoadPrompts(db, blobs, job.TrainingFile, baseModel, job.ChatTemplate, completionTokens),
+            job.ValidationFile is null ? null : JobFiles.LoadPrompts(db, blobs, job.ValidationFile, baseModel, job.ChatTemplate, completionTokens));
+
+    /// <summary>
+    /// The engine this process serves with (the API's when the worker runs inside it), for objectives that sample text:
+    /// reinforcement's rollouts of the job's adapter and its score_model judges.
+    /// </summary>
+    public ObjectiveServices Services()
+    {
+        string folder = blobs.Resolve(baseModel.BlobPath);
+        return new ObjectiveServices(engine, folder, ModelText.ForModel(folder), new EngineJudge(engine, db, blobs));
     }
 
     public (LabelledImages Training, LabelledImages? Validation) Images(VitConfig config, IReadOnlyList<string> labels) =>

@@ -41,7 +41,10 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
             if (!blobs.Exists(start)) throw new InvalidDataException($"The model {job.StartModel} the job continues from has been deleted");
             adapter.LoadWeights(blobs.Resolve(start));
         }
-        run = JobObjectives.Of(job).CreateTrainer(new ObjectiveRun(job, model, adapter, spec.Config, files, spec.Hp, options.Speed, job.StartAdapterPath is not null));
+        run = JobObjectives.Of(job).CreateTrainer(new ObjectiveRun(job, model, adapter, spec.Config, files, spec.Hp, options.Speed, job.StartAdapterPath is not null)
+        {
+            Services = model is CausalLanguageModel ? files.Services() : null,   // text models: an objective may sample with the engine
+        });
         Begin(run.Trainer);
         return run.Trainer;
     }

@@ -1,3 +1,4 @@
+using AdapterService.Core.Inference;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;
@@ -85,6 +86,9 @@ public static class WorkerServices
     public static IServiceCollection AddFineTuningWorker(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddBasePrecision(configuration);
+        // Reinforcement jobs sample through an inference engine: the API's in the same process, else this worker's own.
+        var inference = configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
+        services.TryAddSingleton(sp => new InferenceEngine(inference, sp.GetRequiredService<BasePrecision>()));
         int concurrency = Math.Max(1, configuration.GetValue("Workers:Concurrency", 1));
         int maxFused = Math.Max(1, configuration.GetValue("Workers:MaxFusedJobs", 4));
         services.AddSingleton(new FusionHost(maxFused, concurrency));

@@ -85,6 +85,8 @@ public static partial class FineTuningJobsApi
         // An image classifier's new labels would give the adapter another classifier than the one it continues from.
         if (start is not null && !(spec.Adapter.Labels ?? []).SequenceEqual(config.Labels ?? []))
             return OpenAiErrors.BadRequest($"The training file's labels are not those of {start.Name}, whose classifier the job continues to train.", "training_file");
+        if (await objective.CheckAsync(settings, db, blobs, request.TrainingFile, request.ValidationFile, cancel) is { } objectiveError)
+            return objectiveError.ToResult();
         config = spec.Adapter;
         var hp = new HyperparametersDto(spec.Epochs, spec.BatchSize, spec.LearningRateMultiplier, spec.EarlyStoppingPatience);
         var (exampleCount, fileTokens) = (spec.ExampleCount, spec.TrainingFileTokens);

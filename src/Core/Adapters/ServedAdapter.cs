@@ -43,12 +43,28 @@ public sealed record ServedAdapter : IDisposable
     public static ServedAdapter Load(string folder, ModelConfig baseModel) => Load(folder, baseModel.LinearShapes(), baseModel.NormShapes());
 
     /// <summary>Reads an adapter folder of any method, checked against the base model's linear layers (path, in, out) and norms (path, size).</summary>
-    public static ServedAdapter Load(string folder, IEnumerable<(string Path, long In, long Out)> linearLayers, IEnumerable<(string Path, long Size)> normLayers)
+    public static ServedAdapter Load(string folder, IEnumerable<(string Path, long In, long Out)> linearLayers, IEnumerable<(string Path, long Size)> normLayers) =>
+        FromTensors(AdapterConfig.Load(folder), TrainableAdapter.ReadWeights(folder), linearLayers, normLayers);
+
+    /// <summary>
+    /// A trainable adapter's weights as they are now, served without a file: a copy of the adapter's own tensors (never
+    /// the base's), so the trainer may keep stepping while requests run on this snapshot (reinforcement rollouts).
+    /// </summary>
+    public static ServedAdapter Of(TrainableAdapter adapter, nn.Module model)
     {
-        var config = AdapterConfig.Load(folder);
+        Dictionary<string, Tensor> tensors;
+        using (no_grad())
+            tensors = adapter.SavedParameters().ToDictionary(p => p.Key, p => p.Value.detach().to_type(ScalarType.Float32).clone().DetachFromDisposeScope());
+        return FromTensors(adapter.Config, tensors, model.LinearLayers().Select(l => (l.Path, l.Layer.InFeatures, l.Layer.OutFeatures)),
+            model.NormLayers().Select(n => (n.Path, n.Layer.Size)));
+    }
+
+    /// <summary>Serves <paramref name="tensors"/> (keyed without the PEFT prefix, float32; taken over: those not kept are disposed).</summary>
+    static ServedAdapter FromTensors(AdapterConfig config, Dictionary<string, Tensor> tensors,
+        IEnumerable<(string Path, long In, long Out)> linearLayers, IEnumerable<(string Path, long Size)> normLayers)
+    {
         var method = AdapterMethods.Of(config);
         var layers = linearLayers.ToDictionary(l => l.Path, l => (l.In, l.Out));
-        var tensors = TrainableAdapter.ReadWeights(folder);
         var kept = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
         try
         {

@@ -24,10 +24,16 @@ public sealed record PreferenceExample(int Line, IReadOnlyList<ChatMessage> Inpu
     public (ChatExample Chosen, ChatExample Rejected) Chats => (new(Line, [.. Input, Preferred]), new(Line, [.. Input, NonPreferred]));
 }
 
+/// <summary>
+/// A reinforcement fine-tuning prompt (OpenAI's RFT format): chat messages ending with a user message, for the model to
+/// answer, and any other fields of the line, which graders read as <c>{{item.field}}</c>; <see cref="Item"/> is the whole line.
+/// </summary>
+public sealed record PromptExample(int Line, IReadOnlyList<ChatMessage> Messages, string Item) : TrainingExample(Line);
+
 /// <summary>A labelled image for image classification (ViT bases), decoded to 8-bit grayscale.</summary>
 public sealed record ImageExample(int Line, GrayImage Image, string Label) : TrainingExample(Line);
 
-public enum TrainingFileFormat { Chat, PromptCompletion, Image, Preference }
+public enum TrainingFileFormat { Chat, PromptCompletion, Image, Preference, Reinforcement }
 
 /// <summary>A validated JSONL training file, following OpenAI's fine-tuning file rules.</summary>
 public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<TrainingExample> Examples)
@@ -56,7 +62,7 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
     static string Name(TrainingFileFormat format) => format switch
     {
         TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt/completion", TrainingFileFormat.Preference => "preference",
-        _ => "labelled image",
+        TrainingFileFormat.Reinforcement => "reinforcement (chat messages ending with a user message, no assistant answer)", _ => "labelled image",
     };
 
     /// <summary>The format's name in the file object's <c>format</c> field.</summary>
@@ -66,7 +72,7 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
         format switch
         {
             TrainingFileFormat.Chat => "chat", TrainingFileFormat.PromptCompletion => "prompt_completion", TrainingFileFormat.Preference => "preference",
-            _ => "image",
+            TrainingFileFormat.Reinforcement => "reinforcement", _ => "image",
         };
 
     /// <summary>The format named <paramref name="name"/> (as <see cref="FormatNameOf"/> writes it), or null.</summary>
@@ -116,7 +122,14 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
             if (root.ValueKind != JsonValueKind.Object) throw Fail($"the line must be a JSON object, got {Kind(root)}");
             if (root.TryGetProperty("input", out _) || root.TryGetProperty("preferred_output", out _) || root.TryGetProperty("non_preferred_output", out _))
                 return (TrainingFileFormat.Preference, ParsePreference(root));
-            if (root.TryGetProperty("messages", out var messages)) return (TrainingFileFormat.Chat, ParseChat(messages));
+            if (root.TryGetProperty("messages", out var messages))
+            {
+                var chat = ParseChat(messages);
+                // Ending with a user message, the line asks for an answer: a reinforcement prompt; its other fields are for graders.
+                return chat.Messages[^1].Role == "user"
+                    ? (TrainingFileFormat.Reinforcement, new PromptExample(Line, chat.Messages, root.GetRawText()))
+                    : (TrainingFileFormat.Chat, chat);
+            }
             if (root.TryGetProperty("prompt", out _) || root.TryGetProperty("completion", out _))
             {
                 string prompt = String(root, "", "prompt"), completion = String(root, "", "completion");
@@ -154,8 +167,8 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
         {
             var result = Messages(messages, "messages", weights: true);
             if (result.Count == 0) throw Fail("messages must contain at least one message");
-            if (!result.Any(m => m.Train && m.Content.Length > 0))
-                throw Fail("no assistant message to train on: add an assistant message with non-empty content and a weight other than 0");
+            if (result[^1].Role != "user" && !result.Any(m => m.Train && m.Content.Length > 0))
+                throw Fail("no assistant message to train on: add an assistant message with non-empty content and a weight other than 0 (or end with a user message: a reinforcement prompt)");
             return new ChatExample(Line, result);
         }
 

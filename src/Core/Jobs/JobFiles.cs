@@ -1,4 +1,6 @@
+using System.Text.Json;
 using AdapterService.Core.Data;
+using AdapterService.Core.Grading;
 using AdapterService.Core.Text;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
@@ -70,8 +72,41 @@ public static class JobFiles
     static TokenizedFile Tokenize(TrainingFile file, IBlobStore blobs, BaseModel baseModel, string? chatTemplate)
     {
         var text = ModelText.ForModel(blobs.Resolve(baseModel.BlobPath));
-        var template = chatTemplate is not null || file.Examples.Any(e => e is ChatExample) ? text.ChooseTemplate(chatTemplate) : null;
+        var template = chatTemplate is not null || file.Examples.Any(e => e is ChatExample or PromptExample) ? text.ChooseTemplate(chatTemplate) : null;
         return TrainingData.Tokenize(file, text, template, baseModel.ContextLength);
+    }
+
+    /// <summary>
+    /// The worker's read of a reinforcement file: each prompt's ids (rendered with the job's chat template and the
+    /// generation prompt, cut to leave <paramref name="completionTokens"/> of the context for the answer) and its line, the grader's item.
+    /// </summary>
+    public static List<RlPrompt> LoadPrompts(ServiceDbContext db, IBlobStore blobs, string fileId, BaseModel baseModel, string? chatTemplate, int completionTokens)
+    {
+        var file = Parse(blobs, db.Files.AsNoTracking().Single(f => f.Id == fileId));
+        var text = ModelText.ForModel(blobs.Resolve(baseModel.BlobPath));
+        var template = text.ChooseTemplate(chatTemplate);
+        int room = Math.Max(1, baseModel.ContextLength - completionTokens);
+        return file.Examples.OfType<PromptExample>().Select(p =>
+        {
+            var ids = text.EncodePrompt(p, template).Ids;
+            return new RlPrompt(p.Line, ids.Length > room ? ids[^room..] : ids, JsonDocument.Parse(p.Item).RootElement.Clone());
+        }).ToList();
+    }
+
+    /// <summary>
+    /// The first line of a reinforcement file that lacks an item field <paramref name="grader"/> renders, as
+    /// "Line N: ..." naming the field; null when every line has every field (or the file is of another format).
+    /// </summary>
+    public static async Task<string?> MissingGraderFieldAsync(ServiceDbContext db, IBlobStore blobs, string fileId, Grader grader, CancellationToken cancel)
+    {
+        var row = await db.Files.AsNoTracking().SingleAsync(f => f.Id == fileId, cancel);
+        foreach (var p in Parse(blobs, row).Examples.OfType<PromptExample>())
+        {
+            using var item = JsonDocument.Parse(p.Item);
+            if (grader.MissingItemField(item.RootElement) is { } field)
+                return $"Line {p.Line} of file {fileId} has no field '{field[5..]}', which the grader uses as {{{{{field}}}}}.";
+        }
+        return null;
     }
 
     /// <summary>The worker's read of an image file: its pixels and class indices into <paramref name="labels"/>.</summary>

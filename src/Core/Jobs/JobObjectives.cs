@@ -2,8 +2,11 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Data;
+using AdapterService.Core.Grading;
+using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Text;
 using AdapterService.Core.Training;
 using static TorchSharp.torch;
 
@@ -19,7 +22,16 @@ public interface IJobData
 
     /// <summary>An image classifier's labelled images, as class indices into <paramref name="labels"/>.</summary>
     (LabelledImages Training, LabelledImages? Validation) Images(VitConfig config, IReadOnlyList<string> labels);
+
+    /// <summary>A reinforcement file's prompts (and the validation file's), leaving <paramref name="completionTokens"/> of the context for answers.</summary>
+    (List<RlPrompt> Training, List<RlPrompt>? Validation) Prompts(int completionTokens);
 }
+
+/// <summary>
+/// What a worker lends an objective that generates text while it trains (reinforcement's rollouts and judges): the
+/// inference engine it serves with, the base's folder and text rules, and the judge that answers <c>score_model</c> graders.
+/// </summary>
+public sealed record ObjectiveServices(InferenceEngine Engine, string BaseFolder, ModelText Text, IJudge Judge);
 
 /// <summary>
 /// What an objective's trainer is made from in the worker: the job, the base (a fresh copy, or a fused group's), the
@@ -28,7 +40,11 @@ public interface IJobData
 /// it is now, not the base alone.
 /// </summary>
 public sealed record ObjectiveRun(FineTuningJob Job, nn.Module Model, TrainableAdapter Adapter, AdapterConfig Config, IJobData Data,
-    Hyperparameters Hp, TrainingSpeedOptions Speed, bool ContinuesFrom);
+    Hyperparameters Hp, TrainingSpeedOptions Speed, bool ContinuesFrom)
+{
+    /// <summary>The engine and judge an objective that samples text uses (the worker's; null where none is lent).</summary>
+    public ObjectiveServices? Services { get; init; }
+}
 
 /// <summary>A job's trainer as its objective made it: the trainer, how many examples an epoch has, and how it is validated.</summary>
 public sealed record ObjectiveTrainer(AdapterTrainer Trainer, int ExampleCount, Func<(double Loss, double Accuracy)>? Evaluate);
@@ -103,6 +119,13 @@ public abstract class TrainingObjective
                 param, "invalid_file_format")
             : null;
 
+    /// <summary>
+    /// What the request's settings need of the service beyond their shape (models they name exist, the files hold what
+    /// they read), checked when the job is created; null when all is well. Most objectives need nothing.
+    /// </summary>
+    public virtual Task<JobSpecError?> CheckAsync(JsonObject? settings, ServiceDbContext db, IBlobStore blobs, string trainingFile, string? validationFile,
+        CancellationToken cancel) => Task.FromResult<JobSpecError?>(null);
+
     /// <summary>The job's trainer, its adapter attached to the run's model.</summary>
     public abstract ObjectiveTrainer CreateTrainer(ObjectiveRun run);
 
@@ -123,6 +146,7 @@ public static class JobObjectives
     {
         new SupervisedObjective(),
         new PreferenceObjective(),
+        new ReinforcementObjective(),
     }.ToDictionary(o => o.Name);
 
     /// <summary>The objectives a job may ask for in <c>method.type</c>.</summary>

@@ -146,8 +146,17 @@ public sealed class ModelText
         CompletionExample c => [EncodeCompletionExample(c)],
         ChatExample chat => EncodeChatExample(chat, template ?? ChooseTemplate(null)),
         PreferenceExample pair => EncodePreferenceExample(pair, template ?? ChooseTemplate(null)),
-        _ => throw new NotSupportedException("a language model trains on chat or prompt/completion examples"),
+        // A reinforcement prompt: what the model sees before it answers; nothing of it is trained on.
+        PromptExample p => [EncodePrompt(p, template)],
+        _ => throw new NotSupportedException("a language model trains on chat, prompt/completion, preference or reinforcement examples"),
     };
+
+    /// <summary>A reinforcement prompt's ids: its messages rendered with the generation prompt, as a chat request's are.</summary>
+    public TokenSequence EncodePrompt(PromptExample prompt, ChatTemplate? template)
+    {
+        var ids = EncodeChat(ChatConversation.Of(prompt.Messages.Select(m => (m.Role, m.Content))), template ?? ChooseTemplate(null));
+        return new TokenSequence([.. ids], new bool[ids.Count]);
+    }
 
     TokenSequence EncodeCompletionExample(CompletionExample c)
     {

@@ -41,6 +41,18 @@ public class TrainingFileTests
     }
 
     [Fact]
+    public void ChatPromptsEndingWithAUserMessageAreReinforcementPromptsWithTheirLine()
+    {
+        const string line = """{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}], "answer": "Paris"}""";
+        var file = Parse(line + "\n" + line);
+        Assert.Equal(TrainingFileFormat.Reinforcement, file.Format);
+        var prompt = Assert.IsType<PromptExample>(file.Examples[1]);
+        Assert.Equal((2, "user", "Capital of France?"), (prompt.Line, prompt.Messages[^1].Role, prompt.Messages[^1].Content));
+        Assert.Equal("Paris", System.Text.Json.JsonDocument.Parse(prompt.Item).RootElement.GetProperty("answer").GetString());
+        AssertRejected(line + "\n" + Chat, 2, "mixes formats: this line is chat but line 1 is reinforcement");
+    }
+
+    [Fact]
     public void SkipsBlankLinesAndKeepsLineNumbers()
     {
         var file = Parse("\uFEFF" + Chat + "\r\n\r\n   \n\t\n" + Chat + "\r\n\n");
@@ -55,7 +67,7 @@ public class TrainingFileTests
     [InlineData("""{"messages": [{"role": "bot", "content": "x"}]}""", 2, "messages[0].role \"bot\" is not one of system, user, assistant")]
     [InlineData("""{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": 5}]}""", 2, "messages[1].content must be a string or an array of text parts, got a number")]
     [InlineData("""{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}""", 2, "messages[0].content[0].type \"image_url\" is not supported")]
-    [InlineData("""{"messages": [{"role": "user", "content": "a"}]}""", 2, "no assistant message to train on")]
+    [InlineData("""{"messages": [{"role": "user", "content": "a"}]}""", 2, "mixes formats: this line is reinforcement (chat messages ending with a user message, no assistant answer) but line 1 is chat")]
     [InlineData("""{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0}]}""", 2, "no assistant message to train on")]
     [InlineData("""{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}""", 2, "no assistant message to train on")]
     [InlineData("""{"messages": []}""", 2, "at least one message")]

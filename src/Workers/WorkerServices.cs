@@ -3,12 +3,17 @@ using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Telemetry;
 using AdapterService.Core.Training;
 using Hangfire;
 using Hangfire.PostgreSql;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using OpenTelemetry;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
 
 namespace AdapterService.Workers;
 
@@ -103,5 +108,24 @@ public static class WorkerServices
             o.ServerName = $"{Environment.MachineName}:{Environment.ProcessId}";
         });
         return services;
+    }
+
+    /// <summary>The .NET runtime's and EF Core's built-in meters, read by every host.</summary>
+    static readonly string[] FrameworkMeters = ["System.Runtime", "Microsoft.EntityFrameworkCore", "System.Net.Http"];
+
+    /// <summary>
+    /// OpenTelemetry for every host of the service (the API and the standalone worker): the service's own meter and
+    /// activity source (<see cref="ServiceTelemetry"/>) and the framework's meters, exported over OTLP when
+    /// <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> is set (the standard variable). The API adds its HTTP instrumentation and the
+    /// Prometheus endpoint on top of this one pipeline.
+    /// </summary>
+    public static OpenTelemetryBuilder AddServiceTelemetry(this IServiceCollection services, IConfiguration configuration, string serviceName)
+    {
+        var telemetry = services.AddOpenTelemetry()
+            .ConfigureResource(r => r.AddService(serviceName, serviceInstanceId: WorkerServices.WorkerId))
+            .WithMetrics(m => m.AddMeter(ServiceTelemetry.Name).AddMeter(FrameworkMeters))
+            .WithTracing(t => t.AddSource(ServiceTelemetry.Name));
+        if (!string.IsNullOrWhiteSpace(configuration["OTEL_EXPORTER_OTLP_ENDPOINT"])) telemetry.UseOtlpExporter();
+        return telemetry;
     }
 }

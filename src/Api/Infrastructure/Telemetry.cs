@@ -6,7 +6,7 @@ using OpenTelemetry.Trace;
 namespace AdapterService.Api.Infrastructure;
 
 /// <summary>
-/// The API host's OpenTelemetry, wired once: the pipeline every host shares (<see cref="ServiceTelemetryWiring"/>) plus
+/// The API host's OpenTelemetry, wired once: the pipeline every host shares (<see cref="WorkerServices.AddServiceTelemetry"/>) plus
 /// ASP.NET Core's meters (hosting, Kestrel, SignalR connections, routing, rate limiting), a span per HTTP request, and
 /// the Prometheus exporter that serves <c>/metrics</c> from the instruments (no database query per scrape).
 /// </summary>

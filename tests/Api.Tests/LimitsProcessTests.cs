@@ -41,6 +41,21 @@ public sealed class LimitsProcessTests
         await using (var hub = Hub("wrong")) await Assert.ThrowsAnyAsync<Exception>(() => hub.StartAsync());
     }
 
+    /// <summary>
+    /// Microsoft's container images set ASPNETCORE_HTTP_PORTS; with Urls empty Kestrel then listens on every interface,
+    /// which no configured URL shows. The addresses actually bound are checked after start and the service stops.
+    /// </summary>
+    [Fact]
+    public async Task WithoutKeysAListenerOnEveryInterfaceFromHttpPortsStopsTheService()
+    {
+        using var folder = new TempFolder("adapter-service-ports-");
+        int port = FreePort();
+        var refused = await Assert.ThrowsAsync<InvalidOperationException>(() =>
+            ServiceProcess.StartAsync(folder.FullName, port, ("Urls", ""), ("ASPNETCORE_HTTP_PORTS", port.ToString())));
+        Assert.Contains("exited with 1", refused.Message);
+        Assert.Contains($"Refusing to serve: the server listens on http://[::]:{port} without API keys", refused.Message);
+    }
+
     [Fact]
     public async Task EachProjectHasItsOwnRequestRateLimit()
     {

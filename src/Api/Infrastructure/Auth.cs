@@ -74,11 +74,45 @@ public static class Auth
                 $"Refusing to listen on {string.Join(", ", open)} without API keys: set Auth:AdminKey (env Auth__AdminKey) to turn auth on, or listen on a loopback address such as http://127.0.0.1:5080.");
     }
 
+    /// <summary>
+    /// The configured URLs are not all that decides where Kestrel listens (<c>ASPNETCORE_HTTP_PORTS</c>, which
+    /// Microsoft's container images set, binds <c>*:PORT</c> when <c>Urls</c> is empty; code can add endpoints too).
+    /// So without an admin key this also (1) drops, before any byte of HTTP is read, every connection that did not
+    /// arrive on a loopback address, and (2) once the server has started, reads the addresses it actually bound and
+    /// stops the service, exit code 1, if one is not loopback.
+    /// </summary>
+    public static void RefuseOpenListenersWithoutKeys(this WebApplicationBuilder builder)
+    {
+        if (builder.Configuration.GetSection("Auth").Get<AuthOptions>() is { Enabled: true }) return;
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.ConfigureEndpointDefaults(listen => listen.Use(next => connection =>
+        {
+            if (connection.LocalEndPoint is IPEndPoint { Address: var local } && !IsLoopback(local))
+            {
+                connection.Abort();
+                return Task.CompletedTask;
+            }
+            return next(connection);
+        })));
+    }
+
+    /// <summary>
+    /// The bound addresses (<see cref="Microsoft.AspNetCore.Hosting.Server.Features.IServerAddressesFeature"/>) that are
+    /// not loopback, when auth is off; a Unix socket is local and passes.
+    /// </summary>
+    public static IReadOnlyList<string> OpenListeners(IEnumerable<string> boundAddresses, AuthOptions auth) =>
+        auth.Enabled ? [] : boundAddresses.Where(a => !a.StartsWith("http://unix:", StringComparison.OrdinalIgnoreCase)
+                                                      && !a.StartsWith("https://unix:", StringComparison.OrdinalIgnoreCase) && !IsLoopback(a)).ToList();
+
+    public static string OpenListenersMessage(IEnumerable<string> open) =>
+        $"Refusing to serve: the server listens on {string.Join(", ", open)} without API keys. Set Auth:AdminKey (env Auth__AdminKey) to turn auth on, or listen on a loopback address only (Urls=http://127.0.0.1:5080; an empty Urls with ASPNETCORE_HTTP_PORTS set listens on every interface).";
+
+    static bool IsLoopback(IPAddress ip) => IPAddress.IsLoopback(ip.IsIPv4MappedToIPv6 ? ip.MapToIPv4() : ip);
+
     static bool IsLoopback(string url)
     {
         var host = url.Split("://", 2)[^1].Split('/')[0];
         host = host.StartsWith('[') ? host[1..host.IndexOf(']')] : host.Split(':')[0];
-        return host.Length == 0 || host == "localhost" || IPAddress.TryParse(host, out var ip) && IPAddress.IsLoopback(ip);
+        return host.Length == 0 || host == "localhost" || IPAddress.TryParse(host, out var ip) && IsLoopback(ip);
     }
 }
 

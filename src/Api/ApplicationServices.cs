@@ -50,6 +50,7 @@ public static class ApplicationServices
             o.AddSecurityRequirement(document => new OpenApiSecurityRequirement { [new OpenApiSecuritySchemeReference("bearer", document)] = [] });
         });
         services.AddApiKeyAuth(builder.Configuration);
+        services.AddBrowserGuard(builder.Configuration);
         builder.AddLimits();
         services.AddSignalR();
         services.AddHostedService<JobEventRelay>();
@@ -76,6 +77,7 @@ public static class ApplicationServices
                 scope.ServiceProvider.GetRequiredService<JobLifecycle>().RequeueUnfinished();
         }
         app.UseOpenAiErrors();
+        app.UseBrowserGuard();
         app.UseAuthentication();
         app.Use(ScopeToProject);
         app.UseRateLimiter();

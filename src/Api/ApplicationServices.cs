@@ -54,6 +54,7 @@ public static class ApplicationServices
         builder.AddLimits();
         services.AddSignalR();
         services.AddHostedService<JobEventRelay>();
+        services.AddSingleton<HubKeys>().AddHostedService(sp => sp.GetRequiredService<HubKeys>());
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
         services.AddBasePrecision(builder.Configuration);   // Models:Precision, shared with the trainer
         services.AddSingleton(sp => new InferenceEngine(inference, sp.GetRequiredService<BasePrecision>()));

@@ -34,18 +34,23 @@ public static class Auth
     public const string AdminPolicy = "admin";
     public const string AdminRole = "admin";
     const string ProjectClaim = "project_id";
+    const string KeyClaim = "key_id";
 
     /// <summary>The project a request acts in (null before authentication succeeded).</summary>
     public static string? ProjectId(this ClaimsPrincipal user) => user.FindFirst(ProjectClaim)?.Value;
+
+    /// <summary>The id of the project key a request authenticated with (null for the admin key and with auth off).</summary>
+    public static string? KeyId(this ClaimsPrincipal user) => user.FindFirst(KeyClaim)?.Value;
 
     public static string KeyHash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));
 
     /// <summary>A new secret: <c>sk-proj-</c> and 48 random letters and digits (about 285 bits).</summary>
     public static string NewKey() => "sk-proj-" + Ids.New() + Ids.New();
 
-    public static ClaimsPrincipal Principal(string projectId, bool admin)
+    public static ClaimsPrincipal Principal(string projectId, bool admin, string? keyId = null)
     {
         List<Claim> claims = [new(ProjectClaim, projectId)];
+        if (keyId is not null) claims.Add(new Claim(KeyClaim, keyId));
         if (admin) claims.Add(new Claim(ClaimTypes.Role, AdminRole));
         return new ClaimsPrincipal(new ClaimsIdentity(claims, Scheme));
     }
@@ -132,8 +137,8 @@ public sealed class ApiKeyHandler(
         if (key is null) return AuthenticateResult.NoResult();
         if (auth.Value.IsAdminKey(key)) return Success(Auth.Principal(Project.DefaultId, admin: true));
         var hash = Auth.KeyHash(key);
-        var project = await db.ApiKeys.AsNoTracking().Where(k => k.Hash == hash).Select(k => k.ProjectId).SingleOrDefaultAsync(Context.RequestAborted);
-        return project is null ? AuthenticateResult.Fail("Incorrect API key provided.") : Success(Auth.Principal(project, admin: false));
+        var found = await db.ApiKeys.AsNoTracking().Where(k => k.Hash == hash).Select(k => new { k.ProjectId, k.Id }).SingleOrDefaultAsync(Context.RequestAborted);
+        return found is null ? AuthenticateResult.Fail("Incorrect API key provided.") : Success(Auth.Principal(found.ProjectId, admin: false, found.Id));
     }
 
     AuthenticateResult Success(ClaimsPrincipal user) => AuthenticateResult.Success(new AuthenticationTicket(user, Scheme.Name));

@@ -97,6 +97,13 @@ public sealed class LimitsProcessTests
         var expected = new Dictionary<string, string>();
         foreach (var prompt in prompts) expected[prompt] = (await CompleteAsync(service.Http, prompt)).Text!;   // alone, one at a time
 
+        // One batch request may ask for half the engine's places at most: it cannot fill the queue by itself.
+        object Input(string prompt) => new { model = "tiny-llama-demo", prompt, max_tokens = 4, temperature = 0 };
+        var tooMany = await service.Http.PostAsJsonAsync("/v1/completions/batch", new { inputs = prompts.Take(3).Select(Input) });
+        Assert.Contains("up to 2", (string)(await Api.AssertErrorAsync(tooMany, 400, "inputs"))["message"]!);
+        var half = await service.Http.PostAsJsonAsync("/v1/completions/batch", new { inputs = prompts.Take(2).Select(Input) });
+        Assert.Equal(HttpStatusCode.OK, half.StatusCode);
+
         using var process = Process.GetProcessById(service.ProcessId);
         long baseline = 0, peak = 0;
         int ok = 0, busy = 0;
@@ -128,6 +135,7 @@ public sealed class LimitsProcessTests
         Assert.True(clock.Elapsed < TimeSpan.FromMinutes(2), $"the waves took {clock.Elapsed}");
         var metrics = await service.Http.GetStringAsync("/metrics");
         Assert.Contains("adapter_service_inference_queue_length 0", metrics);   // every place was given back
+
     }
 
     static async Task<(HttpStatusCode Status, string? Text, TimeSpan? RetryAfter, string Prompt)> CompleteAsync(HttpClient client, string prompt)

@@ -104,6 +104,9 @@ public sealed class SecurityTests(SecuredServiceFactory factory)
         for (int i = 0; i < SecuredServiceFactory.MaxActiveJobs; i++)
             busy.Add((string)(await Api.CreateJobAsync(full, new { model = "tiny-llama-demo", training_file = fileId, hyperparameters = new { n_epochs = 50, batch_size = 1 } }))["id"]!);
         Assert.Equal("too_many_active_jobs", (string?)(await Api.AssertErrorAsync(await full.PostAsync(url, null), 429))["code"]);
+        // The cap is checked before the training file is read: a full project is refused before its file is even looked up.
+        var unread = await full.PostAsJsonAsync("/v1/fine_tuning/jobs", new { model = "tiny-llama-demo", training_file = "file-never-uploaded" });
+        Assert.Equal("too_many_active_jobs", (string?)(await Api.AssertErrorAsync(unread, 429))["code"]);
         foreach (var job in busy) await Api.JsonAsync(await full.PostAsync($"/v1/fine_tuning/jobs/{job}/cancel", null));
 
         var (_, ownerKey) = await factory.NewProjectAsync("team-pretrain");

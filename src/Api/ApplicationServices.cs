@@ -52,6 +52,7 @@ public static class ApplicationServices
         services.AddApiKeyAuth(builder.Configuration);
         services.AddBrowserGuard(builder.Configuration);
         builder.AddLimits();
+        builder.AddTelemetry();
         services.AddSignalR();
         services.AddHostedService<JobEventRelay>();
         services.AddSingleton<HubKeys>().AddHostedService(sp => sp.GetRequiredService<HubKeys>());
@@ -72,6 +73,7 @@ public static class ApplicationServices
         {
             var db = scope.ServiceProvider.GetRequiredService<ServiceDbContext>();
             ServiceStorage.Initialize(db);
+            Telemetry.SeedJobGauge(app, scope.ServiceProvider.GetRequiredService<JobLifecycle>());   // before this process moves any job
             BuiltinModels.Register(db, scope.ServiceProvider.GetRequiredService<IBlobStore>());
             // With in-memory Hangfire the queue died with the last process; a persistent queue still holds its jobs.
             if (ServiceStorage.Provider(app.Configuration) == "sqlite")

@@ -36,6 +36,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
             return;
         }
 
+        using var run = JobTracing.StartRun(job, "fine_tuning");   // a span of the trace of the request that created the job
         // Stops training at the next step when the job is no longer running (cancelled, paused) or the host stops.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
         TrainingSession? session = null;
@@ -73,6 +74,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         {
             session?.Dispose();
             lease.Release();
+            if (run is not null) JobTracing.Ended(run, "fine_tuning", jobs.StatusOf(jobId));
         }
     }
 

@@ -32,6 +32,7 @@ public sealed class PretrainingJobRunner(ServiceDbContext db, JobLifecycle jobs,
             if (jobs.StatusOf(jobId) == JobStatus.Running) queue.Schedule(JobKind.Pretraining, jobId, TimeSpan.FromSeconds(options.Value.LeaseSeconds));
             return;
         }
+        using var run = JobTracing.StartRun(job, "pretraining");
         string? temp = null;
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
         try
@@ -91,6 +92,7 @@ public sealed class PretrainingJobRunner(ServiceDbContext db, JobLifecycle jobs,
         {
             if (temp is not null && Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
             lease.Release();
+            if (run is not null) JobTracing.Ended(run, "pretraining", jobs.StatusOf(jobId));
         }
     }
 

@@ -19,6 +19,7 @@ if (ServiceStorage.Provider(builder.Configuration) != "postgres")
 TorchRuntime.EnsureReady();
 builder.Logging.AddFilter("Microsoft.EntityFrameworkCore.Database.Command", LogLevel.Warning);
 builder.Services.AddServiceStorage(builder.Configuration).AddJobQueue(builder.Configuration).AddFineTuningWorker(builder.Configuration);
+builder.Services.AddServiceTelemetry(builder.Configuration, "adapter-service-worker");   // OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
 // On SIGTERM the runner saves the job's state after its current step; give it time before the host gives up.
 builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
 var host = builder.Build();

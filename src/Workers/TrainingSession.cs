@@ -3,6 +3,7 @@ using AdapterService.Core.Adapters;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Telemetry;
 using AdapterService.Core.Training;
 using static TorchSharp.torch;
 
@@ -116,8 +117,12 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         {
             jobs.AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}", data: JobEventData.ForStatus(JobStatus.Running));
         }
-        else jobs.AddEvent(job.Id, $"Fine-tuning job started: {adapter!.ParameterCount:N0} {spec.Config.Method} parameters, {run!.ExampleCount} examples, {trainer.TotalSteps} steps",
-            data: JobEventData.ForStatus(JobStatus.Running));
+        else
+        {
+            ServiceTelemetry.JobQueueWait.Record(Math.Max(0, JobLifecycle.Now() - job.CreatedAt));
+            jobs.AddEvent(job.Id, $"Fine-tuning job started: {adapter!.ParameterCount:N0} {spec.Config.Method} parameters, {run!.ExampleCount} examples, {trainer.TotalSteps} steps",
+                data: JobEventData.ForStatus(JobStatus.Running));
+        }
 
         reported = jobs.LastReportedStep(job.Id);   // steps redone after a crash were reported the first time already
         // A resumed run remembers the validation losses of the epochs before it, so it stops where an uninterrupted one would.

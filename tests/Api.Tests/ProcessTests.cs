@@ -43,6 +43,15 @@ public sealed class ProcessTests
                 await Task.Delay(50);
                 beforeKill = MetricSteps(await Events(first.Http, jobId)).Count;
             } while (beforeKill < 35 && DateTime.UtcNow < deadline);
+            // The training-token counter rises while the job trains (OpenTelemetry's exporter, read twice).
+            double trained = Metrics.Value(await first.Http.GetStringAsync("/metrics"), "adapter_service_training_tokens_total"), now;
+            var rising = DateTime.UtcNow.AddSeconds(30);
+            do
+            {
+                await Task.Delay(200);
+                now = Metrics.Value(await first.Http.GetStringAsync("/metrics"), "adapter_service_training_tokens_total");
+            } while (now <= trained && DateTime.UtcNow < rising);
+            Assert.True(trained > 0 && now > trained, $"training tokens {trained}, then {now}");
             await first.KillAsync();
         }
         Assert.InRange(beforeKill, 35, 299);
@@ -50,6 +59,11 @@ public sealed class ProcessTests
         await using var second = await ServiceProcess.StartAsync(folder.FullName, stateEvery);
         var done = await Api.WaitForFinishAsync(second.Http, jobId);
         Assert.Equal("succeeded", (string?)done["status"]);
+        // The job gauge, seeded at start (the job was running) and kept by the transitions since (re-queued, claimed, succeeded).
+        var metrics = await second.Http.GetStringAsync("/metrics");
+        Assert.Contains("# TYPE kestrel_active_connections gauge", metrics);
+        foreach (var (status, count) in new[] { ("succeeded", 1), ("running", 0), ("queued", 0) })
+            Assert.Equal(count, Metrics.Value(metrics, "adapter_service_jobs", $"status=\"{status}\""));
 
         var events = await Events(second.Http, jobId);
         Assert.Equal(Enumerable.Range(1, 300), MetricSteps(events));   // every step reported exactly once, none lost

@@ -4,7 +4,7 @@ using System.Text.Json.Nodes;
 
 namespace AdapterService.Api.Tests;
 
-/// <summary><c>response_format</c> on chat completions: json_schema and json_object outputs parse and fit; max_tokens cuts with "length"; bad formats are 400s naming the keyword.</summary>
+/// <summary><c>response_format</c> on chat completions (and, as our extension, completions and their batch): json_schema and json_object outputs parse and fit; max_tokens cuts with "length"; bad formats are 400s naming the keyword.</summary>
 [Collection(ServiceCollection.Name)]
 public sealed class ResponseFormatTests(ServiceFactory factory)
 {
@@ -92,6 +92,36 @@ public sealed class ResponseFormatTests(ServiceFactory factory)
             // logprobs stay the raw model's: a forced token (the opening brace) need not be the model's likely one
             Assert.Equal("{", (string?)choice["logprobs"]!["content"]![0]!["token"]);
         }
+    }
+
+    [Fact]
+    public async Task CompletionsAndTheirBatchAreConstrainedToo()
+    {
+        var schema = JsonNode.Parse("""{"type":"object","properties":{"n":{"type":"integer"},"ok":{"type":"boolean"}},"required":["n","ok"],"additionalProperties":false}""")!.AsObject();
+        static void Fits(JsonNode choice)
+        {
+            Assert.Equal("stop", (string?)choice["finish_reason"]);
+            var value = JsonNode.Parse((string)choice["text"]!)!.AsObject();
+            Assert.Equal(["n", "ok"], value.Select(p => p.Key));
+            Assert.Equal(JsonValueKind.Number, value["n"]!.GetValueKind());
+            Assert.True(value["ok"]!.GetValueKind() is JsonValueKind.True or JsonValueKind.False);
+        }
+        object Input(int seed, object? format) => new
+        {
+            model = "tiny-llama-demo", prompt = $"Record {seed}:", temperature = 1.0, seed, max_tokens = 60, response_format = format,
+        };
+        var single = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", Input(1, JsonSchema(schema))));
+        Fits(single["choices"]![0]!);
+
+        // A batch mixes constrained and free inputs; a bad format is named by its input.
+        var batch = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions/batch",
+            new { inputs = new[] { Input(2, JsonSchema(schema)), Input(3, null), Input(4, JsonSchema(schema)) } }));
+        var data = batch["data"]!.AsArray();
+        Fits(data[0]!["choices"]![0]!);
+        Fits(data[2]!["choices"]![0]!);
+        var bad = await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/completions/batch",
+            new { inputs = new[] { Input(2, null), Input(3, new { type = "xml" }) } }), 400, "inputs[1].response_format");
+        Assert.Contains("'xml'", (string)bad["message"]!);
     }
 
     [Theory]

@@ -14,7 +14,7 @@ public class LayeringTests
     /// <summary>Bottom to top; a sub-namespace (Adapters.Lora, Storage.Migrations) belongs to its first segment.</summary>
     static readonly string[][] Layers =
     [
-        ["Torch", "Storage"],
+        ["Torch", "Storage", "Telemetry"],   // Telemetry: the service's meter, activity source and instruments
         ["Models"],            // modules, configs and weight files of the families
         ["Data"],              // training-file formats and datasets (images as tensors sized for a model)
         ["Text"],              // tokenizers and chat formats

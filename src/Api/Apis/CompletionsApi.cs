@@ -23,9 +23,11 @@ namespace AdapterService.Api.Apis;
 /// <param name="LogitBias">Token ids (as strings) to biases from -100 to 100, added to the logits (-100 bans a token, 100 all but forces it).</param>
 /// <param name="Logprobs">0-5: return each generated token's log-probability (the model's raw log-softmax, before temperature, penalties and bias) and that many most likely tokens at each position.</param>
 /// <param name="StreamOptions">{"include_usage": true}: a last chunk with empty choices and the whole request's usage (stream only).</param>
+/// <param name="ResponseFormat">Our extension (OpenAI has it on chat only): {"type": "json_object"} or {"type": "json_schema", ...} constrains the completion to JSON as on chat.</param>
 public sealed record CompletionRequest(
     string? Model, JsonElement? Prompt, int? MaxTokens, double? Temperature, double? TopP, JsonElement? Stop, bool? Stream, long? Seed, int? N,
-    double? PresencePenalty = null, double? FrequencyPenalty = null, JsonElement? LogitBias = null, int? Logprobs = null, StreamOptions? StreamOptions = null)
+    double? PresencePenalty = null, double? FrequencyPenalty = null, JsonElement? LogitBias = null, int? Logprobs = null, StreamOptions? StreamOptions = null,
+    JsonElement? ResponseFormat = null)
     : ISamplingRequest
 {
     (int? Top, JsonHttpResult<ErrorResponse>? Error) ISamplingRequest.LogprobsWanted() => Logprobs is < 0 or > 5
@@ -103,8 +105,7 @@ public static class CompletionsApi
         {
             if (inputs[i] is null) return OpenAiErrors.BadRequest($"inputs[{i}] must be a completion request object.", $"inputs[{i}]");
             if (inputs[i].Stream == true) return OpenAiErrors.BadRequest("stream is not supported in a batch.", $"inputs[{i}].stream");
-            var (ready, error) = await Generation.PrepareAsync(inputs[i], (text, _) => text.EncodeCompletion(PromptText(inputs[i].Prompt)),
-                defaultMaxTokens: 16, db, blobs, cancel);
+            var (ready, error) = await PrepareAsync(inputs[i], db, blobs, cancel);
             if (ready is null) return Generation.ForInput(error!, i);
             prepared.Add(ready);
         }
@@ -130,8 +131,7 @@ public static class CompletionsApi
         CompletionRequest request, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine,
         IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, HttpResponse response, CancellationToken cancel)
     {
-        var (ready, error) = await Generation.PrepareAsync(request, (text, _) => text.EncodeCompletion(PromptText(request.Prompt)),
-            defaultMaxTokens: 16, db, blobs, cancel);
+        var (ready, error) = await PrepareAsync(request, db, blobs, cancel);
         if (ready is null) return error!;
         var (chunks, busy) = await Generation.StartAsync(engine, ready.Request, response, cancel);
         if (chunks is null) return busy!;
@@ -141,6 +141,19 @@ public static class CompletionsApi
                 json.Value.SerializerOptions);
         var (choices, usage) = await Generation.CollectAsync(chunks, ready.Choices);
         return TypedResults.Ok(new CompletionResponse(id, "text_completion", created, ready.Model, Choices(choices), usage));
+    }
+
+    /// <summary>A completion request made ready for the engine: its prompt encoded, its response format a constraint.</summary>
+    static async Task<(Generation.Prepared? Ready, JsonHttpResult<ErrorResponse>? Error)> PrepareAsync(CompletionRequest request, ServiceDbContext db,
+        IBlobStore blobs, CancellationToken cancel)
+    {
+        var (grammar, formatError) = ResponseFormats.Parse(request.ResponseFormat);
+        if (formatError is not null) return (null, formatError);
+        var (ready, error) = await Generation.PrepareAsync(request, (text, _) => text.EncodeCompletion(PromptText(request.Prompt)),
+            defaultMaxTokens: 16, db, blobs, cancel);
+        if (ready is null) return (null, error);
+        var (constrained, unsupported) = ResponseFormats.Constrain(ready.Request, grammar, ready.Model);
+        return constrained is null ? (null, unsupported) : (ready with { Request = constrained }, null);
     }
 
     static List<CompletionChoice> Choices(IReadOnlyList<CollectedChoice> choices) => [.. choices.Select(c =>

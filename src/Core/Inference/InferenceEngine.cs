@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using AdapterService.Core.Adapters;
 using AdapterService.Core.Models;
+using AdapterService.Core.Telemetry;
 using AdapterService.Core.Text;
 using static TorchSharp.torch;
 
@@ -46,6 +47,7 @@ public sealed partial class InferenceEngine : IDisposable
         Adapters = new AdapterCache(this.options.AdapterCacheBytes);
         thread = new Thread(Loop) { IsBackground = true, Name = "inference" };
         thread.Start();
+        EngineTelemetry.Track(this);
     }
 
     /// <summary>
@@ -60,6 +62,7 @@ public sealed partial class InferenceEngine : IDisposable
             throw new EngineBusyException($"The server is busy: {options.MaxQueued} requests are already waiting. Retry shortly.");
         }
         var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = true });
+        var (span, start) = EngineTelemetry.Begin(request);
         try
         {
             // Each choice's own constraint, made before the adapter lease is taken (a constraint that fails to build leaks nothing).
@@ -85,9 +88,10 @@ public sealed partial class InferenceEngine : IDisposable
         catch
         {
             Interlocked.Decrement(ref queued);
+            span?.Dispose();
             throw;
         }
-        return output.Reader.ReadAllAsync(cancel);
+        return EngineTelemetry.Observe(output.Reader.ReadAllAsync(cancel), span, start);
     }
 
     /// <summary><see cref="StartAsync"/> and its chunks in one enumeration.</summary>
@@ -248,6 +252,7 @@ public sealed partial class InferenceEngine : IDisposable
     void DecodeStep(Batch batch)
     {
         var rows = batch.Rows;
+        ServiceTelemetry.BatchRows.Record(rows.Count);
         List<int> done = [];
         try
         {
@@ -310,6 +315,7 @@ public sealed partial class InferenceEngine : IDisposable
     /// <summary>Stops at the next token boundary, failing what is still running or waiting; then frees the models.</summary>
     public void Dispose()
     {
+        EngineTelemetry.Untrack(this);
         stopping = true;
         incoming.Writer.TryComplete();
         thread.Join();

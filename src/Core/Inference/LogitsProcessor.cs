@@ -1,3 +1,4 @@
+using AdapterService.Core.Inference.Constraints;
 using AdapterService.Core.Text;
 using static TorchSharp.torch;
 
@@ -86,13 +87,15 @@ public sealed record TokenLogprob(int Token, string Text, byte[] Bytes, float Lo
     }
 
     /// <summary>
-    /// A token's own text (its decoded string; a piece of a multi-byte character decodes to U+FFFD) and bytes (the byte
-    /// tokenizer's exact byte; otherwise the UTF-8 of the text).
+    /// A token's own text (its decoded string; a piece of a multi-byte character decodes to U+FFFD) and bytes: exactly
+    /// what the token writes (<see cref="TokenVocabulary"/>: a byte-level BPE piece of a character is its own bytes, not
+    /// U+FFFD's), or the UTF-8 of the text for special tokens.
     /// </summary>
     static TopLogprob Describe(int token, float logprob, ITextTokenizer tokenizer)
     {
         var text = tokenizer.Decode([token], skipSpecialTokens: false);
-        var bytes = tokenizer is ByteTokenizer && ByteTokenizer.IsByte(token) ? [(byte)token] : System.Text.Encoding.UTF8.GetBytes(text);
+        var exact = TokenVocabulary.For(tokenizer).Bytes;
+        var bytes = token < exact.Length && exact[token] is { } own ? own : System.Text.Encoding.UTF8.GetBytes(text);
         return new TopLogprob(token, text, bytes, logprob);
     }
 }

@@ -1,4 +1,5 @@
 using AdapterService.Core.Storage;
+using AdapterService.Core.Telemetry;
 using Microsoft.EntityFrameworkCore;
 
 namespace AdapterService.Core.Jobs;
@@ -9,6 +10,9 @@ namespace AdapterService.Core.Jobs;
 /// and the workers' runners all go through it, so the rules of the lifecycle live here only.
 /// </summary>
 /// <remarks>
+/// Every change reads the status it leaves and updates only from that status (retrying if another process moved the job
+/// meanwhile), so the job gauge (<see cref="ServiceTelemetry.Jobs"/>) is kept exactly from the transitions, never by
+/// counting rows.
 /// One status change writes no event of its own: a worker's claim (queued → running) is announced by the run's first
 /// event ("started" or "resumed", with the running status), which can only be written once the run knows what it
 /// trains; until then a browser keeps seeing the job as queued, which is what it is waiting for.
@@ -28,12 +32,32 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
     public async Task CreateAsync(FineTuningJob job, IEnumerable<JobMetadata> metadata, IEnumerable<string> notes, string queuedMessage, CancellationToken cancel)
     {
         job.Status = JobStatus.Queued;
-        db.Jobs.Add(job);
+        db.Jobs.Add(JobTracing.Stamped(job));
         db.JobMetadata.AddRange(metadata);
         db.JobEvents.AddRange(notes.Select(message => new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = message }));
         db.JobEvents.Add(new JobEvent { JobId = job.Id, CreatedAt = job.CreatedAt, Message = queuedMessage, Data = JobEventData.ForStatus(JobStatus.Queued) });
         await db.SaveChangesAsync(cancel);
+        ServiceTelemetry.JobMoved(null, JobStatus.Queued);
         queue.Enqueue(JobKinds.Of(job), job.Id);
+    }
+
+    /// <summary>
+    /// Moves the job from the status it has, if <paramref name="may"/> allows that one, with <paramref name="update"/>
+    /// (which sets the new status and may narrow the rows further); returns the status it left, or null when it did not
+    /// move. The update is made only from the status read; when another process changed that status in between, again.
+    /// </summary>
+    async Task<string?> MoveAsync(string jobId, Func<string, bool> may,
+        Func<IQueryable<FineTuningJob>, CancellationToken, Task<int>> update, CancellationToken cancel)
+    {
+        var before = await db.Jobs.Where(j => j.Id == jobId).Select(j => j.Status).SingleOrDefaultAsync(cancel);
+        while (before is not null && may(before))
+        {
+            if (await update(db.Jobs.Where(j => j.Id == jobId && j.Status == before), cancel) > 0) return before;
+            var now = await db.Jobs.Where(j => j.Id == jobId).Select(j => j.Status).SingleOrDefaultAsync(cancel);
+            if (now == before) return null;   // the update's own condition (a live lease) held it back
+            before = now;
+        }
+        return null;
     }
 
     /// <summary>
@@ -47,14 +71,15 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
         long now = Now();
         long? finishedAt = JobStatus.IsFinished(to) ? now : null;
         await using var transaction = await db.Database.BeginTransactionAsync(cancel);
-        int updated = await db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status))
-            .ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt), cancel);
+        var left = await MoveAsync(jobId, from.Contains, (jobs, c) =>
+            jobs.ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt), c), cancel);
         var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
-        if (updated == 0) return (false, job);
+        if (left is null) return (false, job);
         db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message, Data = JobEventData.ForStatus(to) });
         await db.SaveChangesAsync(cancel);
         await transaction.CommitAsync(cancel);
         db.ChangeTracker.Clear();
+        ServiceTelemetry.JobMoved(left, to);
         return (true, job);
     }
 
@@ -64,6 +89,13 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
         var result = await TransitionAsync(jobId, [JobStatus.Paused], JobStatus.Queued, message, cancel);
         if (result.Changed) queue.Enqueue(JobKinds.Of(result.Job!), jobId);
         return result;
+    }
+
+    /// <summary>Adds this process's share of the job gauge: the jobs by status now (once, at the start of the API process).</summary>
+    public void CountJobsForTelemetry()
+    {
+        foreach (var group in db.Jobs.GroupBy(j => j.Status).Select(g => new { Status = g.Key, Count = g.Count() }).ToList())
+            ServiceTelemetry.Jobs.Add(group.Count, new KeyValuePair<string, object?>("status", group.Status));
     }
 
     /// <summary>The same as <see cref="TransitionAsync"/>, for a worker's thread.</summary>
@@ -93,9 +125,13 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
     public JobLease? Claim(string jobId, string owner, int leaseSeconds)
     {
         long now = Now(), until = now + leaseSeconds;
-        bool claimed = db.Jobs.Where(j => j.Id == jobId && (j.Status == JobStatus.Queued || j.Status == JobStatus.Running && (j.LeaseUntil == null || j.LeaseUntil < now)))
-            .ExecuteUpdate(s => s.SetProperty(j => j.Status, JobStatus.Running).SetProperty(j => j.LeaseOwner, owner).SetProperty(j => j.LeaseUntil, until)) > 0;
-        return claimed ? new JobLease(this, jobId, owner, leaseSeconds, now) : null;
+        var left = MoveAsync(jobId, status => status is JobStatus.Queued or JobStatus.Running, (jobs, c) => jobs
+                .Where(j => j.Status == JobStatus.Queued || j.LeaseUntil == null || j.LeaseUntil < now)
+                .ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, JobStatus.Running).SetProperty(j => j.LeaseOwner, owner).SetProperty(j => j.LeaseUntil, until), c),
+            CancellationToken.None).GetAwaiter().GetResult();
+        if (left is null) return null;
+        ServiceTelemetry.JobMoved(left, JobStatus.Running);
+        return new JobLease(this, jobId, owner, leaseSeconds, now);
     }
 
     internal bool ExtendLease(string jobId, string owner, long until) =>
@@ -173,6 +209,7 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
         db.SaveChanges();
         transaction.Commit();
         db.ChangeTracker.Clear();
+        ServiceTelemetry.JobMoved(JobStatus.Running, JobStatus.Succeeded);
         return true;
     }
 
@@ -183,14 +220,16 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
     public void Fail(string jobId, string message, params string[] from)
     {
         using var transaction = db.Database.BeginTransaction();
-        int updated = db.Jobs.Where(j => j.Id == jobId && from.Contains(j.Status)).ExecuteUpdate(s => s
+        long now = Now();
+        var left = MoveAsync(jobId, from.Contains, (jobs, c) => jobs.ExecuteUpdateAsync(s => s
             .SetProperty(j => j.Status, JobStatus.Failed)
             .SetProperty(j => j.ErrorCode, "training_failed")
             .SetProperty(j => j.ErrorMessage, message)
-            .SetProperty(j => j.FinishedAt, Now()));
-        if (updated == 0) return;
+            .SetProperty(j => j.FinishedAt, now), c), CancellationToken.None).GetAwaiter().GetResult();
+        if (left is null) return;
         AddEvent(jobId, message, level: "error", data: JobEventData.ForStatus(JobStatus.Failed, error: message));
         transaction.Commit();
+        ServiceTelemetry.JobMoved(left, JobStatus.Failed);
     }
 }
 

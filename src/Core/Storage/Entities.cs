@@ -118,6 +118,8 @@ public sealed class FineTuningJob
     public string? ErrorCode { get; set; }
     public string? ErrorMessage { get; set; }
     public string? ErrorParam { get; set; }
+    /// <summary>The W3C trace context of the request that created the job, so the worker's run continues its trace.</summary>
+    public string? TraceParent { get; set; }
 }
 
 /// <summary>One key-value pair of a job's user metadata (a table of its own, so list filters run in the database).</summary>

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Telemetry;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -173,6 +174,8 @@ public abstract class AdapterTrainer : IDisposable
         optimizer.step();
         LastLoss = loss;
         TrainedTokens += tokens;
+        ServiceTelemetry.TrainingTokens.Add(tokens);
+        ServiceTelemetry.TrainingSteps.Add(1);
     }
 
     /// <summary>Runs <paramref name="evaluate"/> with training behaviour (dropout) off, then puts it back as it was.</summary>

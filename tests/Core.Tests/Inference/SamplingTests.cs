@@ -24,6 +24,23 @@ public sealed class SamplingTests
         }
     }
 
+    /// <summary>
+    /// A logprob's bytes are what its token writes: a text whose characters byte-level BPE splits into pieces is its
+    /// tokens' bytes put together (a piece alone decodes to U+FFFD, whose own UTF-8 would be wrong).
+    /// </summary>
+    [Fact]
+    public void LogprobBytesAreTheTokensOwnBytes()
+    {
+        using var scope = NewDisposeScope();
+        var tokenizer = JsonConstraintTests.Tokenizer("qwen3");
+        const string text = "𝔘𝔫𝔦 쀍 鼷 …";
+        var ids = tokenizer.Encode(text, addSpecialTokens: false);
+        var logits = zeros(tokenizer.VocabularySize);
+        var described = ids.Select(id => TokenLogprob.Of(logits, id, 0, tokenizer)).ToList();
+        Assert.Contains(described, d => d.Text.Contains('\uFFFD'));   // some token is a piece of a character
+        Assert.Equal(System.Text.Encoding.UTF8.GetBytes(text), described.SelectMany(d => d.Bytes).ToArray());
+    }
+
     [Fact]
     public void TinyTopPAlwaysSamplesTheTopToken()
     {

@@ -292,6 +292,9 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.Property<string>("Suffix")
                         .HasColumnType("text");
 
+                    b.Property<string>("TraceParent")
+                        .HasColumnType("text");
+
                     b.Property<long?>("TrainedTokens")
                         .HasColumnType("bigint");
 

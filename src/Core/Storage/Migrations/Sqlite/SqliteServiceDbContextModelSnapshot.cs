@@ -287,6 +287,9 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.Property<string>("Suffix")
                         .HasColumnType("TEXT");
 
+                    b.Property<string>("TraceParent")
+                        .HasColumnType("TEXT");
+
                     b.Property<long?>("TrainedTokens")
                         .HasColumnType("INTEGER");
 

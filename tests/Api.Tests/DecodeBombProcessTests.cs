@@ -7,7 +7,7 @@ namespace AdapterService.Api.Tests;
 public sealed class DecodeBombProcessTests(Xunit.Abstractions.ITestOutputHelper log)
 {
     /// <summary>Resident memory growth allowed for an upload, as a multiple of its size.</summary>
-    const int RssMultiple = 32;
+    const int RssMultiple = 64;
 
     /// <summary>
     /// 60 lines, each a 16 KB PNG declaring 4096×4096 (16 MiB of pixels, 1 GB for the file): accepted, since they fit

@@ -7,24 +7,25 @@ namespace AdapterService.Benchmarks;
 
 /// <summary>
 /// Benchmarks 1 and 2 at the level of one forward pass: 32 rows, each with its own LoRA adapter (rank 8-16 on q,v),
-/// against the same rows on the base alone, against switching adapters per row (PEFT's mixed batch), and against
-/// merging each row's adapter into the weights before its step. Variants are timed round-robin.
+/// against the same rows on the base alone, against PEFT's mixed batch (the base once for the batch, the LoRA part per
+/// adapter group), against each row run alone with its adapter, and against merging each row's adapter into the
+/// weights before its step. Every variant, prefill and decode, is timed round-robin in one run.
 /// </summary>
 sealed class LoraServing : IDisposable
 {
-    const int Rows = 32, Prompt = 64, Prefills = 8;
+    const int Rows = 32, Prompt = 64, PrefillRows = 8;
     readonly LlamaForCausalLM model;
+    readonly BatchSteps steps;
     readonly List<LoraAdapter> adapters;
-    readonly List<Dictionary<string, LoraWeights>> weights;
-    readonly SlotKvCache cache;
+    readonly List<IReadOnlyDictionary<string, LoraWeights>> weights;
     readonly int repeats;
 
     public LoraServing(bool quick)
     {
         model = Measure.RandomModel(Measure.Config(quick));
+        steps = new BatchSteps(model, Rows, Prompt);
         adapters = Enumerable.Range(0, Rows).Select(i => Measure.RandomAdapter(model, 8 + i % 9, i)).ToList();
-        weights = adapters.Select(a => a.LoraLayers.ToDictionary(l => l.Key, l => l.Value.Weights())).ToList();
-        cache = new SlotKvCache(model, Rows, model.ContextLength);
+        weights = adapters.Select(a => (IReadOnlyDictionary<string, LoraWeights>)a.LoraLayers.ToDictionary(l => l.Key, l => l.Value.Weights())).ToList();
         repeats = quick ? 3 : 7;
     }
 
@@ -33,69 +34,63 @@ sealed class LoraServing : IDisposable
         using var noGrad = no_grad();
         long parameters = Measure.Parameters(model);
         line($"## 1-2. {Rows} requests over {Rows} distinct LoRA adapters (rank 8-16 on q_proj, v_proj)");
-        line($"model: Llama-shaped, {parameters / 1e6:F1}M parameters (hidden {model.Config.HiddenSize}, {model.Config.NumHiddenLayers} layers), random weights; prompt {Prompt} tokens");
+        line($"model: Llama-shaped, {parameters / 1e6:F1}M parameters (hidden {model.Config.HiddenSize}, {model.Config.NumHiddenLayers} layers), fp32, random weights; " +
+             $"prefill: {PrefillRows} prompts of {Prompt} tokens in one pass; decode: one step of {Rows} rows after {Prompt} tokens");
 
-        // Round-robin, so that drift on this shared machine moves every variant alike.
-        var prefill = Measure.Interleaved([
-            () => { for (int i = 0; i < Prefills; i++) Prefill(null); },
-            () => { for (int i = 0; i < Prefills; i++) Prefill(weights[i]); },
-        ], repeats);
-        double basePrefill = prefill[0], loraPrefill = prefill[1];
+        using var kept = steps.Gather(weights);
+        var names = Enumerable.Range(0, Rows).Select(i => (string?)$"a{i}").ToList();
+        var peft = PeftMixedBatch.For(names, names.Select((n, i) => (n!, weights[i])).ToDictionary(p => p.Item1, p => p.Item2));
+        // PEFT's way must compute what the engine computes, or the comparison means nothing.
+        using (NewDisposeScope())
+        {
+            var ids = randint(0, model.Config.VocabSize, [Rows, 1], ScalarType.Int64);
+            Tensor engine = null!, mixed = null!;
+            steps.With(kept.Layers, () => engine = steps.Logits(ids));
+            steps.With(peft, () => mixed = steps.Logits(ids));
+            double gap = (engine - mixed).abs().max().item<float>(), size = engine.abs().max().item<float>();
+            if (gap > 1e-4 * Math.Max(1, size)) throw new InvalidOperationException($"PEFT's mixed batch differs from the engine's batch by {gap} (logits up to {size})");
+            line($"check: PEFT's mixed batch and the engine's gathered batch give the same logits (max |difference| {gap:G2}, logits up to {size:F1})");
+        }
+        var variants = new (string Name, Action Run)[]
+        {
+            ("prefill, base alone", () => steps.With(null, () => steps.Prefill(0, PrefillRows))),
+            ("prefill, each prompt with its adapter (gathered for the group)", () =>
+            {
+                using var g = steps.Gather(weights.Take(PrefillRows).ToList());
+                steps.With(g.Layers, () => steps.Prefill(0, PrefillRows));
+            }),
+            ($"decode, {Rows} rows, base alone", () => steps.With(null, steps.Decode)),
+            ($"decode, {Rows} rows, {Rows} adapters gathered once (steady batch, the engine)", () => steps.With(kept.Layers, steps.Decode)),
+            ($"decode, {Rows} adapters re-gathered every step", () => { using var g = steps.Gather(weights); steps.With(g.Layers, steps.Decode); }),
+            ("decode, PEFT's mixed batch (base once for the batch, LoRA per adapter group)", () => steps.With(peft, steps.Decode)),
+            ($"decode, each row alone with its adapter attached ({Rows} batch-1 forward passes)", RowAlone),
+            ("decode, merge per request (W + sBA, run, unmerge)", MergePerRequest),
+        };
+        var t = Measure.RoundRobin(variants.Select(v => v.Run).ToArray(), repeats);
+        // Indexes into t: 0-1 prefill, 2 base, 3 engine, 4 re-gathered, 5 PEFT, 6 row alone, 7 merge.
+        double Tps(int i) => (i < 2 ? PrefillRows * Prompt : Rows) / t[i].Median;
+        string Of(int i, int of) => Measure.Ratio(t[of], t[i]).Format("F3");       // tokens/s of i ÷ tokens/s of `of`
+        string Faster(int i, int than) => Measure.Ratio(t[than], t[i]).Format("F1");
 
-        for (int slot = 0; slot < Rows; slot++) PrefillInto(slot);
-        using var kept = Gather(Enumerable.Range(0, Rows).Select(i => weights[i]).ToList());
-        Clear();
-        var decode = Measure.Interleaved([
-            () => Decode(), () => Decode(kept), () => { using var g = Gather(weights); Decode(g); }, SwitchPerAdapter, MergePerRequest,
-        ], repeats);
-        double baseDecode = decode[0], loraDecode = decode[1], regatherDecode = decode[2], switchDecode = decode[3], mergeDecode = decode[4];
-
-        double Tps(double seconds, int tokens) => tokens / seconds;
+        line("");
+        line($"Median of {repeats} round-robin rounds; ratios are taken within each round: median (lowest–highest).");
         line("");
         line("| measurement | tokens/s | ratio |");
         line("|---|---|---|");
-        line($"| prefill, base alone | {Tps(basePrefill, Prefills * Prompt):F0} | 1 |");
-        line($"| prefill, each request with its adapter | {Tps(loraPrefill, Prefills * Prompt):F0} | **{basePrefill / loraPrefill:F3}** of base (target ≥ 0.85) |");
-        line($"| decode step, {Rows} rows, base alone | {Tps(baseDecode, Rows):F0} | 1 |");
-        line($"| decode step, {Rows} rows, {Rows} adapters gathered once (steady batch) | {Tps(loraDecode, Rows):F0} | **{baseDecode / loraDecode:F3}** of base (target ≥ 0.9) |");
-        line($"| decode step, {Rows} adapters re-gathered every step | {Tps(regatherDecode, Rows):F0} | {baseDecode / regatherDecode:F3} of base |");
-        line($"| decode step, switch per adapter (each row alone with its adapter, as PEFT's mixed batch) | {Tps(switchDecode, Rows):F0} | batched is **{switchDecode / loraDecode:F1}×** faster (target ≥ 10) |");
-        line($"| decode step, merge per request (W + sBA, run, unmerge) | {Tps(mergeDecode, Rows):F0} | batched is **{mergeDecode / loraDecode:F1}×** faster |");
+        line($"| {variants[0].Name} | {Tps(0):F0} | 1 |");
+        line($"| {variants[1].Name} | {Tps(1):F0} | **{Of(1, 0)}** of base (target ≥ 0.85) |");
+        line($"| {variants[2].Name} | {Tps(2):F0} | 1 |");
+        line($"| {variants[3].Name} | {Tps(3):F0} | **{Of(3, 2)}** of base (target ≥ 0.9) |");
+        line($"| {variants[4].Name} | {Tps(4):F0} | {Of(4, 2)} of base |");
+        line($"| {variants[5].Name} | {Tps(5):F0} | {Of(5, 2)} of base; the engine is **{Faster(3, 5)}×** faster (target ≥ 2) |");
+        line($"| {variants[6].Name} | {Tps(6):F0} | the engine is **{Faster(3, 6)}×** faster |");
+        line($"| {variants[7].Name} | {Tps(7):F0} | the engine is **{Faster(3, 7)}×** faster |");
         double flops = 2.0 * (parameters - model.Config.VocabSize * (long)model.Config.HiddenSize) * Rows;   // the embedding lookup is no matmul
-        line($"| decode step, base: fraction of the fp32 matmul peak | {flops / baseDecode / 1e9:F0} GFLOP/s | {flops / baseDecode / 1e9 / peak:P0} of peak |");
+        line($"| decode step, base: fraction of the fp32 matmul peak | {flops / t[2].Median / 1e9:F0} GFLOP/s | {flops / t[2].Median / 1e9 / peak:P0} of peak |");
     }
 
-    void Prefill(Dictionary<string, LoraWeights>? adapter)
-    {
-        using var scope = NewDisposeScope();
-        using var rowLora = adapter is null ? null : Gather([adapter]);
-        cache.BeginPrefill(0, Prompt);
-        var ids = randint(0, 256, [1, Prompt], ScalarType.Int64);
-        model.Forward(ids, arange(Prompt, ScalarType.Int64).unsqueeze(0), ones(Prompt, Prompt, ScalarType.Bool).tril(), cache);
-        Clear();
-    }
-
-    void PrefillInto(int slot)
-    {
-        using var scope = NewDisposeScope();
-        cache.BeginPrefill(slot, Prompt);
-        model.Forward(randint(0, 256, [1, Prompt], ScalarType.Int64), arange(Prompt, ScalarType.Int64).unsqueeze(0),
-            ones(Prompt, Prompt, ScalarType.Bool).tril(), cache);
-    }
-
-    /// <summary>One decode step for all rows (position <see cref="Prompt"/>), with the given per-row LoRA in place.</summary>
-    void Decode(Gathered? lora = null)
-    {
-        using var scope = NewDisposeScope();
-        lora?.Attach(model);
-        var lengths = full(Rows, (long)Prompt, ScalarType.Int64);
-        cache.BeginDecode(lengths);
-        var mask = ones(Rows, 1, 1, Prompt + 1, ScalarType.Bool);
-        model.Forward(randint(0, 256, [Rows, 1], ScalarType.Int64), lengths.unsqueeze(1), mask, cache);
-        Clear();
-    }
-
-    void SwitchPerAdapter()
+    /// <summary>Each row's step alone, batch 1, with its adapter attached as in training (LoraLayer on the layers).</summary>
+    void RowAlone()
     {
         using var single = new SlotKvCache(model, 1, Prompt + 1);
         for (int i = 0; i < Rows; i++)
@@ -104,8 +99,8 @@ sealed class LoraServing : IDisposable
             adapters[i].Attach(model);
             single.BeginDecode(full(1, (long)Prompt, ScalarType.Int64));
             model.Forward(randint(0, 256, [1, 1], ScalarType.Int64), full(1, 1, (long)Prompt, ScalarType.Int64), null, single);
-            Clear();
         }
+        TrainableAdapter.Detach(model);
     }
 
     void MergePerRequest()
@@ -123,37 +118,9 @@ sealed class LoraServing : IDisposable
         }
     }
 
-    /// <summary>Per-row LoRA for every adapted layer, as the engine builds it.</summary>
-    sealed class Gathered(Dictionary<string, RowLora> layers) : IDisposable
-    {
-        public void Attach(LlamaForCausalLM model)
-        {
-            foreach (var (path, layer) in model.LinearLayers()) layer.Adapter = layers.GetValueOrDefault(path);
-        }
-
-        public void Dispose() { foreach (var l in layers.Values) l.Dispose(); }
-    }
-
-    Gathered Gather(IReadOnlyList<Dictionary<string, LoraWeights>> rows)
-    {
-        var gathered = new Dictionary<string, RowLora>();
-        foreach (var (path, layer) in model.LinearLayers())
-            if (rows.Any(r => r.ContainsKey(path)))
-            {
-                var rowLora = new RowLora(rows.Select(r => r.GetValueOrDefault(path)).ToList(), layer.InFeatures, layer.OutFeatures);
-                rowLora.DetachFromScope();
-                gathered[path] = rowLora;
-            }
-        var result = new Gathered(gathered);
-        result.Attach(model);
-        return result;
-    }
-
-    void Clear() { foreach (var (_, layer) in model.LinearLayers()) layer.Adapter = null; }
-
     public void Dispose()
     {
-        cache.Dispose();
+        steps.Dispose();
         foreach (var a in adapters) a.Dispose();
         model.Dispose();
     }

@@ -29,7 +29,13 @@ static class Measure
     /// Seconds per call of each action: the median of <paramref name="repeats"/> runs, taken round-robin (A B C A B C …)
     /// after a warm-up, so drift on a shared machine moves every action alike.
     /// </summary>
-    public static double[] Interleaved(Action[] actions, int repeats)
+    public static double[] Interleaved(Action[] actions, int repeats) => RoundRobin(actions, repeats).Select(s => s.Median).ToArray();
+
+    /// <summary>
+    /// Seconds of each action in every round of a round-robin run (A B C A B C …, after a warm-up round), so that a
+    /// ratio can be taken within each round (<see cref="Ratio"/>) and its spread over the rounds reported.
+    /// </summary>
+    public static Spread[] RoundRobin(Action[] actions, int repeats)
     {
         foreach (var action in actions) action();
         var times = actions.Select(_ => new List<double>()).ToArray();
@@ -40,7 +46,26 @@ static class Measure
                 actions[i]();
                 times[i].Add(clock.Elapsed.TotalSeconds);
             }
-        return times.Select(t => t.Order().ElementAt(t.Count / 2)).ToArray();
+        return times.Select(t => new Spread(t)).ToArray();
+    }
+
+    /// <summary>
+    /// <paramref name="f"/> of the rounds' values of several sample sets (same rounds), per round: its median and range.
+    /// A ratio taken within a round compares measurements made seconds apart, so a load change moves both sides alike.
+    /// </summary>
+    public static Spread PerRound(Func<int, double> f, int rounds) => new(Enumerable.Range(0, rounds).Select(f).ToList());
+
+    /// <summary><paramref name="numerator"/> ÷ <paramref name="denominator"/> per round (median, range).</summary>
+    public static Spread Ratio(Spread numerator, Spread denominator) =>
+        PerRound(i => numerator.Values[i] / denominator.Values[i], numerator.Values.Count);
+
+    /// <summary>GB/s of reading memory: the sum of a 256 MB float32 tensor (far beyond any cache), one pass.</summary>
+    public sealed class Bandwidth : IDisposable
+    {
+        readonly Tensor big = randn(64L << 20).DetachFromDisposeScope();
+        public long Bytes => big.numel() * 4;
+        public void Read() { using var s = big.sum(); s.item<float>(); }
+        public void Dispose() => big.Dispose();
     }
 
     /// <summary>A Llama-shaped model with random weights (byte vocabulary, so generated tokens print).</summary>
@@ -78,4 +103,15 @@ static class Measure
         var sorted = values.Order().ToList();
         return sorted.Count == 0 ? double.NaN : sorted[(int)Math.Min(sorted.Count - 1, Math.Round(p * (sorted.Count - 1)))];
     }
+}
+
+/// <summary>A value measured once per round (an action's seconds, a ratio): the median over the rounds and the range (lowest, highest).</summary>
+sealed record Spread(IReadOnlyList<double> Values)
+{
+    public double Median => Values.Count % 2 == 1 ? Values.Order().ElementAt(Values.Count / 2)
+        : Values.Order().Skip(Values.Count / 2 - 1).Take(2).Average();
+    public double Low => Values.Min();
+    public double High => Values.Max();
+    /// <summary>"1.23 (1.10–1.31)": the median and, in brackets, the range over the rounds.</summary>
+    public string Format(string format = "F2") => $"{Median.ToString(format)} ({Low.ToString(format)}–{High.ToString(format)})";
 }

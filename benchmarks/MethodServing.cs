@@ -119,7 +119,7 @@ sealed class MethodServing : IDisposable
     static void PrefillInto(CausalLanguageModel model, SlotKvCache cache, int slot)
     {
         using var scope = NewDisposeScope();
-        cache.BeginPrefill(slot, Prompt);
+        cache.BeginChunks([(slot, 0, Prompt)]);
         model.Forward(randint(0, 256, [1, Prompt], ScalarType.Int64), arange(Prompt, ScalarType.Int64).unsqueeze(0),
             ones(Prompt, Prompt, ScalarType.Bool).tril(), cache);
     }

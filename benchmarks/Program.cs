@@ -1,7 +1,16 @@
 // Serving benchmarks. Every figure is a ratio (or a latency) of measurements taken side by side in this one run,
 // so a shared, noisy machine moves both sides alike. Usage:
-//   dotnet run -c Release --project benchmarks [-- --quick]
-// Writes the report to stdout and to benchmarks/results/latest.md.
+//   dotnet run -c Release --project benchmarks [-- --quick] [--lora] [--bf16] [--wide] [--methods] [--cache] [--constrained] [--latency] [--prefix]
+// With no section switch every serving section runs and the report goes to stdout and benchmarks/results/latest.md;
+// with one, only that section (benchmarks/results/<name>.md); with several, those (latest.md). --quick: a small model.
+//   --lora         benchmarks 1-2: 32 rows over 32 adapters vs base, PEFT's mixed batch, each row alone, merging
+//   --bf16         bf16 vs fp32 prefill and decode on benchmark 1's model, and 32 adapters vs base at each precision
+//   --wide         32 adapters of rank 16 and 64 on all seven projections against a bytes-moved bound
+//   --methods      benchmark 4: RLRR merged vs base, Lily vs LoRA
+//   --cache        benchmark 3: 10,000 registered adapters through the adapter cache vs one adapter
+//   --constrained  constrained (json_schema) vs free decoding through the engine, and the mask's cost on Qwen 3's vocabulary
+//   --latency      benchmark 5: time to first token and between tokens at 1/8/32/64 streams
+//   --prefix       32 requests sharing a 512-token system prompt, with and without a prefix cache
 //   dotnet run -c Release --project benchmarks -- --vision [--quick]
 // runs only the built-in ViT's transfer benchmark (needs dataset-fashion-mnist) and writes benchmarks/results/vision.md.
 //   dotnet run -c Release --project benchmarks -- --language-model [--quick]
@@ -12,9 +21,6 @@
 // benchmarks/results/fusion.md.
 //   dotnet run -c Release --project benchmarks -- --training [--quick] [--profile] [--threads N]
 // runs only the single-job training-speed benchmark (--profile: only where a step's time goes) and writes benchmarks/results/training.md.
-//   dotnet run -c Release --project benchmarks -- --constrained [--quick]
-// runs only constrained (json_schema) vs free decoding through the engine and the mask's cost on Qwen 3's
-// vocabulary, and writes benchmarks/results/constrained.md.
 //   dotnet run -c Release --project benchmarks -- --precision [--quick]
 // load time and peak memory of bf16 folders (Qwen2.5-0.5B, Llama-3.2-1B, Llama-3.2-3B shapes, written once under
 // /tmp/precision-benchmark), serving's peak memory, a LoRA job at 2,048 tokens/step, bf16 vs fp32 tokens/s; writes
@@ -74,7 +80,7 @@ if (args.Contains("--precision-child"))   // a child process of --precision: one
 if (args.Contains("--precision"))
 {
     Line($"# Base precision: memory and speed ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
-    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}, load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
+    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}, load average {LoadAverage()}");
     Line("");
     new PrecisionMemory(quick).Run(Line);
     Save("precision.md");
@@ -87,15 +93,6 @@ if (args.Contains("--tokenizers"))
     Line("");
     new TokenizerSpeed(quick).Run(Line);
     Save("tokenizers.md");
-    return;
-}
-if (args.Contains("--constrained"))
-{
-    Line($"# Constrained decoding benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
-    Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
-    Line("");
-    await new ConstrainedDecoding(quick).RunAsync(Line);
-    Save("constrained.md");
     return;
 }
 if (args.Contains("--training"))
@@ -111,21 +108,40 @@ if (args.Contains("--training"))
     return;
 }
 
-Line($"# Serving benchmarks ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
-Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
-double peak = Measure.MatmulPeakGflops();
-Line($"fp32 matmul peak (2048x2048, measured now): {peak:F0} GFLOP/s");
+// The serving sections by switch, in the order a full run takes them.
+double? peak = null;
+var serving = new (string Switch, Func<Task> Run)[]
+{
+    ("--lora", () => { using var b = new LoraServing(quick); b.Run(Line, peak ??= Measure.MatmulPeakGflops()); return Task.CompletedTask; }),
+    ("--bf16", () => { new PrecisionServing(quick).Run(Line); return Task.CompletedTask; }),
+    ("--wide", () => { new WideAdapters(quick).Run(Line); return Task.CompletedTask; }),
+    ("--methods", () => { using var b = new MethodServing(quick); b.Run(Line); return Task.CompletedTask; }),
+    ("--cache", () => new CacheServing(quick).RunAsync(Line)),
+    ("--constrained", () => new ConstrainedDecoding(quick).RunAsync(Line)),
+    ("--latency", () => new Latency(quick).RunAsync(Line)),
+    ("--prefix", () => new PrefixSharing(quick).RunAsync(Line)),
+};
+var chosen = serving.Where(s => args.Contains(s.Switch)).ToList();
+if (chosen.Count == 0) chosen = [.. serving];
+Line($"# Serving benchmarks ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC){(quick ? ", --quick" : "")}");
+Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}, load average at the start {LoadAverage()}");
+if (chosen.Any(s => s.Switch == "--lora"))
+{
+    peak = Measure.MatmulPeakGflops();
+    Line($"fp32 matmul peak (2048x2048, measured now): {peak:F0} GFLOP/s");
+}
 Line("");
+foreach (var (name, run) in chosen)
+{
+    var clock = Stopwatch.StartNew();
+    await run();
+    Line($"({name} took {clock.Elapsed.TotalSeconds:F0} s; load average now {LoadAverage()})");
+    Line("");
+}
+Save(chosen.Count == 1 ? $"{chosen[0].Switch[2..]}.md" : "latest.md");
 
-using (var lora = new LoraServing(quick)) lora.Run(Line, peak);
-Line("");
-using (var methods = new MethodServing(quick)) methods.Run(Line);
-Line("");
-await new CacheServing(quick).RunAsync(Line);
-Line("");
-await new Latency(quick).RunAsync(Line);
-
-Save("latest.md");
+// The 1-minute load average (Linux); the figures of a loaded machine are not comparable with a quiet one's.
+static string LoadAverage() => File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "n/a";
 
 void Save(string name)
 {

@@ -16,6 +16,10 @@ fi
 if [ ! -d tests/hf-reference/node_modules/@huggingface/jinja ] || [ tests/hf-reference/package-lock.json -nt tests/hf-reference/node_modules/.package-lock.json ]; then
   npm ci --prefix tests/hf-reference --no-audit --no-fund --loglevel=error
 fi
+# Redocly's OpenAPI linter for the served document (OpenApiDocumentTests), pinned by tests/openapi-lint/package-lock.json.
+if [ ! -d tests/openapi-lint/node_modules/@redocly/cli ] || [ tests/openapi-lint/package-lock.json -nt tests/openapi-lint/node_modules/.package-lock.json ]; then
+  npm ci --prefix tests/openapi-lint --no-audit --no-fund --loglevel=error
+fi
 # playwright-core for the dashboard's browser tests, pinned by tests/dashboard/package-lock.json (it uses
 # /usr/bin/chromium and downloads no browser).
 if [ ! -d tests/dashboard/node_modules/playwright-core ] || [ tests/dashboard/package-lock.json -nt tests/dashboard/node_modules/.package-lock.json ]; then

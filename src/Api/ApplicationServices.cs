@@ -48,6 +48,7 @@ public static class ApplicationServices
             o.AddSecurityDefinition("bearer", new OpenApiSecurityScheme
                 { Type = SecuritySchemeType.Http, Scheme = "bearer", Description = "An API key (needed once Auth:AdminKey is set)." });
             o.AddSecurityRequirement(document => new OpenApiSecurityRequirement { [new OpenApiSecuritySchemeReference("bearer", document)] = [] });
+            o.AddDocumentFilters();   // tag descriptions, the 401/429 every protected route can answer
         });
         services.AddApiKeyAuth(builder.Configuration);
         services.AddBrowserGuard(builder.Configuration);
@@ -85,7 +86,7 @@ public static class ApplicationServices
         app.Use(ScopeToProject);
         app.UseRateLimiter();
         app.UseAuthorization();
-        app.UseSwagger();
+        app.UseSwagger(o => o.PreSerializeFilters.Add(OpenApiDocumentFilters.ServerFromRequest));
         app.UseSwaggerUI(o => o.DocumentTitle = "Adapter fine-tuning service");
         var auth = app.Services.GetRequiredService<IOptions<AuthOptions>>().Value;
         app.UseHangfireDashboard("/hangfire", new DashboardOptions { Authorization = [new HangfireDashboardAuthorization(auth)] });

@@ -14,10 +14,10 @@ public sealed class FilesApiTests(ServiceFactory factory)
         var first = await Api.UploadFileAsync(client, lines);
         var second = await Api.UploadFileAsync(client, lines);
 
-        var list = await Api.JsonAsync(await client.GetAsync("/v1/files?limit=2"));
+        var list = await Api.JsonAsync(await client.GetAsync("/v1/files?limit=2&purpose=fine-tune"));
         Assert.Equal([second, first], list["data"]!.AsArray().Select(f => (string)f!["id"]!));
         Assert.Equal(second, (string?)list["first_id"]);
-        var older = await Api.JsonAsync(await client.GetAsync($"/v1/files?limit=1&after={second}"));
+        var older = await Api.JsonAsync(await client.GetAsync($"/v1/files?limit=1&purpose=fine-tune&after={second}"));
         Assert.Equal(first, (string?)older["data"]![0]!["id"]);
         var ascending = await Api.JsonAsync(await client.GetAsync("/v1/files?order=asc&purpose=fine-tune"));
         Assert.True(ascending["data"]!.AsArray().Select(f => (string)f!["id"]!).ToList() is var ids && ids.IndexOf(first) < ids.IndexOf(second));

@@ -87,4 +87,28 @@ public sealed class ServingTests(ServiceFactory factory)
         await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/completions/batch", new { inputs = bad }), 404, "inputs[1].model");
         await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/completions/batch", new { inputs = Array.Empty<object>() }), 400, "inputs");
     }
+
+    /// <summary>
+    /// A prompt sent again is served from the prefix cache (chat and completions, streamed usage too): the usage reports
+    /// the reused prompt tokens as OpenAI does, in usage.prompt_tokens_details.cached_tokens, and the answer is the same.
+    /// </summary>
+    [Fact]
+    public async Task ARepeatedPromptReportsItsCachedTokens()
+    {
+        string system = string.Concat(Enumerable.Repeat("Every request starts with this same long system prompt. ", 5));
+        object[] bodies =
+        [
+            new { model = "tiny-llama-demo", prompt = system + "Go on:", max_tokens = 4, temperature = 0 },
+            new { model = "tiny-llama-demo", messages = new[] { new { role = "system", content = system }, new { role = "user", content = "Hi" } }, max_tokens = 4, temperature = 0 },
+        ];
+        foreach (var (path, body) in new[] { "/v1/completions", "/v1/chat/completions" }.Zip(bodies))
+        {
+            var first = await Api.JsonAsync(await client.PostAsJsonAsync(path, body));
+            var second = await Api.JsonAsync(await client.PostAsJsonAsync(path, body));
+            int prompt = (int)second["usage"]!["prompt_tokens"]!, cached = (int)second["usage"]!["prompt_tokens_details"]!["cached_tokens"]!;
+            Assert.True(cached >= 16 && cached < prompt, $"{cached} of {prompt} prompt tokens cached");
+            Assert.Equal(0, (int)first["usage"]!["prompt_tokens_details"]!["cached_tokens"]!);
+            Assert.Equal(first["choices"]!.ToJsonString(), second["choices"]!.ToJsonString());
+        }
+    }
 }

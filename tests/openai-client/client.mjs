@@ -36,6 +36,9 @@ assert.equal(job.hyperparameters.n_epochs, 6);
 const finished = await waitFor(job.id, (s) => ["succeeded", "failed", "cancelled"].includes(s));
 assert.equal(finished.status, "succeeded", JSON.stringify(finished.error));
 assert.ok(finished.fine_tuned_model.startsWith("ft:tiny-llama-demo:node:"));
+assert.equal(finished.result_files.length, 1);   // the step metrics CSV: a header and one row per step
+const results = await (await client.files.content(finished.result_files[0])).text();
+assert.equal(results.trimEnd().split("\n").length, 31);
 
 const events = await client.fineTuning.jobs.listEvents(job.id, { limit: 5 });
 assert.equal(events.data.length, 5);

@@ -33,15 +33,15 @@ public static class AdaptersApi
     public static IEndpointRouteBuilder MapAdaptersApi(this IEndpointRouteBuilder app)
     {
         var adapters = app.MapGroup("/v1/adapters").WithTags("Adapters");
-        adapters.MapGet("/", ListAdapters).WithSummary("List stored adapters, newest first");
-        adapters.MapGet("/{adapterId}", GetAdapter).WithErrors(404).WithSummary("Retrieve an adapter");
-        adapters.MapDelete("/{adapterId}", DeleteAdapter).WithErrors(404).WithSummary("Delete an adapter and its files; its model name stops serving");
-        adapters.MapGet("/{adapterId}/export", ExportAdapter).WithErrors(400, 404)
+        adapters.MapGet("/", ListAdapters).WithName("listAdapters").WithSummary("List stored adapters, newest first");
+        adapters.MapGet("/{adapterId}", GetAdapter).WithName("retrieveAdapter").WithErrors(404).WithSummary("Retrieve an adapter");
+        adapters.MapDelete("/{adapterId}", DeleteAdapter).WithName("deleteAdapter").WithErrors(404).WithSummary("Delete an adapter and its files; its model name stops serving");
+        adapters.MapGet("/{adapterId}/export", ExportAdapter).WithName("exportAdapter").Produces<Stream>(200, "application/zip", "application/octet-stream").WithErrors(400, 404)
             .WithSummary("Download the adapter as a zip in PEFT's layout (adapter_config.json + adapter_model.safetensors), or a LoRA adapter with format=gguf as a llama.cpp GGUF adapter");
-        adapters.MapPost("/import", ImportAdapter).DisableAntiforgery().WithErrors(400, 404, 415)
+        adapters.MapPost("/import", ImportAdapter).WithName("importAdapter").DisableAntiforgery().WithErrors(400, 404, 415)
             .WithSummary("Import an adapter from a zip (PEFT LoRA, DoRA or Lily; our RLRR or MixLoRA)")
             .WithDescription("Multipart form: `file` (a zip holding adapter_config.json and adapter_model.safetensors, at its root or in one folder), `model` (the base model id), optional `suffix`. The weights are checked against the base model's layers.");
-        adapters.MapPost("/combine", CombineAdapters).WithErrors(400, 404)
+        adapters.MapPost("/combine", CombineAdapters).WithName("combineAdapters").WithErrors(400, 404)
             .WithSummary("Create an adapter as the weighted sum of existing LoRA (or RLRR) adapters of one base model")
             .WithDescription("Exact: ranks are concatenated, so the new adapter's update is Σ wᵢ · updateᵢ (PEFT's add_weighted_adapter \"cat\"; RLRR's combination of rescalings).");
         return app;

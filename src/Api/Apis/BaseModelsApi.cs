@@ -1,6 +1,7 @@
 using System.Text.RegularExpressions;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Builtins;
+using AdapterService.Core.Inference;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Text;
@@ -29,15 +30,15 @@ public static class BaseModelsApi
     public static IEndpointRouteBuilder MapBaseModelsApi(this IEndpointRouteBuilder app)
     {
         var bases = app.MapGroup("/v1/base_models").WithTags("Base models");
-        bases.MapGet("/", ListBaseModels).WithSummary("List base models (built-in and registered)");
-        bases.MapGet("/{id}", GetBaseModel).WithErrors(404).WithSummary("Retrieve a base model");
-        bases.MapPost("/import", ImportBaseModel).RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 409)
+        bases.MapGet("/", ListBaseModels).WithName("listBaseModels").WithSummary("List base models (built-in and registered)");
+        bases.MapGet("/{id}", GetBaseModel).WithName("retrieveBaseModel").WithErrors(404).WithSummary("Retrieve a base model");
+        bases.MapPost("/import", ImportBaseModel).WithName("importBaseModel").RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 409)
             .WithSummary("Register a Hugging Face model folder on the server as a base model (admin key)")
             .WithDescription("The folder's config.json picks the family (llama, qwen2, qwen3, mistral, gpt2, vit); its keys and every weight are checked against it before anything is stored, and a faulty folder is a 400 invalid_model naming the file and key.");
-        bases.MapPost("/upload", UploadBaseModel).DisableAntiforgery().RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 409, 413, 415)
+        bases.MapPost("/upload", UploadBaseModel).WithName("uploadBaseModel").DisableAntiforgery().RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 409, 413, 415)
             .WithSummary("Register an uploaded zip of a Hugging Face model folder as a base model (admin key)")
             .WithDescription("Multipart form: `file` (a zip of the folder: config.json, model.safetensors or shards with model.safetensors.index.json, tokenizer files; at the zip's root or in one folder, as GET /v1/models/{model}/export writes it), `id`, optional `description`. Up to Files:MaxModelUploadBytes (default 16 GiB).");
-        bases.MapDelete("/{id}", DeleteBaseModel).RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 404, 409)
+        bases.MapDelete("/{id}", DeleteBaseModel).WithName("deleteBaseModel").RequireAuthorization(Auth.AdminPolicy).WithErrors(400, 403, 404, 409)
             .WithSummary("Delete a registered base model that no adapter or job uses (admin key)");
         return app;
     }
@@ -200,7 +201,8 @@ public static class BaseModelsApi
         }
     }
 
-    static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteBaseModel(string id, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+    static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteBaseModel(string id, ServiceDbContext db, IBlobStore blobs,
+        InferenceEngine engine, CancellationToken cancel)
     {
         var model = await db.BaseModels.SingleOrDefaultAsync(m => m.Id == id, cancel);
         if (model is null) return OpenAiErrors.NotFound($"No such base model: {id}", "id", "model_not_found");
@@ -211,6 +213,7 @@ public static class BaseModelsApi
         db.BaseModels.Remove(model);
         await db.SaveChangesAsync(cancel);
         blobs.Delete(model.BlobPath);
+        engine.EvictBase(id);   // its loaded weights, cache and cached prefixes go once its last rows finish
         return TypedResults.Ok(new DeletedDto(id, "base_model", true));
     }
 }

@@ -69,7 +69,7 @@ public static class ChatCompletionsApi
 {
     public static IEndpointRouteBuilder MapChatCompletionsApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost("/v1/chat/completions", CreateChatCompletion).WithErrors(400, 404, 429).WithTags("Chat")
+        app.MapPost("/v1/chat/completions", CreateChatCompletion).WithName("createChatCompletion").WithErrors(400, 404, 429).WithTags("Chat")
             .WithSummary("Chat with a base model or a fine-tuned model (ft:...)")
             .WithDescription("`stream: true` answers with server-sent events of `chat.completion.chunk` objects, then `data: [DONE]`.");
         return app;

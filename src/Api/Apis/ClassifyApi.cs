@@ -32,7 +32,7 @@ public static class ClassifyApi
 
     public static IEndpointRouteBuilder MapClassifyApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost("/v1/classify", Classify).WithTags("Classification").WithErrors(400, 404)
+        app.MapPost("/v1/classify", Classify).WithName("classifyImages").WithTags("Classification").WithErrors(400, 404)
             .WithSummary("Classify images with ViT base models or their fine-tuned adapters, in order")
             .WithDescription("`{\"model\": \"vit-fashion-mnist-demo\", \"images\": [\"<base64 PNG>\", ...]}`, or `input: [{\"image\": ..., \"model\": ...}]` to give each image its own model.");
         return app;

@@ -80,10 +80,10 @@ public static class CompletionsApi
 {
     public static IEndpointRouteBuilder MapCompletionsApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost("/v1/completions", CreateCompletion).WithErrors(400, 404, 429).WithTags("Completions")
+        app.MapPost("/v1/completions", CreateCompletion).WithName("createCompletion").WithErrors(400, 404, 429).WithTags("Completions")
             .WithSummary("Complete a prompt with a base model or a fine-tuned model (ft:...)")
             .WithDescription("`stream: true` answers with server-sent events of `text_completion` chunks, then `data: [DONE]`. max_tokens defaults to 16, as in OpenAI's API.");
-        app.MapPost("/v1/completions/batch", CreateBatch).WithTags("Completions").WithErrors(400, 404, 429)
+        app.MapPost("/v1/completions/batch", CreateBatch).WithName("createCompletionBatch").WithTags("Completions").WithErrors(400, 404, 429)
             .WithSummary("Complete many prompts in one call, each with its own model or adapter")
             .WithDescription("The inputs join the engine's running batches together (one forward pass serves rows with different adapters); answers come back in input order as a list of text_completion objects.");
         return app;

@@ -34,13 +34,13 @@ public static class FilesApi
     public static IEndpointRouteBuilder MapFilesApi(this IEndpointRouteBuilder app)
     {
         var files = app.MapGroup("/v1/files").WithTags("Files");
-        files.MapPost("/", UploadFile).DisableAntiforgery().WithErrors(400, 413, 415)
+        files.MapPost("/", UploadFile).WithName("createFile").DisableAntiforgery().WithErrors(400, 413, 415)
             .WithSummary("Upload a file")
             .WithDescription("Multipart form with `file` and `purpose=fine-tune`. Training files are JSONL: chat (`{\"messages\": [...]}`) or prompt/completion (`{\"prompt\": \"...\", \"completion\": \"...\"}`); each line is validated and the first bad line is reported by number.");
-        files.MapGet("/", ListFiles).WithErrors(400).WithSummary("List files, newest first by default (paged with after/limit, filtered by purpose)");
-        files.MapGet("/{fileId}", GetFile).WithErrors(404).WithSummary("Retrieve a file's metadata");
-        files.MapGet("/{fileId}/content", GetFileContent).WithErrors(404).WithSummary("Download a file's content");
-        files.MapDelete("/{fileId}", DeleteFile).WithErrors(404, 409).WithSummary("Delete a file (refused while an unfinished job uses it)");
+        files.MapGet("/", ListFiles).WithName("listFiles").WithErrors(400).WithSummary("List files, newest first by default (paged with after/limit, filtered by purpose)");
+        files.MapGet("/{fileId}", GetFile).WithName("retrieveFile").WithErrors(404).WithSummary("Retrieve a file's metadata");
+        files.MapGet("/{fileId}/content", GetFileContent).WithName("downloadFile").Produces<Stream>(200, "application/octet-stream").WithErrors(404).WithSummary("Download a file's content");
+        files.MapDelete("/{fileId}", DeleteFile).WithName("deleteFile").WithErrors(404, 409).WithSummary("Delete a file (refused while an unfinished job uses it)");
         return app;
     }
 

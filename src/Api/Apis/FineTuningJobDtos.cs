@@ -69,12 +69,12 @@ public sealed record PageQuery([FromQuery(Name = "after")] string? After, [FromQ
 /// <summary>How jobs and their events appear in the API.</summary>
 public static partial class FineTuningJobsApi
 {
-    public static FineTuningJobDto ToDto(this FineTuningJob j, IReadOnlyDictionary<string, string>? metadata)
+    public static FineTuningJobDto ToDto(this FineTuningJob j, IReadOnlyDictionary<string, string>? metadata, IReadOnlyList<string>? resultFiles = null)
     {
         var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier, j.EarlyStoppingPatience);
         // A built-in base's pre-training trains no adapter; its settings are the pre-training's own.
         bool pretraining = j.AdapterType == JobKinds.PretrainingType;
-        return new FineTuningJobDto(j.Id, "fine_tuning.job", j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", [],
+        return new FineTuningJobDto(j.Id, "fine_tuning.job", j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", resultFiles ?? [],
             j.Status, j.ValidationFile, j.TrainingFile, hp, j.TrainedTokens,
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
@@ -83,13 +83,16 @@ public static partial class FineTuningJobsApi
             j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs, j.ChatTemplate);
     }
 
-    /// <summary>Jobs as the API shows them, with their metadata loaded in one query.</summary>
+    /// <summary>Jobs as the API shows them, with their metadata and result files loaded in one query each.</summary>
     static async Task<List<FineTuningJobDto>> ToDtosAsync(ServiceDbContext db, IReadOnlyList<FineTuningJob> jobs, CancellationToken cancel)
     {
         var ids = jobs.Select(j => j.Id).ToList();
         var metadata = (await db.JobMetadata.AsNoTracking().Where(m => ids.Contains(m.JobId)).ToListAsync(cancel))
             .GroupBy(m => m.JobId).ToDictionary(g => g.Key, g => (IReadOnlyDictionary<string, string>)g.ToDictionary(m => m.Key, m => m.Value));
-        return jobs.Select(j => j.ToDto(metadata.GetValueOrDefault(j.Id))).ToList();
+        var resultIds = jobs.Select(j => JobResultFiles.IdOf(j.Id)).ToList();
+        var results = (await db.Files.AsNoTracking().Where(f => resultIds.Contains(f.Id) && f.Purpose == JobResultFiles.Purpose).Select(f => f.Id).ToListAsync(cancel))
+            .ToHashSet();
+        return jobs.Select(j => j.ToDto(metadata.GetValueOrDefault(j.Id), results.Contains(JobResultFiles.IdOf(j.Id)) ? [JobResultFiles.IdOf(j.Id)] : [])).ToList();
     }
 
     static async Task<FineTuningJobDto> ToDtoAsync(ServiceDbContext db, FineTuningJob job, CancellationToken cancel) =>

@@ -21,17 +21,17 @@ public static partial class FineTuningJobsApi
     public static IEndpointRouteBuilder MapFineTuningJobsApi(this IEndpointRouteBuilder app)
     {
         var jobs = app.MapGroup("/v1/fine_tuning/jobs").WithTags("Fine-tuning");
-        jobs.MapPost("/", CreateJob).WithErrors(400, 404).WithSummary("Create a fine-tuning job")
+        jobs.MapPost("/", CreateJob).WithName("createFineTuningJob").WithErrors(400, 404).WithSummary("Create a fine-tuning job")
             .WithDescription("Validates the training file, then queues the job. `adapter` (our extension) picks the method: `{\"type\": \"lora\", \"rank\": 8, \"alpha\": 16, \"dropout\": 0.05, \"target_modules\": [\"q_proj\", \"v_proj\"]}`.");
-        jobs.MapGet("/", ListJobs).WithErrors(400).WithSummary("List fine-tuning jobs, newest first (paged with after/limit)");
-        jobs.MapGet("/{jobId}", GetJob).WithErrors(404).WithSummary("Retrieve a fine-tuning job");
-        jobs.MapPost("/{jobId}/cancel", CancelJob).WithErrors(400, 404).WithSummary("Cancel a fine-tuning job; a running job stops within one training step");
-        jobs.MapPost("/{jobId}/pause", PauseJob).WithErrors(400, 404).WithSummary("Pause a job; it saves its state within one training step")
+        jobs.MapGet("/", ListJobs).WithName("listPaginatedFineTuningJobs").WithErrors(400).WithSummary("List fine-tuning jobs, newest first (paged with after/limit)");
+        jobs.MapGet("/{jobId}", GetJob).WithName("retrieveFineTuningJob").WithErrors(404).WithSummary("Retrieve a fine-tuning job");
+        jobs.MapPost("/{jobId}/cancel", CancelJob).WithName("cancelFineTuningJob").WithErrors(400, 404).WithSummary("Cancel a fine-tuning job; a running job stops within one training step");
+        jobs.MapPost("/{jobId}/pause", PauseJob).WithName("pauseFineTuningJob").WithErrors(400, 404).WithSummary("Pause a job; it saves its state within one training step")
             .WithDescription("Status `paused`. A paused job keeps its trainer state and continues where it stopped on resume.");
-        jobs.MapPost("/{jobId}/resume", ResumeJob).WithErrors(400, 404).WithSummary("Resume a paused job from its saved state");
-        jobs.MapGet("/{jobId}/checkpoints", ListCheckpoints).WithErrors(400, 404)
+        jobs.MapPost("/{jobId}/resume", ResumeJob).WithName("resumeFineTuningJob").WithErrors(400, 404).WithSummary("Resume a paused job from its saved state");
+        jobs.MapGet("/{jobId}/checkpoints", ListCheckpoints).WithName("listFineTuningJobCheckpoints").WithErrors(400, 404)
             .WithSummary("List a job's checkpoints (one per epoch), newest first; each is usable as a model");
-        jobs.MapGet("/{jobId}/events", ListEvents).WithErrors(400, 404).WithSummary("List a job's events, newest first (paged with after/limit)");
+        jobs.MapGet("/{jobId}/events", ListEvents).WithName("listFineTuningEvents").WithErrors(400, 404).WithSummary("List a job's events, newest first (paged with after/limit)");
         return app;
     }
 

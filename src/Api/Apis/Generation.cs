@@ -32,7 +32,11 @@ public interface ISamplingRequest
 /// <param name="IncludeUsage">A last chunk, before [DONE], with empty choices and the usage of the whole request; the other chunks' usage is null.</param>
 public sealed record StreamOptions(bool? IncludeUsage);
 
-public sealed record Usage(int PromptTokens, int CompletionTokens, int TotalTokens);
+/// <summary>OpenAI's usage; <paramref name="PromptTokensDetails"/>.cached_tokens: prompt tokens served from the prefix cache.</summary>
+public sealed record Usage(int PromptTokens, int CompletionTokens, int TotalTokens, PromptTokensDetails PromptTokensDetails);
+
+/// <summary>OpenAI's prompt_tokens_details.</summary>
+public sealed record PromptTokensDetails(int CachedTokens);
 
 /// <summary>One choice's whole answer: its text, finish reason and (when asked for) its tokens' logprobs.</summary>
 public sealed record CollectedChoice(int Index, string Text, string Finish, IReadOnlyList<TokenLogprob>? Logprobs);
@@ -41,18 +45,19 @@ public sealed record CollectedChoice(int Index, string Text, string Finish, IRea
 public sealed class ChoicesUsage(int choices)
 {
     readonly int[] completion = new int[choices];
-    int prompt, finished;
+    int prompt, cached, finished;
 
     public void Add(GenerationChunk chunk)
     {
         prompt = chunk.PromptTokens;
+        cached = chunk.CachedTokens;
         completion[chunk.Index] = chunk.CompletionTokens;
         if (chunk.FinishReason is not null) finished++;
     }
 
     /// <summary>Every choice has finished.</summary>
     public bool Done => finished == completion.Length;
-    public Usage Total => new(prompt, completion.Sum(), prompt + completion.Sum());
+    public Usage Total => new(prompt, completion.Sum(), prompt + completion.Sum(), new PromptTokensDetails(cached));
 }
 
 /// <summary>The mechanics both completion endpoints share: model lookup, validation, running, streaming.</summary>
@@ -170,13 +175,16 @@ public static class Generation
         catch (NotSupportedException e) { return (text, null, OpenAiErrors.BadRequest($"The model '{name}' cannot do this: {e.Message}.", "model", "model_not_supported")); }
     }
 
-    /// <summary>Queues the request; when the engine is full, the 429 error (with Retry-After) to answer instead.</summary>
+    /// <summary>
+    /// Queues the request as the caller's project's (the prefix cache's partition, admission's shares); when the engine
+    /// is full, the 429 error (with Retry-After) to answer instead.
+    /// </summary>
     public static async Task<(IAsyncEnumerable<GenerationChunk>? Chunks, JsonHttpResult<ErrorResponse>? Busy)> StartAsync(
         InferenceEngine engine, GenerationRequest request, HttpResponse response, CancellationToken cancel)
     {
         try
         {
-            return (await engine.StartAsync(request, cancel), null);
+            return (await engine.StartAsync(request with { Project = response.HttpContext.User.ProjectId() }, cancel), null);
         }
         catch (EngineBusyException e)
         {

@@ -26,14 +26,14 @@ public static class ModelsApi
     public static IEndpointRouteBuilder MapModelsApi(this IEndpointRouteBuilder app)
     {
         var models = app.MapGroup("/v1/models").WithTags("Models");
-        models.MapGet("/", ListModels).WithSummary("List base models and fine-tuned models");
-        models.MapGet("/{model}", GetModel).WithErrors(404).WithSummary("Retrieve a base or fine-tuned model");
-        models.MapGet("/{model}/export", ExportModel).WithErrors(400, 404)
+        models.MapGet("/", ListModels).WithName("listModels").WithSummary("List base models and fine-tuned models");
+        models.MapGet("/{model}", GetModel).WithName("retrieveModel").WithErrors(404).WithSummary("Retrieve a base or fine-tuned model");
+        models.MapGet("/{model}/export", ExportModel).WithName("exportModel").Produces<Stream>(200, "application/zip", "application/octet-stream").WithErrors(400, 404)
             .WithSummary("Download a model as a zipped Hugging Face folder (a base as stored, a fine-tuned model with its adapter merged into the weights), or with format=gguf as one GGUF file for llama.cpp and Ollama (type f32, f16, bf16 or q8_0)");
-        models.MapPost("/{model}/pretrain", Pretrain).WithErrors(400, 404, 409, 429)
+        models.MapPost("/{model}/pretrain", Pretrain).WithName("pretrainModel").WithErrors(400, 404, 409, 429)
             .WithSummary("Queue the pre-training of a built-in base model (vit-fashion-mnist-demo, fortunes-llama-demo)")
             .WithDescription("The service pre-trains its demo ViT on Fashion-MNIST classes 0-4 from Debian's dataset-fashion-mnist package, and its demo language model on Debian's fortunes package. 202 with `job_id` while queued or running: a fine-tuning job of method `pretraining` whose events and SignalR `progress`/`status` messages report it. 200 with the model when it exists already.");
-        models.MapDelete("/{model}", DeleteModel).WithErrors(400, 404).WithSummary("Delete a fine-tuned model (its adapter and files)");
+        models.MapDelete("/{model}", DeleteModel).WithName("deleteModel").WithErrors(400, 404).WithSummary("Delete a fine-tuned model (its adapter and files)");
         return app;
     }
 

@@ -12,10 +12,10 @@ public static class OperationsApi
     public static IEndpointRouteBuilder MapOperationsApi(this IEndpointRouteBuilder app)
     {
         var ops = app.MapGroup("").WithTags("Operations");
-        ops.MapGet("/healthz", () => TypedResults.Text("ok")).WithSummary("Liveness: the process answers");
-        ops.MapGet("/readyz", Ready).WithSummary("Readiness: database, blob store and job queue work (503 otherwise)");
+        ops.MapGet("/healthz", () => TypedResults.Text("ok")).WithName("getLiveness").WithSummary("Liveness: the process answers");
+        ops.MapGet("/readyz", Ready).WithName("getReadiness").Produces<ReadinessDto>(503).WithSummary("Readiness: database, blob store and job queue work (503 otherwise)");
         // OpenTelemetry's Prometheus exporter: the service's instruments (ServiceTelemetry) and the framework's meters.
-        ops.MapPrometheusScrapingEndpoint("/metrics").WithSummary("Prometheus metrics: jobs by status, training tokens, inference, adapter cache, ASP.NET Core, runtime, EF Core");
+        ops.MapPrometheusScrapingEndpoint("/metrics").WithName("getMetrics").WithSummary("Prometheus metrics: jobs by status, training tokens, inference, adapter cache, ASP.NET Core, runtime, EF Core");
         return app;
     }
 

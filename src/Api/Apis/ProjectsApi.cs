@@ -23,14 +23,14 @@ public static class ProjectsApi
     public static IEndpointRouteBuilder MapProjectsApi(this IEndpointRouteBuilder app)
     {
         var projects = app.MapGroup("/v1/organization/projects").WithTags("Admin").RequireAuthorization(Auth.AdminPolicy);
-        projects.MapPost("/", CreateProject).WithErrors(400, 401, 403).WithSummary("Create a project (a tenant)");
-        projects.MapGet("/", ListProjects).WithErrors(401, 403).WithSummary("List projects");
-        projects.MapGet("/{projectId}", GetProject).WithErrors(401, 403, 404).WithSummary("Retrieve a project");
-        projects.MapPost("/{projectId}/api_keys", CreateKey).WithErrors(400, 401, 403, 404)
+        projects.MapPost("/", CreateProject).WithName("create-project").WithErrors(400, 401, 403).WithSummary("Create a project (a tenant)");
+        projects.MapGet("/", ListProjects).WithName("list-projects").WithErrors(401, 403).WithSummary("List projects");
+        projects.MapGet("/{projectId}", GetProject).WithName("retrieve-project").WithErrors(401, 403, 404).WithSummary("Retrieve a project");
+        projects.MapPost("/{projectId}/api_keys", CreateKey).WithName("createProjectApiKey").WithErrors(400, 401, 403, 404)
             .WithSummary("Create an API key for a project; the answer is the only place its secret `value` appears");
-        projects.MapGet("/{projectId}/api_keys", ListKeys).WithErrors(401, 403, 404).WithSummary("List a project's API keys (redacted)");
-        projects.MapGet("/{projectId}/api_keys/{keyId}", GetKey).WithErrors(401, 403, 404).WithSummary("Retrieve an API key (redacted)");
-        projects.MapDelete("/{projectId}/api_keys/{keyId}", DeleteKey).WithErrors(401, 403, 404).WithSummary("Revoke an API key at once");
+        projects.MapGet("/{projectId}/api_keys", ListKeys).WithName("list-project-api-keys").WithErrors(401, 403, 404).WithSummary("List a project's API keys (redacted)");
+        projects.MapGet("/{projectId}/api_keys/{keyId}", GetKey).WithName("retrieve-project-api-key").WithErrors(401, 403, 404).WithSummary("Retrieve an API key (redacted)");
+        projects.MapDelete("/{projectId}/api_keys/{keyId}", DeleteKey).WithName("delete-project-api-key").WithErrors(401, 403, 404).WithSummary("Revoke an API key at once");
         return app;
     }
 

@@ -34,9 +34,9 @@ public static class TokenizeApi
 {
     public static IEndpointRouteBuilder MapTokenizeApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost("/tokenize", Tokenize).WithErrors(400, 404).WithTags("Tokenizer")
+        app.MapPost("/tokenize", Tokenize).WithName("tokenize").WithErrors(400, 404).WithTags("Tokenizer")
             .WithSummary("Token ids of a prompt, or of a chat rendered with the model's chat template (vLLM's /tokenize)");
-        app.MapPost("/detokenize", Detokenize).WithErrors(400, 404).WithTags("Tokenizer")
+        app.MapPost("/detokenize", Detokenize).WithName("detokenize").WithErrors(400, 404).WithTags("Tokenizer")
             .WithSummary("The text of token ids (vLLM's /detokenize)");
         return app;
     }

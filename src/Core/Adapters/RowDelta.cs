@@ -39,8 +39,24 @@ public sealed class RowState(Tensor store, Tensor slots, Tensor? valid = null) :
     public void Write(Tensor value) => store.index_copy_(0, Slots, value);
     Tensor Slots { get; } = slots;
 
+    /// <summary>
+    /// [n, m]: positions of this call whose running state (the state after that token) the caller keeps (the prefix
+    /// cache's block ends); −1 for none. Null: none kept.
+    /// </summary>
+    public Tensor? KeepAt { get; init; }
+    /// <summary>Receives the running states at <see cref="KeepAt"/>, [n, m, width].</summary>
+    public Action<Tensor>? Keep { get; init; }
+
+    /// <summary>Hands the running states [n, t, width] at <see cref="KeepAt"/> to <see cref="Keep"/> (when asked for).</summary>
+    public void KeepRunning(Tensor running)
+    {
+        if (KeepAt is not { } at || Keep is null) return;
+        long n = running.shape[0], m = at.shape[1], width = running.shape[2];
+        Keep(running.gather(1, at.clamp_min(0).unsqueeze(-1).expand(n, m, width)));
+    }
+
     /// <summary>Frees the row indices (the store belongs to the batch).</summary>
-    public void Dispose() { Slots.Dispose(); Valid?.Dispose(); }
+    public void Dispose() { Slots.Dispose(); Valid?.Dispose(); KeepAt?.Dispose(); }
 }
 
 /// <summary>A feed-forward block as a method replaces it (MixLoRA), applied to the rows that use its adapter.</summary>

@@ -26,6 +26,12 @@ public sealed record ServedAdapter : IDisposable
                          + Norms.Values.Sum(n => 8 * n.Scale.numel())
                          + (Head is { } h ? 4 * (h.Weight.numel() + h.Bias.numel()) : 0);
 
+    /// <summary>
+    /// What the adapter is, by content: SHA-256 of its config and weights files, never its name (a name reused for other
+    /// weights is another key). Caches of what an adapter computes (the engine's prefix cache) are keyed by it.
+    /// </summary>
+    public string ContentKey { get; init; } = "";
+
     /// <summary>Trained parameters, each shared tensor once (Lily's files repeat a module type's experts, and ours its router, under every layer).</summary>
     public long ParameterCount { get; private init; }
 
@@ -51,7 +57,7 @@ public sealed record ServedAdapter : IDisposable
             var methodTensors = head is null ? tensors
                 : tensors.Where(t => t.Key is not (TrainableAdapter.HeadWeightKey or TrainableAdapter.HeadBiasKey)).ToDictionary();
             var served = method.LoadServed(config, methodTensors, new BaseShapes(layers, normLayers.ToDictionary(n => n.Path, n => n.Size)))
-                with { Head = head, ParameterCount = parameterCount };
+                with { Head = head, ParameterCount = parameterCount, ContentKey = ContentHash(folder) };
             kept.UnionWith(served.Tensors);
             return served;
         }
@@ -59,6 +65,20 @@ public sealed record ServedAdapter : IDisposable
         {
             foreach (var t in tensors.Values.Where(t => !kept.Contains(t))) t.Dispose();
         }
+    }
+
+    /// <summary>SHA-256 over the config file and the weights file, each length-prefixed.</summary>
+    static string ContentHash(string folder)
+    {
+        using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        foreach (string file in new[] { AdapterConfig.FileName, TrainableAdapter.WeightsFileName })
+        {
+            using var stream = File.OpenRead(Path.Combine(folder, file));
+            hash.AppendData(BitConverter.GetBytes(stream.Length));
+            var buffer = new byte[1 << 16];
+            for (int read; (read = stream.Read(buffer)) > 0;) hash.AppendData(buffer, 0, read);
+        }
+        return Convert.ToHexString(hash.GetHashAndReset());
     }
 
     /// <summary>Every tensor it holds.</summary>

@@ -27,7 +27,11 @@ public sealed partial class InferenceEngine
         public required Choices Siblings { get; init; }
         /// <summary>Logprobs of the tokens generated since the last chunk (when asked for).</summary>
         public List<TokenLogprob>? Pending;
-        public long Length;       // positions in the cache
+        public long Length;       // positions in the cache (while prefilling: the prompt's positions cached so far)
+        /// <summary>While its prompt is being prefilled: the cache slot it is written into.</summary>
+        public int Slot = -1;
+        /// <summary>The prefix cache's keys of its prompt's full blocks (null: not cached).</summary>
+        public string[]? BlockKeys;
         public int Produced;
         public int LastToken;
         public bool Finished;
@@ -41,26 +45,49 @@ public sealed partial class InferenceEngine
         public List<Sequence> All { get; } = [];
         public int Open;
         public bool Failed;
+        /// <summary>Prompt tokens that came from the prefix cache.</summary>
+        public int Cached;
+        /// <summary>The request as admission sees it; whether it started; what to tell admission when the last choice ends.</summary>
+        public required AdmissionRequest Admitted;
+        public bool Started;
+        public Action? Ended;
     }
 
     /// <summary>One base model with its running batch.</summary>
-    sealed class Batch(CausalLanguageModel model, SlotKvCache cache, string version) : IDisposable
+    sealed class Batch : IDisposable
     {
-        public CausalLanguageModel Model { get; } = model;
+        /// <summary>A base model's batch; running rows take the cache's slots [0, <paramref name="maxRows"/>), prompts being prefilled the slots after them.</summary>
+        public Batch(CausalLanguageModel model, SlotKvCache cache, string version, int maxRows)
+        {
+            (Model, Cache, Version, MaxRows) = (model, cache, version, maxRows);
+            for (int slot = cache.Slots - 1; slot >= maxRows; slot--) FreeStaging.Push(slot);
+        }
+
+        public CausalLanguageModel Model { get; }
+        public int MaxRows { get; }
         /// <summary>The base folder's <see cref="ModelFolder.Version"/> the model was loaded from.</summary>
-        public string Version { get; } = version;
+        public string Version { get; }
+        /// <summary>The base folder and its version: the prefix cache's base key.</summary>
+        public string BaseKey { get; init; } = "";
         /// <summary>Replaced by a newer version of its base: finishes its rows, takes no new ones, and is freed when idle.</summary>
         public bool Retired;
-        public bool Idle => Rows.Count == 0 && Waiting.Count == 0;
-        public SlotKvCache Cache { get; } = cache;
+        public bool Idle => Rows.Count == 0 && Prefilling.Count == 0 && Waiting.Count == 0;
+        public SlotKvCache Cache { get; }
         public List<Sequence> Rows { get; } = [];
-        public Queue<Sequence> Waiting { get; } = [];
+        /// <summary>Requests whose prompt is partly in the cache (the first choice of each), in arrival order.</summary>
+        public List<Sequence> Prefilling { get; } = [];
+        /// <summary>Cache slots for prompts being prefilled that no prompt holds.</summary>
+        public Stack<int> FreeStaging { get; } = [];
+        /// <summary>Row places the running rows and the prompts being prefilled (n each) hold.</summary>
+        public int Reserved => Rows.Count + Prefilling.Sum(s => s.Siblings.All.Count);
+        /// <summary>Requests waiting to start, in arrival order.</summary>
+        public List<Sequence> Waiting { get; } = [];
         public RowAdapters? Adapters;   // per-row adapters of the current rows, rebuilt when rows join or leave
         /// <summary>Per-sequence adapter state by layer and width (Lily's router sums), [slots, width], kept by slot like the KV cache.</summary>
         public Dictionary<(string, int), Tensor> States { get; } = [];
 
         public Tensor State(string path, int width) =>
-            States.TryGetValue((path, width), out var t) ? t : States[(path, width)] = zeros(Cache.Slots, width).DetachFromDisposeScope();
+            States.TryGetValue((path, width), out var t) ? t : States[(path, width)] = zeros(Cache.Slots, width, device: Cache.Device).DetachFromDisposeScope();
 
         public void Dispose()
         {
@@ -116,7 +143,7 @@ public sealed partial class InferenceEngine
         int prompt = s.Request.Prompt.Count;
         if (finish == "")
         {
-            if (emit.Length > 0) s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, null, s.Index, TakePending(s)));
+            if (emit.Length > 0) s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, null, s.Index, TakePending(s), s.Siblings.Cached));
             return false;
         }
         if (!stopped)
@@ -126,7 +153,7 @@ public sealed partial class InferenceEngine
             emit += tail + (tailStopped ? "" : s.Stops.Flush());
             if (tailStopped) finish = "stop";
         }
-        s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, finish, s.Index, TakePending(s) ?? (options.Logprobs is null ? null : [])));
+        s.Output.TryWrite(new GenerationChunk(emit, prompt, s.Produced, finish, s.Index, TakePending(s) ?? (options.Logprobs is null ? null : []), s.Siblings.Cached));
         Finish(s, null);
         return true;
     }
@@ -152,6 +179,7 @@ public sealed partial class InferenceEngine
         if (Interlocked.Decrement(ref s.Siblings.Open) > 0) return;
         s.Output.TryComplete();
         s.Adapter?.Dispose();
+        s.Siblings.Ended?.Invoke();
     }
 
     /// <summary>Ends every choice of a request that has not started (failed before or while waiting, or at shutdown).</summary>

@@ -18,33 +18,51 @@ namespace AdapterService.Core.Inference;
 public sealed partial class InferenceEngine : IDisposable
 {
     static readonly ByteTokenizer ByteTokens = new();
-    readonly Channel<Sequence> incoming = Channel.CreateUnbounded<Sequence>(new UnboundedChannelOptions { SingleReader = true });
+    /// <summary>New requests (their first <see cref="Sequence"/>) and <see cref="RetireBase"/> messages, for the inference thread.</summary>
+    readonly Channel<object> incoming = Channel.CreateUnbounded<object>(new UnboundedChannelOptions { SingleReader = true });
+
+    /// <summary>A base model was deleted: its batch finishes its rows, takes no new ones and is freed when idle.</summary>
+    sealed record RetireBase(string BaseModel);
     readonly Dictionary<string, Batch> batches = [];
     int retired;
     readonly InferenceOptions options;
     readonly Thread thread;
-    int queued;
     volatile bool stopping;
 
     public AdapterCache Adapters { get; }
+    /// <summary>Cached prompt prefixes (null when <see cref="InferenceOptions.PrefixCacheBytes"/> is 0).</summary>
+    public PrefixCache? Prefixes { get; }
+    /// <summary>Prompt tokens whose keys and values came from the prefix cache.</summary>
+    public long CachedPromptTokens => Interlocked.Read(ref cachedPromptTokens);
+    long cachedPromptTokens;
+    /// <summary>The content key of each adapter name served (so deleting the name frees its cached prefixes).</summary>
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> adapterContent = new();
     public long GeneratedTokens => Interlocked.Read(ref generatedTokens);
     /// <summary>Requests accepted but not yet in a running batch.</summary>
-    public int Queued => Volatile.Read(ref queued);
+    public int Queued => Admission.Queued;
+    /// <summary>Every decision about letting work in: the queue limit, starts (n's rows, prefill slots, the policy's hook), the prefill budget.</summary>
+    public Admission Admission { get; }
     /// <summary>Sequences in the running batches.</summary>
     public int Running => Volatile.Read(ref running);
     long generatedTokens;
     int running;
+    /// <summary>Prefill forward passes run (each carries one chunk of up to a step's budget per prompt in it).</summary>
+    public long PrefillForwards => Interlocked.Read(ref prefillForwards);
+    long prefillForwards;
 
     /// <summary>The precision it loads base models in (<c>Models:Precision</c>, the one training uses).</summary>
     public BasePrecision Precision { get; }
 
     /// <param name="options">Batching and cache settings.</param>
     /// <param name="precision">The precision of the bases it serves; float32 when none is given.</param>
-    public InferenceEngine(InferenceOptions? options = null, BasePrecision? precision = null)
+    /// <param name="policy">The admission policy's hook (per-project shares, rollouts and eval runs), or none.</param>
+    public InferenceEngine(InferenceOptions? options = null, BasePrecision? precision = null, IAdmissionPolicy? policy = null)
     {
         this.options = options ?? new InferenceOptions();
+        Admission = new Admission(this.options, policy);
         Precision = precision ?? BasePrecision.Float32;
         Adapters = new AdapterCache(this.options.AdapterCacheBytes);
+        if (this.options.PrefixCacheBytes > 0) Prefixes = new PrefixCache(this.options.PrefixCacheBytes, Math.Max(1, this.options.PrefixBlockTokens));
         thread = new Thread(Loop) { IsBackground = true, Name = "inference" };
         thread.Start();
         EngineTelemetry.Track(this);
@@ -56,22 +74,22 @@ public sealed partial class InferenceEngine : IDisposable
     /// </summary>
     public async Task<IAsyncEnumerable<GenerationChunk>> StartAsync(GenerationRequest request, CancellationToken cancel = default)
     {
-        if (Interlocked.Increment(ref queued) > options.MaxQueued)
-        {
-            Interlocked.Decrement(ref queued);
-            throw new EngineBusyException($"The server is busy: {options.MaxQueued} requests are already waiting. Retry shortly.");
-        }
+        int n = Math.Max(1, request.Options.N);
+        var admitted = new AdmissionRequest(request.Project, request.Source, request.Prompt.Count, 0, request.Options.MaxTokens, n);
+        Admission.Enter(admitted);
         var output = Channel.CreateUnbounded<GenerationChunk>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = true });
+        Choices? made = null;
         var (span, start) = EngineTelemetry.Begin(request);
         try
         {
             // Each choice's own constraint, made before the adapter lease is taken (a constraint that fails to build leaks nothing).
-            int n = Math.Max(1, request.Options.N);
             var constraints = Enumerable.Range(0, n).Select(_ => request.Constraint?.Invoke()).ToList();
             var adapter = request.Adapter is null ? null : await Adapters.AcquireAsync(request.Adapter,
                 () => ServedAdapter.Load(request.AdapterFolder!, ModelConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile))));
+            if (adapter is not null) adapterContent[request.Adapter!] = adapter.Entry.Adapter.ContentKey;
             // n choices, each with its own sampler state; a seed gives choice i its own stream (choice 0 the seed's own).
-            var choices = new Choices { Open = n };
+            var choices = new Choices { Open = n, Admitted = admitted };
+            choices.Ended = () => Admission.Ended(choices.Admitted, choices.Started);
             for (int i = 0; i < n; i++)
                 choices.All.Add(new Sequence
                 {
@@ -79,6 +97,7 @@ public sealed partial class InferenceEngine : IDisposable
                     Generator = request.Options.Seed is { } seed ? new Generator(unchecked((ulong)seed + (ulong)i * 0x9E3779B97F4A7C15UL)) : null,
                     Logits = new LogitsProcessor(request.Options, constraints[i]), Index = i, Siblings = choices,
                 });
+            made = choices;   // from here its end gives its queue place back
             if (!incoming.Writer.TryWrite(choices.All[0]))
             {
                 FinishAll(choices.All[0], new ObjectDisposedException(nameof(InferenceEngine), "The inference engine is shutting down."));
@@ -87,7 +106,7 @@ public sealed partial class InferenceEngine : IDisposable
         }
         catch
         {
-            Interlocked.Decrement(ref queued);
+            if (made is null) Admission.Ended(admitted, started: false);
             span?.Dispose();
             throw;
         }
@@ -101,24 +120,40 @@ public sealed partial class InferenceEngine : IDisposable
             yield return chunk;
     }
 
-    /// <summary>Forgets a deleted adapter's weights (freed once no running request uses them).</summary>
-    public void Evict(string adapter) => Adapters.Evict(adapter);
+    /// <summary>
+    /// Forgets a deleted base model: its batch finishes the rows it has, then its weights, cache and cached prefixes are
+    /// freed (a base imported again under the id is loaded afresh either way, by <see cref="ModelFolder.Version"/>).
+    /// </summary>
+    public void EvictBase(string baseModel) => incoming.Writer.TryWrite(new RetireBase(baseModel));
+
+    /// <summary>Moves a batch out of its base's key: it finishes its rows, takes no new ones, and is freed when idle.</summary>
+    void Retire(Batch batch, string baseModel)
+    {
+        batch.Retired = true;
+        batches[$"{baseModel}\0retired {++retired}"] = batch;
+    }
+
+    /// <summary>Forgets a deleted adapter's weights (freed once no running request uses them) and its cached prefixes.</summary>
+    public void Evict(string adapter)
+    {
+        Adapters.Evict(adapter);
+        if (adapterContent.TryRemove(adapter, out var content)) Prefixes?.Forget(adapterKey: content);
+    }
 
     void Loop()
     {
         using var noGrad = no_grad();
         while (!stopping)
         {
-            bool idle = batches.Values.All(b => b.Rows.Count == 0 && b.Waiting.Count == 0);
+            bool idle = batches.Values.All(b => b.Idle);
             if (idle && !incoming.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;
-            while (incoming.Reader.TryRead(out var sequence)) Enqueue(sequence);
-            foreach (var batch in batches.Values)
-            {
-                Admit(batch);
-                if (batch.Rows.Count > 0) DecodeStep(batch);
-            }
+            while (incoming.Reader.TryRead(out var message))
+                if (message is Sequence sequence) Enqueue(sequence);
+                else if (message is RetireBase retire && batches.Remove(retire.BaseModel, out var old)) Retire(old, retire.BaseModel);
+            foreach (var batch in batches.Values) RunStep(batch);
             foreach (var key in batches.Where(b => b.Value.Retired && b.Value.Idle).Select(b => b.Key).ToList())
             {
+                Prefixes?.Forget(baseKey: batches[key].BaseKey);
                 batches[key].Dispose();
                 batches.Remove(key);
             }
@@ -135,116 +170,31 @@ public sealed partial class InferenceEngine : IDisposable
             {
                 // The base was deleted and imported again under its id: the old weights finish their rows under another key.
                 batches.Remove(request.BaseModel);
-                batch.Retired = true;
-                batches[$"{request.BaseModel}\0retired {++retired}"] = batch;
+                Retire(batch, request.BaseModel);
                 batch = null;
             }
             if (batch is null)
             {
                 var model = ModelFolder.Load<CausalLanguageModel>(request.BaseFolder, Precision);
-                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model, options.MaxBatch, model.ContextLength), version);
+                // Running rows take slots [0, MaxBatch); prompts prefilled over several steps take the PrefillSlots after them.
+                int staging = options.ChunkedPrefill ? Math.Max(1, options.PrefillSlots) : 0;
+                batches[request.BaseModel] = batch = new Batch(model, new SlotKvCache(model, options.MaxBatch + staging, model.ContextLength), version, options.MaxBatch)
+                    { BaseKey = $"{request.BaseFolder}\0{version}" };
             }
+            if (request.Prompt.Count == 0) throw new ArgumentException("the prompt is empty");
             if (request.Prompt.Count >= batch.Model.ContextLength)
                 throw new ArgumentException($"the prompt has {request.Prompt.Count} tokens; this model's context is {batch.Model.ContextLength}");
             if (request.Prompt.Any(t => (uint)t >= (uint)batch.Model.VocabSize))
                 throw new ArgumentException($"the prompt holds token ids outside this model's vocabulary of {batch.Model.VocabSize}");
             if (request.Options.LogitBias?.Keys.Where(t => (uint)t >= (uint)batch.Model.VocabSize).Select(t => (int?)t).FirstOrDefault() is { } outside)
                 throw new ArgumentException($"logit_bias names token {outside}, outside this model's vocabulary of {batch.Model.VocabSize}", "logit_bias");
-            if (sequence.Siblings.All.Count > batch.Cache.Slots)
-                throw new ArgumentException($"n={sequence.Siblings.All.Count} is more than the {batch.Cache.Slots} sequences decoded together here", "n");
-            batch.Waiting.Enqueue(sequence);
+            if (sequence.Siblings.All.Count > batch.MaxRows)
+                throw new ArgumentException($"n={sequence.Siblings.All.Count} is more than the {batch.MaxRows} sequences decoded together here", "n");
+            batch.Waiting.Add(sequence);
         }
         catch (Exception e)
         {
-            Interlocked.Decrement(ref queued);
             FinishAll(sequence, e);
-        }
-    }
-
-    /// <summary>
-    /// Prefills waiting requests into free slots, several prompts in one forward pass (right-padded; each row with its
-    /// own adapter), up to <see cref="InferenceOptions.PrefillTokens"/> tokens, in arrival order. A request of n choices
-    /// takes n slots but is prefilled once.
-    /// </summary>
-    void Admit(Batch batch)
-    {
-        while (batch.Waiting.TryPeek(out var first) && batch.Rows.Count + first.Siblings.All.Count <= batch.Cache.Slots)
-        {
-            var group = new List<Sequence>();
-            int longest = 0, taken = 0;
-            while (batch.Waiting.TryPeek(out var next) && batch.Rows.Count + taken + next.Siblings.All.Count <= batch.Cache.Slots)
-            {
-                int length = Math.Max(longest, next.Request.Prompt.Count);
-                if (group.Count > 0 && length * (group.Count + 1) > options.PrefillTokens) break;
-                batch.Waiting.Dequeue();
-                Interlocked.Decrement(ref queued);
-                if (next.Cancel.IsCancellationRequested) FinishAll(next, new OperationCanceledException(next.Cancel));
-                else (group, longest, taken) = ([.. group, next], length, taken + next.Siblings.All.Count);
-            }
-            if (group.Count > 0) Prefill(batch, group, longest);
-        }
-    }
-
-    void Prefill(Batch batch, List<Sequence> group, int length)
-    {
-        int first = batch.Rows.Count;
-        try
-        {
-            using var scope = NewDisposeScope();
-            batch.ClearAdapters();
-            var slots = Enumerable.Range(first, group.Count).Select(i => (long)i).ToList();
-            foreach (var state in batch.States.Values) state.narrow(0, first, group.Count).zero_();
-            var lengths = tensor(group.Select(s => (long)s.Request.Prompt.Count).ToArray());                      // [n]
-            var valid = arange(length, ScalarType.Int64).unsqueeze(0).lt(lengths.unsqueeze(1));                   // [n, length]
-            using var rowAdapters = SetAdapters(batch, group, slots, valid);
-            batch.Cache.BeginPrefill(first, group.Count, length);
-            var ids = tensor(group.SelectMany(s => s.Request.Prompt.Select(t => (long)t).Concat(Enumerable.Repeat(0L, length - s.Request.Prompt.Count))).ToArray(),
-                [group.Count, length]);                                                                        // [n, length]
-            // A row's padding repeats its last position, so each row's largest position is its own (dynamic and LongRoPE
-            // scale by it, per row); the padding's keys are masked and its outputs unread.
-            var positions = arange(length, ScalarType.Int64).unsqueeze(0).minimum(lengths.unsqueeze(1) - 1);      // [n, length]
-            // Causal, and no real token attends to another row's padding: keys past a row's length are masked.
-            var mask = ones(length, length, ScalarType.Bool).tril().unsqueeze(0).logical_and(valid.unsqueeze(1)).unsqueeze(1);   // [n, 1, length, length]
-            var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);                                   // [n, length, vocab]
-            batch.ClearAdapters();   // the decode step gathers the new row set
-            var logitsRow = new List<int>();   // each new row's row of logits: its prompt's
-            foreach (var s in group)
-            {
-                s.Length = s.Request.Prompt.Count;
-                batch.Rows.Add(s);
-                Interlocked.Increment(ref running);
-                logitsRow.Add(logitsRow.Count);
-            }
-            for (int i = 0; i < group.Count; i++)   // the other choices: the prompt's keys, values and adapter state copied
-                foreach (var choice in group[i].Siblings.All.Skip(1))
-                {
-                    batch.Cache.Move(first + i, batch.Rows.Count, group[i].Length);
-                    foreach (var state in batch.States.Values) state[batch.Rows.Count].copy_(state[first + i]);
-                    choice.Length = group[i].Length;
-                    batch.Rows.Add(choice);
-                    Interlocked.Increment(ref running);
-                    logitsRow.Add(i);
-                }
-            for (int r = logitsRow.Count - 1; r >= 0; r--)   // from the last: a finished row is replaced by the batch's last row
-            {
-                var s = batch.Rows[first + r];
-                try
-                {
-                    if (s.Abandoned) Finish(s, new OperationCanceledException(s.Cancel));
-                    else if (!Step(batch, s, logits[logitsRow[r], s.Request.Prompt.Count - 1])) continue;
-                }
-                catch (Exception e)
-                {
-                    Finish(s, e);   // one row's failure (its sampling, say) is not its batchmates'
-                }
-                Remove(batch, first + r);
-            }
-        }
-        catch (Exception e)
-        {
-            while (batch.Rows.Count > first) Remove(batch, batch.Rows.Count - 1);
-            batch.ClearAdapters();   // the prefill's own row adapters are disposed; no layer may keep pointing at them
-            foreach (var s in group) FinishAll(s, e);
         }
     }
 
@@ -263,11 +213,13 @@ public sealed partial class InferenceEngine : IDisposable
                 batch.Adapters = adapters;
                 adapters.Keep();
             }
-            var lengths = tensor(rows.Select(r => r.Length).ToArray());                                   // [rows]
+            else batch.Adapters.Reattach();   // a prompt chunk's forward had the model's slots
+            var device = batch.Cache.Device;
+            var lengths = tensor(rows.Select(r => r.Length).ToArray(), device: device);                  // [rows]
             batch.Cache.BeginDecode(lengths);
-            var ids = tensor(rows.Select(r => (long)r.LastToken).ToArray(), [rows.Count, 1]);             // [rows, 1]
+            var ids = tensor(rows.Select(r => (long)r.LastToken).ToArray(), [rows.Count, 1], device: device);   // [rows, 1]
             long visible = rows.Max(r => r.Length) + 1;
-            var mask = arange(visible, ScalarType.Int64).unsqueeze(0).le(lengths.unsqueeze(1)).view(rows.Count, 1, 1, visible);
+            var mask = arange(visible, ScalarType.Int64, device).unsqueeze(0).le(lengths.unsqueeze(1)).view(rows.Count, 1, 1, visible);
             var logits = batch.Model.Forward(ids, lengths.unsqueeze(1), mask, batch.Cache);               // [rows, 1, vocab]
             for (int i = 0; i < rows.Count; i++)
             {
@@ -309,8 +261,8 @@ public sealed partial class InferenceEngine : IDisposable
     }
 
     /// <summary>Each row's own adapter (in cache slot <paramref name="slots"/>[i]) in every adapted layer, block and norm of the model.</summary>
-    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots, Tensor? valid = null) =>
-        RowAdapters.Attach(batch.Model, rows.Select(r => r.Adapter?.Entry.Adapter).ToList(), slots, batch.State, valid);
+    static RowAdapters SetAdapters(Batch batch, IReadOnlyList<Sequence> rows, IReadOnlyList<long> slots, Tensor? valid = null, StateMarks? marks = null) =>
+        RowAdapters.Attach(batch.Model, rows.Select(r => r.Adapter?.Entry.Adapter).ToList(), slots, batch.State, valid, marks);
 
     /// <summary>Stops at the next token boundary, failing what is still running or waiting; then frees the models.</summary>
     public void Dispose()
@@ -320,11 +272,13 @@ public sealed partial class InferenceEngine : IDisposable
         incoming.Writer.TryComplete();
         thread.Join();
         var shutdown = new ObjectDisposedException(nameof(InferenceEngine), "The inference engine shut down.");
-        while (incoming.Reader.TryRead(out var left)) FinishAll(left, shutdown);
+        while (incoming.Reader.TryRead(out var left))
+            if (left is Sequence sequence) FinishAll(sequence, shutdown);
         foreach (var b in batches.Values)
         {
-            foreach (var s in b.Rows.Concat(b.Waiting)) FinishAll(s, shutdown);
+            foreach (var s in b.Rows.Concat(b.Prefilling).Concat(b.Waiting)) FinishAll(s, shutdown);
             b.Dispose();
         }
+        Prefixes?.Dispose();
     }
 }

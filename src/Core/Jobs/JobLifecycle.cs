@@ -17,7 +17,7 @@ namespace AdapterService.Core.Jobs;
 /// event ("started" or "resumed", with the running status), which can only be written once the run knows what it
 /// trains; until then a browser keeps seeing the job as queued, which is what it is waiting for.
 /// </remarks>
-public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
+public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStore? blobs = null)
 {
     public static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
@@ -75,6 +75,7 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
             jobs.ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt), c), cancel);
         var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
         if (left is null) return (false, job);
+        if (JobStatus.IsFinished(to)) AddResultFile(jobId, job!.ProjectId);
         db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message, Data = JobEventData.ForStatus(to) });
         await db.SaveChangesAsync(cancel);
         await transaction.CommitAsync(cancel);
@@ -194,6 +195,7 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
             .SetProperty(j => j.TrainedTokens, trainedTokens)
             .SetProperty(j => j.FinishedAt, now));
         if (updated == 0) return false;
+        AddResultFile(lease.JobId, db.Jobs.Where(j => j.Id == lease.JobId).Select(j => j.ProjectId).Single());
         if (adapter is not null)
         {
             db.Adapters.Add(adapter);
@@ -213,6 +215,12 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
         return true;
     }
 
+    /// <summary>A finished job's step metrics as its result file (<see cref="JobResultFiles"/>), saved with the status change.</summary>
+    void AddResultFile(string jobId, string projectId)
+    {
+        if (blobs is not null) JobResultFiles.Add(db, blobs, jobId, projectId);
+    }
+
     /// <summary>
     /// Marks the job failed with <paramref name="message"/> and writes the error event, in one transaction, if its status
     /// is one of <paramref name="from"/>; a job that reached a final status meanwhile (cancelled, succeeded) keeps it.
@@ -227,6 +235,7 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue)
             .SetProperty(j => j.ErrorMessage, message)
             .SetProperty(j => j.FinishedAt, now), c), CancellationToken.None).GetAwaiter().GetResult();
         if (left is null) return;
+        AddResultFile(jobId, db.Jobs.Where(j => j.Id == jobId).Select(j => j.ProjectId).Single());
         AddEvent(jobId, message, level: "error", data: JobEventData.ForStatus(JobStatus.Failed, error: message));
         transaction.Commit();
         ServiceTelemetry.JobMoved(left, JobStatus.Failed);

@@ -24,6 +24,13 @@ public abstract class CausalLanguageModel : nn.Module<Tensor, Tensor>
     public abstract int KeyValueHeads { get; }
     public abstract int HeadDim { get; }
 
+    /// <summary>
+    /// Whether a position's rotation depends on how many positions its forward call holds (dynamic NTK and LongRoPE scale
+    /// by the call's length): then a prompt fed in pieces is not the prompt fed whole, so the engine never splits its
+    /// prompts nor reuses cached prefixes.
+    /// </summary>
+    public virtual bool PositionsDependOnLength => false;
+
     /// <summary>Logits [batch, seq, vocab] for token ids [batch, seq], all positions new.</summary>
     public override Tensor forward(Tensor inputIds) => Forward(inputIds, null);
 

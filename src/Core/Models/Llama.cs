@@ -31,6 +31,8 @@ public class LlamaForCausalLM : CausalLanguageModel, IHuggingFaceModel
     public override int NumLayers => Config.NumHiddenLayers;
     public override int KeyValueHeads => Config.KeyValueHeads;
     public override int HeadDim => Config.HeadDim;
+    public override bool PositionsDependOnLength =>
+        Enumerable.Range(0, Config.NumHiddenLayers).Any(i => Config.LayerRope(i).Scaling?.Kind is "dynamic" or "longrope");
 
     public override Tensor Forward(Tensor inputIds, Tensor positions, Tensor? mask, IKvCache? cache) =>
         Logits(model.Forward(inputIds, positions, mask, cache));

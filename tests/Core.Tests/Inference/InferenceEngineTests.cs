@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace AdapterService.Core.Tests.Inference;
 
 /// <summary>The engine over a tiny base model saved to a folder, with random adapters: LoRA of different ranks and targets, DoRA, Lily, RLRR.</summary>
-public sealed class InferenceEngineTests : IDisposable
+public sealed partial class InferenceEngineTests : IDisposable
 {
     readonly DirectoryInfo root = Directory.CreateTempSubdirectory("engine-tests-");
     readonly string baseFolder;

@@ -55,6 +55,7 @@ public static class Lily
                 counts = counts + earlier.narrow(1, experts, 1).unsqueeze(1);
                 var real = state.Valid?.to_type(ScalarType.Float32).unsqueeze(-1) ?? ones(n, t, 1);   // padding adds nothing [n, t, 1]
                 state.Write(cat([earlier.narrow(1, 0, experts) + (p * real).sum(dim: 1), earlier.narrow(1, experts, 1) + real.sum(dim: 1)], 1));
+                state.KeepRunning(cat([sums, counts.expand(n, t, 1)], 2));                      // the state after each token [n, t, e + 1]
             }
             w = sums / counts;                                                               // prefix mean      [n, t, e]
         }

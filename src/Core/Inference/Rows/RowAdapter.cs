@@ -21,9 +21,11 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
     /// <param name="slots">Each row's slot in <paramref name="states"/>.</param>
     /// <param name="states">Per-sequence state stores of this batch by key (made on first use), or null for none.</param>
     /// <param name="valid">[rows, t]: the real tokens of right-padded rows (a batched prefill), or null when all are.</param>
+    /// <param name="marks">Positions whose running state the call keeps, or null.</param>
     public RowAdapter(string path, AdaptableLinear layer, IReadOnlyList<ServedAdapter?> rows, IReadOnlyList<long> slots, Func<string, int, Tensor>? states,
-        Tensor? valid = null)
+        Tensor? valid = null, StateMarks? marks = null)
     {
+        var device = layer.weight!.device;
         this.layer = layer;
         var loraRows = rows.Select(r => r?.Lora.GetValueOrDefault(path)).ToList();
         if (loraRows.Any(w => w is not null))
@@ -35,10 +37,15 @@ public sealed class RowAdapter : ILinearAdapter, IDisposable
             var members = index.Select(i => rows[i]!.Deltas[path]).ToList();
             var delta = members[0].Stack(members);
             foreach (var t in delta.Tensors) t.DetachFromDisposeScope();
-            var rowIndex = tensor(index.Select(i => (long)i).ToArray()).DetachFromDisposeScope();
-            var state = delta.StateWidth > 0 && states is not null
-                ? new RowState(states(path, delta.StateWidth), tensor(index.Select(i => slots[i]).ToArray()).DetachFromDisposeScope(),
+            var rowIndex = tensor(index.Select(i => (long)i).ToArray(), device: device).DetachFromDisposeScope();
+            int width = delta.StateWidth;
+            var state = width > 0 && states is not null
+                ? new RowState(states(path, width), tensor(index.Select(i => slots[i]).ToArray(), device: device).DetachFromDisposeScope(),
                     valid?.index_select(0, rowIndex).DetachFromDisposeScope())
+                {
+                    KeepAt = marks?.Positions.index_select(0, rowIndex).DetachFromDisposeScope(),
+                    Keep = marks is null ? null : running => marks.Keep(path, width, rowIndex, running),
+                }
                 : null;
             groups.Add((rowIndex, delta, state));
         }

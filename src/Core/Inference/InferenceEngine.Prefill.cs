@@ -1,0 +1,279 @@
+using AdapterService.Core.Adapters;
+using static TorchSharp.torch;
+
+namespace AdapterService.Core.Inference;
+
+/// <summary>
+/// The engine's step and its prefill: which prompt chunks a step carries (chunked prefill, Sarathi-Serve, "Taming
+/// Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve", https://arxiv.org/abs/2403.02310), and the forward
+/// pass that writes them into the cache.
+/// </summary>
+public sealed partial class InferenceEngine
+{
+    /// <summary>Positions [Offset, Offset + Length) of a request's prompt, one row of a prefill forward.</summary>
+    readonly record struct Chunk(Sequence Sequence, long Offset, long Length);
+
+    /// <summary>
+    /// One engine step of a base model. Chunked: a decode token for every running row, then up to
+    /// <see cref="InferenceOptions.StepTokens"/> of prompt chunks (decode rows counted) in a second forward: two forwards
+    /// per step, so a long prompt delays the running streams by one chunk's time, not its whole prefill. Not chunked
+    /// (the earlier scheduler): every waiting prompt that has a row place is prefilled whole, then one decode step.
+    /// </summary>
+    void RunStep(Batch batch)
+    {
+        if (!options.ChunkedPrefill)
+        {
+            while (Plan(batch) is { Count: > 0 } whole) Prefill(batch, whole);
+            if (batch.Rows.Count > 0) DecodeStep(batch);
+            return;
+        }
+        var chunks = Plan(batch);
+        if (batch.Rows.Count > 0) DecodeStep(batch);
+        if (chunks.Count > 0) Prefill(batch, chunks);
+    }
+
+    /// <summary>
+    /// The prompt chunks of the next prefill forward, padded tokens within <see cref="Admission.PrefillBudget"/>: prompts
+    /// being prefilled first, then waiting requests in arrival order as admission lets them start; the first that does
+    /// not fit (row places for its n, a prefill slot, the budget) ends the walk, so a large request is never overtaken for
+    /// good; one the policy defers is passed over. A model whose rotation reads the call's length
+    /// (<see cref="Models.CausalLanguageModel.PositionsDependOnLength"/>) gets whole prompts.
+    /// </summary>
+    List<Chunk> Plan(Batch batch)
+    {
+        var chunks = new List<Chunk>();
+        bool split = options.ChunkedPrefill && !batch.Model.PositionsDependOnLength;
+        long budget = Admission.PrefillBudget(batch.Rows.Count), longest = 0;
+        bool Add(Sequence s)
+        {
+            long room = Admission.Room(budget, chunks.Count, longest), rest = s.Request.Prompt.Count - s.Length, length = split ? Math.Min(rest, room) : rest;
+            if (length <= 0 || (chunks.Count > 0 && length > room)) return false;
+            chunks.Add(new Chunk(s, s.Length, length));
+            longest = Math.Max(longest, length);
+            return true;
+        }
+
+        foreach (var s in batch.Prefilling.ToList())
+        {
+            if (s.Abandoned) Abandon(batch, s);
+            else if (!Add(s)) break;
+        }
+        if (chunks.Count < batch.Prefilling.Count) return chunks;   // the earlier prompts come first
+        for (int w = 0; w < batch.Waiting.Count;)
+        {
+            var next = batch.Waiting[w];
+            if (next.Cancel.IsCancellationRequested)
+            {
+                batch.Waiting.RemoveAt(w);
+                FinishAll(next, new OperationCanceledException(next.Cancel));
+                continue;
+            }
+            var hit = CachedPrefix(batch, next);
+            long cached = hit.Count * (long)(Prefixes?.BlockTokens ?? 0);
+            var request = next.Siblings.Admitted with { CachedTokens = (int)cached };
+            var load = new AdmissionLoad(batch.Rows.Count, batch.Reserved, batch.MaxRows, batch.Prefilling.Count, batch.Waiting.Count);
+            bool fits = Admission.Fits(request, load, prefillSlotFree: batch.FreeStaging.Count > 0);
+            if (!fits || !Admission.MayStart(request, load))
+            {
+                Prefixes?.Unpin(hit);
+                if (!fits) break;
+                w++;
+                continue;
+            }
+            next.Length = cached;   // its chunk starts after the cached blocks
+            if (!Add(next))
+            {
+                next.Length = 0;
+                Prefixes?.Unpin(hit);
+                break;
+            }
+            batch.Waiting.RemoveAt(w);
+            (next.Siblings.Admitted, next.Siblings.Started) = (request, true);
+            Admission.Started(request);
+            // Unchunked prompts finish in this forward and go straight to their row's slot.
+            next.Slot = options.ChunkedPrefill ? batch.FreeStaging.Pop() : batch.Rows.Count + batch.Prefilling.Count;
+            Restore(batch, next, hit);
+            batch.Prefilling.Add(next);
+        }
+        return chunks;
+    }
+
+    /// <summary>
+    /// The cached blocks of a waiting request's prompt (pinned; none when the cache is off or the model's rotation reads
+    /// the call's length), its blocks' keys noted for storing what it computes. Scoped by project (unless shared across
+    /// projects), base version and adapter content.
+    /// </summary>
+    List<PrefixCache.Block> CachedPrefix(Batch batch, Sequence s)
+    {
+        if (Prefixes is null || batch.Model.PositionsDependOnLength) return [];
+        var request = s.Request;
+        s.BlockKeys ??= Prefixes.Keys(options.PrefixCacheAcrossProjects ? "" : request.Project ?? "", batch.BaseKey,
+            s.Adapter?.Entry.Adapter.ContentKey ?? "", request.Prompt);
+        return Prefixes.Match(s.BlockKeys, (request.Prompt.Count - 1) / Prefixes.BlockTokens);   // its last token is always computed
+    }
+
+    /// <summary>A new sequence's slot: the cached blocks' keys and values and the adapter state after the last of them (zero state without).</summary>
+    void Restore(Batch batch, Sequence s, List<PrefixCache.Block> hit)
+    {
+        using (NewDisposeScope())
+        {
+            foreach (var state in batch.States.Values) state[s.Slot].zero_();
+            for (int b = 0; b < hit.Count; b++) batch.Cache.Write(s.Slot, b * (long)Prefixes!.BlockTokens, hit[b].Keys, hit[b].Values);
+            if (hit.Count > 0)
+                foreach (var ((path, width), value) in hit[^1].States) batch.State(path, width)[s.Slot].copy_(value);
+        }
+        if (hit.Count == 0) return;
+        Prefixes!.Unpin(hit);
+        s.Siblings.Cached = (int)s.Length;
+        Interlocked.Add(ref cachedPromptTokens, s.Length);
+    }
+
+    /// <summary>For each chunk, the prompt blocks it completes that the prefix cache lacks.</summary>
+    List<List<int>> NewBlocks(List<Chunk> chunks) => chunks.Select(c =>
+    {
+        if (Prefixes is null || c.Sequence.BlockKeys is not { } keys) return new List<int>();
+        int size = Prefixes.BlockTokens;
+        return Enumerable.Range((int)(c.Offset / size), (int)((c.Offset + c.Length) / size - c.Offset / size))
+            .Where(b => b < keys.Length && !Prefixes.Contains(keys[b])).ToList();
+    }).ToList();
+
+    /// <summary>
+    /// Puts the blocks a prefill forward completed into the prefix cache: keys and values copied out of the slot, and the
+    /// adapter's state after each block's last token (which <paramref name="marks"/> kept during the forward).
+    /// </summary>
+    void Store(Batch batch, List<Chunk> chunks, List<List<int>> blocks, StateMarks? marks)
+    {
+        int size = Prefixes!.BlockTokens;
+        for (int r = 0; r < chunks.Count; r++)
+        {
+            var s = chunks[r].Sequence;
+            var adapter = s.Adapter?.Entry.Adapter;
+            var stateful = adapter?.Deltas.Where(d => d.Value.StateWidth > 0).Select(d => (d.Key, d.Value.StateWidth)).ToHashSet() ?? [];
+            for (int j = 0; j < blocks[r].Count; j++)
+            {
+                int b = blocks[r][j];
+                var (keys, values) = batch.Cache.Read(s.Slot, b * (long)size, size);
+                var states = (marks?.Kept ?? []).Where(k => stateful.Contains(k.Key)).ToDictionary(k => k.Key, k => k.Value[r, j].clone());
+                var tensors = keys.Concat(values).Concat(states.Values).ToList();
+                foreach (var t in tensors) t.DetachFromDisposeScope();
+                Prefixes.Add(new PrefixCache.Block
+                {
+                    Key = s.BlockKeys![b], Parent = b > 0 ? s.BlockKeys[b - 1] : null, Base = batch.BaseKey, Adapter = adapter?.ContentKey ?? "",
+                    Keys = keys, Values = values, States = states, Bytes = tensors.Sum(t => t.numel() * t.element_size()),
+                });
+            }
+        }
+    }
+
+    /// <summary>A prompt being prefilled whose client went away (or whose sibling failed).</summary>
+    void Abandon(Batch batch, Sequence s)
+    {
+        Release(batch, s);
+        FinishAll(s, new OperationCanceledException(s.Cancel));
+    }
+
+    /// <summary>Takes a prompt out of the prefilling ones, its prefill slot free again.</summary>
+    void Release(Batch batch, Sequence s)
+    {
+        batch.Prefilling.Remove(s);
+        if (s.Slot >= batch.MaxRows) batch.FreeStaging.Push(s.Slot);
+        s.Slot = -1;
+    }
+
+    /// <summary>
+    /// One forward pass over prompt chunks (right-padded rows, each with its own adapter and its own cache slot, positions
+    /// after what the slot holds; Lily's router sums carried in the slot's state). A prompt whose last chunk this is joins
+    /// the running rows (its n choices copying its keys, values and state) with its first token sampled here.
+    /// </summary>
+    void Prefill(Batch batch, List<Chunk> chunks)
+    {
+        int first = batch.Rows.Count;
+        try
+        {
+            using var scope = NewDisposeScope();
+            TrainableAdapter.Detach(batch.Model);   // the running rows' adapters stay kept for the next decode step
+            var device = batch.Cache.Device;
+            var sequences = chunks.Select(c => c.Sequence).ToList();
+            long width = chunks.Max(c => c.Length);
+            var lengths = tensor(chunks.Select(c => c.Length).ToArray(), device: device).unsqueeze(1);         // [n, 1]
+            var offsets = tensor(chunks.Select(c => c.Offset).ToArray(), device: device).unsqueeze(1);         // [n, 1]
+            var steps = arange(width, ScalarType.Int64, device).unsqueeze(0);                                    // [1, width]
+            var valid = steps.lt(lengths);                                                                      // [n, width]
+            // Blocks this forward completes for the prefix cache, and where in each row their last tokens are (−1: none).
+            var blocks = NewBlocks(chunks);
+            int most = blocks.Max(b => b.Count);
+            var marks = most == 0 ? null : new StateMarks(tensor(chunks.SelectMany((c, r) => blocks[r]
+                .Select(b => (b + 1L) * Prefixes!.BlockTokens - 1 - c.Offset).Concat(Enumerable.Repeat(-1L, most - blocks[r].Count))).ToArray(), [chunks.Count, most], device: device));
+            using var rowAdapters = SetAdapters(batch, sequences, sequences.Select(s => (long)s.Slot).ToList(), valid, marks);
+            batch.Cache.BeginChunks(chunks.Select(c => ((long)c.Sequence.Slot, c.Offset, c.Length)).ToArray());
+            var ids = tensor(chunks.SelectMany(c => c.Sequence.Request.Prompt.Skip((int)c.Offset).Take((int)c.Length).Select(t => (long)t)
+                .Concat(Enumerable.Repeat(0L, (int)(width - c.Length)))).ToArray(), [chunks.Count, width], device: device);   // [n, width]
+            // A row's padding repeats its last position, so each row's largest position is its own (dynamic and LongRoPE
+            // scale by it, per row); the padding's keys are never written and its outputs unread.
+            var positions = offsets + steps.minimum(lengths - 1);                                               // [n, width]
+            // Causal over the slot's cached positions and the chunk's own; no key past the row's chunk.
+            long visible = chunks.Max(c => c.Offset + c.Length);
+            var keys = arange(visible, ScalarType.Int64, device).view(1, 1, visible);                          // [1, 1, visible]
+            var mask = keys.le((offsets + steps).unsqueeze(2)).logical_and(keys.lt((offsets + lengths).unsqueeze(2))).unsqueeze(1);   // [n, 1, width, visible]
+            var logits = batch.Model.Forward(ids, positions, mask, batch.Cache);                                // [n, width, vocab]
+            Interlocked.Increment(ref prefillForwards);
+            if (most > 0) Store(batch, chunks, blocks, marks);
+            TrainableAdapter.Detach(batch.Model);   // this call's row adapters are freed with it
+            foreach (var c in chunks) c.Sequence.Length += c.Length;
+
+            var logitsRow = new List<(int Chunk, long Last)>();   // each new row's chunk and the position of its prompt's last token there
+            for (int i = 0; i < chunks.Count; i++)
+            {
+                var s = chunks[i].Sequence;
+                if (s.Length < s.Request.Prompt.Count) continue;
+                int slot = s.Slot, row = batch.Rows.Count;
+                Release(batch, s);
+                if (slot != row) MoveSlot(batch, slot, row, s.Length);
+                batch.Rows.Add(s);
+                Interlocked.Increment(ref running);
+                logitsRow.Add((i, chunks[i].Length - 1));
+            }
+            for (int r = 0, joined = logitsRow.Count; r < joined; r++)   // the other choices: the prompt's keys, values and adapter state copied
+                foreach (var choice in batch.Rows[first + r].Siblings.All.Skip(1))
+                {
+                    MoveSlot(batch, first + r, batch.Rows.Count, batch.Rows[first + r].Length);
+                    choice.Length = batch.Rows[first + r].Length;
+                    batch.Rows.Add(choice);
+                    Interlocked.Increment(ref running);
+                    logitsRow.Add(logitsRow[r]);
+                }
+            if (logitsRow.Count > 0) batch.ClearAdapters();   // the decode step gathers the new row set
+            for (int r = logitsRow.Count - 1; r >= 0; r--)   // from the last: a finished row is replaced by the batch's last row
+            {
+                var s = batch.Rows[first + r];
+                try
+                {
+                    if (s.Abandoned) Finish(s, new OperationCanceledException(s.Cancel));
+                    else if (!Step(batch, s, logits[logitsRow[r].Chunk, logitsRow[r].Last])) continue;
+                }
+                catch (Exception e)
+                {
+                    Finish(s, e);   // one row's failure (its sampling, say) is not its batchmates'
+                }
+                Remove(batch, first + r);
+            }
+        }
+        catch (Exception e)
+        {
+            while (batch.Rows.Count > first) Remove(batch, batch.Rows.Count - 1);
+            TrainableAdapter.Detach(batch.Model);   // the call's own row adapters are disposed; no layer may keep pointing at them
+            foreach (var c in chunks)
+            {
+                Release(batch, c.Sequence);
+                FinishAll(c.Sequence, e);
+            }
+        }
+    }
+
+    /// <summary>Copies a slot's first <paramref name="length"/> positions and its adapter state into another slot.</summary>
+    static void MoveSlot(Batch batch, int from, int to, long length)
+    {
+        batch.Cache.Move(from, to, length);
+        foreach (var state in batch.States.Values) state[to].copy_(state[from]);
+    }
+}

@@ -18,6 +18,8 @@ command -v npm >/dev/null || need+=(npm)
 if [ "$mode" = test ]; then
   # The browser tests drive Debian's chromium; the scale-out tests run against a real PostgreSQL server.
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  # The durability test watches the service's fsync and rename calls with strace.
+  command -v strace >/dev/null || need+=(strace)
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0

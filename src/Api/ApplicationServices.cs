@@ -11,6 +11,8 @@ using AdapterService.Core.Storage;
 using AdapterService.Core.Torch;
 using AdapterService.Workers;
 using Hangfire;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.FileProviders;
 using Microsoft.Extensions.Options;
@@ -24,6 +26,7 @@ public static class ApplicationServices
     public static void AddApplicationServices(this WebApplicationBuilder builder)
     {
         Auth.RequireLoopbackWithoutKeys(builder.Configuration);
+        builder.RefuseOpenListenersWithoutKeys();
         TorchRuntime.EnsureReady();
         builder.Logging.AddFilter("Microsoft.EntityFrameworkCore.Database.Command", LogLevel.Warning);   // the relay queries ten times a second
         var services = builder.Services;
@@ -48,10 +51,12 @@ public static class ApplicationServices
             o.AddDocumentFilters();   // tag descriptions, the 401/429 every protected route can answer
         });
         services.AddApiKeyAuth(builder.Configuration);
+        services.AddBrowserGuard(builder.Configuration);
         builder.AddLimits();
         builder.AddTelemetry();
         services.AddSignalR();
         services.AddHostedService<JobEventRelay>();
+        services.AddSingleton<HubKeys>().AddHostedService(sp => sp.GetRequiredService<HubKeys>());
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
         services.AddBasePrecision(builder.Configuration);   // Models:Precision, shared with the trainer
         services.AddSingleton(sp => new InferenceEngine(inference, sp.GetRequiredService<BasePrecision>()));
@@ -76,6 +81,7 @@ public static class ApplicationServices
                 scope.ServiceProvider.GetRequiredService<JobLifecycle>().RequeueUnfinished();
         }
         app.UseOpenAiErrors();
+        app.UseBrowserGuard();
         app.UseAuthentication();
         app.Use(ScopeToProject);
         app.UseRateLimiter();
@@ -87,6 +93,14 @@ public static class ApplicationServices
         UseDashboard(app);
         app.Lifetime.ApplicationStarted.Register(() =>
         {
+            var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses ?? [];
+            if (Auth.OpenListeners(bound, auth) is { Count: > 0 } open)
+            {
+                app.Logger.LogCritical("{Message}", Auth.OpenListenersMessage(open));
+                Environment.ExitCode = 1;
+                app.Lifetime.StopApplication();
+                return;
+            }
             if (!auth.Enabled)
                 app.Logger.LogWarning("Auth is off (no Auth:AdminKey): every request acts in the default project, and the service listens on loopback addresses only");
             app.Logger.LogInformation("Base models compute in {Precision} (Models:Precision)", app.Services.GetRequiredService<BasePrecision>());

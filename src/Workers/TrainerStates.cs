@@ -25,13 +25,36 @@ sealed class TrainerStates(IBlobStore blobs)
         return blobs.Resolve(path);
     }
 
-    /// <summary>The local folder of the newest saved state, if any.</summary>
-    public string? Latest(string jobId) => Saved(jobId).Select(s => blobs.Resolve(s.Path)).FirstOrDefault();
+    /// <summary>
+    /// Loads the newest saved state that loads: one that does not (damaged by a disk that lost it or a write that never
+    /// reached it) is reported through <paramref name="damaged"/>, deleted, and the one before it tried. False when
+    /// there was none; throws when every one was damaged (the trainer may hold part of one, so it cannot start afresh).
+    /// </summary>
+    public bool LoadNewest(string jobId, AdapterTrainer trainer, Action<int, string> damaged)
+    {
+        var saved = Saved(jobId);
+        foreach (var (step, path) in saved)
+        {
+            try
+            {
+                trainer.LoadState(blobs.Resolve(path));
+                return true;
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                damaged(step, e.GetType().Name);   // the type, not the message: messages of file errors carry server paths
+                blobs.Delete(path);
+            }
+        }
+        if (saved.Count > 0) throw new InvalidDataException($"every saved trainer state of job {jobId} is damaged; the job cannot resume");
+        return false;
+    }
+
 
     public void DeleteAll(string jobId) => blobs.Delete(BlobPaths.TrainerStatePath(jobId));
 
     /// <summary>The saved states, newest first.</summary>
-    IEnumerable<(int Step, string Path)> Saved(string jobId)
+    List<(int Step, string Path)> Saved(string jobId)
     {
         var root = BlobPaths.TrainerStatePath(jobId);
         return blobs.List(root)

@@ -122,9 +122,9 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     /// <summary>Starts or resumes the run on <paramref name="trainer"/>: its event, its saved state, the early-stopping history.</summary>
     void Begin(AdapterTrainer trainer)
     {
-        if (states.Latest(job.Id) is { } state)
+        if (states.LoadNewest(job.Id, trainer, (step, why) => jobs.AddEvent(job.Id,
+                $"The trainer state saved at step {step} is damaged ({why}); resuming from the one before it", level: "warn")))
         {
-            trainer.LoadState(state);
             jobs.AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}", data: JobEventData.ForStatus(JobStatus.Running));
         }
         else

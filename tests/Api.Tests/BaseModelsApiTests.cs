@@ -1,3 +1,4 @@
+using System.Net;
 using System.IO.Compression;
 using System.Net.Http.Json;
 using System.Text;
@@ -26,6 +27,41 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         using (var model = RandomModel.Create(config, seed: 3)) ModelFolder.Save(model, path);
         WriteByteLevelVocabulary(path);
         return path;
+    }
+
+    /// <summary>
+    /// An id that the id pattern lets through but that is no folder name (<c>..</c> was the blob root's parent: a 500),
+    /// a file linked out of the folder (a server file carried in as special_tokens_map.json, and out by an export), and
+    /// files the service would copy without reading: all refused by name, and the folder imports once they are fixed.
+    /// </summary>
+    [Fact]
+    public async Task ReservedIdsLinksOutOfTheFolderAndFilesTheServiceDoesNotReadAreRefused()
+    {
+        var path = WriteGpt2("checked");
+        foreach (var id in new[] { "..", ".", ".hidden", "trailing.", "NUL", "con.json", "COM1" })
+            await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id }), 400, "id");
+
+        var secret = Path.Combine(folder.FullName, "server-secret.json");
+        File.WriteAllText(secret, "{\"secret\": \"do not export\"}");
+        var link = Path.Combine(path, "special_tokens_map.json");
+        File.CreateSymbolicLink(link, secret);
+        async Task<string> Refused(string id) =>
+            (string)(await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id }), 400, "path"))["message"]!;
+        Assert.Contains("special_tokens_map.json is a symbolic link to a file outside the folder", await Refused("linked-out"));
+        Assert.DoesNotContain(folder.FullName, await Refused("linked-out"));
+        File.Delete(link);
+
+        File.WriteAllText(link, "not json");
+        Assert.Contains("special_tokens_map.json is not valid JSON", await Refused("bad-json"));
+        File.Delete(link);
+        File.WriteAllBytes(Path.Combine(path, "model-00002-of-00002.safetensors"), [1, 2, 3]);
+        Assert.Contains("model-00002-of-00002.safetensors is not one of the model's weights files", await Refused("stray-shard"));
+        File.Delete(Path.Combine(path, "model-00002-of-00002.safetensors"));
+
+        File.CreateSymbolicLink(link, Path.Combine(path, "config.json"));   // a link inside the folder is the folder's own file
+        var imported = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/base_models/import", new { path, id = "checked-gpt2" }));
+        Assert.Equal("checked-gpt2", (string?)imported["id"]);
+        Assert.Equal(HttpStatusCode.OK, (await client.DeleteAsync("/v1/base_models/checked-gpt2")).StatusCode);
     }
 
     /// <summary>GPT-2's byte-level alphabet (no merges) and &lt;|endoftext|&gt; as id 256.</summary>

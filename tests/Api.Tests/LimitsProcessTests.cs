@@ -41,6 +41,21 @@ public sealed class LimitsProcessTests
         await using (var hub = Hub("wrong")) await Assert.ThrowsAnyAsync<Exception>(() => hub.StartAsync());
     }
 
+    /// <summary>
+    /// Microsoft's container images set ASPNETCORE_HTTP_PORTS; with Urls empty Kestrel then listens on every interface,
+    /// which no configured URL shows. The addresses actually bound are checked after start and the service stops.
+    /// </summary>
+    [Fact]
+    public async Task WithoutKeysAListenerOnEveryInterfaceFromHttpPortsStopsTheService()
+    {
+        using var folder = new TempFolder("adapter-service-ports-");
+        int port = FreePort();
+        var refused = await Assert.ThrowsAsync<InvalidOperationException>(() =>
+            ServiceProcess.StartAsync(folder.FullName, port, ("Urls", ""), ("ASPNETCORE_HTTP_PORTS", port.ToString())));
+        Assert.Contains("exited with 1", refused.Message);
+        Assert.Contains($"Refusing to serve: the server listens on http://[::]:{port} without API keys", refused.Message);
+    }
+
     [Fact]
     public async Task EachProjectHasItsOwnRequestRateLimit()
     {
@@ -81,6 +96,13 @@ public sealed class LimitsProcessTests
         string[] prompts = ["Once upon a time", "The sea", "A small cat", "In the morning"];
         var expected = new Dictionary<string, string>();
         foreach (var prompt in prompts) expected[prompt] = (await CompleteAsync(service.Http, prompt)).Text!;   // alone, one at a time
+
+        // One batch request may ask for half the engine's places at most: it cannot fill the queue by itself.
+        object Input(string prompt) => new { model = "tiny-llama-demo", prompt, max_tokens = 4, temperature = 0 };
+        var tooMany = await service.Http.PostAsJsonAsync("/v1/completions/batch", new { inputs = prompts.Take(3).Select(Input) });
+        Assert.Contains("up to 2", (string)(await Api.AssertErrorAsync(tooMany, 400, "inputs"))["message"]!);
+        var half = await service.Http.PostAsJsonAsync("/v1/completions/batch", new { inputs = prompts.Take(2).Select(Input) });
+        Assert.Equal(HttpStatusCode.OK, half.StatusCode);
 
         using var process = Process.GetProcessById(service.ProcessId);
         long baseline = 0, peak = 0;

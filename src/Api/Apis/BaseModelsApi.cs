@@ -62,8 +62,17 @@ public static class BaseModelsApi
             return OpenAiErrors.BadRequest($"No folder at '{request.Path}' on the server.", "path");
         return await RegisterAsync(request.Id!, request.Description, $"imported from {path}", "path", db, blobs, cancel, temp =>
         {
+            var folder = System.IO.Path.GetFullPath(path);
             foreach (var file in Directory.EnumerateFiles(path).Where(f => ModelFile.IsMatch(System.IO.Path.GetFileName(f))))
-                File.Copy(file, System.IO.Path.Combine(temp, System.IO.Path.GetFileName(file)));
+            {
+                // A link may lead anywhere on the server (a key, /etc/passwd as special_tokens_map.json, then exported):
+                // only a link that stays inside the folder is followed.
+                var name = System.IO.Path.GetFileName(file);
+                if (File.ResolveLinkTarget(file, returnFinalTarget: true) is { } target
+                    && !System.IO.Path.GetFullPath(target.FullName).StartsWith(folder.TrimEnd(System.IO.Path.DirectorySeparatorChar) + System.IO.Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                    throw new InvalidDataException($"{name} is a symbolic link to a file outside the folder; copy the file into the folder instead");
+                File.Copy(file, System.IO.Path.Combine(temp, name));
+            }
             return Task.CompletedTask;
         });
     }
@@ -100,9 +109,38 @@ public static class BaseModelsApi
     {
         if (id is null || !Regex.IsMatch(id, "^[A-Za-z0-9._-]{1,64}$") || id.StartsWith("ft:", StringComparison.Ordinal))
             return OpenAiErrors.BadRequest("id must be 1-64 letters, digits, '.', '-' or '_'.", "id");
+        if (!Ids.IsUsableAsFolderName(id))
+            return OpenAiErrors.BadRequest($"id '{id}' is reserved: it may not start or end with '.' or be a device name (CON, NUL, COM1, ...).", "id");
         if (await db.BaseModels.AnyAsync(m => m.Id == id, cancel))
             return OpenAiErrors.Error(StatusCodes.Status409Conflict, $"A base model '{id}' exists already.", "id", "model_exists");
         return null;
+    }
+
+    /// <summary>
+    /// Every file kept is one the service reads, so a folder cannot carry anything else into the store (and out again
+    /// through an export): JSON files parse, text files are UTF-8, tokenizer.model loads, and each weights file is the
+    /// one model.safetensors or a shard the index names (ModelFolder.Load then reads those against config.json).
+    /// </summary>
+    static void CheckEveryFileParses(string folder)
+    {
+        var files = Directory.GetFiles(folder).Select(f => System.IO.Path.GetFileName(f)).ToHashSet(StringComparer.Ordinal);
+        foreach (var name in files.Where(n => n.EndsWith(".json", StringComparison.Ordinal)))
+        {
+            try { using var _ = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(System.IO.Path.Combine(folder, name))); }
+            catch (System.Text.Json.JsonException e) { throw new InvalidDataException($"{name} is not valid JSON (line {e.LineNumber + 1})"); }
+        }
+        foreach (var name in files.Where(n => n is "merges.txt" or "chat_template.jinja"))
+            if (!System.Text.Unicode.Utf8.IsValid(File.ReadAllBytes(System.IO.Path.Combine(folder, name))))
+                throw new InvalidDataException($"{name} is not UTF-8 text");
+        if (files.Contains("tokenizer.model")) SentencePieceTextTokenizer.Load(folder);
+        var shards = files.Where(n => n.EndsWith(".safetensors", StringComparison.Ordinal)).ToList();
+        var indexed = files.Contains("model.safetensors.index.json")
+            ? System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(System.IO.Path.Combine(folder, "model.safetensors.index.json"))).RootElement
+                .TryGetProperty("weight_map", out var map) && map.ValueKind == System.Text.Json.JsonValueKind.Object
+                ? map.EnumerateObject().Select(p => p.Value.ToString()).ToHashSet(StringComparer.Ordinal) : []
+            : new HashSet<string>(["model.safetensors"], StringComparer.Ordinal);
+        if (shards.FirstOrDefault(n => !indexed.Contains(n)) is { } unread)
+            throw new InvalidDataException($"{unread} is not one of the model's weights files (model.safetensors, or the shards model.safetensors.index.json names)");
     }
 
     /// <summary>
@@ -117,6 +155,7 @@ public static class BaseModelsApi
         try
         {
             await gather(temp);
+            CheckEveryFileParses(temp);
             var config = ModelConfig.Load(System.IO.Path.Combine(temp, ModelFolder.ConfigFile));
             long parameters;
             int context = 0;

@@ -27,6 +27,8 @@ public sealed record ClassifyResponse(string Object, IReadOnlyList<Classificatio
 public static class ClassifyApi
 {
     const int MaxImages = 256;
+    /// <summary>The grayscale bytes one request's images may decode to together.</summary>
+    const long MaxDecodedBytes = 64L << 20;
 
     public static IEndpointRouteBuilder MapClassifyApi(this IEndpointRouteBuilder app)
     {
@@ -49,6 +51,7 @@ public static class ClassifyApi
         try
         {
             var rows = new List<(BaseModel Base, string BaseFolder, ClassifyRow Row, string Model)>();
+            long decodedBytes = 0;
             foreach (var (image, modelName, param) in items)
             {
                 if (string.IsNullOrEmpty(modelName)) return OpenAiErrors.BadRequest($"Missing required parameter: 'model' (for {param}).", "model");
@@ -62,14 +65,19 @@ public static class ClassifyApi
                 GrayImage decoded;
                 try
                 {
-                    decoded = Png.Decode(Convert.FromBase64String(image));
+                    // The size from the header, against the model's, before any pixel is allocated: a few KB can declare 4096×4096.
+                    var png = Convert.FromBase64String(image);
+                    var header = Png.ReadHeader(png);
+                    if (header.Width != config.ImageSize || header.Height != config.ImageSize)
+                        return OpenAiErrors.BadRequest($"{param} is {header.Width}×{header.Height}; {modelName} takes {config.ImageSize}×{config.ImageSize} images.", param, "invalid_image");
+                    if ((decodedBytes += header.GrayBytes) > MaxDecodedBytes)
+                        return OpenAiErrors.BadRequest($"The images decode to more than {MaxDecodedBytes >> 20} MiB of pixels together; send fewer per request.", param, "invalid_image");
+                    decoded = Png.Decode(png);
                 }
                 catch (Exception e) when (e is FormatException or InvalidDataException)
                 {
                     return OpenAiErrors.BadRequest($"{param} is not a base64 PNG this service decodes: {e.Message}", param, "invalid_image");
                 }
-                if (decoded.Width != config.ImageSize || decoded.Height != config.ImageSize)
-                    return OpenAiErrors.BadRequest($"{param} is {decoded.Width}×{decoded.Height}; {modelName} takes {config.ImageSize}×{config.ImageSize} images.", param, "invalid_image");
                 ServedAdapter? adapter = null;
                 if (model.AdapterKey is { } key)
                 {

@@ -90,9 +90,16 @@ public static class CompletionsApi
     }
 
     static async Task<Results<Ok<ListResponse<CompletionResponse>>, JsonHttpResult<ErrorResponse>>> CreateBatch(
-        BatchCompletionRequest request, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, HttpResponse response, CancellationToken cancel)
+        BatchCompletionRequest request, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, HttpResponse response, IConfiguration configuration,
+        CancellationToken cancel)
     {
         if (request.Inputs is not { Count: > 0 and <= 256 } inputs) return OpenAiErrors.BadRequest("inputs must hold 1 to 256 completion requests.", "inputs");
+        // One request may take at most half of the engine's places (running + waiting), so that a single call cannot
+        // fill the queue and leave every other caller a 429.
+        var engineLimits = configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
+        int share = Math.Max(1, (engineLimits.MaxBatch + engineLimits.MaxQueued) / 2), rows = inputs.Sum(i => Math.Max(1, i?.N ?? 1));
+        if (rows > share)
+            return OpenAiErrors.BadRequest($"inputs ask for {rows} completions; one batch request may ask for up to {share} (half of Inference:MaxBatch + Inference:MaxQueued), so that other callers keep their places. Split the batch.", "inputs");
         var prepared = new List<Generation.Prepared>();
         for (int i = 0; i < inputs.Count; i++)
         {

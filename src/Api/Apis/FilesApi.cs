@@ -22,6 +22,11 @@ public sealed class FileLimits
     public long MaxUploadBytes { get; set; } = 512L << 20;
     /// <summary><c>Files:MaxModelUploadBytes</c>: the largest zipped base model accepted, and the most its files may unpack to (default 16 GiB).</summary>
     public long MaxModelUploadBytes { get; set; } = 16L << 30;
+    /// <summary>
+    /// <c>Files:MaxDecodedImageBytes</c>: the grayscale bytes an image file's images may decode to together (default
+    /// 1 GiB), checked from each PNG's header before it is inflated: a few KB of PNG can declare 16 MB of pixels.
+    /// </summary>
+    public long MaxDecodedImageBytes { get; set; } = TrainingFileOptions.DefaultMaxDecodedBytes;
 }
 
 public static class FilesApi
@@ -59,7 +64,8 @@ public static class FilesApi
         try
         {
             await using var check = upload.OpenReadStream();
-            parsed = TrainingFile.Parse(check);
+            // Checked, not kept: an image line keeps its size and label, its pixels are inflated row by row and dropped.
+            parsed = TrainingFile.Parse(check, new TrainingFileOptions(KeepPixels: false, MaxDecodedBytes: limits.Value.MaxDecodedImageBytes));
         }
         catch (TrainingFileException e)
         {

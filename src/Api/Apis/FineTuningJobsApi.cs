@@ -37,6 +37,15 @@ public static partial class FineTuningJobsApi
         return app;
     }
 
+    /// <summary>429 when the project (the context sees its jobs only) has its most jobs validating, queued or running.</summary>
+    static async Task<JsonHttpResult<ErrorResponse>?> ActiveJobsRefusalAsync(ServiceDbContext db, LimitsOptions limits, CancellationToken cancel)
+    {
+        int active = await db.Jobs.CountAsync(j => j.Status == JobStatus.ValidatingFiles || j.Status == JobStatus.Queued || j.Status == JobStatus.Running, cancel);
+        return active < limits.MaxActiveJobsPerProject ? null : OpenAiErrors.Error(StatusCodes.Status429TooManyRequests,
+            $"This project already has {active} fine-tuning jobs queued or running, the most allowed at once ({limits.MaxActiveJobsPerProject}). Wait for one to finish or cancel one.",
+            null, "too_many_active_jobs");
+    }
+
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CreateJob(
         CreateFineTuningJobRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, JobLifecycle jobs,
         IOptions<FineTuningLimits> limits, IOptions<LimitsOptions> projectLimits, CancellationToken cancel)
@@ -74,6 +83,9 @@ public static partial class FineTuningJobsApi
         // A continued job trains with its starting model's chat template unless it names one.
         var chatTemplate = request.ChatTemplate ?? start?.ChatTemplate;
 
+        // The cap first: reading and tokenizing a file costs far more than counting (a full project is refused cheaply).
+        if (await ActiveJobsRefusalAsync(db, projectLimits.Value, cancel) is { } full) return full;
+
         // The files are checked from the facts stored at upload (and token counts stored per base); the specification
         // decides the rest, naming the first problem in the order the API always has.
         var training = await JobFiles.ReadAsync(db, blobs, request.TrainingFile, "training_file", baseModel, baseConfig, chatTemplate, cancel);
@@ -91,12 +103,8 @@ public static partial class FineTuningJobsApi
         var hp = new HyperparametersDto(spec.Epochs, spec.BatchSize, spec.LearningRateMultiplier, spec.EarlyStoppingPatience);
         var (exampleCount, fileTokens) = (spec.ExampleCount, spec.TrainingFileTokens);
 
-        // The context sees this project's jobs only. Two creates at the same moment may both pass: a soft cap.
-        int active = await db.Jobs.CountAsync(j => j.Status == JobStatus.ValidatingFiles || j.Status == JobStatus.Queued || j.Status == JobStatus.Running, cancel);
-        if (active >= projectLimits.Value.MaxActiveJobsPerProject)
-            return OpenAiErrors.Error(StatusCodes.Status429TooManyRequests,
-                $"This project already has {active} fine-tuning jobs queued or running, the most allowed at once ({projectLimits.Value.MaxActiveJobsPerProject}). Wait for one to finish or cancel one.",
-                null, "too_many_active_jobs");
+        // Again, now that the files were read: a job created meanwhile counts. Two creates at the same moment may both pass: a soft cap.
+        if (await ActiveJobsRefusalAsync(db, projectLimits.Value, cancel) is { } nowFull) return nowFull;
 
         var job = new FineTuningJob
         {

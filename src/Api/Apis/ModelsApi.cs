@@ -11,6 +11,7 @@ using AdapterService.Core.Storage;
 using AdapterService.Core.Text;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 
 namespace AdapterService.Api.Apis;
 
@@ -29,7 +30,7 @@ public static class ModelsApi
         models.MapGet("/{model}", GetModel).WithName("retrieveModel").WithErrors(404).WithSummary("Retrieve a base or fine-tuned model");
         models.MapGet("/{model}/export", ExportModel).WithName("exportModel").Produces<Stream>(200, "application/zip", "application/octet-stream").WithErrors(400, 404)
             .WithSummary("Download a model as a zipped Hugging Face folder (a base as stored, a fine-tuned model with its adapter merged into the weights), or with format=gguf as one GGUF file for llama.cpp and Ollama (type f32, f16, bf16 or q8_0)");
-        models.MapPost("/{model}/pretrain", Pretrain).WithName("pretrainModel").WithErrors(400, 404)
+        models.MapPost("/{model}/pretrain", Pretrain).WithName("pretrainModel").WithErrors(400, 404, 409, 429)
             .WithSummary("Queue the pre-training of a built-in base model (vit-fashion-mnist-demo, fortunes-llama-demo)")
             .WithDescription("The service pre-trains its demo ViT on Fashion-MNIST classes 0-4 from Debian's dataset-fashion-mnist package, and its demo language model on Debian's fortunes package. 202 with `job_id` while queued or running: a fine-tuning job of method `pretraining` whose events and SignalR `progress`/`status` messages report it. 200 with the model when it exists already.");
         models.MapDelete("/{model}", DeleteModel).WithName("deleteModel").WithErrors(400, 404).WithSummary("Delete a fine-tuned model (its adapter and files)");
@@ -177,34 +178,58 @@ public static class ModelsApi
     /// Queues a pre-training job for a built-in base, or answers with the one queued or running already; once the model
     /// exists, answers with it. The job is the caller's project's, so its events and SignalR messages are theirs to follow.
     /// </summary>
+    /// <summary>One check-and-create at a time in this process: concurrent POSTs find the job the first one made.</summary>
+    static readonly SemaphoreSlim PretrainGate = new(1, 1);
+
     static async Task<Results<Ok<ModelDto>, Accepted<PretrainingDto>, JsonHttpResult<ErrorResponse>>> Pretrain(
-        string model, ServiceDbContext db, IEnumerable<IPretrainedBuiltin> builtins, JobLifecycle jobs, ClaimsPrincipal user, CancellationToken cancel)
+        string model, ServiceDbContext db, IEnumerable<IPretrainedBuiltin> builtins, JobLifecycle jobs, ClaimsPrincipal user,
+        IOptions<LimitsOptions> limits, CancellationToken cancel)
     {
         var builtin = builtins.FirstOrDefault(b => b.Id == model);
         if (builtin is null)
             return OpenAiErrors.NotFound($"The service pre-trains only {string.Join(" and ", builtins.Select(b => b.Id))}; '{model}' is not one of its built-in models.",
                 "model", "model_not_found");
-        if (await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == model, cancel) is { } existing) return TypedResults.Ok(existing.ToDto());
-        if (await db.Jobs.AsNoTracking().IgnoreQueryFilters()
-                .Where(j => j.AdapterType == JobKinds.PretrainingType && j.Model == model && (j.Status == JobStatus.Queued || j.Status == JobStatus.Running))
-                .FirstOrDefaultAsync(cancel) is { } running)
-            return TypedResults.Accepted($"/v1/fine_tuning/jobs/{running.Id}", new PretrainingDto(model, "model.pretraining", running.Status, running.Id));
+        await PretrainGate.WaitAsync(cancel);
         try
         {
-            builtin.EnsureDataInstalled();
+            if (await db.BaseModels.AsNoTracking().SingleOrDefaultAsync(m => m.Id == model, cancel) is { } existing) return TypedResults.Ok(existing.ToDto());
+            if (await db.Jobs.AsNoTracking().IgnoreQueryFilters()
+                    .Where(j => j.AdapterType == JobKinds.PretrainingType && j.Model == model && JobStatus.Unfinished.Contains(j.Status))
+                    .FirstOrDefaultAsync(cancel) is { } running)
+            {
+                // Another project's job id is theirs: its events and hub messages are not this caller's to follow.
+                if (running.ProjectId == user.ProjectId())
+                    return TypedResults.Accepted($"/v1/fine_tuning/jobs/{running.Id}", new PretrainingDto(model, "model.pretraining", running.Status, running.Id));
+                return OpenAiErrors.Error(StatusCodes.Status409Conflict,
+                    $"{model} is being pre-trained for another project; it is served to every project once that job has finished.", "model", "pretraining_in_progress");
+            }
+            // A pre-training job is a job of the caller's project: it counts against the project's cap like any other.
+            int active = await db.Jobs.CountAsync(j => j.Status == JobStatus.ValidatingFiles || j.Status == JobStatus.Queued || j.Status == JobStatus.Running, cancel);
+            if (active >= limits.Value.MaxActiveJobsPerProject)
+                return OpenAiErrors.Error(StatusCodes.Status429TooManyRequests,
+                    $"This project already has {active} fine-tuning jobs queued or running, the most allowed at once ({limits.Value.MaxActiveJobsPerProject}). Wait for one to finish or cancel one.",
+                    null, "too_many_active_jobs");
+            try
+            {
+                builtin.EnsureDataInstalled();
+            }
+            catch (DatasetMissingException e)
+            {
+                return OpenAiErrors.BadRequest(e.Message, "model", "dataset_missing");
+            }
+            long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+            var job = new FineTuningJob
+            {
+                Id = "ftjob-" + Ids.New(), ProjectId = user.ProjectId()!, Model = model, TrainingFile = builtin.Corpus,
+                CreatedAt = now, Epochs = 1, LearningRateMultiplier = 1, AdapterType = JobKinds.PretrainingType, AdapterConfig = builtin.Settings,
+            };
+            await jobs.CreateAsync(job, [], [], $"Pre-training job created for {model}", cancel);
+            return TypedResults.Accepted($"/v1/fine_tuning/jobs/{job.Id}", new PretrainingDto(model, "model.pretraining", job.Status, job.Id));
         }
-        catch (DatasetMissingException e)
+        finally
         {
-            return OpenAiErrors.BadRequest(e.Message, "model", "dataset_missing");
+            PretrainGate.Release();
         }
-        long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        var job = new FineTuningJob
-        {
-            Id = "ftjob-" + Ids.New(), ProjectId = user.ProjectId()!, Model = model, TrainingFile = builtin.Corpus,
-            CreatedAt = now, Epochs = 1, LearningRateMultiplier = 1, AdapterType = JobKinds.PretrainingType, AdapterConfig = builtin.Settings,
-        };
-        await jobs.CreateAsync(job, [], [], $"Pre-training job created for {model}", cancel);
-        return TypedResults.Accepted($"/v1/fine_tuning/jobs/{job.Id}", new PretrainingDto(model, "model.pretraining", job.Status, job.Id));
     }
 
     static async Task<Results<Ok<ModelDto>, JsonHttpResult<ErrorResponse>>> GetModel(string model, ServiceDbContext db, CancellationToken cancel) =>

@@ -84,10 +84,13 @@ public static class ProjectsApi
             ? TypedResults.Ok(key.ToDto())
             : NoKey(keyId);
 
-    static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteKey(string projectId, string keyId, ServiceDbContext db, CancellationToken cancel) =>
-        await db.ApiKeys.Where(k => k.Id == keyId && k.ProjectId == projectId).ExecuteDeleteAsync(cancel) == 1
-            ? TypedResults.Ok(new DeletedDto(keyId, "organization.project.api_key.deleted", true))
-            : NoKey(keyId);
+    static async Task<Results<Ok<DeletedDto>, JsonHttpResult<ErrorResponse>>> DeleteKey(
+        string projectId, string keyId, ServiceDbContext db, Hubs.HubKeys hubKeys, CancellationToken cancel)
+    {
+        if (await db.ApiKeys.Where(k => k.Id == keyId && k.ProjectId == projectId).ExecuteDeleteAsync(cancel) != 1) return NoKey(keyId);
+        hubKeys.Revoked(keyId);   // its live hub connections were let in by the key: they close now
+        return TypedResults.Ok(new DeletedDto(keyId, "organization.project.api_key.deleted", true));
+    }
 
     static JsonHttpResult<ErrorResponse> NoProject(string projectId) => OpenAiErrors.NotFound($"No such project: {projectId}", "project_id");
     static JsonHttpResult<ErrorResponse> NoKey(string keyId) => OpenAiErrors.NotFound($"No such API key: {keyId}", "key_id");

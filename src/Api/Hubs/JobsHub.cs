@@ -20,9 +20,21 @@ public interface IJobsClient
 /// Live job progress. A client calls <c>SubscribeToJob(jobId)</c> and then receives <c>progress</c> and <c>status</c>
 /// messages for that job (group <c>job:{id}</c>). Everything sent here is also persisted as the job's events.
 /// </summary>
-public sealed class JobsHub(ServiceDbContext db) : Hub<IJobsClient>
+public sealed class JobsHub(ServiceDbContext db, HubKeys keys) : Hub<IJobsClient>
 {
     public static string Group(string jobId) => $"job:{jobId}";
+
+    public override Task OnConnectedAsync()
+    {
+        keys.Opened(Context);   // revoking the key closes this connection
+        return base.OnConnectedAsync();
+    }
+
+    public override Task OnDisconnectedAsync(Exception? exception)
+    {
+        keys.Closed(Context);
+        return base.OnDisconnectedAsync(exception);
+    }
 
     /// <summary>Only a job of the caller's project: another project's job is refused as if it did not exist.</summary>
     public async Task SubscribeToJob(string jobId)

@@ -34,18 +34,23 @@ public static class Auth
     public const string AdminPolicy = "admin";
     public const string AdminRole = "admin";
     const string ProjectClaim = "project_id";
+    const string KeyClaim = "key_id";
 
     /// <summary>The project a request acts in (null before authentication succeeded).</summary>
     public static string? ProjectId(this ClaimsPrincipal user) => user.FindFirst(ProjectClaim)?.Value;
+
+    /// <summary>The id of the project key a request authenticated with (null for the admin key and with auth off).</summary>
+    public static string? KeyId(this ClaimsPrincipal user) => user.FindFirst(KeyClaim)?.Value;
 
     public static string KeyHash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));
 
     /// <summary>A new secret: <c>sk-proj-</c> and 48 random letters and digits (about 285 bits).</summary>
     public static string NewKey() => "sk-proj-" + Ids.New() + Ids.New();
 
-    public static ClaimsPrincipal Principal(string projectId, bool admin)
+    public static ClaimsPrincipal Principal(string projectId, bool admin, string? keyId = null)
     {
         List<Claim> claims = [new(ProjectClaim, projectId)];
+        if (keyId is not null) claims.Add(new Claim(KeyClaim, keyId));
         if (admin) claims.Add(new Claim(ClaimTypes.Role, AdminRole));
         return new ClaimsPrincipal(new ClaimsIdentity(claims, Scheme));
     }
@@ -74,11 +79,45 @@ public static class Auth
                 $"Refusing to listen on {string.Join(", ", open)} without API keys: set Auth:AdminKey (env Auth__AdminKey) to turn auth on, or listen on a loopback address such as http://127.0.0.1:5080.");
     }
 
+    /// <summary>
+    /// The configured URLs are not all that decides where Kestrel listens (<c>ASPNETCORE_HTTP_PORTS</c>, which
+    /// Microsoft's container images set, binds <c>*:PORT</c> when <c>Urls</c> is empty; code can add endpoints too).
+    /// So without an admin key this also (1) drops, before any byte of HTTP is read, every connection that did not
+    /// arrive on a loopback address, and (2) once the server has started, reads the addresses it actually bound and
+    /// stops the service, exit code 1, if one is not loopback.
+    /// </summary>
+    public static void RefuseOpenListenersWithoutKeys(this WebApplicationBuilder builder)
+    {
+        if (builder.Configuration.GetSection("Auth").Get<AuthOptions>() is { Enabled: true }) return;
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.ConfigureEndpointDefaults(listen => listen.Use(next => connection =>
+        {
+            if (connection.LocalEndPoint is IPEndPoint { Address: var local } && !IsLoopback(local))
+            {
+                connection.Abort();
+                return Task.CompletedTask;
+            }
+            return next(connection);
+        })));
+    }
+
+    /// <summary>
+    /// The bound addresses (<see cref="Microsoft.AspNetCore.Hosting.Server.Features.IServerAddressesFeature"/>) that are
+    /// not loopback, when auth is off; a Unix socket is local and passes.
+    /// </summary>
+    public static IReadOnlyList<string> OpenListeners(IEnumerable<string> boundAddresses, AuthOptions auth) =>
+        auth.Enabled ? [] : boundAddresses.Where(a => !a.StartsWith("http://unix:", StringComparison.OrdinalIgnoreCase)
+                                                      && !a.StartsWith("https://unix:", StringComparison.OrdinalIgnoreCase) && !IsLoopback(a)).ToList();
+
+    public static string OpenListenersMessage(IEnumerable<string> open) =>
+        $"Refusing to serve: the server listens on {string.Join(", ", open)} without API keys. Set Auth:AdminKey (env Auth__AdminKey) to turn auth on, or listen on a loopback address only (Urls=http://127.0.0.1:5080; an empty Urls with ASPNETCORE_HTTP_PORTS set listens on every interface).";
+
+    static bool IsLoopback(IPAddress ip) => IPAddress.IsLoopback(ip.IsIPv4MappedToIPv6 ? ip.MapToIPv4() : ip);
+
     static bool IsLoopback(string url)
     {
         var host = url.Split("://", 2)[^1].Split('/')[0];
         host = host.StartsWith('[') ? host[1..host.IndexOf(']')] : host.Split(':')[0];
-        return host.Length == 0 || host == "localhost" || IPAddress.TryParse(host, out var ip) && IPAddress.IsLoopback(ip);
+        return host.Length == 0 || host == "localhost" || IPAddress.TryParse(host, out var ip) && IsLoopback(ip);
     }
 }
 
@@ -98,8 +137,8 @@ public sealed class ApiKeyHandler(
         if (key is null) return AuthenticateResult.NoResult();
         if (auth.Value.IsAdminKey(key)) return Success(Auth.Principal(Project.DefaultId, admin: true));
         var hash = Auth.KeyHash(key);
-        var project = await db.ApiKeys.AsNoTracking().Where(k => k.Hash == hash).Select(k => k.ProjectId).SingleOrDefaultAsync(Context.RequestAborted);
-        return project is null ? AuthenticateResult.Fail("Incorrect API key provided.") : Success(Auth.Principal(project, admin: false));
+        var found = await db.ApiKeys.AsNoTracking().Where(k => k.Hash == hash).Select(k => new { k.ProjectId, k.Id }).SingleOrDefaultAsync(Context.RequestAborted);
+        return found is null ? AuthenticateResult.Fail("Incorrect API key provided.") : Success(Auth.Principal(found.ProjectId, admin: false, found.Id));
     }
 
     AuthenticateResult Success(ClaimsPrincipal user) => AuthenticateResult.Success(new AuthenticationTicket(user, Scheme.Name));

@@ -49,6 +49,9 @@ public static class OpenAiErrors
                 // Reading a string of the request's JSON that holds invalid UTF-8 or an unpaired surrogate escape ("\ud800").
                 InvalidOperationException { TargetSite.DeclaringType.Namespace: "System.Text.Json" } => (StatusCodes.Status400BadRequest,
                     "The request body holds a string that is not valid Unicode text (invalid UTF-8 or an unpaired surrogate escape)."),
+                // A pattern of the model's tokenizer.json (TextPattern.MatchTimeout) backtracking on this text.
+                System.Text.RegularExpressions.RegexMatchTimeoutException => (StatusCodes.Status400BadRequest,
+                    "The model's tokenizer could not split this text in time (a regex of its tokenizer.json backtracks on it); send different text or use another model."),
                 // The server's fault, not the caller's, but said plainly: an operator can act on it.
                 IOException io when io.HResult is 28 or unchecked((int)0x80070070) or unchecked((int)0x80070027) =>
                     (StatusCodes.Status507InsufficientStorage, "The server's storage is full; retry later."),

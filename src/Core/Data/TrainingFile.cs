@@ -30,17 +30,30 @@ public sealed record PreferenceExample(int Line, IReadOnlyList<ChatMessage> Inpu
 /// </summary>
 public sealed record PromptExample(int Line, IReadOnlyList<ChatMessage> Messages, string Item) : TrainingExample(Line);
 
-/// <summary>A labelled image for image classification (ViT bases), decoded to 8-bit grayscale.</summary>
+/// <summary>A labelled image for image classification (ViT bases), decoded to 8-bit grayscale (no pixels when parsed to be checked only).</summary>
 public sealed record ImageExample(int Line, GrayImage Image, string Label) : TrainingExample(Line);
 
 public enum TrainingFileFormat { Chat, PromptCompletion, Image, Preference, Reinforcement }
+
+/// <summary>
+/// How image lines are read. An upload checks every image (<see cref="KeepPixels"/> false: each PNG is inflated row by
+/// row and dropped, only its size is kept); a worker keeps the pixels of images of <see cref="ImageSide"/>, its model's
+/// size, and decodes no other (their lines keep their size and no pixels, which <c>ImageData.Read</c> refuses by line).
+/// <see cref="MaxDecodedBytes"/> bounds the file's images' grayscale bytes together, whatever is kept.
+/// </summary>
+public sealed record TrainingFileOptions(bool KeepPixels = true, int? ImageSide = null, long MaxDecodedBytes = TrainingFileOptions.DefaultMaxDecodedBytes)
+{
+    public const long DefaultMaxDecodedBytes = 1L << 30;
+}
 
 /// <summary>A validated JSONL training file, following OpenAI's fine-tuning file rules.</summary>
 public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<TrainingExample> Examples)
 {
     /// <summary>Reads UTF-8 JSONL line by line and throws <see cref="TrainingFileException"/> for the first problem.</summary>
-    public static TrainingFile Parse(Stream stream)
+    public static TrainingFile Parse(Stream stream, TrainingFileOptions? options = null)
     {
+        options ??= new TrainingFileOptions();
+        var budget = new long[] { options.MaxDecodedBytes };   // shared by the lines' parsers
         var examples = new List<TrainingExample>();
         TrainingFileFormat? format = null;
         int number = 0;
@@ -49,7 +62,7 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
             var bytes = raw.Trim(" \t\r"u8);
             if (++number == 1 && bytes.Span.StartsWith("\uFEFF"u8)) bytes = bytes[3..];
             if (bytes.IsEmpty) continue;
-            var line = new LineParser(number);
+            var line = new LineParser(number, options, budget);
             var (lineFormat, example) = line.Parse(bytes);
             format ??= lineFormat;
             if (lineFormat != format)
@@ -99,7 +112,7 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
         if (pending.WrittenCount > 0) yield return pending.WrittenMemory;
     }
 
-    readonly record struct LineParser(int Line)
+    readonly record struct LineParser(int Line, TrainingFileOptions Options, long[] Budget)
     {
         public TrainingFileException Fail(string message) => new(Line, message);
 
@@ -154,13 +167,29 @@ public sealed record TrainingFile(TrainingFileFormat Format, IReadOnlyList<Train
             catch (FormatException) { throw Fail($"{field} is not valid base64"); }
             if (isPng)
             {
-                try { return new ImageExample(Line, Png.Decode(bytes), label); }
+                try
+                {
+                    var header = Png.ReadHeader(bytes);
+                    Spend(header.GrayBytes);
+                    if (Options.KeepPixels && (Options.ImageSide is not { } modelSide || header.Width == modelSide && header.Height == modelSide))
+                        return new ImageExample(Line, Png.Decode(bytes), label);
+                    if (!Options.KeepPixels) Png.Validate(bytes);
+                    return new ImageExample(Line, new GrayImage(header.Width, header.Height, []), label);
+                }
                 catch (InvalidDataException e) { throw Fail($"image is not a supported PNG: {e.Message}"); }
             }
             int side = (int)Math.Round(Math.Sqrt(bytes.Length));
             if (bytes.Length == 0 || side * side != bytes.Length)
                 throw Fail($"pixels holds {bytes.Length} bytes; it must be a square image of 8-bit grayscale bytes (e.g. 784 for 28×28)");
-            return new ImageExample(Line, new GrayImage(side, side, bytes), label);
+            Spend(bytes.Length);
+            return new ImageExample(Line, new GrayImage(side, side, Options.KeepPixels ? bytes : []), label);
+        }
+
+        /// <summary>Takes an image's grayscale bytes from the file's decode budget, before any pixel is allocated.</summary>
+        void Spend(long bytes)
+        {
+            if ((Budget[0] -= bytes) < 0)
+                throw Fail($"the file's images decode to more than {Options.MaxDecodedBytes} bytes of pixels (the limit, Files:MaxDecodedImageBytes); split the file or use smaller images");
         }
 
         ChatExample ParseChat(JsonElement messages)

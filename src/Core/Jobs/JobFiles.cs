@@ -111,13 +111,15 @@ public static class JobFiles
 
     /// <summary>The worker's read of an image file: its pixels and class indices into <paramref name="labels"/>.</summary>
     public static LabelledImages LoadImages(ServiceDbContext db, IBlobStore blobs, string fileId, VitConfig config, IReadOnlyList<string> labels) =>
-        ImageData.Read(Parse(blobs, db.Files.AsNoTracking().Single(f => f.Id == fileId)), config, labels);
+        ImageData.Read(Parse(blobs, db.Files.AsNoTracking().Single(f => f.Id == fileId),
+            new TrainingFileOptions(KeepPixels: true, ImageSide: config.ImageSize, MaxDecodedBytes: long.MaxValue)), config, labels);   // the budget was held at upload
 
     static DataFile Failed(string fileId, JobSpecError error) => new(fileId, null, null, error);
 
-    static TrainingFile Parse(IBlobStore blobs, StoredFile row)
+    /// <summary>Without options for facts and text: an image line keeps its size, not its pixels.</summary>
+    static TrainingFile Parse(IBlobStore blobs, StoredFile row, TrainingFileOptions? options = null)
     {
         using var stream = blobs.OpenRead(row.BlobPath);
-        return TrainingFile.Parse(stream);
+        return TrainingFile.Parse(stream, options ?? new TrainingFileOptions(KeepPixels: false, MaxDecodedBytes: long.MaxValue));
     }
 }

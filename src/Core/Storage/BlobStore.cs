@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 
 namespace AdapterService.Core.Storage;
@@ -68,9 +69,11 @@ public sealed class FolderBlobStore(string root) : IBlobStore
             await using (var file = File.Create(temp))
             {
                 await content.CopyToAsync(file, cancel);
+                file.Flush(flushToDisk: true);   // the bytes on disk before the name points at them
                 length = file.Length;
             }
             File.Move(temp, path, overwrite: true);
+            Durable.Sync(Path.GetDirectoryName(path)!);   // and the rename itself, so a power cut keeps the blob
             return length;
         }
         finally
@@ -87,7 +90,9 @@ public sealed class FolderBlobStore(string root) : IBlobStore
         var path = Resolve(blobPath);
         if (replace && Exists(blobPath)) Delete(blobPath);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        Durable.SyncTree(tempFolder);   // whoever wrote the files (safetensors, trainer states), they are on disk first
         Directory.Move(tempFolder, path);
+        Durable.Sync(Path.GetDirectoryName(path)!);
     }
 
     /// <summary>A fresh folder under the root for writing something that <see cref="CommitFolder"/> publishes later.</summary>
@@ -131,5 +136,44 @@ public sealed class FolderBlobStore(string root) : IBlobStore
             sha.AppendData(File.ReadAllBytes(file));
         }
         return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+}
+
+/// <summary>
+/// fsync(2) for what .NET cannot flush itself: files written by other code, and directories, whose entries (a rename)
+/// reach the disk only when the directory is synced. On Windows, where directories cannot be opened so, files only.
+/// An error keeps its errno as HResult (28 is ENOSPC: the API answers 507).
+/// </summary>
+public static class Durable
+{
+    [DllImport("libc", SetLastError = true)] static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
+    [DllImport("libc", SetLastError = true)] static extern int fsync(int fd);
+    [DllImport("libc")] static extern int close(int fd);
+
+    public static void Sync(string path)
+    {
+        if (OperatingSystem.IsWindows())
+        {
+            if (File.Exists(path)) using (var file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite)) file.Flush(flushToDisk: true);
+            return;
+        }
+        int fd = open(path, 0);   // O_RDONLY: enough to fsync a file or a directory
+        if (fd < 0) throw new IOException($"{Path.GetFileName(path)} could not be opened to sync it (errno {Marshal.GetLastPInvokeError()})", Marshal.GetLastPInvokeError());
+        try
+        {
+            if (fsync(fd) != 0) throw new IOException($"{Path.GetFileName(path)} could not be synced to disk (errno {Marshal.GetLastPInvokeError()})", Marshal.GetLastPInvokeError());
+        }
+        finally
+        {
+            close(fd);
+        }
+    }
+
+    /// <summary>Every file and folder under <paramref name="folder"/>, then the folder itself.</summary>
+    public static void SyncTree(string folder)
+    {
+        foreach (var file in Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)) Sync(file);
+        foreach (var sub in Directory.EnumerateDirectories(folder, "*", SearchOption.AllDirectories)) Sync(sub);
+        Sync(folder);
     }
 }

@@ -124,4 +124,88 @@ public class PngTests
             Assert.StartsWith(message, e.Message);
         }
     }
+
+    /// <summary>A decompression bomb: <paramref name="width"/>×<paramref name="height"/> zero pixels, written row by row so the test never holds them.</summary>
+    public static byte[] Bomb(int width, int height, int colorType = 0)
+    {
+        int bpp = colorType switch { 4 => 2, 2 => 3, 6 => 4, _ => 1 };
+        var deflated = new MemoryStream();
+        var row = new byte[width * bpp + 1];
+        using (var z = new ZLibStream(deflated, CompressionLevel.Optimal, leaveOpen: true))
+            for (int y = 0; y < height; y++) z.Write(row);
+        var png = new MemoryStream();
+        png.Write([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+        var header = new byte[13];
+        BinaryPrimitives.WriteInt32BigEndian(header, width);
+        BinaryPrimitives.WriteInt32BigEndian(header.AsSpan(4), height);
+        (header[8], header[9]) = (8, (byte)colorType);
+        foreach (var (type, data) in new[] { ("IHDR", header), ("IDAT", deflated.ToArray()), ("IEND", Array.Empty<byte>()) })
+        {
+            var length = new byte[4];
+            BinaryPrimitives.WriteInt32BigEndian(length, data.Length);
+            png.Write(length);
+            png.Write(Encoding.ASCII.GetBytes(type));
+            png.Write(data);
+            png.Write(new byte[4]);
+        }
+        return png.ToArray();
+    }
+
+    /// <summary>
+    /// 64 MiB of RGBA in about 65 KB: its size is known from the header without allocating, checking it holds two rows,
+    /// and decoding it allocates its grayscale result (16 MiB) and little more, never the RGBA rows of the whole image.
+    /// </summary>
+    [Fact]
+    public void ABombsSizeIsReadFromItsHeaderAndItsRowsAreInflatedOneAtATime()
+    {
+        var bomb = Bomb(4096, 4096, colorType: 6);
+        Assert.InRange(bomb.Length, 1, 100_000);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var header = Png.ReadHeader(bomb);
+        Assert.InRange(GC.GetAllocatedBytesForCurrentThread() - before, 0, 1024);
+        Assert.Equal(new PngHeader(4096, 4096, 4), header);
+
+        before = GC.GetAllocatedBytesForCurrentThread();
+        Assert.Equal(header, Png.Validate(bomb));
+        Assert.InRange(GC.GetAllocatedBytesForCurrentThread() - before, 0, 1L << 20);
+
+        before = GC.GetAllocatedBytesForCurrentThread();
+        var image = Png.Decode(bomb);
+        Assert.InRange(GC.GetAllocatedBytesForCurrentThread() - before, 4096L * 4096, 4096L * 4096 + (1L << 20));
+        Assert.Equal(4096 * 4096, image.Pixels.Length);
+        Assert.All(image.Pixels.Take(1000), p => Assert.Equal(0, p));
+
+        Assert.Contains("4097×1", Assert.Throws<InvalidDataException>(() => Png.ReadHeader(Bomb(4097, 1))).Message);
+    }
+
+    /// <summary>
+    /// An upload's check keeps no pixels and holds the file's images to a budget of decoded bytes, read from each header
+    /// before inflating; a worker that knows its model's size decodes only images of that size.
+    /// </summary>
+    [Fact]
+    public void ImageFilesAreCheckedWithinADecodeBudgetAndKeepOnlyThePixelsTheModelTakes()
+    {
+        string Line(byte[] png) => $"{{\"image\": \"{Convert.ToBase64String(png)}\", \"label\": \"x\"}}";
+        var bomb = Line(Bomb(1024, 1024));                                  // 1 MiB decoded
+        var small = Line(Png.EncodeGray(28, 28, Noise(784, 3)));
+        var text = Encoding.UTF8.GetBytes(string.Join("\n", small, bomb, bomb, bomb, bomb));
+        var checkOnly = new TrainingFileOptions(KeepPixels: false, MaxDecodedBytes: 3L << 20);
+        var e = Assert.Throws<TrainingFileException>(() => TrainingFile.Parse(new MemoryStream(text), checkOnly));
+        Assert.Equal(4, e.Line);   // 784 + 1 MiB + 1 MiB + the third MiB is over 3 MiB
+        Assert.Contains("Files:MaxDecodedImageBytes", e.Message);
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var facts = TrainingFile.Parse(new MemoryStream(text), checkOnly with { MaxDecodedBytes = 5L << 20 });
+        Assert.InRange(GC.GetAllocatedBytesForCurrentThread() - before, 0, 2L << 20);   // 4 MiB of pixels checked, none kept
+        Assert.All(facts.Examples.Cast<ImageExample>(), x => Assert.Empty(x.Image.Pixels));
+        Assert.Equal([28, 1024, 1024, 1024, 1024], facts.Examples.Cast<ImageExample>().Select(x => x.Image.Width));
+
+        var worker = TrainingFile.Parse(new MemoryStream(text), new TrainingFileOptions(ImageSide: 28));
+        Assert.Equal(784, ((ImageExample)worker.Examples[0]).Image.Pixels.Length);
+        Assert.All(worker.Examples.Skip(1).Cast<ImageExample>(), x => Assert.Equal((1024, 0), (x.Image.Width, x.Image.Pixels.Length)));
+
+        var broken = Bomb(64, 64);
+        broken[41] = 0;   // the zlib header of the image data (after the signature, IHDR, and IDAT's length and type): the upload's check inflates
+        Assert.Throws<TrainingFileException>(() => TrainingFile.Parse(new MemoryStream(Encoding.UTF8.GetBytes(Line(broken))), checkOnly));
+    }
 }

@@ -53,6 +53,16 @@ public sealed class HfPipelineTests : IDisposable
         Assert.Equal(expected, Words(Load(null, preTokenizer, expected), text));
     }
 
+    /// <summary>A tokenizer.json's Split regex that backtracks catastrophically gives up after its match timeout instead of holding the thread (2^40 steps).</summary>
+    [Fact]
+    public void ABacktrackingSplitRegexTimesOut()
+    {
+        var tokenizer = Load(null, """{"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated"}""", ["a", "!"]);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        Assert.Throws<System.Text.RegularExpressions.RegexMatchTimeoutException>(() => tokenizer.Encode(new string('a', 40) + "!", addSpecialTokens: false));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"took {clock.Elapsed}");
+    }
+
     [Theory]
     [InlineData("""{"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}, {"type": "Strip", "strip_left": true, "strip_right": true}]}""", "  ＡＢＣ Ｄ  ", "abc d")]
     [InlineData("""{"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}""", "a \t\n b", "a b")]

@@ -14,15 +14,22 @@ sealed class TextPattern
 {
     readonly Regex regex;
 
+    /// <summary>
+    /// A tokenizer.json comes with an imported model, and its patterns run on every request's text: one that backtracks
+    /// catastrophically (<c>(a+)+$</c>) must not hold a thread for ever. A match attempt gets this long, then
+    /// <see cref="RegexMatchTimeoutException"/> (the API answers 400 naming the tokenizer's pattern).
+    /// </summary>
+    public static readonly TimeSpan MatchTimeout = TimeSpan.FromSeconds(1);
+
     TextPattern(Regex regex) => this.regex = regex;
 
     public static TextPattern FromRegex(string pattern, string where)
     {
-        try { return new TextPattern(new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant)); }
+        try { return new TextPattern(new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant, MatchTimeout)); }
         catch (ArgumentException e) { throw new InvalidDataException($"{where}: regex '{pattern}' is not supported: {e.Message}", e); }
     }
 
-    public static TextPattern FromString(string literal) => new(new Regex(Regex.Escape(literal), RegexOptions.CultureInvariant));
+    public static TextPattern FromString(string literal) => new(new Regex(Regex.Escape(literal), RegexOptions.CultureInvariant, MatchTimeout));
 
     /// <summary>The <c>pattern</c> object of a Split, Replace normalizer or Replace decoder.</summary>
     public static TextPattern Parse(JsonElement pattern, string where)

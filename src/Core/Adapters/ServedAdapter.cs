@@ -27,8 +27,9 @@ public sealed record ServedAdapter : IDisposable
                          + (Head is { } h ? 4 * (h.Weight.numel() + h.Bias.numel()) : 0);
 
     /// <summary>
-    /// What the adapter is, by content: SHA-256 of its config and weights files, never its name (a name reused for other
-    /// weights is another key). Caches of what an adapter computes (the engine's prefix cache) are keyed by it.
+    /// What the adapter is, by content: SHA-256 of its config and weights (the files' bytes, or a snapshot's tensors'),
+    /// never its name (a name reused for other weights is another key). Caches of what an adapter computes (the engine's
+    /// prefix cache) are keyed by it.
     /// </summary>
     public string ContentKey { get; init; } = "";
 
@@ -44,7 +45,7 @@ public sealed record ServedAdapter : IDisposable
 
     /// <summary>Reads an adapter folder of any method, checked against the base model's linear layers (path, in, out) and norms (path, size).</summary>
     public static ServedAdapter Load(string folder, IEnumerable<(string Path, long In, long Out)> linearLayers, IEnumerable<(string Path, long Size)> normLayers) =>
-        FromTensors(AdapterConfig.Load(folder), TrainableAdapter.ReadWeights(folder), linearLayers, normLayers);
+        FromTensors(AdapterConfig.Load(folder), TrainableAdapter.ReadWeights(folder), linearLayers, normLayers, FilesHash(folder));
 
     /// <summary>
     /// A trainable adapter's weights as they are now, served without a file: a copy of the adapter's own tensors (never
@@ -56,12 +57,12 @@ public sealed record ServedAdapter : IDisposable
         using (no_grad())
             tensors = adapter.SavedParameters().ToDictionary(p => p.Key, p => p.Value.detach().to_type(ScalarType.Float32).clone().DetachFromDisposeScope());
         return FromTensors(adapter.Config, tensors, model.LinearLayers().Select(l => (l.Path, l.Layer.InFeatures, l.Layer.OutFeatures)),
-            model.NormLayers().Select(n => (n.Path, n.Layer.Size)));
+            model.NormLayers().Select(n => (n.Path, n.Layer.Size)), TensorsHash(adapter.Config, tensors));
     }
 
     /// <summary>Serves <paramref name="tensors"/> (keyed without the PEFT prefix, float32; taken over: those not kept are disposed).</summary>
     static ServedAdapter FromTensors(AdapterConfig config, Dictionary<string, Tensor> tensors,
-        IEnumerable<(string Path, long In, long Out)> linearLayers, IEnumerable<(string Path, long Size)> normLayers)
+        IEnumerable<(string Path, long In, long Out)> linearLayers, IEnumerable<(string Path, long Size)> normLayers, string contentKey)
     {
         var method = AdapterMethods.Of(config);
         var layers = linearLayers.ToDictionary(l => l.Path, l => (l.In, l.Out));
@@ -73,7 +74,7 @@ public sealed record ServedAdapter : IDisposable
             var methodTensors = head is null ? tensors
                 : tensors.Where(t => t.Key is not (TrainableAdapter.HeadWeightKey or TrainableAdapter.HeadBiasKey)).ToDictionary();
             var served = method.LoadServed(config, methodTensors, new BaseShapes(layers, normLayers.ToDictionary(n => n.Path, n => n.Size)))
-                with { Head = head, ParameterCount = parameterCount, ContentKey = ContentHash(folder) };
+                with { Head = head, ParameterCount = parameterCount, ContentKey = contentKey };
             kept.UnionWith(served.Tensors);
             return served;
         }
@@ -83,8 +84,27 @@ public sealed record ServedAdapter : IDisposable
         }
     }
 
+    /// <summary>SHA-256 over a snapshot's config (as saved) and its tensors' float32 bytes, by key, each length-prefixed.</summary>
+    static string TensorsHash(AdapterConfig config, Dictionary<string, Tensor> tensors)
+    {
+        using var scope = NewDisposeScope();   // the contiguous CPU views made to read the bytes
+        using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        void Append(byte[] bytes)
+        {
+            hash.AppendData(BitConverter.GetBytes((long)bytes.Length));
+            hash.AppendData(bytes);
+        }
+        Append(System.Text.Encoding.UTF8.GetBytes(config.ToJson()));
+        foreach (var (key, tensor) in tensors.OrderBy(t => t.Key, StringComparer.Ordinal))
+        {
+            Append(System.Text.Encoding.UTF8.GetBytes(key));
+            Append(tensor.contiguous().cpu().bytes.ToArray());
+        }
+        return Convert.ToHexString(hash.GetHashAndReset());
+    }
+
     /// <summary>SHA-256 over the config file and the weights file, each length-prefixed.</summary>
-    static string ContentHash(string folder)
+    static string FilesHash(string folder)
     {
         using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
         foreach (string file in new[] { AdapterConfig.FileName, TrainableAdapter.WeightsFileName })

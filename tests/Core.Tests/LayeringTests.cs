@@ -19,7 +19,9 @@ public class LayeringTests
         ["Data"],              // training-file formats and datasets (images as tensors sized for a model)
         ["Text"],              // tokenizers and chat formats
         ["Adapters"],          // adapter methods over the models
-        ["Training", "Inference", "Exports"],   // Exports: other formats than Hugging Face's (GGUF)
+        ["Inference", "Exports"],   // Exports: other formats than Hugging Face's (GGUF)
+        ["Grading"],           // graders (OpenAI's), a judge model served by the engine
+        ["Training"],          // trainers; reinforcement's rollouts run on the engine and are graded
         ["Pretraining"],
         ["Builtins"],          // the built-in bases: made, pre-trained and registered
         ["Jobs"],

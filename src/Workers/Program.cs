@@ -23,6 +23,7 @@ builder.Services.AddServiceTelemetry(builder.Configuration, "adapter-service-wor
 // On SIGTERM the runner saves the job's state after its current step; give it time before the host gives up.
 builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
 var host = builder.Build();
+WorkerServices.StartTelemetry(host.Services);   // listening before the first claim
 using (var scope = host.Services.CreateScope())
 {
     var db = scope.ServiceProvider.GetRequiredService<ServiceDbContext>();

@@ -128,4 +128,14 @@ public static class WorkerServices
         if (!string.IsNullOrWhiteSpace(configuration["OTEL_EXPORTER_OTLP_ENDPOINT"])) telemetry.UseOtlpExporter();
         return telemetry;
     }
+
+    /// <summary>
+    /// Builds the meter and tracer providers now, before the host starts: a measurement made while no provider listens is
+    /// lost, and the job gauge's seed and the first transitions (re-queued jobs, early claims) come before the hosted services.
+    /// </summary>
+    public static void StartTelemetry(IServiceProvider services)
+    {
+        services.GetService<MeterProvider>();
+        services.GetService<TracerProvider>();
+    }
 }

@@ -32,6 +32,7 @@ public static class Telemetry
     /// </summary>
     public static void SeedJobGauge(WebApplication app, JobLifecycle jobs)
     {
+        WorkerServices.StartTelemetry(app.Services);
         if (app.Configuration.GetValue("Telemetry:SeedJobGauge", app.Configuration["Service:Role"] is null or "all")) jobs.CountJobsForTelemetry();
     }
 }

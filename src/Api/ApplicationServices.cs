@@ -59,7 +59,7 @@ public static class ApplicationServices
         services.AddSingleton<HubKeys>().AddHostedService(sp => sp.GetRequiredService<HubKeys>());
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
         services.AddBasePrecision(builder.Configuration);   // Models:Precision, shared with the trainer
-        services.AddSingleton(sp => new InferenceEngine(inference, sp.GetRequiredService<BasePrecision>()));
+        services.AddSingleton(sp => new InferenceEngine(inference, sp.GetRequiredService<BasePrecision>(), new ProjectShares(inference)));
         services.AddSingleton(sp => new ImageClassifier(precision: sp.GetRequiredService<BasePrecision>()));
         services.AddServiceStorage(builder.Configuration).AddJobQueue(builder.Configuration);
         // Service:Role "all" (default) trains in this process too; "api" leaves training to standalone workers.

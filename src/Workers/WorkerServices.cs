@@ -93,7 +93,7 @@ public static class WorkerServices
         services.AddBasePrecision(configuration);
         // Reinforcement jobs sample through an inference engine: the API's in the same process, else this worker's own.
         var inference = configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
-        services.TryAddSingleton(sp => new InferenceEngine(inference, sp.GetRequiredService<BasePrecision>()));
+        services.TryAddSingleton(sp => new InferenceEngine(inference, sp.GetRequiredService<BasePrecision>(), new ProjectShares(inference)));
         int concurrency = Math.Max(1, configuration.GetValue("Workers:Concurrency", 1));
         int maxFused = Math.Max(1, configuration.GetValue("Workers:MaxFusedJobs", 4));
         services.AddSingleton(new FusionHost(maxFused, concurrency));

@@ -70,4 +70,9 @@ public sealed class InferenceOptions
     /// by default: a hit is faster, so a shared prefix tells one project what another sent.
     /// </summary>
     public bool PrefixCacheAcrossProjects { get; set; }
+    /// <summary>
+    /// The part of the engine's places (running rows plus waiting requests) one project may hold in flight
+    /// (<see cref="ProjectShares"/>); 1 lets one project take them all.
+    /// </summary>
+    public double ProjectShare { get; set; } = 0.5;
 }

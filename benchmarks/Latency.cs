@@ -13,11 +13,13 @@ sealed class Latency(bool quick)
     const int PromptLength = 32, NewTokens = 32;
     static readonly int[] Streams = [1, 8, 32, 64];
 
-    /// <summary>The schedulers compared (engine settings): the earlier one, whole prompts prefilled as one block between decode steps, first; chunked prefill mixed with decode (the default).</summary>
+    /// <summary>The schedulers compared (engine settings): the earlier one, whole prompts prefilled as one block between decode steps, first; chunked prefill mixed with decode (the default); the same with a smaller step budget.</summary>
     public static IReadOnlyList<(string Name, InferenceOptions Options)> Schedulers =>
     [
         ("current (prefill as one block)", new InferenceOptions { ChunkedPrefill = false, PrefixCacheBytes = 0 }),
         ($"chunked prefill (StepTokens {new InferenceOptions().StepTokens}, PrefillSlots {new InferenceOptions().PrefillSlots})", new InferenceOptions { ChunkedPrefill = true, PrefixCacheBytes = 0 }),
+        // A smaller step budget: shorter steps while prompts are prefilled, against more steps per prompt.
+        ("chunked prefill (StepTokens 128)", new InferenceOptions { ChunkedPrefill = true, StepTokens = 128, PrefixCacheBytes = 0 }),
     ];
 
     public async Task RunAsync(Action<string> line)

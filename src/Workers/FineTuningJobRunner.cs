@@ -19,7 +19,7 @@ namespace AdapterService.Workers;
 /// It claims the job, hands its run to a <see cref="TrainingSession"/> (fused with other jobs on the same base, or
 /// alone) and records the outcome; every write to the job's record goes through <see cref="JobLifecycle"/>.
 /// </summary>
-public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, IBlobStore blobs, IJobQueue queue, IOptions<TrainingOptions> options,
+public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, IBlobStore blobs, IJobQueue queue, IOptions<TrainingOptions> options, IOptions<QuotaOptions> quotas,
     FusionHost fusion, BasePrecision precision, InferenceEngine engine, ILogger<FineTuningJobRunner> log)
 {
     /// <summary>The precision it loads bases in (<c>Models:Precision</c>, the one the serving engine uses).</summary>
@@ -46,7 +46,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         {
             var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
             var states = new TrainerStates(blobs);
-            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine), states, blobs, options.Value, stop);
+            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine), states, blobs, options.Value, quotas.Value, stop);
             var result = Train(baseModel, session, stop);
             Succeed(job, lease, session.SaveAdapter(), result, states);
         }

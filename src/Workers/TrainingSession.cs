@@ -17,7 +17,7 @@ namespace AdapterService.Workers;
 /// are status changes in the database, so they reach a worker in any process.
 /// </summary>
 sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease lease, JobData files, TrainerStates states, IBlobStore blobs,
-    TrainingOptions options, CancellationTokenSource stop) : IFusedSession, IDisposable
+    TrainingOptions options, QuotaOptions quotas, CancellationTokenSource stop) : IFusedSession, IDisposable
 {
     // As the job was specified at creation: its adapter, and its learning rate from the multiplier.
     readonly (AdapterConfig Config, Hyperparameters Hp) spec = JobSpecification.Of(job);
@@ -159,6 +159,13 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         var blobPath = BlobPaths.CheckpointPath(job.Id, p.Step);
         if (!blobs.Exists(blobPath))   // a crash may have come between the folder and its row
         {
+            // Over the project's checkpoint quota the run goes on (its trainer state is kept to resume from) without this checkpoint.
+            long size = new DirectoryInfo(state).EnumerateFiles().Where(f => f.Name is AdapterConfig.FileName or TrainableAdapter.WeightsFileName).Sum(f => f.Length);
+            if (StorageUsage.Exceeded("checkpoints", jobs.CheckpointBytesOfProject(job.ProjectId, blobs), size, quotas.MaxCheckpointBytes) is { } over)
+            {
+                jobs.AddEvent(job.Id, $"No checkpoint at step {p.Step}: {over}", level: "warn");
+                return;
+            }
             var temp = blobs.NewTempFolder();
             foreach (var name in new[] { AdapterConfig.FileName, TrainableAdapter.WeightsFileName })
                 File.Copy(Path.Combine(state, name), Path.Combine(temp, name));

@@ -98,6 +98,7 @@ public static class WorkerServices
         int maxFused = Math.Max(1, configuration.GetValue("Workers:MaxFusedJobs", 4));
         services.AddSingleton(new FusionHost(maxFused, concurrency));
         services.AddScoped<FineTuningJobRunner>();
+        services.Configure<QuotaOptions>(configuration.GetSection("Quotas"));   // a checkpoint over the project's quota is not kept
         services.AddScoped<PretrainingJobRunner>();
         services.AddOptions<TrainingOptions>().Bind(configuration.GetSection("Workers"))
             .Validate(o => o.Speed.Problem() is null, "Workers:Speed:MicroBatchSize must be at least 1").ValidateOnStart();

@@ -80,7 +80,7 @@ public static class AdaptersApi
     }
 
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> CombineAdapters(
-        CombineAdaptersRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+        CombineAdaptersRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<QuotaOptions> quotas, CancellationToken cancel)
     {
         if (request.Adapters is not { Length: >= 2 and <= 16 } ids)
             return OpenAiErrors.BadRequest("adapters must list 2 to 16 adapter ids.", "adapters");
@@ -101,6 +101,7 @@ public static class AdaptersApi
         {
             var config = AdapterComposition.Combine(sources.Select(a => blobs.Resolve(a.BlobPath)).ToList(), weights, temp);
             long parameters = SafeTensors.ReadHeader(Path.Combine(temp, TrainableAdapter.WeightsFileName)).Tensors.Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d));
+            if (await Quotas.RefuseAsync(db, blobs, quotas.Value, user.ProjectId()!, "adapters", FolderBytes(temp), cancel) is { } over) return over;
             var blobPath = BlobPaths.AdapterPath(adapterId);
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
@@ -171,7 +172,8 @@ public static class AdaptersApi
     }
 
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> ImportAdapter(
-        HttpRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
+        HttpRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, IOptions<QuotaOptions> quotas,
+        CancellationToken cancel)
     {
         var (form, refused) = await Forms.ReadUploadAsync(request, limits.Value.MaxUploadBytes,
             "the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'", cancel);
@@ -203,6 +205,7 @@ public static class AdaptersApi
                 config = served.Config;
                 parameters = served.ParameterCount;
             }
+            if (await Quotas.RefuseAsync(db, blobs, quotas.Value, user.ProjectId()!, "adapters", FolderBytes(temp), cancel) is { } over) return over;
             var blobPath = BlobPaths.AdapterPath(adapterId);
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
@@ -224,4 +227,6 @@ public static class AdaptersApi
             if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
         }
     }
+
+    static long FolderBytes(string folder) => new DirectoryInfo(folder).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length);
 }

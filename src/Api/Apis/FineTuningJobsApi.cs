@@ -48,7 +48,7 @@ public static partial class FineTuningJobsApi
 
     static async Task<Results<Ok<FineTuningJobDto>, JsonHttpResult<ErrorResponse>>> CreateJob(
         CreateFineTuningJobRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, JobLifecycle jobs,
-        IOptions<FineTuningLimits> limits, IOptions<LimitsOptions> projectLimits, CancellationToken cancel)
+        IOptions<FineTuningLimits> limits, IOptions<LimitsOptions> projectLimits, IOptions<QuotaOptions> quotas, CancellationToken cancel)
     {
         if (string.IsNullOrEmpty(request.Model)) return OpenAiErrors.BadRequest("Missing required parameter: 'model'.", "model");
         if (string.IsNullOrEmpty(request.TrainingFile)) return OpenAiErrors.BadRequest("Missing required parameter: 'training_file'.", "training_file");
@@ -85,6 +85,7 @@ public static partial class FineTuningJobsApi
 
         // The cap first: reading and tokenizing a file costs far more than counting (a full project is refused cheaply).
         if (await ActiveJobsRefusalAsync(db, projectLimits.Value, cancel) is { } full) return full;
+        if (await Quotas.RefuseJobAsync(db, blobs, quotas.Value, user.ProjectId()!, cancel) is { } noRoom) return noRoom;
 
         // The files are checked from the facts stored at upload (and token counts stored per base); the specification
         // decides the rest, naming the first problem in the order the API always has.

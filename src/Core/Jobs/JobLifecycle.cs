@@ -164,6 +164,13 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
     public int LastReportedStep(string jobId) =>
         db.JobEvents.Where(e => e.JobId == jobId && e.Type == "metrics").Select(e => (int?)e.Step).Max() ?? 0;
 
+    /// <summary>The bytes of the checkpoints of <paramref name="projectId"/>'s jobs, against its checkpoint quota.</summary>
+    public long CheckpointBytesOfProject(string projectId, IBlobStore blobs)
+    {
+        var jobIds = db.Jobs.IgnoreQueryFilters().Where(j => j.ProjectId == projectId).Select(j => j.Id);
+        return StorageUsage.FolderBytes(blobs, db.Checkpoints.Where(c => jobIds.Contains(c.JobId)).Select(c => c.BlobPath).ToList());
+    }
+
     public bool HasCheckpoint(string jobId, int step) => db.Checkpoints.Any(c => c.JobId == jobId && c.StepNumber == step);
 
     /// <summary>The metrics JSON of the job's checkpoints up to <paramref name="step"/>, oldest first.</summary>

@@ -128,8 +128,8 @@ public static class AdaptersApi
     /// PEFT's zip, or with <c>format=gguf</c> a LoRA adapter as llama.cpp's GGUF adapter (f32 by default: adapters are
     /// small), for use over the base model's GGUF export.
     /// </summary>
-    static async Task<Results<FileContentHttpResult, FileStreamHttpResult, JsonHttpResult<ErrorResponse>>> ExportAdapter(
-        string adapterId, string? format, string? type, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+    static async Task<Results<ZipFolderResult, FileStreamHttpResult, JsonHttpResult<ErrorResponse>>> ExportAdapter(
+        string adapterId, string? format, string? type, HttpContext context, ServiceDbContext db, IBlobStore blobs, ExportSlots exports, CancellationToken cancel)
     {
         if (format is not (null or "peft" or "gguf"))
             return OpenAiErrors.BadRequest($"format '{format}' is not one of peft (a zipped PEFT folder, the default) and gguf.", "format", "invalid_format");
@@ -137,10 +137,12 @@ public static class AdaptersApi
         var adapter = await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Id == adapterId, cancel);
         if (adapter is null) return OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
         string folder = blobs.Resolve(adapter.BlobPath);
-        if (format != "gguf") return TypedResults.File(await SafeZip.PackAsync(folder, cancel), "application/zip", $"{adapter.Id}.zip");
-        if (AdapterConfig.Load(folder) is not LoraConfig lora)
+        if (format == "gguf" && AdapterConfig.Load(folder) is not LoraConfig)
             return OpenAiErrors.BadRequest($"{adapter.Id} is a {adapter.Method} adapter; only LoRA adapters have a llama.cpp GGUF form (export the merged model instead).",
                 "id", "not_exportable");
+        if (exports.TryTake(context) is { } busy) return busy;   // held until the response is sent
+        if (format != "gguf") return new ZipFolderResult(folder, $"{adapter.Id}.zip");
+        var lora = (LoraConfig)AdapterConfig.Load(folder);
         var baseModel = await db.BaseModels.AsNoTracking().SingleAsync(m => m.Id == adapter.BaseModel, cancel);
         string temp = blobs.NewTempFolder();
         FileStream? file = null;

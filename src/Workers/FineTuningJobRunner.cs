@@ -25,12 +25,33 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
     /// <summary>The precision it loads bases in (<c>Models:Precision</c>, the one the serving engine uses).</summary>
     public BasePrecision Precision => precision;
 
+    /// <summary>Times each job in this process let another project's go first, in a row (<see cref="FairTurns"/>).</summary>
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> deferrals = new();
+
+    /// <summary>
+    /// Puts the job back at the end of the queue when another project waits with fewer jobs running (<see cref="FairTurns"/>);
+    /// the worker then takes the next job.
+    /// </summary>
+    bool YieldsTurn(FineTuningJob job)
+    {
+        var (running, waiting) = jobs.Turns(job.Id);
+        if (!FairTurns.ShouldDefer(job.ProjectId, running, waiting) || deferrals.GetValueOrDefault(job.Id) >= FairTurns.MaxDeferrals)
+        {
+            deferrals.TryRemove(job.Id, out _);
+            return false;
+        }
+        deferrals.AddOrUpdate(job.Id, 1, (_, n) => n + 1);
+        queue.Enqueue(JobKind.FineTuning, job.Id);
+        return true;
+    }
+
     [AutomaticRetry(Attempts = 0), Queue(WorkerServices.FineTuningQueue)]
     public void Run(string jobId, CancellationToken shutdown)
     {
         var job = jobs.Find(jobId);
         if (job is null || JobStatus.IsFinished(job.Status)) return;
         using var logScope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["ProjectId"] = job.ProjectId });
+        if (job.Status == JobStatus.Queued && YieldsTurn(job)) return;
         if (jobs.Claim(jobId, WorkerServices.WorkerId, options.Value.LeaseSeconds) is not { } lease)
         {
             // Another worker holds the job. Look again when its lease could have run out, in case that worker died.

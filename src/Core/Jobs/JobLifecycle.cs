@@ -164,6 +164,19 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
     public int LastReportedStep(string jobId) =>
         db.JobEvents.Where(e => e.JobId == jobId && e.Type == "metrics").Select(e => (int?)e.Step).Max() ?? 0;
 
+    /// <summary>
+    /// What <see cref="FairTurns"/> decides on for a queued fine-tuning job: the running fine-tuning jobs per project,
+    /// and the projects with a queued fine-tuning job other than <paramref name="jobId"/>.
+    /// </summary>
+    public (Dictionary<string, int> Running, List<string> Waiting) Turns(string jobId)
+    {
+        var fineTuning = db.Jobs.IgnoreQueryFilters().Where(j => j.AdapterType != JobKinds.PretrainingType);
+        var running = fineTuning.Where(j => j.Status == JobStatus.Running).GroupBy(j => j.ProjectId)
+            .Select(g => new { g.Key, Count = g.Count() }).ToDictionary(g => g.Key, g => g.Count);
+        var waiting = fineTuning.Where(j => j.Status == JobStatus.Queued && j.Id != jobId).Select(j => j.ProjectId).Distinct().ToList();
+        return (running, waiting);
+    }
+
     /// <summary>The bytes of the checkpoints of <paramref name="projectId"/>'s jobs, against its checkpoint quota.</summary>
     public long CheckpointBytesOfProject(string projectId, IBlobStore blobs)
     {

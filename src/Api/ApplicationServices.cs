@@ -39,6 +39,8 @@ public static class ApplicationServices
         services.Configure<QuotaOptions>(builder.Configuration.GetSection("Quotas"));   // storage per project; the workers read them too
         services.Configure<ExportOptions>(builder.Configuration.GetSection("Exports"));
         services.AddSingleton<ExportSlots>();
+        services.Configure<RetentionOptions>(builder.Configuration.GetSection("Retention"));
+        services.AddHostedService<RetentionService>();
         var maxUpload = builder.Configuration.GetValue("Files:MaxUploadBytes", new FileLimits().MaxUploadBytes);
         services.Configure<Microsoft.AspNetCore.Http.Features.FormOptions>(o => o.MultipartBodyLengthLimit = maxUpload);
         services.AddEndpointsApiExplorer();

@@ -40,7 +40,7 @@ public static class ProjectsApi
         projects.MapGet("/{projectId}/api_keys/{keyId}", GetKey).WithName("retrieve-project-api-key").WithErrors(401, 403, 404).WithSummary("Retrieve an API key (redacted)");
         projects.MapDelete("/{projectId}/api_keys/{keyId}", DeleteKey).WithName("delete-project-api-key").WithErrors(401, 403, 404).WithSummary("Revoke an API key at once");
         // A project key reads its own project's usage; the admin key any project's.
-        app.MapGet("/v1/projects/{projectId}/usage", GetUsage).WithTags("Projects").WithName("retrieve-project-usage").WithErrors(401, 404)
+        app.MapGet("/v1/projects/{projectId}/usage", GetUsage).RequireAuthorization(Auth.ProjectPolicy).WithTags("Projects").WithName("retrieve-project-usage").WithErrors(401, 404)
             .WithSummary("A project's storage (files, adapters, checkpoints) in bytes, with its quotas; beyond a quota uploads, imports and new jobs answer 413 `quota_exceeded`");
         return app;
     }

@@ -220,7 +220,7 @@ public static class AdaptersApi
             await db.SaveChangesAsync(cancel);
             return TypedResults.Ok(adapter.ToDto());
         }
-        catch (Exception e) when (e is InvalidDataException or IOException or JsonException or NotSupportedException)
+        catch (Exception e) when (e is InvalidDataException or IOException or JsonException or NotSupportedException && !OpenAiErrors.IsStorageFull(e))
         {
             return OpenAiErrors.BadRequest($"Not an importable adapter: {e.Message}", "file", "invalid_adapter");
         }

@@ -1,4 +1,5 @@
 using System.ClientModel;
+using System.ClientModel.Primitives;
 using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
@@ -29,9 +30,25 @@ public sealed class ServiceClient : IDisposable
         ApiKey = string.IsNullOrWhiteSpace(apiKey) ? null : apiKey.Trim();
         Http = new HttpClient { BaseAddress = uri, Timeout = Timeout.InfiniteTimeSpan };
         if (ApiKey is not null) Http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", ApiKey);
-        // The SDK wants a credential; a server with auth off ignores it, one with auth on answers 401 with a hint below.
-        OpenAI = new OpenAIClient(new ApiKeyCredential(ApiKey ?? "no-key-set"),
-            new OpenAIClientOptions { Endpoint = new Uri(uri, "v1"), NetworkTimeout = TimeSpan.FromMinutes(10) });
+        var options = new OpenAIClientOptions { Endpoint = new Uri(uri, "v1"), NetworkTimeout = TimeSpan.FromMinutes(10) };
+        // The SDK wants a credential; without a key its header is taken off again, so the service sees no key (and says so).
+        if (ApiKey is null) options.AddPolicy(new NoKeyPolicy(), PipelinePosition.BeforeTransport);
+        OpenAI = new OpenAIClient(new ApiKeyCredential(ApiKey ?? "none"), options);
+    }
+
+    sealed class NoKeyPolicy : PipelinePolicy
+    {
+        public override void Process(PipelineMessage message, IReadOnlyList<PipelinePolicy> pipeline, int currentIndex)
+        {
+            message.Request.Headers.Remove("Authorization");
+            ProcessNext(message, pipeline, currentIndex);
+        }
+
+        public override ValueTask ProcessAsync(PipelineMessage message, IReadOnlyList<PipelinePolicy> pipeline, int currentIndex)
+        {
+            message.Request.Headers.Remove("Authorization");
+            return ProcessNextAsync(message, pipeline, currentIndex);
+        }
     }
 
     /// <summary>From ADAPTERS_BASE_URL (default the service's own default, http://127.0.0.1:5080) and ADAPTERS_API_KEY, else OPENAI_API_KEY.</summary>

@@ -208,6 +208,7 @@ public sealed class JobWatcher(ServiceClient client, Output output, string jobId
                 // Steps can come faster than a terminal wants to be redrawn: draw when the queue is empty.
                 if (end is null && updates.Reader.Count > 0) continue;
                 live.UpdateTarget(Panel(end));
+                live.Refresh();
                 if (end is not null) return;
             }
         });
@@ -225,7 +226,7 @@ public sealed class JobWatcher(ServiceClient client, Output output, string jobId
         var rows = new List<IRenderable>
         {
             new Markup($"[bold]{Markup.Escape(jobId)}[/]  [{colour}]{Markup.Escape(status)}[/]" + (epoch > 0 ? $"  epoch {epoch}" : "")),
-            new Markup($"[{colour}]{new string('━', filled)}[/][grey]{new string('━', width - filled)}[/]  {lastStep}/{(totalSteps > 0 ? totalSteps : "?")}  {done:P0}"
+            new Markup($"[{colour}]{new string('━', filled)}[/][grey]{new string('━', width - filled)}[/]  {lastStep}/{(totalSteps > 0 ? totalSteps : "?")}  {done * 100:F0}%"
                 + (status == "running" && lastStep > 0 ? $"  eta {Eta(etaSeconds)}  {tokensPerSecond:F0} tok/s" : "")),
         };
         if (losses.Count > 0)

@@ -14,8 +14,9 @@ namespace AdapterService.Api.Tests;
 /// <summary>
 /// Webhooks against a real service process: a local receiver (loopback, which the test's settings allow) gets
 /// <c>fine_tuning.job.succeeded</c> for a tiny job, signed so that the official <c>openai</c> npm client's
-/// <c>webhooks.unwrap</c> and the Standard Webhooks algorithm written here both verify it; a failing receiver is retried
-/// with back-off and the delivery log shows the attempts; a receiver that never answers 2xx is given up.
+/// <c>webhooks.unwrap</c> and the Standard Webhooks algorithm written here both verify it, even when the process that
+/// wrote the event was killed before sending it; a failing receiver is retried with back-off and the delivery log shows
+/// the attempts; a receiver that never answers 2xx is given up.
 /// </summary>
 public sealed class WebhooksProcessTests
 {
@@ -28,10 +29,11 @@ public sealed class WebhooksProcessTests
         await using var receiver = new Receiver();
         receiver.FailFirst("/flaky", 2);
         receiver.FailFirst("/down", int.MaxValue);
-        await using var service = await ServiceProcess.StartAsync(folder.FullName,
-            ("Webhooks__AllowHttp", "true"), ("Webhooks__AllowedNetworks__0", "127.0.0.0/8"), ("Webhooks__FirstRetrySeconds", "0.3"),
-            ("Webhooks__PollSeconds", "0.2"), ("Webhooks__MaxAttempts", "3"));
-        var http = service.Http;
+        (string, string)[] settings =
+            [("Webhooks__AllowHttp", "true"), ("Webhooks__AllowedNetworks__0", "127.0.0.0/8"), ("Webhooks__FirstRetrySeconds", "0.3"), ("Webhooks__MaxAttempts", "3")];
+        // The first process sends nothing (its sender's first look is an hour away): the outbox must outlive it.
+        await using var first = await ServiceProcess.StartAsync(folder.FullName, [.. settings, ("Webhooks__PollSeconds", "3600")]);
+        var http = first.Http;
 
         var ok = await CreateAsync(http, new { url = receiver.Url("/ok"), events = new[] { WebhookEvents.FineTuningJobSucceeded }, description = "ci" });
         var flaky = await CreateAsync(http, new { url = receiver.Url("/flaky") });   // every event type
@@ -54,6 +56,14 @@ public sealed class WebhooksProcessTests
         string jobId = (string)created["id"]!;
         var job = await Api.WaitForFinishAsync(http, jobId);
         Assert.Equal("succeeded", (string?)job["status"]);
+        var pending = (await Api.JsonAsync(await http.GetAsync($"/v1/webhooks/{ok["id"]}/deliveries")))["data"]!.AsArray().Single()!;
+        Assert.Equal(("pending", 0), ((string)pending["status"]!, (int)pending["attempts"]!));
+
+        // Killed and started again on the same data folder: the pending deliveries go out from the new process, signed with
+        // the secrets the first one encrypted (Data Protection's keys are kept in the data folder).
+        await first.KillAsync();
+        await using var second = await ServiceProcess.StartAsync(folder.FullName, [.. settings, ("Webhooks__PollSeconds", "0.2")]);
+        http = second.Http;
 
         var okLog = await WaitForDeliveryAsync(http, (string)ok["id"]!, "delivered");
         var flakyLog = await WaitForDeliveryAsync(http, (string)flaky["id"]!, "delivered");

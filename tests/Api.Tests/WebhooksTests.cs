@@ -252,6 +252,48 @@ public sealed class WebhookRequestsTests(ServiceFactory factory)
         Assert.True((await client.DeleteAsync($"/v1/webhooks/{created["id"]}")).IsSuccessStatusCode);
     }
 
+    /// <summary>
+    /// A cancelled job's event goes to the outbox with the status change; an endpoint whose URL became one this server may
+    /// not reach (stored before the settings changed, or a name rebound to an internal address) is refused at delivery
+    /// time, without a connection, and the log says why.
+    /// </summary>
+    [Fact]
+    public async Task ACancelledJobsEventIsRefusedAtDeliveryWhenItsUrlIsNoLongerAllowed()
+    {
+        var endpoint = new WebhookEndpoint
+        {
+            Id = "wh_" + Ids.New(), ProjectId = Project.DefaultId, Url = "https://127.0.0.1:9/hook", Events = WebhookEvents.FineTuningJobCancelled,
+            ProtectedSecret = "unused: refused before signing", CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+        };
+        factory.Query(db => { db.WebhookEndpoints.Add(endpoint); return db.SaveChanges(); });
+        try
+        {
+            var training = await Api.UploadFileAsync(client, Enumerable.Range(0, 10).Select(i => Api.ChatLine($"Q{i}?", $"A{i}.")));
+            var job = await Api.CreateJobAsync(client, new { model = "tiny-llama-demo", training_file = training, hyperparameters = new { n_epochs = 50 } });
+            var cancelled = await Api.JsonAsync(await client.PostAsync($"/v1/fine_tuning/jobs/{job["id"]}/cancel", null));
+            Assert.Equal("cancelled", (string?)cancelled["status"]);
+            for (var deadline = DateTime.UtcNow.AddSeconds(30); ; await Task.Delay(100))
+            {
+                var log = (await Api.JsonAsync(await client.GetAsync($"/v1/webhooks/{endpoint.Id}/deliveries")))["data"]!.AsArray()
+                    .Where(d => (string?)d!["data"]!["id"] == (string?)job["id"]).ToList();
+                if (log is [{ } delivery] && (int)delivery["attempts"]! >= 1)
+                {
+                    Assert.Equal((WebhookEvents.FineTuningJobCancelled, "pending"), ((string)delivery["type"]!, (string)delivery["status"]!));
+                    Assert.StartsWith("evt_", (string)delivery["event_id"]!);
+                    Assert.Contains("loopback", (string)delivery["last_error"]!);
+                    Assert.Null(delivery["last_status_code"]);
+                    Assert.NotNull(delivery["next_attempt_at"]);   // retried later: the settings may allow it by then
+                    break;
+                }
+                Assert.True(DateTime.UtcNow < deadline, $"no attempt logged: {string.Join(", ", log)}");
+            }
+        }
+        finally
+        {
+            await client.DeleteAsync($"/v1/webhooks/{endpoint.Id}");
+        }
+    }
+
     [Fact]
     public void OnlyPublicAddressesOrAllowedNetworksMayBeReached()
     {

@@ -79,7 +79,7 @@ public sealed class WebhookTargets(WebhookOptions options)
         {
             addresses = IPAddress.TryParse(uri.IdnHost, out var literal) ? [literal] : await Dns.GetHostAddressesAsync(uri.IdnHost, cancel);
         }
-        catch (SocketException)
+        catch (Exception e) when (e is SocketException or ArgumentException or FormatException)   // no such name, or not a name at all
         {
             return $"url's host {uri.Host} could not be resolved.";
         }

@@ -122,7 +122,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         return new Adapter
         {
             Id = adapterId, Name = fineTunedModel, BaseModel = job.Model, Method = job.AdapterType,
-            Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
+            Config = job.AdapterConfig, ParameterCount = adapter!.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
             BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = JobLifecycle.Now(),
         };
     }

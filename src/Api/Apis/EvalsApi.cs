@@ -217,13 +217,7 @@ public static class EvalsApi
             bool listed = dataSource.TryGetProperty("models", out var m) && m.ValueKind == JsonValueKind.Array;
             for (int i = 0; i < source.Models.Count; i++)
                 if (!await judge.ExistsAsync(source.Models[i], cancel))
-                {
-                    string param = listed && (source.Models.Count > 1 || !dataSource.TryGetProperty("model", out _))
-                        ? $"{EvalDataSource.Path}.models[{i - (dataSource.TryGetProperty("model", out var single) && single.ValueKind == JsonValueKind.String ? 1 : 0)}]"
-                        : $"{EvalDataSource.Path}.model";
-                    if (i == 0 && dataSource.TryGetProperty("model", out var first) && first.ValueKind == JsonValueKind.String) param = $"{EvalDataSource.Path}.model";
-                    throw new EvalException($"The model '{source.Models[i]}' does not exist or is not a language model.", param, "model_not_found", 404);
-                }
+                    throw new EvalException($"The model '{source.Models[i]}' does not exist or is not a language model.", source.ModelParams[i], "model_not_found", 404);
             var criteria = EvalRuns.CriteriaOf(eval);
             var items = await source.ItemsAsync(db, blobs, criteria, EvalRuns.RequiredItemFields(eval), limits.Value.MaxTrainingExamples, cancel);
 

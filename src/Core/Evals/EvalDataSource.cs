@@ -19,6 +19,8 @@ public sealed record EvalDataSource(
     JsonElement? Content, string? FileId)
 {
     public const string Path = "data_source";
+    /// <summary>The request field naming each of <see cref="Models"/> (<c>data_source.model</c>, <c>data_source.models[i]</c>).</summary>
+    public IReadOnlyList<string> ModelParams { get; init; } = [];
     /// <summary>The most models one call may name (<c>data_source.models</c>).</summary>
     public const int MaxModels = 8;
     static readonly string[] Roles = ["system", "developer", "user", "assistant"];
@@ -32,12 +34,14 @@ public sealed record EvalDataSource(
             throw new EvalException($"{path}.type '{type}' is not supported; this service runs 'completions' data sources.", path + ".type", "unsupported_data_source");
 
         var models = new List<string>();
-        if (OptionalString(json, path, "model") is { } model) models.Add(model);
+        var modelParams = new List<string>();
+        if (OptionalString(json, path, "model") is { } model) (models, modelParams) = ([model], [path + ".model"]);
         if (json.TryGetProperty("models", out var many) && many.ValueKind != JsonValueKind.Null)
         {
             if (many.ValueKind != JsonValueKind.Array || many.EnumerateArray().Any(m => m.ValueKind != JsonValueKind.String || m.GetString() is null or ""))
                 throw new EvalException($"{path}.models must be an array of model names.", path + ".models");
             models.AddRange(many.EnumerateArray().Select(m => m.GetString()!));
+            modelParams.AddRange(Enumerable.Range(0, many.GetArrayLength()).Select(i => $"{path}.models[{i}]"));
         }
         if (needsModel && models.Count == 0) throw new EvalException($"Missing required parameter: '{path}.model' (or '{path}.models').", path + ".model");
         if (!needsModel && models.Count > 0) throw new EvalException($"{path}.model is not given here: the job's checkpoints are the models.", path + ".model");
@@ -45,7 +49,7 @@ public sealed record EvalDataSource(
         if (models.Distinct().Count() != models.Count) throw new EvalException($"{path}.models names a model twice.", path + ".models");
 
         var (template, reference) = ReadInputMessages(json, path);
-        return new EvalDataSource(models, template, reference, ReadSampling(json, path), ReadSource(json, path, out var fileId), fileId);
+        return new EvalDataSource(models, template, reference, ReadSampling(json, path), ReadSource(json, path, out var fileId), fileId) { ModelParams = modelParams };
     }
 
     static (IReadOnlyList<EvalMessage>?, TemplatePath?) ReadInputMessages(JsonElement json, string path)
@@ -74,8 +78,8 @@ public sealed record EvalDataSource(
             string role = String(message, m, "role");
             if (!Roles.Contains(role)) throw new EvalException($"{m}.role is '{role}'; one of {string.Join(", ", Roles)} is needed.", m + ".role");
             string content = ContentText(message, m);
-            Template parsed;
-            try { parsed = Template.Parse(content, m + ".content"); }
+            Grading.Template parsed;
+            try { parsed = Grading.Template.Parse(content, m + ".content"); }
             catch (GraderException e) { throw new EvalException(e.Message, e.Param); }
             if (parsed.HasSampleReferences)
                 throw new EvalException($"{m}.content uses sample.*: the sample does not exist before the model answers; use item.* here.", m + ".content");

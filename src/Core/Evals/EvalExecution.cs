@@ -30,7 +30,16 @@ public static class EvalExecution
     /// <summary>Requests queued together at most (the engine's queue holds <see cref="InferenceOptions.MaxQueued"/>, 256 by default).</summary>
     public const int WindowRequests = 128;
 
+    /// <summary>Scores each of <paramref name="modelNames"/> on <paramref name="items"/>; <paramref name="models"/> builds their requests and judges score_model graders.</summary>
+    /// <param name="engine">The engine the requests are queued on.</param>
+    /// <param name="models">Makes each model's request (its chat template applied); also the judge of score_model criteria.</param>
+    /// <param name="modelNames">The models, one run each.</param>
+    /// <param name="source">The input messages and sampling.</param>
+    /// <param name="items">The items, checked already.</param>
+    /// <param name="criteria">The testing criteria.</param>
+    /// <param name="project">Whose requests they are (admission's shares).</param>
     /// <param name="afterWindow">Gets each model's results of a window (null for a model no longer active); returns which models go on (a run cancelled meanwhile stops).</param>
+    /// <param name="cancel">Stops every request.</param>
     public static async Task RunAsync(InferenceEngine engine, EngineJudge models, IReadOnlyList<string> modelNames, EvalDataSource source,
         IReadOnlyList<JsonElement> items, IReadOnlyList<EvalCriterion> criteria, string? project,
         Func<IReadOnlyList<IReadOnlyList<EvalItemResult>?>, Task<IReadOnlyList<bool>>> afterWindow, CancellationToken cancel)

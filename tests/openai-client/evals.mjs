@@ -144,9 +144,13 @@ for (let i = 0; i < models.length; i++) {
   summary.push({ model: models[i], result_counts: a.result_counts, per_criterion: a.per_testing_criteria_results });
 }
 console.log(JSON.stringify(summary));
-// The models differ: the one trained on the answers passes more 'exact' checks than the one trained to say "No.".
-const exactPassed = (run) => run.per_testing_criteria_results.find((c) => c.testing_criteria === "exact").passed;
-assert.ok(exactPassed(together[1]) > exactPassed(together[2]), JSON.stringify(summary));
+// The models differ (so the one call really mixed different adapters and the base): the base, the fine-tuned models and
+// the checkpoint do not all answer alike. (The tiny model learns the answers' shape in a few steps, not the exact words.)
+const answers = [];
+for (const run of together) answers.push((await samples(run)).map((s) => s.sample.output[0].content));
+console.log(JSON.stringify(answers));
+assert.notDeepEqual(answers[0], answers[1], "the base and the fine-tuned model answered alike");
+assert.notDeepEqual(answers[1], answers[2], "the two fine-tuned models answered alike");
 
 // 3. Output items, one item, cancel and delete.
 const items0 = await samples(together[1]);

@@ -50,7 +50,7 @@ public sealed record EvalAttachment(string EvalId, JsonElement DataSource, strin
             if (criteria.All(c => c.Name != keepBest))
                 throw new EvalException($"{Path}.keep_best is '{keepBest}'; the eval's criteria are {string.Join(", ", criteria.Select(c => $"'{c.Name}'"))}.", Path + ".keep_best");
         }
-        if (json.EnumerateObject().FirstOrDefault(p => p.Name is not ("id" or "data_source" or "keep_best")) is { Name: not null } extra && extra.Value.ValueKind != JsonValueKind.Undefined)
+        foreach (var extra in json.EnumerateObject().Where(p => p.Name is not ("id" or "data_source" or "keep_best")))
             throw new EvalException($"Unknown parameter: '{Path}.{extra.Name}'.", $"{Path}.{extra.Name}");
         return new EvalAttachment(eval.Id, dataSource.Clone(), keepBest);
     }

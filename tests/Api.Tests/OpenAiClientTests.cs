@@ -47,7 +47,7 @@ public sealed class OpenAiClientTests(ITestOutputHelper log)
     {
         using var folder = new TempFolder("adapter-service-evals-");
         await using var service = await ServiceProcess.StartAsync(folder.FullName);
-        var output = await RunAsync("evals.mjs", [$"{service.Http.BaseAddress}v1", folder.FullName], TimeSpan.FromMinutes(5));
+        var output = await RunAsync("evals.mjs", [$"{service.Http.BaseAddress}v1", folder.FullName], TimeSpan.FromMinutes(8));
         log.WriteLine(output);   // per-checkpoint scores, each model's counts, the laps
         Assert.Contains("every call succeeded", output);
     }

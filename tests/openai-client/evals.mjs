@@ -49,11 +49,11 @@ async function finishRun(evalId, runId) {
 }
 
 // The task: a question per color word; the answer is the word itself, capitalised, with a full stop.
-const words = ["red", "blue", "green", "pink", "gray", "gold"];
+const words = ["red", "blue", "green", "gold"];
 const items = words.map((w) => ({ item: { question: `Say ${w}.`, answer: `${w[0].toUpperCase()}${w.slice(1)}.` } }));
 const inputMessages = { type: "template", template: [{ role: "user", content: "{{item.question}}" }] };
 const dataSource = (extra) => ({
-  type: "completions", input_messages: inputMessages, sampling_params: { temperature: 0, max_completion_tokens: 8, seed: 1 },
+  type: "completions", input_messages: inputMessages, sampling_params: { temperature: 0, max_completion_tokens: 6, seed: 1 },
   source: { type: "file_content", content: items }, ...extra,
 });
 
@@ -73,11 +73,11 @@ assert.deepEqual(evalObject.testing_criteria.map((c) => c.name), ["exact", "simi
 assert.deepEqual(evalObject.data_source_config.schema.required, ["item", "sample"]);
 assert.equal((await client.evals.retrieve(evalObject.id)).name, "colors");
 
-const right = await upload("right.jsonl", words.flatMap((w, i) => [0, 1].map(() =>
+const right = await upload("right.jsonl", words.flatMap((w, i) => [0, 1, 2].map(() =>
   ({ messages: [{ role: "user", content: items[i].item.question }, { role: "assistant", content: items[i].item.answer }] }))));
-const wrong = await upload("wrong.jsonl", words.flatMap((w, i) => [0, 1].map(() =>
+const wrong = await upload("wrong.jsonl", words.flatMap((w, i) => [0, 1, 2].map(() =>
   ({ messages: [{ role: "user", content: items[i].item.question }, { role: "assistant", content: "No." }] }))));
-const hyperparameters = { n_epochs: 3, batch_size: 4, learning_rate_multiplier: 8 };
+const hyperparameters = { n_epochs: 2, batch_size: 4, learning_rate_multiplier: 8 };
 const scored = await client.fineTuning.jobs.create({
   model: BASE, training_file: right, seed: 1, suffix: "right", hyperparameters,
   eval: { id: evalObject.id, data_source: dataSource(), keep_best: "similar" },
@@ -88,7 +88,7 @@ lap("jobs trained");
 assert.equal(rightJob.eval.id, evalObject.id);
 
 const checkpoints = (await client.fineTuning.jobs.checkpoints.list(rightJob.id, { limit: 10 })).data;
-assert.equal(checkpoints.length, 3);
+assert.equal(checkpoints.length, 2);
 for (const c of checkpoints) {
   for (const key of ["eval_exact", "eval_similar", "eval_exact_pass_rate", "eval_similar_pass_rate"])
     assert.equal(typeof c.metrics[key], "number", JSON.stringify(c.metrics));
@@ -106,7 +106,7 @@ for await (const e of client.fineTuning.jobs.listEvents(rightJob.id, { limit: 10
 assert.deepEqual(kept, best.step_number === Math.max(...checkpoints.map((c) => c.step_number)) ? [] : [best.step_number]);
 const checkpointRuns = [];
 for await (const r of client.evals.runs.list(evalObject.id)) if (r.fine_tuning_job_id === rightJob.id) checkpointRuns.push(r);
-assert.equal(checkpointRuns.length, 3);
+assert.equal(checkpointRuns.length, 2);
 
 // 2. Four models in one call, then each alone.
 const firstCheckpoint = checkpoints.find((c) => c.step_number === Math.min(...checkpoints.map((c) => c.step_number))).fine_tuned_model_checkpoint;

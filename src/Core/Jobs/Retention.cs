@@ -23,7 +23,7 @@ public sealed record RetentionSweep(int Checkpoints, int TrainerStates, int Orph
 /// <summary>
 /// Removes old checkpoints and trainer states of finished jobs, and job folders whose job is gone, but never what is
 /// still referenced: a checkpoint an unfinished job continues from (its <c>StartAdapterPath</c>, read again when it
-/// resumes after a crash), and anything of a job not finished (paused included).
+/// resumes after a crash), a checkpoint an unfinished eval run evaluates, and anything of a job not finished (paused included).
 /// </summary>
 public static class Retention
 {
@@ -38,7 +38,11 @@ public static class Retention
         {
             long cutoff = now - options.CheckpointDays * 86_400L;
             var finishedBefore = jobs.Where(j => j.FinishedAt != null && j.FinishedAt < cutoff && !JobStatus.Unfinished.Contains(j.Status)).Select(j => j.Id);
-            var old = db.Checkpoints.Where(c => finishedBefore.Contains(c.JobId)).ToList().Where(c => !referenced.Contains(c.BlobPath)).ToList();
+            // An eval run not finished yet answers with the checkpoint it names: it stays too.
+            var evaluated = db.EvalRuns.IgnoreQueryFilters()
+                .Where(r => r.Status == EvalRunStatus.Queued || r.Status == EvalRunStatus.InProgress).Select(r => r.Model).ToHashSet();
+            var old = db.Checkpoints.Where(c => finishedBefore.Contains(c.JobId)).ToList()
+                .Where(c => !referenced.Contains(c.BlobPath) && !evaluated.Contains(c.Name)).ToList();
             foreach (var checkpoint in old)
             {
                 // The row first: its name stops resolving before its files go, so it never serves half-deleted weights.

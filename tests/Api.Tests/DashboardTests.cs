@@ -72,7 +72,7 @@ public sealed class DashboardTests(ITestOutputHelper log)
         var ids = new[] { a, b, dpo }.Select(j => (string)j["id"]!).ToList();
         foreach (var id in ids)
         {
-            var done = await Api.WaitForJobAsync(http, id, s => s is "succeeded" or "failed" or "cancelled", TimeSpan.FromMinutes(2));
+            var done = await Api.WaitForJobAsync(http, id, s => s is "succeeded" or "failed" or "cancelled", TimeSpan.FromMinutes(5));   // seconds each on an idle machine
             Assert.True((string?)done["status"] == "succeeded", done.ToJsonString());
         }
 

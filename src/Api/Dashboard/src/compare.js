@@ -199,7 +199,8 @@ export function compareView(main, query) {
     const list = [...runs.values()].filter((r) => r.job);
     if (!list.length) { replace(byId("settings-diff"), h("p", { class: "empty" }, "No run chosen.")); return; }
     const settings = list.map((r) => settingsOf(/** @type {Job} */ (r.job)));
-    const keys = [...new Set(settings.flatMap((s) => [...s.keys()]))];
+    // Options no run has (another adapter method's) are left out.
+    const keys = [...new Set(settings.flatMap((s) => [...s.keys()]))].filter((k) => settings.some((s) => (s.get(k) ?? "—") !== "—"));
     const only = /** @type {HTMLInputElement} */ (onlyDiffs).checked;
     const rows = keys.map((key) => {
       const values = settings.map((s) => s.get(key) ?? "—");

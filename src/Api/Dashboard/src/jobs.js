@@ -410,6 +410,7 @@ class JobPage {
     ];
     replace(byId("job-details"), ...details.map(([term, value]) => h("div", null, h("dt", null, term), h("dd", null, value))));
     this.renderStats();
+    this.renderObjective();   // its description depends on the job's method
   }
 
   /** @param {string} verb */

@@ -205,14 +205,18 @@ async function preview() {
   }
 }
 
-/** A bar chart as a table: one row per bin or label, its count and a bar (the numbers stay readable without the bars). @param {string} id @param {string} caption @param {string} head @param {[string, number][]} rows */
+/**
+ * A bar chart as a table: one row per bin or label, its count and a bar (the numbers stay readable without the bars).
+ * @param {string} id @param {string} caption @param {string} head @param {[string, number, string?][]} rows label, count, a note
+ */
 function barTable(id, caption, head, rows) {
   const most = Math.max(1, ...rows.map(([, n]) => n));
   return h("table", { id, class: "bars" },
     h("caption", null, caption),
     h("thead", null, h("tr", null, h("th", { scope: "col" }, head), h("th", { scope: "col" }, "Examples"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Bar")))),
-    h("tbody", null, ...rows.map(([label, n]) => h("tr", null, h("th", { scope: "row" }, label), h("td", { class: "number" }, n),
-      h("td", { class: "bar-cell" }, h("span", { class: "bar", style: `width: ${(100 * n / most).toFixed(1)}%` }))))));
+    h("tbody", null, ...rows.map(([label, n, note]) => h("tr", { class: note ? "over" : null }, h("th", { scope: "row" }, label, note ? h("span", { class: "hint" }, ` ${note}`) : null),
+      h("td", { class: "number" }, n),
+      h("td", { class: "bar-cell" }, n ? h("span", { class: "bar", style: `width: ${(100 * n / most).toFixed(1)}%` }) : null)))));
 }
 
 /** @param {any} p the preview's answer @returns {HTMLElement[]} */
@@ -232,7 +236,8 @@ function renderPreview(p) {
     h("strong", { id: "preview-truncated", "data-count": p.truncated, class: p.truncated ? "warn-text" : null },
       p.truncated ? `${p.truncated} longer than the context of ${p.context_length} tokens would be cut` : `None is longer than the context of ${p.context_length} tokens`),
     p.truncated ? ` (line${p.truncated > 1 ? "s" : ""} ${p.truncated_lines.join(", ")}${p.truncated > p.truncated_lines.length ? ", …" : ""}).` : "."));
-  if (counts) out.push(barTable("token-histogram", "Tokens per example", "Tokens", counts.histogram.map((/** @type {any} */ b) => [`${b.from}–${b.to}`, b.count])));
+  if (counts) out.push(barTable("token-histogram", "Tokens per example", "Tokens", counts.histogram.map((/** @type {any} */ b) =>
+    /** @type {[string, number, string?]} */ ([`${b.from}–${b.to}`, b.count, b.to > p.context_length ? (b.from >= p.context_length ? "cut" : "partly cut") : undefined]))));
   const sideNames = p.format === "preference" ? ["Chosen", "Rejected"] : [];
   out.push(h("div", { class: "preview-examples" }, ...p.data.map((/** @type {any} */ e) => h("article", { class: "preview-example", "data-line": e.line },
     h("h3", null, `Line ${e.line}`),

@@ -132,6 +132,8 @@ function answerPane(model, index) {
     async run(request, completion, signal) {
       const started = performance.now();
       let tokens = 0;
+      /** @type {string | null} */
+      let finish = null;
       element.dataset.mode = completion ? "completion" : "chat";
       try {
         await (completion ? streamCompletion : streamChat)(request, (chunk) => {
@@ -142,12 +144,14 @@ function answerPane(model, index) {
             footer.textContent = "Streaming…";
           }
           if (chunk.usage) tokens = chunk.usage.completion_tokens;
-          if (choice?.finish_reason) {
-            const seconds = (performance.now() - started) / 1000;
-            footer.textContent = `Finished (${choice.finish_reason}): ${tokens} tokens in ${seconds.toFixed(1)} s`;
-            element.dataset.finish = choice.finish_reason;
-          }
+          if (choice?.finish_reason) finish = choice.finish_reason;
         }, signal);
+        // The usage may come in a chunk of its own after the finish reason (stream_options.include_usage).
+        if (finish) {
+          const seconds = (performance.now() - started) / 1000;
+          footer.textContent = `Finished (${finish}): ${tokens} tokens in ${seconds.toFixed(1)} s`;
+          element.dataset.finish = finish;
+        }
       } catch (e) {
         const error = /** @type {Error} */ (e);
         footer.textContent = error.name === "AbortError" ? "Stopped." : `Error: ${error.message}`;

@@ -387,6 +387,7 @@ class JobPage {
     if (job.status === "paused") actions.push(["Resume", "resume", "secondary"]);
     if (!isFinished(job.status)) actions.push(["Cancel", "cancel", "danger"]);
     replace(byId("job-actions"), ...actions.map(([label, verb, kind]) => h("button", { type: "button", class: kind, onclick: () => this.act(verb) }, label)),
+      h("a", { class: "button secondary", href: `#/compare?jobs=${job.id}` }, "Compare with other runs"),
       job.fine_tuned_model && job.status === "succeeded"
         ? h("a", { class: "button", id: "open-playground", href: `#/playground?model=${encodeURIComponent(job.fine_tuned_model)}` }, "Open in playground") : null);
     const a = job.adapter, hp = job.hyperparameters;
@@ -396,6 +397,7 @@ class JobPage {
       ...(pretraining(job)
         ? [["Method", "Pre-training of a built-in base model: every weight, from random (its settings are in the model's description)"]]
         : [
+          ["Objective", job.method?.type ?? "supervised"],
           ["Method", `${a.type.toUpperCase()}: rank ${a.rank}, alpha ${a.alpha}, dropout ${a.dropout}`],
           ["Target modules", a.target_modules.join(", ")],
           ["Hyperparameters", `${hp.n_epochs} epochs, batch size ${hp.batch_size}, learning rate × ${hp.learning_rate_multiplier}` +

@@ -22,6 +22,8 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     // As the job was specified at creation: its adapter, and its learning rate from the multiplier.
     readonly (AdapterConfig Config, Hyperparameters Hp) spec = JobSpecification.Of(job);
     readonly EarlyStopping stopping = new(job.EarlyStoppingPatience);
+    /// <summary>CPU and memory of this process between two reports, sent with each step's progress.</summary>
+    readonly ProcessSampler processStats = new();
     readonly string fineTunedModel = ModelNames.FineTuned(job.Model, job.Suffix, job.Id);
     TrainableAdapter? adapter;
     ObjectiveTrainer? run;
@@ -154,7 +156,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     void Report(TrainingProgress p, (double Loss, double Accuracy)? valid)
     {
         var progress = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.TrainAccuracy, valid?.Loss, valid?.Accuracy,
-            p.LearningRate, p.TokensPerSecond, p.EtaSeconds, adapter!.Statistics(), p.Metrics);
+            p.LearningRate, p.TokensPerSecond, p.EtaSeconds, adapter!.Statistics(), p.Metrics, processStats.Sample());
         jobs.Progress(progress, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}"
                                 + (valid is { } v ? $", validation loss={v.Loss:0.0000}, validation accuracy={v.Accuracy:0.0000}" : ""));
     }

@@ -279,10 +279,9 @@ public static class EvalsApi
     static async Task<Results<Ok<EvalRunDto>, JsonHttpResult<ErrorResponse>>> CancelRun(string evalId, string runId, ServiceDbContext db, CancellationToken cancel)
     {
         if (await FindRunAsync(db, evalId, runId, cancel) is null) return OpenAiErrors.NotFound($"No such run: {runId}", "run_id");
-        int changed = await db.EvalRuns.Where(r => r.Id == runId && (r.Status == EvalRunStatus.Queued || r.Status == EvalRunStatus.InProgress))
-            .ExecuteUpdateAsync(s => s.SetProperty(r => r.Status, EvalRunStatus.Canceled), cancel);
+        bool changed = await EvalRuns.EndAsync(db, runId, EvalRunStatus.Canceled, cancel: cancel);
         var run = (await FindRunAsync(db, evalId, runId, cancel))!;
-        return changed == 1 || run.Status == EvalRunStatus.Canceled ? TypedResults.Ok(ToDto(run))
+        return changed || run.Status == EvalRunStatus.Canceled ? TypedResults.Ok(ToDto(run))
             : OpenAiErrors.BadRequest($"Run {runId} has already finished with status {run.Status}.", "run_id", "run_finished");
     }
 

@@ -76,24 +76,49 @@ public sealed class EvalRuns(ServiceDbContext db, IBlobStore blobs, InferenceEng
                 return goOn;
             }, cancel);
             foreach (var run in runs)
-                await db.EvalRuns.Where(r => r.Id == run.Id && r.Status == EvalRunStatus.InProgress)
-                    .ExecuteUpdateAsync(s => s.SetProperty(r => r.Status, EvalRunStatus.Completed), CancellationToken.None);
+                await EndAsync(db, run.Id, EvalRunStatus.Completed, cancel: CancellationToken.None);
         }
         catch (OperationCanceledException) when (runs[0].JobId is not null)
         {
             // A checkpoint's run stops with its job (cancelled, paused, shut down); the API's runs are queued again at start.
             foreach (var id in ids)
-                await db.EvalRuns.Where(r => r.Id == id && r.Status == EvalRunStatus.InProgress).ExecuteUpdateAsync(s => s
-                    .SetProperty(r => r.Status, EvalRunStatus.Canceled), CancellationToken.None);
+                await EndAsync(db, id, EvalRunStatus.Canceled, cancel: CancellationToken.None);
             throw;
         }
         catch (Exception e) when (e is EvalException or GraderException or IOException or JsonException)
         {
             db.ChangeTracker.Clear();
             foreach (var id in ids)
-                await db.EvalRuns.Where(r => r.Id == id && r.Status == EvalRunStatus.InProgress).ExecuteUpdateAsync(s => s
-                    .SetProperty(r => r.Status, EvalRunStatus.Failed).SetProperty(r => r.ErrorCode, "run_failed").SetProperty(r => r.ErrorMessage, e.Message), CancellationToken.None);
+                await EndAsync(db, id, EvalRunStatus.Failed, e.Message, CancellationToken.None);
         }
+    }
+
+    /// <summary>
+    /// The one way a run ends: moves it to <paramref name="status"/> (completed, failed with <paramref name="error"/>, or
+    /// canceled, the only end a queued run may take) and, in the same transaction, queues its webhook event
+    /// (<c>eval.run.succeeded</c>, <c>failed</c>, <c>canceled</c>). False when the run had already ended (nothing is sent).
+    /// </summary>
+    public static async Task<bool> EndAsync(ServiceDbContext db, string runId, string status, string? error = null, CancellationToken cancel = default)
+    {
+        string type = status switch
+        {
+            EvalRunStatus.Completed => WebhookEvents.EvalRunSucceeded,
+            EvalRunStatus.Failed => WebhookEvents.EvalRunFailed,
+            EvalRunStatus.Canceled => WebhookEvents.EvalRunCanceled,
+            _ => throw new ArgumentException($"{status} does not end a run", nameof(status)),
+        };
+        await using var transaction = await db.Database.BeginTransactionAsync(cancel);
+        var running = db.EvalRuns.IgnoreQueryFilters().Where(r => r.Id == runId
+            && (r.Status == EvalRunStatus.InProgress || (status == EvalRunStatus.Canceled && r.Status == EvalRunStatus.Queued)));
+        int changed = error is null
+            ? await running.ExecuteUpdateAsync(s => s.SetProperty(r => r.Status, status), cancel)
+            : await running.ExecuteUpdateAsync(s => s.SetProperty(r => r.Status, status).SetProperty(r => r.ErrorCode, "run_failed").SetProperty(r => r.ErrorMessage, error), cancel);
+        if (changed == 0) return false;
+        var run = await db.EvalRuns.IgnoreQueryFilters().AsNoTracking().SingleAsync(r => r.Id == runId, cancel);
+        WebhookEvents.Publish(db, run.ProjectId, type, run.Id, DateTimeOffset.UtcNow.ToUnixTimeSeconds());
+        await db.SaveChangesAsync(cancel);
+        await transaction.CommitAsync(cancel);
+        return true;
     }
 
     /// <summary>The per-criterion summaries of a run, as stored.</summary>

@@ -1,7 +1,12 @@
+using System.Net;
 using System.Net.Http.Headers;
+using Microsoft.AspNetCore.Http.Connections;
+using Microsoft.AspNetCore.SignalR;
+using Microsoft.AspNetCore.SignalR.Client;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Xunit.Abstractions;
 
 namespace AdapterService.Api.Tests;
 
@@ -10,9 +15,9 @@ namespace AdapterService.Api.Tests;
 /// strings on every writing endpoint. No answer may be a 5xx, and every 4xx must be OpenAI's error object.
 /// </summary>
 [Collection(SecuredServiceCollection.Name)]
-public sealed class HttpFuzzTests(SecuredServiceFactory factory)
+public sealed class HttpFuzzTests(SecuredServiceFactory factory, ITestOutputHelper log)
 {
-    const int Requests = 3200;
+    const int Requests = 3200, Concurrency = 4;
 
     [Fact]
     public async Task MutatedRequestsNeverGiveA5xxAndEveryRejectionIsAnErrorObject()
@@ -21,7 +26,9 @@ public sealed class HttpFuzzTests(SecuredServiceFactory factory)
         var client = factory.ClientWithKey(key);
         var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Q?", "A."), 10));
         var jobId = (string)(await Api.CreateJobAsync(client, new { model = "tiny-llama-demo", training_file = fileId, hyperparameters = new { n_epochs = 1 } }))["id"]!;
-        await Api.WaitForFinishAsync(client, jobId);
+        var model = (string)(await Api.WaitForFinishAsync(client, jobId))["fine_tuned_model"]!;
+        var adapterId = factory.Query(db => db.Adapters.Single(a => a.Name == model)).Id;
+        var png = Convert.ToBase64String(AdapterService.Core.Data.Png.EncodeGray(28, 28, Enumerable.Range(0, 784).Select(i => (byte)i).ToArray()));
 
         (string Path, string Json)[] bodies =
         [
@@ -58,6 +65,9 @@ public sealed class HttpFuzzTests(SecuredServiceFactory factory)
             ("/tokenize", """{"model": "tiny-llama-demo", "prompt": "Hi there", "add_special_tokens": true}"""),
             ("/detokenize", """{"model": "tiny-llama-demo", "tokens": [260, 72, 105, 256]}"""),
             ($"/v1/files/{fileId}/preview", """{"model": "tiny-llama-demo", "max_examples": 2, "chat_template": null}"""),
+            ("/v1/classify", $$"""{"model": "vit-fashion-mnist-demo", "images": ["{{png}}", "{{png}}"]}"""),
+            ("/v1/classify", $$"""{"input": [{"image": "{{png}}", "model": "tiny-llama-demo"}, {"image": "{{png}}", "model": "vit-fashion-mnist-demo"}]}"""),
+            ("/v1/adapters/combine", $$"""{"adapters": ["{{adapterId}}", "{{adapterId}}"], "weights": [0.5, 0.5], "suffix": "fz"}"""),
             ("/v1/completions/batch", """{"inputs": [{"model": "tiny-llama-demo", "prompt": "a", "max_tokens": 1}, {"model": "tiny-llama-demo", "prompt": "b", "max_tokens": 2}]}"""),
         ];
         string[] queries =
@@ -71,32 +81,45 @@ public sealed class HttpFuzzTests(SecuredServiceFactory factory)
         var mutator = new Mutator(42);
         var random = mutator.Random;
         var statuses = new Dictionary<int, int>();
-        for (int i = 0; i < Requests; i++)
+        int requests = Requests * ParserFuzzTests.Scale;
+        // Made in order from the seed, sent Concurrency at a time: the server sees concurrent fuzzed requests.
+        for (int start = 0; start < requests; start += Concurrency)
         {
-            HttpRequestMessage request;
+            var batch = new List<(HttpRequestMessage Request, string Description)>();
+            for (int i = start; i < Math.Min(start + Concurrency, requests); i++)
+            {
+                var request = NewRequest(i);
+                batch.Add((request, $"request {i}: {request.Method} {request.RequestUri} {(request.Content is null ? "" : Convert.ToBase64String(await request.Content.ReadAsByteArrayAsync()))}"));
+            }
+            await Task.WhenAll(batch.Select(b => SendAsync(b.Request, b.Description)));
+        }
+
+        HttpRequestMessage NewRequest(int i)
+        {
             switch (i % 10)
             {
                 case < 6:
                     var (path, json) = bodies[random.Next(bodies.Length)];
                     var body = random.Next(2) == 0 ? mutator.Mutate(Encoding.UTF8.GetBytes(json)) : Encoding.UTF8.GetBytes(MutateStructure(json, random));
-                    request = new HttpRequestMessage(HttpMethod.Post, path) { Content = new ByteArrayContent(body) };
+                    var request = new HttpRequestMessage(HttpMethod.Post, path) { Content = new ByteArrayContent(body) };
                     request.Content.Headers.ContentType = new MediaTypeHeaderValue(random.Next(20) == 0 ? "text/plain" : "application/json");
-                    break;
+                    return request;
                 case < 8:
-                    request = Multipart(mutator, random.Next(3) == 0 ? "/v1/adapters/import" : "/v1/files", training);
-                    break;
+                    return Multipart(mutator, random.Next(3) == 0 ? "/v1/adapters/import" : "/v1/files", training);
                 default:
                     // Paths stay under /v1/: the API's; other paths belong to the dashboard's static files.
                     var query = "/v1/" + mutator.MutateText(queries[random.Next(queries.Length)]["/v1/".Length..]);
                     if (!Uri.TryCreate(query, UriKind.Relative, out var uri) || query.Any(c => c is '#' or < ' ') || query.Contains("..")) uri = new Uri(queries[0], UriKind.Relative);
-                    request = new HttpRequestMessage(random.Next(4) == 0 ? HttpMethod.Delete : HttpMethod.Get, uri);
-                    break;
+                    return new HttpRequestMessage(random.Next(4) == 0 ? HttpMethod.Delete : HttpMethod.Get, uri);
             }
-            var description = $"request {i}: {request.Method} {request.RequestUri} {(request.Content is null ? "" : Convert.ToBase64String(await request.Content.ReadAsByteArrayAsync()))}";
+        }
+
+        async Task SendAsync(HttpRequestMessage request, string description)
+        {
             using var response = await client.SendAsync(request);
             var text = await response.Content.ReadAsStringAsync();
             int status = (int)response.StatusCode;
-            statuses[status] = statuses.GetValueOrDefault(status) + 1;
+            lock (statuses) statuses[status] = statuses.GetValueOrDefault(status) + 1;
             Assert.True(status < 500, $"{description}\nanswered {status}: {text}");
             if (status >= 400)
             {
@@ -109,9 +132,77 @@ public sealed class HttpFuzzTests(SecuredServiceFactory factory)
             else if (request.RequestUri!.ToString() == "/v1/fine_tuning/jobs" && request.Method == HttpMethod.Post)
                 await client.PostAsync($"/v1/fine_tuning/jobs/{(string)JsonNode.Parse(text)!["id"]!}/cancel", null);   // keep the CPU for the fuzzing
         }
+        log.WriteLine($"fuzz HTTP: {requests} requests, {Concurrency} at a time: " + string.Join(", ", statuses.OrderBy(s => s.Key).Select(s => $"{s.Key}: {s.Value}")));
         // Both sides were reached: accepted requests and a range of rejections.
         Assert.True(statuses.GetValueOrDefault(200) > 100, string.Join(", ", statuses.Select(s => $"{s.Key}: {s.Value}")));
         Assert.True(statuses.Keys.Count(s => s >= 400) >= 3, string.Join(", ", statuses.Select(s => $"{s.Key}: {s.Value}")));
+    }
+
+    [Fact]
+    public async Task JunkHubMessagesAreRefusedAndTheServiceKeepsServing()
+    {
+        var (_, key) = await factory.NewProjectAsync("hub-fuzz");
+        var client = factory.ClientWithKey(key);
+        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Q?", "A."), 10));
+        var jobId = (string)(await Api.CreateJobAsync(client, new { model = "tiny-llama-demo", training_file = fileId, hyperparameters = new { n_epochs = 1 } }))["id"]!;
+        HubConnection Connect() => new HubConnectionBuilder()
+            .WithUrl(new Uri(factory.Server.BaseAddress, "hubs/jobs"), o =>
+            {
+                o.HttpMessageHandlerFactory = _ => factory.Server.CreateHandler();
+                o.Transports = HttpTransportType.LongPolling;
+                o.AccessTokenProvider = () => Task.FromResult<string?>(key);
+            })
+            .Build();
+
+        string[] methods = ["SubscribeToJob", "UnsubscribeFromJob", "subscribetojob", "OnConnectedAsync", "OnDisconnectedAsync", "Dispose", "Group", "", " ", "SubscribeToJob\u0000", new string('m', 5000)];
+        object?[] values = [null, 0, -1, long.MaxValue, 1e308, true, "", jobId, "ftjob-none", "../../etc/passwd", "job:" + jobId, new string('j', 100_000), "\u0000\ud800",
+            new[] { jobId, jobId }, new Dictionary<string, object?> { ["jobId"] = jobId, ["x"] = new object?[] { null, 1 } }, new byte[] { 0xFF, 0 }];
+        int sent = 0, refused = 0, closed = 0;
+        int perConnection = 150 * ParserFuzzTests.Scale;
+        // Several connections at once, each from its own seed, each sending junk invocations one after another.
+        await Task.WhenAll(Enumerable.Range(0, 4).Select(async c =>
+        {
+            var random = new Random(100 + c);
+            var hub = Connect();
+            await hub.StartAsync();
+            try
+            {
+                for (int i = 0; i < perConnection; i++)
+                {
+                    if (hub.State != HubConnectionState.Connected)
+                    {
+                        Interlocked.Increment(ref closed);
+                        await hub.DisposeAsync();
+                        hub = Connect();
+                        await hub.StartAsync();
+                    }
+                    var method = random.Next(4) == 0 ? Encoding.UTF8.GetString(new Mutator(random.Next()).Mutate("SubscribeToJob"u8.ToArray())) : methods[random.Next(methods.Length)];
+                    var args = Enumerable.Range(0, random.Next(4)).Select(_ => values[random.Next(values.Length)]).ToArray();
+                    Interlocked.Increment(ref sent);
+                    try
+                    {
+                        if (random.Next(3) == 0) await hub.SendCoreAsync(method, args);
+                        else await hub.InvokeCoreAsync(method, typeof(object), args).WaitAsync(TimeSpan.FromSeconds(30));
+                    }
+                    catch (HubException) { Interlocked.Increment(ref refused); }
+                    // The server may end a connection that sent what it cannot bind; the client then refuses the next send.
+                    catch (InvalidOperationException) when (hub.State != HubConnectionState.Connected) { Interlocked.Increment(ref refused); }
+                }
+            }
+            finally { await hub.DisposeAsync(); }
+        }));
+        log.WriteLine($"fuzz hub: {sent} invocations on 4 connections, {refused} refused with a HubException, {closed} connections closed by the server");
+        Assert.True(refused > sent / 4, $"{refused} of {sent} refused");
+
+        // Still serving: a new connection subscribes to the job (and is refused another project's or no job), the job the
+        // fuzzing ran beside finished, and the HTTP API answers.
+        await using var watcher = Connect();
+        await watcher.StartAsync();
+        await watcher.InvokeAsync("SubscribeToJob", jobId);
+        await Assert.ThrowsAsync<HubException>(() => watcher.InvokeAsync("SubscribeToJob", "ftjob-none"));
+        await watcher.InvokeAsync("UnsubscribeFromJob", jobId);
+        Assert.Equal("succeeded", (string)(await Api.WaitForFinishAsync(client, jobId))["status"]!);
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}")).StatusCode);
     }
 
     /// <summary>Replaces one value somewhere in the JSON with a random one (a type or range the endpoint does not expect).</summary>

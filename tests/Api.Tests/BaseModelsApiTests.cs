@@ -333,6 +333,9 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
     [InlineData("math", "config.json: partial_rotary_factor 0.5 changes the math and is not implemented for model_type 'llama'")]
     [InlineData("no-config", "config.json is missing")]
     [InlineData("tokenizer", "tokenizer.json")]
+    // Half a surrogate pair escaped in the index parses as JSON but reads as no .NET string (found by ParserFuzzTests: a 500).
+    [InlineData("surrogate-name", "model.safetensors.index.json: weight_map holds a name that is not valid Unicode text")]
+    [InlineData("surrogate-shard", "model.safetensors.index.json: weight_map holds a name that is not valid Unicode text")]
     public async Task AFaultyFolderIsA400NamingTheFileAndKeyNeverAServerPath(string fault, string message)
     {
         TorchRuntime.EnsureReady();
@@ -355,11 +358,17 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
             case "math": File.WriteAllText(configPath, File.ReadAllText(configPath).Replace("\"model_type\"", "\"partial_rotary_factor\": 0.5, \"model_type\"")); break;
             case "no-config": File.Delete(configPath); break;
             case "tokenizer": File.WriteAllText(Path.Combine(path, "tokenizer.json"), "{ not json"); break;
+            case "surrogate-name" or "surrogate-shard":
+                string index = Path.Combine(path, ModelFolder.IndexFile);
+                File.WriteAllText(index, System.Text.RegularExpressions.Regex.Replace(File.ReadAllText(index), "\"weight_map\"\\s*:\\s*\\{", fault == "surrogate-name"
+                    ? "\"weight_map\": {\"model.\\ud800\": \"" + Path.GetFileName(last) + "\", " : "\"weight_map\": {\"x\": \"\\ud800.safetensors\", "));
+                Assert.Contains("\\ud800", File.ReadAllText(index));
+                break;
         }
         if (fault is "shape" or "unexpected" or "missing")
         {
             SafeTensors.Save(last, shard);
-            string index = Path.Combine(path, ModelFolder.IndexFile);
+            var index = Path.Combine(path, ModelFolder.IndexFile);
             var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(index))!;
             var map = json["weight_map"]!.AsObject();
             foreach (var key in map.Where(kv => (string?)kv.Value == Path.GetFileName(last)).Select(kv => kv.Key).ToList()) map.Remove(key);

@@ -1,5 +1,6 @@
 using System.IO.Compression;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using System.Text;
 using AdapterService.Api.Apis;
 using AdapterService.Api.Infrastructure;
@@ -44,6 +45,8 @@ public sealed class ParserFuzzTests : IDisposable
     /// </summary>
     void Fuzz(int seed, int count, byte[][] seeds, Action<byte[], string> parse, Type[] allowed, long maxAllocated = 256L << 20, [System.Runtime.CompilerServices.CallerMemberName] string name = "")
     {
+        var check = Directory.CreateDirectory(Path.Combine(folder.FullName, "seeds-" + Guid.NewGuid().ToString("N"))).FullName;
+        foreach (var valid in seeds) parse(valid, check);   // every seed is valid: the mutations start from accepted inputs
         var mutator = new Mutator(seed);
         var inputs = Enumerable.Range(0, count * Scale).Select(i => mutator.Mutate(seeds[i % seeds.Length])).ToArray();
         int accepted = 0;
@@ -201,6 +204,7 @@ public sealed class ParserFuzzTests : IDisposable
         byte[][] seeds = [JsonSerializer.SerializeToUtf8Bytes(tokenizer)];
         Fuzz(12, 1500, seeds, (input, work) =>
         {
+            File.WriteAllText(Path.Combine(work, ModelFolder.ConfigFile), $$"""{"model_type": "llama", "eos_token_id": {{vocab.Count}}}""");
             File.WriteAllBytes(Path.Combine(work, HfTokenizer.TokenizerFile), input);
             var loaded = TextTokenizers.Read(work);
             loaded.Decode(loaded.Encode("hello world<|end|>", addSpecialTokens: true), skipSpecialTokens: false);
@@ -237,7 +241,10 @@ public sealed class ParserFuzzTests : IDisposable
     {
         var files = ShardedModel(Directory.CreateDirectory(Path.Combine(folder.FullName, "sharded")).FullName);
         Assert.True(files.Count(f => f.Key.StartsWith("model-", StringComparison.Ordinal)) >= 2, string.Join(", ", files.Keys));
-        Fuzz(14, 500, [files[ModelFolder.IndexFile]], (input, work) =>
+        // Metadata the loader ignores, so that some mutations leave a valid index (the weight_map's names must all match).
+        var index = JsonNode.Parse(files[ModelFolder.IndexFile])!;
+        index["metadata"] = new JsonObject { ["total_size"] = 1234, ["format"] = "pt", ["note"] = new string('n', 400) };
+        Fuzz(14, 500, [Encoding.UTF8.GetBytes(index.ToJsonString())], (input, work) =>
         {
             foreach (var (name, bytes) in files) File.WriteAllBytes(Path.Combine(work, name), name == ModelFolder.IndexFile ? input : bytes);
             using (ModelFolder.Load(work)) { }

@@ -134,11 +134,19 @@ public static class BaseModelsApi
                 throw new InvalidDataException($"{name} is not UTF-8 text");
         if (files.Contains("tokenizer.model")) SentencePieceTextTokenizer.Load(folder);
         var shards = files.Where(n => n.EndsWith(".safetensors", StringComparison.Ordinal)).ToList();
-        var indexed = files.Contains("model.safetensors.index.json")
-            ? System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(System.IO.Path.Combine(folder, "model.safetensors.index.json"))).RootElement
-                .TryGetProperty("weight_map", out var map) && map.ValueKind == System.Text.Json.JsonValueKind.Object
-                ? map.EnumerateObject().Select(p => p.Value.ToString()).ToHashSet(StringComparer.Ordinal) : []
-            : new HashSet<string>(["model.safetensors"], StringComparer.Ordinal);
+        HashSet<string> indexed;
+        try
+        {
+            indexed = files.Contains("model.safetensors.index.json")
+                ? System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(System.IO.Path.Combine(folder, "model.safetensors.index.json"))).RootElement
+                    .TryGetProperty("weight_map", out var map) && map.ValueKind == System.Text.Json.JsonValueKind.Object
+                    ? map.EnumerateObject().Select(p => p.Value.ToString()).ToHashSet(StringComparer.Ordinal) : []
+                : new HashSet<string>(["model.safetensors"], StringComparer.Ordinal);
+        }
+        catch (InvalidOperationException)   // a name escaping half a surrogate pair ("\ud800") parses but reads as no string
+        {
+            throw new InvalidDataException("model.safetensors.index.json: weight_map holds a name that is not valid Unicode text (an unpaired surrogate escape)");
+        }
         if (shards.FirstOrDefault(n => !indexed.Contains(n)) is { } unread)
             throw new InvalidDataException($"{unread} is not one of the model's weights files (model.safetensors, or the shards model.safetensors.index.json names)");
     }

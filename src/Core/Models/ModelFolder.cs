@@ -292,16 +292,25 @@ public static class ModelFolder
                 || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
                 throw new InvalidDataException($"{IndexFile}: weight_map is missing or not a JSON object");
             var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
-            foreach (var entry in map.EnumerateObject())
+            // JSON may escape half a surrogate pair ("\ud800"): it parses, but reading it as a .NET string throws (fuzzing found
+            // this as a 500 from the base-model import).
+            try
             {
-                if (entry.Value.ValueKind != JsonValueKind.String)
-                    throw new InvalidDataException($"{IndexFile}: weight_map entry for {entry.Name} is not a file name string");
-                string shard = entry.Value.GetString()!;
-                // Only plain file names inside the folder: an index must not point the loader anywhere else.
-                if (shard.Length == 0 || shard != Path.GetFileName(shard) || shard is "." or ".." || shard.Contains('\\')
-                    || !shard.EndsWith(".safetensors", StringComparison.Ordinal))
-                    throw new InvalidDataException($"{IndexFile}: weight_map puts {entry.Name} in '{shard}', which is not a .safetensors file name in the folder");
-                if (!weightMap.TryAdd(entry.Name, shard)) throw new InvalidDataException($"{IndexFile}: weight_map lists {entry.Name} twice");
+                foreach (var entry in map.EnumerateObject())
+                {
+                    if (entry.Value.ValueKind != JsonValueKind.String)
+                        throw new InvalidDataException($"{IndexFile}: weight_map entry for {entry.Name} is not a file name string");
+                    string shard = entry.Value.GetString()!;
+                    // Only plain file names inside the folder: an index must not point the loader anywhere else.
+                    if (shard.Length == 0 || shard != Path.GetFileName(shard) || shard is "." or ".." || shard.Contains('\\')
+                        || !shard.EndsWith(".safetensors", StringComparison.Ordinal))
+                        throw new InvalidDataException($"{IndexFile}: weight_map puts {entry.Name} in '{shard}', which is not a .safetensors file name in the folder");
+                    if (!weightMap.TryAdd(entry.Name, shard)) throw new InvalidDataException($"{IndexFile}: weight_map lists {entry.Name} twice");
+                }
+            }
+            catch (InvalidOperationException e)
+            {
+                throw new InvalidDataException($"{IndexFile}: weight_map holds a name that is not valid Unicode text (an unpaired surrogate escape)", e);
             }
             if (weightMap.Count == 0) throw new InvalidDataException($"{IndexFile}: weight_map is empty");
             return weightMap;

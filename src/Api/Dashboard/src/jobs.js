@@ -287,7 +287,8 @@ class JobPage {
     let curveChanged = false, gotCheckpoint = false;
     for (const event of fresh) {
       curveChanged = this.series.addEvent(event) || curveChanged;
-      gotCheckpoint ||= event.message.startsWith("Checkpoint created");
+      // An eval event means a checkpoint just got its scores (docs/API.md "evals at checkpoints").
+      gotCheckpoint ||= event.message.startsWith("Checkpoint created") || event.type === "eval";
       this.lastEventNumber = Math.max(this.lastEventNumber, eventNumber(event));
       this.events.prepend(h("li", { "data-id": event.id, "data-type": event.type, "data-level": event.level },
         h("time", { datetime: new Date(event.created_at * 1000).toISOString(), title: formatTime(event.created_at) },

@@ -53,7 +53,7 @@ public sealed class DashboardTests(ITestOutputHelper log)
             testing_criteria = new object[]
             {
                 new { type = "string_check", name = "exact", input = "{{sample.output_text}}", reference = "{{item.answer}}", operation = "eq" },
-                new { type = "text_similarity", name = "similar", input = "{{sample.output_text}}", reference = "{{item.answer}}", evaluation_metric = "fuzzy_match", pass_threshold = 0.5 },
+                new { type = "text_similarity", name = "similar", input = "{{sample.output_text}}", reference = "{{item.answer}}", evaluation_metric = "fuzzy_match", pass_threshold = 0.3 },
             },
         })))["id"]!;
         var evalSource = new

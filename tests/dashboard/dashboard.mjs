@@ -358,14 +358,17 @@ async function evals(evalId, jobA, shots) {
       assert.equal(row[name].passed, c.passed, `${run.id} ${name}`);
       assert.equal(row[name].total, c.passed + c.failed, `${run.id} ${name}`);
       assert.equal(Number(row[name].mean), c.mean_score, `${run.id} ${name}`);
-      assert.match(row[name].text, new RegExp(`^${c.passed}/${c.passed + c.failed} `));
+      assert.match(row[name].text, new RegExp(`^${c.passed}/${c.passed + c.failed} \\(.* mean ${c.mean_score.toFixed(3)}`));
     }
   }
-  // The best of each column is bold: exactly the runs with the highest pass rate.
+  // The best of each column is bold: the highest pass rate, ties broken by the mean grade; nothing when all are equal.
   for (const column of ["all", ...names]) {
-    const rates = table.map((r) => r.cells[column].passed / r.cells[column].total);
-    assert.deepEqual(table.map((r) => r.cells[column].best), rates.map((x) => x === Math.max(...rates)), column);
+    const keys = table.map((r) => [r.cells[column].passed / r.cells[column].total, Number(r.cells[column].mean ?? 0)]);
+    const top = keys.reduce((a, b) => (b[0] > a[0] || (b[0] === a[0] && b[1] > a[1]) ? b : a));
+    const allEqual = keys.every((k) => k[0] === top[0] && k[1] === top[1]);
+    assert.deepEqual(table.map((r) => r.cells[column].best), keys.map((k) => !allEqual && k[0] === top[0] && k[1] === top[1]), column);
   }
+  assert.ok(table.some((r) => r.cells.similar.best), "the runs' similarity differs, so one is best");
   await shot(shots, "evals.png");
 
   // A run's output items: the item, the model's sample and each criterion's grade.

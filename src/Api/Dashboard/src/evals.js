@@ -59,7 +59,7 @@ export function evalView(main, evalId) {
     h("div", { class: "page-head" }, h("h1", { tabindex: -1, id: "eval-title" }, "Eval")),
     h("section", { class: "card", "aria-labelledby": "eval-runs-title" },
       h("h2", { id: "eval-runs-title" }, "Runs compared"),
-      h("p", { class: "hint" }, "Per criterion: items passed of those graded, and the mean grade. The best of each column is in bold."),
+      h("p", { class: "hint" }, "Per criterion: items passed of those graded, and the mean grade. The best of each column (pass rate, then mean grade) is in bold."),
       h("div", { id: "eval-runs", class: "table-wrap" }, "Loading the runs…")));
   /** @type {Eval | null} */
   let evalObject = null;
@@ -91,29 +91,32 @@ export function evalView(main, evalId) {
     replace(byId("eval-title"), ev.name || ev.id);
     if (!runs.length) { replace(byId("eval-runs"), h("p", { class: "empty" }, "No runs yet: POST /v1/evals/{id}/runs scores a model.")); return; }
     const criteria = ev.testing_criteria.map((c) => c.name);
-    /** One figure per column: a run's value (null when it has none), best is the highest. @type {[string, (r: EvalRun) => { text: string, value: number | null, data: Record<string, number> } ][]} */
+    /** One figure per column: a run's value (null when it has none), best is the highest. @type {[string, (r: EvalRun) => { text: string, mean: number | null, value: number | null, data: Record<string, number> } ][]} */
     const columns = [
       ["All criteria", (r) => ({
-        text: formatPassed(r.result_counts.passed, r.result_counts.total),
+        text: formatPassed(r.result_counts.passed, r.result_counts.total), mean: null,
         value: r.result_counts.total ? r.result_counts.passed / r.result_counts.total : null,
         data: { passed: r.result_counts.passed, total: r.result_counts.total, errored: r.result_counts.errored },
       })],
-      ...criteria.map((name) => /** @type {[string, (r: EvalRun) => { text: string, value: number | null, data: Record<string, number> }]} */ ([name, (r) => {
+      ...criteria.map((name) => /** @type {[string, (r: EvalRun) => { text: string, mean: number | null, value: number | null, data: Record<string, number> }]} */ ([name, (r) => {
         const c = r.per_testing_criteria_results?.find((x) => x.testing_criteria === name);
-        if (!c) return { text: "—", value: null, data: {} };
+        if (!c) return { text: "—", mean: null, value: null, data: {} };
         const total = c.passed + c.failed;
         const mean = c.mean_score ?? null;
         return {
-          text: `${formatPassed(c.passed, total)}${mean === null ? "" : ` · mean ${mean.toFixed(3)}`}`,
+          text: formatPassed(c.passed, total), mean,
           value: total ? c.passed / total : null,
           data: { passed: c.passed, total, ...(mean === null ? {} : { mean }) },
         };
       }])),
     ];
     const cells = runs.map((r) => columns.map(([, get]) => get(r)));
+    // The best of a column: the highest pass rate, ties broken by the mean grade; none when every run scored the same.
+    const key = (/** @type {{ value: number | null, data: Record<string, number> }} */ cell) => cell.value === null ? null : [cell.value, cell.data.mean ?? 0];
     const best = columns.map((_, j) => {
-      const known = /** @type {number[]} */ (cells.map((row) => row[j].value).filter((v) => v !== null));
-      return known.length > 1 ? Math.max(...known) : null;
+      const known = /** @type {number[][]} */ (cells.map((row) => key(row[j])).filter((k) => k !== null));
+      if (known.length < 2 || known.every((k) => k[0] === known[0][0] && k[1] === known[0][1])) return null;
+      return known.reduce((a, b) => (b[0] > a[0] || (b[0] === a[0] && b[1] > a[1]) ? b : a));
     });
     replace(byId("eval-runs"), h("table", { id: "eval-runs-table", class: "compare-table" },
       h("caption", { class: "visually-hidden" }, "The eval's runs, one per row, compared per testing criterion"),
@@ -124,11 +127,13 @@ export function evalView(main, evalId) {
         h("th", { scope: "row" }, runLabel(r)),
         h("td", null, statusBadge(r.status), r.error ? h("span", { class: "error" }, ` ${r.error.message}`) : null),
         ...cells[i].map((cell, j) => {
-          const isBest = cell.value !== null && cell.value === best[j];
+          const k = key(cell), top = best[j];
+          const isBest = k !== null && top !== null && k[0] === top[0] && k[1] === top[1];
           return h("td", {
             class: isBest ? "number best" : "number", "data-criterion": j ? columns[j][0] : "all",
             ...Object.fromEntries(Object.entries(cell.data).map(([k, v]) => [`data-${k}`, v])),
-          }, cell.text, isBest ? h("span", { class: "visually-hidden" }, " (best)") : null);
+          }, cell.text, cell.mean === null ? null : h("span", { class: "score" }, ` mean ${cell.mean.toFixed(3)}`),
+          isBest ? h("span", { class: "visually-hidden" }, " (best)") : null);
         }),
         h("td", null, h("a", { href: `#/evals/${evalId}/runs/${r.id}` }, "Output items")))))));
   }

@@ -1,6 +1,6 @@
 // Serving benchmarks. Every figure is a ratio (or a latency) of measurements taken side by side in this one run,
 // so a shared, noisy machine moves both sides alike. Usage:
-//   dotnet run -c Release --project benchmarks [-- --quick] [--lora] [--bf16] [--wide] [--methods] [--cache] [--constrained] [--latency] [--prefix]
+//   dotnet run -c Release --project benchmarks [-- --quick] [--lora] [--bf16] [--wide] [--methods] [--cache] [--constrained] [--latency] [--prefix] [--fairness]
 // With no section switch every serving section runs and the report goes to stdout and benchmarks/results/latest.md;
 // with one, only that section (benchmarks/results/<name>.md); with several, those (latest.md). --quick: a small model.
 //   --lora         benchmarks 1-2: 32 rows over 32 adapters vs base, PEFT's mixed batch, each row alone, merging
@@ -124,6 +124,7 @@ var serving = new (string Switch, Func<Task> Run)[]
     ("--constrained", () => new ConstrainedDecoding(quick).RunAsync(Line)),
     ("--latency", () => new Latency(quick).RunAsync(Line)),
     ("--prefix", () => new PrefixSharing(quick).RunAsync(Line)),
+    ("--fairness", () => new ProjectFairness(quick).RunAsync(Line)),
 };
 var chosen = serving.Where(s => args.Contains(s.Switch)).ToList();
 if (chosen.Count == 0) chosen = [.. serving];

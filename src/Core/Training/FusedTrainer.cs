@@ -5,8 +5,11 @@ using static TorchSharp.torch;
 
 namespace AdapterService.Core.Training;
 
-/// <summary>What one member of a fused step came to: its progress, or the error that failed it (and it alone).</summary>
-public sealed record FusedStepOutcome(TrainingProgress? Progress, Exception? Error);
+/// <summary>
+/// What one member of a fused step came to: its progress, or the error that failed it (and it alone); <c>Alone</c>: it
+/// stepped alone (the only member, or the fused pass threw and each member ran its step alone).
+/// </summary>
+public sealed record FusedStepOutcome(TrainingProgress? Progress, Exception? Error, bool Alone = false);
 
 /// <summary>
 /// A member's share of one fused step, made by <see cref="FusableTrainer.Prepare"/> after whatever it computes alone
@@ -111,11 +114,11 @@ public static class FusedTrainer
         try
         {
             member.AttachAlone();
-            return new(member.StepAlone(), null);
+            return new(member.StepAlone(), null, Alone: true);
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            return new(null, e);
+            return new(null, e, Alone: true);
         }
     }
 
@@ -159,7 +162,8 @@ public static class FusedTrainer
         var (input, blocks, head) = model.Chain(inputs, positions, mask);
 
         // The first `checkpointed` layers run without autograd, keeping their inputs (and every job's dropout state).
-        int checkpointed = stepping.All(m => m.TrainedAdapter.TokenWise) ? (int)Math.Round(checkpointShare * blocks.Count) : 0;
+        bool tokenWise = stepping.All(m => m.TrainedAdapter.TokenWise);
+        int checkpointed = tokenWise ? (int)Math.Round(checkpointShare * blocks.Count) : 0;
         var kept = new List<Tensor> { input };
         var dropoutStates = new List<Tensor[]>();
         if (checkpointed > 0)
@@ -171,9 +175,25 @@ public static class FusedTrainer
                     kept.Add(blocks[i](kept[^1]).MoveToOuterDisposeScope());
                 }
         var resumed = checkpointed > 0 ? kept[^1].detach().requires_grad_() : input;
+        // The other layers with autograd, each in a dispose scope that keeps its output only: what autograd saves for the
+        // backward pass it holds itself, and the layer's other intermediates (a base projection's output before its
+        // adapter's part is added, attention scores before softmax, …) are freed now instead of at the step's end.
+        // Token-wise adapters keep nothing else of a forward pass; Lily's and MixLoRA's (router statistics, the
+        // load-balance loss) live until the step's end.
+        var hidden = resumed;
+        for (int i = checkpointed; i < blocks.Count; i++)
+        {
+            if (!tokenWise)
+            {
+                hidden = blocks[i](hidden);
+                continue;
+            }
+            using var layer = NewDisposeScope();
+            hidden = blocks[i](hidden).MoveToOuterDisposeScope();
+        }
         // The head over every position: its norm may be an adapted slot, whose segments are rows of [Σ rows_j, t, ..]
         // (alone, a job runs the head on its trained positions only; per token, the same numbers).
-        var logits = Segment.Split(segments, head(blocks.Skip(checkpointed).Aggregate(resumed, (h, block) => block(h))));   // [rows_j, t, vocab] each
+        var logits = Segment.Split(segments, head(hidden));                                        // [rows_j, t, vocab] each
 
         var losses = new List<(int Member, Tensor Loss, Tensor Total)>();
         for (int s = 0; s < active.Count; s++)

@@ -8,7 +8,7 @@ namespace AdapterService.Benchmarks;
 
 /// <summary>
 /// Four LoRA jobs on one base, trained three ways: fused (one model, <see cref="FusedTrainer"/>, once per share of
-/// layers recomputed in the backward pass: none, the default, all), one after another
+/// layers recomputed in the backward pass), one after another
 /// (one model, each job's steps in turn), and at once as separate trainings each with its own copy of the base on its
 /// own thread (what a queue with four workers does). Each job trains 128-token micro-batches. Total tokens/s is timed
 /// round-robin, a few steps of each way per round; peak memory is each way's process RSS peak over its own baseline,
@@ -23,8 +23,8 @@ sealed class FusedTraining(bool quick)
     int StepsPerRound => quick ? 2 : 3;
     int Rounds => quick ? 2 : 3;
 
-    /// <summary>The shares of layers a fused step recomputes that are measured: none, the service's default, all.</summary>
-    static readonly double[] Shares = new[] { 0, FusedTrainer.DefaultCheckpointShare, 1 }.Distinct().ToArray();
+    /// <summary>The shares of layers a fused step recomputes that are measured (the service's default among them).</summary>
+    static readonly double[] Shares = new[] { FusedTrainer.DefaultCheckpointShare, 0, 0.5, 0.75, 1 }.Distinct().Order().ToArray();
 
     static string FusedWay(double share) => FormattableString.Invariant($"fused:{share}");
 

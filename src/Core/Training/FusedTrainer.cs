@@ -81,9 +81,10 @@ public static class FusedTrainer
 {
     /// <summary>
     /// The default share of decoder layers a fused step of several jobs recomputes in its backward pass
-    /// (<c>Workers:FusedCheckpointing</c>; docs/BENCHMARKS.md section 7 measures the trade).
+    /// (<c>Workers:FusedCheckpointing</c>): none. Recomputing costs that share of a forward pass per step, too much to be
+    /// on by default; docs/BENCHMARKS.md section 7 measures the trade (about 0.75 meets the 1.5× memory target there).
     /// </summary>
-    public const double DefaultCheckpointShare = 0.5;
+    public const double DefaultCheckpointShare = 0;
 
     /// <summary>One step of every member (none finished); the model's slots are left empty.</summary>
     public static IReadOnlyList<FusedStepOutcome> Step(CausalLanguageModel model, IReadOnlyList<FusableTrainer> members, double checkpointShare = 0)

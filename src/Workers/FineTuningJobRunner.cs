@@ -46,7 +46,8 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         {
             var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
             var states = new TrainerStates(blobs);
-            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine), states, blobs, options.Value, stop);
+            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine), states, blobs, options.Value, stop,
+                CheckpointScoring.For(job, db, blobs, engine, jobs));
             var result = Train(baseModel, session, stop);
             Succeed(job, lease, session.SaveAdapter(), result, states);
         }

@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Evals;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
@@ -86,6 +87,15 @@ public static partial class FineTuningJobsApi
         // The cap first: reading and tokenizing a file costs far more than counting (a full project is refused cheaply).
         if (await ActiveJobsRefusalAsync(db, projectLimits.Value, cancel) is { } full) return full;
 
+        // An eval at every checkpoint: it runs on the checkpoints' adapters, so the base must be a language model.
+        EvalAttachment? eval = null;
+        if (request.Eval is { ValueKind: not JsonValueKind.Null } evalJson)
+        {
+            if (baseModel.Family == "vit") return OpenAiErrors.BadRequest($"eval needs a language model; {baseModel.Id} classifies images.", "eval");
+            try { eval = await EvalAttachment.CheckAsync(evalJson, db, blobs, projectLimits.Value.MaxTrainingExamples, cancel); }
+            catch (EvalException e) { return OpenAiErrors.Error(e.Status, e.Message, e.Param, e.Code); }
+        }
+
         // The files are checked from the facts stored at upload (and token counts stored per base); the specification
         // decides the rest, naming the first problem in the order the API always has.
         var training = await JobFiles.ReadAsync(db, blobs, request.TrainingFile, "training_file", baseModel, baseConfig, chatTemplate, cancel);
@@ -114,6 +124,7 @@ public static partial class FineTuningJobsApi
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
             AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(), ChatTemplate = chatTemplate,
             Objective = objective.Name, ObjectiveSettings = settings?.ToJsonString(), StartModel = start?.Name, StartAdapterPath = start?.BlobPath,
+            EvalSettings = eval?.ToJson(),
         };
         await jobs.CreateAsync(job, (request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }),
             [$"Created fine-tuning job: {job.Id}" + (start is null ? "" : $", continuing from {start.Name}"), $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)"],

@@ -109,9 +109,10 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
     TrainingResult Train(BaseModel baseModel, TrainingSession session, CancellationTokenSource stop)
     {
         string folder = blobs.Resolve(baseModel.BlobPath);
-        if (fusion.MaxFusedJobs > 1 && JobObjectives.Of(session.Job).Fuses && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
+        var objective = JobObjectives.Of(session.Job);
+        if (fusion.MaxFusedJobs > 1 && objective.Fuses && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
         {
-            session.Files.Texts();   // read and tokenized here, not on the group's thread between its steps
+            objective.Preload(session.Job, session.Files);   // read and tokenized here, not on the group's thread between its steps
             return session.KeepingState(() => fusion.Train(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder, precision), session, stop.Token));
         }
         return fusion.RunAlone(() =>

@@ -52,8 +52,8 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     }
 
     /// <summary>On the group's thread, between its steps: the job's adapter and trainer over the group's copy of the base.</summary>
-    public LanguageModelTrainer Join(CausalLanguageModel model) =>
-        Start(model) as LanguageModelTrainer ?? throw new InvalidOperationException("a fused job trains a language model");
+    public FusableTrainer Join(CausalLanguageModel model) =>
+        Start(model) as FusableTrainer ?? throw new InvalidOperationException("a fused job trains a language model");
 
     public void AfterStep(TrainingProgress progress, int fusedWith)
     {

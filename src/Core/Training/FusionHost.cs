@@ -11,7 +11,7 @@ namespace AdapterService.Core.Training;
 public interface IFusedSession
 {
     /// <summary>Makes the job's trainer over the group's copy of the base (its adapter attached to <paramref name="model"/>).</summary>
-    LanguageModelTrainer Join(CausalLanguageModel model);
+    FusableTrainer Join(CausalLanguageModel model);
 
     /// <summary>What follows one of the job's steps; <paramref name="fusedWith"/>: how many other jobs shared the step.</summary>
     void AfterStep(TrainingProgress progress, int fusedWith);
@@ -32,7 +32,7 @@ public interface IFusedSession
 /// leave between steps; one leaving, failing or being cancelled never stops the others. A group ends, and frees its model,
 /// when its last member leaves.
 /// </remarks>
-public sealed class FusionHost(int maxFusedJobs, int concurrency)
+public sealed class FusionHost(int maxFusedJobs, int concurrency, double checkpointShare = FusedTrainer.DefaultCheckpointShare)
 {
     readonly object gate = new();
     readonly List<Group> groups = [];
@@ -43,6 +43,10 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
 
     /// <summary>How many groups and unfused trainings run at once.</summary>
     public int Concurrency { get; } = Math.Max(1, concurrency);
+
+    /// <summary>The share of decoder layers a fused step recomputes in its backward pass instead of keeping their activations (<see cref="FusedTrainer.Step"/>).</summary>
+    public double CheckpointShare { get; } = checkpointShare is >= 0 and <= 1
+        ? checkpointShare : throw new ArgumentOutOfRangeException(nameof(checkpointShare), "Workers:FusedCheckpointing is a share of the layers, from 0 to 1");
 
     /// <summary>
     /// Trains a job's <paramref name="session"/> in a group over the base <paramref name="baseKey"/>, joining one with
@@ -121,7 +125,7 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
         public CancellationToken Cancel { get; } = cancel;
         public TaskCompletionSource<TrainingResult> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         /// <summary>Set once the job joined the group.</summary>
-        public LanguageModelTrainer? Trainer { get; set; }
+        public FusableTrainer? Trainer { get; set; }
     }
 
     sealed class Group(FusionHost host, string key, Func<CausalLanguageModel> load)
@@ -164,7 +168,7 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
                     if (members.Count == 0) continue;
 
                     var stepping = members.ToList();
-                    var outcomes = FusedTrainer.Step(model, stepping.Select(m => m.Trainer!).ToList());
+                    var outcomes = FusedTrainer.Step(model, stepping.Select(m => m.Trainer!).ToList(), host.CheckpointShare);
                     foreach (var (member, outcome) in stepping.Zip(outcomes))
                     {
                         if (outcome.Error is not null) Leave(member, outcome.Error);

@@ -27,7 +27,7 @@ public sealed class FusionHostTests
     sealed class Session(int job, ConcurrentBag<int> others, ConcurrentBag<CausalLanguageModel> models, Func<bool>? waiting, Action<TrainingProgress>? onStep)
         : IFusedSession
     {
-        public LanguageModelTrainer Join(CausalLanguageModel model)
+        public FusableTrainer Join(CausalLanguageModel model)
         {
             models.Add(model);
             var adapter = TrainableAdapter.Create(model, new LoraConfig { Rank = 2, Alpha = 4, TargetModules = ["q_proj"] }, seed: job);

@@ -105,7 +105,11 @@ if (args.Contains("--training"))
     Line($"# Training benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
     Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
     Line("");
-    new TrainingSpeed(quick, args.Contains("--profile")).Run(Line);
+    // --repeat N: the fp32 row alone N times, with both GEMM references and page faults (what section 6's MFU rests on).
+    if (Array.IndexOf(args, "--repeat") is var rep and >= 0 && rep + 1 < args.Length)
+        new TrainingSpeed(quick).Repeat(int.Parse(args[rep + 1]), Line);
+    else
+        new TrainingSpeed(quick, args.Contains("--profile")).Run(Line);
     Save("training.md");
     return;
 }

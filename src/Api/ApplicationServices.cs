@@ -3,6 +3,7 @@ using System.Text.Json;
 using AdapterService.Api.Apis;
 using AdapterService.Api.Hubs;
 using AdapterService.Api.Infrastructure;
+using AdapterService.Api.Webhooks;
 using AdapterService.Core.Builtins;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Jobs;
@@ -56,6 +57,7 @@ public static class ApplicationServices
         builder.AddTelemetry();
         services.AddSignalR();
         services.AddHostedService<JobEventRelay>();
+        services.AddWebhooks(builder.Configuration);
         services.AddSingleton<HubKeys>().AddHostedService(sp => sp.GetRequiredService<HubKeys>());
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
         services.AddBasePrecision(builder.Configuration);   // Models:Precision, shared with the trainer

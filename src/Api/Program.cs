@@ -18,6 +18,7 @@ v1.MapModelsApi();
 v1.MapBaseModelsApi();
 v1.MapAdaptersApi();
 v1.MapClassifyApi();
+v1.MapWebhooksApi();
 app.MapProjectsApi();
 app.MapOperationsApi();
 app.MapHub<JobsHub>("/hubs/jobs").RequireAuthorization(Auth.ProjectPolicy);

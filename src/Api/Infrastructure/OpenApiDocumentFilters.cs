@@ -25,6 +25,7 @@ public static class OpenApiDocumentFilters
         ["Classification"] = "Our extension: image classification with ViT bases and their fine-tuned adapters.",
         ["Tokenizer"] = "vLLM's /tokenize and /detokenize.",
         ["Admin"] = "Projects and their API keys; the admin key only.",
+        ["Webhooks"] = "A project's webhook endpoints and their delivery logs; events in OpenAI's format, signed as Standard Webhooks.",
         ["Operations"] = "Liveness, readiness and Prometheus metrics for whoever runs the service; no key needed.",
     };
 

@@ -75,7 +75,7 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
             jobs.ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt), c), cancel);
         var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
         if (left is null) return (false, job);
-        if (JobStatus.IsFinished(to)) AddResultFile(jobId, job!.ProjectId);
+        if (JobStatus.IsFinished(to)) Finished(jobId, job!.ProjectId, to);
         db.JobEvents.Add(new JobEvent { JobId = jobId, CreatedAt = now, Message = message, Data = JobEventData.ForStatus(to) });
         await db.SaveChangesAsync(cancel);
         await transaction.CommitAsync(cancel);
@@ -201,7 +201,7 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
             string json = sweep.ToJson();
             db.Jobs.Where(j => j.Id == lease.JobId).ExecuteUpdate(s => s.SetProperty(j => j.Sweep, json));
         }
-        AddResultFile(lease.JobId, db.Jobs.Where(j => j.Id == lease.JobId).Select(j => j.ProjectId).Single());
+        Finished(lease.JobId, db.Jobs.Where(j => j.Id == lease.JobId).Select(j => j.ProjectId).Single(), JobStatus.Succeeded);
         if (adapter is not null)
         {
             db.Adapters.Add(adapter);
@@ -221,10 +221,14 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
         return true;
     }
 
-    /// <summary>A finished job's step metrics as its result file (<see cref="JobResultFiles"/>), saved with the status change.</summary>
-    void AddResultFile(string jobId, string projectId)
+    /// <summary>
+    /// What a job's final status brings, saved with the status change: its step metrics as its result file
+    /// (<see cref="JobResultFiles"/>) and its webhook event (the outbox rows the API's sender delivers).
+    /// </summary>
+    void Finished(string jobId, string projectId, string status)
     {
         if (blobs is not null) JobResultFiles.Add(db, blobs, jobId, projectId);
+        WebhookEvents.Publish(db, projectId, WebhookEvents.ForJobStatus(status)!, jobId, Now());
     }
 
     /// <summary>
@@ -241,7 +245,7 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
             .SetProperty(j => j.ErrorMessage, message)
             .SetProperty(j => j.FinishedAt, now), c), CancellationToken.None).GetAwaiter().GetResult();
         if (left is null) return;
-        AddResultFile(jobId, db.Jobs.Where(j => j.Id == jobId).Select(j => j.ProjectId).Single());
+        Finished(jobId, db.Jobs.Where(j => j.Id == jobId).Select(j => j.ProjectId).Single(), JobStatus.Failed);
         AddEvent(jobId, message, level: "error", data: JobEventData.ForStatus(JobStatus.Failed, error: message));
         transaction.Commit();
         ServiceTelemetry.JobMoved(left, JobStatus.Failed);

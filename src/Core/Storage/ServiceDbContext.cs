@@ -22,6 +22,8 @@ public abstract class ServiceDbContext(DbContextOptions options) : DbContext(opt
     public DbSet<Adapter> Adapters => Set<Adapter>();
     public DbSet<Checkpoint> Checkpoints => Set<Checkpoint>();
     public DbSet<FileTokenCount> FileTokenCounts => Set<FileTokenCount>();
+    public DbSet<WebhookEndpoint> WebhookEndpoints => Set<WebhookEndpoint>();
+    public DbSet<WebhookDelivery> WebhookDeliveries => Set<WebhookDelivery>();
 
     protected override void OnModelCreating(ModelBuilder model)
     {
@@ -55,6 +57,12 @@ public abstract class ServiceDbContext(DbContextOptions options) : DbContext(opt
         model.Entity<FileTokenCount>().HasQueryFilter(c => ProjectScope == null || Files.Any(f => f.Id == c.FileId));
         model.Entity<FileTokenCount>().HasOne<StoredFile>().WithMany().HasForeignKey(c => c.FileId).OnDelete(DeleteBehavior.Cascade);
         model.Entity<FileTokenCount>().HasOne<BaseModel>().WithMany().HasForeignKey(c => c.BaseModel).OnDelete(DeleteBehavior.Cascade);
+        // Webhooks: a project sees its own endpoints; the sender finds due deliveries by status and time, the log by endpoint.
+        model.Entity<WebhookEndpoint>().HasQueryFilter(e => ProjectScope == null || e.ProjectId == ProjectScope);
+        model.Entity<WebhookEndpoint>().HasIndex(e => e.ProjectId);
+        model.Entity<WebhookEndpoint>().Ignore(e => e.EventList);
+        model.Entity<WebhookDelivery>().HasIndex(d => new { d.Status, d.NextAttemptAt });
+        model.Entity<WebhookDelivery>().HasIndex(d => new { d.EndpointId, d.CreatedAt });
     }
 }
 

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using TorchSharp;
 
 namespace AdapterService.Core.Torch;
@@ -5,10 +6,22 @@ namespace AdapterService.Core.Torch;
 /// <summary>
 /// Call <see cref="EnsureReady"/> before the first TorchSharp call of a process: on hosts whose libstdc++ is older
 /// than GCC 13 (Debian 12) it first fixes the version needs of the libLibTorchSharp.so this process will load.
-/// Where libstdc++ is new enough it changes nothing.
+/// Where libstdc++ is new enough it changes nothing. On Linux it also asks libtorch for transparent huge pages.
 /// </summary>
+/// <remarks>
+/// Huge pages: a training step frees and allocates gigabytes of activations, and glibc returns large blocks to the
+/// kernel when they are freed, so the next step maps them afresh and takes a page fault per 4 KB: 190,000-410,000
+/// faults a step on section 6's benchmark model (docs/BENCHMARKS.md), more in a process's first steps. What a fault
+/// costs depends on the machine (more in a virtual machine), a likely reason why the benchmark's MFU differed between
+/// machines of one kind. libtorch's <c>THP_MEM_ALLOC_ENABLE</c> aligns its allocations of 2 MB and more to 2 MB and
+/// marks them for transparent huge pages (<c>madvise</c>, honoured in the kernel's THP modes <c>madvise</c> and
+/// <c>always</c>); it is set here before the first tensor, unless the process was started with it (0 turns it off).
+/// glibc's <c>GLIBC_TUNABLES=glibc.malloc.hugetlb=1</c> does the same for the whole heap and cuts faults further, but
+/// it is read only when a process starts, so the launch settings and Docker images set it.
+/// </remarks>
 public static class TorchRuntime
 {
+    const string HugePages = "THP_MEM_ALLOC_ENABLE";
     static readonly Lock Gate = new();
     static bool ready;
 
@@ -26,6 +39,9 @@ public static class TorchRuntime
             if (OperatingSystem.IsLinux() && HostLibstdcxx.FirstOrDefault(File.Exists) is { } host)
                 foreach (var lib in TorchSharpLibraries())
                     ElfVersionFix.Apply(lib, host);
+            // .NET keeps its own copy of the environment: libtorch reads the C library's, so set it there.
+            if (OperatingSystem.IsLinux() && Environment.GetEnvironmentVariable(HugePages) is null)
+                SetEnv(HugePages, "1", 0);
             using (var probe = torch.ones(1)) { }   // loads the natives now, with a clear failure if they cannot load
             ready = true;
         }
@@ -43,4 +59,7 @@ public static class TorchRuntime
         ];
         return candidates.Where(File.Exists);
     }
+
+    [DllImport("libc", EntryPoint = "setenv")]
+    static extern int SetEnv(string name, string value, int overwrite);
 }

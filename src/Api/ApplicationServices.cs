@@ -58,6 +58,7 @@ public static class ApplicationServices
         services.AddSignalR();
         services.AddHostedService<JobEventRelay>();
         services.AddWebhooks(builder.Configuration);
+        services.AddSingleton<EvalRunSignal>().AddHostedService<EvalRunService>();   // eval runs, through this process's engine
         services.AddSingleton<HubKeys>().AddHostedService(sp => sp.GetRequiredService<HubKeys>());
         var inference = builder.Configuration.GetSection("Inference").Get<InferenceOptions>() ?? new InferenceOptions();
         services.AddBasePrecision(builder.Configuration);   // Models:Precision, shared with the trainer

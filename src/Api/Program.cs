@@ -11,6 +11,7 @@ app.UseApplication();
 var v1 = app.MapGroup("").RequireAuthorization(Auth.ProjectPolicy);   // a project's key (or the admin key) for every /v1 route
 v1.MapFilesApi();
 v1.MapFineTuningJobsApi();
+v1.MapEvalsApi();
 v1.MapCompletionsApi();
 v1.MapChatCompletionsApi();
 v1.MapTokenizeApi();

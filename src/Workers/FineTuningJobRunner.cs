@@ -50,13 +50,14 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
             if (Sweep.Of(job) is { } sweep)
             {
                 members = [.. sweep.Values.Select((_, m) => new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine),
-                    new TrainerStates(blobs, m), blobs, options.Value, stop, m))];
+                    new TrainerStates(blobs, m), blobs, options.Value, stop, sweepMember: m))];
                 session = members[0];
                 RunSweep(job, lease, baseModel, sweep, members, stop);
                 return;
             }
             var states = new TrainerStates(blobs);
-            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine), states, blobs, options.Value, stop);
+            session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine), states, blobs, options.Value, stop,
+                CheckpointScoring.For(job, db, blobs, engine, jobs));
             var result = Train(baseModel, session, stop);
             Succeed(job, lease, session.SaveAdapter(), result, states);
         }

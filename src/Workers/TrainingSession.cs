@@ -19,7 +19,7 @@ namespace AdapterService.Workers;
 /// hyperparameters, its own trainer states and checkpoints, and its events and metrics marked with the member.
 /// </summary>
 sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease lease, JobData files, TrainerStates states, IBlobStore blobs,
-    TrainingOptions options, CancellationTokenSource stop, int? sweepMember = null) : IFusedSession, IDisposable
+    TrainingOptions options, CancellationTokenSource stop, CheckpointScoring? scoring = null, int? sweepMember = null) : IFusedSession, IDisposable
 {
     // As the job was specified at creation: its adapter, and its learning rate from the multiplier (a sweep member's own).
     readonly (AdapterConfig Config, Hyperparameters Hp) spec = sweepMember is { } m
@@ -115,19 +115,27 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         }
     }
 
-    /// <summary>Saves the trained adapter as a blob and returns its row (registered when the job succeeds).</summary>
+    /// <summary>
+    /// Saves the trained adapter as a blob and returns its row (registered when the job succeeds). With an eval's
+    /// <c>keep_best</c>, the best checkpoint's weights are saved instead when that is not the last one.
+    /// </summary>
     public Adapter SaveAdapter()
     {
         var adapterId = "adapter-" + Ids.New();
         var temp = blobs.NewTempFolder();
-        adapter!.Save(temp);
-        files.WriteTrainedWith(temp);
+        if (scoring?.BestCheckpointFolder(Trainer?.Step ?? 0) is { } best)
+            foreach (var file in Directory.GetFiles(best)) File.Copy(file, Path.Combine(temp, Path.GetFileName(file)));
+        else
+        {
+            adapter!.Save(temp);
+            files.WriteTrainedWith(temp);
+        }
         var blobPath = BlobPaths.AdapterPath(adapterId);
         blobs.CommitFolder(temp, blobPath);
         return new Adapter
         {
             Id = adapterId, Name = fineTunedModel, BaseModel = job.Model, Method = job.AdapterType,
-            Config = job.AdapterConfig, ParameterCount = adapter.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
+            Config = job.AdapterConfig, ParameterCount = adapter!.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
             BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = JobLifecycle.Now(),
         };
     }
@@ -189,6 +197,8 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
                 valid_loss = valid?.Loss, valid_mean_token_accuracy = valid?.Accuracy,
             }),
         });
+        // The job's eval scores the checkpoint now, before training goes on (the fused group's other jobs wait for it).
+        scoring?.Score(p.Step, stop.Token);
     }
 
     /// <summary>Stops the run once the job is no longer running here: cancelled, paused, or its lease lost.</summary>

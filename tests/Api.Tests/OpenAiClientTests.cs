@@ -51,6 +51,22 @@ public sealed class OpenAiClientTests(ITestOutputHelper log)
         Assert.Contains("every call succeeded", output);
     }
 
+    /// <summary>
+    /// evals.mjs: OpenAI's Evals API through the official client: an eval over the base, two fine-tuned models and a
+    /// checkpoint in one call gives each model the counts, per-criterion results and samples of scoring it alone; a job
+    /// with an attached eval reports its scores per checkpoint (events and checkpoint metrics, keep_best); output items,
+    /// cancel, delete; bad input is a 4xx naming the field, and nothing runs for it.
+    /// </summary>
+    [Fact]
+    public async Task AnEvalOverSeveralModelsScoresEachAsAlone()
+    {
+        using var folder = new TempFolder("adapter-service-evals-");
+        await using var service = await ServiceProcess.StartAsync(folder.FullName);
+        var output = await RunAsync("evals.mjs", [$"{service.Http.BaseAddress}v1", folder.FullName], TimeSpan.FromMinutes(8));
+        log.WriteLine(output);   // per-checkpoint scores, each model's counts, the laps
+        Assert.Contains("every call succeeded", output);
+    }
+
     async Task<string> RunAsync(string script, string[] args, TimeSpan timeout)
     {
         Assert.True(Directory.Exists(Path.Combine(ClientDir, "node_modules", "openai")),

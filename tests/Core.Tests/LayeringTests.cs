@@ -21,7 +21,7 @@ public class LayeringTests
         ["Adapters"],          // adapter methods over the models
         ["Inference", "Exports"],   // Exports: other formats than Hugging Face's (GGUF)
         ["Grading"],           // graders (OpenAI's), a judge model served by the engine
-        ["Training"],          // trainers; reinforcement's rollouts run on the engine and are graded
+        ["Training", "Evals"], // trainers (reinforcement's rollouts run on the engine and are graded); eval runs, scored on the engine
         ["Pretraining"],
         ["Builtins"],          // the built-in bases: made, pre-trained and registered
         ["Jobs"],

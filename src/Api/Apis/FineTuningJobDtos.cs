@@ -44,9 +44,10 @@ public sealed class MethodRequest
 /// <param name="Method">OpenAI's newer form: {"type": "supervised", "supervised": {"hyperparameters": {...}}}, or "dpo" with a preference file (see docs/API.md).</param>
 /// <param name="Metadata">Up to 16 key-value pairs (keys up to 64 characters, values up to 512) to find the job by later.</param>
 /// <param name="ChatTemplate">Our extension: the Jinja chat template to train chat examples with, a name of the base model's templates or a template's source (default: the base's own). The fine-tuned model is served with it.</param>
+/// <param name="Eval">Our extension: an eval run on every checkpoint, {"id": "eval_...", "data_source": {a run's completions data source without a model}, "keep_best": "criterion name"}; with keep_best the fine-tuned model is the checkpoint with the highest mean grade on that criterion (see docs/API.md).</param>
 public sealed record CreateFineTuningJobRequest(
     string? Model, string? TrainingFile, string? ValidationFile, HyperparametersRequest? Hyperparameters, string? Suffix,
-    long? Seed, AdapterRequest? Adapter, MethodRequest? Method, Dictionary<string, string>? Metadata, string? ChatTemplate = null);
+    long? Seed, AdapterRequest? Adapter, MethodRequest? Method, Dictionary<string, string>? Metadata, string? ChatTemplate = null, JsonElement? Eval = null);
 
 
 public sealed record HyperparametersDto(int NEpochs, int BatchSize, double LearningRateMultiplier, int? EarlyStoppingPatience = null);
@@ -58,7 +59,7 @@ public sealed record FineTuningJobDto(
     IReadOnlyList<string> ResultFiles, string Status, string? ValidationFile, string TrainingFile, HyperparametersDto Hyperparameters,
     long? TrainedTokens, JobErrorDto? Error, long Seed, string? Suffix, long? EstimatedFinish, IReadOnlyDictionary<string, string>? Metadata,
     IReadOnlyList<object> Integrations, JsonObject Method, AdapterDto Adapter, long TrainingFileTokens, long EstimatedTrainedTokens,
-    string? ChatTemplate, [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] SweepDto? Sweep = null);
+    string? ChatTemplate, JsonElement? Eval = null, [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] SweepDto? Sweep = null);
 
 public sealed record JobEventDto(string Id, string Object, long CreatedAt, string Level, string Message, string Type, JsonElement? Data);
 
@@ -109,7 +110,8 @@ public static partial class FineTuningJobsApi
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
             Method(j, hp, pretraining),
             pretraining ? new AdapterDto(JobKinds.PretrainingType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(j.AdapterConfig)),
-            j.TrainingFileTokens, j.TrainingFileTokens * (sweep?.Values.Count ?? 1) * j.Epochs, j.ChatTemplate, sweep is null ? null : SweepOf(j, sweep, checkpoints ?? []));
+            j.TrainingFileTokens, j.TrainingFileTokens * (sweep?.Values.Count ?? 1) * j.Epochs, j.ChatTemplate,
+            j.EvalSettings is null ? null : JsonDocument.Parse(j.EvalSettings).RootElement, sweep is null ? null : SweepOf(j, sweep, checkpoints ?? []));
     }
 
     /// <summary>A sweep's members with their newest checkpoints' losses.</summary>

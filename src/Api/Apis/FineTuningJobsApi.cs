@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Adapters;
+using AdapterService.Core.Evals;
 using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
@@ -93,6 +94,15 @@ public static partial class FineTuningJobsApi
         // The cap first: reading and tokenizing a file costs far more than counting (a full project is refused cheaply).
         if (await ActiveJobsRefusalAsync(db, projectLimits.Value, cancel) is { } full) return full;
 
+        // An eval at every checkpoint: it runs on the checkpoints' adapters, so the base must be a language model.
+        EvalAttachment? eval = null;
+        if (request.Eval is { ValueKind: not JsonValueKind.Null } evalJson)
+        {
+            if (baseModel.Family == "vit") return OpenAiErrors.BadRequest($"eval needs a language model; {baseModel.Id} classifies images.", "eval");
+            try { eval = await EvalAttachment.CheckAsync(evalJson, db, blobs, projectLimits.Value.MaxTrainingExamples, cancel); }
+            catch (EvalException e) { return OpenAiErrors.Error(e.Status, e.Message, e.Param, e.Code); }
+        }
+
         // The files are checked from the facts stored at upload (and token counts stored per base); the specification
         // decides the rest, naming the first problem in the order the API always has.
         var training = await JobFiles.ReadAsync(db, blobs, request.TrainingFile, "training_file", baseModel, baseConfig, chatTemplate, cancel);
@@ -101,6 +111,9 @@ public static partial class FineTuningJobsApi
         var (spec, specError) = JobSpecification.Resolve(hyperparameters, config, baseConfig, training, validation,
             new JobLimits(limits.Value.MinExamples, projectLimits.Value.MaxTrainingTokens), objective);
         if (spec is null) return specError!.ToResult();
+        // A sweep scores its members by validation loss; evals at its members' checkpoints are not wired yet.
+        if (spec.Sweep is not null && eval is not null)
+            return OpenAiErrors.BadRequest("A sweep (learning_rate_multiplier as a list) scores its members by their validation loss; it cannot take an eval yet.", "eval");
         // An image classifier's new labels would give the adapter another classifier than the one it continues from.
         if (start is not null && !(spec.Adapter.Labels ?? []).SequenceEqual(config.Labels ?? []))
             return OpenAiErrors.BadRequest($"The training file's labels are not those of {start.Name}, whose classifier the job continues to train.", "training_file");
@@ -122,6 +135,7 @@ public static partial class FineTuningJobsApi
             AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(), ChatTemplate = chatTemplate,
             Objective = objective.Name, ObjectiveSettings = settings?.ToJsonString(), StartModel = start?.Name, StartAdapterPath = start?.BlobPath,
             Sweep = spec.Sweep?.ToJson(),
+            EvalSettings = eval?.ToJson(),
         };
         var notes = new List<string> { $"Created fine-tuning job: {job.Id}" + (start is null ? "" : $", continuing from {start.Name}"),
             $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)" };

@@ -11,7 +11,11 @@ public sealed class LimitsOptions
     public int RequestsPerMinute { get; set; } = 3000;
     /// <summary>Jobs a project may have validating, queued or running at once; creating one more answers 429.</summary>
     public int MaxActiveJobsPerProject { get; set; } = 16;
-    /// <summary>Examples (non-empty lines) a training or validation file may hold.</summary>
+    /// <summary>Eval runs a project may have queued or in progress at once; a create that would pass it answers 429.</summary>
+    public int MaxActiveEvalRunsPerProject { get; set; } = 16;
+    /// <summary>Evals a project may keep.</summary>
+    public int MaxEvalsPerProject { get; set; } = 1000;
+    /// <summary>Examples (non-empty lines) a training or validation file may hold; also the most items an eval run may score.</summary>
     public int MaxTrainingExamples { get; set; } = 100_000;
     /// <summary>Tokens of one epoch of a job's training file (after cutting examples to the context length).</summary>
     public long MaxTrainingTokens { get; set; } = 50_000_000;

@@ -17,6 +17,7 @@ public static class OpenApiDocumentFilters
     {
         ["Files"] = "Upload training and validation files (JSONL, or image folders as zip); OpenAI's files API.",
         ["Fine-tuning"] = "Fine-tuning jobs, their events and checkpoints; OpenAI's fine-tuning API plus the `adapter` extension.",
+        ["Evals"] = "OpenAI's Evals API: evals (item schema and testing criteria) and their runs over models, scored through the serving engine; `data_source.models` runs several models in one call.",
         ["Completions"] = "Text completions (OpenAI's legacy completions) and our batch of completions with per-row adapters.",
         ["Chat"] = "Chat completions with a base model, a fine-tuned model or a checkpoint, streamed or whole.",
         ["Models"] = "Base and fine-tuned models as OpenAI lists them; export as a Hugging Face folder or GGUF.",

@@ -47,15 +47,27 @@ public sealed class EngineJudge(InferenceEngine engine, ServiceDbContext db, IBl
 
     public async Task<string> ReplyAsync(string model, IReadOnlyList<JudgeMessage> messages, JudgeSampling sampling, CancellationToken cancel = default)
     {
-        var judge = await FindAsync(model, cancel) ?? throw new GraderException($"The judge model '{model}' does not exist or is not a language model.", "model");
-        var prompt = judge.Text.EncodeChat(ChatConversation.Of(messages.Select(m => (m.Role == "developer" ? "system" : m.Role, m.Content))), judge.Template);
-        int room = judge.Model.Base.ContextLength - prompt.Count;
-        if (room < 1) throw new GraderException($"The judge's prompt ({prompt.Count} tokens) fills the context of '{model}'.", "input");
-        var options = new SamplingOptions(Math.Min(sampling.MaxTokens ?? DefaultMaxTokens, room), sampling.Temperature ?? 0, sampling.TopP ?? 1, Seed: sampling.Seed);
+        var request = await RequestAsync(model, messages, sampling, RequestSource.Api, cancel);
         var reply = new StringBuilder();
-        await foreach (var chunk in engine.Generate(new GenerationRequest(judge.Model.Base.Id, judge.BaseFolder, judge.Model.AdapterKey, judge.AdapterFolder,
-                           prompt, options, judge.Text.Tokenizer, judge.Text.EosIds), cancel))
+        await foreach (var chunk in engine.Generate(request, cancel))
             reply.Append(chunk.Text);
         return reply.ToString();
+    }
+
+    /// <summary>
+    /// The engine request for <paramref name="model"/>'s reply to <paramref name="messages"/> (its chat template applied),
+    /// not yet queued: eval runs queue many of them before reading any. A model that is not there, or a prompt that fills
+    /// its context, is a <see cref="GraderException"/>.
+    /// </summary>
+    public async Task<GenerationRequest> RequestAsync(string model, IReadOnlyList<JudgeMessage> messages, JudgeSampling sampling,
+        RequestSource source, CancellationToken cancel = default)
+    {
+        var judge = await FindAsync(model, cancel) ?? throw new GraderException($"The model '{model}' does not exist or is not a language model.", "model");
+        var prompt = judge.Text.EncodeChat(ChatConversation.Of(messages.Select(m => (m.Role == "developer" ? "system" : m.Role, m.Content))), judge.Template);
+        int room = judge.Model.Base.ContextLength - prompt.Count;
+        if (room < 1) throw new GraderException($"The prompt ({prompt.Count} tokens) fills the context of '{model}'.", "input");
+        var options = new SamplingOptions(Math.Min(sampling.MaxTokens ?? DefaultMaxTokens, room), sampling.Temperature ?? 0, sampling.TopP ?? 1, Seed: sampling.Seed);
+        return new GenerationRequest(judge.Model.Base.Id, judge.BaseFolder, judge.Model.AdapterKey, judge.AdapterFolder,
+            prompt, options, judge.Text.Tokenizer, judge.Text.EosIds, Source: source);
     }
 }

@@ -70,6 +70,9 @@ public sealed partial class Template
 
     public IEnumerable<TemplatePath> ItemPaths => parts.OfType<TemplatePath>().Where(p => p.Namespace == "item");
 
+    /// <summary>Whether it refers to the sample (an eval's input messages may not: they are written before there is one).</summary>
+    public bool HasSampleReferences => parts.OfType<TemplatePath>().Any(p => p.Namespace == "sample");
+
     Template(string source, string param) => (Source, Param) = (source, param);
 
     /// <summary>Parses <paramref name="source"/>; a reference outside the item and sample namespaces is an error naming <paramref name="param"/>.</summary>

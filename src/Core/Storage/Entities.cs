@@ -130,6 +130,8 @@ public sealed class FineTuningJob
     public string? TraceParent { get; set; }
     /// <summary>A hyperparameter sweep's parameter and values as JSON (<see cref="Jobs.Sweep"/>); null for a job of one training.</summary>
     public string? Sweep { get; set; }
+    /// <summary>The eval run at every checkpoint (the request's <c>eval</c> object as validated, JSON); null when none.</summary>
+    public string? EvalSettings { get; init; }
 }
 
 /// <summary>One key-value pair of a job's user metadata (a table of its own, so list filters run in the database).</summary>
@@ -187,5 +189,70 @@ public sealed class Adapter
     /// <summary>SHA-256 of the adapter's files, to check a copy or an export against.</summary>
     public required string Sha256 { get; init; }
     public string? JobId { get; init; }
+    public long CreatedAt { get; init; }
+}
+
+/// <summary>An eval (OpenAI's Evals API): the shape of its items and its testing criteria (graders); its runs score models.</summary>
+public sealed class Eval
+{
+    public required string Id { get; init; }
+    public string ProjectId { get; init; } = Project.DefaultId;
+    public required string Name { get; set; }
+    /// <summary>The data source config as answered (<c>{"type": "custom", "schema": {...}}</c>), JSON.</summary>
+    public required string DataSourceConfig { get; init; }
+    /// <summary>The testing criteria as given (grader objects, each with its name), JSON.</summary>
+    public required string TestingCriteria { get; init; }
+    public string? Metadata { get; set; }
+    public long CreatedAt { get; init; }
+    /// <summary>Creation time in UTC ticks, for list paging.</summary>
+    public long Sequence { get; init; } = DateTime.UtcNow.Ticks;
+}
+
+public static class EvalRunStatus
+{
+    public const string Queued = "queued", InProgress = "in_progress", Completed = "completed", Failed = "failed", Canceled = "canceled";
+    public static bool IsFinished(string status) => status is Completed or Failed or Canceled;
+}
+
+/// <summary>One run of an eval: one model over the items of its data source. Runs created by one call share a <see cref="Group"/>.</summary>
+public sealed class EvalRun
+{
+    public required string Id { get; init; }
+    public required string EvalId { get; init; }
+    public string ProjectId { get; init; } = Project.DefaultId;
+    public required string Name { get; init; }
+    public required string Model { get; init; }
+    /// <summary>The runs created by one call, executed (and admitted to the engine) together.</summary>
+    public required string Group { get; init; }
+    public string Status { get; set; } = EvalRunStatus.Queued;
+    /// <summary>The data source as given, with <c>model</c> set to this run's model (JSON).</summary>
+    public required string DataSource { get; init; }
+    public string? Metadata { get; init; }
+    public int Total { get; set; }
+    public int Passed { get; set; }
+    public int Failed { get; set; }
+    public int Errored { get; set; }
+    /// <summary>Per criterion: name, passed, failed, and the mean grade (JSON array).</summary>
+    public string? PerCriteria { get; set; }
+    public string? ErrorCode { get; set; }
+    public string? ErrorMessage { get; set; }
+    /// <summary>The fine-tuning job whose checkpoint this run scores (evals at checkpoints); null for runs made through the API.</summary>
+    public string? JobId { get; init; }
+    public long CreatedAt { get; init; }
+    public long Sequence { get; init; } = DateTime.UtcNow.Ticks;
+}
+
+/// <summary>One item of a run: the item, the model's sample and each criterion's grade.</summary>
+public sealed class EvalOutputItem
+{
+    public required string Id { get; init; }
+    public required string RunId { get; init; }
+    public required string EvalId { get; init; }
+    /// <summary>The item's place in the data source (OpenAI's <c>datasource_item_id</c>).</summary>
+    public int ItemIndex { get; init; }
+    public required string Status { get; init; }
+    public required string Item { get; init; }
+    public required string Sample { get; init; }
+    public required string Results { get; init; }
     public long CreatedAt { get; init; }
 }

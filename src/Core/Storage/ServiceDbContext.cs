@@ -24,6 +24,9 @@ public abstract class ServiceDbContext(DbContextOptions options) : DbContext(opt
     public DbSet<FileTokenCount> FileTokenCounts => Set<FileTokenCount>();
     public DbSet<WebhookEndpoint> WebhookEndpoints => Set<WebhookEndpoint>();
     public DbSet<WebhookDelivery> WebhookDeliveries => Set<WebhookDelivery>();
+    public DbSet<Eval> Evals => Set<Eval>();
+    public DbSet<EvalRun> EvalRuns => Set<EvalRun>();
+    public DbSet<EvalOutputItem> EvalOutputItems => Set<EvalOutputItem>();
 
     protected override void OnModelCreating(ModelBuilder model)
     {
@@ -56,6 +59,12 @@ public abstract class ServiceDbContext(DbContextOptions options) : DbContext(opt
         // A project sees the counts of its own files only (and EF wants the dependent of a filtered row filtered too).
         model.Entity<FileTokenCount>().HasQueryFilter(c => ProjectScope == null || Files.Any(f => f.Id == c.FileId));
         model.Entity<FileTokenCount>().HasOne<StoredFile>().WithMany().HasForeignKey(c => c.FileId).OnDelete(DeleteBehavior.Cascade);
+        model.Entity<Eval>().HasQueryFilter(e => ProjectScope == null || e.ProjectId == ProjectScope);
+        model.Entity<Eval>().HasIndex(e => new { e.ProjectId, e.Sequence });
+        model.Entity<EvalRun>().HasQueryFilter(r => ProjectScope == null || r.ProjectId == ProjectScope);
+        model.Entity<EvalRun>().HasIndex(r => new { r.EvalId, r.Sequence });
+        model.Entity<EvalRun>().HasIndex(r => new { r.Status, r.Group });
+        model.Entity<EvalOutputItem>().HasIndex(i => new { i.RunId, i.ItemIndex });
         model.Entity<FileTokenCount>().HasOne<BaseModel>().WithMany().HasForeignKey(c => c.BaseModel).OnDelete(DeleteBehavior.Cascade);
         // Webhooks: a project sees its own endpoints; the sender finds due deliveries by status and time, the log by endpoint.
         model.Entity<WebhookEndpoint>().HasQueryFilter(e => ProjectScope == null || e.ProjectId == ProjectScope);

@@ -2,6 +2,7 @@ using AdapterService.Core.Jobs;
 using AdapterService.Core.Models;
 using AdapterService.Core.Pretraining;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Telemetry;
 using AdapterService.Core.Training;
 using Hangfire;
 using Microsoft.EntityFrameworkCore;
@@ -48,10 +49,11 @@ public sealed class PretrainingJobRunner(ServiceDbContext db, JobLifecycle jobs,
             temp = blobs.NewTempFolder();
             // In a training slot of its own, like a fine-tuning job that does not fuse.
             string folder = temp;
+            var processStats = new ProcessSampler();
             var pretrained = trainings.RunAlone(() => builtin.Pretrain(folder, p =>
             {
                 jobs.Progress(new ProgressMessage(jobId, p.Step, p.TotalSteps, Epoch: 1, p.Loss, p.Accuracy, p.ValidLoss, p.ValidAccuracy, p.LearningRate,
-                        p.ItemsPerSecond, p.EtaSeconds),
+                        p.ItemsPerSecond, p.EtaSeconds, Worker: processStats.Sample()),
                     $"Step {p.Step}/{p.TotalSteps}: training loss={p.Loss:0.0000}" + (p.ValidLoss is { } v ? $", validation loss={v:0.0000}" : ""));
                 // Cancelling is a status change in the database, as for fine-tuning.
                 if (!StillRunning(lease)) stop.Cancel();

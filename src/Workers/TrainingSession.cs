@@ -28,6 +28,8 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     // "Sweep member 2 (learning_rate_multiplier=1): " before a member's events.
     readonly string prefix = sweepMember is { } member ? $"Sweep {Sweep.Of(job)!.Label(member)}: " : "";
     readonly EarlyStopping stopping = new(job.EarlyStoppingPatience);
+    /// <summary>CPU and memory of this process between two reports, sent with each step's progress.</summary>
+    readonly ProcessSampler processStats = new();
     readonly string fineTunedModel = ModelNames.FineTuned(job.Model, job.Suffix, job.Id);
     TrainableAdapter? adapter;
     ObjectiveTrainer? run;
@@ -168,7 +170,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     void Report(TrainingProgress p, (double Loss, double Accuracy)? valid)
     {
         var progress = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.TrainAccuracy, valid?.Loss, valid?.Accuracy,
-            p.LearningRate, p.TokensPerSecond, p.EtaSeconds, adapter!.Statistics(), p.Metrics, sweepMember);
+            p.LearningRate, p.TokensPerSecond, p.EtaSeconds, adapter!.Statistics(), p.Metrics, processStats.Sample(), sweepMember);
         jobs.Progress(progress, prefix + $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}"
                                 + (valid is { } v ? $", validation loss={v.Loss:0.0000}, validation accuracy={v.Accuracy:0.0000}" : ""));
     }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text;
+using System.Text.Json;
 using System.Threading.Channels;
 using Xunit.Abstractions;
 
@@ -32,6 +33,51 @@ public sealed class DashboardTests(ITestOutputHelper log)
 
         await using var browser = Browser.Start(log, "tour", BaseUrl(service), training, Screenshots);
         await browser.FinishAsync(TimeSpan.FromMinutes(3));
+    }
+
+    [Fact]
+    public async Task TwoRunsAreComparedADpoJobShowsItsObjectiveAndAFileIsPreviewedBeforeTraining()
+    {
+        using var folder = new TempFolder("adapter-service-dashboard-compare-");
+        await using var service = await ServiceProcess.StartAsync(folder.FullName);
+        var http = service.Http;
+        var lines = Examples.Select(e => Api.ChatLine(e.Question, e.Answer)).ToList();
+        var training = await Api.UploadFileAsync(http, lines);
+        var validation = await Api.UploadFileAsync(http, lines.Take(4));
+        // Two runs that differ in rank, learning rate and seed (2 epochs of 3 batches: 6 steps each, a validation loss per epoch).
+        var a = await Api.CreateJobAsync(http, new
+        {
+            model = "tiny-llama-demo", training_file = training, validation_file = validation, seed = 1, suffix = "rank4",
+            hyperparameters = new { n_epochs = 2, batch_size = 4 }, adapter = new { type = "lora", rank = 4 },
+        });
+        var b = await Api.CreateJobAsync(http, new
+        {
+            model = "tiny-llama-demo", training_file = training, validation_file = validation, seed = 2, suffix = "rank8",
+            hyperparameters = new { n_epochs = 2, batch_size = 4, learning_rate_multiplier = 3 }, adapter = new { type = "lora", rank = 8 },
+        });
+        // A DPO job: its progress carries the reward margin and preference accuracy.
+        var pairs = await Api.UploadFileAsync(http, Examples.Select((e, i) => JsonSerializer.Serialize(new
+        {
+            input = new { messages = new[] { new { role = "user", content = e.Question } } },
+            preferred_output = new[] { new { role = "assistant", content = e.Answer } },
+            non_preferred_output = new[] { new { role = "assistant", content = Examples[(i + 1) % Examples.Length].Answer } },
+        })));
+        var dpo = await Api.CreateJobAsync(http, new
+        {
+            model = "tiny-llama-demo", training_file = pairs, seed = 3, suffix = "dpo",
+            method = new { type = "dpo", dpo = new { hyperparameters = new { n_epochs = 2, batch_size = 4 } } },
+        });
+        // The preview's file: one example longer than tiny-llama-demo's context of 512 tokens.
+        var preview = await Api.UploadFileAsync(http, [.. lines, Api.ChatLine("Tell me a long story.", string.Join(" ", Enumerable.Repeat("Once upon a time.", 80)))]);
+        var ids = new[] { a, b, dpo }.Select(j => (string)j["id"]!).ToList();
+        foreach (var id in ids)
+        {
+            var done = await Api.WaitForJobAsync(http, id, s => s is "succeeded" or "failed" or "cancelled", TimeSpan.FromMinutes(5));   // seconds each on an idle machine
+            Assert.True((string?)done["status"] == "succeeded", done.ToJsonString());
+        }
+
+        await using var browser = Browser.Start(log, "compare", BaseUrl(service), ids[0], ids[1], ids[2], preview, Screenshots);
+        await browser.FinishAsync(TimeSpan.FromMinutes(2));
     }
 
     [Fact]

@@ -57,6 +57,7 @@ public sealed class HttpFuzzTests(SecuredServiceFactory factory)
                 """),
             ("/tokenize", """{"model": "tiny-llama-demo", "prompt": "Hi there", "add_special_tokens": true}"""),
             ("/detokenize", """{"model": "tiny-llama-demo", "tokens": [260, 72, 105, 256]}"""),
+            ($"/v1/files/{fileId}/preview", """{"model": "tiny-llama-demo", "max_examples": 2, "chat_template": null}"""),
             ("/v1/completions/batch", """{"inputs": [{"model": "tiny-llama-demo", "prompt": "a", "max_tokens": 1}, {"model": "tiny-llama-demo", "prompt": "b", "max_tokens": 2}]}"""),
         ];
         string[] queries =

@@ -166,5 +166,17 @@ public class VisionApiTests(ServiceFactory factory)
         var sized = await Api.UploadFileAsync(client, Enumerable.Range(0, 10).Select(i => $"{{\"image\": \"{(i == 4 ? small : good)}\", \"label\": \"Bag\"}}"));
         var sizeError = await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/fine_tuning/jobs", new { model = Vit, training_file = sized }), 400, "training_file");
         Assert.Contains("Line 5: the image is 8×8", (string)sizeError["message"]!);
+
+        // The data preview (POST /v1/files/{id}/preview) counts an image file's labels; a language model refuses it, and the classifier a chat file.
+        var labelled = await Api.UploadFileAsync(client, Enumerable.Range(0, 7).Select(i => $"{{\"image\": \"{good}\", \"label\": \"{(i < 5 ? "Bag" : "Coat")}\"}}"));
+        var preview = await Api.JsonAsync(await client.PostAsJsonAsync($"/v1/files/{labelled}/preview", new { model = Vit, max_examples = 2 }));
+        Assert.Equal("image", (string?)preview["format"]);
+        Assert.Equal(5, (int)preview["label_counts"]!["Bag"]!);
+        Assert.Equal(2, (int)preview["label_counts"]!["Coat"]!);
+        Assert.Equal(["Bag", "Bag"], preview["data"]!.AsArray().Select(e => (string)e!["label"]!));
+        Assert.Equal("28x28", (string?)preview["data"]![0]!["image_size"]);
+        await Api.AssertErrorAsync(await client.PostAsJsonAsync($"/v1/files/{labelled}/preview", new { model = "tiny-llama-demo" }), 400, "model");
+        var wrong = await Api.AssertErrorAsync(await client.PostAsJsonAsync($"/v1/files/{chat}/preview", new { model = Vit }), 400, "model");
+        Assert.Contains("labelled images", (string)wrong["message"]!);
     }
 }

@@ -294,6 +294,38 @@ public sealed class WebhookRequestsTests(ServiceFactory factory)
         }
     }
 
+    /// <summary>An eval run that ends (here: cancelled through the API while in progress) queues its eval.run.* event once.</summary>
+    [Fact]
+    public async Task ACancelledEvalRunQueuesItsEventOnce()
+    {
+        string id = Ids.New();
+        var endpoint = new WebhookEndpoint
+        {
+            Id = "wh_" + id, ProjectId = Project.DefaultId, Url = "https://127.0.0.1:9/hook", Events = WebhookEvents.EvalRunCanceled,
+            ProtectedSecret = "unused: refused before signing", CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+        };
+        var eval = new Eval { Id = "eval_" + id, Name = "e", DataSourceConfig = "{}", TestingCriteria = "[]" };
+        // In progress already, so the service's executor never claims it: only the cancel below ends it.
+        var run = new EvalRun { Id = "evalrun_" + id, EvalId = eval.Id, Name = "r", Model = "tiny-llama-demo", Group = "g_" + id,
+            Status = EvalRunStatus.InProgress, DataSource = "{}" };
+        factory.Query(db => { db.WebhookEndpoints.Add(endpoint); db.Evals.Add(eval); db.EvalRuns.Add(run); return db.SaveChanges(); });
+        try
+        {
+            for (int i = 0; i < 2; i++)
+            {
+                var cancelled = await Api.JsonAsync(await client.PostAsync($"/v1/evals/{eval.Id}/runs/{run.Id}/cancel", null));
+                Assert.Equal("canceled", (string?)cancelled["status"]);
+            }
+            var queued = factory.Query(db => db.WebhookDeliveries.Where(d => d.EndpointId == endpoint.Id).ToList());
+            Assert.Equal((WebhookEvents.EvalRunCanceled, run.Id), (Assert.Single(queued).Type, queued[0].DataId));
+        }
+        finally
+        {
+            await client.DeleteAsync($"/v1/webhooks/{endpoint.Id}");
+            await client.DeleteAsync($"/v1/evals/{eval.Id}");
+        }
+    }
+
     [Fact]
     public void OnlyPublicAddressesOrAllowedNetworksMayBeReached()
     {

@@ -4,6 +4,10 @@
 //   node dashboard.mjs reconnect BASE_URL JOB_ID TOTAL_STEPS SCREENSHOT_DIR
 //     watches a running job; prints READY_TO_KILL, then DISCONNECTED once the page noticed; the caller restarts the
 //     service meanwhile; the page must catch up to the finished job with every step on the chart exactly once
+//   node dashboard.mjs compare BASE_URL JOB_A JOB_B DPO_JOB PREVIEW_FILE SCREENSHOT_DIR
+//     two finished runs ticked in the job list and compared (curves, settings diff, final figures, from their events);
+//     the DPO job's page shows its reward margin and preference accuracy; the new-job form previews a file with the
+//     model's chat template; the playground's completion mode streams from /v1/completions
 // Prints OK and exits 0 when every check passed.
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -114,7 +118,12 @@ async function tour([trainingFile, shots]) {
   const total = 60;
   const noFailure = (s) => assert.notEqual(s.status, "failed", s.log);
   const midway = await watch((s) => (s.status === "running" && s.steps.length >= 15) || s.status === "succeeded", { timeoutMs: 60_000, each: noFailure });
-  if (midway.status === "running") await shot(shots, "job-running.png");
+  if (midway.status === "running") {
+    // The worker's CPU and memory come with each step's progress.
+    await page.locator('[data-stat="Worker CPU"]', { hasText: /\d+ % of \d+ %/ }).waitFor();
+    assert.match(await page.locator('[data-stat="Worker memory"]').textContent(), /^\d+(\.\d)? (MiB|GiB)$/);
+    await shot(shots, "job-running.png");
+  }
   const finished = await watch((s) => s.status === "succeeded" && s.steps.length === total, { timeoutMs: 120_000, each: noFailure });
 
   const updates = await page.evaluate(() => window.__updates);
@@ -148,7 +157,7 @@ async function tour([trainingFile, shots]) {
   assert.deepEqual(streams.map((t) => t.split(";")[0]), ["text/event-stream", "text/event-stream"]);
   const answer = await page.locator("#answer-0").textContent();
   assert.ok(answer.length > 0, "the fine-tuned model answered");
-  assert.match(await page.locator("#answer-0-meta").textContent(), /^Finished \((stop|length)\): \d+ tokens/);
+  assert.match(await page.locator("#answer-0-meta").textContent(), /^Finished \((stop|length)\): [1-9]\d* tokens/);
   say(`answer ${JSON.stringify(answer)}`);
   await shot(shots, "playground.png");
 
@@ -204,8 +213,117 @@ async function reconnect([jobId, totalSteps, shots]) {
   await shot(shots, "reconnect.png");
 }
 
+/** A job's persisted metrics events, oldest first, read from the API as any client would. @param {string} jobId */
+async function metricsOf(jobId) {
+  const events = await (await page.request.get(`${baseUrl}/v1/fine_tuning/jobs/${jobId}/events?limit=1000`)).json();
+  return events.data.filter((e) => e.type === "metrics").reverse().map((e) => e.data);
+}
+
+/** The attribute of an element once it holds what wanted() accepts. @param {string} selector @param {string} name @param {(v: string) => boolean} wanted */
+async function attributeWhen(selector, name, wanted, timeout = 20_000) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await page.locator(selector).getAttribute(name).catch(() => null);
+    if (value !== null && wanted(value)) return value;
+    if (Date.now() > deadline) throw new Error(`${selector} ${name}=${JSON.stringify(value)} after ${timeout} ms`);
+    await sleep(100);
+  }
+}
+
+async function compare([jobA, jobB, dpoJob, previewFile, shots]) {
+  note("browser started");
+  // Two runs ticked in the job list.
+  await page.goto(`${baseUrl}/#/jobs`);
+  await page.locator(`#jobs tr[data-job="${dpoJob}"]`).waitFor();
+  await page.getByLabel(`Compare ${jobA}`).check();
+  await page.getByLabel(`Compare ${jobB}`).check();
+  await page.getByRole("button", { name: "Compare 2 selected runs" }).click();
+  await page.waitForURL(/#\/compare\?jobs=/);
+  await page.getByRole("heading", { name: "Compare runs" }).waitFor();
+
+  // Overlaid curves from the events: 6 training points and 2 validation points per run, in the order ticked.
+  const [a, b] = [await metricsOf(jobA), await metricsOf(jobB)];
+  assert.equal(a.length, 6);
+  const counts = await attributeWhen("#compare-chart", "data-points", (v) => v === "6,2,6,2");
+  assert.equal(counts, "6,2,6,2");
+  const labels = (await page.locator("#compare-chart").getAttribute("data-series")).split("|");
+  assert.deepEqual(labels.map((l) => l.replace(/ · \w+/, "")), ["rank4 training", "rank4 validation", "rank8 training", "rank8 validation"]);
+
+  // The settings diff marks what differs: rank, learning rate multiplier, seed; not the base model.
+  const row = (key) => page.locator(`#settings-table tr[data-key="${key}"]`);
+  await row("adapter.rank").waitFor();
+  assert.deepEqual(await row("adapter.rank").locator("td").allTextContents(), ["4", "8"]);
+  for (const key of ["adapter.rank", "seed", "method.supervised.hyperparameters.learning_rate_multiplier"]) {
+    assert.match(await row(key).getAttribute("class") ?? "", /differs/, key);
+  }
+  assert.equal(await row("model").getAttribute("class"), null);
+  assert.equal(await row("method.supervised.hyperparameters.n_epochs").getAttribute("class"), null);
+
+  // Final figures side by side, the API's own numbers.
+  const final = page.locator('#final-table tr[data-figure="Final training loss"] td');
+  assert.deepEqual((await final.evaluateAll((tds) => tds.map((td) => Number(td.getAttribute("data-value"))))), [a[5].train_loss, b[5].train_loss]);
+  const validLast = (m) => [...m].reverse().find((d) => d.valid_loss !== null && d.valid_loss !== undefined).valid_loss;
+  const valid = page.locator('#final-table tr[data-figure="Final validation loss"] td');
+  assert.deepEqual((await valid.evaluateAll((tds) => tds.map((td) => Number(td.getAttribute("data-value"))))), [validLast(a), validLast(b)]);
+  assert.equal(await page.locator("#final-table td.best").count() >= 1, true, "the better value of a figure is marked");
+  await shot(shots, "compare.png");
+  await page.getByLabel("Only differences").check();
+  assert.equal(await row("model").count(), 0);
+  note("compared");
+
+  // The DPO job's page: reward margin and preference accuracy over the steps, as the events report them.
+  await page.goto(`${baseUrl}/#/jobs/${dpoJob}`);
+  await page.locator("#objective").waitFor();
+  const names = await attributeWhen("#objective-chart", "data-names", (v) => v.includes("preference_accuracy"));
+  for (const name of ["reward_margin", "preference_accuracy", "chosen_reward", "rejected_reward"]) assert.ok(names.split(",").includes(name), names);
+  const dpoMetrics = await metricsOf(dpoJob);
+  const last = dpoMetrics[dpoMetrics.length - 1];
+  assert.equal(await page.locator('dd[data-objective="preference_accuracy"]').textContent(), last.objective.preference_accuracy.toFixed(4));
+  assert.equal(await page.locator('dd[data-objective="reward_margin"]').textContent(), last.objective.reward_margin.toFixed(4));
+  assert.equal(await page.locator("#objective-chart").getAttribute("data-points"), names.split(",").map(() => String(dpoMetrics.length)).join(","));
+  assert.match(await page.locator('[data-stat="Worker CPU"]').textContent(), /^\d+ % of \d+ %$/);
+  await page.locator("#objective").scrollIntoViewIfNeeded();
+  await shot(shots, "job-dpo.png");
+  note("dpo");
+
+  // The data preview: the file through tiny-llama-demo's chat template, its token counts and the example the context cuts.
+  await nav("New job").click();
+  await page.getByLabel("Base model").selectOption("tiny-llama-demo");
+  await page.locator(`#training-existing option[value="${previewFile}"]`).waitFor({ state: "attached" });
+  await page.getByLabel("…or a file already uploaded").first().selectOption(previewFile);
+  await page.getByRole("button", { name: "Preview the training data" }).click();
+  await page.locator("#preview-summary").waitFor();
+  assert.equal(await page.locator("#preview-truncated").getAttribute("data-count"), "1");
+  assert.match(await page.locator("#preview-summary").textContent(), /13 examples \(chat\)/);
+  assert.match(await page.locator("#preview-summary").textContent(), /line 13\)/);
+  const histogram = await page.locator("#token-histogram tbody td.number").allTextContents();
+  assert.equal(histogram.map(Number).reduce((x, y) => x + y, 0), 13);
+  const first = page.locator('.preview-example[data-line="1"]');
+  assert.match(await first.locator("pre").textContent(), /What color is the sky\?/);
+  assert.match(await first.locator("mark.trained").first().textContent(), /^Blue, on a clear day\./);
+  assert.doesNotMatch(await first.locator("mark.trained").allTextContents().then((t) => t.join("")), /sky/);
+  await page.locator("#new-job .preview-box").scrollIntoViewIfNeeded();
+  await shot(shots, "data-preview.png");
+  note("previewed");
+
+  // The playground's completion mode: the prompt as it is, streamed from /v1/completions.
+  await page.goto(`${baseUrl}/#/playground?model=tiny-llama-demo`);
+  await page.getByRole("heading", { name: "Playground" }).waitFor();
+  await page.getByRole("radio", { name: /Completion/ }).check();
+  await page.getByLabel("Prompt", { exact: true }).fill("What color is the sky?");
+  const streams = [];
+  page.on("response", (r) => { if (r.url().endsWith("/v1/completions")) streams.push(r.headers()["content-type"]); });
+  await page.getByLabel("Prompt", { exact: true }).press("Control+Enter");
+  await page.locator("section.answer[data-finish]").waitFor({ timeout: 60_000 });
+  assert.equal(await page.locator("section.answer").getAttribute("data-mode"), "completion");
+  assert.deepEqual(streams.map((t) => t.split(";")[0]), ["text/event-stream"]);
+  assert.match(await page.locator("#answer-0-meta").textContent(), /^Finished \((stop|length)\): [1-9]\d* tokens/);
+  await shot(shots, "playground-completion.png");
+}
+
 try {
   if (scenario === "tour") await tour(rest);
+  else if (scenario === "compare") await compare(rest);
   else if (scenario === "reconnect") await reconnect(rest);
   else throw new Error(`unknown scenario ${scenario}`);
   assert.deepEqual(pageErrors.map(String), [], "no uncaught errors in the page");

@@ -41,6 +41,7 @@ public static class FilesApi
         files.MapGet("/{fileId}", GetFile).WithName("retrieveFile").WithErrors(404).WithSummary("Retrieve a file's metadata");
         files.MapGet("/{fileId}/content", GetFileContent).WithName("downloadFile").Produces<Stream>(200, "application/octet-stream").WithErrors(404).WithSummary("Download a file's content");
         files.MapDelete("/{fileId}", DeleteFile).WithName("deleteFile").WithErrors(404, 409).WithSummary("Delete a file (refused while an unfinished job uses it)");
+        files.MapFilePreview();
         return app;
     }
 

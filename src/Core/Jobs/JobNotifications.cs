@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using System.Text.Json.Serialization.Metadata;
 using AdapterService.Core.Storage;
+using AdapterService.Core.Telemetry;
 
 namespace AdapterService.Core.Jobs;
 
@@ -10,12 +11,14 @@ namespace AdapterService.Core.Jobs;
 /// metrics event (snake_case, without the job id, which the event row holds) and pushed to SignalR clients as
 /// <c>progress</c> (camelCase) as it is. <see cref="ValidLoss"/> is set at the end of each epoch when the job has a
 /// validation file; <see cref="Adapter"/> holds what the adapter method reports (Lily's router weights, say), and
-/// <see cref="Objective"/> what the training objective measures beyond loss and accuracy (DPO's reward margin, say).
+/// <see cref="Objective"/> what the training objective measures beyond loss and accuracy (DPO's reward margin, say), and
+/// <see cref="Worker"/> the training process's CPU and memory at that step.
 /// </summary>
 public sealed record ProgressMessage(
     string JobId, int Step, int TotalSteps, int Epoch, double TrainLoss, double TrainMeanTokenAccuracy, double? ValidLoss,
     double? ValidMeanTokenAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds, object? Adapter = null,
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyDictionary<string, double>? Objective = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] WorkerStats? Worker = null,
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] int? SweepMember = null);
 
 /// <summary>A job's new status (<c>status</c> message); error set when it failed.</summary>

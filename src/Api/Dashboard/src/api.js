@@ -59,7 +59,8 @@ async function errorOf(response) {
  *   suffix: string | null, training_file: string, validation_file: string | null, trained_tokens: number | null,
  *   hyperparameters: { n_epochs: number, batch_size: number, learning_rate_multiplier: number, early_stopping_patience: number | null },
  *   adapter: { type: string, rank: number, alpha: number, dropout: number, target_modules: string[] },
- *   training_file_tokens: number, estimated_trained_tokens: number }} Job
+ *   training_file_tokens: number, estimated_trained_tokens: number, method: { type: string, [section: string]: any },
+ *   chat_template: string | null }} Job
  * @typedef {{ id: string, created_at: number, level: string, message: string, type: string, data: any }} JobEvent
  * @typedef {{ id: string, parent: string | null, description: string | null }} Model
  */
@@ -84,8 +85,17 @@ export async function listModels() {
  * @param {(chunk: any) => void} onChunk called with every parsed chunk
  * @param {AbortSignal} signal
  */
-export async function streamChat(request, onChunk, signal) {
-  const response = await fetch("/v1/chat/completions", {
+export const streamChat = (request, onChunk, signal) => streamEvents("/v1/chat/completions", request, onChunk, signal);
+
+/**
+ * Streams a text completion (text_completion chunks, then [DONE]): for bases without a chat template.
+ * @param {object} request the body, without "stream" @param {(chunk: any) => void} onChunk @param {AbortSignal} signal
+ */
+export const streamCompletion = (request, onChunk, signal) => streamEvents("/v1/completions", request, onChunk, signal);
+
+/** @param {string} path @param {object} request @param {(chunk: any) => void} onChunk @param {AbortSignal} signal */
+async function streamEvents(path, request, onChunk, signal) {
+  const response = await fetch(path, {
     method: "POST", signal,
     headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...authorization() },
     body: JSON.stringify({ ...request, stream: true }),

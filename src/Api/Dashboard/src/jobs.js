@@ -2,8 +2,10 @@
 // The job list, and one job's page: live chart over SignalR, event log, checkpoints.
 import { HubConnectionBuilder, HubConnectionState, LogLevel } from "@microsoft/signalr";
 import { api, apiKey } from "./api.js";
-import { byId, formatDuration, formatLoss, formatNumber, formatRate, formatTime, h, isFinished, replace, statusBadge, toast } from "./dom.js";
+import { byId, formatBytes, formatDuration, formatLoss, formatNumber, formatRate, formatTime, h, isFinished, replace, statusBadge, toast } from "./dom.js";
+import { LineChart, palette } from "./line-chart.js";
 import { LossChart } from "./loss-chart.js";
+import { formatObjective, objectiveMetric } from "./objective.js";
 import { MetricsSeries } from "./series.js";
 
 /** @typedef {import("./api.js").Job} Job @typedef {import("./api.js").JobEvent} JobEvent */
@@ -18,14 +20,24 @@ const pretraining = (job) => job.adapter.type === "pretraining";
 export function jobListView(main) {
   const body = h("tbody");
   const more = h("button", { type: "button", class: "secondary", hidden: true, onclick: () => load(true) }, "Load older jobs");
+  /** Jobs ticked for comparing, kept across the list's reloads. @type {Set<string>} */
+  const selected = new Set();
+  const compare = h("button", { type: "button", id: "compare-selected", class: "secondary", disabled: true,
+    onclick: () => { location.hash = `#/compare?jobs=${[...selected].join(",")}`; } }, "Compare selected runs");
+  const updateCompare = () => {
+    compare.disabled = selected.size < 2;
+    compare.textContent = selected.size ? `Compare ${selected.size} selected runs` : "Compare selected runs";
+  };
   replace(main,
     h("div", { class: "page-head" },
       h("h1", { tabindex: -1 }, "Fine-tuning jobs"),
+      compare,
       h("a", { class: "button", href: "#/new" }, "New job")),
     h("div", { class: "table-wrap" },
       h("table", { id: "jobs" },
         h("caption", { class: "visually-hidden" }, "Fine-tuning jobs, newest first"),
-        h("thead", null, h("tr", null, ...["Job", "Status", "Base model", "Fine-tuned model", "Method", "Created", "Duration"].map((c) => h("th", { scope: "col" }, c)))),
+        h("thead", null, h("tr", null, h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Compare")),
+          ...["Job", "Status", "Base model", "Fine-tuned model", "Method", "Created", "Duration"].map((c) => h("th", { scope: "col" }, c)))),
         body)),
     more);
 
@@ -51,17 +63,22 @@ export function jobListView(main) {
       }
       render();
     } catch (e) {
-      replace(body, h("tr", null, h("td", { colspan: 7, class: "error" }, `Could not load the jobs: ${/** @type {Error} */ (e).message}`)));
+      replace(body, h("tr", null, h("td", { colspan: 8, class: "error" }, `Could not load the jobs: ${/** @type {Error} */ (e).message}`)));
     }
   }
 
   function render() {
     more.hidden = !hasMore;
     if (!jobs.length) {
-      replace(body, h("tr", null, h("td", { colspan: 7, class: "empty" }, "No jobs yet. ", h("a", { href: "#/new" }, "Start one"), ".")));
+      replace(body, h("tr", null, h("td", { colspan: 8, class: "empty" }, "No jobs yet. ", h("a", { href: "#/new" }, "Start one"), ".")));
       return;
     }
     replace(body, ...jobs.map((job) => h("tr", { "data-job": job.id },
+      h("td", null, h("input", { type: "checkbox", "aria-label": `Compare ${job.id}`, checked: selected.has(job.id),
+        onchange: (/** @type {Event} */ e) => {
+          if (/** @type {HTMLInputElement} */ (e.target).checked) selected.add(job.id); else selected.delete(job.id);
+          updateCompare();
+        } })),
       h("th", { scope: "row" }, h("a", { href: `#/jobs/${job.id}` }, h("code", null, job.id))),
       h("td", null, statusBadge(job.status)),
       h("td", null, job.model),
@@ -111,6 +128,7 @@ class JobPage {
   constructor(main, jobId) {
     this.jobId = jobId;
     this.canvas = h("canvas", { id: "loss-chart", role: "img", "aria-label": "Training chart: no steps yet", "data-steps": "" });
+    this.objectiveCanvas = h("canvas", { id: "objective-chart", role: "img", "aria-label": "Objective chart: no steps yet" });
     this.events = h("ol", { id: "events", class: "events hide-metrics", "aria-label": "Event log, newest first" });
     replace(main,
       h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / ", h("code", null, jobId)),
@@ -125,6 +143,12 @@ class JobPage {
         h("progress", { id: "job-progress", max: 1, value: 0, "aria-label": "Steps done" }),
         h("dl", { id: "stats", class: "stats" }),
         h("div", { class: "chart-box" }, this.canvas)),
+      // DPO's rewards, margin and preference accuracy, or GRPO's rewards and KL: shown once the progress carries them.
+      h("section", { class: "card", id: "objective", "aria-labelledby": "objective-title", hidden: true },
+        h("h2", { id: "objective-title" }, "Objective"),
+        h("p", { id: "objective-lead", class: "lead" }),
+        h("dl", { id: "objective-stats", class: "stats" }),
+        h("div", { class: "chart-box" }, this.objectiveCanvas)),
       h("div", { class: "columns" },
         h("section", { class: "card", "aria-labelledby": "details-title" },
           h("h2", { id: "details-title" }, "Details"), h("dl", { id: "job-details", class: "details" })),
@@ -203,6 +227,7 @@ class JobPage {
     clearInterval(this.pollTimer);
     this.connection?.stop();
     this.chart.destroy();
+    this.objectiveChart?.destroy();
   }
 
   /** @param {any} m a SignalR "progress" message */
@@ -291,6 +316,40 @@ class JobPage {
   renderCurve() {
     this.chart.update(this.series.points, this.series.latest?.totalSteps ?? null);
     this.renderStats();
+    this.renderObjective();
+  }
+
+  /** @type {LineChart | undefined} */
+  objectiveChart;
+
+  /** The objective's figures of the latest step and their curves (created once the card is visible, so it has a size). */
+  renderObjective() {
+    const names = this.series.objectiveNames;
+    if (!names.length) return;
+    const card = byId("objective");
+    if (card.hidden) {
+      card.hidden = false;
+      this.objectiveChart = new LineChart(this.objectiveCanvas, {
+        left: "Reward, margin, KL", right: "Accuracy, grader reward", rightRange: [0, 1],
+        describe: (series) => `Objective chart: ${series.map((s) => `${s.label} over ${s.points.length} steps`).join("; ")}`,
+      });
+    }
+    const type = this.job?.method?.type;
+    byId("objective-lead").textContent = type === "dpo"
+      ? "DPO: each answer's implicit reward is β times its log-probability ratio to the reference model; the margin is chosen minus rejected, and the accuracy how often the chosen answer's reward is higher."
+      : type === "reinforcement"
+        ? "Reinforcement (GRPO): the grader's mean reward of the sampled answers, their spread within each prompt's group, the KL to the starting model, and the held-out reward at each evaluation."
+        : "What the training objective measures at each step.";
+    const charted = names.filter((n) => objectiveMetric(n).axis !== null);
+    this.objectiveChart?.update(charted.map((name, i) => {
+      const metric = objectiveMetric(name);
+      return { label: metric.label, points: this.series.objectiveSeries(name), color: palette[i % palette.length],
+        axis: metric.axis ?? "left", markers: metric.markers, dashed: metric.axis === "right" };
+    }));
+    this.objectiveCanvas.dataset.names = charted.join(",");
+    const latest = (/** @type {string} */ name) => { const s = this.series.objectiveSeries(name); return s[s.length - 1]?.y; };
+    replace(byId("objective-stats"), ...names.map((name) => h("div", null,
+      h("dt", null, objectiveMetric(name).label), h("dd", { "data-objective": name }, formatObjective(latest(name))))));
   }
 
   renderStats() {
@@ -307,6 +366,9 @@ class JobPage {
       ["Validation loss", formatLoss(validLoss)],
       ["Learning rate", formatRate(p?.learningRate)],
       ["Tokens/s", p ? formatNumber(Math.round(p.tokensPerSecond)) : "—"],
+      // The training process at the latest step (shared by the jobs it trains together).
+      ["Worker CPU", p?.worker ? `${Math.round(p.worker.cpuPercent)} % of ${p.worker.cpuCount * 100} %` : "—"],
+      ["Worker memory", p?.worker ? formatBytes(p.worker.memoryBytes) : "—"],
       ["ETA", status === "running" && p ? formatDuration(p.etaSeconds) : status && isFinished(status) ? "done" : "—"],
     ];
     replace(byId("stats"), ...stats.map(([term, value]) => h("div", null, h("dt", null, term), h("dd", { "data-stat": term }, value))));
@@ -325,6 +387,7 @@ class JobPage {
     if (job.status === "paused") actions.push(["Resume", "resume", "secondary"]);
     if (!isFinished(job.status)) actions.push(["Cancel", "cancel", "danger"]);
     replace(byId("job-actions"), ...actions.map(([label, verb, kind]) => h("button", { type: "button", class: kind, onclick: () => this.act(verb) }, label)),
+      h("a", { class: "button secondary", href: `#/compare?jobs=${job.id}` }, "Compare with other runs"),
       job.fine_tuned_model && job.status === "succeeded"
         ? h("a", { class: "button", id: "open-playground", href: `#/playground?model=${encodeURIComponent(job.fine_tuned_model)}` }, "Open in playground") : null);
     const a = job.adapter, hp = job.hyperparameters;
@@ -334,6 +397,7 @@ class JobPage {
       ...(pretraining(job)
         ? [["Method", "Pre-training of a built-in base model: every weight, from random (its settings are in the model's description)"]]
         : [
+          ["Objective", job.method?.type ?? "supervised"],
           ["Method", `${a.type.toUpperCase()}: rank ${a.rank}, alpha ${a.alpha}, dropout ${a.dropout}`],
           ["Target modules", a.target_modules.join(", ")],
           ["Hyperparameters", `${hp.n_epochs} epochs, batch size ${hp.batch_size}, learning rate × ${hp.learning_rate_multiplier}` +
@@ -348,6 +412,7 @@ class JobPage {
     ];
     replace(byId("job-details"), ...details.map(([term, value]) => h("div", null, h("dt", null, term), h("dd", null, value))));
     this.renderStats();
+    this.renderObjective();   // its description depends on the job's method
   }
 
   /** @param {string} verb */

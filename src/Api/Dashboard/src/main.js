@@ -1,7 +1,8 @@
 // @ts-check
-// The dashboard's entry point: a hash router over the views (#/jobs, #/jobs/{id}, #/new, #/adapters, #/playground).
+// The dashboard's entry point: a hash router over the views (#/jobs, #/jobs/{id}, #/compare, #/new, #/adapters, #/playground).
 import { adaptersView } from "./adapters.js";
 import { apiKey, setApiKey } from "./api.js";
+import { compareView } from "./compare.js";
 import { byId } from "./dom.js";
 import { jobListView, jobView } from "./jobs.js";
 import { newJobView } from "./new-job.js";
@@ -11,6 +12,7 @@ import { playgroundView } from "./playground.js";
 const routes = [
   [/^\/jobs\/([\w-]+)$/, "jobs", "Job", (main, m) => jobView(main, m[1])],
   [/^\/jobs$/, "jobs", "Jobs", (main) => jobListView(main)],
+  [/^\/compare$/, "compare", "Compare runs", (main, _, query) => compareView(main, query)],
   [/^\/new$/, "new", "New job", (main) => newJobView(main)],
   [/^\/adapters$/, "adapters", "Adapters", (main) => adaptersView(main)],
   [/^\/playground$/, "playground", "Playground", (main, _, query) => playgroundView(main, query)],

@@ -1,5 +1,6 @@
 // @ts-check
-// The "new job" form: uploads the files (POST /v1/files), then creates the job (POST /v1/fine_tuning/jobs).
+// The "new job" form: uploads the files (POST /v1/files), previews the training data with the chosen base model
+// (POST /v1/files/{id}/preview), then creates the job (POST /v1/fine_tuning/jobs).
 import { api, ApiError, listModels } from "./api.js";
 import { byId, formatBytes, formatTime, h, replace } from "./dom.js";
 
@@ -54,6 +55,12 @@ export function newJobView(main) {
         field("suffix", "Suffix", input({ type: "text", maxlength: 64, pattern: "[A-Za-z0-9_-]{1,64}", spellcheck: false, autocomplete: "off" }),
           "Part of the model's name: ft:base:suffix:job."),
         field("seed", "Seed", input({ type: "number", min: 0, max: 2147483647, step: 1, placeholder: "random" })))),
+    h("section", { class: "preview-box", "aria-labelledby": "preview-title" },
+      h("div", { class: "section-head" },
+        h("h2", { id: "preview-title" }, "Data preview"),
+        h("button", { type: "button", id: "preview-data", class: "secondary", onclick: () => preview() }, "Preview the training data")),
+      h("p", { class: "hint" }, "The first examples as the base model will see them, rendered with its chat template; the trained part is highlighted."),
+      h("div", { id: "data-preview", "aria-live": "polite" })),
     h("details", { class: "request" }, h("summary", null, "The API request this form sends"), h("pre", null, h("code", { id: "request-preview" }))),
     h("p", { id: "form-error", class: "error", role: "alert", hidden: true }),
     h("div", { class: "actions" },
@@ -116,16 +123,23 @@ function jobRequest(trainingFile, validationFile) {
   };
 }
 
+/** Files of this page already uploaded (by a preview), so the job reuses them. @type {WeakMap<File, string>} */
+const uploaded = new WeakMap();
+
 /** Uploads the chosen file, or returns the id of the one picked from the list. @param {string} inputId @param {string} selectId */
 async function fileId(inputId, selectId) {
   const file = /** @type {HTMLInputElement} */ (byId(inputId)).files?.[0];
   if (!file) return value(selectId) || null;
+  const known = uploaded.get(file);
+  if (known) return known;
   byId("form-progress").textContent = `Uploading ${file.name}…`;
   const form = new FormData();
   form.append("purpose", "fine-tune");
   form.append("file", file);
   try {
-    return (await api("/v1/files", { method: "POST", form })).id;
+    const id = (await api("/v1/files", { method: "POST", form })).id;
+    uploaded.set(file, id);
+    return id;
   } catch (e) {
     if (e instanceof ApiError) e.param = inputId === "training-file" ? "training_file" : "validation_file";
     throw e;
@@ -166,4 +180,69 @@ function showError(message, param = null) {
     control.setAttribute("aria-invalid", "true");
     control.focus();
   }
+}
+
+/** Asks the API how the training file looks to the chosen base model, and shows it. */
+async function preview() {
+  const button = /** @type {HTMLButtonElement} */ (byId("preview-data"));
+  const box = byId("data-preview");
+  button.disabled = true;
+  showError(null);
+  try {
+    const training = await fileId("training-file", "training-existing");
+    if (!training) throw new ApiError("Choose a training file to upload, or one already uploaded.", 400, "training_file");
+    replace(box, h("p", { class: "hint" }, "Reading the file…"));
+    const result = await api(`/v1/files/${training}/preview`, { method: "POST", json: { model: value("base-model"), max_examples: 3 } });
+    replace(box, ...renderPreview(result));
+  } catch (e) {
+    const error = /** @type {ApiError} */ (e);
+    replace(box);
+    showError(error.message, error.param === "id" ? "training_file" : error.param);
+  } finally {
+    button.disabled = false;
+    const progress = document.getElementById("form-progress");
+    if (progress) progress.textContent = "";
+  }
+}
+
+/**
+ * A bar chart as a table: one row per bin or label, its count and a bar (the numbers stay readable without the bars).
+ * @param {string} id @param {string} caption @param {string} head @param {[string, number, string?][]} rows label, count, a note
+ */
+function barTable(id, caption, head, rows) {
+  const most = Math.max(1, ...rows.map(([, n]) => n));
+  return h("table", { id, class: "bars" },
+    h("caption", null, caption),
+    h("thead", null, h("tr", null, h("th", { scope: "col" }, head), h("th", { scope: "col" }, "Examples"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Bar")))),
+    h("tbody", null, ...rows.map(([label, n, note]) => h("tr", { class: note ? "over" : null }, h("th", { scope: "row" }, label, note ? h("span", { class: "hint" }, ` ${note}`) : null),
+      h("td", { class: "number" }, n),
+      h("td", { class: "bar-cell" }, n ? h("span", { class: "bar", style: `width: ${(100 * n / most).toFixed(1)}%` }) : null)))));
+}
+
+/** @param {any} p the preview's answer @returns {HTMLElement[]} */
+function renderPreview(p) {
+  const out = [];
+  if (p.label_counts) {
+    out.push(h("p", { id: "preview-summary" }, `${p.examples} labelled images, ${Object.keys(p.label_counts).length} labels.`));
+    out.push(barTable("label-counts", "Images per label", "Label", Object.entries(p.label_counts)));
+    out.push(h("ol", { class: "preview-examples" }, ...p.data.map((/** @type {any} */ e) =>
+      h("li", { "data-line": e.line }, `Line ${e.line}: “${e.label}”, ${e.image_size.replace("x", "×")} pixels`))));
+    return out;
+  }
+  const counts = p.token_counts;
+  out.push(h("p", { id: "preview-summary" },
+    `${p.examples} examples (${p.format.replace("_", "/")}); `,
+    counts ? `${counts.min}–${counts.max} tokens each, ${counts.mean} on average` : "", counts && counts.counted < p.examples ? ` (of the first ${counts.counted})` : "", ". ",
+    h("strong", { id: "preview-truncated", "data-count": p.truncated, class: p.truncated ? "warn-text" : null },
+      p.truncated ? `${p.truncated} longer than the context of ${p.context_length} tokens would be cut` : `None is longer than the context of ${p.context_length} tokens`),
+    p.truncated ? ` (line${p.truncated > 1 ? "s" : ""} ${p.truncated_lines.join(", ")}${p.truncated > p.truncated_lines.length ? ", …" : ""}).` : "."));
+  if (counts) out.push(barTable("token-histogram", "Tokens per example", "Tokens", counts.histogram.map((/** @type {any} */ b) =>
+    /** @type {[string, number, string?]} */ ([`${b.from}–${b.to}`, b.count, b.to > p.context_length ? (b.from >= p.context_length ? "cut" : "partly cut") : undefined]))));
+  const sideNames = p.format === "preference" ? ["Chosen", "Rejected"] : [];
+  out.push(h("div", { class: "preview-examples" }, ...p.data.map((/** @type {any} */ e) => h("article", { class: "preview-example", "data-line": e.line },
+    h("h3", null, `Line ${e.line}`),
+    ...e.sequences.map((/** @type {any} */ s, /** @type {number} */ i) => h("div", null,
+      h("p", { class: "hint" }, sideNames[i] ? `${sideNames[i]}: ` : "", `${s.tokens} tokens, ${s.trained_tokens} trained`, s.truncated ? ", cut to the context" : ""),
+      h("pre", { class: "rendered" }, ...s.segments.map((/** @type {any} */ g) => g.trained ? h("mark", { class: "trained", title: "trained on" }, g.text) : g.text))))))));
+  return out;
 }

@@ -11,8 +11,9 @@
 //   --constrained  constrained (json_schema) vs free decoding through the engine, and the mask's cost on Qwen 3's vocabulary
 //   --latency      benchmark 5: time to first token and between tokens at 1/8/32/64 streams
 //   --prefix       32 requests sharing a 512-token system prompt, with and without a prefix cache
-//   dotnet run -c Release --project benchmarks -- --vision [--quick]
-// runs only the built-in ViT's transfer benchmark (needs dataset-fashion-mnist) and writes benchmarks/results/vision.md.
+//   dotnet run -c Release --project benchmarks -- --vision [--quick] [--tuned]
+// runs only the built-in ViT's transfer benchmark (needs dataset-fashion-mnist) and writes benchmarks/results/vision.md
+// (--tuned: each method's learning rate chosen from 3 on a validation split first, benchmarks/results/vision-tuned.md).
 //   dotnet run -c Release --project benchmarks -- --language-model [--quick]
 // pre-trains the built-in language model with its default settings (needs fortunes), reports the loss curve and sample
 // generations, and writes benchmarks/results/language-model.md.
@@ -44,8 +45,9 @@ if (args.Contains("--vision"))
     Line($"# Vision benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
     Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
     Line("");
-    new VisionTransfer(quick).Run(Line);
-    Save("vision.md");
+    bool tuned = args.Contains("--tuned");
+    new VisionTransfer(quick, tuned).Run(Line);
+    Save(tuned ? "vision-tuned.md" : "vision.md");
     return;
 }
 

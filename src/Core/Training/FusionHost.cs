@@ -75,6 +75,44 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency, double checkpo
         return joiner.Done.Task.GetAwaiter().GetResult();
     }
 
+    /// <summary>
+    /// Trains the members of one job (a sweep's, <see cref="Jobs.Sweep"/>) in one group over one copy of the base: they
+    /// join a group with room for all of them at once, or start one (a sweep larger than <see cref="MaxFusedJobs"/> gets a
+    /// group of its own). Blocks until every member's run ended and returns each one's result or the error that ended it;
+    /// one member failing never stops the others. <paramref name="waiting"/> is asked while they wait for a place.
+    /// </summary>
+    public IReadOnlyList<(TrainingResult? Result, Exception? Error)> TrainTogether(string baseKey, Func<CausalLanguageModel> load,
+        IReadOnlyList<IFusedSession> sessions, Func<bool> waiting, CancellationToken cancel)
+    {
+        var joiners = sessions.Select(s => new Joiner(s, cancel)).ToList();
+        WaitFor(() =>
+        {
+            if (groups.FirstOrDefault(g => g.Key == baseKey && g.Size + joiners.Count <= MaxFusedJobs) is not { } group)
+            {
+                if (running >= Concurrency) return false;
+                running++;
+                group = new Group(this, baseKey, load);
+                groups.Add(group);
+                group.Joining.AddRange(joiners);
+                group.Start();
+                return true;
+            }
+            group.Joining.AddRange(joiners);
+            return true;
+        }, waiting, cancel);
+        return joiners.Select(j =>
+        {
+            try
+            {
+                return (j.Done.Task.GetAwaiter().GetResult(), (Exception?)null);
+            }
+            catch (Exception e)
+            {
+                return ((TrainingResult?)null, e);
+            }
+        }).ToList();
+    }
+
     /// <summary>Runs a training that does not fuse (an image classifier's, or with fusion off) in a slot of its own.</summary>
     public T RunAlone<T>(Func<T> train, Func<bool> waiting, CancellationToken cancel)
     {

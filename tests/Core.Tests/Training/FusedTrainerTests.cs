@@ -2,6 +2,8 @@ using AdapterService.Core.Adapters;
 using System.Text.Json;
 using AdapterService.Core.Data;
 using AdapterService.Core.Grading;
+using AdapterService.Core.Jobs;
+using AdapterService.Core.Storage;
 using AdapterService.Core.Models;
 using AdapterService.Core.Text;
 using AdapterService.Core.Torch;
@@ -59,14 +61,15 @@ public sealed class FusedTrainerTests
     static readonly Lazy<List<Dictionary<string, Tensor>>> LoraAlone = new(() => Alone(LoraJobs));
 
     /// <summary>Each job trained alone, its adapter's parameters afterwards (kept beyond any dispose scope).</summary>
-    static List<Dictionary<string, Tensor>> Alone(IReadOnlyList<Job> jobs, Func<LlamaForCausalLM>? create = null)
+    static List<Dictionary<string, Tensor>> Alone(IReadOnlyList<Job> jobs, Func<LlamaForCausalLM>? create = null, Func<int, List<TokenizedExample>>? data = null)
     {
         using var model = (create ?? (() => Create()))();
         var result = new List<Dictionary<string, Tensor>>();
         for (int j = 0; j < jobs.Count; j++)
         {
             var adapters = new List<TrainableAdapter>();
-            using var trainer = NewTrainer(model, jobs[j], j, adapters);
+            using var trainer = data is null ? NewTrainer(model, jobs[j], j, adapters) : new LanguageModelTrainer(model,
+                adapters.AddAndReturn(TrainableAdapter.Create(model, jobs[j].Config, seed: jobs[j].Seed)), data(j), jobs[j].Hp, ByteTokenizer.End, jobs[j].Seed);
             trainer.Run(_ => { }, CancellationToken.None);
             result.Add(Weights(adapters[0]));
             TrainableAdapter.Detach(model);
@@ -185,6 +188,34 @@ public sealed class FusedTrainerTests
         for (int j = 0; j < jobs.Length; j++) AssertSame(alone[j], fused[j], $"{jobs[j].Config.Method} job {j} on phi3");
         Assert.Contains(fused[0].Keys, k => k.Contains("qkv_proj"));
         Assert.Contains(fused[2].Keys, k => k.Contains("gate_up_proj"));
+    }
+
+    /// <summary>
+    /// A learning-rate sweep (<see cref="Sweep"/>): its members share the job's adapter config, seed and data and differ
+    /// only in the rate <see cref="Sweep.HyperparametersOf"/> gives them. Fused, each member must train the adapter it
+    /// trains alone with that rate, and the members must differ (each really used its own rate).
+    /// </summary>
+    [Fact]
+    public void ASweepsMembersFusedTrainWhatEachTrainsAloneWithItsRate()
+    {
+        using var scope = NewDisposeScope();
+        var sweep = new Sweep(Sweep.LearningRateMultiplier, [0.5, 1, 2]);
+        var job = new FineTuningJob
+        {
+            Id = "ftjob-sweep", Model = "tiny", TrainingFile = "file-x", Epochs = 2, BatchSize = 2, LearningRateMultiplier = 0.5, Seed = 7,
+            AdapterType = "lora", AdapterConfig = "{}", Sweep = sweep.ToJson(),
+        };
+        var config = new LoraConfig { Rank = 4, Alpha = 8, Dropout = 0.1, TargetModules = ["all-linear"] };
+        var members = Enumerable.Range(0, 3).Select(m => new Job(config, 6, Sweep.Of(job)!.HyperparametersOf(job, m), job.Seed)).ToList();
+        Assert.Equal([0.002, 0.004, 0.008], members.Select(m => m.Hp.LearningRate));
+
+        var alone = Alone(members, data: _ => Examples(0, 6));
+        var (fused, errors, mostFused) = Fused(members, data: _ => Examples(0, 6));
+        Assert.Equal(3, mostFused);
+        Assert.All(errors, Assert.Null);
+        for (int m = 0; m < members.Count; m++) AssertSame(alone[m], fused[m], $"member {m}");
+        foreach (var (a, b) in new[] { (0, 1), (1, 2) })
+            Assert.True(fused[a].Keys.Max(k => (fused[a][k] - fused[b][k]).abs().max().item<float>()) > 1e-3, $"members {a} and {b} trained alike");
     }
 
     [Fact]

@@ -37,6 +37,11 @@ public static class ApplicationServices
         services.AddProblemDetails();
         services.Configure<FileLimits>(builder.Configuration.GetSection("Files"));
         services.Configure<FineTuningLimits>(builder.Configuration.GetSection("FineTuning"));
+        services.Configure<QuotaOptions>(builder.Configuration.GetSection("Quotas"));   // storage per project; the workers read them too
+        services.Configure<ExportOptions>(builder.Configuration.GetSection("Exports"));
+        services.AddSingleton<ExportSlots>();
+        services.Configure<RetentionOptions>(builder.Configuration.GetSection("Retention"));
+        services.AddHostedService<RetentionService>();
         var maxUpload = builder.Configuration.GetValue("Files:MaxUploadBytes", new FileLimits().MaxUploadBytes);
         services.Configure<Microsoft.AspNetCore.Http.Features.FormOptions>(o => o.MultipartBodyLengthLimit = maxUpload);
         services.AddEndpointsApiExplorer();

@@ -28,12 +28,30 @@ public sealed class ServiceProcess : IAsyncDisposable
         return StartAsync(Path.Combine(workerBin, "AdapterService.Workers.dll"), "Worker ready:", folder, settings);
     }
 
+    /// <summary>
+    /// The service with its data folder on a tmpfs of <paramref name="size"/> (mount's size syntax, e.g. 64m), mounted in
+    /// a mount namespace of its own (<c>unshare -m</c>, so a crash leaves no mount behind; root only). Other processes
+    /// reach the folder through <see cref="DataFolder"/> (<c>/proc/PID/root/…</c>, which crosses into the namespace).
+    /// </summary>
+    public static Task<ServiceProcess> StartOnTmpfsAsync(string folder, string size, params (string Key, string Value)[] settings)
+    {
+        var data = Path.Combine(folder, "data");
+        Directory.CreateDirectory(data);
+        var dll = Path.Combine(AppContext.BaseDirectory, "AdapterService.Api.dll");
+        return StartAsync(dll, "Adapter service ready:", folder, settings, command: ("unshare",
+            ["-m", "--propagation", "private", "sh", "-c", $"mount -t tmpfs -o size={size} tmpfs '{data}' && exec dotnet '{dll}'"]));
+    }
+
+    /// <summary>The data folder as this process sees it (for a service on a tmpfs: inside its mount namespace).</summary>
+    public string DataFolder(string folder) => $"/proc/{process.Id}/root{Path.Combine(folder, "data")}";
+
     public int ProcessId => process.Id;
 
-    static async Task<ServiceProcess> StartAsync(string dll, string readyMarker, string folder, (string Key, string Value)[] settings, int? fixedPort = null)
+    static async Task<ServiceProcess> StartAsync(string dll, string readyMarker, string folder, (string Key, string Value)[] settings, int? fixedPort = null,
+        (string File, string[] Arguments)? command = null)
     {
         int port = fixedPort ?? FreePort();
-        var start = new ProcessStartInfo("dotnet", [dll])
+        var start = new ProcessStartInfo(command?.File ?? "dotnet", command?.Arguments ?? [dll])
         {
             WorkingDirectory = folder, RedirectStandardOutput = true, RedirectStandardError = true,
             // float32 bases, as ServiceFactory's: these tests hold answers given in a batch to the answers given alone, which

@@ -80,7 +80,7 @@ public static class AdaptersApi
     }
 
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> CombineAdapters(
-        CombineAdaptersRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+        CombineAdaptersRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<QuotaOptions> quotas, CancellationToken cancel)
     {
         if (request.Adapters is not { Length: >= 2 and <= 16 } ids)
             return OpenAiErrors.BadRequest("adapters must list 2 to 16 adapter ids.", "adapters");
@@ -101,6 +101,7 @@ public static class AdaptersApi
         {
             var config = AdapterComposition.Combine(sources.Select(a => blobs.Resolve(a.BlobPath)).ToList(), weights, temp);
             long parameters = SafeTensors.ReadHeader(Path.Combine(temp, TrainableAdapter.WeightsFileName)).Tensors.Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d));
+            if (await Quotas.RefuseAsync(db, blobs, quotas.Value, user.ProjectId()!, "adapters", FolderBytes(temp), cancel) is { } over) return over;
             var blobPath = BlobPaths.AdapterPath(adapterId);
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
@@ -127,8 +128,8 @@ public static class AdaptersApi
     /// PEFT's zip, or with <c>format=gguf</c> a LoRA adapter as llama.cpp's GGUF adapter (f32 by default: adapters are
     /// small), for use over the base model's GGUF export.
     /// </summary>
-    static async Task<Results<FileContentHttpResult, FileStreamHttpResult, JsonHttpResult<ErrorResponse>>> ExportAdapter(
-        string adapterId, string? format, string? type, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+    static async Task<Results<ZipFolderResult, FileStreamHttpResult, JsonHttpResult<ErrorResponse>>> ExportAdapter(
+        string adapterId, string? format, string? type, HttpContext context, ServiceDbContext db, IBlobStore blobs, ExportSlots exports, CancellationToken cancel)
     {
         if (format is not (null or "peft" or "gguf"))
             return OpenAiErrors.BadRequest($"format '{format}' is not one of peft (a zipped PEFT folder, the default) and gguf.", "format", "invalid_format");
@@ -136,10 +137,12 @@ public static class AdaptersApi
         var adapter = await db.Adapters.AsNoTracking().SingleOrDefaultAsync(a => a.Id == adapterId, cancel);
         if (adapter is null) return OpenAiErrors.NotFound($"No such adapter: {adapterId}", "id");
         string folder = blobs.Resolve(adapter.BlobPath);
-        if (format != "gguf") return TypedResults.File(await SafeZip.PackAsync(folder, cancel), "application/zip", $"{adapter.Id}.zip");
-        if (AdapterConfig.Load(folder) is not LoraConfig lora)
+        if (format == "gguf" && AdapterConfig.Load(folder) is not LoraConfig)
             return OpenAiErrors.BadRequest($"{adapter.Id} is a {adapter.Method} adapter; only LoRA adapters have a llama.cpp GGUF form (export the merged model instead).",
                 "id", "not_exportable");
+        if (exports.TryTake(context) is { } busy) return busy;   // held until the response is sent
+        if (format != "gguf") return new ZipFolderResult(folder, $"{adapter.Id}.zip");
+        var lora = (LoraConfig)AdapterConfig.Load(folder);
         var baseModel = await db.BaseModels.AsNoTracking().SingleAsync(m => m.Id == adapter.BaseModel, cancel);
         string temp = blobs.NewTempFolder();
         FileStream? file = null;
@@ -171,7 +174,8 @@ public static class AdaptersApi
     }
 
     static async Task<Results<Ok<StoredAdapterDto>, JsonHttpResult<ErrorResponse>>> ImportAdapter(
-        HttpRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, CancellationToken cancel)
+        HttpRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits, IOptions<QuotaOptions> quotas,
+        CancellationToken cancel)
     {
         var (form, refused) = await Forms.ReadUploadAsync(request, limits.Value.MaxUploadBytes,
             "the adapter as multipart/form-data with fields 'file', 'model' and optionally 'suffix'", cancel);
@@ -203,6 +207,7 @@ public static class AdaptersApi
                 config = served.Config;
                 parameters = served.ParameterCount;
             }
+            if (await Quotas.RefuseAsync(db, blobs, quotas.Value, user.ProjectId()!, "adapters", FolderBytes(temp), cancel) is { } over) return over;
             var blobPath = BlobPaths.AdapterPath(adapterId);
             blobs.CommitFolder(temp, blobPath);
             var adapter = new Adapter
@@ -215,7 +220,7 @@ public static class AdaptersApi
             await db.SaveChangesAsync(cancel);
             return TypedResults.Ok(adapter.ToDto());
         }
-        catch (Exception e) when (e is InvalidDataException or IOException or JsonException or NotSupportedException)
+        catch (Exception e) when (e is InvalidDataException or IOException or JsonException or NotSupportedException && !OpenAiErrors.IsStorageFull(e))
         {
             return OpenAiErrors.BadRequest($"Not an importable adapter: {e.Message}", "file", "invalid_adapter");
         }
@@ -224,4 +229,6 @@ public static class AdaptersApi
             if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
         }
     }
+
+    static long FolderBytes(string folder) => new DirectoryInfo(folder).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length);
 }

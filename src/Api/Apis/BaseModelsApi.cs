@@ -188,7 +188,7 @@ public static class BaseModelsApi
             await db.SaveChangesAsync(cancel);
             return TypedResults.Ok(row.ToDto());
         }
-        catch (Exception e) when (e is InvalidDataException or IOException)
+        catch (Exception e) when (e is InvalidDataException or IOException && !OpenAiErrors.IsStorageFull(e))
         {
             // The checks name files by name; a message from elsewhere (the tokenizer readers) may hold the temporary
             // folder's path, which is the server's business, so it goes too.

@@ -49,7 +49,7 @@ public static class FilesApi
 
     static async Task<Results<Ok<FileDto>, JsonHttpResult<ErrorResponse>>> UploadFile(
         HttpRequest request, ClaimsPrincipal user, ServiceDbContext db, IBlobStore blobs, IOptions<FileLimits> limits,
-        IOptions<LimitsOptions> trainingLimits, CancellationToken cancel)
+        IOptions<LimitsOptions> trainingLimits, IOptions<QuotaOptions> quotas, CancellationToken cancel)
     {
         var (form, refused) = await Forms.ReadUploadAsync(request, limits.Value.MaxUploadBytes,
             "the file as multipart/form-data with fields 'file' and 'purpose'", cancel);
@@ -60,6 +60,8 @@ public static class FilesApi
             return OpenAiErrors.BadRequest($"'{purpose}' is not a supported purpose; supported: 'fine-tune'.", "purpose");
         var upload = form.Files.GetFile("file");
         if (upload is null) return OpenAiErrors.BadRequest("Missing required parameter: 'file'.", "file");
+        // The quota before the parse: counting is cheap, checking every line is not.
+        if (await Quotas.RefuseAsync(db, blobs, quotas.Value, user.ProjectId()!, "files", upload.Length, cancel) is { } over) return over;
 
         TrainingFile parsed;
         try

@@ -75,15 +75,17 @@ public static class ModelsApi
     /// A zipped Hugging Face folder, or with <c>format=gguf</c> one GGUF file of <c>type</c> f32, f16 (the default: half the
     /// size, what llama.cpp's converter writes by default), bf16 or q8_0. A fine-tuned model comes with its adapter merged.
     /// </summary>
-    static async Task<Results<FileContentHttpResult, FileStreamHttpResult, JsonHttpResult<ErrorResponse>>> ExportModel(
-        string model, string? format, string? type, ServiceDbContext db, IBlobStore blobs, CancellationToken cancel)
+    static async Task<Results<ZipFolderResult, FileStreamHttpResult, JsonHttpResult<ErrorResponse>>> ExportModel(
+        string model, string? format, string? type, HttpContext context, ServiceDbContext db, IBlobStore blobs, ExportSlots exports, CancellationToken cancel)
     {
         if (format is not (null or "hf" or "gguf"))
             return OpenAiErrors.BadRequest($"format '{format}' is not one of hf (a zipped Hugging Face folder, the default) and gguf.", "format", "invalid_format");
         if (GgufTypeOf(format, type, GgufType.F16, out var ggufType) is { } badType) return badType;
         var resolved = await ModelNames.ResolveAsync(db, model, cancel);
         if (resolved is null) return OpenAiErrors.NotFound($"The model '{model}' does not exist.", "model", "model_not_found");
+        if (exports.TryTake(context) is { } busy) return busy;   // held until the response is sent
         string baseFolder = blobs.Resolve(resolved.Base.BlobPath), temp = blobs.NewTempFolder();
+        context.Response.RegisterForDispose(new DeleteWhenDone(temp));   // once the zip is streamed from it, or the request failed
         string? adapterFolder = resolved.AdapterBlobPath is { } adapterPath ? blobs.Resolve(adapterPath) : null;
         try
         {
@@ -107,15 +109,11 @@ public static class ModelsApi
                 MergeInto(baseFolder, adapterFolder, temp);
                 folder = temp;
             }
-            return TypedResults.File(await SafeZip.PackAsync(folder, cancel), "application/zip", $"{model.Replace(':', '_')}.zip");
+            return new ZipFolderResult(folder, $"{model.Replace(':', '_')}.zip");
         }
         catch (NotSupportedException e)
         {
             return OpenAiErrors.BadRequest($"{model} cannot be exported merged: {e.Message}.", "model", "not_mergeable");
-        }
-        finally
-        {
-            Directory.Delete(temp, recursive: true);
         }
     }
 

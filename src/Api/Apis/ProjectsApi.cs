@@ -1,7 +1,9 @@
+using System.Security.Claims;
 using AdapterService.Api.Infrastructure;
 using AdapterService.Core.Storage;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 
 namespace AdapterService.Api.Apis;
 
@@ -17,6 +19,12 @@ public sealed record CreateApiKeyRequest(string? Name);
 /// <summary>A project API key as listed: only its redacted value. <c>value</c> is set once, in the answer that creates it.</summary>
 public sealed record ApiKeyDto(string Id, string Object, string Name, string RedactedValue, long CreatedAt, string ProjectId, string? Value = null);
 
+/// <summary>Bytes a project keeps of one kind, and its quota (0: none).</summary>
+public sealed record StorageAmountDto(long Bytes, long Limit);
+
+/// <summary>What a project keeps in storage against its quotas (<c>Quotas:*</c>).</summary>
+public sealed record ProjectUsageDto(string Object, string ProjectId, StorageAmountDto Files, StorageAmountDto Adapters, StorageAmountDto Checkpoints);
+
 /// <summary>Admin endpoints (admin key only): projects are tenants, each with its own API keys.</summary>
 public static class ProjectsApi
 {
@@ -31,7 +39,22 @@ public static class ProjectsApi
         projects.MapGet("/{projectId}/api_keys", ListKeys).WithName("list-project-api-keys").WithErrors(401, 403, 404).WithSummary("List a project's API keys (redacted)");
         projects.MapGet("/{projectId}/api_keys/{keyId}", GetKey).WithName("retrieve-project-api-key").WithErrors(401, 403, 404).WithSummary("Retrieve an API key (redacted)");
         projects.MapDelete("/{projectId}/api_keys/{keyId}", DeleteKey).WithName("delete-project-api-key").WithErrors(401, 403, 404).WithSummary("Revoke an API key at once");
+        // A project key reads its own project's usage; the admin key any project's.
+        app.MapGet("/v1/projects/{projectId}/usage", GetUsage).RequireAuthorization(Auth.ProjectPolicy).WithTags("Projects").WithName("retrieve-project-usage").WithErrors(401, 404)
+            .WithSummary("A project's storage (files, adapters, checkpoints) in bytes, with its quotas; beyond a quota uploads, imports and new jobs answer 413 `quota_exceeded`");
         return app;
+    }
+
+    static async Task<Results<Ok<ProjectUsageDto>, JsonHttpResult<ErrorResponse>>> GetUsage(string projectId, ClaimsPrincipal user, ServiceDbContext db,
+        IBlobStore blobs, IOptions<QuotaOptions> quotas, CancellationToken cancel)
+    {
+        // Another project's id answers as a missing one (tenants do not learn each other's ids).
+        bool visible = user.ProjectId() == projectId || user.IsInRole(Auth.AdminRole) && await db.Projects.AnyAsync(p => p.Id == projectId, cancel);
+        if (!visible) return NoProject(projectId);
+        var usage = await StorageUsage.OfAsync(db, blobs, projectId, cancel);
+        var q = quotas.Value;
+        return TypedResults.Ok(new ProjectUsageDto("project.usage", projectId, new(usage.FileBytes, q.MaxFileBytes),
+            new(usage.AdapterBytes, q.MaxAdapterBytes), new(usage.CheckpointBytes, q.MaxCheckpointBytes)));
     }
 
     static ProjectDto ToDto(this Project p) => new(p.Id, "organization.project", p.Name, p.CreatedAt, "active");

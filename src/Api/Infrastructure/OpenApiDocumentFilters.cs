@@ -26,6 +26,7 @@ public static class OpenApiDocumentFilters
         ["Classification"] = "Our extension: image classification with ViT bases and their fine-tuned adapters.",
         ["Tokenizer"] = "vLLM's /tokenize and /detokenize.",
         ["Admin"] = "Projects and their API keys; the admin key only.",
+        ["Projects"] = "A project's storage usage against its quotas; a project key sees its own project.",
         ["Webhooks"] = "A project's webhook endpoints and their delivery logs; events in OpenAI's format, signed as Standard Webhooks.",
         ["Operations"] = "Liveness, readiness and Prometheus metrics for whoever runs the service; no key needed.",
     };

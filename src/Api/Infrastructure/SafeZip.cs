@@ -40,13 +40,15 @@ public static class SafeZip
         }
     }
 
-    /// <summary>The files of <paramref name="folder"/> (not its subfolders) as a zip, each at the zip's root: what Extract reads back.</summary>
-    public static async Task<byte[]> PackAsync(string folder, CancellationToken cancel)
+    /// <summary>
+    /// Writes the files of <paramref name="folder"/> (not its subfolders) as a zip, each at the zip's root (what Extract
+    /// reads back), into <paramref name="output"/> as it goes: nothing is held but a file's current buffer, and an
+    /// unseekable output (a response body) gets each entry's sizes after its data.
+    /// </summary>
+    public static async Task WriteAsync(string folder, Stream output, CancellationToken cancel)
     {
-        var zip = new MemoryStream();
-        using (var archive = new ZipArchive(zip, ZipArchiveMode.Create, leaveOpen: true))
-            foreach (var file in Directory.GetFiles(folder))
-                await archive.CreateEntryFromFileAsync(file, Path.GetFileName(file), CompressionLevel.Fastest, cancel);
-        return zip.ToArray();
+        await using var archive = await ZipArchive.CreateAsync(output, ZipArchiveMode.Create, leaveOpen: true, entryNameEncoding: null, cancel);
+        foreach (var file in Directory.GetFiles(folder).Order(StringComparer.Ordinal))
+            await archive.CreateEntryFromFileAsync(file, Path.GetFileName(file), CompressionLevel.Fastest, cancel);
     }
 }

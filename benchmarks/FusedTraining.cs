@@ -7,7 +7,8 @@ using static TorchSharp.torch;
 namespace AdapterService.Benchmarks;
 
 /// <summary>
-/// Four LoRA jobs on one base, trained three ways: fused (one model, <see cref="FusedTrainer"/>), one after another
+/// Four LoRA jobs on one base, trained three ways: fused (one model, <see cref="FusedTrainer"/>, once per share of
+/// layers recomputed in the backward pass), one after another
 /// (one model, each job's steps in turn), and at once as separate trainings each with its own copy of the base on its
 /// own thread (what a queue with four workers does). Each job trains 128-token micro-batches. Total tokens/s is timed
 /// round-robin, a few steps of each way per round; peak memory is each way's process RSS peak over its own baseline,
@@ -22,7 +23,12 @@ sealed class FusedTraining(bool quick)
     int StepsPerRound => quick ? 2 : 3;
     int Rounds => quick ? 2 : 3;
 
-    public static readonly string[] Ways = ["alone", "fused", "sequential", "separate"];
+    /// <summary>The shares of layers a fused step recomputes that are measured (the service's default among them).</summary>
+    static readonly double[] Shares = new[] { FusedTrainer.DefaultCheckpointShare, 0, 0.5, 0.75, 1 }.Distinct().Order().ToArray();
+
+    static string FusedWay(double share) => FormattableString.Invariant($"fused:{share}");
+
+    public static readonly string[] Ways = ["alone", .. Shares.Select(FusedWay), "sequential", "separate"];
 
     static List<TokenizedExample> Data(int job)
     {
@@ -43,11 +49,13 @@ sealed class FusedTraining(bool quick)
     sealed class Setup : IDisposable
     {
         readonly List<IDisposable> owned = [];
-        public Action Alone = () => { }, Fused = () => { }, Sequential = () => { }, Separate = () => { };
+        public Action Alone = () => { }, Sequential = () => { }, Separate = () => { };
+        /// <summary>Fused steps, by the way's name (<see cref="FusedWay"/>).</summary>
+        public Dictionary<string, Action> Fused = [];
 
         public Setup(FusedTraining b, string[] ways, int steps)
         {
-            if (ways.Contains("alone") || ways.Contains("fused") || ways.Contains("sequential"))
+            if (ways.Contains("alone") || ways.Any(w => w.StartsWith("fused:", StringComparison.Ordinal)) || ways.Contains("sequential"))
             {
                 var shared = Own(Measure.RandomModel(b.config));
                 if (ways.Contains("alone"))
@@ -55,10 +63,10 @@ sealed class FusedTraining(bool quick)
                     var one = Own(Trainer(shared, 0));
                     Alone = () => { for (int s = 0; s < steps; s++) FusedTrainer.Step(shared, [one]); };
                 }
-                if (ways.Contains("fused"))
+                foreach (double share in Shares.Where(share => ways.Contains(FusedWay(share))))
                 {
                     var fused = Enumerable.Range(0, Jobs).Select(j => Own(Trainer(shared, j))).ToList();
-                    Fused = () => { for (int s = 0; s < steps; s++) Check(FusedTrainer.Step(shared, fused)); };
+                    Fused[FusedWay(share)] = () => { for (int s = 0; s < steps; s++) Check(FusedTrainer.Step(shared, fused, share)); };
                 }
                 if (ways.Contains("sequential"))
                 {
@@ -112,27 +120,39 @@ sealed class FusedTraining(bool quick)
 
         string loadBefore = File.ReadAllText("/proc/loadavg").Trim();
         using var setup = new Setup(this, Ways, StepsPerRound);
-        var seconds = Measure.Interleaved([setup.Fused, setup.Sequential, setup.Separate], Rounds);
+        var fusedWays = Shares.Select(FusedWay).ToList();
+        var seconds = Measure.Interleaved([.. fusedWays.Select(w => setup.Fused[w]), setup.Sequential, setup.Separate], Rounds);
         var ceiling = ForwardCeiling();
         double tokens = (double)Jobs * StepsPerRound * Tokens;
-        var rate = seconds.Select(s => tokens / s).ToArray();
+        var rate = Ways.Skip(1).Zip(seconds, (way, s) => (way, tokens / s)).ToDictionary();
         var memory = Ways.ToDictionary(w => w, PeakMegabytes);
 
-        line("| way | total tokens/s | vs fused | peak memory (RSS over baseline) | vs one job alone |");
-        line("|---|---:|---:|---:|---:|");
-        string[] names = ["fused (one base)", "one after another (one base)", "at once, separate copies of the base (4 threads)"];
-        for (int i = 0; i < 3; i++)
+        string Name(string way) => way switch
         {
-            string way = Ways[i + 1];
-            line($"| {names[i]} | {rate[i]:F0} | {rate[i] / rate[0]:F2} | {memory[way]:F0} MB | {memory[way] / memory["alone"]:F2}× |");
+            "sequential" => "one after another (one base)",
+            "separate" => "at once, separate copies of the base (4 threads)",
+            _ => $"fused (one base), {double.Parse(way["fused:".Length..], System.Globalization.CultureInfo.InvariantCulture):P0} of the layers recomputed",
+        };
+        double best = Math.Max(rate["sequential"], rate["separate"]);
+        line("| way | total tokens/s | vs the better unfused way | vs the ceiling | peak memory (RSS over baseline) | vs one job alone |");
+        line("|---|---:|---:|---:|---:|---:|");
+        foreach (var way in Ways.Skip(1))
+            line($"| {Name(way)} | {rate[way]:F0} | {rate[way] / best:F2} | {rate[way] / best / ceiling:F2} | {memory[way]:F0} MB | {memory[way] / memory["alone"]:F2}× |");
+        line($"| one job alone (memory reference) | | | | {memory["alone"]:F0} MB | 1.00× |");
+        line("");
+        line($"Ceiling: the frozen base's forward pass alone (no adapter, no gradients) over the {Jobs} micro-batches as one [{Jobs}, {Tokens}] batch "
+             + $"runs {ceiling:F2}× the tokens/s of {Jobs} separate [1, {Tokens}] passes one after another: the most fusing the base can gain from larger matmuls. "
+             + "\"vs the ceiling\" is a way's tokens/s over the better unfused way's, divided by that.");
+        line("");
+        foreach (double share in Shares)
+        {
+            string way = FusedWay(share);
+            double speed = rate[way] / best / ceiling, peak = memory[way] / memory["alone"];
+            line($"Fused, {share:P0} of the layers recomputed{(share == FusedTrainer.DefaultCheckpointShare ? " (the default, `Workers:FusedCheckpointing`)" : "")}: "
+                 + $"{rate[way] / best:F2}× the better unfused way = {speed:F2}× the ceiling (target ≥ 0.95, {(speed >= 0.95 ? "met" : "missed")}); "
+                 + $"peak memory {peak:F2}× one job's (target ≤ 1.5, {(peak <= 1.5 ? "met" : "missed")}).");
         }
-        line($"| one job alone (memory reference) | | | {memory["alone"]:F0} MB | 1.00× |");
         line("");
-        double best = Math.Max(rate[1], rate[2]);
-        line($"Fused vs the better of the other two: {rate[0] / best:F2}× tokens/s (target ≥ 1.15); fused peak memory {memory["fused"] / memory["alone"]:F2}× one job's (target ≤ 1.5).");
-        line("");
-        line($"Profile: the frozen base's forward pass alone (no adapter, no gradients) over the {Jobs} micro-batches as one [{Jobs}, {Tokens}] batch "
-             + $"runs {ceiling:F2}× the tokens/s of {Jobs} separate [1, {Tokens}] passes one after another: the most fusing the base can gain from larger matmuls.");
         line($"Load average (1, 5, 15 min) before: {loadBefore}; after: {File.ReadAllText("/proc/loadavg").Trim()} (the machine is shared).");
     }
 
@@ -170,7 +190,7 @@ sealed class FusedTraining(bool quick)
         long baseline = Status("VmRSS");
         using (var setup = new Setup(this, [way], steps: 2))
         {
-            var run = way switch { "alone" => setup.Alone, "fused" => setup.Fused, "sequential" => setup.Sequential, _ => setup.Separate };
+            var run = way switch { "alone" => setup.Alone, "sequential" => setup.Sequential, "separate" => setup.Separate, _ => setup.Fused[way] };
             run();
         }
         print((( Status("VmHWM") - baseline) / 1024.0).ToString("F1", System.Globalization.CultureInfo.InvariantCulture));

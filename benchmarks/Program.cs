@@ -1,6 +1,6 @@
 // Serving benchmarks. Every figure is a ratio (or a latency) of measurements taken side by side in this one run,
 // so a shared, noisy machine moves both sides alike. Usage:
-//   dotnet run -c Release --project benchmarks [-- --quick] [--lora] [--bf16] [--wide] [--methods] [--cache] [--constrained] [--latency] [--prefix]
+//   dotnet run -c Release --project benchmarks [-- --quick] [--lora] [--bf16] [--wide] [--methods] [--cache] [--constrained] [--latency] [--prefix] [--fairness]
 // With no section switch every serving section runs and the report goes to stdout and benchmarks/results/latest.md;
 // with one, only that section (benchmarks/results/<name>.md); with several, those (latest.md). --quick: a small model.
 //   --lora         benchmarks 1-2: 32 rows over 32 adapters vs base, PEFT's mixed batch, each row alone, merging
@@ -11,8 +11,9 @@
 //   --constrained  constrained (json_schema) vs free decoding through the engine, and the mask's cost on Qwen 3's vocabulary
 //   --latency      benchmark 5: time to first token and between tokens at 1/8/32/64 streams
 //   --prefix       32 requests sharing a 512-token system prompt, with and without a prefix cache
-//   dotnet run -c Release --project benchmarks -- --vision [--quick]
-// runs only the built-in ViT's transfer benchmark (needs dataset-fashion-mnist) and writes benchmarks/results/vision.md.
+//   dotnet run -c Release --project benchmarks -- --vision [--quick] [--tuned]
+// runs only the built-in ViT's transfer benchmark (needs dataset-fashion-mnist) and writes benchmarks/results/vision.md
+// (--tuned: each method's learning rate chosen from 3 on a validation split first, benchmarks/results/vision-tuned.md).
 //   dotnet run -c Release --project benchmarks -- --language-model [--quick]
 // pre-trains the built-in language model with its default settings (needs fortunes), reports the loss curve and sample
 // generations, and writes benchmarks/results/language-model.md.
@@ -44,8 +45,9 @@ if (args.Contains("--vision"))
     Line($"# Vision benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
     Line($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, torch threads {get_num_threads()}");
     Line("");
-    new VisionTransfer(quick).Run(Line);
-    Save("vision.md");
+    bool tuned = args.Contains("--tuned");
+    new VisionTransfer(quick, tuned).Run(Line);
+    Save(tuned ? "vision-tuned.md" : "vision.md");
     return;
 }
 
@@ -124,6 +126,7 @@ var serving = new (string Switch, Func<Task> Run)[]
     ("--constrained", () => new ConstrainedDecoding(quick).RunAsync(Line)),
     ("--latency", () => new Latency(quick).RunAsync(Line)),
     ("--prefix", () => new PrefixSharing(quick).RunAsync(Line)),
+    ("--fairness", () => new ProjectFairness(quick).RunAsync(Line)),
 };
 var chosen = serving.Where(s => args.Contains(s.Switch)).ToList();
 if (chosen.Count == 0) chosen = [.. serving];

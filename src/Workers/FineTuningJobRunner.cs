@@ -6,6 +6,7 @@ using AdapterService.Core.Models;
 using AdapterService.Core.Storage;
 using AdapterService.Core.Text;
 using AdapterService.Core.Training;
+using System.Text.Json;
 using Hangfire;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging;
@@ -63,9 +64,18 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         // Stops training at the next step when the job is no longer running (cancelled, paused) or the host stops.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
         TrainingSession? session = null;
+        List<TrainingSession> members = [];
         try
         {
             var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
+            if (Sweep.Of(job) is { } sweep)
+            {
+                members = [.. sweep.Values.Select((_, m) => new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine),
+                    new TrainerStates(blobs, m), blobs, options.Value, quotas.Value, stop, sweepMember: m))];
+                session = members[0];
+                RunSweep(job, lease, baseModel, sweep, members, stop);
+                return;
+            }
             var states = new TrainerStates(blobs);
             session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine), states, blobs, options.Value, quotas.Value, stop,
                 CheckpointScoring.For(job, db, blobs, engine, jobs));
@@ -96,7 +106,8 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         }
         finally
         {
-            session?.Dispose();
+            if (members.Count > 0) foreach (var member in members) member.Dispose();
+            else session?.Dispose();
             lease.Release();
             if (run is not null) JobTracing.Ended(run, "fine_tuning", jobs.StatusOf(jobId));
         }
@@ -109,9 +120,10 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
     TrainingResult Train(BaseModel baseModel, TrainingSession session, CancellationTokenSource stop)
     {
         string folder = blobs.Resolve(baseModel.BlobPath);
-        if (fusion.MaxFusedJobs > 1 && JobObjectives.Of(session.Job).Fuses && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
+        var objective = JobObjectives.Of(session.Job);
+        if (fusion.MaxFusedJobs > 1 && objective.Fuses && typeof(CausalLanguageModel).IsAssignableFrom(ModelConfig.Load(Path.Combine(folder, ModelFolder.ConfigFile)).ModelClass))
         {
-            session.Files.Texts();   // read and tokenized here, not on the group's thread between its steps
+            objective.Preload(session.Job, session.Files);   // read and tokenized here, not on the group's thread between its steps
             return session.KeepingState(() => fusion.Train(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder, precision), session, stop.Token));
         }
         return fusion.RunAlone(() =>
@@ -120,6 +132,58 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
             var trainer = session.Start(model);
             return session.KeepingState(() => trainer.Run(session.AfterStep, stop.Token));
         }, session.ShouldContinue, stop.Token);
+    }
+
+    /// <summary>
+    /// A sweep: its members train fused over one copy of the base (<see cref="FusionHost.TrainTogether"/>); when they have
+    /// ended, each is scored by its last validation loss, and the lowest one's adapter becomes the job's fine-tuned model.
+    /// A member that failed (diverged at a high learning rate, say) is reported and left out; the job fails only when
+    /// every member did. The trained tokens are all members' together.
+    /// </summary>
+    void RunSweep(FineTuningJob job, JobLease lease, BaseModel baseModel, Sweep sweep, List<TrainingSession> members, CancellationTokenSource stop)
+    {
+        string folder = blobs.Resolve(baseModel.BlobPath);
+        foreach (var member in members) member.Files.Texts();   // read and tokenized here, not on the group's thread between its steps
+        var outcomes = fusion.TrainTogether(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder, precision), members,
+            members[0].ShouldContinue, stop.Token);
+        // Stopped (cancelled, paused, shut down): each member keeps its state as a job alone does, then the job stops.
+        if (outcomes.FirstOrDefault(o => o.Error is OperationCanceledException).Error is { } stopped)
+        {
+            foreach (var (member, outcome) in members.Zip(outcomes))
+                try { member.KeepingState(() => throw outcome.Error as OperationCanceledException ?? new OperationCanceledException()); }
+                catch (OperationCanceledException) { }
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(stopped);
+        }
+        var finished = new List<(int Member, double? ValidLoss)>();
+        for (int m = 0; m < members.Count; m++)
+        {
+            var (result, error) = outcomes[m];
+            if (error is not null)
+            {
+                log.LogWarning(error, "Job {JobId}: sweep member {Member} failed", job.Id, m + 1);
+                jobs.AddEvent(job.Id, $"Sweep {sweep.Label(m)} failed: {(error is TrainingDivergedException or InvalidDataException or ArgumentException ? error.Message : "training failed")}", level: "warn");
+                continue;
+            }
+            finished.Add((m, members[m].LastValidLoss));
+            jobs.AddEvent(job.Id, $"Sweep {sweep.Label(m)} finished: training loss={members[m].LastTrainLoss:0.0000}, validation loss={members[m].LastValidLoss:0.0000}",
+                data: JsonSerializer.Serialize(new
+                {
+                    sweep_member = m, hyperparameters = sweep.Shown(job, m), train_loss = members[m].LastTrainLoss, valid_loss = members[m].LastValidLoss,
+                }));
+        }
+        if (finished.Count == 0) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(outcomes[0].Error!);
+        int best = Sweep.Best(finished) ?? finished[0].Member;
+        jobs.AddEvent(job.Id, $"Sweep: {sweep.Label(best)} has the lowest validation loss ({members[best].LastValidLoss:0.0000}); its adapter is the fine-tuned model",
+            data: JsonSerializer.Serialize(new { sweep_best = best, hyperparameters = sweep.Shown(job, best), valid_loss = members[best].LastValidLoss }));
+        long tokens = finished.Sum(f => outcomes[f.Member].Result!.TrainedTokens);
+        var adapter = members[best].SaveAdapter();
+        if (!jobs.Succeed(lease, adapter.Name, tokens, adapter: adapter, sweep: sweep with { BestMember = best }))
+        {
+            blobs.Delete(adapter.BlobPath);
+            log.LogInformation("Job {JobId} finished its sweep but is {Status}; its adapter is not registered", job.Id, jobs.StatusOf(job.Id));
+            return;
+        }
+        foreach (var m in Enumerable.Range(0, members.Count)) new TrainerStates(blobs, m).DeleteAll(job.Id);
     }
 
     /// <summary>

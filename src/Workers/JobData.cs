@@ -42,6 +42,12 @@ sealed class JobData(FineTuningJob job, BaseModel baseModel, ServiceDbContext db
     }
 
     public (List<RlPrompt> Training, List<RlPrompt>? Validation) Prompts(int completionTokens) =>
+        prompts is { } read && read.CompletionTokens == completionTokens ? read.Prompts
+            : (prompts = (completionTokens, ReadPrompts(completionTokens))).Value.Prompts;
+
+    (int CompletionTokens, (List<RlPrompt> Training, List<RlPrompt>? Validation) Prompts)? prompts;
+
+    (List<RlPrompt> Training, List<RlPrompt>? Validation) ReadPrompts(int completionTokens) =>
         (JobFiles.LoadPrompts(db, blobs, job.TrainingFile, baseModel, job.ChatTemplate, completionTokens),
             job.ValidationFile is null ? null : JobFiles.LoadPrompts(db, blobs, job.ValidationFile, baseModel, job.ChatTemplate, completionTokens));
 

@@ -5,16 +5,17 @@ namespace AdapterService.Workers;
 
 /// <summary>
 /// A job's saved trainer states in the blob store, one folder per step (<c>jobs/{id}/state/step-N</c>), the newest two
-/// kept: what a paused, interrupted or crashed job resumes from. Each is written aside and committed whole.
+/// kept: what a paused, interrupted or crashed job resumes from. Each is written aside and committed whole. A sweep
+/// member's are its own (<c>jobs/{id}/state-mK</c>).
 /// </summary>
-sealed class TrainerStates(IBlobStore blobs)
+sealed class TrainerStates(IBlobStore blobs, int? sweepMember = null)
 {
     const int Kept = 2;
 
     /// <summary>Saves the trainer's state at its step (unless saved already) and returns its local folder.</summary>
     public string Save(string jobId, AdapterTrainer trainer)
     {
-        var path = $"{BlobPaths.TrainerStatePath(jobId)}/step-{trainer.Step}";
+        var path = $"{BlobPaths.TrainerStatePath(jobId, sweepMember)}/step-{trainer.Step}";
         if (!blobs.Exists(path))
         {
             var temp = blobs.NewTempFolder();
@@ -51,12 +52,12 @@ sealed class TrainerStates(IBlobStore blobs)
     }
 
 
-    public void DeleteAll(string jobId) => blobs.Delete(BlobPaths.TrainerStatePath(jobId));
+    public void DeleteAll(string jobId) => blobs.Delete(BlobPaths.TrainerStatePath(jobId, sweepMember));
 
     /// <summary>The saved states, newest first.</summary>
     List<(int Step, string Path)> Saved(string jobId)
     {
-        var root = BlobPaths.TrainerStatePath(jobId);
+        var root = BlobPaths.TrainerStatePath(jobId, sweepMember);
         return blobs.List(root)
             .Select(name => (Ok: int.TryParse(name.Replace("step-", ""), out var step), Step: step, Path: $"{root}/{name}"))
             .Where(s => s.Ok).OrderByDescending(s => s.Step).Select(s => (s.Step, s.Path)).ToList();

@@ -15,12 +15,18 @@ namespace AdapterService.Workers;
 /// unfused run steps its trainer with <see cref="AfterStep(TrainingProgress)"/>. Its writes to the job's record go
 /// through <see cref="JobLifecycle"/>; it stops the run (through <c>stop</c>) within a step of a cancel or pause, which
 /// are status changes in the database, so they reach a worker in any process.
+/// A sweep's job has one session per member (<paramref name="sweepMember"/>, 0-based): each with its member's
+/// hyperparameters, its own trainer states and checkpoints, and its events and metrics marked with the member.
 /// </summary>
 sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease lease, JobData files, TrainerStates states, IBlobStore blobs,
-    TrainingOptions options, QuotaOptions quotas, CancellationTokenSource stop, CheckpointScoring? scoring = null) : IFusedSession, IDisposable
+    TrainingOptions options, QuotaOptions quotas, CancellationTokenSource stop, CheckpointScoring? scoring = null, int? sweepMember = null) : IFusedSession, IDisposable
 {
-    // As the job was specified at creation: its adapter, and its learning rate from the multiplier.
-    readonly (AdapterConfig Config, Hyperparameters Hp) spec = JobSpecification.Of(job);
+    // As the job was specified at creation: its adapter, and its learning rate from the multiplier (a sweep member's own).
+    readonly (AdapterConfig Config, Hyperparameters Hp) spec = sweepMember is { } m
+        ? (JobSpecification.Of(job).Adapter, Sweep.Of(job)!.HyperparametersOf(job, m))
+        : JobSpecification.Of(job);
+    // "Sweep member 2 (learning_rate_multiplier=1): " before a member's events.
+    readonly string prefix = sweepMember is { } member ? $"Sweep {Sweep.Of(job)!.Label(member)}: " : "";
     readonly EarlyStopping stopping = new(job.EarlyStoppingPatience);
     /// <summary>CPU and memory of this process between two reports, sent with each step's progress.</summary>
     readonly ProcessSampler processStats = new();
@@ -32,6 +38,11 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     public AdapterTrainer? Trainer => run?.Trainer;
     public JobData Files => files;
     public FineTuningJob Job => job;
+    public int? SweepMember => sweepMember;
+    /// <summary>The validation loss at the last epoch's end (null without a validation file, or before one ended).</summary>
+    public double? LastValidLoss { get; private set; }
+    /// <summary>The training loss of the last step.</summary>
+    public double? LastTrainLoss { get; private set; }
 
     /// <summary>Makes the job's adapter and trainer over <paramref name="model"/> and starts or resumes its run.</summary>
     public AdapterTrainer Start(nn.Module model)
@@ -52,15 +63,15 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     }
 
     /// <summary>On the group's thread, between its steps: the job's adapter and trainer over the group's copy of the base.</summary>
-    public LanguageModelTrainer Join(CausalLanguageModel model) =>
-        Start(model) as LanguageModelTrainer ?? throw new InvalidOperationException("a fused job trains a language model");
+    public FusableTrainer Join(CausalLanguageModel model) =>
+        Start(model) as FusableTrainer ?? throw new InvalidOperationException("a fused job trains a language model");
 
     public void AfterStep(TrainingProgress progress, int fusedWith)
     {
         if (fusedWith != this.fusedWith && progress.Step > 0)
-            jobs.AddEvent(job.Id, fusedWith > 0
+            jobs.AddEvent(job.Id, prefix + (fusedWith > 0
                 ? $"Training fused with {fusedWith} other job(s) on {job.Model} from step {progress.Step}: one copy of the base, this job's own adapter, optimizer and data"
-                : $"Training alone from step {progress.Step}: the jobs it was fused with have left");
+                : $"Training alone from step {progress.Step}: the jobs it was fused with have left"));
         this.fusedWith = fusedWith;
         AfterStep(progress);
     }
@@ -71,12 +82,14 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         var trainer = run!.Trainer;
         bool epochEnd = p.Step % trainer.StepsPerEpoch == 0;
         var valid = epochEnd && run.Evaluate is not null ? run.Evaluate() : ((double Loss, double Accuracy)?)null;
+        LastTrainLoss = p.TrainLoss;
+        if (valid is { } measured) LastValidLoss = measured.Loss;
         if (p.Step > reported) Report(p, valid);
         if (epochEnd) SaveCheckpoint(trainer, p, valid);
         else if (p.Step % options.StateEverySteps == 0) states.Save(job.Id, trainer);
         if (valid is { } v && stopping.ShouldStop(v.Loss))
         {
-            jobs.AddEvent(job.Id, $"Early stopping at step {p.Step}: the validation loss has not improved for {job.EarlyStoppingPatience} epoch(s)");
+            jobs.AddEvent(job.Id, prefix + $"Early stopping at step {p.Step}: the validation loss has not improved for {job.EarlyStoppingPatience} epoch(s)");
             trainer.StopAfterThisStep();
         }
         StopUnlessRunning();
@@ -135,18 +148,19 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         if (states.LoadNewest(job.Id, trainer, (step, why) => jobs.AddEvent(job.Id,
                 $"The trainer state saved at step {step} is damaged ({why}); resuming from the one before it", level: "warn")))
         {
-            jobs.AddEvent(job.Id, $"Fine-tuning job resumed from step {trainer.Step}", data: JobEventData.ForStatus(JobStatus.Running));
+            jobs.AddEvent(job.Id, prefix + $"Fine-tuning job resumed from step {trainer.Step}", data: sweepMember is > 0 ? null : JobEventData.ForStatus(JobStatus.Running));
         }
         else
         {
-            ServiceTelemetry.JobQueueWait.Record(Math.Max(0, JobLifecycle.Now() - job.CreatedAt));
-            jobs.AddEvent(job.Id, $"Fine-tuning job started: {adapter!.ParameterCount:N0} {spec.Config.Method} parameters, {run!.ExampleCount} examples, {trainer.TotalSteps} steps",
-                data: JobEventData.ForStatus(JobStatus.Running));
+            // A sweep's job started once: its first member says so with the status, the others only note their start.
+            if (sweepMember is not > 0) ServiceTelemetry.JobQueueWait.Record(Math.Max(0, JobLifecycle.Now() - job.CreatedAt));
+            jobs.AddEvent(job.Id, prefix + $"Fine-tuning job started: {adapter!.ParameterCount:N0} {spec.Config.Method} parameters, {run!.ExampleCount} examples, {trainer.TotalSteps} steps, learning rate {spec.Hp.LearningRate:G3}",
+                data: sweepMember is > 0 ? null : JobEventData.ForStatus(JobStatus.Running));
         }
 
         reported = jobs.LastReportedStep(job.Id);   // steps redone after a crash were reported the first time already
         // A resumed run remembers the validation losses of the epochs before it, so it stops where an uninterrupted one would.
-        foreach (var metrics in jobs.CheckpointMetrics(job.Id, trainer.Step))
+        foreach (var metrics in jobs.CheckpointMetrics(job.Id, trainer.Step, sweepMember))
             if (JsonDocument.Parse(metrics).RootElement.TryGetProperty("valid_loss", out var loss) && loss.ValueKind == JsonValueKind.Number
                 && stopping.ShouldStop(loss.GetDouble()))
                 trainer.StopAfterThisStep();
@@ -156,8 +170,8 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     void Report(TrainingProgress p, (double Loss, double Accuracy)? valid)
     {
         var progress = new ProgressMessage(job.Id, p.Step, p.TotalSteps, p.Epoch, p.TrainLoss, p.TrainAccuracy, valid?.Loss, valid?.Accuracy,
-            p.LearningRate, p.TokensPerSecond, p.EtaSeconds, adapter!.Statistics(), p.Metrics, processStats.Sample());
-        jobs.Progress(progress, $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}"
+            p.LearningRate, p.TokensPerSecond, p.EtaSeconds, adapter!.Statistics(), p.Metrics, processStats.Sample(), sweepMember);
+        jobs.Progress(progress, prefix + $"Step {p.Step}/{p.TotalSteps}: training loss={p.TrainLoss:0.0000}"
                                 + (valid is { } v ? $", validation loss={v.Loss:0.0000}, validation accuracy={v.Accuracy:0.0000}" : ""));
     }
 
@@ -165,8 +179,8 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     void SaveCheckpoint(AdapterTrainer trainer, TrainingProgress p, (double Loss, double Accuracy)? valid)
     {
         var state = states.Save(job.Id, trainer);
-        if (jobs.HasCheckpoint(job.Id, p.Step)) return;   // saved before a crash already
-        var blobPath = BlobPaths.CheckpointPath(job.Id, p.Step);
+        if (jobs.HasCheckpoint(job.Id, p.Step, sweepMember)) return;   // saved before a crash already
+        var blobPath = BlobPaths.CheckpointPath(job.Id, p.Step, sweepMember);
         if (!blobs.Exists(blobPath))   // a crash may have come between the folder and its row
         {
             // Over the project's checkpoint quota the run goes on (its trainer state is kept to resume from) without this checkpoint.
@@ -184,8 +198,8 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         }
         jobs.AddCheckpoint(new Checkpoint
         {
-            Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = ModelNames.Checkpoint(fineTunedModel, p.Step), BaseModel = job.Model,
-            StepNumber = p.Step, CreatedAt = JobLifecycle.Now(), BlobPath = blobPath,
+            Id = "ftckpt-" + Ids.New(), JobId = job.Id, Name = ModelNames.Checkpoint(fineTunedModel, p.Step, sweepMember), BaseModel = job.Model,
+            StepNumber = p.Step, CreatedAt = JobLifecycle.Now(), BlobPath = blobPath, SweepMember = sweepMember,
             Metrics = JsonSerializer.Serialize(new
             {
                 step = p.Step, train_loss = p.TrainLoss, train_mean_token_accuracy = p.TrainAccuracy,

@@ -96,7 +96,8 @@ public static class WorkerServices
         services.TryAddSingleton(sp => new InferenceEngine(inference, sp.GetRequiredService<BasePrecision>(), new ProjectShares(inference)));
         int concurrency = Math.Max(1, configuration.GetValue("Workers:Concurrency", 1));
         int maxFused = Math.Max(1, configuration.GetValue("Workers:MaxFusedJobs", 4));
-        services.AddSingleton(new FusionHost(maxFused, concurrency));
+        double checkpointShare = configuration.GetValue("Workers:FusedCheckpointing", FusedTrainer.DefaultCheckpointShare);
+        services.AddSingleton(new FusionHost(maxFused, concurrency, checkpointShare));
         services.AddScoped<FineTuningJobRunner>();
         services.Configure<QuotaOptions>(configuration.GetSection("Quotas"));   // a checkpoint over the project's quota is not kept
         services.AddScoped<PretrainingJobRunner>();

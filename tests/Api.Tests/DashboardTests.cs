@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
 using System.Threading.Channels;
@@ -44,11 +45,30 @@ public sealed class DashboardTests(ITestOutputHelper log)
         var lines = Examples.Select(e => Api.ChatLine(e.Question, e.Answer)).ToList();
         var training = await Api.UploadFileAsync(http, lines);
         var validation = await Api.UploadFileAsync(http, lines.Take(4));
+        // An eval of 4 items and two criteria; run A scores each checkpoint with it (2 runs of 4 short answers).
+        var evalId = (string)(await Api.JsonAsync(await http.PostAsJsonAsync("/v1/evals", new
+        {
+            name = "colors",
+            data_source_config = new { type = "custom", item_schema = new { type = "object", properties = new { question = new { type = "string" }, answer = new { type = "string" } } } },
+            testing_criteria = new object[]
+            {
+                new { type = "string_check", name = "exact", input = "{{sample.output_text}}", reference = "{{item.answer}}", operation = "eq" },
+                new { type = "text_similarity", name = "similar", input = "{{sample.output_text}}", reference = "{{item.answer}}", evaluation_metric = "fuzzy_match", pass_threshold = 0.3 },
+            },
+        })))["id"]!;
+        var evalSource = new
+        {
+            type = "completions",
+            input_messages = new { type = "template", template = new[] { new { role = "user", content = "{{item.question}}" } } },
+            sampling_params = new { temperature = 0, max_completion_tokens = 8, seed = 1 },
+            source = new { type = "file_content", content = Examples.Take(4).Select(e => new { item = new { question = e.Question, answer = e.Answer } }).ToArray() },
+        };
         // Two runs that differ in rank, learning rate and seed (2 epochs of 3 batches: 6 steps each, a validation loss per epoch).
         var a = await Api.CreateJobAsync(http, new
         {
             model = "tiny-llama-demo", training_file = training, validation_file = validation, seed = 1, suffix = "rank4",
             hyperparameters = new { n_epochs = 2, batch_size = 4 }, adapter = new { type = "lora", rank = 4 },
+            eval = new { id = evalId, data_source = evalSource },
         });
         var b = await Api.CreateJobAsync(http, new
         {
@@ -75,8 +95,24 @@ public sealed class DashboardTests(ITestOutputHelper log)
             var done = await Api.WaitForJobAsync(http, id, s => s is "succeeded" or "failed" or "cancelled", TimeSpan.FromMinutes(5));   // seconds each on an idle machine
             Assert.True((string?)done["status"] == "succeeded", done.ToJsonString());
         }
+        // The base and run A's model scored in one call (data_source.models: one run each), beside A's checkpoint runs.
+        var fineTuned = (string)(await Api.JsonAsync(await http.GetAsync($"/v1/fine_tuning/jobs/{ids[0]}")))["fine_tuned_model"]!;
+        var call = await Api.JsonAsync(await http.PostAsJsonAsync($"/v1/evals/{evalId}/runs", new
+        {
+            name = "base and rank4", data_source = new { evalSource.type, evalSource.input_messages, evalSource.sampling_params, evalSource.source, models = new[] { "tiny-llama-demo", fineTuned } },
+        }));
+        foreach (var run in call["runs"]!.AsArray())
+        {
+            var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(2);
+            for (string status = ""; status != "completed"; await Task.Delay(200))
+            {
+                var current = await Api.JsonAsync(await http.GetAsync($"/v1/evals/{evalId}/runs/{run!["id"]}"));
+                status = (string)current["status"]!;
+                Assert.True(status is "queued" or "in_progress" or "completed" && DateTime.UtcNow < deadline, current.ToJsonString());
+            }
+        }
 
-        await using var browser = Browser.Start(log, "compare", BaseUrl(service), ids[0], ids[1], ids[2], preview, Screenshots);
+        await using var browser = Browser.Start(log, "compare", BaseUrl(service), ids[0], ids[1], ids[2], preview, evalId, Screenshots);
         await browser.FinishAsync(TimeSpan.FromMinutes(2));
     }
 

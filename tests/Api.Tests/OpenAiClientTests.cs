@@ -37,6 +37,21 @@ public sealed class OpenAiClientTests(ITestOutputHelper log)
     }
 
     /// <summary>
+    /// sweep.mjs: a sweep of 3 learning-rate multipliers on tiny-llama-demo trains fused and picks the member with the
+    /// lowest validation loss (checked against the members' reported losses, which differ); every member's checkpoints are
+    /// listed with its hyperparameters and serve; bad sweeps are 400s naming the field, with nothing stored.
+    /// </summary>
+    [Fact]
+    public async Task ASweepOfThreeLearningRatesPicksTheLowestValidationLoss()
+    {
+        using var folder = new TempFolder("adapter-service-sweep-");
+        await using var service = await ServiceProcess.StartAsync(folder.FullName);
+        var output = await RunAsync("sweep.mjs", [$"{service.Http.BaseAddress}v1", folder.FullName], TimeSpan.FromMinutes(4));
+        log.WriteLine(output);   // each member's losses and the winner
+        Assert.Contains("every call succeeded", output);
+    }
+
+    /// <summary>
     /// evals.mjs: OpenAI's Evals API through the official client: an eval over the base, two fine-tuned models and a
     /// checkpoint in one call gives each model the counts, per-criterion results and samples of scoring it alone; a job
     /// with an attached eval reports its scores per checkpoint (events and checkpoint metrics, keep_best); output items,

@@ -202,6 +202,28 @@ public sealed class TenancyTests(SecuredServiceFactory factory)
         foreach (var job in jobs.Skip(1)) await Api.JsonAsync(await client.PostAsync($"/v1/fine_tuning/jobs/{job}/cancel", null));
     }
 
+    /// <summary>A sweep counts once per member against the active-job limit (2 here): 3 members are refused, 2 fill it.</summary>
+    [Fact]
+    public async Task ASweepCountsOncePerMemberAgainstTheActiveJobLimit()
+    {
+        var (_, key) = await factory.NewProjectAsync("team-sweep");
+        var client = factory.ClientWithKey(key);
+        var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Q", "A"), 10));
+        object Sweep(params double[] rates) => new
+        {
+            model = "tiny-llama-demo", training_file = fileId, validation_file = fileId,
+            hyperparameters = new { n_epochs = 50, batch_size = 1, learning_rate_multiplier = rates },
+        };
+        var tooBig = await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/fine_tuning/jobs", Sweep(0.5, 1, 2)), 429);
+        Assert.Equal("too_many_active_jobs", (string?)tooBig["code"]);
+        Assert.Contains("3 members", (string?)tooBig["message"]);
+        var sweep = (string)(await Api.CreateJobAsync(client, Sweep(0.5, 1)))["id"]!;
+        var full = await Api.AssertErrorAsync(await client.PostAsJsonAsync("/v1/fine_tuning/jobs",
+            new { model = "tiny-llama-demo", training_file = fileId, hyperparameters = new { n_epochs = 1 } }), 429);
+        Assert.Equal("too_many_active_jobs", (string?)full["code"]);
+        await Api.JsonAsync(await client.PostAsync($"/v1/fine_tuning/jobs/{sweep}/cancel", null));
+    }
+
     async Task<HubConnection> HubAsync(string key)
     {
         var hub = new HubConnectionBuilder()

@@ -4,10 +4,12 @@
 //   node dashboard.mjs reconnect BASE_URL JOB_ID TOTAL_STEPS SCREENSHOT_DIR
 //     watches a running job; prints READY_TO_KILL, then DISCONNECTED once the page noticed; the caller restarts the
 //     service meanwhile; the page must catch up to the finished job with every step on the chart exactly once
-//   node dashboard.mjs compare BASE_URL JOB_A JOB_B DPO_JOB PREVIEW_FILE SCREENSHOT_DIR
+//   node dashboard.mjs compare BASE_URL JOB_A JOB_B DPO_JOB PREVIEW_FILE EVAL_ID SCREENSHOT_DIR
 //     two finished runs ticked in the job list and compared (curves, settings diff, final figures, from their events);
 //     the DPO job's page shows its reward margin and preference accuracy; the new-job form previews a file with the
-//     model's chat template; the playground's completion mode streams from /v1/completions
+//     model's chat template; the playground's completion mode streams from /v1/completions; the Evals page compares
+//     the eval's runs (JOB_A's checkpoints, the base and JOB_A's model) per criterion with the API's counts, and JOB_A's
+//     checkpoints show their eval scores
 // Prints OK and exits 0 when every check passed.
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -230,7 +232,7 @@ async function attributeWhen(selector, name, wanted, timeout = 20_000) {
   }
 }
 
-async function compare([jobA, jobB, dpoJob, previewFile, shots]) {
+async function compare([jobA, jobB, dpoJob, previewFile, evalId, shots]) {
   note("browser started");
   // Two runs ticked in the job list.
   await page.goto(`${baseUrl}/#/jobs`);
@@ -319,6 +321,79 @@ async function compare([jobA, jobB, dpoJob, previewFile, shots]) {
   assert.deepEqual(streams.map((t) => t.split(";")[0]), ["text/event-stream"]);
   assert.match(await page.locator("#answer-0-meta").textContent(), /^Finished \((stop|length)\): [1-9]\d* tokens/);
   await shot(shots, "playground-completion.png");
+  note("completion");
+  await evals(evalId, jobA, shots);
+}
+
+/** The Evals page: every run of the eval in a row with the API's own counts; JOB_A's checkpoints with their scores. */
+async function evals(evalId, jobA, shots) {
+  const get = async (p) => (await page.request.get(`${baseUrl}${p}`)).json();
+  const ev = await get(`/v1/evals/${evalId}`);
+  const runs = (await get(`/v1/evals/${evalId}/runs?limit=100`)).data;
+  // Two checkpoint runs of JOB_A (one per epoch) and the call's two: the base and JOB_A's model.
+  assert.equal(runs.length, 4);
+  assert.deepEqual(runs.filter((r) => r.fine_tuning_job_id === jobA).length, 2);
+  assert.ok(runs.some((r) => r.model === "tiny-llama-demo"));
+  await nav("Evals").click();
+  await page.locator(`#evals tr[data-eval="${evalId}"] a`).click();
+  await page.waitForURL(new RegExp(`#/evals/${evalId}$`));
+  await page.getByRole("heading", { name: ev.name }).waitFor();
+  await page.locator("#eval-runs-table").waitFor();
+  const table = await page.locator("#eval-runs-table tbody tr").evaluateAll((trs) => trs.map((tr) => ({
+    run: tr.getAttribute("data-run"),
+    cells: Object.fromEntries([...tr.querySelectorAll("td[data-criterion]")].map((td) => [td.getAttribute("data-criterion"),
+      { passed: Number(td.getAttribute("data-passed")), total: Number(td.getAttribute("data-total")), mean: td.getAttribute("data-mean"),
+        best: td.classList.contains("best"), text: td.textContent }])),
+  })));
+  assert.deepEqual(table.map((r) => r.run), runs.map((r) => r.id));
+  const names = ev.testing_criteria.map((c) => c.name);
+  assert.deepEqual(names, ["exact", "similar"]);
+  for (const [i, run] of runs.entries()) {
+    const row = table[i].cells;
+    assert.equal(row.all.passed, run.result_counts.passed, run.id);
+    assert.equal(row.all.total, run.result_counts.total, run.id);
+    assert.equal(run.result_counts.total, 4);
+    for (const name of names) {
+      const c = run.per_testing_criteria_results.find((x) => x.testing_criteria === name);
+      assert.equal(row[name].passed, c.passed, `${run.id} ${name}`);
+      assert.equal(row[name].total, c.passed + c.failed, `${run.id} ${name}`);
+      assert.equal(Number(row[name].mean), c.mean_score, `${run.id} ${name}`);
+      assert.match(row[name].text, new RegExp(`^${c.passed}/${c.passed + c.failed} \\(.* mean ${c.mean_score.toFixed(3)}`));
+    }
+  }
+  // The best of each column is bold: the highest pass rate, ties broken by the mean grade; nothing when all are equal.
+  for (const column of ["all", ...names]) {
+    const keys = table.map((r) => [r.cells[column].passed / r.cells[column].total, Number(r.cells[column].mean ?? 0)]);
+    const top = keys.reduce((a, b) => (b[0] > a[0] || (b[0] === a[0] && b[1] > a[1]) ? b : a));
+    const allEqual = keys.every((k) => k[0] === top[0] && k[1] === top[1]);
+    assert.deepEqual(table.map((r) => r.cells[column].best), keys.map((k) => !allEqual && k[0] === top[0] && k[1] === top[1]), column);
+  }
+  assert.ok(table.some((r) => r.cells.similar.best), "the runs' similarity differs, so one is best");
+  await shot(shots, "evals.png");
+
+  // A run's output items: the item, the model's sample and each criterion's grade.
+  const base = runs.find((r) => r.model === "tiny-llama-demo");
+  await page.locator(`#eval-runs-table tr[data-run="${base.id}"]`).getByRole("link", { name: "Output items" }).click();
+  await page.locator("#output-items-table").waitFor();
+  const items = (await get(`/v1/evals/${evalId}/runs/${base.id}/output_items?limit=10`)).data;
+  assert.equal(await page.locator("#output-items-table tbody tr").count(), items.length);
+  const first = page.locator("#output-items-table tbody tr").first();
+  assert.equal((await first.locator("td").nth(2).textContent()), items[0].sample.output.map((o) => o.content).join("\n"));
+  assert.deepEqual(await first.locator("li[data-grade]").evaluateAll((lis) => lis.map((li) => li.getAttribute("data-grade"))), names);
+  note("evals");
+
+  // JOB_A's checkpoints carry their eval scores, one column per criterion, as the API's checkpoint metrics.
+  await page.goto(`${baseUrl}/#/jobs/${jobA}`);
+  const checkpoints = (await get(`/v1/fine_tuning/jobs/${jobA}/checkpoints?limit=100`)).data;
+  await page.locator('#checkpoints-table td[data-criterion="exact"]').first().waitFor();
+  for (const c of checkpoints) {
+    for (const name of names) {
+      const td = page.locator(`#checkpoints-table tr[data-step="${c.step_number}"] td[data-criterion="${name}"]`);
+      assert.equal(Number(await td.getAttribute("data-mean")), c.metrics[`eval_${name}`]);
+      assert.equal(Number(await td.getAttribute("data-pass-rate")), c.metrics[`eval_${name}_pass_rate`]);
+      assert.equal(await td.locator("a").getAttribute("href"), `#/evals/${evalId}/runs/${c.metrics.eval_run_id}`);
+    }
+  }
 }
 
 try {

@@ -59,7 +59,7 @@ public sealed record FineTuningJobDto(
     IReadOnlyList<string> ResultFiles, string Status, string? ValidationFile, string TrainingFile, HyperparametersDto Hyperparameters,
     long? TrainedTokens, JobErrorDto? Error, long Seed, string? Suffix, long? EstimatedFinish, IReadOnlyDictionary<string, string>? Metadata,
     IReadOnlyList<object> Integrations, JsonObject Method, AdapterDto Adapter, long TrainingFileTokens, long EstimatedTrainedTokens,
-    string? ChatTemplate, JsonElement? Eval = null);
+    string? ChatTemplate, JsonElement? Eval = null, [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] SweepDto? Sweep = null);
 
 public sealed record JobEventDto(string Id, string Object, long CreatedAt, string Level, string Message, string Type, JsonElement? Data);
 
@@ -71,8 +71,22 @@ public sealed class FineTuningLimits
     public int MinExamples { get; set; } = 10;
 }
 
-/// <summary>OpenAI's checkpoint object; <c>fine_tuned_model_checkpoint</c> is a model name usable for inference.</summary>
-public sealed record CheckpointDto(string Id, string Object, long CreatedAt, string FineTunedModelCheckpoint, int StepNumber, JsonElement Metrics, string FineTuningJobId);
+/// <summary>
+/// OpenAI's checkpoint object; <c>fine_tuned_model_checkpoint</c> is a model name usable for inference. A sweep member's
+/// checkpoint also has <c>sweep_member</c> (0-based) and the member's <c>hyperparameters</c> (our extension).
+/// </summary>
+public sealed record CheckpointDto(string Id, string Object, long CreatedAt, string FineTunedModelCheckpoint, int StepNumber, JsonElement Metrics, string FineTuningJobId,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] int? SweepMember = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyDictionary<string, object>? Hyperparameters = null);
+
+/// <summary>
+/// A sweep job's members (our extension, <c>sweep</c> on the job): the swept parameter, its values, and per member its
+/// last checkpoint's losses; <c>best_member</c> is the member whose adapter is the fine-tuned model (set when the job succeeded).
+/// </summary>
+public sealed record SweepDto(string Parameter, IReadOnlyList<double> Values, IReadOnlyList<SweepMemberDto> Members, int? BestMember);
+
+/// <summary>One sweep member: its index, hyperparameters, and its newest checkpoint with that checkpoint's losses (null before its first epoch ended).</summary>
+public sealed record SweepMemberDto(int Member, IReadOnlyDictionary<string, object> Hyperparameters, string? Checkpoint, int? Step, double? TrainLoss, double? ValidLoss);
 
 public sealed record CheckpointListResponse(string Object, IReadOnlyList<CheckpointDto> Data, bool HasMore, string? FirstId, string? LastId);
 
@@ -82,9 +96,12 @@ public sealed record PageQuery([FromQuery(Name = "after")] string? After, [FromQ
 /// <summary>How jobs and their events appear in the API.</summary>
 public static partial class FineTuningJobsApi
 {
-    public static FineTuningJobDto ToDto(this FineTuningJob j, IReadOnlyDictionary<string, string>? metadata, IReadOnlyList<string>? resultFiles = null)
+    public static FineTuningJobDto ToDto(this FineTuningJob j, IReadOnlyDictionary<string, string>? metadata, IReadOnlyList<string>? resultFiles = null,
+        IReadOnlyList<Checkpoint>? checkpoints = null)
     {
-        var hp = new HyperparametersDto(j.Epochs, j.BatchSize, j.LearningRateMultiplier, j.EarlyStoppingPatience);
+        var sweep = Sweep.Of(j);
+        // A sweep shows its chosen learning rate once it has one (the first listed before).
+        var hp = new HyperparametersDto(j.Epochs, j.BatchSize, sweep?.BestMember is { } best ? sweep.Values[best] : j.LearningRateMultiplier, j.EarlyStoppingPatience);
         // A built-in base's pre-training trains no adapter; its settings are the pre-training's own.
         bool pretraining = j.AdapterType == JobKinds.PretrainingType;
         return new FineTuningJobDto(j.Id, "fine_tuning.job", j.StartModel ?? j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", resultFiles ?? [],
@@ -93,9 +110,19 @@ public static partial class FineTuningJobsApi
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
             Method(j, hp, pretraining),
             pretraining ? new AdapterDto(JobKinds.PretrainingType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(j.AdapterConfig)),
-            j.TrainingFileTokens, j.TrainingFileTokens * j.Epochs, j.ChatTemplate,
-            j.EvalSettings is null ? null : JsonDocument.Parse(j.EvalSettings).RootElement);
+            j.TrainingFileTokens, j.TrainingFileTokens * (sweep?.Values.Count ?? 1) * j.Epochs, j.ChatTemplate,
+            j.EvalSettings is null ? null : JsonDocument.Parse(j.EvalSettings).RootElement, sweep is null ? null : SweepOf(j, sweep, checkpoints ?? []));
     }
+
+    /// <summary>A sweep's members with their newest checkpoints' losses.</summary>
+    static SweepDto SweepOf(FineTuningJob j, Sweep sweep, IReadOnlyList<Checkpoint> checkpoints) => new(sweep.Parameter, sweep.Values,
+        sweep.Values.Select((_, m) =>
+        {
+            var last = checkpoints.Where(c => c.SweepMember == m).MaxBy(c => c.StepNumber);
+            var metrics = last is null ? default : JsonDocument.Parse(last.Metrics).RootElement;
+            double? Number(string name) => last is not null && metrics.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : null;
+            return new SweepMemberDto(m, sweep.Shown(j, m), last?.Name, last?.StepNumber, Number("train_loss"), Number("valid_loss"));
+        }).ToList(), sweep.BestMember);
 
     /// <summary>
     /// OpenAI's <c>method</c>: <c>{"type": t, t: {"hyperparameters": {shared ones, the objective's own}, …}}</c>, as resolved.
@@ -124,7 +151,11 @@ public static partial class FineTuningJobsApi
         var resultIds = jobs.Select(j => JobResultFiles.IdOf(j.Id)).ToList();
         var results = (await db.Files.AsNoTracking().Where(f => resultIds.Contains(f.Id) && f.Purpose == JobResultFiles.Purpose).Select(f => f.Id).ToListAsync(cancel))
             .ToHashSet();
-        return jobs.Select(j => j.ToDto(metadata.GetValueOrDefault(j.Id), results.Contains(JobResultFiles.IdOf(j.Id)) ? [JobResultFiles.IdOf(j.Id)] : [])).ToList();
+        var sweepIds = jobs.Where(j => j.Sweep is not null).Select(j => j.Id).ToList();
+        var checkpoints = sweepIds.Count == 0 ? [] : (await db.Checkpoints.AsNoTracking().Where(c => sweepIds.Contains(c.JobId)).ToListAsync(cancel))
+            .GroupBy(c => c.JobId).ToDictionary(g => g.Key, g => (IReadOnlyList<Checkpoint>)g.ToList());
+        return jobs.Select(j => j.ToDto(metadata.GetValueOrDefault(j.Id), results.Contains(JobResultFiles.IdOf(j.Id)) ? [JobResultFiles.IdOf(j.Id)] : [],
+            checkpoints.GetValueOrDefault(j.Id))).ToList();
     }
 
     static async Task<FineTuningJobDto> ToDtoAsync(ServiceDbContext db, FineTuningJob job, CancellationToken cancel) =>

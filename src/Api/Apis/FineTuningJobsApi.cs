@@ -38,12 +38,19 @@ public static partial class FineTuningJobsApi
         return app;
     }
 
-    /// <summary>429 when the project (the context sees its jobs only) has its most jobs validating, queued or running.</summary>
-    static async Task<JsonHttpResult<ErrorResponse>?> ActiveJobsRefusalAsync(ServiceDbContext db, LimitsOptions limits, CancellationToken cancel)
+    /// <summary>
+    /// 429 when the project (the context sees its jobs only) has its most jobs validating, queued or running, or would
+    /// have with the <paramref name="adding"/> trainings of a new job. A sweep counts as one job per member: it trains that many adapters.
+    /// </summary>
+    static async Task<JsonHttpResult<ErrorResponse>?> ActiveJobsRefusalAsync(ServiceDbContext db, LimitsOptions limits, CancellationToken cancel, int adding = 1)
     {
-        int active = await db.Jobs.CountAsync(j => j.Status == JobStatus.ValidatingFiles || j.Status == JobStatus.Queued || j.Status == JobStatus.Running, cancel);
-        return active < limits.MaxActiveJobsPerProject ? null : OpenAiErrors.Error(StatusCodes.Status429TooManyRequests,
-            $"This project already has {active} fine-tuning jobs queued or running, the most allowed at once ({limits.MaxActiveJobsPerProject}). Wait for one to finish or cancel one.",
+        var sweeps = await db.Jobs.Where(j => j.Status == JobStatus.ValidatingFiles || j.Status == JobStatus.Queued || j.Status == JobStatus.Running)
+            .Select(j => j.Sweep).ToListAsync(cancel);
+        int active = sweeps.Sum(s => s is null ? 1 : JsonSerializer.Deserialize<Sweep>(s)!.Values.Count);
+        return active + adding <= limits.MaxActiveJobsPerProject ? null : OpenAiErrors.Error(StatusCodes.Status429TooManyRequests,
+            $"This project already has {active} fine-tuning jobs queued or running (a sweep counts once per member)" +
+            (adding > 1 ? $"; this sweep's {adding} members would pass" : ", already") +
+            $" the most allowed at once ({limits.MaxActiveJobsPerProject}). Wait for one to finish or cancel one.",
             null, "too_many_active_jobs");
     }
 
@@ -105,6 +112,9 @@ public static partial class FineTuningJobsApi
         var (spec, specError) = JobSpecification.Resolve(hyperparameters, config, baseConfig, training, validation,
             new JobLimits(limits.Value.MinExamples, projectLimits.Value.MaxTrainingTokens), objective);
         if (spec is null) return specError!.ToResult();
+        // A sweep scores its members by validation loss; evals at its members' checkpoints are not wired yet.
+        if (spec.Sweep is not null && eval is not null)
+            return OpenAiErrors.BadRequest("A sweep (learning_rate_multiplier as a list) scores its members by their validation loss; it cannot take an eval yet.", "eval");
         // An image classifier's new labels would give the adapter another classifier than the one it continues from.
         if (start is not null && !(spec.Adapter.Labels ?? []).SequenceEqual(config.Labels ?? []))
             return OpenAiErrors.BadRequest($"The training file's labels are not those of {start.Name}, whose classifier the job continues to train.", "training_file");
@@ -114,8 +124,8 @@ public static partial class FineTuningJobsApi
         var hp = new HyperparametersDto(spec.Epochs, spec.BatchSize, spec.LearningRateMultiplier, spec.EarlyStoppingPatience);
         var (exampleCount, fileTokens) = (spec.ExampleCount, spec.TrainingFileTokens);
 
-        // Again, now that the files were read: a job created meanwhile counts. Two creates at the same moment may both pass: a soft cap.
-        if (await ActiveJobsRefusalAsync(db, projectLimits.Value, cancel) is { } nowFull) return nowFull;
+        // Again, now that the files were read (and a sweep's size is known): a job created meanwhile counts. Two creates at the same moment may both pass: a soft cap.
+        if (await ActiveJobsRefusalAsync(db, projectLimits.Value, cancel, spec.Sweep?.Values.Count ?? 1) is { } nowFull) return nowFull;
 
         var job = new FineTuningJob
         {
@@ -125,11 +135,15 @@ public static partial class FineTuningJobsApi
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
             AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(), ChatTemplate = chatTemplate,
             Objective = objective.Name, ObjectiveSettings = settings?.ToJsonString(), StartModel = start?.Name, StartAdapterPath = start?.BlobPath,
+            Sweep = spec.Sweep?.ToJson(),
             EvalSettings = eval?.ToJson(),
         };
+        var notes = new List<string> { $"Created fine-tuning job: {job.Id}" + (start is null ? "" : $", continuing from {start.Name}"),
+            $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)" };
+        if (spec.Sweep is { } sweep)
+            notes.Add($"Sweep of {sweep.Values.Count} members over {sweep.Parameter} ({string.Join(", ", sweep.Values.Select((_, m) => sweep.Label(m)))}): trained fused, scored by validation loss");
         await jobs.CreateAsync(job, (request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }),
-            [$"Created fine-tuning job: {job.Id}" + (start is null ? "" : $", continuing from {start.Name}"), $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)"],
-            "Fine-tuning job queued", cancel);
+            notes, "Fine-tuning job queued", cancel);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));
     }
 
@@ -241,11 +255,15 @@ public static partial class FineTuningJobsApi
         {
             var cursor = await db.Checkpoints.AsNoTracking().SingleOrDefaultAsync(c => c.Id == after && c.JobId == jobId, cancel);
             if (cursor is null) return OpenAiErrors.BadRequest($"No such checkpoint: {after}", "after");
-            query = query.Where(c => c.StepNumber < cursor.StepNumber);
+            // A sweep's members have checkpoints at the same steps: the id orders those.
+            query = query.Where(c => c.StepNumber < cursor.StepNumber || c.StepNumber == cursor.StepNumber && string.Compare(c.Id, cursor.Id) < 0);
         }
-        var page = await query.OrderByDescending(c => c.StepNumber).Take(take + 1).ToListAsync(cancel);
+        var page = await query.OrderByDescending(c => c.StepNumber).ThenByDescending(c => c.Id).Take(take + 1).ToListAsync(cancel);
+        var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == jobId, cancel);
+        var sweep = Sweep.Of(job);
         var data = page.Take(take).Select(c => new CheckpointDto(c.Id, "fine_tuning.job.checkpoint", c.CreatedAt, c.Name, c.StepNumber,
-            JsonDocument.Parse(c.Metrics).RootElement, c.JobId)).ToList();
+            JsonDocument.Parse(c.Metrics).RootElement, c.JobId, c.SweepMember,
+            c.SweepMember is { } m && sweep is not null ? sweep.Shown(job, m) : null)).ToList();
         return TypedResults.Ok(new CheckpointListResponse("list", data, page.Count > take, data.FirstOrDefault()?.Id, data.LastOrDefault()?.Id));
     }
 

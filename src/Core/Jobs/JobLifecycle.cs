@@ -184,11 +184,12 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
         return StorageUsage.FolderBytes(blobs, db.Checkpoints.Where(c => jobIds.Contains(c.JobId)).Select(c => c.BlobPath).ToList());
     }
 
-    public bool HasCheckpoint(string jobId, int step) => db.Checkpoints.Any(c => c.JobId == jobId && c.StepNumber == step);
+    public bool HasCheckpoint(string jobId, int step, int? sweepMember = null) =>
+        db.Checkpoints.Any(c => c.JobId == jobId && c.StepNumber == step && c.SweepMember == sweepMember);
 
     /// <summary>The metrics JSON of the job's checkpoints up to <paramref name="step"/>, oldest first.</summary>
-    public List<string> CheckpointMetrics(string jobId, int step) =>
-        db.Checkpoints.Where(c => c.JobId == jobId && c.StepNumber <= step).OrderBy(c => c.StepNumber).Select(c => c.Metrics).ToList();
+    public List<string> CheckpointMetrics(string jobId, int step, int? sweepMember = null) =>
+        db.Checkpoints.Where(c => c.JobId == jobId && c.StepNumber <= step && c.SweepMember == sweepMember).OrderBy(c => c.StepNumber).Select(c => c.Metrics).ToList();
 
     /// <summary>Registers a checkpoint (its folder is in the blob store already) and announces it.</summary>
     public void AddCheckpoint(Checkpoint checkpoint)
@@ -203,9 +204,9 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
     /// Marks the job succeeded and registers what it made (a fine-tuning job's adapter, a pre-training job's base model
     /// unless it exists) in one transaction, only if it is still running under <paramref name="lease"/>: whoever sees the
     /// job succeeded also sees its model and its last events. False (and nothing written) when it was cancelled, paused or
-    /// taken over meanwhile.
+    /// taken over meanwhile. A sweep's job records its <paramref name="sweep"/> with the best member with it.
     /// </summary>
-    public bool Succeed(JobLease lease, string fineTunedModel, long trainedTokens, Adapter? adapter = null, BaseModel? baseModel = null)
+    public bool Succeed(JobLease lease, string fineTunedModel, long trainedTokens, Adapter? adapter = null, BaseModel? baseModel = null, Sweep? sweep = null)
     {
         using var transaction = db.Database.BeginTransaction();
         long now = Now();
@@ -215,6 +216,11 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
             .SetProperty(j => j.TrainedTokens, trainedTokens)
             .SetProperty(j => j.FinishedAt, now));
         if (updated == 0) return false;
+        if (sweep is not null)
+        {
+            string json = sweep.ToJson();
+            db.Jobs.Where(j => j.Id == lease.JobId).ExecuteUpdate(s => s.SetProperty(j => j.Sweep, json));
+        }
         Finished(lease.JobId, db.Jobs.Where(j => j.Id == lease.JobId).Select(j => j.ProjectId).Single(), JobStatus.Succeeded);
         if (adapter is not null)
         {

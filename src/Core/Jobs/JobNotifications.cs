@@ -18,7 +18,8 @@ public sealed record ProgressMessage(
     string JobId, int Step, int TotalSteps, int Epoch, double TrainLoss, double TrainMeanTokenAccuracy, double? ValidLoss,
     double? ValidMeanTokenAccuracy, double LearningRate, double TokensPerSecond, double EtaSeconds, object? Adapter = null,
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyDictionary<string, double>? Objective = null,
-    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] WorkerStats? Worker = null);
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] WorkerStats? Worker = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] int? SweepMember = null);
 
 /// <summary>A job's new status (<c>status</c> message); error set when it failed.</summary>
 public sealed record StatusMessage(string JobId, string Status, string? FineTunedModel, string? Error);

@@ -71,6 +71,9 @@ public abstract class TrainingObjective
     /// <summary>Whether its jobs train in a fused group with other jobs on the same base (<see cref="FusedTrainer"/>).</summary>
     public virtual bool Fuses => false;
 
+    /// <summary>Reads (and caches) the data its trainer will read, so that a fused job does it on its own thread, not between its group's steps.</summary>
+    public virtual void Preload(FineTuningJob job, IJobData data) => data.Texts();
+
     /// <summary>
     /// Its part of the request, <c>method.{type}</c> (null when absent), resolved into the settings stored on the job:
     /// <c>{"hyperparameters": {its own, defaults filled in}}</c>. The shared hyperparameters are skipped here; any other
@@ -192,6 +195,7 @@ public sealed class PreferenceObjective : TrainingObjective
 {
     public override string Name => JobObjectives.Dpo;
     public override IReadOnlyList<TrainingFileFormat> Formats { get; } = [TrainingFileFormat.Preference];
+    public override bool Fuses => true;
     public override IReadOnlyList<ObjectiveHyperparameter> Hyperparameters { get; } =
         [new("beta", 0.1, v => v is > 0 and <= 10, "a number in (0, 10]")];
 

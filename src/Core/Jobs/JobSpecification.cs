@@ -27,8 +27,9 @@ public sealed record JobLimits(int MinExamples, long MaxTrainingTokens);
 public sealed record DataFile(string Id, FileFacts? Facts, long? Tokens, JobSpecError? Error = null);
 
 /// <summary>What a job trains: its adapter, its hyperparameters with "auto" resolved, its training file's size.</summary>
+/// <remarks><see cref="Sweep"/>: the request listed several values of a hyperparameter; <see cref="LearningRateMultiplier"/> is then the first.</remarks>
 public sealed record JobSpec(AdapterConfig Adapter, int Epochs, int BatchSize, double LearningRateMultiplier, int? EarlyStoppingPatience,
-    int ExampleCount, long TrainingFileTokens)
+    int ExampleCount, long TrainingFileTokens, Sweep? Sweep = null)
 {
     public Hyperparameters Hyperparameters => JobSpecification.Hyperparameters(Epochs, BatchSize, LearningRateMultiplier);
 }
@@ -93,8 +94,19 @@ public static class JobSpecification
         string path = hyperparameters?.Path ?? "hyperparameters";
         int? epochs = Auto(hyperparameters?.NEpochs, $"{path}.n_epochs", ref error, v => v is >= 1 and <= 50 && v == Math.Floor(v), "an integer between 1 and 50");
         int? batch = Auto(hyperparameters?.BatchSize, $"{path}.batch_size", ref error, v => v is >= 1 and <= 256 && v == Math.Floor(v), "an integer between 1 and 256");
-        double? lr = AutoDouble(hyperparameters?.LearningRateMultiplier, $"{path}.learning_rate_multiplier", ref error, v => v is > 0 and <= 50, "a number in (0, 50]");
+        string lrName = $"{path}.learning_rate_multiplier";
+        var (sweep, sweepError) = Sweep.Read(hyperparameters?.LearningRateMultiplier, Sweep.LearningRateMultiplier, lrName, v => v is > 0 and <= 50, "a number in (0, 50]");
+        if (sweepError is not null) return (null, sweepError);
+        double? lr = sweep is not null ? sweep.Values[0] : AutoDouble(hyperparameters?.LearningRateMultiplier, lrName, ref error, v => v is > 0 and <= 50, "a number in (0, 50]");
         if (error is not null) return (null, error);
+        if (sweep is not null)
+        {
+            // The members are scored on the validation file, and train fused over one copy of a language model.
+            if (validation is null)
+                return (null, new($"A sweep ({lrName} as a list) scores its members by their validation loss: it needs a validation_file.", "validation_file"));
+            if (baseConfig is VitConfig || !objective.Fuses)
+                return (null, new($"A sweep ({lrName} as a list) trains its members fused, which {(baseConfig is VitConfig ? "an image classifier's" : $"the {objective.Name} method's")} training does not; give one value.", lrName));
+        }
         if (hyperparameters?.EarlyStoppingPatience is { } patience && (patience is < 1 or > 50 || validation is null))
             return (null, new($"{path}.early_stopping_patience must be 1-50 and needs a validation_file.", $"{path}.early_stopping_patience"));
         // "auto": in the spirit of OpenAI's defaults, a batch and an epoch count for the data set's size (about 100 steps).
@@ -102,7 +114,7 @@ public static class JobSpecification
         int resolvedBatch = batch ?? Math.Clamp(examples / 64, 1, 32);
         int stepsPerEpoch = (int)Math.Ceiling(examples / (double)resolvedBatch);
         int resolvedEpochs = epochs ?? Math.Clamp((int)Math.Ceiling(100.0 / stepsPerEpoch), 3, 25);
-        return (new JobSpec(adapter, resolvedEpochs, resolvedBatch, lr ?? 1.0, hyperparameters?.EarlyStoppingPatience, examples, tokens), null);
+        return (new JobSpec(adapter, resolvedEpochs, resolvedBatch, lr ?? 1.0, hyperparameters?.EarlyStoppingPatience, examples, tokens, sweep), null);
     }
 
     static JobSpecError Invalid(DataFile file, string param, TrainingFileException problem) =>
@@ -115,6 +127,11 @@ public static class JobSpecification
     {
         if (value is not { } v || v.ValueKind == JsonValueKind.Null || v.ValueKind == JsonValueKind.String && v.GetString() == "auto") return null;
         if (v.ValueKind == JsonValueKind.Number && valid(v.GetDouble())) return v.GetDouble();
+        if (v.ValueKind == JsonValueKind.Array)
+        {
+            error ??= new($"{name} cannot be a list: a sweep lists values of learning_rate_multiplier only.", name);
+            return null;
+        }
         error ??= new($"{name} must be \"auto\" or {expected}, got {v.GetRawText()}.", name);
         return null;
     }

@@ -22,6 +22,8 @@ public sealed class ReinforcementObjective : TrainingObjective
     public const string Type = "reinforcement";
     public override string Name => Type;
     public override IReadOnlyList<TrainingFileFormat> Formats { get; } = [TrainingFileFormat.Reinforcement];
+    public override bool Fuses => true;
+    public override void Preload(FineTuningJob job, IJobData data) => data.Prompts((int)Setting(job, "max_completion_tokens"));
 
     /// <summary>OpenAI's reasoning_effort values: accepted and recorded, the models here do not reason separately.</summary>
     static readonly string[] ReasoningEfforts = ["default", "low", "medium", "high"];

@@ -34,6 +34,10 @@ public static class ModelNames
     /// <summary>The name of a job's checkpoint at <paramref name="step"/>: its fine-tuned model's name and <c>:ckpt-step-N</c>.</summary>
     public static string Checkpoint(string fineTunedModel, int step) => $"{fineTunedModel}:ckpt-step-{step}";
 
+    /// <summary>A sweep member's checkpoint: <c>{fine-tuned model}:ckpt-step-N-mK</c> (K numbered from 1, as in the job's events).</summary>
+    public static string Checkpoint(string fineTunedModel, int step, int? sweepMember) =>
+        sweepMember is { } m ? $"{Checkpoint(fineTunedModel, step)}-m{m + 1}" : Checkpoint(fineTunedModel, step);
+
     /// <summary>What <paramref name="name"/> names, in this order: an adapter, a checkpoint (of a job still there), a base; null if nothing.</summary>
     public static async Task<NamedModel?> FindAsync(ServiceDbContext db, string name, CancellationToken cancel)
     {

@@ -36,9 +36,10 @@ public static class BlobPaths
     public static string FilePath(string fileId) => $"files/{fileId}";
     public static string ModelPath(string modelId) => $"models/{modelId}";
     public static string AdapterPath(string adapterId) => $"adapters/{adapterId}";
-    public static string CheckpointPath(string jobId, int step) => $"jobs/{jobId}/checkpoints/step-{step}";
+    public static string CheckpointPath(string jobId, int step, int? sweepMember = null) =>
+        $"jobs/{jobId}/checkpoints/step-{step}" + (sweepMember is { } m ? $"-m{m + 1}" : "");
     /// <summary>Where a job's trainer state lives between runs (one folder per saved step).</summary>
-    public static string TrainerStatePath(string jobId) => $"jobs/{jobId}/state";
+    public static string TrainerStatePath(string jobId, int? sweepMember = null) => $"jobs/{jobId}/state" + (sweepMember is { } m ? $"-m{m + 1}" : "");
 }
 
 /// <summary>

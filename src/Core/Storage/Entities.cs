@@ -128,6 +128,8 @@ public sealed class FineTuningJob
     public string? ErrorParam { get; set; }
     /// <summary>The W3C trace context of the request that created the job, so the worker's run continues its trace.</summary>
     public string? TraceParent { get; set; }
+    /// <summary>A hyperparameter sweep's parameter and values as JSON (<see cref="Jobs.Sweep"/>); null for a job of one training.</summary>
+    public string? Sweep { get; set; }
     /// <summary>The eval run at every checkpoint (the request's <c>eval</c> object as validated, JSON); null when none.</summary>
     public string? EvalSettings { get; init; }
 }
@@ -167,6 +169,8 @@ public sealed class Checkpoint
     /// <summary>Metrics at that step as JSON (step, train_loss, train_mean_token_accuracy).</summary>
     public required string Metrics { get; init; }
     public required string BlobPath { get; init; }
+    /// <summary>The sweep member (0-based, <see cref="Jobs.Sweep"/>) it is a checkpoint of; null for a job of one training.</summary>
+    public int? SweepMember { get; init; }
 }
 
 /// <summary>A trained adapter: its row records what it is; its PEFT folder lives in the blob store.</summary>

@@ -11,7 +11,7 @@ namespace AdapterService.Core.Training;
 public interface IFusedSession
 {
     /// <summary>Makes the job's trainer over the group's copy of the base (its adapter attached to <paramref name="model"/>).</summary>
-    LanguageModelTrainer Join(CausalLanguageModel model);
+    FusableTrainer Join(CausalLanguageModel model);
 
     /// <summary>What follows one of the job's steps; <paramref name="fusedWith"/>: how many other jobs shared the step.</summary>
     void AfterStep(TrainingProgress progress, int fusedWith);
@@ -32,7 +32,7 @@ public interface IFusedSession
 /// leave between steps; one leaving, failing or being cancelled never stops the others. A group ends, and frees its model,
 /// when its last member leaves.
 /// </remarks>
-public sealed class FusionHost(int maxFusedJobs, int concurrency)
+public sealed class FusionHost(int maxFusedJobs, int concurrency, double checkpointShare = FusedTrainer.DefaultCheckpointShare)
 {
     readonly object gate = new();
     readonly List<Group> groups = [];
@@ -43,6 +43,10 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
 
     /// <summary>How many groups and unfused trainings run at once.</summary>
     public int Concurrency { get; } = Math.Max(1, concurrency);
+
+    /// <summary>The share of decoder layers a fused step recomputes in its backward pass instead of keeping their activations (<see cref="FusedTrainer.Step"/>).</summary>
+    public double CheckpointShare { get; } = checkpointShare is >= 0 and <= 1
+        ? checkpointShare : throw new ArgumentOutOfRangeException(nameof(checkpointShare), "Workers:FusedCheckpointing is a share of the layers, from 0 to 1");
 
     /// <summary>
     /// Trains a job's <paramref name="session"/> in a group over the base <paramref name="baseKey"/>, joining one with
@@ -69,6 +73,44 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
             return true;
         }, session.ShouldContinue, cancel);
         return joiner.Done.Task.GetAwaiter().GetResult();
+    }
+
+    /// <summary>
+    /// Trains the members of one job (a sweep's, <see cref="Jobs.Sweep"/>) in one group over one copy of the base: they
+    /// join a group with room for all of them at once, or start one (a sweep larger than <see cref="MaxFusedJobs"/> gets a
+    /// group of its own). Blocks until every member's run ended and returns each one's result or the error that ended it;
+    /// one member failing never stops the others. <paramref name="waiting"/> is asked while they wait for a place.
+    /// </summary>
+    public IReadOnlyList<(TrainingResult? Result, Exception? Error)> TrainTogether(string baseKey, Func<CausalLanguageModel> load,
+        IReadOnlyList<IFusedSession> sessions, Func<bool> waiting, CancellationToken cancel)
+    {
+        var joiners = sessions.Select(s => new Joiner(s, cancel)).ToList();
+        WaitFor(() =>
+        {
+            if (groups.FirstOrDefault(g => g.Key == baseKey && g.Size + joiners.Count <= MaxFusedJobs) is not { } group)
+            {
+                if (running >= Concurrency) return false;
+                running++;
+                group = new Group(this, baseKey, load);
+                groups.Add(group);
+                group.Joining.AddRange(joiners);
+                group.Start();
+                return true;
+            }
+            group.Joining.AddRange(joiners);
+            return true;
+        }, waiting, cancel);
+        return joiners.Select(j =>
+        {
+            try
+            {
+                return (j.Done.Task.GetAwaiter().GetResult(), (Exception?)null);
+            }
+            catch (Exception e)
+            {
+                return ((TrainingResult?)null, e);
+            }
+        }).ToList();
     }
 
     /// <summary>Runs a training that does not fuse (an image classifier's, or with fusion off) in a slot of its own.</summary>
@@ -121,7 +163,7 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
         public CancellationToken Cancel { get; } = cancel;
         public TaskCompletionSource<TrainingResult> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         /// <summary>Set once the job joined the group.</summary>
-        public LanguageModelTrainer? Trainer { get; set; }
+        public FusableTrainer? Trainer { get; set; }
     }
 
     sealed class Group(FusionHost host, string key, Func<CausalLanguageModel> load)
@@ -164,7 +206,7 @@ public sealed class FusionHost(int maxFusedJobs, int concurrency)
                     if (members.Count == 0) continue;
 
                     var stepping = members.ToList();
-                    var outcomes = FusedTrainer.Step(model, stepping.Select(m => m.Trainer!).ToList());
+                    var outcomes = FusedTrainer.Step(model, stepping.Select(m => m.Trainer!).ToList(), host.CheckpointShare);
                     foreach (var (member, outcome) in stepping.Zip(outcomes))
                     {
                         if (outcome.Error is not null) Leave(member, outcome.Error);

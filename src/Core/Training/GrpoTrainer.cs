@@ -28,9 +28,8 @@ public sealed record GrpoStepStats(double RewardMean, double RewardStd, double K
 /// The loop, optimizer, learning-rate decay and state are <see cref="AdapterTrainer"/>'s; rollouts are seeded from
 /// (seed, step), so a resumed job samples what it would have.
 /// </summary>
-public sealed class GrpoTrainer : AdapterTrainer
+public sealed class GrpoTrainer : FusableTrainer
 {
-    readonly CausalLanguageModel model;
     readonly IReadOnlyList<RlPrompt> prompts;
     readonly Grader grader;
     readonly IJudge? judge;
@@ -44,18 +43,11 @@ public sealed class GrpoTrainer : AdapterTrainer
 
     public GrpoTrainer(CausalLanguageModel model, TrainableAdapter adapter, IReadOnlyList<RlPrompt> prompts, Grader grader, IJudge? judge,
         IRolloutSampler sampler, Hyperparameters hp, GrpoSettings settings, long seed, TrainableAdapter? reference = null)
-        : base(adapter, prompts.Count, hp, seed, Attached(model, adapter).Parameters())
+        : base(model, adapter, prompts.Count, hp, seed)
     {
-        (this.model, this.prompts, this.grader, this.judge, this.sampler, this.settings, this.reference, this.seed) =
-            (model, prompts, grader, judge, sampler, settings, reference, seed);
+        (this.prompts, this.grader, this.judge, this.sampler, this.settings, this.reference, this.seed) =
+            (prompts, grader, judge, sampler, settings, reference, seed);
         reference?.Train(false);
-    }
-
-    static TrainableAdapter Attached(CausalLanguageModel model, TrainableAdapter adapter)
-    {
-        foreach (var p in model.parameters()) p.requires_grad = false;
-        adapter.Attach(model);
-        return adapter;
     }
 
     /// <summary>Cancels the rollouts of a step in progress.</summary>
@@ -70,38 +62,93 @@ public sealed class GrpoTrainer : AdapterTrainer
     /// <summary>The mean reward of the last evaluation on <see cref="Validation"/>, and the step it was taken after.</summary>
     public (int Step, double Reward)? LastEvaluation { get; private set; }
 
-    protected override double TrainStep(IReadOnlyList<int> batch)
+    /// <summary>A step's rollouts: its prompts, their sampled groups, the rewards and their group-normalised advantages.</summary>
+    sealed record Rollouts(List<RlPrompt> Prompts, IReadOnlyList<IReadOnlyList<Rollout>> Groups, List<double[]> Rewards, List<double[]> Advantages)
+    {
+        public int Samples => Groups.Sum(g => g.Count);
+
+        /// <summary>The indices of group <paramref name="g"/>'s samples that have tokens to train on.</summary>
+        public List<int> Kept(int g) => Enumerable.Range(0, Groups[g].Count).Where(i => Groups[g][i].Tokens.Length > 0).ToList();
+    }
+
+    /// <summary>Samples and grades the step's groups with the adapter as it is now.</summary>
+    Rollouts Roll(IReadOnlyList<int> batch)
     {
         var chosen = batch.Select(i => prompts[i]).ToList();
         var groups = sampler.Sample(chosen.Select(p => p.Prompt).ToList(), settings.GroupSize, settings.Temperature, settings.MaxTokens,
             seed * 1_000_003 + Step, Cancel);
         var rewards = GradeAll(chosen, groups);
-        var advantages = rewards.Select(Grpo.GroupAdvantages).ToList();
-        int samples = groups.Sum(g => g.Count);
+        return new(chosen, groups, rewards, rewards.Select(Grpo.GroupAdvantages).ToList());
+    }
+
+    /// <summary>
+    /// The rows of the samples <paramref name="kept"/> of groups (group, sample) and, per trained token, its advantage and
+    /// its weight in the batch's mean (1 / (|o_i| · samples)).
+    /// </summary>
+    (TokenRows Rows, Tensor Advantages, Tensor Weights, long Tokens) Rows(Rollouts r, IReadOnlyList<(int Group, int Sample)> kept)
+    {
+        int samples = r.Samples;
+        var examples = kept.Select(k => Sequence(r.Prompts[k.Group].Prompt, r.Groups[k.Group][k.Sample].Tokens)).ToList();
+        var rows = TokenRows.Collate(examples, padId: 0, pack: false);
+        var advantages = tensor(kept.SelectMany(k => Enumerable.Repeat(r.Advantages[k.Group][k.Sample], r.Groups[k.Group][k.Sample].Tokens.Length)).ToArray())
+            .to_type(ScalarType.Float32);
+        var weights = tensor(kept.SelectMany(k => Enumerable.Repeat(1.0 / r.Groups[k.Group][k.Sample].Tokens.Length / samples, r.Groups[k.Group][k.Sample].Tokens.Length))
+            .ToArray()).to_type(ScalarType.Float32);
+        return (rows, advantages, weights, examples.Sum(e => e.Ids.Length - 1L));
+    }
+
+    protected override double TrainStep(IReadOnlyList<int> batch)
+    {
+        var r = Roll(batch);
+        int samples = r.Samples;
 
         // One group per micro-batch: its loss is its share of the batch's mean (weights 1 / (|o_i| · samples)), gradients add up.
         double loss = 0, kl = 0;
         long tokens = 0;
-        for (int g = 0; g < chosen.Count; g++)
+        for (int g = 0; g < r.Prompts.Count; g++)
         {
-            var kept = Enumerable.Range(0, groups[g].Count).Where(i => groups[g][i].Tokens.Length > 0).ToList();
+            var kept = r.Kept(g);
             if (kept.Count == 0) continue;
             using var scope = NewDisposeScope();
-            var examples = kept.Select(i => Sequence(chosen[g].Prompt, groups[g][i].Tokens)).ToList();
-            var rows = TokenRows.Collate(examples, padId: 0, pack: false);
-            var tokenAdvantages = tensor(kept.SelectMany(i => Enumerable.Repeat(advantages[g][i], groups[g][i].Tokens.Length)).ToArray()).to_type(ScalarType.Float32);
-            var weights = tensor(kept.SelectMany(i => Enumerable.Repeat(1.0 / groups[g][i].Tokens.Length / samples, groups[g][i].Tokens.Length)).ToArray())
-                .to_type(ScalarType.Float32);
+            var (rows, advantages, weights, partTokens) = Rows(r, kept.Select(i => (g, i)).ToList());
             var referenceLogprobs = ReferenceLogprobs(rows);
-            var (partLoss, partKl) = Grpo.Loss(Logprobs(rows), referenceLogprobs, tokenAdvantages, weights, settings.Beta);
+            var (partLoss, partKl) = Grpo.Loss(Logprobs(rows), referenceLogprobs, advantages, weights, settings.Beta);
             Backward(partLoss, kept.Count / (double)samples);
             loss += partLoss.item<float>();
             kl += partKl.item<float>();
-            tokens += examples.Sum(e => e.Ids.Length - 1L);
+            tokens += partTokens;
         }
         OptimizerStep(loss, tokens);
-        var all = rewards.SelectMany(r => r).ToList();
-        LastStats = new GrpoStepStats(all.Average(), rewards.Average(StandardDeviation), kl, groups.SelectMany(g => g).Average(r => r.Tokens.Length));
+        return Finish(r, kl);
+    }
+
+    /// <summary>
+    /// A fused step's part: the rollouts and the starting model's log-probabilities are computed here, alone (the
+    /// rollouts through the engine, the reference pass over the group's base with the starting model attached); the fused
+    /// pass then takes every kept sample of every group as rows of one piece. A step whose samples are all empty trains
+    /// on nothing.
+    /// </summary>
+    internal override FusedPart Prepare(IReadOnlyList<int> batch)
+    {
+        var r = Roll(batch);
+        var kept = Enumerable.Range(0, r.Prompts.Count).SelectMany(g => r.Kept(g).Select(i => (g, i))).ToList();
+        double kl = 0;
+        if (kept.Count == 0) return new(null, 0, _ => throw new InvalidOperationException("no rows"), () => Finish(r, kl));
+        var (rows, advantages, weights, tokens) = Rows(r, kept);
+        var referenceLogprobs = ReferenceLogprobs(rows);
+        return new(rows, tokens, logits =>
+        {
+            var (loss, klTensor) = Grpo.Loss(LogprobsOf(logits, rows), referenceLogprobs, advantages, weights, settings.Beta);
+            kl = klTensor.item<float>();
+            return (loss, kept.Count / (double)r.Samples);
+        }, () => Finish(r, kl));
+    }
+
+    /// <summary>After the optimizer step: the step's statistics, and the held-out evaluation when it is due; returns the mean reward.</summary>
+    double Finish(Rollouts r, double kl)
+    {
+        var all = r.Rewards.SelectMany(x => x).ToList();
+        LastStats = new GrpoStepStats(all.Average(), r.Rewards.Average(StandardDeviation), kl, r.Groups.SelectMany(g => g).Average(x => x.Tokens.Length));
         int done = Step + 1, interval = EvalInterval > 0 ? EvalInterval : StepsPerEpoch;
         if (Validation is { Count: > 0 } validation && (done % interval == 0 || done == TotalSteps))
             LastEvaluation = (done, Evaluate(validation, EvalSamples, seed * 31 + 17));   // the same draws each time: changes are the policy's
@@ -142,26 +189,29 @@ public sealed class GrpoTrainer : AdapterTrainer
     /// <summary>The policy's log-probability of each completion token (flattened as <see cref="TokenRows.TrainedTargets"/>), with gradient.</summary>
     Tensor Logprobs(TokenRows rows)
     {
-        var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+        var (input, blocks, head) = Model.Chain(rows.Inputs, rows.Positions, rows.Mask);
         var hidden = blocks.Aggregate(input, (h, block) => block(h));
-        var logits = head(hidden.flatten(0, 1).index_select(0, rows.TrainedPositions)).to_type(ScalarType.Float32);   // [n, vocab]
-        return nn.functional.log_softmax(logits, 1).gather(1, rows.TrainedTargets.unsqueeze(1)).squeeze(1);
+        return LogprobsOf(head(hidden.flatten(0, 1).index_select(0, rows.TrainedPositions)), rows);   // head on [n, hidden]
     }
+
+    /// <summary>The log-probability of each trained target of <paramref name="rows"/> under the logits [n, vocab] at its trained positions.</summary>
+    static Tensor LogprobsOf(Tensor logits, TokenRows rows) =>
+        nn.functional.log_softmax(logits.to_type(ScalarType.Float32), 1).gather(1, rows.TrainedTargets.unsqueeze(1)).squeeze(1);
 
     /// <summary>The starting model's log-probabilities: the adapter switched off (or the frozen starting adapter in its place).</summary>
     Tensor ReferenceLogprobs(TokenRows rows)
     {
         using var noGrad = no_grad();
-        TrainableAdapter.Detach(model);
-        reference?.Attach(model);
+        TrainableAdapter.Detach(Model);
+        reference?.Attach(Model);
         try
         {
             return Logprobs(rows).detach();
         }
         finally
         {
-            TrainableAdapter.Detach(model);
-            Adapter.Attach(model);
+            TrainableAdapter.Detach(Model);
+            Adapter.Attach(Model);
         }
     }
 

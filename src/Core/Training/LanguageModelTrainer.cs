@@ -14,9 +14,8 @@ public sealed record TokenizedExample(int[] Ids, bool[] Train);
 /// matmuls run in the type its weights were loaded in (<see cref="Models.BasePrecision"/>); the loss of a step is always the
 /// mean over the batch's trained tokens, in float32.
 /// </summary>
-public sealed class LanguageModelTrainer : AdapterTrainer
+public sealed class LanguageModelTrainer : FusableTrainer
 {
-    readonly CausalLanguageModel model;
     readonly IReadOnlyList<TokenizedExample> examples;
     readonly int padId;
     readonly TrainingSpeedOptions options;
@@ -24,19 +23,12 @@ public sealed class LanguageModelTrainer : AdapterTrainer
 
     public LanguageModelTrainer(CausalLanguageModel model, TrainableAdapter adapter, IReadOnlyList<TokenizedExample> examples, Hyperparameters hp, int padId, long seed,
         TrainingSpeedOptions? options = null)
-        : base(adapter, examples.Count, hp, seed, Attached(model, adapter).Parameters())
+        : base(model, adapter, examples.Count, hp, seed)
     {
         this.options = options ?? new TrainingSpeedOptions();
         if (this.options.Problem() is { } problem) throw new ArgumentException(problem, nameof(options));
-        (this.model, this.examples, this.padId) = (model, examples, padId);
+        (this.examples, this.padId) = (examples, padId);
         (packing, checkpointing) = (this.options.Packing && adapter.TokenWise, this.options.GradientCheckpointing && adapter.TokenWise);
-    }
-
-    static TrainableAdapter Attached(CausalLanguageModel model, TrainableAdapter adapter)
-    {
-        foreach (var p in model.parameters()) p.requires_grad = false;
-        adapter.Attach(model);
-        return adapter;
     }
 
     /// <summary>Mean loss and next-token accuracy over the trained tokens of <paramref name="data"/>, without training.</summary>
@@ -50,7 +42,7 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         {
             using var scope = NewDisposeScope();
             var rows = TokenRows.Collate(data.Skip(start).Take(Hp.BatchSize).ToList(), padId, packing);
-            var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+            var (input, blocks, head) = Model.Chain(rows.Inputs, rows.Positions, rows.Mask);
             var (loss, right) = Loss(blocks.Aggregate(input, (h, block) => block(h)), head, rows, divisor: 1);
             lossSum += loss.item<float>();
             correct += right.item<long>();
@@ -67,22 +59,18 @@ public sealed class LanguageModelTrainer : AdapterTrainer
         return accuracy;
     }
 
-    // Hooks for FusedTrainer, which runs several trainers' batches through one model in one forward pass.
-    internal CausalLanguageModel Model => model;
-    internal TrainableAdapter TrainedAdapter => Adapter;
-
-    /// <summary>A whole step's rows (a fused step takes each job's batch in one piece), its trained-token count and tokens.</summary>
-    internal (TokenRows Rows, long Trained, long Tokens) Batch(IReadOnlyList<int> batch)
+    /// <summary>A whole step's rows in one piece; its loss is the mean cross-entropy over their trained tokens.</summary>
+    internal override FusedPart Prepare(IReadOnlyList<int> batch)
     {
         var chosen = batch.Select(i => examples[i]).ToList();
-        return (TokenRows.Collate(chosen, padId, packing), Math.Max(1, chosen.Sum(TokenRows.Trained)), chosen.Sum(e => e.Ids.Length - 1L));
-    }
-
-    /// <summary>Empties the model's slots and puts this trainer's adapter in them (after a fused step filled them with everyone's).</summary>
-    internal void AttachAlone()
-    {
-        TrainableAdapter.Detach(model);
-        Adapter.Attach(model);
+        var rows = TokenRows.Collate(chosen, padId, packing);
+        long trained = Math.Max(1, chosen.Sum(TokenRows.Trained));
+        Tensor? correct = null;
+        return new(rows, chosen.Sum(e => e.Ids.Length - 1L), logits =>
+        {
+            (var loss, correct) = LossOfLogits(logits, rows, trained);
+            return (loss, 1);
+        }, () => correct!.item<long>() / (double)trained);
     }
 
     /// <summary>
@@ -111,7 +99,7 @@ public sealed class LanguageModelTrainer : AdapterTrainer
 
     (double Loss, long Correct) Backward(TokenRows rows, long divisor, double auxiliaryWeight)
     {
-        var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+        var (input, blocks, head) = Model.Chain(rows.Inputs, rows.Positions, rows.Mask);
         var (loss, correct) = Loss(blocks.Aggregate(input, (h, block) => block(h)), head, rows, divisor);
         Backward(loss, auxiliaryWeight);
         return (loss.item<float>(), correct.item<long>());
@@ -123,7 +111,7 @@ public sealed class LanguageModelTrainer : AdapterTrainer
     /// </summary>
     (double Loss, long Correct) CheckpointedBackward(TokenRows rows, long divisor, double auxiliaryWeight)
     {
-        var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+        var (input, blocks, head) = Model.Chain(rows.Inputs, rows.Positions, rows.Mask);
         var inputs = new List<Tensor> { input };                                      // inputs[i] goes into blocks[i]; the last, into the head
         var dropoutStates = new List<Tensor>();
         using (no_grad())

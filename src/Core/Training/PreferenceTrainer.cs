@@ -45,9 +45,8 @@ public static class DpoLoss
 /// says so); the loss of a step is the mean over its pairs. Its accuracy is the preference accuracy: the share of pairs
 /// whose chosen reward is above the rejected one.
 /// </summary>
-public sealed class PreferenceTrainer : AdapterTrainer
+public sealed class PreferenceTrainer : FusableTrainer
 {
-    readonly CausalLanguageModel model;
     readonly IReadOnlyList<PreferencePair> pairs;
     readonly IReadOnlyList<PreferencePair>? validation;
     readonly double beta;
@@ -67,28 +66,21 @@ public sealed class PreferenceTrainer : AdapterTrainer
     /// <param name="options">Micro-batches (packing and checkpointing do not apply: each sequence is a row of its own).</param>
     public PreferenceTrainer(CausalLanguageModel model, TrainableAdapter adapter, IReadOnlyList<PreferencePair> pairs, IReadOnlyList<PreferencePair>? validation,
         Hyperparameters hp, double beta, long seed, bool referenceIsAdapter, TrainingSpeedOptions? options = null)
-        : base(adapter, pairs.Count, hp, seed, Attached(model, adapter).Parameters())
+        : base(model, adapter, pairs.Count, hp, seed)
     {
         options ??= new TrainingSpeedOptions();
         if (options.Problem() is { } problem) throw new ArgumentException(problem, nameof(options));
-        (this.model, this.pairs, this.validation, this.beta, microBatch, this.referenceIsAdapter) =
-            (model, pairs, validation, beta, options.MicroBatchSize, referenceIsAdapter);
+        (this.pairs, this.validation, this.beta, microBatch, this.referenceIsAdapter) =
+            (pairs, validation, beta, options.MicroBatchSize, referenceIsAdapter);
         reference = ReferenceLogProbs(pairs);
         validationReference = validation is null ? new double[0, 2] : ReferenceLogProbs(validation);
-    }
-
-    static TrainableAdapter Attached(CausalLanguageModel model, TrainableAdapter adapter)
-    {
-        foreach (var p in model.parameters()) p.requires_grad = false;
-        adapter.Attach(model);
-        return adapter;
     }
 
     /// <summary>The reference's sequence log-probabilities of <paramref name="data"/>: [pair, 0] chosen, [pair, 1] rejected.</summary>
     double[,] ReferenceLogProbs(IReadOnlyList<PreferencePair> data) => WithoutTraining(() =>
     {
         var result = new double[data.Count, 2];
-        if (!referenceIsAdapter) TrainableAdapter.Detach(model);
+        if (!referenceIsAdapter) TrainableAdapter.Detach(Model);
         try
         {
             using var noGrad = no_grad();
@@ -102,7 +94,7 @@ public sealed class PreferenceTrainer : AdapterTrainer
         }
         finally
         {
-            if (!referenceIsAdapter) Adapter.Attach(model);
+            if (!referenceIsAdapter) Adapter.Attach(Model);
         }
         return result;
     });
@@ -113,11 +105,28 @@ public sealed class PreferenceTrainer : AdapterTrainer
     /// </summary>
     (Tensor Chosen, Tensor Rejected) LogProbs(IReadOnlyList<PreferencePair> part)
     {
-        var rows = TokenRows.Collate(part.SelectMany(p => new[] { p.Chosen, p.Rejected }).ToList(), padId: 0, pack: false);
-        var (input, blocks, head) = model.Chain(rows.Inputs, rows.Positions, rows.Mask);
-        var logits = head(blocks.Aggregate(input, (h, block) => block(h)).flatten(0, 1).index_select(0, rows.TrainedPositions));   // [n, vocab]
+        var rows = Rows(part);
+        var (input, blocks, head) = Model.Chain(rows.Inputs, rows.Positions, rows.Mask);
+        return PairLogProbs(head(blocks.Aggregate(input, (h, block) => block(h)).flatten(0, 1).index_select(0, rows.TrainedPositions)), rows);   // head on [n, hidden]
+    }
+
+    /// <summary>The pairs' sequences as rows (chosen, rejected, chosen, …) of one padded batch.</summary>
+    static TokenRows Rows(IReadOnlyList<PreferencePair> part) =>
+        TokenRows.Collate(part.SelectMany(p => new[] { p.Chosen, p.Rejected }).ToList(), padId: 0, pack: false);
+
+    /// <summary>Each pair's chosen and rejected sequence log-probability [pairs] from the logits [n, vocab] at the trained positions of its <see cref="Rows"/>.</summary>
+    static (Tensor Chosen, Tensor Rejected) PairLogProbs(Tensor logits, TokenRows rows)
+    {
         var sequences = SequenceLogProbs(logits, rows).view(-1, 2);                                                                 // [pairs, 2]
         return (sequences[TensorIndex.Colon, 0], sequences[TensorIndex.Colon, 1]);
+    }
+
+    /// <summary>The DPO loss of the pairs <paramref name="indices"/> (the step's mean: its sum over <paramref name="pairsInStep"/>) against their reference log-probabilities.</summary>
+    (Tensor Loss, Tensor ChosenReward, Tensor RejectedReward) Loss(Tensor policyChosen, Tensor policyRejected, IReadOnlyList<int> indices, int pairsInStep)
+    {
+        var (pairLoss, rc, rr) = DpoLoss.Of(policyChosen, policyRejected,
+            tensor(indices.Select(i => (float)reference[i, 0]).ToArray()), tensor(indices.Select(i => (float)reference[i, 1]).ToArray()), beta);
+        return (pairLoss.sum() / pairsInStep, rc, rr);
     }
 
     /// <summary>Per row of <paramref name="rows"/> (padded, one sequence a row), the sum of its trained targets' log-probabilities under <paramref name="logits"/> [n, vocab].</summary>
@@ -133,32 +142,66 @@ public sealed class PreferenceTrainer : AdapterTrainer
     {
         var chosen = batch.Select(i => pairs[i]).ToList();
         int micro = microBatch ?? chosen.Count;
-        double loss = 0, margin = 0, chosenReward = 0, rejectedReward = 0;
-        long right = 0;
+        double loss = 0;
+        var rewards = new Rewards();
         for (int start = 0; start < chosen.Count; start += micro)
         {
             using var scope = NewDisposeScope();                                   // frees a micro-batch's activations before the next
             var part = chosen.Skip(start).Take(micro).ToList();
             var (policyChosen, policyRejected) = LogProbs(part);
             var indices = batch.Skip(start).Take(micro).ToList();
-            var (pairLoss, rc, rr) = DpoLoss.Of(policyChosen, policyRejected,
-                tensor(indices.Select(i => (float)reference[i, 0]).ToArray()), tensor(indices.Select(i => (float)reference[i, 1]).ToArray()), beta);
-            var partLoss = pairLoss.sum() / chosen.Count;                          // the step's loss is the mean over all its pairs
+            var (partLoss, rc, rr) = Loss(policyChosen, policyRejected, indices, chosen.Count);   // the step's loss is the mean over all its pairs
             Backward(partLoss, auxiliaryWeight: part.Count / (double)chosen.Count);
             loss += partLoss.item<float>();
+            rewards.Add(rc, rr);
+        }
+        OptimizerStep(loss, Tokens(chosen));
+        return rewards.Report(out lastMetrics);
+    }
+
+    static long Tokens(IReadOnlyList<PreferencePair> pairs) => pairs.Sum(p => p.Chosen.Ids.Length + p.Rejected.Ids.Length - 2L);
+
+    /// <summary>A fused step's part: all the step's pairs as rows of one piece, the DPO loss of their logits.</summary>
+    internal override FusedPart Prepare(IReadOnlyList<int> batch)
+    {
+        var chosen = batch.Select(i => pairs[i]).ToList();
+        var rows = Rows(chosen);
+        var rewards = new Rewards();
+        return new(rows, Tokens(chosen), logits =>
+        {
+            var (policyChosen, policyRejected) = PairLogProbs(logits, rows);
+            var (loss, rc, rr) = Loss(policyChosen, policyRejected, batch, chosen.Count);
+            rewards.Add(rc, rr);
+            return (loss, 1);
+        }, () => rewards.Report(out lastMetrics));
+    }
+
+    /// <summary>A step's implicit rewards, summed over its pairs as they come (micro-batch by micro-batch).</summary>
+    sealed class Rewards
+    {
+        double margin, chosen, rejected;
+        long right, count;
+
+        public void Add(Tensor rc, Tensor rr)
+        {
             right += rc.gt(rr).sum().item<long>();
             margin += (rc - rr).sum().item<float>();
-            chosenReward += rc.sum().item<float>();
-            rejectedReward += rr.sum().item<float>();
+            chosen += rc.sum().item<float>();
+            rejected += rr.sum().item<float>();
+            count += rc.shape[0];
         }
-        OptimizerStep(loss, chosen.Sum(p => p.Chosen.Ids.Length + p.Rejected.Ids.Length - 2L));
-        double n = chosen.Count;
-        lastMetrics = new()
+
+        /// <summary>The step's metrics (means over its pairs); returns the preference accuracy.</summary>
+        public double Report(out Dictionary<string, double> metrics)
         {
-            ["reward_margin"] = margin / n, ["preference_accuracy"] = right / n,
-            ["chosen_reward"] = chosenReward / n, ["rejected_reward"] = rejectedReward / n,
-        };
-        return right / n;
+            double n = Math.Max(1, count);
+            metrics = new()
+            {
+                ["reward_margin"] = margin / n, ["preference_accuracy"] = right / n,
+                ["chosen_reward"] = chosen / n, ["rejected_reward"] = rejected / n,
+            };
+            return right / n;
+        }
     }
 
     protected override IReadOnlyDictionary<string, double>? StepMetrics => lastMetrics;
@@ -167,6 +210,7 @@ public sealed class PreferenceTrainer : AdapterTrainer
     public (double Loss, double Accuracy) Evaluate() => WithoutTraining(() =>
     {
         if (validation is null) throw new InvalidOperationException("no validation pairs");
+        AttachAlone();                                                             // the model may be shared by a fused run
         double loss = 0;
         long right = 0;
         using var noGrad = no_grad();

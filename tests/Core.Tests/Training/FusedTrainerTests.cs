@@ -1,5 +1,9 @@
 using AdapterService.Core.Adapters;
+using System.Text.Json;
 using AdapterService.Core.Data;
+using AdapterService.Core.Grading;
+using AdapterService.Core.Jobs;
+using AdapterService.Core.Storage;
 using AdapterService.Core.Models;
 using AdapterService.Core.Text;
 using AdapterService.Core.Torch;
@@ -57,14 +61,15 @@ public sealed class FusedTrainerTests
     static readonly Lazy<List<Dictionary<string, Tensor>>> LoraAlone = new(() => Alone(LoraJobs));
 
     /// <summary>Each job trained alone, its adapter's parameters afterwards (kept beyond any dispose scope).</summary>
-    static List<Dictionary<string, Tensor>> Alone(IReadOnlyList<Job> jobs, Func<LlamaForCausalLM>? create = null)
+    static List<Dictionary<string, Tensor>> Alone(IReadOnlyList<Job> jobs, Func<LlamaForCausalLM>? create = null, Func<int, List<TokenizedExample>>? data = null)
     {
         using var model = (create ?? (() => Create()))();
         var result = new List<Dictionary<string, Tensor>>();
         for (int j = 0; j < jobs.Count; j++)
         {
             var adapters = new List<TrainableAdapter>();
-            using var trainer = NewTrainer(model, jobs[j], j, adapters);
+            using var trainer = data is null ? NewTrainer(model, jobs[j], j, adapters) : new LanguageModelTrainer(model,
+                adapters.AddAndReturn(TrainableAdapter.Create(model, jobs[j].Config, seed: jobs[j].Seed)), data(j), jobs[j].Hp, ByteTokenizer.End, jobs[j].Seed);
             trainer.Run(_ => { }, CancellationToken.None);
             result.Add(Weights(adapters[0]));
             TrainableAdapter.Detach(model);
@@ -75,7 +80,7 @@ public sealed class FusedTrainerTests
     /// <summary>The jobs fused over one model, each leaving when done (or when <paramref name="leave"/> says so after a step); each job's adapter and error.</summary>
     static (List<Dictionary<string, Tensor>> Parameters, Exception?[] Errors, int MostFused) Fused(IReadOnlyList<Job> jobs,
         Func<int, TrainingProgress, bool>? leave = null, Action<int, TrainableAdapter>? prepare = null, Func<int, List<TokenizedExample>>? data = null,
-        Func<LlamaForCausalLM>? create = null)
+        Func<LlamaForCausalLM>? create = null, double checkpointShare = 0, bool failOnAlone = true)
     {
         using var model = (create ?? (() => Create()))();
         var adapters = new List<TrainableAdapter>();
@@ -93,8 +98,9 @@ public sealed class FusedTrainerTests
         while (active.Count > 0)
         {
             mostFused = Math.Max(mostFused, active.Count);
-            var outcomes = FusedTrainer.Step(model, active.Select(j => trainers[j]).ToList());
+            var outcomes = FusedTrainer.Step(model, active.Select(j => trainers[j]).ToList(), checkpointShare);
             var still = new List<int>();
+            if (active.Count > 1 && failOnAlone) Assert.DoesNotContain(outcomes, o => o.Alone);   // the fused pass ran (no fallback to each alone)
             foreach (var (j, outcome) in active.Zip(outcomes))
             {
                 errors[j] = outcome.Error;
@@ -184,6 +190,34 @@ public sealed class FusedTrainerTests
         Assert.Contains(fused[2].Keys, k => k.Contains("gate_up_proj"));
     }
 
+    /// <summary>
+    /// A learning-rate sweep (<see cref="Sweep"/>): its members share the job's adapter config, seed and data and differ
+    /// only in the rate <see cref="Sweep.HyperparametersOf"/> gives them. Fused, each member must train the adapter it
+    /// trains alone with that rate, and the members must differ (each really used its own rate).
+    /// </summary>
+    [Fact]
+    public void ASweepsMembersFusedTrainWhatEachTrainsAloneWithItsRate()
+    {
+        using var scope = NewDisposeScope();
+        var sweep = new Sweep(Sweep.LearningRateMultiplier, [0.5, 1, 2]);
+        var job = new FineTuningJob
+        {
+            Id = "ftjob-sweep", Model = "tiny", TrainingFile = "file-x", Epochs = 2, BatchSize = 2, LearningRateMultiplier = 0.5, Seed = 7,
+            AdapterType = "lora", AdapterConfig = "{}", Sweep = sweep.ToJson(),
+        };
+        var config = new LoraConfig { Rank = 4, Alpha = 8, Dropout = 0.1, TargetModules = ["all-linear"] };
+        var members = Enumerable.Range(0, 3).Select(m => new Job(config, 6, Sweep.Of(job)!.HyperparametersOf(job, m), job.Seed)).ToList();
+        Assert.Equal([0.002, 0.004, 0.008], members.Select(m => m.Hp.LearningRate));
+
+        var alone = Alone(members, data: _ => Examples(0, 6));
+        var (fused, errors, mostFused) = Fused(members, data: _ => Examples(0, 6));
+        Assert.Equal(3, mostFused);
+        Assert.All(errors, Assert.Null);
+        for (int m = 0; m < members.Count; m++) AssertSame(alone[m], fused[m], $"member {m}");
+        foreach (var (a, b) in new[] { (0, 1), (1, 2) })
+            Assert.True(fused[a].Keys.Max(k => (fused[a][k] - fused[b][k]).abs().max().item<float>()) > 1e-3, $"members {a} and {b} trained alike");
+    }
+
     [Fact]
     public void AJobThatLeavesEarlyDoesNotChangeTheOthers()
     {
@@ -216,11 +250,132 @@ public sealed class FusedTrainerTests
         using var scope = NewDisposeScope();
         var alone = LoraAlone.Value;
         // Job 3's data holds a token id the model's vocabulary lacks: the embedding lookup of the fused batch throws.
-        var (fused, errors, _) = Fused(LoraJobs, data: j => j == 3
+        var (fused, errors, _) = Fused(LoraJobs, failOnAlone: false, data: j => j == 3
             ? [.. Examples(3, LoraJobs[3].Examples).Select(e => e with { Ids = [.. e.Ids.Select(i => i + Config.VocabSize)] })]
             : Examples(j, LoraJobs[j].Examples));
         Assert.NotNull(errors[3]);
         foreach (int j in new[] { 0, 1, 2 }) { Assert.Null(errors[j]); AssertSame(alone[j], fused[j], $"job {j}"); }
+    }
+
+    /// <summary>
+    /// Fused steps that recompute their layers in the backward pass (all of them, or the first half) train what the jobs
+    /// train alone: each job's dropout generator is rewound for the recomputed layer, so its masks are those of the forward pass.
+    /// </summary>
+    [Theory]
+    [InlineData(1.0)]
+    [InlineData(0.5)]
+    public void CheckpointedFusedStepsTrainWhatTheJobsTrainAlone(double checkpointShare)
+    {
+        using var scope = NewDisposeScope();
+        var alone = LoraAlone.Value;
+        var (fused, errors, mostFused) = Fused(LoraJobs, checkpointShare: checkpointShare);
+        Assert.Equal(4, mostFused);
+        Assert.All(errors, Assert.Null);
+        for (int j = 0; j < LoraJobs.Length; j++) AssertSame(alone[j], fused[j], $"job {j}, {checkpointShare:P0} of the layers recomputed");
+    }
+
+    static TokenizedExample Sequence(string prompt, string answer)
+    {
+        var (ids, train) = ModelText.BuiltIn.EncodeExample(new CompletionExample(0, prompt, answer), null)[0];
+        return new TokenizedExample([.. ids], [.. train]);
+    }
+
+    /// <summary>
+    /// Rollouts that depend on the prompt and the step's seed only (not on the adapter), so a job alone and fused samples
+    /// the same: lengths 0 to 4 (an empty one is not trained on), "a" for even lengths (which the grader rewards).
+    /// </summary>
+    sealed class FixedRollouts : IRolloutSampler
+    {
+        public IReadOnlyList<IReadOnlyList<Rollout>> Sample(IReadOnlyList<int[]> prompts, int n, double temperature, int maxTokens, long seed, CancellationToken cancel) =>
+            prompts.Select((p, i) =>
+            {
+                var random = new Random(unchecked((int)(seed * 31 + i * 7 + p.Length)));
+                return (IReadOnlyList<Rollout>)Enumerable.Range(0, n).Select(_ =>
+                {
+                    int length = random.Next(0, 5);
+                    return new Rollout([.. Enumerable.Range(0, length).Select(_ => random.Next(3, 200))], length % 2 == 0 ? "a" : "b");
+                }).ToList();
+            }).ToList();
+    }
+
+    /// <summary>An SFT, a DPO and a reinforcement (GRPO) job, each made over a given model.</summary>
+    static readonly Func<LlamaForCausalLM, List<TrainableAdapter>, FusableTrainer>[] ObjectiveJobs =
+    [
+        (model, adapters) => NewTrainer(model, LoraJobs[0], 0, adapters),
+        (model, adapters) =>
+        {
+            var adapter = adapters.AddAndReturn(TrainableAdapter.Create(model, new LoraConfig { Rank = 4, Alpha = 8, Dropout = 0.1, TargetModules = ["all-linear"] }, seed: 21));
+            List<PreferencePair> pairs =
+            [
+                new(Sequence("q1:", "yes"), Sequence("q1:", "no")),
+                new(Sequence("question two:", "ok"), Sequence("question two:", "not ok!")),
+                new(Sequence("3?", "a b c"), Sequence("3?", "x")),
+                new(Sequence("four, four:", "fine"), Sequence("four, four:", "bad")),
+                new(Sequence("five", "5"), Sequence("five", "six")),
+            ];
+            return new PreferenceTrainer(model, adapter, pairs, null, new(2, 2, 0.02), beta: 0.5, seed: 21, referenceIsAdapter: false);
+        },
+        (model, adapters) =>
+        {
+            var adapter = adapters.AddAndReturn(TrainableAdapter.Create(model, new LoraConfig { Rank = 4, Alpha = 8, TargetModules = ["q_proj", "v_proj", "down_proj"] }, seed: 22));
+            var grader = Graders.Parse(JsonDocument.Parse("""{"type": "string_check", "name": "s", "operation": "eq", "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}""").RootElement, "grader");
+            var prompts = Enumerable.Range(0, 4).Select(i => new RlPrompt(i, [.. Sequence($"prompt {i}?", "").Ids], JsonDocument.Parse("""{"answer": "a"}""").RootElement)).ToList();
+            return new GrpoTrainer(model, adapter, prompts, grader, null, new FixedRollouts(), new(2, 2, 0.02), new GrpoSettings(GroupSize: 4, Beta: 0.1, MaxTokens: 4), seed: 22);
+        },
+    ];
+
+    /// <summary>
+    /// DPO and reinforcement jobs fuse with an SFT job: each objective's loss is taken on its own rows of the fused batch
+    /// (DPO against its reference computed with the adapter off, GRPO against the reference pass it runs before the fused
+    /// pass), and each trains the adapter it trains alone, with and without recomputed layers.
+    /// </summary>
+    [Theory]
+    [InlineData(0.0)]
+    [InlineData(0.5)]
+    public void DpoAndReinforcementJobsFuseWithAnSftJobAndTrainWhatTheyTrainAlone(double checkpointShare)
+    {
+        using var scope = NewDisposeScope();
+        var alone = new List<Dictionary<string, Tensor>>();
+        using (var model = Create())
+            foreach (var make in ObjectiveJobs)
+            {
+                var adapters = new List<TrainableAdapter>();
+                using var trainer = make(model, adapters);
+                trainer.Run(_ => { }, CancellationToken.None);
+                alone.Add(Weights(adapters[0]));
+                TrainableAdapter.Detach(model);
+            }
+
+        using var shared = Create();
+        var fusedAdapters = new List<TrainableAdapter>();
+        var trainers = ObjectiveJobs.Select(make => make(shared, fusedAdapters)).ToList();
+        foreach (var t in trainers) t.BeginRun();
+        var metrics = new List<IReadOnlyDictionary<string, double>?>[trainers.Count];
+        for (int j = 0; j < trainers.Count; j++) metrics[j] = [];
+        int mostFused = 0;
+        while (trainers.Any(t => !t.Finished))
+        {
+            var active = Enumerable.Range(0, trainers.Count).Where(j => !trainers[j].Finished).ToList();
+            mostFused = Math.Max(mostFused, active.Count);
+            var outcomes = FusedTrainer.Step(shared, active.Select(j => trainers[j]).ToList(), checkpointShare);
+            if (active.Count > 1) Assert.DoesNotContain(outcomes, o => o.Alone);   // the fused pass ran
+            foreach (var (j, outcome) in active.Zip(outcomes))
+            {
+                Assert.Null(outcome.Error);
+                metrics[j].Add(outcome.Progress!.Metrics);
+            }
+        }
+        foreach (var t in trainers) { t.EndRun(); t.Dispose(); }
+        Assert.Equal(3, mostFused);
+        string[] names = ["sft", "dpo", "reinforcement"];
+        for (int j = 0; j < trainers.Count; j++)
+        {
+            AssertSame(alone[j], Weights(fusedAdapters[j]), $"{names[j]} job fused");
+            Assert.True(fusedAdapters[j].SavedParameters().Max(p => p.Value.abs().max().item<float>()) > 0, $"{names[j]} trained");
+        }
+        // Each objective reports its own metrics from the fused step.
+        Assert.All(metrics[1], m => Assert.Contains("preference_accuracy", m!.Keys));
+        Assert.All(metrics[2], m => Assert.Contains("reward_mean", m!.Keys));
     }
 
     [Fact]

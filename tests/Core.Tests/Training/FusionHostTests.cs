@@ -27,7 +27,7 @@ public sealed class FusionHostTests
     sealed class Session(int job, ConcurrentBag<int> others, ConcurrentBag<CausalLanguageModel> models, Func<bool>? waiting, Action<TrainingProgress>? onStep)
         : IFusedSession
     {
-        public LanguageModelTrainer Join(CausalLanguageModel model)
+        public FusableTrainer Join(CausalLanguageModel model)
         {
             models.Add(model);
             var adapter = TrainableAdapter.Create(model, new LoraConfig { Rank = 2, Alpha = 4, TargetModules = ["q_proj"] }, seed: job);
@@ -62,6 +62,37 @@ public sealed class FusionHostTests
         Assert.All(results, r => Assert.Equal(6, r!.Steps));
         Assert.Contains(1, others);                    // two jobs shared steps...
         Assert.All(others, n => Assert.True(n <= 1));  // ...never three (the cap); the third waited for a place
+    }
+
+    sealed class FailingSession : IFusedSession
+    {
+        public FusableTrainer Join(CausalLanguageModel model) => throw new InvalidDataException("this member cannot start");
+        public void AfterStep(TrainingProgress progress, int fusedWith) { }
+        public bool ShouldContinue() => true;
+    }
+
+    /// <summary>
+    /// A sweep's members (<see cref="FusionHost.TrainTogether"/>) train in one group over one model, every step shared by
+    /// all of them, even with fusion off for separate jobs (MaxFusedJobs 1); a member that fails does so alone.
+    /// </summary>
+    [Fact]
+    public void ASweepsMembersTrainTogetherOverOneModelAndOneFailingFailsAlone()
+    {
+        var host = new FusionHost(maxFusedJobs: 1, concurrency: 1);
+        var others = new ConcurrentBag<int>();
+        var models = new ConcurrentBag<CausalLanguageModel>();
+        IFusedSession[] sessions = [new Session(0, others, models, null, null), new FailingSession(), new Session(2, others, models, null, null), new Session(3, others, models, null, null)];
+        var outcomes = host.TrainTogether("tiny", () => Create(), sessions, () => true, CancellationToken.None);
+
+        Assert.Single(models.Distinct());
+        Assert.IsType<InvalidDataException>(outcomes[1].Error);
+        foreach (int m in new[] { 0, 2, 3 })
+        {
+            Assert.Null(outcomes[m].Error);
+            Assert.Equal(6, outcomes[m].Result!.Steps);
+        }
+        Assert.All(others, n => Assert.Equal(2, n));   // every step of the three that started shared by all three
+        Assert.Equal(18, others.Count);
     }
 
     [Fact]

@@ -287,7 +287,8 @@ class JobPage {
     let curveChanged = false, gotCheckpoint = false;
     for (const event of fresh) {
       curveChanged = this.series.addEvent(event) || curveChanged;
-      gotCheckpoint ||= event.message.startsWith("Checkpoint created");
+      // An eval event means a checkpoint just got its scores (docs/API.md "evals at checkpoints").
+      gotCheckpoint ||= event.message.startsWith("Checkpoint created") || event.type === "eval";
       this.lastEventNumber = Math.max(this.lastEventNumber, eventNumber(event));
       this.events.prepend(h("li", { "data-id": event.id, "data-type": event.type, "data-level": event.level },
         h("time", { datetime: new Date(event.created_at * 1000).toISOString(), title: formatTime(event.created_at) },
@@ -303,12 +304,27 @@ class JobPage {
     const list = (await api(`/v1/fine_tuning/jobs/${this.jobId}/checkpoints?limit=100`)).data;
     this.checkpointsLoaded = true;
     if (!list.length) return;
-    replace(byId("checkpoints"), h("div", { class: "table-wrap" }, h("table", null,
-      h("thead", null, h("tr", null, ...["Step", "Training loss", "Validation loss", "Model"].map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", null, ...list.map((/** @type {any} */ c) => h("tr", null,
+    // With an eval attached (docs/API.md "evals at checkpoints"), each checkpoint carries eval_{criterion} (mean grade)
+    // and eval_{criterion}_pass_rate: one column per criterion, linking to the run that scored it.
+    const evalId = /** @type {any} */ (this.job)?.eval?.id;
+    const criteria = evalId ? [...new Set(list.flatMap((/** @type {any} */ c) => Object.keys(c.metrics)
+      .filter((k) => k.startsWith("eval_") && k.endsWith("_pass_rate") && `eval_${k.slice(5, -10)}` in c.metrics)
+      .map((k) => k.slice(5, -10))))] : [];
+    replace(byId("checkpoints"), h("div", { class: "table-wrap" }, h("table", { id: "checkpoints-table" },
+      h("thead", null, h("tr", null, ...["Step", "Training loss", "Validation loss"].map((c) => h("th", { scope: "col" }, c)),
+        ...criteria.map((name) => h("th", { scope: "col", "data-criterion": name }, `Eval: ${name}`)),
+        h("th", { scope: "col" }, "Model"))),
+      h("tbody", null, ...list.map((/** @type {any} */ c) => h("tr", { "data-step": c.step_number },
         h("td", null, c.step_number),
         h("td", null, formatLoss(c.metrics.train_loss)),
         h("td", null, formatLoss(c.metrics.valid_loss)),
+        ...criteria.map((name) => {
+          const mean = c.metrics[`eval_${name}`], rate = c.metrics[`eval_${name}_pass_rate`];
+          if (mean === undefined || rate === undefined) return h("td", { "data-criterion": name }, "—");
+          const text = `${Math.round(rate * 100)} % passed · mean ${Number(mean).toFixed(3)}`;
+          return h("td", { class: "number", "data-criterion": name, "data-mean": mean, "data-pass-rate": rate },
+            c.metrics.eval_run_id ? h("a", { href: `#/evals/${evalId}/runs/${c.metrics.eval_run_id}` }, text) : text);
+        }),
         h("td", null, h("code", { class: "model-name" }, c.fine_tuned_model_checkpoint), " ",
           h("a", { href: `#/playground?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "Try it"))))))));
   }

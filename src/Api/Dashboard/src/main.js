@@ -1,9 +1,10 @@
 // @ts-check
-// The dashboard's entry point: a hash router over the views (#/jobs, #/jobs/{id}, #/compare, #/new, #/adapters, #/playground).
+// The dashboard's entry point: a hash router over the views (#/jobs, #/jobs/{id}, #/compare, #/evals, #/evals/{id}, #/new, #/adapters, #/playground).
 import { adaptersView } from "./adapters.js";
 import { apiKey, setApiKey } from "./api.js";
 import { compareView } from "./compare.js";
 import { byId } from "./dom.js";
+import { evalListView, evalRunView, evalView } from "./evals.js";
 import { jobListView, jobView } from "./jobs.js";
 import { newJobView } from "./new-job.js";
 import { playgroundView } from "./playground.js";
@@ -13,6 +14,9 @@ const routes = [
   [/^\/jobs\/([\w-]+)$/, "jobs", "Job", (main, m) => jobView(main, m[1])],
   [/^\/jobs$/, "jobs", "Jobs", (main) => jobListView(main)],
   [/^\/compare$/, "compare", "Compare runs", (main, _, query) => compareView(main, query)],
+  [/^\/evals\/([\w-]+)\/runs\/([\w-]+)$/, "evals", "Eval run", (main, m) => evalRunView(main, m[1], m[2])],
+  [/^\/evals\/([\w-]+)$/, "evals", "Eval", (main, m) => evalView(main, m[1])],
+  [/^\/evals$/, "evals", "Evals", (main) => evalListView(main)],
   [/^\/new$/, "new", "New job", (main) => newJobView(main)],
   [/^\/adapters$/, "adapters", "Adapters", (main) => adaptersView(main)],
   [/^\/playground$/, "playground", "Playground", (main, _, query) => playgroundView(main, query)],

@@ -186,6 +186,9 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                     b.Property<int>("StepNumber")
                         .HasColumnType("integer");
 
+                    b.Property<int?>("SweepMember")
+                        .HasColumnType("integer");
+
                     b.HasKey("Id");
 
                     b.HasIndex("Name")
@@ -462,6 +465,9 @@ namespace AdapterService.Core.Storage.Migrations.Postgres
                         .HasColumnType("text");
 
                     b.Property<string>("Suffix")
+                        .HasColumnType("text");
+
+                    b.Property<string>("Sweep")
                         .HasColumnType("text");
 
                     b.Property<string>("TraceParent")

@@ -181,6 +181,9 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                     b.Property<int>("StepNumber")
                         .HasColumnType("INTEGER");
 
+                    b.Property<int?>("SweepMember")
+                        .HasColumnType("INTEGER");
+
                     b.HasKey("Id");
 
                     b.HasIndex("Name")
@@ -457,6 +460,9 @@ namespace AdapterService.Core.Storage.Migrations.Sqlite
                         .HasColumnType("TEXT");
 
                     b.Property<string>("Suffix")
+                        .HasColumnType("TEXT");
+
+                    b.Property<string>("Sweep")
                         .HasColumnType("TEXT");
 
                     b.Property<string>("TraceParent")

@@ -175,7 +175,8 @@ public sealed class ParserFuzzTests : IDisposable
         byte[] large = Png.EncodeGray(Png.MaxSide, 16, new byte[Png.MaxSide * 16]);
         Type[] rejections = [typeof(InvalidDataException)];
         Fuzz(8, 2500, [small, wide, large], (input, _) => Png.Validate(input), rejections, maxAllocated: 8L << 20);
-        Fuzz(9, 1500, [small, wide, large], (input, _) => Png.Decode(input), rejections, maxAllocated: 16L << 20);
+        // Decoding holds the gray result (at most 4096² bytes, 16 MiB) and two rows; the API checks the header's size first.
+        Fuzz(9, 1500, [small, wide, large], (input, _) => Png.Decode(input), rejections, maxAllocated: 20L << 20);
 
         // Image lines of a training file: the PNG inside mutated (and so re-encoded as valid base64), or the line's bytes.
         string Line(byte[] png, string label) => JsonSerializer.Serialize(new { image = Convert.ToBase64String(png), label });
@@ -267,6 +268,16 @@ public sealed class ParserFuzzTests : IDisposable
             using (ModelFolder.Load(target)) { }
             Directory.Delete(target, recursive: true);
         }, [typeof(InvalidDataException), typeof(IOException), typeof(JsonException), typeof(SafeTensorsException)]);
+    }
+
+    /// <summary>Found by the ×10 ModelConfigs run: a key escaping half a surrogate pair was an InvalidOperationException (a 500).</summary>
+    [Fact]
+    public void AConfigKeyWithAnUnpairedSurrogateIsRefusedByName()
+    {
+        var path = Path.Combine(folder.FullName, "config.json");
+        BuiltinModels.TinyDemo.Config.Save(path);
+        File.WriteAllText(path, File.ReadAllText(path).Replace("\"hidden_act\"", "\"m\\ud800lp_bias\": false, \"hidden_act\""));
+        Assert.StartsWith("config.json: holds a key or string that is not valid Unicode text", Assert.Throws<InvalidDataException>(() => LlamaConfig.Load(path)).Message);
     }
 
     static void WriteAdapter(string target)

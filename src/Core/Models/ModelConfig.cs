@@ -112,6 +112,10 @@ public abstract record ModelConfig
         {
             throw new InvalidDataException($"{file}: {e.Message}", e);
         }
+        catch (InvalidOperationException e)   // a key or string escaping half a surrogate pair ("\ud800"): valid JSON, no .NET string (found by fuzzing)
+        {
+            throw new InvalidDataException($"{file}: holds a key or string that is not valid Unicode text (an unpaired surrogate escape)", e);
+        }
         if (config.Architectures is { Length: > 0 } architectures && !architectures.Contains(config.Architecture))
             throw new InvalidDataException(
                 $"{file}: architectures [{string.Join(", ", architectures)}] are not supported for model_type '{config.ModelType}'; this service runs {config.Architecture}");

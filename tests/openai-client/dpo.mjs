@@ -9,26 +9,10 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import OpenAI from "openai";
+import { connect, sleep } from "./service.mjs";
 
 const [baseURL, folder] = process.argv.slice(2);
-const client = new OpenAI({ baseURL, apiKey: "sk-local-test", maxRetries: 0 });
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(jobId) {
-  for (let i = 0; i < 3000; i++) {
-    const job = await client.fineTuning.jobs.retrieve(jobId);
-    if (["succeeded", "failed", "cancelled"].includes(job.status)) return job;
-    await sleep(100);
-  }
-  throw new Error(`job ${jobId} did not finish`);
-}
-
-async function upload(name, lines) {
-  const file = path.join(folder, name);
-  fs.writeFileSync(file, lines.map((l) => (typeof l === "string" ? l : JSON.stringify(l))).join("\n") + "\n");
-  return client.files.create({ file: fs.createReadStream(file), purpose: "fine-tune" });
-}
+const { client, waitFor, upload } = connect(baseURL, folder);
 
 const sounds = { cat: "Meow.", dog: "Woof." };
 const other = { cat: "dog", dog: "cat" };

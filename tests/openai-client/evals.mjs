@@ -9,20 +9,16 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import OpenAI from "openai";
+import { connect, sleep } from "./service.mjs";
 
 const [baseURL, folder] = process.argv.slice(2);
-const client = new OpenAI({ baseURL, apiKey: "sk-local-test", maxRetries: 0 });
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const service = connect(baseURL, folder);
+const client = service.client;
 const BASE = "tiny-llama-demo";
 const started = Date.now();
 const lap = (what) => console.log(`${what}: ${((Date.now() - started) / 1000).toFixed(1)} s`);
 
-async function upload(name, lines) {
-  const file = path.join(folder, name);
-  fs.writeFileSync(file, lines.map((l) => JSON.stringify(l)).join("\n") + "\n");
-  return (await client.files.create({ file: fs.createReadStream(file), purpose: "fine-tune" })).id;
-}
+const upload = async (name, lines) => (await service.upload(name, lines)).id;
 
 async function finishJob(id) {
   for (let i = 0; i < 6000; i++) {

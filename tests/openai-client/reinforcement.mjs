@@ -5,11 +5,11 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import OpenAI from "openai";
+import { connect, sleep } from "./service.mjs";
 
 const [baseURL, workdir] = process.argv.slice(2);
-const client = new OpenAI({ baseURL, apiKey: "sk-local-test", maxRetries: 0 });
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const service = connect(baseURL, workdir);
+const client = service.client;
 const BASE = "tiny-llama-demo";
 const TOKENS = 8;
 
@@ -24,11 +24,7 @@ function fuzzy(a, b) {
 }
 const exact = (a, b) => (a === b ? 1 : 0);
 
-async function upload(name, lines) {
-  const file = path.join(workdir, name);
-  fs.writeFileSync(file, lines.map((l) => JSON.stringify(l)).join("\n") + "\n");
-  return (await client.files.create({ file: fs.createReadStream(file), purpose: "fine-tune" })).id;
-}
+const upload = async (name, lines) => (await service.upload(name, lines)).id;
 const prompt = (question, extra = {}) => ({ messages: [{ role: "user", content: question }], ...extra });
 const heldOutQuestions = Array.from({ length: 8 }, (_, i) => `another one ${i * 7}?`);
 

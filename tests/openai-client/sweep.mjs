@@ -8,26 +8,10 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import OpenAI from "openai";
+import { connect, sleep } from "./service.mjs";
 
 const [baseURL, folder] = process.argv.slice(2);
-const client = new OpenAI({ baseURL, apiKey: "sk-local-test", maxRetries: 0 });
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(jobId) {
-  for (let i = 0; i < 3000; i++) {
-    const job = await client.fineTuning.jobs.retrieve(jobId);
-    if (["succeeded", "failed", "cancelled"].includes(job.status)) return job;
-    await sleep(100);
-  }
-  throw new Error(`job ${jobId} did not finish`);
-}
-
-async function upload(name, lines) {
-  const file = path.join(folder, name);
-  fs.writeFileSync(file, lines.map((l) => JSON.stringify(l)).join("\n") + "\n");
-  return client.files.create({ file: fs.createReadStream(file), purpose: "fine-tune" });
-}
+const { client, waitFor, upload } = connect(baseURL, folder);
 
 const chat = (q, a) => ({ messages: [{ role: "user", content: q }, { role: "assistant", content: a }] });
 const colours = ["red", "blue", "green", "pink", "grey", "gold", "teal", "navy", "lime", "rose", "sand", "jade"];

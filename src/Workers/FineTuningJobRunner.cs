@@ -70,7 +70,9 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
             var baseModel = db.BaseModels.AsNoTracking().Single(m => m.Id == job.Model);
             if (Sweep.Of(job) is { } sweep)
             {
-                members = [.. sweep.Values.Select((_, m) => new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine),
+                // One JobData for every member: the same files, read, tokenized and warned about once.
+                var data = new JobData(job, baseModel, db, blobs, jobs, engine);
+                members = [.. sweep.Values.Select((_, m) => new TrainingSession(job, jobs, lease, data,
                     new TrainerStates(blobs, m), blobs, options.Value, quotas.Value, stop, sweepMember: m))];
                 session = members[0];
                 RunSweep(job, lease, baseModel, sweep, members, stop);
@@ -143,7 +145,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
     void RunSweep(FineTuningJob job, JobLease lease, BaseModel baseModel, Sweep sweep, List<TrainingSession> members, CancellationTokenSource stop)
     {
         string folder = blobs.Resolve(baseModel.BlobPath);
-        foreach (var member in members) member.Files.Texts();   // read and tokenized here, not on the group's thread between its steps
+        members[0].Files.Texts();   // read and tokenized here (the members share them), not on the group's thread between its steps
         var outcomes = fusion.TrainTogether(baseModel.Id, () => (CausalLanguageModel)ModelFolder.Load(folder, precision), members,
             members[0].ShouldContinue, stop.Token);
         // Stopped (cancelled, paused, shut down): each member keeps its state as a job alone does, then the job stops.

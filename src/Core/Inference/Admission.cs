@@ -21,6 +21,9 @@ public sealed record AdmissionRequest(string? Project, RequestSource Source, int
 /// <param name="Waiting">Requests waiting to start, this one among them.</param>
 public sealed record AdmissionLoad(int RunningRows, int ReservedRows, int MaxRows, int Prefilling, int Waiting);
 
+/// <summary>A running request the engine could preempt, and the rows it holds now (its unfinished choices).</summary>
+public readonly record struct RunningRequest(AdmissionRequest Request, int Rows);
+
 /// <summary>
 /// The hook a policy plugs into admission: per-project shares, rollouts and eval runs after people's requests. The
 /// queueing call runs on the caller's thread, the others on the inference thread (fast, never blocking); each has a
@@ -39,12 +42,24 @@ public interface IAdmissionPolicy
 
     /// <summary>The request ended (every choice finished, failed or was cancelled), started or not.</summary>
     void Ended(AdmissionRequest request) { }
+
+    /// <summary>
+    /// Running requests to preempt so that <paramref name="request"/>, which may start but finds no row places, can
+    /// (empty: it waits). <paramref name="running"/>: the batch's requests that can be preempted, oldest first. The
+    /// engine frees their rows and puts them back at the front of the queue with their tokens kept (recompute-style,
+    /// as vLLM: prompt and generated tokens prefilled again when they resume), then calls <see cref="Preempted"/> for
+    /// each; when one starts again, <see cref="Started"/> follows as for a new request.
+    /// </summary>
+    IReadOnlyList<AdmissionRequest> Preempt(AdmissionRequest request, AdmissionLoad load, IReadOnlyList<RunningRequest> running) => [];
+
+    /// <summary>The request's rows were taken back: it waits again.</summary>
+    void Preempted(AdmissionRequest request) { }
 }
 
 /// <summary>
 /// Admission, one component for every decision about letting work in: whether a request may queue (the queue limit,
 /// then the policy), which waiting requests start in an engine step (row places for their n choices, a prefill slot,
-/// the policy), and how many prompt tokens a step's prefill carries (the chunk budget; a prefix hit lowers what a prompt
+/// the policy), which running requests give their rows back to a waiting one (the policy; the engine preempts them), and how many prompt tokens a step's prefill carries (the chunk budget; a prefix hit lowers what a prompt
 /// costs). Thread-safe counters; the start decisions are the inference thread's.
 /// </summary>
 public sealed class Admission(InferenceOptions options, IAdmissionPolicy? policy = null)
@@ -86,6 +101,20 @@ public sealed class Admission(InferenceOptions options, IAdmissionPolicy? policy
 
     /// <summary>Whether the policy lets a request that fits start now.</summary>
     public bool MayStart(AdmissionRequest request, AdmissionLoad load) => policy?.MayStart(request, load) ?? true;
+
+    /// <summary>Row places a waiting request lacks now (0 or less: it has them).</summary>
+    public static int RowsShort(AdmissionRequest request, AdmissionLoad load) => load.ReservedRows + request.Choices - load.MaxRows;
+
+    /// <summary>The running requests the policy preempts for a waiting one (none without a policy).</summary>
+    public IReadOnlyList<AdmissionRequest> Preempt(AdmissionRequest request, AdmissionLoad load, IReadOnlyList<RunningRequest> running) =>
+        policy is null || running.Count == 0 ? [] : policy.Preempt(request, load, running);
+
+    /// <summary>A preempted request goes back into the queue (its place counted again, beyond the limit if need be: it was admitted).</summary>
+    public void Preempted(AdmissionRequest request)
+    {
+        Interlocked.Increment(ref queued);
+        policy?.Preempted(request);
+    }
 
     /// <summary>The request leaves the queue and starts.</summary>
     public void Started(AdmissionRequest request)

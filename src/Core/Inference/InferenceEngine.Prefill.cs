@@ -46,7 +46,7 @@ public sealed partial class InferenceEngine
         long budget = Admission.PrefillBudget(batch.Rows.Count), longest = 0;
         bool Add(Sequence s)
         {
-            long room = Admission.Room(budget, chunks.Count, longest), rest = s.Request.Prompt.Count - s.Length, length = split ? Math.Min(rest, room) : rest;
+            long room = Admission.Room(budget, chunks.Count, longest), rest = s.Input.Count - s.Length, length = split ? Math.Min(rest, room) : rest;
             if (length <= 0 || (chunks.Count > 0 && length > room)) return false;
             chunks.Add(new Chunk(s, s.Length, length));
             longest = Math.Max(longest, length);
@@ -62,7 +62,7 @@ public sealed partial class InferenceEngine
         for (int w = 0; w < batch.Waiting.Count;)
         {
             var next = batch.Waiting[w];
-            if (next.Cancel.IsCancellationRequested)
+            if (next.Abandoned)
             {
                 batch.Waiting.RemoveAt(w);
                 FinishAll(next, new OperationCanceledException(next.Cancel));
@@ -71,14 +71,25 @@ public sealed partial class InferenceEngine
             var hit = CachedPrefix(batch, next);
             long cached = hit.Count * (long)(Prefixes?.BlockTokens ?? 0);
             var request = next.Siblings.Admitted with { CachedTokens = (int)cached };
-            var load = new AdmissionLoad(batch.Rows.Count, batch.Reserved, batch.MaxRows, batch.Prefilling.Count, batch.Waiting.Count);
-            bool fits = Admission.Fits(request, load, prefillSlotFree: batch.FreeStaging.Count > 0);
-            if (!fits || !Admission.MayStart(request, load))
+            AdmissionLoad Load() => new(batch.Rows.Count, batch.Reserved, batch.MaxRows, batch.Prefilling.Count, batch.Waiting.Count);
+            var load = Load();
+            if (!Admission.MayStart(request, load))
             {
                 Prefixes?.Unpin(hit);
-                if (!fits) break;
                 w++;
                 continue;
+            }
+            bool slotFree = batch.FreeStaging.Count > 0 || !options.ChunkedPrefill;
+            bool fits = Admission.Fits(request, load, slotFree);
+            if (!fits && slotFree && Admission.RowsShort(request, load) > 0 && PreemptFor(batch, request, load))
+            {
+                fits = Admission.Fits(request, Load(), slotFree);
+                w = batch.Waiting.IndexOf(next);   // the preempted requests went in front of it
+            }
+            if (!fits)
+            {
+                Prefixes?.Unpin(hit);
+                break;
             }
             next.Length = cached;   // its chunk starts after the cached blocks
             if (!Add(next))
@@ -88,7 +99,7 @@ public sealed partial class InferenceEngine
                 break;
             }
             batch.Waiting.RemoveAt(w);
-            (next.Siblings.Admitted, next.Siblings.Started) = (request, true);
+            (next.Siblings.Admitted, next.Siblings.Started, next.Siblings.StartOrder) = (request, true, ++starts);
             Admission.Started(request);
             // Unchunked prompts finish in this forward and go straight to their row's slot.
             next.Slot = options.ChunkedPrefill ? batch.FreeStaging.Pop() : batch.Rows.Count + batch.Prefilling.Count;
@@ -96,6 +107,58 @@ public sealed partial class InferenceEngine
             batch.Prefilling.Add(next);
         }
         return chunks;
+    }
+
+    /// <summary>
+    /// Asks the policy which running requests give their rows to <paramref name="request"/> and preempts them: true when
+    /// any was. Only requests whose every unfinished choice is running can be preempted, and none of a model whose
+    /// rotation reads the call's length (its rows, prefilled again whole, would not be what they were).
+    /// </summary>
+    bool PreemptFor(Batch batch, AdmissionRequest request, AdmissionLoad load)
+    {
+        if (batch.Model.PositionsDependOnLength) return false;
+        var requests = batch.Rows.Select(r => r.Siblings).Distinct().Where(c => c.Joining == 0 && !c.Failed).OrderBy(c => c.StartOrder).ToList();
+        var running = requests.Select(c => new RunningRequest(c.Admitted, batch.Rows.Count(r => r.Siblings == c))).ToList();
+        var byRequest = requests.ToDictionary<Choices, AdmissionRequest>(c => c.Admitted, ReferenceEqualityComparer.Instance);
+        var victims = Admission.Preempt(request, load, running).Select(v => byRequest.GetValueOrDefault(v)).OfType<Choices>().Distinct().ToList();
+        foreach (var victim in victims.OrderByDescending(c => c.StartOrder))   // the oldest ends up first in the queue
+            Preempt(batch, victim);
+        return victims.Count > 0;
+    }
+
+    /// <summary>
+    /// Takes a running request's rows away (recompute-style, as vLLM's preemption): each unfinished choice keeps what it
+    /// generated, its sampler, logits state and pending logprobs, and will be prefilled again over its prompt and every
+    /// generated token but the last (the prefix cache may hold part of it), then decode on from its last token: nothing is
+    /// streamed twice. The request goes back to the front of the queue.
+    /// </summary>
+    void Preempt(Batch batch, Choices request)
+    {
+        for (int i = batch.Rows.Count - 1; i >= 0; i--)
+        {
+            var s = batch.Rows[i];
+            if (s.Siblings != request) continue;
+            s.Input = [.. s.Request.Prompt, .. s.Generated.Take(s.Generated.Count - 1)];
+            if (s.Input.Count != s.Length) throw new InvalidOperationException($"A preempted row holds {s.Length} positions, not {s.Input.Count}.");
+            (s.Length, s.Slot, s.BlockKeys, s.Resuming) = (0, -1, null, true);
+            Remove(batch, i);
+        }
+        request.Joining = request.All.Count(c => c.Resuming && !c.Finished);
+        request.Started = false;
+        batch.Waiting.Insert(0, request.All.First(c => c.Resuming && !c.Finished));
+        Interlocked.Increment(ref preemptions);
+        Admission.Preempted(request.Admitted);
+    }
+
+    /// <summary>The next preempted choice of a request, one of whose choices just rejoined the rows, takes a slot to be prefilled again.</summary>
+    void ResumeNext(Batch batch, Choices request)
+    {
+        if (request.All.FirstOrDefault(c => c.Resuming && !c.Finished) is not { } next) return;
+        var hit = CachedPrefix(batch, next);
+        next.Length = hit.Count * (long)(Prefixes?.BlockTokens ?? 0);
+        next.Slot = options.ChunkedPrefill ? batch.FreeStaging.Pop() : batch.Rows.Count + batch.Prefilling.Count;
+        Restore(batch, next, hit);
+        batch.Prefilling.Insert(0, next);
     }
 
     /// <summary>
@@ -108,8 +171,8 @@ public sealed partial class InferenceEngine
         if (Prefixes is null || batch.Model.PositionsDependOnLength) return [];
         var request = s.Request;
         s.BlockKeys ??= Prefixes.Keys(options.PrefixCacheAcrossProjects ? "" : request.Project ?? "", batch.BaseKey,
-            s.Adapter?.Entry.Adapter.ContentKey ?? "", request.Prompt);
-        return Prefixes.Match(s.BlockKeys, (request.Prompt.Count - 1) / Prefixes.BlockTokens);   // its last token is always computed
+            s.Adapter?.Entry.Adapter.ContentKey ?? "", s.Input);
+        return Prefixes.Match(s.BlockKeys, (s.Input.Count - 1) / Prefixes.BlockTokens);   // its last token is always computed
     }
 
     /// <summary>A new sequence's slot: the cached blocks' keys and values and the adapter state after the last of them (zero state without).</summary>
@@ -124,6 +187,7 @@ public sealed partial class InferenceEngine
         }
         if (hit.Count == 0) return;
         Prefixes!.Unpin(hit);
+        if (s.Resuming) return;   // usage reports the prompt's cached tokens once, as the request first started
         s.Siblings.Cached = (int)s.Length;
         Interlocked.Add(ref cachedPromptTokens, s.Length);
     }
@@ -206,7 +270,7 @@ public sealed partial class InferenceEngine
                 .Select(b => (b + 1L) * Prefixes!.BlockTokens - 1 - c.Offset).Concat(Enumerable.Repeat(-1L, most - blocks[r].Count))).ToArray(), [chunks.Count, most], device: device));
             using var rowAdapters = SetAdapters(batch, sequences, sequences.Select(s => (long)s.Slot).ToList(), valid, marks);
             batch.Cache.BeginChunks(chunks.Select(c => ((long)c.Sequence.Slot, c.Offset, c.Length)).ToArray());
-            var ids = tensor(chunks.SelectMany(c => c.Sequence.Request.Prompt.Skip((int)c.Offset).Take((int)c.Length).Select(t => (long)t)
+            var ids = tensor(chunks.SelectMany(c => c.Sequence.Input.Skip((int)c.Offset).Take((int)c.Length).Select(t => (long)t)
                 .Concat(Enumerable.Repeat(0L, (int)(width - c.Length)))).ToArray(), [chunks.Count, width], device: device);   // [n, width]
             // A row's padding repeats its last position, so each row's largest position is its own (dynamic and LongRoPE
             // scale by it, per row); the padding's keys are never written and its outputs unread.
@@ -221,42 +285,50 @@ public sealed partial class InferenceEngine
             TrainableAdapter.Detach(batch.Model);   // this call's row adapters are freed with it
             foreach (var c in chunks) c.Sequence.Length += c.Length;
 
-            var logitsRow = new List<(int Chunk, long Last)>();   // each new row's chunk and the position of its prompt's last token there
+            // Prompts whose last chunk ran join the rows; a fresh one samples its first token here, a resumed one does not
+            // (its next input is the token it had).
+            var sample = new List<(int Row, int Chunk, long Last)>();
+            var resumed = new List<Choices>();
             for (int i = 0; i < chunks.Count; i++)
             {
                 var s = chunks[i].Sequence;
-                if (s.Length < s.Request.Prompt.Count) continue;
+                if (s.Length < s.Input.Count) continue;
                 int slot = s.Slot, row = batch.Rows.Count;
                 Release(batch, s);
                 if (slot != row) MoveSlot(batch, slot, row, s.Length);
                 batch.Rows.Add(s);
                 Interlocked.Increment(ref running);
-                logitsRow.Add((i, chunks[i].Length - 1));
+                s.Siblings.Joining--;
+                if (!s.Resuming) sample.Add((row, i, chunks[i].Length - 1));
+                else if (!resumed.Contains(s.Siblings)) resumed.Add(s.Siblings);
+                s.Resuming = false;
             }
-            for (int r = 0, joined = logitsRow.Count; r < joined; r++)   // the other choices: the prompt's keys, values and adapter state copied
-                foreach (var choice in batch.Rows[first + r].Siblings.All.Skip(1))
+            foreach (var (row, chunk, last) in sample.ToList())   // the other choices: the prompt's keys, values and adapter state copied
+                foreach (var choice in batch.Rows[row].Siblings.All.Skip(1))
                 {
-                    MoveSlot(batch, first + r, batch.Rows.Count, batch.Rows[first + r].Length);
-                    choice.Length = batch.Rows[first + r].Length;
+                    MoveSlot(batch, row, batch.Rows.Count, batch.Rows[row].Length);
+                    choice.Length = batch.Rows[row].Length;
                     batch.Rows.Add(choice);
                     Interlocked.Increment(ref running);
-                    logitsRow.Add(logitsRow[r]);
+                    choice.Siblings.Joining--;
+                    sample.Add((batch.Rows.Count - 1, chunk, last));
                 }
-            if (logitsRow.Count > 0) batch.ClearAdapters();   // the decode step gathers the new row set
-            for (int r = logitsRow.Count - 1; r >= 0; r--)   // from the last: a finished row is replaced by the batch's last row
+            if (batch.Rows.Count > first) batch.ClearAdapters();   // the decode step gathers the new row set
+            foreach (var (row, chunk, last) in sample.OrderByDescending(x => x.Row))   // from the last: a finished row is replaced by the batch's last row
             {
-                var s = batch.Rows[first + r];
+                var s = batch.Rows[row];
                 try
                 {
                     if (s.Abandoned) Finish(s, new OperationCanceledException(s.Cancel));
-                    else if (!Step(batch, s, logits[logitsRow[r].Chunk, logitsRow[r].Last])) continue;
+                    else if (!Step(batch, s, logits[chunk, last])) continue;
                 }
                 catch (Exception e)
                 {
                     Finish(s, e);   // one row's failure (its sampling, say) is not its batchmates'
                 }
-                Remove(batch, first + r);
+                Remove(batch, row);
             }
+            foreach (var request in resumed) ResumeNext(batch, request);
         }
         catch (Exception e)
         {

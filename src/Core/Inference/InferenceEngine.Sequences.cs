@@ -27,7 +27,14 @@ public sealed partial class InferenceEngine
         public required Choices Siblings { get; init; }
         /// <summary>Logprobs of the tokens generated since the last chunk (when asked for).</summary>
         public List<TokenLogprob>? Pending;
-        public long Length;       // positions in the cache (while prefilling: the prompt's positions cached so far)
+        /// <summary>The tokens its slot holds before it decodes: the prompt, or after a preemption the prompt and every generated token but the last.</summary>
+        public IReadOnlyList<int> Input { get => input ?? Request.Prompt; set => input = value; }
+        IReadOnlyList<int>? input;
+        /// <summary>The tokens generated (end ids not counted), kept so a preempted sequence can be prefilled again.</summary>
+        public List<int> Generated { get; } = [];
+        /// <summary>Preempted: its slot is being filled again; it rejoins the rows without sampling (its next input is <see cref="LastToken"/>).</summary>
+        public bool Resuming;
+        public long Length;       // positions in the cache (while prefilling: the input's positions cached so far)
         /// <summary>While its prompt is being prefilled: the cache slot it is written into.</summary>
         public int Slot = -1;
         /// <summary>The prefix cache's keys of its prompt's full blocks (null: not cached).</summary>
@@ -51,6 +58,10 @@ public sealed partial class InferenceEngine
         public required AdmissionRequest Admitted;
         public bool Started;
         public Action? Ended;
+        /// <summary>Choices still to join the running rows (all n at first; after a preemption, the unfinished ones).</summary>
+        public int Joining;
+        /// <summary>When it (last) started, in the engine's count of starts: the newest is preempted first.</summary>
+        public long StartOrder;
     }
 
     /// <summary>One base model with its running batch.</summary>
@@ -78,8 +89,8 @@ public sealed partial class InferenceEngine
         public List<Sequence> Prefilling { get; } = [];
         /// <summary>Cache slots for prompts being prefilled that no prompt holds.</summary>
         public Stack<int> FreeStaging { get; } = [];
-        /// <summary>Row places the running rows and the prompts being prefilled (n each) hold.</summary>
-        public int Reserved => Rows.Count + Prefilling.Sum(s => s.Siblings.All.Count);
+        /// <summary>Row places the running rows and the prompts being prefilled (the choices each has still to add) hold.</summary>
+        public int Reserved => Rows.Count + Prefilling.Sum(s => s.Siblings.Joining);
         /// <summary>Requests waiting to start, in arrival order.</summary>
         public List<Sequence> Waiting { get; } = [];
         public RowAdapters? Adapters;   // per-row adapters of the current rows, rebuilt when rows join or leave
@@ -134,6 +145,7 @@ public sealed partial class InferenceEngine
             s.Produced++;
             Interlocked.Increment(ref generatedTokens);
             s.LastToken = token;
+            s.Generated.Add(token);
             if (logprob is not null) (s.Pending ??= []).Add(logprob);
             // Constrained output is the tokens' bytes as the constraint checked them: no clean-up of spaces.
             s.Text ??= new StreamingDetokenizer(tokenizer, cleanUpSpaces: s.Request.Constraint is null);

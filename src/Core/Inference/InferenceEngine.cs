@@ -46,6 +46,9 @@ public sealed partial class InferenceEngine : IDisposable
     public int Running => Volatile.Read(ref running);
     long generatedTokens;
     int running;
+    /// <summary>Requests preempted (their rows given to another project's request; resumed later where they were).</summary>
+    public long Preemptions => Interlocked.Read(ref preemptions);
+    long preemptions, starts;
     /// <summary>Prefill forward passes run (each carries one chunk of up to a step's budget per prompt in it).</summary>
     public long PrefillForwards => Interlocked.Read(ref prefillForwards);
     long prefillForwards;
@@ -88,7 +91,7 @@ public sealed partial class InferenceEngine : IDisposable
                 () => ServedAdapter.Load(request.AdapterFolder!, ModelConfig.Load(Path.Combine(request.BaseFolder, ModelFolder.ConfigFile))));
             if (adapter is not null) adapterContent[request.Adapter!] = adapter.Entry.Adapter.ContentKey;
             // n choices, each with its own sampler state; a seed gives choice i its own stream (choice 0 the seed's own).
-            var choices = new Choices { Open = n, Admitted = admitted };
+            var choices = new Choices { Open = n, Joining = n, Admitted = admitted };
             choices.Ended = () => Admission.Ended(choices.Admitted, choices.Started);
             for (int i = 0; i < n; i++)
                 choices.All.Add(new Sequence

@@ -5,8 +5,10 @@ namespace AdapterService.Core.Inference;
 /// <see cref="InferenceOptions.ProjectShare"/> of the engine's places (<see cref="InferenceOptions.MaxBatch"/> running rows
 /// plus <see cref="InferenceOptions.MaxQueued"/> waiting, counted in choices) in flight, so a project that floods the
 /// engine gets 429s while the others are still admitted; and while another project waits, a project already running its
-/// fair part of the batch (the rows divided among the projects in flight) lets that one start first. Rollouts and eval
-/// runs count against their project like API requests.
+/// fair part of the batch (the rows divided among the projects in flight) lets that one start first, and when the batch
+/// is full a project over its fair part gives its newest running requests back (the engine preempts them) until the
+/// waiting one fits, never below its fair part. A lone project keeps the whole batch: no rows are reserved. Rollouts and
+/// eval runs count against their project like API requests.
 /// </summary>
 public sealed class ProjectShares(InferenceOptions options) : IAdmissionPolicy
 {
@@ -31,15 +33,52 @@ public sealed class ProjectShares(InferenceOptions options) : IAdmissionPolicy
         }
     }
 
+    /// <summary>A project's fair part of a batch's rows: the rows divided among the projects in flight.</summary>
+    int Fair(AdmissionLoad load) => Math.Max(1, load.MaxRows / Math.Max(1, projects.Count));
+
     public bool MayStart(AdmissionRequest request, AdmissionLoad load)
     {
         string project = request.Project ?? "";
         lock (gate)
         {
             // A project with nothing running may always start (so requests of many choices never wait on each other).
-            int fair = Math.Max(1, load.MaxRows / Math.Max(1, projects.Count)), running = projects.GetValueOrDefault(project).Running;
+            int running = projects.GetValueOrDefault(project).Running;
             bool othersWait = projects.Any(p => p.Key != project && p.Value.InFlight > p.Value.Running);
-            return !othersWait || running == 0 || running + request.Choices <= fair;
+            return !othersWait || running == 0 || running + request.Choices <= Fair(load);
+        }
+    }
+
+    public IReadOnlyList<AdmissionRequest> Preempt(AdmissionRequest request, AdmissionLoad load, IReadOnlyList<RunningRequest> running)
+    {
+        string project = request.Project ?? "";
+        int needed = Admission.RowsShort(request, load);
+        lock (gate)
+        {
+            int fair = Fair(load);
+            // Rows are taken only for a project within its fair part, and only from projects above theirs, down to it.
+            if (needed <= 0 || projects.GetValueOrDefault(project).Running + request.Choices > fair) return [];
+            var held = running.GroupBy(r => r.Request.Project ?? "").ToDictionary(g => g.Key, g => g.Sum(r => r.Rows));
+            var taken = new List<AdmissionRequest>();
+            for (int i = running.Count - 1; i >= 0 && needed > 0; i--)   // the newest first: the least work lost
+            {
+                var (victim, rows) = running[i];
+                string owner = victim.Project ?? "";
+                if (owner == project || held[owner] - rows < fair) continue;
+                held[owner] -= rows;
+                needed -= rows;
+                taken.Add(victim);
+            }
+            return needed > 0 ? [] : taken;
+        }
+    }
+
+    public void Preempted(AdmissionRequest request)
+    {
+        lock (gate)
+        {
+            if (!started.Remove(request)) return;
+            var p = projects.GetValueOrDefault(request.Project ?? "");
+            projects[request.Project ?? ""] = p with { Running = p.Running - request.Choices };
         }
     }
 

@@ -77,7 +77,7 @@ sealed class ConstrainedDecoding(bool quick)
         var clock = Stopwatch.StartNew();
         var runs = Enumerable.Range(0, streams).Select(async s =>
         {
-            var prompt = Enumerable.Range(0, PromptLength).Select(i => 'a' + (i * 7 + s) % 26).ToList();
+            var prompt = Measure.Letters(PromptLength, s);
             var request = new GenerationRequest("constrained", folder, null, null, prompt, new SamplingOptions(NewTokens, 1.0, Seed: s), tokenizer, [ByteTokenizer.End]);
             // Free rows never end early either: the end id is out of reach of a random model only by chance, so it is banned.
             if (grammar is null) request = request with { Options = request.Options with { LogitBias = new Dictionary<int, double> { [ByteTokenizer.End] = -100 } } };

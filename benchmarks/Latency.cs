@@ -90,7 +90,7 @@ sealed class Latency(bool quick)
         var clock = Stopwatch.StartNew();
         var runs = Enumerable.Range(0, streams).Select(async s =>
         {
-            var prompt = Enumerable.Range(0, PromptLength).Select(i => 'a' + (i * 7 + s) % 26).ToList();
+            var prompt = Measure.Letters(PromptLength, s);
             var request = new GenerationRequest("latency", folder, null, null, prompt, new SamplingOptions(NewTokens, 0));
             var started = clock.Elapsed.TotalSeconds;
             double? last = null;

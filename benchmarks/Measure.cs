@@ -96,6 +96,9 @@ static class Measure
         return adapter;
     }
 
+    /// <summary>A prompt of <paramref name="length"/> lowercase letters (byte tokens), different for each <paramref name="stream"/>.</summary>
+    public static List<int> Letters(int length, int stream) => Enumerable.Range(0, length).Select(i => 'a' + (i * 7 + stream) % 26).ToList();
+
     public static long Parameters(LlamaForCausalLM model) => model.parameters().Sum(p => p.numel());
 
     public static double Percentile(List<double> values, double p)

@@ -1,22 +1,25 @@
 using System.Diagnostics;
 using AdapterService.Core.Inference;
+using static TorchSharp.torch;
 
 namespace AdapterService.Benchmarks;
 
 /// <summary>
 /// Fairness between projects (issue #22), through the engine: project A keeps 4× the engine's batch of streams in
 /// flight (each of its clients sends its next request as soon as one ends, and retries a refusal after 10 ms) while
-/// project B sends a burst of 8 requests; B's latency under that flood is compared with B alone, round-robin, once with
-/// the engine's default admission policy (<see cref="ProjectShares"/>) and once without shares (ProjectShare 1).
+/// project B sends a burst of 8 requests; B's latency under that flood is compared with B alone, round-robin, for each
+/// admission policy in <see cref="Policies"/>. First, what a decode step costs by rows (the batch B decodes in).
 /// </summary>
 sealed class ProjectFairness(bool quick)
 {
     const int PromptLength = 32, NewTokens = 32, BStreams = 8;
 
-    static IReadOnlyList<(string Name, InferenceOptions Options)> Policies =>
+    /// <summary>The policies compared: the engine's default (<see cref="ProjectShares"/>, preemption on), the same without preemption, and no policy.</summary>
+    static IReadOnlyList<(string Name, InferenceOptions Options, bool Shares)> Policies =>
     [
-        ($"ProjectShares (the default, share {new InferenceOptions().ProjectShare})", new InferenceOptions { PrefixCacheBytes = 0 }),
-        ("no shares (ProjectShare 1: first come, first served)", new InferenceOptions { PrefixCacheBytes = 0, ProjectShare = 1 }),
+        ($"ProjectShares with preemption (the default, share {new InferenceOptions().ProjectShare})", new InferenceOptions { PrefixCacheBytes = 0 }, true),
+        ("ProjectShares without preemption (Preemption false)", new InferenceOptions { PrefixCacheBytes = 0, Preemption = false }, true),
+        ("no policy (first come, first served)", new InferenceOptions { PrefixCacheBytes = 0 }, false),
     ];
 
     public async Task RunAsync(Action<string> line)
@@ -26,7 +29,8 @@ sealed class ProjectFairness(bool quick)
         {
             var folder = Measure.SaveRandomBase(root, Measure.Config(quick));
             int rounds = quick ? 2 : 3, flood = 4 * new InferenceOptions().MaxBatch;
-            var engines = Policies.Select(p => new InferenceEngine(p.Options)).ToList();
+            StepTimes(line);
+            var engines = Policies.Select(p => new InferenceEngine(p.Options, policy: p.Shares ? new ProjectShares(p.Options) : null)).ToList();
             try
             {
                 foreach (var engine in engines) await BurstAsync(engine, folder, 0);   // warm-up
@@ -43,15 +47,16 @@ sealed class ProjectFairness(bool quick)
                 line($"{PromptLength}-token prompts, {NewTokens} new tokens, greedy, base model of benchmark 1 (fp32). Each round runs B alone, then B under A's flood, " +
                      $"for each policy in turn; {rounds} rounds; cells are medians over the rounds (lowest–highest); ratios are taken within a round.");
                 line("");
-                line("| policy | B alone: first token p95 | request p95 | B under A's flood: first token p95 | request p95 | request p95 ÷ alone | A's refusals (429) | A's tokens/s |");
-                line("|---|---|---|---|---|---|---|---|");
+                line("| policy | B alone: first token p95 | request p95 | B under A's flood: first token p95 | request p95 | request p95 ÷ alone | A's refusals (429) | A's tokens/s | preemptions |");
+                line("|---|---|---|---|---|---|---|---|---|");
                 for (int e = 0; e < engines.Count; e++)
                 {
                     string Ms(List<Burst> runs, Func<Burst, double> f) => new Spread(runs.Select(f).ToList()).Format("F0") + " ms";
                     var ratio = new Spread(Enumerable.Range(0, rounds).Select(i => flooded[e][i].RequestP95 / alone[e][i].RequestP95).ToList());
                     line($"| {Policies[e].Name} | {Ms(alone[e], r => r.FirstTokenP95 * 1e3)} | {Ms(alone[e], r => r.RequestP95 * 1e3)} | " +
                          $"{Ms(flooded[e], r => r.FirstTokenP95 * 1e3)} | {Ms(flooded[e], r => r.RequestP95 * 1e3)} | **{ratio.Format()}** | " +
-                         $"{new Spread(flooded[e].Select(r => (double)r.Refused).ToList()).Format("F0")} | {new Spread(flooded[e].Select(r => r.FloodTokensPerSecond).ToList()).Format("F0")} |");
+                         $"{new Spread(flooded[e].Select(r => (double)r.Refused).ToList()).Format("F0")} | {new Spread(flooded[e].Select(r => r.FloodTokensPerSecond).ToList()).Format("F0")} | " +
+                         $"{new Spread(flooded[e].Select(r => (double)r.Preemptions).ToList()).Format("F0")} |");
                 }
                 line("");
                 line("Target: with the default policy, B's request p95 under A's flood within 2× of B alone.");
@@ -67,7 +72,37 @@ sealed class ProjectFairness(bool quick)
         }
     }
 
-    record Burst(double FirstTokenP95, double RequestP95, int Refused, double FloodTokensPerSecond);
+    /// <summary>
+    /// Seconds of one decode step of the base model by running rows (8: B alone; 16-32: B beside A's rows), and of one
+    /// prefill forward of a prompt (what A's churn adds to a step), without the engine around them (<see cref="BatchSteps"/>).
+    /// </summary>
+    void StepTimes(Action<string> line)
+    {
+        int[] rows = [8, 16, 24, 32];
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        using var model = Measure.RandomModel(Measure.Config(quick));
+        var batches = rows.Select(r => new BatchSteps(model, r, PromptLength + NewTokens / 2)).ToList();
+        try
+        {
+            var actions = batches.Select(b => (Action)b.Decode).Append(() => batches[0].Prefill(0, 1)).ToArray();
+            var times = Measure.RoundRobin(actions, quick ? 20 : 8);
+            line($"Decode step by running rows ({PromptLength + NewTokens / 2} cached positions each), medians of {(quick ? 20 : 8)} round-robin runs (lowest–highest), and one {PromptLength + NewTokens / 2}-token prompt's prefill forward:");
+            line("");
+            line("| rows | decode step | ÷ 8 rows |");
+            line("|---|---|---|");
+            for (int i = 0; i < rows.Length; i++)
+                line($"| {rows[i]} | {times[i].Median * 1e3:F1} ({times[i].Low * 1e3:F1}–{times[i].High * 1e3:F1}) ms | {times[i].Median / times[0].Median:F2} |");
+            line($"| prefill of one prompt | {times[^1].Median * 1e3:F1} ({times[^1].Low * 1e3:F1}–{times[^1].High * 1e3:F1}) ms | {times[^1].Median / times[0].Median:F2} |");
+            line("");
+        }
+        finally
+        {
+            foreach (var b in batches) b.Dispose();
+        }
+    }
+
+    record Burst(double FirstTokenP95, double RequestP95, int Refused, double FloodTokensPerSecond, long Preemptions);
 
     /// <summary>B's burst, alone (<paramref name="flood"/> 0) or while A keeps <paramref name="flood"/> streams going.</summary>
     static async Task<Burst> BurstAsync(InferenceEngine engine, string folder, int flood)
@@ -90,6 +125,7 @@ sealed class ProjectFairness(bool quick)
                 catch (EngineBusyException) { Interlocked.Increment(ref refused); await Task.Delay(10); }
                 catch (OperationCanceledException) { }
         }).ToList();
+        long preempted = engine.Preemptions;
         // B starts once A's rows fill the batch (every running place taken, the rest of A's clients waiting).
         var fill = Stopwatch.StartNew();
         while (flood > 0 && Volatile.Read(ref running) < new InferenceOptions().MaxBatch && fill.Elapsed < TimeSpan.FromMinutes(2)) await Task.Delay(5);
@@ -107,10 +143,11 @@ sealed class ProjectFairness(bool quick)
         double floodRate = (Interlocked.Read(ref floodTokens) - tokensBefore) / seconds;
         stop.Cancel();
         await Task.WhenAll(clients);
-        return new Burst(Measure.Percentile([.. b.Select(x => x.First)], 0.95), Measure.Percentile([.. b.Select(x => x.Total)], 0.95), refused, floodRate);
+        return new Burst(Measure.Percentile([.. b.Select(x => x.First)], 0.95), Measure.Percentile([.. b.Select(x => x.Total)], 0.95), refused, floodRate,
+            engine.Preemptions - preempted);
     }
 
     static GenerationRequest Request(string folder, string project, int stream) =>
-        new("fairness", folder, null, null, Enumerable.Range(0, PromptLength).Select(i => 'a' + (i * 7 + stream) % 26).ToList(),
+        new("fairness", folder, null, null, Measure.Letters(PromptLength, stream),
             new SamplingOptions(NewTokens, 0), Project: project);
 }

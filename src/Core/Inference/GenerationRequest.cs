@@ -75,4 +75,10 @@ public sealed class InferenceOptions
     /// (<see cref="ProjectShares"/>); 1 lets one project take them all.
     /// </summary>
     public double ProjectShare { get; set; } = 0.5;
+    /// <summary>
+    /// When a project's request finds the batch full while another project runs more than its fair part of the rows,
+    /// <see cref="ProjectShares"/> has the engine preempt that project's newest requests (they resume later exactly where
+    /// they were, their prompt and generated tokens prefilled again). Off: a waiting project waits for a row to end.
+    /// </summary>
+    public bool Preemption { get; set; } = true;
 }

@@ -56,7 +56,7 @@ public sealed class ProjectShares(InferenceOptions options) : IAdmissionPolicy
         {
             int fair = Fair(load);
             // Rows are taken only for a project within its fair part, and only from projects above theirs, down to it.
-            if (needed <= 0 || projects.GetValueOrDefault(project).Running + request.Choices > fair) return [];
+            if (!options.Preemption || needed <= 0 || projects.GetValueOrDefault(project).Running + request.Choices > fair) return [];
             var held = running.GroupBy(r => r.Request.Project ?? "").ToDictionary(g => g.Key, g => g.Sum(r => r.Rows));
             var taken = new List<AdmissionRequest>();
             for (int i = running.Count - 1; i >= 0 && needed > 0; i--)   // the newest first: the least work lost

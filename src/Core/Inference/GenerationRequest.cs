@@ -81,4 +81,10 @@ public sealed class InferenceOptions
     /// they were, their prompt and generated tokens prefilled again). Off: a waiting project waits for a row to end.
     /// </summary>
     public bool Preemption { get; set; } = true;
+    /// <summary>
+    /// While another project has requests in flight, a project running its fair part of the rows starts no more, even
+    /// into rows left idle (so the batch, and with it every step's time, stays near what the others would see alone).
+    /// Off: only while another project waits.
+    /// </summary>
+    public bool FairRows { get; set; } = true;
 }

@@ -43,8 +43,8 @@ public sealed class ProjectShares(InferenceOptions options) : IAdmissionPolicy
         {
             // A project with nothing running may always start (so requests of many choices never wait on each other).
             int running = projects.GetValueOrDefault(project).Running;
-            bool othersWait = projects.Any(p => p.Key != project && p.Value.InFlight > p.Value.Running);
-            return !othersWait || running == 0 || running + request.Choices <= Fair(load);
+            bool others = projects.Any(p => p.Key != project && (options.FairRows || p.Value.InFlight > p.Value.Running));
+            return !others || running == 0 || running + request.Choices <= Fair(load);
         }
     }
 

@@ -173,4 +173,30 @@ public sealed partial class InferenceEngineTests
         await Task.WhenAll(runs);
         Assert.Equal((4, 0L), (most, engine.Preemptions));
     }
+
+    /// <summary>
+    /// Fair rows: while b's long request runs, a's four short ones run at most a's fair part of the batch of four (two)
+    /// at a time, though a third row is idle (so b's steps stay as short as they can); without, a fills the batch.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task WhileAnotherProjectRunsAProjectKeepsToItsFairRows(bool fairRows)
+    {
+        var options = new InferenceOptions { MaxBatch = 4, MaxQueued = 8, PrefixCacheBytes = 0, FairRows = fairRows };
+        using var engine = new InferenceEngine(options, policy: new ProjectShares(options));
+        using ManualResetEventSlim held = new(), gate = new();
+        int most = 0;
+        var other = Request(null, promptSeed: 9, maxTokens: 24) with { Project = "b" };
+        var otherRun = CollectAsync(await engine.StartAsync(other with { Constraint = () => new Probe(0, held, gate, s => most = Math.Max(most, engine.Running), digits: true) }));
+        Assert.True(held.Wait(TimeSpan.FromMinutes(1)));
+        var flood = new List<Task<List<GenerationChunk>>>();
+        for (int i = 0; i < 4; i++)
+            flood.Add(CollectAsync(await engine.StartAsync(Request(null, promptSeed: i, maxTokens: 4) with { Project = "a", Constraint = () => new Probe(digits: true) })));
+        gate.Set();
+        await Task.WhenAll(flood);
+        await otherRun;
+        Assert.Equal(fairRows ? 3 : 4, most);   // b's row and a's two, or the whole batch
+        Assert.Equal(0, engine.Preemptions);
+    }
 }

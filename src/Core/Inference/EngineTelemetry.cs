@@ -22,6 +22,8 @@ static class EngineTelemetry
             "Requests waiting for a place in a batch.");
         meter.CreateObservableUpDownCounter("adapter_service.inference.running_sequences", () => Live.Keys.Sum(e => e.Running), "{sequence}",
             "Sequences in the running batches.");
+        meter.CreateObservableCounter("adapter_service.inference.preemptions", () => Live.Keys.Sum(e => e.Preemptions), "{request}",
+            "Running requests preempted for another project's (resumed later where they were).");
         meter.CreateObservableCounter("adapter_service.adapter_cache.hits", () => Live.Keys.Sum(e => e.Adapters.Hits), "{hit}",
             "Adapter cache hits.");
         meter.CreateObservableCounter("adapter_service.adapter_cache.misses", () => Live.Keys.Sum(e => e.Adapters.Misses), "{miss}",

@@ -101,8 +101,7 @@ public sealed partial class InferenceEngine
             batch.Waiting.RemoveAt(w);
             (next.Siblings.Admitted, next.Siblings.Started, next.Siblings.StartOrder) = (request, true, ++starts);
             Admission.Started(request);
-            // Unchunked prompts finish in this forward and go straight to their row's slot.
-            next.Slot = options.ChunkedPrefill ? batch.FreeStaging.Pop() : batch.Rows.Count + batch.Prefilling.Count;
+            next.Slot = PrefillSlot(batch);
             Restore(batch, next, hit);
             batch.Prefilling.Add(next);
         }
@@ -156,9 +155,22 @@ public sealed partial class InferenceEngine
         if (request.All.FirstOrDefault(c => c.Resuming && !c.Finished) is not { } next) return;
         var hit = CachedPrefix(batch, next);
         next.Length = hit.Count * (long)(Prefixes?.BlockTokens ?? 0);
-        next.Slot = options.ChunkedPrefill ? batch.FreeStaging.Pop() : batch.Rows.Count + batch.Prefilling.Count;
+        next.Slot = PrefillSlot(batch);
         Restore(batch, next, hit);
         batch.Prefilling.Insert(0, next);
+    }
+
+    /// <summary>
+    /// The cache slot a starting prompt is prefilled into: chunked, a free staging slot; unchunked, the first slot after
+    /// the running rows that no other prompt holds (prompts finish in their forward and join the rows in slot order, so
+    /// each moves down into a slot no later prompt holds, even after a preemption lowered the rows).
+    /// </summary>
+    int PrefillSlot(Batch batch)
+    {
+        if (options.ChunkedPrefill) return batch.FreeStaging.Pop();
+        int slot = batch.Rows.Count;
+        while (batch.Prefilling.Any(p => p.Slot == slot)) slot++;
+        return slot;
     }
 
     /// <summary>
@@ -289,7 +301,7 @@ public sealed partial class InferenceEngine
             // (its next input is the token it had).
             var sample = new List<(int Row, int Chunk, long Last)>();
             var resumed = new List<Choices>();
-            for (int i = 0; i < chunks.Count; i++)
+            foreach (int i in Enumerable.Range(0, chunks.Count).OrderBy(i => chunks[i].Sequence.Slot))   // slot order: see PrefillSlot
             {
                 var s = chunks[i].Sequence;
                 if (s.Length < s.Input.Count) continue;

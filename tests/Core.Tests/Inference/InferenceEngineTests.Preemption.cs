@@ -199,4 +199,43 @@ public sealed partial class InferenceEngineTests
         Assert.Equal(fairRows ? 3 : 4, most);   // b's row and a's two, or the whole batch
         Assert.Equal(0, engine.Preemptions);
     }
+
+    /// <summary>
+    /// Preemption amid everything else: a sends eight requests (LoRA, Lily, MixLoRA, DoRA and none; some of n = 2,
+    /// some seeded) into a batch of four, b sends four once a runs, under ProjectShares; chunked with prompts split over
+    /// steps, and whole-prompt. a's rows are preempted for b's, resume beside fresh prompts and each other, and every
+    /// choice of every request is what it gives never preempted (the same requests on an engine without a policy).
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task PreemptionAmidPromptsAndChoicesChangesNoStream(bool chunked)
+    {
+        var options = new InferenceOptions { MaxBatch = 4, MaxQueued = 24, PrefixBlockTokens = 4, ChunkedPrefill = chunked, StepTokens = 8, PrefillSlots = 2 };
+        int?[] adapters = [0, 5, 7, 4, null, 8, 1, 5];
+        var flood = adapters.Select((adapter, i) =>
+        {
+            var r = LongRequest(adapter, 5 + 3 * i, seed: 60 + i, maxTokens: 12) with { Project = "a" };
+            return r with { Options = r.Options with { N = i % 3 == 1 ? 2 : 1, Temperature = i % 2, Seed = 5 + i } };
+        }).ToList();
+        var others = Enumerable.Range(0, 4).Select(i => LongRequest(i % 2 == 0 ? 2 : null, 9 + i, seed: 80 + i, maxTokens: 5) with { Project = "b" }).ToList();
+        List<List<string>> expected;
+        using (var never = new InferenceEngine(options))   // no policy: nothing preempted (a row's output does not depend on its batchmates)
+            expected = (await Task.WhenAll(flood.Concat(others).Select(r => ChunksAsync(never, r)))).Select((c, i) => ChoiceTexts(c, flood.Concat(others).ElementAt(i).Options.N)).ToList();
+
+        using var engine = new InferenceEngine(options, policy: new ProjectShares(options));
+        var floodRuns = new List<Task<List<GenerationChunk>>>();
+        foreach (var r in flood) floodRuns.Add(CollectAsync(await engine.StartAsync(r)));
+        var first = (await engine.StartAsync(flood[0] with { Project = "a" })).GetAsyncEnumerator();   // a's ninth: its first token means a runs
+        Assert.True(await first.MoveNextAsync());
+        var otherRuns = new List<Task<List<GenerationChunk>>>();
+        foreach (var r in others) otherRuns.Add(CollectAsync(await engine.StartAsync(r)));
+        while (await first.MoveNextAsync()) { }
+        var got = await Task.WhenAll(floodRuns.Concat(otherRuns));
+
+        var requests = flood.Concat(others).ToList();
+        for (int i = 0; i < requests.Count; i++)
+            Assert.Equal(expected[i], ChoiceTexts(got[i], requests[i].Options.N));
+        Assert.True(engine.Preemptions >= 1, "nothing was preempted");
+    }
 }

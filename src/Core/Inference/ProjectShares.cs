@@ -4,11 +4,12 @@ namespace AdapterService.Core.Inference;
 /// Fairness between projects, the engine's default admission policy: no project holds more than
 /// <see cref="InferenceOptions.ProjectShare"/> of the engine's places (<see cref="InferenceOptions.MaxBatch"/> running rows
 /// plus <see cref="InferenceOptions.MaxQueued"/> waiting, counted in choices) in flight, so a project that floods the
-/// engine gets 429s while the others are still admitted; and while another project waits, a project already running its
-/// fair part of the batch (the rows divided among the projects in flight) lets that one start first, and when the batch
-/// is full a project over its fair part gives its newest running requests back (the engine preempts them) until the
-/// waiting one fits, never below its fair part. A lone project keeps the whole batch: no rows are reserved. Rollouts and
-/// eval runs count against their project like API requests.
+/// engine gets 429s while the others are still admitted. A project already running its fair part of the batch (the rows
+/// divided among the projects in flight) starts no more while another project is active (<see cref="InferenceOptions.FairRows"/>;
+/// off: while another waits), so the others decode in a batch near the size they would have alone; and when the batch is
+/// full a project above its fair part gives its newest running requests back (<see cref="InferenceOptions.Preemption"/>:
+/// the engine preempts them) until the waiting one fits, never below its fair part. A lone project keeps the whole
+/// batch: no rows are reserved. Rollouts and eval runs count against their project like API requests.
 /// </summary>
 public sealed class ProjectShares(InferenceOptions options) : IAdmissionPolicy
 {

@@ -51,4 +51,30 @@ public sealed partial class InferenceEngineTests
         Assert.NotEmpty(await ChunksAsync(engine, Request(null, promptSeed: 5, maxTokens: 2) with { Project = "a" }));
         Assert.Equal(0, engine.Queued);
     }
+
+    /// <summary>
+    /// ProjectShares' preemption rule, asked directly: rows are taken from the newest requests of a project above its fair
+    /// part (the batch of 4 ÷ 2 projects), never below it, and only for a project within its own; a request that would
+    /// still not fit takes nothing; without <see cref="InferenceOptions.Preemption"/> nothing is taken.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ProjectSharesPreemptsTheNewestAboveTheirFairPartOnly(bool preemption)
+    {
+        var options = new InferenceOptions { MaxBatch = 4, MaxQueued = 8, Preemption = preemption };
+        IAdmissionPolicy shares = new ProjectShares(options);
+        AdmissionRequest Of(string project, int choices) => new(project, RequestSource.Api, 8, 0, 8, choices);
+        var (older, newer) = (Of("a", 2), Of("a", 2));
+        foreach (var r in new[] { older, newer }) { Assert.Null(shares.RefuseQueueing(r, 0)); shares.Started(r); }
+        var full = new AdmissionLoad(4, 4, 4, 0, 1);
+        RunningRequest[] running = [new(older, 2), new(newer, 2)];
+        var b = Of("b", 1);
+        Assert.Null(shares.RefuseQueueing(b, 0));
+        Assert.Equal(preemption ? new[] { newer } : [], shares.Preempt(b, full, running));
+        Assert.Empty(shares.Preempt(Of("b", 3), full, running));            // b would be above its fair part of 2
+        Assert.Empty(shares.Preempt(b, full, [new(older, 4)]));             // a would go below its fair part
+        shares.Preempted(newer);
+        Assert.Empty(shares.Preempt(newer, new AdmissionLoad(2, 3, 4, 1, 1), [new(older, 2), new(b, 1)]));   // b is within its part
+    }
 }

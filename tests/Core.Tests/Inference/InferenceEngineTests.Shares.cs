@@ -17,6 +17,8 @@ public sealed partial class InferenceEngineTests
             inner.Started(request);
         }
         public void Ended(AdmissionRequest request) => inner.Ended(request);
+        public IReadOnlyList<AdmissionRequest> Preempt(AdmissionRequest request, AdmissionLoad load, IReadOnlyList<RunningRequest> running) => inner.Preempt(request, load, running);
+        public void Preempted(AdmissionRequest request) => inner.Preempted(request);
     }
 
     /// <summary>

@@ -32,7 +32,7 @@ public sealed class AdapterRequestsTests
     public void ItsTypeIsAcceptedAndItsDtoRoundTrips(string type)
     {
         Assert.Contains(type, AdapterMethods.Names);
-        var config = Parse(new AdapterRequest(type, 4, null, null, null, NumExperts: 2));
+        var config = Parse(new AdapterRequest(type, JsonSerializer.SerializeToElement(4), null, null, null, NumExperts: 2));
         Assert.Equal(type, config.Method);
         var dto = AdapterDto.From(config);
         Assert.Equal(type, dto.Type);

@@ -83,7 +83,10 @@ public static class AdapterRequests
         string? problem = null;
         if (request?.Rank is { ValueKind: not JsonValueKind.Null } r)
         {
-            if (r.ValueKind == JsonValueKind.Number && r.TryGetInt32(out var given)) rank = given;
+            // A number, or a number in a string as the API's JSON options have always read one ("8").
+            if (r.ValueKind == JsonValueKind.Number && r.TryGetInt32(out var given)
+                || r.ValueKind == JsonValueKind.String && int.TryParse(r.GetString(), System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out given))
+                rank = given;
             else problem = r.ValueKind == JsonValueKind.Array
                 ? "adapter.rank must be one integer between 1 and 256 here (a list of ranks is a sweep, which a fine-tuning job from a base model takes)."
                 : $"adapter.rank must be an integer between 1 and 256, got {r.GetRawText()}.";

@@ -135,13 +135,11 @@ lap("rank sweep checked");
 
 // A sweep scored by an eval (no validation file needed): each member's checkpoints are scored, and the member whose
 // last checkpoint has the highest mean grade of the eval's first criterion wins (ties: lower validation loss, then listed first).
+const itemSchema = { type: "object", properties: { question: { type: "string" }, answer: { type: "string" } }, required: ["question", "answer"] };
+const similar = { type: "text_similarity", name: "similar", input: "{{sample.output_text}}", reference: "{{item.answer}}", evaluation_metric: "fuzzy_match", pass_threshold: 0.6 };
+const exact = { type: "string_check", name: "exact", input: "{{sample.output_text}}", reference: "{{item.answer}}", operation: "eq" };
 const evalObject = await client.evals.create({
-  name: "colour sentences",
-  data_source_config: { type: "custom", item_schema: { type: "object", properties: { question: { type: "string" }, answer: { type: "string" } }, required: ["question", "answer"] } },
-  testing_criteria: [
-    { type: "text_similarity", name: "similar", input: "{{sample.output_text}}", reference: "{{item.answer}}", evaluation_metric: "fuzzy_match", pass_threshold: 0.6 },
-    { type: "string_check", name: "exact", input: "{{sample.output_text}}", reference: "{{item.answer}}", operation: "eq" },
-  ],
+  name: "colour sentences", data_source_config: { type: "custom", item_schema: itemSchema }, testing_criteria: [similar, exact],
 });
 const evalSource = {
   type: "completions", input_messages: { type: "template", template: [{ role: "user", content: "{{item.question}}" }] },
@@ -180,7 +178,37 @@ assert.equal(evalEvents.filter((e) => e.type === "eval").length, 4);
 assert.deepEqual(new Set(evalEvents.filter((e) => e.type === "eval").map((e) => e.data.sweep_member)), new Set([0, 1]));
 assert.ok(evalEvents.some((e) => e.data?.sweep_best === evalBest.member && e.data.eval_score === evalBest.eval_score));
 
-lap("eval-scored sweep checked");
+
+// Ranks scored by an eval with keep_best, with a validation file: each member's score is its best checkpoint's grade
+// (the latest of equals), the checkpoint a job alone would keep; the winner's kept checkpoint is the fine-tuned model,
+// an adapter of the winner's rank.
+// (An eval whose first criterion is another: keep_best names the one members are scored by.)
+const exactFirst = await client.evals.create({
+  name: "colour sentences, exact first", data_source_config: { type: "custom", item_schema: itemSchema }, testing_criteria: [exact, similar],
+});
+const keptCreated = await client.fineTuning.jobs.create({
+  model: "tiny-llama-demo", training_file: training.id, validation_file: validation.id, seed: 12, suffix: "rankeval", adapter: { rank: ranks },
+  eval: { id: exactFirst.id, data_source: evalSource, keep_best: "similar" },
+  method: { type: "supervised", supervised: { hyperparameters: { n_epochs: 2, batch_size: 4, learning_rate_multiplier: 4 } } },
+});
+assert.equal(keptCreated.sweep.scored_by, "eval_similar");
+const keptJob = await waitFor(keptCreated.id);
+assert.equal(keptJob.status, "succeeded", JSON.stringify(keptJob.error));
+const keptCheckpoints = (await client.fineTuning.jobs.checkpoints.list(keptJob.id, { limit: 10 })).data;
+for (const m of keptJob.sweep.members) {
+  const best = keptCheckpoints.filter((c) => c.sweep_member === m.member)
+    .reduce((a, b) => (b.metrics.eval_similar > a.metrics.eval_similar || (b.metrics.eval_similar === a.metrics.eval_similar && b.step_number > a.step_number) ? b : a));
+  assert.equal(m.eval_checkpoint, best.fine_tuned_model_checkpoint);
+  assert.equal(m.eval_score, best.metrics.eval_similar);
+}
+// The highest score; equal scores go to the lower validation loss (here the file only breaks ties), then the first listed.
+const keptBest = [...keptJob.sweep.members].sort((a, b) => b.eval_score - a.eval_score || a.valid_loss - b.valid_loss || a.member - b.member)[0];
+assert.equal(keptJob.sweep.best_member, keptBest.member);
+assert.equal(keptJob.adapter.rank, ranks[keptBest.member]);
+assert.equal((await client.get("/adapters")).data.find((a) => a.model === keptJob.fine_tuned_model).config.r, ranks[keptBest.member]);
+console.log("rank sweep with keep_best:", keptJob.sweep.members.map((m) => `r=${m.hyperparameters.rank}: similar ${m.eval_score.toFixed(4)} at ${m.eval_checkpoint.split(":").at(-1)}, valid ${m.valid_loss.toFixed(4)}`).join("; "),
+  `-> best member ${keptJob.sweep.best_member}`);
+lap("eval-scored sweeps checked");
 
 // Bad sweeps: a 400 naming the field, and nothing stored.
 const jobsBefore = (await client.fineTuning.jobs.list({ limit: 100 })).data.length;

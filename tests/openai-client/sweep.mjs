@@ -131,6 +131,14 @@ const loserRank = rankMembers.find((m) => m.member !== rankBest.member);
 assert.equal((await client.chat.completions.create({ model: loserRank.checkpoint, messages: [{ role: "user", content: "Colour plum?" }], max_tokens: 4 })).model,
   loserRank.checkpoint);
 
+// A member's checkpoint continues as its own adapter: a job from the second (rank-8) member's checkpoint trains a
+// rank-8 adapter further, not the job's first-listed one.
+const continued = await client.fineTuning.jobs.create({ model: rankMembers[1].checkpoint, training_file: training.id, seed: 3,
+  method: { type: "supervised", supervised: { hyperparameters: { n_epochs: 1, batch_size: 4 } } } });
+assert.equal(continued.adapter.rank, ranks[1]);
+const continuedJob = await waitFor(continued.id);
+assert.equal(continuedJob.status, "succeeded", JSON.stringify(continuedJob.error));
+assert.equal((await client.get("/adapters")).data.find((a) => a.model === continuedJob.fine_tuned_model).config.r, ranks[1]);
 lap("rank sweep checked");
 
 // A sweep scored by an eval (no validation file needed): each member's checkpoints are scored, and the member whose

@@ -112,7 +112,7 @@ public static class JobsCommands
     }
 
     /// <summary>A sweep's members side by side: the swept value, its losses (and eval score), the best one starred.</summary>
-    static void SweepTable(Output output, JsonObject sweep)
+    internal static void SweepTable(Output output, JsonObject sweep)
     {
         string parameter = Output.Text(sweep["parameter"]);
         int? best = sweep["best_member"]?.GetValue<int>();

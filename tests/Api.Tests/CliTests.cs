@@ -104,6 +104,7 @@ public sealed partial class CliTests
         var swept = (await cli.RunAsync("jobs", "create", "--model", "tiny-llama-demo", "--training-file", fileId, "--validation-file", fileId,
             "--epochs", "2", "--batch-size", "5", "--lr-multiplier", "0.25,4", "--seed", "3", "--watch")).Ok();
         string sweepId = swept.Stdout.Split('\n')[0].Trim();
+        Assert.Contains("\nmember\tlearning_rate_multiplier\t", swept.Stdout);   // the watch ends with the members' table
         var table = (await cli.RunAsync("jobs", "get", sweepId)).Ok().Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).SkipWhile(l => !l.StartsWith("member\t")).ToList();
         Assert.Equal("member\tlearning_rate_multiplier\tstep\ttrain_loss\tvalid_loss\tcheckpoint", table[0]);
         var members = table.Skip(1).Select(l => l.Split('\t')).ToList();

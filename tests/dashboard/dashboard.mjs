@@ -453,6 +453,8 @@ async function sweep([trainingFile, validationFile, shots]) {
   const lowest = job.sweep.members.reduce((a, b) => (b.valid_loss < a.valid_loss ? b : a));
   assert.equal(best, lowest.member);
   await page.locator(`#sweep-table tr[data-member="${best}"].best`).waitFor();
+  assert.equal(job.sweep.scored_by, "valid_loss");
+  assert.match(await page.locator("#sweep-lead").textContent(), new RegExp(`Member ${best + 1} had the lowest validation loss`));
   assert.equal(await page.locator("#sweep-table th[data-field=value]").textContent(), "Learning rate multiplier");
   const rows = await page.locator("#sweep-table tbody tr").evaluateAll((trs) => trs.map((tr) => ({
     member: Number(tr.getAttribute("data-member")), value: Number(tr.getAttribute("data-value")), best: tr.classList.contains("best"),

@@ -64,8 +64,10 @@ async function errorOf(response) {
  * @typedef {{ member: number, hyperparameters: Record<string, number>, checkpoint: string | null, step: number | null,
  *   train_loss: number | null, valid_loss: number | null, [field: string]: unknown }} SweepMember
  *   a sweep member and its newest checkpoint's losses; fields beyond these (eval scores, say) are shown by name
- * @typedef {{ parameter: string, values: number[], best_member: number | null, members: SweepMember[] }} Sweep
- *   a sweep job's members (docs/API.md "Sweeps"); best_member is null until the job succeeded
+ * @typedef {{ parameter: string, values: number[], best_member: number | null, members: SweepMember[], scored_by?: string,
+ *   eval_id?: string }} Sweep
+ *   a sweep job's members (docs/API.md "Sweeps"); best_member is null until the job succeeded; scored_by is "valid_loss"
+ *   (lowest wins) or "eval_{criterion}" (highest wins, the eval eval_id's)
  * @typedef {{ id: string, created_at: number, level: string, message: string, type: string, data: any }} JobEvent
  * @typedef {{ id: string, parent: string | null, description: string | null }} Model
  */

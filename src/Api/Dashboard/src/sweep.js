@@ -84,10 +84,18 @@ export class SweepMembers {
         points: curve(m).filter((p) => p.validLoss !== null).map((p) => ({ x: p.step, y: /** @type {number} */ (p.validLoss) })) },
     ]), total ?? undefined);
 
+    // Members are compared by validation loss, or by a criterion of an eval (scored_by "eval_{criterion}").
     const best = sweep.best_member;
-    replace(/** @type {HTMLElement} */ (this.#card.querySelector("#sweep-lead")), best !== null && best !== undefined
-      ? [`${n} members over `, h("code", null, sweep.parameter), `, trained together on one copy of the base. Member ${best + 1} had the lowest validation loss: its adapter is the job's fine-tuned model; the others are kept as checkpoints.`]
-      : [`${n} members over `, h("code", null, sweep.parameter), `, trained together on one copy of the base. ${status === "failed" || status === "cancelled" ? "No member was chosen." : "When all have finished, the one with the lowest validation loss becomes the job's fine-tuned model."}`]);
+    const criterion = sweep.scored_by?.startsWith("eval_") ? sweep.scored_by.slice("eval_".length) : null;
+    const how = criterion
+      ? [`the highest mean "${criterion}" grade of `, sweep.eval_id ? h("a", { href: `#/evals/${sweep.eval_id}` }, "its eval") : "its eval"]
+      : ["the lowest validation loss"];
+    replace(/** @type {HTMLElement} */ (this.#card.querySelector("#sweep-lead")), `${n} members over `, h("code", null, sweep.parameter),
+      ", trained together on one copy of the base. ",
+      best !== null && best !== undefined
+        ? [`Member ${best + 1} had `, ...how, ": its adapter is the job's fine-tuned model; the others are kept as checkpoints."]
+        : status === "failed" || status === "cancelled" ? "No member was chosen."
+          : ["When all have finished, the one with ", ...how, " becomes the job's fine-tuned model."]);
 
     const extras = [...new Set(sweep.members.flatMap((m) => extraFigures(m).map(([key]) => key)))];
     const rows = sweep.values.map((value, m) => {

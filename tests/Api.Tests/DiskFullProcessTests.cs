@@ -53,7 +53,7 @@ public sealed class DiskFullProcessTests(Xunit.Abstractions.ITestOutputHelper ou
             ("ConnectionStrings__Database", $"Data Source={Path.Combine(folder.FullName, "service.db")}"), ("Workers__StateEverySteps", "1000"));
         var http = service.Http;
         string data = service.DataFolder(folder.FullName);
-        const int stepsPerEpoch = 100;
+        const int stepsPerEpoch = 24;
         var fileId = await Api.UploadFileAsync(http, Enumerable.Range(0, stepsPerEpoch).Select(i => Api.ChatLine($"Colour {i}?", "Teal")));
         var job = await Api.CreateJobAsync(http, new
         {

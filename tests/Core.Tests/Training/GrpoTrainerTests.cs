@@ -20,20 +20,30 @@ public sealed class GrpoTrainerTests(ITestOutputHelper output) : IDisposable
 
     public void Dispose() => Directory.Delete(folder, true);
 
-    [Fact]
-    public void RewardRisesAndRolloutsUseTheAdapterAsItIsNow()
+    /// <summary>The tiny demo base with random weights and the byte tokenizer, an engine for rollouts, and a fresh LoRA on it.</summary>
+    (ModelText Text, CausalLanguageModel Model, InferenceEngine Engine, TrainableAdapter Adapter) Setup()
     {
         TorchRuntime.EnsureReady();
         using (var random = RandomModel.Create(BuiltinModels.TinyDemo.Config, BuiltinModels.TinyDemo.Seed)) ModelFolder.Save(random, folder);
         ByteTokenizer.Save(folder);
-        var text = ModelText.ForModel(folder);
-        using var model = ModelFolder.Load<CausalLanguageModel>(folder);
-        using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 32 });
+        var model = ModelFolder.Load<CausalLanguageModel>(folder);
         var adapter = TrainableAdapter.Create(model, new LoraConfig { Rank = 8, Alpha = 16, TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, seed: 5);
+        return (ModelText.ForModel(folder), model, new InferenceEngine(new InferenceOptions { MaxBatch = 32 }), adapter);
+    }
+
+    /// <summary>Eight prompts (question <c>i × step</c>), each graded against the answer "sky".</summary>
+    static List<RlPrompt> Prompts(ModelText text, string question, int step) =>
+        [.. Enumerable.Range(0, 8).Select(i => new RlPrompt(i, [.. text.EncodeCompletion(string.Format(question, i * step) + "\n")],
+            JsonDocument.Parse("""{"answer": "sky"}""").RootElement))];
+
+    [Fact]
+    public void RewardRisesAndRolloutsUseTheAdapterAsItIsNow()
+    {
+        var (text, model, engine, adapter) = Setup();
+        using var _ = model;
+        using var __ = engine;
         var grader = Graders.Parse(JsonDocument.Parse("""{"type": "text_similarity", "name": "s", "evaluation_metric": "fuzzy_match", "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}""").RootElement, "grader");
-        RlPrompt Prompt(int i, string question) => new(i, [.. text.EncodeCompletion($"{question}\n")], JsonDocument.Parse("""{"answer": "sky"}""").RootElement);
-        var train = Enumerable.Range(0, 8).Select(i => Prompt(i, $"question {i}?")).ToList();
-        var heldOut = Enumerable.Range(0, 8).Select(i => Prompt(i, $"another one {i * 7}?")).ToList();
+        var (train, heldOut) = (Prompts(text, "question {0}?", 1), Prompts(text, "another one {0}?", 7));
         var sampler = new EngineRollouts(engine, "tiny", folder, model, adapter, text, "job");
         using var trainer = new GrpoTrainer(model, adapter, train, grader, null, sampler,
             new Hyperparameters(Epochs: 8, BatchSize: 4, LearningRate: 4e-3 * 4), new GrpoSettings(GroupSize: 8, Beta: 0.04, MaxTokens: 8), seed: 11)
@@ -57,22 +67,16 @@ public sealed class GrpoTrainerTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void StringCheckLiftsAModelThatIsRightOnlySometimes()
     {
-        TorchRuntime.EnsureReady();
-        using (var random = RandomModel.Create(BuiltinModels.TinyDemo.Config, BuiltinModels.TinyDemo.Seed)) ModelFolder.Save(random, folder);
-        ByteTokenizer.Save(folder);
-        var text = ModelText.ForModel(folder);
-        using var model = ModelFolder.Load<CausalLanguageModel>(folder);
-        using var engine = new InferenceEngine(new InferenceOptions { MaxBatch = 32 });
-        var adapter = TrainableAdapter.Create(model, new LoraConfig { Rank = 8, Alpha = 16, TargetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, seed: 5);
+        var (text, model, engine, adapter) = Setup();
+        using var _ = model;
+        using var __ = engine;
         // Two supervised steps: the model says exactly "sky" only some of the time (a string check then has groups to learn from).
         var sft = Enumerable.Range(0, 8).Select(i => text.EncodeExample(new AdapterService.Core.Data.CompletionExample(i, $"question {i}?\n", "sky"), null)[0])
             .Select(s => new TokenizedExample(s.Ids, s.Train)).ToList();
         using (var supervised = new LanguageModelTrainer(model, adapter, sft, new Hyperparameters(1, 4, 4e-3 * 4), 0, 3))
             supervised.Run(_ => { }, default);
         var grader = Graders.Parse(JsonDocument.Parse("""{"type": "string_check", "name": "s", "operation": "eq", "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}""").RootElement, "grader");
-        RlPrompt Prompt(int i, string question) => new(i, [.. text.EncodeCompletion($"{question}\n")], JsonDocument.Parse("""{"answer": "sky"}""").RootElement);
-        var train = Enumerable.Range(0, 8).Select(i => Prompt(i, $"question {i}?")).ToList();
-        var heldOut = Enumerable.Range(0, 8).Select(i => Prompt(i, $"another one {i * 7}?")).ToList();
+        var (train, heldOut) = (Prompts(text, "question {0}?", 1), Prompts(text, "another one {0}?", 7));
         var sampler = new EngineRollouts(engine, "tiny", folder, model, adapter, text, "job");
         // The supervised model, frozen, is the starting model the KL refers to (as a job continuing from it has).
         var reference = TrainableAdapter.Create(model, adapter.Config);

@@ -106,7 +106,8 @@ public sealed class DiskFullProcessTests(Xunit.Abstractions.ITestOutputHelper ou
         var done = await Api.WaitForFinishAsync(http, jobId);
         var events = await EventsAsync(http, jobId);
         Log("finished");
-        Assert.True((string?)done["status"] == "succeeded", done.ToJsonString() + "\n" + string.Join("\n", events.Take(8).Select(e => e["message"])));
+        Assert.True((string?)done["status"] == "succeeded", done.ToJsonString() + "\n" + string.Join("\n", events.Take(8).Select(e => e["message"]))
+                                                             + "\nThe service's output:\n" + string.Join("\n", service.Output.Split('\n').TakeLast(80)));
         Assert.Contains(events, e => (string?)e["message"] == $"Fine-tuning job resumed from step {saved}");
         var steps = events.Where(e => (string?)e["type"] == "metrics").Select(e => (int)e["data"]!["step"]!).Order();
         Assert.Equal(Enumerable.Range(1, 2 * stepsPerEpoch), steps);   // each step reported once, none lost to the pauses

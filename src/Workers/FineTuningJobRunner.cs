@@ -53,7 +53,19 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         if (job is null || JobStatus.IsFinished(job.Status)) return;
         using var logScope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["ProjectId"] = job.ProjectId });
         if (job.Status == JobStatus.Queued && YieldsTurn(job)) return;
-        if (jobs.Claim(jobId, WorkerServices.WorkerId, options.Value.LeaseSeconds) is not { } lease)
+        JobLease? claimed;
+        try
+        {
+            claimed = jobs.Claim(jobId, WorkerServices.WorkerId, options.Value.LeaseSeconds);
+        }
+        catch (Exception e) when (StorageFullException.IsCause(e))
+        {
+            // The database is on a full disk: the job is tried again later, and trains once space has come back.
+            log.LogError(e, "Job {JobId}: the server's storage is full; trying the job again in {Seconds} s", jobId, options.Value.LeaseSeconds);
+            queue.Schedule(JobKind.FineTuning, jobId, TimeSpan.FromSeconds(options.Value.LeaseSeconds));
+            return;
+        }
+        if (claimed is not { } lease)
         {
             // Another worker holds the job. Look again when its lease could have run out, in case that worker died.
             if (jobs.StatusOf(jobId) == JobStatus.Running) queue.Schedule(JobKind.FineTuning, jobId, TimeSpan.FromSeconds(options.Value.LeaseSeconds));
@@ -116,7 +128,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
             catch (Exception recording) when (StorageFullException.IsCause(recording))
             {
                 // The database is on the full disk too: the job stays running under a lease that runs out; a run scheduled
-                // for then claims it and continues from its saved state (or finds the disk still full, and tries this again).
+                // for then claims it and continues from its saved state (or finds the disk still full, and is scheduled again).
                 log.LogError(recording, "Job {JobId}: the pause could not be recorded either; trying the job again in {Seconds} s", jobId, options.Value.LeaseSeconds);
                 queue.Schedule(JobKind.FineTuning, jobId, TimeSpan.FromSeconds(options.Value.LeaseSeconds));
             }

@@ -13,20 +13,24 @@ namespace AdapterService.Workers;
 /// A job's eval at its checkpoints (the request's <c>eval</c>): each checkpoint, once saved, is scored by a run of the eval
 /// through this process's engine; the result is a job event (type <c>eval</c>, its numbers in <c>data</c>) and the
 /// checkpoint's <c>eval_*</c> metrics. With <c>keep_best</c> the job's adapter is the best checkpoint's weights.
+/// A sweep's member (<paramref name="sweepMember"/>) has one of its own, over its own checkpoints, its events marked with the member.
 /// </summary>
-sealed class CheckpointScoring(FineTuningJob job, EvalAttachment eval, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, JobLifecycle jobs)
+sealed class CheckpointScoring(FineTuningJob job, EvalAttachment eval, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, JobLifecycle jobs, int? sweepMember = null)
 {
-    public static CheckpointScoring? For(FineTuningJob job, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, JobLifecycle jobs) =>
-        job.EvalSettings is null ? null : new CheckpointScoring(job, EvalAttachment.FromJson(job.EvalSettings), db, blobs, engine, jobs);
+    public static CheckpointScoring? For(FineTuningJob job, ServiceDbContext db, IBlobStore blobs, InferenceEngine engine, JobLifecycle jobs, int? sweepMember = null) =>
+        job.EvalSettings is null ? null : new CheckpointScoring(job, EvalAttachment.FromJson(job.EvalSettings), db, blobs, engine, jobs, sweepMember);
+
+    // "Sweep member 2 (rank=8): " before a member's events.
+    readonly string prefix = sweepMember is { } member ? $"Sweep {Sweep.Of(job)!.Label(member)}: " : "";
 
     /// <summary>Scores the checkpoint at <paramref name="step"/> (saved already); a failed run is a warning, not the job's failure.</summary>
     public void Score(int step, CancellationToken cancel)
     {
-        var checkpoint = db.Checkpoints.AsNoTracking().Single(c => c.JobId == job.Id && c.StepNumber == step);
+        var checkpoint = db.Checkpoints.AsNoTracking().Single(c => c.JobId == job.Id && c.StepNumber == step && c.SweepMember == sweepMember);
         var run = eval.ScoreCheckpointAsync(job, checkpoint, db, blobs, engine, cancel).GetAwaiter().GetResult();
         if (run.Status != EvalRunStatus.Completed)
         {
-            jobs.AddEvent(job.Id, $"Eval {eval.EvalId} on the checkpoint at step {step} did not complete ({run.Status}): {run.ErrorMessage}", level: "warn", step: step);
+            jobs.AddEvent(job.Id, prefix + $"Eval {eval.EvalId} on the checkpoint at step {step} did not complete ({run.Status}): {run.ErrorMessage}", level: "warn", step: step);
             return;
         }
         var summaries = EvalRuns.Summaries(run);
@@ -41,7 +45,8 @@ sealed class CheckpointScoring(FineTuningJob job, EvalAttachment eval, ServiceDb
             ["eval_id"] = eval.EvalId, ["run_id"] = run.Id, ["step"] = step, ["checkpoint"] = checkpoint.Name, ["metrics"] = metrics,
             ["result_counts"] = new JsonObject { ["total"] = run.Total, ["passed"] = run.Passed, ["failed"] = run.Failed, ["errored"] = run.Errored },
         };
-        jobs.AddEvent(job.Id, $"Eval {eval.EvalId} on the checkpoint at step {step}: "
+        if (sweepMember is { } m) data["sweep_member"] = m;
+        jobs.AddEvent(job.Id, prefix + $"Eval {eval.EvalId} on the checkpoint at step {step}: "
             + string.Join(", ", summaries.Select(s => $"{s.TestingCriteria} {s.Passed}/{run.Total} passed (mean {(s.MeanScore ?? double.NaN).ToString("0.0000", CultureInfo.InvariantCulture)})")),
             type: "eval", data: data.ToJsonString(), step: step);
     }
@@ -53,10 +58,10 @@ sealed class CheckpointScoring(FineTuningJob job, EvalAttachment eval, ServiceDb
     public string? BestCheckpointFolder(int lastStep)
     {
         if (eval.KeepBest is not { } criterion) return null;
-        var best = EvalAttachment.Best(db.Checkpoints.AsNoTracking().Where(c => c.JobId == job.Id).ToList(), criterion);
+        var best = EvalAttachment.Best(db.Checkpoints.AsNoTracking().Where(c => c.JobId == job.Id && c.SweepMember == sweepMember).ToList(), criterion);
         if (best is null || best.StepNumber == lastStep) return null;
         double score = JsonNode.Parse(best.Metrics)![EvalAttachment.Metric(criterion)]!.GetValue<double>();
-        jobs.AddEvent(job.Id, $"Keeping the checkpoint at step {best.StepNumber} as the fine-tuned model: the highest mean '{criterion}' grade ({score.ToString("0.0000", CultureInfo.InvariantCulture)})",
+        jobs.AddEvent(job.Id, prefix + $"Keeping the checkpoint at step {best.StepNumber} as the fine-tuned model: the highest mean '{criterion}' grade ({score.ToString("0.0000", CultureInfo.InvariantCulture)})",
             type: "message", data: JsonSerializer.Serialize(new { keep_best = criterion, step = best.StepNumber, score }));
         return blobs.Resolve(best.BlobPath);
     }

@@ -1,4 +1,6 @@
+using System.Globalization;
 using AdapterService.Core.Data;
+using AdapterService.Core.Evals;
 using AdapterService.Core.Grading;
 using AdapterService.Core.Inference;
 using AdapterService.Core.Jobs;
@@ -86,7 +88,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
                 // One JobData for every member: the same files, read, tokenized and warned about once.
                 var data = new JobData(job, baseModel, db, blobs, jobs, engine);
                 members = [.. sweep.Values.Select((_, m) => new TrainingSession(job, jobs, lease, data,
-                    new TrainerStates(blobs, m), blobs, options.Value, quotas.Value, stop, sweepMember: m))];
+                    new TrainerStates(blobs, m), blobs, options.Value, quotas.Value, stop, CheckpointScoring.For(job, db, blobs, engine, jobs, m), sweepMember: m))];
                 session = members[0];
                 RunSweep(job, lease, baseModel, sweep, members, stop);
                 return;
@@ -171,7 +173,9 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
 
     /// <summary>
     /// A sweep: its members train fused over one copy of the base (<see cref="FusionHost.TrainTogether"/>); when they have
-    /// ended, each is scored by its last validation loss, and the lowest one's adapter becomes the job's fine-tuned model.
+    /// ended, each is scored by its last validation loss (the lowest wins) or, with an eval, by the mean grade of the
+    /// sweep's criterion on its adapter (its checkpoints were scored as they were saved; the highest wins,
+    /// <see cref="Sweep.Best"/>), and the winner's adapter becomes the job's fine-tuned model.
     /// A member that failed (diverged at a high learning rate, say) is reported and left out; the job fails only when
     /// every member did. The trained tokens are all members' together.
     /// </summary>
@@ -191,7 +195,9 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         }
         // A full disk is the server's, not a member's: the whole job pauses (Run), each member keeping its saved states.
         if (outcomes.FirstOrDefault(o => StorageFullException.IsCause(o.Error)).Error is { } full) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(full);
-        var finished = new List<(int Member, double? ValidLoss)>();
+        var finished = new List<(int Member, double? ValidLoss, double? EvalScore)>();
+        bool keepBest = sweep.Criterion is not null && EvalAttachment.FromJson(job.EvalSettings!).KeepBest is not null;
+        var checkpoints = sweep.Criterion is null ? [] : db.Checkpoints.AsNoTracking().Where(c => c.JobId == job.Id).ToList();
         for (int m = 0; m < members.Count; m++)
         {
             var (result, error) = outcomes[m];
@@ -201,17 +207,24 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
                 jobs.AddEvent(job.Id, $"Sweep {sweep.Label(m)} failed: {(error is TrainingDivergedException or InvalidDataException or ArgumentException ? error.Message : "training failed")}", level: "warn");
                 continue;
             }
-            finished.Add((m, members[m].LastValidLoss));
-            jobs.AddEvent(job.Id, $"Sweep {sweep.Label(m)} finished: training loss={members[m].LastTrainLoss:0.0000}, validation loss={members[m].LastValidLoss:0.0000}",
+            var (score, scored) = sweep.EvalScoreOf(checkpoints.Where(c => c.SweepMember == m), keepBest);
+            finished.Add((m, members[m].LastValidLoss, score));
+            string scoreText = sweep.Criterion is not { } criterion ? ""
+                : $", mean '{criterion}' grade={(score is { } s ? s.ToString("0.0000", CultureInfo.InvariantCulture) : "none (not scored)")}" + (keepBest && scored is not null ? $" (its checkpoint at step {scored.StepNumber})" : "");
+            jobs.AddEvent(job.Id, $"Sweep {sweep.Label(m)} finished: training loss={members[m].LastTrainLoss:0.0000}, validation loss={Loss(members[m].LastValidLoss)}{scoreText}",
                 data: JsonSerializer.Serialize(new
                 {
                     sweep_member = m, hyperparameters = sweep.Shown(job, m), train_loss = members[m].LastTrainLoss, valid_loss = members[m].LastValidLoss,
+                    eval_score = score, eval_checkpoint = score is null ? null : scored?.Name,
                 }));
         }
         if (finished.Count == 0) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(outcomes[0].Error!);
-        int best = Sweep.Best(finished) ?? finished[0].Member;
-        jobs.AddEvent(job.Id, $"Sweep: {sweep.Label(best)} has the lowest validation loss ({members[best].LastValidLoss:0.0000}); its adapter is the fine-tuned model",
-            data: JsonSerializer.Serialize(new { sweep_best = best, hyperparameters = sweep.Shown(job, best), valid_loss = members[best].LastValidLoss }));
+        int best = sweep.Best(finished) ?? finished[0].Member;
+        var winner = finished.Single(f => f.Member == best);
+        jobs.AddEvent(job.Id, sweep.Criterion is { } by
+                ? $"Sweep: {sweep.Label(best)} has the highest mean '{by}' grade ({(winner.EvalScore is { } w ? w.ToString("0.0000", CultureInfo.InvariantCulture) : "none")}); its adapter is the fine-tuned model"
+                : $"Sweep: {sweep.Label(best)} has the lowest validation loss ({Loss(members[best].LastValidLoss)}); its adapter is the fine-tuned model",
+            data: JsonSerializer.Serialize(new { sweep_best = best, hyperparameters = sweep.Shown(job, best), valid_loss = members[best].LastValidLoss, eval_score = winner.EvalScore }));
         long tokens = finished.Sum(f => outcomes[f.Member].Result!.TrainedTokens);
         var adapter = members[best].SaveAdapter();
         if (!jobs.Succeed(lease, adapter.Name, tokens, adapter: adapter, sweep: sweep with { BestMember = best }))
@@ -222,6 +235,9 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         }
         foreach (var m in Enumerable.Range(0, members.Count)) new TrainerStates(blobs, m).DeleteAll(job.Id);
     }
+
+    /// <summary>A validation loss in an event: 4 decimals, or "none" for a sweep without a validation file.</summary>
+    static string Loss(double? loss) => loss is { } l ? l.ToString("0.0000", CultureInfo.InvariantCulture) : "none";
 
     /// <summary>
     /// Registers the adapter and marks the job succeeded, only if it is still running under this worker's lease;

@@ -21,9 +21,9 @@ namespace AdapterService.Workers;
 sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease lease, JobData files, TrainerStates states, IBlobStore blobs,
     TrainingOptions options, QuotaOptions quotas, CancellationTokenSource stop, CheckpointScoring? scoring = null, int? sweepMember = null) : IFusedSession, IDisposable
 {
-    // As the job was specified at creation: its adapter, and its learning rate from the multiplier (a sweep member's own).
+    // As the job was specified at creation: its adapter and its learning rate from the multiplier (a sweep member's own).
     readonly (AdapterConfig Config, Hyperparameters Hp) spec = sweepMember is { } m
-        ? (JobSpecification.Of(job).Adapter, Sweep.Of(job)!.HyperparametersOf(job, m))
+        ? (AdapterConfig.Parse(job.AdapterConfigOf(m)), Sweep.Of(job)!.HyperparametersOf(job, m))
         : JobSpecification.Of(job);
     // "Sweep member 2 (learning_rate_multiplier=1): " before a member's events.
     readonly string prefix = sweepMember is { } member ? $"Sweep {Sweep.Of(job)!.Label(member)}: " : "";
@@ -139,7 +139,7 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
         return new Adapter
         {
             Id = adapterId, Name = fineTunedModel, BaseModel = job.Model, Method = job.AdapterType,
-            Config = job.AdapterConfig, ParameterCount = adapter!.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
+            Config = job.AdapterConfigOf(sweepMember), ParameterCount = adapter!.ParameterCount, SizeBytes = blobs.SizeOf(blobPath),
             BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), JobId = job.Id, ProjectId = job.ProjectId, CreatedAt = JobLifecycle.Now(),
         };
     }

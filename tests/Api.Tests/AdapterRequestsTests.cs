@@ -32,7 +32,7 @@ public sealed class AdapterRequestsTests
     public void ItsTypeIsAcceptedAndItsDtoRoundTrips(string type)
     {
         Assert.Contains(type, AdapterMethods.Names);
-        var config = Parse(new AdapterRequest(type, 4, null, null, null, NumExperts: 2));
+        var config = Parse(new AdapterRequest(type, JsonSerializer.SerializeToElement(4), null, null, null, NumExperts: 2));
         Assert.Equal(type, config.Method);
         var dto = AdapterDto.From(config);
         Assert.Equal(type, dto.Type);
@@ -43,6 +43,25 @@ public sealed class AdapterRequestsTests
         var config2 = Parse(again);
         Assert.Equal(config.ToJson(), config2.ToJson());
         Assert.Equal(JsonSerializer.Serialize(dto, Api), JsonSerializer.Serialize(AdapterDto.From(config2), Api));
+    }
+
+    /// <summary>
+    /// adapter.rank is read as JSON (a list is a sweep, read by the job's creation): one integer, or one in a string as the
+    /// API's JSON options always accepted; anything else is a 400 naming adapter.rank rather than the body's generic one.
+    /// </summary>
+    [Theory]
+    [InlineData("6", 6)]
+    [InlineData("\"6\"", 6)]
+    [InlineData("null", 8)]
+    [InlineData("\"six\"", null)]
+    [InlineData("6.5", null)]
+    [InlineData("[2, 8]", null)]
+    [InlineData("0", null)]
+    public void TheRankIsOneIntegerOrANamedRefusal(string json, int? rank)
+    {
+        var config = AdapterRequests.Parse(new AdapterRequest("lora", JsonDocument.Parse(json).RootElement, null, null, null), Tiny, out var error);
+        if (rank is { } r) Assert.Equal(r, ((LoraConfig)config!).Rank);
+        else Assert.Equal((400, "adapter.rank"), (error!.StatusCode, error.Value!.Error.Param));
     }
 
     [Fact]

@@ -105,6 +105,9 @@ public sealed class BadInputTests(ServiceFactory factory)
         { """{"model": "tiny-llama-demo", "training_file": "FILE", "method": {"type": "supervised", "dpo": {}}}""", 400, "method.dpo" },
         { """{"model": "tiny-llama-demo", "training_file": "FILE", "adapter": {"type": "prefix-tuning"}}""", 400, "adapter.type" },
         { """{"model": "tiny-llama-demo", "training_file": "FILE", "adapter": {"type": "lora", "rank": 0}}""", 400, "adapter.rank" },
+        { """{"model": "tiny-llama-demo", "training_file": "FILE", "adapter": {"type": "lora", "rank": {"r": 8}}}""", 400, "adapter.rank" },
+        { """{"model": "tiny-llama-demo", "training_file": "FILE", "adapter": {"rank": [2, 4, 8, 16, 32]}}""", 400, "adapter.rank" },
+        { """{"model": "tiny-llama-demo", "training_file": "FILE", "adapter": {"rank": [2, 8]}}""", 400, "validation_file" },   // a rank sweep scores on one
         { """{"model": "tiny-llama-demo", "training_file": "FILE", "adapter": {"type": "lora", "dropout": 1.5}}""", 400, "adapter.dropout" },
         { """{"model": "tiny-llama-demo", "training_file": "FILE", "adapter": {"type": "lora", "target_modules": ["c_attn"]}}""", 400, "adapter.target_modules" },
         { """{"model": "tiny-llama-demo", "training_file": "FILE", "suffix": "has spaces!"}""", 400, "suffix" },

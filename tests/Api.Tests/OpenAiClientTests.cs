@@ -39,7 +39,9 @@ public sealed class OpenAiClientTests(ITestOutputHelper log)
     /// <summary>
     /// sweep.mjs: a sweep of 3 learning-rate multipliers on tiny-llama-demo trains fused and picks the member with the
     /// lowest validation loss (checked against the members' reported losses, which differ); every member's checkpoints are
-    /// listed with its hyperparameters and serve; bad sweeps are 400s naming the field, with nothing stored.
+    /// listed with its hyperparameters and serve; a rank sweep (adapter.rank [2, 8]) trains adapters of those ranks (their
+    /// checkpoint files and the served winner's config) and picks the lowest validation loss; a sweep with an eval picks the
+    /// member with the highest reported eval score; bad sweeps are 400s naming the field, with nothing stored.
     /// </summary>
     [Fact]
     public async Task ASweepOfThreeLearningRatesPicksTheLowestValidationLoss()

@@ -8,7 +8,7 @@ namespace AdapterService.Api.Apis;
 
 /// <summary>Our extension: which adapter to train and its options (see docs/METHODS.md).</summary>
 /// <param name="Type" example="lora">The adapter method: "lora", "dora", "lily", "rlrr" or "mixlora".</param>
-/// <param name="Rank" example="8">LoRA/DoRA rank r and Lily's LP dimension d, 1-256 (default 8); RLRR's rescaling rank, 1-64 (default 1).</param>
+/// <param name="Rank" example="8">LoRA/DoRA rank r and Lily's LP dimension d, 1-256 (default 8); RLRR's rescaling rank, 1-64 (default 1). A fine-tuning job may list 2-4 ranks: a sweep (see docs/API.md).</param>
 /// <param name="Alpha" example="16">LoRA/DoRA alpha; the update is scaled by alpha / r (default 2·r).</param>
 /// <param name="Dropout" example="0.05">Dropout on the adapter path during training, in [0, 1) (default 0); LoRA, DoRA and Lily.</param>
 /// <param name="TargetModules">Layers to adapt: module names such as ["q_proj", "v_proj"], one regex over module paths, or "all-linear" (the default).</param>
@@ -18,10 +18,17 @@ namespace AdapterService.Api.Apis;
 /// <param name="Monoscale">Lily: the paper's ablation without router (the experts summed).</param>
 /// <param name="TopK" example="2">MixLoRA: experts per token, 1 to num_experts (default 2).</param>
 /// <param name="RouterAuxLossCoef" example="0.01">MixLoRA: weight of the load-balance loss, 0-10 (default 0.01).</param>
-public sealed record AdapterRequest(string? Type, int? Rank, double? Alpha, double? Dropout, JsonElement? TargetModules,
+/// <remarks><see cref="Rank"/> is read as JSON so that a list (a rank sweep) or a wrong type gets a 400 naming <c>adapter.rank</c>, not the body's generic one.</remarks>
+public sealed record AdapterRequest(string? Type, JsonElement? Rank, double? Alpha, double? Dropout, JsonElement? TargetModules,
     int? NumExperts = null, double? Scaling = null, string? RouterMean = null, bool? Monoscale = null, int? TopK = null, double? RouterAuxLossCoef = null)
 {
-    public AdapterOptions ToOptions() => new(Rank, Alpha, Dropout, NumExperts, Scaling, RouterMean, Monoscale, TopK, RouterAuxLossCoef);
+    public AdapterOptions ToOptions(int? rank) => new(rank, Alpha, Dropout, NumExperts, Scaling, RouterMean, Monoscale, TopK, RouterAuxLossCoef);
+
+    /// <summary>The request with one rank (a sweep member's).</summary>
+    public AdapterRequest WithRank(int rank) => this with { Rank = JsonSerializer.SerializeToElement(rank) };
+
+    /// <summary>True when <c>rank</c> is a list: a rank sweep.</summary>
+    public bool ListsRanks() => Rank is { ValueKind: JsonValueKind.Array };
 }
 
 /// <summary>The adapter a job trains; options that do not apply to its method are null.</summary>
@@ -72,9 +79,21 @@ public static class AdapterRequests
             if (targets is ["all-linear"]) targets = allLinear;
         }
         // The checks every method shares, in the order the API has always reported them; then the method's own.
-        string? problem = request switch
+        int? rank = null;
+        string? problem = null;
+        if (request?.Rank is { ValueKind: not JsonValueKind.Null } r)
         {
-            { Rank: < 1 or > 256 } => "adapter.rank must be between 1 and 256.",
+            // A number, or a number in a string as the API's JSON options have always read one ("8").
+            if (r.ValueKind == JsonValueKind.Number && r.TryGetInt32(out var given)
+                || r.ValueKind == JsonValueKind.String && int.TryParse(r.GetString(), System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out given))
+                rank = given;
+            else problem = r.ValueKind == JsonValueKind.Array
+                ? "adapter.rank must be one integer between 1 and 256 here (a list of ranks is a sweep, which a fine-tuning job from a base model takes)."
+                : $"adapter.rank must be an integer between 1 and 256, got {r.GetRawText()}.";
+        }
+        problem ??= request switch
+        {
+            _ when rank is < 1 or > 256 => "adapter.rank must be between 1 and 256.",
             { Alpha: <= 0 } => "adapter.alpha must be positive.",
             { Dropout: < 0 or >= 1 } => "adapter.dropout must be in [0, 1).",
             { NumExperts: < 1 or > 64 } => "adapter.num_experts must be between 1 and 64.",
@@ -85,7 +104,7 @@ public static class AdapterRequests
             { RouterAuxLossCoef: { } c } when !double.IsFinite(c) || c < 0 || c > 10 => "adapter.router_aux_loss_coef must be between 0 and 10.",
             _ => null,
         };
-        var options = request?.ToOptions() ?? new AdapterOptions();
+        var options = request?.ToOptions(rank) ?? new AdapterOptions();
         var config = method.FromOptions(options, targets);
         problem ??= method.CheckOptions(options);
         if (problem is null && config is MixLoraConfig && MixLoraAdapter.Unsupported(baseConfig) is { } refusal) problem = "adapter.type 'mixlora' does not apply here: " + refusal + ".";

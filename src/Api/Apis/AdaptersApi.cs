@@ -111,7 +111,7 @@ public static class AdaptersApi
                 SizeBytes = blobs.SizeOf(blobPath), BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             };
             db.Adapters.Add(adapter);
-            await db.SaveChangesAsync(cancel);
+            await BaseModelsApi.SaveOrDropAsync(db, blobs, blobPath, cancel);
             return TypedResults.Ok(adapter.ToDto());
         }
         catch (ArgumentException e)

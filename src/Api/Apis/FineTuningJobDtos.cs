@@ -82,11 +82,20 @@ public sealed record CheckpointDto(string Id, string Object, long CreatedAt, str
 /// <summary>
 /// A sweep job's members (our extension, <c>sweep</c> on the job): the swept parameter, its values, and per member its
 /// last checkpoint's losses; <c>best_member</c> is the member whose adapter is the fine-tuned model (set when the job succeeded).
+/// <c>scored_by</c> is the checkpoint metric members are compared by: <c>valid_loss</c> (lowest wins) or an eval
+/// criterion's <c>eval_{criterion}</c> (highest wins), with the eval's id in <c>eval_id</c>.
 /// </summary>
-public sealed record SweepDto(string Parameter, IReadOnlyList<double> Values, IReadOnlyList<SweepMemberDto> Members, int? BestMember);
+public sealed record SweepDto(string Parameter, IReadOnlyList<double> Values, IReadOnlyList<SweepMemberDto> Members, int? BestMember,
+    string ScoredBy = "valid_loss", [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? EvalId = null);
 
-/// <summary>One sweep member: its index, hyperparameters, and its newest checkpoint with that checkpoint's losses (null before its first epoch ended).</summary>
-public sealed record SweepMemberDto(int Member, IReadOnlyDictionary<string, object> Hyperparameters, string? Checkpoint, int? Step, double? TrainLoss, double? ValidLoss);
+/// <summary>
+/// One sweep member: its index, hyperparameters, and its newest checkpoint with that checkpoint's losses (null before its
+/// first epoch ended). Scored by an eval, also <c>eval_score</c>: the criterion's mean grade on the member's adapter (its
+/// last checkpoint, or with keep_best its best one, named in <c>eval_checkpoint</c>); null until that was scored.
+/// </summary>
+public sealed record SweepMemberDto(int Member, IReadOnlyDictionary<string, object> Hyperparameters, string? Checkpoint, int? Step, double? TrainLoss, double? ValidLoss,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] double? EvalScore = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? EvalCheckpoint = null);
 
 public sealed record CheckpointListResponse(string Object, IReadOnlyList<CheckpointDto> Data, bool HasMore, string? FirstId, string? LastId);
 
@@ -100,8 +109,9 @@ public static partial class FineTuningJobsApi
         IReadOnlyList<Checkpoint>? checkpoints = null)
     {
         var sweep = Sweep.Of(j);
-        // A sweep shows its chosen learning rate once it has one (the first listed before).
-        var hp = new HyperparametersDto(j.Epochs, j.BatchSize, sweep?.BestMember is { } best ? sweep.Values[best] : j.LearningRateMultiplier, j.EarlyStoppingPatience);
+        // A sweep shows its chosen learning rate and adapter once it has them (the first listed before).
+        int? best = sweep?.BestMember;
+        var hp = new HyperparametersDto(j.Epochs, j.BatchSize, best is { } b ? sweep!.LearningRateMultiplierOf(j, b) : j.LearningRateMultiplier, j.EarlyStoppingPatience);
         // A built-in base's pre-training trains no adapter; its settings are the pre-training's own.
         bool pretraining = j.AdapterType == JobKinds.PretrainingType;
         return new FineTuningJobDto(j.Id, "fine_tuning.job", j.StartModel ?? j.Model, j.CreatedAt, j.FinishedAt, j.FineTunedModel, "org-local", resultFiles ?? [],
@@ -109,20 +119,26 @@ public static partial class FineTuningJobsApi
             j.ErrorMessage is null ? null : new JobErrorDto(j.ErrorCode ?? "error", j.ErrorMessage, j.ErrorParam),
             j.Seed, j.Suffix, j.Status == JobStatus.Running ? j.EstimatedFinish : null, metadata is { Count: > 0 } ? metadata : null, [],
             Method(j, hp, pretraining),
-            pretraining ? new AdapterDto(JobKinds.PretrainingType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(j.AdapterConfig)),
+            pretraining ? new AdapterDto(JobKinds.PretrainingType, 0, null, null, []) : AdapterDto.From(AdapterConfig.Parse(best is { } kept ? sweep!.AdapterConfigOf(j, kept) : j.AdapterConfig)),
             j.TrainingFileTokens, j.TrainingFileTokens * (sweep?.Values.Count ?? 1) * j.Epochs, j.ChatTemplate,
             j.EvalSettings is null ? null : JsonDocument.Parse(j.EvalSettings).RootElement, sweep is null ? null : SweepOf(j, sweep, checkpoints ?? []));
     }
 
-    /// <summary>A sweep's members with their newest checkpoints' losses.</summary>
-    static SweepDto SweepOf(FineTuningJob j, Sweep sweep, IReadOnlyList<Checkpoint> checkpoints) => new(sweep.Parameter, sweep.Values,
-        sweep.Values.Select((_, m) =>
+    /// <summary>A sweep's members with their newest checkpoints' losses, and their eval scores when an eval scores them.</summary>
+    static SweepDto SweepOf(FineTuningJob j, Sweep sweep, IReadOnlyList<Checkpoint> checkpoints)
+    {
+        var eval = sweep.Criterion is null || j.EvalSettings is null ? null : Core.Evals.EvalAttachment.FromJson(j.EvalSettings);
+        return new(sweep.Parameter, sweep.Values, sweep.Values.Select((_, m) =>
         {
-            var last = checkpoints.Where(c => c.SweepMember == m).MaxBy(c => c.StepNumber);
+            var own = checkpoints.Where(c => c.SweepMember == m).ToList();
+            var last = own.MaxBy(c => c.StepNumber);
             var metrics = last is null ? default : JsonDocument.Parse(last.Metrics).RootElement;
             double? Number(string name) => last is not null && metrics.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : null;
-            return new SweepMemberDto(m, sweep.Shown(j, m), last?.Name, last?.StepNumber, Number("train_loss"), Number("valid_loss"));
-        }).ToList(), sweep.BestMember);
+            var (score, scored) = eval is null ? (null, null) : sweep.EvalScoreOf(own, eval.KeepBest is not null);
+            return new SweepMemberDto(m, sweep.Shown(j, m), last?.Name, last?.StepNumber, Number("train_loss"), Number("valid_loss"),
+                score, score is null ? null : scored?.Name);
+        }).ToList(), sweep.BestMember, sweep.ScoredBy, eval?.EvalId);
+    }
 
     /// <summary>
     /// OpenAI's <c>method</c>: <c>{"type": t, t: {"hyperparameters": {shared ones, the objective's own}, …}}</c>, as resolved.

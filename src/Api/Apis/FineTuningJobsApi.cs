@@ -78,11 +78,30 @@ public static partial class FineTuningJobsApi
             return OpenAiErrors.BadRequest($"chat_template must be a template's name or its source of 1 to {ChatTemplateLimit} characters.", "chat_template");
         var baseConfig = ModelConfig.Load(Path.Combine(blobs.Resolve(baseModel.BlobPath), ModelFolder.ConfigFile));
         AdapterConfig? config;
+        // A list of ranks is a sweep: one adapter per rank, each read as a job with that one rank would read it.
+        Sweep? rankSweep = null;
+        List<AdapterConfig>? memberAdapters = null;
+        if (request.Adapter is { } asked && asked.ListsRanks())
+        {
+            if (start is not null)
+                return OpenAiErrors.BadRequest($"The job continues from {start.Name}, whose adapter has one rank: {JobSpecification.RankField} must be left out or match it (a rank sweep trains new adapters from a base).",
+                    JobSpecification.RankField);
+            (rankSweep, var rankError) = Sweep.Read(asked.Rank, Sweep.Rank, JobSpecification.RankField, v => v is >= 1 and <= 256 && v == Math.Floor(v), "an integer between 1 and 256");
+            if (rankError is not null) return rankError.ToResult();
+            memberAdapters = [];
+            foreach (var rank in rankSweep!.Values)
+            {
+                var member = AdapterRequests.Parse(asked.WithRank((int)rank), baseConfig, out var memberError);
+                if (member is null) return memberError!;
+                memberAdapters.Add(member);
+            }
+        }
         if (start is not null)
         {
             config = AdapterConfig.Parse(start.AdapterConfig);
             if (AdapterRequests.Conflict(request.Adapter, config, start.Name, baseConfig) is { } conflict) return conflict;
         }
+        else if (memberAdapters is not null) config = memberAdapters[0];
         else
         {
             config = AdapterRequests.Parse(request.Adapter, baseConfig, out var adapterError);
@@ -110,11 +129,14 @@ public static partial class FineTuningJobsApi
         var validation = request.ValidationFile is null || training.Error is not null ? null
             : await JobFiles.ReadAsync(db, blobs, request.ValidationFile, "validation_file", baseModel, baseConfig, chatTemplate, cancel);
         var (spec, specError) = JobSpecification.Resolve(hyperparameters, config, baseConfig, training, validation,
-            new JobLimits(limits.Value.MinExamples, projectLimits.Value.MaxTrainingTokens), objective);
+            new JobLimits(limits.Value.MinExamples, projectLimits.Value.MaxTrainingTokens), objective, rankSweep, scoredByEval: eval is not null);
         if (spec is null) return specError!.ToResult();
-        // A sweep scores its members by validation loss; evals at its members' checkpoints are not wired yet.
-        if (spec.Sweep is not null && eval is not null)
-            return OpenAiErrors.BadRequest("A sweep (learning_rate_multiplier as a list) scores its members by their validation loss; it cannot take an eval yet.", "eval");
+        // A sweep with an eval scores its members by the mean grade of keep_best's criterion, or else of the eval's first.
+        var sweep = spec.Sweep;
+        if (sweep is not null && eval is not null)
+            sweep = sweep with { Criterion = eval.KeepBest ?? EvalRuns.CriteriaOf(await db.Evals.AsNoTracking().SingleAsync(e => e.Id == eval.EvalId, cancel))[0].Name };
+        if (sweep is not null && memberAdapters is not null)
+            sweep = sweep with { Adapters = [.. memberAdapters.Select(a => (a with { BaseModel = baseModel.Id }).ToJson())] };
         // An image classifier's new labels would give the adapter another classifier than the one it continues from.
         if (start is not null && !(spec.Adapter.Labels ?? []).SequenceEqual(config.Labels ?? []))
             return OpenAiErrors.BadRequest($"The training file's labels are not those of {start.Name}, whose classifier the job continues to train.", "training_file");
@@ -135,13 +157,14 @@ public static partial class FineTuningJobsApi
             Epochs = hp.NEpochs, BatchSize = hp.BatchSize, LearningRateMultiplier = hp.LearningRateMultiplier, EarlyStoppingPatience = hp.EarlyStoppingPatience,
             AdapterType = config.Method, AdapterConfig = (config with { BaseModel = baseModel.Id }).ToJson(), ChatTemplate = chatTemplate,
             Objective = objective.Name, ObjectiveSettings = settings?.ToJsonString(), StartModel = start?.Name, StartAdapterPath = start?.BlobPath,
-            Sweep = spec.Sweep?.ToJson(),
+            Sweep = sweep?.ToJson(),
             EvalSettings = eval?.ToJson(),
         };
         var notes = new List<string> { $"Created fine-tuning job: {job.Id}" + (start is null ? "" : $", continuing from {start.Name}"),
             $"Validated training file: {job.TrainingFile} ({exampleCount} examples, {job.TrainingFileTokens} tokens)" };
-        if (spec.Sweep is { } sweep)
-            notes.Add($"Sweep of {sweep.Values.Count} members over {sweep.Parameter} ({string.Join(", ", sweep.Values.Select((_, m) => sweep.Label(m)))}): trained fused, scored by validation loss");
+        if (sweep is not null)
+            notes.Add($"Sweep of {sweep.Values.Count} members over {sweep.Parameter} ({string.Join(", ", sweep.Values.Select((_, m) => sweep.Label(m)))}): trained fused, scored by "
+                      + (sweep.Criterion is { } criterion ? $"the mean '{criterion}' grade of eval {eval!.EvalId}" : "validation loss"));
         await jobs.CreateAsync(job, (request.Metadata ?? []).Select(p => new JobMetadata { JobId = job.Id, Key = p.Key, Value = p.Value }),
             notes, "Fine-tuning job queued", cancel);
         return TypedResults.Ok(await ToDtoAsync(db, job, cancel));

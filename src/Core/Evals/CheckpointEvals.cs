@@ -66,7 +66,8 @@ public sealed record EvalAttachment(string EvalId, JsonElement DataSource, strin
         source["model"] = checkpoint.Name;
         var run = new EvalRun
         {
-            Id = "evalrun_" + Ids.New(), EvalId = EvalId, ProjectId = job.ProjectId, Name = $"{job.Id} step {checkpoint.StepNumber}", Model = checkpoint.Name,
+            Id = "evalrun_" + Ids.New(), EvalId = EvalId, ProjectId = job.ProjectId, Model = checkpoint.Name,
+            Name = $"{job.Id} step {checkpoint.StepNumber}" + (checkpoint.SweepMember is { } member ? $" member {member + 1}" : ""),
             Group = "evalgroup_" + Ids.New(), Status = EvalRunStatus.InProgress, DataSource = source.ToJsonString(), JobId = job.Id,
             Metadata = new JsonObject { ["fine_tuning_job"] = job.Id, ["step"] = checkpoint.StepNumber.ToString(System.Globalization.CultureInfo.InvariantCulture) }.ToJsonString(),
             CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),

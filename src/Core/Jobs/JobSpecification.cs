@@ -53,12 +53,17 @@ public static class JobSpecification
     public static (AdapterConfig Adapter, Hyperparameters Hyperparameters) Of(FineTuningJob job) =>
         (AdapterConfig.Parse(job.AdapterConfig), Hyperparameters(job.Epochs, job.BatchSize, job.LearningRateMultiplier));
 
+    /// <summary>The request field of a rank sweep (<see cref="Sweep.Rank"/>).</summary>
+    public const string RankField = "adapter.rank";
+
     /// <summary>
     /// A request's job: <paramref name="adapter"/> is the requested adapter parsed against the base (an image classifier's
     /// is completed here), the files are as <see cref="JobFiles.ReadAsync"/> found them (<paramref name="validation"/> null without one).
+    /// <paramref name="rankSweep"/>: the request listed several <c>adapter.rank</c> values (with each member's adapter);
+    /// <paramref name="scoredByEval"/>: it names an eval, which then scores a sweep's members (no validation file needed).
     /// </summary>
     public static (JobSpec? Spec, JobSpecError? Error) Resolve(HyperparameterValues? hyperparameters, AdapterConfig adapter, ModelConfig baseConfig,
-        DataFile training, DataFile? validation, JobLimits limits, TrainingObjective? objective = null)
+        DataFile training, DataFile? validation, JobLimits limits, TrainingObjective? objective = null, Sweep? rankSweep = null, bool scoredByEval = false)
     {
         if (training.Error is { } trainingError) return (null, trainingError);
         objective ??= JobObjectives.Find(JobObjectives.Supervised)!;
@@ -99,13 +104,18 @@ public static class JobSpecification
         if (sweepError is not null) return (null, sweepError);
         double? lr = sweep is not null ? sweep.Values[0] : AutoDouble(hyperparameters?.LearningRateMultiplier, lrName, ref error, v => v is > 0 and <= 50, "a number in (0, 50]");
         if (error is not null) return (null, error);
+        // One swept setting per job: its members differ in that alone, so the winner says which value of it is best.
+        if (sweep is not null && rankSweep is not null)
+            return (null, new($"A sweep varies one setting: {lrName} is a list already, so {RankField} must be one value (or sweep the ranks with one learning_rate_multiplier).", RankField));
+        string? swept = sweep is not null ? lrName : rankSweep is not null ? RankField : null;
+        sweep ??= rankSweep;
         if (sweep is not null)
         {
-            // The members are scored on the validation file, and train fused over one copy of a language model.
-            if (validation is null)
-                return (null, new($"A sweep ({lrName} as a list) scores its members by their validation loss: it needs a validation_file.", "validation_file"));
+            // The members are scored on the validation file (or by the job's eval), and train fused over one copy of a language model.
+            if (validation is null && !scoredByEval)
+                return (null, new($"A sweep ({swept} as a list) scores its members by their validation loss: it needs a validation_file (or an eval to score them by).", "validation_file"));
             if (baseConfig is VitConfig || !objective.Fuses)
-                return (null, new($"A sweep ({lrName} as a list) trains its members fused, which {(baseConfig is VitConfig ? "an image classifier's" : $"the {objective.Name} method's")} training does not; give one value.", lrName));
+                return (null, new($"A sweep ({swept} as a list) trains its members fused, which {(baseConfig is VitConfig ? "an image classifier's" : $"the {objective.Name} method's")} training does not; give one value.", swept));
         }
         if (hyperparameters?.EarlyStoppingPatience is { } patience && (patience is < 1 or > 50 || validation is null))
             return (null, new($"{path}.early_stopping_patience must be 1-50 and needs a validation_file.", $"{path}.early_stopping_patience"));
@@ -129,7 +139,7 @@ public static class JobSpecification
         if (v.ValueKind == JsonValueKind.Number && valid(v.GetDouble())) return v.GetDouble();
         if (v.ValueKind == JsonValueKind.Array)
         {
-            error ??= new($"{name} cannot be a list: a sweep lists values of learning_rate_multiplier only.", name);
+            error ??= new($"{name} cannot be a list: a sweep lists values of learning_rate_multiplier or adapter.rank only.", name);
             return null;
         }
         error ??= new($"{name} must be \"auto\" or {expected}, got {v.GetRawText()}.", name);

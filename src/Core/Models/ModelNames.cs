@@ -69,7 +69,7 @@ public static class ModelNames
                 return (a.BaseModel, new StartingAdapter(a.Name, a.BaseModel, a.Config, a.BlobPath, trainedBy?.ChatTemplate));
             case { Checkpoint: { } c }:
                 var job = await db.Jobs.AsNoTracking().SingleAsync(j => j.Id == c.JobId, cancel);
-                return (c.BaseModel, new StartingAdapter(c.Name, c.BaseModel, job.AdapterConfig, c.BlobPath, job.ChatTemplate));
+                return (c.BaseModel, new StartingAdapter(c.Name, c.BaseModel, job.AdapterConfigOf(c.SweepMember), c.BlobPath, job.ChatTemplate));
             default: return (found.BaseId, null);
         }
     }

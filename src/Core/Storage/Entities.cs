@@ -130,6 +130,17 @@ public sealed class FineTuningJob
     public string? TraceParent { get; set; }
     /// <summary>A hyperparameter sweep's parameter and values as JSON (<see cref="Jobs.Sweep"/>); null for a job of one training.</summary>
     public string? Sweep { get; set; }
+
+    /// <summary>Where the sweep's JSON lists a rank sweep's member adapter configs (<see cref="Jobs.Sweep.Adapters"/>).</summary>
+    public const string SweepAdaptersKey = "adapters";
+
+    /// <summary>
+    /// The adapter config (JSON) a checkpoint of <paramref name="sweepMember"/> was trained with: a rank sweep's member has
+    /// its own; otherwise the job's.
+    /// </summary>
+    public string AdapterConfigOf(int? sweepMember) =>
+        sweepMember is { } m && Sweep is not null && System.Text.Json.JsonDocument.Parse(Sweep).RootElement.TryGetProperty(SweepAdaptersKey, out var adapters)
+            && adapters.ValueKind == System.Text.Json.JsonValueKind.Array ? adapters[m].GetString()! : AdapterConfig;
     /// <summary>The eval run at every checkpoint (the request's <c>eval</c> object as validated, JSON); null when none.</summary>
     public string? EvalSettings { get; init; }
 }

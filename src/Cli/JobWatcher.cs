@@ -40,6 +40,10 @@ public sealed class JobWatcher(ServiceClient client, Output output, string jobId
         try
         {
             Status end = output.Rich ? await RenderLiveAsync(stop.Token) : await RenderLinesAsync(stop.Token);
+            // The curve above is the first member's; a sweep's members and its winner are a table of their own.
+            if (job["sweep"] is not null && !output.Json
+                && (await client.GetAsync($"v1/fine_tuning/jobs/{Uri.EscapeDataString(jobId)}", cancel))["sweep"] is JsonObject sweep)
+                JobsCommands.SweepTable(output, sweep);
             return end.Value switch
             {
                 "succeeded" => 0,

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using System.Text.Json.Nodes;
 using Spectre.Console;
 
@@ -20,10 +21,10 @@ public static class JobsCommands
         var training = new Option<string>("--training-file", "-t") { Description = "An uploaded file's id, or a local file to upload first", Required = true };
         var validation = new Option<string?>("--validation-file", "-v") { Description = "An uploaded file's id, or a local file to upload first" };
         var method = new Option<string?>("--method") { Description = "The adapter method: lora (default), dora, lily, rlrr, mixlora" };
-        var rank = new Option<int?>("--rank") { Description = "The adapter's rank" };
+        var rank = new Option<string?>("--rank") { Description = "The adapter's rank; a comma-separated list (4,8,16) trains a sweep" };
         var epochs = new Option<int?>("--epochs", "-e") { Description = "Number of epochs (default: auto)" };
         var batch = new Option<int?>("--batch-size") { Description = "Batch size (default: auto)" };
-        var lr = new Option<double?>("--lr-multiplier") { Description = "Learning rate multiplier (default: auto, 1)" };
+        var lr = new Option<string?>("--lr-multiplier") { Description = "Learning rate multiplier (default: auto, 1); a comma-separated list (0.5,1,2) trains a sweep" };
         var suffix = new Option<string?>("--suffix") { Description = "Part of the fine-tuned model's name" };
         var seed = new Option<int?>("--seed") { Description = "Random seed, for a reproducible adapter" };
         var watch = new Option<bool>("--watch", "-w") { Description = "Follow the job until it ends" };
@@ -34,7 +35,7 @@ public static class JobsCommands
             var hyperparameters = new JsonObject();
             if (c.Get(epochs) is { } n) hyperparameters["n_epochs"] = n;
             if (c.Get(batch) is { } b) hyperparameters["batch_size"] = b;
-            if (c.Get(lr) is { } m) hyperparameters["learning_rate_multiplier"] = m;
+            if (c.Get(lr) is { } m) hyperparameters["learning_rate_multiplier"] = Values(m, "--lr-multiplier", whole: false);
             var request = new JsonObject
             {
                 ["model"] = c.Get(model),
@@ -47,7 +48,7 @@ public static class JobsCommands
             if (c.Get(method) is not null || c.Get(rank) is not null)
             {
                 var adapter = new JsonObject { ["type"] = c.Get(method) ?? "lora" };
-                if (c.Get(rank) is { } r) adapter["rank"] = r;
+                if (c.Get(rank) is { } r) adapter["rank"] = Values(r, "--rank", whole: true);
                 request["adapter"] = adapter;
             }
             var job = (JsonObject)await c.Client.PostAsync("v1/fine_tuning/jobs", request, cancel);
@@ -73,8 +74,9 @@ public static class JobsCommands
         get.SetAction(run(async (c, cancel) =>
         {
             var job = (JsonObject)await c.Client.GetAsync(JobPath(c.Get(id)), cancel);
-            if (c.Output.Json) c.Output.WriteJson(job);
-            else c.Output.Fields(job, JobFields);
+            if (c.Output.Json) { c.Output.WriteJson(job); return 0; }
+            c.Output.Fields(job, JobFields);
+            if (job["sweep"] is JsonObject sweep) SweepTable(c.Output, sweep);
             return 0;
         }));
 
@@ -95,6 +97,38 @@ public static class JobsCommands
             jobs.Subcommands.Add(command);
         }
         return jobs;
+    }
+
+    /// <summary>
+    /// One value, or a sweep's list of them (<c>0.5,1,2</c>): the service checks how many and which; only what is not a
+    /// number of the option's kind is refused here.
+    /// </summary>
+    static JsonNode Values(string text, string option, bool whole)
+    {
+        var values = text.Split(',', StringSplitOptions.TrimEntries).Select(v => (JsonNode)(
+            whole ? int.TryParse(v, CultureInfo.InvariantCulture, out int i) ? JsonValue.Create(i) : throw new CliException($"{option}: not a whole number: {v}")
+            : double.TryParse(v, CultureInfo.InvariantCulture, out double d) ? JsonValue.Create(d) : throw new CliException($"{option}: not a number: {v}"))).ToList();
+        return values.Count == 1 ? values[0] : new JsonArray([.. values]);
+    }
+
+    /// <summary>A sweep's members side by side: the swept value, its losses (and eval score), the best one starred.</summary>
+    internal static void SweepTable(Output output, JsonObject sweep)
+    {
+        string parameter = Output.Text(sweep["parameter"]);
+        int? best = sweep["best_member"]?.GetValue<int>();
+        bool byEval = Output.Text(sweep["scored_by"]).StartsWith("eval_", StringComparison.Ordinal);
+        List<string> headers = ["member", parameter, "step", "train_loss", "valid_loss"];
+        if (byEval) headers.Add("eval_score");
+        headers.Add("checkpoint");
+        output.Table([.. headers], (sweep["members"]?.AsArray() ?? []).Select(m =>
+        {
+            int member = m!["member"]!.GetValue<int>();
+            List<string> row = [member == best ? $"{member + 1} *" : $"{member + 1}", Output.Text(m["hyperparameters"]?[parameter]),
+                Output.Text(m["step"]), Output.Text(m["train_loss"]), Output.Text(m["valid_loss"])];
+            if (byEval) row.Add(Output.Text(m["eval_score"]));
+            row.Add(Output.Text(m["checkpoint"]));
+            return row.ToArray();
+        }));
     }
 
     static string JobPath(string id) => $"v1/fine_tuning/jobs/{Uri.EscapeDataString(id)}";

@@ -94,6 +94,26 @@ public sealed partial class CliTests
         var badExport = await cli.RunAsync("models", "export", "no-such-model", "-o", "nothing.zip");
         Assert.Equal(1, badExport.ExitCode);
         Assert.False(File.Exists(Path.Combine(folder.FullName, "nothing.zip")) || File.Exists(Path.Combine(folder.FullName, "nothing.zip.part")));
+
+        // A sweep from the terminal: a comma-separated list, watched to its end, then its members side by side.
+        var notANumber = await cli.RunAsync("jobs", "create", "--model", "tiny-llama-demo", "--training-file", fileId, "--lr-multiplier", "0.5,x");
+        Assert.Equal((1, "error: --lr-multiplier: not a number: x"), (notANumber.ExitCode, notANumber.Stderr.Trim()));
+        var tooMany = await cli.RunAsync("jobs", "create", "--model", "tiny-llama-demo", "--training-file", fileId, "--validation-file", fileId, "--rank", "1,2,4,8,16");
+        Assert.Equal(1, tooMany.ExitCode);
+        Assert.Contains("adapter.rank", tooMany.Stderr);   // the service's 400 names the field
+        var swept = (await cli.RunAsync("jobs", "create", "--model", "tiny-llama-demo", "--training-file", fileId, "--validation-file", fileId,
+            "--epochs", "2", "--batch-size", "5", "--lr-multiplier", "0.25,4", "--seed", "3", "--watch")).Ok();
+        string sweepId = swept.Stdout.Split('\n')[0].Trim();
+        Assert.Contains("\nmember\tlearning_rate_multiplier\t", swept.Stdout);   // the watch ends with the members' table
+        var table = (await cli.RunAsync("jobs", "get", sweepId)).Ok().Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).SkipWhile(l => !l.StartsWith("member\t")).ToList();
+        Assert.Equal("member\tlearning_rate_multiplier\tstep\ttrain_loss\tvalid_loss\tcheckpoint", table[0]);
+        var members = table.Skip(1).Select(l => l.Split('\t')).ToList();
+        Assert.Equal(["0.25", "4"], members.Select(m => m[1]));
+        Assert.Equal(["1", "2"], members.Select(m => m[0].TrimEnd(' ', '*')));
+        var job = JsonNode.Parse((await cli.RunAsync("jobs", "get", sweepId, "--json")).Ok().Stdout)!;
+        int best = job["sweep"]!["best_member"]!.GetValue<int>();
+        Assert.Equal($"{best + 1} *", Assert.Single(members, m => m[0].EndsWith('*'))[0]);
+        Assert.All(members, m => Assert.Matches(@"^\d+\.\d+$", m[4]));   // each member's validation loss
     }
 
     [GeneratedRegex(@"^step (\d+)/30  epoch [1-6]  train_loss \d+\.\d{4}  \d+ tok/s  eta \S+$")]

@@ -86,7 +86,7 @@ public sealed class VisionTransfer(bool quick, bool tuned = false)
                 continue;
             }
             var scores = TunedMultipliers.Select(m => Train(config, headOnly, fit, m * lr, held).Loss).ToList();
-            int best = Sweep.Best(scores.Select((loss, m) => (m, (double?)loss))) ?? 1;
+            int best = new Sweep(Sweep.LearningRateMultiplier, TunedMultipliers).Best(scores.Select((loss, m) => (m, (double?)loss, (double?)null))) ?? 1;
             var (count, _, tunedAccuracy) = Train(config, headOnly, train, TunedMultipliers[best] * lr, test);
             line($"| {name} | {count:N0} | {string.Join(" / ", scores.Select((loss, m) => m == best ? $"**{loss:F3}**" : $"{loss:F3}"))} | " +
                  $"{TunedMultipliers[best]}× = {TunedMultipliers[best] * lr:G3} | **{tunedAccuracy:P1}** | {run.Elapsed.TotalSeconds:F0} |");

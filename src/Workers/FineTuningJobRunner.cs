@@ -55,7 +55,19 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         if (job is null || JobStatus.IsFinished(job.Status)) return;
         using var logScope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["ProjectId"] = job.ProjectId });
         if (job.Status == JobStatus.Queued && YieldsTurn(job)) return;
-        if (jobs.Claim(jobId, WorkerServices.WorkerId, options.Value.LeaseSeconds) is not { } lease)
+        JobLease? claimed;
+        try
+        {
+            claimed = jobs.Claim(jobId, WorkerServices.WorkerId, options.Value.LeaseSeconds);
+        }
+        catch (Exception e) when (StorageFullException.IsCause(e))
+        {
+            // The database is on a full disk: the job is tried again later, and trains once space has come back.
+            log.LogError(e, "Job {JobId}: the server's storage is full; trying the job again in {Seconds} s", jobId, options.Value.LeaseSeconds);
+            queue.Schedule(JobKind.FineTuning, jobId, TimeSpan.FromSeconds(options.Value.LeaseSeconds));
+            return;
+        }
+        if (claimed is not { } lease)
         {
             // Another worker holds the job. Look again when its lease could have run out, in case that worker died.
             if (jobs.StatusOf(jobId) == JobStatus.Running) queue.Schedule(JobKind.FineTuning, jobId, TimeSpan.FromSeconds(options.Value.LeaseSeconds));
@@ -66,6 +78,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
         // Stops training at the next step when the job is no longer running (cancelled, paused) or the host stops.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(shutdown);
         TrainingSession? session = null;
+        TrainerStates? states = null;
         List<TrainingSession> members = [];
         try
         {
@@ -80,7 +93,7 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
                 RunSweep(job, lease, baseModel, sweep, members, stop);
                 return;
             }
-            var states = new TrainerStates(blobs);
+            states = new TrainerStates(blobs);
             session = new TrainingSession(job, jobs, lease, new JobData(job, baseModel, db, blobs, jobs, engine), states, blobs, options.Value, quotas.Value, stop,
                 CheckpointScoring.For(job, db, blobs, engine, jobs));
             var result = Train(baseModel, session, stop);
@@ -101,6 +114,26 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
                 throw;
             }
             log.LogInformation("Job {JobId} stopped at step {Step}: it is {Status}", jobId, session?.Trainer?.Step ?? 0, jobs.StatusOf(jobId));
+        }
+        catch (Exception e) when (StorageFullException.IsCause(e))
+        {
+            // The server's disk, not the job: paused, keeping its saved states (what failed to save left nothing
+            // behind), so a resume once space returns continues where it can. The message names no server path.
+            log.LogError(e, "Job {JobId}: the server's storage is full; pausing it", jobId);
+            string from = states?.NewestStep(jobId) is { } saved ? $"its trainer state saved at step {saved}" : members.Count > 0 ? "its last saved states" : "the start";
+            string message = $"Fine-tuning job paused at step {session?.Trainer?.Step ?? 0}: the server's storage is full (disk full), so its progress could not be saved. "
+                             + $"Resume it once space is freed; it continues from {from}.";
+            try
+            {
+                jobs.PauseForFullStorage(jobId, message);
+            }
+            catch (Exception recording) when (StorageFullException.IsCause(recording))
+            {
+                // The database is on the full disk too: the job stays running under a lease that runs out; a run scheduled
+                // for then claims it and continues from its saved state (or finds the disk still full, and is scheduled again).
+                log.LogError(recording, "Job {JobId}: the pause could not be recorded either; trying the job again in {Seconds} s", jobId, options.Value.LeaseSeconds);
+                queue.Schedule(JobKind.FineTuning, jobId, TimeSpan.FromSeconds(options.Value.LeaseSeconds));
+            }
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
@@ -160,6 +193,8 @@ public sealed class FineTuningJobRunner(ServiceDbContext db, JobLifecycle jobs, 
                 catch (OperationCanceledException) { }
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(stopped);
         }
+        // A full disk is the server's, not a member's: the whole job pauses (Run), each member keeping its saved states.
+        if (outcomes.FirstOrDefault(o => StorageFullException.IsCause(o.Error)).Error is { } full) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(full);
         var finished = new List<(int Member, double? ValidLoss, double? EvalScore)>();
         bool keepBest = sweep.Criterion is not null && EvalAttachment.FromJson(job.EvalSettings!).KeepBest is not null;
         var checkpoints = sweep.Criterion is null ? [] : db.Checkpoints.AsNoTracking().Where(c => c.JobId == job.Id).ToList();

@@ -88,7 +88,8 @@ public sealed class PretrainingJobRunner(ServiceDbContext db, JobLifecycle jobs,
         catch (Exception e)
         {
             log.LogError(e, "Pre-training {JobId} failed", jobId);
-            jobs.Fail(jobId, "Pre-training failed: " + e.Message, JobStatus.Running);
+            // A full disk fails it (pre-training keeps no state to pause with) with the storage message, no server path.
+            jobs.Fail(jobId, "Pre-training failed: " + (StorageFullException.IsCause(e) ? StorageFullException.Text : e.Message), JobStatus.Running);
         }
         finally
         {

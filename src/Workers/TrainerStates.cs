@@ -18,9 +18,7 @@ sealed class TrainerStates(IBlobStore blobs, int? sweepMember = null)
         var path = $"{BlobPaths.TrainerStatePath(jobId, sweepMember)}/step-{trainer.Step}";
         if (!blobs.Exists(path))
         {
-            var temp = blobs.NewTempFolder();
-            trainer.SaveState(temp);
-            blobs.CommitFolder(temp, path);
+            blobs.WriteFolder(path, trainer.SaveState);   // on a full disk: nothing of it stays, the saves before it do
             foreach (var (_, old) in Saved(jobId).Skip(Kept)) blobs.Delete(old);
         }
         return blobs.Resolve(path);
@@ -51,6 +49,11 @@ sealed class TrainerStates(IBlobStore blobs, int? sweepMember = null)
         return false;
     }
 
+    /// <summary>The step of the newest saved state (null: none), what a resumed run continues from.</summary>
+    public int? NewestStep(string jobId) => Saved(jobId) is [var (step, _), ..] ? step : null;
+
+    /// <summary>Deletes the state saved at <paramref name="step"/>, so a resumed run comes through that step again.</summary>
+    public void Delete(string jobId, int step) => blobs.Delete($"{BlobPaths.TrainerStatePath(jobId, sweepMember)}/step-{step}");
 
     public void DeleteAll(string jobId) => blobs.Delete(BlobPaths.TrainerStatePath(jobId, sweepMember));
 

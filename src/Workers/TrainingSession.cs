@@ -124,16 +124,18 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
     public Adapter SaveAdapter()
     {
         var adapterId = "adapter-" + Ids.New();
-        var temp = blobs.NewTempFolder();
-        if (scoring?.BestCheckpointFolder(Trainer?.Step ?? 0) is { } best)
-            foreach (var file in Directory.GetFiles(best)) File.Copy(file, Path.Combine(temp, Path.GetFileName(file)));
-        else
-        {
-            adapter!.Save(temp);
-            files.WriteTrainedWith(temp);
-        }
         var blobPath = BlobPaths.AdapterPath(adapterId);
-        blobs.CommitFolder(temp, blobPath);
+        var best = scoring?.BestCheckpointFolder(Trainer?.Step ?? 0);
+        blobs.WriteFolder(blobPath, temp =>
+        {
+            if (best is not null)
+                foreach (var file in Directory.GetFiles(best)) File.Copy(file, Path.Combine(temp, Path.GetFileName(file)));
+            else
+            {
+                adapter!.Save(temp);
+                files.WriteTrainedWith(temp);
+            }
+        });
         return new Adapter
         {
             Id = adapterId, Name = fineTunedModel, BaseModel = job.Model, Method = job.AdapterType,
@@ -190,11 +192,22 @@ sealed class TrainingSession(FineTuningJob job, JobLifecycle jobs, JobLease leas
                 jobs.AddEvent(job.Id, $"No checkpoint at step {p.Step}: {over}", level: "warn");
                 return;
             }
-            var temp = blobs.NewTempFolder();
-            foreach (var name in new[] { AdapterConfig.FileName, TrainableAdapter.WeightsFileName })
-                File.Copy(Path.Combine(state, name), Path.Combine(temp, name));
-            files.WriteTrainedWith(temp);
-            blobs.CommitFolder(temp, blobPath);
+            try
+            {
+                blobs.WriteFolder(blobPath, temp =>
+                {
+                    foreach (var name in new[] { AdapterConfig.FileName, TrainableAdapter.WeightsFileName })
+                        File.Copy(Path.Combine(state, name), Path.Combine(temp, name));
+                    files.WriteTrainedWith(temp);
+                });
+            }
+            catch (StorageFullException)
+            {
+                // The state of this step is dropped with it: the resumed run comes through this epoch's end again and
+                // makes its checkpoint then, instead of going on from the state without it.
+                states.Delete(job.Id, p.Step);
+                throw;
+            }
         }
         jobs.AddCheckpoint(new Checkpoint
         {

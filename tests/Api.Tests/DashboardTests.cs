@@ -153,6 +153,20 @@ public sealed class DashboardTests(ITestOutputHelper log)
     }
 
     [Fact]
+    public async Task ASweepsMembersAreShownSideBySideWhileTheyTrain()
+    {
+        using var folder = new TempFolder("adapter-service-dashboard-sweep-");
+        await using var service = await ServiceProcess.StartAsync(folder.FullName);
+        var lines = Examples.Select(e => Api.ChatLine(e.Question, e.Answer)).ToList();
+        var training = await Api.UploadFileAsync(service.Http, lines);
+        var validation = await Api.UploadFileAsync(service.Http, lines.Take(4));
+
+        // The page creates the sweep itself (as any client would) once it is open, so that it watches every step.
+        await using var browser = Browser.Start(log, "sweep", BaseUrl(service), training, validation, Screenshots);
+        await browser.FinishAsync(TimeSpan.FromMinutes(3));
+    }
+
+    [Fact]
     public async Task TheDashboardScriptsPassTheTypeChecker()
     {
         // JSDoc types, checked by TypeScript (src/Api/Dashboard/jsconfig.json); node_modules comes from the build's npm ci.

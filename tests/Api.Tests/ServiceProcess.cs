@@ -47,6 +47,10 @@ public sealed class ServiceProcess : IAsyncDisposable
 
     public int ProcessId => process.Id;
 
+    /// <summary>What the process wrote to stdout and stderr so far (for a failing test's message).</summary>
+    public string Output => string.Join("\n", output);
+    readonly System.Collections.Concurrent.ConcurrentQueue<string> output = new();
+
     static async Task<ServiceProcess> StartAsync(string dll, string readyMarker, string folder, (string Key, string Value)[] settings, int? fixedPort = null,
         (string File, string[] Arguments)? command = null)
     {
@@ -61,7 +65,7 @@ public sealed class ServiceProcess : IAsyncDisposable
         foreach (var (key, value) in settings) start.Environment[key] = value;
         var service = new ServiceProcess(Process.Start(start)!, port);
         var ready = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var output = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var output = service.output;
         service.process.OutputDataReceived += (_, e) =>
         {
             if (e.Data is null) return;

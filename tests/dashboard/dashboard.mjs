@@ -10,6 +10,10 @@
 //     model's chat template; the playground's completion mode streams from /v1/completions; the Evals page compares
 //     the eval's runs (JOB_A's checkpoints, the base and JOB_A's model) per criterion with the API's counts, and JOB_A's
 //     checkpoints show their eval scores
+//   node dashboard.mjs sweep BASE_URL TRAINING_FILE VALIDATION_FILE SCREENSHOT_DIR
+//     a sweep of 3 learning rates, created through the API: marked "sweep ×3" in the job list; its page shows the
+//     members side by side while they train (one curve each on one chart, growing live) and, finished, each member's
+//     value, step and losses as the API reports them, the best one marked, its newest checkpoint to copy or try
 // Prints OK and exits 0 when every check passed.
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -396,10 +400,121 @@ async function evals(evalId, jobA, shots) {
   }
 }
 
+async function sweep([trainingFile, validationFile, shots]) {
+  note("browser started");
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: baseUrl });
+  await page.goto(`${baseUrl}/#/jobs`);
+  await page.getByText("No jobs yet.").waitFor();
+  const values = [0.05, 1, 4];
+  // 12 examples in batches of 2 for 2 epochs: 12 steps per member, a validation loss and a checkpoint per epoch.
+  const total = 12;
+  const created = await page.request.post(`${baseUrl}/v1/fine_tuning/jobs`, { data: {
+    model: "tiny-llama-demo", training_file: trainingFile, validation_file: validationFile, seed: 4, suffix: "sweep",
+    method: { type: "supervised", supervised: { hyperparameters: { n_epochs: 2, batch_size: 2, learning_rate_multiplier: values } } },
+  } });
+  assert.equal(created.status(), 200, await created.text());
+  const jobId = (await created.json()).id;
+  say(`job ${jobId}`);
+
+  // Every change of the badge or of the members' chart from here on, so that no state between two polls goes unseen.
+  await page.evaluate(() => {
+    const seen = (window.__updates = []);
+    new MutationObserver(() => {
+      const status = document.querySelector("#job-status")?.dataset.status ?? null;
+      const points = document.querySelector("#sweep-chart")?.dataset.points ?? "";
+      const last = seen[seen.length - 1];
+      if (!last || last.status !== status || last.points !== points) seen.push({ status, points });
+    }).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ["data-points", "data-status"] });
+  });
+  await page.goto(`${baseUrl}/#/jobs/${jobId}`);
+  await page.locator("#sweep-table").waitFor();
+  note("members shown");
+  assert.equal(await page.locator("#training-chart").isHidden(), true, "the members' chart stands in for the single-run chart");
+
+  // Per member: its training curve (solid) and validation points (dashed), all 18 and 3 of them in the end.
+  const done = `${total},2,${total},2,${total},2`;
+  const points = await attributeWhen("#sweep-chart", "data-points", (v) => v === done, 150_000);
+  assert.equal(points, done);
+  await page.locator('#job-status[data-status="succeeded"]').waitFor({ timeout: 30_000 });
+  note("sweep succeeded");
+  const updates = await page.evaluate(() => window.__updates);
+  const whileRunning = new Set(updates.filter((u) => u.status === "running" && u.points && u.points !== done).map((u) => u.points));
+  assert.ok(whileRunning.size >= 3, `the members' curves grew while the badge said running: ${JSON.stringify(updates)}`);
+  assert.ok(Number(await page.locator("#live").getAttribute("data-messages")) > 0, "progress arrived over SignalR");
+  const labels = (await page.locator("#sweep-chart").getAttribute("data-series")).split("|");
+  assert.deepEqual(labels, values.flatMap((v) => [`learning_rate_multiplier=${v}`, `learning_rate_multiplier=${v} validation`]));
+  const metrics = await metricsOf(jobId);
+  for (const m of [0, 1, 2]) assert.equal(metrics.filter((d) => d.sweep_member === m).length, total, `member ${m}'s steps`);
+
+  // The table: one row per member with the API's own figures once the job (and its newest checkpoints) are read back.
+  const job = await (await page.request.get(`${baseUrl}/v1/fine_tuning/jobs/${jobId}`)).json();
+  assert.equal(job.status, "succeeded");
+  const best = job.sweep.best_member;
+  const lowest = job.sweep.members.reduce((a, b) => (b.valid_loss < a.valid_loss ? b : a));
+  assert.equal(best, lowest.member);
+  await page.locator(`#sweep-table tr[data-member="${best}"].best`).waitFor();
+  assert.equal(job.sweep.scored_by, "valid_loss");
+  assert.match(await page.locator("#sweep-lead").textContent(), new RegExp(`Member ${best + 1} had the lowest validation loss`));
+  assert.equal(await page.locator("#sweep-table th[data-field=value]").textContent(), "Learning rate multiplier");
+  const rows = await page.locator("#sweep-table tbody tr").evaluateAll((trs) => trs.map((tr) => ({
+    member: Number(tr.getAttribute("data-member")), value: Number(tr.getAttribute("data-value")), best: tr.classList.contains("best"),
+    marked: tr.querySelector("[data-best]") !== null, text: tr.textContent,
+    fields: Object.fromEntries([...tr.querySelectorAll("td[data-field]")].map((td) => [td.getAttribute("data-field"), td.getAttribute("data-value") ?? td.textContent])),
+  })));
+  assert.equal(rows.length, 3);
+  for (const [i, { fields, ...row }] of rows.entries()) {
+    const member = job.sweep.members[i];
+    assert.equal(row.member, i);
+    assert.equal(row.value, values[i]);
+    assert.equal(Number(fields.value), values[i]);
+    assert.equal(Number(fields.step), total);
+    assert.equal(member.step, total);
+    // The last step's losses, as the metrics events and the member's newest checkpoint (the API's sweep) both report them.
+    const last = metrics.filter((d) => d.sweep_member === i).at(-1);
+    assert.equal(Number(fields.train_loss), last.train_loss);
+    assert.equal(Number(fields.train_loss), member.train_loss);
+    assert.equal(Number(fields.valid_loss), member.valid_loss);
+    assert.equal(row.best, i === best);
+    assert.equal(row.marked, i === best);
+    assert.equal(fields.checkpoint, `${member.checkpoint} Copy Try it`);
+  }
+  assert.equal(new Set(rows.map((r) => r.fields.valid_loss)).size, 3, "the members trained with different rates");
+  assert.equal(await page.locator('[data-stat="Members"]').textContent(), "3");
+  // Every member's checkpoints, each naming its member's value.
+  assert.equal(await page.locator("#checkpoints-table tbody tr").count(), 6);
+  assert.equal(await page.locator(`#checkpoints-table tr[data-step="${total}"][data-member="2"] td`).nth(1).textContent(), "3 (4)");
+  await page.locator("#sweep").scrollIntoViewIfNeeded();
+  await shot(shots, "sweep.png");
+  note("table checked");
+
+  // A losing member's checkpoint: copied, then tried in the playground.
+  const loser = job.sweep.members.find((m) => m.member !== best);
+  const loserRow = page.locator(`#sweep-table tr[data-member="${loser.member}"]`);
+  await loserRow.getByRole("button", { name: `Copy ${loser.checkpoint}` }).click();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), loser.checkpoint);
+  await loserRow.getByRole("link", { name: "Try it" }).click();
+  await page.getByRole("heading", { name: "Playground" }).waitFor();
+  await page.locator(`#model-a option[value="${loser.checkpoint}"]`).waitFor({ state: "attached" });
+  assert.equal(await page.getByLabel("Model", { exact: true }).inputValue(), loser.checkpoint);
+
+  // Compared with other runs, the sweep is its chosen member (its fine-tuned model): one curve, not three interleaved.
+  await page.goto(`${baseUrl}/#/compare?jobs=${jobId}`);
+  assert.equal(await attributeWhen("#compare-chart", "data-points", (v) => v === `${total},2`), `${total},2`);
+  const finalTrain = page.locator('#final-table tr[data-figure="Final training loss"] td');
+  assert.equal(Number(await finalTrain.getAttribute("data-value")), job.sweep.members[best].train_loss);
+
+  // The job list marks it as a sweep of 3, its values in the tooltip.
+  await nav("Jobs").click();
+  const tag = page.locator(`#jobs tr[data-job="${jobId}"] .tag`);
+  assert.equal(await tag.textContent(), "sweep ×3");
+  assert.equal(await tag.getAttribute("title"), "A sweep of learning_rate_multiplier: 0.05, 1, 4");
+}
+
 try {
   if (scenario === "tour") await tour(rest);
   else if (scenario === "compare") await compare(rest);
   else if (scenario === "reconnect") await reconnect(rest);
+  else if (scenario === "sweep") await sweep(rest);
   else throw new Error(`unknown scenario ${scenario}`);
   assert.deepEqual(pageErrors.map(String), [], "no uncaught errors in the page");
   say("OK");

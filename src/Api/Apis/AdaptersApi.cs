@@ -111,7 +111,7 @@ public static class AdaptersApi
                 SizeBytes = blobs.SizeOf(blobPath), BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             };
             db.Adapters.Add(adapter);
-            await db.SaveChangesAsync(cancel);
+            await BaseModelsApi.SaveOrDropAsync(db, blobs, blobPath, cancel);
             return TypedResults.Ok(adapter.ToDto());
         }
         catch (ArgumentException e)
@@ -217,10 +217,10 @@ public static class AdaptersApi
                 BlobPath = blobPath, Sha256 = blobs.ContentHash(blobPath), CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             };
             db.Adapters.Add(adapter);
-            await db.SaveChangesAsync(cancel);
+            await BaseModelsApi.SaveOrDropAsync(db, blobs, blobPath, cancel);
             return TypedResults.Ok(adapter.ToDto());
         }
-        catch (Exception e) when (e is InvalidDataException or IOException or JsonException or NotSupportedException && !OpenAiErrors.IsStorageFull(e))
+        catch (Exception e) when (e is InvalidDataException or IOException or JsonException or NotSupportedException && !StorageFullException.IsCause(e))
         {
             return OpenAiErrors.BadRequest($"Not an importable adapter: {e.Message}", "file", "invalid_adapter");
         }

@@ -193,10 +193,10 @@ public static class BaseModelsApi
                 CreatedAt = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), OwnedBy = "organization",
             };
             db.BaseModels.Add(row);
-            await db.SaveChangesAsync(cancel);
+            await SaveOrDropAsync(db, blobs, blobPath, cancel);
             return TypedResults.Ok(row.ToDto());
         }
-        catch (Exception e) when (e is InvalidDataException or IOException && !OpenAiErrors.IsStorageFull(e))
+        catch (Exception e) when (e is InvalidDataException or IOException && !StorageFullException.IsCause(e))
         {
             // The checks name files by name; a message from elsewhere (the tokenizer readers) may hold the temporary
             // folder's path, which is the server's business, so it goes too.
@@ -206,6 +206,24 @@ public static class BaseModelsApi
         finally
         {
             if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// Saves the new row of the folder just published as <paramref name="blobPath"/>; when that fails (the database on a
+    /// full disk answers SQLITE_FULL) the folder goes too, so nothing half-imported stays and a retry finds the id free.
+    /// </summary>
+    public static async Task SaveOrDropAsync(ServiceDbContext db, IBlobStore blobs, string blobPath, CancellationToken cancel)
+    {
+        try
+        {
+            await db.SaveChangesAsync(cancel);
+        }
+        catch
+        {
+            db.ChangeTracker.Clear();
+            blobs.Delete(blobPath);
+            throw;
         }
     }
 

@@ -1,3 +1,4 @@
+using AdapterService.Core.Storage;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Http.HttpResults;
 
@@ -53,7 +54,7 @@ public static class OpenAiErrors
                 System.Text.RegularExpressions.RegexMatchTimeoutException => (StatusCodes.Status400BadRequest,
                     "The model's tokenizer could not split this text in time (a regex of its tokenizer.json backtracks on it); send different text or use another model."),
                 // The server's fault, not the caller's, but said plainly: an operator can act on it.
-                _ when IsStorageFull(error) => (StatusCodes.Status507InsufficientStorage, "The server's storage is full; retry later."),
+                _ when StorageFullException.IsCause(error) => (StatusCodes.Status507InsufficientStorage, StorageFullException.Text),
                 UnauthorizedAccessException => (StatusCodes.Status500InternalServerError, "The server may not write to its storage (permission denied)."),
                 _ => (StatusCodes.Status500InternalServerError, "The server had an error while processing your request."),
             };
@@ -67,21 +68,6 @@ public static class OpenAiErrors
                     ? $"Unknown request URL: {context.Request.Method} {context.Request.Path}." : "The request could not be handled.").ExecuteAsync(context);
         });
         return app;
-    }
-
-    /// <summary>
-    /// A write that failed for want of space, here or in what it wraps: ENOSPC (errno 28, kept by the blob store) or
-    /// Windows' disk-full codes, SQLite's SQLITE_FULL, PostgreSQL's disk_full. The API answers 507, never the 400 a
-    /// handler gives for a bad upload it could not read, nor a 500.
-    /// </summary>
-    public static bool IsStorageFull(Exception? error)
-    {
-        for (var e = error; e is not null; e = e.InnerException)
-            if (e is IOException { HResult: 28 or unchecked((int)0x80070070) or unchecked((int)0x80070027) }
-                or Microsoft.Data.Sqlite.SqliteException { SqliteErrorCode: 13 }
-                or Npgsql.PostgresException { SqlState: "53100" })
-                return true;
-        return false;
     }
 
     /// <summary>The routes that answer as the API does (error objects, a project's rate limit): /v1 and vLLM's /tokenize and /detokenize.</summary>

@@ -70,9 +70,11 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
     {
         long now = Now();
         long? finishedAt = JobStatus.IsFinished(to) ? now : null;
+        bool backToWork = to is JobStatus.Queued or JobStatus.Running;   // the error a job paused with (a full disk) is over
         await using var transaction = await db.Database.BeginTransactionAsync(cancel);
         var left = await MoveAsync(jobId, from.Contains, (jobs, c) =>
-            jobs.ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt), c), cancel);
+            jobs.ExecuteUpdateAsync(s => s.SetProperty(j => j.Status, to).SetProperty(j => j.FinishedAt, j => finishedAt ?? j.FinishedAt)
+                .SetProperty(j => j.ErrorCode, j => backToWork ? null : j.ErrorCode).SetProperty(j => j.ErrorMessage, j => backToWork ? null : j.ErrorMessage), c), cancel);
         var job = await db.Jobs.AsNoTracking().SingleOrDefaultAsync(j => j.Id == jobId, cancel);
         if (left is null) return (false, job);
         if (JobStatus.IsFinished(to)) Finished(jobId, job!.ProjectId, to);
@@ -249,6 +251,25 @@ public sealed class JobLifecycle(ServiceDbContext db, IJobQueue queue, IBlobStor
     {
         if (blobs is not null) JobResultFiles.Add(db, blobs, jobId, projectId);
         WebhookEvents.Publish(db, projectId, WebhookEvents.ForJobStatus(status)!, jobId, Now());
+    }
+
+    /// <summary>
+    /// A running job whose worker found the server's storage full: paused (it keeps its saved trainer states, and a
+    /// resume continues from the newest) with <paramref name="message"/> as its error (code <c>storage_full</c>) and its
+    /// error event, in one transaction; the error is cleared when it is resumed. False when it was no longer running.
+    /// </summary>
+    public bool PauseForFullStorage(string jobId, string message)
+    {
+        using var transaction = db.Database.BeginTransaction();
+        var left = MoveAsync(jobId, status => status is JobStatus.Running or JobStatus.Queued, (jobs, c) => jobs.ExecuteUpdateAsync(s => s
+            .SetProperty(j => j.Status, JobStatus.Paused)
+            .SetProperty(j => j.ErrorCode, StorageFullException.Code)
+            .SetProperty(j => j.ErrorMessage, message), c), CancellationToken.None).GetAwaiter().GetResult();
+        if (left is null) return false;
+        AddEvent(jobId, message, level: "error", data: JobEventData.ForStatus(JobStatus.Paused, error: message));
+        transaction.Commit();
+        ServiceTelemetry.JobMoved(left, JobStatus.Paused);
+        return true;
     }
 
     /// <summary>

@@ -21,6 +21,12 @@ public interface IBlobStore
     /// is there already (a folder left by an interrupted run) is deleted first.
     /// </summary>
     void CommitFolder(string tempFolder, string blobPath, bool replace = false);
+    /// <summary>
+    /// Lets <paramref name="write"/> fill a fresh temporary folder and publishes it as <paramref name="blobPath"/>
+    /// (<see cref="CommitFolder"/>); when anything fails the temporary folder goes, so nothing half-written stays, and a
+    /// full disk (whoever wrote) is a <see cref="StorageFullException"/>.
+    /// </summary>
+    void WriteFolder(string blobPath, Action<string> write, bool replace = false);
     void Delete(string blobPath);
     bool Exists(string blobPath);
     /// <summary>The names of the entries directly under the folder <paramref name="blobPath"/> (none when it does not exist).</summary>
@@ -59,7 +65,7 @@ public sealed class FolderBlobStore(string root) : IBlobStore
         return full;
     }
 
-    public async Task<long> WriteAsync(string blobPath, Stream content, CancellationToken cancel)
+    public Task<long> WriteAsync(string blobPath, Stream content, CancellationToken cancel) => StorageFullException.GuardAsync(async () =>
     {
         var path = Resolve(blobPath);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
@@ -81,12 +87,12 @@ public sealed class FolderBlobStore(string root) : IBlobStore
         {
             File.Delete(temp);
         }
-    }
+    });
 
     public Stream OpenRead(string blobPath) => File.OpenRead(Resolve(blobPath));
 
     /// <summary>Moves a finished folder (written elsewhere under the root) into place as <paramref name="blobPath"/>.</summary>
-    public void CommitFolder(string tempFolder, string blobPath, bool replace = false)
+    public void CommitFolder(string tempFolder, string blobPath, bool replace = false) => StorageFullException.Guard(() =>
     {
         var path = Resolve(blobPath);
         if (replace && Exists(blobPath)) Delete(blobPath);
@@ -94,10 +100,24 @@ public sealed class FolderBlobStore(string root) : IBlobStore
         Durable.SyncTree(tempFolder);   // whoever wrote the files (safetensors, trainer states), they are on disk first
         Directory.Move(tempFolder, path);
         Durable.Sync(Path.GetDirectoryName(path)!);
+    });
+
+    public void WriteFolder(string blobPath, Action<string> write, bool replace = false)
+    {
+        var temp = NewTempFolder();
+        try
+        {
+            StorageFullException.Guard(() => write(temp));
+            CommitFolder(temp, blobPath, replace);
+        }
+        finally
+        {
+            if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
+        }
     }
 
     /// <summary>A fresh folder under the root for writing something that <see cref="CommitFolder"/> publishes later.</summary>
-    public string NewTempFolder() => Directory.CreateDirectory(Resolve($"tmp/{Guid.NewGuid():N}")).FullName;
+    public string NewTempFolder() => StorageFullException.Guard(() => Directory.CreateDirectory(Resolve($"tmp/{Guid.NewGuid():N}")).FullName);
 
     public void Delete(string blobPath)
     {
@@ -143,7 +163,7 @@ public sealed class FolderBlobStore(string root) : IBlobStore
 /// <summary>
 /// fsync(2) for what .NET cannot flush itself: files written by other code, and directories, whose entries (a rename)
 /// reach the disk only when the directory is synced. On Windows, where directories cannot be opened so, files only.
-/// An error keeps its errno as HResult (28 is ENOSPC: the API answers 507).
+/// An error keeps its errno as HResult (28 is ENOSPC: <see cref="StorageFullException.IsCause"/>).
 /// </summary>
 public static class Durable
 {

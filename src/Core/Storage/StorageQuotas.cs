@@ -29,15 +29,35 @@ public sealed record StorageUsage(long FileBytes, long AdapterBytes, long Checkp
         return new StorageUsage(files, adapters, FolderBytes(blobs, checkpoints));
     }
 
-    /// <summary>The checkpoint folders' sizes; one deleted meanwhile (retention, a job's deletion) counts nothing.</summary>
+    /// <summary>
+    /// The checkpoint folders' sizes; one deleted meanwhile (retention, a job's deletion) counts nothing. A checkpoint's
+    /// folder never changes once published (one rename, never written in place; a deleted one's path is never reused:
+    /// it holds its job's id), so each folder is walked once per process and its size remembered: a save's quota check
+    /// costs a query of paths, not a walk of every checkpoint of the project.
+    /// </summary>
     public static long FolderBytes(IBlobStore blobs, IEnumerable<string> blobPaths)
     {
         long total = 0;
         foreach (var path in blobPaths)
-            try { total += blobs.SizeOf(path); }
+        {
+            var key = blobs.Resolve(path);
+            if (folderSizes.TryGetValue(key, out var known))
+            {
+                total += known;
+                continue;
+            }
+            try
+            {
+                long size = blobs.SizeOf(path);
+                folderSizes.TryAdd(key, size);
+                total += size;
+            }
             catch (IOException) { }
+        }
         return total;
     }
+
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> folderSizes = new();
 
     /// <summary>
     /// The first quota that <paramref name="adding"/> more bytes of a kind would pass, as a sentence naming the kind,

@@ -60,7 +60,14 @@ async function errorOf(response) {
  *   hyperparameters: { n_epochs: number, batch_size: number, learning_rate_multiplier: number, early_stopping_patience: number | null },
  *   adapter: { type: string, rank: number, alpha: number, dropout: number, target_modules: string[] },
  *   training_file_tokens: number, estimated_trained_tokens: number, method: { type: string, [section: string]: any },
- *   chat_template: string | null }} Job
+ *   chat_template: string | null, sweep?: Sweep }} Job
+ * @typedef {{ member: number, hyperparameters: Record<string, number>, checkpoint: string | null, step: number | null,
+ *   train_loss: number | null, valid_loss: number | null, [field: string]: unknown }} SweepMember
+ *   a sweep member and its newest checkpoint's losses; fields beyond these (eval scores, say) are shown by name
+ * @typedef {{ parameter: string, values: number[], best_member: number | null, members: SweepMember[], scored_by?: string,
+ *   eval_id?: string }} Sweep
+ *   a sweep job's members (docs/API.md "Sweeps"); best_member is null until the job succeeded; scored_by is "valid_loss"
+ *   (lowest wins) or "eval_{criterion}" (highest wins, the eval eval_id's)
  * @typedef {{ id: string, created_at: number, level: string, message: string, type: string, data: any }} JobEvent
  * @typedef {{ id: string, parent: string | null, description: string | null }} Model
  */

@@ -8,7 +8,10 @@ import { formatObjective, objectiveMetric } from "./objective.js";
 import { MetricsSeries } from "./series.js";
 
 /** @typedef {import("./api.js").Job} Job @typedef {import("./api.js").JobEvent} JobEvent */
-/** @typedef {{ id: string, job: Job | null, series: MetricsSeries, lastEvent: number, error: string | null }} Run */
+/**
+ * @typedef {{ id: string, job: Job | null, series: MetricsSeries, lastEvent: number, error: string | null, member?: number }} Run
+ *   member: the sweep member whose curve is the run's (undefined for other jobs)
+ */
 
 /** @param {JobEvent} event */
 const eventNumber = (event) => Number(event.id.slice("ftevent-".length));
@@ -90,13 +93,17 @@ export function compareView(main, query) {
   async function load(run) {
     try {
       run.job = await api(`/v1/fine_tuning/jobs/${run.id}`);
+      // A sweep is compared as its chosen member (its fine-tuned model; the first member until one is chosen), the
+      // member its hyperparameters show: read again from the start when the choice is made.
+      const member = run.job?.sweep ? (run.job.sweep.best_member ?? 0) : undefined;
+      if (member !== run.member) Object.assign(run, { member, series: new MetricsSeries(), lastEvent: 0 });
       let after = "";
       for (;;) {
         const page = await api(`/v1/fine_tuning/jobs/${run.id}/events?limit=1000${after}`);
         /** @type {JobEvent[]} */
         const events = page.data;
         const unseen = events.filter((e) => eventNumber(e) > run.lastEvent);
-        for (const e of unseen) run.series.addEvent(e);
+        for (const e of unseen) if (e.data?.sweep_member === run.member) run.series.addEvent(e);
         if (!page.has_more || unseen.length < events.length || !events.length) {
           run.lastEvent = Math.max(run.lastEvent, ...events.map(eventNumber));
           break;

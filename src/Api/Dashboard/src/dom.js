@@ -87,6 +87,34 @@ export const formatLoss = (loss) => (loss === null || loss === undefined ? "—"
 /** @param {number | null | undefined} rate */
 export const formatRate = (rate) => (rate === null || rate === undefined ? "—" : rate.toExponential(2));
 
+/**
+ * A model's name (a checkpoint's, say) with a button that copies it and a link that tries it in the playground.
+ * @param {string} model
+ */
+export function modelActions(model) {
+  return [h("code", { class: "model-name" }, model), " ",
+    h("button", { type: "button", class: "secondary small", "aria-label": `Copy ${model}`, onclick: () => copyText(model) }, "Copy"), " ",
+    h("a", { href: `#/playground?model=${encodeURIComponent(model)}` }, "Try it")];
+}
+
+/** Copies text to the clipboard; on a plain-HTTP address (no Clipboard API there) through a selected text area. @param {string} text */
+async function copyText(text) {
+  try {
+    if (navigator.clipboard) await navigator.clipboard.writeText(text);
+    else {
+      const area = h("textarea", { class: "visually-hidden", readonly: true }, text);
+      document.body.append(area);
+      area.select();
+      const copied = document.execCommand("copy");
+      area.remove();
+      if (!copied) throw new Error("the browser refused");
+    }
+    toast(`Copied ${text}`);
+  } catch (e) {
+    toast(`Could not copy: ${/** @type {Error} */ (e).message}`, "error");
+  }
+}
+
 /** Announces a short message to everyone, screen readers included. @param {string} message */
 export function toast(message, kind = "info") {
   const region = byId("toast");

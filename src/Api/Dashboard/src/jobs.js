@@ -1,12 +1,13 @@
 // @ts-check
-// The job list, and one job's page: live chart over SignalR, event log, checkpoints.
+// The job list, and one job's page: live chart over SignalR, event log, checkpoints; a sweep's members side by side.
 import { HubConnectionBuilder, HubConnectionState, LogLevel } from "@microsoft/signalr";
 import { api, apiKey } from "./api.js";
-import { byId, formatBytes, formatDuration, formatLoss, formatNumber, formatRate, formatTime, h, isFinished, replace, statusBadge, toast } from "./dom.js";
+import { byId, formatBytes, formatDuration, formatLoss, formatNumber, formatRate, formatTime, h, isFinished, modelActions, replace, statusBadge, toast } from "./dom.js";
 import { LineChart, palette } from "./line-chart.js";
 import { LossChart } from "./loss-chart.js";
 import { formatObjective, objectiveMetric } from "./objective.js";
 import { MetricsSeries } from "./series.js";
+import { SweepMembers } from "./sweep.js";
 
 /** @typedef {import("./api.js").Job} Job @typedef {import("./api.js").JobEvent} JobEvent */
 
@@ -83,7 +84,7 @@ export function jobListView(main) {
       h("td", null, statusBadge(job.status)),
       h("td", null, job.model),
       h("td", null, job.fine_tuned_model ? h("code", { class: "model-name" }, job.fine_tuned_model) : "—"),
-      h("td", null, method(job)),
+      h("td", null, method(job), job.sweep ? [" ", sweepTag(job.sweep)] : null),
       h("td", null, formatTime(job.created_at)),
       h("td", null, job.finished_at ? formatDuration(job.finished_at - job.created_at) : "—"))));
   }
@@ -92,6 +93,10 @@ export function jobListView(main) {
   const timer = setInterval(() => { if (!document.hidden) load(); }, 3000);
   return () => clearInterval(timer);
 }
+
+/** "sweep ×3" in the job list, the values in its tooltip. @param {import("./api.js").Sweep} sweep */
+const sweepTag = (sweep) => h("span", { class: "tag", "data-sweep": sweep.values.length, title: `A sweep of ${sweep.parameter}: ${sweep.values.join(", ")}` },
+  `sweep ×${sweep.values.length}`);
 
 /** @param {HTMLElement} main @param {string} jobId */
 export function jobView(main, jobId) {
@@ -109,6 +114,8 @@ const live = {
 
 class JobPage {
   series = new MetricsSeries();
+  /** A sweep's curves, one per member (its progress and metrics events name the member); empty for other jobs. @type {Map<number, MetricsSeries>} */
+  members = new Map();
   /** @type {Job | null} */
   job = null;
   /** Highest event id shown: events are numbered across all jobs, increasing, so newer ones have larger numbers. */
@@ -142,7 +149,9 @@ class JobPage {
         h("h2", { id: "progress-title" }, "Training"),
         h("progress", { id: "job-progress", max: 1, value: 0, "aria-label": "Steps done" }),
         h("dl", { id: "stats", class: "stats" }),
-        h("div", { class: "chart-box" }, this.canvas)),
+        h("div", { class: "chart-box", id: "training-chart" }, this.canvas)),
+      // A sweep's members, their values, losses and curves: shown (instead of the chart above) for a sweep job.
+      h("section", { class: "card", id: "sweep", "aria-labelledby": "sweep-title", hidden: true }),
       // DPO's rewards, margin and preference accuracy, or GRPO's rewards and KL: shown once the progress carries them.
       h("section", { class: "card", id: "objective", "aria-labelledby": "objective-title", hidden: true },
         h("h2", { id: "objective-title" }, "Objective"),
@@ -163,6 +172,7 @@ class JobPage {
             " Show every step")),
         this.events));
     this.chart = new LossChart(this.canvas);
+    this.sweep = new SweepMembers(/** @type {HTMLElement} */ (main.querySelector("#sweep")), () => { byId("training-chart").hidden = true; });
     this.renderStats();
   }
 
@@ -228,6 +238,15 @@ class JobPage {
     this.connection?.stop();
     this.chart.destroy();
     this.objectiveChart?.destroy();
+    this.sweep.destroy();
+  }
+
+  /** The curve a step belongs to: its sweep member's, or the job's. @param {unknown} member */
+  seriesOf(member) {
+    if (typeof member !== "number") return this.series;
+    let series = this.members.get(member);
+    if (!series) this.members.set(member, (series = new MetricsSeries()));
+    return series;
   }
 
   /** @param {any} m a SignalR "progress" message */
@@ -235,7 +254,7 @@ class JobPage {
     if (m.jobId !== this.jobId) return;
     const indicator = byId("live");
     indicator.dataset.messages = String(Number(indicator.dataset.messages ?? 0) + 1);   // steps heard live, not read back
-    if (this.series.addProgress(m)) this.renderCurve();
+    if (this.seriesOf(m.sweepMember).addProgress(m)) this.renderCurve();
     if (this.job?.status === "queued") this.refresh();
     // The event log and checkpoints follow from the persisted events, a little behind the chart.
     this.catchUpTimer ??= setTimeout(() => { this.catchUpTimer = undefined; this.refresh(); }, 1500);
@@ -286,7 +305,7 @@ class JobPage {
     fresh.reverse();
     let curveChanged = false, gotCheckpoint = false;
     for (const event of fresh) {
-      curveChanged = this.series.addEvent(event) || curveChanged;
+      curveChanged = this.seriesOf(event.type === "metrics" ? event.data?.sweep_member : undefined).addEvent(event) || curveChanged;
       // An eval event means a checkpoint just got its scores (docs/API.md "evals at checkpoints").
       gotCheckpoint ||= event.message.startsWith("Checkpoint created") || event.type === "eval";
       this.lastEventNumber = Math.max(this.lastEventNumber, eventNumber(event));
@@ -310,12 +329,16 @@ class JobPage {
     const criteria = evalId ? [...new Set(list.flatMap((/** @type {any} */ c) => Object.keys(c.metrics)
       .filter((k) => k.startsWith("eval_") && k.endsWith("_pass_rate") && `eval_${k.slice(5, -10)}` in c.metrics)
       .map((k) => k.slice(5, -10))))] : [];
+    // A sweep's members share step numbers: each checkpoint names its member's value.
+    const sweep = this.job?.sweep;
     replace(byId("checkpoints"), h("div", { class: "table-wrap" }, h("table", { id: "checkpoints-table" },
-      h("thead", null, h("tr", null, ...["Step", "Training loss", "Validation loss"].map((c) => h("th", { scope: "col" }, c)),
+      h("thead", null, h("tr", null, ...["Step", ...(sweep ? ["Member"] : []), "Training loss", "Validation loss"].map((c) => h("th", { scope: "col" }, c)),
         ...criteria.map((name) => h("th", { scope: "col", "data-criterion": name }, `Eval: ${name}`)),
         h("th", { scope: "col" }, "Model"))),
-      h("tbody", null, ...list.map((/** @type {any} */ c) => h("tr", { "data-step": c.step_number },
+      h("tbody", null, ...list.map((/** @type {any} */ c) => h("tr", { "data-step": c.step_number, "data-member": c.sweep_member },
         h("td", null, c.step_number),
+        sweep ? h("td", { title: typeof c.sweep_member === "number" ? `${sweep.parameter}=${sweep.values[c.sweep_member]}` : null },
+          typeof c.sweep_member === "number" ? `${c.sweep_member + 1} (${sweep.values[c.sweep_member]})` : "—") : null,
         h("td", null, formatLoss(c.metrics.train_loss)),
         h("td", null, formatLoss(c.metrics.valid_loss)),
         ...criteria.map((name) => {
@@ -325,14 +348,19 @@ class JobPage {
           return h("td", { class: "number", "data-criterion": name, "data-mean": mean, "data-pass-rate": rate },
             c.metrics.eval_run_id ? h("a", { href: `#/evals/${evalId}/runs/${c.metrics.eval_run_id}` }, text) : text);
         }),
-        h("td", null, h("code", { class: "model-name" }, c.fine_tuned_model_checkpoint), " ",
-          h("a", { href: `#/playground?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "Try it"))))))));
+        h("td", null, modelActions(c.fine_tuned_model_checkpoint))))))));
   }
 
   renderCurve() {
-    this.chart.update(this.series.points, this.series.latest?.totalSteps ?? null);
+    if (this.members.size) this.renderSweep();
+    else this.chart.update(this.series.points, this.series.latest?.totalSteps ?? null);
     this.renderStats();
     this.renderObjective();
+  }
+
+  /** The members side by side, once the job (with its sweep's values) has been read. */
+  renderSweep() {
+    if (this.job?.sweep) this.sweep.update(this.job.sweep, this.members, this.job.status);
   }
 
   /** @type {LineChart | undefined} */
@@ -369,19 +397,30 @@ class JobPage {
   }
 
   renderStats() {
-    const p = this.series.latest, status = this.job?.status;
+    // A sweep's members step together: its figures are those of the members' latest steps; each member's losses and
+    // learning rate are in the members' table.
+    const sweep = this.members.size > 0;
+    /** @type {import("./series.js").MetricPoint[]} */
+    const latest = sweep ? [...this.members.values()].flatMap((s) => (s.latest ? [s.latest] : [])) : this.series.latest ? [this.series.latest] : [];
+    /** @type {import("./series.js").MetricPoint | undefined} */
+    const p = latest.reduce((a, b) => (b.step > a.step ? b : a), latest[0]);
+    const status = this.job?.status;
     const total = p?.totalSteps ?? null;
     const progress = /** @type {HTMLProgressElement} */ (byId("job-progress"));
     progress.max = total ?? 1;
     progress.value = status === "succeeded" ? progress.max : (p?.step ?? 0);
     const validLoss = [...this.series.points].reverse().find((x) => x.validLoss !== null)?.validLoss;
+    // Each member's tokens/s is its own tokens over the run's time, so together they are what the fused steps trained.
+    const tokensPerSecond = latest.reduce((sum, x) => sum + x.tokensPerSecond, 0);
     const stats = [
       ["Step", p ? `${p.step} / ${total}` : "—"],
       ["Epoch", p ? String(p.epoch) : "—"],
-      ["Training loss", formatLoss(p?.trainLoss)],
-      ["Validation loss", formatLoss(validLoss)],
-      ["Learning rate", formatRate(p?.learningRate)],
-      ["Tokens/s", p ? formatNumber(Math.round(p.tokensPerSecond)) : "—"],
+      ...(sweep ? [["Members", String(this.job?.sweep?.values.length ?? this.members.size)]] : [
+        ["Training loss", formatLoss(p?.trainLoss)],
+        ["Validation loss", formatLoss(validLoss)],
+        ["Learning rate", formatRate(p?.learningRate)],
+      ]),
+      ["Tokens/s", p ? formatNumber(Math.round(tokensPerSecond)) : "—"],
       // The training process at the latest step (shared by the jobs it trains together).
       ["Worker CPU", p?.worker ? `${Math.round(p.worker.cpuPercent)} % of ${p.worker.cpuCount * 100} %` : "—"],
       ["Worker memory", p?.worker ? formatBytes(p.worker.memoryBytes) : "—"],
@@ -419,6 +458,8 @@ class JobPage {
           ["Hyperparameters", `${hp.n_epochs} epochs, batch size ${hp.batch_size}, learning rate × ${hp.learning_rate_multiplier}` +
             (hp.early_stopping_patience ? `, early stopping after ${hp.early_stopping_patience}` : "")],
         ]),
+      ...(job.sweep ? [["Sweep", `${job.sweep.parameter}: ${job.sweep.values.join(", ")}` +
+        (typeof job.sweep.best_member === "number" ? ` (best: ${job.sweep.values[job.sweep.best_member]})` : "")]] : []),
       ["Training file", h("code", null, job.training_file)],
       ["Validation file", job.validation_file ? h("code", null, job.validation_file) : "—"],
       ["Tokens", job.trained_tokens !== null ? `${formatNumber(job.trained_tokens)} trained` : `${formatNumber(job.estimated_trained_tokens)} estimated`],
@@ -429,6 +470,7 @@ class JobPage {
     replace(byId("job-details"), ...details.map(([term, value]) => h("div", null, h("dt", null, term), h("dd", null, value))));
     this.renderStats();
     this.renderObjective();   // its description depends on the job's method
+    this.renderSweep();       // its best member and newest checkpoints come with the job
   }
 
   /** @param {string} verb */

@@ -1,86 +1,46 @@
 // @ts-check
-// The live training chart: training and validation loss on the left axis, learning rate on the right.
-import { Chart, LineController, LineElement, PointElement, LinearScale, Legend, Tooltip } from "chart.js";
-
-Chart.register(LineController, LineElement, PointElement, LinearScale, Legend, Tooltip);
+// The live training chart of one job: training and validation loss on the left axis, learning rate on the right
+// (dashed). A LineChart with the job's three series; the step axis runs to the job's total steps.
+import { cssColor, LineChart } from "./line-chart.js";
 
 /** @typedef {import("./series.js").MetricPoint} MetricPoint */
 
-/** @param {string} name */
-const color = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim() || "#888";
-
 export class LossChart {
-  /** @type {Chart<"line", {x: number, y: number}[]>} */
   #chart;
   #canvas;
-  /** @type {number} */
-  #frame = 0;
-  /** @type {{ points: MetricPoint[], totalSteps: number | null } | null} */
-  #pending = null;
+  #colors;
+  /** @type {number | null} */
+  #totalSteps = null;
 
   /** @param {HTMLCanvasElement} canvas */
   constructor(canvas) {
     this.#canvas = canvas;
-    const [train, valid, rate, grid, text] = ["--chart-train", "--chart-valid", "--chart-rate", "--chart-grid", "--text-muted"].map(color);
-    this.#chart = new Chart(canvas, {
-      type: "line",
-      data: {
-        datasets: [
-          { label: "Training loss", data: [], borderColor: train, backgroundColor: train, pointRadius: 0, borderWidth: 2, yAxisID: "loss" },
-          { label: "Validation loss", data: [], borderColor: valid, backgroundColor: valid, pointRadius: 4, borderWidth: 2, yAxisID: "loss" },
-          { label: "Learning rate", data: [], borderColor: rate, backgroundColor: rate, pointRadius: 0, borderWidth: 1.5, borderDash: [6, 4], yAxisID: "rate" },
-        ],
+    const [train, valid, rate] = ["--chart-train", "--chart-valid", "--chart-rate"].map(cssColor);
+    this.#colors = { train, valid, rate };
+    this.#chart = new LineChart(canvas, {
+      left: "Loss", right: "Learning rate", rightRange: [0, undefined], rightTicks: (v) => v.toExponential(1),
+      describe: ([training]) => {
+        const last = training.points[training.points.length - 1];
+        return last
+          ? `Training chart: ${training.points.length} steps of ${this.#totalSteps ?? "?"}; latest training loss ${last.y.toFixed(4)}`
+          : "Training chart: no steps yet";
       },
-      options: {
-        animation: false,
-        responsive: true,
-        maintainAspectRatio: false,
-        parsing: false,
-        normalized: true,
-        interaction: { mode: "nearest", axis: "x", intersect: false },
-        plugins: {
-          legend: { labels: { color: text, usePointStyle: true } },
-          tooltip: { callbacks: { title: (items) => `Step ${items[0]?.parsed.x}` } },
-        },
-        scales: {
-          x: { type: "linear", min: 0, title: { display: true, text: "Step", color: text }, ticks: { color: text, precision: 0 }, grid: { color: grid } },
-          loss: { type: "linear", position: "left", title: { display: true, text: "Loss", color: text }, ticks: { color: text }, grid: { color: grid } },
-          rate: {
-            type: "linear", position: "right", min: 0, title: { display: true, text: "Learning rate", color: text },
-            ticks: { color: text, callback: (v) => Number(v).toExponential(1) }, grid: { drawOnChartArea: false },
-          },
-        },
-      },
+      // The steps drawn, for the browser tests (each exactly once, even after a reconnect).
+      drawn: ([training]) => { this.#canvas.dataset.steps = training.points.map((p) => p.x).join(","); },
     });
   }
 
   /** Redraws with these points, at most once per animation frame. @param {MetricPoint[]} points @param {number | null} totalSteps */
   update(points, totalSteps) {
-    this.#pending = { points, totalSteps };
-    this.#frame ||= requestAnimationFrame(() => this.#draw());
+    this.#totalSteps = totalSteps;
+    const { train, valid, rate } = this.#colors;
+    this.#chart.update([
+      { label: "Training loss", points: points.map((p) => ({ x: p.step, y: p.trainLoss })), color: train },
+      { label: "Validation loss", color: valid, markers: true,
+        points: points.filter((p) => p.validLoss !== null).map((p) => ({ x: p.step, y: /** @type {number} */ (p.validLoss) })) },
+      { label: "Learning rate", points: points.map((p) => ({ x: p.step, y: p.learningRate })), color: rate, dashed: true, width: 1.5, axis: "right" },
+    ], totalSteps ?? undefined);
   }
 
-  #draw() {
-    this.#frame = 0;
-    if (!this.#pending) return;
-    const { points, totalSteps } = this.#pending;
-    const [train, valid, rate] = this.#chart.data.datasets;
-    train.data = points.map((p) => ({ x: p.step, y: p.trainLoss }));
-    valid.data = points.filter((p) => p.validLoss !== null).map((p) => ({ x: p.step, y: /** @type {number} */ (p.validLoss) }));
-    rate.data = points.map((p) => ({ x: p.step, y: p.learningRate }));
-    const x = /** @type {any} */ (this.#chart.options.scales?.x);
-    x.max = totalSteps ?? undefined;
-    this.#chart.update("none");
-    // What the chart holds, for assistive technology and for the browser tests.
-    const last = points[points.length - 1];
-    this.#canvas.dataset.steps = points.map((p) => p.step).join(",");
-    this.#canvas.setAttribute("aria-label", last
-      ? `Training chart: ${points.length} steps of ${totalSteps ?? "?"}; latest training loss ${last.trainLoss.toFixed(4)}`
-      : "Training chart: no steps yet");
-  }
-
-  destroy() {
-    cancelAnimationFrame(this.#frame);
-    this.#chart.destroy();
-  }
+  destroy() { this.#chart.destroy(); }
 }

@@ -31,7 +31,7 @@ public sealed class AdapterMethodsApiTests(ServiceFactory factory)
         });
         Assert.Equal(method, (string?)created["adapter"]!["type"]);
         var job = await Api.WaitForFinishAsync(client, (string)created["id"]!);
-        Assert.Equal("succeeded", (string?)job["status"]);
+        Api.AssertSucceeded(job);
         var model = (string)job["fine_tuned_model"]!;
 
         var events = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{job["id"]}/events?limit=1000"));

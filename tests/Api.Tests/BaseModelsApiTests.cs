@@ -137,7 +137,7 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(JsonSerializer.Serialize(new { prompt = "Sky:", completion = " blue" }), 10));
         var job = await Api.CreateJobAsync(client, new { model = id, training_file = fileId, seed = 2, hyperparameters = new { n_epochs = 15, batch_size = 2 } });
         var finished = await Api.WaitForFinishAsync(client, (string)job["id"]!);
-        Assert.Equal("succeeded", (string?)finished["status"]);
+        Api.AssertSucceeded(finished);
         var tuned = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = (string)finished["fine_tuned_model"]!, prompt = "Sky:", max_tokens = 8, temperature = 0 }));
         Assert.Equal(" blue", (string?)tuned["choices"]![0]!["text"]);
     }
@@ -204,7 +204,7 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(JsonSerializer.Serialize(chat), 10));
         var job = await Api.CreateJobAsync(client, new { model = "gemma3-real", training_file = fileId, seed = 2, hyperparameters = new { n_epochs = 15, batch_size = 2 } });
         var finished = await Api.WaitForFinishAsync(client, (string)job["id"]!);
-        Assert.Equal("succeeded", (string?)finished["status"]);
+        Api.AssertSucceeded(finished);
         var answer = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/chat/completions",
             new { model = (string)finished["fine_tuned_model"]!, messages = new[] { new { role = "user", content = "Sky?" } }, max_tokens = 8, temperature = 0 }));
         Assert.Equal(("blue", "stop"), ((string?)answer["choices"]![0]!["message"]!["content"], (string?)answer["choices"]![0]!["finish_reason"]));
@@ -249,7 +249,7 @@ public sealed class BaseModelsApiTests(ServiceFactory factory) : IDisposable
         var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(JsonSerializer.Serialize(new { prompt = "Sky:", completion = " blue" }), 10));
         var job = await Api.CreateJobAsync(client, new { model = "tiny-gpt2", training_file = fileId, seed = 2, hyperparameters = new { n_epochs = 15, batch_size = 2 } });
         var finished = await Api.WaitForFinishAsync(client, (string)job["id"]!);
-        Assert.Equal("succeeded", (string?)finished["status"]);
+        Api.AssertSucceeded(finished);
         var tuned = await Api.JsonAsync(await client.PostAsJsonAsync("/v1/completions", new { model = (string)finished["fine_tuned_model"]!, prompt = "Sky:", max_tokens = 8, temperature = 0 }));
         Assert.Equal(" blue", (string?)tuned["choices"]![0]!["text"]);
         Assert.Equal("stop", (string?)tuned["choices"]![0]!["finish_reason"]);   // it learned to end with <|endoftext|>

@@ -65,7 +65,7 @@ public sealed class CrashTests
             foreach (var job in jobs)
             {
                 var done = await Api.WaitForFinishAsync(last.Http, job);
-                Assert.Equal("succeeded", (string?)done["status"]);
+                Api.AssertSucceeded(done);
                 var events = (await Api.JsonAsync(await last.Http.GetAsync($"/v1/fine_tuning/jobs/{job}/events?limit=1000")))["data"]!.AsArray();
                 var steps = events.Where(e => (string?)e!["type"] == "metrics").Select(e => (int)e!["data"]!["step"]!).Order().ToList();
                 Assert.Equal(Enumerable.Range(1, 100), steps);   // every step reported exactly once

@@ -143,7 +143,7 @@ public sealed class DashboardTests(ITestOutputHelper log)
             await browser.FinishAsync(TimeSpan.FromMinutes(3));
 
             var done = await Api.WaitForFinishAsync(second.Http, jobId);
-            Assert.Equal("succeeded", (string?)done["status"]);
+            Api.AssertSucceeded(done);
         }
         finally
         {

@@ -137,7 +137,7 @@ public sealed class DiskFullProcessTests(Xunit.Abstractions.ITestOutputHelper ou
         {
             model = "tiny-llama-demo", training_file = fileId, seed = 3, hyperparameters = new { n_epochs = 3, batch_size = 2 },
         }))["id"]!);
-        Assert.Equal("succeeded", (string?)trained["status"]);
+        Api.AssertSucceeded(trained);
         var adapters = (await Api.JsonAsync(await http.GetAsync("/v1/adapters")))["data"]!.AsArray();
         var zip = await http.GetByteArrayAsync($"/v1/adapters/{(string)adapters.Single()!["id"]!}/export");
 

@@ -63,7 +63,7 @@ public sealed class DurabilityProcessTests
 
         await using var second = await ServiceProcess.StartAsync(folder.FullName, stateEvery);
         var done = await Api.WaitForFinishAsync(second.Http, jobId);
-        Assert.Equal("succeeded", (string?)done["status"]);
+        Api.AssertSucceeded(done);
         var messages = (await Api.JsonAsync(await second.Http.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000")))["data"]!.AsArray()
             .Select(e => (string)e!["message"]!).ToList();
         Assert.Contains($"The trainer state saved at step {steps[0]} is damaged (JsonException); resuming from the one before it", messages);

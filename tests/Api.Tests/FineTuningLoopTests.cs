@@ -30,7 +30,7 @@ public sealed class FineTuningLoopTests(ServiceFactory factory)
         var jobId = (string)created["id"]!;
 
         var job = await Api.WaitForFinishAsync(client, jobId);
-        Assert.Equal("succeeded", (string?)job["status"]);
+        Api.AssertSucceeded(job);
         var model = (string)job["fine_tuned_model"]!;
         Assert.Equal($"ft:tiny-llama-demo:sky:{jobId}", model);
         Assert.True((long)job["trained_tokens"]! > 0);

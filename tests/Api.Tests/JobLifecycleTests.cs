@@ -45,7 +45,7 @@ public sealed class JobLifecycleTests(ServiceFactory factory)
         await Task.Delay(300);
         Assert.Equal("queued", (string?)(await Api.JsonAsync(await client.PostAsync($"/v1/fine_tuning/jobs/{jobId}/resume", null)))["status"]);
         var done = await Api.WaitForFinishAsync(client, jobId);
-        Assert.Equal("succeeded", (string?)done["status"]);
+        Api.AssertSucceeded(done);
 
         var events = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000"));
         Assert.Equal(Enumerable.Range(1, 180), MetricSteps(events));
@@ -64,7 +64,7 @@ public sealed class JobLifecycleTests(ServiceFactory factory)
         });
         var jobId = (string)job["id"]!;
         var done = await Api.WaitForFinishAsync(client, jobId);
-        Assert.Equal("succeeded", (string?)done["status"]);
+        Api.AssertSucceeded(done);
 
         var page = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/checkpoints?limit=3"));
         var checkpoints = page["data"]!.AsArray();
@@ -98,7 +98,7 @@ public sealed class JobLifecycleTests(ServiceFactory factory)
         });
         Assert.Equal(validation, (string?)job["validation_file"]);
         var jobId = (string)job["id"]!;
-        Assert.Equal("succeeded", (string?)(await Api.WaitForFinishAsync(client, jobId))["status"]);
+        Api.AssertSucceeded(await Api.WaitForFinishAsync(client, jobId));
 
         var events = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000"));
         var metrics = events["data"]!.AsArray().Select(e => e!["data"]).Where(d => d?["step"] is not null).Reverse().ToList();
@@ -123,7 +123,7 @@ public sealed class JobLifecycleTests(ServiceFactory factory)
         Assert.Equal(2, (int)job["hyperparameters"]!["early_stopping_patience"]!);
         var jobId = (string)job["id"]!;
         var done = await Api.WaitForFinishAsync(client, jobId);
-        Assert.Equal("succeeded", (string?)done["status"]);
+        Api.AssertSucceeded(done);
         var events = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events?limit=1000"));
         var messages = events["data"]!.AsArray().Select(e => (string)e!["message"]!).ToList();
         var stopped = messages.Single(m => m.StartsWith("Early stopping at step", StringComparison.Ordinal));

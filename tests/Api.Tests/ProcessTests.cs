@@ -58,7 +58,7 @@ public sealed class ProcessTests
 
         await using var second = await ServiceProcess.StartAsync(folder.FullName, stateEvery);
         var done = await Api.WaitForFinishAsync(second.Http, jobId);
-        Assert.Equal("succeeded", (string?)done["status"]);
+        Api.AssertSucceeded(done);
         // The job gauge, seeded at start (the job was running) and kept by the transitions since (re-queued, claimed, succeeded).
         var metrics = await second.Http.GetStringAsync("/metrics");
         Assert.Contains("# TYPE kestrel_active_connections gauge", metrics);

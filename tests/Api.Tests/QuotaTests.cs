@@ -54,7 +54,7 @@ public sealed class QuotaTests(QuotaServiceFactory factory) : IClassFixture<Quot
         var job = await Api.CreateJobAsync(client, new { model = "tiny-llama-demo", training_file = fileId, hyperparameters = new { n_epochs = 1 } });
         var jobId = (string)job["id"]!;
         var done = await Api.WaitForFinishAsync(client, jobId);
-        Assert.Equal("succeeded", (string?)done["status"]);
+        Api.AssertSucceeded(done);
         Assert.Empty((await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/checkpoints")))["data"]!.AsArray());
         var events = (await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{jobId}/events")))["data"]!.AsArray();
         var skipped = events.Single(e => ((string)e!["message"]!).StartsWith("No checkpoint at step"))!;

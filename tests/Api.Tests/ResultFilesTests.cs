@@ -22,7 +22,7 @@ public sealed class ResultFilesTests(ServiceFactory factory)
         });
         Assert.Empty(created["result_files"]!.AsArray());
         var job = await Api.WaitForFinishAsync(client, (string)created["id"]!);
-        Assert.Equal("succeeded", (string?)job["status"]);
+        Api.AssertSucceeded(job);
         var resultFile = Assert.Single(job["result_files"]!.AsArray().Select(f => (string)f!));
 
         var file = await Api.JsonAsync(await client.GetAsync($"/v1/files/{resultFile}"));

@@ -107,6 +107,10 @@ public static class Api
     public static Task<JsonObject> WaitForFinishAsync(HttpClient client, string jobId) =>
         WaitForJobAsync(client, jobId, s => s is "succeeded" or "failed" or "cancelled");
 
+    /// <summary>Asserts the job succeeded; when it did not, the failure says how it ended and why (its error object).</summary>
+    public static void AssertSucceeded(JsonNode job) =>
+        Assert.True((string?)job["status"] == "succeeded", $"job {job["id"]} ended {job["status"]}: {job["error"]?.ToJsonString() ?? "no error"}");
+
     /// <summary>Greedy chat completion text.</summary>
     public static async Task<string> ChatAsync(HttpClient client, string model, string prompt, int maxTokens = 24)
     {

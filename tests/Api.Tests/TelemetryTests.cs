@@ -49,7 +49,7 @@ public sealed class TelemetryTests : IDisposable
         var fileId = await Api.UploadFileAsync(client, Enumerable.Repeat(Api.ChatLine("Trace me?", "Traced."), 10));
         var job = await Api.CreateJobAsync(client, new { model = "tiny-llama-demo", training_file = fileId, hyperparameters = new { n_epochs = 1 } });
         string jobId = (string)job["id"]!;
-        Assert.Equal("succeeded", (string?)(await Api.WaitForFinishAsync(client, jobId))["status"]);
+        Api.AssertSucceeded(await Api.WaitForFinishAsync(client, jobId));
 
         var run = await Finished(a => a.OperationName == "fine_tuning.job.run" && a.GetTagItem("job.id") as string == jobId);
         var created = await Request("POST", "/v1/fine_tuning/jobs", a => a.TraceId == run.TraceId);

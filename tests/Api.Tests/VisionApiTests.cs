@@ -130,7 +130,7 @@ public class VisionApiTests(ServiceFactory factory)
             hyperparameters = new { n_epochs = 2, batch_size = 24 }, adapter = new { type = method, rank = 2, num_experts = 3 },
         });
         var finished = await Api.WaitForFinishAsync(client, (string)job["id"]!);
-        Assert.Equal("succeeded", (string?)finished["status"]);
+        Api.AssertSucceeded(finished);
         var events = await Api.JsonAsync(await client.GetAsync($"/v1/fine_tuning/jobs/{job["id"]}/events?limit=1000"));
         var metrics = events["data"]!.AsArray().Where(e => (string?)e!["type"] == "metrics").Reverse().Select(e => e!["data"]!).ToList();
         double first = (double)metrics[0]["train_loss"]!, last = metrics.TakeLast(3).Average(m => (double)m["train_loss"]!);

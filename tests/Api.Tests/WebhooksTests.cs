@@ -55,7 +55,7 @@ public sealed class WebhooksProcessTests
         var created = await Api.CreateJobAsync(http, new { model = "tiny-llama-demo", training_file = training, seed = 1, hyperparameters = new { n_epochs = 1, batch_size = 5 } });
         string jobId = (string)created["id"]!;
         var job = await Api.WaitForFinishAsync(http, jobId);
-        Assert.Equal("succeeded", (string?)job["status"]);
+        Api.AssertSucceeded(job);
         var pending = (await Api.JsonAsync(await http.GetAsync($"/v1/webhooks/{ok["id"]}/deliveries")))["data"]!.AsArray().Single()!;
         Assert.Equal(("pending", 0), ((string)pending["status"]!, (int)pending["attempts"]!));
 

@@ -126,16 +126,20 @@ public sealed class DashboardTests(ITestOutputHelper log)
         try
         {
             var fileId = await Api.UploadFileAsync(first.Http, Examples.Select(e => Api.ChatLine(e.Question, e.Answer)));
-            // 12 examples one at a time for 10 epochs: 120 steps, several seconds to kill it in the middle of (36 steps once
-            // ran out before the page had connected).
+            // 12 examples one at a time for 10 epochs: 120 steps. The job is paused at once and resumed only when the page is
+            // live on it, so it is still running when the service is killed however fast the machine trains (on a quiet
+            // one, 120 steps once ended before the browser had opened the page).
             var job = await Api.CreateJobAsync(first.Http, new
             {
                 model = "tiny-llama-demo", training_file = fileId, seed = 5, suffix = "restart",
                 hyperparameters = new { n_epochs = 10, batch_size = 1 },
             });
             var jobId = (string)job["id"]!;
+            Assert.True((await first.Http.PostAsync($"/v1/fine_tuning/jobs/{jobId}/pause", null)).IsSuccessStatusCode);
 
             await using var browser = Browser.Start(log, "reconnect", BaseUrl(first), jobId, "120", Screenshots);
+            await browser.WaitForLineAsync("PAGE_LIVE", TimeSpan.FromMinutes(1));
+            Assert.True((await first.Http.PostAsync($"/v1/fine_tuning/jobs/{jobId}/resume", null)).IsSuccessStatusCode);
             await browser.WaitForLineAsync("READY_TO_KILL", TimeSpan.FromMinutes(2));
             await first.KillAsync();
             await browser.WaitForLineAsync("DISCONNECTED", TimeSpan.FromSeconds(30));

@@ -201,6 +201,9 @@ async function reconnect([jobId, totalSteps, shots]) {
   const total = Number(totalSteps);
   note("browser started");
   await page.goto(`${baseUrl}/#/jobs/${jobId}`);
+  // The test paused the job right after creating it, and resumes it once the page is live on it.
+  await watch((s) => s.status === "paused" && s.live === "ok", { timeoutMs: 60_000 });
+  say("PAGE_LIVE");
   const before = await watch((s) => s.status === "running" && s.live === "ok" && s.steps.length >= 3, { timeoutMs: 60_000 });
   assert.ok(before.steps.length < total, "the job is still running when the service is killed");
   say(`READY_TO_KILL ${before.steps.length}`);

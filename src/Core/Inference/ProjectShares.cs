@@ -8,7 +8,7 @@ namespace AdapterService.Core.Inference;
 /// divided among the projects in flight) starts no more while another project is active (<see cref="InferenceOptions.FairRows"/>;
 /// off: while another waits), so the others decode in a batch near the size they would have alone; and when the batch is
 /// full a project above its fair part gives its newest running requests back (<see cref="InferenceOptions.Preemption"/>:
-/// the engine preempts them) until the waiting one fits, never below its fair part. A lone project keeps the whole
+/// the engine preempts them) until the waiting one fits (with fair rows, down to its fair part at once), never below it. A lone project keeps the whole
 /// batch: no rows are reserved. Rollouts and eval runs count against their project like API requests.
 /// </summary>
 public sealed class ProjectShares(InferenceOptions options) : IAdmissionPolicy
@@ -56,11 +56,13 @@ public sealed class ProjectShares(InferenceOptions options) : IAdmissionPolicy
         lock (gate)
         {
             int fair = Fair(load);
-            // Rows are taken only for a project within its fair part, and only from projects above theirs, down to it.
+            // Rows are taken only for a project within its fair part, and only from projects above theirs, down to it. With
+            // fair rows, all the way down at once: a project above its part may not start rows while another is active, so
+            // the rows it holds beyond it would only slow the other's steps (on CPU a step's time grows with its rows).
             if (!options.Preemption || needed <= 0 || projects.GetValueOrDefault(project).Running + request.Choices > fair) return [];
             var held = running.GroupBy(r => r.Request.Project ?? "").ToDictionary(g => g.Key, g => g.Sum(r => r.Rows));
             var taken = new List<AdmissionRequest>();
-            for (int i = running.Count - 1; i >= 0 && needed > 0; i--)   // the newest first: the least work lost
+            for (int i = running.Count - 1; i >= 0 && (needed > 0 || options.FairRows); i--)   // the newest first: the least work lost
             {
                 var (victim, rows) = running[i];
                 string owner = victim.Project ?? "";

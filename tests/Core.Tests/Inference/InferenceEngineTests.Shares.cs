@@ -79,4 +79,21 @@ public sealed partial class InferenceEngineTests
         shares.Preempted(newer);
         Assert.Empty(shares.Preempt(newer, new AdmissionLoad(2, 3, 4, 1, 1), [new(older, 2), new(b, 1)]));   // b is within its part
     }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void WithFairRowsAProjectIsPreemptedDownToItsFairPartAtOnce(bool fairRows)
+    {
+        var options = new InferenceOptions { MaxBatch = 6, MaxQueued = 8, FairRows = fairRows };
+        IAdmissionPolicy shares = new ProjectShares(options);
+        AdmissionRequest Of(string project, int prompt) => new(project, RequestSource.Api, prompt, 0, 8, 1);   // told apart by their prompts
+        var a = Enumerable.Range(0, 6).Select(i => Of("a", 8 + i)).ToList();
+        foreach (var r in a) { Assert.Null(shares.RefuseQueueing(r, 0)); shares.Started(r); }
+        var b = Of("b", 8);
+        Assert.Null(shares.RefuseQueueing(b, 0));
+        var taken = shares.Preempt(b, new AdmissionLoad(6, 6, 6, 0, 1), [.. a.Select(r => new RunningRequest(r, 1))]);
+        // b needs one row; a's fair part is 6 rows ÷ 2 projects = 3: with fair rows a gives back its 3 newest, else only 1.
+        Assert.Equal(fairRows ? [a[5], a[4], a[3]] : [a[5]], taken.ToList());
+    }
 }
